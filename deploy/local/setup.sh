@@ -13,7 +13,7 @@
 set -euo pipefail
 
 PACKAGES=(
-  build-essential cmake pkg-config libssl-dev zlib1g-dev libsasl2-dev
+  build-essential cmake pkg-config libssl-dev zlib1g-dev libsasl2-dev libcurl4-openssl-dev
   python3 kcat openjdk-17-jre-headless maven
   fonts-dejavu-core libfontconfig1-dev
 )

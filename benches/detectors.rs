@@ -1,0 +1,58 @@
+//! Per-detector throughput: the whole engine (decode, dedup, watermark, contacts) with one
+//! detector enabled at a time, then all of them. The difference to `none` is the detector's
+//! own cost.
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use linewatch::config::Config;
+use linewatch::engine::Engine;
+
+#[path = "common/mod.rs"]
+mod common;
+
+fn only(name: &str) -> Config {
+    let mut c = Config::default();
+    c.bulk_sms.enabled = name == "bulk_sms" || name == "all";
+    c.customer_fan_in.enabled = name == "customer_fan_in" || name == "all";
+    c.handset_churn.enabled = name == "handset_churn" || name == "all";
+    c.line_handover.enabled = name == "line_handover" || name == "all";
+    c.deal_line.enabled = name == "deal_line" || name == "all";
+    // Low thresholds so the detectors do real work on the bench mix.
+    c.bulk_sms.min_recipients = 10;
+    c.customer_fan_in.min_customers = 3;
+    c
+}
+
+fn bench(c: &mut Criterion) {
+    let recs = common::records(50_000, 20_000);
+    let mut g = c.benchmark_group("engine");
+    g.throughput(Throughput::Elements(recs.len() as u64));
+    g.sample_size(20);
+    for name in [
+        "none",
+        "bulk_sms",
+        "customer_fan_in",
+        "handset_churn",
+        "line_handover",
+        "deal_line",
+        "all",
+    ] {
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                || Engine::new(only(name)),
+                |mut e| {
+                    let mut alerts = Vec::new();
+                    for r in &recs {
+                        alerts.clear();
+                        e.process(r, 0, 0, &mut alerts);
+                    }
+                    e
+                },
+                BatchSize::LargeInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

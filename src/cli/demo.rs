@@ -1,0 +1,11 @@
+//! `linewatch demo` (being written).
+
+use std::path::Path;
+
+/// Arguments of `linewatch demo`.
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+pub fn main(_args: Args, _config: Option<&Path>) -> super::Outcome {
+    Err(super::Failure::runtime("`linewatch demo` is not built yet"))
+}

@@ -1,0 +1,13 @@
+//! `linewatch explain` (being written).
+
+use std::path::Path;
+
+/// Arguments of `linewatch explain`.
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+pub fn main(_args: Args, _config: Option<&Path>) -> super::Outcome {
+    Err(super::Failure::runtime(
+        "`linewatch explain` is not built yet",
+    ))
+}

@@ -1,0 +1,121 @@
+//! The command line: one binary, one subcommand per job (contract §3).
+//!
+//! Arguments are parsed by clap, then each subcommand resolves and checks them (files exist,
+//! configuration valid) before any work starts. Every failure a user can cause ends in one
+//! line on stderr and a non-zero exit: 2 for bad arguments or configuration, 1 for a failure
+//! while working.
+
+pub mod check_config;
+pub mod demo;
+pub mod explain;
+pub mod generate;
+pub mod replay;
+pub mod run;
+pub mod tune;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "linewatch",
+    version,
+    about = "Flags deal-line behaviour in a live stream of pseudonymised call-detail records"
+)]
+pub struct Cli {
+    /// Configuration file (TOML). Default: the built-in defaults, equal to config/linewatch.toml.
+    #[arg(long, global = true, env = "LINEWATCH_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The service: Kafka consumer group in, alerts and dead letters out, metrics on HTTP.
+    Run(run::Args),
+    /// The detectors over a JSONL file in file order; alerts as JSONL.
+    Replay(replay::Args),
+    /// Labelled synthetic traffic, to a file or a Kafka topic.
+    Generate(generate::Args),
+    /// Threshold sweeps over labelled traffic: precision, recall, delay, plots.
+    Tune(tune::Args),
+    /// Validates a configuration file and prints every problem found.
+    CheckConfig(check_config::Args),
+    /// Generates a small city and runs every detector in-process: alerts and precision/recall.
+    Demo(demo::Args),
+    /// Explains an alert in plain language: each figure next to its threshold.
+    Explain(explain::Args),
+}
+
+/// A failure to report: one line, and the exit code.
+#[derive(Debug)]
+pub struct Failure {
+    pub message: String,
+    pub code: u8,
+}
+
+impl Failure {
+    /// Bad arguments, unreadable input files, invalid configuration: exit 2.
+    pub fn usage(message: impl Into<String>) -> Self {
+        Failure {
+            message: message.into(),
+            code: 2,
+        }
+    }
+
+    /// A failure while working: exit 1.
+    pub fn runtime(message: impl Into<String>) -> Self {
+        Failure {
+            message: message.into(),
+            code: 1,
+        }
+    }
+}
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure::runtime(e.to_string())
+    }
+}
+
+pub type Outcome = Result<(), Failure>;
+
+/// Loads the configuration named by `--config`, or the defaults.
+pub fn load_config(path: Option<&Path>) -> Result<Config, Failure> {
+    Config::load_or_default(path).map_err(|e| Failure::usage(format!("invalid configuration: {e}")))
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap's own help and version output are not errors.
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let config = cli.config.as_deref();
+    let result = match cli.command {
+        Command::Run(a) => run::main(a, config),
+        Command::Replay(a) => replay::main(a, config),
+        Command::Generate(a) => generate::main(a, config),
+        Command::Tune(a) => tune::main(a, config),
+        Command::CheckConfig(a) => check_config::main(a, config),
+        Command::Demo(a) => demo::main(a, config),
+        Command::Explain(a) => explain::main(a, config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("linewatch: error: {}", f.message.replace('\n', " "));
+            ExitCode::from(f.code)
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! `linewatch run` (being written).
+
+use std::path::Path;
+
+/// Arguments of `linewatch run`.
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+pub fn main(_args: Args, _config: Option<&Path>) -> super::Outcome {
+    Err(super::Failure::runtime("`linewatch run` is not built yet"))
+}

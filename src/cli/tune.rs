@@ -1,0 +1,11 @@
+//! `linewatch tune` (being written).
+
+use std::path::Path;
+
+/// Arguments of `linewatch tune`.
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+pub fn main(_args: Args, _config: Option<&Path>) -> super::Outcome {
+    Err(super::Failure::runtime("`linewatch tune` is not built yet"))
+}

@@ -1,0 +1,243 @@
+//! `customer_fan_in`: many distinct customers of a line contact it within a sliding window.
+//!
+//! A customer of line L is a number L texted within the lookback (adverts go to customers),
+//! before the contact. Texts count; calls count only between the configured durations, since
+//! calls of a few seconds are missed or dropped and long calls are conversations.
+
+use super::{Ctx, Detector, EventIds, StateStats};
+use crate::alert::{Finding, SubjectKind};
+use crate::config::{Config, FanInConfig};
+use crate::event::{Event, Kind, Millis};
+use crate::evidence;
+use crate::ids::{self, IdMap};
+use crate::state::RecentSet;
+
+pub const NAME: &str = "customer_fan_in";
+
+#[derive(Default)]
+struct LineFanIn {
+    /// Customers who contacted the line, with their latest contact.
+    callers: RecentSet,
+    /// Contacts counted within the window (not distinct), for the evidence.
+    newest_s: u32,
+    fired_s: Option<u32>,
+}
+
+pub struct CustomerFanIn {
+    cfg: FanInConfig,
+    lines: IdMap<LineFanIn>,
+    max_keys: usize,
+    cap_hits: u64,
+}
+
+impl CustomerFanIn {
+    pub fn new(cfg: &Config, max_keys: usize) -> Self {
+        CustomerFanIn {
+            cfg: cfg.customer_fan_in.clone(),
+            lines: IdMap::default(),
+            max_keys,
+            cap_hits: 0,
+        }
+    }
+
+    fn counts(&self, ev: &Event<'_>) -> bool {
+        match ev.kind {
+            Kind::Sms => true,
+            Kind::Call => (self.cfg.min_call_duration_s..=self.cfg.max_call_duration_s)
+                .contains(&ev.duration_s),
+        }
+    }
+}
+
+impl Detector for CustomerFanIn {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn on_event(&mut self, ev: &Event<'_>, ids: &EventIds, ctx: &mut Ctx<'_>) {
+        if !self.cfg.enabled || !self.counts(ev) {
+            return;
+        }
+        let s = ids::secs(ev.ts);
+        // Is the caller a customer of the line it contacts?
+        let Some(line) = ctx.contacts.get(ids.to) else {
+            return;
+        };
+        let Some(c) = line.contact(ids::fp(ids.from)) else {
+            return;
+        };
+        let lookback = self.cfg.lookback_s as u32;
+        if c.first_s > s || c.last_s.saturating_add(lookback) < s {
+            return;
+        }
+        if !self.lines.contains_key(&ids.to) && self.lines.len() >= self.max_keys {
+            self.cap_hits += 1;
+            return;
+        }
+        let st = self.lines.entry(ids.to).or_default();
+        st.newest_s = st.newest_s.max(s);
+        let since_s = st.newest_s.saturating_sub(self.cfg.window_s as u32);
+        if s < since_s {
+            return;
+        }
+        if !st.callers.insert(
+            ids::fp(ids.from),
+            s,
+            self.cfg.max_customers_per_line as usize,
+        ) {
+            self.cap_hits += 1;
+        }
+        st.callers.trim(since_s);
+        let customers = st.callers.len();
+        let min = self.cfg.min_customers as usize;
+        if customers < min || st.fired_s.is_some_and(|f| f >= since_s) {
+            return;
+        }
+        st.fired_s = Some(st.newest_s);
+        let oldest = st.callers.oldest_since(since_s).unwrap_or(s);
+        ctx.out.push(Finding {
+            detector: NAME,
+            subject: ev.to.to_string(),
+            subject_id: ids.to,
+            subject_kind: SubjectKind::Line,
+            score: (customers as f64 / (2.0 * min as f64)).min(1.0),
+            event_time: ev.ts,
+            window_start: ids::millis(oldest),
+            window_end: ids::millis(st.newest_s).max(ev.ts),
+            related: Vec::new(),
+            evidence: evidence! {
+                "customers" => customers,
+                "min_customers" => min,
+                "window_s" => self.cfg.window_s,
+                "customer_lookback_s" => self.cfg.lookback_s,
+                "min_call_duration_s" => self.cfg.min_call_duration_s,
+                "max_call_duration_s" => self.cfg.max_call_duration_s,
+            },
+            lines: vec![(ids.to, ev.to.to_string())],
+        });
+    }
+
+    fn expire(&mut self, watermark: Millis) {
+        let cutoff = ids::secs(watermark).saturating_sub(self.cfg.window_s as u32);
+        self.lines.retain(|_, st| {
+            st.callers.trim(cutoff);
+            !st.callers.is_empty()
+        });
+        if self.lines.capacity() > 2 * self.lines.len() + 1024 {
+            self.lines.shrink_to_fit();
+        }
+    }
+
+    fn stats(&self) -> StateStats {
+        StateStats {
+            keys: self.lines.len(),
+            bytes: ids::map_bytes(&self.lines)
+                + self
+                    .lines
+                    .values()
+                    .map(|s| s.callers.heap_bytes())
+                    .sum::<usize>(),
+            cap_hits: self.cap_hits,
+        }
+    }
+
+    fn reconfigure(&mut self, cfg: &Config) {
+        self.cfg = cfg.customer_fan_in.clone();
+        self.max_keys = cfg.engine.max_keys_per_detector;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::testkit::*;
+
+    fn det(min: u32) -> CustomerFanIn {
+        let mut cfg = Config::default();
+        cfg.customer_fan_in.min_customers = min;
+        CustomerFanIn::new(&cfg, 1000)
+    }
+
+    /// The line texts `n` customers at t=0.
+    fn advert(h: &mut Harness, d: &mut CustomerFanIn, n: usize) {
+        for i in 0..n {
+            let (id, to) = (format!("ad{i}"), format!("c{i}"));
+            assert!(h.feed(d, &sms(&id, 0, "line", &to)).is_empty());
+        }
+    }
+
+    #[test]
+    fn customers_calling_back_fire() {
+        let (mut h, mut d) = (Harness::new(), det(4));
+        advert(&mut h, &mut d, 10);
+        let mut found = Vec::new();
+        for i in 0..5 {
+            let (id, from) = (format!("in{i}"), format!("c{i}"));
+            found.extend(h.feed(
+                &mut d,
+                &call(&id, HOUR + i as Millis * MIN, &from, "line", 30),
+            ));
+        }
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].evidence["customers"], 4);
+        assert_eq!(found[0].subject, "line");
+    }
+
+    #[test]
+    fn strangers_do_not_count() {
+        let (mut h, mut d) = (Harness::new(), det(2));
+        advert(&mut h, &mut d, 3);
+        for i in 0..5 {
+            let (id, from) = (format!("in{i}"), format!("stranger{i}"));
+            assert!(h.feed(&mut d, &sms(&id, HOUR, &from, "line")).is_empty());
+        }
+    }
+
+    #[test]
+    fn very_short_and_long_calls_do_not_count() {
+        let (mut h, mut d) = (Harness::new(), det(2));
+        advert(&mut h, &mut d, 3);
+        assert!(h.feed(&mut d, &call("a", HOUR, "c0", "line", 2)).is_empty());
+        assert!(h
+            .feed(&mut d, &call("b", HOUR, "c1", "line", 900))
+            .is_empty());
+        assert!(h.feed(&mut d, &call("c", HOUR, "c2", "line", 0)).is_empty());
+        assert_eq!(h.feed(&mut d, &call("d", HOUR, "c1", "line", 40)).len(), 0);
+        assert_eq!(h.feed(&mut d, &call("e", HOUR, "c2", "line", 40)).len(), 1);
+    }
+
+    #[test]
+    fn contacts_spread_wider_than_the_window_do_not_fire() {
+        let (mut h, mut d) = (Harness::new(), det(3));
+        advert(&mut h, &mut d, 5);
+        for i in 0..5 {
+            let (id, from) = (format!("in{i}"), format!("c{i}"));
+            assert!(h
+                .feed(
+                    &mut d,
+                    &sms(&id, (i as Millis + 1) * 4 * HOUR, &from, "line")
+                )
+                .is_empty());
+        }
+    }
+
+    #[test]
+    fn contact_before_the_advert_is_not_a_customer_contact() {
+        let (mut h, mut d) = (Harness::new(), det(1));
+        assert!(h.feed(&mut d, &sms("early", 0, "c0", "line")).is_empty());
+        // (c0 texted the line first, so to c0 the line is a customer; only the line matters here.)
+        let about_line = |f: Vec<Finding>| f.into_iter().filter(|f| f.subject == "line").count();
+        assert_eq!(
+            about_line(h.feed(&mut d, &sms("ad", HOUR, "line", "c0"))),
+            0
+        );
+        // A late record from before the advert: the caller was not yet a customer.
+        assert!(h
+            .feed(&mut d, &sms("late", HOUR - MIN, "c0", "line"))
+            .is_empty());
+        assert_eq!(
+            h.feed(&mut d, &sms("after", 2 * HOUR, "c0", "line")).len(),
+            1
+        );
+    }
+}

@@ -1,0 +1,460 @@
+//! `deal_line`: the combined verdict on a line from the other detectors' findings.
+//!
+//! Each kind of evidence counts once per line, with its configured weight, while it is
+//! younger than the lookback; the line is called a deal line when the sum reaches the
+//! threshold. The weights are set so that what ordinary look-alikes do (one bulk send, a
+//! day's replies, a repair shop's many SIMs, daily reminders to different people) stays
+//! below it, and what a deal line does (the same customer list again and again, their
+//! fan-in, a number handed over, burner handsets) goes above. Each contribution is listed
+//! in the alert's evidence with its figures.
+
+use serde_json::{json, Value};
+
+use super::{Ctx, Detector, StateStats};
+use crate::alert::{Finding, SubjectKind};
+use crate::config::{Config, DealLineConfig};
+use crate::event::{Event, Millis};
+use crate::ids::{self, IdMap};
+
+pub const NAME: &str = "deal_line";
+
+/// The kinds of evidence, in evidence order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    BulkSms = 0,
+    RepeatBulk = 1,
+    FanIn = 2,
+    RepeatFanIn = 3,
+    Handover = 4,
+    HandsetChurn = 5,
+}
+
+const PARTS: [Part; 6] = [
+    Part::BulkSms,
+    Part::RepeatBulk,
+    Part::FanIn,
+    Part::RepeatFanIn,
+    Part::Handover,
+    Part::HandsetChurn,
+];
+
+impl Part {
+    fn label(self) -> &'static str {
+        match self {
+            Part::BulkSms => "bulk_sms",
+            Part::RepeatBulk => "repeat_bulk_sms",
+            Part::FanIn => "customer_fan_in",
+            Part::RepeatFanIn => "repeat_customer_fan_in",
+            Part::Handover => "line_handover",
+            Part::HandsetChurn => "handset_churn",
+        }
+    }
+
+    fn weight(self, c: &DealLineConfig) -> f64 {
+        match self {
+            Part::BulkSms => c.weight_bulk_sms,
+            Part::RepeatBulk => c.weight_repeat_bulk,
+            Part::FanIn => c.weight_fan_in,
+            Part::RepeatFanIn => c.weight_repeat_fan_in,
+            Part::Handover => c.weight_handover,
+            Part::HandsetChurn => c.weight_handset_churn,
+        }
+    }
+}
+
+struct Contribution {
+    at: Millis,
+    /// The figures of the finding behind it (a small object).
+    detail: Value,
+}
+
+#[derive(Default)]
+struct LineVerdict {
+    line: Box<str>,
+    parts: [Option<Contribution>; 6],
+    /// Predecessor / successor lines and handsets, for `related`.
+    related: Vec<String>,
+    last_at: Millis,
+}
+
+pub struct DealLine {
+    cfg: DealLineConfig,
+    lines: IdMap<LineVerdict>,
+    max_keys: usize,
+    cap_hits: u64,
+}
+
+impl DealLine {
+    pub fn new(cfg: &Config, max_keys: usize) -> Self {
+        DealLine {
+            cfg: cfg.deal_line.clone(),
+            lines: IdMap::default(),
+            max_keys,
+            cap_hits: 0,
+        }
+    }
+
+    fn verdict(&mut self, id: u64, line: &str) -> Option<&mut LineVerdict> {
+        if !self.lines.contains_key(&id) && self.lines.len() >= self.max_keys {
+            self.cap_hits += 1;
+            return None;
+        }
+        Some(self.lines.entry(id).or_insert_with(|| LineVerdict {
+            line: line.into(),
+            ..LineVerdict::default()
+        }))
+    }
+
+    /// Folds one finding into the verdicts of the lines it concerns; returns those lines.
+    fn absorb(&mut self, f: &Finding) -> Vec<u64> {
+        let cfg = self.cfg.clone();
+        let mut touched = Vec::new();
+        let at = f.event_time;
+        let ev = &f.evidence;
+        match f.detector {
+            super::bulk_sms::NAME => {
+                let (id, line) = (f.subject_id, f.subject.as_str());
+                let Some(v) = self.verdict(id, line) else {
+                    return touched;
+                };
+                let repeat = ev
+                    .get("repeat_audience")
+                    .and_then(Value::as_f64)
+                    .unwrap_or(0.0);
+                let detail = json!({"recipients": ev["recipients"], "repeat_audience": repeat});
+                if repeat >= cfg.repeat_audience_min {
+                    set(v, Part::RepeatBulk, at, detail.clone());
+                }
+                set(v, Part::BulkSms, at, detail);
+                touched.push(id);
+            }
+            super::customer_fan_in::NAME => {
+                let (id, line) = (f.subject_id, f.subject.as_str());
+                let Some(v) = self.verdict(id, line) else {
+                    return touched;
+                };
+                let detail = json!({"customers": ev["customers"]});
+                let gap = cfg.repeat_gap_s as Millis * 1000;
+                if v.parts[Part::FanIn as usize]
+                    .as_ref()
+                    .is_some_and(|p| p.at + gap <= at)
+                {
+                    set(v, Part::RepeatFanIn, at, detail.clone());
+                }
+                set(v, Part::FanIn, at, detail);
+                touched.push(id);
+            }
+            super::line_handover::NAME => {
+                let [(new_id, new_line), (old_id, old_line)] = match f.lines.as_slice() {
+                    [a, b] => [a.clone(), b.clone()],
+                    _ => return touched,
+                };
+                let overlap = ev.get("overlap").cloned().unwrap_or(Value::Null);
+                if let Some(v) = self.verdict(new_id, &new_line) {
+                    let d =
+                        json!({"role": "new_line", "earlier_line": old_line, "overlap": overlap});
+                    set(v, Part::Handover, at, d);
+                    push_related(v, &old_line);
+                    touched.push(new_id);
+                }
+                if let Some(v) = self.verdict(old_id, &old_line) {
+                    let d =
+                        json!({"role": "earlier_line", "new_line": new_line, "overlap": overlap});
+                    set(v, Part::Handover, at, d);
+                    push_related(v, &new_line);
+                    touched.push(old_id);
+                }
+            }
+            super::handset_churn::NAME => {
+                let sims = ev.get("sims").and_then(Value::as_u64).unwrap_or(0);
+                if sims > cfg.churn_max_sims as u64 {
+                    return touched; // a test or repair handset, not a burner
+                }
+                for (id, line) in &f.lines {
+                    if let Some(v) = self.verdict(*id, line) {
+                        let d = json!({"handset": f.subject, "sims": sims});
+                        set(v, Part::HandsetChurn, at, d);
+                        push_related(v, &f.subject);
+                        touched.push(*id);
+                    }
+                }
+            }
+            _ => {}
+        }
+        touched
+    }
+
+    fn score(&self, v: &LineVerdict, now: Millis) -> f64 {
+        let since = now - self.cfg.lookback_s as Millis * 1000;
+        PARTS
+            .iter()
+            .filter(|p| {
+                v.parts[**p as usize]
+                    .as_ref()
+                    .is_some_and(|c| c.at >= since)
+            })
+            .map(|p| p.weight(&self.cfg))
+            .sum()
+    }
+}
+
+fn set(v: &mut LineVerdict, p: Part, at: Millis, detail: Value) {
+    let slot = &mut v.parts[p as usize];
+    if slot.as_ref().is_none_or(|c| c.at <= at) {
+        *slot = Some(Contribution { at, detail });
+    }
+    v.last_at = v.last_at.max(at);
+}
+
+fn push_related(v: &mut LineVerdict, who: &str) {
+    if !v.related.iter().any(|r| r == who) && *v.line != *who {
+        v.related.push(who.to_string());
+    }
+}
+
+impl Detector for DealLine {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn on_findings(&mut self, ev: &Event<'_>, findings: &[Finding], ctx: &mut Ctx<'_>) {
+        if !self.cfg.enabled {
+            return;
+        }
+        let mut touched = Vec::new();
+        for f in findings {
+            for id in self.absorb(f) {
+                if !touched.contains(&id) {
+                    touched.push(id);
+                }
+            }
+        }
+        let since = ev.ts - self.cfg.lookback_s as Millis * 1000;
+        for id in touched {
+            let Some(v) = self.lines.get(&id) else {
+                continue;
+            };
+            let score = self.score(v, ev.ts);
+            if score + 1e-9 < self.cfg.threshold {
+                continue;
+            }
+            let mut contributions = Vec::new();
+            let (mut start, mut end) = (Millis::MAX, Millis::MIN);
+            for p in PARTS {
+                if let Some(c) = v.parts[p as usize].as_ref().filter(|c| c.at >= since) {
+                    start = start.min(c.at);
+                    end = end.max(c.at);
+                    let mut item = json!({
+                        "evidence": p.label(),
+                        "weight": p.weight(&self.cfg),
+                        "at": c.at,
+                    });
+                    if let (Value::Object(m), Value::Object(d)) = (&mut item, &c.detail) {
+                        m.extend(d.clone());
+                    }
+                    contributions.push(item);
+                }
+            }
+            let mut evidence = serde_json::Map::new();
+            evidence.insert("score".into(), json!((score * 1000.0).round() / 1000.0));
+            evidence.insert("threshold".into(), json!(self.cfg.threshold));
+            evidence.insert("lookback_s".into(), json!(self.cfg.lookback_s));
+            evidence.insert("contributions".into(), Value::Array(contributions));
+            ctx.out.push(Finding {
+                detector: NAME,
+                subject: v.line.to_string(),
+                subject_id: id,
+                subject_kind: SubjectKind::Line,
+                score: score.min(1.0),
+                event_time: ev.ts,
+                window_start: start,
+                window_end: end.max(start),
+                related: v.related.clone(),
+                evidence,
+                lines: vec![(id, v.line.to_string())],
+            });
+        }
+    }
+
+    fn expire(&mut self, watermark: Millis) {
+        let cutoff = watermark - self.cfg.lookback_s as Millis * 1000;
+        self.lines.retain(|_, v| v.last_at >= cutoff);
+    }
+
+    fn stats(&self) -> StateStats {
+        StateStats {
+            keys: self.lines.len(),
+            bytes: ids::map_bytes(&self.lines)
+                + self
+                    .lines
+                    .values()
+                    .map(|v| {
+                        v.line.len()
+                            + v.related.iter().map(|r| r.len() + 24).sum::<usize>()
+                            + v.parts.iter().flatten().count() * 96
+                    })
+                    .sum::<usize>(),
+            cap_hits: self.cap_hits,
+        }
+    }
+
+    fn reconfigure(&mut self, cfg: &Config) {
+        self.cfg = cfg.deal_line.clone();
+        self.max_keys = cfg.engine.max_keys_per_detector;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::testkit::*;
+    use crate::evidence;
+    use crate::state::Contacts;
+
+    fn finding(
+        detector: &'static str,
+        subject: &str,
+        at: Millis,
+        ev: serde_json::Map<String, Value>,
+        lines: Vec<&str>,
+    ) -> Finding {
+        Finding {
+            detector,
+            subject: subject.into(),
+            subject_id: ids::id(subject),
+            subject_kind: SubjectKind::Line,
+            score: 1.0,
+            event_time: at,
+            window_start: at,
+            window_end: at,
+            related: vec![],
+            evidence: ev,
+            lines: lines
+                .into_iter()
+                .map(|l| (ids::id(l), l.to_string()))
+                .collect(),
+        }
+    }
+
+    fn run(d: &mut DealLine, at: Millis, fs: &[Finding]) -> Vec<Finding> {
+        let contacts = Contacts::new(10, 10, 10);
+        let mut out = Vec::new();
+        let mut ctx = Ctx {
+            contacts: &contacts,
+            watermark: at,
+            stream_start: 0,
+            out: &mut out,
+        };
+        d.on_findings(&sms("e", at, "x", "y"), fs, &mut ctx);
+        out
+    }
+
+    fn bulk(line: &str, at: Millis, repeat: f64) -> Finding {
+        finding(
+            bulk_sms_name(),
+            line,
+            at,
+            evidence! {"recipients" => 80, "repeat_audience" => repeat},
+            vec![line],
+        )
+    }
+
+    fn bulk_sms_name() -> &'static str {
+        crate::detect::bulk_sms::NAME
+    }
+
+    fn fan_in(line: &str, at: Millis) -> Finding {
+        finding(
+            crate::detect::customer_fan_in::NAME,
+            line,
+            at,
+            evidence! {"customers" => 20},
+            vec![line],
+        )
+    }
+
+    #[test]
+    fn one_off_bulk_and_replies_stay_below_threshold() {
+        let mut d = DealLine::new(&Config::default(), 100);
+        assert!(run(&mut d, 0, &[bulk("greeter", 0, 0.1)]).is_empty());
+        assert!(run(&mut d, HOUR, &[fan_in("greeter", HOUR)]).is_empty());
+    }
+
+    #[test]
+    fn daily_reminders_to_new_people_with_replies_stay_below() {
+        let mut d = DealLine::new(&Config::default(), 100);
+        for day in 0..4 {
+            let t = day * DAY;
+            assert!(run(&mut d, t, &[bulk("dentist", t, 0.1)]).is_empty());
+            assert!(run(&mut d, t + HOUR, &[fan_in("dentist", t + HOUR)]).is_empty());
+        }
+    }
+
+    #[test]
+    fn same_list_again_with_fan_in_is_a_deal_line_with_contributions() {
+        let mut d = DealLine::new(&Config::default(), 100);
+        assert!(run(&mut d, 0, &[bulk("line", 0, 0.0)]).is_empty());
+        assert!(run(&mut d, HOUR, &[fan_in("line", HOUR)]).is_empty());
+        let out = run(&mut d, DAY, &[bulk("line", DAY, 0.9)]);
+        assert_eq!(out.len(), 1);
+        let c = out[0].evidence["contributions"].as_array().unwrap();
+        let labels: Vec<_> = c.iter().map(|x| x["evidence"].as_str().unwrap()).collect();
+        assert_eq!(labels, ["bulk_sms", "repeat_bulk_sms", "customer_fan_in"]);
+        assert_eq!(out[0].evidence["score"], 0.75);
+    }
+
+    #[test]
+    fn handover_credits_both_lines_and_relates_them() {
+        let mut d = DealLine::new(&Config::default(), 100);
+        run(&mut d, 0, &[bulk("old", 0, 0.0), fan_in("old", 0)]);
+        let h = finding(
+            crate::detect::line_handover::NAME,
+            "new",
+            DAY,
+            evidence! {"overlap" => 0.9},
+            vec!["new", "old"],
+        );
+        let out = run(&mut d, DAY, &[h]);
+        // The old line now has bulk + fan-in + handover; the new line only the handover.
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].subject, "old");
+        assert_eq!(out[0].related, vec!["new"]);
+        let out = run(
+            &mut d,
+            DAY + HOUR,
+            &[bulk("new", DAY + HOUR, 0.0), fan_in("new", DAY + HOUR)],
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].subject, "new");
+        assert_eq!(out[0].related, vec!["old"]);
+    }
+
+    #[test]
+    fn repair_shop_handset_is_not_counted() {
+        let mut d = DealLine::new(&Config::default(), 100);
+        run(&mut d, 0, &[bulk("a", 0, 0.0), fan_in("a", 0)]);
+        let churn = finding(
+            crate::detect::handset_churn::NAME,
+            "shop",
+            HOUR,
+            evidence! {"sims" => 40},
+            vec!["a"],
+        );
+        assert!(run(&mut d, HOUR, &[churn]).is_empty());
+        let burner = finding(
+            crate::detect::handset_churn::NAME,
+            "burner",
+            HOUR,
+            evidence! {"sims" => 3},
+            vec!["a"],
+        );
+        assert_eq!(run(&mut d, HOUR, &[burner]).len(), 1);
+    }
+
+    #[test]
+    fn evidence_older_than_the_lookback_does_not_count() {
+        let mut d = DealLine::new(&Config::default(), 100);
+        run(&mut d, 0, &[bulk("line", 0, 0.0), fan_in("line", 0)]);
+        assert!(run(&mut d, 10 * DAY, &[bulk("line", 10 * DAY, 0.9)]).is_empty());
+    }
+}

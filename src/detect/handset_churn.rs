@@ -1,0 +1,234 @@
+//! `handset_churn`: one handset used with many distinct SIMs within a sliding window.
+//!
+//! Burner handsets take a new SIM every day or so. The SIM pseudonyms are kept (they go in
+//! `related`), with the line each SIM was used as, so the combined verdict can credit the
+//! churn to those lines.
+
+use super::{Ctx, Detector, EventIds, StateStats};
+use crate::alert::{Finding, SubjectKind};
+use crate::config::{ChurnConfig, Config};
+use crate::event::{Event, Millis};
+use crate::evidence;
+use crate::ids::{self, IdMap};
+
+pub const NAME: &str = "handset_churn";
+
+struct SimSeen {
+    sim: Box<str>,
+    line: Box<str>,
+    last_s: u32,
+}
+
+#[derive(Default)]
+struct Handset {
+    sims: Vec<SimSeen>,
+    newest_s: u32,
+    fired_s: Option<u32>,
+}
+
+pub struct HandsetChurn {
+    cfg: ChurnConfig,
+    handsets: IdMap<Handset>,
+    max_keys: usize,
+    cap_hits: u64,
+    heap_bytes: usize,
+}
+
+impl HandsetChurn {
+    pub fn new(cfg: &Config, max_keys: usize) -> Self {
+        HandsetChurn {
+            cfg: cfg.handset_churn.clone(),
+            handsets: IdMap::default(),
+            max_keys,
+            cap_hits: 0,
+            heap_bytes: 0,
+        }
+    }
+}
+
+fn sim_bytes(s: &SimSeen) -> usize {
+    std::mem::size_of::<SimSeen>() + s.sim.len() + s.line.len()
+}
+
+impl Detector for HandsetChurn {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn on_event(&mut self, ev: &Event<'_>, ids: &EventIds, ctx: &mut Ctx<'_>) {
+        if !self.cfg.enabled {
+            return;
+        }
+        let (Some(imei), Some(imsi), Some(imei_s)) =
+            (ids.imei, ev.imsi.as_deref(), ev.imei.as_deref())
+        else {
+            return;
+        };
+        let s = ids::secs(ev.ts);
+        if !self.handsets.contains_key(&imei) && self.handsets.len() >= self.max_keys {
+            self.cap_hits += 1;
+            return;
+        }
+        let h = self.handsets.entry(imei).or_default();
+        h.newest_s = h.newest_s.max(s);
+        let since_s = h.newest_s.saturating_sub(self.cfg.window_s as u32);
+        if s < since_s {
+            return;
+        }
+        match h.sims.iter_mut().find(|x| *x.sim == *imsi) {
+            Some(x) => {
+                if s >= x.last_s {
+                    x.last_s = s;
+                    if *x.line != *ev.from {
+                        self.heap_bytes = self.heap_bytes + ev.from.len() - x.line.len();
+                        x.line = ev.from.as_ref().into();
+                    }
+                }
+                return; // a known SIM cannot raise the count
+            }
+            None => {
+                if h.sims.len() >= self.cfg.max_sims_per_handset as usize {
+                    self.cap_hits += 1;
+                    if let Some((i, _)) = h.sims.iter().enumerate().min_by_key(|(_, x)| x.last_s) {
+                        self.heap_bytes -= sim_bytes(&h.sims[i]);
+                        h.sims.swap_remove(i);
+                    }
+                }
+                let seen = SimSeen {
+                    sim: imsi.into(),
+                    line: ev.from.as_ref().into(),
+                    last_s: s,
+                };
+                self.heap_bytes += sim_bytes(&seen);
+                h.sims.push(seen);
+            }
+        }
+        let in_window: Vec<&SimSeen> = h.sims.iter().filter(|x| x.last_s >= since_s).collect();
+        let min = self.cfg.min_sims as usize;
+        if in_window.len() < min || h.fired_s.is_some_and(|f| f >= since_s) {
+            return;
+        }
+        h.fired_s = Some(h.newest_s);
+        let mut ordered = in_window;
+        ordered.sort_by(|a, b| a.last_s.cmp(&b.last_s).then_with(|| a.sim.cmp(&b.sim)));
+        let mut lines: Vec<(u64, String)> = Vec::new();
+        for x in &ordered {
+            let id = ids::id(&x.line);
+            if !lines.iter().any(|(l, _)| *l == id) {
+                lines.push((id, x.line.to_string()));
+            }
+        }
+        let sims = ordered.len();
+        ctx.out.push(Finding {
+            detector: NAME,
+            subject: imei_s.to_string(),
+            subject_id: imei,
+            subject_kind: SubjectKind::Handset,
+            score: (sims as f64 / (2.0 * min as f64)).min(1.0),
+            event_time: ev.ts,
+            window_start: ids::millis(ordered[0].last_s),
+            window_end: ids::millis(h.newest_s).max(ev.ts),
+            related: ordered.iter().map(|x| x.sim.to_string()).collect(),
+            evidence: evidence! {
+                "sims" => sims,
+                "min_sims" => min,
+                "window_s" => self.cfg.window_s,
+                "lines" => lines.iter().map(|(_, l)| l.clone()).collect::<Vec<_>>(),
+            },
+            lines,
+        });
+    }
+
+    fn expire(&mut self, watermark: Millis) {
+        let cutoff = ids::secs(watermark).saturating_sub(self.cfg.window_s as u32);
+        let mut heap = 0;
+        self.handsets.retain(|_, h| {
+            h.sims.retain(|x| x.last_s >= cutoff);
+            heap += h.sims.iter().map(sim_bytes).sum::<usize>();
+            !h.sims.is_empty()
+        });
+        if self.handsets.capacity() > 2 * self.handsets.len() + 1024 {
+            self.handsets.shrink_to_fit();
+        }
+        self.heap_bytes = heap;
+    }
+
+    fn stats(&self) -> StateStats {
+        StateStats {
+            keys: self.handsets.len(),
+            bytes: ids::map_bytes(&self.handsets) + self.heap_bytes,
+            cap_hits: self.cap_hits,
+        }
+    }
+
+    fn reconfigure(&mut self, cfg: &Config) {
+        self.cfg = cfg.handset_churn.clone();
+        self.max_keys = cfg.engine.max_keys_per_detector;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::testkit::*;
+    use std::borrow::Cow;
+
+    fn with_sim<'a>(mut e: Event<'a>, imei: &'a str, imsi: &'a str) -> Event<'a> {
+        e.imei = Some(Cow::Borrowed(imei));
+        e.imsi = Some(Cow::Borrowed(imsi));
+        e
+    }
+
+    #[test]
+    fn third_sim_in_a_handset_fires_with_sims_related() {
+        let mut d = HandsetChurn::new(&Config::default(), 100);
+        let mut h = Harness::new();
+        assert!(h
+            .feed(&mut d, &with_sim(sms("1", 0, "l1", "x"), "h", "s1"))
+            .is_empty());
+        assert!(h
+            .feed(&mut d, &with_sim(sms("2", DAY, "l2", "x"), "h", "s2"))
+            .is_empty());
+        assert!(h
+            .feed(
+                &mut d,
+                &with_sim(sms("3", DAY + HOUR, "l2", "x"), "h", "s2")
+            )
+            .is_empty());
+        let f = h.feed(&mut d, &with_sim(sms("4", 2 * DAY, "l3", "x"), "h", "s3"));
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].subject, "h");
+        assert_eq!(f[0].subject_kind, SubjectKind::Handset);
+        assert_eq!(f[0].related, vec!["s1", "s2", "s3"]);
+        assert_eq!(f[0].lines.len(), 3);
+        assert_eq!(f[0].evidence["sims"], 3);
+    }
+
+    #[test]
+    fn sims_spread_over_more_than_the_window_do_not_fire() {
+        let mut d = HandsetChurn::new(&Config::default(), 100);
+        let mut h = Harness::new();
+        for (i, sim) in ["s1", "s2", "s3", "s4"].iter().enumerate() {
+            let id = i.to_string();
+            let f = h.feed(
+                &mut d,
+                &with_sim(sms(&id, i as Millis * 2 * DAY, "l", "x"), "h", sim),
+            );
+            assert!(f.is_empty());
+        }
+    }
+
+    #[test]
+    fn per_handset_cap_is_counted() {
+        let mut cfg = Config::default();
+        cfg.handset_churn.max_sims_per_handset = 3;
+        let mut d = HandsetChurn::new(&cfg, 100);
+        let mut h = Harness::new();
+        for i in 0..5 {
+            let (id, sim) = (i.to_string(), format!("s{i}"));
+            h.feed(&mut d, &with_sim(sms(&id, i * MIN, "l", "x"), "h", &sim));
+        }
+        assert_eq!(d.stats().cap_hits, 2);
+        assert_eq!(d.stats().keys, 1);
+    }
+}

@@ -1,0 +1,307 @@
+//! `line_handover`: a new line reaches a customer base that largely overlaps an earlier
+//! line's ("new number" texted to the old list).
+//!
+//! Lines that text at least `min_recipients` numbers get a MinHash sketch of their audience
+//! (`sketch_size` 32-bit minima, 256 bytes at the default): bounded memory whatever the list
+//! size, and overlap estimates within about ±0.06. A line first seen after the warm-up is
+//! compared with every sketched earlier line when its audience first reaches
+//! `min_recipients` and again each time it grows by a quarter, until it matches. The
+//! comparison is a scan over the sketched lines, which are the few lines that text many
+//! numbers; banded LSH would replace the scan if that population grew to millions.
+
+use super::{Ctx, Detector, EventIds, StateStats};
+use crate::alert::{Finding, SubjectKind};
+use crate::config::{Config, HandoverConfig};
+use crate::event::{Event, Kind, Millis};
+use crate::evidence;
+use crate::ids::{self, IdMap};
+
+pub const NAME: &str = "line_handover";
+
+struct Sketched {
+    line: Box<str>,
+    first_seen_s: u32,
+    last_text_s: u32,
+    /// Distinct recipients when last updated.
+    recipients: u32,
+    handset_fp: u32,
+    mins: Box<[u32]>,
+    /// Compare again once the audience reaches this size (u32::MAX: matched or too old).
+    next_eval: u32,
+}
+
+pub struct LineHandover {
+    cfg: HandoverConfig,
+    sketches: IdMap<Sketched>,
+    cap_hits: u64,
+}
+
+/// The i-th hash of a recipient fingerprint: a splitmix64 finaliser over fp and slot.
+#[inline]
+fn slot_hash(fp: u32, i: usize) -> u32 {
+    let mut z = (fp as u64) ^ ((i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)) as u32
+}
+
+fn add(mins: &mut [u32], fp: u32) {
+    for (i, m) in mins.iter_mut().enumerate() {
+        let h = slot_hash(fp, i);
+        if h < *m {
+            *m = h;
+        }
+    }
+}
+
+/// Estimated Jaccard similarity of two audiences.
+fn jaccard(a: &[u32], b: &[u32]) -> f64 {
+    let same = a.iter().zip(b).filter(|(x, y)| x == y).count();
+    same as f64 / a.len().max(1) as f64
+}
+
+/// Fraction of the new audience (size `na`) that is also in the earlier one (size `nb`).
+fn containment(j: f64, na: u32, nb: u32) -> f64 {
+    let inter = j / (1.0 + j) * (na as f64 + nb as f64);
+    (inter / na.max(1) as f64).min(1.0)
+}
+
+impl LineHandover {
+    pub fn new(cfg: &Config) -> Self {
+        LineHandover {
+            cfg: cfg.line_handover.clone(),
+            sketches: IdMap::default(),
+            cap_hits: 0,
+        }
+    }
+
+    fn best_predecessor(&self, line: u64, me: &Sketched) -> Option<(u64, f64, f64)> {
+        let mut best: Option<(u64, f64, f64)> = None;
+        for (&other, o) in &self.sketches {
+            if other == line || o.first_seen_s >= me.first_seen_s {
+                continue;
+            }
+            let j = jaccard(&me.mins, &o.mins);
+            if j == 0.0 {
+                continue;
+            }
+            let c = containment(j, me.recipients, o.recipients);
+            // Ties go to the lower id so the choice does not depend on map order.
+            let better = match best {
+                None => true,
+                Some((bid, bc, _)) => c > bc || (c == bc && other < bid),
+            };
+            if better {
+                best = Some((other, c, j));
+            }
+        }
+        best
+    }
+}
+
+impl Detector for LineHandover {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn on_event(&mut self, ev: &Event<'_>, ids: &EventIds, ctx: &mut Ctx<'_>) {
+        if !self.cfg.enabled || ev.kind != Kind::Sms {
+            return;
+        }
+        let Some(rec) = ctx.contacts.get(ids.from) else {
+            return;
+        };
+        let n = rec.contacts.len() as u32;
+        let s = ids::secs(ev.ts);
+        let k = self.cfg.sketch_size as usize;
+        let me = match self.sketches.get_mut(&ids.from) {
+            Some(me) => {
+                add(&mut me.mins, ids::fp(ids.to));
+                me.recipients = me.recipients.max(n);
+                me.last_text_s = me.last_text_s.max(s);
+                me.first_seen_s = me.first_seen_s.min(rec.first_seen_s);
+                me.handset_fp = rec.handset_fp;
+                me
+            }
+            None => {
+                if n < self.cfg.min_recipients {
+                    return;
+                }
+                if self.sketches.len() >= self.cfg.max_sketched_lines {
+                    self.cap_hits += 1;
+                    return;
+                }
+                let mut mins = vec![u32::MAX; k].into_boxed_slice();
+                for c in &rec.contacts {
+                    add(&mut mins, c.fp);
+                }
+                let stream_start_s = ids::secs(ctx.stream_start);
+                let is_new =
+                    rec.first_seen_s >= stream_start_s.saturating_add(self.cfg.warmup_s as u32);
+                self.sketches.entry(ids.from).or_insert(Sketched {
+                    line: ev.from.as_ref().into(),
+                    first_seen_s: rec.first_seen_s,
+                    last_text_s: s,
+                    recipients: n,
+                    handset_fp: rec.handset_fp,
+                    mins,
+                    next_eval: if is_new {
+                        self.cfg.min_recipients
+                    } else {
+                        u32::MAX
+                    },
+                })
+            }
+        };
+        let age = s.saturating_sub(me.first_seen_s);
+        if me.recipients < me.next_eval {
+            return;
+        }
+        if age as u64 > self.cfg.new_line_max_age_s {
+            me.next_eval = u32::MAX;
+            return;
+        }
+        me.next_eval = me.recipients + (me.recipients / 4).max(5);
+        let Some(me) = self.sketches.get(&ids.from) else {
+            return;
+        };
+        let Some((pred, overlap, j)) = self.best_predecessor(ids.from, me) else {
+            return;
+        };
+        if overlap < self.cfg.min_overlap {
+            return;
+        }
+        let o = &self.sketches[&pred];
+        let shared_handset = me.handset_fp != 0 && me.handset_fp == o.handset_fp;
+        let finding = Finding {
+            detector: NAME,
+            subject: ev.from.to_string(),
+            subject_id: ids.from,
+            subject_kind: SubjectKind::Line,
+            score: overlap,
+            event_time: ev.ts,
+            window_start: ids::millis(o.first_seen_s),
+            window_end: ev.ts,
+            related: vec![o.line.to_string()],
+            evidence: evidence! {
+                "overlap" => (overlap * 1000.0).round() / 1000.0,
+                "min_overlap" => self.cfg.min_overlap,
+                "jaccard" => (j * 1000.0).round() / 1000.0,
+                "new_line_recipients" => me.recipients,
+                "earlier_line_recipients" => o.recipients,
+                "min_recipients" => self.cfg.min_recipients,
+                "new_line_first_seen" => ids::millis(me.first_seen_s),
+                "earlier_line_first_seen" => ids::millis(o.first_seen_s),
+                "earlier_line_last_text" => ids::millis(o.last_text_s),
+                "shared_handset" => shared_handset,
+                "new_line_max_age_s" => self.cfg.new_line_max_age_s,
+            },
+            lines: vec![(ids.from, ev.from.to_string()), (pred, o.line.to_string())],
+        };
+        if let Some(me) = self.sketches.get_mut(&ids.from) {
+            me.next_eval = u32::MAX;
+        }
+        ctx.out.push(finding);
+    }
+
+    fn expire(&mut self, watermark: Millis) {
+        let cutoff = ids::secs(watermark).saturating_sub(self.cfg.retention_s as u32);
+        self.sketches.retain(|_, s| s.last_text_s >= cutoff);
+    }
+
+    fn stats(&self) -> StateStats {
+        StateStats {
+            keys: self.sketches.len(),
+            bytes: ids::map_bytes(&self.sketches)
+                + self
+                    .sketches
+                    .values()
+                    .map(|s| s.mins.len() * 4 + s.line.len())
+                    .sum::<usize>(),
+            cap_hits: self.cap_hits,
+        }
+    }
+
+    fn reconfigure(&mut self, cfg: &Config) {
+        // A new sketch size applies to lines sketched from now on; old sketches of another
+        // size would compare wrongly, so they are dropped.
+        if cfg.line_handover.sketch_size != self.cfg.sketch_size {
+            self.sketches.clear();
+        }
+        self.cfg = cfg.line_handover.clone();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::testkit::*;
+
+    fn texts(
+        h: &mut Harness,
+        d: &mut LineHandover,
+        line: &str,
+        t: Millis,
+        range: std::ops::Range<usize>,
+    ) -> Vec<Finding> {
+        let mut out = Vec::new();
+        for i in range {
+            let (id, to) = (format!("{line}-{t}-{i}"), format!("c{i}"));
+            out.extend(h.feed(d, &sms(&id, t, line, &to)));
+        }
+        out
+    }
+
+    fn setup() -> (Harness, LineHandover) {
+        let mut h = Harness::new();
+        // Something at t=0 starts the stream so later lines are past the warm-up.
+        h.feed(
+            &mut LineHandover::new(&Config::default()),
+            &sms("start", 0, "x", "y"),
+        );
+        (h, LineHandover::new(&Config::default()))
+    }
+
+    #[test]
+    fn new_line_texting_the_old_list_is_a_handover() {
+        let (mut h, mut d) = setup();
+        assert!(texts(&mut h, &mut d, "old", HOUR, 0..60).is_empty());
+        let f = texts(&mut h, &mut d, "new", DAY, 0..60);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].subject, "new");
+        assert_eq!(f[0].related, vec!["old"]);
+        assert!(f[0].score >= 0.8, "overlap {}", f[0].score);
+        // Fires as soon as enough of the old list is reached, once.
+        assert_eq!(f[0].evidence["new_line_recipients"], 15);
+    }
+
+    #[test]
+    fn disjoint_audience_is_not_a_handover() {
+        let (mut h, mut d) = setup();
+        texts(&mut h, &mut d, "old", HOUR, 0..60);
+        assert!(texts(&mut h, &mut d, "new", DAY, 100..160).is_empty());
+    }
+
+    #[test]
+    fn lines_seen_during_warm_up_are_not_new() {
+        let mut h = Harness::new();
+        let mut d = LineHandover::new(&Config::default());
+        texts(&mut h, &mut d, "a", 0, 0..60);
+        assert!(texts(&mut h, &mut d, "b", HOUR, 0..60).is_empty());
+    }
+
+    #[test]
+    fn minhash_estimate_is_close() {
+        let k = 256;
+        let (mut a, mut b) = (vec![u32::MAX; k], vec![u32::MAX; k]);
+        for i in 0..300u32 {
+            add(&mut a, ids::fp(ids::id(&i.to_string())));
+        }
+        for i in 150..450u32 {
+            add(&mut b, ids::fp(ids::id(&i.to_string())));
+        }
+        let j = jaccard(&a, &b);
+        assert!((j - 1.0 / 3.0).abs() < 0.08, "jaccard {j}");
+        assert!((containment(j, 300, 300) - 0.5).abs() < 0.1);
+    }
+}

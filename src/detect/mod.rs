@@ -1,0 +1,175 @@
+//! The detectors: one file each, all behind one [`Detector`] trait.
+//!
+//! A detector sees each valid, on-time, first-delivery record once ([`Detector::on_event`]),
+//! may see the findings other detectors made on that record ([`Detector::on_findings`], used
+//! by the combined `deal_line` verdict), and expires its state when the engine's watermark
+//! moves on ([`Detector::expire`]). Time is only ever the records' event time, passed in:
+//! no detector reads a clock, so tests drive time directly and replays are deterministic.
+
+pub mod bulk_sms;
+pub mod customer_fan_in;
+pub mod deal_line;
+pub mod handset_churn;
+pub mod line_handover;
+
+use crate::alert::Finding;
+use crate::config::Config;
+use crate::event::{Event, Millis};
+use crate::ids;
+use crate::state::Contacts;
+
+/// Names of the detectors, in the order their findings are made.
+pub const DETECTORS: [&str; 5] = [
+    bulk_sms::NAME,
+    customer_fan_in::NAME,
+    handset_churn::NAME,
+    line_handover::NAME,
+    deal_line::NAME,
+];
+
+/// Identity hashes of one record, computed once and shared by every detector.
+#[derive(Debug, Clone, Copy)]
+pub struct EventIds {
+    pub from: u64,
+    pub to: u64,
+    pub imsi: Option<u64>,
+    pub imei: Option<u64>,
+}
+
+impl EventIds {
+    pub fn of(ev: &Event<'_>) -> Self {
+        EventIds {
+            from: ids::id(&ev.from),
+            to: ids::id(&ev.to),
+            imsi: ev.imsi.as_deref().map(ids::id),
+            imei: ev.imei.as_deref().map(ids::id),
+        }
+    }
+}
+
+/// What a detector may read and where it writes, for one record.
+pub struct Ctx<'a> {
+    /// Who each line has texted (already updated with the current record).
+    pub contacts: &'a Contacts,
+    /// The engine's watermark: nothing older than this will arrive any more.
+    pub watermark: Millis,
+    /// Event time of the first record of the stream (for warm-up rules).
+    pub stream_start: Millis,
+    /// Findings go here.
+    pub out: &'a mut Vec<Finding>,
+}
+
+/// Size of a detector's state, for metrics and the memory budget.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StateStats {
+    /// Keys (lines or handsets) tracked.
+    pub keys: usize,
+    /// Estimated bytes held.
+    pub bytes: usize,
+    /// Times a hard cap refused a key or dropped an entry.
+    pub cap_hits: u64,
+}
+
+/// One detector.
+pub trait Detector: Send {
+    /// The detector's name, as in alerts and config sections.
+    fn name(&self) -> &'static str;
+
+    /// Sees one record; pushes findings to `ctx.out`.
+    fn on_event(&mut self, _ev: &Event<'_>, _ids: &EventIds, _ctx: &mut Ctx<'_>) {}
+
+    /// Sees what the other detectors found on the current record.
+    fn on_findings(&mut self, _ev: &Event<'_>, _findings: &[Finding], _ctx: &mut Ctx<'_>) {}
+
+    /// Drops state that the watermark has made irrelevant.
+    fn expire(&mut self, _watermark: Millis) {}
+
+    /// Size of the state held.
+    fn stats(&self) -> StateStats;
+
+    /// Takes new thresholds without losing state: a longer window keeps what it has, a
+    /// shorter one trims at the next expiry.
+    fn reconfigure(&mut self, cfg: &Config);
+}
+
+/// Every detector the configuration enables, primaries first and `deal_line` last.
+pub fn build(cfg: &Config) -> (Vec<Box<dyn Detector>>, deal_line::DealLine) {
+    let max_keys = cfg.engine.max_keys_per_detector;
+    let primaries: Vec<Box<dyn Detector>> = vec![
+        Box::new(bulk_sms::BulkSms::new(cfg, max_keys)),
+        Box::new(customer_fan_in::CustomerFanIn::new(cfg, max_keys)),
+        Box::new(handset_churn::HandsetChurn::new(cfg, max_keys)),
+        Box::new(line_handover::LineHandover::new(cfg)),
+    ];
+    (primaries, deal_line::DealLine::new(cfg, max_keys))
+}
+
+/// Shared test helpers: records and a context over a contacts store.
+#[cfg(test)]
+pub(crate) mod testkit {
+    use super::*;
+    use crate::event::Kind;
+    use std::borrow::Cow;
+
+    pub const MIN: Millis = 60_000;
+    pub const HOUR: Millis = 3_600_000;
+    pub const DAY: Millis = 86_400_000;
+
+    pub fn sms<'a>(id: &'a str, ts: Millis, from: &'a str, to: &'a str) -> Event<'a> {
+        Event {
+            event_id: Cow::Borrowed(id),
+            ts,
+            kind: Kind::Sms,
+            from: Cow::Borrowed(from),
+            to: Cow::Borrowed(to),
+            duration_s: 0,
+            imsi: None,
+            imei: None,
+            cell: None,
+        }
+    }
+
+    pub fn call<'a>(id: &'a str, ts: Millis, from: &'a str, to: &'a str, dur: u32) -> Event<'a> {
+        Event {
+            kind: Kind::Call,
+            duration_s: dur,
+            ..sms(id, ts, from, to)
+        }
+    }
+
+    /// Drives a detector the way the engine does: contacts first, then the detector.
+    pub struct Harness {
+        pub contacts: Contacts,
+        pub stream_start: Option<Millis>,
+        pub max_ts: Millis,
+    }
+
+    impl Harness {
+        pub fn new() -> Self {
+            Harness {
+                contacts: Contacts::new(1_000_000, 4096, 7 * 86_400),
+                stream_start: None,
+                max_ts: 0,
+            }
+        }
+
+        pub fn feed(&mut self, d: &mut dyn Detector, ev: &Event<'_>) -> Vec<Finding> {
+            let ids = EventIds::of(ev);
+            self.stream_start.get_or_insert(ev.ts);
+            self.max_ts = self.max_ts.max(ev.ts);
+            self.contacts.touch(ids.from, ev.ts, ids.imei);
+            if ev.kind == Kind::Sms {
+                self.contacts.record_text(ids.from, ids.to, ev.ts);
+            }
+            let mut out = Vec::new();
+            let mut ctx = Ctx {
+                contacts: &self.contacts,
+                watermark: self.max_ts - 15 * MIN,
+                stream_start: self.stream_start.unwrap(),
+                out: &mut out,
+            };
+            d.on_event(ev, &ids, &mut ctx);
+            out
+        }
+    }
+}

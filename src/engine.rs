@@ -1,0 +1,480 @@
+//! The engine: one record in, verdict and alerts out. `replay`, `demo`, `tune` and the Kafka
+//! service all drive this same type, so they detect identically.
+//!
+//! For each record: decode → duplicate check → lateness check against the watermark →
+//! shared contact state → each detector → the combined verdict → cooldown → alerts. State
+//! is swept as the watermark advances.
+
+use std::collections::{HashSet, VecDeque};
+
+use serde::Serialize;
+
+use crate::alert::{Alert, Finding};
+use crate::config::Config;
+use crate::detect::{self, deal_line::DealLine, Ctx, Detector, EventIds, StateStats};
+use crate::event::{self, DecodeOptions, Event, Kind, Malformed, Millis, Reason};
+use crate::ids::{self, IdBuild, IdMap};
+use crate::state::{Contacts, Recorded};
+use crate::watermark::Watermarks;
+
+/// What happened to one record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Used by the detectors.
+    Valid,
+    /// Same `event_id` as a record already seen: not used.
+    Duplicate,
+    /// Malformed or late: to the dead-letter output with this reason.
+    Rejected(Malformed),
+}
+
+/// Running totals, for `--summary`, metrics and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Counters {
+    pub events_total: u64,
+    pub events_valid: u64,
+    /// Rejected for any reason but lateness.
+    pub events_malformed: u64,
+    pub events_duplicate: u64,
+    pub events_late: u64,
+    /// Per reason code, in [`Reason::ALL`] order (including `late`).
+    pub rejected_by_reason: [u64; Reason::ALL.len()],
+    pub alerts_total: u64,
+    /// Per detector, in [`detect::DETECTORS`] order.
+    pub alerts_by_detector: [u64; detect::DETECTORS.len()],
+    /// Findings held back by the cooldown.
+    pub alerts_suppressed: u64,
+    /// Times the shared contact store hit a cap.
+    pub contact_cap_hits: u64,
+}
+
+/// Remembers event ids for the dedup retention.
+struct Dedup {
+    seen: HashSet<u64, IdBuild>,
+    order: VecDeque<(Millis, u64)>,
+}
+
+impl Dedup {
+    fn new() -> Self {
+        Dedup {
+            seen: HashSet::default(),
+            order: VecDeque::new(),
+        }
+    }
+
+    /// True if the id was new.
+    fn insert(&mut self, event_id: &str, ts: Millis) -> bool {
+        let h = ids::id(event_id);
+        if self.seen.insert(h) {
+            self.order.push_back((ts, h));
+            true
+        } else {
+            false
+        }
+    }
+
+    fn expire(&mut self, cutoff: Millis) {
+        while let Some(&(ts, h)) = self.order.front() {
+            if ts >= cutoff {
+                break;
+            }
+            self.order.pop_front();
+            self.seen.remove(&h);
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        self.seen.capacity() * 9 + self.order.capacity() * 16
+    }
+}
+
+/// The detection engine.
+pub struct Engine {
+    cfg: Config,
+    version: String,
+    decode: DecodeOptions,
+    contacts: Contacts,
+    primaries: Vec<Box<dyn Detector>>,
+    deal: DealLine,
+    watermarks: Watermarks,
+    dedup: Dedup,
+    /// (detector, subject) → event time (s) of the last alert.
+    cooldown: IdMap<u32>,
+    stream_start: Option<Millis>,
+    last_sweep: Millis,
+    counters: Counters,
+    findings: Vec<Finding>,
+    deal_findings: Vec<Finding>,
+}
+
+fn contact_bounds(cfg: &Config) -> (usize, usize, u64) {
+    let max_contacts = cfg
+        .bulk_sms
+        .max_recipients_per_line
+        .max(cfg.customer_fan_in.max_customers_per_line) as usize;
+    let retention = cfg
+        .customer_fan_in
+        .lookback_s
+        .max(cfg.bulk_sms.window_s + cfg.deal_line.repeat_gap_s)
+        .max(cfg.line_handover.new_line_max_age_s);
+    (cfg.engine.max_keys_per_detector, max_contacts, retention)
+}
+
+impl Engine {
+    /// An engine over a validated configuration.
+    pub fn new(cfg: Config) -> Self {
+        let (max_lines, max_contacts, retention) = contact_bounds(&cfg);
+        let (primaries, deal) = detect::build(&cfg);
+        Engine {
+            version: cfg.version(),
+            decode: cfg.decode_options(),
+            contacts: Contacts::new(max_lines, max_contacts, retention),
+            primaries,
+            deal,
+            watermarks: Watermarks::new(
+                cfg.engine.allowed_lateness_s as Millis * 1000,
+                cfg.service.partition_idle_timeout_s as Millis * 1000,
+            ),
+            dedup: Dedup::new(),
+            cooldown: IdMap::default(),
+            stream_start: None,
+            last_sweep: Millis::MIN,
+            counters: Counters::default(),
+            findings: Vec::new(),
+            deal_findings: Vec::new(),
+            cfg,
+        }
+    }
+
+    /// Takes a new configuration for the next records, keeping all window state.
+    pub fn reconfigure(&mut self, cfg: Config) {
+        let (max_lines, max_contacts, retention) = contact_bounds(&cfg);
+        self.contacts
+            .reconfigure(max_lines, max_contacts, retention);
+        for d in &mut self.primaries {
+            d.reconfigure(&cfg);
+        }
+        self.deal.reconfigure(&cfg);
+        self.watermarks.set_lateness(
+            cfg.engine.allowed_lateness_s as Millis * 1000,
+            cfg.service.partition_idle_timeout_s as Millis * 1000,
+        );
+        self.decode = cfg.decode_options();
+        self.version = cfg.version();
+        self.cfg = cfg;
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Short hash of the detection configuration in force.
+    pub fn config_version(&self) -> &str {
+        &self.version
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// The watermark at wall time `wall`.
+    pub fn watermark(&self, wall: Millis) -> Millis {
+        self.watermarks.current(wall)
+    }
+
+    /// Partition watermarks (for metrics).
+    pub fn partition_watermarks(&self) -> Vec<(i32, Millis)> {
+        self.watermarks.per_partition()
+    }
+
+    /// Forgets a partition's watermark (it was revoked).
+    pub fn remove_partition(&mut self, partition: i32) {
+        self.watermarks.remove(partition);
+    }
+
+    /// Processes one raw record from `partition`, arriving at wall time `wall`; alerts made
+    /// are appended to `alerts`.
+    pub fn process(
+        &mut self,
+        bytes: &[u8],
+        partition: i32,
+        wall: Millis,
+        alerts: &mut Vec<Alert>,
+    ) -> Verdict {
+        self.counters.events_total += 1;
+        let ev = match event::decode(bytes, &self.decode) {
+            Ok(ev) => ev,
+            Err(m) => return self.reject(m),
+        };
+        if !self.dedup.insert(&ev.event_id, ev.ts) {
+            self.counters.events_duplicate += 1;
+            return Verdict::Duplicate;
+        }
+        let wm = self.watermarks.current(wall);
+        if ev.ts < wm {
+            return self.reject(Malformed {
+                reason: Reason::Late,
+                field: Some("ts"),
+            });
+        }
+        self.watermarks.observe(partition, ev.ts, wall);
+        self.counters.events_valid += 1;
+        self.detect(&ev, wall, alerts);
+        let wm = self.watermarks.current(wall);
+        if wm
+            >= self
+                .last_sweep
+                .saturating_add(self.cfg.engine.expire_every_s as Millis * 1000)
+        {
+            self.expire(wm);
+        }
+        Verdict::Valid
+    }
+
+    fn reject(&mut self, m: Malformed) -> Verdict {
+        let i = Reason::ALL.iter().position(|r| *r == m.reason).unwrap_or(0);
+        self.counters.rejected_by_reason[i] += 1;
+        if m.reason == Reason::Late {
+            self.counters.events_late += 1;
+        } else {
+            self.counters.events_malformed += 1;
+        }
+        Verdict::Rejected(m)
+    }
+
+    fn detect(&mut self, ev: &Event<'_>, wall: Millis, alerts: &mut Vec<Alert>) {
+        let ids = EventIds::of(ev);
+        let start = *self.stream_start.get_or_insert(ev.ts);
+        let mut hit = self.contacts.touch(ids.from, ev.ts, ids.imei);
+        if ev.kind == Kind::Sms && hit != Recorded::KeyCapHit {
+            hit = self.contacts.record_text(ids.from, ids.to, ev.ts);
+        }
+        if hit != Recorded::Ok {
+            self.counters.contact_cap_hits += 1;
+        }
+        self.findings.clear();
+        self.deal_findings.clear();
+        let watermark = self.watermarks.current(wall);
+        let mut ctx = Ctx {
+            contacts: &self.contacts,
+            watermark,
+            stream_start: start,
+            out: &mut self.findings,
+        };
+        for d in &mut self.primaries {
+            d.on_event(ev, &ids, &mut ctx);
+        }
+        if self.findings.is_empty() {
+            return;
+        }
+        let mut ctx = Ctx {
+            contacts: &self.contacts,
+            watermark,
+            stream_start: start,
+            out: &mut self.deal_findings,
+        };
+        self.deal.on_findings(ev, &self.findings, &mut ctx);
+        let cooldown_s = self.cfg.alerts.cooldown_s as u32;
+        let all = self.findings.drain(..).chain(self.deal_findings.drain(..));
+        for f in all {
+            let di = detect::DETECTORS
+                .iter()
+                .position(|d| *d == f.detector)
+                .unwrap_or(0);
+            let key = f.subject_id ^ (di as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let at = ids::secs(f.event_time);
+            if let Some(&last) = self.cooldown.get(&key) {
+                if at < last.saturating_add(cooldown_s) && at + cooldown_s > last {
+                    self.counters.alerts_suppressed += 1;
+                    continue;
+                }
+            }
+            self.cooldown.insert(key, at);
+            self.counters.alerts_total += 1;
+            self.counters.alerts_by_detector[di] += 1;
+            alerts.push(f.into_alert(&ev.event_id, wall, &self.version));
+        }
+    }
+
+    /// Expires state older than the watermark minus each piece's retention.
+    pub fn expire(&mut self, watermark: Millis) {
+        self.last_sweep = watermark;
+        self.contacts.expire(watermark);
+        for d in &mut self.primaries {
+            d.expire(watermark);
+        }
+        self.deal.expire(watermark);
+        self.dedup
+            .expire(watermark - self.cfg.engine.dedup_retention_s as Millis * 1000);
+        let cutoff = ids::secs(watermark).saturating_sub(self.cfg.alerts.cooldown_s as u32);
+        self.cooldown.retain(|_, at| *at >= cutoff);
+    }
+
+    /// State size per component: the contact store, each detector, dedup and cooldown.
+    pub fn state_stats(&self) -> Vec<(&'static str, StateStats)> {
+        let mut v = vec![(
+            "contacts",
+            StateStats {
+                keys: self.contacts.len(),
+                bytes: self.contacts.bytes(),
+                cap_hits: self.counters.contact_cap_hits,
+            },
+        )];
+        for d in &self.primaries {
+            v.push((d.name(), d.stats()));
+        }
+        v.push((self.deal.name(), self.deal.stats()));
+        v.push((
+            "dedup",
+            StateStats {
+                keys: self.dedup.seen.len(),
+                bytes: self.dedup.bytes(),
+                cap_hits: 0,
+            },
+        ));
+        v.push((
+            "cooldown",
+            StateStats {
+                keys: self.cooldown.len(),
+                bytes: ids::map_bytes(&self.cooldown),
+                cap_hits: 0,
+            },
+        ));
+        v
+    }
+
+    /// Lines with state (those that have originated a record within retention).
+    pub fn tracked_lines(&self) -> usize {
+        self.contacts.len()
+    }
+
+    /// Detector state bytes (everything but the dedup set) per tracked line.
+    pub fn detector_bytes_per_line(&self) -> f64 {
+        let bytes: usize = self
+            .state_stats()
+            .iter()
+            .filter(|(n, _)| *n != "dedup")
+            .map(|(_, s)| s.bytes)
+            .sum();
+        bytes as f64 / self.tracked_lines().max(1) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: &str, ts: Millis, from: &str, to: &str) -> String {
+        format!(r#"{{"event_id":"{id}","ts":{ts},"kind":"sms","from":"{from}","to":"{to}"}}"#)
+    }
+
+    #[test]
+    fn duplicate_changes_nothing_and_is_counted() {
+        let mut cfg = Config::default();
+        cfg.bulk_sms.min_recipients = 3;
+        cfg.customer_fan_in.min_customers = 3;
+        let mut e = Engine::new(cfg);
+        let mut alerts = Vec::new();
+        for i in 0..2 {
+            let r = rec(&format!("e{i}"), 1_000 + i, "line", &format!("c{i}"));
+            assert_eq!(e.process(r.as_bytes(), 0, 0, &mut alerts), Verdict::Valid);
+            // Re-delivered: the same id twice must not make a third distinct recipient.
+            assert_eq!(
+                e.process(r.as_bytes(), 0, 0, &mut alerts),
+                Verdict::Duplicate
+            );
+        }
+        assert!(alerts.is_empty());
+        assert_eq!(e.counters().events_duplicate, 2);
+        let r = rec("e9", 2_000, "line", "c9");
+        e.process(r.as_bytes(), 0, 0, &mut alerts);
+        assert_eq!(alerts.len(), 1);
+    }
+
+    #[test]
+    fn late_record_is_rejected_and_counted() {
+        let mut e = Engine::new(Config::default());
+        let mut alerts = Vec::new();
+        let t = 1_800_000_000_000;
+        assert_eq!(
+            e.process(rec("a", t, "x", "y").as_bytes(), 0, 0, &mut alerts),
+            Verdict::Valid
+        );
+        // 14 minutes behind: within the allowed 15.
+        assert_eq!(
+            e.process(
+                rec("b", t - 840_000, "x", "y").as_bytes(),
+                0,
+                0,
+                &mut alerts
+            ),
+            Verdict::Valid
+        );
+        let v = e.process(
+            rec("c", t - 960_000, "x", "y").as_bytes(),
+            0,
+            0,
+            &mut alerts,
+        );
+        assert_eq!(
+            v,
+            Verdict::Rejected(Malformed {
+                reason: Reason::Late,
+                field: Some("ts")
+            })
+        );
+        assert_eq!(e.counters().events_late, 1);
+        assert_eq!(e.counters().events_malformed, 0);
+    }
+
+    #[test]
+    fn cooldown_holds_repeats_back() {
+        let mut cfg = Config::default();
+        cfg.bulk_sms.min_recipients = 2;
+        let mut e = Engine::new(cfg);
+        let mut alerts = Vec::new();
+        let hour = 3_600_000;
+        for (i, t) in [0, 1, 2 * hour, 2 * hour + 1, 7 * hour, 7 * hour + 1]
+            .into_iter()
+            .enumerate()
+        {
+            let r = rec(
+                &format!("e{i}"),
+                1_800_000_000_000 + t,
+                "line",
+                &format!("c{i}"),
+            );
+            e.process(r.as_bytes(), 0, 0, &mut alerts);
+        }
+        // Windows at 0 h, 2 h and 7 h fire; the 2 h one is within the 6 h cooldown.
+        let bulk: Vec<_> = alerts.iter().filter(|a| a.detector == "bulk_sms").collect();
+        assert_eq!(bulk.len(), 2);
+        assert_eq!(e.counters().alerts_suppressed, 1);
+    }
+
+    #[test]
+    fn state_expires_behind_the_watermark() {
+        let mut e = Engine::new(Config::default());
+        let mut alerts = Vec::new();
+        let t = 1_800_000_000_000;
+        e.process(rec("a", t, "x", "y").as_bytes(), 0, 0, &mut alerts);
+        assert_eq!(e.tracked_lines(), 1);
+        // Eight days later the first line is past every retention.
+        e.process(
+            rec("b", t + 8 * 86_400_000, "z", "y").as_bytes(),
+            0,
+            0,
+            &mut alerts,
+        );
+        assert_eq!(e.tracked_lines(), 1);
+        assert_eq!(
+            e.state_stats()
+                .iter()
+                .find(|(n, _)| *n == "dedup")
+                .unwrap()
+                .1
+                .keys,
+            1
+        );
+    }
+}

@@ -1,0 +1,665 @@
+//! Decoding one call-detail record (contract §1) from raw bytes.
+//!
+//! The decoder borrows strings from the input buffer wherever the JSON has no escapes, so
+//! the hot path allocates nothing for a well-formed record. Every way a record can be bad
+//! maps to one [`Reason`] from a small fixed set: the reason is what goes into metrics
+//! labels and dead-letter headers, never the serde message (which may quote input).
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::Deserialize;
+
+/// Event time, epoch milliseconds UTC.
+pub type Millis = i64;
+
+/// Why a record was rejected. The string forms are part of the contract (dead-letter
+/// reason codes and metric label values), so they never change once published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// Not parseable as JSON (or not UTF-8).
+    InvalidJson,
+    /// Valid JSON, but not an object.
+    NotObject,
+    /// A required field is absent (or `null`).
+    MissingField,
+    /// A field has the wrong JSON type, or a string field is out of its length bounds.
+    BadType,
+    /// `ts` is neither epoch milliseconds nor an RFC 3339 timestamp in range.
+    BadTimestamp,
+    /// `kind` is not `sms` or `call`.
+    UnknownKind,
+    /// `duration_s` is below zero.
+    NegativeDuration,
+    /// A pseudonym (or `event_id`) is the empty string.
+    EmptyPseudonym,
+    /// A pseudonym is too long or has a space or a non-printable byte.
+    BadPseudonym,
+    /// A pseudonym looks like a raw MSISDN/IMSI/IMEI (10-15 digits, optional `+`).
+    RawIdentifier,
+    /// Older than the watermark: arrived after its window could still change.
+    Late,
+    /// Larger than the configured maximum record size.
+    TooLarge,
+}
+
+impl Reason {
+    /// Every reason, in a fixed order (metric registration, tests, docs).
+    pub const ALL: [Reason; 12] = [
+        Reason::InvalidJson,
+        Reason::NotObject,
+        Reason::MissingField,
+        Reason::BadType,
+        Reason::BadTimestamp,
+        Reason::UnknownKind,
+        Reason::NegativeDuration,
+        Reason::EmptyPseudonym,
+        Reason::BadPseudonym,
+        Reason::RawIdentifier,
+        Reason::Late,
+        Reason::TooLarge,
+    ];
+
+    /// The fixed reason code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::InvalidJson => "invalid_json",
+            Reason::NotObject => "not_object",
+            Reason::MissingField => "missing_field",
+            Reason::BadType => "bad_type",
+            Reason::BadTimestamp => "bad_timestamp",
+            Reason::UnknownKind => "unknown_kind",
+            Reason::NegativeDuration => "negative_duration",
+            Reason::EmptyPseudonym => "empty_pseudonym",
+            Reason::BadPseudonym => "bad_pseudonym",
+            Reason::RawIdentifier => "raw_identifier",
+            Reason::Late => "late",
+            Reason::TooLarge => "too_large",
+        }
+    }
+
+    /// Parses a reason code back (dead-letter readers, tests).
+    pub fn from_code(s: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A rejected record: the reason and, for humans, which field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Malformed {
+    pub reason: Reason,
+    /// The field at fault, if one is (never a value: values may be identifiers).
+    pub field: Option<&'static str>,
+}
+
+impl Malformed {
+    fn new(reason: Reason, field: &'static str) -> Self {
+        Malformed {
+            reason,
+            field: Some(field),
+        }
+    }
+}
+
+impl fmt::Display for Malformed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.field {
+            Some(field) => write!(f, "{} ({})", self.reason, field),
+            None => write!(f, "{}", self.reason),
+        }
+    }
+}
+
+/// `sms` or `call`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Sms,
+    Call,
+}
+
+/// One valid call-detail record, borrowing from the input where it can.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event<'a> {
+    pub event_id: Cow<'a, str>,
+    pub ts: Millis,
+    pub kind: Kind,
+    pub from: Cow<'a, str>,
+    pub to: Cow<'a, str>,
+    /// Seconds; 0 for SMS and unanswered calls.
+    pub duration_s: u32,
+    pub imsi: Option<Cow<'a, str>>,
+    pub imei: Option<Cow<'a, str>>,
+    pub cell: Option<Cow<'a, str>>,
+}
+
+/// Decoder options that come from configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeOptions {
+    /// Reject pseudonyms that look like raw MSISDN/IMSI/IMEI values.
+    pub raw_identifier_guard: bool,
+    /// Records larger than this are rejected as `too_large` without parsing.
+    pub max_record_bytes: usize,
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        DecodeOptions {
+            raw_identifier_guard: true,
+            max_record_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// Decodes and validates one record.
+pub fn decode<'a>(bytes: &'a [u8], opts: &DecodeOptions) -> Result<Event<'a>, Malformed> {
+    if bytes.len() > opts.max_record_bytes {
+        return Err(Malformed {
+            reason: Reason::TooLarge,
+            field: None,
+        });
+    }
+    // serde_json skips unknown fields without checking their UTF-8; JSON must be UTF-8 all
+    // through. The ASCII test is word-at-a-time, so the common case pays almost nothing.
+    if !bytes.is_ascii() && std::str::from_utf8(bytes).is_err() {
+        return Err(Malformed {
+            reason: Reason::InvalidJson,
+            field: None,
+        });
+    }
+    let raw = parse_raw(bytes)?;
+    raw.validate(opts)
+}
+
+fn parse_raw(bytes: &[u8]) -> Result<RawEvent<'_>, Malformed> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let parsed = RawEvent::deserialize(&mut de).and_then(|raw| de.end().map(|_| raw));
+    parsed.map_err(|e| {
+        // Our visitor reports a non-object top level with a marker message; everything
+        // else serde_json can say (syntax, EOF, trailing bytes, bad UTF-8) is invalid JSON.
+        let reason = if e.is_data() && e.to_string().starts_with(NOT_OBJECT) {
+            Reason::NotObject
+        } else {
+            Reason::InvalidJson
+        };
+        Malformed {
+            reason,
+            field: None,
+        }
+    })
+}
+
+const NOT_OBJECT: &str = "linewatch:not_object";
+
+/// A JSON value as far as validation needs to know it.
+#[derive(Debug)]
+enum Scalar<'a> {
+    Str(Cow<'a, str>),
+    Int(i64),
+    /// Integers beyond i64, and floats.
+    OtherNumber(f64),
+    Null,
+    /// bool, array or object.
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Scalar<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Scalar<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Scalar::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Scalar::Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Scalar::Str(Cow::Owned(v)))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Scalar::Int(v))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(match i64::try_from(v) {
+                    Ok(i) => Scalar::Int(i),
+                    Err(_) => Scalar::OtherNumber(v as f64),
+                })
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(Scalar::OtherNumber(v))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Scalar::Null)
+            }
+            fn visit_none<E>(self) -> Result<Self::Value, E> {
+                Ok(Scalar::Null)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                while a.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Other)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Other)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Default)]
+struct RawEvent<'a> {
+    event_id: Option<Scalar<'a>>,
+    ts: Option<Scalar<'a>>,
+    kind: Option<Scalar<'a>>,
+    from: Option<Scalar<'a>>,
+    to: Option<Scalar<'a>>,
+    duration_s: Option<Scalar<'a>>,
+    imsi: Option<Scalar<'a>>,
+    imei: Option<Scalar<'a>>,
+    cell: Option<Scalar<'a>>,
+}
+
+impl<'de> Deserialize<'de> for RawEvent<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawEvent<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(NOT_OBJECT)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                let mut raw = RawEvent::default();
+                while let Some(key) = a.next_key::<Cow<'de, str>>()? {
+                    let slot = match key.as_ref() {
+                        "event_id" => &mut raw.event_id,
+                        "ts" => &mut raw.ts,
+                        "kind" => &mut raw.kind,
+                        "from" => &mut raw.from,
+                        "to" => &mut raw.to,
+                        "duration_s" => &mut raw.duration_s,
+                        "imsi" => &mut raw.imsi,
+                        "imei" => &mut raw.imei,
+                        "cell" => &mut raw.cell,
+                        _ => {
+                            // Feeds grow: unknown fields are skipped without allocating.
+                            a.next_value::<IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    // A repeated key: the last one wins, as in most JSON readers.
+                    *slot = Some(a.next_value::<Scalar<'de>>()?);
+                }
+                Ok(raw)
+            }
+        }
+        // Any non-object top level reaches `expecting`, whose text marks it as not_object.
+        d.deserialize_map(V).map_err(|e| {
+            let msg = e.to_string();
+            if msg.contains(NOT_OBJECT) {
+                de::Error::custom(NOT_OBJECT)
+            } else {
+                e
+            }
+        })
+    }
+}
+
+const MAX_ID_BYTES: usize = 128;
+
+impl<'a> RawEvent<'a> {
+    fn validate(self, opts: &DecodeOptions) -> Result<Event<'a>, Malformed> {
+        let event_id = required_str(self.event_id, "event_id")?;
+        check_len(&event_id, "event_id")?;
+        let ts = match self.ts {
+            None | Some(Scalar::Null) => return Err(Malformed::new(Reason::MissingField, "ts")),
+            Some(Scalar::Int(ms)) => check_ts(ms)?,
+            Some(Scalar::Str(s)) => parse_rfc3339_ms(&s)?,
+            Some(Scalar::OtherNumber(_)) => return Err(Malformed::new(Reason::BadTimestamp, "ts")),
+            Some(Scalar::Other) => return Err(Malformed::new(Reason::BadType, "ts")),
+        };
+        let kind = match required_str(self.kind, "kind")?.as_ref() {
+            "sms" => Kind::Sms,
+            "call" => Kind::Call,
+            _ => return Err(Malformed::new(Reason::UnknownKind, "kind")),
+        };
+        let from = pseudonym(required_str(self.from, "from")?, "from", opts)?;
+        let to = pseudonym(required_str(self.to, "to")?, "to", opts)?;
+        let duration_s = match self.duration_s {
+            None | Some(Scalar::Null) => 0,
+            Some(Scalar::Int(d)) if d < 0 => {
+                return Err(Malformed::new(Reason::NegativeDuration, "duration_s"))
+            }
+            Some(Scalar::Int(d)) => {
+                u32::try_from(d).map_err(|_| Malformed::new(Reason::BadType, "duration_s"))?
+            }
+            Some(Scalar::OtherNumber(f)) if f < 0.0 => {
+                return Err(Malformed::new(Reason::NegativeDuration, "duration_s"))
+            }
+            Some(_) => return Err(Malformed::new(Reason::BadType, "duration_s")),
+        };
+        let imsi = optional_pseudonym(self.imsi, "imsi", opts)?;
+        let imei = optional_pseudonym(self.imei, "imei", opts)?;
+        let cell = match optional_str(self.cell, "cell")? {
+            Some(c) => {
+                check_len(&c, "cell")?;
+                Some(c)
+            }
+            None => None,
+        };
+        Ok(Event {
+            event_id,
+            ts,
+            kind,
+            from,
+            to,
+            duration_s,
+            imsi,
+            imei,
+            cell,
+        })
+    }
+}
+
+fn required_str<'a>(v: Option<Scalar<'a>>, field: &'static str) -> Result<Cow<'a, str>, Malformed> {
+    match v {
+        None | Some(Scalar::Null) => Err(Malformed::new(Reason::MissingField, field)),
+        Some(Scalar::Str(s)) => Ok(s),
+        Some(_) => Err(Malformed::new(Reason::BadType, field)),
+    }
+}
+
+fn optional_str<'a>(
+    v: Option<Scalar<'a>>,
+    field: &'static str,
+) -> Result<Option<Cow<'a, str>>, Malformed> {
+    match v {
+        None | Some(Scalar::Null) => Ok(None),
+        Some(Scalar::Str(s)) => Ok(Some(s)),
+        Some(_) => Err(Malformed::new(Reason::BadType, field)),
+    }
+}
+
+fn optional_pseudonym<'a>(
+    v: Option<Scalar<'a>>,
+    field: &'static str,
+    opts: &DecodeOptions,
+) -> Result<Option<Cow<'a, str>>, Malformed> {
+    optional_str(v, field)?
+        .map(|s| pseudonym(s, field, opts))
+        .transpose()
+}
+
+fn check_len(s: &str, field: &'static str) -> Result<(), Malformed> {
+    if s.is_empty() {
+        Err(Malformed::new(Reason::EmptyPseudonym, field))
+    } else if s.len() > MAX_ID_BYTES {
+        Err(Malformed::new(Reason::BadPseudonym, field))
+    } else {
+        Ok(())
+    }
+}
+
+fn pseudonym<'a>(
+    s: Cow<'a, str>,
+    field: &'static str,
+    opts: &DecodeOptions,
+) -> Result<Cow<'a, str>, Malformed> {
+    check_len(&s, field)?;
+    if !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Malformed::new(Reason::BadPseudonym, field));
+    }
+    if opts.raw_identifier_guard && looks_raw(&s) {
+        return Err(Malformed::new(Reason::RawIdentifier, field));
+    }
+    Ok(s)
+}
+
+/// 10-15 digits, optionally after one `+`: the shape of an MSISDN, IMSI or IMEI.
+pub fn looks_raw(s: &str) -> bool {
+    let digits = s.strip_prefix('+').unwrap_or(s);
+    (10..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Event times outside [1970, 2200) are certainly wrong (units mistaken for seconds or
+/// microseconds usually) and would poison the watermark.
+const TS_MIN: Millis = 0;
+const TS_MAX: Millis = 7_258_118_400_000;
+
+fn check_ts(ms: Millis) -> Result<Millis, Malformed> {
+    if (TS_MIN..TS_MAX).contains(&ms) {
+        Ok(ms)
+    } else {
+        Err(Malformed::new(Reason::BadTimestamp, "ts"))
+    }
+}
+
+fn parse_rfc3339_ms(s: &str) -> Result<Millis, Malformed> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map_err(|_| Malformed::new(Reason::BadTimestamp, "ts"))
+        .and_then(|t| check_ts(t.timestamp_millis()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dec(s: &str) -> Result<Event<'_>, Malformed> {
+        decode(s.as_bytes(), &DecodeOptions::default())
+    }
+
+    fn reason(s: &str) -> Reason {
+        dec(s).expect_err("should be malformed").reason
+    }
+
+    const OK: &str =
+        r#"{"event_id":"e1","ts":1759669331250,"kind":"sms","from":"p:a1","to":"p:b2"}"#;
+
+    #[test]
+    fn decodes_minimal_record_borrowing() {
+        let e = dec(OK).unwrap();
+        assert_eq!(e.ts, 1_759_669_331_250);
+        assert_eq!(e.kind, Kind::Sms);
+        assert!(matches!(e.from, Cow::Borrowed("p:a1")));
+        assert_eq!(e.duration_s, 0);
+        assert!(e.imsi.is_none());
+    }
+
+    #[test]
+    fn rfc3339_equals_millis() {
+        let a = dec(r#"{"event_id":"e","ts":"2026-10-05T13:02:11.250Z","kind":"call","from":"a","to":"b","duration_s":12}"#).unwrap();
+        let b = dec(r#"{"event_id":"e","ts":"2026-10-05T14:02:11.250+01:00","kind":"call","from":"a","to":"b","duration_s":12}"#).unwrap();
+        assert_eq!(a.ts, 1_791_205_331_250);
+        assert_eq!(a.ts, b.ts);
+        assert_eq!(a.duration_s, 12);
+    }
+
+    #[test]
+    fn unknown_fields_ignored_and_escapes_handled() {
+        let e = dec(r#"{"x":{"y":[1,2]},"event_id":"e\u0031","ts":1,"kind":"sms","from":"a","to":"b","imei":"h1","imsi":"s1","cell":"c9","z":null}"#).unwrap();
+        assert_eq!(e.event_id, "e1");
+        assert_eq!(e.imei.as_deref(), Some("h1"));
+        assert_eq!(e.cell.as_deref(), Some("c9"));
+    }
+
+    #[test]
+    fn reason_invalid_json() {
+        assert_eq!(reason("{not json"), Reason::InvalidJson);
+        assert_eq!(reason(""), Reason::InvalidJson);
+        assert_eq!(reason(&format!("{OK} trailing")), Reason::InvalidJson);
+        assert_eq!(
+            decode(b"{\"a\":\"\xff\"}", &DecodeOptions::default())
+                .unwrap_err()
+                .reason,
+            Reason::InvalidJson
+        );
+    }
+
+    #[test]
+    fn reason_not_object() {
+        assert_eq!(reason("[1,2]"), Reason::NotObject);
+        assert_eq!(reason("\"sms\""), Reason::NotObject);
+        assert_eq!(reason("42"), Reason::NotObject);
+        assert_eq!(reason("null"), Reason::NotObject);
+    }
+
+    #[test]
+    fn reason_missing_field() {
+        let m = dec(r#"{"event_id":"e","ts":1,"kind":"sms","from":"a"}"#).unwrap_err();
+        assert_eq!(m, Malformed::new(Reason::MissingField, "to"));
+        assert_eq!(
+            reason(r#"{"event_id":"e","kind":"sms","from":"a","to":"b"}"#),
+            Reason::MissingField
+        );
+        assert_eq!(
+            reason(r#"{"event_id":null,"ts":1,"kind":"sms","from":"a","to":"b"}"#),
+            Reason::MissingField
+        );
+    }
+
+    #[test]
+    fn reason_bad_type() {
+        assert_eq!(
+            reason(r#"{"event_id":7,"ts":1,"kind":"sms","from":"a","to":"b"}"#),
+            Reason::BadType
+        );
+        assert_eq!(
+            reason(r#"{"event_id":"e","ts":1,"kind":"sms","from":["a"],"to":"b"}"#),
+            Reason::BadType
+        );
+        assert_eq!(
+            reason(r#"{"event_id":"e","ts":1,"kind":"call","from":"a","to":"b","duration_s":"9"}"#),
+            Reason::BadType
+        );
+        assert_eq!(
+            reason(r#"{"event_id":"e","ts":1,"kind":"call","from":"a","to":"b","duration_s":1.5}"#),
+            Reason::BadType
+        );
+        assert_eq!(
+            reason(r#"{"event_id":"e","ts":true,"kind":"sms","from":"a","to":"b"}"#),
+            Reason::BadType
+        );
+    }
+
+    #[test]
+    fn reason_bad_timestamp() {
+        assert_eq!(
+            reason(r#"{"event_id":"e","ts":"yesterday","kind":"sms","from":"a","to":"b"}"#),
+            Reason::BadTimestamp
+        );
+        assert_eq!(
+            reason(r#"{"event_id":"e","ts":-5,"kind":"sms","from":"a","to":"b"}"#),
+            Reason::BadTimestamp
+        );
+        assert_eq!(
+            reason(r#"{"event_id":"e","ts":1.5e3,"kind":"sms","from":"a","to":"b"}"#),
+            Reason::BadTimestamp
+        );
+        assert_eq!(
+            reason(r#"{"event_id":"e","ts":99999999999999999,"kind":"sms","from":"a","to":"b"}"#),
+            Reason::BadTimestamp
+        );
+    }
+
+    #[test]
+    fn reason_unknown_kind() {
+        assert_eq!(
+            reason(r#"{"event_id":"e","ts":1,"kind":"mms","from":"a","to":"b"}"#),
+            Reason::UnknownKind
+        );
+    }
+
+    #[test]
+    fn reason_negative_duration() {
+        assert_eq!(
+            reason(r#"{"event_id":"e","ts":1,"kind":"call","from":"a","to":"b","duration_s":-3}"#),
+            Reason::NegativeDuration
+        );
+    }
+
+    #[test]
+    fn reason_empty_pseudonym() {
+        assert_eq!(
+            reason(r#"{"event_id":"e","ts":1,"kind":"sms","from":"","to":"b"}"#),
+            Reason::EmptyPseudonym
+        );
+        assert_eq!(
+            reason(r#"{"event_id":"","ts":1,"kind":"sms","from":"a","to":"b"}"#),
+            Reason::EmptyPseudonym
+        );
+        assert_eq!(
+            reason(r#"{"event_id":"e","ts":1,"kind":"sms","from":"a","to":"b","imei":""}"#),
+            Reason::EmptyPseudonym
+        );
+    }
+
+    #[test]
+    fn reason_bad_pseudonym() {
+        assert_eq!(
+            reason(r#"{"event_id":"e","ts":1,"kind":"sms","from":"a b","to":"b"}"#),
+            Reason::BadPseudonym
+        );
+        let long = "x".repeat(129);
+        assert_eq!(
+            reason(&format!(
+                r#"{{"event_id":"e","ts":1,"kind":"sms","from":"{long}","to":"b"}}"#
+            )),
+            Reason::BadPseudonym
+        );
+    }
+
+    #[test]
+    fn reason_raw_identifier_and_guard_off() {
+        let s = r#"{"event_id":"e","ts":1,"kind":"sms","from":"+447700900123","to":"b"}"#;
+        assert_eq!(reason(s), Reason::RawIdentifier);
+        assert_eq!(
+            reason(
+                r#"{"event_id":"e","ts":1,"kind":"sms","from":"a","to":"b","imsi":"234150999999999"}"#
+            ),
+            Reason::RawIdentifier
+        );
+        let off = DecodeOptions {
+            raw_identifier_guard: false,
+            ..Default::default()
+        };
+        assert!(decode(s.as_bytes(), &off).is_ok());
+        // Nine digits or sixteen are not the shape of a raw identifier.
+        assert!(dec(
+            r#"{"event_id":"e","ts":1,"kind":"sms","from":"123456789","to":"1234567890123456"}"#
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn reason_too_large() {
+        let opts = DecodeOptions {
+            max_record_bytes: 10,
+            ..Default::default()
+        };
+        assert_eq!(
+            decode(OK.as_bytes(), &opts).unwrap_err().reason,
+            Reason::TooLarge
+        );
+    }
+
+    #[test]
+    fn reason_codes_round_trip() {
+        for r in Reason::ALL {
+            assert_eq!(Reason::from_code(r.as_str()), Some(r));
+        }
+    }
+}

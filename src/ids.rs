@@ -1,0 +1,66 @@
+//! Identity hashing and compact time.
+//!
+//! State never stores a pseudonym string it does not need for an alert: keys are 64-bit
+//! hashes of pseudonyms, and per-key lists hold 32-bit fingerprints. At a few million keys
+//! a 64-bit collision is a one-in-a-million event; a 32-bit collision inside one line's
+//! list (hundreds of entries) miscounts by one with odds of about 1 in 10^5, far inside
+//! every threshold's margin.
+
+use crate::event::Millis;
+
+/// Hash of a pseudonym, used as the key of per-line and per-handset state.
+#[inline]
+pub fn id(s: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(s.as_bytes())
+}
+
+/// A 32-bit fingerprint of an id, for entries inside one key's state.
+#[inline]
+pub fn fp(id: u64) -> u32 {
+    (id ^ (id >> 32)) as u32
+}
+
+/// Event time in whole seconds since the epoch, as stored in state (u32 lasts until 2106).
+#[inline]
+pub fn secs(ms: Millis) -> u32 {
+    (ms / 1000).clamp(0, u32::MAX as i64) as u32
+}
+
+/// Back from stored seconds to milliseconds.
+#[inline]
+pub fn millis(s: u32) -> Millis {
+    s as Millis * 1000
+}
+
+/// A hasher for maps whose keys are already well-mixed hashes: hashing them again is waste.
+#[derive(Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        // Only reached for non-u64 keys; fold them in so the hasher is still correct.
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    #[inline]
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+/// Builds [`IdHasher`]s.
+pub type IdBuild = std::hash::BuildHasherDefault<IdHasher>;
+
+/// A map keyed by identity hashes.
+pub type IdMap<V> = std::collections::HashMap<u64, V, IdBuild>;
+
+/// Approximate heap bytes of a map's table (keys, values and control bytes).
+pub fn map_bytes<V>(m: &IdMap<V>) -> usize {
+    m.capacity() * (std::mem::size_of::<(u64, V)>() + 1)
+}

@@ -1,0 +1,41 @@
+//! linewatch: flags deal-line behaviour in a live stream of pseudonymised call-detail records.
+//!
+//! County-lines networks run drug supply through a dedicated phone line: it bulk-texts
+//! adverts to its customer list, customers contact it briefly, and the network churns SIMs,
+//! handsets and numbers to stay ahead of disruption. linewatch spots those patterns from
+//! traffic metadata only (never content), as records arrive.
+//!
+//! # Layout
+//!
+//! The data path is the module tree, source to sink:
+//!
+//! - [`event`]: decoding and validating one record; every rejection has a fixed [`event::Reason`].
+//! - [`engine`]: dedup, watermark and lateness, shared state, detectors, cooldown, alerts.
+//!   One engine type serves `replay`, `demo`, `tune` and the Kafka service.
+//! - [`watermark`]: per-partition event-time watermarks.
+//! - [`state`]: the shared per-line contact store every line detector reads.
+//! - [`detect`]: the [`detect::Detector`] trait and one file per detector.
+//! - [`alert`]: the alert format and deterministic ids.
+//! - [`replay`]: JSONL in, alerts, dead letters and a summary out.
+//! - [`config`]: typed, validated configuration (`config/linewatch.toml` is the default).
+//! - [`eval`]: precision, recall and delay against labels.
+//! - [`generate`]: labelled synthetic traffic.
+//! - [`cells`]: the cell map.
+//! - [`cli`]: the subcommands; `main.rs` only calls [`cli::main`].
+//!
+//! Identities are pseudonyms and are treated as secrets all the same: they appear in alerts
+//! and dead letters (that is their purpose) but never in logs or metric labels.
+
+pub mod alert;
+pub mod cells;
+pub mod cli;
+pub mod config;
+pub mod detect;
+pub mod engine;
+pub mod eval;
+pub mod event;
+pub mod generate;
+pub mod ids;
+pub mod replay;
+pub mod state;
+pub mod watermark;

@@ -1,0 +1,297 @@
+//! Shared per-line state: who each line has texted, and when.
+//!
+//! `bulk_sms` (recipients in the window), `customer_fan_in` (is the caller a customer?) and
+//! `line_handover` (the new line's audience) all ask the same question of the same fact, so
+//! it is kept once here rather than three times in three detectors.
+
+use crate::event::Millis;
+use crate::ids::{self, IdMap};
+
+/// One number a line has texted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Contact {
+    /// Fingerprint of the recipient's id.
+    pub fp: u32,
+    /// First text to it (seconds), within retention.
+    pub first_s: u32,
+    /// Latest text to it (seconds).
+    pub last_s: u32,
+}
+
+/// What is known of one sending line.
+#[derive(Debug, Clone, Default)]
+pub struct LineRecord {
+    /// First record from this line (seconds).
+    pub first_seen_s: u32,
+    /// Highest event time of a record from this line (seconds).
+    pub last_seen_s: u32,
+    /// Recipients of its texts, at most `max_contacts`, oldest evicted first.
+    pub contacts: Vec<Contact>,
+    /// Latest handset seen with this line (fingerprint; 0 = none).
+    pub handset_fp: u32,
+}
+
+impl LineRecord {
+    /// Recipients texted at or after `since_s`.
+    pub fn recipients_since(&self, since_s: u32) -> usize {
+        self.contacts.iter().filter(|c| c.last_s >= since_s).count()
+    }
+
+    /// The contact entry for a recipient fingerprint.
+    pub fn contact(&self, fp: u32) -> Option<&Contact> {
+        self.contacts.iter().find(|c| c.fp == fp)
+    }
+}
+
+/// Result of recording one outbound record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    Ok,
+    /// The line's list was full; its stalest contact was dropped.
+    EvictedOldest,
+    /// The store was full; the line was not recorded.
+    KeyCapHit,
+}
+
+/// Outbound texts per line, with first/last activity.
+#[derive(Debug)]
+pub struct Contacts {
+    lines: IdMap<LineRecord>,
+    max_lines: usize,
+    max_contacts: usize,
+    retention_s: u32,
+    heap_bytes: usize,
+}
+
+impl Contacts {
+    pub fn new(max_lines: usize, max_contacts: usize, retention_s: u64) -> Self {
+        Contacts {
+            lines: IdMap::default(),
+            max_lines,
+            max_contacts,
+            retention_s: retention_s.min(u32::MAX as u64) as u32,
+            heap_bytes: 0,
+        }
+    }
+
+    /// Changes the bounds; existing state is kept (a shorter retention trims at the next sweep).
+    pub fn reconfigure(&mut self, max_lines: usize, max_contacts: usize, retention_s: u64) {
+        self.max_lines = max_lines;
+        self.max_contacts = max_contacts;
+        self.retention_s = retention_s.min(u32::MAX as u64) as u32;
+    }
+
+    pub fn get(&self, line: u64) -> Option<&LineRecord> {
+        self.lines.get(&line)
+    }
+
+    /// Notes activity of a line (any record it originates).
+    pub fn touch(&mut self, line: u64, ts: Millis, handset: Option<u64>) -> Recorded {
+        let s = ids::secs(ts);
+        if !self.lines.contains_key(&line) && self.lines.len() >= self.max_lines {
+            return Recorded::KeyCapHit;
+        }
+        let rec = self.lines.entry(line).or_insert_with(|| LineRecord {
+            first_seen_s: s,
+            last_seen_s: s,
+            ..LineRecord::default()
+        });
+        rec.first_seen_s = rec.first_seen_s.min(s);
+        if s >= rec.last_seen_s {
+            rec.last_seen_s = s;
+            if let Some(h) = handset {
+                rec.handset_fp = ids::fp(h).max(1);
+            }
+        }
+        Recorded::Ok
+    }
+
+    /// Records a text from `line` to `to` (call [`Contacts::touch`] first).
+    pub fn record_text(&mut self, line: u64, to: u64, ts: Millis) -> Recorded {
+        let s = ids::secs(ts);
+        let fp = ids::fp(to);
+        let Some(rec) = self.lines.get_mut(&line) else {
+            return Recorded::KeyCapHit;
+        };
+        if let Some(c) = rec.contacts.iter_mut().find(|c| c.fp == fp) {
+            c.first_s = c.first_s.min(s);
+            c.last_s = c.last_s.max(s);
+            return Recorded::Ok;
+        }
+        let before = rec.contacts.capacity();
+        let mut result = Recorded::Ok;
+        if rec.contacts.len() >= self.max_contacts {
+            // Drop the stalest: it is the one least likely to matter to any window.
+            if let Some((i, _)) = rec
+                .contacts
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, c)| c.last_s)
+            {
+                rec.contacts.swap_remove(i);
+            }
+            result = Recorded::EvictedOldest;
+        }
+        rec.contacts.push(Contact {
+            fp,
+            first_s: s,
+            last_s: s,
+        });
+        self.heap_bytes += (rec.contacts.capacity() - before) * std::mem::size_of::<Contact>();
+        result
+    }
+
+    /// Drops contacts and lines older than `watermark - retention`.
+    pub fn expire(&mut self, watermark: Millis) {
+        let cutoff = ids::secs(watermark).saturating_sub(self.retention_s);
+        let mut heap = 0;
+        self.lines.retain(|_, rec| {
+            if rec.last_seen_s < cutoff {
+                return false;
+            }
+            rec.contacts.retain(|c| c.last_s >= cutoff);
+            if rec.contacts.capacity() > 2 * rec.contacts.len() + 4 {
+                rec.contacts.shrink_to_fit();
+            }
+            heap += rec.contacts.capacity() * std::mem::size_of::<Contact>();
+            true
+        });
+        if self.lines.capacity() > 2 * self.lines.len() + 1024 {
+            self.lines.shrink_to_fit();
+        }
+        self.heap_bytes = heap;
+    }
+
+    pub fn len(&self) -> usize {
+        self.lines.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+
+    /// Estimated bytes held (table plus contact lists).
+    pub fn bytes(&self) -> usize {
+        ids::map_bytes(&self.lines) + self.heap_bytes
+    }
+}
+
+/// A small set of fingerprints with the latest time each was seen: the distinct-count
+/// building block of the sliding windows. Linear scans beat hashing at the sizes that
+/// dominate (a handful of entries); the largest sets are capped.
+#[derive(Debug, Clone, Default)]
+pub struct RecentSet {
+    entries: Vec<(u32, u32)>,
+}
+
+impl RecentSet {
+    /// Notes `fp` at `s`; returns false if the set was full and the stalest entry was dropped.
+    pub fn insert(&mut self, fp: u32, s: u32, cap: usize) -> bool {
+        if let Some(e) = self.entries.iter_mut().find(|e| e.0 == fp) {
+            e.1 = e.1.max(s);
+            return true;
+        }
+        let mut ok = true;
+        if self.entries.len() >= cap.max(1) {
+            if let Some((i, _)) = self.entries.iter().enumerate().min_by_key(|(_, e)| e.1) {
+                self.entries.swap_remove(i);
+            }
+            ok = false;
+        }
+        self.entries.push((fp, s));
+        ok
+    }
+
+    /// Removes entries last seen before `cutoff_s`.
+    pub fn trim(&mut self, cutoff_s: u32) {
+        self.entries.retain(|e| e.1 >= cutoff_s);
+    }
+
+    /// Distinct entries seen at or after `since_s`.
+    pub fn count_since(&self, since_s: u32) -> usize {
+        self.entries.iter().filter(|e| e.1 >= since_s).count()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn heap_bytes(&self) -> usize {
+        self.entries.capacity() * 8
+    }
+
+    /// Newest time in the set.
+    pub fn newest(&self) -> Option<u32> {
+        self.entries.iter().map(|e| e.1).max()
+    }
+
+    /// Oldest time at or after `since_s`.
+    pub fn oldest_since(&self, since_s: u32) -> Option<u32> {
+        self.entries
+            .iter()
+            .map(|e| e.1)
+            .filter(|&t| t >= since_s)
+            .min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contacts_track_first_and_last() {
+        let mut c = Contacts::new(10, 10, 86_400);
+        c.touch(1, 10_000, None);
+        c.record_text(1, 7, 10_000);
+        c.touch(1, 5_000, None);
+        c.record_text(1, 7, 5_000);
+        let rec = c.get(1).unwrap();
+        let k = rec.contact(ids::fp(7)).unwrap();
+        assert_eq!((k.first_s, k.last_s), (5, 10));
+        assert_eq!(rec.first_seen_s, 5);
+        assert_eq!(rec.last_seen_s, 10);
+    }
+
+    #[test]
+    fn per_line_cap_evicts_stalest_and_key_cap_refuses() {
+        let mut c = Contacts::new(1, 2, 86_400);
+        c.touch(1, 1_000, None);
+        assert_eq!(c.record_text(1, 10, 1_000), Recorded::Ok);
+        assert_eq!(c.record_text(1, 11, 3_000), Recorded::Ok);
+        assert_eq!(c.record_text(1, 12, 2_000), Recorded::EvictedOldest);
+        let rec = c.get(1).unwrap();
+        assert!(rec.contact(ids::fp(10)).is_none());
+        assert!(rec.contact(ids::fp(11)).is_some());
+        assert_eq!(c.touch(2, 1_000, None), Recorded::KeyCapHit);
+        assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn expiry_drops_old_contacts_and_lines() {
+        let mut c = Contacts::new(10, 10, 100);
+        c.touch(1, 0, None);
+        c.record_text(1, 5, 0);
+        c.touch(2, 150_000, None);
+        c.record_text(2, 5, 150_000);
+        c.expire(200_000);
+        assert!(c.get(1).is_none());
+        assert_eq!(c.get(2).unwrap().contacts.len(), 1);
+    }
+
+    #[test]
+    fn recent_set_counts_window() {
+        let mut s = RecentSet::default();
+        s.insert(1, 10, 8);
+        s.insert(2, 20, 8);
+        s.insert(1, 30, 8);
+        assert_eq!(s.count_since(15), 2);
+        assert_eq!(s.count_since(25), 1);
+        s.trim(25);
+        assert_eq!(s.len(), 1);
+    }
+}
