@@ -258,6 +258,19 @@ pub struct ServiceConfig {
     pub drain_timeout_s: u64,
     /// A partition with no records for this long does not hold the watermark back.
     pub partition_idle_timeout_s: u64,
+    /// Most records processed as one batch: the batch's alerts and dead letters are all
+    /// acknowledged before its offsets are committed and before more is polled.
+    pub batch_max_records: usize,
+    /// Longest wait for a batch to fill once its first record has arrived.
+    pub batch_max_wait_ms: u64,
+    /// Longest pause between retries (broker unreachable, topic missing, failed delivery);
+    /// waits start at 1 s and double up to this.
+    pub retry_backoff_max_s: u64,
+    /// How often the configuration file is checked for changes (SIGHUP reloads at once).
+    pub config_poll_interval_s: u64,
+    /// On assignment, records up to this far back (by Kafka timestamp) before the committed
+    /// offset are re-read to rebuild window state without publishing again; 0 turns it off.
+    pub rebuild_state_s: u64,
 }
 
 impl Default for ServiceConfig {
@@ -271,6 +284,11 @@ impl Default for ServiceConfig {
             http_addr: "127.0.0.1:9464".into(),
             drain_timeout_s: 30,
             partition_idle_timeout_s: 60,
+            batch_max_records: 2_000,
+            batch_max_wait_ms: 50,
+            retry_backoff_max_s: 30,
+            config_poll_interval_s: 2,
+            rebuild_state_s: 604_800,
         }
     }
 }
@@ -380,6 +398,18 @@ impl Config {
         positive(
             "service.partition_idle_timeout_s",
             self.service.partition_idle_timeout_s,
+        );
+        positive(
+            "service.batch_max_records",
+            self.service.batch_max_records as u64,
+        );
+        positive(
+            "service.retry_backoff_max_s",
+            self.service.retry_backoff_max_s,
+        );
+        positive(
+            "service.config_poll_interval_s",
+            self.service.config_poll_interval_s,
         );
 
         if self.bulk_sms.max_recipients_per_line < self.bulk_sms.min_recipients {

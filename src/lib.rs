@@ -21,6 +21,8 @@
 //! - [`eval`]: precision, recall and delay against labels.
 //! - [`generate`]: labelled synthetic traffic.
 //! - [`cells`]: the cell map.
+//! - [`service`]: `linewatch run`, the engine between a Kafka consumer group and producer;
+//!   [`kafka`] holds the client setup and error classification it shares.
 //! - [`cli`]: the subcommands; `main.rs` only calls [`cli::main`].
 //!
 //! Identities are pseudonyms and are treated as secrets all the same: they appear in alerts
@@ -36,6 +38,8 @@ pub mod eval;
 pub mod event;
 pub mod generate;
 pub mod ids;
+pub mod kafka;
 pub mod replay;
+pub mod service;
 pub mod state;
 pub mod watermark;

@@ -1,11 +1,151 @@
-//! `linewatch run` (being written).
+//! `linewatch run`: the service. Arguments are resolved over the configuration file (flag,
+//! then `LINEWATCH_*` variable, then file, then built-in default) and validated before any
+//! connection is made; then [`crate::service::run`] runs until SIGINT or SIGTERM.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-/// Arguments of `linewatch run`.
+use super::{load_config, Failure, Outcome};
+use crate::cells::CellMap;
+use crate::config::Config;
+use crate::service::{self, RunOptions};
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Arguments of `linewatch run`. Each overrides the configuration file.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Kafka bootstrap servers, HOST:PORT[,HOST:PORT...] (service.brokers).
+    #[arg(long, env = "LINEWATCH_BROKERS", value_name = "HOST:PORT,...")]
+    pub brokers: Option<String>,
+    /// Consumer group id (service.group_id).
+    #[arg(long, env = "LINEWATCH_GROUP", value_name = "ID")]
+    pub group: Option<String>,
+    /// Input topic; repeat or separate with commas for several (service.input_topics).
+    #[arg(
+        long,
+        env = "LINEWATCH_INPUT_TOPIC",
+        value_name = "T",
+        value_delimiter = ','
+    )]
+    pub input_topic: Vec<String>,
+    /// Alert topic (service.alert_topic).
+    #[arg(long, env = "LINEWATCH_ALERT_TOPIC", value_name = "T")]
+    pub alert_topic: Option<String>,
+    /// Dead-letter topic (service.dead_letter_topic).
+    #[arg(long, env = "LINEWATCH_DEAD_LETTER_TOPIC", value_name = "T")]
+    pub dead_letter_topic: Option<String>,
+    /// Admin HTTP address for /metrics, /healthz, /readyz (service.http_addr); port 0 picks one.
+    #[arg(long, env = "LINEWATCH_HTTP", value_name = "ADDR")]
+    pub http: Option<String>,
+    /// Cell map CSV (`cell,area,class`), validated at start.
+    #[arg(long, env = "LINEWATCH_CELLS", value_name = "PATH")]
+    pub cells: Option<PathBuf>,
+    /// Log line format on stderr. The level comes from LINEWATCH_LOG (default `info`).
+    #[arg(
+        long,
+        env = "LINEWATCH_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    pub log_format: LogFormat,
+}
 
-pub fn main(_args: Args, _config: Option<&Path>) -> super::Outcome {
-    Err(super::Failure::runtime("`linewatch run` is not built yet"))
+impl Args {
+    /// The file's configuration with these overrides applied.
+    fn apply(&self, mut cfg: Config) -> Config {
+        let s = &mut cfg.service;
+        if let Some(v) = &self.brokers {
+            s.brokers = v.clone();
+        }
+        if let Some(v) = &self.group {
+            s.group_id = v.clone();
+        }
+        if !self.input_topic.is_empty() {
+            s.input_topics = self.input_topic.clone();
+        }
+        if let Some(v) = &self.alert_topic {
+            s.alert_topic = v.clone();
+        }
+        if let Some(v) = &self.dead_letter_topic {
+            s.dead_letter_topic = v.clone();
+        }
+        if let Some(v) = &self.http {
+            s.http_addr = v.clone();
+        }
+        cfg
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("LINEWATCH_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    // try_init: a second initialisation (tests in one process) keeps the first.
+    let _ = match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+        LogFormat::Text => builder.with_ansi(false).try_init(),
+    };
+}
+
+/// Completes on the first SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+pub fn main(args: Args, config: Option<&Path>) -> Outcome {
+    let file = load_config(config)?;
+    let cfg = args.apply(file.clone());
+    cfg.validate()
+        .map_err(|e| Failure::usage(format!("invalid configuration: {e}")))?;
+    if let Some(cells) = &args.cells {
+        CellMap::load(cells).map_err(|e| Failure::usage(e.to_string()))?;
+    }
+    init_logging(args.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("linewatch")
+        .build()
+        .map_err(|e| Failure::runtime(format!("cannot start the async runtime: {e}")))?;
+    let opts = RunOptions {
+        config_path: config.map(Path::to_path_buf),
+        file_config: Some(file),
+    };
+    runtime
+        .block_on(service::run(cfg, opts, shutdown_signal()))
+        .map_err(|e| Failure {
+            code: e.exit_code(),
+            message: e.to_string(),
+        })
 }

@@ -1,0 +1,344 @@
+//! Kafka client setup shared by every part that talks to a broker, and the one place Kafka
+//! errors are sorted into retriable and final.
+//!
+//! Properties come from three layers, later winning: settings linewatch needs for bounded
+//! memory and sane timeouts, then the user's `[kafka]` table (TLS, SASL, tuning pass through
+//! unchanged), then the few settings correctness depends on (offset handling, idempotence),
+//! which the user cannot override. A key in `[kafka]` prefixed `consumer.` or `producer.`
+//! goes to that client only.
+//!
+//! Property values may hold passwords: [`KafkaSettings`] never shows them in `Debug`, and
+//! nothing here logs a value.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::ClientConfig;
+
+/// Which client a configuration is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Consumer,
+    Producer,
+    /// Metadata and topic administration (tests, tools).
+    Admin,
+}
+
+/// Brokers and pass-through librdkafka properties. `Debug` masks every property value.
+#[derive(Clone, PartialEq)]
+pub struct KafkaSettings {
+    /// Bootstrap servers, comma separated.
+    pub brokers: String,
+    /// librdkafka properties from the `[kafka]` table.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for KafkaSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Keys are safe to show (they say *that* SASL is set up); values are not.
+        let masked: BTreeMap<&str, &str> = self
+            .properties
+            .keys()
+            .map(|k| (k.as_str(), "***"))
+            .collect();
+        f.debug_struct("KafkaSettings")
+            .field("brokers", &self.brokers)
+            .field("properties", &masked)
+            .finish()
+    }
+}
+
+/// Defaults for the consumer: bounded prefetch so a backlog cannot grow memory without bound,
+/// and lag statistics for the metrics. Each may be overridden in `[kafka]`.
+const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
+    // A new group starts from the oldest record: a fresh deployment sees the whole backlog.
+    ("auto.offset.reset", "earliest"),
+    // librdkafka prefetches per partition up to these caps: 16 MiB queued in total and 16 MiB
+    // per fetch keep memory bounded (the default is 64 MiB per partition queue).
+    ("queued.max.messages.kbytes", "16384"),
+    ("queued.min.messages", "10000"),
+    ("fetch.max.bytes", "16777216"),
+    ("max.partition.fetch.bytes", "1048576"),
+    // consumer_lag per partition comes from librdkafka's statistics; once a second keeps the
+    // lag gauge fresh at a cost of one small JSON parse.
+    ("statistics.interval.ms", "1000"),
+    // A batch is processed and acknowledged between polls; five minutes leaves room for a
+    // slow broker before the group evicts us.
+    ("max.poll.interval.ms", "300000"),
+    ("session.timeout.ms", "30000"),
+];
+
+/// Settings the consumer's at-least-once guarantee depends on: offsets are committed by the
+/// service only after the batch's outputs are acknowledged, never automatically.
+const CONSUMER_FIXED: &[(&str, &str)] = &[
+    ("enable.auto.commit", "false"),
+    ("enable.auto.offset.store", "false"),
+    // Partition EOF events carry nothing the service needs.
+    ("enable.partition.eof", "false"),
+];
+
+/// Defaults for the producer. Each may be overridden in `[kafka]`.
+const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
+    // Alerts are few; a few ms of batching costs nothing in alert latency.
+    ("linger.ms", "5"),
+    // librdkafka retries on its own for this long before a delivery is reported failed; two
+    // minutes rides out a leader election or a broker restart.
+    ("delivery.timeout.ms", "120000"),
+    // Bounded producer queue (messages and KiB): a stuck broker pushes back on the consumer.
+    ("queue.buffering.max.messages", "100000"),
+    ("queue.buffering.max.kbytes", "65536"),
+    ("compression.type", "zstd"),
+];
+
+/// Settings the output guarantee depends on: no duplicates or reordering from producer
+/// retries, and a record counts as delivered only once every in-sync replica has it.
+const PRODUCER_FIXED: &[(&str, &str)] = &[("enable.idempotence", "true"), ("acks", "all")];
+
+/// Properties a user may not override, for a warning at start.
+pub fn fixed_keys(role: Role) -> &'static [(&'static str, &'static str)] {
+    match role {
+        Role::Consumer => CONSUMER_FIXED,
+        Role::Producer => PRODUCER_FIXED,
+        Role::Admin => &[],
+    }
+}
+
+impl KafkaSettings {
+    /// Settings from the brokers and the `[kafka]` table.
+    pub fn new(brokers: impl Into<String>, properties: BTreeMap<String, String>) -> Self {
+        KafkaSettings {
+            brokers: brokers.into(),
+            properties,
+        }
+    }
+
+    /// The user's properties for `role`: unprefixed keys for every client, `consumer.*` and
+    /// `producer.*` for that one only.
+    pub fn user_properties(&self, role: Role) -> impl Iterator<Item = (&str, &str)> {
+        self.properties.iter().filter_map(move |(k, v)| {
+            let key = match (k.split_once('.'), role) {
+                (Some(("consumer", rest)), Role::Consumer) => rest,
+                (Some(("producer", rest)), Role::Producer) => rest,
+                (Some(("consumer" | "producer", _)), _) => return None,
+                _ => k.as_str(),
+            };
+            Some((key, v.as_str()))
+        })
+    }
+
+    /// User keys that the service overrides for `role` (they would break a guarantee).
+    pub fn overridden_keys(&self, role: Role) -> Vec<&str> {
+        let fixed = fixed_keys(role);
+        self.user_properties(role)
+            .filter(|(k, _)| fixed.iter().any(|(f, _)| f == k))
+            .map(|(k, _)| k)
+            .collect()
+    }
+
+    /// A librdkafka configuration for `role`. Never print it: rdkafka's `Debug` shows values.
+    pub fn client_config(&self, role: Role) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
+        let (defaults, fixed) = match role {
+            Role::Consumer => (CONSUMER_DEFAULTS, CONSUMER_FIXED),
+            Role::Producer => (PRODUCER_DEFAULTS, PRODUCER_FIXED),
+            Role::Admin => (&[][..], &[][..]),
+        };
+        for (k, v) in defaults {
+            c.set(*k, *v);
+        }
+        for (k, v) in self.user_properties(role) {
+            c.set(k, v);
+        }
+        for (k, v) in fixed {
+            c.set(*k, *v);
+        }
+        c
+    }
+}
+
+/// What to do about a Kafka error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Transient: wait and try again; nothing is committed meanwhile, so nothing is lost.
+    Retriable,
+    /// Will not fix itself (authorisation, oversize record, missing topic, fenced producer):
+    /// stop with a clear message rather than loop.
+    Final,
+}
+
+/// Sorts an error into retriable or final. Unknown codes are final: stopping (offsets are
+/// uncommitted, so a restart re-reads) is safe, looping forever on a surprise is not.
+pub fn classify(e: &KafkaError) -> ErrorClass {
+    match e.rdkafka_error_code() {
+        Some(code) => classify_code(code),
+        // Canceled: the client went away (shutdown). Transport-less variants without a code
+        // (e.g. `NoMessageReceived`) are transient.
+        None => match e {
+            KafkaError::Canceled | KafkaError::NoMessageReceived => ErrorClass::Retriable,
+            _ => ErrorClass::Final,
+        },
+    }
+}
+
+/// [`classify`] for a bare error code.
+pub fn classify_code(code: RDKafkaErrorCode) -> ErrorClass {
+    use RDKafkaErrorCode as C;
+    match code {
+        C::QueueFull
+        | C::MessageTimedOut
+        | C::RequestTimedOut
+        | C::TimedOutQueue
+        | C::OperationTimedOut
+        | C::BrokerTransportFailure
+        | C::AllBrokersDown
+        | C::Resolve
+        | C::BrokerNotAvailable
+        | C::LeaderNotAvailable
+        | C::NotLeaderForPartition
+        | C::ReplicaNotAvailable
+        | C::NetworkException
+        | C::NotEnoughReplicas
+        | C::NotEnoughReplicasAfterAppend
+        | C::KafkaStorageError
+        | C::CoordinatorLoadInProgress
+        | C::CoordinatorNotAvailable
+        | C::NotCoordinator
+        | C::WaitingForCoordinator
+        | C::RebalanceInProgress
+        | C::IllegalGeneration
+        | C::UnknownMemberId
+        | C::FencedLeaderEpoch
+        | C::UnknownLeaderEpoch
+        | C::ThrottlingQuotaExceeded
+        | C::PreferredLeaderNotAvailable
+        | C::Retry
+        | C::InProgress
+        | C::PreviousInProgress
+        | C::UnstableOffsetCommit
+        | C::OffsetNotAvailable => ErrorClass::Retriable,
+        _ => ErrorClass::Final,
+    }
+}
+
+/// A fixed, short label for an error (metrics `kind` label): never the message, which may
+/// carry addresses or record content.
+pub fn error_kind(e: &KafkaError) -> &'static str {
+    use RDKafkaErrorCode as C;
+    let Some(code) = e.rdkafka_error_code() else {
+        return "other";
+    };
+    match code {
+        C::QueueFull => "queue_full",
+        C::MessageTimedOut | C::RequestTimedOut | C::TimedOutQueue | C::OperationTimedOut => {
+            "timed_out"
+        }
+        C::BrokerTransportFailure
+        | C::AllBrokersDown
+        | C::Resolve
+        | C::BrokerNotAvailable
+        | C::NetworkException => "broker_unreachable",
+        C::LeaderNotAvailable
+        | C::NotLeaderForPartition
+        | C::ReplicaNotAvailable
+        | C::NotEnoughReplicas
+        | C::NotEnoughReplicasAfterAppend
+        | C::KafkaStorageError
+        | C::FencedLeaderEpoch
+        | C::UnknownLeaderEpoch
+        | C::PreferredLeaderNotAvailable => "leader_unavailable",
+        C::Authentication
+        | C::SaslAuthenticationFailed
+        | C::UnsupportedSASLMechanism
+        | C::IllegalSASLState
+        | C::SSL => "authentication",
+        C::TopicAuthorizationFailed
+        | C::GroupAuthorizationFailed
+        | C::ClusterAuthorizationFailed
+        | C::TransactionalIdAuthorizationFailed => "authorization",
+        C::UnknownTopicOrPartition | C::UnknownTopic | C::UnknownPartition => "unknown_topic",
+        C::MessageSizeTooLarge | C::InvalidMessageSize | C::MessageBatchTooLarge => "too_large",
+        C::Fatal
+        | C::OutOfOrderSequenceNumber
+        | C::InvalidProducerEpoch
+        | C::ProducerFenced
+        | C::Fenced => "fatal",
+        _ => "other",
+    }
+}
+
+/// True if the error says the credentials or TLS setup were refused: worth its own message,
+/// since retrying cannot help.
+pub fn is_auth_failure(e: &KafkaError) -> bool {
+    error_kind(e) == "authentication"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_masks_property_values() {
+        let mut p = BTreeMap::new();
+        p.insert("sasl.password".to_string(), "hunter2".to_string());
+        let s = KafkaSettings::new("b:9092", p);
+        let shown = format!("{s:?}");
+        assert!(shown.contains("sasl.password"));
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn prefixed_keys_go_to_one_client_and_fixed_keys_win() {
+        let mut p = BTreeMap::new();
+        p.insert("security.protocol".into(), "SASL_SSL".into());
+        p.insert("consumer.fetch.max.bytes".into(), "1024".into());
+        p.insert("producer.linger.ms".into(), "50".into());
+        p.insert("enable.auto.commit".into(), "true".into());
+        let s = KafkaSettings::new("b:9092", p);
+        let c = s.client_config(Role::Consumer);
+        assert_eq!(c.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(c.get("fetch.max.bytes"), Some("1024"));
+        assert_eq!(c.get("linger.ms"), None);
+        assert_eq!(c.get("enable.auto.commit"), Some("false"));
+        assert_eq!(
+            s.overridden_keys(Role::Consumer),
+            vec!["enable.auto.commit"]
+        );
+        let pr = s.client_config(Role::Producer);
+        assert_eq!(pr.get("linger.ms"), Some("50"));
+        assert_eq!(pr.get("fetch.max.bytes"), None);
+        assert_eq!(pr.get("acks"), Some("all"));
+    }
+
+    #[test]
+    fn errors_sort_into_retriable_and_final() {
+        use RDKafkaErrorCode as C;
+        let delivery = |c| KafkaError::MessageProduction(c);
+        assert_eq!(classify(&delivery(C::QueueFull)), ErrorClass::Retriable);
+        assert_eq!(
+            classify(&delivery(C::MessageTimedOut)),
+            ErrorClass::Retriable
+        );
+        assert_eq!(
+            classify(&delivery(C::NotEnoughReplicas)),
+            ErrorClass::Retriable
+        );
+        assert_eq!(
+            classify(&delivery(C::MessageSizeTooLarge)),
+            ErrorClass::Final
+        );
+        assert_eq!(
+            classify(&delivery(C::TopicAuthorizationFailed)),
+            ErrorClass::Final
+        );
+        assert_eq!(
+            classify(&KafkaError::ClientCreation("bad".into())),
+            ErrorClass::Final
+        );
+        assert_eq!(error_kind(&delivery(C::MessageTimedOut)), "timed_out");
+        assert!(is_auth_failure(&KafkaError::MetadataFetch(
+            C::SaslAuthenticationFailed
+        )));
+    }
+}

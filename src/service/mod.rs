@@ -1,0 +1,351 @@
+//! The service (`linewatch run`): a Kafka consumer group in, alerts and dead letters out, the
+//! same [`Engine`] as `replay` in between.
+//!
+//! # Layout
+//!
+//! - [`source`]: the consumer, its rebalance handling and state rebuild.
+//! - [`pipeline`]: the run loop: poll a bounded batch, run it through the engine, publish,
+//!   wait for every acknowledgement, commit, repeat.
+//! - [`sink`]: the idempotent producer and the alert and dead-letter message formats.
+//! - [`metrics`]: every metric, in one place. [`http`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`reload`]: live threshold changes (SIGHUP and file changes).
+//! - [`crate::kafka`]: client configuration and error classification, shared.
+//!
+//! # Guarantees
+//!
+//! At least once, nothing lost: an input offset is committed only after every alert and
+//! dead letter its record caused is acknowledged by the broker (`acks=all`). Memory is
+//! bounded end to end: one batch in hand, librdkafka's prefetch capped, no poll while a
+//! batch is unacknowledged. Alert ids are deterministic, so a record processed twice (after
+//! a crash between acknowledgement and commit) repeats an alert with the same id, which
+//! downstream de-duplicates.
+//!
+//! [`Engine`]: crate::engine::Engine
+
+pub mod http;
+pub mod metrics;
+pub mod pipeline;
+pub mod reload;
+pub mod sink;
+pub mod source;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, Producer};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::kafka::{self, KafkaSettings, Role};
+use metrics::Metrics;
+use sink::{Sink, SinkContext};
+use source::{Source, SourceContext};
+
+/// Why the service stopped other than by a requested shutdown. Each displays as one line.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// A setting librdkafka or the service cannot use.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The brokers refused our credentials or TLS setup.
+    #[error("authentication with the Kafka brokers failed: {0} (check [kafka] security.protocol, sasl.* and ssl.* settings)")]
+    Auth(String),
+    /// The admin HTTP address could not be bound.
+    #[error("cannot serve HTTP on {addr}: {message}")]
+    Http { addr: String, message: String },
+    /// A delivery failed in a way retrying cannot fix.
+    #[error("publishing to topic {topic} failed ({kind}): {message}; the batch's input offsets were not committed, so a restart re-reads it")]
+    Delivery {
+        topic: String,
+        kind: &'static str,
+        message: String,
+    },
+    /// The consumer hit an error retrying cannot fix.
+    #[error("consuming failed ({kind}): {message}")]
+    Consumer { kind: &'static str, message: String },
+    /// Shutdown could not finish in-flight deliveries in time.
+    #[error("shutdown: in-flight deliveries not acknowledged within drain_timeout_s = {0}; their input offsets were not committed, so a restart re-reads them")]
+    DrainTimeout(u64),
+}
+
+impl ServiceError {
+    /// The process exit code: 2 for configuration problems, 1 for the rest.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ServiceError::Config(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Readiness and what the service is waiting for, shared with `/readyz`.
+#[derive(Debug)]
+pub struct Status {
+    inner: Mutex<(bool, String)>,
+    auth_failure: Mutex<Option<String>>,
+}
+
+impl Status {
+    fn new(detail: &str) -> Self {
+        Status {
+            inner: Mutex::new((false, detail.to_string())),
+            auth_failure: Mutex::new(None),
+        }
+    }
+
+    /// Sets readiness and the sentence `/readyz` answers with.
+    pub fn set(&self, ready: bool, detail: impl Into<String>) {
+        *self.inner.lock().unwrap_or_else(|p| p.into_inner()) = (ready, detail.into());
+    }
+
+    /// Readiness and its sentence.
+    pub fn get(&self) -> (bool, String) {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Notes that the brokers refused our credentials.
+    pub fn auth_failed(&self, reason: &str) {
+        *self.auth_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.to_string());
+    }
+
+    /// The authentication failure, if there was one.
+    pub fn auth_failure(&self) -> Option<String> {
+        self.auth_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// How the service was started, beyond the configuration itself.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// The configuration file, watched for live threshold changes (none: nothing to reload).
+    pub config_path: Option<PathBuf>,
+    /// The configuration as the file has it, before command-line overrides (to tell which
+    /// `[service]` changes a reload saw). Defaults to the running configuration.
+    pub file_config: Option<Config>,
+}
+
+fn creation_error(what: &str, e: KafkaError) -> ServiceError {
+    match e {
+        KafkaError::ClientCreation(m) => ServiceError::Config(format!("Kafka {what}: {m}")),
+        other => ServiceError::Config(format!("Kafka {what}: {other}")),
+    }
+}
+
+/// Runs the service with a validated configuration until `shutdown` completes, then
+/// drains: the batch in hand is finished, published, acknowledged and committed.
+pub async fn run(
+    cfg: Config,
+    opts: RunOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServiceError> {
+    cfg.validate()
+        .map_err(|e| ServiceError::Config(e.to_string()))?;
+    let metrics = Metrics::new();
+    let status = Arc::new(Status::new("starting"));
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let listener = http::bind(&cfg.service.http_addr).await?;
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "admin HTTP listening");
+    }
+    let http_task = tokio::spawn(http::serve(
+        listener,
+        metrics.clone(),
+        status.clone(),
+        stop_rx.clone(),
+    ));
+
+    let settings = KafkaSettings::new(cfg.service.brokers.clone(), cfg.kafka.clone());
+    for role in [Role::Consumer, Role::Producer] {
+        for key in settings.overridden_keys(role) {
+            tracing::warn!(
+                key,
+                "[kafka] property ignored: linewatch sets it itself for at-least-once delivery"
+            );
+        }
+    }
+    let producer: FutureProducer<SinkContext> = settings
+        .client_config(Role::Producer)
+        .create_with_context(SinkContext {
+            status: status.clone(),
+        })
+        .map_err(|e| creation_error("producer", e))?;
+    let ctx = SourceContext::new(
+        cfg.service.input_topics.clone(),
+        metrics.clone(),
+        status.clone(),
+        cfg.service.rebuild_state_s,
+    );
+    let shared = ctx.shared();
+    let consumer: Source = settings
+        .client_config(Role::Consumer)
+        .set("group.id", &cfg.service.group_id)
+        .create_with_context(ctx)
+        .map_err(|e| creation_error("consumer", e))?;
+    let consumer = Arc::new(consumer);
+    let sink = Sink::new(
+        producer.clone(),
+        cfg.service.alert_topic.clone(),
+        cfg.service.dead_letter_topic.clone(),
+        metrics.clone(),
+        Duration::from_secs(cfg.service.retry_backoff_max_s),
+    );
+
+    let (reload_tx, reload_rx) = mpsc::channel(4);
+    let reload_task = opts.config_path.clone().map(|path| {
+        let file = opts.file_config.clone().unwrap_or_else(|| cfg.clone());
+        let r = reload::Reloader::new(path, &file, cfg.clone(), metrics.clone());
+        tokio::spawn(r.run(reload_tx, stop_rx.clone()))
+    });
+
+    tracing::info!(
+        brokers = %cfg.service.brokers,
+        group = %cfg.service.group_id,
+        input_topics = ?cfg.service.input_topics,
+        alert_topic = %cfg.service.alert_topic,
+        dead_letter_topic = %cfg.service.dead_letter_topic,
+        config_version = %cfg.version(),
+        "starting"
+    );
+    let drain_s = cfg.service.drain_timeout_s;
+    let main = pipeline::Pipeline {
+        engine: Engine::new(cfg.clone()),
+        cfg,
+        consumer: consumer.clone(),
+        producer,
+        sink,
+        shared,
+        metrics,
+        status,
+        reloads: reload_rx,
+        stop: stop_rx,
+    }
+    .run();
+    tokio::pin!(main);
+    tokio::pin!(shutdown);
+    let result = tokio::select! {
+        r = &mut main => r,
+        _ = &mut shutdown => {
+            tracing::info!(drain_timeout_s = drain_s, "shutdown requested: finishing the batch in hand, then committing");
+            let _ = stop_tx.send(true);
+            (&mut main).await
+        }
+    };
+    let _ = stop_tx.send(true);
+    // Leaving the group (consumer close) waits on the broker: off the async threads.
+    let closing = tokio::task::spawn_blocking(move || {
+        consumer.unsubscribe();
+        drop(consumer);
+    });
+    if tokio::time::timeout(Duration::from_secs(drain_s), closing)
+        .await
+        .is_err()
+    {
+        tracing::warn!("leaving the consumer group did not finish in time");
+    }
+    let _ = http_task.await;
+    if let Some(t) = reload_task {
+        let _ = t.await;
+    }
+    match &result {
+        Ok(()) => tracing::info!("stopped"),
+        Err(e) => tracing::error!(error = %e, "stopped on error"),
+    }
+    result
+}
+
+/// Waits until the brokers answer and every topic exists, logging each failed attempt.
+/// `Ok(false)`: shutdown was requested meanwhile.
+pub(crate) async fn wait_for_cluster(
+    producer: &FutureProducer<SinkContext>,
+    cfg: &Config,
+    status: &Status,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<bool, ServiceError> {
+    let s = &cfg.service;
+    let mut topics: Vec<(&str, String)> = s
+        .input_topics
+        .iter()
+        .map(|t| ("input", t.clone()))
+        .collect();
+    topics.push(("alert", s.alert_topic.clone()));
+    topics.push(("dead-letter", s.dead_letter_topic.clone()));
+    let max = Duration::from_secs(s.retry_backoff_max_s);
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let p = producer.clone();
+        let names: Vec<String> = topics.iter().map(|t| t.1.clone()).collect();
+        // Metadata requests block: off the async threads.
+        let probe = tokio::task::spawn_blocking(move || {
+            let mut missing = Vec::new();
+            for t in &names {
+                let md = p.client().fetch_metadata(Some(t), Duration::from_secs(5))?;
+                let found = md.topics().iter().any(|mt| {
+                    mt.name() == t && mt.error().is_none() && !mt.partitions().is_empty()
+                });
+                if !found {
+                    missing.push(t.clone());
+                }
+            }
+            Ok::<_, KafkaError>(missing)
+        })
+        .await
+        .unwrap_or_else(|_| Ok(Vec::new()));
+        if let Some(reason) = status.auth_failure() {
+            return Err(ServiceError::Auth(reason));
+        }
+        let wait = sink::backoff(attempt, max);
+        match probe {
+            Err(e) if kafka::is_auth_failure(&e) => return Err(ServiceError::Auth(e.to_string())),
+            Err(e) => {
+                status.set(false, format!("Kafka brokers {} unreachable", s.brokers));
+                tracing::warn!(
+                    brokers = %s.brokers,
+                    attempt,
+                    retry_in_s = wait.as_secs(),
+                    error = %e,
+                    "Kafka brokers unreachable; retrying"
+                );
+            }
+            Ok(missing) if missing.is_empty() => return Ok(true),
+            Ok(missing) => {
+                let named: Vec<String> = topics
+                    .iter()
+                    .filter(|t| missing.contains(&t.1))
+                    .map(|(role, t)| format!("{role} topic {t}"))
+                    .collect();
+                let named = named.join(", ");
+                status.set(false, format!("waiting for {named} to exist"));
+                tracing::warn!(
+                    attempt,
+                    retry_in_s = wait.as_secs(),
+                    "{named} does not exist (topics are not created automatically); retrying"
+                );
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.wait_for(|s| *s) => return Ok(false),
+        }
+    }
+}
+
+/// The input topics as `&str`s, for subscribing.
+pub(crate) fn subscribe(consumer: &Source, topics: &[String]) -> Result<(), ServiceError> {
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&names)
+        .map_err(|e| ServiceError::Consumer {
+            kind: kafka::error_kind(&e),
+            message: e.to_string(),
+        })
+}

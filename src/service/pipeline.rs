@@ -1,0 +1,355 @@
+//! The run loop: poll a bounded batch, run it through the engine, publish its alerts and
+//! dead letters, wait until the broker has acknowledged every one, commit the batch's
+//! offsets, and only then poll again.
+//!
+//! That order is the whole of the at-least-once argument: an offset is committed only when
+//! everything its record caused is durable. It is also the backpressure: a slow or absent
+//! broker stalls the loop in [`Sink::deliver`], so nothing more is polled, and librdkafka's
+//! own prefetch is capped (see [`crate::kafka`]), so memory stays bounded under a backlog.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::producer::FutureProducer;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use tokio::sync::{mpsc, watch};
+
+use super::metrics::Metrics;
+use super::sink::{Outgoing, Sink, SinkContext};
+use super::source::{self, lock, Assignment, InRecord, Source, Tp};
+use super::{ServiceError, Status};
+use crate::config::Config;
+use crate::engine::{Engine, Verdict};
+use crate::event::Millis;
+use crate::kafka::{self, ErrorClass};
+use crate::replay::wall_ms;
+
+/// Input partitions are told apart in the engine's watermark by one number: the topic's
+/// index times this, plus the partition (Kafka partitions stay far below a million).
+const TOPIC_STRIDE: i32 = 1 << 20;
+
+fn engine_partition(tp: Tp) -> i32 {
+    tp.0 as i32 * TOPIC_STRIDE + tp.1
+}
+
+fn from_engine_partition(p: i32) -> Tp {
+    ((p / TOPIC_STRIDE) as usize, p % TOPIC_STRIDE)
+}
+
+/// What woke the idle loop.
+enum Wake {
+    Stop,
+    Reload(Box<Config>),
+    Tick,
+    Record(Option<InRecord>),
+    Error(rdkafka::error::KafkaError),
+}
+
+/// Everything the run loop owns.
+pub struct Pipeline {
+    pub cfg: Config,
+    pub engine: Engine,
+    pub consumer: Arc<Source>,
+    pub producer: FutureProducer<SinkContext>,
+    pub sink: Sink,
+    pub shared: Arc<Mutex<Assignment>>,
+    pub metrics: Metrics,
+    pub status: Arc<Status>,
+    pub reloads: mpsc::Receiver<Config>,
+    pub stop: watch::Receiver<bool>,
+}
+
+impl Pipeline {
+    /// Runs until the stop flag is set (then drains and commits) or a final error.
+    pub async fn run(mut self) -> Result<(), ServiceError> {
+        if !super::wait_for_cluster(&self.producer, &self.cfg, &self.status, &mut self.stop).await?
+        {
+            return Ok(());
+        }
+        super::subscribe(&self.consumer, &self.cfg.service.input_topics)?;
+        self.status
+            .set(false, "waiting for the consumer group to assign partitions");
+        tracing::info!(group = %self.cfg.service.group_id, "subscribed; waiting for partition assignment");
+
+        let topics = self.cfg.service.input_topics.clone();
+        let max = self.cfg.service.batch_max_records;
+        let linger = Duration::from_millis(self.cfg.service.batch_max_wait_ms);
+        let drain = Duration::from_secs(self.cfg.service.drain_timeout_s);
+        let mut batch: Vec<InRecord> = Vec::with_capacity(max);
+        let mut out: Vec<Outgoing> = Vec::new();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut errors = ErrorLog::default();
+        let mut stopping_since: Option<Instant> = None;
+
+        loop {
+            self.forget_revoked();
+            if *self.stop.borrow() {
+                break;
+            }
+            // Wait for a first record, serving reloads, gauges and shutdown meanwhile.
+            let woke = tokio::select! {
+                biased;
+                _ = self.stop.wait_for(|s| *s) => Wake::Stop,
+                Some(cfg) = self.reloads.recv() => Wake::Reload(Box::new(cfg)),
+                _ = tick.tick() => Wake::Tick,
+                m = self.consumer.recv() => match m {
+                    Ok(m) => Wake::Record(source::own(&m, &topics, &self.shared)),
+                    Err(e) => Wake::Error(e),
+                },
+            };
+            let first = match woke {
+                Wake::Stop => break,
+                Wake::Reload(cfg) => {
+                    self.engine.reconfigure(*cfg);
+                    continue;
+                }
+                Wake::Tick => {
+                    self.refresh_gauges(&topics)?;
+                    continue;
+                }
+                Wake::Error(e) => {
+                    errors.consumer(&e)?;
+                    continue;
+                }
+                Wake::Record(r) => r,
+            };
+            let Some(first) = first else { continue };
+            let started = Instant::now();
+            batch.push(first);
+            // Fill the batch for at most `batch_max_wait_ms`. A rebalance can only happen
+            // inside these polls; see `own_partition` below for records it takes away.
+            let deadline = tokio::time::Instant::now() + linger;
+            while batch.len() < max {
+                tokio::select! {
+                    biased;
+                    _ = self.stop.wait_for(|s| *s) => break,
+                    _ = tokio::time::sleep_until(deadline) => break,
+                    m = self.consumer.recv() => match m {
+                        Ok(m) => batch.extend(source::own(&m, &topics, &self.shared)),
+                        Err(e) => errors.consumer(&e)?,
+                    },
+                }
+            }
+
+            let next = self.process(&mut batch, &mut out, &topics);
+
+            // Deliver everything; if shutdown is requested meanwhile, allow `drain` for it.
+            if stopping_since.is_none() && *self.stop.borrow() {
+                stopping_since = Some(Instant::now());
+            }
+            let delivered = match stopping_since {
+                Some(t) => {
+                    let left = drain.saturating_sub(t.elapsed());
+                    tokio::time::timeout(left, self.sink.deliver(&out))
+                        .await
+                        .unwrap_or(Err(ServiceError::DrainTimeout(drain.as_secs())))
+                }
+                None => {
+                    let mut stop = self.stop.clone();
+                    let drain_deadline = async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                        tokio::time::sleep(drain).await;
+                    };
+                    tokio::select! {
+                        r = self.sink.deliver(&out) => r,
+                        _ = drain_deadline => Err(ServiceError::DrainTimeout(drain.as_secs())),
+                    }
+                }
+            };
+            delivered?;
+            out.clear();
+            self.commit(next, &topics);
+            self.metrics.batch_done(started.elapsed().as_secs_f64());
+        }
+
+        // Stopped: every batch taken is acknowledged and its commit sent; make the commits
+        // synchronous so they are on the broker before the process goes.
+        self.status.set(false, "shutting down");
+        self.commit_sync(&topics, drain).await;
+        self.sink.flush(Duration::from_secs(5));
+        Ok(())
+    }
+
+    /// Runs the batch through the engine; returns the next offset to commit per partition.
+    fn process(
+        &mut self,
+        batch: &mut Vec<InRecord>,
+        out: &mut Vec<Outgoing>,
+        topics: &[String],
+    ) -> BTreeMap<Tp, i64> {
+        let wall: Millis = wall_ms();
+        let mut next = BTreeMap::new();
+        let mut alerts = Vec::new();
+        let assigned = lock(&self.shared).assigned.clone();
+        let mut rebuilt = 0;
+        for rec in batch.drain(..) {
+            // A partition revoked while this batch was filling belongs to another member
+            // now; it re-reads these records from our last commit, so they are left to it
+            // (processing them here would only publish duplicates).
+            if !assigned.contains(&rec.tp) {
+                continue;
+            }
+            alerts.clear();
+            let verdict =
+                self.engine
+                    .process(&rec.payload, engine_partition(rec.tp), wall, &mut alerts);
+            if rec.rebuild {
+                // Its outputs were acknowledged before the offset was committed.
+                rebuilt += 1;
+                continue;
+            }
+            self.metrics.record(&verdict);
+            if let Verdict::Rejected(why) = verdict {
+                out.push(Outgoing::dead_letter(
+                    &rec.payload,
+                    why,
+                    &topics[rec.tp.0],
+                    rec.tp.1,
+                    rec.offset,
+                ));
+            }
+            out.extend(alerts.iter().map(Outgoing::alert));
+            let n = next.entry(rec.tp).or_insert(0);
+            *n = (*n).max(rec.offset + 1);
+        }
+        if rebuilt > 0 {
+            self.metrics.rebuilt(rebuilt);
+        }
+        next
+    }
+
+    /// Commits acknowledged offsets asynchronously (the result comes to the context's commit
+    /// callback; a failure means a re-read and duplicates, never a loss).
+    fn commit(&self, next: BTreeMap<Tp, i64>, topics: &[String]) {
+        if next.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::with_capacity(next.len());
+        {
+            let mut shared = lock(&self.shared);
+            for (tp, n) in next {
+                if !shared.assigned.contains(&tp) {
+                    continue;
+                }
+                shared.acked.insert(tp, n);
+                // Adding a non-negative offset to a fresh list cannot fail.
+                let _ = tpl.add_partition_offset(&topics[tp.0], tp.1, Offset::Offset(n));
+            }
+        }
+        if tpl.count() == 0 {
+            return;
+        }
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+            self.metrics.commit_failed();
+            tracing::warn!(error = %e, "offset commit could not be sent; it is retried with the next batch or at shutdown");
+        }
+    }
+
+    /// Commits every acknowledged offset and waits for the broker's answer.
+    async fn commit_sync(&self, topics: &[String], limit: Duration) {
+        let mut tpl = TopicPartitionList::new();
+        for (tp, n) in &lock(&self.shared).acked {
+            let _ = tpl.add_partition_offset(&topics[tp.0], tp.1, Offset::Offset(*n));
+        }
+        if tpl.count() == 0 {
+            return;
+        }
+        let consumer = self.consumer.clone();
+        let task = tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync));
+        match tokio::time::timeout(limit, task).await {
+            Ok(Ok(Ok(()))) => tracing::info!("final offsets committed"),
+            Ok(Ok(Err(e))) => {
+                self.metrics.commit_failed();
+                tracing::warn!(error = %e, "final commit failed; the last batch will be re-read and its alerts repeated with the same ids");
+            }
+            _ => tracing::warn!("final commit did not finish in time; the last batch will be re-read and its alerts repeated with the same ids"),
+        }
+    }
+
+    /// Forgets the watermarks and gauges of partitions revoked in a rebalance.
+    fn forget_revoked(&mut self) {
+        let revoked = std::mem::take(&mut lock(&self.shared).revoked);
+        for tp in revoked {
+            self.engine.remove_partition(engine_partition(tp));
+            if let Some(t) = self.cfg.service.input_topics.get(tp.0) {
+                self.metrics.forget_partition(t, tp.1);
+            }
+        }
+    }
+
+    /// Gauges that are read, not counted: state size, watermark lag, readiness.
+    fn refresh_gauges(&mut self, topics: &[String]) -> Result<(), ServiceError> {
+        if let Some(reason) = self.status.auth_failure() {
+            return Err(ServiceError::Auth(reason));
+        }
+        self.forget_revoked();
+        for (name, s) in self.engine.state_stats() {
+            self.metrics.state(name, s.keys, s.bytes);
+        }
+        let now = wall_ms();
+        for (p, wm) in self.engine.partition_watermarks() {
+            let (ti, partition) = from_engine_partition(p);
+            if let Some(t) = topics.get(ti) {
+                self.metrics
+                    .watermark_lag(t, partition, now.saturating_sub(wm) / 1000);
+            }
+        }
+        let n = lock(&self.shared).assigned.len();
+        if n > 0 {
+            self.status
+                .set(true, format!("ready: {n} input partitions assigned"));
+        } else {
+            self.status
+                .set(false, "waiting for the consumer group to assign partitions");
+        }
+        Ok(())
+    }
+}
+
+/// Consumer errors: final ones stop the service, retriable ones are logged at most once per
+/// 30 s per kind (librdkafka repeats them while a broker is down).
+#[derive(Default)]
+struct ErrorLog {
+    last: BTreeMap<&'static str, Instant>,
+}
+
+impl ErrorLog {
+    fn consumer(&mut self, e: &rdkafka::error::KafkaError) -> Result<(), ServiceError> {
+        let kind = kafka::error_kind(e);
+        if source::consumer_error_class(e) == ErrorClass::Final {
+            return Err(if kind == "authentication" {
+                ServiceError::Auth(e.to_string())
+            } else {
+                ServiceError::Consumer {
+                    kind,
+                    message: e.to_string(),
+                }
+            });
+        }
+        let now = Instant::now();
+        if self
+            .last
+            .get(kind)
+            .is_none_or(|t| now.duration_since(*t) >= Duration::from_secs(30))
+        {
+            self.last.insert(kind, now);
+            tracing::warn!(kind, error = %e, "consumer error; carrying on (the consumer recovers by itself)");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_partition_round_trips() {
+        for tp in [(0usize, 0i32), (0, 17), (3, 999)] {
+            assert_eq!(from_engine_partition(engine_partition(tp)), tp);
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! The output side: alerts and dead letters to their topics through one idempotent
+//! producer (`acks=all`), delivered a batch at a time.
+//!
+//! [`Sink::deliver`] returns only when every message of the batch is acknowledged by the
+//! broker, so the run loop can commit the batch's input offsets after it. Retriable failures
+//! are sent again with backoff (the batch's offsets stay uncommitted meanwhile, so a crash
+//! loses nothing); a final failure is returned and stops the service.
+
+use std::time::Duration;
+
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::ClientContext;
+
+use super::metrics::Metrics;
+use super::ServiceError;
+use crate::alert::Alert;
+use crate::detect::DETECTORS;
+use crate::event::{Malformed, Millis, Reason};
+use crate::kafka::{self, ErrorClass};
+
+/// The producer's librdkafka callbacks. Delivery results come back as futures; the client
+/// error callback matters for one thing: the producer talks to the brokers from the moment
+/// it is created (its own thread serves callbacks), so it is the first to hear that our
+/// credentials were refused.
+pub struct SinkContext {
+    /// Where an authentication failure is noted for the start-up probe and the run loop.
+    pub status: std::sync::Arc<super::Status>,
+}
+
+impl ClientContext for SinkContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        super::source::log_librdkafka("producer", level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if kafka::is_auth_failure(&error) {
+            self.status.auth_failed(reason);
+        }
+        // Per-message failures are logged by `deliver`; this client-wide view (broker down)
+        // stays at debug so an outage is not logged twice.
+        tracing::debug!(
+            kind = kafka::error_kind(&error),
+            reason,
+            "Kafka producer error"
+        );
+    }
+}
+
+/// What a message is, for metrics once it is acknowledged.
+#[derive(Debug, Clone, Copy)]
+pub enum OutKind {
+    /// An alert by a detector, made `latency_ms` after its completing record's event time.
+    Alert {
+        detector: &'static str,
+        latency_ms: Millis,
+    },
+    /// A rejected record.
+    DeadLetter(Reason),
+}
+
+/// One message to publish, owned so it can be sent again after a retriable failure.
+#[derive(Debug)]
+pub struct Outgoing {
+    pub kind: OutKind,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(&'static str, Vec<u8>)>,
+}
+
+impl Outgoing {
+    /// An alert: key = subject, JSON value, headers `detector`, `alert_id`, `config_version`.
+    pub fn alert(a: &Alert) -> Outgoing {
+        let detector = DETECTORS
+            .iter()
+            .find(|d| **d == a.detector)
+            .copied()
+            .unwrap_or("other");
+        Outgoing {
+            kind: OutKind::Alert {
+                detector,
+                latency_ms: a.detected_at - a.event_time,
+            },
+            key: Some(a.subject.as_bytes().to_vec()),
+            // An Alert is strings, numbers and a JSON map: serialising it cannot fail.
+            payload: serde_json::to_vec(a).expect("alert serialises"),
+            headers: vec![
+                ("detector", a.detector.as_bytes().to_vec()),
+                ("alert_id", a.alert_id.as_bytes().to_vec()),
+                ("config_version", a.config_version.as_bytes().to_vec()),
+            ],
+        }
+    }
+
+    /// A dead letter: the raw bytes, with why and where they came from in headers.
+    pub fn dead_letter(
+        raw: &[u8],
+        why: Malformed,
+        source_topic: &str,
+        source_partition: i32,
+        source_offset: i64,
+    ) -> Outgoing {
+        let mut headers = vec![("reason", why.reason.as_str().as_bytes().to_vec())];
+        if let Some(f) = why.field {
+            headers.push(("field", f.as_bytes().to_vec()));
+        }
+        headers.extend([
+            ("source_topic", source_topic.as_bytes().to_vec()),
+            (
+                "source_partition",
+                source_partition.to_string().into_bytes(),
+            ),
+            ("source_offset", source_offset.to_string().into_bytes()),
+        ]);
+        Outgoing {
+            kind: OutKind::DeadLetter(why.reason),
+            key: None,
+            payload: raw.to_vec(),
+            headers,
+        }
+    }
+
+    fn topic<'a>(&self, sink: &'a Sink) -> &'a str {
+        match self.kind {
+            OutKind::Alert { .. } => &sink.alert_topic,
+            OutKind::DeadLetter(_) => &sink.dead_letter_topic,
+        }
+    }
+}
+
+/// The producer and where it writes.
+pub struct Sink {
+    producer: FutureProducer<SinkContext>,
+    alert_topic: String,
+    dead_letter_topic: String,
+    metrics: Metrics,
+    backoff_max: Duration,
+}
+
+impl Sink {
+    /// A sink over a created producer.
+    pub fn new(
+        producer: FutureProducer<SinkContext>,
+        alert_topic: String,
+        dead_letter_topic: String,
+        metrics: Metrics,
+        backoff_max: Duration,
+    ) -> Self {
+        Sink {
+            producer,
+            alert_topic,
+            dead_letter_topic,
+            metrics,
+            backoff_max,
+        }
+    }
+
+    fn enqueue(&self, m: &Outgoing) -> Result<DeliveryFuture, KafkaError> {
+        let mut headers = OwnedHeaders::new_with_capacity(m.headers.len());
+        for (k, v) in &m.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v.as_slice()),
+            });
+        }
+        let mut rec = FutureRecord::<[u8], [u8]>::to(m.topic(self))
+            .payload(&m.payload)
+            .headers(headers);
+        if let Some(k) = &m.key {
+            rec = rec.key(k.as_slice());
+        }
+        self.producer.send_result(rec).map_err(|(e, _)| e)
+    }
+
+    /// Publishes every message and waits until the broker has acknowledged each one.
+    pub async fn deliver(&self, batch: &[Outgoing]) -> Result<(), ServiceError> {
+        let mut pending: Vec<usize> = (0..batch.len()).collect();
+        let mut attempt = 0u32;
+        while !pending.is_empty() {
+            let mut inflight = Vec::with_capacity(pending.len());
+            let mut failed = Vec::new();
+            let mut failure_kind = "other";
+            for &i in &pending {
+                loop {
+                    match self.enqueue(&batch[i]) {
+                        Ok(f) => {
+                            inflight.push((i, f));
+                            break;
+                        }
+                        Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
+                            // librdkafka's queue is bounded: wait for deliveries to make room.
+                            self.metrics.producer_error("queue_full");
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        Err(e) => {
+                            self.failed(&batch[i], &e)?;
+                            failure_kind = kafka::error_kind(&e);
+                            failed.push(i);
+                            break;
+                        }
+                    }
+                }
+            }
+            for (i, f) in inflight {
+                match f.await {
+                    Ok(Ok(_)) => self.acknowledged(&batch[i]),
+                    Ok(Err((e, _))) => {
+                        self.failed(&batch[i], &e)?;
+                        failure_kind = kafka::error_kind(&e);
+                        failed.push(i);
+                    }
+                    // The producer dropped the message without an answer (it is closing):
+                    // unknown outcome, so send again.
+                    Err(_) => failed.push(i),
+                }
+            }
+            if failed.is_empty() {
+                break;
+            }
+            attempt += 1;
+            let wait = backoff(attempt, self.backoff_max);
+            tracing::warn!(
+                messages = failed.len(),
+                kind = failure_kind,
+                attempt,
+                retry_in_s = wait.as_secs_f64(),
+                "deliveries failed; retrying (input offsets stay uncommitted until they succeed)"
+            );
+            tokio::time::sleep(wait).await;
+            pending = failed;
+        }
+        Ok(())
+    }
+
+    fn acknowledged(&self, m: &Outgoing) {
+        match m.kind {
+            OutKind::Alert {
+                detector,
+                latency_ms,
+            } => self.metrics.alert(detector, latency_ms),
+            OutKind::DeadLetter(r) => self.metrics.dead_letter(r),
+        }
+    }
+
+    /// Counts a failed delivery; a final one becomes the error that stops the service.
+    fn failed(&self, m: &Outgoing, e: &KafkaError) -> Result<(), ServiceError> {
+        let kind = kafka::error_kind(e);
+        self.metrics.producer_error(kind);
+        match kafka::classify(e) {
+            ErrorClass::Retriable => Ok(()),
+            ErrorClass::Final => Err(ServiceError::Delivery {
+                topic: m.topic(self).to_string(),
+                kind,
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    /// Waits for anything still queued in the producer (shutdown).
+    pub fn flush(&self, timeout: Duration) {
+        if let Err(e) = self.producer.flush(timeout) {
+            tracing::warn!(error = %e, "producer flush did not finish");
+        }
+    }
+}
+
+/// 1 s, 2 s, 4 s, ... capped at `max`.
+pub fn backoff(attempt: u32, max: Duration) -> Duration {
+    let secs = 1u64 << attempt.saturating_sub(1).min(16);
+    Duration::from_secs(secs).min(max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let max = Duration::from_secs(30);
+        assert_eq!(backoff(1, max), Duration::from_secs(1));
+        assert_eq!(backoff(3, max), Duration::from_secs(4));
+        assert_eq!(backoff(40, max), max);
+    }
+
+    #[test]
+    fn dead_letter_headers_name_reason_and_source() {
+        let m = Outgoing::dead_letter(
+            b"not json",
+            Malformed {
+                reason: Reason::InvalidJson,
+                field: None,
+            },
+            "cdr",
+            3,
+            42,
+        );
+        let names: Vec<_> = m.headers.iter().map(|h| h.0).collect();
+        assert_eq!(
+            names,
+            [
+                "reason",
+                "source_topic",
+                "source_partition",
+                "source_offset"
+            ]
+        );
+        assert_eq!(m.headers[3].1, b"42");
+        assert_eq!(m.payload, b"not json");
+    }
+}

@@ -1,0 +1,374 @@
+//! The input side: a Kafka consumer group member whose offsets the service commits itself.
+//!
+//! Offsets are never stored or committed by librdkafka on its own (see
+//! [`crate::kafka`]): the run loop commits a batch's offsets only after every alert and dead
+//! letter it caused has been acknowledged. Rebalances are handled here, in the
+//! [`ConsumerContext`]:
+//!
+//! - **Revoke**: librdkafka runs the rebalance callback only from inside a poll, and the
+//!   run loop polls only between batches, when the previous batch is acknowledged and its
+//!   commit already sent. So nothing is half done at a revoke; the callback still commits the
+//!   acknowledged offsets synchronously, so they are on the broker before another member
+//!   takes the partition over, whatever happened to the asynchronous commit.
+//! - **Assign**: window state lives in memory, so a partition that was consumed before (by
+//!   us before a restart, or by another member) is started up to `rebuild_state_s` (by Kafka
+//!   timestamp) before its committed offset. Records below the committed offset go through
+//!   the engine to rebuild state, but their outputs are not published again: they were
+//!   acknowledged before that offset was committed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
+};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::ClientContext;
+
+use super::metrics::Metrics;
+use super::Status;
+use crate::kafka::{self, ErrorClass};
+
+/// A partition of one of the input topics: (index into the input topic list, partition).
+pub type Tp = (usize, i32);
+
+/// Timeout of the broker requests made inside the rebalance callback.
+const REBALANCE_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One input record, owned so the batch outlives the poll that returned it.
+#[derive(Debug)]
+pub struct InRecord {
+    pub tp: Tp,
+    pub offset: i64,
+    pub payload: Vec<u8>,
+    /// Below the committed offset at assignment: rebuilds state, publishes nothing.
+    pub rebuild: bool,
+}
+
+/// What the consumer context and the run loop share.
+#[derive(Debug, Default)]
+pub struct Assignment {
+    /// Partitions assigned now.
+    pub assigned: BTreeSet<Tp>,
+    /// First offset whose outputs must be published, per partition being rebuilt.
+    pub live_from: BTreeMap<Tp, i64>,
+    /// Next offset to commit per partition: everything below it is acknowledged.
+    pub acked: BTreeMap<Tp, i64>,
+    /// Partitions revoked since the run loop last looked (it forgets their watermarks).
+    pub revoked: Vec<Tp>,
+}
+
+/// The consumer's librdkafka callbacks.
+pub struct SourceContext {
+    topics: Vec<String>,
+    metrics: Metrics,
+    status: Arc<Status>,
+    rebuild_state_ms: i64,
+    shared: Arc<Mutex<Assignment>>,
+    /// Last time each error kind was logged: librdkafka repeats "all brokers down" every
+    /// few seconds, and one line per kind per 30 s says it as well.
+    last_logged: Mutex<BTreeMap<&'static str, Instant>>,
+}
+
+/// Locks the shared assignment, riding over a poisoned lock: the data is plain maps that a
+/// panic elsewhere cannot leave half-updated in a way that matters more than stopping.
+pub fn lock(m: &Mutex<Assignment>) -> MutexGuard<'_, Assignment> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl SourceContext {
+    /// A context for `topics` (the input topic list, whose order gives [`Tp`] indices).
+    pub fn new(
+        topics: Vec<String>,
+        metrics: Metrics,
+        status: Arc<Status>,
+        rebuild_state_s: u64,
+    ) -> Self {
+        SourceContext {
+            topics,
+            metrics,
+            status,
+            rebuild_state_ms: (rebuild_state_s as i64).saturating_mul(1000),
+            shared: Arc::new(Mutex::new(Assignment::default())),
+            last_logged: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The state shared with the run loop.
+    pub fn shared(&self) -> Arc<Mutex<Assignment>> {
+        self.shared.clone()
+    }
+
+    fn topic_index(&self, topic: &str) -> Option<usize> {
+        self.topics.iter().position(|t| t == topic)
+    }
+
+    fn should_log(&self, kind: &'static str) -> bool {
+        let mut last = self.last_logged.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        match last.get(kind) {
+            Some(t) if now.duration_since(*t) < Duration::from_secs(30) => false,
+            _ => {
+                last.insert(kind, now);
+                true
+            }
+        }
+    }
+
+    /// Chooses start offsets for newly assigned partitions (see the module doc).
+    fn plan_assignment(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        tpl: &TopicPartitionList,
+    ) -> TopicPartitionList {
+        let mut plan = tpl.clone();
+        let mut live_from = Vec::new();
+        if self.rebuild_state_ms > 0 {
+            match self.rebuild_offsets(consumer, tpl) {
+                Ok(starts) => {
+                    for (topic, partition, start, committed) in starts {
+                        if start < committed {
+                            // Only error is an unknown partition, and these come from `tpl`.
+                            let _ =
+                                plan.set_partition_offset(&topic, partition, Offset::Offset(start));
+                            if let Some(ti) = self.topic_index(&topic) {
+                                live_from.push(((ti, partition), committed));
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "could not look up offsets to rebuild window state; starting at the committed offsets, so detections spanning the restart may be missed"
+                ),
+            }
+        }
+        let mut shared = lock(&self.shared);
+        for e in tpl.elements() {
+            if let Some(ti) = self.topic_index(e.topic()) {
+                shared.assigned.insert((ti, e.partition()));
+                shared.live_from.remove(&(ti, e.partition()));
+            }
+        }
+        let rebuilding = live_from.len();
+        shared.live_from.extend(live_from);
+        tracing::info!(
+            partitions = tpl.count(),
+            rebuilding,
+            assigned_total = shared.assigned.len(),
+            "partitions assigned"
+        );
+        self.metrics.assignment(shared.assigned.len());
+        plan
+    }
+
+    /// (topic, partition, start offset, committed offset) for each partition with a commit.
+    fn rebuild_offsets(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        tpl: &TopicPartitionList,
+    ) -> KafkaResult<Vec<(String, i32, i64, i64)>> {
+        let committed = consumer.committed_offsets(tpl.clone(), REBALANCE_REQUEST_TIMEOUT)?;
+        let since = crate::replay::wall_ms() - self.rebuild_state_ms;
+        let mut times = TopicPartitionList::new();
+        let mut out = Vec::new();
+        for e in committed.elements() {
+            if let Offset::Offset(c) = e.offset() {
+                times.add_partition_offset(e.topic(), e.partition(), Offset::Offset(since))?;
+                out.push((e.topic().to_string(), e.partition(), c, c));
+            }
+        }
+        if out.is_empty() {
+            // A new group: nothing was published, so everything is live.
+            return Ok(out);
+        }
+        let found = consumer.offsets_for_times(times, REBALANCE_REQUEST_TIMEOUT)?;
+        for e in found.elements() {
+            if let Offset::Offset(start) = e.offset() {
+                if let Some(o) = out
+                    .iter_mut()
+                    .find(|o| o.0 == e.topic() && o.1 == e.partition())
+                {
+                    o.2 = start.min(o.3);
+                }
+            }
+            // `End`: nothing that recent before the commit point; nothing to rebuild.
+        }
+        Ok(out)
+    }
+
+    /// Commits the acknowledged offsets of `tpl`'s partitions before they are given up.
+    fn commit_revoked(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let mut shared = lock(&self.shared);
+        let mut commit = TopicPartitionList::new();
+        for e in tpl.elements() {
+            let Some(ti) = self.topic_index(e.topic()) else {
+                continue;
+            };
+            let tp = (ti, e.partition());
+            if let Some(next) = shared.acked.remove(&tp) {
+                // Adding to a fresh list cannot fail for a non-negative offset.
+                let _ = commit.add_partition_offset(e.topic(), e.partition(), Offset::Offset(next));
+            }
+            shared.assigned.remove(&tp);
+            shared.live_from.remove(&tp);
+            shared.revoked.push(tp);
+        }
+        self.metrics.assignment(shared.assigned.len());
+        drop(shared);
+        if commit.count() > 0 && !consumer.assignment_lost() {
+            if let Err(e) = consumer.commit(&commit, CommitMode::Sync) {
+                // The records are re-read by the next owner and deduplicated downstream by
+                // alert_id: a duplicate, never a loss.
+                self.metrics.commit_failed();
+                tracing::warn!(error = %e, "commit before giving up partitions failed; the next owner re-reads them");
+            }
+        }
+        tracing::info!(partitions = tpl.count(), "partitions revoked");
+    }
+}
+
+impl ClientContext for SourceContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        log_librdkafka("consumer", level, fac, message);
+    }
+
+    fn stats(&self, stats: Statistics) {
+        let shared = lock(&self.shared);
+        for (name, topic) in &stats.topics {
+            let Some(ti) = self.topic_index(name) else {
+                continue;
+            };
+            for (p, part) in &topic.partitions {
+                // -1 is librdkafka's internal "unassigned" partition; -1 lag is "unknown".
+                if *p >= 0 && part.consumer_lag >= 0 && shared.assigned.contains(&(ti, *p)) {
+                    self.metrics.consumer_lag(name, *p, part.consumer_lag);
+                }
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        let kind = kafka::error_kind(&error);
+        if kafka::is_auth_failure(&error) {
+            self.status.auth_failed(reason);
+        }
+        if self.should_log(kind) {
+            tracing::warn!(kind, reason, "Kafka client error");
+        }
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let result = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.metrics.rebalance("assign");
+                let plan = self.plan_assignment(consumer, tpl);
+                if cooperative {
+                    consumer.incremental_assign(&plan)
+                } else {
+                    consumer.assign(&plan)
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.metrics.rebalance("revoke");
+                self.commit_revoked(consumer, tpl);
+                if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                }
+            }
+            other => {
+                self.metrics.rebalance("error");
+                tracing::warn!(code = ?other, "rebalance error; dropping the assignment");
+                let mut shared = lock(&self.shared);
+                let all: Vec<Tp> = shared.assigned.iter().copied().collect();
+                shared.revoked.extend(all);
+                shared.assigned.clear();
+                shared.live_from.clear();
+                self.metrics.assignment(0);
+                drop(shared);
+                consumer.unassign()
+            }
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "applying the rebalance failed");
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            self.metrics.commit_failed();
+            if self.should_log("commit") {
+                tracing::warn!(error = %e, "offset commit failed; the records will be re-read after a restart or rebalance and deduplicated by alert_id");
+            }
+        }
+    }
+}
+
+/// librdkafka's own log lines, through `tracing` under target `librdkafka`.
+pub fn log_librdkafka(client: &'static str, level: RDKafkaLogLevel, fac: &str, message: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error => {
+            tracing::error!(target: "librdkafka", client, facility = fac, "{message}")
+        }
+        RDKafkaLogLevel::Warning => {
+            tracing::warn!(target: "librdkafka", client, facility = fac, "{message}")
+        }
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+            tracing::info!(target: "librdkafka", client, facility = fac, "{message}")
+        }
+        RDKafkaLogLevel::Debug => {
+            tracing::debug!(target: "librdkafka", client, facility = fac, "{message}")
+        }
+    }
+}
+
+/// The consumer type of the service.
+pub type Source = StreamConsumer<SourceContext>;
+
+/// Copies a received message into an owned record; `None` for a topic we did not ask for.
+pub fn own(msg: &impl Message, topics: &[String], shared: &Mutex<Assignment>) -> Option<InRecord> {
+    let ti = topics.iter().position(|t| t == msg.topic())?;
+    let tp = (ti, msg.partition());
+    let rebuild = lock(shared)
+        .live_from
+        .get(&tp)
+        .is_some_and(|live| msg.offset() < *live);
+    Some(InRecord {
+        tp,
+        offset: msg.offset(),
+        payload: msg.payload().unwrap_or_default().to_vec(),
+        rebuild,
+    })
+}
+
+/// Classifies a consumer error: the loop carries on after retriable ones.
+pub fn consumer_error_class(e: &KafkaError) -> ErrorClass {
+    match kafka::error_kind(e) {
+        "authentication" | "authorization" => ErrorClass::Final,
+        // A missing or deleted input topic, a partition error or a broker outage: the
+        // consumer recovers on its own once the cause is gone.
+        _ => ErrorClass::Retriable,
+    }
+}
