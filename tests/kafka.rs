@@ -1,0 +1,515 @@
+//! `linewatch run` against a real Apache Kafka broker (no mocks).
+//!
+//! The broker comes from `LINEWATCH_TEST_BROKERS` (scripts/test.sh starts one); without it
+//! every test here fails and says so. Each test makes its own topics and group with a random
+//! suffix, runs the real binary as a child process (signals matter), and compares what the
+//! service publishes with what `replay` makes of the same records.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use linewatch::alert::Alert;
+use linewatch::config::Config;
+use linewatch::replay::replay_bytes;
+use support::{brokers, produce, read_until, records, Msg, Service, Topics};
+
+/// Event time of the test traffic (2027-01-15).
+const T0: i64 = 1_800_000_000_000;
+const MIN: i64 = 60_000;
+const WAIT: Duration = Duration::from_secs(90);
+
+/// Thresholds low enough for a small, readable traffic; quick retries and drain.
+const TEST_CONFIG: &str = r#"
+[bulk_sms]
+min_recipients = 20
+[customer_fan_in]
+min_customers = 10
+[deal_line]
+threshold = 0.5
+[service]
+batch_max_wait_ms = 20
+retry_backoff_max_s = 2
+drain_timeout_s = 20
+"#;
+
+fn sms(id: &str, ts: i64, from: &str, to: &str) -> String {
+    format!(r#"{{"event_id":"{id}","ts":{ts},"kind":"sms","from":"{from}","to":"{to}"}}"#)
+}
+
+fn call(id: &str, ts: i64, from: &str, to: &str, duration_s: u32) -> String {
+    format!(
+        r#"{{"event_id":"{id}","ts":{ts},"kind":"call","from":"{from}","to":"{to}","duration_s":{duration_s}}}"#
+    )
+}
+
+/// A deal line bulk-texting 60 numbers among ten ordinary lines texting friends (part one),
+/// then 15 of those numbers calling it back briefly an hour later (part two). With
+/// [`TEST_CONFIG`] it makes a `bulk_sms`, a `customer_fan_in` and a `deal_line` alert.
+fn deal_traffic(tag: &str) -> (Vec<String>, Vec<String>) {
+    let line = format!("L-{tag}");
+    let mut texts = Vec::new();
+    for i in 0..60i64 {
+        texts.push(sms(
+            &format!("{tag}-t{i}"),
+            T0 + i * 5_000,
+            &line,
+            &format!("c-{tag}-{i}"),
+        ));
+        if i % 6 == 0 {
+            let j = i / 6;
+            for f in 0..3 {
+                texts.push(sms(
+                    &format!("{tag}-n{j}-{f}"),
+                    T0 + i * 5_000 + f * 1_000 + 500,
+                    &format!("n-{tag}-{j}"),
+                    &format!("friend-{tag}-{j}-{f}"),
+                ));
+            }
+        }
+    }
+    let calls = (0..15i64)
+        .map(|i| {
+            call(
+                &format!("{tag}-k{i}"),
+                T0 + 60 * MIN + i * 30_000,
+                &format!("c-{tag}-{i}"),
+                &line,
+                30,
+            )
+        })
+        .collect();
+    (texts, calls)
+}
+
+/// Ordinary lines texting ten friends each, from `start`: no alerts at [`TEST_CONFIG`].
+fn noise(tag: &str, n: usize, start: i64) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            sms(
+                &format!("{tag}-z{i}"),
+                start + i as i64 * 20,
+                &format!("z-{tag}-{}", i / 10),
+                &format!("zf-{tag}-{i}"),
+            )
+        })
+        .collect()
+}
+
+fn config_file(dir: &tempfile::TempDir, text: &str) -> PathBuf {
+    let p = dir.path().join("linewatch.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn expected(text: &str, lines: &[String]) -> Vec<Alert> {
+    let cfg = Config::from_toml(text).unwrap();
+    let data = lines.join("\n");
+    replay_bytes(cfg, data.as_bytes()).0
+}
+
+fn alerts_of(msgs: &[Msg]) -> Vec<Alert> {
+    msgs.iter()
+        .map(|m| serde_json::from_slice(&m.value).expect("alert JSON"))
+        .collect()
+}
+
+/// An alert without its wall-clock field, which differs between any two runs.
+fn timeless(a: &Alert) -> Alert {
+    Alert {
+        detected_at: 0,
+        ..a.clone()
+    }
+}
+
+fn ids(alerts: &[Alert]) -> BTreeSet<String> {
+    alerts.iter().map(|a| a.alert_id.clone()).collect()
+}
+
+async fn read_alerts(topic: &str, want: usize) -> Vec<Msg> {
+    read_until(topic, WAIT, |m| m.len() >= want).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_partition_gives_the_same_alerts_as_replay_and_metrics_show_them() {
+    let b = brokers();
+    let t = Topics::named("same");
+    t.create(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let svc = Service::start(&config_file(&dir, TEST_CONFIG), &t.args(&b));
+    let (code, _) = svc.get("/healthz").await;
+    assert_eq!(code, 200);
+    svc.wait_ready(WAIT).await;
+
+    let (texts, calls) = deal_traffic("a");
+    let all: Vec<String> = texts.into_iter().chain(calls).collect();
+    let want = expected(TEST_CONFIG, &all);
+    let detectors: BTreeSet<&str> = want.iter().map(|a| a.detector.as_str()).collect();
+    assert_eq!(
+        detectors,
+        BTreeSet::from(["bulk_sms", "customer_fan_in", "deal_line"]),
+        "the traffic should exercise three detectors"
+    );
+    produce(&t.input, &records(&all, true)).await;
+
+    let msgs = read_alerts(&t.alerts, want.len()).await;
+    let got = alerts_of(&msgs);
+    let mut a: Vec<Alert> = got.iter().map(timeless).collect();
+    let mut e: Vec<Alert> = want.iter().map(timeless).collect();
+    a.sort_by(|x, y| x.alert_id.cmp(&y.alert_id));
+    e.sort_by(|x, y| x.alert_id.cmp(&y.alert_id));
+    assert_eq!(a, e, "service alerts differ from replay's");
+    for (m, al) in msgs.iter().zip(&got) {
+        assert_eq!(m.key.as_deref(), Some(al.subject.as_str()));
+        assert_eq!(m.headers["detector"], al.detector);
+        assert_eq!(m.headers["alert_id"], al.alert_id);
+        assert_eq!(m.headers["config_version"], al.config_version);
+        assert!(al.detected_at > 0);
+    }
+
+    // /metrics: the figures behind what just happened.
+    let n = all.len() as f64;
+    svc.wait_metric("linewatch_records_total{result=\"valid\"}", n, WAIT)
+        .await;
+    for d in ["bulk_sms", "customer_fan_in", "deal_line"] {
+        let series = format!("linewatch_alerts_total{{detector=\"{d}\"}}");
+        assert_eq!(svc.metric(&series).await, 1.0, "{series}");
+        let count = format!("linewatch_event_to_alert_seconds_count{{detector=\"{d}\"}}");
+        assert_eq!(svc.metric(&count).await, 1.0, "{count}");
+    }
+    // librdkafka reports lag once a second; the backlog is consumed, so it settles at 0.
+    let lag_series = format!(
+        "linewatch_consumer_lag_records{{partition=\"0\",topic=\"{}\"}}",
+        t.input
+    );
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (_, body) = svc.get("/metrics").await;
+        if body.contains(&format!("{lag_series} 0")) {
+            assert!(
+                support::metric_sum(&body, "linewatch_watermark_lag_seconds", "partition=\"0\"")
+                    .is_some(),
+                "watermark lag of partition 0 missing:\n{body}"
+            );
+            assert!(
+                support::metric_value(&body, "linewatch_state_keys{component=\"contacts\"}") > 0.0
+            );
+            assert!(
+                support::metric_value(&body, "linewatch_state_bytes{component=\"bulk_sms\"}") > 0.0
+            );
+            assert!(
+                support::metric_value(&body, "linewatch_rebalances_total{kind=\"assign\"}") >= 1.0
+            );
+            assert_eq!(support::metric_value(&body, "linewatch_ready"), 1.0);
+            assert_eq!(
+                support::metric_value(&body, "linewatch_producer_errors_total{kind=\"timed_out\"}"),
+                0.0
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "consumer lag never reached 0:\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (code, body) = svc.get("/readyz").await;
+    assert_eq!(
+        (code, body.contains("1 input partitions assigned")),
+        (200, true),
+        "{body}"
+    );
+
+    let mut svc = svc;
+    svc.signal("TERM");
+    let status = svc.wait_exit(Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(0), "SIGTERM must drain and exit 0");
+    assert!(!svc.log_events("final offsets committed").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_partitions_keyed_by_line_flag_the_same_lines_as_replay() {
+    let b = brokers();
+    let t = Topics::named("parts");
+    t.create(4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let svc = Service::start(&config_file(&dir, TEST_CONFIG), &t.args(&b));
+    svc.wait_ready(WAIT).await;
+
+    // Four bulk senders and twenty ordinary lines, all within ten minutes of event time so
+    // no record can be late whatever order the partitions are read in.
+    let mut lines = Vec::new();
+    for i in 0..30i64 {
+        for l in 0..4 {
+            lines.push(sms(
+                &format!("p-{l}-{i}"),
+                T0 + i * 10_000 + l,
+                &format!("bulk-{l}"),
+                &format!("r-{l}-{i}"),
+            ));
+        }
+        if i < 20 {
+            for f in 0..3 {
+                lines.push(sms(
+                    &format!("q-{i}-{f}"),
+                    T0 + i * 10_000 + 5 + f,
+                    &format!("o-{i}"),
+                    &format!("of-{i}-{f}"),
+                ));
+            }
+        }
+    }
+    let want = expected(TEST_CONFIG, &lines);
+    let pairs = |v: &[Alert]| -> BTreeSet<(String, String)> {
+        v.iter()
+            .map(|a| (a.detector.clone(), a.subject.clone()))
+            .collect()
+    };
+    assert_eq!(pairs(&want).len(), 4, "one bulk_sms alert per sender");
+    let placed = produce(&t.input, &records(&lines, true)).await;
+    let used: BTreeSet<i32> = placed.iter().map(|p| p.0).collect();
+    assert!(
+        used.len() > 1,
+        "records should spread over partitions: {used:?}"
+    );
+
+    let got = alerts_of(&read_alerts(&t.alerts, want.len()).await);
+    assert_eq!(pairs(&got), pairs(&want));
+    // Each sender's records are in one partition, in order: the ids match too.
+    assert_eq!(ids(&got), ids(&want));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_late_records_go_to_the_dead_letter_topic_with_their_source() {
+    let b = brokers();
+    let t = Topics::named("dead");
+    t.create(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let svc = Service::start(&config_file(&dir, TEST_CONFIG), &t.args(&b));
+    svc.wait_ready(WAIT).await;
+
+    let good = sms("d-1", T0, "x", "y");
+    let lines = vec![
+        good.clone(),
+        "not json {".to_string(),
+        format!(r#"{{"event_id":"d-2","ts":{T0},"kind":"sms","to":"y"}}"#),
+        sms("d-3", T0 - 120 * MIN, "x", "y"),
+        sms("d-4", T0, "447700900123", "y"),
+        good,
+    ];
+    let placed = produce(&t.input, &records(&lines, false)).await;
+    let dead = read_until(&t.dead, WAIT, |m| m.len() >= 4).await;
+    assert_eq!(dead.len(), 4);
+    let expect = [
+        (1, "invalid_json", None),
+        (2, "missing_field", Some("from")),
+        (3, "late", Some("ts")),
+        (4, "raw_identifier", Some("from")),
+    ];
+    for (m, (i, reason, field)) in dead.iter().zip(expect) {
+        assert_eq!(m.headers["reason"], reason);
+        assert_eq!(
+            m.headers.get("field").map(String::as_str),
+            field,
+            "{reason}"
+        );
+        assert_eq!(m.headers["source_topic"], t.input);
+        assert_eq!(m.headers["source_partition"], placed[i].0.to_string());
+        assert_eq!(m.headers["source_offset"], placed[i].1.to_string());
+        assert_eq!(m.value, lines[i].as_bytes(), "value is the raw record");
+    }
+
+    svc.wait_metric("linewatch_records_total{result=\"duplicate\"}", 1.0, WAIT)
+        .await;
+    let (_, body) = svc.get("/metrics").await;
+    let v = |s: &str| support::metric_value(&body, s);
+    assert_eq!(v("linewatch_records_total{result=\"valid\"}"), 1.0);
+    assert_eq!(v("linewatch_records_total{result=\"malformed\"}"), 3.0);
+    assert_eq!(v("linewatch_records_total{result=\"late\"}"), 1.0);
+    assert_eq!(v("linewatch_dead_letters_total{reason=\"late\"}"), 1.0);
+    assert_eq!(
+        v("linewatch_dead_letters_total{reason=\"invalid_json\"}"),
+        1.0
+    );
+    assert_eq!(
+        v("linewatch_dead_letters_total{reason=\"raw_identifier\"}"),
+        1.0
+    );
+    // Pseudonyms never reach a log line.
+    assert!(!svc.logs().iter().any(|l| l.contains("447700900123")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_stream_then_restart_loses_no_alert_and_mints_no_new_id() {
+    let b = brokers();
+    let t = Topics::named("restart");
+    t.create(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_file(&dir, TEST_CONFIG);
+
+    // Part one: noise, the bulk texts, more noise. Part two: the customers calling back,
+    // whose fan-in and deal-line alerts need the texts' window state from before the restart.
+    let (texts, calls) = deal_traffic("r");
+    let mut one = noise("r1", 5_000, T0 - 10 * MIN);
+    one.extend(texts);
+    one.extend(noise("r2", 20_000, T0 + 5 * MIN));
+    let all: Vec<String> = one.iter().chain(&calls).cloned().collect();
+    let want = expected(TEST_CONFIG, &all);
+    assert_eq!(want.len(), 3);
+
+    let mut first = Service::start(&cfg, &t.args(&b));
+    first.wait_ready(WAIT).await;
+    produce(&t.input, &records(&one, true)).await;
+    // Stop as soon as the first alert is out: the noise after it is still being worked on.
+    read_alerts(&t.alerts, 1).await;
+    first.signal("TERM");
+    let status = first.wait_exit(Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(0), "SIGTERM must drain and exit 0");
+    drop(first);
+
+    produce(&t.input, &records(&calls, true)).await;
+    let second = Service::start(&cfg, &t.args(&b));
+    let msgs = read_until(&t.alerts, WAIT, |m| ids(&alerts_of(m)) == ids(&want)).await;
+    let got = alerts_of(&msgs);
+    assert_eq!(
+        ids(&got),
+        ids(&want),
+        "after a restart every alert of replay is there, and no other id"
+    );
+    // The restart rebuilt the window state from the log instead of publishing it again.
+    assert!(second.metric("linewatch_records_rebuilt_total").await > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_unreachable_then_topics_missing_then_it_recovers_by_itself() {
+    // The service is pointed at a loopback port where nothing listens yet. Later a TCP relay
+    // to the real test broker opens on that port: to the service, a broker has come up at
+    // its bootstrap address. (The broker then advertises its own address, which the client
+    // uses from there on, as with any Kafka cluster.)
+    let b = brokers();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let bootstrap = format!("127.0.0.1:{port}");
+    let t = Topics::named("recover");
+    let dir = tempfile::tempdir().unwrap();
+    let mut svc = Service::start(&config_file(&dir, TEST_CONFIG), &t.args(&bootstrap));
+
+    let tries = svc.wait_log("Kafka brokers unreachable", 2, WAIT).await;
+    assert_eq!(tries[0]["brokers"], bootstrap.as_str());
+    let (code, body) = svc.get("/readyz").await;
+    assert_eq!(code, 503);
+    assert!(body.contains("unreachable"), "{body}");
+
+    let relay = tokio::net::TcpListener::bind(&bootstrap).await.unwrap();
+    let target = b.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = relay.accept().await {
+            let target = target.clone();
+            tokio::spawn(async move {
+                if let Ok(mut out) = tokio::net::TcpStream::connect(&target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                }
+            });
+        }
+    });
+
+    let missing = svc.wait_log("does not exist", 1, WAIT).await;
+    let said = missing[0]["message"].as_str().unwrap();
+    assert!(said.contains(&format!("input topic {}", t.input)), "{said}");
+    let (code, body) = svc.get("/readyz").await;
+    assert_eq!(code, 503);
+    assert!(body.contains(&t.input), "{body}");
+
+    t.create(1).await;
+    svc.wait_ready(WAIT).await;
+    let (texts, calls) = deal_traffic("u");
+    let all: Vec<String> = texts.into_iter().chain(calls).collect();
+    let want = expected(TEST_CONFIG, &all);
+    produce(&t.input, &records(&all, true)).await;
+    let got = alerts_of(&read_alerts(&t.alerts, want.len()).await);
+    assert_eq!(ids(&got), ids(&want));
+
+    svc.signal("TERM");
+    assert_eq!(svc.wait_exit(Duration::from_secs(30)).await.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_a_lower_threshold_keeping_window_state_and_refuses_an_invalid_one() {
+    let b = brokers();
+    let t = Topics::named("reload");
+    t.create(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    // The file is polled only hourly here, so SIGHUP is what triggers each reload.
+    let base = "[service]\nconfig_poll_interval_s = 3600\nbatch_max_wait_ms = 20\n";
+    let before = format!("[bulk_sms]\nmin_recipients = 50\n{base}");
+    let after = format!("[bulk_sms]\nmin_recipients = 35\n{base}");
+    let path = config_file(&dir, &before);
+    let old_version = Config::from_toml(&before).unwrap().version();
+    let new_version = Config::from_toml(&after).unwrap().version();
+    assert_ne!(old_version, new_version);
+
+    let svc = Service::start(&path, &t.args(&b));
+    svc.wait_ready(WAIT).await;
+
+    // 30 distinct recipients: under the threshold of 50, over half of the later 35.
+    let text = |line: &str, i: i64| {
+        sms(
+            &format!("{line}-{i}"),
+            T0 + i * 10_000,
+            line,
+            &format!("rcpt-{line}-{i}"),
+        )
+    };
+    let first: Vec<String> = (0..30).map(|i| text("L1", i)).collect();
+    produce(&t.input, &records(&first, true)).await;
+    svc.wait_metric("linewatch_records_total{result=\"valid\"}", 30.0, WAIT)
+        .await;
+
+    std::fs::write(&path, &after).unwrap();
+    svc.signal("HUP");
+    svc.wait_log("new detection settings apply", 1, WAIT).await;
+    assert_eq!(
+        svc.metric("linewatch_config_reloads_total{result=\"applied\"}")
+            .await,
+        1.0
+    );
+
+    let second: Vec<String> = (30..40).map(|i| text("L1", i)).collect();
+    produce(&t.input, &records(&second, true)).await;
+    let got = alerts_of(&read_alerts(&t.alerts, 1).await);
+    let a = &got[0];
+    assert_eq!(
+        (a.detector.as_str(), a.subject.as_str()),
+        ("bulk_sms", "L1")
+    );
+    assert_eq!(a.config_version, new_version);
+    // Fired at the 35th recipient, and the window reaches back to the first record sent
+    // before the reload: the state survived it.
+    assert_eq!(a.event_time, T0 + 34 * 10_000);
+    assert_eq!(a.window_start, T0);
+
+    // An invalid file: refused, counted, and the service carries on with threshold 35.
+    std::fs::write(&path, format!("[bulk_sms]\nmin_recipients = 0\n{base}")).unwrap();
+    svc.signal("HUP");
+    let refused = svc.wait_log("configuration reload rejected", 1, WAIT).await;
+    assert!(refused[0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("bulk_sms.min_recipients"));
+    assert_eq!(
+        svc.metric("linewatch_config_reloads_total{result=\"invalid\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(svc.get("/healthz").await.0, 200);
+    let third: Vec<String> = (0..40).map(|i| text("L2", i)).collect();
+    produce(&t.input, &records(&third, true)).await;
+    let got = alerts_of(&read_alerts(&t.alerts, 2).await);
+    let a = got.iter().find(|a| a.subject == "L2").expect("L2 alert");
+    assert_eq!(a.config_version, new_version);
+    assert_eq!(a.event_time, T0 + 34 * 10_000);
+}
