@@ -513,3 +513,43 @@ async fn sighup_applies_a_lower_threshold_keeping_window_state_and_refuses_an_in
     assert_eq!(a.config_version, new_version);
     assert_eq!(a.event_time, T0 + 34 * 10_000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_stop_the_service_with_a_clear_line_and_no_secret() {
+    // The test broker speaks PLAINTEXT only, so a SASL login is refused at the handshake:
+    // librdkafka reports it as an authentication failure, as it does for a wrong password.
+    let b = brokers();
+    let t = Topics::named("auth");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "{TEST_CONFIG}[kafka]\n\"security.protocol\" = \"SASL_PLAINTEXT\"\n\"sasl.mechanism\" = \"PLAIN\"\n\"sasl.username\" = \"lw\"\n\"sasl.password\" = \"s3cret-pw\"\n"
+    );
+    let mut svc = Service::start(&config_file(&dir, &cfg), &t.args(&b));
+    let status = svc.wait_exit(WAIT).await;
+    assert_eq!(status.code(), Some(1));
+    let logs = svc.logs();
+    let last = logs.last().expect("a final line");
+    assert!(
+        last.starts_with("linewatch: error: authentication with the Kafka brokers failed"),
+        "{last}"
+    );
+    assert!(!logs.iter().any(|l| l.contains("s3cret-pw")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_kafka_property_exits_2_in_one_line_without_its_value() {
+    // No broker needed: the client refuses the property before connecting.
+    let dir = tempfile::tempdir().unwrap();
+    let path = config_file(&dir, "[kafka]\n\"sasl.pasword\" = \"s3cret-pw\"\n");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_linewatch"))
+        .arg("--config")
+        .arg(&path)
+        .args(["run", "--http", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("sasl.pasword"), "{err}");
+    assert!(!err.contains("s3cret-pw"), "{err}");
+}

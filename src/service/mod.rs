@@ -132,11 +132,18 @@ pub struct RunOptions {
     pub file_config: Option<Config>,
 }
 
-fn creation_error(what: &str, e: KafkaError) -> ServiceError {
-    match e {
-        KafkaError::ClientCreation(m) => ServiceError::Config(format!("Kafka {what}: {m}")),
-        other => ServiceError::Config(format!("Kafka {what}: {other}")),
+/// A client that could not be created: a bad `[kafka]` property. librdkafka's message
+/// quotes the property's value, which may be a password, so every configured value is
+/// masked in it.
+fn creation_error(what: &str, e: KafkaError, settings: &KafkaSettings) -> ServiceError {
+    let mut message = match e {
+        KafkaError::ClientCreation(m) => m,
+        other => other.to_string(),
+    };
+    for v in settings.properties.values().filter(|v| !v.is_empty()) {
+        message = message.replace(v.as_str(), "***");
     }
+    ServiceError::Config(format!("Kafka {what}: {message}"))
 }
 
 /// Runs the service with a validated configuration until `shutdown` completes, then
@@ -152,17 +159,6 @@ pub async fn run(
     let status = Arc::new(Status::new("starting"));
     let (stop_tx, stop_rx) = watch::channel(false);
 
-    let listener = http::bind(&cfg.service.http_addr).await?;
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "admin HTTP listening");
-    }
-    let http_task = tokio::spawn(http::serve(
-        listener,
-        metrics.clone(),
-        status.clone(),
-        stop_rx.clone(),
-    ));
-
     let settings = KafkaSettings::new(cfg.service.brokers.clone(), cfg.kafka.clone());
     for role in [Role::Consumer, Role::Producer] {
         for key in settings.overridden_keys(role) {
@@ -177,7 +173,7 @@ pub async fn run(
         .create_with_context(SinkContext {
             status: status.clone(),
         })
-        .map_err(|e| creation_error("producer", e))?;
+        .map_err(|e| creation_error("producer", e, &settings))?;
     let ctx = SourceContext::new(
         cfg.service.input_topics.clone(),
         metrics.clone(),
@@ -189,7 +185,7 @@ pub async fn run(
         .client_config(Role::Consumer)
         .set("group.id", &cfg.service.group_id)
         .create_with_context(ctx)
-        .map_err(|e| creation_error("consumer", e))?;
+        .map_err(|e| creation_error("consumer", e, &settings))?;
     let consumer = Arc::new(consumer);
     let sink = Sink::new(
         producer.clone(),
@@ -198,6 +194,18 @@ pub async fn run(
         metrics.clone(),
         Duration::from_secs(cfg.service.retry_backoff_max_s),
     );
+
+    // Clients first, so a bad property fails before anything listens.
+    let listener = http::bind(&cfg.service.http_addr).await?;
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "admin HTTP listening");
+    }
+    let http_task = tokio::spawn(http::serve(
+        listener,
+        metrics.clone(),
+        status.clone(),
+        stop_rx.clone(),
+    ));
 
     let (reload_tx, reload_rx) = mpsc::channel(4);
     let reload_task = opts.config_path.clone().map(|path| {
