@@ -20,6 +20,26 @@
 //! a crash between acknowledgement and commit) repeats an alert with the same id, which
 //! downstream de-duplicates.
 //!
+//! # Messages (additions to the contract)
+//!
+//! - **Alert topic**: value = the alert JSON of contract §2 (plus `config_version`), key =
+//!   `subject`, headers `detector`, `alert_id`, `config_version`.
+//! - **Dead-letter topic**: value = the record's raw bytes, unchanged; no key; headers
+//!   `reason` (a fixed code of [`crate::event::Reason`], `late` included), `field` (only when
+//!   one field is at fault), `source_topic`, `source_partition`, `source_offset` (decimal).
+//! - Delivery is at least once: after a crash between acknowledgement and commit an alert
+//!   may be published again, always with the same `alert_id`.
+//!
+//! # Operations
+//!
+//! - `/readyz` answers 200 once the group has assigned partitions, else 503 with what is
+//!   awaited (brokers unreachable, which topic is missing, assignment).
+//! - SIGINT/SIGTERM: stop polling, finish and acknowledge the batch in hand, commit, leave
+//!   the group, exit 0, all within `service.drain_timeout_s` (else exit 1 saying so).
+//! - SIGHUP or a changed config file: new detection thresholds from the next record.
+//! - Exit 2: invalid configuration (including an unknown `[kafka]` property); exit 1:
+//!   refused credentials, a final delivery error, an unfinished drain.
+//!
 //! [`Engine`]: crate::engine::Engine
 
 pub mod http;
@@ -239,27 +259,35 @@ pub async fn run(
     .run();
     tokio::pin!(main);
     tokio::pin!(shutdown);
+    let mut stopped_at = None;
     let result = tokio::select! {
         r = &mut main => r,
         _ = &mut shutdown => {
             tracing::info!(drain_timeout_s = drain_s, "shutdown requested: finishing the batch in hand, then committing");
+            stopped_at = Some(std::time::Instant::now());
             let _ = stop_tx.send(true);
             (&mut main).await
         }
     };
     let _ = stop_tx.send(true);
-    // Leaving the group (consumer close) waits on the broker: off the async threads.
+    // Leaving the group (consumer close) waits on the broker: off the async threads, and
+    // bounded by what is left of the drain time. Offsets are committed already; a group
+    // left uncleanly only delays the next member's assignment by the session timeout.
+    let left = stopped_at.map_or(Duration::from_secs(drain_s), |t| {
+        Duration::from_secs(drain_s).saturating_sub(t.elapsed())
+    });
     let closing = tokio::task::spawn_blocking(move || {
         consumer.unsubscribe();
         drop(consumer);
     });
-    if tokio::time::timeout(Duration::from_secs(drain_s), closing)
+    if tokio::time::timeout(left.max(Duration::from_secs(1)), closing)
         .await
         .is_err()
     {
         tracing::warn!("leaving the consumer group did not finish in time");
     }
-    let _ = http_task.await;
+    // A scraper holding a keep-alive connection must not hold the exit up.
+    let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
     if let Some(t) = reload_task {
         let _ = t.await;
     }
@@ -307,7 +335,8 @@ pub(crate) async fn wait_for_cluster(
             Ok::<_, KafkaError>(missing)
         })
         .await
-        .unwrap_or_else(|_| Ok(Vec::new()));
+        // The probe task panicking would be a bug in rdkafka; treat it as a failed attempt.
+        .unwrap_or(Err(KafkaError::Canceled));
         if let Some(reason) = status.auth_failure() {
             return Err(ServiceError::Auth(reason));
         }

@@ -166,10 +166,17 @@ impl Pipeline {
         }
 
         // Stopped: every batch taken is acknowledged and its commit sent; make the commits
-        // synchronous so they are on the broker before the process goes.
+        // synchronous so they are on the broker before the process goes, within what is left
+        // of the drain time (at least a second, so a commit is always tried).
         self.status.set(false, "shutting down");
-        self.commit_sync(&topics, drain).await;
-        self.sink.flush(Duration::from_secs(5));
+        let since = stopping_since.unwrap_or_else(Instant::now);
+        let left = drain
+            .saturating_sub(since.elapsed())
+            .max(Duration::from_secs(1));
+        self.commit_sync(&topics, left).await;
+        // Every delivery was awaited batch by batch; this only returns what librdkafka holds
+        // for itself (nothing, normally).
+        self.sink.flush(Duration::from_secs(1));
         Ok(())
     }
 
