@@ -142,10 +142,12 @@ pub fn main(args: Args, config: Option<&Path>) -> Outcome {
         config_path: config.map(Path::to_path_buf),
         file_config: Some(file),
     };
-    runtime
-        .block_on(service::run(cfg, opts, shutdown_signal()))
-        .map_err(|e| Failure {
-            code: e.exit_code(),
-            message: e.to_string(),
-        })
+    let result = runtime.block_on(service::run(cfg, opts, shutdown_signal()));
+    // A metadata probe still blocking a worker thread (the broker is unreachable) ends on
+    // its own within seconds, but there is nothing left to wait for.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    result.map_err(|e| Failure {
+        code: e.exit_code(),
+        message: e.to_string(),
+    })
 }

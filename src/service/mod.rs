@@ -320,7 +320,8 @@ pub(crate) async fn wait_for_cluster(
         attempt += 1;
         let p = producer.clone();
         let names: Vec<String> = topics.iter().map(|t| t.1.clone()).collect();
-        // Metadata requests block: off the async threads.
+        // Metadata requests block: off the async threads, and raced with shutdown so a stop
+        // request does not wait for a probe timing out (the probe ends on its own in 5 s).
         let probe = tokio::task::spawn_blocking(move || {
             let mut missing = Vec::new();
             for t in &names {
@@ -333,8 +334,11 @@ pub(crate) async fn wait_for_cluster(
                 }
             }
             Ok::<_, KafkaError>(missing)
-        })
-        .await
+        });
+        let probe = tokio::select! {
+            r = probe => r,
+            _ = stop.wait_for(|s| *s) => return Ok(false),
+        }
         // The probe task panicking would be a bug in rdkafka; treat it as a failed attempt.
         .unwrap_or(Err(KafkaError::Canceled));
         if let Some(reason) = status.auth_failure() {
