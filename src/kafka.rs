@@ -21,8 +21,6 @@ use rdkafka::ClientConfig;
 pub enum Role {
     Consumer,
     Producer,
-    /// Metadata and topic administration (tests, tools).
-    Admin,
 }
 
 /// Brokers and pass-through librdkafka properties. `Debug` masks every property value.
@@ -100,7 +98,6 @@ pub fn fixed_keys(role: Role) -> &'static [(&'static str, &'static str)] {
     match role {
         Role::Consumer => CONSUMER_FIXED,
         Role::Producer => PRODUCER_FIXED,
-        Role::Admin => &[],
     }
 }
 
@@ -143,7 +140,6 @@ impl KafkaSettings {
         let (defaults, fixed) = match role {
             Role::Consumer => (CONSUMER_DEFAULTS, CONSUMER_FIXED),
             Role::Producer => (PRODUCER_DEFAULTS, PRODUCER_FIXED),
-            Role::Admin => (&[][..], &[][..]),
         };
         for (k, v) in defaults {
             c.set(*k, *v);

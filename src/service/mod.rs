@@ -142,6 +142,28 @@ impl Status {
     }
 }
 
+/// Lets a repeated log line through once per 30 s per kind: librdkafka repeats errors such
+/// as "all brokers down" every few seconds, and one line per half minute says it as well.
+#[derive(Debug, Default)]
+pub struct Throttle {
+    last: Mutex<std::collections::BTreeMap<&'static str, std::time::Instant>>,
+}
+
+impl Throttle {
+    /// True if a line of this kind may be logged now.
+    pub fn allow(&self, kind: &'static str) -> bool {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        match last.get(kind) {
+            Some(t) if now.duration_since(*t) < Duration::from_secs(30) => false,
+            _ => {
+                last.insert(kind, now);
+                true
+            }
+        }
+    }
+}
+
 /// How the service was started, beyond the configuration itself.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {

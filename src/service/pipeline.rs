@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 use super::metrics::Metrics;
 use super::sink::{Outgoing, Sink, SinkContext};
 use super::source::{self, lock, Assignment, InRecord, Source, Tp};
-use super::{ServiceError, Status};
+use super::{ServiceError, Status, Throttle};
 use crate::config::Config;
 use crate::engine::{Engine, Verdict};
 use crate::event::Millis;
@@ -81,7 +81,7 @@ impl Pipeline {
         let mut out: Vec<Outgoing> = Vec::new();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut errors = ErrorLog::default();
+        let errors = Throttle::default();
         let mut stopping_since: Option<Instant> = None;
 
         loop {
@@ -111,7 +111,7 @@ impl Pipeline {
                     continue;
                 }
                 Wake::Error(e) => {
-                    errors.consumer(&e)?;
+                    consumer_error(&e, &errors)?;
                     continue;
                 }
                 Wake::Record(r) => r,
@@ -129,7 +129,7 @@ impl Pipeline {
                     _ = tokio::time::sleep_until(deadline) => break,
                     m = self.consumer.recv() => match m {
                         Ok(m) => batch.extend(source::own(&m, &topics, &self.shared)),
-                        Err(e) => errors.consumer(&e)?,
+                        Err(e) => consumer_error(&e, &errors)?,
                     },
                 }
             }
@@ -316,37 +316,24 @@ impl Pipeline {
     }
 }
 
-/// Consumer errors: final ones stop the service, retriable ones are logged at most once per
-/// 30 s per kind (librdkafka repeats them while a broker is down).
-#[derive(Default)]
-struct ErrorLog {
-    last: BTreeMap<&'static str, Instant>,
-}
-
-impl ErrorLog {
-    fn consumer(&mut self, e: &rdkafka::error::KafkaError) -> Result<(), ServiceError> {
-        let kind = kafka::error_kind(e);
-        if source::consumer_error_class(e) == ErrorClass::Final {
-            return Err(if kind == "authentication" {
-                ServiceError::Auth(e.to_string())
-            } else {
-                ServiceError::Consumer {
-                    kind,
-                    message: e.to_string(),
-                }
-            });
-        }
-        let now = Instant::now();
-        if self
-            .last
-            .get(kind)
-            .is_none_or(|t| now.duration_since(*t) >= Duration::from_secs(30))
-        {
-            self.last.insert(kind, now);
-            tracing::warn!(kind, error = %e, "consumer error; carrying on (the consumer recovers by itself)");
-        }
-        Ok(())
+/// Consumer errors: final ones stop the service, retriable ones are logged (throttled) and
+/// the loop carries on, since the consumer recovers by itself.
+fn consumer_error(e: &rdkafka::error::KafkaError, throttle: &Throttle) -> Result<(), ServiceError> {
+    let kind = kafka::error_kind(e);
+    if source::consumer_error_class(e) == ErrorClass::Final {
+        return Err(if kind == "authentication" {
+            ServiceError::Auth(e.to_string())
+        } else {
+            ServiceError::Consumer {
+                kind,
+                message: e.to_string(),
+            }
+        });
     }
+    if throttle.allow(kind) {
+        tracing::warn!(kind, error = %e, "consumer error; carrying on (the consumer recovers by itself)");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

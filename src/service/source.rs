@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{
@@ -32,7 +32,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 
 use super::metrics::Metrics;
-use super::Status;
+use super::{Status, Throttle};
 use crate::kafka::{self, ErrorClass};
 
 /// A partition of one of the input topics: (index into the input topic list, partition).
@@ -71,9 +71,7 @@ pub struct SourceContext {
     status: Arc<Status>,
     rebuild_state_ms: i64,
     shared: Arc<Mutex<Assignment>>,
-    /// Last time each error kind was logged: librdkafka repeats "all brokers down" every
-    /// few seconds, and one line per kind per 30 s says it as well.
-    last_logged: Mutex<BTreeMap<&'static str, Instant>>,
+    throttle: Throttle,
 }
 
 /// Locks the shared assignment, riding over a poisoned lock: the data is plain maps that a
@@ -96,7 +94,7 @@ impl SourceContext {
             status,
             rebuild_state_ms: (rebuild_state_s as i64).saturating_mul(1000),
             shared: Arc::new(Mutex::new(Assignment::default())),
-            last_logged: Mutex::new(BTreeMap::new()),
+            throttle: Throttle::default(),
         }
     }
 
@@ -107,18 +105,6 @@ impl SourceContext {
 
     fn topic_index(&self, topic: &str) -> Option<usize> {
         self.topics.iter().position(|t| t == topic)
-    }
-
-    fn should_log(&self, kind: &'static str) -> bool {
-        let mut last = self.last_logged.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        match last.get(kind) {
-            Some(t) if now.duration_since(*t) < Duration::from_secs(30) => false,
-            _ => {
-                last.insert(kind, now);
-                true
-            }
-        }
     }
 
     /// Chooses start offsets for newly assigned partitions (see the module doc).
@@ -259,7 +245,7 @@ impl ClientContext for SourceContext {
         if kafka::is_auth_failure(&error) {
             self.status.auth_failed(reason);
         }
-        if self.should_log(kind) {
+        if self.throttle.allow(kind) {
             tracing::warn!(kind, reason, "Kafka client error");
         }
     }
@@ -316,7 +302,7 @@ impl ConsumerContext for SourceContext {
     fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
         if let Err(e) = result {
             self.metrics.commit_failed();
-            if self.should_log("commit") {
+            if self.throttle.allow("commit") {
                 tracing::warn!(error = %e, "offset commit failed; the records will be re-read after a restart or rebalance and deduplicated by alert_id");
             }
         }
