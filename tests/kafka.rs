@@ -553,3 +553,67 @@ async fn bad_kafka_property_exits_2_in_one_line_without_its_value() {
     assert!(err.contains("sasl.pasword"), "{err}");
     assert!(!err.contains("s3cret-pw"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_member_takes_partitions_over_without_losing_window_state() {
+    let b = brokers();
+    let t = Topics::named("rebal");
+    t.create(4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_file(&dir, TEST_CONFIG);
+
+    // Eight senders, each texting 15 numbers before the second member joins and 15 after:
+    // every bulk_sms alert (at the 20th) needs state from before the rebalance.
+    let text = |l: usize, i: i64| {
+        sms(
+            &format!("g-{l}-{i}"),
+            T0 + i * 10_000 + l as i64,
+            &format!("sender-{l}"),
+            &format!("s-{l}-{i}"),
+        )
+    };
+    let one: Vec<String> = (0..15)
+        .flat_map(|i| (0..8).map(move |l| (l, i)))
+        .map(|(l, i)| text(l, i))
+        .collect();
+    let two: Vec<String> = (15..30)
+        .flat_map(|i| (0..8).map(move |l| (l, i)))
+        .map(|(l, i)| text(l, i))
+        .collect();
+    let all: Vec<String> = one.iter().chain(&two).cloned().collect();
+    let want = expected(TEST_CONFIG, &all);
+    assert_eq!(want.len(), 8);
+
+    let first = Service::start(&cfg, &t.args(&b));
+    first.wait_ready(WAIT).await;
+    produce(&t.input, &records(&one, true)).await;
+    first
+        .wait_metric(
+            "linewatch_records_total{result=\"valid\"}",
+            one.len() as f64,
+            WAIT,
+        )
+        .await;
+
+    let second = Service::start(&cfg, &t.args(&b));
+    second.wait_ready(WAIT).await;
+    first
+        .wait_metric("linewatch_rebalances_total{kind=\"revoke\"}", 1.0, WAIT)
+        .await;
+    // Both members hold partitions once the group has settled.
+    let deadline = std::time::Instant::now() + WAIT;
+    while first.metric("linewatch_assigned_partitions").await < 1.0
+        || second.metric("linewatch_assigned_partitions").await < 1.0
+    {
+        assert!(std::time::Instant::now() < deadline, "group never settled");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    produce(&t.input, &records(&two, true)).await;
+    let msgs = read_until(&t.alerts, WAIT, |m| ids(&alerts_of(m)) == ids(&want)).await;
+    assert_eq!(ids(&alerts_of(&msgs)), ids(&want));
+    assert!(
+        second.metric("linewatch_records_rebuilt_total").await > 0.0,
+        "the new member rebuilt the state of the partitions it took over"
+    );
+}

@@ -190,19 +190,21 @@ impl Pipeline {
         let wall: Millis = wall_ms();
         let mut next = BTreeMap::new();
         let mut alerts = Vec::new();
-        let assigned = lock(&self.shared).assigned.clone();
+        let mut shared = lock(&self.shared);
         let mut rebuilt = 0;
         for rec in batch.drain(..) {
             // A partition revoked while this batch was filling belongs to another member
             // now; it re-reads these records from our last commit, so they are left to it
             // (processing them here would only publish duplicates).
-            if !assigned.contains(&rec.tp) {
+            if !shared.assigned.contains(&rec.tp) {
                 continue;
             }
             alerts.clear();
             let verdict =
                 self.engine
                     .process(&rec.payload, engine_partition(rec.tp), wall, &mut alerts);
+            let seen = shared.processed.entry(rec.tp).or_insert(0);
+            *seen = (*seen).max(rec.offset + 1);
             if rec.rebuild {
                 // Its outputs were acknowledged before the offset was committed.
                 rebuilt += 1;
@@ -222,6 +224,7 @@ impl Pipeline {
             let n = next.entry(rec.tp).or_insert(0);
             *n = (*n).max(rec.offset + 1);
         }
+        drop(shared);
         if rebuilt > 0 {
             self.metrics.rebuilt(rebuilt);
         }

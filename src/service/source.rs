@@ -62,6 +62,9 @@ pub struct Assignment {
     pub acked: BTreeMap<Tp, i64>,
     /// Partitions revoked since the run loop last looked (it forgets their watermarks).
     pub revoked: Vec<Tp>,
+    /// Next offset after the last record this process ran through the engine, per
+    /// partition ever assigned (kept across revocations: the engine keeps the state too).
+    pub processed: BTreeMap<Tp, i64>,
 }
 
 /// The consumer's librdkafka callbacks.
@@ -175,13 +178,21 @@ impl SourceContext {
             return Ok(out);
         }
         let found = consumer.offsets_for_times(times, REBALANCE_REQUEST_TIMEOUT)?;
+        let shared = lock(&self.shared);
         for e in found.elements() {
             if let Offset::Offset(start) = e.offset() {
                 if let Some(o) = out
                     .iter_mut()
                     .find(|o| o.0 == e.topic() && o.1 == e.partition())
                 {
-                    o.2 = start.min(o.3);
+                    // What this process already ran through the engine is in its state: an
+                    // eager rebalance handing the same partitions back re-reads nothing.
+                    let seen = self
+                        .topic_index(e.topic())
+                        .and_then(|ti| shared.processed.get(&(ti, e.partition())))
+                        .copied()
+                        .unwrap_or(0);
+                    o.2 = start.max(seen).min(o.3);
                 }
             }
             // `End`: nothing that recent before the commit point; nothing to rebuild.
