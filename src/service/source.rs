@@ -6,10 +6,12 @@
 //! [`ConsumerContext`]:
 //!
 //! - **Revoke**: librdkafka runs the rebalance callback only from inside a poll, and the
-//!   run loop polls only between batches, when the previous batch is acknowledged and its
-//!   commit already sent. So nothing is half done at a revoke; the callback still commits the
-//!   acknowledged offsets synchronously, so they are on the broker before another member
-//!   takes the partition over, whatever happened to the asynchronous commit.
+//!   run loop polls only to start or fill a batch, never while one is being published: every
+//!   earlier batch is acknowledged and its commit sent. Records of the revoked partition
+//!   already in the filling batch are dropped unprocessed (the next owner re-reads them from
+//!   our last commit). The callback still commits the acknowledged offsets synchronously, so
+//!   they are on the broker before another member takes over, whatever happened to the
+//!   asynchronous commit.
 //! - **Assign**: window state lives in memory, so a partition that was consumed before (by
 //!   us before a restart, or by another member) is started up to `rebuild_state_s` (by Kafka
 //!   timestamp) before its committed offset. Records below the committed offset go through
