@@ -120,7 +120,7 @@ impl Pipeline {
             let started = Instant::now();
             batch.push(first);
             // Fill the batch for at most `batch_max_wait_ms`. A rebalance can only happen
-            // inside these polls; see `own_partition` below for records it takes away.
+            // inside these polls; `process` drops records of a partition it took away.
             let deadline = tokio::time::Instant::now() + linger;
             while batch.len() < max {
                 tokio::select! {
