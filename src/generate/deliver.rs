@@ -20,7 +20,7 @@ use std::io;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use super::format::{Bad, Writer};
+use super::format::{Spoil, Writer};
 use super::params as p;
 use super::traffic::Ev;
 use super::world::{IdKind, LabelRow, World, NONE};
@@ -35,7 +35,7 @@ enum Class {
     /// Held back to be late.
     Late,
     /// An extra line that is not a valid record.
-    Malformed(Bad),
+    Malformed(Spoil),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -82,7 +82,7 @@ pub(crate) struct Tally {
     pub duplicates: u64,
     pub late: u64,
     pub rfc3339: u64,
-    pub by_bad: [u64; Bad::ALL.len()],
+    pub by_bad: [u64; Spoil::ALL.len()],
     pub max_delay_ms: i64,
 }
 
@@ -188,7 +188,7 @@ impl Delivery {
             self.pending.push(mk(again, eid, 1, Class::Duplicate));
         }
         if self.rng.gen_bool(self.malformed_rate) {
-            let bad = Bad::ALL[self.rng.gen_range(0..Bad::ALL.len())];
+            let bad = Spoil::ALL[self.rng.gen_range(0..Spoil::ALL.len())];
             let at = arrival + self.rng.gen_range(p::MALFORMED_DELAY_MS);
             let eid = self.eid();
             self.pending.push(mk(at, eid, 0, Class::Malformed(bad)));
@@ -251,7 +251,7 @@ impl Delivery {
                 Class::Duplicate => self.tally.duplicates += 1,
                 Class::Malformed(bad) => {
                     self.tally.malformed += 1;
-                    let k = Bad::ALL.iter().position(|b| *b == bad).unwrap_or(0);
+                    let k = Spoil::ALL.iter().position(|b| *b == bad).unwrap_or(0);
                     self.tally.by_bad[k] += 1;
                 }
                 Class::Late => {

@@ -31,7 +31,7 @@ fn hex16(buf: &mut Vec<u8>, v: u64) {
 
 /// The ways an injected line is malformed, one per reason code the decoder has for them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Bad {
+pub(crate) enum Spoil {
     InvalidJson,
     NotObject,
     MissingField,
@@ -44,33 +44,33 @@ pub(crate) enum Bad {
     BadPseudonym,
 }
 
-impl Bad {
-    pub const ALL: [Bad; 10] = [
-        Bad::InvalidJson,
-        Bad::NotObject,
-        Bad::MissingField,
-        Bad::BadType,
-        Bad::UnknownKind,
-        Bad::NegativeDuration,
-        Bad::EmptyPseudonym,
-        Bad::RawIdentifier,
-        Bad::BadTimestamp,
-        Bad::BadPseudonym,
+impl Spoil {
+    pub const ALL: [Spoil; 10] = [
+        Spoil::InvalidJson,
+        Spoil::NotObject,
+        Spoil::MissingField,
+        Spoil::BadType,
+        Spoil::UnknownKind,
+        Spoil::NegativeDuration,
+        Spoil::EmptyPseudonym,
+        Spoil::RawIdentifier,
+        Spoil::BadTimestamp,
+        Spoil::BadPseudonym,
     ];
 
     /// The reason code the decoder gives this variant.
     pub fn reason(self) -> Reason {
         match self {
-            Bad::InvalidJson => Reason::InvalidJson,
-            Bad::NotObject => Reason::NotObject,
-            Bad::MissingField => Reason::MissingField,
-            Bad::BadType => Reason::BadType,
-            Bad::UnknownKind => Reason::UnknownKind,
-            Bad::NegativeDuration => Reason::NegativeDuration,
-            Bad::EmptyPseudonym => Reason::EmptyPseudonym,
-            Bad::RawIdentifier => Reason::RawIdentifier,
-            Bad::BadTimestamp => Reason::BadTimestamp,
-            Bad::BadPseudonym => Reason::BadPseudonym,
+            Spoil::InvalidJson => Reason::InvalidJson,
+            Spoil::NotObject => Reason::NotObject,
+            Spoil::MissingField => Reason::MissingField,
+            Spoil::BadType => Reason::BadType,
+            Spoil::UnknownKind => Reason::UnknownKind,
+            Spoil::NegativeDuration => Reason::NegativeDuration,
+            Spoil::EmptyPseudonym => Reason::EmptyPseudonym,
+            Spoil::RawIdentifier => Reason::RawIdentifier,
+            Spoil::BadTimestamp => Reason::BadTimestamp,
+            Spoil::BadPseudonym => Reason::BadPseudonym,
         }
     }
 }
@@ -159,20 +159,20 @@ impl Writer {
     /// Appends record `eid` (without newline), malformed in way `bad` if given. Returns
     /// whether `ts` was written as an RFC 3339 string. Writes to a Vec cannot fail, so
     /// `write!` results are ignored.
-    pub fn record(&self, buf: &mut Vec<u8>, ev: &Ev, eid: u64, bad: Option<Bad>) -> bool {
+    pub fn record(&self, buf: &mut Vec<u8>, ev: &Ev, eid: u64, bad: Option<Spoil>) -> bool {
         let start = buf.len();
         // Which field a variant spoils, chosen from the id so the mix is even and fixed.
         let pick = mix(eid ^ 0x5eed) % 4;
-        if bad == Some(Bad::NotObject) {
+        if bad == Some(Spoil::NotObject) {
             buf.push(b'[');
         }
         buf.extend_from_slice(b"{\"event_id\":\"e");
         hex16(buf, mix(eid ^ self.event_key));
         buf.push(b'"');
         let mut rfc = false;
-        if !(bad == Some(Bad::MissingField) && pick == 0) {
+        if !(bad == Some(Spoil::MissingField) && pick == 0) {
             Self::field(buf, "ts");
-            if bad == Some(Bad::BadTimestamp) {
+            if bad == Some(Spoil::BadTimestamp) {
                 let s: &[u8] = match pick {
                     0 => b"\"2026-13-45T25:61:00Z\"",
                     1 => b"\"yesterday\"",
@@ -187,26 +187,26 @@ impl Writer {
                 let _ = write!(buf, "{}", ev.ts);
             }
         }
-        if !(bad == Some(Bad::MissingField) && pick == 1) {
+        if !(bad == Some(Spoil::MissingField) && pick == 1) {
             Self::field(buf, "kind");
             buf.extend_from_slice(match (bad, ev.kind) {
-                (Some(Bad::UnknownKind), _) => b"\"mms\"",
+                (Some(Spoil::UnknownKind), _) => b"\"mms\"",
                 (_, EvKind::Sms) => b"\"sms\"",
                 (_, EvKind::Call) => b"\"call\"",
             });
         }
-        if !(bad == Some(Bad::MissingField) && pick == 2) {
+        if !(bad == Some(Spoil::MissingField) && pick == 2) {
             Self::field(buf, "from");
             match bad {
-                Some(Bad::EmptyPseudonym) => buf.extend_from_slice(b"\"\""),
-                Some(Bad::RawIdentifier) => {
+                Some(Spoil::EmptyPseudonym) => buf.extend_from_slice(b"\"\""),
+                Some(Spoil::RawIdentifier) => {
                     // A raw MSISDN from the Ofcom drama range leaking past the hashing.
                     let _ = write!(buf, "\"+447700900{:03}\"", eid % 1000);
                 }
-                Some(Bad::BadType) => {
+                Some(Spoil::BadType) => {
                     let _ = write!(buf, "{}", eid % 100_000);
                 }
-                Some(Bad::BadPseudonym) => {
+                Some(Spoil::BadPseudonym) => {
                     buf.extend_from_slice(b"\"L");
                     hex16(buf, mix(ev.from as u64));
                     buf.extend_from_slice(b" x\"");
@@ -214,11 +214,11 @@ impl Writer {
                 _ => self.quoted_pseudonym(buf, Ident::Line, ev.from),
             }
         }
-        if !(bad == Some(Bad::MissingField) && pick == 3) {
+        if !(bad == Some(Spoil::MissingField) && pick == 3) {
             Self::field(buf, "to");
             self.quoted_pseudonym(buf, Ident::Line, ev.to);
         }
-        if bad == Some(Bad::NegativeDuration) {
+        if bad == Some(Spoil::NegativeDuration) {
             Self::field(buf, "duration_s");
             let _ = write!(buf, "-{}", 1 + eid % 300);
         } else if ev.kind == EvKind::Call {
@@ -236,10 +236,10 @@ impl Writer {
             buf.push(b'"');
         }
         buf.push(b'}');
-        if bad == Some(Bad::NotObject) {
+        if bad == Some(Spoil::NotObject) {
             buf.push(b']');
         }
-        if bad == Some(Bad::InvalidJson) {
+        if bad == Some(Spoil::InvalidJson) {
             // Cut short, as a broken batch would: an object missing its end is never JSON.
             let len = buf.len() - start;
             let keep = 10 + (mix(eid ^ 0xc0ffee) as usize % (len - 20));
@@ -300,7 +300,7 @@ mod tests {
     #[test]
     fn every_malformed_variant_has_its_reason() {
         let w = writer();
-        for bad in Bad::ALL {
+        for bad in Spoil::ALL {
             for eid in 0..200u64 {
                 for kind in [EvKind::Sms, EvKind::Call] {
                     let mut buf = Vec::new();

@@ -48,7 +48,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use self::deliver::Delivery;
-use self::format::{mix, Bad, Ident};
+use self::format::{mix, Ident, Spoil};
 use self::traffic::Traffic;
 use self::world::{Geography, IdKind, World};
 
@@ -270,7 +270,7 @@ pub fn generate(
         malformed: t.malformed,
         duplicates: t.duplicates,
         late: t.late,
-        malformed_by_reason: Bad::ALL
+        malformed_by_reason: Spoil::ALL
             .iter()
             .zip(t.by_bad)
             .filter(|(_, n)| *n > 0)

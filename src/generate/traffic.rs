@@ -115,15 +115,7 @@ impl<'w> Traffic<'w> {
     }
 
     /// A record from ordinary subscriber `i`, with the kit and cell they have at `t`.
-    fn from_sub(
-        &self,
-        rng: &mut ChaCha8Rng,
-        i: u32,
-        to: u32,
-        t: i64,
-        kind: EvKind,
-        dur: u32,
-    ) -> Ev {
+    fn sub_ev(&self, rng: &mut ChaCha8Rng, i: u32, to: u32, t: i64, kind: EvKind, dur: u32) -> Ev {
         let s = &self.w.subs[i as usize];
         let (sim, handset) = self.w.kit(i, t);
         let working = weekday(t) < 5 && p::WORK_HOURS.contains(&hour_of(t));
@@ -174,15 +166,15 @@ impl<'w> Traffic<'w> {
                 let u: f64 = rng.gen();
                 let j = friends[(friends.len() as f64 * u.powf(p::FAVOURITE_SKEW)) as usize];
                 if rng.gen_bool(p::SMS_SHARE) {
-                    out(self.from_sub(rng, i, j, t, EvKind::Sms, 0));
+                    out(self.sub_ev(rng, i, j, t, EvKind::Sms, 0));
                     if rng.gen_bool(p::SMS_REPLY_PROB) {
                         let after = self.reply.sample(rng).clamp(5.0, p::REPLY_MAX_S);
                         let tr = t + (after * 1000.0) as i64;
-                        out(self.from_sub(rng, j, i, tr, EvKind::Sms, 0));
+                        out(self.sub_ev(rng, j, i, tr, EvKind::Sms, 0));
                     }
                 } else {
                     let dur = self.call_duration(rng);
-                    out(self.from_sub(rng, i, j, t, EvKind::Call, dur));
+                    out(self.sub_ev(rng, i, j, t, EvKind::Call, dur));
                 }
             }
         }
@@ -274,9 +266,9 @@ impl<'w> Traffic<'w> {
                     } else {
                         rng.gen_range(p::DEAL_CALL_S)
                     };
-                    self.from_sub(rng, c, target, t, EvKind::Call, dur)
+                    self.sub_ev(rng, c, target, t, EvKind::Call, dur)
                 } else {
-                    self.from_sub(rng, c, target, t, EvKind::Sms, 0)
+                    self.sub_ev(rng, c, target, t, EvKind::Sms, 0)
                 };
                 out(ev);
                 if target == span.line && rng.gen_bool(p::LINE_REPLY_PROB) {
@@ -366,13 +358,13 @@ impl<'w> Traffic<'w> {
                     // Clients answer a reminder later than a friend: ten times the reply delay.
                     let after_s = (self.reply.sample(rng) * 10.0).clamp(60.0, 6.0 * 3600.0);
                     let tr = t + (after_s * 1000.0) as i64;
-                    let ev = self.from_sub(rng, c, b.line, tr, EvKind::Sms, 0);
+                    let ev = self.sub_ev(rng, c, b.line, tr, EvKind::Sms, 0);
                     out(ev);
                 }
                 if rng.gen_bool(p::BUSINESS_CALL_PROB) {
                     let tc = t + rng.gen_range(HOUR_MS..9 * HOUR_MS);
                     let dur = rng.gen_range(p::BUSINESS_CALL_S);
-                    let ev = self.from_sub(rng, c, b.line, tc, EvKind::Call, dur);
+                    let ev = self.sub_ev(rng, c, b.line, tc, EvKind::Call, dur);
                     out(ev);
                 }
             }
@@ -397,7 +389,7 @@ impl<'w> Traffic<'w> {
                 out(Self::line_ev(&span, s.cell, parent, t, EvKind::Sms, 0));
                 if rng.gen_bool(p::SCHOOL_REPLY_PROB) {
                     let after = self.reply.sample(rng).clamp(30.0, 7200.0);
-                    let ev = self.from_sub(
+                    let ev = self.sub_ev(
                         rng,
                         parent,
                         s.line,
@@ -455,13 +447,13 @@ impl<'w> Traffic<'w> {
             let step = rng.gen_range(p::FESTIVE_SPREAD_MS) / list.len().max(1) as i64;
             for (n, &f) in list.iter().enumerate() {
                 let t = t0 + n as i64 * step + rng.gen_range(0..step.max(1));
-                out(self.from_sub(rng, i, f, t, EvKind::Sms, 0));
+                out(self.sub_ev(rng, i, f, t, EvKind::Sms, 0));
                 if rng.gen_bool(p::FESTIVE_REPLY_PROB) {
                     let after = self
                         .festive_reply
                         .sample(rng)
                         .clamp(20.0, p::FESTIVE_REPLY_MAX_S);
-                    out(self.from_sub(rng, f, i, t + (after * 1000.0) as i64, EvKind::Sms, 0));
+                    out(self.sub_ev(rng, f, i, t + (after * 1000.0) as i64, EvKind::Sms, 0));
                 }
             }
         }
