@@ -90,7 +90,7 @@ impl Default for BulkSmsConfig {
         BulkSmsConfig {
             enabled: true,
             window_s: 3_600,
-            min_recipients: 40,
+            min_recipients: 30,
             max_recipients_per_line: 4_096,
         }
     }
@@ -162,8 +162,11 @@ pub struct HandoverConfig {
     pub new_line_max_age_s: u64,
     /// Lines seen within this time of the start of observation are not called new.
     pub warmup_s: u64,
-    /// Distinct recipients a new line must text before it is compared.
+    /// Distinct recipients a line must text within `burst_window_s` to get an audience
+    /// sketch (the "new number" text and adverts are bursts; everyday texting is not).
     pub min_recipients: u32,
+    /// The burst window for `min_recipients`.
+    pub burst_window_s: u64,
     /// Fraction of the new line's recipients that must be the earlier line's.
     pub min_overlap: f64,
     /// Earlier lines are remembered this long after their last text.
@@ -181,6 +184,7 @@ impl Default for HandoverConfig {
             new_line_max_age_s: 172_800,
             warmup_s: 21_600,
             min_recipients: 15,
+            burst_window_s: 3_600,
             min_overlap: 0.5,
             retention_s: 604_800,
             sketch_size: 64,
@@ -212,6 +216,8 @@ pub struct DealLineConfig {
     pub weight_handover: f64,
     /// Weight of churn on a handset the line used.
     pub weight_handset_churn: f64,
+    /// Weight carried over to a new line from the deal line it took over.
+    pub weight_predecessor: f64,
     /// Two findings of one kind this far apart are a repeat (a later day), not one episode.
     pub repeat_gap_s: u64,
     /// A handset seen with more SIMs than this is a test or repair handset, not a burner:
@@ -232,6 +238,7 @@ impl Default for DealLineConfig {
             weight_repeat_fan_in: 0.1,
             weight_handover: 0.35,
             weight_handset_churn: 0.2,
+            weight_predecessor: 0.25,
             repeat_gap_s: 43_200,
             churn_max_sims: 12,
         }
@@ -460,6 +467,7 @@ impl Config {
             ("weight_repeat_fan_in", d.weight_repeat_fan_in),
             ("weight_handover", d.weight_handover),
             ("weight_handset_churn", d.weight_handset_churn),
+            ("weight_predecessor", d.weight_predecessor),
         ] {
             if !(0.0..=1.0).contains(&w) {
                 p.push(format!("deal_line.{name} must be in [0, 1]"));

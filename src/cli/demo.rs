@@ -29,7 +29,9 @@ pub struct Args {
 pub fn main(args: Args, config: Option<&Path>) -> Outcome {
     let cfg = load_config(config)?;
     if args.subscribers < 500 || args.days == 0 {
-        return Err(Failure::usage("demo needs --subscribers >= 500 and --days >= 1"));
+        return Err(Failure::usage(
+            "demo needs --subscribers >= 500 and --days >= 1",
+        ));
     }
     let opts = GenOptions {
         seed: args.seed,
@@ -87,7 +89,12 @@ pub fn main(args: Args, config: Option<&Path>) -> Outcome {
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect();
             figures.truncate(6);
-            println!("  {det:<16} {} score {:.2}: {}", a.subject, a.score, figures.join(" "));
+            println!(
+                "  {det:<16} {} score {:.2}: {}",
+                a.subject,
+                a.score,
+                figures.join(" ")
+            );
         }
     }
     println!("\nagainst the labels (line detectors vs deal-line numbers, handset_churn vs burner handsets):");

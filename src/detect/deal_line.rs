@@ -27,15 +27,17 @@ enum Part {
     RepeatFanIn = 3,
     Handover = 4,
     HandsetChurn = 5,
+    Predecessor = 6,
 }
 
-const PARTS: [Part; 6] = [
+const PARTS: [Part; 7] = [
     Part::BulkSms,
     Part::RepeatBulk,
     Part::FanIn,
     Part::RepeatFanIn,
     Part::Handover,
     Part::HandsetChurn,
+    Part::Predecessor,
 ];
 
 impl Part {
@@ -47,6 +49,7 @@ impl Part {
             Part::RepeatFanIn => "repeat_customer_fan_in",
             Part::Handover => "line_handover",
             Part::HandsetChurn => "handset_churn",
+            Part::Predecessor => "predecessor_deal_line",
         }
     }
 
@@ -58,6 +61,7 @@ impl Part {
             Part::RepeatFanIn => c.weight_repeat_fan_in,
             Part::Handover => c.weight_handover,
             Part::HandsetChurn => c.weight_handset_churn,
+            Part::Predecessor => c.weight_predecessor,
         }
     }
 }
@@ -71,7 +75,7 @@ struct Contribution {
 #[derive(Default)]
 struct LineVerdict {
     line: Box<str>,
-    parts: [Option<Contribution>; 6],
+    parts: [Option<Contribution>; 7],
     /// Predecessor / successor lines and handsets, for `related`.
     related: Vec<String>,
     last_at: Millis,
@@ -122,7 +126,14 @@ impl DealLine {
                     .and_then(Value::as_f64)
                     .unwrap_or(0.0);
                 let detail = json!({"recipients": ev["recipients"], "repeat_audience": repeat});
-                if repeat >= cfg.repeat_audience_min {
+                // A repeat is an earlier *bulk send*, on an earlier day, to largely the same
+                // people. Audience overlap alone is not enough: a festive greeting reaches
+                // friends texted all year, yet it is the line's only blast.
+                let gap = cfg.repeat_gap_s as Millis * 1000;
+                let earlier_bulk = v.parts[Part::BulkSms as usize]
+                    .as_ref()
+                    .is_some_and(|p| p.at + gap <= at);
+                if earlier_bulk && repeat >= cfg.repeat_audience_min {
                     set(v, Part::RepeatBulk, at, detail.clone());
                 }
                 set(v, Part::BulkSms, at, detail);
@@ -150,10 +161,18 @@ impl DealLine {
                     _ => return touched,
                 };
                 let overlap = ev.get("overlap").cloned().unwrap_or(Value::Null);
+                // The earlier line's own verdict carries over: a number that takes over a
+                // deal line's customers is that deal line's successor.
+                let earlier_score = self.lines.get(&old_id).map(|v| self.score(v, at));
                 if let Some(v) = self.verdict(new_id, &new_line) {
                     let d =
                         json!({"role": "new_line", "earlier_line": old_line, "overlap": overlap});
                     set(v, Part::Handover, at, d);
+                    if let Some(es) = earlier_score.filter(|es| *es + 1e-9 >= cfg.threshold) {
+                        let es = (es * 1000.0).round() / 1000.0;
+                        let d = json!({"earlier_line": old_line, "earlier_score": es});
+                        set(v, Part::Predecessor, at, d);
+                    }
                     push_related(v, &old_line);
                     touched.push(new_id);
                 }
@@ -381,6 +400,13 @@ mod tests {
     }
 
     #[test]
+    fn first_blast_to_old_friends_is_not_a_repeat() {
+        let mut d = DealLine::new(&Config::default(), 100);
+        // Half the audience was texted before, but this is the line's first bulk send.
+        assert!(run(&mut d, 0, &[bulk("greeter", 0, 0.6), fan_in("greeter", 0)]).is_empty());
+    }
+
+    #[test]
     fn daily_reminders_to_new_people_with_replies_stay_below() {
         let mut d = DealLine::new(&Config::default(), 100);
         for day in 0..4 {
@@ -427,6 +453,32 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].subject, "new");
         assert_eq!(out[0].related, vec!["old"]);
+    }
+
+    #[test]
+    fn successor_of_a_deal_line_inherits_its_verdict() {
+        let mut d = DealLine::new(&Config::default(), 100);
+        run(&mut d, 0, &[bulk("old", 0, 0.0), fan_in("old", 0)]);
+        assert_eq!(run(&mut d, DAY, &[bulk("old", DAY, 0.9)]).len(), 1);
+        let h = finding(
+            crate::detect::line_handover::NAME,
+            "new",
+            2 * DAY,
+            evidence! {"overlap" => 0.9},
+            vec!["new", "old"],
+        );
+        run(&mut d, 2 * DAY, &[h]);
+        // Handover (0.35) + inherited (0.25) + its own first advert (0.25): no fan-in needed.
+        let out = run(&mut d, 2 * DAY + HOUR, &[bulk("new", 2 * DAY + HOUR, 0.0)]);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].subject, "new");
+        let parts = out[0].evidence["contributions"].as_array().unwrap();
+        assert!(
+            parts
+                .iter()
+                .any(|c| c["evidence"] == "predecessor_deal_line"),
+            "{parts:?}"
+        );
     }
 
     #[test]

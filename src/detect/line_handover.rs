@@ -1,13 +1,17 @@
 //! `line_handover`: a new line reaches a customer base that largely overlaps an earlier
 //! line's ("new number" texted to the old list).
 //!
-//! Lines that text at least `min_recipients` numbers get a MinHash sketch of their audience
+//! Lines that text at least `min_recipients` distinct numbers within `burst_window_s` (a
+//! blast, as the "new number" text and adverts are) get a MinHash sketch of their audience
 //! (`sketch_size` 32-bit minima, 256 bytes at the default): bounded memory whatever the list
-//! size, and overlap estimates within about ±0.06. A line first seen after the warm-up is
-//! compared with every sketched earlier line when its audience first reaches
-//! `min_recipients` and again each time it grows by a quarter, until it matches. The
-//! comparison is a scan over the sketched lines, which are the few lines that text many
-//! numbers; banded LSH would replace the scan if that population grew to millions.
+//! size. A line first seen after the warm-up is compared with every sketched earlier line
+//! when it is sketched and again each time its audience grows by a quarter, until it
+//! matches. The sketches only pick candidates (any shared minimum): MinHash overlap
+//! estimates between a list of 15 and one of 300 are too noisy to decide on, so the overlap
+//! of a candidate is then counted exactly from the shared contact store, which still holds
+//! both lists within its retention (the sketch estimate is the fallback when the earlier
+//! list has expired). The candidate scan is over sketched lines only, the few that blast;
+//! banded LSH would replace it if that population grew to millions.
 
 use super::{Ctx, Detector, EventIds, StateStats};
 use crate::alert::{Finding, SubjectKind};
@@ -75,8 +79,19 @@ impl LineHandover {
         }
     }
 
-    fn best_predecessor(&self, line: u64, me: &Sketched) -> Option<(u64, f64, f64)> {
-        let mut best: Option<(u64, f64, f64)> = None;
+    /// The earlier line whose audience holds most of this line's, with the overlap, the
+    /// sketch Jaccard, and whether the overlap was counted exactly.
+    fn best_predecessor(
+        &self,
+        line: u64,
+        me: &Sketched,
+        contacts: &crate::state::Contacts,
+    ) -> Option<(u64, f64, f64, bool)> {
+        let mine: std::collections::HashSet<u32> = contacts
+            .get(line)
+            .map(|r| r.contacts.iter().map(|c| c.fp).collect())
+            .unwrap_or_default();
+        let mut best: Option<(u64, f64, f64, bool)> = None;
         for (&other, o) in &self.sketches {
             if other == line || o.first_seen_s >= me.first_seen_s {
                 continue;
@@ -85,14 +100,20 @@ impl LineHandover {
             if j == 0.0 {
                 continue;
             }
-            let c = containment(j, me.recipients, o.recipients);
+            let (c, exact) = match contacts.get(other) {
+                Some(rec) if !mine.is_empty() => {
+                    let shared = rec.contacts.iter().filter(|c| mine.contains(&c.fp)).count();
+                    (shared as f64 / mine.len() as f64, true)
+                }
+                _ => (containment(j, me.recipients, o.recipients), false),
+            };
             // Ties go to the lower id so the choice does not depend on map order.
             let better = match best {
                 None => true,
-                Some((bid, bc, _)) => c > bc || (c == bc && other < bid),
+                Some((bid, bc, _, _)) => c > bc || (c == bc && other < bid),
             };
             if better {
-                best = Some((other, c, j));
+                best = Some((other, c, j, exact));
             }
         }
         best
@@ -125,6 +146,12 @@ impl Detector for LineHandover {
             }
             None => {
                 if n < self.cfg.min_recipients {
+                    return;
+                }
+                let since = rec
+                    .last_seen_s
+                    .saturating_sub(self.cfg.burst_window_s as u32);
+                if (rec.recipients_since(since) as u32) < self.cfg.min_recipients {
                     return;
                 }
                 if self.sketches.len() >= self.cfg.max_sketched_lines {
@@ -165,7 +192,8 @@ impl Detector for LineHandover {
         let Some(me) = self.sketches.get(&ids.from) else {
             return;
         };
-        let Some((pred, overlap, j)) = self.best_predecessor(ids.from, me) else {
+        let Some((pred, overlap, j, exact)) = self.best_predecessor(ids.from, me, ctx.contacts)
+        else {
             return;
         };
         if overlap < self.cfg.min_overlap {
@@ -186,10 +214,12 @@ impl Detector for LineHandover {
             evidence: evidence! {
                 "overlap" => (overlap * 1000.0).round() / 1000.0,
                 "min_overlap" => self.cfg.min_overlap,
-                "jaccard" => (j * 1000.0).round() / 1000.0,
+                "overlap_counted" => if exact { "exact" } else { "minhash_estimate" },
+                "sketch_jaccard" => (j * 1000.0).round() / 1000.0,
                 "new_line_recipients" => me.recipients,
                 "earlier_line_recipients" => o.recipients,
                 "min_recipients" => self.cfg.min_recipients,
+                "burst_window_s" => self.cfg.burst_window_s,
                 "new_line_first_seen" => ids::millis(me.first_seen_s),
                 "earlier_line_first_seen" => ids::millis(o.first_seen_s),
                 "earlier_line_last_text" => ids::millis(o.last_text_s),
@@ -280,6 +310,30 @@ mod tests {
         let (mut h, mut d) = setup();
         texts(&mut h, &mut d, "old", HOUR, 0..60);
         assert!(texts(&mut h, &mut d, "new", DAY, 100..160).is_empty());
+    }
+
+    #[test]
+    fn small_list_sharing_a_few_numbers_with_a_big_one_is_not_a_handover() {
+        let (mut h, mut d) = setup();
+        texts(&mut h, &mut d, "old", HOUR, 0..300);
+        // 4 of 16 recipients are the old line's customers: the sketches may share a slot,
+        // the exact count says 25%.
+        let f = texts(&mut h, &mut d, "new", DAY, 296..312);
+        assert!(f.is_empty(), "{f:?}");
+    }
+
+    #[test]
+    fn everyday_texting_spread_over_days_gets_no_sketch() {
+        let (mut h, mut d) = setup();
+        texts(&mut h, &mut d, "old", HOUR, 0..60);
+        // The same numbers, one every two hours: never a burst.
+        for i in 0..30 {
+            let (id, to) = (format!("n{i}"), format!("c{i}"));
+            assert!(h
+                .feed(&mut d, &sms(&id, DAY + i as Millis * 2 * HOUR, "new", &to))
+                .is_empty());
+        }
+        assert_eq!(d.stats().keys, 1);
     }
 
     #[test]

@@ -144,9 +144,11 @@ pub const BLAST_SPREAD_MS: Range<i64> = 2 * MIN_MS..10 * MIN_MS;
 /// The "new number" text reaches nearly the whole list, soon after the new line starts.
 pub const NEW_NUMBER_REACH: f64 = 0.98;
 pub const NEW_NUMBER_AFTER_MS: Range<i64> = 0..20 * MIN_MS;
-/// A number is replaced every 1-3 days; the first one seen was already running.
+/// A number is replaced every 1-3 days; the first one seen was already running, and lives
+/// at least a day into the data so it is seen advertising (a number that shows no deal
+/// behaviour in the window is not findable from metadata, and would only measure luck).
 pub const LINE_LIFE_DAYS: Range<f64> = 1.0..3.0;
-pub const FIRST_LINE_LIFE_DAYS: Range<f64> = 0.25..2.5;
+pub const FIRST_LINE_LIFE_DAYS: Range<f64> = 1.0..2.5;
 /// No replacement this close to the end, so every new line is seen working.
 pub const LAST_SWAP_BEFORE_END_MS: i64 = 8 * HOUR_MS;
 /// The new number keeps the handset this often (the handset sees a new SIM each time).

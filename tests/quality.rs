@@ -1,0 +1,84 @@
+//! Detection quality on a generated city, as the detection-core issue requires: 20,000
+//! subscribers over 4 days, `deal_line` recall and precision >= 0.95 over deal-line numbers,
+//! no `deal_line` alert on any look-alike, and the replay summary's malformed, duplicate and
+//! late counts equal to what the generator injected.
+
+use linewatch::config::Config;
+use linewatch::eval::{self, Labels};
+use linewatch::generate::{self, GenOptions};
+use linewatch::replay;
+
+fn city(seed: u64) -> (Vec<u8>, Labels, generate::GenReport) {
+    let opts = GenOptions {
+        seed,
+        subscribers: 20_000,
+        days: 4,
+        ..GenOptions::default()
+    };
+    let mut events = Vec::new();
+    let mut labels = Vec::new();
+    let report = generate::generate(
+        &opts,
+        &mut |line: &[u8]| {
+            events.extend_from_slice(line);
+            events.push(b'\n');
+            Ok(())
+        },
+        &mut labels,
+    )
+    .unwrap();
+    (
+        events,
+        Labels::parse(&String::from_utf8(labels).unwrap()).unwrap(),
+        report,
+    )
+}
+
+#[test]
+fn deal_line_on_a_20k_city_meets_the_targets() {
+    let (events, labels, report) = city(1);
+    let (alerts, summary) = replay::replay_bytes(Config::default(), &events);
+
+    assert_eq!(summary.events_malformed, report.malformed);
+    assert_eq!(summary.events_duplicate, report.duplicates);
+    assert_eq!(summary.events_late, report.late);
+
+    let scores = eval::score(&alerts, &labels);
+    let deal = scores.iter().find(|s| s.detector == "deal_line").unwrap();
+    assert!(
+        deal.true_positives >= 15,
+        "too few deal lines in the city: {deal:?}"
+    );
+    assert!(
+        deal.recall >= 0.95,
+        "recall {:.3}\n{}",
+        deal.recall,
+        eval::table(&scores)
+    );
+    assert!(
+        deal.precision >= 0.95,
+        "precision {:.3}\n{}",
+        deal.precision,
+        eval::table(&scores)
+    );
+    assert_eq!(
+        deal.lookalike_hits,
+        0,
+        "deal_line fired on a look-alike\n{}",
+        eval::table(&scores)
+    );
+
+    // The look-alikes are really there, and the single-purpose detectors do see them:
+    // otherwise "no deal_line on a look-alike" would prove nothing.
+    let bulk = scores.iter().find(|s| s.detector == "bulk_sms").unwrap();
+    assert!(bulk.lookalike_hits >= 10, "{}", eval::table(&scores));
+    let churn = scores
+        .iter()
+        .find(|s| s.detector == "handset_churn")
+        .unwrap();
+    assert!(
+        churn.lookalike_hits >= 1,
+        "the repair-shop handsets should churn\n{}",
+        eval::table(&scores)
+    );
+}
