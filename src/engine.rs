@@ -102,6 +102,8 @@ pub struct Engine {
     cooldown: IdMap<u32>,
     stream_start: Option<Millis>,
     last_sweep: Millis,
+    /// Valid records since the last sweep.
+    since_sweep: u64,
     counters: Counters,
     findings: Vec<Finding>,
     deal_findings: Vec<Finding>,
@@ -139,6 +141,7 @@ impl Engine {
             cooldown: IdMap::default(),
             stream_start: None,
             last_sweep: Millis::MIN,
+            since_sweep: 0,
             counters: Counters::default(),
             findings: Vec::new(),
             deal_findings: Vec::new(),
@@ -220,13 +223,19 @@ impl Engine {
         self.watermarks.observe(partition, ev.ts, wall);
         self.counters.events_valid += 1;
         self.detect(&ev, wall, alerts);
-        let wm = self.watermarks.current(wall);
-        if wm
-            >= self
+        // A sweep visits every key, so it waits both for event time to move on and for as
+        // many records as there are lines: the cost per record stays constant however many
+        // lines are tracked, and memory is still trimmed within a small multiple of the
+        // interval.
+        self.since_sweep += 1;
+        if self.since_sweep as usize >= self.contacts.len() {
+            let wm = self.watermarks.current(wall);
+            let due = self
                 .last_sweep
-                .saturating_add(self.cfg.engine.expire_every_s as Millis * 1000)
-        {
-            self.expire(wm);
+                .saturating_add(self.cfg.engine.expire_every_s as Millis * 1000);
+            if wm >= due {
+                self.expire(wm);
+            }
         }
         Verdict::Valid
     }
@@ -299,6 +308,7 @@ impl Engine {
     /// Expires state older than the watermark minus each piece's retention.
     pub fn expire(&mut self, watermark: Millis) {
         self.last_sweep = watermark;
+        self.since_sweep = 0;
         self.contacts.expire(watermark);
         for d in &mut self.primaries {
             d.expire(watermark);

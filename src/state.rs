@@ -25,7 +25,8 @@ pub struct LineRecord {
     pub first_seen_s: u32,
     /// Highest event time of a record from this line (seconds).
     pub last_seen_s: u32,
-    /// Recipients of its texts, at most `max_contacts`, oldest evicted first.
+    /// Recipients of its texts, sorted by fingerprint, at most `max_contacts` (the stalest
+    /// is evicted first).
     pub contacts: Vec<Contact>,
     /// Latest handset seen with this line (fingerprint; 0 = none).
     pub handset_fp: u32,
@@ -37,9 +38,13 @@ impl LineRecord {
         self.contacts.iter().filter(|c| c.last_s >= since_s).count()
     }
 
-    /// The contact entry for a recipient fingerprint.
+    /// The contact entry for a recipient fingerprint (the list is sorted by fingerprint:
+    /// "is the caller a customer?" is asked of nearly every record).
     pub fn contact(&self, fp: u32) -> Option<&Contact> {
-        self.contacts.iter().find(|c| c.fp == fp)
+        self.contacts
+            .binary_search_by_key(&fp, |c| c.fp)
+            .ok()
+            .map(|i| &self.contacts[i])
     }
 }
 
@@ -113,7 +118,8 @@ impl Contacts {
         let Some(rec) = self.lines.get_mut(&line) else {
             return Recorded::KeyCapHit;
         };
-        if let Some(c) = rec.contacts.iter_mut().find(|c| c.fp == fp) {
+        if let Ok(i) = rec.contacts.binary_search_by_key(&fp, |c| c.fp) {
+            let c = &mut rec.contacts[i];
             c.first_s = c.first_s.min(s);
             c.last_s = c.last_s.max(s);
             return Recorded::Ok;
@@ -128,15 +134,19 @@ impl Contacts {
                 .enumerate()
                 .min_by_key(|(_, c)| c.last_s)
             {
-                rec.contacts.swap_remove(i);
+                rec.contacts.remove(i);
             }
             result = Recorded::EvictedOldest;
         }
-        rec.contacts.push(Contact {
-            fp,
-            first_s: s,
-            last_s: s,
-        });
+        let at = rec.contacts.partition_point(|c| c.fp < fp);
+        rec.contacts.insert(
+            at,
+            Contact {
+                fp,
+                first_s: s,
+                last_s: s,
+            },
+        );
         self.heap_bytes += (rec.contacts.capacity() - before) * std::mem::size_of::<Contact>();
         result
     }

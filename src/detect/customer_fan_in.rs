@@ -87,9 +87,14 @@ impl Detector for CustomerFanIn {
         ) {
             self.cap_hits += 1;
         }
+        let min = self.cfg.min_customers as usize;
+        // Fewer entries than the threshold cannot reach it: skip the trim (the sweep and
+        // the next full evaluation do it).
+        if st.callers.len() < min {
+            return;
+        }
         st.callers.trim(since_s);
         let customers = st.callers.len();
-        let min = self.cfg.min_customers as usize;
         if customers < min || st.fired_s.is_some_and(|f| f >= since_s) {
             return;
         }

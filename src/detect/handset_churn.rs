@@ -14,6 +14,8 @@ use crate::ids::{self, IdMap};
 pub const NAME: &str = "handset_churn";
 
 struct SimSeen {
+    /// Hash of `sim`: compared first, so the strings are only read on a match.
+    sim_id: u64,
     sim: Box<str>,
     line: Box<str>,
     last_s: u32,
@@ -75,7 +77,12 @@ impl Detector for HandsetChurn {
         if s < since_s {
             return;
         }
-        match h.sims.iter_mut().find(|x| *x.sim == *imsi) {
+        let sim_id = ids.imsi.unwrap_or_else(|| ids::id(imsi));
+        match h
+            .sims
+            .iter_mut()
+            .find(|x| x.sim_id == sim_id && *x.sim == *imsi)
+        {
             Some(x) => {
                 if s >= x.last_s {
                     x.last_s = s;
@@ -95,6 +102,7 @@ impl Detector for HandsetChurn {
                     }
                 }
                 let seen = SimSeen {
+                    sim_id,
                     sim: imsi.into(),
                     line: ev.from.as_ref().into(),
                     last_s: s,
