@@ -160,7 +160,8 @@ impl Contacts {
                 return false;
             }
             rec.contacts.retain(|c| c.last_s >= cutoff);
-            if rec.contacts.capacity() > 2 * rec.contacts.len() + 4 {
+            // Lists are small and live for days: slack capacity is most of their cost.
+            if rec.contacts.capacity() > rec.contacts.len() + rec.contacts.len() / 4 + 2 {
                 rec.contacts.shrink_to_fit();
             }
             heap += rec.contacts.capacity() * std::mem::size_of::<Contact>();
