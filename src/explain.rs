@@ -113,11 +113,15 @@ fn bulk(ev: &Map<String, Value>) -> Part {
         versus(r as f64, min as f64)
     );
     if let (Ok(rep), Ok(gap)) = (f(ev, "repeat_audience"), u(ev, "repeat_gap_s")) {
+        let share = if rep > 0.0 {
+            format!("{} of them", pct(rep))
+        } else {
+            "None of them".into()
+        };
         let _ = writeln!(
             s,
-            "  {} of them had already been texted at least {} earlier (repeat_audience {}); \
+            "  {share} had already been texted at least {} earlier (repeat_audience {}); \
              deal_line counts a repeat audience as extra evidence.",
-            pct(rep),
             dur(gap),
             num(rep)
         );
