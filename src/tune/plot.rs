@@ -207,9 +207,15 @@ where
             ))?;
             Some(*index)
         }
-        Some(Recommendation::NoneReaches { target, .. }) => {
+        Some(Recommendation::NoneReaches { target, best }) => {
+            let most = best.map_or(String::new(), |i| {
+                format!(
+                    "; the most precise is {}",
+                    super::param::describe(spec.params, &rows[i].values)
+                )
+            });
             head.draw(&Text::new(
-                format!("no setting reaches precision {target}"),
+                format!("no setting reaches precision {target}{most}"),
                 (24, 68),
                 (FONT, 17).into_font().color(&RGBColor(180, 0, 0)),
             ))?;
