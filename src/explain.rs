@@ -282,6 +282,9 @@ fn deal(ev: &Map<String, Value>, alert_score: f64) -> Part {
         versus(sum, threshold),
         num(threshold)
     );
+    if score > 1.0 {
+        s.push_str("  (An alert's score is capped at 1; the sum shows how far past the threshold it is.)\n");
+    }
     if (sum - score).abs() > 1e-6 {
         let _ = writeln!(
             s,

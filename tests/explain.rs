@@ -162,6 +162,29 @@ fn run(args: &[&str], stdin: &[u8]) -> (i32, String, String) {
 }
 
 #[test]
+fn deal_line_sum_past_one_is_explained_not_flagged_as_a_mismatch() {
+    let mut a = odd(
+        "deal_line",
+        serde_json::json!({"score": 1.1, "threshold": 0.7, "lookback_s": 345600, "contributions": [
+            {"evidence": "bulk_sms", "weight": 0.25, "at": 1_759_708_800_000i64, "recipients": 40},
+            {"evidence": "repeat_bulk_sms", "weight": 0.25, "at": 1_759_708_800_000i64, "repeat_audience": 1.0},
+            {"evidence": "customer_fan_in", "weight": 0.25, "at": 1_759_708_800_000i64, "customers": 22},
+            {"evidence": "line_handover", "weight": 0.35, "at": 1_759_708_800_000i64,
+             "role": "earlier_line", "new_line": "L-2", "overlap": 0.636}
+        ]}),
+    );
+    a.score = 1.0;
+    let text = explain(&a);
+    assert!(text.contains("  =1.10  >= threshold 0.7"), "{text}");
+    assert!(text.contains("capped at 1"), "{text}");
+    assert!(!text.contains("differs"), "{text}");
+    assert!(
+        text.contains("handed its customers over to new line L-2 (overlap 0.636)"),
+        "{text}"
+    );
+}
+
+#[test]
 fn cli_explains_stdin_and_finds_by_id_prefix() {
     let alerts = scenario_alerts();
     let jsonl: String = alerts

@@ -184,8 +184,9 @@ pub fn main(args: Args, config: Option<&Path>) -> Outcome {
     }
     let events = rows.first().map_or(0, |r| r.events_valid);
     eprintln!(
-        "swept {} combinations over {events} events in {elapsed_s:.1} s with {jobs} jobs",
-        rows.len()
+        "swept {} combinations over {events} events in {elapsed_s:.1} s with {jobs} job{}",
+        rows.len(),
+        if jobs == 1 { "" } else { "s" }
     );
     Ok(())
 }
