@@ -194,9 +194,12 @@ fn handover(ev: &Map<String, Value>, related: &[String]) -> Part {
         versus(o, min_o),
         num(min_o)
     );
+    let burst = u(ev, "burst_window_s")
+        .map(|b| format!(" (within burst_window_s {b}: {})", dur(b)))
+        .unwrap_or_default();
     let _ = writeln!(
         s,
-        "  new_line_recipients {n} {} min_recipients {min_r}",
+        "  new_line_recipients {n} {} min_recipients {min_r}{burst}",
         versus(n as f64, min_r as f64)
     );
     if let (Ok(first), Ok(age)) = (u(ev, "new_line_first_seen"), u(ev, "new_line_max_age_s")) {
@@ -221,12 +224,21 @@ fn handover(ev: &Map<String, Value>, related: &[String]) -> Part {
             time(last as Millis)
         );
     }
-    if let Ok(j) = f(ev, "jaccard") {
-        let _ = writeln!(
-            s,
-            "  (Overlap is estimated from MinHash sketches, about ±0.06; Jaccard {}.)",
-            num(j)
-        );
+    // Alerts made before the overlap was counted exactly carry only `jaccard`.
+    let counted = ev.get("overlap_counted").and_then(Value::as_str);
+    let jaccard = f(ev, "sketch_jaccard").or_else(|_| f(ev, "jaccard"));
+    match (counted, jaccard) {
+        (Some("exact"), _) => {
+            s.push_str("  (Overlap counted exactly from both lines' recipient lists.)\n");
+        }
+        (_, Ok(j)) => {
+            let _ = writeln!(
+                s,
+                "  (Overlap estimated from MinHash sketches, so approximate; Jaccard {}.)",
+                num(j)
+            );
+        }
+        _ => {}
     }
     if ev.get("shared_handset").and_then(Value::as_bool) == Some(true) {
         s.push_str("  Both lines were last used in the same handset.\n");
@@ -337,6 +349,11 @@ fn contribution(kind: &str, c: &Map<String, Value>) -> String {
             ),
             _ => format!("a handover (overlap {})", n("overlap")),
         },
+        "predecessor_deal_line" => format!(
+            "took over from deal line {}, whose own evidence scored {}",
+            n("earlier_line"),
+            n("earlier_score")
+        ),
         "handset_churn" => format!(
             "used handset {}, seen with {} SIMs",
             n("handset"),

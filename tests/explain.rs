@@ -185,6 +185,34 @@ fn deal_line_sum_past_one_is_explained_not_flagged_as_a_mismatch() {
 }
 
 #[test]
+fn successor_contribution_and_older_handover_evidence_read_plainly() {
+    let a = odd(
+        "deal_line",
+        serde_json::json!({"score": 0.85, "threshold": 0.7, "lookback_s": 345600, "contributions": [
+            {"evidence": "bulk_sms", "weight": 0.25, "at": 1_759_708_800_000i64, "recipients": 31},
+            {"evidence": "line_handover", "weight": 0.35, "at": 1_759_708_800_000i64,
+             "role": "new_line", "earlier_line": "L-1", "overlap": 0.9},
+            {"evidence": "predecessor_deal_line", "weight": 0.25, "at": 1_759_708_800_000i64,
+             "earlier_line": "L-1", "earlier_score": 0.85}
+        ]}),
+    );
+    let text = explain(&a);
+    assert!(
+        text.contains("took over from deal line L-1, whose own evidence scored 0.85"),
+        "{text}"
+    );
+    // An alert from before the overlap was counted exactly still explains.
+    let old = odd(
+        "line_handover",
+        serde_json::json!({"overlap": 0.6, "min_overlap": 0.5, "jaccard": 0.031,
+            "new_line_recipients": 15, "min_recipients": 15}),
+    );
+    let text = explain(&old);
+    assert!(text.contains("estimated from MinHash sketches"), "{text}");
+    assert!(text.contains("overlap 0.6 >= min_overlap 0.5"), "{text}");
+}
+
+#[test]
 fn cli_explains_stdin_and_finds_by_id_prefix() {
     let alerts = scenario_alerts();
     let jsonl: String = alerts
