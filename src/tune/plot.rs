@@ -45,6 +45,9 @@ const PALETTE: [RGBColor; 8] = [
 
 const FONT: &str = "sans-serif";
 
+/// Top of the y axis: room above 1.0 for the recommended-value label.
+const Y_TOP: f64 = 1.1;
+
 /// `PREFIX.png` and `PREFIX.svg`; a `.png` or `.svg` ending on the prefix is dropped.
 pub fn paths(prefix: &Path) -> (PathBuf, PathBuf) {
     let base = match prefix.extension().and_then(|e| e.to_str()) {
@@ -247,7 +250,7 @@ where
                 .iter()
                 .filter_map(|&(x, i)| metric(&rows[i], spec.detector, m).map(|y| (x, y)))
                 .collect();
-            series(&mut chart, &pts, color, m == 2)?;
+            series(&mut chart, &pts, color, m == 2, width_of(m, METRICS.len()))?;
         }
         mark(&mut chart, picked, rows, spec, &[0, 1, 2])?;
         let entries: Vec<(String, RGBColor, bool)> = METRICS
@@ -271,6 +274,7 @@ where
                     &pts,
                     PALETTE[g % PALETTE.len()],
                     g >= PALETTE.len(),
+                    width_of(g, groups.len()),
                 )?;
             }
             mark(&mut chart, picked, rows, spec, &[m])?;
@@ -319,7 +323,7 @@ where
         .margin(18)
         .x_label_area_size(52)
         .y_label_area_size(62)
-        .build_cartesian_2d(x_range, 0.0..1.05)?;
+        .build_cartesian_2d(x_range, 0.0..Y_TOP)?;
     chart
         .configure_mesh()
         .x_desc(x_label)
@@ -341,18 +345,32 @@ fn series<DB: DrawingBackend>(
     pts: &[(f64, f64)],
     color: RGBColor,
     dashed: bool,
+    width: u32,
 ) -> Result<(), Box<dyn Error>>
 where
     DB::ErrorType: 'static,
 {
-    let style = color.stroke_width(3);
+    let style = color.stroke_width(width);
     if dashed {
         chart.draw_series(DashedLineSeries::new(pts.iter().copied(), 10, 6, style))?;
     } else {
         chart.draw_series(LineSeries::new(pts.iter().copied(), style))?;
     }
-    chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
+    chart.draw_series(
+        pts.iter()
+            .map(|&p| Circle::new(p, 3 + width / 2, color.filled())),
+    )?;
     Ok(())
+}
+
+/// Line width of series `i` of `n`: earlier series are drawn wider, so where lines
+/// coincide (common: a parameter that changes nothing over a range) the ones underneath
+/// still show as a coloured edge instead of vanishing.
+fn width_of(i: usize, n: usize) -> u32 {
+    let below = n.saturating_sub(1 + i) as u32;
+    // Steps of 2 px while that stays within 8 px, else 1 px (and the last few alike).
+    let step = if n > 4 { 1 } else { 2 };
+    (2 + below * step).min(8)
 }
 
 /// A dashed vertical line at the recommended x, and a ring on each recommended point.
@@ -372,7 +390,7 @@ where
     let x = rows[i].values[0].as_f64();
     let grey = RGBColor(90, 90, 90);
     chart.draw_series(DashedLineSeries::new(
-        [(x, 0.0), (x, 1.05)],
+        [(x, 0.0), (x, Y_TOP)],
         8,
         6,
         grey.stroke_width(2),
@@ -387,7 +405,7 @@ where
     };
     chart.draw_series(std::iter::once(Text::new(
         format!("recommended {}", rows[i].values[0]),
-        (x + nudge, 1.04),
+        (x + nudge, Y_TOP - 0.005),
         (FONT, 15)
             .into_font()
             .color(&grey)
