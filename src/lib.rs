@@ -19,6 +19,8 @@
 //! - [`replay`]: JSONL in, alerts, dead letters and a summary out.
 //! - [`config`]: typed, validated configuration (`config/linewatch.toml` is the default).
 //! - [`eval`]: precision, recall and delay against labels.
+//! - [`tune`]: threshold sweeps over labelled traffic (`linewatch tune`).
+//! - [`explain`]: an alert in plain language (`linewatch explain`).
 //! - [`generate`]: labelled synthetic traffic.
 //! - [`cells`]: the cell map.
 //! - [`service`]: `linewatch run`, the engine between a Kafka consumer group and producer;
@@ -36,10 +38,12 @@ pub mod detect;
 pub mod engine;
 pub mod eval;
 pub mod event;
+pub mod explain;
 pub mod generate;
 pub mod ids;
 pub mod kafka;
 pub mod replay;
 pub mod service;
 pub mod state;
+pub mod tune;
 pub mod watermark;

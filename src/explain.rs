@@ -1,0 +1,439 @@
+//! An alert in plain language (`linewatch explain`): each figure next to its threshold, so an
+//! analyst can judge an alert without reading JSON or re-running anything.
+//!
+//! Everything comes from the alert itself (its `evidence` carries the thresholds in force
+//! when it fired), not from the current configuration, which may have changed since. An
+//! alert from a detector this version does not know, or whose evidence lacks a figure, is
+//! listed key by key rather than refused: an explanation with less prose beats none.
+
+use std::fmt::Write as _;
+
+use serde_json::{Map, Value};
+
+use crate::alert::{Alert, SubjectKind};
+use crate::detect::{bulk_sms, customer_fan_in, deal_line, handset_churn, line_handover};
+use crate::event::Millis;
+
+/// The plain-language account of why `alert` fired, several lines ending in a newline.
+pub fn explain(alert: &Alert) -> String {
+    let mut out = header(alert);
+    let ev = &alert.evidence;
+    let body = match alert.detector.as_str() {
+        bulk_sms::NAME => bulk(ev),
+        customer_fan_in::NAME => fan_in(ev),
+        handset_churn::NAME => churn(ev, &alert.related),
+        line_handover::NAME => handover(ev, &alert.related),
+        deal_line::NAME => deal(ev, alert.score),
+        other => {
+            out.push_str(&format!(
+                "\nThe detector {other:?} is not one this version of linewatch knows; its evidence as given:\n"
+            ));
+            out.push_str(&listing(ev));
+            return out;
+        }
+    };
+    match body {
+        Ok(text) => {
+            out.push('\n');
+            out.push_str(&text);
+        }
+        Err(Missing(key)) => {
+            out.push_str(&format!(
+                "\nThe evidence has no usable `{key}`, so it is listed as given:\n"
+            ));
+            out.push_str(&listing(ev));
+        }
+    }
+    out
+}
+
+/// A figure the explanation needs is absent or of the wrong type.
+struct Missing(&'static str);
+
+type Part = Result<String, Missing>;
+
+fn header(a: &Alert) -> String {
+    let kind = match a.subject_kind {
+        SubjectKind::Line => "line",
+        SubjectKind::Handset => "handset",
+    };
+    let mut s = format!(
+        "{} alert {} on {kind} {} (score {})\n",
+        a.detector,
+        a.alert_id,
+        a.subject,
+        num(a.score)
+    );
+    let _ = writeln!(
+        s,
+        "Fired at {} (event time); the evidence spans {} to {}.",
+        time(a.event_time),
+        time(a.window_start),
+        time(a.window_end)
+    );
+    if !a.related.is_empty() {
+        let _ = writeln!(s, "Related: {}.", a.related.join(", "));
+    }
+    if !a.config_version.is_empty() {
+        let _ = writeln!(s, "Configuration version: {}.", a.config_version);
+    }
+    s
+}
+
+/// `>=` when the figure reached its threshold; otherwise says plainly that it did not.
+fn versus(figure: f64, threshold: f64) -> &'static str {
+    if figure + 1e-9 >= threshold {
+        ">="
+    } else {
+        "<  (below the threshold: this alert does not match its own evidence)"
+    }
+}
+
+fn f(ev: &Map<String, Value>, key: &'static str) -> Result<f64, Missing> {
+    ev.get(key).and_then(Value::as_f64).ok_or(Missing(key))
+}
+
+fn u(ev: &Map<String, Value>, key: &'static str) -> Result<u64, Missing> {
+    ev.get(key).and_then(Value::as_u64).ok_or(Missing(key))
+}
+
+fn bulk(ev: &Map<String, Value>) -> Part {
+    let (r, min, w) = (
+        u(ev, "recipients")?,
+        u(ev, "min_recipients")?,
+        u(ev, "window_s")?,
+    );
+    let mut s = format!(
+        "Why: the line texted {r} distinct recipients within {} (bulk_sms.window_s = {w}).\n",
+        dur(w)
+    );
+    let _ = writeln!(
+        s,
+        "  recipients {r} {} min_recipients {min}",
+        versus(r as f64, min as f64)
+    );
+    if let (Ok(rep), Ok(gap)) = (f(ev, "repeat_audience"), u(ev, "repeat_gap_s")) {
+        let share = if rep > 0.0 {
+            format!("{} of them", pct(rep))
+        } else {
+            "None of them".into()
+        };
+        let _ = writeln!(
+            s,
+            "  {share} had already been texted at least {} earlier (repeat_audience {}); \
+             deal_line counts a repeat audience as extra evidence.",
+            dur(gap),
+            num(rep)
+        );
+    }
+    Ok(s)
+}
+
+fn fan_in(ev: &Map<String, Value>) -> Part {
+    let (c, min, w, look) = (
+        u(ev, "customers")?,
+        u(ev, "min_customers")?,
+        u(ev, "window_s")?,
+        u(ev, "customer_lookback_s")?,
+    );
+    let mut s = format!(
+        "Why: {c} distinct customers (numbers the line had texted within the {} before) \
+         contacted the line within {} (customer_fan_in.window_s = {w}).\n",
+        dur(look),
+        dur(w)
+    );
+    let _ = writeln!(
+        s,
+        "  customers {c} {} min_customers {min}",
+        versus(c as f64, min as f64)
+    );
+    if let (Ok(lo), Ok(hi)) = (u(ev, "min_call_duration_s"), u(ev, "max_call_duration_s")) {
+        let _ = writeln!(
+            s,
+            "  Texts count; calls count only if {lo} to {hi} s long (shorter is a missed call, \
+             longer a conversation)."
+        );
+    }
+    Ok(s)
+}
+
+fn churn(ev: &Map<String, Value>, related: &[String]) -> Part {
+    let (n, min, w) = (u(ev, "sims")?, u(ev, "min_sims")?, u(ev, "window_s")?);
+    let mut s = format!(
+        "Why: the handset was used with {n} distinct SIMs within {} (handset_churn.window_s = {w}).\n",
+        dur(w)
+    );
+    let _ = writeln!(
+        s,
+        "  sims {n} {} min_sims {min}",
+        versus(n as f64, min as f64)
+    );
+    if !related.is_empty() {
+        let _ = writeln!(s, "  SIMs, oldest first: {}", related.join(", "));
+    }
+    if let Some(lines) = ev.get("lines").and_then(Value::as_array) {
+        let names: Vec<String> = lines.iter().map(plain).collect();
+        let _ = writeln!(s, "  Lines used in it: {}", names.join(", "));
+    }
+    Ok(s)
+}
+
+fn handover(ev: &Map<String, Value>, related: &[String]) -> Part {
+    let (o, min_o) = (f(ev, "overlap")?, f(ev, "min_overlap")?);
+    let (n, min_r) = (u(ev, "new_line_recipients")?, u(ev, "min_recipients")?);
+    let earlier = related.first().map_or("(not named)", String::as_str);
+    let mut s = format!(
+        "Why: this line is new and texted {n} recipients, {} of whom were already texted by \
+         the earlier line {earlier}: a number handed over to a new line.\n",
+        pct(o)
+    );
+    let _ = writeln!(
+        s,
+        "  overlap {} {} min_overlap {}",
+        num(o),
+        versus(o, min_o),
+        num(min_o)
+    );
+    let burst = u(ev, "burst_window_s")
+        .map(|b| format!(" (within burst_window_s {b}: {})", dur(b)))
+        .unwrap_or_default();
+    let _ = writeln!(
+        s,
+        "  new_line_recipients {n} {} min_recipients {min_r}{burst}",
+        versus(n as f64, min_r as f64)
+    );
+    if let (Ok(first), Ok(age)) = (u(ev, "new_line_first_seen"), u(ev, "new_line_max_age_s")) {
+        let _ = writeln!(
+            s,
+            "  The line was first seen {}; lines count as new for {} (new_line_max_age_s {age}).",
+            time(first as Millis),
+            dur(age)
+        );
+    }
+    if let (Ok(first), Ok(last)) = (
+        u(ev, "earlier_line_first_seen"),
+        u(ev, "earlier_line_last_text"),
+    ) {
+        let size = u(ev, "earlier_line_recipients")
+            .map(|r| format!(" with {r} recipients"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "  Earlier line {earlier}{size}: first seen {}, last texted {}.",
+            time(first as Millis),
+            time(last as Millis)
+        );
+    }
+    // Alerts made before the overlap was counted exactly carry only `jaccard`.
+    let counted = ev.get("overlap_counted").and_then(Value::as_str);
+    let jaccard = f(ev, "sketch_jaccard").or_else(|_| f(ev, "jaccard"));
+    match (counted, jaccard) {
+        (Some("exact"), _) => {
+            s.push_str("  (Overlap counted exactly from both lines' recipient lists.)\n");
+        }
+        (_, Ok(j)) => {
+            let _ = writeln!(
+                s,
+                "  (Overlap estimated from MinHash sketches, so approximate; Jaccard {}.)",
+                num(j)
+            );
+        }
+        _ => {}
+    }
+    if ev.get("shared_handset").and_then(Value::as_bool) == Some(true) {
+        s.push_str("  Both lines were last used in the same handset.\n");
+    }
+    Ok(s)
+}
+
+fn deal(ev: &Map<String, Value>, alert_score: f64) -> Part {
+    let (score, threshold) = (f(ev, "score")?, f(ev, "threshold")?);
+    let items = ev
+        .get("contributions")
+        .and_then(Value::as_array)
+        .ok_or(Missing("contributions"))?;
+    let mut s = format!(
+        "Why: the evidence on this line adds up to {}, {} the deal_line threshold {}:\n",
+        num(score),
+        if score + 1e-9 >= threshold {
+            "at or above"
+        } else {
+            "BELOW"
+        },
+        num(threshold)
+    );
+    let mut sum = 0.0;
+    let width = items
+        .iter()
+        .filter_map(|c| c.get("evidence").and_then(Value::as_str))
+        .map(str::len)
+        .max()
+        .unwrap_or(0);
+    for c in items {
+        let Some(c) = c.as_object() else {
+            return Err(Missing("contributions"));
+        };
+        let kind = c
+            .get("evidence")
+            .and_then(Value::as_str)
+            .ok_or(Missing("contributions[].evidence"))?;
+        let w = f(c, "weight")?;
+        sum += w;
+        let at = u(c, "at")
+            .map(|t| time(t as Millis))
+            .unwrap_or_else(|_| "time unknown".into());
+        let _ = writeln!(
+            s,
+            "  +{w:.2}  {kind:<width$}  {at}  {}",
+            contribution(kind, c)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "  ={sum:.2}  {} threshold {}",
+        versus(sum, threshold),
+        num(threshold)
+    );
+    if score > 1.0 {
+        s.push_str("  (An alert's score is capped at 1; the sum shows how far past the threshold it is.)\n");
+    }
+    if (sum - score).abs() > 1e-6 {
+        let _ = writeln!(
+            s,
+            "  (The listed weights sum to {sum:.3} but the alert's evidence says {}.)",
+            num(score)
+        );
+    }
+    if let Ok(look) = u(ev, "lookback_s") {
+        let _ = writeln!(
+            s,
+            "Each kind of evidence counts once, while younger than {} (deal_line.lookback_s = {look}).",
+            dur(look)
+        );
+    }
+    if (alert_score - score.min(1.0)).abs() > 1e-3 {
+        let _ = writeln!(
+            s,
+            "(The alert's score {} differs from its evidence's score {}.)",
+            num(alert_score),
+            num(score)
+        );
+    }
+    Ok(s)
+}
+
+/// What one deal_line contribution was, in words.
+fn contribution(kind: &str, c: &Map<String, Value>) -> String {
+    let n = |k: &str| c.get(k).map(plain).unwrap_or_else(|| "?".into());
+    match kind {
+        "bulk_sms" => format!("a bulk send to {} recipients", n("recipients")),
+        "repeat_bulk_sms" => format!(
+            "a bulk send to largely the same audience as before (repeat_audience {})",
+            n("repeat_audience")
+        ),
+        "customer_fan_in" => format!("{} customers contacted the line", n("customers")),
+        "repeat_customer_fan_in" => format!(
+            "customer fan-in again on a later day ({} customers)",
+            n("customers")
+        ),
+        "line_handover" => match c.get("role").and_then(Value::as_str) {
+            Some("new_line") => format!(
+                "took over the customers of earlier line {} (overlap {})",
+                n("earlier_line"),
+                n("overlap")
+            ),
+            Some("earlier_line") => format!(
+                "handed its customers over to new line {} (overlap {})",
+                n("new_line"),
+                n("overlap")
+            ),
+            _ => format!("a handover (overlap {})", n("overlap")),
+        },
+        "predecessor_deal_line" => format!(
+            "took over from deal line {}, whose own evidence scored {}",
+            n("earlier_line"),
+            n("earlier_score")
+        ),
+        "handset_churn" => format!(
+            "used handset {}, seen with {} SIMs",
+            n("handset"),
+            n("sims")
+        ),
+        _ => c
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "evidence" | "weight" | "at"))
+            .map(|(k, v)| format!("{k} {}", plain(v)))
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
+/// Every evidence entry as `key: value`, in key order.
+fn listing(ev: &Map<String, Value>) -> String {
+    if ev.is_empty() {
+        return "  (no evidence)\n".into();
+    }
+    let mut keys: Vec<&String> = ev.keys().collect();
+    keys.sort();
+    let width = keys.iter().map(|k| k.len()).max().unwrap_or(0);
+    keys.iter()
+        .map(|k| format!("  {k:<width$}  {}\n", plain(&ev[*k])))
+        .collect()
+}
+
+/// A JSON value without the quotes round strings.
+fn plain(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.as_f64().filter(|_| n.is_f64()).map_or(n.to_string(), num),
+        other => other.to_string(),
+    }
+}
+
+/// A number as short as it can be without losing what matters (3 decimals at most).
+fn num(x: f64) -> String {
+    let r = (x * 1000.0).round() / 1000.0;
+    format!("{r}")
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.0}%", x * 100.0)
+}
+
+/// A span of seconds in the largest whole unit: `6 h`, `7 d`, `90 s`.
+fn dur(s: u64) -> String {
+    match s {
+        0 => "0 s".into(),
+        s if s % 86_400 == 0 => format!("{} d", s / 86_400),
+        s if s % 3_600 == 0 => format!("{} h", s / 3_600),
+        s if s % 60 == 0 => format!("{} min", s / 60),
+        s => format!("{s} s"),
+    }
+}
+
+/// Event time in UTC, to the second.
+fn time(ms: Millis) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).map_or_else(
+        || format!("{ms} ms"),
+        |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_use_the_largest_whole_unit() {
+        assert_eq!(dur(3_600), "1 h");
+        assert_eq!(dur(604_800), "7 d");
+        assert_eq!(dur(90), "90 s");
+        assert_eq!(dur(120), "2 min");
+    }
+
+    #[test]
+    fn a_figure_below_its_threshold_is_called_out() {
+        assert_eq!(versus(40.0, 40.0), ">=");
+        assert!(versus(39.0, 40.0).contains("below"));
+    }
+}
