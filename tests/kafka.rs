@@ -617,3 +617,62 @@ async fn a_second_member_takes_partitions_over_without_losing_window_state() {
         "the new member rebuilt the state of the partitions it took over"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generate_to_kafka_produces_exactly_the_lines_the_manifest_counts() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+
+    let b = brokers();
+    let topic = format!("gen-{}", support::suffix());
+    support::create_topics(&[(&topic, 3)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("manifest.json");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_linewatch"));
+    // The developer's own settings (LINEWATCH_CONFIG among them) must not leak in.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("LINEWATCH_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd
+        .args([
+            "generate",
+            "--subscribers",
+            "1000",
+            "--days",
+            "1",
+            "--seed",
+            "7",
+        ])
+        .args(["--kafka-brokers", &b, "--topic", &topic, "--rate", "0"])
+        .arg("--manifest")
+        .arg(&manifest)
+        .output()
+        .expect("run linewatch generate");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "generate --kafka failed: {stderr}");
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    let written = m["events_written"].as_u64().expect("events_written");
+    assert!(
+        m["malformed"].as_u64().unwrap() > 0,
+        "malformed lines are part of the traffic"
+    );
+    assert!(
+        stderr.contains(&format!("{written} messages acknowledged")),
+        "{stderr}"
+    );
+
+    // The idempotent producer leaves no gaps: the high watermarks add up to the messages.
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &b)
+        .create()
+        .expect("consumer");
+    let mut total = 0;
+    for p in 0..3 {
+        let (lo, hi) = c
+            .fetch_watermarks(&topic, p, Duration::from_secs(10))
+            .expect("watermarks");
+        total += hi - lo;
+    }
+    assert_eq!(total as u64, written);
+}

@@ -44,6 +44,7 @@ pub struct Metrics {
     dead_letters: IntCounterVec,
     alerts: IntCounterVec,
     latency: HistogramVec,
+    record_latency: HistogramVec,
     consumer_lag: IntGaugeVec,
     watermark_lag: IntGaugeVec,
     state_keys: IntGaugeVec,
@@ -120,6 +121,21 @@ impl Metrics {
         )
         .expect(STATIC_OK);
         r.register(Box::new(latency.clone())).expect(STATIC_OK);
+        let record_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "linewatch_record_to_alert_seconds",
+                "Wall time an alert was acknowledged by the broker minus the Kafka timestamp of the record that completed it (its append time on LogAppendTime topics, else its producer's create time).",
+            )
+            // The service's own delay: batching, detection, publishing. Sub-second when
+            // it keeps up; the tail shows queueing behind a backlog.
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+            ]),
+            &["detector"],
+        )
+        .expect(STATIC_OK);
+        r.register(Box::new(record_latency.clone()))
+            .expect(STATIC_OK);
         let consumer_lag = gauge_vec(
             &r,
             "linewatch_consumer_lag_records",
@@ -201,6 +217,7 @@ impl Metrics {
         for d in DETECTORS {
             alerts.with_label_values(&[d]);
             latency.with_label_values(&[d]);
+            record_latency.with_label_values(&[d]);
         }
         for k in REBALANCE_KINDS {
             rebalances.with_label_values(&[k]);
@@ -218,6 +235,7 @@ impl Metrics {
             dead_letters,
             alerts,
             latency,
+            record_latency,
             consumer_lag,
             watermark_lag,
             state_keys,
@@ -265,6 +283,18 @@ impl Metrics {
             .unwrap_or(&"other");
         self.alerts.with_label_values(&[d]).inc();
         self.latency
+            .with_label_values(&[d])
+            .observe(latency_ms.max(0) as f64 / 1000.0);
+    }
+
+    /// Observes record-to-alert latency: acknowledged-at minus the completing record's Kafka
+    /// timestamp, in ms. `detector` is as for [`Metrics::alert`].
+    pub fn record_to_alert(&self, detector: &str, latency_ms: Millis) {
+        let d = DETECTORS
+            .iter()
+            .find(|n| **n == detector)
+            .unwrap_or(&"other");
+        self.record_latency
             .with_label_values(&[d])
             .observe(latency_ms.max(0) as f64 / 1000.0);
     }
@@ -360,6 +390,19 @@ mod tests {
         assert!(text.contains("linewatch_dead_letters_total{reason=\"too_large\"} 0"));
         assert!(text.contains("linewatch_alerts_total{detector=\"deal_line\"} 0"));
         assert!(text.contains("linewatch_config_reloads_total{result=\"invalid\"} 0"));
+    }
+
+    #[test]
+    fn record_to_alert_is_observed_per_detector_in_seconds() {
+        let m = Metrics::new();
+        m.record_to_alert("bulk_sms", 40);
+        let text = m.render();
+        assert!(text.contains(
+            "linewatch_record_to_alert_seconds_bucket{detector=\"bulk_sms\",le=\"0.05\"} 1"
+        ));
+        assert!(text.contains(
+            "linewatch_record_to_alert_seconds_bucket{detector=\"bulk_sms\",le=\"0.025\"} 0"
+        ));
     }
 
     #[test]

@@ -220,7 +220,11 @@ impl Pipeline {
                     rec.offset,
                 ));
             }
-            out.extend(alerts.iter().map(Outgoing::alert));
+            out.extend(
+                alerts
+                    .iter()
+                    .map(|a| Outgoing::alert(a).completed_by(rec.kafka_ts_ms)),
+            );
             let n = next.entry(rec.tp).or_insert(0);
             *n = (*n).max(rec.offset + 1);
         }

@@ -56,6 +56,8 @@ pub enum OutKind {
     Alert {
         detector: &'static str,
         latency_ms: Millis,
+        /// Kafka timestamp of the completing record, for record-to-alert latency.
+        record_kafka_ts_ms: Option<Millis>,
     },
     /// A rejected record.
     DeadLetter(Reason),
@@ -82,6 +84,7 @@ impl Outgoing {
             kind: OutKind::Alert {
                 detector,
                 latency_ms: a.detected_at - a.event_time,
+                record_kafka_ts_ms: None,
             },
             key: Some(a.subject.as_bytes().to_vec()),
             // An Alert is strings, numbers and a JSON map: serialising it cannot fail.
@@ -92,6 +95,17 @@ impl Outgoing {
                 ("config_version", a.config_version.as_bytes().to_vec()),
             ],
         }
+    }
+
+    /// Notes the Kafka timestamp of the record that completed this alert.
+    pub fn completed_by(mut self, kafka_ts_ms: Option<Millis>) -> Outgoing {
+        if let OutKind::Alert {
+            record_kafka_ts_ms, ..
+        } = &mut self.kind
+        {
+            *record_kafka_ts_ms = kafka_ts_ms;
+        }
+        self
     }
 
     /// A dead letter: the raw bytes, with why and where they came from in headers.
@@ -239,7 +253,15 @@ impl Sink {
             OutKind::Alert {
                 detector,
                 latency_ms,
-            } => self.metrics.alert(detector, latency_ms),
+                record_kafka_ts_ms,
+            } => {
+                self.metrics.alert(detector, latency_ms);
+                if let Some(ts) = record_kafka_ts_ms {
+                    // Acknowledged now: the alert is on the broker, readable downstream.
+                    self.metrics
+                        .record_to_alert(detector, crate::replay::wall_ms() - ts);
+                }
+            }
             OutKind::DeadLetter(r) => self.metrics.dead_letter(r),
         }
     }

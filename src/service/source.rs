@@ -49,6 +49,9 @@ pub struct InRecord {
     pub tp: Tp,
     pub offset: i64,
     pub payload: Vec<u8>,
+    /// The message's Kafka timestamp, epoch ms: when the broker appended it
+    /// (`LogAppendTime` topics) or when its producer made it (`CreateTime`).
+    pub kafka_ts_ms: Option<i64>,
     /// Below the committed offset at assignment: rebuilds state, publishes nothing.
     pub rebuild: bool,
 }
@@ -358,6 +361,7 @@ pub fn own(msg: &impl Message, topics: &[String], shared: &Mutex<Assignment>) ->
         tp,
         offset: msg.offset(),
         payload: msg.payload().unwrap_or_default().to_vec(),
+        kafka_ts_ms: msg.timestamp().to_millis(),
         rebuild,
     })
 }
