@@ -265,7 +265,7 @@ impl Engine {
         self.deal_findings.clear();
         let watermark = self.watermarks.current(wall);
         let mut ctx = Ctx {
-            contacts: &self.contacts,
+            contacts: &mut self.contacts,
             watermark,
             stream_start: start,
             out: &mut self.findings,
@@ -277,7 +277,7 @@ impl Engine {
             return;
         }
         let mut ctx = Ctx {
-            contacts: &self.contacts,
+            contacts: &mut self.contacts,
             watermark,
             stream_start: start,
             out: &mut self.deal_findings,

@@ -16,6 +16,9 @@ pub struct Contact {
     pub first_s: u32,
     /// Latest text to it (seconds).
     pub last_s: u32,
+    /// Latest counted contact *from* it to the line, as a customer (seconds; 0 = none).
+    /// Kept here rather than in a second per-line map: the customer list is this list.
+    pub last_in_s: u32,
 }
 
 /// What is known of one sending line.
@@ -30,6 +33,8 @@ pub struct LineRecord {
     pub contacts: Vec<Contact>,
     /// Latest handset seen with this line (fingerprint; 0 = none).
     pub handset_fp: u32,
+    /// Highest event time of a counted customer contact to this line (seconds).
+    pub newest_in_s: u32,
 }
 
 impl LineRecord {
@@ -111,6 +116,31 @@ impl Contacts {
         Recorded::Ok
     }
 
+    /// Notes that `from` contacted `line` at `ts`, if `from` is the line's customer: texted
+    /// by the line at or before `ts` and within `lookback_s` of it. Returns the line's record
+    /// when it was a customer contact.
+    pub fn record_inbound(
+        &mut self,
+        line: u64,
+        from: u64,
+        ts: Millis,
+        lookback_s: u32,
+    ) -> Option<&LineRecord> {
+        let s = ids::secs(ts);
+        let rec = self.lines.get_mut(&line)?;
+        let i = rec
+            .contacts
+            .binary_search_by_key(&ids::fp(from), |c| c.fp)
+            .ok()?;
+        let c = &mut rec.contacts[i];
+        if c.first_s > s || c.last_s.saturating_add(lookback_s) < s {
+            return None;
+        }
+        c.last_in_s = c.last_in_s.max(s);
+        rec.newest_in_s = rec.newest_in_s.max(s);
+        Some(rec)
+    }
+
     /// Records a text from `line` to `to` (call [`Contacts::touch`] first).
     pub fn record_text(&mut self, line: u64, to: u64, ts: Millis) -> Recorded {
         let s = ids::secs(ts);
@@ -145,6 +175,7 @@ impl Contacts {
                 fp,
                 first_s: s,
                 last_s: s,
+                last_in_s: 0,
             },
         );
         self.heap_bytes += (rec.contacts.capacity() - before) * std::mem::size_of::<Contact>();
@@ -184,69 +215,6 @@ impl Contacts {
     /// Estimated bytes held (table plus contact lists).
     pub fn bytes(&self) -> usize {
         ids::map_bytes(&self.lines) + self.heap_bytes
-    }
-}
-
-/// A small set of fingerprints with the latest time each was seen: the distinct-count
-/// building block of the sliding windows. Linear scans beat hashing at the sizes that
-/// dominate (a handful of entries); the largest sets are capped.
-#[derive(Debug, Clone, Default)]
-pub struct RecentSet {
-    entries: Vec<(u32, u32)>,
-}
-
-impl RecentSet {
-    /// Notes `fp` at `s`; returns false if the set was full and the stalest entry was dropped.
-    pub fn insert(&mut self, fp: u32, s: u32, cap: usize) -> bool {
-        if let Some(e) = self.entries.iter_mut().find(|e| e.0 == fp) {
-            e.1 = e.1.max(s);
-            return true;
-        }
-        let mut ok = true;
-        if self.entries.len() >= cap.max(1) {
-            if let Some((i, _)) = self.entries.iter().enumerate().min_by_key(|(_, e)| e.1) {
-                self.entries.swap_remove(i);
-            }
-            ok = false;
-        }
-        self.entries.push((fp, s));
-        ok
-    }
-
-    /// Removes entries last seen before `cutoff_s`.
-    pub fn trim(&mut self, cutoff_s: u32) {
-        self.entries.retain(|e| e.1 >= cutoff_s);
-    }
-
-    /// Distinct entries seen at or after `since_s`.
-    pub fn count_since(&self, since_s: u32) -> usize {
-        self.entries.iter().filter(|e| e.1 >= since_s).count()
-    }
-
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    pub fn heap_bytes(&self) -> usize {
-        self.entries.capacity() * 8
-    }
-
-    /// Newest time in the set.
-    pub fn newest(&self) -> Option<u32> {
-        self.entries.iter().map(|e| e.1).max()
-    }
-
-    /// Oldest time at or after `since_s`.
-    pub fn oldest_since(&self, since_s: u32) -> Option<u32> {
-        self.entries
-            .iter()
-            .map(|e| e.1)
-            .filter(|&t| t >= since_s)
-            .min()
     }
 }
 
@@ -292,17 +260,5 @@ mod tests {
         c.expire(200_000);
         assert!(c.get(1).is_none());
         assert_eq!(c.get(2).unwrap().contacts.len(), 1);
-    }
-
-    #[test]
-    fn recent_set_counts_window() {
-        let mut s = RecentSet::default();
-        s.insert(1, 10, 8);
-        s.insert(2, 20, 8);
-        s.insert(1, 30, 8);
-        assert_eq!(s.count_since(15), 2);
-        assert_eq!(s.count_since(25), 1);
-        s.trim(25);
-        assert_eq!(s.len(), 1);
     }
 }

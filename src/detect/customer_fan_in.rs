@@ -10,22 +10,16 @@ use crate::config::{Config, FanInConfig};
 use crate::event::{Event, Kind, Millis};
 use crate::evidence;
 use crate::ids::{self, IdMap};
-use crate::state::RecentSet;
 
 pub const NAME: &str = "customer_fan_in";
 
-#[derive(Default)]
-struct LineFanIn {
-    /// Customers who contacted the line, with their latest contact.
-    callers: RecentSet,
-    /// Contacts counted within the window (not distinct), for the evidence.
-    newest_s: u32,
-    fired_s: Option<u32>,
-}
-
+/// The inbound contacts themselves are kept in the shared contact store, on the customer's
+/// entry of the line's list (`last_in_s`): the customer list *is* that list, and a second
+/// per-line map of callers cost more than half again the memory of the store. This
+/// detector keeps only when it last fired, for the lines that ever do.
 pub struct CustomerFanIn {
     cfg: FanInConfig,
-    lines: IdMap<LineFanIn>,
+    fired: IdMap<u32>,
     max_keys: usize,
     cap_hits: u64,
 }
@@ -34,7 +28,7 @@ impl CustomerFanIn {
     pub fn new(cfg: &Config, max_keys: usize) -> Self {
         CustomerFanIn {
             cfg: cfg.customer_fan_in.clone(),
-            lines: IdMap::default(),
+            fired: IdMap::default(),
             max_keys,
             cap_hits: 0,
         }
@@ -58,48 +52,47 @@ impl Detector for CustomerFanIn {
         if !self.cfg.enabled || !self.counts(ev) {
             return;
         }
-        let s = ids::secs(ev.ts);
-        // Is the caller a customer of the line it contacts?
-        let Some(line) = ctx.contacts.get(ids.to) else {
-            return;
-        };
-        let Some(c) = line.contact(ids::fp(ids.from)) else {
-            return;
-        };
         let lookback = self.cfg.lookback_s as u32;
-        if c.first_s > s || c.last_s.saturating_add(lookback) < s {
+        // Is the caller a customer of the line it contacts? If so the contact is noted.
+        let Some(line) = ctx
+            .contacts
+            .record_inbound(ids.to, ids.from, ev.ts, lookback)
+        else {
+            return;
+        };
+        let min = self.cfg.min_customers as usize;
+        // A line with fewer customers than the threshold cannot reach it.
+        if line.contacts.len() < min {
             return;
         }
-        if !self.lines.contains_key(&ids.to) && self.lines.len() >= self.max_keys {
-            self.cap_hits += 1;
-            return;
-        }
-        let st = self.lines.entry(ids.to).or_default();
-        st.newest_s = st.newest_s.max(s);
-        let since_s = st.newest_s.saturating_sub(self.cfg.window_s as u32);
+        let s = ids::secs(ev.ts);
+        let newest = line.newest_in_s;
+        let since_s = newest.saturating_sub(self.cfg.window_s as u32);
         if s < since_s {
             return;
         }
-        if !st.callers.insert(
-            ids::fp(ids.from),
-            s,
-            self.cfg.max_customers_per_line as usize,
-        ) {
-            self.cap_hits += 1;
+        let mut customers = 0usize;
+        let mut oldest = newest;
+        for c in line
+            .contacts
+            .iter()
+            .filter(|c| c.last_in_s >= since_s && c.last_in_s > 0)
+        {
+            customers += 1;
+            oldest = oldest.min(c.last_in_s);
         }
-        let min = self.cfg.min_customers as usize;
-        // Fewer entries than the threshold cannot reach it: skip the trim (the sweep and
-        // the next full evaluation do it).
-        if st.callers.len() < min {
+        if customers < min {
             return;
         }
-        st.callers.trim(since_s);
-        let customers = st.callers.len();
-        if customers < min || st.fired_s.is_some_and(|f| f >= since_s) {
-            return;
+        match self.fired.get(&ids.to) {
+            Some(&f) if f >= since_s => return, // already reported within this window
+            None if self.fired.len() >= self.max_keys => {
+                self.cap_hits += 1;
+                return;
+            }
+            _ => {}
         }
-        st.fired_s = Some(st.newest_s);
-        let oldest = st.callers.oldest_since(since_s).unwrap_or(s);
+        self.fired.insert(ids.to, newest);
         ctx.out.push(Finding {
             detector: NAME,
             subject: ev.to.to_string(),
@@ -108,7 +101,7 @@ impl Detector for CustomerFanIn {
             score: (customers as f64 / (2.0 * min as f64)).min(1.0),
             event_time: ev.ts,
             window_start: ids::millis(oldest),
-            window_end: ids::millis(st.newest_s).max(ev.ts),
+            window_end: ids::millis(newest).max(ev.ts),
             related: Vec::new(),
             evidence: evidence! {
                 "customers" => customers,
@@ -124,24 +117,13 @@ impl Detector for CustomerFanIn {
 
     fn expire(&mut self, watermark: Millis) {
         let cutoff = ids::secs(watermark).saturating_sub(self.cfg.window_s as u32);
-        self.lines.retain(|_, st| {
-            st.callers.trim(cutoff);
-            !st.callers.is_empty()
-        });
-        if self.lines.capacity() > 2 * self.lines.len() + 1024 {
-            self.lines.shrink_to_fit();
-        }
+        self.fired.retain(|_, f| *f >= cutoff);
     }
 
     fn stats(&self) -> StateStats {
         StateStats {
-            keys: self.lines.len(),
-            bytes: ids::map_bytes(&self.lines)
-                + self
-                    .lines
-                    .values()
-                    .map(|s| s.callers.heap_bytes())
-                    .sum::<usize>(),
+            keys: self.fired.len(),
+            bytes: ids::map_bytes(&self.fired),
             cap_hits: self.cap_hits,
         }
     }

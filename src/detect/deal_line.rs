@@ -356,10 +356,10 @@ mod tests {
     }
 
     fn run(d: &mut DealLine, at: Millis, fs: &[Finding]) -> Vec<Finding> {
-        let contacts = Contacts::new(10, 10, 10);
+        let mut contacts = Contacts::new(10, 10, 10);
         let mut out = Vec::new();
         let mut ctx = Ctx {
-            contacts: &contacts,
+            contacts: &mut contacts,
             watermark: at,
             stream_start: 0,
             out: &mut out,

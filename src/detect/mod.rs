@@ -49,8 +49,9 @@ impl EventIds {
 
 /// What a detector may read and where it writes, for one record.
 pub struct Ctx<'a> {
-    /// Who each line has texted (already updated with the current record).
-    pub contacts: &'a Contacts,
+    /// Who each line has texted (already updated with the current record). Mutable so
+    /// `customer_fan_in` can note customer contacts on the entries they concern.
+    pub contacts: &'a mut Contacts,
     /// The engine's watermark: nothing older than this will arrive any more.
     pub watermark: Millis,
     /// Event time of the first record of the stream (for warm-up rules).
@@ -163,7 +164,7 @@ pub(crate) mod testkit {
             }
             let mut out = Vec::new();
             let mut ctx = Ctx {
-                contacts: &self.contacts,
+                contacts: &mut self.contacts,
                 watermark: self.max_ts - 15 * MIN,
                 stream_start: self.stream_start.unwrap(),
                 out: &mut out,
