@@ -190,6 +190,11 @@ impl Engine {
         self.watermarks.per_partition()
     }
 
+    /// Registers an assigned partition: it holds the watermark until it delivers or idles.
+    pub fn assign_partition(&mut self, partition: i32, wall: Millis) {
+        self.watermarks.register(partition, wall);
+    }
+
     /// Forgets a partition's watermark (it was revoked).
     pub fn remove_partition(&mut self, partition: i32) {
         self.watermarks.remove(partition);

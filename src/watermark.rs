@@ -10,7 +10,8 @@ use crate::event::Millis;
 #[derive(Debug, Clone)]
 struct Part {
     partition: i32,
-    max_ts: Millis,
+    /// None: assigned, nothing delivered yet.
+    max_ts: Option<Millis>,
     last_wall: Millis,
 }
 
@@ -37,16 +38,30 @@ impl Watermarks {
         self.idle_timeout = idle_timeout;
     }
 
+    /// Registers an assigned partition before it delivers anything. Until it delivers (or
+    /// goes idle), it holds the watermark back: otherwise, reading a backlog, the first
+    /// partition fetched would move time hours ahead and every other partition's records
+    /// would be called late. A partition already known is left as it is.
+    pub fn register(&mut self, partition: i32, wall: Millis) {
+        if !self.parts.iter().any(|p| p.partition == partition) {
+            self.parts.push(Part {
+                partition,
+                max_ts: None,
+                last_wall: wall,
+            });
+        }
+    }
+
     /// Notes a record's event time from a partition at wall time `wall`.
     pub fn observe(&mut self, partition: i32, ts: Millis, wall: Millis) {
         match self.parts.iter_mut().find(|p| p.partition == partition) {
             Some(p) => {
-                p.max_ts = p.max_ts.max(ts);
+                p.max_ts = Some(p.max_ts.map_or(ts, |m| m.max(ts)));
                 p.last_wall = p.last_wall.max(wall);
             }
             None => self.parts.push(Part {
                 partition,
-                max_ts: ts,
+                max_ts: Some(ts),
                 last_wall: wall,
             }),
         }
@@ -59,27 +74,35 @@ impl Watermarks {
 
     /// The current watermark: records with an earlier event time are late.
     pub fn current(&self, wall: Millis) -> Millis {
-        let active = self
+        let mut active = self
             .parts
             .iter()
             .filter(|p| wall.saturating_sub(p.last_wall) <= self.idle_timeout)
             .map(|p| p.max_ts)
-            .min();
-        // All partitions idle: the freshest one leads, otherwise time would freeze.
-        let base = active.or_else(|| self.parts.iter().map(|p| p.max_ts).max());
+            .peekable();
+        let base = if active.peek().is_some() {
+            // An active partition that has delivered nothing yet holds time at its start.
+            match active.collect::<Option<Vec<Millis>>>() {
+                Some(v) => v.into_iter().min(),
+                None => return Millis::MIN,
+            }
+        } else {
+            // All partitions idle: the freshest one leads, otherwise time would freeze.
+            self.parts.iter().filter_map(|p| p.max_ts).max()
+        };
         base.map_or(Millis::MIN, |t| t - self.lateness)
     }
 
     /// Highest event time seen on any partition.
     pub fn max_event_time(&self) -> Option<Millis> {
-        self.parts.iter().map(|p| p.max_ts).max()
+        self.parts.iter().filter_map(|p| p.max_ts).max()
     }
 
     /// Per-partition (partition, watermark) pairs, for metrics.
     pub fn per_partition(&self) -> Vec<(i32, Millis)> {
         self.parts
             .iter()
-            .map(|p| (p.partition, p.max_ts - self.lateness))
+            .filter_map(|p| p.max_ts.map(|t| (p.partition, t - self.lateness)))
             .collect()
     }
 }
@@ -97,6 +120,31 @@ mod tests {
         assert_eq!(w.current(0), 2_900);
         w.observe(1, 9_000, 0);
         assert_eq!(w.current(0), 4_900);
+    }
+
+    #[test]
+    fn assigned_partition_holds_time_until_it_delivers_or_idles() {
+        let mut w = Watermarks::new(100, 1_000);
+        w.register(0, 0);
+        w.register(1, 0);
+        // A backlog: partition 0 is fetched first and runs hours ahead.
+        w.observe(0, 9_000_000, 10);
+        assert_eq!(
+            w.current(10),
+            Millis::MIN,
+            "partition 1 has not delivered yet"
+        );
+        w.observe(1, 5_000, 20);
+        assert_eq!(w.current(20), 4_900);
+        // Registering again changes nothing.
+        w.register(1, 30);
+        assert_eq!(w.current(30), 4_900);
+        // An assigned partition that never delivers stops holding time once idle.
+        let mut w = Watermarks::new(100, 1_000);
+        w.register(0, 0);
+        w.register(1, 0);
+        w.observe(0, 9_000, 2_000);
+        assert_eq!(w.current(2_000), 8_900);
     }
 
     #[test]

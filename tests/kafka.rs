@@ -676,3 +676,44 @@ async fn generate_to_kafka_produces_exactly_the_lines_the_manifest_counts() {
     }
     assert_eq!(total as u64, written);
 }
+
+/// Regression: reading a backlog, the first partition fetched used to move the watermark
+/// days ahead before the others delivered anything, and most of their records were
+/// dead-lettered as late. Assigned partitions now hold time until they deliver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_over_several_partitions_is_not_called_late() {
+    let b = brokers();
+    let t = Topics::named("backlog");
+    t.create(4).await;
+    // Eight lines, each texting every 90 s of event time for two days, in order; keyed by
+    // line so each line's records sit in one partition, in order.
+    let mut lines = Vec::new();
+    for i in 0..1_900i64 {
+        for l in 0..8 {
+            lines.push(sms(
+                &format!("bk-{l}-{i}"),
+                T0 + i * 90_000 + l,
+                &format!("bk-line-{l}"),
+                &format!("bk-to-{l}-{}", i % 7),
+            ));
+        }
+    }
+    let placed = produce(&t.input, &records(&lines, true)).await;
+    let used: BTreeSet<i32> = placed.iter().map(|p| p.0).collect();
+    assert!(
+        used.len() > 1,
+        "records should spread over partitions: {used:?}"
+    );
+
+    // The whole backlog is waiting before the service starts.
+    let dir = tempfile::tempdir().unwrap();
+    let svc = Service::start(&config_file(&dir, TEST_CONFIG), &t.args(&b));
+    svc.wait_ready(WAIT).await;
+    let n = lines.len() as f64;
+    svc.wait_metric("linewatch_records_total{result=\"valid\"}", n, WAIT)
+        .await;
+    assert_eq!(
+        svc.metric("linewatch_records_total{result=\"late\"}").await,
+        0.0
+    );
+}

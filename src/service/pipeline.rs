@@ -192,6 +192,11 @@ impl Pipeline {
         let mut alerts = Vec::new();
         let mut shared = lock(&self.shared);
         let mut rebuilt = 0;
+        // Every assigned partition counts for the watermark from the start, delivered or
+        // not (see Watermarks::register); known ones are left as they are.
+        for tp in &shared.assigned {
+            self.engine.assign_partition(engine_partition(*tp), wall);
+        }
         for rec in batch.drain(..) {
             // A partition revoked while this batch was filling belongs to another member
             // now; it re-reads these records from our last commit, so they are left to it
