@@ -16,21 +16,10 @@ struct Run {
 }
 
 fn run(opts: &GenOptions) -> Run {
-    let mut events = Vec::new();
-    let mut labels = Vec::new();
-    let report = generate::generate(
-        opts,
-        &mut |line| {
-            events.extend_from_slice(line);
-            events.push(b'\n');
-            Ok(())
-        },
-        &mut labels,
-    )
-    .expect("generate");
+    let (events, labels, report) = generate::generate_in_memory(opts).expect("generate");
     Run {
         events,
-        labels: String::from_utf8(labels).expect("labels are UTF-8"),
+        labels,
         report,
     }
 }

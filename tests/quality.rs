@@ -15,23 +15,8 @@ fn city(seed: u64) -> (Vec<u8>, Labels, generate::GenReport) {
         days: 4,
         ..GenOptions::default()
     };
-    let mut events = Vec::new();
-    let mut labels = Vec::new();
-    let report = generate::generate(
-        &opts,
-        &mut |line: &[u8]| {
-            events.extend_from_slice(line);
-            events.push(b'\n');
-            Ok(())
-        },
-        &mut labels,
-    )
-    .unwrap();
-    (
-        events,
-        Labels::parse(&String::from_utf8(labels).unwrap()).unwrap(),
-        report,
-    )
+    let (events, labels, report) = generate::generate_in_memory(&opts).unwrap();
+    (events, Labels::parse(&labels).unwrap(), report)
 }
 
 #[test]

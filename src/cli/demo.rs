@@ -40,20 +40,10 @@ pub fn main(args: Args, config: Option<&Path>) -> Outcome {
         ..GenOptions::default()
     };
     let started = Instant::now();
-    let mut events = Vec::with_capacity(args.subscribers * args.days as usize * 12 * 200);
-    let mut labels_csv = Vec::new();
-    let report = generate::generate(
-        &opts,
-        &mut |line: &[u8]| {
-            events.extend_from_slice(line);
-            events.push(b'\n');
-            Ok(())
-        },
-        &mut labels_csv,
-    )
-    .map_err(|e| Failure::runtime(format!("generating traffic failed: {e}")))?;
+    let (events, labels_csv, report) = generate::generate_in_memory(&opts)
+        .map_err(|e| Failure::runtime(format!("generating traffic failed: {e}")))?;
     let generated_s = started.elapsed().as_secs_f64();
-    let labels = Labels::parse(&String::from_utf8_lossy(&labels_csv))?;
+    let labels = Labels::parse(&labels_csv)?;
 
     let (alerts, summary) = replay::replay_bytes(cfg, &events);
 

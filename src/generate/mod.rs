@@ -299,6 +299,25 @@ pub fn generate(
 
 /// Writes the city's cell map, `cell,area,class` (class `metro` or `county`): the same cells
 /// `generate` uses for the same seed and population.
+/// A whole city in memory: the JSONL events (newline-terminated), the labels CSV and the
+/// report. For the demo, tuning and tests; files and Kafka stream through [`generate`].
+pub fn generate_in_memory(opts: &GenOptions) -> io::Result<(Vec<u8>, String, GenReport)> {
+    let mut events = Vec::new();
+    let mut labels = Vec::new();
+    let report = generate(
+        opts,
+        &mut |line: &[u8]| {
+            events.extend_from_slice(line);
+            events.push(b'\n');
+            Ok(())
+        },
+        &mut labels,
+    )?;
+    let labels = String::from_utf8(labels)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.utf8_error()))?;
+    Ok((events, labels, report))
+}
+
 pub fn write_cells(opts: &GenOptions, out: &mut dyn Write) -> io::Result<()> {
     opts.check()?;
     let geo = Geography::new(opts);
