@@ -381,6 +381,45 @@ impl World {
         rng.gen_range(1..self.geo.areas.len() as u16)
     }
 
+    /// A chain of numbers from the start to the end of the data: the first lives
+    /// `first_life` days, each next one `life`; at each change `new_handset` says whether the
+    /// next number moves to a new handset. Deal lines and runners both live like this.
+    fn number_chain(
+        &self,
+        rng: &mut ChaCha8Rng,
+        alloc: &mut Alloc,
+        first_life: Range<f64>,
+        life: Range<f64>,
+        mut new_handset: impl FnMut(&mut ChaCha8Rng) -> bool,
+    ) -> Vec<Span> {
+        let mut handset = alloc.handset();
+        let mut spans = Vec::new();
+        let (mut t0, mut pred, mut days) = (self.start, None, first_life);
+        loop {
+            let mut t1 = t0 + (rng.gen_range(days) * DAY_MS as f64) as i64;
+            let last = t1 >= self.end - p::LAST_SWAP_BEFORE_END_MS;
+            if last {
+                t1 = self.end;
+            }
+            let line = alloc.line();
+            spans.push(Span {
+                line,
+                sim: alloc.sim(),
+                handset,
+                start: t0,
+                end: t1,
+                pred,
+            });
+            if last {
+                return spans;
+            }
+            (t0, pred, days) = (t1, Some(line), life.clone());
+            if new_handset(rng) {
+                handset = alloc.handset();
+            }
+        }
+    }
+
     fn network(&self, rng: &mut ChaCha8Rng, alloc: &mut Alloc) -> Network {
         let n = self.subs.len();
         let town = self.county_town(rng);
@@ -400,66 +439,26 @@ impl World {
         .collect();
 
         // The number chain: replaced every 1-3 days, usually in the same handset.
-        let mut handset = alloc.handset();
-        let mut handsets = vec![handset];
-        let mut chain = Vec::new();
-        let (mut t0, mut pred) = (self.start, None);
-        let mut life = p::FIRST_LINE_LIFE_DAYS;
-        loop {
-            let mut t1 = t0 + (rng.gen_range(life) * DAY_MS as f64) as i64;
-            let last = t1 >= self.end - p::LAST_SWAP_BEFORE_END_MS;
-            if last {
-                t1 = self.end;
-            }
-            let line = alloc.line();
-            chain.push(Span {
-                line,
-                sim: alloc.sim(),
-                handset,
-                start: t0,
-                end: t1,
-                pred,
-            });
-            if last {
-                break;
-            }
-            (t0, pred, life) = (t1, Some(line), p::LINE_LIFE_DAYS);
-            if !rng.gen_bool(p::SAME_HANDSET_PROB) {
-                handset = alloc.handset();
-                handsets.push(handset);
-            }
-        }
+        let chain = self.number_chain(
+            rng,
+            alloc,
+            p::FIRST_LINE_LIFE_DAYS,
+            p::LINE_LIFE_DAYS,
+            |rng| !rng.gen_bool(p::SAME_HANDSET_PROB),
+        );
+        let mut handsets: Vec<u32> = chain.iter().map(|s| s.handset).collect();
+        handsets.dedup();
 
         // Runners: burner handsets, a new SIM (and number) every day or so.
         let runners = (0..rng.gen_range(p::RUNNERS))
             .map(|_| {
-                let mut handset = alloc.handset();
-                let mut spans = Vec::new();
-                let (mut t0, mut pred) = (self.start, None);
-                let mut life = p::FIRST_RUNNER_SIM_DAYS;
-                loop {
-                    let mut t1 = t0 + (rng.gen_range(life) * DAY_MS as f64) as i64;
-                    let last = t1 >= self.end - p::LAST_SWAP_BEFORE_END_MS;
-                    if last {
-                        t1 = self.end;
-                    }
-                    let line = alloc.line();
-                    spans.push(Span {
-                        line,
-                        sim: alloc.sim(),
-                        handset,
-                        start: t0,
-                        end: t1,
-                        pred,
-                    });
-                    if last {
-                        break;
-                    }
-                    (t0, pred, life) = (t1, Some(line), p::RUNNER_SIM_DAYS);
-                    if rng.gen_bool(p::RUNNER_NEW_HANDSET_PROB) {
-                        handset = alloc.handset();
-                    }
-                }
+                let spans = self.number_chain(
+                    rng,
+                    alloc,
+                    p::FIRST_RUNNER_SIM_DAYS,
+                    p::RUNNER_SIM_DAYS,
+                    |rng| rng.gen_bool(p::RUNNER_NEW_HANDSET_PROB),
+                );
                 Runner {
                     spans,
                     out_hour: rng.gen_range(p::RUNNER_OUT_HOURS),
