@@ -227,7 +227,8 @@ impl Engine {
         }
         self.watermarks.observe(partition, ev.ts, wall);
         self.counters.events_valid += 1;
-        self.detect(&ev, wall, alerts);
+        // The watermark as it was before this record: detectors only use it as a bound.
+        self.detect(&ev, wall, wm, alerts);
         // A sweep visits every key, so it waits both for event time to move on and for as
         // many records as there are lines: the cost per record stays constant however many
         // lines are tracked, and memory is still trimmed within a small multiple of the
@@ -256,7 +257,7 @@ impl Engine {
         Verdict::Rejected(m)
     }
 
-    fn detect(&mut self, ev: &Event<'_>, wall: Millis, alerts: &mut Vec<Alert>) {
+    fn detect(&mut self, ev: &Event<'_>, wall: Millis, watermark: Millis, alerts: &mut Vec<Alert>) {
         let ids = EventIds::of(ev);
         let start = *self.stream_start.get_or_insert(ev.ts);
         let mut hit = self.contacts.touch(ids.from, ev.ts, ids.imei);
@@ -268,7 +269,6 @@ impl Engine {
         }
         self.findings.clear();
         self.deal_findings.clear();
-        let watermark = self.watermarks.current(wall);
         let mut ctx = Ctx {
             contacts: &mut self.contacts,
             watermark,

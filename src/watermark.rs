@@ -74,18 +74,23 @@ impl Watermarks {
 
     /// The current watermark: records with an earlier event time are late.
     pub fn current(&self, wall: Millis) -> Millis {
-        let mut active = self
+        // Minimum over active partitions; one that has delivered nothing yet holds time at
+        // its start. No allocation: this runs several times per record.
+        let mut any_active = false;
+        let mut min: Option<Millis> = None;
+        for p in self
             .parts
             .iter()
             .filter(|p| wall.saturating_sub(p.last_wall) <= self.idle_timeout)
-            .map(|p| p.max_ts)
-            .peekable();
-        let base = if active.peek().is_some() {
-            // An active partition that has delivered nothing yet holds time at its start.
-            match active.collect::<Option<Vec<Millis>>>() {
-                Some(v) => v.into_iter().min(),
+        {
+            any_active = true;
+            match p.max_ts {
                 None => return Millis::MIN,
+                Some(t) => min = Some(min.map_or(t, |m| m.min(t))),
             }
+        }
+        let base = if any_active {
+            min
         } else {
             // All partitions idle: the freshest one leads, otherwise time would freeze.
             self.parts.iter().filter_map(|p| p.max_ts).max()
