@@ -227,8 +227,7 @@ impl Engine {
         }
         self.watermarks.observe(partition, ev.ts, wall);
         self.counters.events_valid += 1;
-        // The watermark as it was before this record: detectors only use it as a bound.
-        self.detect(&ev, wall, wm, alerts);
+        self.detect(&ev, wall, alerts);
         // A sweep visits every key, so it waits both for event time to move on and for as
         // many records as there are lines: the cost per record stays constant however many
         // lines are tracked, and memory is still trimmed within a small multiple of the
@@ -257,7 +256,7 @@ impl Engine {
         Verdict::Rejected(m)
     }
 
-    fn detect(&mut self, ev: &Event<'_>, wall: Millis, watermark: Millis, alerts: &mut Vec<Alert>) {
+    fn detect(&mut self, ev: &Event<'_>, wall: Millis, alerts: &mut Vec<Alert>) {
         let ids = EventIds::of(ev);
         let start = *self.stream_start.get_or_insert(ev.ts);
         let mut hit = self.contacts.touch(ids.from, ev.ts, ids.imei);
@@ -271,7 +270,6 @@ impl Engine {
         self.deal_findings.clear();
         let mut ctx = Ctx {
             contacts: &mut self.contacts,
-            watermark,
             stream_start: start,
             out: &mut self.findings,
         };
@@ -283,7 +281,6 @@ impl Engine {
         }
         let mut ctx = Ctx {
             contacts: &mut self.contacts,
-            watermark,
             stream_start: start,
             out: &mut self.deal_findings,
         };

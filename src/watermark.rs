@@ -98,11 +98,6 @@ impl Watermarks {
         base.map_or(Millis::MIN, |t| t - self.lateness)
     }
 
-    /// Highest event time seen on any partition.
-    pub fn max_event_time(&self) -> Option<Millis> {
-        self.parts.iter().filter_map(|p| p.max_ts).max()
-    }
-
     /// Per-partition (partition, watermark) pairs, for metrics.
     pub fn per_partition(&self) -> Vec<(i32, Millis)> {
         self.parts

@@ -360,7 +360,6 @@ mod tests {
         let mut out = Vec::new();
         let mut ctx = Ctx {
             contacts: &mut contacts,
-            watermark: at,
             stream_start: 0,
             out: &mut out,
         };

@@ -52,8 +52,6 @@ pub struct Ctx<'a> {
     /// Who each line has texted (already updated with the current record). Mutable so
     /// `customer_fan_in` can note customer contacts on the entries they concern.
     pub contacts: &'a mut Contacts,
-    /// The engine's watermark: nothing older than this will arrive any more.
-    pub watermark: Millis,
     /// Event time of the first record of the stream (for warm-up rules).
     pub stream_start: Millis,
     /// Findings go here.
@@ -142,7 +140,6 @@ pub(crate) mod testkit {
     pub struct Harness {
         pub contacts: Contacts,
         pub stream_start: Option<Millis>,
-        pub max_ts: Millis,
     }
 
     impl Harness {
@@ -150,14 +147,12 @@ pub(crate) mod testkit {
             Harness {
                 contacts: Contacts::new(1_000_000, 4096, 7 * 86_400),
                 stream_start: None,
-                max_ts: 0,
             }
         }
 
         pub fn feed(&mut self, d: &mut dyn Detector, ev: &Event<'_>) -> Vec<Finding> {
             let ids = EventIds::of(ev);
             self.stream_start.get_or_insert(ev.ts);
-            self.max_ts = self.max_ts.max(ev.ts);
             self.contacts.touch(ids.from, ev.ts, ids.imei);
             if ev.kind == Kind::Sms {
                 self.contacts.record_text(ids.from, ids.to, ev.ts);
@@ -165,7 +160,6 @@ pub(crate) mod testkit {
             let mut out = Vec::new();
             let mut ctx = Ctx {
                 contacts: &mut self.contacts,
-                watermark: self.max_ts - 15 * MIN,
                 stream_start: self.stream_start.unwrap(),
                 out: &mut out,
             };
