@@ -98,7 +98,7 @@ impl Contacts {
     /// Notes activity of a line (any record it originates).
     pub fn touch(&mut self, line: u64, ts: Millis, handset: Option<u64>) -> Recorded {
         let s = ids::secs(ts);
-        if !self.lines.contains_key(&line) && self.lines.len() >= self.max_lines {
+        if self.lines.len() >= self.max_lines && !self.lines.contains_key(&line) {
             return Recorded::KeyCapHit;
         }
         let rec = self.lines.entry(line).or_insert_with(|| LineRecord {

@@ -99,7 +99,7 @@ impl DealLine {
     }
 
     fn verdict(&mut self, id: u64, line: &str) -> Option<&mut LineVerdict> {
-        if !self.lines.contains_key(&id) && self.lines.len() >= self.max_keys {
+        if self.lines.len() >= self.max_keys && !self.lines.contains_key(&id) {
             self.cap_hits += 1;
             return None;
         }

@@ -86,7 +86,7 @@ impl Detector for HandsetChurn {
             return;
         };
         let s = ids::secs(ev.ts);
-        if !self.handsets.contains_key(&imei) && self.handsets.len() >= self.max_keys {
+        if self.handsets.len() >= self.max_keys && !self.handsets.contains_key(&imei) {
             self.cap_hits += 1;
             return;
         }
