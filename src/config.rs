@@ -265,9 +265,12 @@ pub struct ServiceConfig {
     pub drain_timeout_s: u64,
     /// A partition with no records for this long does not hold the watermark back.
     pub partition_idle_timeout_s: u64,
-    /// Most records processed as one batch: the batch's alerts and dead letters are all
-    /// acknowledged before its offsets are committed and before more is polled.
+    /// Most records processed as one batch: the batch's offsets are committed once all its
+    /// alerts and dead letters (and every older batch's) are acknowledged.
     pub batch_max_records: usize,
+    /// Batches whose alerts and dead letters may be awaiting the broker's acknowledgement
+    /// while the next one is processed; at this many, consumption waits for the oldest.
+    pub max_in_flight_batches: usize,
     /// Longest wait for a batch to fill once its first record has arrived.
     pub batch_max_wait_ms: u64,
     /// Longest pause between retries (broker unreachable, topic missing, failed delivery);
@@ -292,6 +295,7 @@ impl Default for ServiceConfig {
             drain_timeout_s: 30,
             partition_idle_timeout_s: 60,
             batch_max_records: 2_000,
+            max_in_flight_batches: 4,
             batch_max_wait_ms: 50,
             retry_backoff_max_s: 30,
             config_poll_interval_s: 2,
@@ -409,6 +413,10 @@ impl Config {
         positive(
             "service.batch_max_records",
             self.service.batch_max_records as u64,
+        );
+        positive(
+            "service.max_in_flight_batches",
+            self.service.max_in_flight_batches as u64,
         );
         positive(
             "service.retry_backoff_max_s",

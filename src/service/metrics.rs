@@ -35,6 +35,22 @@ pub const PRODUCER_ERROR_KINDS: [&str; 10] = [
 /// Rebalance event labels.
 pub const REBALANCE_KINDS: [&str; 3] = ["assign", "revoke", "error"];
 
+/// Verdicts counted in a batch, in [`RECORD_RESULTS`] order.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tally(pub [u64; 4]);
+
+impl Tally {
+    pub fn add(&mut self, v: &Verdict) {
+        let i = match v {
+            Verdict::Valid => 0,
+            Verdict::Duplicate => 3,
+            Verdict::Rejected(m) if m.reason == Reason::Late => 2,
+            Verdict::Rejected(_) => 1,
+        };
+        self.0[i] += 1;
+    }
+}
+
 /// The service's metrics and the registry they live in.
 #[derive(Clone)]
 pub struct Metrics {
@@ -250,15 +266,14 @@ impl Metrics {
         }
     }
 
-    /// Counts one record's verdict.
-    pub fn record(&self, v: &Verdict) {
-        let result = match v {
-            Verdict::Valid => "valid",
-            Verdict::Duplicate => "duplicate",
-            Verdict::Rejected(m) if m.reason == Reason::Late => "late",
-            Verdict::Rejected(_) => "malformed",
-        };
-        self.records.with_label_values(&[result]).inc();
+    /// Counts a batch's verdicts (tallied with [`Tally::add`]: one counter update per result
+    /// and batch, not per record).
+    pub fn records(&self, t: &Tally) {
+        for (label, n) in RECORD_RESULTS.iter().zip(t.0) {
+            if n > 0 {
+                self.records.with_label_values(&[label]).inc_by(n);
+            }
+        }
     }
 
     /// Counts `n` records re-read to rebuild state.
@@ -380,12 +395,26 @@ mod tests {
     #[test]
     fn every_known_series_is_exposed_at_zero() {
         let m = Metrics::new();
-        m.record(&Verdict::Rejected(Malformed {
-            reason: Reason::Late,
-            field: Some("ts"),
-        }));
+        let mut t = Tally::default();
+        for v in [
+            Verdict::Rejected(Malformed {
+                reason: Reason::Late,
+                field: Some("ts"),
+            }),
+            Verdict::Duplicate,
+            Verdict::Duplicate,
+            Verdict::Rejected(Malformed {
+                reason: Reason::InvalidJson,
+                field: None,
+            }),
+        ] {
+            t.add(&v);
+        }
+        m.records(&t);
         let text = m.render();
         assert!(text.contains("linewatch_records_total{result=\"late\"} 1"));
+        assert!(text.contains("linewatch_records_total{result=\"duplicate\"} 2"));
+        assert!(text.contains("linewatch_records_total{result=\"malformed\"} 1"));
         assert!(text.contains("linewatch_records_total{result=\"valid\"} 0"));
         assert!(text.contains("linewatch_dead_letters_total{reason=\"too_large\"} 0"));
         assert!(text.contains("linewatch_alerts_total{detector=\"deal_line\"} 0"));

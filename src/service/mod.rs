@@ -216,11 +216,20 @@ pub async fn run(
             status: status.clone(),
         })
         .map_err(|e| creation_error("producer", e, &settings))?;
+    let sink = Arc::new(Sink::new(
+        producer.clone(),
+        cfg.service.alert_topic.clone(),
+        cfg.service.dead_letter_topic.clone(),
+        metrics.clone(),
+        Duration::from_secs(cfg.service.retry_backoff_max_s),
+    ));
+    let in_flight = sink::InFlightQueue::default();
     let ctx = SourceContext::new(
         cfg.service.input_topics.clone(),
         metrics.clone(),
         status.clone(),
         cfg.service.rebuild_state_s,
+        Some((sink.clone(), in_flight.clone())),
     );
     let shared = ctx.shared();
     let consumer: Source = settings
@@ -229,13 +238,6 @@ pub async fn run(
         .create_with_context(ctx)
         .map_err(|e| creation_error("consumer", e, &settings))?;
     let consumer = Arc::new(consumer);
-    let sink = Sink::new(
-        producer.clone(),
-        cfg.service.alert_topic.clone(),
-        cfg.service.dead_letter_topic.clone(),
-        metrics.clone(),
-        Duration::from_secs(cfg.service.retry_backoff_max_s),
-    );
 
     // Clients first, so a bad property fails before anything listens.
     let listener = http::bind(&cfg.service.http_addr).await?;
@@ -272,6 +274,7 @@ pub async fn run(
         consumer: consumer.clone(),
         producer,
         sink,
+        in_flight,
         shared,
         metrics,
         status,

@@ -1,24 +1,34 @@
-//! The run loop: poll a bounded batch, run it through the engine, publish its alerts and
-//! dead letters, wait until the broker has acknowledged every one, commit the batch's
-//! offsets, and only then poll again.
+//! The run loop: poll a bounded batch, run it through the engine, hand its alerts and dead
+//! letters to the producer, and go on with the next batch while the broker acknowledges
+//! them. A batch's offsets are committed once every message it caused is acknowledged and
+//! every older batch is committed: offsets are committed in order, and only for records
+//! whose outputs are durable.
 //!
-//! That order is the whole of the at-least-once argument: an offset is committed only when
-//! everything its record caused is durable. It is also the backpressure: a slow or absent
-//! broker stalls the loop in [`Sink::deliver`], so nothing more is polled, and librdkafka's
-//! own prefetch is capped (see [`crate::kafka`]), so memory stays bounded under a backlog.
+//! That order is the whole of the at-least-once argument. It is also the backpressure: at
+//! `max_in_flight_batches` unacknowledged batches the loop waits for the oldest (a slow or
+//! absent broker stalls it there, retrying), so nothing more is polled; librdkafka's own
+//! prefetch is capped (see [`crate::kafka`]), so memory stays bounded under a backlog. When
+//! no record is waiting, everything in flight is settled before the loop idles, so a quiet
+//! stream's offsets are committed at once.
+//!
+//! A rebalance callback runs only inside a poll of this loop; a revoke first gives the
+//! batches in flight the chance to be acknowledged and commits them (see
+//! [`super::source`]).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::future::FutureExt;
+use futures_util::stream::StreamExt;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::producer::FutureProducer;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 
-use super::metrics::Metrics;
-use super::sink::{Outgoing, Sink, SinkContext};
-use super::source::{self, lock, Assignment, InRecord, Source, Tp};
+use super::metrics::{Metrics, Tally};
+use super::sink::{InFlight, InFlightQueue, Outgoing, Sink, SinkContext};
+use super::source::{self, lock, Assignment, Batch, Source, Tp};
 use super::{ServiceError, Status, Throttle};
 use crate::config::Config;
 use crate::engine::{Engine, Verdict};
@@ -43,7 +53,7 @@ enum Wake {
     Stop,
     Reload(Box<Config>),
     Tick,
-    Record(Option<InRecord>),
+    Record,
     Error(rdkafka::error::KafkaError),
 }
 
@@ -53,7 +63,9 @@ pub struct Pipeline {
     pub engine: Engine,
     pub consumer: Arc<Source>,
     pub producer: FutureProducer<SinkContext>,
-    pub sink: Sink,
+    pub sink: Arc<Sink>,
+    /// Batches in flight, shared with the consumer's rebalance callback.
+    pub in_flight: InFlightQueue,
     pub shared: Arc<Mutex<Assignment>>,
     pub metrics: Metrics,
     pub status: Arc<Status>,
@@ -77,95 +89,135 @@ impl Pipeline {
         let max = self.cfg.service.batch_max_records;
         let linger = Duration::from_millis(self.cfg.service.batch_max_wait_ms);
         let drain = Duration::from_secs(self.cfg.service.drain_timeout_s);
-        let mut batch: Vec<InRecord> = Vec::with_capacity(max);
-        let mut out: Vec<Outgoing> = Vec::new();
+        let consumer = self.consumer.clone();
+        // One stream for the whole run: taking a message that is already there is a poll
+        // of librdkafka's queue, without registering a waker each time.
+        let mut stream = consumer.stream();
+        let mut batch = Batch::with_capacity(max);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let errors = Throttle::default();
         let mut stopping_since: Option<Instant> = None;
+        let mut gauges_at = Instant::now();
 
-        loop {
-            self.forget_revoked();
-            if *self.stop.borrow() {
-                break;
-            }
-            // Wait for a first record, serving reloads, gauges and shutdown meanwhile.
-            let woke = tokio::select! {
-                biased;
-                _ = self.stop.wait_for(|s| *s) => Wake::Stop,
-                Some(cfg) = self.reloads.recv() => Wake::Reload(Box::new(cfg)),
-                _ = tick.tick() => Wake::Tick,
-                m = self.consumer.recv() => match m {
-                    Ok(m) => Wake::Record(source::own(&m, &topics, &self.shared)),
-                    Err(e) => Wake::Error(e),
-                },
-            };
-            let first = match woke {
-                Wake::Stop => break,
-                Wake::Reload(cfg) => {
-                    self.engine.reconfigure(*cfg);
-                    continue;
+        let result: Result<(), ServiceError> = async {
+            loop {
+                self.forget_revoked();
+                if *self.stop.borrow() {
+                    break;
                 }
-                Wake::Tick => {
-                    self.refresh_gauges(&topics)?;
-                    continue;
-                }
-                Wake::Error(e) => {
-                    consumer_error(&e, &errors)?;
-                    continue;
-                }
-                Wake::Record(r) => r,
-            };
-            let Some(first) = first else { continue };
-            let started = Instant::now();
-            batch.push(first);
-            // Fill the batch for at most `batch_max_wait_ms`. A rebalance can only happen
-            // inside these polls; `process` drops records of a partition it took away.
-            let deadline = tokio::time::Instant::now() + linger;
-            while batch.len() < max {
-                tokio::select! {
-                    biased;
-                    _ = self.stop.wait_for(|s| *s) => break,
-                    _ = tokio::time::sleep_until(deadline) => break,
-                    m = self.consumer.recv() => match m {
-                        Ok(m) => batch.extend(source::own(&m, &topics, &self.shared)),
-                        Err(e) => consumer_error(&e, &errors)?,
-                    },
-                }
-            }
-
-            let next = self.process(&mut batch, &mut out, &topics);
-
-            // Deliver everything; if shutdown is requested meanwhile, allow `drain` for it.
-            if stopping_since.is_none() && *self.stop.borrow() {
-                stopping_since = Some(Instant::now());
-            }
-            let delivered = match stopping_since {
-                Some(t) => {
-                    let left = drain.saturating_sub(t.elapsed());
-                    tokio::time::timeout(left, self.sink.deliver(&out))
-                        .await
-                        .unwrap_or(Err(ServiceError::DrainTimeout(drain.as_secs())))
-                }
-                None => {
-                    let mut stop = self.stop.clone();
-                    let drain_deadline = async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                        tokio::time::sleep(drain).await;
+                // A record already waiting starts the next batch at once; otherwise settle
+                // what is in flight (commit it) before idling.
+                let ready = match stream.next().now_or_never() {
+                    Some(Some(Ok(m))) => {
+                        batch.push(&m, &topics, &self.shared);
+                        true
+                    }
+                    Some(Some(Err(e))) => {
+                        consumer_error(&e, &errors)?;
+                        continue;
+                    }
+                    _ => false,
+                };
+                if !ready {
+                    self.settle_all(&topics, &mut stopping_since, drain).await?;
+                    // Wait for a first record, serving reloads, gauges and shutdown meanwhile.
+                    let woke = tokio::select! {
+                        biased;
+                        _ = self.stop.wait_for(|s| *s) => Wake::Stop,
+                        Some(cfg) = self.reloads.recv() => Wake::Reload(Box::new(cfg)),
+                        _ = tick.tick() => Wake::Tick,
+                        m = stream.next() => match m {
+                            Some(Ok(m)) => {
+                                batch.push(&m, &topics, &self.shared);
+                                Wake::Record
+                            }
+                            Some(Err(e)) => Wake::Error(e),
+                            None => Wake::Tick,
+                        },
                     };
+                    match woke {
+                        Wake::Stop => break,
+                        Wake::Reload(cfg) => {
+                            self.engine.reconfigure(*cfg);
+                            continue;
+                        }
+                        Wake::Tick => {
+                            self.refresh_gauges(&topics)?;
+                            continue;
+                        }
+                        Wake::Error(e) => {
+                            consumer_error(&e, &errors)?;
+                            continue;
+                        }
+                        Wake::Record => {}
+                    }
+                } else if gauges_at.elapsed() >= Duration::from_secs(1) {
+                    // Busy: gauges are still refreshed about once a second.
+                    gauges_at = Instant::now();
+                    self.refresh_gauges(&topics)?;
+                }
+                if batch.is_empty() {
+                    continue;
+                }
+                let started = Instant::now();
+                // Fill the batch: first whatever is already queued, then wait for more for
+                // at most `batch_max_wait_ms`. A rebalance can only happen inside these
+                // polls; `process` drops records of a partition it took away.
+                let deadline = tokio::time::Instant::now() + linger;
+                'fill: while batch.len() < max {
+                    while batch.len() < max {
+                        match stream.next().now_or_never() {
+                            Some(Some(Ok(m))) => batch.push(&m, &topics, &self.shared),
+                            Some(Some(Err(e))) => consumer_error(&e, &errors)?,
+                            _ => break,
+                        }
+                    }
+                    if batch.len() >= max {
+                        break;
+                    }
                     tokio::select! {
-                        r = self.sink.deliver(&out) => r,
-                        _ = drain_deadline => Err(ServiceError::DrainTimeout(drain.as_secs())),
+                        biased;
+                        _ = self.stop.wait_for(|s| *s) => break 'fill,
+                        _ = tokio::time::sleep_until(deadline) => break 'fill,
+                        m = stream.next() => match m {
+                            Some(Ok(m)) => batch.push(&m, &topics, &self.shared),
+                            Some(Err(e)) => consumer_error(&e, &errors)?,
+                            None => break 'fill,
+                        },
                     }
                 }
-            };
-            delivered?;
-            out.clear();
-            self.commit(next, &topics);
-            self.metrics.batch_done(started.elapsed().as_secs_f64());
-        }
 
-        // Stopped: every batch taken is acknowledged and its commit sent; make the commits
+                let (out, next) = self.process(&mut batch, &topics);
+                batch.clear();
+                if stopping_since.is_none() && *self.stop.borrow() {
+                    stopping_since = Some(Instant::now());
+                }
+                let mut b = InFlight::new(out, next, started);
+                let all: Vec<usize> = (0..b.out.len()).collect();
+                within_drain(
+                    self.sink.send(&mut b, all),
+                    &self.stop,
+                    stopping_since,
+                    drain,
+                )
+                .await?;
+                lock_queue(&self.in_flight).push_back(b);
+                self.commit_ready(&topics)?;
+                // Backpressure: at most `max_in_flight_batches` waiting for the broker.
+                while lock_queue(&self.in_flight).len() > self.cfg.service.max_in_flight_batches {
+                    self.settle_oldest(&topics, &mut stopping_since, drain)
+                        .await?;
+                }
+            }
+            // Stopped: everything taken is delivered and committed before the process goes.
+            self.settle_all(&topics, &mut stopping_since, drain).await
+        }
+        .await;
+        drop(stream);
+        result?;
+
+        // Every batch taken is acknowledged and its commit sent; make the commits
         // synchronous so they are on the broker before the process goes, within what is left
         // of the drain time (at least a second, so a commit is always tried).
         self.status.set(false, "shutting down");
@@ -174,22 +226,92 @@ impl Pipeline {
             .saturating_sub(since.elapsed())
             .max(Duration::from_secs(1));
         self.commit_sync(&topics, left).await;
-        // Every delivery was awaited batch by batch; this only returns what librdkafka holds
-        // for itself (nothing, normally).
+        // Every delivery was awaited; this only returns what librdkafka holds for itself
+        // (nothing, normally).
         self.sink.flush(Duration::from_secs(1));
         Ok(())
     }
 
-    /// Runs the batch through the engine; returns the next offset to commit per partition.
+    /// Commits, in order, the batches at the front of the queue that are acknowledged
+    /// already, without waiting.
+    fn commit_ready(&self, topics: &[String]) -> Result<(), ServiceError> {
+        loop {
+            let b = {
+                let mut q = lock_queue(&self.in_flight);
+                let Some(front) = q.front_mut() else {
+                    return Ok(());
+                };
+                self.sink.collect(front)?;
+                if !front.is_done() {
+                    return Ok(());
+                }
+                q.pop_front()
+            };
+            if let Some(b) = b {
+                self.committed(b, topics);
+            }
+        }
+    }
+
+    /// Waits for the oldest batch in flight to be acknowledged (retrying failures) and
+    /// commits it. Within the drain time once shutdown is requested.
+    async fn settle_oldest(
+        &self,
+        topics: &[String],
+        stopping_since: &mut Option<Instant>,
+        drain: Duration,
+    ) -> Result<(), ServiceError> {
+        // Taken out of the queue while awaited (the lock is not held across an await). No
+        // rebalance callback can look meanwhile: those run only inside this loop's polls.
+        let Some(mut b) = lock_queue(&self.in_flight).pop_front() else {
+            return Ok(());
+        };
+        if stopping_since.is_none() && *self.stop.borrow() {
+            *stopping_since = Some(Instant::now());
+        }
+        let settled =
+            within_drain(self.sink.settle(&mut b), &self.stop, *stopping_since, drain).await;
+        if let Err(e) = settled {
+            // Back at the front, uncommitted, for whoever looks next (nobody, normally:
+            // the error stops the service).
+            lock_queue(&self.in_flight).push_front(b);
+            return Err(e);
+        }
+        self.committed(b, topics);
+        Ok(())
+    }
+
+    /// Settles and commits every batch in flight, oldest first.
+    async fn settle_all(
+        &self,
+        topics: &[String],
+        stopping_since: &mut Option<Instant>,
+        drain: Duration,
+    ) -> Result<(), ServiceError> {
+        while !lock_queue(&self.in_flight).is_empty() {
+            self.settle_oldest(topics, stopping_since, drain).await?;
+        }
+        Ok(())
+    }
+
+    /// An acknowledged batch: its offsets are committed.
+    fn committed(&self, b: InFlight, topics: &[String]) {
+        self.commit(b.next, topics);
+        self.metrics.batch_done(b.started.elapsed().as_secs_f64());
+    }
+
+    /// Runs the batch through the engine; returns its alerts and dead letters, and the next
+    /// offset to commit per partition.
     fn process(
         &mut self,
-        batch: &mut Vec<InRecord>,
-        out: &mut Vec<Outgoing>,
+        batch: &mut Batch,
         topics: &[String],
-    ) -> BTreeMap<Tp, i64> {
+    ) -> (Vec<Outgoing>, BTreeMap<Tp, i64>) {
         let wall: Millis = wall_ms();
         let mut next = BTreeMap::new();
+        let mut out = Vec::new();
         let mut alerts = Vec::new();
+        let mut tally = Tally::default();
         let mut shared = lock(&self.shared);
         let mut rebuilt = 0;
         // Every assigned partition counts for the watermark from the start, delivered or
@@ -197,17 +319,27 @@ impl Pipeline {
         for tp in &shared.assigned {
             self.engine.assign_partition(engine_partition(*tp), wall);
         }
-        for rec in batch.drain(..) {
+        let mut last: Option<(Tp, bool)> = None;
+        for rec in &batch.records {
             // A partition revoked while this batch was filling belongs to another member
             // now; it re-reads these records from our last commit, so they are left to it
             // (processing them here would only publish duplicates).
-            if !shared.assigned.contains(&rec.tp) {
+            let assigned = match last {
+                Some((tp, a)) if tp == rec.tp => a,
+                _ => {
+                    let a = shared.assigned.contains(&rec.tp);
+                    last = Some((rec.tp, a));
+                    a
+                }
+            };
+            if !assigned {
                 continue;
             }
             alerts.clear();
-            let verdict =
-                self.engine
-                    .process(&rec.payload, engine_partition(rec.tp), wall, &mut alerts);
+            let payload = batch.payload(rec);
+            let verdict = self
+                .engine
+                .process(payload, engine_partition(rec.tp), wall, &mut alerts);
             let seen = shared.processed.entry(rec.tp).or_insert(0);
             *seen = (*seen).max(rec.offset + 1);
             if rec.rebuild {
@@ -215,10 +347,10 @@ impl Pipeline {
                 rebuilt += 1;
                 continue;
             }
-            self.metrics.record(&verdict);
+            tally.add(&verdict);
             if let Verdict::Rejected(why) = verdict {
                 out.push(Outgoing::dead_letter(
-                    &rec.payload,
+                    payload,
                     why,
                     &topics[rec.tp.0],
                     rec.tp.1,
@@ -234,10 +366,11 @@ impl Pipeline {
             *n = (*n).max(rec.offset + 1);
         }
         drop(shared);
+        self.metrics.records(&tally);
         if rebuilt > 0 {
             self.metrics.rebuilt(rebuilt);
         }
-        next
+        (out, next)
     }
 
     /// Commits acknowledged offsets asynchronously (the result comes to the context's commit
@@ -326,6 +459,40 @@ impl Pipeline {
         }
         Ok(())
     }
+}
+
+/// Runs `fut`; once shutdown is requested it has what is left of the drain time.
+async fn within_drain<T>(
+    fut: impl std::future::Future<Output = Result<T, ServiceError>>,
+    stop: &watch::Receiver<bool>,
+    stopping_since: Option<Instant>,
+    drain: Duration,
+) -> Result<T, ServiceError> {
+    match stopping_since {
+        Some(t) => {
+            let left = drain.saturating_sub(t.elapsed());
+            tokio::time::timeout(left, fut)
+                .await
+                .unwrap_or(Err(ServiceError::DrainTimeout(drain.as_secs())))
+        }
+        None => {
+            let mut stop = stop.clone();
+            let drain_deadline = async move {
+                let _ = stop.wait_for(|s| *s).await;
+                tokio::time::sleep(drain).await;
+            };
+            tokio::select! {
+                r = fut => r,
+                _ = drain_deadline => Err(ServiceError::DrainTimeout(drain.as_secs())),
+            }
+        }
+    }
+}
+
+fn lock_queue(
+    q: &InFlightQueue,
+) -> std::sync::MutexGuard<'_, std::collections::VecDeque<InFlight>> {
+    q.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Consumer errors: final ones stop the service, retriable ones are logged (throttled) and

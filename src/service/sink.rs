@@ -6,15 +6,20 @@
 //! are sent again with backoff (the batch's offsets stay uncommitted meanwhile, so a crash
 //! loses nothing); a final failure is returned and stops the service.
 
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use futures_util::future::FutureExt;
 
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::future_producer::OwnedDeliveryResult;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::ClientContext;
 
 use super::metrics::Metrics;
+use super::source::Tp;
 use super::ServiceError;
 use crate::alert::Alert;
 use crate::detect::DETECTORS;
@@ -144,6 +149,73 @@ impl Outgoing {
     }
 }
 
+/// A processed batch whose outputs are on their way to the broker. Its input offsets
+/// (`next`) may be committed once every message is acknowledged and every older batch is
+/// committed (see [`super::pipeline`]).
+pub struct InFlight {
+    /// The batch's alerts and dead letters.
+    pub out: Vec<Outgoing>,
+    /// Sent, answer not yet taken: (index into `out`, the broker's answer to come).
+    pub waiting: Vec<(usize, DeliveryFuture)>,
+    /// Refused by a retriable error, to send again.
+    pub failed: Vec<usize>,
+    failure_kind: &'static str,
+    /// A final delivery failure met by a caller that could not stop the service (the
+    /// rebalance callback): the next look at the batch returns it.
+    fatal: Option<(String, &'static str, String)>,
+    /// Next offset to commit per input partition once the batch is acknowledged.
+    pub next: BTreeMap<Tp, i64>,
+    /// When its first record was polled.
+    pub started: Instant,
+}
+
+impl InFlight {
+    pub fn new(out: Vec<Outgoing>, next: BTreeMap<Tp, i64>, started: Instant) -> Self {
+        InFlight {
+            out,
+            waiting: Vec::new(),
+            failed: Vec::new(),
+            failure_kind: "other",
+            fatal: None,
+            next,
+            started,
+        }
+    }
+
+    /// Every message acknowledged.
+    pub fn is_done(&self) -> bool {
+        self.waiting.is_empty() && self.failed.is_empty() && self.fatal.is_none()
+    }
+
+    /// Keeps a final failure with the batch and returns it.
+    fn fail(&mut self, e: ServiceError) -> ServiceError {
+        if let ServiceError::Delivery {
+            topic,
+            kind,
+            message,
+        } = &e
+        {
+            self.fatal = Some((topic.clone(), kind, message.clone()));
+        }
+        e
+    }
+
+    /// The final failure met earlier, if any.
+    fn check(&self) -> Result<(), ServiceError> {
+        match &self.fatal {
+            Some((topic, kind, message)) => Err(ServiceError::Delivery {
+                topic: topic.clone(),
+                kind,
+                message: message.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Batches in flight, oldest first; shared by the run loop and the rebalance callback.
+pub type InFlightQueue = std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<InFlight>>>;
+
 /// The producer and where it writes.
 pub struct Sink {
     producer: FutureProducer<SinkContext>,
@@ -188,64 +260,107 @@ impl Sink {
         self.producer.send_result(rec).map_err(|(e, _)| e)
     }
 
-    /// Publishes every message and waits until the broker has acknowledged each one.
-    pub async fn deliver(&self, batch: &[Outgoing]) -> Result<(), ServiceError> {
-        let mut pending: Vec<usize> = (0..batch.len()).collect();
+    /// Hands `b`'s messages numbered `idx` to the producer, waiting only while librdkafka's
+    /// (bounded) queue is full. A message the producer refuses outright is counted and
+    /// noted in `b.failed` for [`Sink::settle`] to send again, or stops the service when
+    /// the refusal is final.
+    pub async fn send(&self, b: &mut InFlight, idx: Vec<usize>) -> Result<(), ServiceError> {
+        for i in idx {
+            loop {
+                match self.enqueue(&b.out[i]) {
+                    Ok(f) => {
+                        b.waiting.push((i, f));
+                        break;
+                    }
+                    Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
+                        // librdkafka's queue is bounded: wait for deliveries to make room.
+                        self.metrics.producer_error("queue_full");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Err(e) => {
+                        b.failed.push(i);
+                        b.failure_kind = kafka::error_kind(&e);
+                        self.failed(&b.out[i], &e).map_err(|f| b.fail(f))?;
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the broker's answers that have already come, without waiting: acknowledged
+    /// messages are counted and forgotten, failed ones move to `b.failed`. A final failure
+    /// is the error that stops the service.
+    pub fn collect(&self, b: &mut InFlight) -> Result<(), ServiceError> {
+        b.check()?;
+        let mut k = 0;
+        while k < b.waiting.len() {
+            let (i, f) = &mut b.waiting[k];
+            let i = *i;
+            match f.now_or_never() {
+                None => {
+                    k += 1;
+                    continue;
+                }
+                Some(answer) => {
+                    b.waiting.swap_remove(k);
+                    self.answer(b, i, answer)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn answer<Canceled>(
+        &self,
+        b: &mut InFlight,
+        i: usize,
+        answer: Result<OwnedDeliveryResult, Canceled>,
+    ) -> Result<(), ServiceError> {
+        match answer {
+            Ok(Ok(_)) => self.acknowledged(&b.out[i]),
+            Ok(Err((e, _))) => {
+                // Noted as failed before anything else: a batch with a failure is never
+                // taken for acknowledged, even by a caller that carries on after the error.
+                b.failed.push(i);
+                b.failure_kind = kafka::error_kind(&e);
+                self.failed(&b.out[i], &e).map_err(|f| b.fail(f))?;
+            }
+            // The producer dropped the message without an answer (it is closing): unknown
+            // outcome, so send again.
+            Err(_) => b.failed.push(i),
+        }
+        Ok(())
+    }
+
+    /// Waits until every message of `b` is acknowledged, sending failed ones again with
+    /// backoff (the batch's input offsets stay uncommitted meanwhile, so a crash loses
+    /// nothing).
+    pub async fn settle(&self, b: &mut InFlight) -> Result<(), ServiceError> {
+        b.check()?;
         let mut attempt = 0u32;
-        while !pending.is_empty() {
-            let mut inflight = Vec::with_capacity(pending.len());
-            let mut failed = Vec::new();
-            let mut failure_kind = "other";
-            for &i in &pending {
-                loop {
-                    match self.enqueue(&batch[i]) {
-                        Ok(f) => {
-                            inflight.push((i, f));
-                            break;
-                        }
-                        Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
-                            // librdkafka's queue is bounded: wait for deliveries to make room.
-                            self.metrics.producer_error("queue_full");
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                        Err(e) => {
-                            self.failed(&batch[i], &e)?;
-                            failure_kind = kafka::error_kind(&e);
-                            failed.push(i);
-                            break;
-                        }
-                    }
-                }
+        loop {
+            while let Some((i, f)) = b.waiting.pop() {
+                let answer = f.await;
+                self.answer(b, i, answer)?;
             }
-            for (i, f) in inflight {
-                match f.await {
-                    Ok(Ok(_)) => self.acknowledged(&batch[i]),
-                    Ok(Err((e, _))) => {
-                        self.failed(&batch[i], &e)?;
-                        failure_kind = kafka::error_kind(&e);
-                        failed.push(i);
-                    }
-                    // The producer dropped the message without an answer (it is closing):
-                    // unknown outcome, so send again.
-                    Err(_) => failed.push(i),
-                }
-            }
-            if failed.is_empty() {
-                break;
+            if b.failed.is_empty() {
+                return Ok(());
             }
             attempt += 1;
             let wait = backoff(attempt, self.backoff_max);
             tracing::warn!(
-                messages = failed.len(),
-                kind = failure_kind,
+                messages = b.failed.len(),
+                kind = b.failure_kind,
                 attempt,
                 retry_in_s = wait.as_secs_f64(),
                 "deliveries failed; retrying (input offsets stay uncommitted until they succeed)"
             );
             tokio::time::sleep(wait).await;
-            pending = failed;
+            let again = std::mem::take(&mut b.failed);
+            self.send(b, again).await?;
         }
-        Ok(())
     }
 
     fn acknowledged(&self, m: &Outgoing) {

@@ -34,6 +34,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 
 use super::metrics::Metrics;
+use super::sink::{InFlightQueue, Sink};
 use super::{Status, Throttle};
 use crate::kafka::{self, ErrorClass};
 
@@ -43,17 +44,80 @@ pub type Tp = (usize, i32);
 /// Timeout of the broker requests made inside the rebalance callback.
 const REBALANCE_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// One input record, owned so the batch outlives the poll that returned it.
-#[derive(Debug)]
+/// One input record of a [`Batch`]; its payload is a range of the batch's buffer.
+#[derive(Debug, Clone, Copy)]
 pub struct InRecord {
     pub tp: Tp,
     pub offset: i64,
-    pub payload: Vec<u8>,
+    start: usize,
+    end: usize,
     /// The message's Kafka timestamp, epoch ms: when the broker appended it
     /// (`LogAppendTime` topics) or when its producer made it (`CreateTime`).
     pub kafka_ts_ms: Option<i64>,
     /// Below the committed offset at assignment: rebuilds state, publishes nothing.
     pub rebuild: bool,
+}
+
+/// Input records copied out of the consumer so the batch outlives the polls that returned
+/// them. Payloads share one buffer, reused batch after batch: no allocation per record.
+#[derive(Debug, Default)]
+pub struct Batch {
+    buf: Vec<u8>,
+    pub records: Vec<InRecord>,
+}
+
+impl Batch {
+    pub fn with_capacity(records: usize) -> Self {
+        Batch {
+            buf: Vec::with_capacity(records * 256),
+            records: Vec::with_capacity(records),
+        }
+    }
+
+    /// Copies a received message in; ignores one of a topic we did not ask for.
+    pub fn push(&mut self, msg: &impl Message, topics: &[String], shared: &Mutex<Assignment>) {
+        let Some(ti) = topics.iter().position(|t| t == msg.topic()) else {
+            return;
+        };
+        let tp = (ti, msg.partition());
+        let rebuild = {
+            let shared = lock(shared);
+            !shared.live_from.is_empty()
+                && shared
+                    .live_from
+                    .get(&tp)
+                    .is_some_and(|live| msg.offset() < *live)
+        };
+        let start = self.buf.len();
+        self.buf
+            .extend_from_slice(msg.payload().unwrap_or_default());
+        self.records.push(InRecord {
+            tp,
+            offset: msg.offset(),
+            start,
+            end: self.buf.len(),
+            kafka_ts_ms: msg.timestamp().to_millis(),
+            rebuild,
+        });
+    }
+
+    pub fn payload(&self, r: &InRecord) -> &[u8] {
+        &self.buf[r.start..r.end]
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Empties the batch, keeping its buffers for the next one.
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.records.clear();
+    }
 }
 
 /// What the consumer context and the run loop share.
@@ -80,6 +144,8 @@ pub struct SourceContext {
     rebuild_state_ms: i64,
     shared: Arc<Mutex<Assignment>>,
     throttle: Throttle,
+    /// The producer side and the batches in flight, so a revoke can finish them first.
+    deliveries: Option<(Arc<Sink>, InFlightQueue)>,
 }
 
 /// Locks the shared assignment, riding over a poisoned lock: the data is plain maps that a
@@ -95,6 +161,7 @@ impl SourceContext {
         metrics: Metrics,
         status: Arc<Status>,
         rebuild_state_s: u64,
+        deliveries: Option<(Arc<Sink>, InFlightQueue)>,
     ) -> Self {
         SourceContext {
             topics,
@@ -103,7 +170,37 @@ impl SourceContext {
             rebuild_state_ms: (rebuild_state_s as i64).saturating_mul(1000),
             shared: Arc::new(Mutex::new(Assignment::default())),
             throttle: Throttle::default(),
+            deliveries,
         }
+    }
+
+    /// Waits (up to the rebalance request timeout) for the batches in flight to be
+    /// acknowledged; returns the offsets of those that were, oldest first, and forgets them.
+    /// A batch not acknowledged in time stays for the run loop; what it read of a revoked
+    /// partition is then re-read by the next owner (duplicates with the same alert ids).
+    fn finish_in_flight(&self) -> Vec<BTreeMap<Tp, i64>> {
+        let Some((sink, queue)) = &self.deliveries else {
+            return Vec::new();
+        };
+        let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
+        if q.is_empty() {
+            return Vec::new();
+        }
+        sink.flush(REBALANCE_REQUEST_TIMEOUT);
+        let mut done = Vec::new();
+        while let Some(front) = q.front_mut() {
+            match sink.collect(front) {
+                Ok(()) if front.is_done() => {
+                    if let Some(b) = q.pop_front() {
+                        self.metrics.batch_done(b.started.elapsed().as_secs_f64());
+                        done.push(b.next);
+                    }
+                }
+                // Waiting or failed: the run loop retries it, or stops on a final failure.
+                _ => break,
+            }
+        }
+        done
     }
 
     /// The state shared with the run loop.
@@ -207,8 +304,21 @@ impl SourceContext {
 
     /// Commits the acknowledged offsets of `tpl`'s partitions before they are given up.
     fn commit_revoked(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let finished = self.finish_in_flight();
         let mut shared = lock(&self.shared);
         let mut commit = TopicPartitionList::new();
+        // Batches acknowledged just now: their offsets are committed with the revoked ones
+        // (for every partition they read, revoked or kept).
+        let mut kept = BTreeMap::new();
+        for next in finished {
+            for (tp, n) in next {
+                if shared.assigned.contains(&tp) {
+                    let a = shared.acked.entry(tp).or_insert(n);
+                    *a = (*a).max(n);
+                    kept.insert(tp, *a);
+                }
+            }
+        }
         for e in tpl.elements() {
             let Some(ti) = self.topic_index(e.topic()) else {
                 continue;
@@ -221,6 +331,10 @@ impl SourceContext {
             shared.assigned.remove(&tp);
             shared.live_from.remove(&tp);
             shared.revoked.push(tp);
+            kept.remove(&tp);
+        }
+        for (tp, n) in kept {
+            let _ = commit.add_partition_offset(&self.topics[tp.0], tp.1, Offset::Offset(n));
         }
         self.metrics.assignment(shared.assigned.len());
         drop(shared);
@@ -348,23 +462,6 @@ pub fn log_librdkafka(client: &'static str, level: RDKafkaLogLevel, fac: &str, m
 
 /// The consumer type of the service.
 pub type Source = StreamConsumer<SourceContext>;
-
-/// Copies a received message into an owned record; `None` for a topic we did not ask for.
-pub fn own(msg: &impl Message, topics: &[String], shared: &Mutex<Assignment>) -> Option<InRecord> {
-    let ti = topics.iter().position(|t| t == msg.topic())?;
-    let tp = (ti, msg.partition());
-    let rebuild = lock(shared)
-        .live_from
-        .get(&tp)
-        .is_some_and(|live| msg.offset() < *live);
-    Some(InRecord {
-        tp,
-        offset: msg.offset(),
-        payload: msg.payload().unwrap_or_default().to_vec(),
-        kafka_ts_ms: msg.timestamp().to_millis(),
-        rebuild,
-    })
-}
 
 /// Classifies a consumer error: the loop carries on after retriable ones.
 pub fn consumer_error_class(e: &KafkaError) -> ErrorClass {
