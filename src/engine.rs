@@ -209,8 +209,26 @@ impl Engine {
         wall: Millis,
         alerts: &mut Vec<Alert>,
     ) -> Verdict {
+        let decoded = event::decode(bytes, &self.decode);
+        self.process_decoded(decoded, partition, wall, alerts)
+    }
+
+    /// The decoder options in force, for decoding ahead of [`Engine::process_decoded`]
+    /// (decoding is stateless, so it may run on another thread).
+    pub fn decode_options(&self) -> DecodeOptions {
+        self.decode
+    }
+
+    /// [`Engine::process`] for a record already decoded with [`Engine::decode_options`].
+    pub fn process_decoded(
+        &mut self,
+        decoded: Result<Event<'_>, Malformed>,
+        partition: i32,
+        wall: Millis,
+        alerts: &mut Vec<Alert>,
+    ) -> Verdict {
         self.counters.events_total += 1;
-        let ev = match event::decode(bytes, &self.decode) {
+        let ev = match decoded {
             Ok(ev) => ev,
             Err(m) => return self.reject(m),
         };

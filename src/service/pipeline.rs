@@ -28,11 +28,11 @@ use tokio::sync::{mpsc, watch};
 
 use super::metrics::{Metrics, Tally};
 use super::sink::{InFlight, InFlightQueue, Outgoing, Sink, SinkContext};
-use super::source::{self, lock, Assignment, Batch, Source, Tp};
+use super::source::{self, lock, Assignment, Batch, InRecord, Source, Tp};
 use super::{ServiceError, Status, Throttle};
 use crate::config::Config;
 use crate::engine::{Engine, Verdict};
-use crate::event::Millis;
+use crate::event::{self, Event, Malformed, Millis};
 use crate::kafka::{self, ErrorClass};
 use crate::replay::wall_ms;
 
@@ -47,6 +47,11 @@ fn engine_partition(tp: Tp) -> i32 {
 fn from_engine_partition(p: i32) -> Tp {
     ((p / TOPIC_STRIDE) as usize, p % TOPIC_STRIDE)
 }
+
+/// Records decoded per step ahead of the engine (see [`Pipeline::process`]).
+const DECODE_CHUNK: usize = 256;
+
+type Decoded<'a> = Result<Event<'a>, Malformed>;
 
 /// What woke the idle loop.
 enum Wake {
@@ -320,51 +325,82 @@ impl Pipeline {
             self.engine.assign_partition(engine_partition(*tp), wall);
         }
         let mut last: Option<(Tp, bool)> = None;
-        for rec in &batch.records {
-            // A partition revoked while this batch was filling belongs to another member
-            // now; it re-reads these records from our last commit, so they are left to it
-            // (processing them here would only publish duplicates).
-            let assigned = match last {
-                Some((tp, a)) if tp == rec.tp => a,
-                _ => {
-                    let a = shared.assigned.contains(&rec.tp);
-                    last = Some((rec.tp, a));
-                    a
+        let opts = self.engine.decode_options();
+        let batch = &*batch;
+        let decode = |recs: &[InRecord]| -> Vec<Decoded<'_>> {
+            recs.iter()
+                .map(|r| event::decode(batch.payload(r), &opts))
+                .collect()
+        };
+        std::thread::scope(|scope| {
+            // Decoding is stateless: a large batch is decoded a chunk ahead on a second
+            // thread while this one runs the engine (which must see records in order).
+            let (first, rest) = batch
+                .records
+                .split_at(batch.records.len().min(DECODE_CHUNK));
+            let (tx, rx) = std::sync::mpsc::channel();
+            if !rest.is_empty() {
+                scope.spawn(move || {
+                    for c in rest.chunks(DECODE_CHUNK) {
+                        if tx.send(decode(c)).is_err() {
+                            break;
+                        }
+                    }
+                });
+            } else {
+                drop(tx);
+            }
+            let chunks = std::iter::once(decode(first)).chain(rx);
+            for (recs, decoded) in batch.records.chunks(DECODE_CHUNK).zip(chunks) {
+                for (rec, ev) in recs.iter().zip(decoded) {
+                    // A partition revoked while this batch was filling belongs to another
+                    // member now; it re-reads these records from our last commit, so they
+                    // are left to it (processing them here would only publish duplicates).
+                    let assigned = match last {
+                        Some((tp, a)) if tp == rec.tp => a,
+                        _ => {
+                            let a = shared.assigned.contains(&rec.tp);
+                            last = Some((rec.tp, a));
+                            a
+                        }
+                    };
+                    if !assigned {
+                        continue;
+                    }
+                    alerts.clear();
+                    let verdict = self.engine.process_decoded(
+                        ev,
+                        engine_partition(rec.tp),
+                        wall,
+                        &mut alerts,
+                    );
+                    let seen = shared.processed.entry(rec.tp).or_insert(0);
+                    *seen = (*seen).max(rec.offset + 1);
+                    if rec.rebuild {
+                        // Its outputs were acknowledged before the offset was committed.
+                        rebuilt += 1;
+                        continue;
+                    }
+                    tally.add(&verdict);
+                    if let Verdict::Rejected(why) = verdict {
+                        out.push(Outgoing::dead_letter(
+                            batch.payload(rec),
+                            why,
+                            &topics[rec.tp.0],
+                            rec.tp.1,
+                            rec.offset,
+                        ));
+                    }
+                    out.extend(
+                        alerts
+                            .iter()
+                            .map(|a| Outgoing::alert(a).completed_by(rec.kafka_ts_ms)),
+                    );
+                    let n = next.entry(rec.tp).or_insert(0);
+                    *n = (*n).max(rec.offset + 1);
                 }
-            };
-            if !assigned {
-                continue;
             }
-            alerts.clear();
-            let payload = batch.payload(rec);
-            let verdict = self
-                .engine
-                .process(payload, engine_partition(rec.tp), wall, &mut alerts);
-            let seen = shared.processed.entry(rec.tp).or_insert(0);
-            *seen = (*seen).max(rec.offset + 1);
-            if rec.rebuild {
-                // Its outputs were acknowledged before the offset was committed.
-                rebuilt += 1;
-                continue;
-            }
-            tally.add(&verdict);
-            if let Verdict::Rejected(why) = verdict {
-                out.push(Outgoing::dead_letter(
-                    payload,
-                    why,
-                    &topics[rec.tp.0],
-                    rec.tp.1,
-                    rec.offset,
-                ));
-            }
-            out.extend(
-                alerts
-                    .iter()
-                    .map(|a| Outgoing::alert(a).completed_by(rec.kafka_ts_ms)),
-            );
-            let n = next.entry(rec.tp).or_insert(0);
-            *n = (*n).max(rec.offset + 1);
-        }
+        });
         drop(shared);
         self.metrics.records(&tally);
         if rebuilt > 0 {
