@@ -271,6 +271,9 @@ pub struct ServiceConfig {
     /// Batches whose alerts and dead letters may be awaiting the broker's acknowledgement
     /// while the next one is processed; at this many, consumption waits for the oldest.
     pub max_in_flight_batches: usize,
+    /// With several input partitions assigned, records held back at most to hand them to the
+    /// engine in event-time order across partitions (see `src/service/align.rs`).
+    pub align_max_records: usize,
     /// Longest wait for a batch to fill once its first record has arrived.
     pub batch_max_wait_ms: u64,
     /// Longest pause between retries (broker unreachable, topic missing, failed delivery);
@@ -296,6 +299,7 @@ impl Default for ServiceConfig {
             partition_idle_timeout_s: 60,
             batch_max_records: 2_000,
             max_in_flight_batches: 4,
+            align_max_records: 50_000,
             batch_max_wait_ms: 50,
             retry_backoff_max_s: 30,
             config_poll_interval_s: 2,
@@ -417,6 +421,10 @@ impl Config {
         positive(
             "service.max_in_flight_batches",
             self.service.max_in_flight_batches as u64,
+        );
+        positive(
+            "service.align_max_records",
+            self.service.align_max_records as u64,
         );
         positive(
             "service.retry_backoff_max_s",

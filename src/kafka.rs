@@ -77,8 +77,8 @@ const CONSUMER_DEFAULTS: &[(&str, &str)] = &[
 const CONSUMER_FIXED: &[(&str, &str)] = &[
     ("enable.auto.commit", "false"),
     ("enable.auto.offset.store", "false"),
-    // Partition EOF events carry nothing the service needs.
-    ("enable.partition.eof", "false"),
+    // A partition EOF tells event-time alignment not to wait for that partition (align.rs).
+    ("enable.partition.eof", "true"),
 ];
 
 /// Defaults for the producer. Each may be overridden in `[kafka]`.

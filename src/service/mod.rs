@@ -42,6 +42,7 @@
 //!
 //! [`Engine`]: crate::engine::Engine
 
+pub mod align;
 pub mod http;
 pub mod metrics;
 pub mod pipeline;

@@ -22,17 +22,20 @@ use std::time::{Duration, Instant};
 use futures_util::future::FutureExt;
 use futures_util::stream::StreamExt;
 use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::FutureProducer;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 
+use super::align::{Align, Held};
 use super::metrics::{Metrics, Tally};
 use super::sink::{InFlight, InFlightQueue, Outgoing, Sink, SinkContext};
 use super::source::{self, lock, Assignment, Batch, InRecord, Source, Tp};
 use super::{ServiceError, Status, Throttle};
 use crate::config::Config;
 use crate::engine::{Engine, Verdict};
-use crate::event::{self, Event, Malformed, Millis};
+use crate::event::{self, DecodeOptions, Event, Malformed, Millis};
 use crate::kafka::{self, ErrorClass};
 use crate::replay::wall_ms;
 
@@ -53,13 +56,80 @@ const DECODE_CHUNK: usize = 256;
 
 type Decoded<'a> = Result<Event<'a>, Malformed>;
 
+/// Records taken from the consumer and not yet processed: the batch being filled, and
+/// records of several partitions held for event-time alignment (see [`super::align`]).
+struct Intake {
+    batch: Batch,
+    align: Align,
+    /// The engine's decoder options: a held record is decoded for its event time.
+    opts: DecodeOptions,
+}
+
+impl Intake {
+    fn is_empty(&self) -> bool {
+        self.batch.is_empty() && self.align.is_empty()
+    }
+
+    /// Takes one item from the consumer: a record goes to the batch, or to alignment while
+    /// several partitions are assigned; a partition EOF is noted; an error is handled.
+    fn take(
+        &mut self,
+        item: KafkaResult<BorrowedMessage<'_>>,
+        topics: &[String],
+        shared: &Mutex<Assignment>,
+        errors: &Throttle,
+    ) -> Result<(), ServiceError> {
+        match item {
+            Ok(m) => {
+                let Some((tp, rebuild, several)) = source::place(&m, topics, shared) else {
+                    return Ok(());
+                };
+                let payload = m.payload().unwrap_or_default();
+                let kafka_ts_ms = m.timestamp().to_millis();
+                if several || !self.align.is_empty() {
+                    let ts = event::decode(payload, &self.opts).ok().map(|e| e.ts);
+                    self.align.push(Held {
+                        tp,
+                        offset: m.offset(),
+                        payload: payload.to_vec(),
+                        kafka_ts_ms,
+                        rebuild,
+                        ts,
+                    });
+                } else {
+                    self.batch
+                        .push(tp, m.offset(), payload, kafka_ts_ms, rebuild);
+                }
+                Ok(())
+            }
+            Err(KafkaError::PartitionEOF(p)) => {
+                self.align.at_end(p);
+                Ok(())
+            }
+            Err(e) => consumer_error(&e, errors),
+        }
+    }
+
+    /// Moves held records into the batch, up to `max` in it, in event-time order.
+    fn release(&mut self, shared: &Mutex<Assignment>, max: usize, force: bool) {
+        if self.align.is_empty() || self.batch.len() >= max {
+            return;
+        }
+        let assigned = lock(shared).assigned.clone();
+        let batch = &mut self.batch;
+        self.align
+            .release(&assigned, max - batch.len(), force, |h| {
+                batch.push(h.tp, h.offset, &h.payload, h.kafka_ts_ms, h.rebuild)
+            });
+    }
+}
+
 /// What woke the idle loop.
 enum Wake {
     Stop,
     Reload(Box<Config>),
     Tick,
     Record,
-    Error(rdkafka::error::KafkaError),
 }
 
 /// Everything the run loop owns.
@@ -98,7 +168,12 @@ impl Pipeline {
         // One stream for the whole run: taking a message that is already there is a poll
         // of librdkafka's queue, without registering a waker each time.
         let mut stream = consumer.stream();
-        let mut batch = Batch::with_capacity(max);
+        let align_max = self.cfg.service.align_max_records.max(1);
+        let mut intake = Intake {
+            batch: Batch::with_capacity(max),
+            align: Align::default(),
+            opts: self.engine.decode_options(),
+        };
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let errors = Throttle::default();
@@ -107,24 +182,21 @@ impl Pipeline {
 
         let result: Result<(), ServiceError> = async {
             loop {
-                self.forget_revoked();
+                self.forget_revoked(&mut intake.align);
                 if *self.stop.borrow() {
                     break;
                 }
                 // A record already waiting starts the next batch at once; otherwise settle
-                // what is in flight (commit it) before idling.
+                // what is in flight (commit it) before idling. Records held for alignment
+                // go on to the batch (which waits for their partners or forces them out).
                 let ready = match stream.next().now_or_never() {
-                    Some(Some(Ok(m))) => {
-                        batch.push(&m, &topics, &self.shared);
+                    Some(Some(item)) => {
+                        intake.take(item, &topics, &self.shared, &errors)?;
                         true
-                    }
-                    Some(Some(Err(e))) => {
-                        consumer_error(&e, &errors)?;
-                        continue;
                     }
                     _ => false,
                 };
-                if !ready {
+                if !ready && intake.is_empty() {
                     self.settle_all(&topics, &mut stopping_since, drain).await?;
                     // Wait for a first record, serving reloads, gauges and shutdown meanwhile.
                     let woke = tokio::select! {
@@ -133,11 +205,10 @@ impl Pipeline {
                         Some(cfg) = self.reloads.recv() => Wake::Reload(Box::new(cfg)),
                         _ = tick.tick() => Wake::Tick,
                         m = stream.next() => match m {
-                            Some(Ok(m)) => {
-                                batch.push(&m, &topics, &self.shared);
+                            Some(item) => {
+                                intake.take(item, &topics, &self.shared, &errors)?;
                                 Wake::Record
                             }
-                            Some(Err(e)) => Wake::Error(e),
                             None => Wake::Tick,
                         },
                     };
@@ -145,14 +216,11 @@ impl Pipeline {
                         Wake::Stop => break,
                         Wake::Reload(cfg) => {
                             self.engine.reconfigure(*cfg);
+                            intake.opts = self.engine.decode_options();
                             continue;
                         }
                         Wake::Tick => {
                             self.refresh_gauges(&topics)?;
-                            continue;
-                        }
-                        Wake::Error(e) => {
-                            consumer_error(&e, &errors)?;
                             continue;
                         }
                         Wake::Record => {}
@@ -162,39 +230,54 @@ impl Pipeline {
                     gauges_at = Instant::now();
                     self.refresh_gauges(&topics)?;
                 }
-                if batch.is_empty() {
+                if intake.is_empty() {
                     continue;
                 }
                 let started = Instant::now();
                 // Fill the batch: first whatever is already queued, then wait for more for
-                // at most `batch_max_wait_ms`. A rebalance can only happen inside these
-                // polls; `process` drops records of a partition it took away.
+                // at most `batch_max_wait_ms`; records held for alignment are released as
+                // their partitions catch up, and forced out when the wait is over. A
+                // rebalance can only happen inside these polls; `process` drops records of
+                // a partition it took away.
                 let deadline = tokio::time::Instant::now() + linger;
-                'fill: while batch.len() < max {
-                    while batch.len() < max {
+                loop {
+                    while intake.batch.len() < max && intake.align.len() < align_max {
                         match stream.next().now_or_never() {
-                            Some(Some(Ok(m))) => batch.push(&m, &topics, &self.shared),
-                            Some(Some(Err(e))) => consumer_error(&e, &errors)?,
+                            Some(Some(item)) => {
+                                intake.take(item, &topics, &self.shared, &errors)?
+                            }
                             _ => break,
                         }
                     }
-                    if batch.len() >= max {
+                    let full = intake.align.len() >= align_max;
+                    intake.release(&self.shared, max, full);
+                    if intake.batch.len() >= max {
                         break;
                     }
-                    tokio::select! {
+                    let waited = tokio::select! {
                         biased;
-                        _ = self.stop.wait_for(|s| *s) => break 'fill,
-                        _ = tokio::time::sleep_until(deadline) => break 'fill,
+                        _ = self.stop.wait_for(|s| *s) => true,
+                        _ = tokio::time::sleep_until(deadline) => true,
                         m = stream.next() => match m {
-                            Some(Ok(m)) => batch.push(&m, &topics, &self.shared),
-                            Some(Err(e)) => consumer_error(&e, &errors)?,
-                            None => break 'fill,
+                            Some(item) => {
+                                intake.take(item, &topics, &self.shared, &errors)?;
+                                false
+                            }
+                            None => true,
                         },
+                    };
+                    if waited {
+                        // A partition that has not caught up by now is not waited for.
+                        intake.release(&self.shared, max, true);
+                        break;
                     }
                 }
+                if intake.batch.is_empty() {
+                    continue;
+                }
 
-                let (out, next) = self.process(&mut batch, &topics);
-                batch.clear();
+                let (out, next) = self.process(&mut intake.batch, &topics);
+                intake.batch.clear();
                 if stopping_since.is_none() && *self.stop.borrow() {
                     stopping_since = Some(Instant::now());
                 }
@@ -457,10 +540,11 @@ impl Pipeline {
         }
     }
 
-    /// Forgets the watermarks and gauges of partitions revoked in a rebalance.
-    fn forget_revoked(&mut self) {
+    /// Forgets the watermarks, gauges and held records of partitions revoked in a rebalance.
+    fn forget_revoked(&mut self, align: &mut Align) {
         let revoked = std::mem::take(&mut lock(&self.shared).revoked);
         for tp in revoked {
+            align.forget(tp);
             self.engine.remove_partition(engine_partition(tp));
             if let Some(t) = self.cfg.service.input_topics.get(tp.0) {
                 self.metrics.forget_partition(t, tp.1);
@@ -473,7 +557,6 @@ impl Pipeline {
         if let Some(reason) = self.status.auth_failure() {
             return Err(ServiceError::Auth(reason));
         }
-        self.forget_revoked();
         for (name, s) in self.engine.state_stats() {
             self.metrics.state(name, s.keys, s.bytes);
         }

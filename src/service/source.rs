@@ -74,29 +74,23 @@ impl Batch {
         }
     }
 
-    /// Copies a received message in; ignores one of a topic we did not ask for.
-    pub fn push(&mut self, msg: &impl Message, topics: &[String], shared: &Mutex<Assignment>) {
-        let Some(ti) = topics.iter().position(|t| t == msg.topic()) else {
-            return;
-        };
-        let tp = (ti, msg.partition());
-        let rebuild = {
-            let shared = lock(shared);
-            !shared.live_from.is_empty()
-                && shared
-                    .live_from
-                    .get(&tp)
-                    .is_some_and(|live| msg.offset() < *live)
-        };
+    /// Copies a record in.
+    pub fn push(
+        &mut self,
+        tp: Tp,
+        offset: i64,
+        payload: &[u8],
+        kafka_ts_ms: Option<i64>,
+        rebuild: bool,
+    ) {
         let start = self.buf.len();
-        self.buf
-            .extend_from_slice(msg.payload().unwrap_or_default());
+        self.buf.extend_from_slice(payload);
         self.records.push(InRecord {
             tp,
-            offset: msg.offset(),
+            offset,
             start,
             end: self.buf.len(),
-            kafka_ts_ms: msg.timestamp().to_millis(),
+            kafka_ts_ms,
             rebuild,
         });
     }
@@ -462,6 +456,25 @@ pub fn log_librdkafka(client: &'static str, level: RDKafkaLogLevel, fac: &str, m
 
 /// The consumer type of the service.
 pub type Source = StreamConsumer<SourceContext>;
+
+/// Where a received message belongs: its partition, whether it only rebuilds state (below
+/// the committed offset at assignment), and whether several partitions are assigned (so it
+/// waits for event-time alignment). `None` for a topic we did not ask for.
+pub fn place(
+    msg: &impl Message,
+    topics: &[String],
+    shared: &Mutex<Assignment>,
+) -> Option<(Tp, bool, bool)> {
+    let ti = topics.iter().position(|t| t == msg.topic())?;
+    let tp = (ti, msg.partition());
+    let shared = lock(shared);
+    let rebuild = !shared.live_from.is_empty()
+        && shared
+            .live_from
+            .get(&tp)
+            .is_some_and(|live| msg.offset() < *live);
+    Some((tp, rebuild, shared.assigned.len() > 1))
+}
 
 /// Classifies a consumer error: the loop carries on after retriable ones.
 pub fn consumer_error_class(e: &KafkaError) -> ErrorClass {
