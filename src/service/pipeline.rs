@@ -103,9 +103,12 @@ impl Intake {
                 Ok(())
             }
             Err(KafkaError::PartitionEOF(p)) => {
+                tracing::trace!(partition = p, "partition at its end");
                 self.align.at_end(p);
                 Ok(())
             }
+            // Without a partition number nothing can be noted; it is not an error either.
+            Err(e) if source::is_partition_eof(&e) => Ok(()),
             Err(e) => consumer_error(&e, errors),
         }
     }

@@ -365,6 +365,10 @@ impl ClientContext for SourceContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        if is_partition_eof(&error) {
+            // Not an error: the end of a partition's log, which alignment uses (align.rs).
+            return;
+        }
         let kind = kafka::error_kind(&error);
         if kafka::is_auth_failure(&error) {
             self.status.auth_failed(reason);
@@ -474,6 +478,13 @@ pub fn place(
             .get(&tp)
             .is_some_and(|live| msg.offset() < *live);
     Some((tp, rebuild, shared.assigned.len() > 1))
+}
+
+/// A partition EOF, however librdkafka reports it (an event on the consumer queue, or the
+/// client error callback).
+pub fn is_partition_eof(e: &KafkaError) -> bool {
+    matches!(e, KafkaError::PartitionEOF(_))
+        || e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
 }
 
 /// Classifies a consumer error: the loop carries on after retriable ones.
