@@ -454,9 +454,67 @@ fn parse_rfc3339_ms(s: &str) -> Result<Millis, Malformed> {
         .and_then(|t| check_ts(t.timestamp_millis()))
 }
 
+/// The event time of a record for ordering only, cheaply: the first top-level-looking
+/// `"ts":` followed by an integer, or a full [`decode`] when it is not that simple (an
+/// RFC 3339 string, odd spacing). `None` when the record does not decode. The result may
+/// be wrong for a record that hides a `"ts":` key inside another field's object; it is only
+/// used to order records across partitions, never to judge them.
+pub fn quick_ts(bytes: &[u8], opts: &DecodeOptions) -> Option<Millis> {
+    const KEY: &[u8] = b"\"ts\":";
+    let mut from = 0;
+    while let Some(i) = bytes[from..].windows(KEY.len()).position(|w| w == KEY) {
+        let at = from + i;
+        // A key starts after `{`, `,` or whitespace; `\"ts\":` inside a string value
+        // follows a backslash.
+        let key = at == 0 || matches!(bytes[at - 1], b'{' | b',' | b' ' | b'\t' | b'\n' | b'\r');
+        if key {
+            let digits = &bytes[at + KEY.len()..];
+            let n = digits.iter().take_while(|b| b.is_ascii_digit()).count();
+            let ends = matches!(digits.get(n), Some(b',' | b'}' | b' '));
+            if (1..=15).contains(&n) && ends {
+                let ms = digits[..n]
+                    .iter()
+                    .fold(0i64, |a, d| a * 10 + i64::from(d - b'0'));
+                return check_ts(ms).ok();
+            }
+            break;
+        }
+        from = at + 1;
+    }
+    decode(bytes, opts).ok().map(|e| e.ts)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quick_ts_agrees_with_decode() {
+        let o = DecodeOptions::default();
+        let cases: [&[u8]; 7] = [
+            br#"{"event_id":"e1","ts":1800000000000,"kind":"sms","from":"La","to":"Lb"}"#,
+            br#"{"ts":1800000000001,"event_id":"e1","kind":"sms","from":"La","to":"Lb"}"#,
+            br#"{"event_id":"e1","ts":"2027-01-15T08:00:00Z","kind":"sms","from":"La","to":"Lb"}"#,
+            br#"{"event_id":"x\"ts\":5,","ts":1800000000002,"kind":"sms","from":"La","to":"Lb"}"#,
+            br#"{"event_id":"e1", "ts" : 1800000000003,"kind":"sms","from":"La","to":"Lb"}"#,
+            br#"{"event_id":"e1","ts":1800000000004}"#,
+            br#"{"event_id":"e1","ts":1.5e12,"kind":"sms","from":"La","to":"Lb"}"#,
+        ];
+        for c in cases {
+            let want = decode(c, &o).ok().map(|e| e.ts);
+            // The two that do not decode (missing fields, a float) may still carry a
+            // plain integer time: ordering by it is fine.
+            match want {
+                Some(t) => assert_eq!(quick_ts(c, &o), Some(t), "{}", String::from_utf8_lossy(c)),
+                None => assert!(
+                    quick_ts(c, &o).is_none_or(|t| t == 1_800_000_000_004),
+                    "{}",
+                    String::from_utf8_lossy(c)
+                ),
+            }
+        }
+        assert_eq!(quick_ts(b"not json", &o), None);
+    }
 
     fn dec(s: &str) -> Result<Event<'_>, Malformed> {
         decode(s.as_bytes(), &DecodeOptions::default())

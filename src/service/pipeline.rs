@@ -87,7 +87,7 @@ impl Intake {
                 let payload = m.payload().unwrap_or_default();
                 let kafka_ts_ms = m.timestamp().to_millis();
                 if several || !self.align.is_empty() {
-                    let ts = event::decode(payload, &self.opts).ok().map(|e| e.ts);
+                    let ts = event::quick_ts(payload, &self.opts);
                     self.align.push(Held {
                         tp,
                         offset: m.offset(),
