@@ -795,3 +795,82 @@ async fn a_backlog_over_several_partitions_finds_cross_partition_detections_like
         got.len()
     );
 }
+
+/// A second member joins while the first is draining a backlog, with batches in flight: the
+/// first flushes and commits what is acknowledged before giving partitions up, the second
+/// rebuilds state from before the committed offsets, and between them every alert `replay`
+/// makes arrives with the same id (at least once: repeats allowed, nothing lost). Alerts
+/// here are `bulk_sms`, keyed like the records, so no detection needs two members' records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_joining_mid_backlog_loses_no_alert() {
+    let b = brokers();
+    let t = Topics::named("midjoin");
+    t.create(4).await;
+    let dir = tempfile::tempdir().unwrap();
+    // Frequent heartbeats: the first member hears of the rebalance within a fraction of a
+    // second, while it is still draining (librdkafka's default is 3 s).
+    let cfg = config_file(
+        &dir,
+        &format!("{TEST_CONFIG}\n[kafka]\n\"consumer.heartbeat.interval.ms\" = \"100\"\n"),
+    );
+
+    // 32 bulk senders spread over the backlog's event time, among 1,000,000 ordinary records
+    // (on this machine the revoke comes with about 85 % drained and 3 batches in flight; the
+    // first member logs what it committed at the revoke).
+    let mut lines = noise("mj", 1_000_000, T0);
+    for l in 0..32i64 {
+        for i in 0..25i64 {
+            lines.push(sms(
+                &format!("mj-b{l}-{i}"),
+                T0 + l * 150_000 + i * 1_000,
+                &format!("mj-sender-{l}"),
+                &format!("mj-r{l}-{i}"),
+            ));
+        }
+    }
+    lines.sort_by_key(|l| {
+        serde_json::from_str::<serde_json::Value>(l).unwrap()["ts"]
+            .as_i64()
+            .unwrap()
+    });
+    // A malformed line every 500 records: every batch has a dead letter to publish, so
+    // batches are in flight (awaiting acknowledgement) when the revoke comes.
+    let lines: Vec<String> = lines
+        .chunks(500)
+        .enumerate()
+        .flat_map(|(i, c)| {
+            let mut v = c.to_vec();
+            v.push(format!("not json {i}"));
+            v
+        })
+        .collect();
+    let want = expected(TEST_CONFIG, &lines);
+    assert_eq!(want.len(), 32, "one bulk_sms alert per sender");
+    produce(&t.input, &records(&lines, true)).await;
+
+    let first = Service::start(&cfg, &t.args(&b));
+    first.wait_ready(WAIT).await;
+    first
+        .wait_metric("linewatch_records_total{result=\"valid\"}", 20_000.0, WAIT)
+        .await;
+    let second = Service::start(&cfg, &t.args(&b));
+    first
+        .wait_metric("linewatch_rebalances_total{kind=\"revoke\"}", 1.0, WAIT)
+        .await;
+    let msgs = read_until(&t.alerts, WAIT, |m| {
+        ids(&alerts_of(m)).is_superset(&ids(&want))
+    })
+    .await;
+    let got = ids(&alerts_of(&msgs));
+    assert!(
+        got.is_superset(&ids(&want)),
+        "missing alerts: {:?}",
+        ids(&want).difference(&got).collect::<Vec<_>>()
+    );
+    assert!(
+        got.is_subset(&ids(&want)),
+        "alerts replay does not make: {:?}",
+        got.difference(&ids(&want)).collect::<Vec<_>>()
+    );
+    drop(second);
+}

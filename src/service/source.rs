@@ -194,6 +194,11 @@ impl SourceContext {
                 _ => break,
             }
         }
+        tracing::info!(
+            acknowledged = done.len(),
+            still_in_flight = q.len(),
+            "batches in flight at a revoke: acknowledged ones are committed before the partitions go"
+        );
         done
     }
 
