@@ -1,10 +1,12 @@
 //! The output side: alerts and dead letters to their topics through one idempotent
 //! producer (`acks=all`), delivered a batch at a time.
 //!
-//! [`Sink::deliver`] returns only when every message of the batch is acknowledged by the
-//! broker, so the run loop can commit the batch's input offsets after it. Retriable failures
-//! are sent again with backoff (the batch's offsets stay uncommitted meanwhile, so a crash
-//! loses nothing); a final failure is returned and stops the service.
+//! A processed batch becomes an [`InFlight`]: [`Sink::send`] hands its messages to the
+//! producer, [`Sink::collect`] takes the answers that have come without waiting, and
+//! [`Sink::settle`] waits for the rest. Only a batch whose every message is acknowledged
+//! ([`InFlight::is_done`]) may have its input offsets committed. Retriable failures are
+//! sent again with backoff (the batch's offsets stay uncommitted meanwhile, so a crash loses
+//! nothing); a final failure is returned, stays with the batch, and stops the service.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

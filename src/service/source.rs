@@ -5,13 +5,15 @@
 //! letter it caused has been acknowledged. Rebalances are handled here, in the
 //! [`ConsumerContext`]:
 //!
-//! - **Revoke**: librdkafka runs the rebalance callback only from inside a poll, and the
-//!   run loop polls only to start or fill a batch, never while one is being published: every
-//!   earlier batch is acknowledged and its commit sent. Records of the revoked partition
-//!   already in the filling batch are dropped unprocessed (the next owner re-reads them from
-//!   our last commit). The callback still commits the acknowledged offsets synchronously, so
-//!   they are on the broker before another member takes over, whatever happened to the
-//!   asynchronous commit.
+//! - **Revoke**: librdkafka runs the rebalance callback only from inside a poll of the run
+//!   loop. Earlier batches may still be in flight (their outputs handed to the producer,
+//!   not yet acknowledged): the callback flushes the producer, takes the batches now
+//!   acknowledged, in order, and commits their offsets with the revoked partitions'
+//!   acknowledged ones, synchronously, so they are on the broker before another member
+//!   takes over. A batch still unacknowledged is left to the run loop; what it read of a
+//!   revoked partition is re-read by the next owner (repeats with the same alert ids).
+//!   Records of the revoked partition not yet processed are dropped (the next owner re-reads
+//!   them from our last commit).
 //! - **Assign**: window state lives in memory, so a partition that was consumed before (by
 //!   us before a restart, or by another member) is started up to `rebuild_state_s` (by Kafka
 //!   timestamp) before its committed offset. Records below the committed offset go through
