@@ -257,6 +257,9 @@ impl Pipeline {
                     if intake.batch.len() >= max {
                         break;
                     }
+                    // About to wait for records: take the acknowledgements that have come
+                    // meanwhile (commits, and the record-to-alert figure, stay current).
+                    self.commit_ready(&topics)?;
                     let waited = tokio::select! {
                         biased;
                         _ = self.stop.wait_for(|s| *s) => true,
