@@ -118,10 +118,12 @@ impl Intake {
         if self.align.is_empty() || self.batch.len() >= max {
             return;
         }
-        let assigned = lock(shared).assigned.clone();
+        // Held while releasing (a memory copy per record): only this loop's polls could
+        // want it, and none happens meanwhile.
+        let shared = lock(shared);
         let batch = &mut self.batch;
         self.align
-            .release(&assigned, max - batch.len(), force, |h| {
+            .release(&shared.assigned, max - batch.len(), force, |h| {
                 batch.push(h.tp, h.offset, &h.payload, h.kafka_ts_ms, h.rebuild)
             });
     }
@@ -282,7 +284,7 @@ impl Pipeline {
                     continue;
                 }
 
-                let (out, next) = self.process(&mut intake.batch, &topics);
+                let (out, next) = self.process(&intake.batch, &topics);
                 intake.batch.clear();
                 if stopping_since.is_none() && *self.stop.borrow() {
                     stopping_since = Some(Instant::now());
@@ -296,10 +298,10 @@ impl Pipeline {
                     drain,
                 )
                 .await?;
-                lock_queue(&self.in_flight).push_back(b);
+                lock(&self.in_flight).push_back(b);
                 self.commit_ready(&topics)?;
                 // Backpressure: at most `max_in_flight_batches` waiting for the broker.
-                while lock_queue(&self.in_flight).len() > self.cfg.service.max_in_flight_batches {
+                while lock(&self.in_flight).len() > self.cfg.service.max_in_flight_batches {
                     self.settle_oldest(&topics, &mut stopping_since, drain)
                         .await?;
                 }
@@ -331,7 +333,7 @@ impl Pipeline {
     fn commit_ready(&self, topics: &[String]) -> Result<(), ServiceError> {
         loop {
             let b = {
-                let mut q = lock_queue(&self.in_flight);
+                let mut q = lock(&self.in_flight);
                 let Some(front) = q.front_mut() else {
                     return Ok(());
                 };
@@ -357,7 +359,7 @@ impl Pipeline {
     ) -> Result<(), ServiceError> {
         // Taken out of the queue while awaited (the lock is not held across an await). No
         // rebalance callback can look meanwhile: those run only inside this loop's polls.
-        let Some(mut b) = lock_queue(&self.in_flight).pop_front() else {
+        let Some(mut b) = lock(&self.in_flight).pop_front() else {
             return Ok(());
         };
         if stopping_since.is_none() && *self.stop.borrow() {
@@ -368,7 +370,7 @@ impl Pipeline {
         if let Err(e) = settled {
             // Back at the front, uncommitted, for whoever looks next (nobody, normally:
             // the error stops the service).
-            lock_queue(&self.in_flight).push_front(b);
+            lock(&self.in_flight).push_front(b);
             return Err(e);
         }
         self.committed(b, topics);
@@ -382,7 +384,7 @@ impl Pipeline {
         stopping_since: &mut Option<Instant>,
         drain: Duration,
     ) -> Result<(), ServiceError> {
-        while !lock_queue(&self.in_flight).is_empty() {
+        while !lock(&self.in_flight).is_empty() {
             self.settle_oldest(topics, stopping_since, drain).await?;
         }
         Ok(())
@@ -396,11 +398,7 @@ impl Pipeline {
 
     /// Runs the batch through the engine; returns its alerts and dead letters, and the next
     /// offset to commit per partition.
-    fn process(
-        &mut self,
-        batch: &mut Batch,
-        topics: &[String],
-    ) -> (Vec<Outgoing>, BTreeMap<Tp, i64>) {
+    fn process(&mut self, batch: &Batch, topics: &[String]) -> (Vec<Outgoing>, BTreeMap<Tp, i64>) {
         let wall: Millis = wall_ms();
         let mut next = BTreeMap::new();
         let mut out = Vec::new();
@@ -415,7 +413,6 @@ impl Pipeline {
         }
         let mut last: Option<(Tp, bool)> = None;
         let opts = self.engine.decode_options();
-        let batch = &*batch;
         let decode = |recs: &[InRecord]| -> Vec<Decoded<'_>> {
             recs.iter()
                 .map(|r| event::decode(batch.payload(r), &opts))
@@ -612,12 +609,6 @@ async fn within_drain<T>(
             }
         }
     }
-}
-
-fn lock_queue(
-    q: &InFlightQueue,
-) -> std::sync::MutexGuard<'_, std::collections::VecDeque<InFlight>> {
-    q.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Consumer errors: final ones stop the service, retriable ones are logged (throttled) and

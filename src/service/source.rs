@@ -144,9 +144,10 @@ pub struct SourceContext {
     deliveries: Option<(Arc<Sink>, InFlightQueue)>,
 }
 
-/// Locks the shared assignment, riding over a poisoned lock: the data is plain maps that a
+/// Locks the state the run loop shares with the consumer's callbacks (the assignment, the
+/// batches in flight), riding over a poisoned lock: the data is plain maps and queues that a
 /// panic elsewhere cannot leave half-updated in a way that matters more than stopping.
-pub fn lock(m: &Mutex<Assignment>) -> MutexGuard<'_, Assignment> {
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -178,7 +179,7 @@ impl SourceContext {
         let Some((sink, queue)) = &self.deliveries else {
             return Vec::new();
         };
-        let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
+        let mut q = lock(queue);
         if q.is_empty() {
             return Vec::new();
         }
