@@ -4,7 +4,8 @@
 #
 #   deploy/local/setup.sh        (as root, or with sudo available)
 #
-# - C toolchain and headers for the native crates (librdkafka via rdkafka-sys:
+# - C toolchain and headers for the native crates (librdkafka via rdkafka-sys, which
+#   builds its own static libcurl so `cargo run` needs no libcurl-dev:
 #   cmake, libssl, zlib, libsasl2; fontconfig for chart rendering)
 # - python3 (free-port picking in kafka.sh), kcat (a real Kafka client for poking
 #   at the broker and for raw-throughput baselines)
@@ -13,7 +14,7 @@
 set -euo pipefail
 
 PACKAGES=(
-  build-essential cmake pkg-config libssl-dev zlib1g-dev libsasl2-dev libcurl4-openssl-dev
+  build-essential cmake pkg-config libssl-dev zlib1g-dev libsasl2-dev
   python3 kcat openjdk-17-jre-headless maven
   fonts-dejavu-core libfontconfig1-dev
 )
