@@ -150,7 +150,7 @@ impl Detector for LineHandover {
                 }
                 let since = rec
                     .last_seen_s
-                    .saturating_sub(self.cfg.burst_window_s as u32);
+                    .saturating_sub(ids::span_secs(self.cfg.burst_window_s));
                 if (rec.recipients_since(since) as u32) < self.cfg.min_recipients {
                     return;
                 }
@@ -163,8 +163,8 @@ impl Detector for LineHandover {
                     add(&mut mins, c.fp);
                 }
                 let stream_start_s = ids::secs(ctx.stream_start);
-                let is_new =
-                    rec.first_seen_s >= stream_start_s.saturating_add(self.cfg.warmup_s as u32);
+                let is_new = rec.first_seen_s
+                    >= stream_start_s.saturating_add(ids::span_secs(self.cfg.warmup_s));
                 self.sketches.entry(ids.from).or_insert(Sketched {
                     line: ev.from.as_ref().into(),
                     first_seen_s: rec.first_seen_s,
@@ -235,7 +235,7 @@ impl Detector for LineHandover {
     }
 
     fn expire(&mut self, watermark: Millis) {
-        let cutoff = ids::secs(watermark).saturating_sub(self.cfg.retention_s as u32);
+        let cutoff = ids::secs(watermark).saturating_sub(ids::span_secs(self.cfg.retention_s));
         self.sketches.retain(|_, s| s.last_text_s >= cutoff);
     }
 
