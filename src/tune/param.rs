@@ -179,13 +179,16 @@ fn parse_values(key: &str, text: &str, kind: Kind) -> Result<Vec<ParamValue>, Tu
                 range.0.trim()
             )));
         }
-        // A small tolerance so 0.5..0.7:0.1 includes 0.7 despite binary fractions.
-        let n = ((end - start) / step_v + 1e-9).floor() as usize + 1;
-        if n > MAX_VALUES {
+        // A small tolerance so 0.5..0.7:0.1 includes 0.7 despite binary fractions. Counted
+        // in floating point: a tiny step makes more values than any integer holds, and the
+        // cast would saturate and wrap to an empty sweep.
+        let count = ((end - start) / step_v + 1e-9).floor() + 1.0;
+        if !count.is_finite() || count > MAX_VALUES as f64 {
             return Err(bad(format!(
-                "range {text:?} has {n} values, more than {MAX_VALUES}"
+                "range {text:?} has {count:.0} values, more than {MAX_VALUES}"
             )));
         }
+        let n = count as usize;
         (0..n)
             .map(|i| {
                 let v = start + i as f64 * step_v;
@@ -301,6 +304,15 @@ pub fn describe(params: &[Param], values: &[ParamValue]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_step_too_small_to_count_is_the_value_limit_not_an_empty_sweep() {
+        let e =
+            Param::parse("deal_line.threshold=0.5..0.9:1e-300", &Config::default()).unwrap_err();
+        assert!(e.0.contains("more than 1000"), "{e}");
+        let e = Param::parse("bulk_sms.min_recipients=1..5000:1", &Config::default()).unwrap_err();
+        assert!(e.0.contains("5000 values, more than 1000"), "{e}");
+    }
 
     #[test]
     fn inclusive_float_range_has_clean_values() {
