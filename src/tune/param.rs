@@ -1,7 +1,7 @@
 //! `--param section.key=VALUES`: parsing, and making one validated [`Config`] per combination.
 //!
 //! A parameter is set into a `toml::Value` copy of the base configuration and the result is
-//! re-parsed with [`Config::from_toml`], so the config's own serde model decides which keys
+//! deserialised as a [`Config`], so the config's own serde model decides which keys
 //! exist and what type they take, and [`Config::validate`] checks every combination. Nothing
 //! here repeats the config's rules.
 
@@ -278,14 +278,16 @@ pub fn grid(base: &Config, params: &[Param]) -> Result<Vec<Combination>, TuneErr
                 t.insert(p.name.clone(), v.to_toml());
             }
         }
-        let text = toml::to_string(&doc)
-            .map_err(|e| TuneError(format!("cannot write the configuration as TOML: {e}")))?;
-        let config = Config::from_toml(&text).map_err(|e| {
+        // Straight from the value, not through TOML text: a problem's line number in a
+        // generated document would mean nothing to the user.
+        let invalid = |e: &dyn fmt::Display| {
             TuneError(format!(
                 "--param {} makes an invalid configuration: {e}",
                 describe(params, &values)
             ))
-        })?;
+        };
+        let config: Config = doc.try_into().map_err(|e: toml::de::Error| invalid(&e))?;
+        config.validate().map_err(|e| invalid(&e))?;
         out.push(Combination { values, config });
     }
     Ok(out)
