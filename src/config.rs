@@ -368,6 +368,12 @@ impl Rules {
         }
     }
 
+    /// A problem found by a section's own check (e.g. one that builds a `Vec<String>`),
+    /// placed at `key` (a `section.key`, or the section).
+    pub fn push(&mut self, key: &'static str, message: String) {
+        self.broken.push((key, message));
+    }
+
     /// A time setting in whole seconds, from `min` to [`MAX_SECONDS`].
     pub fn seconds(&mut self, key: &'static str, v: u64, min: u64) {
         let allowed = format!("whole seconds from {min} to {MAX_SECONDS} (365 days)");
@@ -561,7 +567,9 @@ impl Config {
                         kept.insert(key, value);
                     }
                     Err(e) => {
-                        let mut msg = if known.get(&key).is_none() && section != "kafka" {
+                        // Asked of serde, not of the defaults: a key whose default is
+                        // absent (an Option) is still known.
+                        let mut msg = if e.message().starts_with("unknown field") {
                             let mut names: Vec<&str> = known
                                 .as_table()
                                 .map(|t| t.keys().map(String::as_str).collect())
