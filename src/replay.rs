@@ -253,7 +253,7 @@ mod tests {
 
     #[test]
     fn malformed_lines_go_to_dead_letters_with_line_numbers() {
-        let data = b"{\"event_id\":\"a\",\"ts\":1000,\"kind\":\"sms\",\"from\":\"x\",\"to\":\"y\"}\nnot json\n\n[1]\n";
+        let data = b"{\"event_id\":\"a\",\"ts\":1759669331250,\"kind\":\"sms\",\"from\":\"x\",\"to\":\"y\"}\nnot json\n\n[1]\n";
         let mut engine = Engine::new(Config::default());
         let mut sink = CollectSink::default();
         let s = run(&mut engine, &data[..], &mut sink, |_| {}).unwrap();
