@@ -42,11 +42,13 @@ pub enum Reason {
     Late,
     /// Larger than the configured maximum record size.
     TooLarge,
+    /// Event time further ahead of the reference clock than `engine.max_future_skew_s`.
+    FutureTimestamp,
 }
 
 impl Reason {
     /// Every reason, in a fixed order (metric registration, tests, docs).
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 13] = [
         Reason::InvalidJson,
         Reason::NotObject,
         Reason::MissingField,
@@ -59,6 +61,7 @@ impl Reason {
         Reason::RawIdentifier,
         Reason::Late,
         Reason::TooLarge,
+        Reason::FutureTimestamp,
     ];
 
     /// The fixed reason code.
@@ -76,6 +79,7 @@ impl Reason {
             Reason::RawIdentifier => "raw_identifier",
             Reason::Late => "late",
             Reason::TooLarge => "too_large",
+            Reason::FutureTimestamp => "future_timestamp",
         }
     }
 

@@ -16,8 +16,9 @@ use linewatch::config::Config;
 use linewatch::replay::replay_bytes;
 use support::{brokers, produce, read_until, records, Msg, Service, Topics};
 
-/// Event time of the test traffic (2027-01-15).
-const T0: i64 = 1_800_000_000_000;
+/// Event time of the test traffic (2026-05-28): in the past, since `run` rejects records
+/// dated beyond the wall clock plus `engine.max_future_skew_s`.
+const T0: i64 = 1_780_000_000_000;
 const MIN: i64 = 60_000;
 const WAIT: Duration = Duration::from_secs(90);
 
