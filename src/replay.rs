@@ -66,15 +66,20 @@ pub struct DeadLetter {
     /// The record in base64, if it is not UTF-8.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub raw_base64: Option<String>,
+    /// Fields whose raw identifiers were redacted from `raw` (see [`crate::redact`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redacted: Vec<String>,
 }
 
 impl DeadLetter {
+    /// The dead letter of a record, its raw identifiers redacted.
     pub fn new(line: u64, why: Malformed, raw: &[u8]) -> Self {
-        let (raw, raw_base64) = match std::str::from_utf8(raw) {
+        let redacted = crate::redact::redact(raw);
+        let (raw, raw_base64) = match std::str::from_utf8(&redacted.bytes) {
             Ok(s) => (Some(s.to_string()), None),
             Err(_) => (
                 None,
-                Some(base64::engine::general_purpose::STANDARD.encode(raw)),
+                Some(base64::engine::general_purpose::STANDARD.encode(&redacted.bytes)),
             ),
         };
         DeadLetter {
@@ -83,6 +88,7 @@ impl DeadLetter {
             line,
             raw,
             raw_base64,
+            redacted: redacted.fields,
         }
     }
 }
@@ -279,5 +285,29 @@ mod tests {
         );
         assert_eq!(d.raw, None);
         assert_eq!(d.raw_base64.as_deref(), Some("/wA="));
+    }
+
+    #[test]
+    fn dead_letter_file_holds_no_raw_identifier() {
+        let data = b"{\"event_id\":\"a\",\"ts\":1791158400000,\"kind\":\"sms\",\"from\":\"+447700900123\",\"to\":\"y\"}\nmsisdn 447700900124\n";
+        let mut engine = Engine::new(Config::default());
+        let mut sink = JsonlSink {
+            alerts: Vec::new(),
+            dead: Some(Vec::new()),
+        };
+        run(&mut engine, &data[..], &mut sink, |_| {}).unwrap();
+        let out = String::from_utf8(sink.dead.unwrap()).unwrap();
+        let letters: Vec<DeadLetter> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(letters.len(), 2);
+        for l in &letters {
+            let raw = l.raw.as_deref().unwrap_or_default();
+            assert!(!crate::redact::has_raw_identifier(raw.as_bytes()), "{raw}");
+        }
+        assert_eq!(letters[0].reason, "raw_identifier");
+        assert_eq!(letters[0].redacted, ["from"]);
+        assert_eq!(letters[1].redacted, [crate::redact::WHOLE_RECORD]);
     }
 }
