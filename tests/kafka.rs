@@ -319,7 +319,8 @@ async fn malformed_and_late_records_go_to_the_dead_letter_topic_with_their_sourc
         assert_eq!(m.headers["source_topic"], t.input);
         assert_eq!(m.headers["source_partition"], placed[i].0.to_string());
         assert_eq!(m.headers["source_offset"], placed[i].1.to_string());
-        assert_eq!(m.value, lines[i].as_bytes(), "value is the raw record");
+        let redacted = linewatch::redact::redact(lines[i].as_bytes()).bytes;
+        assert_eq!(m.value, redacted.as_ref(), "value is the record, identifiers redacted");
     }
 
     svc.wait_metric("linewatch_records_total{result=\"duplicate\"}", 1.0, WAIT)
@@ -878,8 +879,9 @@ async fn a_member_joining_mid_backlog_loses_no_alert() {
 
 // ---- Issue 14 (items 2 and 4): dead letters that are always publishable and redacted ----
 
-/// An input topic that accepts records up to 2 MB, as some feeds are configured.
-async fn create_large_input(t: &Topics) {
+/// An input topic that accepts records up to 2 MB, as some feeds are configured, and a
+/// dead-letter topic that accepts up to `dead_max_bytes`.
+async fn create_large_input(t: &Topics, dead_max_bytes: &str) {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers())
@@ -888,7 +890,8 @@ async fn create_large_input(t: &Topics) {
     let topics = [
         NewTopic::new(&t.input, 1, TopicReplication::Fixed(1)).set("max.message.bytes", "2000000"),
         NewTopic::new(&t.alerts, 1, TopicReplication::Fixed(1)),
-        NewTopic::new(&t.dead, 1, TopicReplication::Fixed(1)),
+        NewTopic::new(&t.dead, 1, TopicReplication::Fixed(1))
+            .set("max.message.bytes", dead_max_bytes),
     ];
     for r in admin
         .create_topics(&topics, &AdminOptions::new())
@@ -922,7 +925,7 @@ async fn produce_large(topic: &str, values: &[Vec<u8>]) {
 async fn an_oversized_record_is_dead_lettered_truncated_and_the_burst_after_it_is_detected() {
     let b = brokers();
     let t = Topics::named("oversized");
-    create_large_input(&t).await;
+    create_large_input(&t, "1048588").await;
     // About 1.1 MB: more than the dead-letter topic's default 1 MB limit.
     let mut big = format!(r#"{{"event_id":"big","ts":{T0},"kind":"sms","from":"a","to":"b","pad":""#)
         .into_bytes();
@@ -982,6 +985,45 @@ async fn an_oversized_record_is_dead_lettered_truncated_and_the_burst_after_it_i
         }
     }
     // Still running: an oversized record is not fatal.
+    let (code, _) = svc.get("/healthz").await;
+    assert_eq!(code, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_the_broker_refuses_is_counted_and_skipped() {
+    let b = brokers();
+    let t = Topics::named("refused");
+    // A dead-letter topic that takes only 10 kB: even the 64 KiB truncation is refused.
+    create_large_input(&t, "10000").await;
+    // Letters that do not compress (the broker checks the compressed size).
+    let mut big = b"not json ".to_vec();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    while big.len() < 100_000 {
+        x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        big.push(b'a' + ((x >> 33) % 26) as u8);
+    }
+    let (texts, _) = deal_traffic("r");
+    let mut values = vec![big];
+    values.extend(texts.iter().map(|l| l.as_bytes().to_vec()));
+    produce_large(&t.input, &values).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let svc = Service::start(&config_file(&dir, TEST_CONFIG), &t.args(&b));
+    let msgs = read_until(&t.alerts, WAIT, |m| {
+        alerts_of(m).iter().any(|a| a.detector == "bulk_sms")
+    })
+    .await;
+    assert!(
+        alerts_of(&msgs).iter().any(|a| a.detector == "bulk_sms"),
+        "the burst behind the refused dead letter was not detected; service logs:\n{}",
+        svc.logs().join("\n")
+    );
+    svc.wait_metric(
+        "linewatch_dead_letters_dropped_total{reason=\"too_large\"}",
+        1.0,
+        WAIT,
+    )
+    .await;
     let (code, _) = svc.get("/healthz").await;
     assert_eq!(code, 200);
 }
