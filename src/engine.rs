@@ -403,9 +403,8 @@ impl Engine {
             d.expire(watermark);
         }
         self.deal.expire(watermark);
-        self.dedup.expire(
-            watermark.saturating_sub(self.cfg.engine.dedup_retention_s as Millis * 1000),
-        );
+        self.dedup
+            .expire(watermark.saturating_sub(self.cfg.engine.dedup_retention_s as Millis * 1000));
         let cutoff = ids::secs(watermark).saturating_sub(self.cfg.alerts.cooldown_s as u32);
         self.cooldown.retain(|_, at| *at >= cutoff);
     }
@@ -479,7 +478,12 @@ mod tests {
         let mut e = Engine::new(cfg);
         let mut alerts = Vec::new();
         for i in 0..2 {
-            let r = rec(&format!("e{i}"), 1_800_000_001_000 + i, "line", &format!("c{i}"));
+            let r = rec(
+                &format!("e{i}"),
+                1_800_000_001_000 + i,
+                "line",
+                &format!("c{i}"),
+            );
             assert_eq!(e.process(r.as_bytes(), 0, NOW, &mut alerts), Verdict::Valid);
             // Re-delivered: the same id twice must not make a third distinct recipient.
             assert_eq!(
@@ -593,7 +597,12 @@ mod tests {
         let mut alerts = Vec::new();
         let now = 1_800_000_000_000;
         let years = 3 * 365 * 86_400_000;
-        let v = e.process(rec("f", now + years, "x", "y").as_bytes(), 0, now, &mut alerts);
+        let v = e.process(
+            rec("f", now + years, "x", "y").as_bytes(),
+            0,
+            now,
+            &mut alerts,
+        );
         assert_eq!(
             v,
             Verdict::Rejected(Malformed {
@@ -611,7 +620,12 @@ mod tests {
         assert_eq!(e.counters().events_malformed, 1);
         // A fixed reference clock replaces the wall time.
         e.set_reference_clock(Some(now + years));
-        let v = e.process(rec("f", now + years, "x", "y").as_bytes(), 0, now, &mut alerts);
+        let v = e.process(
+            rec("f", now + years, "x", "y").as_bytes(),
+            0,
+            now,
+            &mut alerts,
+        );
         assert_eq!(v, Verdict::Valid);
     }
 

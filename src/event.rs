@@ -608,11 +608,15 @@ mod tests {
             Reason::BadType
         );
         assert_eq!(
-            reason(r#"{"event_id":"e","ts":1759669331250,"kind":"call","from":"a","to":"b","duration_s":"9"}"#),
+            reason(
+                r#"{"event_id":"e","ts":1759669331250,"kind":"call","from":"a","to":"b","duration_s":"9"}"#
+            ),
             Reason::BadType
         );
         assert_eq!(
-            reason(r#"{"event_id":"e","ts":1759669331250,"kind":"call","from":"a","to":"b","duration_s":1.5}"#),
+            reason(
+                r#"{"event_id":"e","ts":1759669331250,"kind":"call","from":"a","to":"b","duration_s":1.5}"#
+            ),
             Reason::BadType
         );
         assert_eq!(
@@ -653,11 +657,17 @@ mod tests {
             Reason::BadTimestamp
         );
         assert_eq!(
-            reason(r#"{"event_id":"e","ts":"1999-12-31T23:59:59Z","kind":"sms","from":"a","to":"b"}"#),
+            reason(
+                r#"{"event_id":"e","ts":"1999-12-31T23:59:59Z","kind":"sms","from":"a","to":"b"}"#
+            ),
             Reason::BadTimestamp
         );
-        assert!(dec(r#"{"event_id":"e","ts":946684800000,"kind":"sms","from":"a","to":"b"}"#).is_ok());
-        assert!(dec(r#"{"event_id":"e","ts":7258118399999,"kind":"sms","from":"a","to":"b"}"#).is_ok());
+        assert!(
+            dec(r#"{"event_id":"e","ts":946684800000,"kind":"sms","from":"a","to":"b"}"#).is_ok()
+        );
+        assert!(
+            dec(r#"{"event_id":"e","ts":7258118399999,"kind":"sms","from":"a","to":"b"}"#).is_ok()
+        );
     }
 
     #[test]
@@ -671,7 +681,9 @@ mod tests {
     #[test]
     fn reason_negative_duration() {
         assert_eq!(
-            reason(r#"{"event_id":"e","ts":1759669331250,"kind":"call","from":"a","to":"b","duration_s":-3}"#),
+            reason(
+                r#"{"event_id":"e","ts":1759669331250,"kind":"call","from":"a","to":"b","duration_s":-3}"#
+            ),
             Reason::NegativeDuration
         );
     }
@@ -687,7 +699,9 @@ mod tests {
             Reason::EmptyPseudonym
         );
         assert_eq!(
-            reason(r#"{"event_id":"e","ts":1759669331250,"kind":"sms","from":"a","to":"b","imei":""}"#),
+            reason(
+                r#"{"event_id":"e","ts":1759669331250,"kind":"sms","from":"a","to":"b","imei":""}"#
+            ),
             Reason::EmptyPseudonym
         );
     }
@@ -709,7 +723,8 @@ mod tests {
 
     #[test]
     fn reason_raw_identifier_and_guard_off() {
-        let s = r#"{"event_id":"e","ts":1759669331250,"kind":"sms","from":"+447700900123","to":"b"}"#;
+        let s =
+            r#"{"event_id":"e","ts":1759669331250,"kind":"sms","from":"+447700900123","to":"b"}"#;
         assert_eq!(reason(s), Reason::RawIdentifier);
         assert_eq!(
             reason(

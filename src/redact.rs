@@ -189,7 +189,9 @@ fn key_name(raw: &[u8], at: usize) -> String {
     }
     let quoted = redact(&raw[at..(end + 1).min(raw.len())]).bytes;
     serde_json::from_slice::<String>(&quoted).unwrap_or_else(|_| {
-        let inner = quoted.get(1..quoted.len().saturating_sub(1)).unwrap_or_default();
+        let inner = quoted
+            .get(1..quoted.len().saturating_sub(1))
+            .unwrap_or_default();
         String::from_utf8_lossy(inner).into_owned()
     })
 }
@@ -217,7 +219,8 @@ mod tests {
 
     #[test]
     fn nested_and_embedded_runs_are_found() {
-        let raw = br#"{"event_id":"e","x":{"y":["tel:447700900123;x"]},"to":"b","n":-4477009001234}"#;
+        let raw =
+            br#"{"event_id":"e","x":{"y":["tel:447700900123;x"]},"to":"b","n":-4477009001234}"#;
         let r = redact(raw);
         assert_eq!(
             text(&r),
@@ -229,7 +232,10 @@ mod tests {
     #[test]
     fn not_json_and_not_utf8_are_redacted_too() {
         let r = redact(b"msisdn=447700900123 \xff imei 356938035643809");
-        assert_eq!(r.bytes.as_ref(), b"msisdn=\"[redacted]\" \xff imei \"[redacted]\"");
+        assert_eq!(
+            r.bytes.as_ref(),
+            b"msisdn=\"[redacted]\" \xff imei \"[redacted]\""
+        );
         assert_eq!(r.fields, [WHOLE_RECORD]);
         // Cut short, as a truncated dead letter is.
         let r = redact(br#"{"from":"447700900123","to":"4477"#);

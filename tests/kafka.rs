@@ -320,7 +320,11 @@ async fn malformed_and_late_records_go_to_the_dead_letter_topic_with_their_sourc
         assert_eq!(m.headers["source_partition"], placed[i].0.to_string());
         assert_eq!(m.headers["source_offset"], placed[i].1.to_string());
         let redacted = linewatch::redact::redact(lines[i].as_bytes()).bytes;
-        assert_eq!(m.value, redacted.as_ref(), "value is the record, identifiers redacted");
+        assert_eq!(
+            m.value,
+            redacted.as_ref(),
+            "value is the record, identifiers redacted"
+        );
     }
 
     svc.wait_metric("linewatch_records_total{result=\"duplicate\"}", 1.0, WAIT)
@@ -927,8 +931,9 @@ async fn an_oversized_record_is_dead_lettered_truncated_and_the_burst_after_it_i
     let t = Topics::named("oversized");
     create_large_input(&t, "1048588").await;
     // About 1.1 MB: more than the dead-letter topic's default 1 MB limit.
-    let mut big = format!(r#"{{"event_id":"big","ts":{T0},"kind":"sms","from":"a","to":"b","pad":""#)
-        .into_bytes();
+    let mut big =
+        format!(r#"{{"event_id":"big","ts":{T0},"kind":"sms","from":"a","to":"b","pad":""#)
+            .into_bytes();
     big.resize(1_100_000, b'x');
     big.extend_from_slice(b"\"}");
     let raw_id = sms("raw", T0, "+447700900123", "c-1");
@@ -980,7 +985,10 @@ async fn an_oversized_record_is_dead_lettered_truncated_and_the_burst_after_it_i
         assert!(!linewatch::redact::has_raw_identifier(&m.value));
         for (k, v) in &m.headers {
             if !k.starts_with("source_") && !k.starts_with("original_") {
-                assert!(!linewatch::redact::has_raw_identifier(v.as_bytes()), "{k}: {v}");
+                assert!(
+                    !linewatch::redact::has_raw_identifier(v.as_bytes()),
+                    "{k}: {v}"
+                );
             }
         }
     }
@@ -999,7 +1007,9 @@ async fn a_dead_letter_the_broker_refuses_is_counted_and_skipped() {
     let mut big = b"not json ".to_vec();
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     while big.len() < 100_000 {
-        x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        x = x
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
         big.push(b'a' + ((x >> 33) % 26) as u8);
     }
     let (texts, _) = deal_traffic("r");

@@ -81,7 +81,11 @@ fn one_future_dated_record_does_not_silence_a_city() {
     };
     let (events, _, _) = generate::generate_in_memory(&opts).unwrap();
     let (base, base_summary) = replay::replay_bytes(Config::default(), &events);
-    assert!(base.len() >= 100, "too few alerts to compare: {}", base.len());
+    assert!(
+        base.len() >= 100,
+        "too few alerts to compare: {}",
+        base.len()
+    );
 
     // After the first tenth of the records, a copy of a record dated three years ahead.
     let lines: Vec<&[u8]> = events.split(|b| *b == b'\n').collect();
@@ -104,7 +108,10 @@ fn one_future_dated_record_does_not_silence_a_city() {
         poisoned.push(b'\n');
     }
     let (got, summary) = replay::replay_bytes(Config::default(), &poisoned);
-    assert_eq!(summary.malformed_by_reason.get("future_timestamp"), Some(&1));
+    assert_eq!(
+        summary.malformed_by_reason.get("future_timestamp"),
+        Some(&1)
+    );
     assert_eq!(summary.events_late, base_summary.events_late);
     assert!(
         got.len() * 100 >= base.len() * 95,

@@ -253,7 +253,11 @@ mod tests {
         assert!(all.is_empty());
         let at55 = sms("at55", t0 + 55 * MIN, "line", "n55");
         let at70 = sms("at70", t0 + 70 * MIN, "line", "n70");
-        let order = if late_last { [at70, at55] } else { [at55, at70] };
+        let order = if late_last {
+            [at70, at55]
+        } else {
+            [at55, at70]
+        };
         for ev in &order {
             all.extend(h.feed(&mut d, ev));
         }
@@ -277,9 +281,18 @@ mod tests {
         // At 1000 s: the hour ending at 1000 holds 3, the one ending at 3000 holds 4 (the
         // ones ending at 3500 and 4000 hold 5 and 4, but end later).
         let mut t = vec![4000, 100, 200, 1000, 3000, 3500];
-        assert_eq!(crate::detect::completed_window(&mut t, 1000, w, 4), Some(3000));
-        assert_eq!(crate::detect::completed_window(&mut t, 1000, w, 5), Some(3500));
-        assert_eq!(crate::detect::completed_window(&mut t, 1000, w, 3), Some(1000));
+        assert_eq!(
+            crate::detect::completed_window(&mut t, 1000, w, 4),
+            Some(3000)
+        );
+        assert_eq!(
+            crate::detect::completed_window(&mut t, 1000, w, 5),
+            Some(3500)
+        );
+        assert_eq!(
+            crate::detect::completed_window(&mut t, 1000, w, 3),
+            Some(1000)
+        );
         assert_eq!(crate::detect::completed_window(&mut t, 1000, w, 7), None);
     }
 }

@@ -276,7 +276,11 @@ mod tests {
         assert!(all.is_empty());
         let early = sms("a", 7 * HOUR - 5 * MIN, "c11", "line");
         let later = sms("b", 7 * HOUR + 5 * MIN, "c12", "line");
-        let order = if late_last { [later, early] } else { [early, later] };
+        let order = if late_last {
+            [later, early]
+        } else {
+            [early, later]
+        };
         for ev in &order {
             all.extend(h.feed(&mut d, ev));
         }

@@ -549,7 +549,11 @@ mod tests {
         let mut d = DealLine::new(&Config::default(), 100);
         // A new burner handset every day for ten days; the line stays active.
         for day in 0..10 {
-            run(&mut d, day * DAY, &[churn(&format!("h{day}"), day * DAY, "line")]);
+            run(
+                &mut d,
+                day * DAY,
+                &[churn(&format!("h{day}"), day * DAY, "line")],
+            );
         }
         let t = 10 * DAY;
         let out = run(&mut d, t, &[bulk("line", t, 0.0), fan_in("line", t)]);

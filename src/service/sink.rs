@@ -513,14 +513,18 @@ mod tests {
 
     #[test]
     fn dead_letter_has_its_raw_identifiers_redacted() {
-        let raw = br#"{"event_id":"e","ts":1791158400000,"kind":"sms","from":"+447700900123","to":"b"}"#;
+        let raw =
+            br#"{"event_id":"e","ts":1791158400000,"kind":"sms","from":"+447700900123","to":"b"}"#;
         let why = Malformed {
             reason: Reason::RawIdentifier,
             field: Some("from"),
         };
         let m = Outgoing::dead_letter(raw, why, "cdr", 0, 7);
         assert!(!crate::redact::has_raw_identifier(&m.payload));
-        assert!(!m.headers.iter().any(|h| crate::redact::has_raw_identifier(&h.1)));
+        assert!(!m
+            .headers
+            .iter()
+            .any(|h| crate::redact::has_raw_identifier(&h.1)));
         assert_eq!(header(&m, "redacted"), Some(&b"from"[..]));
         assert_eq!(header(&m, "truncated"), None);
     }
