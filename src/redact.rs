@@ -71,7 +71,7 @@ struct Span {
     start: usize,
     end: usize,
     in_string: bool,
-    /// Index of the top-level key (by byte offset of its opening quote) the run is under.
+    /// Byte offset of the opening quote of the top-level key the run is under.
     key_at: Option<usize>,
 }
 
