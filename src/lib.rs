@@ -17,6 +17,7 @@
 //! - [`detect`]: the [`detect::Detector`] trait and one file per detector.
 //! - [`alert`]: the alert format and deterministic ids.
 //! - [`replay`]: JSONL in, alerts, dead letters and a summary out.
+//! - [`redact`]: raw identifiers taken out of dead letters before they leave the process.
 //! - [`config`]: typed, validated configuration (`config/linewatch.toml` is the default).
 //! - [`eval`]: precision, recall and delay against labels.
 //! - [`tune`]: threshold sweeps over labelled traffic (`linewatch tune`).
@@ -42,6 +43,7 @@ pub mod explain;
 pub mod generate;
 pub mod ids;
 pub mod kafka;
+pub mod redact;
 pub mod replay;
 pub mod service;
 pub mod state;
