@@ -19,6 +19,13 @@ PACKAGES=(
   fonts-dejavu-core libfontconfig1-dev
 )
 
+# --- deploy/ checks (deploy/check.sh) ----------------------------------------------------
+# promtool (Debian's prometheus package) checks and unit-tests the alert rules;
+# docker-compose validates deploy/compose.yaml offline; python3-venv lets
+# deploy/tools/install.sh set up its pinned pip tools (hadolint, kubernetes-validate).
+PACKAGES+=(prometheus docker-compose python3-venv)
+# --- end of deploy/ checks ---------------------------------------------------------------
+
 log() { printf 'setup.sh: %s\n' "$*" >&2; }
 
 installed() {
