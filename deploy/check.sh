@@ -5,7 +5,8 @@
 #   deploy/check.sh            (LINEWATCH_BIN=path/to/linewatch to use a built binary;
 #                               default: `cargo build --release` and target/release/linewatch)
 #
-# - Dockerfile: hadolint.  compose.yaml: `docker-compose config` (Debian's docker-compose).
+# - Dockerfile: hadolint, and cargo loads the package from just the files its build stage
+#   copies.  compose.yaml: `docker-compose config` (Debian's docker-compose).
 # - Prometheus: `promtool check config` (with the rules) and `promtool test rules`.
 # - Kubernetes: kubernetes-validate --strict against the 1.37 schemas; the ConfigMap's
 #   linewatch.toml through `linewatch check-config`.
@@ -195,7 +196,28 @@ check_entrypoint_run() {
   [ "$rc" -eq 0 ] || { tail -n 20 "$log" >&2; fail "SIGTERM: exit $rc, want 0"; }
 }
 
+# The build stage copies only some of the tree (see its COPY lines): cargo must still find
+# every target the manifest names there, or the image build fails at its first step.
+check_image_context() {
+  local ctx="$WORK/context" f
+  mkdir -p "$ctx"
+  for f in $(sed -n 's/^COPY \([^-].*\) [^ ]*$/\1/p' Dockerfile | tr ' ' '\n' | grep -v '^deploy/\|^config/'); do
+    cp -r "$f" "$ctx/" || return 1
+  done
+  # Cargo checks that every target named in the manifest exists when it loads the package
+  # for a build, before it resolves the --bin; asking for a bin that does not exist stops it
+  # right there, so no compile is needed to see whether loading succeeded.
+  local out
+  out="$(cd "$ctx" && cargo build --locked --offline --bin no-such-bin 2>&1)"
+  if ! grep -q "no bin target named" <<<"$out"; then
+    printf '%s\n' "$out" >&2
+    fail "the Dockerfile's build stage lacks files the manifest needs"
+    return 1
+  fi
+}
+
 check hadolint "$TOOLS/hadolint" --config deploy/docker/hadolint.yaml Dockerfile
+check image-context check_image_context
 check compose check_compose
 check promtool-config promtool check config deploy/prometheus/prometheus.yml
 check promtool-test promtool test rules deploy/prometheus/tests/linewatch.test.yml
