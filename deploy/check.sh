@@ -5,7 +5,7 @@
 #   deploy/check.sh            (LINEWATCH_BIN=path/to/linewatch to use a built binary;
 #                               default: `cargo build --release` and target/release/linewatch)
 #
-# - Dockerfile: hadolint, and cargo loads the package from just the files its build stage
+# - Dockerfile: hadolint (and shellcheck on the image's scripts and these), and cargo loads the package from just the files its build stage
 #   copies.  compose.yaml: `docker-compose config` (Debian's docker-compose).
 # - Prometheus: `promtool check config` (with the rules) and `promtool test rules`.
 # - Kubernetes: kubernetes-validate --strict against the 1.37 schemas; the ConfigMap's
@@ -14,7 +14,7 @@
 #   secrets and group.instance.id merged into [kafka] (escaping round-trips, duplicates
 #   refused), a live threshold change reaching the service through the merged copy, SIGHUP
 #   and SIGTERM passed on, /healthz answered, /readyz not before partitions are assigned.
-# The tools come from deploy/local/setup.sh (promtool, docker-compose) and
+# The tools come from deploy/local/setup.sh (promtool, docker-compose, shellcheck) and
 # deploy/tools/install.sh (pinned pip packages). All checks run; the exit status is that of
 # the first that failed.
 set -uo pipefail
@@ -132,8 +132,9 @@ PY
   local rc=0
   LINEWATCH_KAFKA_SECRETS_DIR="$sec" entrypoint print-config >/dev/null 2>"$WORK/err" || rc=$?
   rm -f "$sec/sasl password"
-  [ "$rc" -eq 2 ] && grep -q "not a librdkafka property name" "$WORK/err" ||
+  if [ "$rc" -ne 2 ] || ! grep -q "not a librdkafka property name" "$WORK/err"; then
     fail "a bad secret file name gave exit $rc: $(cat "$WORK/err")"
+  fi
 }
 
 free_port() {
@@ -217,6 +218,9 @@ check_image_context() {
 }
 
 check hadolint "$TOOLS/hadolint" --config deploy/docker/hadolint.yaml Dockerfile
+# SC2317: functions reached through `check` and traps look unreachable to it.
+check shellcheck shellcheck -e SC2317 deploy/check.sh deploy/docker/entrypoint.sh \
+  deploy/docker/healthcheck.sh deploy/tools/install.sh
 check image-context check_image_context
 check compose check_compose
 check promtool-config promtool check config deploy/prometheus/prometheus.yml
