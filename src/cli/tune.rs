@@ -89,6 +89,17 @@ pub fn main(args: Args, config: Option<&Path>) -> Outcome {
         .map_err(|e| Failure::usage(e.to_string()))?;
     let combos = param::grid(&base, &params).map_err(|e| Failure::usage(e.to_string()))?;
     let labels = Labels::load(&args.labels).map_err(|e| Failure::usage(e.to_string()))?;
+    let unknown = labels.unknown_labels();
+    if !unknown.is_empty() {
+        let list: Vec<String> = unknown
+            .iter()
+            .map(|(l, n)| format!("{l:?} ({n})"))
+            .collect();
+        eprintln!(
+            "linewatch: warning: labels linewatch does not know, scored as not a target: {}",
+            list.join(", ")
+        );
+    }
     if labels.truth(&args.detector).is_empty() {
         eprintln!(
             "linewatch: warning: the labels mark nothing {} should find, so recall means nothing",
