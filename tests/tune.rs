@@ -499,6 +499,103 @@ fn cli_csv_and_json_carry_the_figures() {
     assert_eq!(v["rows"], v2["rows"]);
 }
 
+/// `tune --format csv` read back by the `csv` crate: every field of every row matches the
+/// sweep's own figures.
+#[test]
+fn cli_csv_round_trips_through_a_csv_reader() {
+    let f = files();
+    let specs = [
+        "deal_line.threshold=0.25,0.5,0.75",
+        "bulk_sms.min_recipients=3..9:2",
+    ];
+    let (code, out, err) = linewatch(&tune_args(
+        &[
+            "--param",
+            specs[0],
+            "--param",
+            specs[1],
+            "--format",
+            "csv",
+            "--target-precision",
+            "0.9",
+        ],
+        &f.cfg,
+        &f.input,
+        &f.labels,
+    ));
+    assert_eq!(code, 0, "{err}");
+    let (params, rows) = sweep_with(&specs, "labels.csv");
+    let rec = tune::recommend(&rows, "deal_line", 0.9);
+    let mut reader = csv::Reader::from_reader(out.as_bytes());
+    let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
+    assert_eq!(header[..2], [params[0].key.clone(), params[1].key.clone()]);
+    let col = |n: &str| header.iter().position(|h| h == n).unwrap();
+    let records: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(records.len(), rows.len());
+    for (i, (r, row)) in records.iter().zip(&rows).enumerate() {
+        let s = row.score("deal_line").unwrap();
+        let num = |n: &str| r[col(n)].parse::<f64>().unwrap();
+        assert_eq!(r[0].parse::<f64>().unwrap(), row.values[0].as_f64());
+        assert_eq!(r[1].parse::<f64>().unwrap(), row.values[1].as_f64());
+        assert_eq!(&r[col("detector")], "deal_line");
+        assert_eq!(num("alerts") as usize, s.alerts);
+        assert_eq!(num("flagged") as usize, s.flagged);
+        assert_eq!(num("true_positives") as usize, s.true_positives);
+        assert_eq!(num("false_positives") as usize, s.false_positives);
+        assert_eq!(num("false_negatives") as usize, s.false_negatives);
+        assert!((num("precision") - s.precision).abs() < 1e-6);
+        assert!((num("recall") - s.recall).abs() < 1e-6);
+        assert!((num("f1") - s.f1).abs() < 1e-6);
+        assert_eq!(num("lookalike_hits") as usize, s.lookalike_hits);
+        let delay = &r[col("median_delay_s")];
+        assert_eq!(delay.parse::<f64>().ok(), s.median_delay_s, "row {i}");
+        let picked = matches!(rec, Recommendation::Pick { index, .. } if index == i);
+        assert_eq!(
+            &r[col("recommended")],
+            if picked { "true" } else { "false" }
+        );
+    }
+}
+
+/// A labels file as a spreadsheet saves it (BOM, quoted fields, CRLF, columns reordered,
+/// an extra column, a trailing empty row) scores exactly as the plain file does.
+#[test]
+fn cli_reads_spreadsheet_saved_labels() {
+    let f = files();
+    let dir = tempfile::tempdir().unwrap();
+    let plain = std::fs::read_to_string(fixture("labels.csv")).unwrap();
+    let mut sheet =
+        String::from("\u{feff}\"Label\",\"analyst note\",\"first_seen_ms\",\"Subject\"\r\n");
+    for line in plain.lines().skip(1) {
+        let c: Vec<&str> = line.split(',').collect();
+        sheet.push_str(&format!(
+            "\"{}\",\"checked, \"\"twice\"\"\",\"{}\",\"{}\"\r\n",
+            c[2], c[5], c[0]
+        ));
+    }
+    sheet.push_str("\"\",\"\",\"\",\"\"\r\n\r\n");
+    let path = dir.path().join("labels-sheet.csv");
+    std::fs::write(&path, sheet).unwrap();
+    let run = |labels: &str| {
+        let (code, out, err) = linewatch(&tune_args(
+            &[
+                "--param",
+                "bulk_sms.min_recipients=3..9:2",
+                "--detector",
+                "bulk_sms",
+                "--format",
+                "csv",
+            ],
+            &f.cfg,
+            &f.input,
+            labels,
+        ));
+        assert_eq!(code, 0, "{err}");
+        out
+    };
+    assert_eq!(run(path.to_str().unwrap()), run(&f.labels));
+}
+
 #[test]
 fn cli_plot_writes_valid_png_and_svg() {
     let f = files();
