@@ -50,8 +50,8 @@
 //! | 0.75 | * | -          | 0  | 0  | 1         | 0      | -      |
 //!
 //! Recommendation at precision >= 0.9: rows (0.5, 7) and (0.5, 9) qualify (the 0.75 rows find
-//! nothing, so they do not), equal in recall, precision and alerts: the tie goes to the
-//! stricter m = 9. At >= 0.5 the best recall is (0.25, 3) with 2/3.
+//! nothing, so they do not), equal in recall, precision and median delay: the tie goes to the
+//! looser m = 7. At >= 0.5 the best recall is (0.25, 3) with 2/3.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -175,7 +175,7 @@ fn subject_label_csv_scores_the_same_without_delays() {
 }
 
 #[test]
-fn recommendation_takes_best_recall_then_the_stricter_value() {
+fn recommendation_takes_best_recall_then_the_looser_value() {
     let (params, rows) = sweep_with(
         &[
             "deal_line.threshold=0.25,0.5,0.75",
@@ -183,27 +183,28 @@ fn recommendation_takes_best_recall_then_the_stricter_value() {
         ],
         "labels.csv",
     );
-    let at = |t: f64| match tune::recommend(&rows, "deal_line", t) {
+    let at = |t: f64| match tune::recommend(&rows, &params, "deal_line", t) {
         Recommendation::Pick { index, .. } => rows[index].values.clone(),
         other => panic!("{other:?}"),
     };
-    assert_eq!(at(0.9), [ParamValue::Float(0.5), ParamValue::Int(9)]);
+    assert_eq!(at(0.9), [ParamValue::Float(0.5), ParamValue::Int(7)]);
     assert_eq!(at(0.5), [ParamValue::Float(0.25), ParamValue::Int(3)]);
     // Precision exactly 1/3 must count as reaching 1/3 despite floating point.
     assert_eq!(at(1.0 / 3.0), [ParamValue::Float(0.25), ParamValue::Int(3)]);
-    let rec = tune::recommend(&rows, "deal_line", 0.9);
+    let rec = tune::recommend(&rows, &params, "deal_line", 0.9);
     let line = tune::recommendation_line(&rec, &rows, &params, "deal_line");
     assert_eq!(
         line,
         "recommended for deal_line at precision >= 0.9: deal_line.threshold=0.5 \
-         bulk_sms.min_recipients=9 (precision 1.000, recall 0.333, F1 0.500, 1 alert)"
+         bulk_sms.min_recipients=7 (precision 1.000, recall 0.333, F1 0.500, 1 alert); \
+         1 other setting ties on precision, recall and median delay; chosen as the loosest"
     );
 }
 
 #[test]
 fn recommendation_says_so_when_no_setting_reaches_the_target() {
     let (params, rows) = sweep_with(&["bulk_sms.min_recipients=3..7:2"], "labels.csv");
-    let rec = tune::recommend(&rows, "bulk_sms", 0.95);
+    let rec = tune::recommend(&rows, &params, "bulk_sms", 0.95);
     // Best precision is 1/2 at m = 3 and m = 7; m = 3 has the better recall.
     assert_eq!(
         rec,
@@ -219,7 +220,7 @@ fn recommendation_says_so_when_no_setting_reaches_the_target() {
     );
     // A row that flags nothing has precision 1 by convention but is never recommended.
     let (params, rows) = sweep_with(&["deal_line.threshold=0.75,0.8"], "labels.csv");
-    let rec = tune::recommend(&rows, "deal_line", 0.5);
+    let rec = tune::recommend(&rows, &params, "deal_line", 0.5);
     assert_eq!(
         rec,
         Recommendation::NoneReaches {
@@ -436,8 +437,8 @@ fn cli_csv_and_json_carry_the_figures() {
     assert_eq!(lines.len(), 13);
     assert!(lines[0].starts_with("deal_line.threshold,bulk_sms.min_recipients,detector,alerts"));
     assert_eq!(
-        lines[8],
-        "0.5,9,deal_line,1,1,1,0,2,1.000000,0.333333,0.500000,0,3720.0,true"
+        lines[7],
+        "0.5,7,deal_line,1,1,1,0,2,1.000000,0.333333,0.500000,0,3720.0,true"
     );
     assert_eq!(lines.iter().filter(|l| l.ends_with(",true")).count(), 1);
     // CSV stays clean; the recommendation goes to stderr.
@@ -464,7 +465,7 @@ fn cli_csv_and_json_carry_the_figures() {
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["combinations"], 12);
     assert_eq!(v["recommendation"]["found"], true);
-    assert_eq!(v["recommendation"]["params"]["bulk_sms.min_recipients"], 9);
+    assert_eq!(v["recommendation"]["params"]["bulk_sms.min_recipients"], 7);
     let row = &v["rows"][0];
     assert_eq!(row["params"]["deal_line.threshold"], 0.25);
     // Every detector is scored in JSON: customer_fan_in found A and B whatever the sweep.
@@ -525,7 +526,7 @@ fn cli_csv_round_trips_through_a_csv_reader() {
     ));
     assert_eq!(code, 0, "{err}");
     let (params, rows) = sweep_with(&specs, "labels.csv");
-    let rec = tune::recommend(&rows, "deal_line", 0.9);
+    let rec = tune::recommend(&rows, &params, "deal_line", 0.9);
     let mut reader = csv::Reader::from_reader(out.as_bytes());
     let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
     assert_eq!(header[..2], [params[0].key.clone(), params[1].key.clone()]);
@@ -664,7 +665,7 @@ fn cli_plot_writes_valid_png_and_svg() {
         if stem == "two" {
             // One legend entry per value of the second parameter.
             assert!(text.contains("bulk_sms.min_recipients:"));
-            assert!(text.contains("deal_line.threshold=0.5 bulk_sms.min_recipients=9"));
+            assert!(text.contains("deal_line.threshold=0.5 bulk_sms.min_recipients=7"));
         }
     }
 }

@@ -142,7 +142,7 @@ pub fn main(args: Args, config: Option<&Path>) -> Outcome {
     // Stage 3: outputs.
     let rec = args
         .target_precision
-        .map(|p| tune::recommend(&rows, &args.detector, p));
+        .map(|p| tune::recommend(&rows, &params, &args.detector, p));
     let input_name = file_name(&args.input);
     let labels_name = file_name(&args.labels);
     let ctx = report::Context {

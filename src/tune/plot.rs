@@ -193,7 +193,7 @@ where
         (FONT, 17).into_font().color(&RGBColor(70, 70, 70)),
     ))?;
     let picked = match spec.recommendation {
-        Some(Recommendation::Pick { index, target }) => {
+        Some(Recommendation::Pick { index, target, .. }) => {
             head.draw(&Text::new(
                 format!(
                     "recommended (best recall at precision ≥ {target}): {}{}",

@@ -174,7 +174,7 @@ pub fn json(rows: &[Row], ctx: &Context<'_>) -> Value {
     let recommendation = ctx.recommendation.map(|rec| {
         let line = recommendation_line(rec, rows, ctx.params, ctx.detector);
         match rec {
-            Recommendation::Pick { index, target } => json!({
+            Recommendation::Pick { index, target, .. } => json!({
                 "target_precision": target,
                 "found": true,
                 "params": params_of(&rows[*index]),
