@@ -670,6 +670,63 @@ fn cli_plot_writes_valid_png_and_svg() {
     }
 }
 
+/// The x tick labels of a plot's SVG, row by row: the centred numeric texts, grouped by
+/// their baseline (every panel's axis shares one).
+fn x_tick_rows(svg: &str) -> Vec<Vec<String>> {
+    let mut rows: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for t in svg.split("<text ").skip(1) {
+        let (attrs, rest) = t.split_once('>').unwrap();
+        let content = rest.split("</text>").next().unwrap().trim().to_string();
+        let y = attrs.split("y=\"").nth(1).and_then(|r| r.split('"').next());
+        if attrs.contains("text-anchor=\"middle\"") && content.parse::<f64>().is_ok() {
+            rows.entry(y.unwrap().to_string())
+                .or_default()
+                .push(content);
+        }
+    }
+    rows.into_values().filter(|r| r.len() > 2).collect()
+}
+
+/// A 0.4..0.9 sweep showed `0.7 0.8 0.8 0.9` on one panel: ticks between swept values,
+/// rounded to one decimal. Now every label on a panel is different, and each is a swept value.
+#[test]
+fn plot_tick_labels_are_distinct_swept_values() {
+    let f = files();
+    let dir = tempfile::tempdir().unwrap();
+    for (params, panels) in [
+        (
+            vec![
+                "--param",
+                "deal_line.threshold=0.4..0.9:0.1",
+                "--param",
+                "bulk_sms.min_recipients=3,5",
+            ],
+            3,
+        ),
+        (vec!["--param", "deal_line.threshold=0.4..0.9:0.05"], 1),
+    ] {
+        let prefix = dir.path().join(format!("p{panels}"));
+        let mut extra = params.clone();
+        extra.extend(["--plot", prefix.to_str().unwrap()]);
+        let (code, _, err) = linewatch(&tune_args(&extra, &f.cfg, &f.input, &f.labels));
+        assert_eq!(code, 0, "{err}");
+        let svg = std::fs::read_to_string(prefix.with_extension("svg")).unwrap();
+        let rows = x_tick_rows(&svg);
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        let labels = &rows[0];
+        let mut distinct = labels.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(labels.len(), distinct.len() * panels, "{labels:?}");
+        for l in &distinct {
+            let v: f64 = l.parse().unwrap();
+            let k = (v - 0.4) / if panels == 1 { 0.05 } else { 0.1 };
+            assert!((k - k.round()).abs() < 1e-9, "{l} is not a swept value");
+        }
+        assert!(distinct.len() >= 6, "{labels:?}");
+    }
+}
+
 #[test]
 fn cli_user_mistakes_are_one_line_exit_2() {
     let f = files();
