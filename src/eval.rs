@@ -11,7 +11,7 @@
 //! label (`normal`, a typo) is "not a target"; [`Labels::unknown_labels`] lists them so the
 //! caller can say so.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::path::Path;
 
@@ -254,6 +254,55 @@ pub fn score(alerts: &[Alert], labels: &Labels) -> Vec<DetectorScore> {
         .collect()
 }
 
+/// One subject a detector got wrong.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Wrong {
+    pub subject: String,
+    /// Its label; `None` for a flagged subject the labels do not list.
+    pub label: Option<String>,
+}
+
+/// The subjects one detector got wrong, for an analyst to look at: the false positives and
+/// the misses behind a row of [`score`], each sorted by subject.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Mistakes {
+    pub false_positives: Vec<Wrong>,
+    pub missed: Vec<Wrong>,
+}
+
+/// What `detector` got wrong: subjects it alerted on that are not its target, and targets
+/// it never alerted on. Counts agree with [`score`]'s `false_positives` and
+/// `false_negatives`.
+pub fn mistakes(alerts: &[Alert], labels: &Labels, detector: &str) -> Mistakes {
+    let flagged: BTreeSet<&str> = alerts
+        .iter()
+        .filter(|a| a.detector == detector)
+        .map(|a| a.subject.as_str())
+        .collect();
+    let truth = labels.truth(detector);
+    let label_of = |s: &str| labels.by_subject.get(s).map(|l| l.label.clone());
+    let mut missed: Vec<Wrong> = truth
+        .iter()
+        .filter(|s| !flagged.contains(*s))
+        .map(|s| Wrong {
+            subject: s.to_string(),
+            label: label_of(s),
+        })
+        .collect();
+    missed.sort_by(|a, b| a.subject.cmp(&b.subject));
+    Mistakes {
+        false_positives: flagged
+            .iter()
+            .filter(|s| !truth.contains(*s))
+            .map(|s| Wrong {
+                subject: s.to_string(),
+                label: label_of(s),
+            })
+            .collect(),
+        missed,
+    }
+}
+
 fn ratio(a: usize, b: usize) -> f64 {
     if b == 0 {
         // Nothing to find and nothing claimed: perfect; something claimed of nothing: 0.
@@ -420,6 +469,39 @@ mod tests {
             "line 2, column 2 (label): empty; \
              line 3, column 3 (first_seen_ms): \"soon\" is not a whole number of milliseconds; \
              line 5: the subject of line 4 again, with another label (y after x)"
+        );
+    }
+
+    #[test]
+    fn mistakes_name_false_positives_and_misses() {
+        let labels = Labels::parse(LABELS).unwrap();
+        let alerts = vec![
+            alert("deal_line", "d1", 7_200_000),
+            alert("deal_line", "s1", 0),
+            alert("deal_line", "x9", 0),
+            alert("deal_line", "x9", 5),
+            alert("bulk_sms", "d3", 0),
+        ];
+        let m = mistakes(&alerts, &labels, "deal_line");
+        let w = |s: &str, l: Option<&str>| Wrong {
+            subject: s.into(),
+            label: l.map(String::from),
+        };
+        assert_eq!(
+            m.false_positives,
+            [w("s1", Some("lookalike_school")), w("x9", None)]
+        );
+        assert_eq!(
+            m.missed,
+            [w("d2", Some("deal_line")), w("d3", Some("deal_line"))]
+        );
+        let d = score(&alerts, &labels)
+            .into_iter()
+            .find(|d| d.detector == "deal_line")
+            .unwrap();
+        assert_eq!(
+            (d.false_positives, d.false_negatives),
+            (m.false_positives.len(), m.missed.len())
         );
     }
 

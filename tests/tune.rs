@@ -80,7 +80,7 @@ fn sweep_with(specs: &[&str], labels: &str) -> (Vec<Param>, Vec<Row>) {
     let combos = param::grid(&base, &params).unwrap();
     let labels = Labels::load(&fixture(labels)).unwrap();
     let data = std::fs::read(fixture("events.jsonl")).unwrap();
-    let rows = tune::sweep(&data, &labels, &combos, &|| {});
+    let rows = tune::sweep(&data, &labels, &combos, "deal_line", &|| {});
     (params, rows)
 }
 
@@ -479,6 +479,28 @@ fn cli_csv_and_json_carry_the_figures() {
     let fan_in = &row["scores"][1];
     assert_eq!(fan_in["flagged"], 2);
     assert_eq!(fan_in["true_positives"], 1);
+    // What deal_line got wrong, per the hand-worked table: (0.25, 3) flags B and D and
+    // misses E; (0.75, *) flags nothing and misses all three.
+    assert_eq!(
+        row["wrong"],
+        serde_json::json!({
+            "detector": "deal_line",
+            "false_positives": [
+                {"subject": "schoolD", "label": "lookalike_school"},
+                {"subject": "shopB", "label": "lookalike_shop"},
+            ],
+            "missed": [{"subject": "dealE", "label": "deal_line"}],
+        })
+    );
+    let last = &v["rows"][11]["wrong"];
+    assert_eq!(last["false_positives"], serde_json::json!([]));
+    let missed: Vec<&str> = last["missed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["subject"].as_str().unwrap())
+        .collect();
+    assert_eq!(missed, ["dealA", "dealC", "dealE"]);
 
     // One thread or two: the same rows in the same order.
     let (_, json2, _) = linewatch(&tune_args(

@@ -127,7 +127,7 @@ pub fn main(args: Args, config: Option<&Path>) -> Outcome {
     });
     let started = Instant::now();
     let rows = pool.install(|| {
-        tune::sweep(&data, &labels, &combos, &|| {
+        tune::sweep(&data, &labels, &combos, &args.detector, &|| {
             if let Some(b) = &bar {
                 b.inc(1);
             }

@@ -44,6 +44,8 @@ pub struct Row {
     pub scores: Vec<DetectorScore>,
     /// Valid events the replay used (the same for every row; kept to show the input was read).
     pub events_valid: u64,
+    /// The subjects the swept detector got wrong (for `--format json`).
+    pub mistakes: eval::Mistakes,
 }
 
 impl Row {
@@ -53,13 +55,15 @@ impl Row {
     }
 }
 
-/// Replays `data` once per combination, on the current rayon pool, and scores each replay.
-/// `done` is called after each combination (for a progress bar). Rows come back in
-/// combination order whatever order the threads finish in.
+/// Replays `data` once per combination, on the current rayon pool, and scores each replay;
+/// the subjects `detector` got wrong are kept too. `done` is called after each combination
+/// (for a progress bar). Rows come back in combination order whatever order the threads
+/// finish in.
 pub fn sweep(
     data: &[u8],
     labels: &Labels,
     combos: &[Combination],
+    detector: &str,
     done: &(dyn Fn() + Sync),
 ) -> Vec<Row> {
     combos
@@ -67,11 +71,13 @@ pub fn sweep(
         .map(|c| {
             let (alerts, summary) = crate::replay::replay_bytes(c.config.clone(), data);
             let scores = eval::score(&alerts, labels);
+            let mistakes = eval::mistakes(&alerts, labels, detector);
             done();
             Row {
                 values: c.values.clone(),
                 scores,
                 events_valid: summary.events_valid,
+                mistakes,
             }
         })
         .collect()
@@ -338,6 +344,7 @@ mod tests {
                 median_delay_s: delay_h.map(|h| h * 3600.0),
             }],
             events_valid: 1,
+            mistakes: Default::default(),
         }
     }
 

@@ -1,7 +1,10 @@
 //! The sweep's outputs: an aligned table for the terminal, CSV and JSON for other tools.
 //!
 //! Table and CSV show the chosen detector only (one row per combination); JSON carries every
-//! detector's score, since one replay scores them all at no extra cost.
+//! detector's score, since one replay scores them all at no extra cost, and per combination
+//! the subjects the chosen detector got wrong (`wrong`: false positives with their label,
+//! if any, and misses), so an analyst can look at them. That list is output for the analyst,
+//! like the alerts themselves; it never goes to logs.
 
 use serde_json::{json, Map, Value};
 
@@ -203,6 +206,11 @@ pub fn json(rows: &[Row], ctx: &Context<'_>) -> Value {
             "params": params_of(r),
             "events_valid": r.events_valid,
             "scores": r.scores,
+            "wrong": {
+                "detector": ctx.detector,
+                "false_positives": r.mistakes.false_positives,
+                "missed": r.mistakes.missed,
+            },
         })).collect::<Vec<_>>(),
     })
 }
