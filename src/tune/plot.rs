@@ -166,7 +166,8 @@ fn x_ticks(p: &Param, max: usize) -> Vec<(f64, String)> {
         .collect()
 }
 
-/// How many x labels fit across `width_px`: about 10 px a character and a gap of 3.
+/// How many x labels fit across `width_px`: about 9 px a character at the 15 px label font,
+/// and three characters of gap between labels.
 fn ticks_that_fit(p: &Param, width_px: u32) -> usize {
     let widest = p
         .values
