@@ -450,6 +450,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(l.lookalikes(), HashSet::from(["f1"]));
+        // A subject written with the spreadsheet text mark (see `sheet::protect`) reads back
+        // as the pseudonym itself, with or without the mark.
+        let marked = Labels::parse("subject,label\n'=x1,deal_line\n-x2,deal_line\n").unwrap();
+        assert_eq!(marked.truth("deal_line"), HashSet::from(["=x1", "-x2"]));
         assert_eq!(l.unknown_labels(), BTreeMap::from([("normal", 2)]));
         let alerts = [alert("deal_line", "d1", 0), alert("deal_line", "f1", 0)];
         let s = score(&alerts, &l);
