@@ -24,6 +24,7 @@
 //! - [`explain`]: an alert in plain language (`linewatch explain`).
 //! - [`generate`]: labelled synthetic traffic.
 //! - [`cells`]: the cell map.
+//! - [`sheet`]: the CSV files analysts keep in spreadsheets, read and written with the `csv` crate.
 //! - [`service`]: `linewatch run`, the engine between a Kafka consumer group and producer;
 //!   [`kafka`] holds the client setup and error classification it shares.
 //! - [`cli`]: the subcommands; `main.rs` only calls [`cli::main`].
@@ -46,6 +47,7 @@ pub mod kafka;
 pub mod redact;
 pub mod replay;
 pub mod service;
+pub mod sheet;
 pub mod state;
 pub mod tune;
 pub mod watermark;
