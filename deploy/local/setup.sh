@@ -19,6 +19,10 @@ PACKAGES=(
   fonts-dejavu-core libfontconfig1-dev
 )
 
+# The board's browser tests (tests/board.rs) drive Debian's own Chromium through its
+# chromedriver; no browser is ever downloaded. fonts-dejavu-core above renders its pages.
+PACKAGES+=(chromium chromium-driver)
+
 log() { printf 'setup.sh: %s\n' "$*" >&2; }
 
 installed() {
