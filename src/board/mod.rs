@@ -175,8 +175,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         metrics,
         stop_rx.clone(),
     ));
-    let addr = listener.local_addr().ok();
-    tracing::info!(addr = ?addr, "board listening");
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "board listening");
+    }
     let mut server_stop = stop_rx;
     let server =
         axum::serve(listener, http::router(app.clone())).with_graceful_shutdown(async move {

@@ -132,7 +132,7 @@ pub fn queue_rows(rows: &[Row], root: &str) -> String {
             s,
             "<tr data-alert=\"{id}\"><td>{score}</td><td><span class=\"det\">{det}</span></td>\
 <td><a class=\"subject\" href=\"{root}alert/{idu}\">{subj}</a> <span class=\"kind\">{kind}</span></td>\
-<td>{time}</td><td>{status}</td><td>{assignee}</td><td><a href=\"{root}line/{subju}\">history</a></td></tr>",
+<td>{time}</td><td>{status}</td><td>{assignee}</td><td><a href=\"{root}line/{subju}\">all on it</a></td></tr>",
             id = esc(&r.alert_id),
             score = score_bar(r.score),
             det = esc(&r.detector),
