@@ -59,15 +59,15 @@ impl App {
         target: &str,
         reason: Option<&str>,
         detail: Option<&str>,
-    ) -> Result<(), Response> {
+    ) -> Result<(), Box<Response>> {
         self.audit
             .log(now_ms(), Some(&user.name), action, target, reason, detail)
             .map_err(|e| {
                 tracing::error!(error = %e, "audit log write failed; request refused");
-                pages::failure(
+                Box::new(pages::failure(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "The audit log cannot be written, so nothing can be shown or changed.",
-                )
+                ))
             })
     }
 
@@ -78,22 +78,22 @@ impl App {
         headers: &HeaderMap,
         token: &str,
         target: &str,
-    ) -> Result<(), Response> {
+    ) -> Result<(), Box<Response>> {
         if !user.role.may_act() {
             self.metrics.refused.with_label_values(&["role"]).inc();
             self.audit(user, Action::RefusedRole, target, None, None)?;
-            return Err(pages::failure(
+            return Err(Box::new(pages::failure(
                 StatusCode::FORBIDDEN,
                 "Your role (viewer) cannot triage or export.",
-            ));
+            )));
         }
         if auth::cross_site(headers) || !self.csrf.check(&user.name, token) {
             self.metrics.refused.with_label_values(&["csrf"]).inc();
             self.audit(user, Action::RefusedCsrf, target, None, None)?;
-            return Err(pages::failure(
+            return Err(Box::new(pages::failure(
                 StatusCode::FORBIDDEN,
                 "This form has expired or did not come from the board: reload the page and try again.",
-            ));
+            )));
         }
         Ok(())
     }
@@ -207,18 +207,13 @@ async fn events(
 ) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
     let rx = app.events.subscribe();
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok(n) => {
-                    return Some((Ok(Event::default().event("alerts").data(n.to_string())), rx))
-                }
-                // Missed some: the page refreshes its rows anyway.
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    return Some((Ok(Event::default().event("alerts").data("0")), rx))
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
-            }
-        }
+        let data = match rx.recv().await {
+            Ok(n) => n.to_string(),
+            // Missed some: the page fetches its rows anyway.
+            Err(broadcast::error::RecvError::Lagged(_)) => "0".to_string(),
+            Err(broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((Ok(Event::default().event("alerts").data(data)), rx))
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
@@ -261,7 +256,7 @@ async fn alert(
     match got {
         Ok(Some((st, history, related))) => {
             if let Err(r) = app.audit(&user, Action::ViewAlert, &target, None, None) {
-                return r;
+                return *r;
             }
             let explanation = crate::explain::explain(&st.alert);
             let notice = n.done.as_deref().map(|d| match d {
@@ -306,7 +301,7 @@ async fn triage(
 ) -> Response {
     let target = format!("alert:{id}");
     if let Err(r) = app.guard_change(&user, &headers, &f.csrf, &target) {
-        return r;
+        return *r;
     }
     let status = match f
         .decision
@@ -361,7 +356,7 @@ async fn triage(
         // A note's text is the reason given for it.
         let reason = (action == Action::Note).then_some(e.new.as_str());
         if let Err(r) = app.audit(&user, action, &target, reason, detail.as_deref()) {
-            return r;
+            return *r;
         }
         if action == Action::Status {
             if let (Some(label), Some(d)) = (
@@ -393,7 +388,7 @@ async fn line(
                 None,
                 None,
             ) {
-                return r;
+                return *r;
             }
             pages::line(&user, &app.csrf.token(&user.name), &ident, &alerts)
         }
@@ -420,7 +415,7 @@ async fn export(
 ) -> Response {
     let target = format!("line:{ident}");
     if let Err(r) = app.guard_change(&user, &headers, &f.csrf, &target) {
-        return r;
+        return *r;
     }
     let reason = f.reason.trim();
     if reason.chars().count() < 3 {
@@ -435,7 +430,7 @@ async fn export(
     };
     let format = if f.format == "print" { "print" } else { "csv" };
     if let Err(r) = app.audit(&user, Action::Export, &target, Some(reason), Some(format)) {
-        return r;
+        return *r;
     }
     app.metrics.exports.inc();
     if format == "print" {
@@ -460,7 +455,7 @@ async fn labels(State(app): State<Arc<App>>, Extension(user): Extension<User>) -
     if !user.role.may_act() {
         app.metrics.refused.with_label_values(&["role"]).inc();
         if let Err(r) = app.audit(&user, Action::RefusedRole, "/labels.csv", None, None) {
-            return r;
+            return *r;
         }
         return pages::failure(
             StatusCode::FORBIDDEN,
@@ -471,7 +466,7 @@ async fn labels(State(app): State<Arc<App>>, Extension(user): Extension<User>) -
     match got {
         Ok(rows) => {
             if let Err(r) = app.audit(&user, Action::ExportLabels, "/labels.csv", None, None) {
-                return r;
+                return *r;
             }
             app.metrics.exports.inc();
             let mut s = String::from("subject,label\n");
