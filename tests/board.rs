@@ -969,3 +969,55 @@ fn a_bad_role_is_a_configuration_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid configuration"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_is_published_to_the_disposition_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = suffix();
+    let (alerts, dispositions) = (format!("board-d-alerts-{s}"), format!("board-d-out-{s}"));
+    create_topics(&[(&alerts, 1), (&dispositions, 1)]).await;
+    produce(&alerts, &scenery()).await;
+    let (cfg, _) = board_config(dir.path());
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "[board]\n",
+        &format!("[board]\ndisposition_topic = {dispositions:?}\n"),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let board = Board::start(&cfg, &alerts);
+    let addr = board.wait_ready().await;
+    board
+        .wait_metric(
+            &addr,
+            "linewatch_board_alerts_ingested_total",
+            5.0,
+            Duration::from_secs(20),
+        )
+        .await;
+    // The token comes from the page, as a browser's form would carry it.
+    let page = http(&addr, "GET", "/alert/sc-deal", Some("alice"), "").2;
+    let token = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("the triage form carries a token")
+        .to_string();
+    let (code, head, _) = http(
+        &addr,
+        "POST",
+        "/alert/sc-deal/triage",
+        Some("alice"),
+        &format!("csrf={token}&decision=confirmed"),
+    );
+    assert_eq!(code, 303, "{head}");
+    let got = support::read_until(&dispositions, Duration::from_secs(30), |m| !m.is_empty()).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].key.as_deref(), Some("L-91c2-NEW"));
+    let v: Value = serde_json::from_slice(&got[0].value).unwrap();
+    assert_eq!(v["label"], "deal_line");
+    assert_eq!(v["alert_id"], "sc-deal");
+    assert_eq!(v["subject"], "L-91c2-NEW");
+    assert!(
+        v.get("user").is_none(),
+        "who decided stays in the audit log"
+    );
+}
