@@ -190,9 +190,14 @@ CREATE TABLE IF NOT EXISTS alerts (
     decision TEXT,
     decided_at INTEGER
 );
+-- The queue's two orders, alone and under its two equality filters, so that a page reads
+-- its 200 rows off an index instead of sorting 100,000 (measured: benches/board_e2e.sh).
 CREATE INDEX IF NOT EXISTS alerts_by_score ON alerts (score DESC, event_time DESC);
-CREATE INDEX IF NOT EXISTS alerts_by_time ON alerts (event_time DESC);
-CREATE INDEX IF NOT EXISTS alerts_by_status ON alerts (status);
+CREATE INDEX IF NOT EXISTS alerts_by_time ON alerts (event_time DESC, score DESC);
+CREATE INDEX IF NOT EXISTS alerts_status_score ON alerts (status, score DESC, event_time DESC);
+CREATE INDEX IF NOT EXISTS alerts_status_time ON alerts (status, event_time DESC, score DESC);
+CREATE INDEX IF NOT EXISTS alerts_detector_score ON alerts (detector, score DESC, event_time DESC);
+CREATE INDEX IF NOT EXISTS alerts_detector_time ON alerts (detector, event_time DESC, score DESC);
 CREATE INDEX IF NOT EXISTS alerts_by_subject ON alerts (subject);
 CREATE INDEX IF NOT EXISTS alerts_by_detected ON alerts (detected_at);
 CREATE INDEX IF NOT EXISTS alerts_decided ON alerts (subject, decided_at) WHERE decision IS NOT NULL;
@@ -215,6 +220,8 @@ CREATE TABLE IF NOT EXISTS history (
 );
 CREATE INDEX IF NOT EXISTS history_by_alert ON history (alert_id, ts);
 CREATE INDEX IF NOT EXISTS history_by_ts ON history (ts);
+-- Detector names seen, for the queue's filter: a DISTINCT over the alerts reads every row.
+CREATE TABLE IF NOT EXISTS detectors (name TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS offsets (
     topic TEXT NOT NULL,
     partition INTEGER NOT NULL,
@@ -268,6 +275,8 @@ impl Store {
                 "INSERT OR IGNORE INTO alerts (alert_id, detector, subject, subject_kind, score,
                  event_time, detected_at, body, ingested_at) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)",
             )?;
+            let mut detector =
+                tx.prepare_cached("INSERT OR IGNORE INTO detectors (name) VALUES (?1)")?;
             let mut mention = tx.prepare_cached(
                 "INSERT OR IGNORE INTO mentions (alert_id, ident) VALUES (?1, ?2)",
             )?;
@@ -297,6 +306,7 @@ impl Store {
                     continue;
                 }
                 out.inserted += 1;
+                detector.execute([&a.detector])?;
                 for ident in mentioned(a) {
                     if ident != a.subject {
                         mention.execute(params![a.alert_id, ident])?;
@@ -332,8 +342,8 @@ impl Store {
             args.push(t.into());
         }
         sql.push_str(match f.sort {
-            Sort::Score => " ORDER BY score DESC, event_time DESC, alert_id",
-            Sort::Newest => " ORDER BY event_time DESC, score DESC, alert_id",
+            Sort::Score => " ORDER BY score DESC, event_time DESC",
+            Sort::Newest => " ORDER BY event_time DESC, score DESC",
         });
         sql.push_str(" LIMIT ?");
         args.push(i64::from(f.limit).into());
@@ -364,7 +374,7 @@ impl Store {
     pub fn detectors(&self) -> Result<Vec<String>, StoreError> {
         let mut st = self
             .conn
-            .prepare_cached("SELECT DISTINCT detector FROM alerts ORDER BY detector")?;
+            .prepare_cached("SELECT name FROM detectors ORDER BY name")?;
         let rows = st.query_map([], |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -697,6 +707,7 @@ pub(crate) mod tests {
             ..Default::default()
         };
         assert_eq!(ids(&all), ["b", "c", "a"]);
+        assert_eq!(s.detectors().unwrap(), ["bulk_sms", "deal_line"]);
         let newest = QueueFilter {
             sort: Sort::Newest,
             ..all.clone()
