@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::Rules;
+
 /// What a user of the board may do. Ordered: each role may do what the ones before it may.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -85,42 +87,49 @@ impl Default for BoardConfig {
 }
 
 impl BoardConfig {
-    /// Adds every problem found to `p`.
-    pub fn check(&self, p: &mut Vec<String>) {
-        if self.http_addr.parse::<std::net::SocketAddr>().is_err() {
-            p.push(format!(
-                "board.http_addr must be HOST:PORT with an IP address, got {:?}",
-                self.http_addr
-            ));
-        }
-        for (name, v) in [
+    /// The rules of `[board]`, added to the configuration's.
+    pub fn check(&self, r: &mut Rules) {
+        r.check(
+            "board.http_addr",
+            self.http_addr.parse::<std::net::SocketAddr>().is_ok(),
+            format_args!("{:?}", self.http_addr),
+            "HOST:PORT with an IP address, e.g. \"127.0.0.1:9470\"",
+        );
+        for (key, v) in [
             ("board.db_path", &self.db_path),
             ("board.group_id", &self.group_id),
             ("board.audit_log", &self.audit_log),
         ] {
-            if v.trim().is_empty() {
-                p.push(format!("{name} must not be empty"));
-            }
+            r.check(
+                key,
+                !v.trim().is_empty(),
+                format_args!("{v:?}"),
+                "a non-empty string",
+            );
         }
-        if axum::http::HeaderName::from_bytes(self.user_header.as_bytes()).is_err() {
-            p.push(format!(
-                "board.user_header must be a valid HTTP header name, got {:?}",
-                self.user_header
-            ));
-        }
-        if self.retention_days == 0 {
-            p.push("board.retention_days must be greater than 0".into());
-        }
-        if self.retention_interval_s == 0 {
-            p.push("board.retention_interval_s must be greater than 0".into());
-        }
-        if !(1..=10_000).contains(&self.queue_limit) {
-            p.push("board.queue_limit must be between 1 and 10000".into());
-        }
-        for user in self.users.keys() {
-            if user.is_empty() || user.chars().any(|c| c.is_control()) {
-                p.push("board.users: a user name must be non-empty printable text".into());
-            }
+        r.check(
+            "board.user_header",
+            axum::http::HeaderName::from_bytes(self.user_header.as_bytes()).is_ok(),
+            format_args!("{:?}", self.user_header),
+            "a valid HTTP header name, e.g. \"X-Forwarded-User\"",
+        );
+        r.count(
+            "board.retention_days",
+            self.retention_days.into(),
+            1,
+            36_500,
+        );
+        r.seconds("board.retention_interval_s", self.retention_interval_s, 1);
+        r.count("board.queue_limit", self.queue_limit.into(), 1, 10_000);
+        if self
+            .users
+            .keys()
+            .any(|u| u.is_empty() || u.chars().any(char::is_control))
+        {
+            r.push(
+                "board.users",
+                "board.users: a user name must be non-empty printable text".into(),
+            );
         }
     }
 }
