@@ -606,6 +606,7 @@ async fn the_board_in_a_browser_shows_a_burst_live_and_records_each_step() {
         .unwrap()
         .is_empty());
     assert!(viewer.source().await.unwrap().contains("not triage them"));
+    screenshot(&viewer, "alert-laptop-viewer.png").await;
     viewer.close().await.unwrap();
     let (code, _, _) = http(
         &addr,
@@ -726,6 +727,7 @@ async fn the_board_in_a_browser_shows_a_burst_live_and_records_each_step() {
             && printed.contains("Exported by <b>alice</b>"),
         "{printed}"
     );
+    screenshot(&c, "export-print.png").await;
 
     // Without the proxy's header: 401; a name the board does not know: 403.
     assert_eq!(http(&addr, "GET", "/", None, "").0, 401);
