@@ -1022,4 +1022,33 @@ async fn a_decision_is_published_to_the_disposition_topic() {
         v.get("user").is_none(),
         "who decided stays in the audit log"
     );
+
+    // The other triage fields: status, assignee and a note in one form, each audited.
+    let (code, _, _) = http(
+        &addr,
+        "POST",
+        "/alert/sc-deal/triage",
+        Some("alice"),
+        &format!("csrf={token}&status=closed&assignee=bob&note=handed+to+the+DDTRO+team"),
+    );
+    assert_eq!(code, 303);
+    let page = http(&addr, "GET", "/alert/sc-deal", Some("alice"), "").2;
+    assert!(page.contains("assigned to <b>bob</b>") && page.contains("handed to the DDTRO team"));
+    let audit = audit_lines(&dir.path().join("audit.jsonl"));
+    let by = |action: &str| {
+        audit
+            .iter()
+            .filter(|v| {
+                v["action"] == action && v["user"] == "alice" && v["target"] == "alert:sc-deal"
+            })
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(by("status").len(), 2, "confirmed, then closed");
+    assert_eq!(by("status")[1]["detail"], "confirmed -> closed");
+    assert_eq!(by("assign")[0]["detail"], " -> bob");
+    assert_eq!(by("note")[0]["reason"], "handed to the DDTRO team");
+    // Closing keeps the decision: the label stays.
+    let labels = http(&addr, "GET", "/labels.csv", Some("alice"), "").2;
+    assert_eq!(labels, "subject,label\nL-91c2-NEW,deal_line\n");
 }
