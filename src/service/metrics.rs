@@ -69,6 +69,7 @@ pub struct Metrics {
     producer_errors: IntCounterVec,
     reloads: IntCounterVec,
     commits_failed: IntCounter,
+    out_of_order: IntCounter,
     batch_seconds: Histogram,
     ready: IntGauge,
     assigned: IntGauge,
@@ -201,6 +202,12 @@ impl Metrics {
         .expect(STATIC_OK);
         r.register(Box::new(commits_failed.clone()))
             .expect(STATIC_OK);
+        let out_of_order = IntCounter::new(
+            "linewatch_align_out_of_order_total",
+            "Records of several partitions handed to the engine after a newer record of another partition (a partition idle past partition_idle_timeout_s, or newly assigned behind the others); 0 when alignment held.",
+        )
+        .expect(STATIC_OK);
+        r.register(Box::new(out_of_order.clone())).expect(STATIC_OK);
         let batch_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "linewatch_batch_seconds",
@@ -260,6 +267,7 @@ impl Metrics {
             producer_errors,
             reloads,
             commits_failed,
+            out_of_order,
             batch_seconds,
             ready,
             assigned,
@@ -364,6 +372,11 @@ impl Metrics {
     /// Counts a refused commit.
     pub fn commit_failed(&self) {
         self.commits_failed.inc();
+    }
+
+    /// Counts records released out of event-time order across partitions.
+    pub fn out_of_order(&self, n: u64) {
+        self.out_of_order.inc_by(n);
     }
 
     /// Times one batch.
