@@ -14,6 +14,28 @@
 //! A rebalance callback runs only inside a poll of this loop; a revoke first gives the
 //! batches in flight the chance to be acknowledged and commits them (see
 //! [`super::source`]).
+//!
+//! # Alignment, batches in flight and rebalances
+//!
+//! With several partitions, records wait in [`super::align`] before joining a batch. What
+//! holds together:
+//!
+//! - A batch is cut from what alignment releases, so a batch's `next` offsets (what its
+//!   commit reflects) cover only records that went through the engine; held records are
+//!   not in any batch and not committed. A held record is never released because the batch
+//!   wait ran out, only when no partition can still deliver an older one (or at the idle
+//!   timeout); at `align_max_records` the partitions ahead are paused instead.
+//! - Batches in flight are committed in order, as without alignment; a revoke commits those
+//!   acknowledged (and only for partitions still ours).
+//! - Every record carries its assignment [`Generation`]: records of an ended assignment are
+//!   dropped from the alignment buffer before anything is released, and skipped by
+//!   `Pipeline::process` if already in a batch. Records of the new assignment (read from
+//!   the last commit, or rebuilding state from before it) are kept wherever they are.
+//! - On shutdown, held records are neither processed nor committed: the next run reads them
+//!   again.
+//!
+//! A checkpoint (durable state) belongs where a batch is committed: its `next` offsets are
+//! exactly what the engine state reflects, per partition and generation.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
