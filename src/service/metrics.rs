@@ -70,6 +70,7 @@ pub struct Metrics {
     reloads: IntCounterVec,
     commits_failed: IntCounter,
     out_of_order: IntCounter,
+    align_pauses: IntCounter,
     batch_seconds: Histogram,
     ready: IntGauge,
     assigned: IntGauge,
@@ -208,6 +209,12 @@ impl Metrics {
         )
         .expect(STATIC_OK);
         r.register(Box::new(out_of_order.clone())).expect(STATIC_OK);
+        let align_pauses = IntCounter::new(
+            "linewatch_align_pauses_total",
+            "Input partitions paused because align_max_records were held waiting for a partition behind them.",
+        )
+        .expect(STATIC_OK);
+        r.register(Box::new(align_pauses.clone())).expect(STATIC_OK);
         let batch_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "linewatch_batch_seconds",
@@ -268,6 +275,7 @@ impl Metrics {
             reloads,
             commits_failed,
             out_of_order,
+            align_pauses,
             batch_seconds,
             ready,
             assigned,
@@ -377,6 +385,11 @@ impl Metrics {
     /// Counts records released out of event-time order across partitions.
     pub fn out_of_order(&self, n: u64) {
         self.out_of_order.inc_by(n);
+    }
+
+    /// Counts partitions paused at the alignment bound.
+    pub fn align_paused(&self, partitions: usize) {
+        self.align_pauses.inc_by(partitions as u64);
     }
 
     /// Times one batch.

@@ -399,6 +399,9 @@ impl Pipeline {
             self.metrics.out_of_order(disorder);
         }
         let pause = intake.align.to_pause(align_max);
+        if !pause.is_empty() {
+            self.metrics.align_paused(pause.len());
+        }
         let resume = intake.align.to_resume(align_max);
         for (tps, pausing) in [(pause, true), (resume, false)] {
             if tps.is_empty() {
