@@ -78,8 +78,20 @@ pub fn main(args: Args, config: Option<&Path>) -> Outcome {
             )));
         }
     }
-    if args.jobs == Some(0) {
-        return Err(Failure::usage("--jobs must be at least 1"));
+    if let Some(j) = args.jobs.filter(|j| !(1..=MAX_JOBS).contains(j)) {
+        return Err(Failure::usage(format!(
+            "--jobs {j}: must be 1 to {MAX_JOBS} (each job is a thread replaying the input)"
+        )));
+    }
+    // Every output is checked before the sweep: a missing directory must not throw away
+    // every replay's result at the end.
+    if let Some(p) = &args.output {
+        check_writable(p, "--output")?;
+    }
+    if let Some(prefix) = &args.plot {
+        let (png, svg) = plot::paths(prefix);
+        check_writable(&png, "--plot")?;
+        check_writable(&svg, "--plot")?;
     }
     let params = args
         .params
@@ -89,6 +101,17 @@ pub fn main(args: Args, config: Option<&Path>) -> Outcome {
         .map_err(|e| Failure::usage(e.to_string()))?;
     let combos = param::grid(&base, &params).map_err(|e| Failure::usage(e.to_string()))?;
     let labels = Labels::load(&args.labels).map_err(|e| Failure::usage(e.to_string()))?;
+    let unknown = labels.unknown_labels();
+    if !unknown.is_empty() {
+        let list: Vec<String> = unknown
+            .iter()
+            .map(|(l, n)| format!("{l:?} ({n})"))
+            .collect();
+        eprintln!(
+            "linewatch: warning: labels linewatch does not know, scored as not a target: {}",
+            list.join(", ")
+        );
+    }
     if labels.truth(&args.detector).is_empty() {
         eprintln!(
             "linewatch: warning: the labels mark nothing {} should find, so recall means nothing",
@@ -97,7 +120,12 @@ pub fn main(args: Args, config: Option<&Path>) -> Outcome {
     }
     let data = std::fs::read(&args.input)
         .map_err(|e| Failure::usage(format!("cannot read input {}: {e}", args.input.display())))?;
-    let jobs = args.jobs.unwrap_or_else(rayon::current_num_threads);
+    // More threads than combinations would only wait.
+    let jobs = args
+        .jobs
+        .unwrap_or_else(rayon::current_num_threads)
+        .min(combos.len())
+        .max(1);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(jobs)
         .build()
@@ -116,7 +144,7 @@ pub fn main(args: Args, config: Option<&Path>) -> Outcome {
     });
     let started = Instant::now();
     let rows = pool.install(|| {
-        tune::sweep(&data, &labels, &combos, &|| {
+        tune::sweep(&data, &labels, &combos, &args.detector, &|| {
             if let Some(b) = &bar {
                 b.inc(1);
             }
@@ -131,7 +159,7 @@ pub fn main(args: Args, config: Option<&Path>) -> Outcome {
     // Stage 3: outputs.
     let rec = args
         .target_precision
-        .map(|p| tune::recommend(&rows, &args.detector, p));
+        .map(|p| tune::recommend(&rows, &params, &args.detector, p));
     let input_name = file_name(&args.input);
     let labels_name = file_name(&args.labels);
     let ctx = report::Context {
@@ -188,6 +216,41 @@ pub fn main(args: Args, config: Option<&Path>) -> Outcome {
         rows.len(),
         if jobs == 1 { "" } else { "s" }
     );
+    Ok(())
+}
+
+/// Most `--jobs`: far past any core count, short of what a typo (`100000`) would make the
+/// system try to start.
+pub const MAX_JOBS: usize = 256;
+
+/// Fails with one line unless `path` can be created or overwritten. A file made only to
+/// check is removed again.
+fn check_writable(path: &Path, flag: &str) -> Result<(), Failure> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.is_dir() {
+            return Err(Failure::usage(format!(
+                "{flag} {}: directory {} does not exist",
+                path.display(),
+                dir.display()
+            )));
+        }
+    }
+    if path.is_dir() {
+        return Err(Failure::usage(format!(
+            "{flag} {}: is a directory, not a file",
+            path.display()
+        )));
+    }
+    let existed = path.exists();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| Failure::usage(format!("{flag} {}: cannot write: {e}", path.display())))?;
+    if !existed {
+        let _ = std::fs::remove_file(path);
+    }
     Ok(())
 }
 

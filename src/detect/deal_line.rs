@@ -76,10 +76,17 @@ struct Contribution {
 struct LineVerdict {
     line: Box<str>,
     parts: [Option<Contribution>; 7],
-    /// Predecessor / successor lines and handsets, for `related`.
-    related: Vec<String>,
+    /// Predecessor / successor lines and handsets, for `related`, each with the event time
+    /// of the latest evidence that named it: it leaves with that evidence (after the
+    /// lookback), and at most [`MAX_RELATED`] are kept, so a line active for months does
+    /// not grow the list without end.
+    related: Vec<(String, Millis)>,
     last_at: Millis,
 }
+
+/// Most identities kept in one line's `related`: a deal line has a predecessor, a successor
+/// and a few handsets; far more is a repair shop or a shared phone, and the oldest go first.
+pub const MAX_RELATED: usize = 32;
 
 pub struct DealLine {
     cfg: DealLineConfig,
@@ -129,10 +136,10 @@ impl DealLine {
                 // A repeat is an earlier *bulk send*, on an earlier day, to largely the same
                 // people. Audience overlap alone is not enough: a festive greeting reaches
                 // friends texted all year, yet it is the line's only blast.
-                let gap = cfg.repeat_gap_s as Millis * 1000;
+                let gap = ids::span_ms(cfg.repeat_gap_s);
                 let earlier_bulk = v.parts[Part::BulkSms as usize]
                     .as_ref()
-                    .is_some_and(|p| p.at + gap <= at);
+                    .is_some_and(|p| p.at.saturating_add(gap) <= at);
                 if earlier_bulk && repeat >= cfg.repeat_audience_min {
                     set(v, Part::RepeatBulk, at, detail.clone());
                 }
@@ -145,10 +152,10 @@ impl DealLine {
                     return touched;
                 };
                 let detail = json!({"customers": ev["customers"]});
-                let gap = cfg.repeat_gap_s as Millis * 1000;
+                let gap = ids::span_ms(cfg.repeat_gap_s);
                 if v.parts[Part::FanIn as usize]
                     .as_ref()
-                    .is_some_and(|p| p.at + gap <= at)
+                    .is_some_and(|p| p.at.saturating_add(gap) <= at)
                 {
                     set(v, Part::RepeatFanIn, at, detail.clone());
                 }
@@ -173,14 +180,14 @@ impl DealLine {
                         let d = json!({"earlier_line": old_line, "earlier_score": es});
                         set(v, Part::Predecessor, at, d);
                     }
-                    push_related(v, &old_line);
+                    push_related(v, &old_line, at);
                     touched.push(new_id);
                 }
                 if let Some(v) = self.verdict(old_id, &old_line) {
                     let d =
                         json!({"role": "earlier_line", "new_line": new_line, "overlap": overlap});
                     set(v, Part::Handover, at, d);
-                    push_related(v, &new_line);
+                    push_related(v, &new_line, at);
                     touched.push(old_id);
                 }
             }
@@ -193,7 +200,7 @@ impl DealLine {
                     if let Some(v) = self.verdict(*id, line) {
                         let d = json!({"handset": f.subject, "sims": sims});
                         set(v, Part::HandsetChurn, at, d);
-                        push_related(v, &f.subject);
+                        push_related(v, &f.subject, at);
                         touched.push(*id);
                     }
                 }
@@ -204,7 +211,7 @@ impl DealLine {
     }
 
     fn score(&self, v: &LineVerdict, now: Millis) -> f64 {
-        let since = now - self.cfg.lookback_s as Millis * 1000;
+        let since = now.saturating_sub(ids::span_ms(self.cfg.lookback_s));
         PARTS
             .iter()
             .filter(|p| {
@@ -225,10 +232,20 @@ fn set(v: &mut LineVerdict, p: Part, at: Millis, detail: Value) {
     v.last_at = v.last_at.max(at);
 }
 
-fn push_related(v: &mut LineVerdict, who: &str) {
-    if !v.related.iter().any(|r| r == who) && *v.line != *who {
-        v.related.push(who.to_string());
+fn push_related(v: &mut LineVerdict, who: &str, at: Millis) {
+    if *v.line == *who {
+        return;
     }
+    if let Some(r) = v.related.iter_mut().find(|r| r.0 == who) {
+        r.1 = r.1.max(at);
+        return;
+    }
+    if v.related.len() >= MAX_RELATED {
+        if let Some(i) = (0..v.related.len()).min_by_key(|&i| v.related[i].1) {
+            v.related.remove(i);
+        }
+    }
+    v.related.push((who.to_string(), at));
 }
 
 impl Detector for DealLine {
@@ -248,7 +265,7 @@ impl Detector for DealLine {
                 }
             }
         }
-        let since = ev.ts - self.cfg.lookback_s as Millis * 1000;
+        let since = ev.ts.saturating_sub(ids::span_ms(self.cfg.lookback_s));
         for id in touched {
             let Some(v) = self.lines.get(&id) else {
                 continue;
@@ -288,7 +305,12 @@ impl Detector for DealLine {
                 event_time: ev.ts,
                 window_start: start,
                 window_end: end.max(start),
-                related: v.related.clone(),
+                related: v
+                    .related
+                    .iter()
+                    .filter(|r| r.1 >= since)
+                    .map(|r| r.0.clone())
+                    .collect(),
                 evidence,
                 lines: vec![(id, v.line.to_string())],
             });
@@ -296,8 +318,11 @@ impl Detector for DealLine {
     }
 
     fn expire(&mut self, watermark: Millis) {
-        let cutoff = watermark - self.cfg.lookback_s as Millis * 1000;
-        self.lines.retain(|_, v| v.last_at >= cutoff);
+        let cutoff = watermark.saturating_sub(ids::span_ms(self.cfg.lookback_s));
+        self.lines.retain(|_, v| {
+            v.related.retain(|r| r.1 >= cutoff);
+            v.last_at >= cutoff
+        });
     }
 
     fn stats(&self) -> StateStats {
@@ -309,7 +334,7 @@ impl Detector for DealLine {
                     .values()
                     .map(|v| {
                         v.line.len()
-                            + v.related.iter().map(|r| r.len() + 24).sum::<usize>()
+                            + v.related.iter().map(|r| r.0.len() + 32).sum::<usize>()
                             + v.parts.iter().flatten().count() * 96
                     })
                     .sum::<usize>(),
@@ -507,5 +532,40 @@ mod tests {
         let mut d = DealLine::new(&Config::default(), 100);
         run(&mut d, 0, &[bulk("line", 0, 0.0), fan_in("line", 0)]);
         assert!(run(&mut d, 10 * DAY, &[bulk("line", 10 * DAY, 0.9)]).is_empty());
+    }
+
+    fn churn(handset: &str, at: Millis, line: &str) -> Finding {
+        finding(
+            crate::detect::handset_churn::NAME,
+            handset,
+            at,
+            evidence! {"sims" => 3},
+            vec![line],
+        )
+    }
+
+    #[test]
+    fn related_leaves_with_its_evidence_and_is_capped() {
+        let mut d = DealLine::new(&Config::default(), 100);
+        // A new burner handset every day for ten days; the line stays active.
+        for day in 0..10 {
+            run(
+                &mut d,
+                day * DAY,
+                &[churn(&format!("h{day}"), day * DAY, "line")],
+            );
+        }
+        let t = 10 * DAY;
+        let out = run(&mut d, t, &[bulk("line", t, 0.0), fan_in("line", t)]);
+        assert_eq!(out.len(), 1);
+        // Only the handsets within the 4-day lookback, like the contributions.
+        assert_eq!(out[0].related, ["h6", "h7", "h8", "h9"]);
+        d.expire(t);
+        assert_eq!(d.lines[&ids::id("line")].related.len(), 4);
+        // Many handsets at once: the list stays bounded.
+        for i in 0..100 {
+            run(&mut d, t, &[churn(&format!("x{i}"), t, "line")]);
+        }
+        assert_eq!(d.lines[&ids::id("line")].related.len(), MAX_RELATED);
     }
 }
