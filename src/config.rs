@@ -270,7 +270,8 @@ pub struct ServiceConfig {
     pub http_addr: String,
     /// Time allowed to finish in-flight work, flush and commit on shutdown.
     pub drain_timeout_s: u64,
-    /// A partition with no records for this long does not hold the watermark back.
+    /// A partition with no records for this long does not hold the watermark back, nor
+    /// (with several partitions) hold back the records of the others waiting for it.
     pub partition_idle_timeout_s: u64,
     /// Most records processed as one batch: the batch's offsets are committed once all its
     /// alerts and dead letters (and every older batch's) are acknowledged.
@@ -279,7 +280,8 @@ pub struct ServiceConfig {
     /// while the next one is processed; at this many, consumption waits for the oldest.
     pub max_in_flight_batches: usize,
     /// With several input partitions assigned, records held back at most to hand them to the
-    /// engine in event-time order across partitions (see `src/service/align.rs`).
+    /// engine in event-time order across partitions (see `src/service/align.rs`); at this
+    /// many, the partitions ahead are paused until the ones behind catch up.
     pub align_max_records: usize,
     /// Longest wait for a batch to fill once its first record has arrived.
     pub batch_max_wait_ms: u64,

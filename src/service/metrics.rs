@@ -70,6 +70,8 @@ pub struct Metrics {
     producer_errors: IntCounterVec,
     reloads: IntCounterVec,
     commits_failed: IntCounter,
+    out_of_order: IntCounter,
+    align_pauses: IntCounter,
     batch_seconds: Histogram,
     ready: IntGauge,
     assigned: IntGauge,
@@ -208,6 +210,18 @@ impl Metrics {
         .expect(STATIC_OK);
         r.register(Box::new(commits_failed.clone()))
             .expect(STATIC_OK);
+        let out_of_order = IntCounter::new(
+            "linewatch_align_out_of_order_total",
+            "Records of several partitions handed to the engine after a newer record of another partition (a partition idle past partition_idle_timeout_s, or newly assigned behind the others); 0 when alignment held.",
+        )
+        .expect(STATIC_OK);
+        r.register(Box::new(out_of_order.clone())).expect(STATIC_OK);
+        let align_pauses = IntCounter::new(
+            "linewatch_align_pauses_total",
+            "Input partitions paused because align_max_records were held waiting for a partition behind them.",
+        )
+        .expect(STATIC_OK);
+        r.register(Box::new(align_pauses.clone())).expect(STATIC_OK);
         let batch_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "linewatch_batch_seconds",
@@ -269,6 +283,8 @@ impl Metrics {
             producer_errors,
             reloads,
             commits_failed,
+            out_of_order,
+            align_pauses,
             batch_seconds,
             ready,
             assigned,
@@ -379,6 +395,16 @@ impl Metrics {
     /// Counts a refused commit.
     pub fn commit_failed(&self) {
         self.commits_failed.inc();
+    }
+
+    /// Counts records released out of event-time order across partitions.
+    pub fn out_of_order(&self, n: u64) {
+        self.out_of_order.inc_by(n);
+    }
+
+    /// Counts partitions paused at the alignment bound.
+    pub fn align_paused(&self, partitions: usize) {
+        self.align_pauses.inc_by(partitions as u64);
     }
 
     /// Times one batch.

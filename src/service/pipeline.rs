@@ -14,6 +14,28 @@
 //! A rebalance callback runs only inside a poll of this loop; a revoke first gives the
 //! batches in flight the chance to be acknowledged and commits them (see
 //! [`super::source`]).
+//!
+//! # Alignment, batches in flight and rebalances
+//!
+//! With several partitions, records wait in [`super::align`] before joining a batch. What
+//! holds together:
+//!
+//! - A batch is cut from what alignment releases, so a batch's `next` offsets (what its
+//!   commit reflects) cover only records that went through the engine; held records are
+//!   not in any batch and not committed. A held record is never released because the batch
+//!   wait ran out, only when no partition can still deliver an older one (or at the idle
+//!   timeout); at `align_max_records` the partitions ahead are paused instead.
+//! - Batches in flight are committed in order, as without alignment; a revoke commits those
+//!   acknowledged (and only for partitions still ours).
+//! - Every record carries its assignment [`Generation`]: records of an ended assignment are
+//!   dropped from the alignment buffer before anything is released, and skipped by
+//!   `Pipeline::process` if already in a batch. Records of the new assignment (read from
+//!   the last commit, or rebuilding state from before it) are kept wherever they are.
+//! - On shutdown, held records are neither processed nor committed: the next run reads them
+//!   again.
+//!
+//! A checkpoint (durable state) belongs where a batch is committed: its `next` offsets are
+//! exactly what the engine state reflects, per partition and generation.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -31,7 +53,7 @@ use tokio::sync::{mpsc, watch};
 use super::align::{Align, Held};
 use super::metrics::{Metrics, Tally};
 use super::sink::{InFlight, InFlightQueue, Outgoing, Sink, SinkContext};
-use super::source::{self, lock, Assignment, Batch, InRecord, Source, Tp};
+use super::source::{self, lock, Assignment, Batch, Generation, InRecord, Source, Tp};
 use super::{ServiceError, Status, Throttle};
 use crate::config::Config;
 use crate::engine::{Engine, Verdict};
@@ -81,30 +103,47 @@ impl Intake {
     ) -> Result<(), ServiceError> {
         match item {
             Ok(m) => {
-                let Some((tp, rebuild, several)) = source::place(&m, topics, shared) else {
+                let Some(at) = source::place(&m, topics, shared) else {
                     return Ok(());
                 };
                 let payload = m.payload().unwrap_or_default();
                 let kafka_ts_ms = m.timestamp().to_millis();
-                if several || !self.align.is_empty() {
+                if at.several || !self.align.is_empty() {
                     let ts = event::quick_ts(payload, &self.opts);
-                    self.align.push(Held {
-                        tp,
-                        offset: m.offset(),
-                        payload: payload.to_vec(),
-                        kafka_ts_ms,
-                        rebuild,
-                        ts,
-                    });
+                    self.align.push(
+                        Held {
+                            tp: at.tp,
+                            generation: at.generation,
+                            offset: m.offset(),
+                            payload: payload.to_vec(),
+                            kafka_ts_ms,
+                            rebuild: at.rebuild,
+                            ts,
+                        },
+                        Instant::now(),
+                    );
                 } else {
-                    self.batch
-                        .push(tp, m.offset(), payload, kafka_ts_ms, rebuild);
+                    self.batch.push(
+                        at.tp,
+                        at.generation,
+                        m.offset(),
+                        payload,
+                        kafka_ts_ms,
+                        at.rebuild,
+                    );
                 }
                 Ok(())
             }
             Err(KafkaError::PartitionEOF(p)) => {
                 tracing::trace!(partition = p, "partition at its end");
-                self.align.at_end(p);
+                let generation = lock(shared)
+                    .assigned
+                    .iter()
+                    .filter(|(tp, _)| tp.1 == p)
+                    .map(|(_, g)| *g)
+                    .max()
+                    .unwrap_or(0);
+                self.align.at_end(p, generation);
                 Ok(())
             }
             // Without a partition number nothing can be noted; it is not an error either.
@@ -113,19 +152,34 @@ impl Intake {
         }
     }
 
-    /// Moves held records into the batch, up to `max` in it, in event-time order.
-    fn release(&mut self, shared: &Mutex<Assignment>, max: usize, force: bool) {
+    /// Moves held records into the batch, up to `max` in it, in event-time order; returns
+    /// how many were released out of event-time order (see [`Align::release`]).
+    fn release(&mut self, shared: &Mutex<Assignment>, max: usize, idle: Duration) -> u64 {
         if self.align.is_empty() || self.batch.len() >= max {
-            return;
+            return 0;
         }
         // Held while releasing (a memory copy per record): only this loop's polls could
         // want it, and none happens meanwhile.
         let shared = lock(shared);
         let batch = &mut self.batch;
-        self.align
-            .release(&shared.assigned, max - batch.len(), force, |h| {
-                batch.push(h.tp, h.offset, &h.payload, h.kafka_ts_ms, h.rebuild)
-            });
+        self.align.release(
+            &shared.assigned,
+            &shared.caught_up,
+            max - batch.len(),
+            Instant::now(),
+            idle,
+            |h| {
+                batch.push(
+                    h.tp,
+                    h.generation,
+                    h.offset,
+                    &h.payload,
+                    h.kafka_ts_ms,
+                    h.rebuild,
+                )
+            },
+        );
+        self.align.take_out_of_order()
     }
 }
 
@@ -174,6 +228,7 @@ impl Pipeline {
         // of librdkafka's queue, without registering a waker each time.
         let mut stream = consumer.stream();
         let align_max = self.cfg.service.align_max_records.max(1);
+        let idle = Duration::from_secs(self.cfg.service.partition_idle_timeout_s);
         let mut intake = Intake {
             batch: Batch::with_capacity(max),
             align: Align::default(),
@@ -187,7 +242,7 @@ impl Pipeline {
 
         let result: Result<(), ServiceError> = async {
             loop {
-                self.forget_revoked(&mut intake.align);
+                self.forget_revoked();
                 if *self.stop.borrow() {
                     break;
                 }
@@ -241,12 +296,15 @@ impl Pipeline {
                 let started = Instant::now();
                 // Fill the batch: first whatever is already queued, then wait for more for
                 // at most `batch_max_wait_ms`; records held for alignment are released as
-                // their partitions catch up, and forced out when the wait is over. A
-                // rebalance can only happen inside these polls; `process` drops records of
-                // a partition it took away.
+                // far as their partitions allow, whatever the wait (see `super::align`): at
+                // `align_max_records` held, the partitions ahead are paused instead. A
+                // rebalance can only happen inside these polls; records read under an
+                // assignment that has ended are dropped here and in `process`.
                 let deadline = tokio::time::Instant::now() + linger;
                 loop {
-                    while intake.batch.len() < max && intake.align.len() < align_max {
+                    while intake.batch.len() < max
+                        && (intake.align.len() < align_max || intake.align.pausing())
+                    {
                         match stream.next().now_or_never() {
                             Some(Some(item)) => {
                                 intake.take(item, &topics, &self.shared, &errors)?
@@ -254,8 +312,7 @@ impl Pipeline {
                             _ => break,
                         }
                     }
-                    let full = intake.align.len() >= align_max;
-                    intake.release(&self.shared, max, full);
+                    self.release(&mut intake, max, idle, align_max, &topics);
                     if intake.batch.len() >= max {
                         break;
                     }
@@ -275,8 +332,7 @@ impl Pipeline {
                         },
                     };
                     if waited {
-                        // A partition that has not caught up by now is not waited for.
-                        intake.release(&self.shared, max, true);
+                        self.release(&mut intake, max, idle, align_max, &topics);
                         break;
                     }
                 }
@@ -326,6 +382,51 @@ impl Pipeline {
         // (nothing, normally).
         self.sink.flush(Duration::from_secs(1));
         Ok(())
+    }
+
+    /// Releases what alignment allows into the batch, counts what left out of event-time
+    /// order, and pauses or resumes partitions to keep the buffer within `align_max`.
+    fn release(
+        &self,
+        intake: &mut Intake,
+        max: usize,
+        idle: Duration,
+        align_max: usize,
+        topics: &[String],
+    ) {
+        let disorder = intake.release(&self.shared, max, idle);
+        if disorder > 0 {
+            self.metrics.out_of_order(disorder);
+        }
+        let pause = intake.align.to_pause(align_max);
+        if !pause.is_empty() {
+            self.metrics.align_paused(pause.len());
+        }
+        let resume = intake.align.to_resume(align_max);
+        for (tps, pausing) in [(pause, true), (resume, false)] {
+            if tps.is_empty() {
+                continue;
+            }
+            let mut tpl = TopicPartitionList::with_capacity(tps.len());
+            for tp in &tps {
+                tpl.add_partition(&topics[tp.0], tp.1);
+            }
+            let done = if pausing {
+                self.consumer.pause(&tpl)
+            } else {
+                self.consumer.resume(&tpl)
+            };
+            tracing::debug!(
+                partitions = tps.len(),
+                held = intake.align.len(),
+                pausing,
+                "alignment buffer at its bound: pausing the partitions ahead, or resuming them"
+            );
+            if let Err(e) = done {
+                // A partition revoked meanwhile: the next assignment starts unpaused.
+                tracing::debug!(error = %e, pausing, "pause/resume of input partitions failed");
+            }
+        }
     }
 
     /// Commits, in order, the batches at the front of the queue that are acknowledged
@@ -408,10 +509,10 @@ impl Pipeline {
         let mut rebuilt = 0;
         // Every assigned partition counts for the watermark from the start, delivered or
         // not (see Watermarks::register); known ones are left as they are.
-        for tp in &shared.assigned {
+        for tp in shared.assigned.keys() {
             self.engine.assign_partition(engine_partition(*tp), wall);
         }
-        let mut last: Option<(Tp, bool)> = None;
+        let mut last: Option<(Tp, Generation, bool)> = None;
         let opts = self.engine.decode_options();
         let decode = |recs: &[InRecord]| -> Vec<Decoded<'_>> {
             recs.iter()
@@ -440,13 +541,15 @@ impl Pipeline {
             for (recs, decoded) in batch.records.chunks(DECODE_CHUNK).zip(chunks) {
                 for (rec, ev) in recs.iter().zip(decoded) {
                     // A partition revoked while this batch was filling belongs to another
-                    // member now; it re-reads these records from our last commit, so they
-                    // are left to it (processing them here would only publish duplicates).
+                    // member now (or to this one under a new generation, which reads it
+                    // again from the last commit); it re-reads these records from our last
+                    // commit, so they are left to it (processing them here would only
+                    // publish duplicates, and commit offsets of the old assignment).
                     let assigned = match last {
-                        Some((tp, a)) if tp == rec.tp => a,
+                        Some((tp, g, a)) if tp == rec.tp && g == rec.generation => a,
                         _ => {
-                            let a = shared.assigned.contains(&rec.tp);
-                            last = Some((rec.tp, a));
+                            let a = shared.assigned.get(&rec.tp) == Some(&rec.generation);
+                            last = Some((rec.tp, rec.generation, a));
                             a
                         }
                     };
@@ -505,7 +608,7 @@ impl Pipeline {
         {
             let mut shared = lock(&self.shared);
             for (tp, n) in next {
-                if !shared.assigned.contains(&tp) {
+                if !shared.assigned.contains_key(&tp) {
                     continue;
                 }
                 shared.acked.insert(tp, n);
@@ -543,11 +646,11 @@ impl Pipeline {
         }
     }
 
-    /// Forgets the watermarks, gauges and held records of partitions revoked in a rebalance.
-    fn forget_revoked(&mut self, align: &mut Align) {
+    /// Forgets the watermarks and gauges of partitions revoked in a rebalance (their held
+    /// records are dropped by generation, in [`Intake::release`] and [`Pipeline::process`]).
+    fn forget_revoked(&mut self) {
         let revoked = std::mem::take(&mut lock(&self.shared).revoked);
         for tp in revoked {
-            align.forget(tp);
             self.engine.remove_partition(engine_partition(tp));
             if let Some(t) = self.cfg.service.input_topics.get(tp.0) {
                 self.metrics.forget_partition(t, tp.1);

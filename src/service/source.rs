@@ -14,13 +14,22 @@
 //!   revoked partition is re-read by the next owner (repeats with the same alert ids).
 //!   Records of the revoked partition not yet processed are dropped (the next owner re-reads
 //!   them from our last commit).
+//! - **Generations**: each assign callback starts a new [`Generation`], and every record
+//!   taken from the consumer carries the generation of its partition's assignment at that
+//!   moment. The run loop processes, holds for alignment and commits a record only while
+//!   its partition is still assigned under that generation. This is what makes an eager
+//!   rebalance safe when the revoke and the assign after it (the same partitions handed
+//!   back, maybe with others) both happen inside one poll: records read before the revoke
+//!   are dropped, records of the new assignment, already past the consumer's position, are
+//!   kept (issue 14: they used to be dropped with the old ones, and later commits skipped
+//!   them). A checkpoint taken at an assignment can key on the generation the same way.
 //! - **Assign**: window state lives in memory, so a partition that was consumed before (by
 //!   us before a restart, or by another member) is started up to `rebuild_state_s` (by Kafka
 //!   timestamp) before its committed offset. Records below the committed offset go through
 //!   the engine to rebuild state, but their outputs are not published again: they were
 //!   acknowledged before that offset was committed.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -43,6 +52,11 @@ use crate::kafka::{self, ErrorClass};
 /// A partition of one of the input topics: (index into the input topic list, partition).
 pub type Tp = (usize, i32);
 
+/// Which assignment of a partition a record was read under: every assign callback starts a
+/// new one, so a partition revoked and assigned again (an eager rebalance) is told apart
+/// from its earlier assignment. Generations start at 1.
+pub type Generation = u64;
+
 /// Timeout of the broker requests made inside the rebalance callback.
 const REBALANCE_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -58,6 +72,8 @@ pub struct InRecord {
     pub kafka_ts_ms: Option<i64>,
     /// Below the committed offset at assignment: rebuilds state, publishes nothing.
     pub rebuild: bool,
+    /// The assignment it was read under; processed only while that one lasts.
+    pub generation: Generation,
 }
 
 /// Input records copied out of the consumer so the batch outlives the polls that returned
@@ -80,6 +96,7 @@ impl Batch {
     pub fn push(
         &mut self,
         tp: Tp,
+        generation: Generation,
         offset: i64,
         payload: &[u8],
         kafka_ts_ms: Option<i64>,
@@ -94,6 +111,7 @@ impl Batch {
             end: self.buf.len(),
             kafka_ts_ms,
             rebuild,
+            generation,
         });
     }
 
@@ -119,13 +137,22 @@ impl Batch {
 /// What the consumer context and the run loop share.
 #[derive(Debug, Default)]
 pub struct Assignment {
-    /// Partitions assigned now.
-    pub assigned: BTreeSet<Tp>,
+    /// Partitions assigned now, with the generation of their assignment. A record read under
+    /// another generation is neither processed nor committed (issue 14: a revoke and the
+    /// assign after it can both happen before the run loop looks).
+    pub assigned: BTreeMap<Tp, Generation>,
+    /// The last generation handed out.
+    pub generation: Generation,
+    /// Per assigned partition, the consumer position at which librdkafka's statistics saw
+    /// it at the end of its log (nothing beyond it on the broker): alignment need not wait
+    /// for it while nothing newer has arrived (see [`super::align`]).
+    pub caught_up: BTreeMap<Tp, i64>,
     /// First offset whose outputs must be published, per partition being rebuilt.
     pub live_from: BTreeMap<Tp, i64>,
     /// Next offset to commit per partition: everything below it is acknowledged.
     pub acked: BTreeMap<Tp, i64>,
-    /// Partitions revoked since the run loop last looked (it forgets their watermarks).
+    /// Partitions revoked since the run loop last looked (it forgets their watermarks and
+    /// gauges; held records are told apart by generation, not by this list).
     pub revoked: Vec<Tp>,
     /// Next offset after the last record this process ran through the engine, per
     /// partition ever assigned (kept across revocations: the engine keeps the state too).
@@ -243,10 +270,14 @@ impl SourceContext {
             }
         }
         let mut shared = lock(&self.shared);
+        shared.generation += 1;
+        let generation = shared.generation;
         for e in tpl.elements() {
             if let Some(ti) = self.topic_index(e.topic()) {
-                shared.assigned.insert((ti, e.partition()));
-                shared.live_from.remove(&(ti, e.partition()));
+                let tp = (ti, e.partition());
+                shared.assigned.insert(tp, generation);
+                shared.live_from.remove(&tp);
+                shared.caught_up.remove(&tp);
             }
         }
         let rebuilding = live_from.len();
@@ -254,6 +285,7 @@ impl SourceContext {
         tracing::info!(
             partitions = tpl.count(),
             rebuilding,
+            generation,
             assigned_total = shared.assigned.len(),
             "partitions assigned"
         );
@@ -314,7 +346,7 @@ impl SourceContext {
         let mut kept = BTreeMap::new();
         for next in finished {
             for (tp, n) in next {
-                if shared.assigned.contains(&tp) {
+                if shared.assigned.contains_key(&tp) {
                     let a = shared.acked.entry(tp).or_insert(n);
                     *a = (*a).max(n);
                     kept.insert(tp, *a);
@@ -332,6 +364,7 @@ impl SourceContext {
             }
             shared.assigned.remove(&tp);
             shared.live_from.remove(&tp);
+            shared.caught_up.remove(&tp);
             shared.revoked.push(tp);
             kept.remove(&tp);
         }
@@ -358,15 +391,31 @@ impl ClientContext for SourceContext {
     }
 
     fn stats(&self, stats: Statistics) {
-        let shared = lock(&self.shared);
+        let mut shared = lock(&self.shared);
         for (name, topic) in &stats.topics {
             let Some(ti) = self.topic_index(name) else {
                 continue;
             };
             for (p, part) in &topic.partitions {
+                let tp = (ti, *p);
                 // -1 is librdkafka's internal "unassigned" partition; -1 lag is "unknown".
-                if *p >= 0 && part.consumer_lag >= 0 && shared.assigned.contains(&(ti, *p)) {
+                if *p < 0 || !shared.assigned.contains_key(&tp) {
+                    continue;
+                }
+                if part.consumer_lag >= 0 {
                     self.metrics.consumer_lag(name, *p, part.consumer_lag);
+                }
+                // The end of the log as the consumer sees it: the last stable offset under
+                // librdkafka's default read_committed isolation, else the high watermark.
+                let end = if part.ls_offset >= 0 {
+                    part.ls_offset
+                } else {
+                    part.hi_offset
+                };
+                if end >= 0 && part.app_offset >= end {
+                    shared.caught_up.insert(tp, part.app_offset);
+                } else {
+                    shared.caught_up.remove(&tp);
                 }
             }
         }
@@ -421,10 +470,11 @@ impl ConsumerContext for SourceContext {
                 self.metrics.rebalance("error");
                 tracing::warn!(code = ?other, "rebalance error; dropping the assignment");
                 let mut shared = lock(&self.shared);
-                let all: Vec<Tp> = shared.assigned.iter().copied().collect();
+                let all: Vec<Tp> = shared.assigned.keys().copied().collect();
                 shared.revoked.extend(all);
                 shared.assigned.clear();
                 shared.live_from.clear();
+                shared.caught_up.clear();
                 self.metrics.assignment(0);
                 drop(shared);
                 consumer.unassign()
@@ -469,14 +519,20 @@ pub fn log_librdkafka(client: &'static str, level: RDKafkaLogLevel, fac: &str, m
 /// The consumer type of the service.
 pub type Source = StreamConsumer<SourceContext>;
 
-/// Where a received message belongs: its partition, whether it only rebuilds state (below
-/// the committed offset at assignment), and whether several partitions are assigned (so it
-/// waits for event-time alignment). `None` for a topic we did not ask for.
-pub fn place(
-    msg: &impl Message,
-    topics: &[String],
-    shared: &Mutex<Assignment>,
-) -> Option<(Tp, bool, bool)> {
+/// Where a received message belongs.
+#[derive(Debug, Clone, Copy)]
+pub struct Placed {
+    pub tp: Tp,
+    /// The partition's assignment now (0, which no assignment has, when not assigned).
+    pub generation: Generation,
+    /// Below the committed offset at assignment: only rebuilds state.
+    pub rebuild: bool,
+    /// Several partitions are assigned, so it waits for event-time alignment.
+    pub several: bool,
+}
+
+/// Where a received message belongs; `None` for a topic we did not ask for.
+pub fn place(msg: &impl Message, topics: &[String], shared: &Mutex<Assignment>) -> Option<Placed> {
     let ti = topics.iter().position(|t| t == msg.topic())?;
     let tp = (ti, msg.partition());
     let shared = lock(shared);
@@ -485,7 +541,12 @@ pub fn place(
             .live_from
             .get(&tp)
             .is_some_and(|live| msg.offset() < *live);
-    Some((tp, rebuild, shared.assigned.len() > 1))
+    Some(Placed {
+        tp,
+        generation: shared.assigned.get(&tp).copied().unwrap_or(0),
+        rebuild,
+        several: shared.assigned.len() > 1,
+    })
 }
 
 /// A partition EOF, however librdkafka reports it (an event on the consumer queue, or the
