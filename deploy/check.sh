@@ -179,11 +179,11 @@ check_entrypoint_run() {
     { fail "merged copy lacks group.instance.id"; return 1; }
   # A threshold edited in the source file reaches the running service through the copy.
   sed -i 's/min_recipients = 30/min_recipients = 35/' "$src"
-  wait_metric "$port" '^linewatch_config_reloads_total\{result="applied"\} [1-9]' 20 ||
+  wait_metric "$port" '^linewatch_config_reloads_total\{result="applied"\} [1-9]' 60 ||
     { tail -n 20 "$log" >&2; fail "a changed source file was not applied"; return 1; }
   # SIGHUP to the entry point reaches the service (nothing changed: "unchanged").
   kill -HUP "$pid"
-  wait_metric "$port" '^linewatch_config_reloads_total\{result="unchanged"\} [1-9]' 20 ||
+  wait_metric "$port" '^linewatch_config_reloads_total\{result="unchanged"\} [1-9]' 60 ||
     { tail -n 20 "$log" >&2; fail "SIGHUP was not passed on"; return 1; }
   kill -TERM "$pid"
   deadline=$((SECONDS + 40))
