@@ -16,6 +16,7 @@
 //! - [`state`]: the shared per-line contact store every line detector reads.
 //! - [`detect`]: the [`detect::Detector`] trait and one file per detector.
 //! - [`alert`]: the alert format and deterministic ids.
+//! - [`checkpoint`]: durable engine state: checkpoints, their stores, restore.
 //! - [`replay`]: JSONL in, alerts, dead letters and a summary out.
 //! - [`config`]: typed, validated configuration (`config/linewatch.toml` is the default).
 //! - [`eval`]: precision, recall and delay against labels.
@@ -32,6 +33,7 @@
 
 pub mod alert;
 pub mod cells;
+pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod detect;

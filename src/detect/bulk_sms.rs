@@ -9,6 +9,7 @@ use serde_json::json;
 
 use super::{Ctx, Detector, EventIds, StateStats};
 use crate::alert::{Finding, SubjectKind};
+use crate::checkpoint::codec;
 use crate::config::{BulkSmsConfig, Config};
 use crate::event::{Event, Kind, Millis};
 use crate::evidence;
@@ -121,6 +122,15 @@ impl Detector for BulkSms {
         self.cfg = cfg.bulk_sms.clone();
         self.repeat_gap_s = cfg.deal_line.repeat_gap_s as u32;
         self.max_keys = cfg.engine.max_keys_per_detector;
+    }
+
+    fn save_state(&self) -> Result<Vec<u8>, codec::Error> {
+        codec::encode(&(&self.fired, self.cap_hits))
+    }
+
+    fn load_state(&mut self, bytes: &[u8]) -> Result<(), codec::Error> {
+        (self.fired, self.cap_hits) = codec::decode(bytes)?;
+        Ok(())
     }
 }
 

@@ -6,6 +6,7 @@
 
 use super::{Ctx, Detector, EventIds, StateStats};
 use crate::alert::{Finding, SubjectKind};
+use crate::checkpoint::codec;
 use crate::config::{Config, FanInConfig};
 use crate::event::{Event, Kind, Millis};
 use crate::evidence;
@@ -131,6 +132,15 @@ impl Detector for CustomerFanIn {
     fn reconfigure(&mut self, cfg: &Config) {
         self.cfg = cfg.customer_fan_in.clone();
         self.max_keys = cfg.engine.max_keys_per_detector;
+    }
+
+    fn save_state(&self) -> Result<Vec<u8>, codec::Error> {
+        codec::encode(&(&self.fired, self.cap_hits))
+    }
+
+    fn load_state(&mut self, bytes: &[u8]) -> Result<(), codec::Error> {
+        (self.fired, self.cap_hits) = codec::decode(bytes)?;
+        Ok(())
     }
 }
 
