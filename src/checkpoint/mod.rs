@@ -17,6 +17,8 @@
 //! - [`store`]: where checkpoints live: a directory, or a compacted Kafka topic.
 
 pub mod codec;
+pub mod metrics;
+pub mod service;
 pub mod store;
 
 use std::collections::BTreeMap;
@@ -260,6 +262,8 @@ pub fn restore_engine(
 pub struct Restored {
     pub engine: Engine,
     pub manifest: Manifest,
+    /// The slot it was read from (the next write goes to the other).
+    pub slot: u8,
 }
 
 /// The newest usable checkpoint among the store's manifests, newest first; each one
@@ -295,6 +299,7 @@ pub fn restore_newest(
                 return Some(Restored {
                     engine,
                     manifest: m,
+                    slot,
                 })
             }
             Err(f) => skipped(f),
