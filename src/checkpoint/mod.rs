@@ -286,7 +286,7 @@ pub fn restore_newest(
             Err(f) => skipped(f),
         }
     }
-    manifests.sort_by(|a, b| b.1.id.cmp(&a.1.id));
+    manifests.sort_by_key(|m| std::cmp::Reverse(m.1.id));
     for (slot, m) in manifests {
         if !accept(&m) {
             skipped(Fallback::Incompatible);
