@@ -1,4 +1,4 @@
-//! Checkpoints: write (encode + chunk) and load (verify + decode + restore) time of the
+//! Checkpoints: the copy the run loop pauses for, write (encode + chunk) and load (verify + decode + restore) time of the
 //! whole engine state, and three serialisation crates compared on the contact store (the
 //! bulk of the state: about 60 % of its bytes).
 //!
@@ -58,6 +58,8 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("checkpoint");
     g.sample_size(10);
     g.throughput(Throughput::Bytes(enc.manifest.state_bytes));
+    // What the run loop pauses for: a copy of the state (the writer thread encodes it).
+    g.bench_function("copy", |b| b.iter(|| e.clone()));
     g.bench_function("write", |b| {
         b.iter(|| {
             checkpoint::encode(&e, offsets.clone(), 1, 0, checkpoint::MAX_CHUNK_BYTES).unwrap()

@@ -50,6 +50,7 @@ pub struct Counters {
 }
 
 /// Remembers event ids for the dedup retention.
+#[derive(Clone)]
 struct Dedup {
     seen: HashSet<u64, IdBuild>,
     order: VecDeque<(Millis, u64)>,
@@ -145,6 +146,30 @@ pub struct Engine {
     counters: Counters,
     findings: Vec<Finding>,
     deal_findings: Vec<Finding>,
+}
+
+/// A copy of the whole state, for a checkpoint encoded off the detecting thread (a copy
+/// is a memory copy; encoding it costs several times more).
+impl Clone for Engine {
+    fn clone(&self) -> Self {
+        Engine {
+            cfg: self.cfg.clone(),
+            version: self.version.clone(),
+            decode: self.decode,
+            contacts: self.contacts.clone(),
+            primaries: self.primaries.iter().map(|d| d.box_clone()).collect(),
+            deal: self.deal.clone(),
+            watermarks: self.watermarks.clone(),
+            dedup: self.dedup.clone(),
+            cooldown: self.cooldown.clone(),
+            stream_start: self.stream_start,
+            last_sweep: self.last_sweep,
+            since_sweep: self.since_sweep,
+            counters: self.counters.clone(),
+            findings: Vec::new(),
+            deal_findings: Vec::new(),
+        }
+    }
 }
 
 fn contact_bounds(cfg: &Config) -> (usize, usize, u64) {

@@ -67,7 +67,7 @@ pub enum Recorded {
 }
 
 /// Outbound texts per line, with first/last activity.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Contacts {
     lines: IdMap<LineRecord>,
     max_lines: usize,

@@ -238,3 +238,16 @@ fn newest_complete_checkpoint_wins_and_a_damaged_one_falls_back_to_the_previous(
     let entries: BTreeMap<_, _> = store.load("other/").unwrap();
     assert!(entries.is_empty());
 }
+
+#[test]
+fn a_copy_of_the_engine_saves_the_same_state_and_detects_the_same() {
+    // The service encodes a copy on another thread: it must hold everything.
+    let mut engine = Engine::new(Config::default());
+    run(&mut engine, halves().0);
+    let mut copy = engine.clone();
+    assert_eq!(copy.save_sections().unwrap(), engine.save_sections().unwrap());
+    assert_eq!(
+        comparable(run(&mut copy, halves().1)),
+        comparable(run(&mut engine, halves().1))
+    );
+}

@@ -19,7 +19,7 @@ pub const STORE_KINDS: [&str; 2] = ["dir", "kafka"];
 pub struct CheckpointMetrics {
     age: Gauge,
     bytes: IntGauge,
-    encode_seconds: Histogram,
+    pause_seconds: Histogram,
     write_seconds: Histogram,
     load_seconds: Histogram,
     fallbacks: IntCounterVec,
@@ -52,16 +52,16 @@ impl CheckpointMetrics {
         let secs = vec![
             0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
         ];
-        let encode_seconds = histogram(
+        let pause_seconds = histogram(
             r,
-            "linewatch_checkpoint_encode_seconds",
-            "Time the run loop spent encoding a checkpoint (detection waits for it).",
+            "linewatch_checkpoint_pause_seconds",
+            "Time the run loop spent copying the state for a checkpoint (detection waits for it).",
             secs.clone(),
         );
         let write_seconds = histogram(
             r,
             "linewatch_checkpoint_write_seconds",
-            "Time to write a checkpoint to its stores, in the background.",
+            "Time to encode a checkpoint and write it to its stores, in the background.",
             secs.clone(),
         );
         let load_seconds = histogram(
@@ -98,7 +98,7 @@ impl CheckpointMetrics {
         CheckpointMetrics {
             age,
             bytes,
-            encode_seconds,
+            pause_seconds,
             write_seconds,
             load_seconds,
             fallbacks,
@@ -116,8 +116,8 @@ impl CheckpointMetrics {
         self.write_failures.with_label_values(&[store]).inc();
     }
 
-    pub fn encoded(&self, seconds: f64) {
-        self.encode_seconds.observe(seconds);
+    pub fn paused(&self, seconds: f64) {
+        self.pause_seconds.observe(seconds);
     }
 
     /// A checkpoint made at `created_ms` is complete in every store.

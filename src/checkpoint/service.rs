@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use super::metrics::CheckpointMetrics;
 use super::store::{DirStore, KafkaStore, Store};
-use super::{Encoded, Fallback, Restored, SourceOffset};
+use super::{Fallback, Restored, SourceOffset};
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::kafka::KafkaSettings;
@@ -103,12 +103,20 @@ pub fn restore(
     None
 }
 
+/// A copy of the state for the writer to encode and store.
+struct Job {
+    engine: Engine,
+    offsets: Vec<SourceOffset>,
+    id: u64,
+    created_ms: crate::event::Millis,
+}
+
 /// Takes checkpoints in the run loop and hands them to a writer thread.
 pub struct Checkpointer {
     interval: Duration,
     last: Instant,
     last_id: u64,
-    tx: Option<SyncSender<Encoded>>,
+    tx: Option<SyncSender<Job>>,
     busy: Arc<AtomicBool>,
     metrics: CheckpointMetrics,
     writer: Option<JoinHandle<()>>,
@@ -125,7 +133,7 @@ impl Checkpointer {
     ) -> Self {
         // One checkpoint waits at most: if the stores are slower than the interval, the
         // next one is skipped rather than queued (memory stays bounded).
-        let (tx, rx) = sync_channel::<Encoded>(1);
+        let (tx, rx) = sync_channel::<Job>(1);
         let busy = Arc::new(AtomicBool::new(false));
         let ns = namespace(cfg);
         let mut slot = restored.map_or(0, |(s, _)| (s + 1) % super::SLOTS);
@@ -135,8 +143,23 @@ impl Checkpointer {
         let writer = std::thread::Builder::new()
             .name("checkpoint-writer".into())
             .spawn(move || {
-                while let Ok(cp) = rx.recv() {
+                while let Ok(job) = rx.recv() {
                     let started = Instant::now();
+                    let cp = match super::encode(
+                        &job.engine,
+                        job.offsets,
+                        job.id,
+                        job.created_ms,
+                        super::MAX_CHUNK_BYTES,
+                    ) {
+                        Ok(cp) => cp,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "checkpoint could not be encoded; skipped");
+                            flag.store(false, Ordering::Release);
+                            continue;
+                        }
+                    };
+                    drop(job.engine);
                     let mut ok = 0;
                     for store in stores.iter_mut() {
                         match super::write(store.as_mut(), &ns, slot, &cp) {
@@ -181,7 +204,7 @@ impl Checkpointer {
             && self.last.elapsed() >= self.interval
     }
 
-    /// Encodes the engine's state with the offsets it reflects and hands it to the writer.
+    /// Copies the engine's state with the offsets it reflects and hands it to the writer.
     /// Call only with nothing in flight (see the module doc).
     pub fn take(&mut self, engine: &Engine, offsets: Vec<SourceOffset>) {
         let Some(tx) = &self.tx else {
@@ -190,17 +213,19 @@ impl Checkpointer {
         self.last = Instant::now();
         let now = crate::replay::wall_ms();
         let id = (now.max(0) as u64).max(self.last_id + 1);
+        // Only the copy happens here; encoding and writing happen on the writer thread,
+        // so detection pauses for a memory copy, not for the encoding.
         let started = Instant::now();
-        let enc = match super::encode(engine, offsets, id, now, super::MAX_CHUNK_BYTES) {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::warn!(error = %e, "checkpoint could not be encoded; skipped");
-                return;
-            }
-        };
-        self.metrics.encoded(started.elapsed().as_secs_f64());
+        let copy = engine.clone();
+        self.metrics.paused(started.elapsed().as_secs_f64());
         self.busy.store(true, Ordering::Release);
-        match tx.try_send(enc) {
+        let job = Job {
+            engine: copy,
+            offsets,
+            id,
+            created_ms: now,
+        };
+        match tx.try_send(job) {
             Ok(()) => self.last_id = id,
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.busy.store(false, Ordering::Release);

@@ -18,6 +18,7 @@ use crate::ids::{self, IdMap};
 pub const NAME: &str = "bulk_sms";
 
 /// Per firing line: seconds of its last finding.
+#[derive(Clone)]
 pub struct BulkSms {
     cfg: BulkSmsConfig,
     repeat_gap_s: u32,
@@ -122,6 +123,10 @@ impl Detector for BulkSms {
         self.cfg = cfg.bulk_sms.clone();
         self.repeat_gap_s = cfg.deal_line.repeat_gap_s as u32;
         self.max_keys = cfg.engine.max_keys_per_detector;
+    }
+
+    fn box_clone(&self) -> Box<dyn Detector> {
+        Box::new(self.clone())
     }
 
     fn save_state(&self) -> Result<Vec<u8>, codec::Error> {

@@ -18,6 +18,7 @@ pub const NAME: &str = "customer_fan_in";
 /// entry of the line's list (`last_in_s`): the customer list *is* that list, and a second
 /// per-line map of callers cost more than half again the memory of the store. This
 /// detector keeps only when it last fired, for the lines that ever do.
+#[derive(Clone)]
 pub struct CustomerFanIn {
     cfg: FanInConfig,
     fired: IdMap<u32>,
@@ -132,6 +133,10 @@ impl Detector for CustomerFanIn {
     fn reconfigure(&mut self, cfg: &Config) {
         self.cfg = cfg.customer_fan_in.clone();
         self.max_keys = cfg.engine.max_keys_per_detector;
+    }
+
+    fn box_clone(&self) -> Box<dyn Detector> {
+        Box::new(self.clone())
     }
 
     fn save_state(&self) -> Result<Vec<u8>, codec::Error> {

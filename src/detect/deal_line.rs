@@ -68,7 +68,7 @@ impl Part {
     }
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 struct Contribution {
     at: Millis,
     /// The figures of the finding behind it (a small object).
@@ -76,7 +76,7 @@ struct Contribution {
     detail: Value,
 }
 
-#[derive(Default, Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 struct LineVerdict {
     line: Box<str>,
     parts: [Option<Contribution>; 7],
@@ -85,6 +85,7 @@ struct LineVerdict {
     last_at: Millis,
 }
 
+#[derive(Clone)]
 pub struct DealLine {
     cfg: DealLineConfig,
     lines: IdMap<LineVerdict>,
@@ -324,6 +325,10 @@ impl Detector for DealLine {
     fn reconfigure(&mut self, cfg: &Config) {
         self.cfg = cfg.deal_line.clone();
         self.max_keys = cfg.engine.max_keys_per_detector;
+    }
+
+    fn box_clone(&self) -> Box<dyn Detector> {
+        Box::new(self.clone())
     }
 
     fn save_state(&self) -> Result<Vec<u8>, codec::Error> {

@@ -16,7 +16,7 @@ use crate::ids::{self, IdMap};
 
 pub const NAME: &str = "handset_churn";
 
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 struct SimSeen {
     /// Hash of `sim`: compared first, so the strings are only read on a match.
     sim_id: u64,
@@ -26,13 +26,14 @@ struct SimSeen {
     last_s: u32,
 }
 
-#[derive(Default, Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 struct Handset {
     sims: Vec<SimSeen>,
     newest_s: u32,
     fired_s: Option<u32>,
 }
 
+#[derive(Clone)]
 pub struct HandsetChurn {
     cfg: ChurnConfig,
     handsets: IdMap<Handset>,
@@ -190,6 +191,10 @@ impl Detector for HandsetChurn {
     fn reconfigure(&mut self, cfg: &Config) {
         self.cfg = cfg.handset_churn.clone();
         self.max_keys = cfg.engine.max_keys_per_detector;
+    }
+
+    fn box_clone(&self) -> Box<dyn Detector> {
+        Box::new(self.clone())
     }
 
     fn save_state(&self) -> Result<Vec<u8>, codec::Error> {

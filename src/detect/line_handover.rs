@@ -25,7 +25,7 @@ use crate::ids::{self, IdMap};
 
 pub const NAME: &str = "line_handover";
 
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 struct Sketched {
     line: Box<str>,
     first_seen_s: u32,
@@ -38,6 +38,7 @@ struct Sketched {
     next_eval: u32,
 }
 
+#[derive(Clone)]
 pub struct LineHandover {
     cfg: HandoverConfig,
     sketches: IdMap<Sketched>,
@@ -263,6 +264,10 @@ impl Detector for LineHandover {
             self.sketches.clear();
         }
         self.cfg = cfg.line_handover.clone();
+    }
+
+    fn box_clone(&self) -> Box<dyn Detector> {
+        Box::new(self.clone())
     }
 
     fn save_state(&self) -> Result<Vec<u8>, codec::Error> {

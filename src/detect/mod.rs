@@ -91,6 +91,10 @@ pub trait Detector: Send {
     /// shorter one trims at the next expiry.
     fn reconfigure(&mut self, cfg: &Config);
 
+    /// A copy of the detector with its state: a checkpoint encodes the copy on another
+    /// thread while this one goes on detecting.
+    fn box_clone(&self) -> Box<dyn Detector>;
+
     /// The detector's whole state, encoded for a checkpoint. Required, not defaulted: a
     /// detector that forgot it would silently restart empty after every restore.
     fn save_state(&self) -> Result<Vec<u8>, codec::Error>;
