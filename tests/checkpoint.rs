@@ -245,9 +245,46 @@ fn a_copy_of_the_engine_saves_the_same_state_and_detects_the_same() {
     let mut engine = Engine::new(Config::default());
     run(&mut engine, halves().0);
     let mut copy = engine.clone();
-    assert_eq!(copy.save_sections().unwrap(), engine.save_sections().unwrap());
+    assert_eq!(
+        copy.save_sections().unwrap(),
+        engine.save_sections().unwrap()
+    );
     assert_eq!(
         comparable(run(&mut copy, halves().1)),
         comparable(run(&mut engine, halves().1))
     );
+}
+
+#[test]
+fn a_write_cut_short_before_its_manifest_leaves_the_previous_checkpoint_in_use() {
+    // Slot 1 holds checkpoint 9, slot 0 checkpoint 10; checkpoint 11 goes to slot 1 and
+    // the process dies after its chunks, before its manifest (kill -9 mid-write).
+    let cfg = Config::default();
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = DirStore::new(dir.path()).unwrap();
+    let mut engine = Engine::new(cfg.clone());
+    let (first_half, rest) = halves();
+    run(&mut engine, first_half);
+    let nine = checkpoint::encode(&engine, offsets(), 9, 1, CHUNK).unwrap();
+    checkpoint::write(&mut store, "g", 1, &nine).unwrap();
+    let ten = checkpoint::encode(&engine, offsets(), 10, 2, CHUNK).unwrap();
+    checkpoint::write(&mut store, "g", 0, &ten).unwrap();
+    run(&mut engine, rest);
+    let eleven = checkpoint::encode(&engine, offsets(), 11, 3, CHUNK).unwrap();
+    for (i, c) in eleven.chunks.iter().enumerate() {
+        store
+            .put(&checkpoint::chunk_key("g", 1, i as u32), c)
+            .unwrap();
+    }
+    let entries = store.load("g/").unwrap();
+    let got = checkpoint::restore_newest(&entries, "g", &cfg, |_| true, |_| {});
+    assert_eq!(got.unwrap().manifest.id, 10);
+    // Had checkpoint 10 been unusable too, slot 1's manifest (9) no longer matches its
+    // chunks: it is passed over as truncated, never loaded with 11's chunks.
+    let mut entries = entries;
+    entries.remove(&checkpoint::manifest_key("g", 0));
+    let mut skipped = Vec::new();
+    let got = checkpoint::restore_newest(&entries, "g", &cfg, |_| true, |f| skipped.push(f));
+    assert!(got.is_none());
+    assert_eq!(skipped, vec![Fallback::Truncated]);
 }
