@@ -321,7 +321,8 @@ impl Default for ServiceConfig {
     }
 }
 
-/// A configuration that could not be used: every problem found, one per line.
+/// A configuration that could not be used: every problem found, one per line, each naming
+/// the file and line (when known), the key, and what the key allows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConfigError {
     pub problems: Vec<String>,
@@ -343,27 +344,290 @@ impl ConfigError {
     }
 }
 
+/// Longest time setting, in seconds: a year. Windows, lookbacks and retentions are hours to
+/// days; a value past a year is a slip of the keyboard (or a unit mix-up), and keeping every
+/// setting far inside `u32` seconds means no detector can ever wrap one.
+pub const MAX_SECONDS: u64 = 365 * 86_400;
+/// Longest time setting given in milliseconds: an hour (they are short waits).
+pub const MAX_MILLIS: u64 = 3_600_000;
+/// Largest `engine.max_record_bytes`: `replay` holds a record this big in memory to parse it,
+/// and Kafka's own default message limit is 1 MB.
+pub const MAX_RECORD_BYTES: u64 = 16 << 20;
+
+/// The validation rules, written once: each call checks one setting and records what it
+/// allows. A new key gets one line in [`Config::validate`]; its problems then carry the
+/// key, the line in the file and the allowed values without any other change.
+pub struct Rules {
+    /// `(key, what is wrong and what is allowed)` for every broken rule.
+    broken: Vec<(&'static str, String)>,
+    /// What each checked key allows, to explain a value of the wrong type.
+    allowed: Vec<(&'static str, String)>,
+}
+
+impl Rules {
+    fn new() -> Self {
+        Rules {
+            broken: Vec::new(),
+            allowed: Vec::new(),
+        }
+    }
+
+    /// A rule on `key`: `ok` or the problem is `got`, and `allowed` says what would do.
+    pub fn check(&mut self, key: &'static str, ok: bool, got: impl fmt::Display, allowed: &str) {
+        self.allowed.push((key, allowed.to_string()));
+        if !ok {
+            self.broken
+                .push((key, format!("{key} = {got} is not allowed: {allowed}")));
+        }
+    }
+
+    /// A problem found by a section's own check (e.g. one that builds a `Vec<String>`),
+    /// placed at `key` (a `section.key`, or the section).
+    pub fn push(&mut self, key: &'static str, message: String) {
+        self.broken.push((key, message));
+    }
+
+    /// A time setting in whole seconds, from `min` to [`MAX_SECONDS`].
+    pub fn seconds(&mut self, key: &'static str, v: u64, min: u64) {
+        let allowed = format!("whole seconds from {min} to {MAX_SECONDS} (365 days)");
+        self.check(key, (min..=MAX_SECONDS).contains(&v), v, &allowed);
+    }
+
+    /// A time setting in milliseconds, from `min` to [`MAX_MILLIS`].
+    pub fn millis(&mut self, key: &'static str, v: u64, min: u64) {
+        let allowed = format!("whole milliseconds from {min} to {MAX_MILLIS} (1 hour)");
+        self.check(key, (min..=MAX_MILLIS).contains(&v), v, &allowed);
+    }
+
+    /// A count from `min` to `max`.
+    pub fn count(&mut self, key: &'static str, v: u64, min: u64, max: u64) {
+        let allowed = format!("a whole number from {min} to {max}");
+        self.check(key, (min..=max).contains(&v), v, &allowed);
+    }
+
+    /// A number in `[lo, hi]`, or `(lo, hi]` when `lo_open`.
+    pub fn fraction(&mut self, key: &'static str, v: f64, lo: f64, lo_open: bool, hi: f64) {
+        let ok = if lo_open { v > lo } else { v >= lo } && v <= hi;
+        let allowed = if lo_open {
+            format!("a number above {lo}, at most {hi}")
+        } else {
+            format!("a number from {lo} to {hi}")
+        };
+        self.check(key, ok, v, &allowed);
+    }
+}
+
+/// Where each key of a TOML document is: `section.key` (or `section`) to its byte offset.
+#[derive(Default)]
+struct KeyOffsets(Vec<(String, usize)>);
+
+impl KeyOffsets {
+    fn of(text: &str) -> KeyOffsets {
+        let mut out = KeyOffsets::default();
+        if let Ok(node) = toml::from_str::<Node>(text) {
+            node.collect("", &mut out.0);
+        }
+        out
+    }
+
+    fn offset(&self, path: &str) -> Option<usize> {
+        self.0.iter().find(|(k, _)| k == path).map(|(_, o)| *o)
+    }
+}
+
+/// A TOML table with the position of every key; values other than tables are skipped.
+enum Node {
+    Table(Vec<(toml::Spanned<String>, Node)>),
+    Leaf,
+}
+
+impl Node {
+    fn collect(&self, prefix: &str, out: &mut Vec<(String, usize)>) {
+        if let Node::Table(entries) = self {
+            for (k, v) in entries {
+                let path = if prefix.is_empty() {
+                    k.get_ref().clone()
+                } else {
+                    format!("{prefix}.{}", k.get_ref())
+                };
+                out.push((path.clone(), k.span().start));
+                v.collect(&path, out);
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Node;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a TOML value")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Node, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(k) = m.next_key::<toml::Spanned<String>>()? {
+                    entries.push((k, m.next_value::<Node>()?));
+                }
+                Ok(Node::Table(entries))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut s: A) -> Result<Node, A::Error> {
+                while s.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Node::Leaf)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Node, E> {
+                Ok(Node::Leaf)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Node, E> {
+                Ok(Node::Leaf)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Node, E> {
+                Ok(Node::Leaf)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Node, E> {
+                Ok(Node::Leaf)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Node, E> {
+                Ok(Node::Leaf)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// serde's wording of a type (`u64`) in an analyst's words.
+fn plain_type_error(message: &str) -> String {
+    let mut m = message.to_string();
+    for (from, to) in [
+        ("expected u64", "expected a whole number"),
+        ("expected u32", "expected a whole number up to 4294967295"),
+        ("expected usize", "expected a whole number"),
+        ("expected f64", "expected a number"),
+        ("expected a boolean", "expected true or false"),
+        ("expected a string", "expected a quoted string"),
+        ("expected a sequence", "expected a list [\"a\", \"b\"]"),
+    ] {
+        m = m.replace(from, to);
+    }
+    m.replace('\n', " ")
+}
+
 impl Config {
     /// Parses TOML text over the built-in defaults and validates it.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| {
-            // toml's message spans several lines with a caret; keep it to one.
-            ConfigError::one(e.message().replace('\n', " "))
+        Config::parse(text, None)
+    }
+
+    /// Parses and validates, reporting every problem at once, each as
+    /// `FILE:LINE: key: what is wrong and what is allowed` (`FILE:` when `file` is given,
+    /// `LINE:` when the key is in the text).
+    fn parse(text: &str, file: Option<&Path>) -> Result<Config, ConfigError> {
+        let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
+        let place = |line: Option<usize>| match (file, line) {
+            (Some(f), Some(l)) => format!("{}:{l}: ", f.display()),
+            (Some(f), None) => format!("{}: ", f.display()),
+            (None, Some(l)) => format!("line {l}: "),
+            (None, None) => String::new(),
+        };
+        let doc: toml::Table = toml::from_str(text).map_err(|e| {
+            // A syntax error leaves nothing to check key by key.
+            let line = e.span().map(|s| line_of(s.start));
+            ConfigError::one(format!("{}{}", place(line), e.message().replace('\n', " ")))
         })?;
-        cfg.validate()?;
-        Ok(cfg)
+        let offsets = KeyOffsets::of(text);
+        let located = |key: &str| offsets.offset(key).map(line_of);
+        let allowed = Config::default().rules().allowed;
+        let mut problems: Vec<(Option<usize>, String)> = Vec::new();
+
+        // Each key on its own over the defaults, so one bad key does not hide the next; the
+        // good ones are kept to check the rules that span keys.
+        let sections = match toml::Value::try_from(Config::default()) {
+            Ok(toml::Value::Table(t)) => t,
+            _ => toml::Table::new(),
+        };
+        let mut good = toml::Table::new();
+        for (section, body) in doc {
+            let Some(known) = sections.get(&section) else {
+                let mut names: Vec<&str> = sections.keys().map(String::as_str).collect();
+                names.sort_unstable();
+                problems.push((
+                    located(&section),
+                    format!(
+                        "[{section}]: unknown section (sections: {})",
+                        names.join(", ")
+                    ),
+                ));
+                continue;
+            };
+            let toml::Value::Table(body) = body else {
+                problems.push((
+                    located(&section),
+                    format!("{section}: must be a section [{section}] of keys"),
+                ));
+                continue;
+            };
+            let mut kept = toml::Table::new();
+            for (key, value) in body {
+                let path = format!("{section}.{key}");
+                let mut one = toml::Table::new();
+                one.insert(
+                    section.clone(),
+                    toml::Value::Table(toml::Table::from_iter([(key.clone(), value.clone())])),
+                );
+                match toml::Value::Table(one).try_into::<Config>() {
+                    Ok(_) => {
+                        kept.insert(key, value);
+                    }
+                    Err(e) => {
+                        // Asked of serde, not of the defaults: a key whose default is
+                        // absent (an Option) is still known.
+                        let mut msg = if e.message().starts_with("unknown field") {
+                            let mut names: Vec<&str> = known
+                                .as_table()
+                                .map(|t| t.keys().map(String::as_str).collect())
+                                .unwrap_or_default();
+                            names.sort_unstable();
+                            format!(
+                                "{path}: unknown key (section [{section}] has {})",
+                                names.join(", ")
+                            )
+                        } else {
+                            format!("{path} = {value}: {}", plain_type_error(e.message()))
+                        };
+                        if let Some((_, a)) = allowed.iter().find(|(k, _)| *k == path) {
+                            msg.push_str(&format!("; allowed: {a}"));
+                        }
+                        problems.push((located(&path), msg));
+                    }
+                }
+            }
+            good.insert(section, toml::Value::Table(kept));
+        }
+        let cfg: Config = toml::Value::Table(good).try_into().map_err(|e| {
+            // Every key was accepted on its own above, so this is not expected; say so plainly.
+            ConfigError::one(format!("{}{}", place(None), plain_type_error(e.message())))
+        })?;
+        for (key, msg) in cfg.rules().broken {
+            problems.push((located(key), msg));
+        }
+        if problems.is_empty() {
+            return Ok(cfg);
+        }
+        problems.sort_by_key(|(line, _)| line.unwrap_or(usize::MAX));
+        Err(ConfigError {
+            problems: problems
+                .into_iter()
+                .map(|(line, msg)| format!("{}{msg}", place(line)))
+                .collect(),
+        })
     }
 
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::one(format!("cannot read {}: {e}", path.display())))?;
-        Config::from_toml(&text).map_err(|mut e| {
-            for p in &mut e.problems {
-                *p = format!("{}: {p}", path.display());
-            }
-            e
-        })
+        Config::parse(&text, Some(path))
     }
 
     /// Loads `path` if given, else the built-in defaults.
@@ -376,164 +640,198 @@ impl Config {
 
     /// Checks every rule and reports all the problems found, not just the first.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let mut p = Vec::new();
-        let mut positive = |name: &str, v: u64| {
-            if v == 0 {
-                p.push(format!("{name} must be greater than 0"));
-            }
-        };
-        positive("engine.dedup_retention_s", self.engine.dedup_retention_s);
-        positive("engine.expire_every_s", self.engine.expire_every_s);
-        positive(
-            "engine.max_record_bytes",
-            self.engine.max_record_bytes as u64,
-        );
-        positive(
-            "engine.max_keys_per_detector",
-            self.engine.max_keys_per_detector as u64,
-        );
-        positive("bulk_sms.window_s", self.bulk_sms.window_s);
-        positive(
-            "bulk_sms.min_recipients",
-            self.bulk_sms.min_recipients.into(),
-        );
-        positive("customer_fan_in.window_s", self.customer_fan_in.window_s);
-        positive(
-            "customer_fan_in.min_customers",
-            self.customer_fan_in.min_customers.into(),
-        );
-        positive(
-            "customer_fan_in.lookback_s",
-            self.customer_fan_in.lookback_s,
-        );
-        positive("handset_churn.window_s", self.handset_churn.window_s);
-        positive(
-            "line_handover.min_recipients",
-            self.line_handover.min_recipients.into(),
-        );
-        positive(
-            "line_handover.new_line_max_age_s",
-            self.line_handover.new_line_max_age_s,
-        );
-        positive("line_handover.retention_s", self.line_handover.retention_s);
-        positive(
-            "line_handover.max_sketched_lines",
-            self.line_handover.max_sketched_lines as u64,
-        );
-        positive("deal_line.lookback_s", self.deal_line.lookback_s);
-        positive("deal_line.repeat_gap_s", self.deal_line.repeat_gap_s);
-        positive("service.drain_timeout_s", self.service.drain_timeout_s);
-        positive(
-            "service.partition_idle_timeout_s",
-            self.service.partition_idle_timeout_s,
-        );
-        positive(
-            "service.batch_max_records",
-            self.service.batch_max_records as u64,
-        );
-        positive(
-            "service.max_in_flight_batches",
-            self.service.max_in_flight_batches as u64,
-        );
-        positive(
-            "service.align_max_records",
-            self.service.align_max_records as u64,
-        );
-        positive(
-            "service.retry_backoff_max_s",
-            self.service.retry_backoff_max_s,
-        );
-        positive(
-            "service.config_poll_interval_s",
-            self.service.config_poll_interval_s,
-        );
-
-        if self.bulk_sms.max_recipients_per_line < self.bulk_sms.min_recipients {
-            p.push(
-                "bulk_sms.max_recipients_per_line must be at least bulk_sms.min_recipients".into(),
-            );
-        }
-        if self.customer_fan_in.max_customers_per_line < self.customer_fan_in.min_customers {
-            p.push("customer_fan_in.max_customers_per_line must be at least customer_fan_in.min_customers".into());
-        }
-        if self.customer_fan_in.min_call_duration_s > self.customer_fan_in.max_call_duration_s {
-            p.push(
-                "customer_fan_in.min_call_duration_s must not exceed max_call_duration_s".into(),
-            );
-        }
-        if self.customer_fan_in.lookback_s < self.customer_fan_in.window_s {
-            p.push("customer_fan_in.lookback_s must be at least customer_fan_in.window_s".into());
-        }
-        if self.handset_churn.min_sims < 2 {
-            p.push(
-                "handset_churn.min_sims must be at least 2 (one SIM per handset is normal)".into(),
-            );
-        }
-        if self.handset_churn.max_sims_per_handset < self.handset_churn.min_sims {
-            p.push(
-                "handset_churn.max_sims_per_handset must be at least handset_churn.min_sims".into(),
-            );
-        }
-        if !(0.0..=1.0).contains(&self.line_handover.min_overlap)
-            || self.line_handover.min_overlap == 0.0
-        {
-            p.push("line_handover.min_overlap must be in (0, 1]".into());
-        }
-        if !(16..=1024).contains(&self.line_handover.sketch_size) {
-            p.push("line_handover.sketch_size must be between 16 and 1024".into());
-        }
-        let d = &self.deal_line;
-        if !(d.threshold > 0.0 && d.threshold <= 1.0) {
-            p.push("deal_line.threshold must be in (0, 1]".into());
-        }
-        if !(0.0..=1.0).contains(&d.repeat_audience_min) {
-            p.push("deal_line.repeat_audience_min must be in [0, 1]".into());
-        }
-        for (name, w) in [
-            ("weight_bulk_sms", d.weight_bulk_sms),
-            ("weight_repeat_bulk", d.weight_repeat_bulk),
-            ("weight_fan_in", d.weight_fan_in),
-            ("weight_repeat_fan_in", d.weight_repeat_fan_in),
-            ("weight_handover", d.weight_handover),
-            ("weight_handset_churn", d.weight_handset_churn),
-            ("weight_predecessor", d.weight_predecessor),
-        ] {
-            if !(0.0..=1.0).contains(&w) {
-                p.push(format!("deal_line.{name} must be in [0, 1]"));
-            }
-        }
-        if self.service.input_topics.is_empty()
-            || self.service.input_topics.iter().any(|t| t.is_empty())
-        {
-            p.push("service.input_topics must name at least one topic, none empty".into());
-        }
-        for (name, v) in [
-            ("service.brokers", &self.service.brokers),
-            ("service.group_id", &self.service.group_id),
-            ("service.alert_topic", &self.service.alert_topic),
-            ("service.dead_letter_topic", &self.service.dead_letter_topic),
-            ("service.state_topic", &self.service.state_topic),
-        ] {
-            if v.trim().is_empty() {
-                p.push(format!("{name} must not be empty"));
-            }
-        }
-        if self
-            .service
-            .http_addr
-            .parse::<std::net::SocketAddr>()
-            .is_err()
-        {
-            p.push(format!(
-                "service.http_addr must be HOST:PORT with an IP address, got {:?}",
-                self.service.http_addr
-            ));
-        }
-        if p.is_empty() {
+        let broken = self.rules().broken;
+        if broken.is_empty() {
             Ok(())
         } else {
-            Err(ConfigError { problems: p })
+            Err(ConfigError {
+                problems: broken.into_iter().map(|(_, m)| m).collect(),
+            })
         }
+    }
+
+    /// Every rule, applied to this configuration. To add a key's rule, add a line here.
+    fn rules(&self) -> Rules {
+        let mut r = Rules::new();
+        let e = &self.engine;
+        r.seconds("engine.allowed_lateness_s", e.allowed_lateness_s, 0);
+        r.seconds("engine.dedup_retention_s", e.dedup_retention_s, 1);
+        r.seconds("engine.expire_every_s", e.expire_every_s, 1);
+        r.count(
+            "engine.max_record_bytes",
+            e.max_record_bytes as u64,
+            1,
+            MAX_RECORD_BYTES,
+        );
+        r.count(
+            "engine.max_keys_per_detector",
+            e.max_keys_per_detector as u64,
+            1,
+            u32::MAX.into(),
+        );
+        r.seconds("alerts.cooldown_s", self.alerts.cooldown_s, 0);
+
+        let b = &self.bulk_sms;
+        r.seconds("bulk_sms.window_s", b.window_s, 1);
+        r.count(
+            "bulk_sms.min_recipients",
+            b.min_recipients.into(),
+            1,
+            u32::MAX.into(),
+        );
+        r.check(
+            "bulk_sms.max_recipients_per_line",
+            b.max_recipients_per_line >= b.min_recipients,
+            b.max_recipients_per_line,
+            "at least bulk_sms.min_recipients",
+        );
+
+        let c = &self.customer_fan_in;
+        r.seconds("customer_fan_in.window_s", c.window_s, 1);
+        r.count(
+            "customer_fan_in.min_customers",
+            c.min_customers.into(),
+            1,
+            u32::MAX.into(),
+        );
+        r.seconds("customer_fan_in.lookback_s", c.lookback_s, 1);
+        r.check(
+            "customer_fan_in.lookback_s",
+            c.lookback_s >= c.window_s,
+            c.lookback_s,
+            "at least customer_fan_in.window_s",
+        );
+        r.check(
+            "customer_fan_in.min_call_duration_s",
+            c.min_call_duration_s <= c.max_call_duration_s,
+            c.min_call_duration_s,
+            "at most customer_fan_in.max_call_duration_s",
+        );
+        r.check(
+            "customer_fan_in.max_customers_per_line",
+            c.max_customers_per_line >= c.min_customers,
+            c.max_customers_per_line,
+            "at least customer_fan_in.min_customers",
+        );
+
+        let h = &self.handset_churn;
+        r.seconds("handset_churn.window_s", h.window_s, 1);
+        r.check(
+            "handset_churn.min_sims",
+            h.min_sims >= 2,
+            h.min_sims,
+            "at least 2 (one SIM per handset is normal)",
+        );
+        r.check(
+            "handset_churn.max_sims_per_handset",
+            h.max_sims_per_handset >= h.min_sims,
+            h.max_sims_per_handset,
+            "at least handset_churn.min_sims",
+        );
+
+        let l = &self.line_handover;
+        r.seconds("line_handover.new_line_max_age_s", l.new_line_max_age_s, 1);
+        r.seconds("line_handover.warmup_s", l.warmup_s, 0);
+        r.count(
+            "line_handover.min_recipients",
+            l.min_recipients.into(),
+            1,
+            u32::MAX.into(),
+        );
+        r.seconds("line_handover.burst_window_s", l.burst_window_s, 1);
+        r.fraction("line_handover.min_overlap", l.min_overlap, 0.0, true, 1.0);
+        r.seconds("line_handover.retention_s", l.retention_s, 1);
+        r.count("line_handover.sketch_size", l.sketch_size.into(), 16, 1024);
+        r.count(
+            "line_handover.max_sketched_lines",
+            l.max_sketched_lines as u64,
+            1,
+            u32::MAX.into(),
+        );
+
+        let d = &self.deal_line;
+        r.fraction("deal_line.threshold", d.threshold, 0.0, true, 1.0);
+        r.seconds("deal_line.lookback_s", d.lookback_s, 1);
+        r.fraction(
+            "deal_line.repeat_audience_min",
+            d.repeat_audience_min,
+            0.0,
+            false,
+            1.0,
+        );
+        for (key, w) in [
+            ("deal_line.weight_bulk_sms", d.weight_bulk_sms),
+            ("deal_line.weight_repeat_bulk", d.weight_repeat_bulk),
+            ("deal_line.weight_fan_in", d.weight_fan_in),
+            ("deal_line.weight_repeat_fan_in", d.weight_repeat_fan_in),
+            ("deal_line.weight_handover", d.weight_handover),
+            ("deal_line.weight_handset_churn", d.weight_handset_churn),
+            ("deal_line.weight_predecessor", d.weight_predecessor),
+        ] {
+            r.fraction(key, w, 0.0, false, 1.0);
+        }
+        r.seconds("deal_line.repeat_gap_s", d.repeat_gap_s, 1);
+
+        let s = &self.service;
+        r.check(
+            "service.input_topics",
+            !s.input_topics.is_empty() && s.input_topics.iter().all(|t| !t.is_empty()),
+            format_args!("{:?}", s.input_topics),
+            "a list of at least one topic, none empty",
+        );
+        for (key, v) in [
+            ("service.brokers", &s.brokers),
+            ("service.group_id", &s.group_id),
+            ("service.alert_topic", &s.alert_topic),
+            ("service.dead_letter_topic", &s.dead_letter_topic),
+            ("service.state_topic", &s.state_topic),
+        ] {
+            r.check(
+                key,
+                !v.trim().is_empty(),
+                format_args!("{v:?}"),
+                "a non-empty string",
+            );
+        }
+        r.check(
+            "service.http_addr",
+            s.http_addr.parse::<std::net::SocketAddr>().is_ok(),
+            format_args!("{:?}", s.http_addr),
+            "HOST:PORT with an IP address, e.g. \"127.0.0.1:9464\"",
+        );
+        r.seconds("service.drain_timeout_s", s.drain_timeout_s, 1);
+        r.seconds(
+            "service.partition_idle_timeout_s",
+            s.partition_idle_timeout_s,
+            1,
+        );
+        r.count(
+            "service.batch_max_records",
+            s.batch_max_records as u64,
+            1,
+            u32::MAX.into(),
+        );
+        r.count(
+            "service.max_in_flight_batches",
+            s.max_in_flight_batches as u64,
+            1,
+            u32::MAX.into(),
+        );
+        r.count(
+            "service.align_max_records",
+            s.align_max_records as u64,
+            1,
+            u32::MAX.into(),
+        );
+        r.millis("service.batch_max_wait_ms", s.batch_max_wait_ms, 0);
+        r.seconds("service.retry_backoff_max_s", s.retry_backoff_max_s, 1);
+        r.seconds(
+            "service.config_poll_interval_s",
+            s.config_poll_interval_s,
+            1,
+        );
+        r.seconds("service.rebuild_state_s", s.rebuild_state_s, 0);
+        r
     }
 
     /// A short hash naming this configuration's detection settings, carried by every alert so
@@ -598,8 +896,77 @@ mod tests {
     }
 
     #[test]
-    fn wrong_type_is_rejected() {
-        assert!(Config::from_toml("[bulk_sms]\nwindow_s = \"1h\"\n").is_err());
+    fn wrong_type_is_rejected_with_key_line_and_what_is_allowed() {
+        let e = Config::from_toml("[bulk_sms]\nwindow_s = \"1h\"\n").unwrap_err();
+        assert_eq!(e.problems.len(), 1, "{e}");
+        let p = &e.problems[0];
+        assert!(p.starts_with("line 2: bulk_sms.window_s"), "{p}");
+        assert!(p.contains("whole seconds from 1 to 31536000"), "{p}");
+    }
+
+    #[test]
+    fn misspelt_keys_and_bad_values_are_all_reported_with_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(
+            &path,
+            "[bulk_sms]\nmin_recipent = 3\n\n[engine]\nallowed_latenes_s = 9\n\n[deal_line]\nthreshold = 1.5\n",
+        )
+        .unwrap();
+        let e = Config::load(&path).unwrap_err();
+        let f = path.display().to_string();
+        assert_eq!(e.problems.len(), 3, "{e}");
+        assert!(e.problems[0].starts_with(&format!("{f}:2: bulk_sms.min_recipent: unknown key")));
+        assert!(
+            e.problems[0].contains("min_recipients"),
+            "{}",
+            e.problems[0]
+        );
+        assert!(e.problems[1].starts_with(&format!("{f}:5: engine.allowed_latenes_s: unknown")));
+        assert!(e.problems[2].starts_with(&format!("{f}:8: deal_line.threshold = 1.5")));
+        assert!(e.problems[2].contains("at most 1"), "{}", e.problems[2]);
+    }
+
+    #[test]
+    fn a_window_past_u32_seconds_is_refused_not_wrapped() {
+        let e = Config::from_toml("[bulk_sms]\nwindow_s = 4294967296\n").unwrap_err();
+        assert!(
+            e.problems[0].contains("bulk_sms.window_s = 4294967296"),
+            "{e}"
+        );
+    }
+
+    /// Every time setting, present and future, is range-checked: a key whose name ends in
+    /// `_s` or `_ms` set past the range must be refused by name.
+    #[test]
+    fn every_time_setting_is_range_checked() {
+        let toml::Value::Table(root) = toml::Value::try_from(Config::default()).unwrap() else {
+            panic!("the configuration is a table");
+        };
+        let mut checked = 0;
+        for (section, body) in &root {
+            for (key, value) in body.as_table().into_iter().flatten() {
+                if !(key.ends_with("_s") || key.ends_with("_ms")) || !value.is_integer() {
+                    continue;
+                }
+                let text = format!("[{section}]\n{key} = 4294967296\n");
+                let e = Config::from_toml(&text).expect_err(&text);
+                assert!(
+                    e.problems
+                        .iter()
+                        .any(|p| p.contains(&format!("{section}.{key}"))),
+                    "{text}: {e}"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 20, "{checked}");
+    }
+
+    #[test]
+    fn a_syntax_error_gives_its_line() {
+        let e = Config::from_toml("[engine]\nexpire_every_s = 600\n[bulk_sms\n").unwrap_err();
+        assert!(e.problems[0].starts_with("line 3:"), "{e}");
     }
 
     #[test]

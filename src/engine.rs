@@ -197,8 +197,8 @@ impl Engine {
             primaries,
             deal,
             watermarks: Watermarks::new(
-                cfg.engine.allowed_lateness_s as Millis * 1000,
-                cfg.service.partition_idle_timeout_s as Millis * 1000,
+                ids::span_ms(cfg.engine.allowed_lateness_s),
+                ids::span_ms(cfg.service.partition_idle_timeout_s),
             ),
             dedup: Dedup::new(),
             cooldown: IdMap::default(),
@@ -222,8 +222,8 @@ impl Engine {
         }
         self.deal.reconfigure(&cfg);
         self.watermarks.set_lateness(
-            cfg.engine.allowed_lateness_s as Millis * 1000,
-            cfg.service.partition_idle_timeout_s as Millis * 1000,
+            ids::span_ms(cfg.engine.allowed_lateness_s),
+            ids::span_ms(cfg.service.partition_idle_timeout_s),
         );
         self.decode = cfg.decode_options();
         self.version = cfg.version();
@@ -318,7 +318,7 @@ impl Engine {
             let wm = self.watermarks.current(wall);
             let due = self
                 .last_sweep
-                .saturating_add(self.cfg.engine.expire_every_s as Millis * 1000);
+                .saturating_add(ids::span_ms(self.cfg.engine.expire_every_s));
             if wm >= due {
                 self.expire(wm);
             }
@@ -366,7 +366,7 @@ impl Engine {
             out: &mut self.deal_findings,
         };
         self.deal.on_findings(ev, &self.findings, &mut ctx);
-        let cooldown_s = self.cfg.alerts.cooldown_s as u32;
+        let cooldown_s = ids::span_secs(self.cfg.alerts.cooldown_s);
         let all = self.findings.drain(..).chain(self.deal_findings.drain(..));
         for f in all {
             let di = detect::DETECTORS
@@ -398,8 +398,9 @@ impl Engine {
         }
         self.deal.expire(watermark);
         self.dedup
-            .expire(watermark - self.cfg.engine.dedup_retention_s as Millis * 1000);
-        let cutoff = ids::secs(watermark).saturating_sub(self.cfg.alerts.cooldown_s as u32);
+            .expire(watermark.saturating_sub(ids::span_ms(self.cfg.engine.dedup_retention_s)));
+        let cutoff =
+            ids::secs(watermark).saturating_sub(ids::span_secs(self.cfg.alerts.cooldown_s));
         self.cooldown.retain(|_, at| *at >= cutoff);
     }
 

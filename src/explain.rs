@@ -16,7 +16,50 @@ use crate::event::Millis;
 
 /// The plain-language account of why `alert` fired, several lines ending in a newline.
 pub fn explain(alert: &Alert) -> String {
-    let mut out = header(alert);
+    render(alert, None)
+}
+
+/// [`explain`] for alert JSON as analysts hand it over, not only as linewatch wrote it:
+/// `detected_at` (the one field that differs between runs) may be stripped, `related` left
+/// out, times written as `30.0`, and `subject_kind` a kind this version does not know (it is
+/// shown as given). Anything else missing is a one-line reason.
+pub fn explain_json(v: &Value) -> Result<String, String> {
+    let Some(obj) = v.as_object() else {
+        return Err("not a JSON object".into());
+    };
+    let mut obj = obj.clone();
+    obj.entry("detected_at").or_insert(Value::from(0));
+    obj.entry("related").or_insert(Value::Array(Vec::new()));
+    for key in ["event_time", "window_start", "window_end", "detected_at"] {
+        if let Some(ms) = obj.get(key).and_then(whole_i64) {
+            obj.insert(key.into(), Value::from(ms));
+        }
+    }
+    let kind = match obj.get("subject_kind") {
+        Some(Value::String(k)) if k == "line" || k == "handset" => None,
+        Some(Value::String(k)) => Some(k.clone()),
+        Some(_) | None => Some("subject".to_string()),
+    };
+    if kind.is_some() {
+        // Parsed as a line only to fill the typed field; the header shows `kind`.
+        obj.insert("subject_kind".into(), Value::from("line"));
+    }
+    let alert: Alert = serde_json::from_value(Value::Object(obj)).map_err(|e| e.to_string())?;
+    Ok(render(&alert, kind.as_deref()))
+}
+
+/// An integer, also when written with a zero fraction (`30.0`) by a tool that knows only
+/// floating point.
+fn whole_i64(v: &Value) -> Option<i64> {
+    v.as_i64().or_else(|| {
+        v.as_f64()
+            .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+            .map(|f| f as i64)
+    })
+}
+
+fn render(alert: &Alert, kind: Option<&str>) -> String {
+    let mut out = header(alert, kind);
     let ev = &alert.evidence;
     let body = match alert.detector.as_str() {
         bulk_sms::NAME => bulk(ev),
@@ -52,11 +95,11 @@ struct Missing(&'static str);
 
 type Part = Result<String, Missing>;
 
-fn header(a: &Alert) -> String {
-    let kind = match a.subject_kind {
+fn header(a: &Alert, kind: Option<&str>) -> String {
+    let kind = kind.unwrap_or(match a.subject_kind {
         SubjectKind::Line => "line",
         SubjectKind::Handset => "handset",
-    };
+    });
     let mut s = format!(
         "{} alert {} on {kind} {} (score {})\n",
         a.detector,
@@ -94,7 +137,10 @@ fn f(ev: &Map<String, Value>, key: &'static str) -> Result<f64, Missing> {
 }
 
 fn u(ev: &Map<String, Value>, key: &'static str) -> Result<u64, Missing> {
-    ev.get(key).and_then(Value::as_u64).ok_or(Missing(key))
+    ev.get(key)
+        .and_then(whole_i64)
+        .and_then(|i| u64::try_from(i).ok())
+        .ok_or(Missing(key))
 }
 
 fn bulk(ev: &Map<String, Value>) -> Part {
@@ -194,14 +240,28 @@ fn handover(ev: &Map<String, Value>, related: &[String]) -> Part {
         versus(o, min_o),
         num(min_o)
     );
-    let burst = u(ev, "burst_window_s")
-        .map(|b| format!(" (within burst_window_s {b}: {})", dur(b)))
-        .unwrap_or_default();
-    let _ = writeln!(
-        s,
-        "  new_line_recipients {n} {} min_recipients {min_r}{burst}",
-        versus(n as f64, min_r as f64)
-    );
+    // min_recipients was checked against the recipients within the burst window when the
+    // line qualified, not against the total, which may be spread over days.
+    let window = u(ev, "burst_window_s")
+        .map(|b| format!("burst_window_s {b}: {}", dur(b)))
+        .unwrap_or_else(|_| "burst_window_s".into());
+    match u(ev, "burst_recipients") {
+        Ok(b) => {
+            let _ = writeln!(
+                s,
+                "  burst_recipients {b} {} min_recipients {min_r} (distinct recipients within \
+                 {window}, counted when the line qualified; {n} in all by this alert)",
+                versus(b as f64, min_r as f64)
+            );
+        }
+        Err(_) => {
+            let _ = writeln!(
+                s,
+                "  new_line_recipients {n} in all; min_recipients {min_r} applies to those \
+                 within {window}, a count this alert does not carry (made by an older version)"
+            );
+        }
+    }
     if let (Ok(first), Ok(age)) = (u(ev, "new_line_first_seen"), u(ev, "new_line_max_age_s")) {
         let _ = writeln!(
             s,
@@ -429,6 +489,50 @@ mod tests {
         assert_eq!(dur(604_800), "7 d");
         assert_eq!(dur(90), "90 s");
         assert_eq!(dur(120), "2 min");
+    }
+
+    fn handover(evidence: Value) -> String {
+        explain_json(&serde_json::json!({
+            "alert_id": "0123456789abcdef0123456789abcdef", "detector": "line_handover",
+            "subject": "L-2", "subject_kind": "line", "score": 1.0, "event_time": 0,
+            "window_start": 0, "window_end": 0, "related": ["L-1"], "evidence": evidence
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn handover_states_the_burst_count_not_the_total_against_min_recipients() {
+        let text = handover(serde_json::json!({"overlap": 1.0, "min_overlap": 0.5,
+            "new_line_recipients": 25, "burst_recipients": 15, "min_recipients": 15,
+            "burst_window_s": 3600}));
+        assert!(
+            text.contains("burst_recipients 15 >= min_recipients 15 (distinct recipients within burst_window_s 3600: 1 h"),
+            "{text}"
+        );
+        assert!(text.contains("25 in all"), "{text}");
+        assert!(!text.contains("new_line_recipients 25 >="), "{text}");
+        // An older alert without the burst count does not pass the total off as one.
+        let text = handover(serde_json::json!({"overlap": 1.0, "min_overlap": 0.5,
+            "new_line_recipients": 25, "min_recipients": 15, "burst_window_s": 3600}));
+        assert!(!text.contains("25 >="), "{text}");
+        assert!(text.contains("does not carry"), "{text}");
+    }
+
+    #[test]
+    fn alerts_as_people_hand_them_over_are_explained() {
+        let text = explain_json(&serde_json::json!({
+            "alert_id": "0123456789abcdef0123456789abcdef", "detector": "bulk_sms",
+            "subject": "L-9", "subject_kind": "sim", "score": 0.5, "event_time": 1.7e12,
+            "window_start": 1.7e12, "window_end": 1.7e12,
+            "evidence": {"recipients": 30.0, "min_recipients": 30, "window_s": 3600.0}
+        }))
+        .unwrap();
+        assert!(text.contains("on sim L-9"), "{text}");
+        assert!(
+            text.contains("recipients 30 >= min_recipients 30"),
+            "{text}"
+        );
+        assert!(explain_json(&serde_json::json!({"alert_id": "x"})).is_err());
     }
 
     #[test]

@@ -32,6 +32,22 @@ pub fn millis(s: u32) -> Millis {
     s as Millis * 1000
 }
 
+/// A configured span of seconds as stored seconds. The configuration keeps spans far below
+/// `u32::MAX`; should one ever exceed it, it saturates (a span longer than all stored time)
+/// rather than wrapping to a short or empty window.
+#[inline]
+pub fn span_secs(s: u64) -> u32 {
+    u32::try_from(s).unwrap_or(u32::MAX)
+}
+
+/// A configured span of seconds in milliseconds, saturating rather than overflowing.
+#[inline]
+pub fn span_ms(s: u64) -> Millis {
+    Millis::try_from(s)
+        .unwrap_or(Millis::MAX)
+        .saturating_mul(1000)
+}
+
 /// A hasher for maps whose keys are already well-mixed hashes: hashing them again is waste.
 #[derive(Default, Clone, Copy)]
 pub struct IdHasher(u64);

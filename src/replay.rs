@@ -20,6 +20,17 @@ pub trait Sink {
     fn alert(&mut self, alert: &Alert) -> io::Result<()>;
     /// A rejected record: its 1-based line number, why, and its bytes.
     fn dead_letter(&mut self, line: u64, why: Malformed, raw: &[u8]) -> io::Result<()>;
+    /// A record too large to keep whole (`too_large`): its first bytes and its full size.
+    fn dead_letter_cut(
+        &mut self,
+        line: u64,
+        why: Malformed,
+        first: &[u8],
+        size: u64,
+    ) -> io::Result<()> {
+        let _ = size;
+        self.dead_letter(line, why, first)
+    }
 }
 
 /// Discards everything (benchmarks).
@@ -66,6 +77,10 @@ pub struct DeadLetter {
     /// The record in base64, if it is not UTF-8.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub raw_base64: Option<String>,
+    /// The record's full size in bytes when `raw`/`raw_base64` hold only its first bytes
+    /// (a `too_large` line is never read whole).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
 }
 
 impl DeadLetter {
@@ -83,6 +98,7 @@ impl DeadLetter {
             line,
             raw,
             raw_base64,
+            size_bytes: None,
         }
     }
 }
@@ -105,6 +121,29 @@ impl<A: Write, D: Write> Sink for JsonlSink<A, D> {
         }
         Ok(())
     }
+    fn dead_letter_cut(
+        &mut self,
+        line: u64,
+        why: Malformed,
+        first: &[u8],
+        size: u64,
+    ) -> io::Result<()> {
+        if let Some(d) = self.dead.as_mut() {
+            let mut letter = DeadLetter::new(line, why, utf8_prefix(first));
+            letter.size_bytes = Some(size);
+            serde_json::to_writer(&mut *d, &letter)?;
+            d.write_all(b"\n")?;
+        }
+        Ok(())
+    }
+}
+
+/// `bytes` without a UTF-8 character cut in two at its end, so a cut text record stays text.
+fn utf8_prefix(bytes: &[u8]) -> &[u8] {
+    match std::str::from_utf8(bytes) {
+        Err(e) if e.error_len().is_none() => &bytes[..e.valid_up_to()],
+        _ => bytes,
+    }
 }
 
 /// The `--summary` object (contract §3, plus figures analysts and benchmarks use).
@@ -117,6 +156,8 @@ pub struct Summary {
     pub events_late: u64,
     pub alerts_total: u64,
     pub alerts_by_detector: BTreeMap<String, u64>,
+    /// Malformed records by reason; sums to `events_malformed` (late records are counted in
+    /// `events_late` only).
     pub malformed_by_reason: BTreeMap<String, u64>,
     pub alerts_suppressed_by_cooldown: u64,
     pub elapsed_s: f64,
@@ -145,7 +186,7 @@ impl Summary {
             malformed_by_reason: Reason::ALL
                 .iter()
                 .zip(c.rejected_by_reason)
-                .filter(|(_, n)| *n > 0)
+                .filter(|(r, n)| *n > 0 && **r != Reason::Late)
                 .map(|(r, n)| (r.as_str().to_string(), n))
                 .collect(),
             alerts_suppressed_by_cooldown: c.alerts_suppressed,
@@ -175,7 +216,49 @@ pub fn wall_ms() -> Millis {
         .unwrap_or(0)
 }
 
+/// Bytes of surrounding blanks (indentation, `\r\n`) a line may carry beyond
+/// `max_record_bytes` and still be read whole.
+const LINE_SLACK: usize = 64;
+/// How much of a `too_large` record goes to the dead letter: enough to recognise it.
+pub const TOO_LARGE_KEPT: usize = 1024;
+
+/// Reads one line (through its `\n`) from `input`, keeping at most `limit` bytes of it in
+/// `buf`: a line with no end in sight never takes more memory than that. Returns the line's
+/// full length without its `\n`, and whether one ended it (`(0, false)` at the end of the
+/// input).
+pub fn read_line_bounded<R: BufRead>(
+    input: &mut R,
+    buf: &mut Vec<u8>,
+    limit: usize,
+) -> io::Result<(u64, bool)> {
+    buf.clear();
+    let mut total = 0u64;
+    loop {
+        let chunk = match input.fill_buf() {
+            Ok(c) => c,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if chunk.is_empty() {
+            return Ok((total, false));
+        }
+        let (take, done) = match chunk.iter().position(|b| *b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (chunk.len(), false),
+        };
+        let room = limit.saturating_sub(buf.len());
+        buf.extend_from_slice(&chunk[..take.min(room)]);
+        total += take as u64;
+        input.consume(take);
+        if done {
+            return Ok((total - 1, true));
+        }
+    }
+}
+
 /// Runs every line of `input` through `engine`; `progress` is told the bytes read so far.
+/// A line longer than `engine.max_record_bytes` (plus a little blank space) is not read
+/// whole: it is counted and dead-lettered as `too_large` with its first bytes and its size.
 pub fn run<R: BufRead, S: Sink>(
     engine: &mut Engine,
     mut input: R,
@@ -183,23 +266,22 @@ pub fn run<R: BufRead, S: Sink>(
     mut progress: impl FnMut(u64),
 ) -> io::Result<Summary> {
     let started = Instant::now();
+    let limit = engine
+        .decode_options()
+        .max_record_bytes
+        .saturating_add(LINE_SLACK);
     let mut buf = Vec::with_capacity(1024);
     let mut alerts = Vec::new();
     let mut line_no = 0u64;
     let mut read = 0u64;
     let mut wall = wall_ms();
     loop {
-        buf.clear();
-        let n = input.read_until(b'\n', &mut buf)?;
-        if n == 0 {
+        let (n, newline) = read_line_bounded(&mut input, &mut buf, limit)?;
+        if n == 0 && !newline {
             break;
         }
-        read += n as u64;
+        read += n + u64::from(newline);
         line_no += 1;
-        let rec = trim_line(&buf);
-        if rec.is_empty() {
-            continue; // a blank line carries no record
-        }
         // Reading the clock per record costs more than the detectors; every 4096 is plenty
         // for `detected_at`.
         if line_no % 4096 == 0 {
@@ -207,6 +289,21 @@ pub fn run<R: BufRead, S: Sink>(
             progress(read);
         }
         alerts.clear();
+        let kept = buf.len() as u64 - u64::from(newline && buf.ends_with(b"\n"));
+        if n > kept {
+            let why = Malformed {
+                reason: Reason::TooLarge,
+                field: None,
+            };
+            engine.process_decoded(Err(why), 0, wall, &mut alerts);
+            let first = trim_line(&buf[..buf.len().min(TOO_LARGE_KEPT)]);
+            sink.dead_letter_cut(line_no, why, first, n)?;
+            continue;
+        }
+        let rec = trim_line(&buf);
+        if rec.is_empty() {
+            continue; // a blank line carries no record
+        }
         if let Verdict::Rejected(why) = engine.process(rec, 0, wall, &mut alerts) {
             sink.dead_letter(line_no, why, rec)?;
         }

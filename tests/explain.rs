@@ -277,3 +277,78 @@ fn cli_odd_input_is_one_line_error() {
         assert!(err.contains(want), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn cli_accepts_alerts_as_people_hand_them_over() {
+    let alerts = scenario_alerts();
+    let deal = alerts.iter().find(|a| a.detector == "deal_line").unwrap();
+    let mut v = serde_json::to_value(deal).unwrap();
+    // detected_at is the one field that differs between runs, so people strip it.
+    v.as_object_mut().unwrap().remove("detected_at");
+    let t = v["event_time"].as_i64().unwrap();
+    v["event_time"] = serde_json::json!(t as f64);
+    let array = serde_json::to_string(&vec![v.clone(), v.clone()]).unwrap();
+    let (code, out, err) = run(&["explain"], array.as_bytes());
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, format!("{}\n{}", explain(deal), explain(deal)));
+
+    v["subject_kind"] = "sim".into();
+    let (code, out, err) = run(&["explain"], v.to_string().as_bytes());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("on sim {}", deal.subject)), "{out}");
+}
+
+#[test]
+fn cli_id_prefix_of_any_length_matches_one_alert_or_says_it_is_ambiguous() {
+    let alerts = scenario_alerts();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("alerts.jsonl");
+    let jsonl: String = alerts
+        .iter()
+        .map(|a| serde_json::to_string(a).unwrap() + "\n")
+        .collect();
+    std::fs::write(&file, jsonl).unwrap();
+    // The shortest prefix that names the deal_line alert alone.
+    let deal = alerts.iter().find(|a| a.detector == "deal_line").unwrap();
+    let unique = (1..=deal.alert_id.len())
+        .map(|n| &deal.alert_id[..n])
+        .find(|p| alerts.iter().filter(|a| a.alert_id.starts_with(p)).count() == 1)
+        .unwrap();
+    assert!(
+        unique.len() < 6,
+        "the scenario's ids should differ early: {unique}"
+    );
+    let path = file.to_str().unwrap();
+    let (code, out, err) = run(&["explain", "--id", unique, "--alerts", path], b"");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, explain(deal));
+
+    let mut twins = alerts[0].clone();
+    twins.alert_id = "abc111".into();
+    let mut other = alerts[0].clone();
+    other.alert_id = "abc222".into();
+    let both = format!(
+        "{}\n{}\n",
+        serde_json::to_string(&twins).unwrap(),
+        serde_json::to_string(&other).unwrap()
+    );
+    std::fs::write(&file, both).unwrap();
+    let (code, _, err) = run(&["explain", "--id", "abc", "--alerts", path], b"");
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("2 alert ids") && err.contains("start with abc"),
+        "{err}"
+    );
+}
+
+#[test]
+fn cli_refuses_a_config_it_cannot_read() {
+    let alert = serde_json::to_string(&first("bulk_sms")).unwrap();
+    let (code, out, err) = run(
+        &["--config", "/nonexistent/linewatch.toml", "explain"],
+        alert.as_bytes(),
+    );
+    assert_eq!(code, 2, "{out}{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("/nonexistent/linewatch.toml"), "{err}");
+}

@@ -28,17 +28,17 @@ pub struct Args {
 
 pub fn main(args: Args, config: Option<&Path>) -> Outcome {
     let cfg = load_config(config)?;
-    if args.subscribers < 500 || args.days == 0 {
-        return Err(Failure::usage(
-            "demo needs --subscribers >= 500 and --days >= 1",
-        ));
-    }
     let opts = GenOptions {
         seed: args.seed,
         subscribers: args.subscribers,
         days: args.days,
         ..GenOptions::default()
     };
+    // The generator's own bounds, so demo can never promise what generate refuses.
+    let problems = opts.problems();
+    if !problems.is_empty() {
+        return Err(Failure::usage(format!("demo: --{}", problems.join("; --"))));
+    }
     let started = Instant::now();
     let (events, labels_csv, report) = generate::generate_in_memory(&opts)
         .map_err(|e| Failure::runtime(format!("generating traffic failed: {e}")))?;
@@ -69,22 +69,11 @@ pub fn main(args: Args, config: Option<&Path>) -> Outcome {
     for (det, n) in &summary.alerts_by_detector {
         println!("  {det:<16} {n:>6}");
     }
-    println!("\nan example of each (subjects are pseudonyms):");
+    println!("\nan example of each, with all its evidence (subjects are pseudonyms; `linewatch explain` puts any alert in words):");
     for det in crate::detect::DETECTORS {
         if let Some(a) = alerts.iter().find(|a| a.detector == det) {
-            let mut figures: Vec<String> = a
-                .evidence
-                .iter()
-                .filter(|(_, v)| !v.is_array() && !v.is_object())
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
-            figures.truncate(6);
-            println!(
-                "  {det:<16} {} score {:.2}: {}",
-                a.subject,
-                a.score,
-                figures.join(" ")
-            );
+            println!("  {det:<16} {} score {:.2}", a.subject, a.score);
+            print!("{}", evidence_lines(a));
         }
     }
     println!("\nagainst the labels (line detectors vs deal-line numbers, handset_churn vs burner handsets):");
@@ -94,4 +83,48 @@ pub fn main(args: Args, config: Option<&Path>) -> Outcome {
          greetings) by design; deal_line combines the evidence and should touch none."
     );
     Ok(())
+}
+
+/// Every evidence entry of `a`: the figures as `key=value` lines of a readable width, then
+/// each list or object (a handover's related line, deal_line's contributions) one item a line.
+fn evidence_lines(a: &crate::alert::Alert) -> String {
+    const INDENT: &str = "      ";
+    let mut out = String::new();
+    let mut line = String::new();
+    for (k, v) in a
+        .evidence
+        .iter()
+        .filter(|(_, v)| !v.is_array() && !v.is_object())
+    {
+        let item = format!("{k}={v}");
+        if !line.is_empty() && line.len() + item.len() > 90 {
+            out.push_str(&format!("{INDENT}{line}\n"));
+            line.clear();
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(&item);
+    }
+    if !line.is_empty() {
+        out.push_str(&format!("{INDENT}{line}\n"));
+    }
+    if !a.related.is_empty() {
+        out.push_str(&format!("{INDENT}related: {}\n", a.related.join(", ")));
+    }
+    for (k, v) in a
+        .evidence
+        .iter()
+        .filter(|(_, v)| v.is_array() || v.is_object())
+    {
+        match v.as_array() {
+            Some(items) => {
+                for item in items {
+                    out.push_str(&format!("{INDENT}{k}: {item}\n"));
+                }
+            }
+            None => out.push_str(&format!("{INDENT}{k}: {v}\n")),
+        }
+    }
+    out
 }

@@ -6,15 +6,15 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::{Failure, Outcome};
-use crate::alert::Alert;
-use crate::explain::explain;
+use super::{load_config, Failure, Outcome};
+use crate::explain::explain_json;
 
 /// Arguments of `linewatch explain`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The alert to explain (a unique prefix of at least 6 characters will do). Without it,
-    /// alert JSON is read from stdin: one object, or several (e.g. `replay` output).
+    /// The alert to explain (a prefix will do if only one alert id starts with it). Without
+    /// it, alert JSON is read from stdin: one object, several (e.g. `replay` output), or a
+    /// JSON array of them.
     #[arg(long, value_name = "ALERT_ID", requires = "alerts")]
     pub id: Option<String>,
     /// JSONL alerts file (`replay --output`) to find `--id` in.
@@ -22,27 +22,27 @@ pub struct Args {
     pub alerts: Option<PathBuf>,
 }
 
-/// Shortest `--id` prefix searched for: shorter would match many alerts in a big file.
-const MIN_PREFIX: usize = 6;
-
-pub fn main(args: Args, _config: Option<&Path>) -> Outcome {
+pub fn main(args: Args, config: Option<&Path>) -> Outcome {
+    // The explanation comes from the alert's own evidence, not the configuration; a
+    // --config that cannot be used is still a mistake worth saying, like every command does.
+    load_config(config)?;
     let alerts = match (&args.id, &args.alerts) {
         (Some(id), Some(path)) => vec![find(id, path)?],
         _ => from_stdin()?,
     };
-    let text = alerts.iter().map(explain).collect::<Vec<_>>().join("\n");
+    let text = alerts.join("\n");
     let mut out = io::stdout().lock();
     out.write_all(text.as_bytes())?;
     out.flush()?;
     Ok(())
 }
 
-/// Turns a JSON value into an alert, with a one-line reason when it is not one.
-fn to_alert(v: Value, where_: &str) -> Result<Alert, Failure> {
-    serde_json::from_value(v).map_err(|e| Failure::usage(format!("{where_} is not an alert: {e}")))
+/// An alert's explanation, with a one-line reason when the value is not an alert.
+fn to_text(v: &Value, where_: &str) -> Result<String, Failure> {
+    explain_json(v).map_err(|e| Failure::usage(format!("{where_} is not an alert: {e}")))
 }
 
-fn from_stdin() -> Result<Vec<Alert>, Failure> {
+fn from_stdin() -> Result<Vec<String>, Failure> {
     let stdin = io::stdin();
     if stdin.is_terminal() {
         return Err(Failure::usage(
@@ -54,29 +54,44 @@ fn from_stdin() -> Result<Vec<Alert>, Failure> {
         .lock()
         .read_to_string(&mut text)
         .map_err(|e| Failure::usage(format!("cannot read stdin: {e}")))?;
-    let mut alerts = Vec::new();
+    let mut out = Vec::new();
     for (i, v) in serde_json::Deserializer::from_str(&text)
         .into_iter::<Value>()
         .enumerate()
     {
         let v = v.map_err(|e| Failure::usage(format!("stdin is not JSON: {e}")))?;
-        alerts.push(to_alert(v, &format!("stdin value {}", i + 1))?);
+        match &v {
+            Value::Array(items) => {
+                for (j, item) in items.iter().enumerate() {
+                    out.push(to_text(
+                        item,
+                        &format!("stdin value {} item {}", i + 1, j + 1),
+                    )?);
+                }
+            }
+            _ => out.push(to_text(&v, &format!("stdin value {}", i + 1))?),
+        }
     }
-    if alerts.is_empty() {
+    if out.is_empty() {
         return Err(Failure::usage(
             "no alert on stdin: pipe alert JSON in, or use --id ALERT_ID --alerts FILE",
         ));
     }
-    Ok(alerts)
+    Ok(out)
 }
 
-/// The alert with `id` (or the one alert whose id starts with it) in a JSONL file. Lines that
-/// are not JSON objects are skipped: the file may hold other records too.
-fn find(id: &str, path: &Path) -> Result<Alert, Failure> {
+/// The alert with `id`, or the one alert whose id starts with it, in a JSONL file (a line
+/// may also hold a JSON array of alerts). Lines that are not JSON are skipped: the file may
+/// hold other records too.
+fn find(id: &str, path: &Path) -> Result<String, Failure> {
     let id = id.trim();
+    if id.is_empty() {
+        return Err(Failure::usage("--id is empty"));
+    }
     let f = File::open(path)
         .map_err(|e| Failure::usage(format!("cannot read alerts {}: {e}", path.display())))?;
-    let mut prefixed: Vec<(usize, Value)> = Vec::new();
+    let mut first: Option<(usize, Value)> = None;
+    let mut prefixed = 0usize;
     let mut read = 0usize;
     for (n, line) in BufReader::new(f).lines().enumerate() {
         let line = line
@@ -84,29 +99,34 @@ fn find(id: &str, path: &Path) -> Result<Alert, Failure> {
         let Ok(v) = serde_json::from_str::<Value>(line.trim()) else {
             continue;
         };
-        let Some(this) = v.get("alert_id").and_then(Value::as_str) else {
-            continue;
+        let items = match v {
+            Value::Array(items) => items,
+            v => vec![v],
         };
-        read += 1;
-        let where_ = || format!("{} line {}", path.display(), n + 1);
-        if this == id {
-            return to_alert(v, &where_());
-        }
-        if id.len() >= MIN_PREFIX && this.starts_with(id) && prefixed.len() < 2 {
-            prefixed.push((n + 1, v));
+        for v in items {
+            let Some(this) = v.get("alert_id").and_then(Value::as_str) else {
+                continue;
+            };
+            read += 1;
+            if this == id {
+                return to_text(&v, &format!("{} line {}", path.display(), n + 1));
+            }
+            if this.starts_with(id) {
+                prefixed += 1;
+                if first.is_none() {
+                    first = Some((n + 1, v));
+                }
+            }
         }
     }
-    match prefixed.len() {
-        1 => {
-            let (n, v) = prefixed.remove(0);
-            to_alert(v, &format!("{} line {n}", path.display()))
-        }
-        0 => Err(Failure::usage(format!(
+    match (prefixed, first) {
+        (1, Some((n, v))) => to_text(&v, &format!("{} line {n}", path.display())),
+        (0, _) | (_, None) => Err(Failure::usage(format!(
             "no alert with id {id} in {} ({read} alerts read)",
             path.display()
         ))),
-        _ => Err(Failure::usage(format!(
-            "more than one alert id in {} starts with {id}: give more of it",
+        (many, _) => Err(Failure::usage(format!(
+            "{many} alert ids in {} start with {id}: give more of it",
             path.display()
         ))),
     }

@@ -101,6 +101,9 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    if !matches!(cli.command, Command::Run(_)) {
+        end_quietly_on_closed_pipe();
+    }
     let config = cli.config.as_deref();
     let result = match cli.command {
         Command::Run(a) => run::main(a, config),
@@ -117,5 +120,19 @@ pub fn main() -> ExitCode {
             eprintln!("linewatch: error: {}", f.message.replace('\n', " "));
             ExitCode::from(f.code)
         }
+    }
+}
+
+/// Makes a write to a closed pipe end the process as it ends `cat` or `grep`: quietly, by
+/// SIGPIPE (the shell shows 141), instead of a panic from `println!` or a "Broken pipe"
+/// error. Rust ignores SIGPIPE by default; restoring it once here covers every output of
+/// every analyst command (`demo | head -1`, `replay | head`). The service (`run`) keeps
+/// ignoring it: a peer closing a socket must never kill it.
+fn end_quietly_on_closed_pipe() {
+    // SAFETY: `signal` with SIG_DFL installs no handler code; it is called before any
+    // thread is started.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

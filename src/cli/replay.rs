@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use super::{load_config, Failure, Outcome};
 use crate::cells::CellMap;
 use crate::engine::Engine;
-use crate::replay::{self, JsonlSink};
+use crate::replay::{self, JsonlSink, Summary};
 
 /// Arguments of `linewatch replay`.
 #[derive(Debug, clap::Args)]
@@ -18,8 +18,9 @@ pub struct Args {
     /// Where alerts go as JSONL; `-` (the default) for stdout.
     #[arg(long, value_name = "PATH|-", default_value = "-")]
     pub output: PathBuf,
-    /// Writes one JSON object of counts, rates and state sizes here.
-    #[arg(long, value_name = "PATH")]
+    /// Writes one JSON object of counts, rates and state sizes here; `-` for stdout (then
+    /// `--output` must name a file).
+    #[arg(long, value_name = "PATH|-")]
     pub summary: Option<PathBuf>,
     /// Writes rejected records here as JSONL with their reason and line number.
     #[arg(long, value_name = "PATH")]
@@ -27,7 +28,8 @@ pub struct Args {
     /// Cell map CSV (`cell,area,class`), validated at start.
     #[arg(long, value_name = "PATH")]
     pub cells: Option<PathBuf>,
-    /// Never show a progress bar.
+    /// Never show a progress bar, nor the count line on stderr at the end (warnings still
+    /// show).
     #[arg(long)]
     pub quiet: bool,
 }
@@ -47,17 +49,36 @@ pub fn main(args: Args, config: Option<&Path>) -> Outcome {
     if let Some(cells) = &args.cells {
         CellMap::load(cells).map_err(|e| Failure::usage(e.to_string()))?;
     }
+    let summary_to_stdout = args.summary.as_deref().is_some_and(is_dash);
+    if summary_to_stdout && is_dash(&args.output) {
+        return Err(Failure::usage(
+            "--summary - and alerts both on stdout would mix: give --output FILE too",
+        ));
+    }
     let (input, total): (Box<dyn BufRead>, Option<u64>) = if is_dash(&args.input) {
+        let stdin = io::stdin();
+        if stdin.is_terminal() {
+            return Err(Failure::usage(
+                "--input -: stdin is a terminal; pipe JSONL in (e.g. zcat cdr.jsonl.gz | linewatch replay --input -) or give a file",
+            ));
+        }
         (
-            Box::new(BufReader::with_capacity(1 << 16, io::stdin().lock())),
+            Box::new(BufReader::with_capacity(1 << 16, stdin.lock())),
             None,
         )
     } else {
-        let f = File::open(&args.input).map_err(|e| {
-            Failure::usage(format!("cannot read input {}: {e}", args.input.display()))
-        })?;
-        let len = f.metadata().ok().map(|m| m.len());
-        (Box::new(BufReader::with_capacity(1 << 16, f)), len)
+        let cannot = |why: String| {
+            Failure::usage(format!("cannot read input {}: {why}", args.input.display()))
+        };
+        let f = File::open(&args.input).map_err(|e| cannot(e.to_string()))?;
+        let meta = f.metadata().map_err(|e| cannot(e.to_string()))?;
+        if meta.is_dir() {
+            return Err(cannot("it is a directory; give a JSONL file".into()));
+        }
+        (
+            Box::new(BufReader::with_capacity(1 << 16, f)),
+            Some(meta.len()),
+        )
     };
     let alerts: Box<dyn Write> = if is_dash(&args.output) {
         Box::new(BufWriter::new(io::stdout().lock()))
@@ -69,11 +90,11 @@ pub fn main(args: Args, config: Option<&Path>) -> Outcome {
         .as_deref()
         .map(|p| create(p, "dead-letter file"))
         .transpose()?;
-    let mut summary_out = args
-        .summary
-        .as_deref()
-        .map(|p| create(p, "summary"))
-        .transpose()?;
+    let mut summary_out: Option<Box<dyn Write>> = match args.summary.as_deref() {
+        None => None,
+        Some(_) if summary_to_stdout => Some(Box::new(io::stdout().lock())),
+        Some(p) => Some(Box::new(create(p, "summary")?)),
+    };
 
     let bar = match total {
         Some(n) if !args.quiet && io::stderr().is_terminal() && n > 8 << 20 => {
@@ -108,5 +129,44 @@ pub fn main(args: Args, config: Option<&Path>) -> Outcome {
         out.write_all(b"\n")?;
         out.flush()?;
     }
+    if !args.quiet {
+        eprintln!("{}", count_line(&summary));
+    }
+    if let Some(w) = mostly_malformed(&summary) {
+        eprintln!("{w}");
+    }
     Ok(())
+}
+
+/// The one line `replay` ends with on stderr: what was read and what came of it.
+pub fn count_line(s: &Summary) -> String {
+    format!(
+        "replay: {} records: {} valid, {} malformed, {} duplicate, {} late; {} alerts in {:.1} s",
+        s.events_total,
+        s.events_valid,
+        s.events_malformed,
+        s.events_duplicate,
+        s.events_late,
+        s.alerts_total,
+        s.elapsed_s
+    )
+}
+
+/// A warning when most records were malformed: usually the wrong file (a compressed one, or
+/// not CDRs at all) rather than a bad feed.
+pub fn mostly_malformed(s: &Summary) -> Option<String> {
+    if s.events_total == 0 || s.events_malformed * 2 <= s.events_total {
+        return None;
+    }
+    let top = s
+        .malformed_by_reason
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map(|(r, _)| r.as_str())
+        .unwrap_or("?");
+    Some(format!(
+        "linewatch: warning: {} of {} records are malformed (mostly {top}): is this the right \
+         file? A compressed file must be decompressed first, e.g. zcat FILE.gz | linewatch replay --input -",
+        s.events_malformed, s.events_total
+    ))
 }

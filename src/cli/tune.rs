@@ -78,8 +78,20 @@ pub fn main(args: Args, config: Option<&Path>) -> Outcome {
             )));
         }
     }
-    if args.jobs == Some(0) {
-        return Err(Failure::usage("--jobs must be at least 1"));
+    if let Some(j) = args.jobs.filter(|j| !(1..=MAX_JOBS).contains(j)) {
+        return Err(Failure::usage(format!(
+            "--jobs {j}: must be 1 to {MAX_JOBS} (each job is a thread replaying the input)"
+        )));
+    }
+    // Every output is checked before the sweep: a missing directory must not throw away
+    // every replay's result at the end.
+    if let Some(p) = &args.output {
+        check_writable(p, "--output")?;
+    }
+    if let Some(prefix) = &args.plot {
+        let (png, svg) = plot::paths(prefix);
+        check_writable(&png, "--plot")?;
+        check_writable(&svg, "--plot")?;
     }
     let params = args
         .params
@@ -97,7 +109,12 @@ pub fn main(args: Args, config: Option<&Path>) -> Outcome {
     }
     let data = std::fs::read(&args.input)
         .map_err(|e| Failure::usage(format!("cannot read input {}: {e}", args.input.display())))?;
-    let jobs = args.jobs.unwrap_or_else(rayon::current_num_threads);
+    // More threads than combinations would only wait.
+    let jobs = args
+        .jobs
+        .unwrap_or_else(rayon::current_num_threads)
+        .min(combos.len())
+        .max(1);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(jobs)
         .build()
@@ -188,6 +205,41 @@ pub fn main(args: Args, config: Option<&Path>) -> Outcome {
         rows.len(),
         if jobs == 1 { "" } else { "s" }
     );
+    Ok(())
+}
+
+/// Most `--jobs`: far past any core count, short of what a typo (`100000`) would make the
+/// system try to start.
+pub const MAX_JOBS: usize = 256;
+
+/// Fails with one line unless `path` can be created or overwritten. A file made only to
+/// check is removed again.
+fn check_writable(path: &Path, flag: &str) -> Result<(), Failure> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.is_dir() {
+            return Err(Failure::usage(format!(
+                "{flag} {}: directory {} does not exist",
+                path.display(),
+                dir.display()
+            )));
+        }
+    }
+    if path.is_dir() {
+        return Err(Failure::usage(format!(
+            "{flag} {}: is a directory, not a file",
+            path.display()
+        )));
+    }
+    let existed = path.exists();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| Failure::usage(format!("{flag} {}: cannot write: {e}", path.display())))?;
+    if !existed {
+        let _ = std::fs::remove_file(path);
+    }
     Ok(())
 }
 

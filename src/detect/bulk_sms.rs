@@ -31,7 +31,7 @@ impl BulkSms {
     pub fn new(cfg: &Config, max_keys: usize) -> Self {
         BulkSms {
             cfg: cfg.bulk_sms.clone(),
-            repeat_gap_s: cfg.deal_line.repeat_gap_s as u32,
+            repeat_gap_s: ids::span_secs(cfg.deal_line.repeat_gap_s),
             fired: IdMap::default(),
             max_keys,
             cap_hits: 0,
@@ -57,7 +57,7 @@ impl Detector for BulkSms {
             return;
         }
         let end_s = rec.last_seen_s;
-        let since_s = end_s.saturating_sub(self.cfg.window_s as u32);
+        let since_s = end_s.saturating_sub(ids::span_secs(self.cfg.window_s));
         if ids::secs(ev.ts) < since_s {
             return;
         }
@@ -107,7 +107,7 @@ impl Detector for BulkSms {
     }
 
     fn expire(&mut self, watermark: Millis) {
-        let cutoff = ids::secs(watermark).saturating_sub(self.cfg.window_s as u32);
+        let cutoff = ids::secs(watermark).saturating_sub(ids::span_secs(self.cfg.window_s));
         self.fired.retain(|_, last| *last >= cutoff);
     }
 
@@ -121,7 +121,7 @@ impl Detector for BulkSms {
 
     fn reconfigure(&mut self, cfg: &Config) {
         self.cfg = cfg.bulk_sms.clone();
-        self.repeat_gap_s = cfg.deal_line.repeat_gap_s as u32;
+        self.repeat_gap_s = ids::span_secs(cfg.deal_line.repeat_gap_s);
         self.max_keys = cfg.engine.max_keys_per_detector;
     }
 
@@ -168,6 +168,17 @@ mod tests {
         assert_eq!(f[0].evidence["recipients"], 5);
         assert_eq!(f[0].event_time, 4 * MIN);
         assert_eq!(f[0].subject, "line");
+    }
+
+    #[test]
+    fn a_window_past_u32_seconds_is_not_wrapped_to_nothing() {
+        // The configuration refuses such a window; a detector built without it must still
+        // treat it as "longer than all time", not as 2^32 mod 2^32 = 0 seconds.
+        let mut cfg = Config::default();
+        cfg.bulk_sms.min_recipients = 5;
+        cfg.bulk_sms.window_s = 1 << 32;
+        let (mut h, mut d) = (Harness::new(), BulkSms::new(&cfg, 1000));
+        assert_eq!(blast(&mut h, &mut d, DAY, 8, MIN).len(), 1);
     }
 
     #[test]

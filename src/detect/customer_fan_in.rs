@@ -54,7 +54,7 @@ impl Detector for CustomerFanIn {
         if !self.cfg.enabled || !self.counts(ev) {
             return;
         }
-        let lookback = self.cfg.lookback_s as u32;
+        let lookback = ids::span_secs(self.cfg.lookback_s);
         // Is the caller a customer of the line it contacts? If so the contact is noted.
         let Some(line) = ctx
             .contacts
@@ -69,7 +69,7 @@ impl Detector for CustomerFanIn {
         }
         let s = ids::secs(ev.ts);
         let newest = line.newest_in_s;
-        let since_s = newest.saturating_sub(self.cfg.window_s as u32);
+        let since_s = newest.saturating_sub(ids::span_secs(self.cfg.window_s));
         if s < since_s {
             return;
         }
@@ -118,7 +118,7 @@ impl Detector for CustomerFanIn {
     }
 
     fn expire(&mut self, watermark: Millis) {
-        let cutoff = ids::secs(watermark).saturating_sub(self.cfg.window_s as u32);
+        let cutoff = ids::secs(watermark).saturating_sub(ids::span_secs(self.cfg.window_s));
         self.fired.retain(|_, f| *f >= cutoff);
     }
 

@@ -134,10 +134,10 @@ impl DealLine {
                 // A repeat is an earlier *bulk send*, on an earlier day, to largely the same
                 // people. Audience overlap alone is not enough: a festive greeting reaches
                 // friends texted all year, yet it is the line's only blast.
-                let gap = cfg.repeat_gap_s as Millis * 1000;
+                let gap = ids::span_ms(cfg.repeat_gap_s);
                 let earlier_bulk = v.parts[Part::BulkSms as usize]
                     .as_ref()
-                    .is_some_and(|p| p.at + gap <= at);
+                    .is_some_and(|p| p.at.saturating_add(gap) <= at);
                 if earlier_bulk && repeat >= cfg.repeat_audience_min {
                     set(v, Part::RepeatBulk, at, detail.clone());
                 }
@@ -150,10 +150,10 @@ impl DealLine {
                     return touched;
                 };
                 let detail = json!({"customers": ev["customers"]});
-                let gap = cfg.repeat_gap_s as Millis * 1000;
+                let gap = ids::span_ms(cfg.repeat_gap_s);
                 if v.parts[Part::FanIn as usize]
                     .as_ref()
-                    .is_some_and(|p| p.at + gap <= at)
+                    .is_some_and(|p| p.at.saturating_add(gap) <= at)
                 {
                     set(v, Part::RepeatFanIn, at, detail.clone());
                 }
@@ -209,7 +209,7 @@ impl DealLine {
     }
 
     fn score(&self, v: &LineVerdict, now: Millis) -> f64 {
-        let since = now - self.cfg.lookback_s as Millis * 1000;
+        let since = now.saturating_sub(ids::span_ms(self.cfg.lookback_s));
         PARTS
             .iter()
             .filter(|p| {
@@ -253,7 +253,7 @@ impl Detector for DealLine {
                 }
             }
         }
-        let since = ev.ts - self.cfg.lookback_s as Millis * 1000;
+        let since = ev.ts.saturating_sub(ids::span_ms(self.cfg.lookback_s));
         for id in touched {
             let Some(v) = self.lines.get(&id) else {
                 continue;
@@ -301,7 +301,7 @@ impl Detector for DealLine {
     }
 
     fn expire(&mut self, watermark: Millis) {
-        let cutoff = watermark - self.cfg.lookback_s as Millis * 1000;
+        let cutoff = watermark.saturating_sub(ids::span_ms(self.cfg.lookback_s));
         self.lines.retain(|_, v| v.last_at >= cutoff);
     }
 

@@ -97,7 +97,7 @@ impl Detector for HandsetChurn {
         }
         let h = self.handsets.entry(imei).or_default();
         h.newest_s = h.newest_s.max(s);
-        let since_s = h.newest_s.saturating_sub(self.cfg.window_s as u32);
+        let since_s = h.newest_s.saturating_sub(ids::span_secs(self.cfg.window_s));
         if s < since_s {
             return;
         }
@@ -167,7 +167,7 @@ impl Detector for HandsetChurn {
     }
 
     fn expire(&mut self, watermark: Millis) {
-        let cutoff = ids::secs(watermark).saturating_sub(self.cfg.window_s as u32);
+        let cutoff = ids::secs(watermark).saturating_sub(ids::span_secs(self.cfg.window_s));
         let mut heap = 0;
         self.handsets.retain(|_, h| {
             h.sims.retain(|x| x.last_s >= cutoff);

@@ -32,6 +32,10 @@ struct Sketched {
     last_text_s: u32,
     /// Distinct recipients when last updated.
     recipients: u32,
+    /// Distinct recipients within `burst_window_s` when the line qualified for a sketch:
+    /// the figure `min_recipients` was checked against (the total above may be larger and
+    /// spread over days).
+    burst_recipients: u32,
     handset_fp: u32,
     mins: Box<[u32]>,
     /// Compare again once the audience reaches this size (u32::MAX: matched or too old).
@@ -155,8 +159,9 @@ impl Detector for LineHandover {
                 }
                 let since = rec
                     .last_seen_s
-                    .saturating_sub(self.cfg.burst_window_s as u32);
-                if (rec.recipients_since(since) as u32) < self.cfg.min_recipients {
+                    .saturating_sub(ids::span_secs(self.cfg.burst_window_s));
+                let burst = u32::try_from(rec.recipients_since(since)).unwrap_or(u32::MAX);
+                if burst < self.cfg.min_recipients {
                     return;
                 }
                 if self.sketches.len() >= self.cfg.max_sketched_lines {
@@ -168,13 +173,14 @@ impl Detector for LineHandover {
                     add(&mut mins, c.fp);
                 }
                 let stream_start_s = ids::secs(ctx.stream_start);
-                let is_new =
-                    rec.first_seen_s >= stream_start_s.saturating_add(self.cfg.warmup_s as u32);
+                let is_new = rec.first_seen_s
+                    >= stream_start_s.saturating_add(ids::span_secs(self.cfg.warmup_s));
                 self.sketches.entry(ids.from).or_insert(Sketched {
                     line: ev.from.as_ref().into(),
                     first_seen_s: rec.first_seen_s,
                     last_text_s: s,
                     recipients: n,
+                    burst_recipients: burst,
                     handset_fp: rec.handset_fp,
                     mins,
                     next_eval: if is_new {
@@ -223,6 +229,7 @@ impl Detector for LineHandover {
                 "sketch_jaccard" => (j * 1000.0).round() / 1000.0,
                 "new_line_recipients" => me.recipients,
                 "earlier_line_recipients" => o.recipients,
+                "burst_recipients" => me.burst_recipients,
                 "min_recipients" => self.cfg.min_recipients,
                 "burst_window_s" => self.cfg.burst_window_s,
                 "new_line_first_seen" => ids::millis(me.first_seen_s),
@@ -240,7 +247,7 @@ impl Detector for LineHandover {
     }
 
     fn expire(&mut self, watermark: Millis) {
-        let cutoff = ids::secs(watermark).saturating_sub(self.cfg.retention_s as u32);
+        let cutoff = ids::secs(watermark).saturating_sub(ids::span_secs(self.cfg.retention_s));
         self.sketches.retain(|_, s| s.last_text_s >= cutoff);
     }
 
@@ -308,6 +315,19 @@ mod tests {
             &sms("start", 0, "x", "y"),
         );
         (h, LineHandover::new(&Config::default()))
+    }
+
+    #[test]
+    fn evidence_separates_the_burst_from_the_total() {
+        // 10 of the old list texted in the morning, 15 more in the evening: only the evening's
+        // 15 were within the burst window when the line qualified, though 25 were texted.
+        let (mut h, mut d) = setup();
+        assert!(texts(&mut h, &mut d, "old", HOUR, 0..60).is_empty());
+        assert!(texts(&mut h, &mut d, "new", DAY + 7 * HOUR, 0..10).is_empty());
+        let f = texts(&mut h, &mut d, "new", DAY + 20 * HOUR, 10..25);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].evidence["new_line_recipients"], 25);
+        assert_eq!(f[0].evidence["burst_recipients"], 15);
     }
 
     #[test]

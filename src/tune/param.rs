@@ -1,7 +1,7 @@
 //! `--param section.key=VALUES`: parsing, and making one validated [`Config`] per combination.
 //!
 //! A parameter is set into a `toml::Value` copy of the base configuration and the result is
-//! re-parsed with [`Config::from_toml`], so the config's own serde model decides which keys
+//! deserialised as a [`Config`], so the config's own serde model decides which keys
 //! exist and what type they take, and [`Config::validate`] checks every combination. Nothing
 //! here repeats the config's rules.
 
@@ -179,13 +179,16 @@ fn parse_values(key: &str, text: &str, kind: Kind) -> Result<Vec<ParamValue>, Tu
                 range.0.trim()
             )));
         }
-        // A small tolerance so 0.5..0.7:0.1 includes 0.7 despite binary fractions.
-        let n = ((end - start) / step_v + 1e-9).floor() as usize + 1;
-        if n > MAX_VALUES {
+        // A small tolerance so 0.5..0.7:0.1 includes 0.7 despite binary fractions. Counted
+        // in floating point: a tiny step makes more values than any integer holds, and the
+        // cast would saturate and wrap to an empty sweep.
+        let count = ((end - start) / step_v + 1e-9).floor() + 1.0;
+        if !count.is_finite() || count > MAX_VALUES as f64 {
             return Err(bad(format!(
-                "range {text:?} has {n} values, more than {MAX_VALUES}"
+                "range {text:?} has {count:.0} values, more than {MAX_VALUES}"
             )));
         }
+        let n = count as usize;
         (0..n)
             .map(|i| {
                 let v = start + i as f64 * step_v;
@@ -275,14 +278,16 @@ pub fn grid(base: &Config, params: &[Param]) -> Result<Vec<Combination>, TuneErr
                 t.insert(p.name.clone(), v.to_toml());
             }
         }
-        let text = toml::to_string(&doc)
-            .map_err(|e| TuneError(format!("cannot write the configuration as TOML: {e}")))?;
-        let config = Config::from_toml(&text).map_err(|e| {
+        // Straight from the value, not through TOML text: a problem's line number in a
+        // generated document would mean nothing to the user.
+        let invalid = |e: &dyn fmt::Display| {
             TuneError(format!(
                 "--param {} makes an invalid configuration: {e}",
                 describe(params, &values)
             ))
-        })?;
+        };
+        let config: Config = doc.try_into().map_err(|e: toml::de::Error| invalid(&e))?;
+        config.validate().map_err(|e| invalid(&e))?;
         out.push(Combination { values, config });
     }
     Ok(out)
@@ -301,6 +306,15 @@ pub fn describe(params: &[Param], values: &[ParamValue]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_step_too_small_to_count_is_the_value_limit_not_an_empty_sweep() {
+        let e =
+            Param::parse("deal_line.threshold=0.5..0.9:1e-300", &Config::default()).unwrap_err();
+        assert!(e.0.contains("more than 1000"), "{e}");
+        let e = Param::parse("bulk_sms.min_recipients=1..5000:1", &Config::default()).unwrap_err();
+        assert!(e.0.contains("5000 values, more than 1000"), "{e}");
+    }
 
     #[test]
     fn inclusive_float_range_has_clean_values() {

@@ -1,0 +1,379 @@
+//! The analyst commands used as an analyst would (issue 17): closed pipes, huge lines,
+//! stdin on a terminal, summaries, demo's bounds and evidence, tune's checks before a sweep.
+//! Each test is named after what it guards and fails on the code before its fix.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_linewatch"))
+}
+
+fn fixture(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(path)
+}
+
+fn run(cmd: &mut Command) -> (Option<i32>, String, String) {
+    let out = cmd.output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Waits at most `limit` for `child`; a child still running then is killed and the test fails
+/// (the old `replay --input -` on a terminal waited forever).
+fn wait_within(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn closed_output_pipe_ends_each_analyst_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let alert = {
+        let (_, out, err) = run(bin()
+            .args(["replay", "--quiet", "--input"])
+            .arg(fixture("deal_line.jsonl")));
+        assert!(!out.is_empty(), "{err}");
+        out
+    };
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/linewatch.toml");
+    let cases: Vec<(Vec<String>, String)> = vec![
+        (
+            ["demo", "--subscribers", "1000", "--days", "1"]
+                .map(String::from)
+                .to_vec(),
+            String::new(),
+        ),
+        (
+            vec![
+                "replay".into(),
+                "--input".into(),
+                fixture("deal_line.jsonl").display().to_string(),
+            ],
+            String::new(),
+        ),
+        (
+            vec!["check-config".into(), config.display().to_string()],
+            String::new(),
+        ),
+        (vec!["explain".into()], alert),
+    ];
+    for (args, stdin) in cases {
+        let mut child = bin()
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader goes away before the command writes anything.
+        drop(child.stdout.take());
+        let mut input = child.stdin.take().unwrap();
+        let _ = input.write_all(stdin.as_bytes());
+        drop(input);
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        let status = wait_within(&mut child, Duration::from_secs(60));
+        assert!(
+            status.success() || status.signal() == Some(libc::SIGPIPE),
+            "{args:?}: {status:?} {err}"
+        );
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(!err.contains("Broken pipe"), "{args:?}: {err}");
+    }
+}
+
+/// Peak resident memory of a finished child, in KiB.
+fn wait_peak_rss_kib(child: Child) -> (i32, i64) {
+    let mut status = 0;
+    // SAFETY: rusage is plain data that wait4 fills in; the pid is our own child's.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = child.id() as libc::pid_t;
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(r, pid);
+    (status, usage.ru_maxrss)
+}
+
+#[test]
+fn replay_of_a_200mb_line_stays_under_100mb_and_dead_letters_it_as_too_large() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("big.jsonl");
+    let huge = 200usize << 20;
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&input).unwrap());
+        f.write_all(
+            b"{\"event_id\":\"a\",\"ts\":1000,\"kind\":\"sms\",\"from\":\"x1\",\"to\":\"y1\"}\n",
+        )
+        .unwrap();
+        f.write_all(b"{\"event_id\":\"b\",\"pad\":\"").unwrap();
+        let block = vec![b'x'; 1 << 20];
+        for _ in 0..200 {
+            f.write_all(&block).unwrap();
+        }
+        f.write_all(b"\"}\n").unwrap();
+        f.write_all(
+            b"{\"event_id\":\"c\",\"ts\":2000,\"kind\":\"sms\",\"from\":\"x1\",\"to\":\"y2\"}\n",
+        )
+        .unwrap();
+    }
+    let dead = dir.path().join("dead.jsonl");
+    let summary = dir.path().join("summary.json");
+    let child = bin()
+        .args(["replay", "--quiet", "--input"])
+        .arg(&input)
+        .arg("--dead-letter")
+        .arg(&dead)
+        .arg("--summary")
+        .arg(&summary)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (status, peak_kib) = wait_peak_rss_kib(child);
+    assert_eq!(status, 0);
+    assert!(peak_kib < 100 * 1024, "peak RSS {peak_kib} KiB");
+    let letters: Vec<Value> = std::fs::read_to_string(&dead)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0]["reason"], "too_large");
+    assert_eq!(letters[0]["line"], 2);
+    assert_eq!(letters[0]["size_bytes"], (huge + 25) as u64);
+    let raw = letters[0]["raw"].as_str().unwrap();
+    assert!(
+        raw.starts_with("{\"event_id\":\"b\"") && raw.len() <= 1024,
+        "{}",
+        raw.len()
+    );
+    let s: Value = serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    assert_eq!(s["events_total"], 3);
+    assert_eq!(s["events_valid"], 2);
+    assert_eq!(s["malformed_by_reason"]["too_large"], 1);
+}
+
+#[test]
+fn replay_malformed_by_reason_sums_to_events_malformed() {
+    let dir = tempfile::tempdir().unwrap();
+    let summary = dir.path().join("summary.json");
+    let (code, _, err) = run(bin()
+        .args(["replay", "--quiet", "--input"])
+        .arg(fixture("malformed.jsonl"))
+        .arg("--summary")
+        .arg(&summary));
+    assert_eq!(code, Some(0), "{err}");
+    let s: Value = serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    assert!(
+        s["events_late"].as_u64().unwrap() > 0,
+        "the fixture has a late record"
+    );
+    let sum: u64 = s["malformed_by_reason"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(sum, s["events_malformed"].as_u64().unwrap(), "{s}");
+}
+
+#[test]
+fn replay_summary_dash_goes_to_stdout_not_a_file_named_dash() {
+    let dir = tempfile::tempdir().unwrap();
+    let alerts = dir.path().join("alerts.jsonl");
+    let (code, out, err) = run(bin()
+        .current_dir(dir.path())
+        .args(["replay", "--quiet", "--summary", "-", "--input"])
+        .arg(fixture("deal_line.jsonl"))
+        .arg("--output")
+        .arg(&alerts));
+    assert_eq!(code, Some(0), "{err}");
+    let s: Value = serde_json::from_str(&out).unwrap();
+    assert!(s["events_total"].as_u64().unwrap() > 0);
+    assert!(!dir.path().join("-").exists());
+    // With alerts on stdout too the two would mix: refused.
+    let (code, _, err) = run(bin()
+        .current_dir(dir.path())
+        .args(["replay", "--summary", "-", "--input"])
+        .arg(fixture("deal_line.jsonl")));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--output FILE"), "{err}");
+}
+
+#[test]
+fn replay_input_directory_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) = run(bin().args(["replay", "--input"]).arg(dir.path()));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("is a directory"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+}
+
+#[test]
+fn replay_refuses_a_terminal_on_stdin_instead_of_waiting() {
+    // SAFETY: plain calls on a pseudo-terminal this test opens and owns.
+    let master = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY) };
+    assert!(master >= 0, "no pseudo-terminal");
+    let name = unsafe {
+        assert_eq!(libc::grantpt(master), 0);
+        assert_eq!(libc::unlockpt(master), 0);
+        std::ffi::CStr::from_ptr(libc::ptsname(master))
+            .to_string_lossy()
+            .into_owned()
+    };
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&name)
+        .unwrap();
+    let mut child = bin()
+        .args(["replay", "--input", "-"])
+        .stdin(Stdio::from(tty))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_within(&mut child, Duration::from_secs(20));
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    unsafe { libc::close(master) };
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("stdin is a terminal"), "{err}");
+}
+
+#[test]
+fn replay_ends_with_a_count_line_and_warns_when_most_lines_are_malformed() {
+    let (code, _, err) = run(bin()
+        .args(["replay", "--input"])
+        .arg(fixture("deal_line.jsonl")));
+    assert_eq!(code, Some(0), "{err}");
+    let line = err.trim_end();
+    assert_eq!(line.lines().count(), 1, "{err}");
+    assert!(
+        line.starts_with("replay: 196 records: 196 valid, 0 malformed, 0 duplicate, 0 late; "),
+        "{line}"
+    );
+    assert!(!err.contains("warning"), "{err}");
+
+    // A gzip file passed by mistake: binary lines, all malformed.
+    let dir = tempfile::tempdir().unwrap();
+    let gz = dir.path().join("cdr.jsonl.gz");
+    let mut bytes = vec![0x1f, 0x8b, 0x08, 0x00];
+    bytes.extend((0..4000u32).map(|i| (i * 7919 % 251) as u8));
+    std::fs::write(&gz, bytes).unwrap();
+    let (code, _, err) = run(bin().args(["replay", "--input"]).arg(&gz));
+    assert_eq!(code, Some(0), "malformed lines never fail replay: {err}");
+    assert!(
+        err.contains("warning") && err.contains("malformed"),
+        "{err}"
+    );
+    assert!(err.contains("compressed"), "{err}");
+}
+
+#[test]
+fn demo_subscriber_bound_is_the_generators_and_exits_2() {
+    let (code, _, err) = run(bin().args(["demo", "--subscribers", "600"]));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--subscribers must be 1000"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+}
+
+#[test]
+fn demo_examples_show_every_evidence_entry() {
+    let (code, out, err) = run(bin().args(["demo", "--subscribers", "1000", "--days", "2"]));
+    assert_eq!(code, Some(0), "{err}");
+    let examples = out
+        .split("an example of each")
+        .nth(1)
+        .and_then(|s| s.split("against the labels").next())
+        .unwrap();
+    let handover = examples.split("line_handover").nth(1).unwrap();
+    assert!(handover.contains("overlap="), "{examples}");
+    let deal = examples.split("deal_line").nth(1).unwrap();
+    assert!(deal.contains("contributions: {"), "{examples}");
+    assert!(deal.contains("\"weight\":"), "{examples}");
+}
+
+fn tune(extra: &[&str]) -> Command {
+    let mut c = bin();
+    c.arg("--config")
+        .arg(fixture("tune/base.toml"))
+        .args(["tune", "--quiet", "--input"])
+        .arg(fixture("tune/events.jsonl"))
+        .arg("--labels")
+        .arg(fixture("tune/labels.csv"))
+        .args([
+            "--param",
+            "bulk_sms.min_recipients=3..9:2",
+            "--detector",
+            "bulk_sms",
+        ])
+        .args(extra);
+    c
+}
+
+#[test]
+fn tune_checks_every_output_path_before_the_first_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-dir");
+    let output = missing.join("sweep.csv");
+    let (code, out, err) = run(&mut tune(&["--output", output.to_str().unwrap()]));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("does not exist"), "{err}");
+    assert!(!err.contains("swept"), "{err}");
+    assert!(out.is_empty(), "{out}");
+
+    // The plot was checked only after the sweep printed its table.
+    let plot = missing.join("tune");
+    let (code, out, err) = run(&mut tune(&["--plot", plot.to_str().unwrap()]));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--plot") && err.contains("does not exist"),
+        "{err}"
+    );
+    assert!(out.is_empty(), "the sweep ran before the check: {out}");
+    assert!(!dir.path().join("sweep.csv").exists());
+}
+
+#[test]
+fn tune_jobs_and_tiny_range_steps_are_refused_with_exit_2() {
+    let (code, _, err) = run(&mut tune(&["--jobs", "100000"]));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--jobs 100000: must be 1 to 256"), "{err}");
+    let (code, _, err) = run(bin()
+        .args(["tune", "--quiet", "--input"])
+        .arg(fixture("tune/events.jsonl"))
+        .arg("--labels")
+        .arg(fixture("tune/labels.csv"))
+        .args(["--param", "deal_line.threshold=0.5..0.9:1e-300"]));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("more than 1000"), "{err}");
+}
