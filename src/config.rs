@@ -831,6 +831,7 @@ impl Config {
             1,
         );
         r.seconds("service.rebuild_state_s", s.rebuild_state_s, 0);
+        r.seconds("service.checkpoint_interval_s", s.checkpoint_interval_s, 0);
         r
     }
 
