@@ -205,3 +205,43 @@ async fn a_corrupted_checkpoint_is_passed_over_and_the_alerts_are_the_same() {
     assert_eq!(restored.len(), 1, "{:?}", second.logs());
     assert_eq!(restored[0]["store"], "kafka");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_several_points_under_load_loses_no_alert() {
+    let b = brokers();
+    let t = Topics::named("ckkill");
+    t.create(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("linewatch.toml");
+    std::fs::write(&cfg, CONFIG).unwrap();
+    let mut args = t.args(&b);
+    args.extend([
+        "--state-topic".into(),
+        format!("ckkill-state-{}", suffix()),
+        "--state-dir".into(),
+        dir.path().join("state").to_string_lossy().into_owned(),
+    ]);
+    let (one, two) = traffic("x");
+    let all: Vec<String> = one.iter().chain(&two).cloned().collect();
+    let want = want(&all);
+    produce(&t.input, &records(&all, true)).await;
+
+    // Killed while working through the backlog: between checkpoints, while one is being
+    // copied or written (one a second), with batches in flight.
+    for (i, after_ms) in [700u64, 1_300, 2_100].into_iter().enumerate() {
+        let mut svc = Service::start(&cfg, &args);
+        svc.wait_ready(WAIT).await;
+        tokio::time::sleep(Duration::from_millis(after_ms)).await;
+        svc.signal("KILL");
+        svc.wait_exit(Duration::from_secs(10)).await;
+        assert!(
+            !svc.logs().iter().any(|l| l.contains("panicked")),
+            "run {i}: {:?}",
+            svc.logs()
+        );
+    }
+    let last = Service::start(&cfg, &args);
+    let msgs = read_until(&t.alerts, WAIT, |m| ids(m).is_superset(&want)).await;
+    assert_eq!(ids(&msgs), want, "every alert of replay, and no other id");
+    drop(last);
+}
