@@ -36,8 +36,8 @@ fn bench(c: &mut Criterion) {
     let bad: Vec<&[u8]> = vec![
         b"{not json",
         b"[1,2,3]",
-        br#"{"event_id":"e","ts":1,"kind":"mms","from":"a","to":"b"}"#,
-        br#"{"event_id":"e","ts":1,"kind":"sms","from":"+447700900123","to":"b"}"#,
+        br#"{"event_id":"e","ts":1759669331250,"kind":"mms","from":"a","to":"b"}"#,
+        br#"{"event_id":"e","ts":1759669331250,"kind":"sms","from":"+447700900123","to":"b"}"#,
     ];
     g.throughput(Throughput::Elements(bad.len() as u64));
     g.bench_function("malformed", |b| {

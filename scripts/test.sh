@@ -11,8 +11,11 @@
 #    - If a broker from `deploy/local/kafka.sh up` is already running, it is reused and
 #      left running afterwards (it is yours, not this script's).
 # 3. cargo fmt --check, cargo clippy -D warnings, cargo test --all-targets, cargo test
-#    --doc (with --locked when Cargo.lock exists). All steps run; the exit status is
-#    that of the first step that failed.
+#    --doc (with --locked when Cargo.lock exists).
+# 4. The README's first command (`cargo run --release -- demo`), checked for its
+#    precision/recall table, and deploy/check.sh (container, compose, Kubernetes, alert
+#    rules; no Docker engine or cluster needed).
+# All steps run; the exit status is that of the first step that failed.
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -103,6 +106,30 @@ elif selects_targets "$@"; then
 else
   step doc cargo test "${LOCKED[@]}" --doc "$@"
 fi
+
+# --- The main command and deploy/ (issue 12) ---------------------------------------------
+# The README's first command, as a new user runs it: it must build, exit 0 and print the
+# precision/recall table with a row per detector. Then deploy/check.sh: the Dockerfile,
+# compose file, alert rules (promtool check + unit tests), Kubernetes manifests and the
+# image's entry point, all without a Docker engine or a cluster.
+main_command() {
+  local out d
+  out="$(cargo run --release "${LOCKED[@]}" -- demo)" || return $?
+  printf '%s\n' "$out"
+  printf '%s\n' "$out" | grep -Eq '^detector +alerts +flagged +tp +fp +fn +precision +recall' || {
+    echo "test.sh: demo printed no precision/recall table" >&2
+    return 1
+  }
+  for d in bulk_sms customer_fan_in handset_churn line_handover deal_line; do
+    printf '%s\n' "$out" | grep -Eq "^$d +[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+ +[01]\.[0-9]{3} +[01]\.[0-9]{3} " || {
+      echo "test.sh: demo's precision/recall table has no row for $d" >&2
+      return 1
+    }
+  done
+}
+step demo main_command
+step deploy env LINEWATCH_BIN="$ROOT/target/release/linewatch" deploy/check.sh
+# --- end of the main command and deploy/ -------------------------------------------------
 
 joined="$(printf '%s, ' "${SUMMARY[@]}")"
 say "summary: ${joined%, }"

@@ -1,4 +1,6 @@
 //! The optional cell map: `cell,area,class` CSV with a header, `class` = `metro` | `county`.
+//! Read with [`crate::sheet`], so a spreadsheet's file works as it is: columns in any order,
+//! extra columns ignored, `class` in any case.
 //!
 //! Loaded and validated now so a bad file fails at start with every bad row named; the
 //! movement detector that will use it (runners between city and town) comes later.
@@ -6,6 +8,8 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
+
+use crate::sheet::Sheet;
 
 /// Whether a cell serves the exporting city or a county town.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -43,7 +47,7 @@ impl std::error::Error for CellMapError {}
 
 impl CellMap {
     pub fn load(path: &Path) -> Result<CellMap, CellMapError> {
-        let text = std::fs::read_to_string(path).map_err(|e| CellMapError {
+        let text = std::fs::read(path).map_err(|e| CellMapError {
             problems: vec![format!("cannot read cell map {}: {e}", path.display())],
         })?;
         CellMap::parse(&text).map_err(|mut e| {
@@ -54,49 +58,53 @@ impl CellMap {
         })
     }
 
-    pub fn parse(text: &str) -> Result<CellMap, CellMapError> {
+    /// Reads the map as [`crate::sheet`] does (a spreadsheet's file works as it is); every bad
+    /// row is reported.
+    pub fn parse(data: impl AsRef<[u8]>) -> Result<CellMap, CellMapError> {
+        let sheet = Sheet::parse(data.as_ref(), &["cell", "area", "class"])
+            .map_err(|e| CellMapError { problems: vec![e] })?;
+        // All three found by `Sheet::parse`, which checks required columns.
+        let col = |n: &str| sheet.column(n).unwrap_or(0);
+        let (ci, ai, ki) = (col("cell"), col("area"), col("class"));
         let mut problems = Vec::new();
         let mut cells = HashMap::new();
-        let mut lines = text.lines().enumerate();
-        match lines.next() {
-            Some((_, h))
-                if h.trim()
-                    .split(',')
-                    .map(str::trim)
-                    .eq(["cell", "area", "class"]) => {}
-            _ => problems.push("line 1: header must be `cell,area,class`".to_string()),
-        }
-        for (i, line) in lines {
-            let n = i + 1;
-            if line.trim().is_empty() {
-                continue;
-            }
-            let f: Vec<&str> = line.split(',').map(str::trim).collect();
-            if f.len() != 3 {
-                problems.push(format!("line {n}: expected 3 fields, found {}", f.len()));
-                continue;
-            }
-            if f[0].is_empty() {
-                problems.push(format!("line {n}: empty cell id"));
-                continue;
-            }
-            let class = match f[2] {
+        let mut line_of = HashMap::new();
+        for row in &sheet.rows {
+            let (cell, area, class) = match (
+                sheet.required(row, ci),
+                sheet.required(row, ai),
+                sheet.required(row, ki),
+            ) {
+                (Ok(c), Ok(a), Ok(k)) => (c, a, k),
+                (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                    problems.push(e);
+                    continue;
+                }
+            };
+            let class = match class.to_ascii_lowercase().as_str() {
                 "metro" => CellClass::Metro,
                 "county" => CellClass::County,
-                other => {
+                _ => {
                     problems.push(format!(
-                        "line {n}: class must be metro or county, got {other:?}"
+                        "{}: class must be metro or county, got {class:?}",
+                        sheet.at(row, ki)
                     ));
                     continue;
                 }
             };
             let info = CellInfo {
-                area: f[1].to_string(),
+                area: area.to_string(),
                 class,
             };
-            if cells.insert(f[0].to_string(), info).is_some() {
-                problems.push(format!("line {n}: cell {:?} listed twice", f[0]));
+            if cells.insert(cell.to_string(), info).is_some() {
+                // `line_of` has every cell inserted before.
+                problems.push(format!(
+                    "{}: cell {cell:?} listed twice (first on line {})",
+                    sheet.at(row, ci),
+                    line_of[cell]
+                ));
             }
+            line_of.entry(cell.to_string()).or_insert(row.line);
         }
         if problems.is_empty() {
             Ok(CellMap { cells })
@@ -136,9 +144,38 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.problems.len(), 3, "{e}");
-        assert!(e.problems[0].starts_with("line 2:"));
-        assert!(e.problems[1].starts_with("line 3:"));
-        assert!(e.problems[2].starts_with("line 5:"));
+        assert!(
+            e.problems[0].starts_with("line 2, column 3 (class): "),
+            "{e}"
+        );
+        assert!(
+            e.problems[1].starts_with("line 3, column 3 (class): missing"),
+            "{e}"
+        );
+        assert!(
+            e.problems[2].starts_with("line 5, column 1 (cell): "),
+            "{e}"
+        );
+        assert!(e.problems[2].ends_with("(first on line 4)"), "{e}");
+    }
+
+    /// What a spreadsheet program saves: BOM, every field quoted, CRLF, columns reordered,
+    /// an extra column, a trailing all-empty row and blank lines. Before the `csv` crate
+    /// this was refused (`header must be cell,area,class`, then `got "\"metro\""`).
+    #[test]
+    fn reads_a_spreadsheet_saved_file() {
+        let text = "\u{feff}\"Class\",\"Cell\",\"Notes\",\"Area\"\r\n\
+            \"metro\",\"c1\",\"north, by the \"\"ring road\"\"\",\"Leeds\"\r\n\
+            \"County\",\"c2\",\"\",\"Harrogate, North Yorks\"\r\n\
+            \"\",\"\",\"\",\"\"\r\n\r\n";
+        let m = CellMap::parse(text).unwrap();
+        assert_eq!(m.len(), 2);
+        assert_eq!(m.get("c1").unwrap().class, CellClass::Metro);
+        let c2 = m.get("c2").unwrap();
+        assert_eq!(
+            (c2.area.as_str(), c2.class),
+            ("Harrogate, North Yorks", CellClass::County)
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! shared contact state → each detector → the combined verdict → cooldown → alerts. State
 //! is swept as the watermark advances.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -49,54 +49,89 @@ pub struct Counters {
     pub contact_cap_hits: u64,
 }
 
+/// Width of a dedup expiry bucket: ids are forgotten at most this long after their
+/// retention, and a bucket per minute of event time keeps the bucket map small (two hours
+/// of retention is about 120 buckets).
+const DEDUP_BUCKET_MS: Millis = 60_000;
+
 /// Remembers event ids for the dedup retention.
+///
+/// Ids are expired by event-time bucket, not in arrival order: with several partitions, or
+/// one record far ahead of the rest, arrival order is not time order, and a queue that stops
+/// at its first unexpired entry would never shrink behind it.
 #[derive(Clone)]
 struct Dedup {
     seen: HashSet<u64, IdBuild>,
-    order: VecDeque<(Millis, u64)>,
+    /// Event-time minute → the ids first seen with an event time in it.
+    buckets: BTreeMap<Millis, Vec<u64>>,
 }
 
 impl Dedup {
     fn new() -> Self {
         Dedup {
             seen: HashSet::default(),
-            order: VecDeque::new(),
+            buckets: BTreeMap::new(),
         }
     }
 
-    /// True if the id was new.
-    fn insert(&mut self, event_id: &str, ts: Millis) -> bool {
-        let h = ids::id(event_id);
+    /// True if the id was new; it is remembered under `ts`.
+    fn insert(&mut self, h: u64, ts: Millis) -> bool {
         if self.seen.insert(h) {
-            self.order.push_back((ts, h));
+            self.buckets
+                .entry(ts.div_euclid(DEDUP_BUCKET_MS))
+                .or_default()
+                .push(h);
             true
         } else {
             false
         }
     }
 
-    fn expire(&mut self, cutoff: Millis) {
-        while let Some(&(ts, h)) = self.order.front() {
-            if ts >= cutoff {
-                break;
+    /// Forgets an id just inserted (its record turned out late, so it was never used: a
+    /// re-delivery of it must be judged afresh, not called a duplicate).
+    fn forget(&mut self, h: u64, ts: Millis) {
+        if self.seen.remove(&h) {
+            if let Some(b) = self.buckets.get_mut(&ts.div_euclid(DEDUP_BUCKET_MS)) {
+                // Just pushed: it is the last entry of its bucket.
+                if b.last() == Some(&h) {
+                    b.pop();
+                }
             }
-            self.order.pop_front();
-            self.seen.remove(&h);
         }
     }
 
-    fn bytes(&self) -> usize {
-        self.seen.capacity() * 9 + self.order.capacity() * 16
+    /// Forgets every id whose bucket ends at or before `cutoff`.
+    fn expire(&mut self, cutoff: Millis) {
+        // Buckets wholly before the cutoff: key + 1 <= cutoff / width.
+        let keep = self.buckets.split_off(&cutoff.div_euclid(DEDUP_BUCKET_MS));
+        for ids in std::mem::replace(&mut self.buckets, keep).into_values() {
+            for h in ids {
+                self.seen.remove(&h);
+            }
+        }
     }
 
-    /// The ids in arrival order: the set is rebuilt from them on load.
+    fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    fn bytes(&self) -> usize {
+        self.seen.capacity() * 9
+            + self
+                .buckets
+                .values()
+                .map(|b| b.capacity() * 8 + 48)
+                .sum::<usize>()
+    }
+
+    /// The ids by event-time bucket: the set is rebuilt from them on load.
     fn save_state(&self) -> Result<Vec<u8>, codec::Error> {
-        codec::encode(&self.order)
+        codec::encode(&self.buckets)
     }
 
     fn load_state(&mut self, bytes: &[u8]) -> Result<(), codec::Error> {
-        self.order = codec::decode(bytes)?;
-        self.seen = self.order.iter().map(|&(_, h)| h).collect();
+        self.buckets = codec::decode(bytes)?;
+        self.seen = self.buckets.values().flatten().copied().collect();
         Ok(())
     }
 }
@@ -146,6 +181,9 @@ pub struct Engine {
     counters: Counters,
     findings: Vec<Finding>,
     deal_findings: Vec<Finding>,
+    /// A fixed reference clock for the future-timestamp bound instead of the wall time
+    /// passed with each record (`replay --now`, tests).
+    reference: Option<Millis>,
 }
 
 /// A copy of the whole state, for a checkpoint encoded off the detecting thread (a copy
@@ -168,6 +206,7 @@ impl Clone for Engine {
             counters: self.counters.clone(),
             findings: Vec::new(),
             deal_findings: Vec::new(),
+            reference: self.reference,
         }
     }
 }
@@ -208,6 +247,7 @@ impl Engine {
             counters: Counters::default(),
             findings: Vec::new(),
             deal_findings: Vec::new(),
+            reference: None,
             cfg,
         }
     }
@@ -241,6 +281,19 @@ impl Engine {
 
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// Judges future timestamps against `at` instead of the wall time passed with each
+    /// record; `None` goes back to the wall time.
+    pub fn set_reference_clock(&mut self, at: Option<Millis>) {
+        self.reference = at;
+    }
+
+    /// The latest event time accepted when the wall clock reads `wall`.
+    pub fn max_event_time(&self, wall: Millis) -> Millis {
+        self.reference
+            .unwrap_or(wall)
+            .saturating_add(ids::span_ms(self.cfg.engine.max_future_skew_s))
     }
 
     /// The watermark at wall time `wall`.
@@ -295,24 +348,42 @@ impl Engine {
             Ok(ev) => ev,
             Err(m) => return self.reject(m),
         };
-        if !self.dedup.insert(&ev.event_id, ev.ts) {
+        // Before anything remembers it: a time beyond the clock would move the watermark
+        // there and make every on-time record after it late.
+        if ev.ts > self.max_event_time(wall) {
+            return self.reject(Malformed {
+                reason: Reason::FutureTimestamp,
+                field: Some("ts"),
+            });
+        }
+        let h = ids::id(&ev.event_id);
+        if !self.dedup.insert(h, ev.ts) {
             self.counters.events_duplicate += 1;
             return Verdict::Duplicate;
         }
         let wm = self.watermarks.current(wall);
         if ev.ts < wm {
-            return self.reject(Malformed {
+            // Not used, so not remembered: dedup holds only records the detectors saw.
+            self.dedup.forget(h, ev.ts);
+            let v = self.reject(Malformed {
                 reason: Reason::Late,
                 field: Some("ts"),
             });
+            self.maybe_sweep(wall);
+            return v;
         }
         self.watermarks.observe(partition, ev.ts, wall);
         self.counters.events_valid += 1;
         self.detect(&ev, wall, alerts);
-        // A sweep visits every key, so it waits both for event time to move on and for as
-        // many records as there are lines: the cost per record stays constant however many
-        // lines are tracked, and memory is still trimmed within a small multiple of the
-        // interval.
+        self.maybe_sweep(wall);
+        Verdict::Valid
+    }
+
+    /// Sweeps when due. A sweep visits every key, so it waits both for event time to move on
+    /// and for as many records as there are lines: the cost per record stays constant however
+    /// many lines are tracked, and memory is still trimmed within a small multiple of the
+    /// interval. Late records count too, so a stream that is all late still sweeps.
+    fn maybe_sweep(&mut self, wall: Millis) {
         self.since_sweep += 1;
         if self.since_sweep as usize >= self.contacts.len() {
             let wm = self.watermarks.current(wall);
@@ -323,7 +394,6 @@ impl Engine {
                 self.expire(wm);
             }
         }
-        Verdict::Valid
     }
 
     fn reject(&mut self, m: Malformed) -> Verdict {
@@ -421,7 +491,7 @@ impl Engine {
         v.push((
             "dedup",
             StateStats {
-                keys: self.dedup.seen.len(),
+                keys: self.dedup.len(),
                 bytes: self.dedup.bytes(),
                 cap_hits: 0,
             },
@@ -521,6 +591,9 @@ impl Engine {
 mod tests {
     use super::*;
 
+    /// The wall clock of these tests: after every event time they use.
+    const NOW: Millis = 1_900_000_000_000;
+
     fn rec(id: &str, ts: Millis, from: &str, to: &str) -> String {
         format!(r#"{{"event_id":"{id}","ts":{ts},"kind":"sms","from":"{from}","to":"{to}"}}"#)
     }
@@ -533,18 +606,23 @@ mod tests {
         let mut e = Engine::new(cfg);
         let mut alerts = Vec::new();
         for i in 0..2 {
-            let r = rec(&format!("e{i}"), 1_000 + i, "line", &format!("c{i}"));
-            assert_eq!(e.process(r.as_bytes(), 0, 0, &mut alerts), Verdict::Valid);
+            let r = rec(
+                &format!("e{i}"),
+                1_800_000_001_000 + i,
+                "line",
+                &format!("c{i}"),
+            );
+            assert_eq!(e.process(r.as_bytes(), 0, NOW, &mut alerts), Verdict::Valid);
             // Re-delivered: the same id twice must not make a third distinct recipient.
             assert_eq!(
-                e.process(r.as_bytes(), 0, 0, &mut alerts),
+                e.process(r.as_bytes(), 0, NOW, &mut alerts),
                 Verdict::Duplicate
             );
         }
         assert!(alerts.is_empty());
         assert_eq!(e.counters().events_duplicate, 2);
-        let r = rec("e9", 2_000, "line", "c9");
-        e.process(r.as_bytes(), 0, 0, &mut alerts);
+        let r = rec("e9", 1_800_000_002_000, "line", "c9");
+        e.process(r.as_bytes(), 0, NOW, &mut alerts);
         assert_eq!(alerts.len(), 1);
     }
 
@@ -554,7 +632,7 @@ mod tests {
         let mut alerts = Vec::new();
         let t = 1_800_000_000_000;
         assert_eq!(
-            e.process(rec("a", t, "x", "y").as_bytes(), 0, 0, &mut alerts),
+            e.process(rec("a", t, "x", "y").as_bytes(), 0, NOW, &mut alerts),
             Verdict::Valid
         );
         // 14 minutes behind: within the allowed 15.
@@ -562,7 +640,7 @@ mod tests {
             e.process(
                 rec("b", t - 840_000, "x", "y").as_bytes(),
                 0,
-                0,
+                NOW,
                 &mut alerts
             ),
             Verdict::Valid
@@ -570,7 +648,7 @@ mod tests {
         let v = e.process(
             rec("c", t - 960_000, "x", "y").as_bytes(),
             0,
-            0,
+            NOW,
             &mut alerts,
         );
         assert_eq!(
@@ -601,7 +679,7 @@ mod tests {
                 "line",
                 &format!("c{i}"),
             );
-            e.process(r.as_bytes(), 0, 0, &mut alerts);
+            e.process(r.as_bytes(), 0, NOW, &mut alerts);
         }
         // Windows at 0 h, 2 h and 7 h fire; the 2 h one is within the 6 h cooldown.
         let bulk: Vec<_> = alerts.iter().filter(|a| a.detector == "bulk_sms").collect();
@@ -614,13 +692,13 @@ mod tests {
         let mut e = Engine::new(Config::default());
         let mut alerts = Vec::new();
         let t = 1_800_000_000_000;
-        e.process(rec("a", t, "x", "y").as_bytes(), 0, 0, &mut alerts);
+        e.process(rec("a", t, "x", "y").as_bytes(), 0, NOW, &mut alerts);
         assert_eq!(e.tracked_lines(), 1);
         // Eight days later the first line is past every retention; the sweep runs once as
         // many records as there are lines have arrived.
         for (i, id) in ["b", "c"].into_iter().enumerate() {
             let r = rec(id, t + 8 * 86_400_000 + i as Millis, "z", "y");
-            e.process(r.as_bytes(), 0, 0, &mut alerts);
+            e.process(r.as_bytes(), 0, NOW, &mut alerts);
         }
         assert_eq!(e.tracked_lines(), 1);
         assert_eq!(
@@ -632,5 +710,114 @@ mod tests {
                 .keys,
             2, // "a" is forgotten, "b" and "c" are remembered
         );
+    }
+
+    fn dedup_keys(e: &Engine) -> usize {
+        e.state_stats()
+            .iter()
+            .find(|(n, _)| *n == "dedup")
+            .map_or(0, |(_, s)| s.keys)
+    }
+
+    #[test]
+    fn future_dated_record_is_rejected_and_does_not_move_the_watermark() {
+        let mut e = Engine::new(Config::default());
+        let mut alerts = Vec::new();
+        let now = 1_800_000_000_000;
+        let years = 3 * 365 * 86_400_000;
+        let v = e.process(
+            rec("f", now + years, "x", "y").as_bytes(),
+            0,
+            now,
+            &mut alerts,
+        );
+        assert_eq!(
+            v,
+            Verdict::Rejected(Malformed {
+                reason: Reason::FutureTimestamp,
+                field: Some("ts")
+            })
+        );
+        // Within the skew is accepted; the on-time records after it are not late.
+        let skew = e.config().engine.max_future_skew_s as Millis * 1000;
+        let r = rec("s", now + skew, "x", "y");
+        assert_eq!(e.process(r.as_bytes(), 0, now, &mut alerts), Verdict::Valid);
+        let r = rec("o", now - 60_000, "x", "y");
+        assert_eq!(e.process(r.as_bytes(), 0, now, &mut alerts), Verdict::Valid);
+        assert_eq!(e.counters().events_late, 0);
+        assert_eq!(e.counters().events_malformed, 1);
+        // A fixed reference clock replaces the wall time.
+        e.set_reference_clock(Some(now + years));
+        let v = e.process(
+            rec("f", now + years, "x", "y").as_bytes(),
+            0,
+            now,
+            &mut alerts,
+        );
+        assert_eq!(v, Verdict::Valid);
+    }
+
+    #[test]
+    fn late_record_is_not_remembered_as_seen() {
+        let mut e = Engine::new(Config::default());
+        let mut alerts = Vec::new();
+        let t = 1_800_000_000_000;
+        e.process(rec("a", t, "x", "y").as_bytes(), 0, NOW, &mut alerts);
+        let late = rec("l", t - 3_600_000, "x", "y");
+        for _ in 0..2 {
+            // Judged late each time it comes, never a "duplicate" of a record never used.
+            assert!(matches!(
+                e.process(late.as_bytes(), 0, NOW, &mut alerts),
+                Verdict::Rejected(Malformed {
+                    reason: Reason::Late,
+                    ..
+                })
+            ));
+        }
+        assert_eq!(e.counters().events_late, 2);
+        assert_eq!(e.counters().events_duplicate, 0);
+        assert_eq!(dedup_keys(&e), 1);
+    }
+
+    #[test]
+    fn dedup_expires_by_event_time_not_arrival_order() {
+        let mut e = Engine::new(Config::default());
+        let mut alerts = Vec::new();
+        let t = 1_800_000_000_000;
+        let h = 3_600_000;
+        e.assign_partition(0, NOW);
+        e.assign_partition(1, NOW);
+        // Partition 0 is read five hours ahead of partition 1: "a" arrives first but is newest.
+        for (p, id, ts) in [(0, "a", t + 5 * h), (1, "b", t), (1, "c", t + 5 * h)] {
+            let r = rec(id, ts, "x", "y");
+            assert_eq!(e.process(r.as_bytes(), p, NOW, &mut alerts), Verdict::Valid);
+        }
+        // The watermark is now 5 h - 15 min: "b" (at 0 h) is past the 2 h retention even
+        // though "a", ahead of it in arrival order, is not.
+        assert_eq!(dedup_keys(&e), 2);
+    }
+
+    #[test]
+    fn sweeps_run_while_every_record_is_late() {
+        let mut e = Engine::new(Config::default());
+        let mut alerts = Vec::new();
+        let t = 1_800_000_000_000;
+        let wall = NOW;
+        e.assign_partition(0, wall);
+        e.assign_partition(1, wall);
+        e.process(rec("a", t, "old", "y").as_bytes(), 1, wall, &mut alerts);
+        let ahead = rec("b", t + 8 * 86_400_000, "new", "y");
+        e.process(ahead.as_bytes(), 0, wall, &mut alerts);
+        assert_eq!(e.tracked_lines(), 2);
+        // Both partitions go quiet; the freshest leads, so partition 1's records are late
+        // from now on, and it stays idle because late records do not move it.
+        let later = wall + 120_000;
+        for i in 0..3 {
+            let r = rec(&format!("l{i}"), t + 60_000, "old", "y");
+            let v = e.process(r.as_bytes(), 1, later, &mut alerts);
+            assert!(matches!(v, Verdict::Rejected(_)));
+        }
+        // The sweep ran: "old" is eight days behind the watermark, past every retention.
+        assert_eq!(e.tracked_lines(), 1);
     }
 }

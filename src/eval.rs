@@ -1,13 +1,17 @@
 //! Scoring alerts against labels: precision, recall and detection delay per detector.
 //!
 //! Labels are the CSV `generate` writes (`subject,kind,label,group,predecessor,first_seen_ms`)
-//! or any CSV whose header has at least `subject,label`. The truth each detector is scored
-//! against: the line detectors (`bulk_sms`, `customer_fan_in`, `line_handover`, `deal_line`)
-//! against lines labelled `deal_line`; `handset_churn` against handsets labelled
-//! `runner_handset` or `deal_handset`. Look-alikes (`lookalike_*`) are counted apart: a
-//! single-purpose detector may rightly fire on them, `deal_line` must not.
+//! or any CSV whose header has at least `subject,label` (such as `linewatch board`'s
+//! `/labels.csv`), read with [`crate::sheet`] so a spreadsheet's file works as it is. The
+//! truth each detector is scored against: the line detectors (`bulk_sms`, `customer_fan_in`,
+//! `line_handover`, `deal_line`) against lines labelled `deal_line`; `handset_churn` against
+//! handsets labelled `runner_handset` or `deal_handset`. Look-alikes (`lookalike_*`,
+//! including the board's `lookalike_triaged`: an alert an analyst dismissed) are counted
+//! apart: a single-purpose detector may rightly fire on them, `deal_line` must not. Any other
+//! label (`normal`, a typo) is "not a target"; [`Labels::unknown_labels`] lists them so the
+//! caller can say so.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::path::Path;
 
@@ -16,6 +20,7 @@ use serde::Serialize;
 use crate::alert::Alert;
 use crate::detect::DETECTORS;
 use crate::event::Millis;
+use crate::sheet::Sheet;
 
 /// One labelled subject.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,57 +52,110 @@ impl std::error::Error for LabelsError {}
 pub const DEAL_LINE: &str = "deal_line";
 /// Labels of burner handsets.
 pub const BURNER_HANDSETS: [&str; 2] = ["runner_handset", "deal_handset"];
+/// Label of a runner's line: real trade, but not a deal line, so no detector's target.
+pub const RUNNER_LINE: &str = "runner_line";
+/// Labels starting so are look-alikes: innocent subjects that resemble the trade.
+pub const LOOKALIKE_PREFIX: &str = "lookalike";
+/// What `linewatch board` exports for an alert an analyst triaged as a false positive: a
+/// look-alike found in real traffic.
+pub const LOOKALIKE_TRIAGED: &str = "lookalike_triaged";
+
+/// Whether linewatch knows what a label means.
+pub fn is_known(label: &str) -> bool {
+    label == DEAL_LINE
+        || label == RUNNER_LINE
+        || BURNER_HANDSETS.contains(&label)
+        || label.starts_with(LOOKALIKE_PREFIX)
+}
+
+/// Problems as one line: the first few, and how many more.
+fn one_line(problems: &[String]) -> String {
+    const SHOWN: usize = 10;
+    let mut s = problems[..problems.len().min(SHOWN)].join("; ");
+    if problems.len() > SHOWN {
+        s.push_str(&format!("; and {} more", problems.len() - SHOWN));
+    }
+    s
+}
 
 impl Labels {
     pub fn load(path: &Path) -> Result<Labels, LabelsError> {
-        let text = std::fs::read_to_string(path)
+        let bytes = std::fs::read(path)
             .map_err(|e| LabelsError(format!("cannot read labels {}: {e}", path.display())))?;
-        Labels::parse(&text).map_err(|e| LabelsError(format!("{}: {}", path.display(), e.0)))
+        Labels::parse(bytes).map_err(|e| LabelsError(format!("{}: {}", path.display(), e.0)))
     }
 
-    pub fn parse(text: &str) -> Result<Labels, LabelsError> {
-        let mut lines = text
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty());
-        let Some((_, header)) = lines.next() else {
-            return Err(LabelsError("empty labels file".into()));
-        };
-        let cols: Vec<&str> = header.split(',').map(str::trim).collect();
-        let col = |name: &str| cols.iter().position(|c| *c == name);
-        let (Some(si), Some(li)) = (col("subject"), col("label")) else {
-            return Err(LabelsError(
-                "line 1: header must name `subject` and `label` columns".into(),
-            ));
-        };
-        let fi = col("first_seen_ms");
-        let mut by_subject = HashMap::new();
-        for (i, line) in lines {
-            let f: Vec<&str> = line.split(',').map(str::trim).collect();
-            let (Some(subject), Some(label)) = (f.get(si), f.get(li)) else {
-                return Err(LabelsError(format!("line {}: too few fields", i + 1)));
+    /// Reads a labels CSV as [`crate::sheet`] does (a spreadsheet's file works as it is):
+    /// the `subject` and `label` columns, and `first_seen_ms` if there is one. Label values
+    /// are matched ignoring case. Every bad row is reported, in one line.
+    pub fn parse(data: impl AsRef<[u8]>) -> Result<Labels, LabelsError> {
+        let sheet = Sheet::parse(data.as_ref(), &["subject", "label"]).map_err(LabelsError)?;
+        // Both found by `Sheet::parse`, which checks required columns.
+        let (si, li) = (
+            sheet.column("subject").unwrap_or(0),
+            sheet.column("label").unwrap_or(0),
+        );
+        let fi = sheet.column("first_seen_ms");
+        let mut by_subject: HashMap<String, Label> = HashMap::new();
+        let mut line_of: HashMap<String, u64> = HashMap::new();
+        let mut problems = Vec::new();
+        for row in &sheet.rows {
+            let (subject, label) = match (sheet.required(row, si), sheet.required(row, li)) {
+                (Ok(s), Ok(l)) => (s, l.to_ascii_lowercase()),
+                (Err(e), _) | (_, Err(e)) => {
+                    problems.push(e);
+                    continue;
+                }
             };
-            if subject.is_empty() || label.is_empty() {
-                return Err(LabelsError(format!(
-                    "line {}: empty subject or label",
-                    i + 1
-                )));
+            let first_seen_ms = match fi.and_then(|fi| sheet.get(row, fi).map(|v| (fi, v))) {
+                Some((_, "")) | None => None,
+                Some((fi, v)) => match v.parse() {
+                    Ok(t) => Some(t),
+                    Err(_) => {
+                        problems.push(format!(
+                            "{}: {v:?} is not a whole number of milliseconds",
+                            sheet.at(row, fi)
+                        ));
+                        continue;
+                    }
+                },
+            };
+            if let Some(earlier) = by_subject.get(subject) {
+                if earlier.label != label {
+                    // Naming the lines, not the subject: pseudonyms stay out of messages.
+                    // `line_of` has every subject `by_subject` has.
+                    problems.push(format!(
+                        "line {}: the subject of line {} again, with another label ({label} after {})",
+                        row.line, line_of[subject], earlier.label
+                    ));
+                    continue;
+                }
             }
-            let first_seen_ms = match fi.and_then(|fi| f.get(fi)).filter(|v| !v.is_empty()) {
-                Some(v) => Some(v.parse().map_err(|_| {
-                    LabelsError(format!("line {}: first_seen_ms is not an integer", i + 1))
-                })?),
-                None => None,
-            };
+            line_of.insert(subject.to_string(), row.line);
             by_subject.insert(
                 subject.to_string(),
                 Label {
-                    label: label.to_string(),
+                    label,
                     first_seen_ms,
                 },
             );
         }
+        if !problems.is_empty() {
+            return Err(LabelsError(one_line(&problems)));
+        }
         Ok(Labels { by_subject })
+    }
+
+    /// Label values linewatch does not know, with how many subjects carry each. Such a
+    /// subject is scored as "not a target": flagged, it is a false positive.
+    pub fn unknown_labels(&self) -> BTreeMap<&str, usize> {
+        let mut out = BTreeMap::new();
+        for l in self.by_subject.values() {
+            if !is_known(&l.label) {
+                *out.entry(l.label.as_str()).or_insert(0) += 1;
+            }
+        }
+        out
     }
 
     /// Subjects a detector should flag.
@@ -113,7 +171,7 @@ impl Labels {
     pub fn lookalikes(&self) -> HashSet<&str> {
         self.by_subject
             .iter()
-            .filter(|(_, l)| l.label.starts_with("lookalike"))
+            .filter(|(_, l)| l.label.starts_with(LOOKALIKE_PREFIX))
             .map(|(s, _)| s.as_str())
             .collect()
     }
@@ -194,6 +252,55 @@ pub fn score(alerts: &[Alert], labels: &Labels) -> Vec<DetectorScore> {
             }
         })
         .collect()
+}
+
+/// One subject a detector got wrong.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Wrong {
+    pub subject: String,
+    /// Its label; `None` for a flagged subject the labels do not list.
+    pub label: Option<String>,
+}
+
+/// The subjects one detector got wrong, for an analyst to look at: the false positives and
+/// the misses behind a row of [`score`], each sorted by subject.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Mistakes {
+    pub false_positives: Vec<Wrong>,
+    pub missed: Vec<Wrong>,
+}
+
+/// What `detector` got wrong: subjects it alerted on that are not its target, and targets
+/// it never alerted on. Counts agree with [`score`]'s `false_positives` and
+/// `false_negatives`.
+pub fn mistakes(alerts: &[Alert], labels: &Labels, detector: &str) -> Mistakes {
+    let flagged: BTreeSet<&str> = alerts
+        .iter()
+        .filter(|a| a.detector == detector)
+        .map(|a| a.subject.as_str())
+        .collect();
+    let truth = labels.truth(detector);
+    let label_of = |s: &str| labels.by_subject.get(s).map(|l| l.label.clone());
+    let mut missed: Vec<Wrong> = truth
+        .iter()
+        .filter(|s| !flagged.contains(*s))
+        .map(|s| Wrong {
+            subject: s.to_string(),
+            label: label_of(s),
+        })
+        .collect();
+    missed.sort_by(|a, b| a.subject.cmp(&b.subject));
+    Mistakes {
+        false_positives: flagged
+            .iter()
+            .filter(|s| !truth.contains(*s))
+            .map(|s| Wrong {
+                subject: s.to_string(),
+                label: label_of(s),
+            })
+            .collect(),
+        missed,
+    }
 }
 
 fn ratio(a: usize, b: usize) -> f64 {
@@ -309,6 +416,97 @@ mod tests {
         assert_eq!(d.median_delay_s, Some(10_800.0));
         let h = s.iter().find(|d| d.detector == "handset_churn").unwrap();
         assert_eq!((h.recall, h.precision), (0.0, 1.0));
+    }
+
+    /// What a spreadsheet program saves: BOM, every field quoted, CRLF, columns reordered,
+    /// an extra column, label case changed, a trailing all-empty row. Before the `csv`
+    /// crate this was refused (`line 1: header must name subject and label columns`).
+    #[test]
+    fn reads_a_spreadsheet_saved_file() {
+        let text = "\u{feff}\"first_seen_ms\",\"Label\",\"note\",\"subject\"\r\n\
+            \"0\",\"deal_line\",\"seen by \"\"ops\"\", twice\",\"d1\"\r\n\
+            \"3600000\",\"Deal_Line\",\"\",\"d,2\"\r\n\
+            \"\",\"lookalike_school\",\"\",\"s1\"\r\n\
+            \"\",\"\",\"\",\"\"\r\n\r\n";
+        let l = Labels::parse(text).unwrap();
+        assert_eq!(l.by_subject.len(), 3);
+        assert_eq!(
+            l.by_subject["d,2"],
+            Label {
+                label: DEAL_LINE.into(),
+                first_seen_ms: Some(3_600_000)
+            }
+        );
+        assert_eq!(l.truth("deal_line").len(), 2);
+        assert_eq!(l.by_subject["s1"].first_seen_ms, None);
+    }
+
+    /// `linewatch board`'s `/labels.csv`: a dismissed alert is a look-alike, and a label
+    /// linewatch does not know is reported, not silently dropped.
+    #[test]
+    fn board_labels_and_unknown_values() {
+        let l = Labels::parse(
+            "subject,label\r\nd1,deal_line\r\nf1,lookalike_triaged\r\nn1,normal\r\nn2,normal\r\n",
+        )
+        .unwrap();
+        assert_eq!(l.lookalikes(), HashSet::from(["f1"]));
+        // A subject written with the spreadsheet text mark (see `sheet::protect`) reads back
+        // as the pseudonym itself, with or without the mark.
+        let marked = Labels::parse("subject,label\n'=x1,deal_line\n-x2,deal_line\n").unwrap();
+        assert_eq!(marked.truth("deal_line"), HashSet::from(["=x1", "-x2"]));
+        assert_eq!(l.unknown_labels(), BTreeMap::from([("normal", 2)]));
+        let alerts = [alert("deal_line", "d1", 0), alert("deal_line", "f1", 0)];
+        let s = score(&alerts, &l);
+        let d = s.iter().find(|d| d.detector == "deal_line").unwrap();
+        assert_eq!(
+            (d.true_positives, d.false_positives, d.lookalike_hits),
+            (1, 1, 1)
+        );
+    }
+
+    #[test]
+    fn every_bad_row_is_named_by_line_and_column() {
+        let e = Labels::parse("subject,label,first_seen_ms\na,,\nb,deal_line,soon\nc,x\nc,y\n")
+            .unwrap_err();
+        assert_eq!(
+            e.0,
+            "line 2, column 2 (label): empty; \
+             line 3, column 3 (first_seen_ms): \"soon\" is not a whole number of milliseconds; \
+             line 5: the subject of line 4 again, with another label (y after x)"
+        );
+    }
+
+    #[test]
+    fn mistakes_name_false_positives_and_misses() {
+        let labels = Labels::parse(LABELS).unwrap();
+        let alerts = vec![
+            alert("deal_line", "d1", 7_200_000),
+            alert("deal_line", "s1", 0),
+            alert("deal_line", "x9", 0),
+            alert("deal_line", "x9", 5),
+            alert("bulk_sms", "d3", 0),
+        ];
+        let m = mistakes(&alerts, &labels, "deal_line");
+        let w = |s: &str, l: Option<&str>| Wrong {
+            subject: s.into(),
+            label: l.map(String::from),
+        };
+        assert_eq!(
+            m.false_positives,
+            [w("s1", Some("lookalike_school")), w("x9", None)]
+        );
+        assert_eq!(
+            m.missed,
+            [w("d2", Some("deal_line")), w("d3", Some("deal_line"))]
+        );
+        let d = score(&alerts, &labels)
+            .into_iter()
+            .find(|d| d.detector == "deal_line")
+            .unwrap();
+        assert_eq!(
+            (d.false_positives, d.false_negatives),
+            (m.false_positives.len(), m.missed.len())
+        );
     }
 
     #[test]

@@ -42,11 +42,13 @@ pub enum Reason {
     Late,
     /// Larger than the configured maximum record size.
     TooLarge,
+    /// Event time further ahead of the reference clock than `engine.max_future_skew_s`.
+    FutureTimestamp,
 }
 
 impl Reason {
     /// Every reason, in a fixed order (metric registration, tests, docs).
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 13] = [
         Reason::InvalidJson,
         Reason::NotObject,
         Reason::MissingField,
@@ -59,6 +61,7 @@ impl Reason {
         Reason::RawIdentifier,
         Reason::Late,
         Reason::TooLarge,
+        Reason::FutureTimestamp,
     ];
 
     /// The fixed reason code.
@@ -76,6 +79,7 @@ impl Reason {
             Reason::RawIdentifier => "raw_identifier",
             Reason::Late => "late",
             Reason::TooLarge => "too_large",
+            Reason::FutureTimestamp => "future_timestamp",
         }
     }
 
@@ -435,10 +439,14 @@ pub fn looks_raw(s: &str) -> bool {
     (10..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// Event times outside [1970, 2200) are certainly wrong (units mistaken for seconds or
-/// microseconds usually) and would poison the watermark.
-const TS_MIN: Millis = 0;
-const TS_MAX: Millis = 7_258_118_400_000;
+/// Event times outside [2000, 2200) are certainly wrong and would poison the watermark.
+/// The lower bound is what catches units: any time in seconds up to the year 2200 is below
+/// 7.3 × 10^9, which as milliseconds is January 1970, far below 2000; microseconds are
+/// above 2200. No call-detail record a live feed or a kept archive holds predates 2000.
+/// (How far ahead of the present a time may be is the engine's check, against a clock.)
+pub const TS_MIN: Millis = 946_684_800_000;
+/// 2200-01-01T00:00:00Z.
+pub const TS_MAX: Millis = 7_258_118_400_000;
 
 fn check_ts(ms: Millis) -> Result<Millis, Malformed> {
     if (TS_MIN..TS_MAX).contains(&ms) {
@@ -548,7 +556,7 @@ mod tests {
 
     #[test]
     fn unknown_fields_ignored_and_escapes_handled() {
-        let e = dec(r#"{"x":{"y":[1,2]},"event_id":"e\u0031","ts":1,"kind":"sms","from":"a","to":"b","imei":"h1","imsi":"s1","cell":"c9","z":null}"#).unwrap();
+        let e = dec(r#"{"x":{"y":[1,2]},"event_id":"e\u0031","ts":1759669331250,"kind":"sms","from":"a","to":"b","imei":"h1","imsi":"s1","cell":"c9","z":null}"#).unwrap();
         assert_eq!(e.event_id, "e1");
         assert_eq!(e.imei.as_deref(), Some("h1"));
         assert_eq!(e.cell.as_deref(), Some("c9"));
@@ -577,14 +585,14 @@ mod tests {
 
     #[test]
     fn reason_missing_field() {
-        let m = dec(r#"{"event_id":"e","ts":1,"kind":"sms","from":"a"}"#).unwrap_err();
+        let m = dec(r#"{"event_id":"e","ts":1759669331250,"kind":"sms","from":"a"}"#).unwrap_err();
         assert_eq!(m, Malformed::new(Reason::MissingField, "to"));
         assert_eq!(
             reason(r#"{"event_id":"e","kind":"sms","from":"a","to":"b"}"#),
             Reason::MissingField
         );
         assert_eq!(
-            reason(r#"{"event_id":null,"ts":1,"kind":"sms","from":"a","to":"b"}"#),
+            reason(r#"{"event_id":null,"ts":1759669331250,"kind":"sms","from":"a","to":"b"}"#),
             Reason::MissingField
         );
     }
@@ -592,19 +600,23 @@ mod tests {
     #[test]
     fn reason_bad_type() {
         assert_eq!(
-            reason(r#"{"event_id":7,"ts":1,"kind":"sms","from":"a","to":"b"}"#),
+            reason(r#"{"event_id":7,"ts":1759669331250,"kind":"sms","from":"a","to":"b"}"#),
             Reason::BadType
         );
         assert_eq!(
-            reason(r#"{"event_id":"e","ts":1,"kind":"sms","from":["a"],"to":"b"}"#),
+            reason(r#"{"event_id":"e","ts":1759669331250,"kind":"sms","from":["a"],"to":"b"}"#),
             Reason::BadType
         );
         assert_eq!(
-            reason(r#"{"event_id":"e","ts":1,"kind":"call","from":"a","to":"b","duration_s":"9"}"#),
+            reason(
+                r#"{"event_id":"e","ts":1759669331250,"kind":"call","from":"a","to":"b","duration_s":"9"}"#
+            ),
             Reason::BadType
         );
         assert_eq!(
-            reason(r#"{"event_id":"e","ts":1,"kind":"call","from":"a","to":"b","duration_s":1.5}"#),
+            reason(
+                r#"{"event_id":"e","ts":1759669331250,"kind":"call","from":"a","to":"b","duration_s":1.5}"#
+            ),
             Reason::BadType
         );
         assert_eq!(
@@ -634,9 +646,34 @@ mod tests {
     }
 
     #[test]
+    fn seconds_and_microseconds_are_bad_timestamps() {
+        // 2026-10-05T13:02:11Z in seconds read as ms is January 1970: a unit mistake.
+        assert_eq!(
+            reason(r#"{"event_id":"e","ts":1759669331,"kind":"sms","from":"a","to":"b"}"#),
+            Reason::BadTimestamp
+        );
+        assert_eq!(
+            reason(r#"{"event_id":"e","ts":1759669331250000,"kind":"sms","from":"a","to":"b"}"#),
+            Reason::BadTimestamp
+        );
+        assert_eq!(
+            reason(
+                r#"{"event_id":"e","ts":"1999-12-31T23:59:59Z","kind":"sms","from":"a","to":"b"}"#
+            ),
+            Reason::BadTimestamp
+        );
+        assert!(
+            dec(r#"{"event_id":"e","ts":946684800000,"kind":"sms","from":"a","to":"b"}"#).is_ok()
+        );
+        assert!(
+            dec(r#"{"event_id":"e","ts":7258118399999,"kind":"sms","from":"a","to":"b"}"#).is_ok()
+        );
+    }
+
+    #[test]
     fn reason_unknown_kind() {
         assert_eq!(
-            reason(r#"{"event_id":"e","ts":1,"kind":"mms","from":"a","to":"b"}"#),
+            reason(r#"{"event_id":"e","ts":1759669331250,"kind":"mms","from":"a","to":"b"}"#),
             Reason::UnknownKind
         );
     }
@@ -644,7 +681,9 @@ mod tests {
     #[test]
     fn reason_negative_duration() {
         assert_eq!(
-            reason(r#"{"event_id":"e","ts":1,"kind":"call","from":"a","to":"b","duration_s":-3}"#),
+            reason(
+                r#"{"event_id":"e","ts":1759669331250,"kind":"call","from":"a","to":"b","duration_s":-3}"#
+            ),
             Reason::NegativeDuration
         );
     }
@@ -652,15 +691,17 @@ mod tests {
     #[test]
     fn reason_empty_pseudonym() {
         assert_eq!(
-            reason(r#"{"event_id":"e","ts":1,"kind":"sms","from":"","to":"b"}"#),
+            reason(r#"{"event_id":"e","ts":1759669331250,"kind":"sms","from":"","to":"b"}"#),
             Reason::EmptyPseudonym
         );
         assert_eq!(
-            reason(r#"{"event_id":"","ts":1,"kind":"sms","from":"a","to":"b"}"#),
+            reason(r#"{"event_id":"","ts":1759669331250,"kind":"sms","from":"a","to":"b"}"#),
             Reason::EmptyPseudonym
         );
         assert_eq!(
-            reason(r#"{"event_id":"e","ts":1,"kind":"sms","from":"a","to":"b","imei":""}"#),
+            reason(
+                r#"{"event_id":"e","ts":1759669331250,"kind":"sms","from":"a","to":"b","imei":""}"#
+            ),
             Reason::EmptyPseudonym
         );
     }
@@ -668,13 +709,13 @@ mod tests {
     #[test]
     fn reason_bad_pseudonym() {
         assert_eq!(
-            reason(r#"{"event_id":"e","ts":1,"kind":"sms","from":"a b","to":"b"}"#),
+            reason(r#"{"event_id":"e","ts":1759669331250,"kind":"sms","from":"a b","to":"b"}"#),
             Reason::BadPseudonym
         );
         let long = "x".repeat(129);
         assert_eq!(
             reason(&format!(
-                r#"{{"event_id":"e","ts":1,"kind":"sms","from":"{long}","to":"b"}}"#
+                r#"{{"event_id":"e","ts":1759669331250,"kind":"sms","from":"{long}","to":"b"}}"#
             )),
             Reason::BadPseudonym
         );
@@ -682,11 +723,12 @@ mod tests {
 
     #[test]
     fn reason_raw_identifier_and_guard_off() {
-        let s = r#"{"event_id":"e","ts":1,"kind":"sms","from":"+447700900123","to":"b"}"#;
+        let s =
+            r#"{"event_id":"e","ts":1759669331250,"kind":"sms","from":"+447700900123","to":"b"}"#;
         assert_eq!(reason(s), Reason::RawIdentifier);
         assert_eq!(
             reason(
-                r#"{"event_id":"e","ts":1,"kind":"sms","from":"a","to":"b","imsi":"234150999999999"}"#
+                r#"{"event_id":"e","ts":1759669331250,"kind":"sms","from":"a","to":"b","imsi":"234150999999999"}"#
             ),
             Reason::RawIdentifier
         );
@@ -697,7 +739,7 @@ mod tests {
         assert!(decode(s.as_bytes(), &off).is_ok());
         // Nine digits or sixteen are not the shape of a raw identifier.
         assert!(dec(
-            r#"{"event_id":"e","ts":1,"kind":"sms","from":"123456789","to":"1234567890123456"}"#
+            r#"{"event_id":"e","ts":1759669331250,"kind":"sms","from":"123456789","to":"1234567890123456"}"#
         )
         .is_ok());
     }

@@ -18,12 +18,14 @@
 //! - [`alert`]: the alert format and deterministic ids.
 //! - [`checkpoint`]: durable engine state: checkpoints, their stores, restore.
 //! - [`replay`]: JSONL in, alerts, dead letters and a summary out.
+//! - [`redact`]: raw identifiers taken out of dead letters before they leave the process.
 //! - [`config`]: typed, validated configuration (`config/linewatch.toml` is the default).
 //! - [`eval`]: precision, recall and delay against labels.
 //! - [`tune`]: threshold sweeps over labelled traffic (`linewatch tune`).
 //! - [`explain`]: an alert in plain language (`linewatch explain`).
 //! - [`generate`]: labelled synthetic traffic.
 //! - [`cells`]: the cell map.
+//! - [`sheet`]: the CSV files analysts keep in spreadsheets, read and written with the `csv` crate.
 //! - [`service`]: `linewatch run`, the engine between a Kafka consumer group and producer;
 //!   [`kafka`] holds the client setup and error classification it shares.
 //! - [`cli`]: the subcommands; `main.rs` only calls [`cli::main`].
@@ -44,8 +46,10 @@ pub mod explain;
 pub mod generate;
 pub mod ids;
 pub mod kafka;
+pub mod redact;
 pub mod replay;
 pub mod service;
+pub mod sheet;
 pub mod state;
 pub mod tune;
 pub mod watermark;

@@ -81,15 +81,20 @@ pub struct DeadLetter {
     /// (a `too_large` line is never read whole).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size_bytes: Option<u64>,
+    /// Fields whose raw identifiers were redacted from `raw` (see [`crate::redact`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redacted: Vec<String>,
 }
 
 impl DeadLetter {
+    /// The dead letter of a record, its raw identifiers redacted.
     pub fn new(line: u64, why: Malformed, raw: &[u8]) -> Self {
-        let (raw, raw_base64) = match std::str::from_utf8(raw) {
+        let redacted = crate::redact::redact(raw);
+        let (raw, raw_base64) = match std::str::from_utf8(&redacted.bytes) {
             Ok(s) => (Some(s.to_string()), None),
             Err(_) => (
                 None,
-                Some(base64::engine::general_purpose::STANDARD.encode(raw)),
+                Some(base64::engine::general_purpose::STANDARD.encode(&redacted.bytes)),
             ),
         };
         DeadLetter {
@@ -99,6 +104,7 @@ impl DeadLetter {
             raw,
             raw_base64,
             size_bytes: None,
+            redacted: redacted.fields,
         }
     }
 }
@@ -350,7 +356,7 @@ mod tests {
 
     #[test]
     fn malformed_lines_go_to_dead_letters_with_line_numbers() {
-        let data = b"{\"event_id\":\"a\",\"ts\":1000,\"kind\":\"sms\",\"from\":\"x\",\"to\":\"y\"}\nnot json\n\n[1]\n";
+        let data = b"{\"event_id\":\"a\",\"ts\":1759669331250,\"kind\":\"sms\",\"from\":\"x\",\"to\":\"y\"}\nnot json\n\n[1]\n";
         let mut engine = Engine::new(Config::default());
         let mut sink = CollectSink::default();
         let s = run(&mut engine, &data[..], &mut sink, |_| {}).unwrap();
@@ -376,5 +382,29 @@ mod tests {
         );
         assert_eq!(d.raw, None);
         assert_eq!(d.raw_base64.as_deref(), Some("/wA="));
+    }
+
+    #[test]
+    fn dead_letter_file_holds_no_raw_identifier() {
+        let data = b"{\"event_id\":\"a\",\"ts\":1791158400000,\"kind\":\"sms\",\"from\":\"+447700900123\",\"to\":\"y\"}\nmsisdn 447700900124\n";
+        let mut engine = Engine::new(Config::default());
+        let mut sink = JsonlSink {
+            alerts: Vec::new(),
+            dead: Some(Vec::new()),
+        };
+        run(&mut engine, &data[..], &mut sink, |_| {}).unwrap();
+        let out = String::from_utf8(sink.dead.unwrap()).unwrap();
+        let letters: Vec<DeadLetter> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(letters.len(), 2);
+        for l in &letters {
+            let raw = l.raw.as_deref().unwrap_or_default();
+            assert!(!crate::redact::has_raw_identifier(raw.as_bytes()), "{raw}");
+        }
+        assert_eq!(letters[0].reason, "raw_identifier");
+        assert_eq!(letters[0].redacted, ["from"]);
+        assert_eq!(letters[1].redacted, [crate::redact::WHOLE_RECORD]);
     }
 }

@@ -126,7 +126,7 @@ fn replay_of_a_200mb_line_stays_under_100mb_and_dead_letters_it_as_too_large() {
     {
         let mut f = std::io::BufWriter::new(std::fs::File::create(&input).unwrap());
         f.write_all(
-            b"{\"event_id\":\"a\",\"ts\":1000,\"kind\":\"sms\",\"from\":\"x1\",\"to\":\"y1\"}\n",
+            b"{\"event_id\":\"a\",\"ts\":1780000000000,\"kind\":\"sms\",\"from\":\"x1\",\"to\":\"y1\"}\n",
         )
         .unwrap();
         f.write_all(b"{\"event_id\":\"b\",\"pad\":\"").unwrap();
@@ -136,7 +136,7 @@ fn replay_of_a_200mb_line_stays_under_100mb_and_dead_letters_it_as_too_large() {
         }
         f.write_all(b"\"}\n").unwrap();
         f.write_all(
-            b"{\"event_id\":\"c\",\"ts\":2000,\"kind\":\"sms\",\"from\":\"x1\",\"to\":\"y2\"}\n",
+            b"{\"event_id\":\"c\",\"ts\":1780000001000,\"kind\":\"sms\",\"from\":\"x1\",\"to\":\"y2\"}\n",
         )
         .unwrap();
     }

@@ -16,8 +16,9 @@ use linewatch::config::Config;
 use linewatch::replay::replay_bytes;
 use support::{brokers, produce, read_until, records, Msg, Service, Topics};
 
-/// Event time of the test traffic (2027-01-15).
-const T0: i64 = 1_800_000_000_000;
+/// Event time of the test traffic (2026-05-28): in the past, since `run` rejects records
+/// dated beyond the wall clock plus `engine.max_future_skew_s`.
+const T0: i64 = 1_780_000_000_000;
 const MIN: i64 = 60_000;
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -321,7 +322,12 @@ async fn malformed_and_late_records_go_to_the_dead_letter_topic_with_their_sourc
         assert_eq!(m.headers["source_topic"], t.input);
         assert_eq!(m.headers["source_partition"], placed[i].0.to_string());
         assert_eq!(m.headers["source_offset"], placed[i].1.to_string());
-        assert_eq!(m.value, lines[i].as_bytes(), "value is the raw record");
+        let redacted = linewatch::redact::redact(lines[i].as_bytes()).bytes;
+        assert_eq!(
+            m.value,
+            redacted.as_ref(),
+            "value is the record, identifiers redacted"
+        );
     }
 
     svc.wait_metric("linewatch_records_total{result=\"duplicate\"}", 1.0, WAIT)
@@ -876,4 +882,161 @@ async fn a_member_joining_mid_backlog_loses_no_alert() {
         got.difference(&ids(&want)).collect::<Vec<_>>()
     );
     drop(second);
+}
+
+// ---- Issue 14 (items 2 and 4): dead letters that are always publishable and redacted ----
+
+/// An input topic that accepts records up to 2 MB, as some feeds are configured, and a
+/// dead-letter topic that accepts up to `dead_max_bytes`.
+async fn create_large_input(t: &Topics, dead_max_bytes: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .expect("admin client");
+    let topics = [
+        NewTopic::new(&t.input, 1, TopicReplication::Fixed(1)).set("max.message.bytes", "2000000"),
+        NewTopic::new(&t.alerts, 1, TopicReplication::Fixed(1)),
+        NewTopic::new(&t.dead, 1, TopicReplication::Fixed(1))
+            .set("max.message.bytes", dead_max_bytes),
+    ];
+    for r in admin
+        .create_topics(&topics, &AdminOptions::new())
+        .await
+        .expect("create_topics request")
+    {
+        r.expect("topic created");
+    }
+}
+
+/// Produces values in order with a producer that may send records up to 2 MB.
+async fn produce_large(topic: &str, values: &[Vec<u8>]) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let p: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("message.max.bytes", "2000000")
+        .create()
+        .expect("producer");
+    for v in values {
+        p.send(
+            FutureRecord::<(), [u8]>::to(topic).payload(v.as_slice()),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("delivered");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_record_is_dead_lettered_truncated_and_the_burst_after_it_is_detected() {
+    let b = brokers();
+    let t = Topics::named("oversized");
+    create_large_input(&t, "1048588").await;
+    // About 1.1 MB: more than the dead-letter topic's default 1 MB limit.
+    let mut big =
+        format!(r#"{{"event_id":"big","ts":{T0},"kind":"sms","from":"a","to":"b","pad":""#)
+            .into_bytes();
+    big.resize(1_100_000, b'x');
+    big.extend_from_slice(b"\"}");
+    let raw_id = sms("raw", T0, "+447700900123", "c-1");
+    let (texts, _) = deal_traffic("o");
+    let mut values = vec![big.clone(), raw_id.into_bytes()];
+    values.extend(texts.iter().map(|l| l.as_bytes().to_vec()));
+    produce_large(&t.input, &values).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_file(&dir, TEST_CONFIG);
+    let svc = Service::start(&cfg, &t.args(&b));
+    let want: Vec<Alert> = expected(TEST_CONFIG, &texts)
+        .into_iter()
+        .filter(|a| a.detector == "bulk_sms")
+        .collect();
+    assert_eq!(want.len(), 1, "the burst should make one bulk_sms alert");
+    let msgs = read_until(&t.alerts, WAIT, |m| {
+        alerts_of(m).iter().any(|a| a.detector == "bulk_sms")
+    })
+    .await;
+    let got = alerts_of(&msgs);
+    assert!(
+        got.iter().any(|a| a.alert_id == want[0].alert_id),
+        "the burst behind the oversized record was not detected; service logs:\n{}",
+        svc.logs().join("\n")
+    );
+
+    let dead = read_until(&t.dead, WAIT, |m| m.len() >= 2).await;
+    assert_eq!(dead.len(), 2);
+    let too_large = dead
+        .iter()
+        .find(|m| m.headers["reason"] == "too_large")
+        .expect("a too_large dead letter");
+    assert_eq!(too_large.headers["truncated"], "true");
+    assert_eq!(too_large.headers["original_bytes"], big.len().to_string());
+    assert_eq!(
+        too_large.value.len(),
+        linewatch::service::sink::DEAD_LETTER_MAX_BYTES
+    );
+    assert_eq!(too_large.value[..], big[..too_large.value.len()]);
+    let raw = dead
+        .iter()
+        .find(|m| m.headers["reason"] == "raw_identifier")
+        .expect("a raw_identifier dead letter");
+    assert_eq!(raw.headers["redacted"], "from");
+    // No 10-15 digit value in any dead letter (the 13-digit `ts` is a time), nor in the
+    // headers that carry record content (offsets, sizes and the hash are numbers by design).
+    for m in &dead {
+        assert!(!linewatch::redact::has_raw_identifier(&m.value));
+        for (k, v) in &m.headers {
+            if !k.starts_with("source_") && !k.starts_with("original_") {
+                assert!(
+                    !linewatch::redact::has_raw_identifier(v.as_bytes()),
+                    "{k}: {v}"
+                );
+            }
+        }
+    }
+    // Still running: an oversized record is not fatal.
+    let (code, _) = svc.get("/healthz").await;
+    assert_eq!(code, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_the_broker_refuses_is_counted_and_skipped() {
+    let b = brokers();
+    let t = Topics::named("refused");
+    // A dead-letter topic that takes only 10 kB: even the 64 KiB truncation is refused.
+    create_large_input(&t, "10000").await;
+    // Letters that do not compress (the broker checks the compressed size).
+    let mut big = b"not json ".to_vec();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    while big.len() < 100_000 {
+        x = x
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        big.push(b'a' + ((x >> 33) % 26) as u8);
+    }
+    let (texts, _) = deal_traffic("r");
+    let mut values = vec![big];
+    values.extend(texts.iter().map(|l| l.as_bytes().to_vec()));
+    produce_large(&t.input, &values).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let svc = Service::start(&config_file(&dir, TEST_CONFIG), &t.args(&b));
+    let msgs = read_until(&t.alerts, WAIT, |m| {
+        alerts_of(m).iter().any(|a| a.detector == "bulk_sms")
+    })
+    .await;
+    assert!(
+        alerts_of(&msgs).iter().any(|a| a.detector == "bulk_sms"),
+        "the burst behind the refused dead letter was not detected; service logs:\n{}",
+        svc.logs().join("\n")
+    );
+    svc.wait_metric(
+        "linewatch_dead_letters_dropped_total{reason=\"too_large\"}",
+        1.0,
+        WAIT,
+    )
+    .await;
+    let (code, _) = svc.get("/healthz").await;
+    assert_eq!(code, 200);
 }

@@ -67,3 +67,56 @@ fn deal_line_on_a_20k_city_meets_the_targets() {
         eval::table(&scores)
     );
 }
+
+/// Issue 14: one record dated three years ahead, early in the demo's city (5,000
+/// subscribers, 4 days, about 223,000 records), must not silence the detectors: it is
+/// rejected as `future_timestamp` and the alerts are (nearly) those without it.
+#[test]
+fn one_future_dated_record_does_not_silence_a_city() {
+    let opts = GenOptions {
+        seed: 3,
+        subscribers: 5_000,
+        days: 4,
+        ..GenOptions::default()
+    };
+    let (events, _, _) = generate::generate_in_memory(&opts).unwrap();
+    let (base, base_summary) = replay::replay_bytes(Config::default(), &events);
+    assert!(
+        base.len() >= 100,
+        "too few alerts to compare: {}",
+        base.len()
+    );
+
+    // After the first tenth of the records, a copy of a record dated three years ahead.
+    let lines: Vec<&[u8]> = events.split(|b| *b == b'\n').collect();
+    let (at, mut rec, ts) = (lines.len() / 10..lines.len())
+        .find_map(|i| {
+            let v: serde_json::Value = serde_json::from_slice(lines[i]).ok()?;
+            let ts = v.get("ts")?.as_i64()?;
+            Some((i, v, ts))
+        })
+        .unwrap();
+    rec["ts"] = (ts + 3 * 365 * 86_400_000).into();
+    rec["event_id"] = "from-the-future".into();
+    let mut poisoned = Vec::with_capacity(events.len() + 256);
+    for (i, l) in lines.iter().enumerate() {
+        if i == at {
+            poisoned.extend(serde_json::to_vec(&rec).unwrap());
+            poisoned.push(b'\n');
+        }
+        poisoned.extend_from_slice(l);
+        poisoned.push(b'\n');
+    }
+    let (got, summary) = replay::replay_bytes(Config::default(), &poisoned);
+    assert_eq!(
+        summary.malformed_by_reason.get("future_timestamp"),
+        Some(&1)
+    );
+    assert_eq!(summary.events_late, base_summary.events_late);
+    assert!(
+        got.len() * 100 >= base.len() * 95,
+        "{} alerts with the future record, {} without",
+        got.len(),
+        base.len()
+    );
+}

@@ -50,8 +50,8 @@
 //! | 0.75 | * | -          | 0  | 0  | 1         | 0      | -      |
 //!
 //! Recommendation at precision >= 0.9: rows (0.5, 7) and (0.5, 9) qualify (the 0.75 rows find
-//! nothing, so they do not), equal in recall, precision and alerts: the tie goes to the
-//! stricter m = 9. At >= 0.5 the best recall is (0.25, 3) with 2/3.
+//! nothing, so they do not), equal in recall, precision and median delay: the tie goes to the
+//! looser m = 7. At >= 0.5 the best recall is (0.25, 3) with 2/3.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -80,7 +80,7 @@ fn sweep_with(specs: &[&str], labels: &str) -> (Vec<Param>, Vec<Row>) {
     let combos = param::grid(&base, &params).unwrap();
     let labels = Labels::load(&fixture(labels)).unwrap();
     let data = std::fs::read(fixture("events.jsonl")).unwrap();
-    let rows = tune::sweep(&data, &labels, &combos, &|| {});
+    let rows = tune::sweep(&data, &labels, &combos, "deal_line", &|| {});
     (params, rows)
 }
 
@@ -175,7 +175,7 @@ fn subject_label_csv_scores_the_same_without_delays() {
 }
 
 #[test]
-fn recommendation_takes_best_recall_then_the_stricter_value() {
+fn recommendation_takes_best_recall_then_the_looser_value() {
     let (params, rows) = sweep_with(
         &[
             "deal_line.threshold=0.25,0.5,0.75",
@@ -183,27 +183,28 @@ fn recommendation_takes_best_recall_then_the_stricter_value() {
         ],
         "labels.csv",
     );
-    let at = |t: f64| match tune::recommend(&rows, "deal_line", t) {
+    let at = |t: f64| match tune::recommend(&rows, &params, "deal_line", t) {
         Recommendation::Pick { index, .. } => rows[index].values.clone(),
         other => panic!("{other:?}"),
     };
-    assert_eq!(at(0.9), [ParamValue::Float(0.5), ParamValue::Int(9)]);
+    assert_eq!(at(0.9), [ParamValue::Float(0.5), ParamValue::Int(7)]);
     assert_eq!(at(0.5), [ParamValue::Float(0.25), ParamValue::Int(3)]);
     // Precision exactly 1/3 must count as reaching 1/3 despite floating point.
     assert_eq!(at(1.0 / 3.0), [ParamValue::Float(0.25), ParamValue::Int(3)]);
-    let rec = tune::recommend(&rows, "deal_line", 0.9);
+    let rec = tune::recommend(&rows, &params, "deal_line", 0.9);
     let line = tune::recommendation_line(&rec, &rows, &params, "deal_line");
     assert_eq!(
         line,
         "recommended for deal_line at precision >= 0.9: deal_line.threshold=0.5 \
-         bulk_sms.min_recipients=9 (precision 1.000, recall 0.333, F1 0.500, 1 alert)"
+         bulk_sms.min_recipients=7 (precision 1.000, recall 0.333, F1 0.500, 1 alert); \
+         1 other setting ties on precision, recall and median delay; chosen as the loosest"
     );
 }
 
 #[test]
 fn recommendation_says_so_when_no_setting_reaches_the_target() {
     let (params, rows) = sweep_with(&["bulk_sms.min_recipients=3..7:2"], "labels.csv");
-    let rec = tune::recommend(&rows, "bulk_sms", 0.95);
+    let rec = tune::recommend(&rows, &params, "bulk_sms", 0.95);
     // Best precision is 1/2 at m = 3 and m = 7; m = 3 has the better recall.
     assert_eq!(
         rec,
@@ -219,7 +220,7 @@ fn recommendation_says_so_when_no_setting_reaches_the_target() {
     );
     // A row that flags nothing has precision 1 by convention but is never recommended.
     let (params, rows) = sweep_with(&["deal_line.threshold=0.75,0.8"], "labels.csv");
-    let rec = tune::recommend(&rows, "deal_line", 0.5);
+    let rec = tune::recommend(&rows, &params, "deal_line", 0.5);
     assert_eq!(
         rec,
         Recommendation::NoneReaches {
@@ -435,8 +436,8 @@ fn cli_csv_and_json_carry_the_figures() {
     assert_eq!(lines.len(), 13);
     assert!(lines[0].starts_with("deal_line.threshold,bulk_sms.min_recipients,detector,alerts"));
     assert_eq!(
-        lines[8],
-        "0.5,9,deal_line,1,1,1,0,2,1.000000,0.333333,0.500000,0,3720.0,true"
+        lines[7],
+        "0.5,7,deal_line,1,1,1,0,2,1.000000,0.333333,0.500000,0,3720.0,true"
     );
     assert_eq!(lines.iter().filter(|l| l.ends_with(",true")).count(), 1);
     // CSV stays clean; the recommendation goes to stderr.
@@ -463,7 +464,7 @@ fn cli_csv_and_json_carry_the_figures() {
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["combinations"], 12);
     assert_eq!(v["recommendation"]["found"], true);
-    assert_eq!(v["recommendation"]["params"]["bulk_sms.min_recipients"], 9);
+    assert_eq!(v["recommendation"]["params"]["bulk_sms.min_recipients"], 7);
     let row = &v["rows"][0];
     assert_eq!(row["params"]["deal_line.threshold"], 0.25);
     // Every detector is scored in JSON: customer_fan_in found A and B whatever the sweep.
@@ -477,6 +478,28 @@ fn cli_csv_and_json_carry_the_figures() {
     let fan_in = &row["scores"][1];
     assert_eq!(fan_in["flagged"], 2);
     assert_eq!(fan_in["true_positives"], 1);
+    // What deal_line got wrong, per the hand-worked table: (0.25, 3) flags B and D and
+    // misses E; (0.75, *) flags nothing and misses all three.
+    assert_eq!(
+        row["wrong"],
+        serde_json::json!({
+            "detector": "deal_line",
+            "false_positives": [
+                {"subject": "schoolD", "label": "lookalike_school"},
+                {"subject": "shopB", "label": "lookalike_shop"},
+            ],
+            "missed": [{"subject": "dealE", "label": "deal_line"}],
+        })
+    );
+    let last = &v["rows"][11]["wrong"];
+    assert_eq!(last["false_positives"], serde_json::json!([]));
+    let missed: Vec<&str> = last["missed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["subject"].as_str().unwrap())
+        .collect();
+    assert_eq!(missed, ["dealA", "dealC", "dealE"]);
 
     // One thread or two: the same rows in the same order.
     let (_, json2, _) = linewatch(&tune_args(
@@ -496,6 +519,103 @@ fn cli_csv_and_json_carry_the_figures() {
     ));
     let v2: serde_json::Value = serde_json::from_str(&json2).unwrap();
     assert_eq!(v["rows"], v2["rows"]);
+}
+
+/// `tune --format csv` read back by the `csv` crate: every field of every row matches the
+/// sweep's own figures.
+#[test]
+fn cli_csv_round_trips_through_a_csv_reader() {
+    let f = files();
+    let specs = [
+        "deal_line.threshold=0.25,0.5,0.75",
+        "bulk_sms.min_recipients=3..9:2",
+    ];
+    let (code, out, err) = linewatch(&tune_args(
+        &[
+            "--param",
+            specs[0],
+            "--param",
+            specs[1],
+            "--format",
+            "csv",
+            "--target-precision",
+            "0.9",
+        ],
+        &f.cfg,
+        &f.input,
+        &f.labels,
+    ));
+    assert_eq!(code, 0, "{err}");
+    let (params, rows) = sweep_with(&specs, "labels.csv");
+    let rec = tune::recommend(&rows, &params, "deal_line", 0.9);
+    let mut reader = csv::Reader::from_reader(out.as_bytes());
+    let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
+    assert_eq!(header[..2], [params[0].key.clone(), params[1].key.clone()]);
+    let col = |n: &str| header.iter().position(|h| h == n).unwrap();
+    let records: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(records.len(), rows.len());
+    for (i, (r, row)) in records.iter().zip(&rows).enumerate() {
+        let s = row.score("deal_line").unwrap();
+        let num = |n: &str| r[col(n)].parse::<f64>().unwrap();
+        assert_eq!(r[0].parse::<f64>().unwrap(), row.values[0].as_f64());
+        assert_eq!(r[1].parse::<f64>().unwrap(), row.values[1].as_f64());
+        assert_eq!(&r[col("detector")], "deal_line");
+        assert_eq!(num("alerts") as usize, s.alerts);
+        assert_eq!(num("flagged") as usize, s.flagged);
+        assert_eq!(num("true_positives") as usize, s.true_positives);
+        assert_eq!(num("false_positives") as usize, s.false_positives);
+        assert_eq!(num("false_negatives") as usize, s.false_negatives);
+        assert!((num("precision") - s.precision).abs() < 1e-6);
+        assert!((num("recall") - s.recall).abs() < 1e-6);
+        assert!((num("f1") - s.f1).abs() < 1e-6);
+        assert_eq!(num("lookalike_hits") as usize, s.lookalike_hits);
+        let delay = &r[col("median_delay_s")];
+        assert_eq!(delay.parse::<f64>().ok(), s.median_delay_s, "row {i}");
+        let picked = matches!(rec, Recommendation::Pick { index, .. } if index == i);
+        assert_eq!(
+            &r[col("recommended")],
+            if picked { "true" } else { "false" }
+        );
+    }
+}
+
+/// A labels file as a spreadsheet saves it (BOM, quoted fields, CRLF, columns reordered,
+/// an extra column, a trailing empty row) scores exactly as the plain file does.
+#[test]
+fn cli_reads_spreadsheet_saved_labels() {
+    let f = files();
+    let dir = tempfile::tempdir().unwrap();
+    let plain = std::fs::read_to_string(fixture("labels.csv")).unwrap();
+    let mut sheet =
+        String::from("\u{feff}\"Label\",\"analyst note\",\"first_seen_ms\",\"Subject\"\r\n");
+    for line in plain.lines().skip(1) {
+        let c: Vec<&str> = line.split(',').collect();
+        sheet.push_str(&format!(
+            "\"{}\",\"checked, \"\"twice\"\"\",\"{}\",\"{}\"\r\n",
+            c[2], c[5], c[0]
+        ));
+    }
+    sheet.push_str("\"\",\"\",\"\",\"\"\r\n\r\n");
+    let path = dir.path().join("labels-sheet.csv");
+    std::fs::write(&path, sheet).unwrap();
+    let run = |labels: &str| {
+        let (code, out, err) = linewatch(&tune_args(
+            &[
+                "--param",
+                "bulk_sms.min_recipients=3..9:2",
+                "--detector",
+                "bulk_sms",
+                "--format",
+                "csv",
+            ],
+            &f.cfg,
+            &f.input,
+            labels,
+        ));
+        assert_eq!(code, 0, "{err}");
+        out
+    };
+    assert_eq!(run(path.to_str().unwrap()), run(&f.labels));
 }
 
 #[test]
@@ -566,8 +686,65 @@ fn cli_plot_writes_valid_png_and_svg() {
         if stem == "two" {
             // One legend entry per value of the second parameter.
             assert!(text.contains("bulk_sms.min_recipients:"));
-            assert!(text.contains("deal_line.threshold=0.5 bulk_sms.min_recipients=9"));
+            assert!(text.contains("deal_line.threshold=0.5 bulk_sms.min_recipients=7"));
         }
+    }
+}
+
+/// The x tick labels of a plot's SVG, row by row: the centred numeric texts, grouped by
+/// their baseline (every panel's axis shares one).
+fn x_tick_rows(svg: &str) -> Vec<Vec<String>> {
+    let mut rows: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for t in svg.split("<text ").skip(1) {
+        let (attrs, rest) = t.split_once('>').unwrap();
+        let content = rest.split("</text>").next().unwrap().trim().to_string();
+        let y = attrs.split("y=\"").nth(1).and_then(|r| r.split('"').next());
+        if attrs.contains("text-anchor=\"middle\"") && content.parse::<f64>().is_ok() {
+            rows.entry(y.unwrap().to_string())
+                .or_default()
+                .push(content);
+        }
+    }
+    rows.into_values().filter(|r| r.len() > 2).collect()
+}
+
+/// A 0.4..0.9 sweep showed `0.7 0.8 0.8 0.9` on one panel: ticks between swept values,
+/// rounded to one decimal. Now every label on a panel is different, and each is a swept value.
+#[test]
+fn plot_tick_labels_are_distinct_swept_values() {
+    let f = files();
+    let dir = tempfile::tempdir().unwrap();
+    for (params, panels) in [
+        (
+            vec![
+                "--param",
+                "deal_line.threshold=0.4..0.9:0.1",
+                "--param",
+                "bulk_sms.min_recipients=3,5",
+            ],
+            3,
+        ),
+        (vec!["--param", "deal_line.threshold=0.4..0.9:0.05"], 1),
+    ] {
+        let prefix = dir.path().join(format!("p{panels}"));
+        let mut extra = params.clone();
+        extra.extend(["--plot", prefix.to_str().unwrap()]);
+        let (code, _, err) = linewatch(&tune_args(&extra, &f.cfg, &f.input, &f.labels));
+        assert_eq!(code, 0, "{err}");
+        let svg = std::fs::read_to_string(prefix.with_extension("svg")).unwrap();
+        let rows = x_tick_rows(&svg);
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        let labels = &rows[0];
+        let mut distinct = labels.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(labels.len(), distinct.len() * panels, "{labels:?}");
+        for l in &distinct {
+            let v: f64 = l.parse().unwrap();
+            let k = (v - 0.4) / if panels == 1 { 0.05 } else { 0.1 };
+            assert!((k - k.round()).abs() < 1e-9, "{l} is not a swept value");
+        }
+        assert!(distinct.len() >= 6, "{labels:?}");
     }
 }
 

@@ -32,6 +32,11 @@ pub struct Args {
     /// show).
     #[arg(long)]
     pub quiet: bool,
+    /// The present, RFC 3339, for judging future-dated records (`future_timestamp`: more
+    /// than `engine.max_future_skew_s` ahead of it). Default: the wall clock, right for
+    /// history; set it for a file from a simulated clock or dated ahead.
+    #[arg(long, value_name = "RFC3339")]
+    pub now: Option<String>,
 }
 
 fn create(path: &Path, what: &str) -> Result<BufWriter<File>, Failure> {
@@ -46,6 +51,15 @@ fn is_dash(p: &Path) -> bool {
 
 pub fn main(args: Args, config: Option<&Path>) -> Outcome {
     let cfg = load_config(config)?;
+    let now = args
+        .now
+        .as_deref()
+        .map(|s| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .map(|t| t.timestamp_millis())
+                .map_err(|e| Failure::usage(format!("--now {s:?} is not RFC 3339 ({e})")))
+        })
+        .transpose()?;
     if let Some(cells) = &args.cells {
         CellMap::load(cells).map_err(|e| Failure::usage(e.to_string()))?;
     }
@@ -110,6 +124,7 @@ pub fn main(args: Args, config: Option<&Path>) -> Outcome {
         _ => None,
     };
     let mut engine = Engine::new(cfg);
+    engine.set_reference_clock(now);
     let mut sink = JsonlSink { alerts, dead };
     let summary = replay::run(&mut engine, input, &mut sink, |n| {
         if let Some(b) = &bar {

@@ -101,6 +101,17 @@ pub fn main(args: Args, config: Option<&Path>) -> Outcome {
         .map_err(|e| Failure::usage(e.to_string()))?;
     let combos = param::grid(&base, &params).map_err(|e| Failure::usage(e.to_string()))?;
     let labels = Labels::load(&args.labels).map_err(|e| Failure::usage(e.to_string()))?;
+    let unknown = labels.unknown_labels();
+    if !unknown.is_empty() {
+        let list: Vec<String> = unknown
+            .iter()
+            .map(|(l, n)| format!("{l:?} ({n})"))
+            .collect();
+        eprintln!(
+            "linewatch: warning: labels linewatch does not know, scored as not a target: {}",
+            list.join(", ")
+        );
+    }
     if labels.truth(&args.detector).is_empty() {
         eprintln!(
             "linewatch: warning: the labels mark nothing {} should find, so recall means nothing",
@@ -133,7 +144,7 @@ pub fn main(args: Args, config: Option<&Path>) -> Outcome {
     });
     let started = Instant::now();
     let rows = pool.install(|| {
-        tune::sweep(&data, &labels, &combos, &|| {
+        tune::sweep(&data, &labels, &combos, &args.detector, &|| {
             if let Some(b) = &bar {
                 b.inc(1);
             }
@@ -148,7 +159,7 @@ pub fn main(args: Args, config: Option<&Path>) -> Outcome {
     // Stage 3: outputs.
     let rec = args
         .target_precision
-        .map(|p| tune::recommend(&rows, &args.detector, p));
+        .map(|p| tune::recommend(&rows, &params, &args.detector, p));
     let input_name = file_name(&args.input);
     let labels_name = file_name(&args.labels);
     let ctx = report::Context {

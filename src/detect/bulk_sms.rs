@@ -14,6 +14,7 @@ use crate::config::{BulkSmsConfig, Config};
 use crate::event::{Event, Kind, Millis};
 use crate::evidence;
 use crate::ids::{self, IdMap};
+use crate::state::Contact;
 
 pub const NAME: &str = "bulk_sms";
 
@@ -25,6 +26,15 @@ pub struct BulkSms {
     fired: IdMap<u32>,
     max_keys: usize,
     cap_hits: u64,
+    /// Scratch for the windows a late record completes (kept to avoid an allocation each).
+    times: Vec<u32>,
+}
+
+/// What one window of a line holds.
+struct Measured {
+    recipients: usize,
+    repeat: usize,
+    oldest: u32,
 }
 
 impl BulkSms {
@@ -35,7 +45,29 @@ impl BulkSms {
             fired: IdMap::default(),
             max_keys,
             cap_hits: 0,
+            times: Vec::new(),
         }
+    }
+
+    /// Recipients texted within `since_s..=end_s` (by each one's latest text), of whom how
+    /// many were first texted at least the repeat gap before the window.
+    fn measure(&self, contacts: &[Contact], since_s: u32, end_s: u32) -> Measured {
+        let mut m = Measured {
+            recipients: 0,
+            repeat: 0,
+            oldest: end_s,
+        };
+        for c in contacts
+            .iter()
+            .filter(|c| c.last_s >= since_s && c.last_s <= end_s)
+        {
+            m.recipients += 1;
+            m.oldest = m.oldest.min(c.last_s);
+            if c.first_s.saturating_add(self.repeat_gap_s) <= since_s {
+                m.repeat += 1;
+            }
+        }
+        m
     }
 }
 
@@ -56,21 +88,41 @@ impl Detector for BulkSms {
         if rec.contacts.len() < min {
             return;
         }
-        let end_s = rec.last_seen_s;
-        let since_s = end_s.saturating_sub(ids::span_secs(self.cfg.window_s));
-        if ids::secs(ev.ts) < since_s {
-            return;
-        }
-        let mut recipients = 0usize;
-        let mut repeat = 0usize;
-        let mut oldest = end_s;
-        for c in rec.contacts.iter().filter(|c| c.last_s >= since_s) {
-            recipients += 1;
-            oldest = oldest.min(c.last_s);
-            if c.first_s.saturating_add(self.repeat_gap_s) <= since_s {
-                repeat += 1;
+        let window_s = ids::span_secs(self.cfg.window_s);
+        let s = ids::secs(ev.ts);
+        let newest_s = rec.last_seen_s;
+        // The window ending at the line's newest time, as every record arrives.
+        let mut found = None;
+        let since_s = newest_s.saturating_sub(window_s);
+        if s >= since_s {
+            let m = self.measure(&rec.contacts, since_s, newest_s);
+            if m.recipients >= min {
+                found = Some((since_s, newest_s, m));
             }
         }
+        // A late record may also complete a window that ends before the newest time.
+        if found.is_none() && s < newest_s {
+            let (lo, hi) = (s.saturating_sub(window_s), s.saturating_add(window_s));
+            self.times.clear();
+            self.times.extend(
+                rec.contacts
+                    .iter()
+                    .map(|c| c.last_s)
+                    .filter(|&t| t >= lo && t <= hi),
+            );
+            if let Some(end_s) = super::completed_window(&mut self.times, s, window_s, min) {
+                let since_s = end_s.saturating_sub(window_s);
+                found = Some((since_s, end_s, self.measure(&rec.contacts, since_s, end_s)));
+            }
+        }
+        let Some((since_s, end_s, m)) = found else {
+            return;
+        };
+        let Measured {
+            recipients,
+            repeat,
+            oldest,
+        } = m;
         if recipients < min {
             return;
         }
@@ -216,5 +268,57 @@ mod tests {
         let again = blast(&mut h, &mut d, DAY, 6, MIN);
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].evidence["repeat_audience"], 1.0);
+    }
+
+    /// 29 recipients, a text at +70 min and one at +55 min, in the given order of the last
+    /// two: the +55 one makes 30 within the hour ending at +55.
+    fn late_completion(late_last: bool) -> Vec<Finding> {
+        let (mut h, mut d) = (Harness::new(), det(30));
+        let t0 = DAY;
+        let mut all = blast(&mut h, &mut d, t0, 29, 1_000);
+        assert!(all.is_empty());
+        let at55 = sms("at55", t0 + 55 * MIN, "line", "n55");
+        let at70 = sms("at70", t0 + 70 * MIN, "line", "n70");
+        let order = if late_last {
+            [at70, at55]
+        } else {
+            [at55, at70]
+        };
+        for ev in &order {
+            all.extend(h.feed(&mut d, ev));
+        }
+        all
+    }
+
+    #[test]
+    fn late_record_fires_in_its_own_window_whatever_the_order() {
+        for late_last in [false, true] {
+            let f = late_completion(late_last);
+            assert_eq!(f.len(), 1, "late_last = {late_last}");
+            assert_eq!(f[0].evidence["recipients"], 30);
+            assert_eq!(f[0].event_time, DAY + 55 * MIN);
+            assert_eq!(f[0].window_end, DAY + 55 * MIN);
+        }
+    }
+
+    #[test]
+    fn completed_window_finds_the_earliest_end() {
+        let w = 3_600;
+        // At 1000 s: the hour ending at 1000 holds 3, the one ending at 3000 holds 4 (the
+        // ones ending at 3500 and 4000 hold 5 and 4, but end later).
+        let mut t = vec![4000, 100, 200, 1000, 3000, 3500];
+        assert_eq!(
+            crate::detect::completed_window(&mut t, 1000, w, 4),
+            Some(3000)
+        );
+        assert_eq!(
+            crate::detect::completed_window(&mut t, 1000, w, 5),
+            Some(3500)
+        );
+        assert_eq!(
+            crate::detect::completed_window(&mut t, 1000, w, 3),
+            Some(1000)
+        );
+        assert_eq!(crate::detect::completed_window(&mut t, 1000, w, 7), None);
     }
 }

@@ -11,6 +11,7 @@ use crate::config::{Config, FanInConfig};
 use crate::event::{Event, Kind, Millis};
 use crate::evidence;
 use crate::ids::{self, IdMap};
+use crate::state::Contact;
 
 pub const NAME: &str = "customer_fan_in";
 
@@ -24,6 +25,23 @@ pub struct CustomerFanIn {
     fired: IdMap<u32>,
     max_keys: usize,
     cap_hits: u64,
+    /// Scratch for the windows a late record completes (kept to avoid an allocation each).
+    times: Vec<u32>,
+}
+
+/// Customers whose latest counted contact falls within `since_s..=end_s`, and the oldest
+/// such contact.
+fn measure(contacts: &[Contact], since_s: u32, end_s: u32) -> (usize, u32) {
+    let mut customers = 0usize;
+    let mut oldest = end_s;
+    for c in contacts
+        .iter()
+        .filter(|c| c.last_in_s >= since_s && c.last_in_s > 0 && c.last_in_s <= end_s)
+    {
+        customers += 1;
+        oldest = oldest.min(c.last_in_s);
+    }
+    (customers, oldest)
 }
 
 impl CustomerFanIn {
@@ -33,6 +51,7 @@ impl CustomerFanIn {
             fired: IdMap::default(),
             max_keys,
             cap_hits: 0,
+            times: Vec::new(),
         }
     }
 
@@ -67,22 +86,37 @@ impl Detector for CustomerFanIn {
         if line.contacts.len() < min {
             return;
         }
+        let window_s = ids::span_secs(self.cfg.window_s);
         let s = ids::secs(ev.ts);
-        let newest = line.newest_in_s;
-        let since_s = newest.saturating_sub(ids::span_secs(self.cfg.window_s));
-        if s < since_s {
+        let newest_in = line.newest_in_s;
+        // The window ending at the line's newest customer contact, as every record arrives.
+        let mut found = None;
+        let since_s = newest_in.saturating_sub(window_s);
+        if s >= since_s {
+            let (customers, oldest) = measure(&line.contacts, since_s, newest_in);
+            if customers >= min {
+                found = Some((since_s, newest_in, customers, oldest));
+            }
+        }
+        // A late contact may also complete a window that ends before the newest one.
+        if found.is_none() && s < newest_in {
+            let (lo, hi) = (s.saturating_sub(window_s), s.saturating_add(window_s));
+            self.times.clear();
+            self.times.extend(
+                line.contacts
+                    .iter()
+                    .map(|c| c.last_in_s)
+                    .filter(|&t| t > 0 && t >= lo && t <= hi),
+            );
+            if let Some(end_s) = super::completed_window(&mut self.times, s, window_s, min) {
+                let since_s = end_s.saturating_sub(window_s);
+                let (customers, oldest) = measure(&line.contacts, since_s, end_s);
+                found = Some((since_s, end_s, customers, oldest));
+            }
+        }
+        let Some((since_s, newest, customers, oldest)) = found else {
             return;
-        }
-        let mut customers = 0usize;
-        let mut oldest = newest;
-        for c in line
-            .contacts
-            .iter()
-            .filter(|c| c.last_in_s >= since_s && c.last_in_s > 0)
-        {
-            customers += 1;
-            oldest = oldest.min(c.last_in_s);
-        }
+        };
         if customers < min {
             return;
         }
@@ -241,5 +275,40 @@ mod tests {
             h.feed(&mut d, &sms("after", 2 * HOUR, "c0", "line")).len(),
             1
         );
+    }
+
+    /// 21 customers; 11 contact the line at +1 h, one at +7 h 05 and one at +6 h 55, in the
+    /// given order of the last two: the +6 h 55 one makes 12 within the six hours ending
+    /// then.
+    fn late_completion(late_last: bool) -> Vec<Finding> {
+        let (mut h, mut d) = (Harness::new(), det(12));
+        advert(&mut h, &mut d, 21);
+        let mut all = Vec::new();
+        for i in 0..11 {
+            let (id, from) = (format!("in{i}"), format!("c{i}"));
+            all.extend(h.feed(&mut d, &sms(&id, HOUR + i as Millis, &from, "line")));
+        }
+        assert!(all.is_empty());
+        let early = sms("a", 7 * HOUR - 5 * MIN, "c11", "line");
+        let later = sms("b", 7 * HOUR + 5 * MIN, "c12", "line");
+        let order = if late_last {
+            [later, early]
+        } else {
+            [early, later]
+        };
+        for ev in &order {
+            all.extend(h.feed(&mut d, ev));
+        }
+        all
+    }
+
+    #[test]
+    fn late_contact_fires_in_its_own_window_whatever_the_order() {
+        for late_last in [false, true] {
+            let f = late_completion(late_last);
+            assert_eq!(f.len(), 1, "late_last = {late_last}");
+            assert_eq!(f[0].evidence["customers"], 12);
+            assert_eq!(f[0].event_time, 7 * HOUR - 5 * MIN);
+        }
     }
 }

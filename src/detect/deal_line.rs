@@ -80,10 +80,17 @@ struct Contribution {
 struct LineVerdict {
     line: Box<str>,
     parts: [Option<Contribution>; 7],
-    /// Predecessor / successor lines and handsets, for `related`.
-    related: Vec<String>,
+    /// Predecessor / successor lines and handsets, for `related`, each with the event time
+    /// of the latest evidence that named it: it leaves with that evidence (after the
+    /// lookback), and at most [`MAX_RELATED`] are kept, so a line active for months does
+    /// not grow the list without end.
+    related: Vec<(String, Millis)>,
     last_at: Millis,
 }
+
+/// Most identities kept in one line's `related`: a deal line has a predecessor, a successor
+/// and a few handsets; far more is a repair shop or a shared phone, and the oldest go first.
+pub const MAX_RELATED: usize = 32;
 
 #[derive(Clone)]
 pub struct DealLine {
@@ -178,14 +185,14 @@ impl DealLine {
                         let d = json!({"earlier_line": old_line, "earlier_score": es});
                         set(v, Part::Predecessor, at, d);
                     }
-                    push_related(v, &old_line);
+                    push_related(v, &old_line, at);
                     touched.push(new_id);
                 }
                 if let Some(v) = self.verdict(old_id, &old_line) {
                     let d =
                         json!({"role": "earlier_line", "new_line": new_line, "overlap": overlap});
                     set(v, Part::Handover, at, d);
-                    push_related(v, &new_line);
+                    push_related(v, &new_line, at);
                     touched.push(old_id);
                 }
             }
@@ -198,7 +205,7 @@ impl DealLine {
                     if let Some(v) = self.verdict(*id, line) {
                         let d = json!({"handset": f.subject, "sims": sims});
                         set(v, Part::HandsetChurn, at, d);
-                        push_related(v, &f.subject);
+                        push_related(v, &f.subject, at);
                         touched.push(*id);
                     }
                 }
@@ -230,10 +237,20 @@ fn set(v: &mut LineVerdict, p: Part, at: Millis, detail: Value) {
     v.last_at = v.last_at.max(at);
 }
 
-fn push_related(v: &mut LineVerdict, who: &str) {
-    if !v.related.iter().any(|r| r == who) && *v.line != *who {
-        v.related.push(who.to_string());
+fn push_related(v: &mut LineVerdict, who: &str, at: Millis) {
+    if *v.line == *who {
+        return;
     }
+    if let Some(r) = v.related.iter_mut().find(|r| r.0 == who) {
+        r.1 = r.1.max(at);
+        return;
+    }
+    if v.related.len() >= MAX_RELATED {
+        if let Some(i) = (0..v.related.len()).min_by_key(|&i| v.related[i].1) {
+            v.related.remove(i);
+        }
+    }
+    v.related.push((who.to_string(), at));
 }
 
 impl Detector for DealLine {
@@ -293,7 +310,12 @@ impl Detector for DealLine {
                 event_time: ev.ts,
                 window_start: start,
                 window_end: end.max(start),
-                related: v.related.clone(),
+                related: v
+                    .related
+                    .iter()
+                    .filter(|r| r.1 >= since)
+                    .map(|r| r.0.clone())
+                    .collect(),
                 evidence,
                 lines: vec![(id, v.line.to_string())],
             });
@@ -302,7 +324,10 @@ impl Detector for DealLine {
 
     fn expire(&mut self, watermark: Millis) {
         let cutoff = watermark.saturating_sub(ids::span_ms(self.cfg.lookback_s));
-        self.lines.retain(|_, v| v.last_at >= cutoff);
+        self.lines.retain(|_, v| {
+            v.related.retain(|r| r.1 >= cutoff);
+            v.last_at >= cutoff
+        });
     }
 
     fn stats(&self) -> StateStats {
@@ -314,7 +339,7 @@ impl Detector for DealLine {
                     .values()
                     .map(|v| {
                         v.line.len()
-                            + v.related.iter().map(|r| r.len() + 24).sum::<usize>()
+                            + v.related.iter().map(|r| r.0.len() + 32).sum::<usize>()
                             + v.parts.iter().flatten().count() * 96
                     })
                     .sum::<usize>(),
@@ -525,5 +550,40 @@ mod tests {
         let mut d = DealLine::new(&Config::default(), 100);
         run(&mut d, 0, &[bulk("line", 0, 0.0), fan_in("line", 0)]);
         assert!(run(&mut d, 10 * DAY, &[bulk("line", 10 * DAY, 0.9)]).is_empty());
+    }
+
+    fn churn(handset: &str, at: Millis, line: &str) -> Finding {
+        finding(
+            crate::detect::handset_churn::NAME,
+            handset,
+            at,
+            evidence! {"sims" => 3},
+            vec![line],
+        )
+    }
+
+    #[test]
+    fn related_leaves_with_its_evidence_and_is_capped() {
+        let mut d = DealLine::new(&Config::default(), 100);
+        // A new burner handset every day for ten days; the line stays active.
+        for day in 0..10 {
+            run(
+                &mut d,
+                day * DAY,
+                &[churn(&format!("h{day}"), day * DAY, "line")],
+            );
+        }
+        let t = 10 * DAY;
+        let out = run(&mut d, t, &[bulk("line", t, 0.0), fan_in("line", t)]);
+        assert_eq!(out.len(), 1);
+        // Only the handsets within the 4-day lookback, like the contributions.
+        assert_eq!(out[0].related, ["h6", "h7", "h8", "h9"]);
+        d.expire(t);
+        assert_eq!(d.lines[&ids::id("line")].related.len(), 4);
+        // Many handsets at once: the list stays bounded.
+        for i in 0..100 {
+            run(&mut d, t, &[churn(&format!("x{i}"), t, "line")]);
+        }
+        assert_eq!(d.lines[&ids::id("line")].related.len(), MAX_RELATED);
     }
 }

@@ -40,6 +40,8 @@ pub struct HandsetChurn {
     max_keys: usize,
     cap_hits: u64,
     heap_bytes: usize,
+    /// Scratch for the windows a late record completes (kept to avoid an allocation each).
+    times: Vec<u32>,
 }
 
 impl HandsetChurn {
@@ -50,6 +52,7 @@ impl HandsetChurn {
             max_keys,
             cap_hits: 0,
             heap_bytes: 0,
+            times: Vec::new(),
         }
     }
 }
@@ -130,13 +133,38 @@ impl Detector for HandsetChurn {
                 h.sims.push(seen);
             }
         }
-        let in_window: Vec<&SimSeen> = h.sims.iter().filter(|x| x.last_s >= since_s).collect();
         let min = self.cfg.min_sims as usize;
-        if in_window.len() < min || h.fired_s.is_some_and(|f| f >= since_s) {
+        let window_s = ids::span_secs(self.cfg.window_s);
+        // The window ending at the handset's newest time, as every record arrives.
+        let mut found = None;
+        if h.sims.iter().filter(|x| x.last_s >= since_s).count() >= min {
+            found = Some((since_s, h.newest_s));
+        } else if s < h.newest_s {
+            // A late record may also complete a window that ends before the newest time.
+            let (lo, hi) = (s.saturating_sub(window_s), s.saturating_add(window_s));
+            self.times.clear();
+            self.times.extend(
+                h.sims
+                    .iter()
+                    .map(|x| x.last_s)
+                    .filter(|&t| t >= lo && t <= hi),
+            );
+            if let Some(end_s) = super::completed_window(&mut self.times, s, window_s, min) {
+                found = Some((end_s.saturating_sub(window_s), end_s));
+            }
+        }
+        let Some((since_s, end_s)) = found else {
+            return;
+        };
+        if h.fired_s.is_some_and(|f| f >= since_s) {
             return;
         }
-        h.fired_s = Some(h.newest_s);
-        let mut ordered = in_window;
+        h.fired_s = Some(h.fired_s.map_or(end_s, |f| f.max(end_s)));
+        let mut ordered: Vec<&SimSeen> = h
+            .sims
+            .iter()
+            .filter(|x| x.last_s >= since_s && x.last_s <= end_s)
+            .collect();
         ordered.sort_by(|a, b| a.last_s.cmp(&b.last_s).then_with(|| a.sim().cmp(b.sim())));
         let mut lines: Vec<(u64, String)> = Vec::new();
         for x in &ordered {
@@ -154,7 +182,7 @@ impl Detector for HandsetChurn {
             score: (sims as f64 / (2.0 * min as f64)).min(1.0),
             event_time: ev.ts,
             window_start: ids::millis(ordered[0].last_s),
-            window_end: ids::millis(h.newest_s).max(ev.ts),
+            window_end: ids::millis(end_s).max(ev.ts),
             related: ordered.iter().map(|x| x.sim().to_string()).collect(),
             evidence: evidence! {
                 "sims" => sims,
@@ -275,5 +303,34 @@ mod tests {
         }
         assert_eq!(d.stats().cap_hits, 2);
         assert_eq!(d.stats().keys, 1);
+    }
+
+    /// SIMs s1 and s2 at the start, s4 three days and 10 minutes on, and s3 15 minutes
+    /// before s4, in the given order of the last two: s3 makes three within the three days
+    /// ending at its own time.
+    fn late_completion(late_last: bool) -> Vec<Finding> {
+        let mut d = HandsetChurn::new(&Config::default(), 100);
+        let mut h = Harness::new();
+        let mut all = Vec::new();
+        all.extend(h.feed(&mut d, &with_sim(sms("1", DAY, "l1", "x"), "h", "s1")));
+        all.extend(h.feed(&mut d, &with_sim(sms("2", DAY + MIN, "l2", "x"), "h", "s2")));
+        assert!(all.is_empty());
+        let s3 = with_sim(sms("3", 4 * DAY - 5 * MIN, "l3", "x"), "h", "s3");
+        let s4 = with_sim(sms("4", 4 * DAY + 10 * MIN, "l4", "x"), "h", "s4");
+        let order = if late_last { [s4, s3] } else { [s3, s4] };
+        for ev in &order {
+            all.extend(h.feed(&mut d, ev));
+        }
+        all
+    }
+
+    #[test]
+    fn late_sim_fires_in_its_own_window_whatever_the_order() {
+        for late_last in [false, true] {
+            let f = late_completion(late_last);
+            assert_eq!(f.len(), 1, "late_last = {late_last}");
+            assert_eq!(f[0].related, vec!["s1", "s2", "s3"]);
+            assert_eq!(f[0].window_end, 4 * DAY - 5 * MIN);
+        }
     }
 }

@@ -104,6 +104,36 @@ pub trait Detector: Send {
     fn load_state(&mut self, bytes: &[u8]) -> Result<(), codec::Error>;
 }
 
+/// For a record older than its key's newest: the earliest window of `window_s` that holds
+/// the record's time `at_s`, ends at `at_s` or at a later time in `times`, and holds at
+/// least `min` of `times`; `None` if there is none.
+///
+/// The windows that end at the key's newest time are judged as every record arrives; a
+/// record that arrives after later ones can also complete a window that ends earlier (at
+/// its own time, or at a time between it and the newest), which in time order would have
+/// been judged when it came. Judging those too makes the result independent of arrival
+/// order within the allowed lateness. `times` holds the key's entry times (seconds) within
+/// `window_s` of `at_s`; it is sorted here (scratch space of the caller).
+pub(crate) fn completed_window(
+    times: &mut [u32],
+    at_s: u32,
+    window_s: u32,
+    min: usize,
+) -> Option<u32> {
+    // No window within reach of `at_s` can hold more than all of them.
+    if times.len() < min.max(1) {
+        return None;
+    }
+    times.sort_unstable();
+    let last = at_s.saturating_add(window_s);
+    let later = times.iter().copied().filter(|&t| t > at_s && t <= last);
+    std::iter::once(at_s).chain(later).find(|&end| {
+        let lo = end.saturating_sub(window_s);
+        let n = times.partition_point(|&t| t <= end) - times.partition_point(|&t| t < lo);
+        n >= min
+    })
+}
+
 /// Every detector the configuration enables, primaries first and `deal_line` last.
 pub fn build(cfg: &Config) -> (Vec<Box<dyn Detector>>, deal_line::DealLine) {
     let max_keys = cfg.engine.max_keys_per_detector;

@@ -43,6 +43,7 @@ mod world;
 use std::collections::BTreeMap;
 use std::io::{self, Write};
 
+use crate::sheet;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -240,7 +241,9 @@ pub fn generate(
     }
     delivery.flush(i64::MAX, emit)?;
 
-    writeln!(labels, "{LABELS_HEADER}")?;
+    let mut out = sheet::writer(&mut *labels);
+    out.write_record(LABELS_HEADER.split(','))
+        .map_err(sheet::io_error)?;
     let w = delivery.writer();
     for (row, seen) in rows.iter().zip(&delivery.first_seen) {
         let (kind, ident) = match row.kind {
@@ -252,14 +255,19 @@ pub fn generate(
             .map(|l| w.pseudonym_string(Ident::Line, l))
             .unwrap_or_default();
         let seen = seen.map(|t| t.to_string()).unwrap_or_default();
-        writeln!(
-            labels,
-            "{},{kind},{},{},{pred},{seen}",
-            w.pseudonym_string(ident, row.id),
+        let subject = w.pseudonym_string(ident, row.id);
+        out.write_record([
+            sheet::protect(&subject).as_ref(),
+            kind,
             row.label,
-            row.group
-        )?;
+            sheet::protect(&row.group).as_ref(),
+            sheet::protect(&pred).as_ref(),
+            &seen,
+        ])
+        .map_err(sheet::io_error)?;
     }
+    out.flush()?;
+    drop(out);
     labels.flush()?;
 
     let t = &delivery.tally;
@@ -321,18 +329,21 @@ pub fn generate_in_memory(opts: &GenOptions) -> io::Result<(Vec<u8>, String, Gen
 pub fn write_cells(opts: &GenOptions, out: &mut dyn Write) -> io::Result<()> {
     opts.check()?;
     let geo = Geography::new(opts);
-    writeln!(out, "cell,area,class")?;
+    let mut w = sheet::writer(&mut *out);
+    w.write_record(["cell", "area", "class"])
+        .map_err(sheet::io_error)?;
     for area in &geo.areas {
         for c in area.cells.clone() {
-            writeln!(
-                out,
-                "{},{},{}",
-                geo.cell_names[c as usize],
-                area.name,
-                area.class.as_str()
-            )?;
+            w.write_record([
+                sheet::protect(&geo.cell_names[c as usize]).as_ref(),
+                sheet::protect(&area.name).as_ref(),
+                area.class.as_str(),
+            ])
+            .map_err(sheet::io_error)?;
         }
     }
+    w.flush()?;
+    drop(w);
     out.flush()
 }
 

@@ -58,6 +58,7 @@ pub struct Metrics {
     records: IntCounterVec,
     rebuilt: IntCounter,
     dead_letters: IntCounterVec,
+    dead_letters_dropped: IntCounterVec,
     alerts: IntCounterVec,
     latency: HistogramVec,
     record_latency: HistogramVec,
@@ -118,6 +119,12 @@ impl Metrics {
             &r,
             "linewatch_dead_letters_total",
             "Records published to the dead-letter topic, by reason code.",
+            &["reason"],
+        );
+        let dead_letters_dropped = counter_vec(
+            &r,
+            "linewatch_dead_letters_dropped_total",
+            "Dead letters the broker refused for good (e.g. too large even truncated), skipped so the records behind them are processed; by producer error kind.",
             &["reason"],
         );
         let alerts = counter_vec(
@@ -242,6 +249,7 @@ impl Metrics {
         }
         for k in PRODUCER_ERROR_KINDS {
             producer_errors.with_label_values(&[k]);
+            dead_letters_dropped.with_label_values(&[k]);
         }
         for k in RELOAD_RESULTS {
             reloads.with_label_values(&[k]);
@@ -253,6 +261,7 @@ impl Metrics {
             records,
             rebuilt,
             dead_letters,
+            dead_letters_dropped,
             alerts,
             latency,
             record_latency,
@@ -290,6 +299,12 @@ impl Metrics {
         self.dead_letters
             .with_label_values(&[reason.as_str()])
             .inc();
+    }
+
+    /// Counts a dead letter given up after a final delivery failure of `kind` (a
+    /// [`PRODUCER_ERROR_KINDS`] value).
+    pub fn dead_letter_dropped(&self, kind: &'static str) {
+        self.dead_letters_dropped.with_label_values(&[kind]).inc();
     }
 
     /// Counts an alert acknowledged by the broker; `latency_ms` is made-at minus event time.

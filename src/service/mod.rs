@@ -24,9 +24,12 @@
 //!
 //! - **Alert topic**: value = the alert JSON of contract §2 (plus `config_version`), key =
 //!   `subject`, headers `detector`, `alert_id`, `config_version`.
-//! - **Dead-letter topic**: value = the record's raw bytes, unchanged; no key; headers
-//!   `reason` (a fixed code of [`crate::event::Reason`], `late` included), `field` (only when
-//!   one field is at fault), `source_topic`, `source_partition`, `source_offset` (decimal).
+//! - **Dead-letter topic**: value = the record's raw bytes with raw identifiers redacted
+//!   ([`crate::redact`]) and cut to 64 KiB; no key; headers `reason` (a fixed code of
+//!   [`crate::event::Reason`], `late` included), `field` (only when one field is at fault),
+//!   `source_topic`, `source_partition`, `source_offset` (decimal), and when it applies
+//!   `redacted` (the fields) and `truncated`, `original_bytes`, `original_xxh3_128`. A dead
+//!   letter the broker still refuses for good is counted and skipped, never fatal.
 //! - Delivery is at least once: after a crash between acknowledgement and commit an alert
 //!   may be published again, always with the same `alert_id`.
 //!

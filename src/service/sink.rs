@@ -70,6 +70,13 @@ pub enum OutKind {
     DeadLetter(Reason),
 }
 
+/// The most of a dead letter's payload published. 64 KiB is far under Kafka's default
+/// 1 MB message limit (producer `message.max.bytes`, topic `max.message.bytes`), leaving room
+/// for headers and for brokers set below the default, and equals the default
+/// `engine.max_record_bytes`, so by default any record not rejected for its size goes out
+/// whole.
+pub const DEAD_LETTER_MAX_BYTES: usize = 64 * 1024;
+
 /// One message to publish, owned so it can be sent again after a retriable failure.
 #[derive(Debug)]
 pub struct Outgoing {
@@ -115,7 +122,10 @@ impl Outgoing {
         self
     }
 
-    /// A dead letter: the raw bytes, with why and where they came from in headers.
+    /// A dead letter: the raw bytes with raw identifiers redacted (header `redacted` names
+    /// the fields), cut to [`DEAD_LETTER_MAX_BYTES`] so that it can always be published
+    /// (headers `truncated`, `original_bytes`, `original_xxh3_128`), with why and where it
+    /// came from in headers.
     pub fn dead_letter(
         raw: &[u8],
         why: Malformed,
@@ -123,7 +133,23 @@ impl Outgoing {
         source_partition: i32,
         source_offset: i64,
     ) -> Outgoing {
+        let redacted = crate::redact::redact(raw);
+        let mut payload = redacted.bytes.into_owned();
         let mut headers = vec![("reason", why.reason.as_str().as_bytes().to_vec())];
+        if !redacted.fields.is_empty() {
+            headers.push(("redacted", redacted.fields.join(",").into_bytes()));
+        }
+        if payload.len() > DEAD_LETTER_MAX_BYTES {
+            payload.truncate(DEAD_LETTER_MAX_BYTES);
+            headers.extend([
+                ("truncated", b"true".to_vec()),
+                ("original_bytes", raw.len().to_string().into_bytes()),
+                (
+                    "original_xxh3_128",
+                    format!("{:032x}", xxhash_rust::xxh3::xxh3_128(raw)).into_bytes(),
+                ),
+            ]);
+        }
         if let Some(f) = why.field {
             headers.push(("field", f.as_bytes().to_vec()));
         }
@@ -138,7 +164,7 @@ impl Outgoing {
         Outgoing {
             kind: OutKind::DeadLetter(why.reason),
             key: None,
-            payload: raw.to_vec(),
+            payload,
             headers,
         }
     }
@@ -280,9 +306,11 @@ impl Sink {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                     Err(e) => {
-                        b.failed.push(i);
-                        b.failure_kind = kafka::error_kind(&e);
-                        self.failed(&b.out[i], &e).map_err(|f| b.fail(f))?;
+                        if !self.gave_up(&b.out[i], &e) {
+                            b.failed.push(i);
+                            b.failure_kind = kafka::error_kind(&e);
+                            self.failed(&b.out[i], &e).map_err(|f| b.fail(f))?;
+                        }
                         break;
                     }
                 }
@@ -322,6 +350,7 @@ impl Sink {
     ) -> Result<(), ServiceError> {
         match answer {
             Ok(Ok(_)) => self.acknowledged(&b.out[i]),
+            Ok(Err((e, _))) if self.gave_up(&b.out[i], &e) => {}
             Ok(Err((e, _))) => {
                 // Noted as failed before anything else: a batch with a failure is never
                 // taken for acknowledged, even by a caller that carries on after the error.
@@ -381,6 +410,32 @@ impl Sink {
             }
             OutKind::DeadLetter(r) => self.metrics.dead_letter(r),
         }
+    }
+
+    /// A dead letter the broker refuses for good, for a reason of its own (too large even
+    /// truncated, say), is counted and skipped: stopping would only bring the service back
+    /// to the same record on every restart, and nothing behind it would be processed. A
+    /// final failure of the client itself (refused credentials or authorisation, a fenced
+    /// producer) is not the message's doing and still stops the service, as for alerts.
+    fn gave_up(&self, m: &Outgoing, e: &KafkaError) -> bool {
+        let OutKind::DeadLetter(reason) = m.kind else {
+            return false;
+        };
+        let kind = kafka::error_kind(e);
+        if kafka::classify(e) != ErrorClass::Final
+            || matches!(kind, "authentication" | "authorization" | "fatal")
+        {
+            return false;
+        }
+        self.metrics.producer_error(kind);
+        self.metrics.dead_letter_dropped(kind);
+        tracing::warn!(
+            reason = reason.as_str(),
+            kind,
+            bytes = m.payload.len(),
+            "dead letter refused by the broker for good; skipped (counted in linewatch_dead_letters_dropped_total)"
+        );
+        true
     }
 
     /// Counts a failed delivery; a final one becomes the error that stops the service.
@@ -447,5 +502,48 @@ mod tests {
         );
         assert_eq!(m.headers[3].1, b"42");
         assert_eq!(m.payload, b"not json");
+    }
+
+    fn header<'a>(m: &'a Outgoing, name: &str) -> Option<&'a [u8]> {
+        m.headers
+            .iter()
+            .find(|h| h.0 == name)
+            .map(|h| h.1.as_slice())
+    }
+
+    #[test]
+    fn dead_letter_has_its_raw_identifiers_redacted() {
+        let raw =
+            br#"{"event_id":"e","ts":1791158400000,"kind":"sms","from":"+447700900123","to":"b"}"#;
+        let why = Malformed {
+            reason: Reason::RawIdentifier,
+            field: Some("from"),
+        };
+        let m = Outgoing::dead_letter(raw, why, "cdr", 0, 7);
+        assert!(!crate::redact::has_raw_identifier(&m.payload));
+        assert!(!m
+            .headers
+            .iter()
+            .any(|h| crate::redact::has_raw_identifier(&h.1)));
+        assert_eq!(header(&m, "redacted"), Some(&b"from"[..]));
+        assert_eq!(header(&m, "truncated"), None);
+    }
+
+    #[test]
+    fn oversized_dead_letter_is_truncated_with_size_and_hash() {
+        let mut raw = br#"{"event_id":"big","pad":""#.to_vec();
+        raw.resize(1_100_000, b'x');
+        raw.extend_from_slice(br#""}"#);
+        let why = Malformed {
+            reason: Reason::TooLarge,
+            field: None,
+        };
+        let m = Outgoing::dead_letter(&raw, why, "cdr", 0, 7);
+        assert_eq!(m.payload.len(), DEAD_LETTER_MAX_BYTES);
+        assert_eq!(m.payload[..], raw[..DEAD_LETTER_MAX_BYTES]);
+        assert_eq!(header(&m, "truncated"), Some(&b"true"[..]));
+        assert_eq!(header(&m, "original_bytes"), Some(&b"1100002"[..]));
+        let hash = format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&raw));
+        assert_eq!(header(&m, "original_xxh3_128"), Some(hash.as_bytes()));
     }
 }

@@ -15,6 +15,7 @@ pub mod param;
 pub mod plot;
 pub mod report;
 
+use std::cmp::Ordering;
 use std::fmt;
 
 use rayon::prelude::*;
@@ -43,6 +44,8 @@ pub struct Row {
     pub scores: Vec<DetectorScore>,
     /// Valid events the replay used (the same for every row; kept to show the input was read).
     pub events_valid: u64,
+    /// The subjects the swept detector got wrong (for `--format json`).
+    pub mistakes: eval::Mistakes,
 }
 
 impl Row {
@@ -52,13 +55,15 @@ impl Row {
     }
 }
 
-/// Replays `data` once per combination, on the current rayon pool, and scores each replay.
-/// `done` is called after each combination (for a progress bar). Rows come back in
-/// combination order whatever order the threads finish in.
+/// Replays `data` once per combination, on the current rayon pool, and scores each replay;
+/// the subjects `detector` got wrong are kept too. `done` is called after each combination
+/// (for a progress bar). Rows come back in combination order whatever order the threads
+/// finish in.
 pub fn sweep(
     data: &[u8],
     labels: &Labels,
     combos: &[Combination],
+    detector: &str,
     done: &(dyn Fn() + Sync),
 ) -> Vec<Row> {
     combos
@@ -66,11 +71,13 @@ pub fn sweep(
         .map(|c| {
             let (alerts, summary) = crate::replay::replay_bytes(c.config.clone(), data);
             let scores = eval::score(&alerts, labels);
+            let mistakes = eval::mistakes(&alerts, labels, detector);
             done();
             Row {
                 values: c.values.clone(),
                 scores,
                 events_valid: summary.events_valid,
+                mistakes,
             }
         })
         .collect()
@@ -79,46 +86,102 @@ pub fn sweep(
 /// What `--target-precision` recommends.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Recommendation {
-    /// Row `index` has the best recall among rows at or above the target precision.
-    Pick { index: usize, target: f64 },
+    /// Row `index` has the best recall among rows at or above the target precision; `tie`
+    /// says how it was chosen over rows equal to it in recall and precision, if any were.
+    Pick {
+        index: usize,
+        target: f64,
+        tie: Option<TieBreak>,
+    },
     /// No row with any true positive reaches the target; `best` is the row with the highest
     /// precision among those that found something, if any did.
     NoneReaches { target: f64, best: Option<usize> },
+}
+
+/// Why the pick won over `others` rows with the same recall and precision.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TieBreak {
+    /// Its median detection delay is the shortest; `next` is the shortest of the others'.
+    ShorterDelay {
+        others: usize,
+        delay_s: f64,
+        next_s: Option<f64>,
+    },
+    /// `others` rows have the same median delay too (and `slower` a longer one); it is the
+    /// loosest of those.
+    Looser { others: usize, slower: usize },
+}
+
+/// Whether a higher value of `section.key` lets a detector fire more easily. For minimums,
+/// thresholds, gaps and cooldowns the lower value is the looser; for maximums, caps,
+/// weights, windows, lookbacks and retention the higher; `enabled = true` is looser than
+/// `false`.
+pub fn looser_when_higher(key: &str) -> bool {
+    let name = key.rsplit('.').next().unwrap_or(key);
+    name == "enabled"
+        || name.starts_with("max_")
+        || name.contains("_max_")
+        || name.starts_with("weight_")
+        || name.ends_with("window_s")
+        || name.ends_with("lookback_s")
+        || name.ends_with("retention_s")
+        || name == "sketch_size"
 }
 
 /// Picks the combination with the best recall for `detector` among those with precision at
 /// least `target`.
 ///
 /// A row that flags nothing has precision 1 by convention but finds nothing, so it never
-/// "reaches" the target. Ties on recall go to the more conservative setting: higher
-/// precision, then fewer alerts, then the higher parameter values (first parameter first),
-/// since for the thresholds analysts sweep (`min_*`, `threshold`) higher is stricter.
-pub fn recommend(rows: &[Row], detector: &str, target: f64) -> Recommendation {
+/// "reaches" the target. Among rows equal in recall, the higher precision wins; among rows
+/// equal in both, the shorter median detection delay (a row without one comes last), then
+/// the looser setting (first parameter first, see [`looser_when_higher`]): on this sample
+/// they find the same lines, and the looser one keeps more margin for lines that show less.
+pub fn recommend(
+    rows: &[Row],
+    params: &[param::Param],
+    detector: &str,
+    target: f64,
+) -> Recommendation {
     let eligible = |r: &&Row| {
         r.score(detector)
             .is_some_and(|s| s.true_positives > 0 && s.precision + 1e-12 >= target)
     };
-    let key = |r: &Row| {
-        let s = r.score(detector);
-        (
-            s.map_or(0.0, |s| s.recall),
-            s.map_or(0.0, |s| s.precision),
-            std::cmp::Reverse(s.map_or(usize::MAX, |s| s.alerts)),
-        )
+    let recall_precision = |r: &Row| {
+        r.score(detector)
+            .map_or((0.0, 0.0), |s| (s.recall, s.precision))
     };
-    let better = |a: &Row, b: &Row| -> std::cmp::Ordering {
-        let (ka, kb) = (key(a), key(b));
-        ka.0.total_cmp(&kb.0)
-            .then(ka.1.total_cmp(&kb.1))
-            .then(ka.2.cmp(&kb.2))
-            .then_with(|| {
-                a.values
-                    .iter()
-                    .zip(&b.values)
-                    .map(|(x, y)| x.as_f64().total_cmp(&y.as_f64()))
-                    .find(|o| o.is_ne())
-                    .unwrap_or(std::cmp::Ordering::Equal)
+    let delay = |r: &Row| r.score(detector).and_then(|s| s.median_delay_s);
+    // Shorter is better; none at all is worst.
+    let by_delay = |a: &Row, b: &Row| match (delay(a), delay(b)) {
+        (Some(x), Some(y)) => y.total_cmp(&x),
+        (Some(_), None) => Ordering::Greater,
+        (None, Some(_)) => Ordering::Less,
+        (None, None) => Ordering::Equal,
+    };
+    let by_looseness = |a: &Row, b: &Row| {
+        a.values
+            .iter()
+            .zip(&b.values)
+            .zip(params)
+            .map(|((x, y), p)| {
+                let o = x.as_f64().total_cmp(&y.as_f64());
+                if looser_when_higher(&p.key) {
+                    o
+                } else {
+                    o.reverse()
+                }
             })
+            .find(|o| o.is_ne())
+            .unwrap_or(Ordering::Equal)
+    };
+    let same_target = |a: &Row, b: &Row| {
+        let ((ra, pa), (rb, pb)) = (recall_precision(a), recall_precision(b));
+        ra.total_cmp(&rb).then(pa.total_cmp(&pb))
+    };
+    let better = |a: &Row, b: &Row| {
+        same_target(a, b)
+            .then_with(|| by_delay(a, b))
+            .then_with(|| by_looseness(a, b))
     };
     let pick = rows
         .iter()
@@ -126,7 +189,32 @@ pub fn recommend(rows: &[Row], detector: &str, target: f64) -> Recommendation {
         .filter(|(_, r)| eligible(r))
         .max_by(|(_, a), (_, b)| better(a, b));
     match pick {
-        Some((index, _)) => Recommendation::Pick { index, target },
+        Some((index, p)) => {
+            let tied: Vec<&Row> = rows
+                .iter()
+                .enumerate()
+                .filter(|&(i, r)| i != index && eligible(&r) && same_target(r, p).is_eq())
+                .map(|(_, r)| r)
+                .collect();
+            let (same_delay, slower): (Vec<&Row>, Vec<&Row>) =
+                tied.iter().partition(|r| by_delay(p, r).is_eq());
+            let tie = match (tied.is_empty(), delay(p)) {
+                (true, _) => None,
+                (false, Some(delay_s)) if same_delay.is_empty() => Some(TieBreak::ShorterDelay {
+                    others: tied.len(),
+                    delay_s,
+                    next_s: slower
+                        .iter()
+                        .filter_map(|r| delay(r))
+                        .min_by(f64::total_cmp),
+                }),
+                _ => Some(TieBreak::Looser {
+                    others: same_delay.len(),
+                    slower: slower.len(),
+                }),
+            };
+            Recommendation::Pick { index, target, tie }
+        }
         None => {
             let best = rows
                 .iter()
@@ -162,10 +250,14 @@ pub fn recommendation_line(
         })
     };
     match rec {
-        Recommendation::Pick { index, target } => {
+        Recommendation::Pick { index, target, tie } => {
             let r = &rows[*index];
+            let why = match tie {
+                None => String::new(),
+                Some(t) => format!("; {}", tie_reason(t)),
+            };
             format!(
-                "recommended for {detector} at precision >= {target}: {} ({})",
+                "recommended for {detector} at precision >= {target}: {} ({}){why}",
                 param::describe(params, &r.values),
                 figures(r)
             )
@@ -180,5 +272,177 @@ pub fn recommendation_line(
                 "no setting reaches precision {target} for {detector}: none flagged a single labelled subject"
             ),
         },
+    }
+}
+
+/// Why a tied pick won, for the recommendation line.
+pub fn tie_reason(t: &TieBreak) -> String {
+    let settings = |n: usize| {
+        if n == 1 {
+            "1 other setting ties".to_string()
+        } else {
+            format!("{n} other settings tie")
+        }
+    };
+    match t {
+        TieBreak::ShorterDelay {
+            others,
+            delay_s,
+            next_s,
+        } => format!(
+            "{} on precision and recall; chosen for the shortest median delay ({}{})",
+            settings(*others),
+            report::human_delay(Some(*delay_s)),
+            next_s.map_or(", the others have none".to_string(), |n| format!(
+                " against {}",
+                report::human_delay(Some(n))
+            ))
+        ),
+        TieBreak::Looser { others, slower } => format!(
+            "{} on precision, recall and median delay{}; chosen as the loosest",
+            settings(*others),
+            if *slower > 0 {
+                format!(" ({slower} more, with a longer delay)")
+            } else {
+                String::new()
+            }
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use param::Param;
+
+    fn param(key: &str, values: &[f64]) -> Param {
+        let (section, name) = key.split_once('.').unwrap();
+        Param {
+            key: key.into(),
+            section: section.into(),
+            name: name.into(),
+            values: values.iter().map(|&v| ParamValue::Float(v)).collect(),
+        }
+    }
+
+    /// A deal_line row: every line found (precision and recall 1), first alerts `delay_h`
+    /// hours after each line's first activity.
+    fn row(threshold: f64, delay_h: Option<f64>) -> Row {
+        Row {
+            values: vec![ParamValue::Float(threshold)],
+            scores: vec![DetectorScore {
+                detector: "deal_line".into(),
+                alerts: 20,
+                flagged: 20,
+                true_positives: 20,
+                false_positives: 0,
+                false_negatives: 0,
+                precision: 1.0,
+                recall: 1.0,
+                f1: 1.0,
+                lookalike_hits: 0,
+                median_delay_s: delay_h.map(|h| h * 3600.0),
+            }],
+            events_valid: 1,
+            mistakes: Default::default(),
+        }
+    }
+
+    fn pick(rows: &[Row], params: &[Param]) -> (f64, Option<TieBreak>) {
+        match recommend(rows, params, "deal_line", 0.9) {
+            Recommendation::Pick { index, tie, .. } => (rows[index].values[0].as_f64(), tie),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The case from the issue: 0.65..0.85 find the same lines, the stricter ones hours
+    /// later. The old rule took the stricter 0.85.
+    #[test]
+    fn ties_on_precision_and_recall_go_to_the_shorter_delay() {
+        let params = [param("deal_line.threshold", &[0.65, 0.75, 0.85])];
+        let rows = [
+            row(0.65, Some(5.0)),
+            row(0.75, Some(3.0)),
+            row(0.85, Some(9.0)),
+        ];
+        let (value, tie) = pick(&rows, &params);
+        assert_eq!(value, 0.75);
+        assert_eq!(
+            tie,
+            Some(TieBreak::ShorterDelay {
+                others: 2,
+                delay_s: 3.0 * 3600.0,
+                next_s: Some(5.0 * 3600.0)
+            })
+        );
+        let rec = recommend(&rows, &params, "deal_line", 0.9);
+        assert_eq!(
+            recommendation_line(&rec, &rows, &params, "deal_line"),
+            "recommended for deal_line at precision >= 0.9: deal_line.threshold=0.75 \
+             (precision 1.000, recall 1.000, F1 1.000, 20 alerts); 2 other settings tie on \
+             precision and recall; chosen for the shortest median delay (3.0 h against 5.0 h)"
+        );
+    }
+
+    #[test]
+    fn equal_delays_go_to_the_looser_value() {
+        let params = [param("deal_line.threshold", &[0.65, 0.75, 0.85])];
+        let rows = [
+            row(0.65, Some(3.0)),
+            row(0.75, Some(3.0)),
+            row(0.85, Some(9.0)),
+        ];
+        let (value, tie) = pick(&rows, &params);
+        assert_eq!(value, 0.65);
+        assert_eq!(
+            tie,
+            Some(TieBreak::Looser {
+                others: 1,
+                slower: 1
+            })
+        );
+        // A window is looser when longer.
+        let params = [param("bulk_sms.window_s", &[600.0, 1200.0])];
+        let rows = [row(600.0, Some(3.0)), row(1200.0, Some(3.0))];
+        assert_eq!(pick(&rows, &params).0, 1200.0);
+        // No delays at all (labels without first_seen_ms): the looser value.
+        let params = [param("deal_line.threshold", &[0.65, 0.75])];
+        let rows = [row(0.65, None), row(0.75, None)];
+        assert_eq!(
+            pick(&rows, &params),
+            (
+                0.65,
+                Some(TieBreak::Looser {
+                    others: 1,
+                    slower: 0
+                })
+            )
+        );
+        // No tie, no reason.
+        assert_eq!(pick(&rows[..1], &params).1, None);
+    }
+
+    #[test]
+    fn looseness_by_key() {
+        for k in [
+            "bulk_sms.window_s",
+            "deal_line.weight_fan_in",
+            "bulk_sms.max_recipients_per_line",
+            "deal_line.churn_max_sims",
+            "line_handover.new_line_max_age_s",
+            "deal_line.lookback_s",
+            "bulk_sms.enabled",
+        ] {
+            assert!(looser_when_higher(k), "{k}");
+        }
+        for k in [
+            "deal_line.threshold",
+            "bulk_sms.min_recipients",
+            "alerts.cooldown_s",
+            "deal_line.repeat_gap_s",
+            "line_handover.min_overlap",
+        ] {
+            assert!(!looser_when_higher(k), "{k}");
+        }
     }
 }

@@ -9,6 +9,8 @@
 use std::error::Error;
 use std::path::{Path, PathBuf};
 
+use plotters::coord::ranged1d::{DefaultFormatting, KeyPointHint, Ranged};
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -149,20 +151,31 @@ fn lines(rows: &[Row], params: &[Param]) -> Vec<Line> {
     out.into_iter().map(|(_, l)| l).collect()
 }
 
-/// Decimals that show every value of the x parameter distinctly (at most 4).
-fn decimals(p: &Param) -> usize {
-    p.values
+/// The x-axis ticks: swept values, each labelled as the parameter value is written, so no two
+/// labels are equal (ticks placed between values and rounded repeated, e.g. `0.8 0.8`). With
+/// more values than fit, every k-th from the first.
+fn x_ticks(p: &Param, max: usize) -> Vec<(f64, String)> {
+    let mut values: Vec<ParamValue> = p.values.clone();
+    values.sort_by(|a, b| a.as_f64().total_cmp(&b.as_f64()));
+    values.dedup_by(|a, b| a.as_f64() == b.as_f64());
+    let step = values.len().div_ceil(max.max(1)).max(1);
+    values
         .iter()
-        .map(|v| match v {
-            ParamValue::Float(f) => {
-                let s = format!("{f}");
-                s.split_once('.').map_or(0, |(_, d)| d.len())
-            }
-            _ => 0,
-        })
+        .step_by(step)
+        .map(|v| (v.as_f64(), v.to_string()))
+        .collect()
+}
+
+/// How many x labels fit across `width_px`: about 9 px a character at the 15 px label font,
+/// and three characters of gap between labels.
+fn ticks_that_fit(p: &Param, width_px: u32) -> usize {
+    let widest = p
+        .values
+        .iter()
+        .map(|v| v.to_string().len())
         .max()
-        .unwrap_or(0)
-        .min(4)
+        .unwrap_or(1);
+    ((width_px as usize) / ((widest + 3) * 9)).clamp(2, 15)
 }
 
 fn draw<DB: DrawingBackend>(
@@ -193,7 +206,7 @@ where
         (FONT, 17).into_font().color(&RGBColor(70, 70, 70)),
     ))?;
     let picked = match spec.recommendation {
-        Some(Recommendation::Pick { index, target }) => {
+        Some(Recommendation::Pick { index, target, .. }) => {
             head.draw(&Text::new(
                 format!(
                     "recommended (best recall at precision ≥ {target}): {}{}",
@@ -235,14 +248,17 @@ where
         });
     let pad = if hi > lo { (hi - lo) * 0.04 } else { 1.0 };
     let x_range = (lo - pad)..(hi + pad);
-    let dec = decimals(xp);
     let groups = lines(rows, spec.params);
     // The legend gets its own strip: inside the chart it always covers some line.
     let width = body.dim_in_pixel().0;
     let (body, key_area) = body.split_horizontally(width.saturating_sub(LEGEND_W));
 
     if spec.params.len() == 1 {
-        let mut chart = chart(&body, x_range, &xp.key, "precision / recall / F1", dec)?;
+        let ticks = x_ticks(
+            xp,
+            ticks_that_fit(xp, body.dim_in_pixel().0.saturating_sub(120)),
+        );
+        let mut chart = chart(&body, x_range, &xp.key, "precision / recall / F1", &ticks)?;
         let only = &groups[0];
         for (m, &color) in PALETTE.iter().enumerate().take(METRICS.len()) {
             let pts: Vec<(f64, f64)> = only
@@ -261,8 +277,12 @@ where
         legend(&key_area, "", &entries, picked.is_some())?;
     } else {
         let panels = body.split_evenly((1, 3));
+        let ticks = x_ticks(
+            xp,
+            ticks_that_fit(xp, panels[0].dim_in_pixel().0.saturating_sub(120)),
+        );
         for (m, panel) in panels.iter().enumerate() {
-            let mut chart = chart(panel, x_range.clone(), &xp.key, METRICS[m], dec)?;
+            let mut chart = chart(panel, x_range.clone(), &xp.key, METRICS[m], &ticks)?;
             for (g, line) in groups.iter().enumerate() {
                 let pts: Vec<(f64, f64)> = line
                     .points
@@ -303,18 +323,38 @@ where
     Ok(())
 }
 
-type Chart<'a, DB> = ChartContext<
-    'a,
-    DB,
-    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
->;
+type Chart<'a, DB> = ChartContext<'a, DB, Cartesian2d<Ticked, RangedCoordf64>>;
+
+/// The x axis: a linear axis whose ticks are the given values (plotters' own
+/// `WithKeyPoints` cannot take a label formatter).
+struct Ticked {
+    axis: RangedCoordf64,
+    ticks: Vec<f64>,
+}
+
+impl Ranged for Ticked {
+    type FormatOption = DefaultFormatting;
+    type ValueType = f64;
+
+    fn map(&self, value: &f64, limit: (i32, i32)) -> i32 {
+        self.axis.map(value, limit)
+    }
+
+    fn key_points<Hint: KeyPointHint>(&self, _hint: Hint) -> Vec<f64> {
+        self.ticks.clone()
+    }
+
+    fn range(&self) -> std::ops::Range<f64> {
+        self.axis.range()
+    }
+}
 
 fn chart<'a, DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     x_range: std::ops::Range<f64>,
     x_label: &str,
     y_label: &str,
-    dec: usize,
+    ticks: &[(f64, String)],
 ) -> Result<Chart<'a, DB>, Box<dyn Error>>
 where
     DB::ErrorType: 'static,
@@ -323,16 +363,28 @@ where
         .margin(18)
         .x_label_area_size(52)
         .y_label_area_size(62)
-        .build_cartesian_2d(x_range, 0.0..Y_TOP)?;
+        .build_cartesian_2d(
+            Ticked {
+                axis: x_range.into(),
+                ticks: ticks.iter().map(|t| t.0).collect(),
+            },
+            0.0..Y_TOP,
+        )?;
+    let label = |x: &f64| {
+        ticks
+            .iter()
+            .find(|t| t.0 == *x)
+            .map_or_else(|| format!("{x}"), |t| t.1.clone())
+    };
     chart
         .configure_mesh()
         .x_desc(x_label)
         .y_desc(y_label)
         .axis_desc_style((FONT, 18))
         .label_style((FONT, 15))
-        .x_label_formatter(&|x| format!("{x:.dec$}"))
+        .x_label_formatter(&label)
         .y_label_formatter(&|y| format!("{y:.1}"))
-        .x_labels(12)
+        .x_labels(ticks.len())
         .y_labels(11)
         .light_line_style(TRANSPARENT)
         .bold_line_style(RGBColor(222, 222, 222))

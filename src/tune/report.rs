@@ -1,7 +1,10 @@
 //! The sweep's outputs: an aligned table for the terminal, CSV and JSON for other tools.
 //!
 //! Table and CSV show the chosen detector only (one row per combination); JSON carries every
-//! detector's score, since one replay scores them all at no extra cost.
+//! detector's score, since one replay scores them all at no extra cost, and per combination
+//! the subjects the chosen detector got wrong (`wrong`: false positives with their label,
+//! if any, and misses), so an analyst can look at them. That list is output for the analyst,
+//! like the alerts themselves; it never goes to logs.
 
 use serde_json::{json, Map, Value};
 
@@ -106,42 +109,59 @@ pub fn table(rows: &[Row], ctx: &Context<'_>) -> String {
     out
 }
 
-/// CSV with a header: the swept parameters, then the chosen detector's figures.
+/// CSV with a header: the swept parameters, then the chosen detector's figures. Written
+/// with the `csv` crate, so it opens cleanly in a spreadsheet (every field here is a name
+/// linewatch knows or a number).
 pub fn csv(rows: &[Row], ctx: &Context<'_>) -> String {
-    let mut out: String = ctx
-        .params
-        .iter()
-        .map(|p| format!("{},", p.key))
-        .collect::<String>();
-    out.push_str(
-        "detector,alerts,flagged,true_positives,false_positives,false_negatives,\
-         precision,recall,f1,lookalike_hits,median_delay_s,recommended\n",
-    );
+    let mut w = crate::sheet::writer(Vec::new());
+    let mut head: Vec<&str> = ctx.params.iter().map(|p| p.key.as_str()).collect();
+    head.extend([
+        "detector",
+        "alerts",
+        "flagged",
+        "true_positives",
+        "false_positives",
+        "false_negatives",
+        "precision",
+        "recall",
+        "f1",
+        "lookalike_hits",
+        "median_delay_s",
+        "recommended",
+    ]);
+    let mut records = vec![head.iter().map(ToString::to_string).collect::<Vec<_>>()];
     for (i, r) in rows.iter().enumerate() {
         let Some(s) = r.score(ctx.detector) else {
             continue;
         };
-        for v in &r.values {
-            out.push_str(&format!("{v},"));
-        }
-        out.push_str(&format!(
-            "{},{},{},{},{},{},{:.6},{:.6},{:.6},{},{},{}\n",
-            s.detector,
-            s.alerts,
-            s.flagged,
-            s.true_positives,
-            s.false_positives,
-            s.false_negatives,
-            s.precision,
-            s.recall,
-            s.f1,
-            s.lookalike_hits,
+        let mut rec: Vec<String> = r.values.iter().map(ToString::to_string).collect();
+        rec.extend([
+            s.detector.clone(),
+            s.alerts.to_string(),
+            s.flagged.to_string(),
+            s.true_positives.to_string(),
+            s.false_positives.to_string(),
+            s.false_negatives.to_string(),
+            format!("{:.6}", s.precision),
+            format!("{:.6}", s.recall),
+            format!("{:.6}", s.f1),
+            s.lookalike_hits.to_string(),
             s.median_delay_s
                 .map_or(String::new(), |d| format!("{d:.1}")),
-            ctx.recommended() == Some(i)
-        ));
+            (ctx.recommended() == Some(i)).to_string(),
+        ]);
+        records.push(rec);
     }
-    out
+    for rec in &records {
+        // Writing to memory cannot fail. Nothing to protect from formulas: every field is a
+        // config key, a detector name, a number or true/false.
+        w.write_record(rec).expect("CSV into memory");
+    }
+    let bytes = w
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .expect("CSV into memory");
+    String::from_utf8(bytes).expect("CSV of UTF-8 fields is UTF-8")
 }
 
 /// One JSON document: what was swept, every combination with every detector's score, and
@@ -157,7 +177,7 @@ pub fn json(rows: &[Row], ctx: &Context<'_>) -> Value {
     let recommendation = ctx.recommendation.map(|rec| {
         let line = recommendation_line(rec, rows, ctx.params, ctx.detector);
         match rec {
-            Recommendation::Pick { index, target } => json!({
+            Recommendation::Pick { index, target, .. } => json!({
                 "target_precision": target,
                 "found": true,
                 "params": params_of(&rows[*index]),
@@ -186,6 +206,11 @@ pub fn json(rows: &[Row], ctx: &Context<'_>) -> Value {
             "params": params_of(r),
             "events_valid": r.events_valid,
             "scores": r.scores,
+            "wrong": {
+                "detector": ctx.detector,
+                "false_positives": r.mistakes.false_positives,
+                "missed": r.mistakes.missed,
+            },
         })).collect::<Vec<_>>(),
     })
 }
