@@ -13,7 +13,9 @@ use linewatch::config::Config;
 use linewatch::replay::replay_bytes;
 use support::{brokers, produce, read_until, records, suffix, Service, Topics};
 
-const T0: i64 = 1_800_000_000_000;
+/// Event time of the test traffic (2026-05-28): in the past, so no record is refused as
+/// dated beyond the wall clock plus `engine.max_future_skew_s`.
+const T0: i64 = 1_780_000_000_000;
 const MIN: i64 = 60_000;
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -224,6 +226,7 @@ async fn kill_9_at_several_points_under_load_loses_no_alert() {
     let (one, two) = traffic("x");
     let all: Vec<String> = one.iter().chain(&two).cloned().collect();
     let want = want(&all);
+    assert_eq!(want.len(), 3, "bulk_sms, customer_fan_in, deal_line");
     produce(&t.input, &records(&all, true)).await;
 
     // Killed while working through the backlog: between checkpoints, while one is being
