@@ -22,6 +22,8 @@ pub struct Config {
     pub line_handover: HandoverConfig,
     pub deal_line: DealLineConfig,
     pub service: ServiceConfig,
+    /// `linewatch board`: the operations-room web board.
+    pub board: crate::board::config::BoardConfig,
     /// librdkafka properties passed through unchanged (e.g. `"security.protocol" = "SASL_SSL"`).
     /// Values are never printed: they may hold passwords.
     pub kafka: std::collections::BTreeMap<String, String>,
@@ -838,6 +840,7 @@ impl Config {
         );
         r.seconds("service.rebuild_state_s", s.rebuild_state_s, 0);
         r.seconds("service.checkpoint_interval_s", s.checkpoint_interval_s, 0);
+        self.board.check(&mut r);
         r
     }
 

@@ -28,12 +28,14 @@
 //! - [`sheet`]: the CSV files analysts keep in spreadsheets, read and written with the `csv` crate.
 //! - [`service`]: `linewatch run`, the engine between a Kafka consumer group and producer;
 //!   [`kafka`] holds the client setup and error classification it shares.
+//! - [`board`]: `linewatch board`, the operations-room web board over the alert topic.
 //! - [`cli`]: the subcommands; `main.rs` only calls [`cli::main`].
 //!
 //! Identities are pseudonyms and are treated as secrets all the same: they appear in alerts
 //! and dead letters (that is their purpose) but never in logs or metric labels.
 
 pub mod alert;
+pub mod board;
 pub mod cells;
 pub mod checkpoint;
 pub mod cli;

@@ -27,6 +27,10 @@ PACKAGES=(
 PACKAGES+=(prometheus docker-compose python3-venv shellcheck)
 # --- end of deploy/ checks ---------------------------------------------------------------
 
+# The board's browser tests (tests/board.rs) drive Debian's own Chromium through its
+# chromedriver; no browser is ever downloaded. fonts-dejavu-core above renders its pages.
+PACKAGES+=(chromium chromium-driver)
+
 log() { printf 'setup.sh: %s\n' "$*" >&2; }
 
 installed() {

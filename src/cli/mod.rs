@@ -5,6 +5,7 @@
 //! line on stderr and a non-zero exit: 2 for bad arguments or configuration, 1 for a failure
 //! while working.
 
+pub mod board;
 pub mod check_config;
 pub mod demo;
 pub mod explain;
@@ -50,6 +51,8 @@ pub enum Command {
     Demo(demo::Args),
     /// Explains an alert in plain language: each figure next to its threshold.
     Explain(explain::Args),
+    /// The operations-room web board: live alert queue, triage, evidence export, audit trail.
+    Board(board::Args),
 }
 
 /// A failure to report: one line, and the exit code.
@@ -113,6 +116,7 @@ pub fn main() -> ExitCode {
         Command::CheckConfig(a) => check_config::main(a, config),
         Command::Demo(a) => demo::main(a, config),
         Command::Explain(a) => explain::main(a, config),
+        Command::Board(a) => board::main(a, config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -101,7 +101,7 @@ impl Args {
     }
 }
 
-fn init_logging(format: LogFormat) {
+pub(crate) fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_env("LINEWATCH_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
@@ -120,7 +120,7 @@ fn init_logging(format: LogFormat) {
 }
 
 /// Completes on the first SIGINT or SIGTERM.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

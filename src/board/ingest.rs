@@ -1,0 +1,281 @@
+//! Ingest: the alert topic into the board's database.
+//!
+//! A blocking thread polls a consumer that reads only committed messages
+//! (`isolation.level = read_committed`), gathers a short batch and stores it with the offsets
+//! reached in one SQLite transaction ([`Store::ingest`]). On start it resumes from the offsets
+//! in the database, not the group's: those are the ones that match what is stored, so a
+//! restart, even after a crash, neither loses nor repeats an alert.
+//!
+//! The board assigns itself every partition of the topic instead of joining a group
+//! rebalance: each board keeps a whole copy in its own database, so two boards in one group
+//! must not split the partitions. The group id is still used to commit the same offsets to
+//! Kafka, so the usual lag tools show how far behind the board is.
+//!
+//! A message that is not a valid alert is counted by reason, logged with its partition and
+//! offset (never its content) and skipped; its offset is stored like any other.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::metrics::BoardMetrics;
+use super::store::{Consumed, Store};
+use crate::alert::Alert;
+use crate::kafka::{KafkaSettings, Role};
+
+/// Most messages stored in one transaction.
+const BATCH_MAX: usize = 1_000;
+/// Longest a consumed message waits to be stored: a new alert is on the queue well within 2 s.
+const BATCH_WAIT: Duration = Duration::from_millis(100);
+/// How often the topic's partition count is checked again (a topic may grow).
+const METADATA_EVERY: Duration = Duration::from_secs(30);
+
+/// Readiness of the board and the sentence `/readyz` answers with.
+#[derive(Debug, Default)]
+pub struct Ready(Mutex<(bool, String)>);
+
+impl Ready {
+    pub fn set(&self, ready: bool, detail: impl Into<String>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = (ready, detail.into());
+    }
+
+    pub fn get(&self) -> (bool, String) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// What ingest needs.
+pub struct Ingest {
+    pub kafka: KafkaSettings,
+    pub topic: String,
+    pub group_id: String,
+    pub db_path: PathBuf,
+    pub metrics: BoardMetrics,
+    /// Told the number of new alerts after each commit (the pages' live updates).
+    pub events: tokio::sync::broadcast::Sender<u64>,
+    pub ready: Arc<Ready>,
+    pub stop: Arc<AtomicBool>,
+    pub retry_backoff_max: Duration,
+}
+
+/// Decodes one message value; `Err` is the fixed reason code it is skipped with.
+pub fn decode(payload: Option<&[u8]>) -> Result<Alert, &'static str> {
+    let bytes = payload.ok_or("invalid_json")?;
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|_| "invalid_json")?;
+    let a: Alert = serde_json::from_value(value).map_err(|_| "not_an_alert")?;
+    let ok = !a.alert_id.is_empty()
+        && a.alert_id.len() <= 128
+        && !a.subject.is_empty()
+        && !a.detector.is_empty()
+        && a.score.is_finite()
+        && (0.0..=1.0).contains(&a.score);
+    if ok {
+        Ok(a)
+    } else {
+        Err("not_an_alert")
+    }
+}
+
+fn now_ms() -> i64 {
+    crate::board::http::now_ms()
+}
+
+impl Ingest {
+    /// Runs until `stop`; errors are logged, counted and retried.
+    pub fn run(self) {
+        let mut backoff = Duration::from_secs(1);
+        while !self.stop.load(Ordering::Relaxed) {
+            match self.session() {
+                Ok(()) => return,
+                Err(e) => {
+                    self.metrics.ingest_errors.inc();
+                    self.ready.set(false, format!("ingest: {e}; retrying"));
+                    tracing::warn!(error = %e, "board ingest failed; retrying");
+                    self.sleep(backoff);
+                    backoff = (backoff * 2).min(self.retry_backoff_max);
+                }
+            }
+        }
+    }
+
+    fn sleep(&self, d: Duration) {
+        let end = Instant::now() + d;
+        while Instant::now() < end && !self.stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// One consumer from start to stop (or to the first error that needs a fresh one).
+    fn session(&self) -> Result<(), String> {
+        let mut store = Store::open(&self.db_path).map_err(|e| e.to_string())?;
+        let mut cfg = self.kafka.client_config(Role::Consumer);
+        cfg.set("group.id", &self.group_id);
+        // Alerts of an aborted transaction are never shown.
+        cfg.set("isolation.level", "read_committed");
+        let consumer: BaseConsumer = cfg.create().map_err(|e| e.to_string())?;
+        let mut partitions = self.assign(&consumer, &store, 0)?;
+        self.ready
+            .set(true, format!("reading {} partition(s)", partitions));
+        let mut last_meta = Instant::now();
+        let mut batch: Vec<Consumed> = Vec::new();
+        let mut first_at: Option<Instant> = None;
+        loop {
+            let stopping = self.stop.load(Ordering::Relaxed);
+            let due = first_at.is_some_and(|t| t.elapsed() >= BATCH_WAIT);
+            if !batch.is_empty() && (stopping || due || batch.len() >= BATCH_MAX) {
+                self.store(&mut store, &consumer, &batch)?;
+                batch.clear();
+                first_at = None;
+            }
+            if stopping {
+                return Ok(());
+            }
+            if last_meta.elapsed() >= METADATA_EVERY && batch.is_empty() {
+                last_meta = Instant::now();
+                partitions = self.assign(&consumer, &store, partitions)?;
+            }
+            match consumer.poll(Duration::from_millis(20)) {
+                None => {}
+                Some(Ok(m)) => {
+                    let alert = match decode(m.payload()) {
+                        Ok(a) => Some(a),
+                        Err(reason) => {
+                            self.metrics.invalid.with_label_values(&[reason]).inc();
+                            tracing::warn!(
+                                partition = m.partition(),
+                                offset = m.offset(),
+                                reason,
+                                "skipped a message on the alert topic that is not a valid alert"
+                            );
+                            None
+                        }
+                    };
+                    batch.push(Consumed {
+                        topic: m.topic().to_string(),
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        alert,
+                    });
+                    first_at.get_or_insert_with(Instant::now);
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Err(e)) => {
+                    self.metrics.ingest_errors.inc();
+                    tracing::warn!(error = %e, "alert topic consumer error");
+                }
+            }
+        }
+    }
+
+    /// Assigns every partition of the topic at the database's offsets when there are more
+    /// than `known`; returns the partition count.
+    fn assign(
+        &self,
+        consumer: &BaseConsumer,
+        store: &Store,
+        known: usize,
+    ) -> Result<usize, String> {
+        let md = consumer
+            .fetch_metadata(Some(&self.topic), Duration::from_secs(10))
+            .map_err(|e| format!("metadata of the alert topic: {e}"))?;
+        let n = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == self.topic)
+            .filter(|t| t.error().is_none())
+            .map_or(0, |t| t.partitions().len());
+        if n == 0 {
+            return Err(format!("alert topic {:?} not found", self.topic));
+        }
+        if n <= known {
+            return Ok(known);
+        }
+        let stored = store.offsets(&self.topic).map_err(|e| e.to_string())?;
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..n as i32 {
+            let offset = stored
+                .iter()
+                .find(|(q, _)| *q == p)
+                .map_or(Offset::Beginning, |(_, o)| Offset::Offset(*o));
+            tpl.add_partition_offset(&self.topic, p, offset)
+                .map_err(|e| e.to_string())?;
+        }
+        consumer.assign(&tpl).map_err(|e| e.to_string())?;
+        tracing::info!(partitions = n, "board reading the alert topic");
+        Ok(n)
+    }
+
+    /// Stores a batch, retrying a failed transaction (nothing of it was kept) until it is in.
+    fn store(
+        &self,
+        store: &mut Store,
+        consumer: &BaseConsumer,
+        batch: &[Consumed],
+    ) -> Result<(), String> {
+        let mut backoff = Duration::from_millis(200);
+        let got = loop {
+            match store.ingest(batch, now_ms()) {
+                Ok(got) => break got,
+                Err(e) => {
+                    self.metrics.ingest_errors.inc();
+                    tracing::warn!(error = %e, "storing alerts failed; retrying");
+                    if self.stop.load(Ordering::Relaxed) && backoff > Duration::from_secs(5) {
+                        // Not stored and not acknowledged: the next start reads it again.
+                        return Err(e.to_string());
+                    }
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        };
+        self.metrics.ingested.inc_by(got.inserted);
+        self.metrics.duplicates.inc_by(got.duplicate);
+        if let (Ok(total), Ok(new)) = (store.count(), store.untriaged()) {
+            self.metrics.stored.set(total as i64);
+            self.metrics.untriaged.set(new as i64);
+        }
+        if got.inserted > 0 {
+            // No page listening is not an error.
+            let _ = self.events.send(got.inserted);
+        }
+        // The group's offsets only show lag to Kafka's tools; the database's are the truth.
+        let mut tpl = TopicPartitionList::new();
+        for c in batch {
+            let _ = tpl.add_partition_offset(&c.topic, c.partition, Offset::Offset(c.offset + 1));
+        }
+        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+            tracing::debug!(error = %e, "group offset commit failed (lag display only)");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode;
+
+    #[test]
+    fn invalid_messages_get_fixed_reasons() {
+        assert_eq!(decode(None).unwrap_err(), "invalid_json");
+        assert_eq!(decode(Some(b"{not json")).unwrap_err(), "invalid_json");
+        assert_eq!(decode(Some(b"[1,2]")).unwrap_err(), "not_an_alert");
+        assert_eq!(
+            decode(Some(b"{\"alert_id\":\"x\"}")).unwrap_err(),
+            "not_an_alert"
+        );
+        let a = crate::board::store::tests::alert("a1", "bulk_sms", "L", 0.5, 1);
+        let mut v = serde_json::to_value(&a).unwrap();
+        assert_eq!(decode(Some(v.to_string().as_bytes())).unwrap(), a);
+        v["score"] = serde_json::json!(7.0);
+        assert_eq!(
+            decode(Some(v.to_string().as_bytes())).unwrap_err(),
+            "not_an_alert"
+        );
+    }
+}

@@ -1,0 +1,766 @@
+//! Server-rendered pages. Everything a page shows is escaped here ([`esc`]); links are
+//! relative (`root` is `""` on the queue, `"../"` one level down) so the board also works
+//! behind a proxy that mounts it under a path.
+
+use std::fmt::Write as _;
+
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+use super::audit::rfc3339;
+use super::auth::User;
+use super::store::{Entry, QueueFilter, Row, Sort, Status, Stored};
+use crate::alert::Alert;
+use crate::event::Millis;
+
+/// HTML-escapes text for element content and quoted attribute values.
+pub fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Percent-encodes one path segment or query value (pseudonyms may hold `/`, `?`, `#`, `%`).
+pub fn seg(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+/// Event time as the pages show it.
+pub fn when(ms: Millis) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).map_or_else(
+        || ms.to_string(),
+        |t| t.format("%Y-%m-%d %H:%M:%S").to_string(),
+    )
+}
+
+fn num(x: f64) -> String {
+    format!("{}", (x * 1000.0).round() / 1000.0)
+}
+
+/// A whole page: security headers, no caching (pages name pseudonyms).
+pub fn page(title: &str, root: &str, user: &User, body: &str) -> Response {
+    let html = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+<title>{title} · linewatch board</title><link rel=\"stylesheet\" href=\"{root}static/board.css\"></head>\
+<body><header class=\"top\"><a class=\"brand\" href=\"{root}\">linewatch board</a>\
+<span class=\"who\">{user} · {role}</span></header><main>{body}</main></body></html>",
+        title = esc(title),
+        user = esc(&user.name),
+        role = user.role.as_str(),
+    );
+    html_response(StatusCode::OK, html)
+}
+
+pub fn html_response(code: StatusCode, html: String) -> Response {
+    (
+        code,
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; frame-ancestors 'none'; form-action 'self'",
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            // URLs name pseudonyms: never send them on to another site.
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
+        html,
+    )
+        .into_response()
+}
+
+/// A refusal or error: a short page with one sentence.
+pub fn failure(code: StatusCode, message: &str) -> Response {
+    html_response(
+        code,
+        format!(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{c}</title></head>\
+<body><h1>{c}</h1><p>{m}</p></body></html>",
+            c = code,
+            m = esc(message)
+        ),
+    )
+}
+
+fn status_chip(s: Status) -> String {
+    format!(
+        "<span class=\"chip st-{}\">{}</span>",
+        s.as_str(),
+        s.label()
+    )
+}
+
+fn score_bar(score: f64) -> String {
+    let level = if score >= 0.7 {
+        "hi"
+    } else if score >= 0.4 {
+        "mid"
+    } else {
+        "lo"
+    };
+    format!("<span class=\"score {level}\">{}</span>", num(score))
+}
+
+/// The `<tr>`s of the queue table (also sent alone for live updates).
+pub fn queue_rows(rows: &[Row], root: &str) -> String {
+    let mut s = String::with_capacity(rows.len() * 400);
+    if rows.is_empty() {
+        s.push_str("<tr><td colspan=\"7\" class=\"empty\">No alerts match.</td></tr>");
+    }
+    for r in rows {
+        let _ = write!(
+            s,
+            "<tr data-alert=\"{id}\"><td>{score}</td><td><span class=\"det\">{det}</span></td>\
+<td><a class=\"subject\" href=\"{root}alert/{idu}\">{subj}</a> <span class=\"kind\">{kind}</span></td>\
+<td>{time}</td><td>{status}</td><td>{assignee}</td><td><a href=\"{root}line/{subju}\">all on it</a></td></tr>",
+            id = esc(&r.alert_id),
+            score = score_bar(r.score),
+            det = esc(&r.detector),
+            idu = seg(&r.alert_id),
+            subj = esc(&r.subject),
+            kind = esc(&r.subject_kind),
+            time = when(r.event_time),
+            status = status_chip(r.status),
+            assignee = esc(r.assignee.as_deref().unwrap_or("")),
+            subju = seg(&r.subject),
+        );
+    }
+    s
+}
+
+/// The queue's filter values as given in the URL.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct QueueParams {
+    pub detector: Option<String>,
+    pub min_score: Option<String>,
+    pub status: Option<String>,
+    /// Only the last this many hours (event time).
+    pub hours: Option<String>,
+    /// `score` (default) or `newest`.
+    pub sort: Option<String>,
+}
+
+impl QueueParams {
+    /// The store filter; blank or unparsable values mean "any".
+    pub fn filter(&self, now: Millis, limit: u32) -> QueueFilter {
+        let some = |o: &Option<String>| {
+            o.as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+        };
+        QueueFilter {
+            detector: some(&self.detector),
+            min_score: some(&self.min_score).and_then(|s| s.parse().ok()),
+            status: some(&self.status).and_then(|s| Status::parse(&s)),
+            since_ms: some(&self.hours)
+                .and_then(|s| s.parse::<f64>().ok())
+                .filter(|h| *h > 0.0)
+                .map(|h| now - (h * 3_600_000.0) as i64),
+            sort: if some(&self.sort).as_deref() == Some("newest") {
+                Sort::Newest
+            } else {
+                Sort::Score
+            },
+            limit,
+        }
+    }
+}
+
+/// The queue page.
+pub fn queue(
+    user: &User,
+    p: &QueueParams,
+    detectors: &[String],
+    rows: &[Row],
+    untriaged: u64,
+    limit: u32,
+) -> Response {
+    let sel = |cur: &Option<String>, v: &str| {
+        if cur.as_deref() == Some(v) {
+            " selected"
+        } else {
+            ""
+        }
+    };
+    let mut det_opts = String::from("<option value=\"\">any</option>");
+    for d in detectors {
+        let _ = write!(
+            det_opts,
+            "<option value=\"{v}\"{s}>{v}</option>",
+            v = esc(d),
+            s = sel(&p.detector, d)
+        );
+    }
+    let mut st_opts = String::from("<option value=\"\">any</option>");
+    for s in Status::ALL {
+        let _ = write!(
+            st_opts,
+            "<option value=\"{}\"{}>{}</option>",
+            s.as_str(),
+            sel(&p.status, s.as_str()),
+            s.label()
+        );
+    }
+    let val = |o: &Option<String>| esc(o.as_deref().unwrap_or(""));
+    let body = format!(
+        "<section class=\"queue-head\"><h1>Alert queue</h1>\
+<div class=\"counter\"><span id=\"untriaged\">{untriaged}</span> untriaged</div>\
+<div class=\"live\" id=\"live\" title=\"new alerts appear without reloading\">live</div></section>\
+<form class=\"filters\" method=\"get\" action=\"\">\
+<label>Detector <select name=\"detector\">{det_opts}</select></label>\
+<label>Min score <input name=\"min_score\" size=\"4\" inputmode=\"decimal\" value=\"{ms}\"></label>\
+<label>Status <select name=\"status\">{st_opts}</select></label>\
+<label>Last hours <input name=\"hours\" size=\"4\" inputmode=\"decimal\" value=\"{hours}\"></label>\
+<label>Order <select name=\"sort\"><option value=\"score\">score, then newest</option>\
+<option value=\"newest\"{newest}>newest first</option></select></label>\
+<button type=\"submit\">Filter</button> <a href=\"./\">clear</a></form>\
+<table class=\"queue\"><thead><tr><th>Score</th><th>Detector</th><th>Subject</th><th>Event time (UTC)</th>\
+<th>Status</th><th>Assignee</th><th></th></tr></thead><tbody id=\"rows\">{rows}</tbody></table>\
+<p class=\"note\">At most {limit} alerts are listed; filter to see others.</p>\
+<script src=\"static/board.js\"></script>",
+        ms = val(&p.min_score),
+        hours = val(&p.hours),
+        newest = sel(&p.sort, "newest"),
+        rows = queue_rows(rows, ""),
+    );
+    page("Queue", "", user, &body)
+}
+
+/// Evidence keys shown as a figure with its threshold: (figure, threshold, comparison).
+fn pairs(ev: &serde_json::Map<String, Value>) -> Vec<(String, String, &'static str)> {
+    let mut out = Vec::new();
+    for k in ev.keys() {
+        if k.starts_with("min_") || k.starts_with("max_") || k == "threshold" {
+            continue;
+        }
+        if k == "score" && ev.contains_key("threshold") {
+            out.push((k.clone(), "threshold".to_string(), ">="));
+        } else if ev.contains_key(&format!("min_{k}")) {
+            out.push((k.clone(), format!("min_{k}"), ">="));
+        } else if ev.contains_key(&format!("max_{k}")) {
+            out.push((k.clone(), format!("max_{k}"), "<="));
+        }
+    }
+    out
+}
+
+fn plain(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.as_f64().filter(|_| n.is_f64()).map_or(n.to_string(), num),
+        other => other.to_string(),
+    }
+}
+
+/// Keys of evidence that are event times (ms), shown on the timeline.
+fn is_time_key(k: &str) -> bool {
+    k.ends_with("_first_seen") || k.ends_with("_last_text")
+}
+
+/// The "figures against thresholds" table and the other settings, for any detector.
+pub fn figures(a: &Alert) -> String {
+    let ev = &a.evidence;
+    let ps = pairs(ev);
+    let mut s = String::from(
+        "<table class=\"figures\"><thead><tr><th>Figure</th><th>Value</th><th></th><th>Threshold</th>\
+<th>Setting</th><th></th></tr></thead><tbody>",
+    );
+    for (fig, thr, cmp) in &ps {
+        let (fv, tv) = (ev[fig].as_f64(), ev[thr].as_f64());
+        let met = match (fv, tv, *cmp) {
+            (Some(f), Some(t), ">=") => f + 1e-9 >= t,
+            (Some(f), Some(t), _) => f <= t + 1e-9,
+            _ => false,
+        };
+        let _ = write!(
+            s,
+            "<tr class=\"{cls}\"><td>{fig}</td><td class=\"val\">{fv}</td><td>{cmp}</td>\
+<td class=\"val\">{tv}</td><td class=\"key\">{thr}</td><td>{mark}</td></tr>",
+            cls = if met { "met" } else { "unmet" },
+            fig = esc(&fig.replace('_', " ")),
+            fv = esc(&plain(&ev[fig])),
+            cmp = if *cmp == ">=" { "&ge;" } else { "&le;" },
+            tv = esc(&plain(&ev[thr])),
+            thr = esc(thr),
+            mark = if met { "crossed" } else { "not reached" },
+        );
+    }
+    s.push_str("</tbody></table>");
+    let shown: Vec<&str> = ps
+        .iter()
+        .flat_map(|(f, t, _)| [f.as_str(), t.as_str()])
+        .collect();
+    let mut rest = String::new();
+    for (k, v) in ev {
+        if shown.contains(&k.as_str()) || is_time_key(k) || v.is_array() || v.is_object() {
+            continue;
+        }
+        let _ = write!(
+            rest,
+            "<tr><td class=\"key\">{}</td><td class=\"val\">{}</td></tr>",
+            esc(k),
+            esc(&plain(v))
+        );
+    }
+    if !rest.is_empty() {
+        let _ = write!(
+            s,
+            "<h3>Other figures and settings</h3><table class=\"settings\"><tbody>{rest}</tbody></table>"
+        );
+    }
+    if let Some(Value::Array(cs)) = ev.get("contributions") {
+        s.push_str("<h3>Contributions to the verdict</h3><table class=\"settings\"><tbody>");
+        for c in cs {
+            let cells = match c {
+                Value::Object(m) => m
+                    .iter()
+                    .map(|(k, v)| {
+                        format!(
+                            "<td><span class=\"key\">{}</span> {}</td>",
+                            esc(k),
+                            esc(&plain(v))
+                        )
+                    })
+                    .collect::<String>(),
+                other => format!("<td>{}</td>", esc(&plain(other))),
+            };
+            let _ = write!(s, "<tr>{cells}</tr>");
+        }
+        s.push_str("</tbody></table>");
+    }
+    s
+}
+
+fn ident_link(root: &str, ident: &str) -> String {
+    format!(
+        "<a class=\"ident\" href=\"{root}line/{}\">{}</a>",
+        seg(ident),
+        esc(ident)
+    )
+}
+
+fn history_rows(h: &[Entry]) -> String {
+    let mut s = String::new();
+    for e in h {
+        let what = match e.field.as_str() {
+            "status" => format!(
+                "status {} &rarr; <b>{}</b>",
+                esc(e
+                    .old
+                    .as_deref()
+                    .and_then(Status::parse)
+                    .map_or("", |s| s.label())),
+                esc(Status::parse(&e.new).map_or(e.new.as_str(), |s| s.label()))
+            ),
+            "assignee" if e.new.is_empty() => "unassigned".into(),
+            "assignee" => format!("assigned to <b>{}</b>", esc(&e.new)),
+            _ => format!("note: <q>{}</q>", esc(&e.new)),
+        };
+        let _ = write!(
+            s,
+            "<li><time>{}</time> <b>{}</b> {what}</li>",
+            when(e.ts),
+            esc(&e.user)
+        );
+    }
+    s
+}
+
+/// The alert page.
+pub fn alert(
+    user: &User,
+    csrf: &str,
+    st: &Stored,
+    history: &[Entry],
+    related: &[Stored],
+    explanation: &str,
+    notice: Option<&str>,
+) -> Response {
+    let a = &st.alert;
+    let root = "../";
+    let mut timeline: Vec<(Millis, String)> = vec![
+        (a.window_start, "evidence window opens".into()),
+        (
+            a.event_time,
+            "the record that completed the detection".into(),
+        ),
+        (a.window_end, "evidence window closes".into()),
+        (a.detected_at, "alert made (wall clock)".into()),
+    ];
+    for (k, v) in &a.evidence {
+        if let (true, Some(t)) = (is_time_key(k), v.as_i64()) {
+            timeline.push((t, k.replace('_', " ")));
+        }
+    }
+    for e in history {
+        timeline.push((e.ts, format!("{} by {}", e.field, e.user)));
+    }
+    timeline.sort_by_key(|x| x.0);
+    let tl: String = timeline
+        .iter()
+        .map(|(t, what)| format!("<li><time>{}</time> {}</li>", when(*t), esc(what)))
+        .collect();
+    let rel_idents: String = if a.related.is_empty() {
+        "<p>None named by this alert.</p>".into()
+    } else {
+        format!(
+            "<p>{}</p>",
+            a.related
+                .iter()
+                .map(|r| ident_link(root, r))
+                .collect::<Vec<_>>()
+                .join(" ")
+        )
+    };
+    let rel_alerts: String = related
+        .iter()
+        .map(|r| {
+            format!(
+                "<tr><td>{}</td><td><span class=\"det\">{}</span></td><td><a href=\"{root}alert/{}\">{}</a></td><td>{}</td><td>{}</td></tr>",
+                score_bar(r.alert.score),
+                esc(&r.alert.detector),
+                seg(&r.alert.alert_id),
+                esc(&r.alert.subject),
+                when(r.alert.event_time),
+                status_chip(r.status)
+            )
+        })
+        .collect();
+    let triage = if user.role.may_act() {
+        let idu = seg(&a.alert_id);
+        let mut st_opts = String::new();
+        for s in Status::ALL
+            .into_iter()
+            .filter(|s| *s != Status::New || st.status == Status::New)
+        {
+            let _ = write!(
+                st_opts,
+                "<option value=\"{}\"{}>{}</option>",
+                s.as_str(),
+                if s == st.status { " selected" } else { "" },
+                s.label()
+            );
+        }
+        format!(
+            "<form class=\"decide\" method=\"post\" action=\"{idu}/triage\">\
+<input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+<button class=\"confirm\" name=\"decision\" value=\"confirmed\">Confirmed deal line</button>\
+<button class=\"fp\" name=\"decision\" value=\"false_positive\">False positive</button></form>\
+<form class=\"triage\" method=\"post\" action=\"{idu}/triage\">\
+<input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+<label>Status <select name=\"status\">{st_opts}</select></label>\
+<label>Assignee <input name=\"assignee\" value=\"{assignee}\" size=\"14\"></label>\
+<label class=\"wide\">Note <textarea name=\"note\" rows=\"2\"></textarea></label>\
+<button type=\"submit\">Save</button></form>",
+            csrf = esc(csrf),
+            assignee = esc(st.assignee.as_deref().unwrap_or("")),
+        )
+    } else {
+        "<p class=\"note\">Your role (viewer) can read alerts but not triage them.</p>".into()
+    };
+    let notice = notice
+        .map(|n| format!("<p class=\"notice\">{}</p>", esc(n)))
+        .unwrap_or_default();
+    let body = format!(
+        "<p><a href=\"{root}\">&larr; queue</a></p>{notice}\
+<section class=\"alert-head\"><h1><span class=\"det\">{det}</span> on {kind} {subject}</h1>\
+<div class=\"facts\">{score} {status} <span>assignee: <b>{assignee}</b></span>\
+<span>config version <code>{cv}</code></span><span>alert <code>{id}</code></span></div></section>\
+<section class=\"triage-box\"><h2>Triage</h2>{triage}<ul class=\"history\">{hist}</ul></section>\
+<div class=\"cols\"><section><h2>Figures against thresholds</h2>{figs}</section>\
+<section><h2>In plain language</h2><pre class=\"explain\">{explain}</pre></section></div>\
+<div class=\"cols\"><section><h2>Evidence timeline (UTC)</h2><ul class=\"timeline\">{tl}</ul></section>\
+<section><h2>Related lines and handsets</h2>{rel_idents}\
+<h3>Other alerts on these identities</h3><table class=\"queue\"><tbody>{rel_alerts}</tbody></table></section></div>",
+        det = esc(&a.detector),
+        kind = match a.subject_kind {
+            crate::alert::SubjectKind::Line => "line",
+            crate::alert::SubjectKind::Handset => "handset",
+        },
+        subject = ident_link(root, &a.subject),
+        score = score_bar(a.score),
+        status = status_chip(st.status),
+        assignee = esc(st.assignee.as_deref().unwrap_or("nobody")),
+        cv = esc(&a.config_version),
+        id = esc(&a.alert_id),
+        hist = history_rows(history),
+        figs = figures(a),
+        explain = esc(explanation),
+    );
+    page(&format!("{} alert", a.detector), root, user, &body)
+}
+
+/// What a line's alerts say about the identities around it.
+#[derive(Debug, Default)]
+pub struct Around {
+    pub predecessors: Vec<String>,
+    pub successors: Vec<String>,
+    pub handsets: Vec<String>,
+    pub sims: Vec<String>,
+    pub lines: Vec<String>,
+}
+
+impl Around {
+    /// Reads predecessors and successors off `line_handover` alerts and handsets, SIMs and
+    /// lines off `handset_churn` alerts.
+    pub fn of(ident: &str, alerts: &[Stored]) -> Around {
+        let mut x = Around::default();
+        let push = |v: &mut Vec<String>, s: &str| {
+            if s != ident && !v.iter().any(|y| y == s) {
+                v.push(s.to_string());
+            }
+        };
+        for st in alerts {
+            let a = &st.alert;
+            match a.detector.as_str() {
+                "line_handover" if a.subject == ident => {
+                    a.related.iter().for_each(|r| push(&mut x.predecessors, r))
+                }
+                "line_handover" if a.related.iter().any(|r| r == ident) => {
+                    push(&mut x.successors, &a.subject)
+                }
+                "handset_churn" => {
+                    push(&mut x.handsets, &a.subject);
+                    a.related.iter().for_each(|r| push(&mut x.sims, r));
+                    for l in super::store::mentioned(a).skip(a.related.len()) {
+                        push(&mut x.lines, l);
+                    }
+                }
+                _ => {}
+            }
+        }
+        x
+    }
+}
+
+fn ident_list(root: &str, v: &[String]) -> String {
+    if v.is_empty() {
+        "<span class=\"none\">none seen in alerts</span>".into()
+    } else {
+        v.iter()
+            .map(|i| ident_link(root, i))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// The line (or handset) page.
+pub fn line(user: &User, csrf: &str, ident: &str, alerts: &[Stored]) -> Response {
+    let root = "../";
+    let around = Around::of(ident, alerts);
+    let rows: String = alerts
+        .iter()
+        .map(|s| {
+            format!(
+                "<tr><td>{}</td><td><span class=\"det\">{}</span></td><td><a href=\"{root}alert/{}\">{}</a></td><td>{}</td><td>{}</td></tr>",
+                score_bar(s.alert.score),
+                esc(&s.alert.detector),
+                seg(&s.alert.alert_id),
+                if s.alert.subject == ident { "this line".to_string() } else { esc(&s.alert.subject) },
+                when(s.alert.event_time),
+                status_chip(s.status)
+            )
+        })
+        .collect();
+    let export = if user.role.may_act() {
+        format!(
+            "<form class=\"export\" method=\"post\" action=\"{id}/export\">\
+<input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+<label class=\"wide\">Reason for the export (recorded) <input name=\"reason\" required minlength=\"3\" size=\"40\"></label>\
+<label>Format <select name=\"format\"><option value=\"csv\">CSV</option><option value=\"print\">printable page</option></select></label>\
+<button type=\"submit\">Export evidence</button></form>",
+            id = seg(ident),
+            csrf = esc(csrf)
+        )
+    } else {
+        "<p class=\"note\">Your role (viewer) cannot export evidence.</p>".into()
+    };
+    let body = format!(
+        "<p><a href=\"{root}\">&larr; queue</a></p><h1>Identity <code>{id}</code></h1>\
+<div class=\"cols\"><section><h2>Identities seen with it</h2><dl class=\"around\">\
+<dt>Predecessor numbers</dt><dd>{pred}</dd><dt>Successor numbers</dt><dd>{succ}</dd>\
+<dt>Handsets (IMEI)</dt><dd>{hs}</dd><dt>SIMs (IMSI)</dt><dd>{sims}</dd><dt>Lines (MSISDN) in those handsets</dt><dd>{lines}</dd></dl>\
+<p class=\"note\">As pseudonyms, from the alerts on this page: the identifiers a DDTRO lists.</p></section>\
+<section><h2>Evidence export</h2>{export}</section></div>\
+<h2>Every alert on or naming it ({n})</h2><table class=\"queue\"><tbody>{rows}</tbody></table>",
+        id = esc(ident),
+        pred = ident_list(root, &around.predecessors),
+        succ = ident_list(root, &around.successors),
+        hs = ident_list(root, &around.handsets),
+        sims = ident_list(root, &around.sims),
+        lines = ident_list(root, &around.lines),
+        n = alerts.len(),
+    );
+    page("Line", root, user, &body)
+}
+
+/// A CSV cell: quoted, and a leading `= + - @` defused so a spreadsheet does not run it.
+fn cell(s: &str) -> String {
+    let s = if s.starts_with(['=', '+', '-', '@']) {
+        format!("'{s}")
+    } else {
+        s.to_string()
+    };
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// The evidence export of an identity as CSV.
+pub fn export_csv(alerts: &[Stored]) -> String {
+    let mut s = String::from(
+        "alert_id,detector,subject,subject_kind,score,event_time,window_start,window_end,related,status,assignee,config_version,evidence\n",
+    );
+    for st in alerts {
+        let a = &st.alert;
+        let kind = match a.subject_kind {
+            crate::alert::SubjectKind::Line => "line",
+            crate::alert::SubjectKind::Handset => "handset",
+        };
+        let fields = [
+            cell(&a.alert_id),
+            cell(&a.detector),
+            cell(&a.subject),
+            cell(kind),
+            num(a.score),
+            cell(&rfc3339(a.event_time)),
+            cell(&rfc3339(a.window_start)),
+            cell(&rfc3339(a.window_end)),
+            cell(&a.related.join(";")),
+            cell(st.status.as_str()),
+            cell(st.assignee.as_deref().unwrap_or("")),
+            cell(&a.config_version),
+            cell(&Value::Object(a.evidence.clone()).to_string()),
+        ];
+        s.push_str(&fields.join(","));
+        s.push('\n');
+    }
+    s
+}
+
+/// The printable evidence page: who exported it, when and why, then each alert explained.
+pub fn export_print(
+    user: &User,
+    ident: &str,
+    reason: &str,
+    now: Millis,
+    alerts: &[Stored],
+) -> Response {
+    let mut items = String::new();
+    for st in alerts {
+        let _ = write!(
+            items,
+            "<article class=\"print-alert\"><h3>{det} · score {score} · {status}</h3>{figs}<pre class=\"explain\">{ex}</pre></article>",
+            det = esc(&st.alert.detector),
+            score = num(st.alert.score),
+            status = st.status.label(),
+            figs = figures(&st.alert),
+            ex = esc(&crate::explain::explain(&st.alert)),
+        );
+    }
+    let around = Around::of(ident, alerts);
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            esc(&v.join(", "))
+        }
+    };
+    let body = format!(
+        "<h1>Evidence: <code>{id}</code></h1><p class=\"export-meta\">Exported by <b>{user}</b> at {at} UTC. \
+Reason: <q>{reason}</q>.</p><dl class=\"around\"><dt>Predecessors</dt><dd>{p}</dd><dt>Successors</dt><dd>{s}</dd>\
+<dt>Handsets (IMEI)</dt><dd>{h}</dd><dt>SIMs (IMSI)</dt><dd>{sims}</dd></dl>{items}",
+        id = esc(ident),
+        user = esc(&user.name),
+        at = when(now),
+        reason = esc(reason),
+        p = list(&around.predecessors),
+        s = list(&around.successors),
+        h = list(&around.handsets),
+        sims = list(&around.sims),
+    );
+    page("Evidence", "../../", user, &body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::board::store::tests::alert;
+
+    #[test]
+    fn text_and_segments_are_escaped() {
+        assert_eq!(
+            esc("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
+        assert_eq!(seg("a/b?c#d%e f"), "a%2Fb%3Fc%23d%25e%20f");
+        assert_eq!(seg("LINE_01-a.b~"), "LINE_01-a.b~");
+    }
+
+    #[test]
+    fn figures_sit_next_to_their_thresholds() {
+        let a = alert("a", "bulk_sms", "L", 0.5, 0);
+        let html = figures(&a);
+        assert!(html.contains("<td>recipients</td><td class=\"val\">41</td><td>&ge;</td><td class=\"val\">30</td><td class=\"key\">min_recipients</td><td>crossed</td>"), "{html}");
+        let mut d = alert("d", "deal_line", "L", 0.75, 0);
+        d.evidence = crate::evidence! {"score" => 0.75, "threshold" => 0.7, "lookback_s" => 345600,
+        "contributions" => serde_json::json!([{"evidence": "bulk_sms", "weight": 0.25}])};
+        let html = figures(&d);
+        assert!(
+            html.contains(
+                "<td>score</td><td class=\"val\">0.75</td><td>&ge;</td><td class=\"val\">0.7</td>"
+            ),
+            "{html}"
+        );
+        assert!(html.contains("lookback_s"));
+        assert!(html.contains("Contributions"));
+    }
+
+    #[test]
+    fn csv_cells_cannot_run_in_a_spreadsheet() {
+        assert_eq!(cell("=cmd()"), "\"'=cmd()\"");
+        assert_eq!(cell("a\"b"), "\"a\"\"b\"");
+    }
+
+    #[test]
+    fn predecessors_successors_and_handsets_come_from_the_alerts() {
+        let mut h1 = alert("h1", "line_handover", "L2", 0.8, 1);
+        h1.related = vec!["L1".into()];
+        let mut h2 = alert("h2", "line_handover", "L3", 0.8, 2);
+        h2.related = vec!["L2".into()];
+        let mut c = alert("c", "handset_churn", "IMEI9", 0.8, 3);
+        c.related = vec!["S1".into(), "S2".into()];
+        c.evidence = crate::evidence! {"sims" => 2, "min_sims" => 2, "lines" => ["L2", "L7"]};
+        let st = |a: Alert| Stored {
+            alert: a,
+            status: Status::New,
+            assignee: None,
+            decided_at: None,
+        };
+        let x = Around::of("L2", &[st(h1), st(h2), st(c)]);
+        assert_eq!(x.predecessors, ["L1"]);
+        assert_eq!(x.successors, ["L3"]);
+        assert_eq!(x.handsets, ["IMEI9"]);
+        assert_eq!(x.sims, ["S1", "S2"]);
+        assert_eq!(x.lines, ["L7"]);
+    }
+}

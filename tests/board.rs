@@ -1,0 +1,1054 @@
+//! `linewatch board` against a real broker, a real `linewatch run`, and a real headless
+//! Chromium (Debian's `chromium` and `chromium-driver`, installed by deploy/local/setup.sh)
+//! driven through WebDriver.
+//!
+//! The browser reaches the board through a small proxy written here that sets the user
+//! header, as the organisation's authenticating proxy would; requests straight to the board
+//! have no header. The broker comes from `LINEWATCH_TEST_BROKERS` (scripts/test.sh).
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use support::{brokers, create_topics, produce, suffix, Service, Topics};
+
+const HEADER: &str = "X-Forwarded-User";
+
+/// `linewatch board` as a child process; killed when dropped.
+struct Board {
+    child: Child,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Board {
+    fn start(config: &Path, alert_topic: &str) -> Board {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_linewatch"));
+        cmd.arg("--config")
+            .arg(config)
+            .arg("board")
+            .args(["--brokers", &brokers(), "--alert-topic", alert_topic])
+            .args(["--http", "127.0.0.1:0", "--log-format", "json"])
+            .env("LINEWATCH_LOG", "info,librdkafka=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("LINEWATCH_") && k != "LINEWATCH_LOG" {
+                cmd.env_remove(k);
+            }
+        }
+        let mut child = cmd.spawn().expect("start linewatch board");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Board { child, logs }
+    }
+
+    fn logs(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    /// The address it bound, once it says so.
+    async fn addr(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            for l in self.logs.lock().unwrap().iter() {
+                if let Ok(v) = serde_json::from_str::<Value>(l) {
+                    if v["message"] == "board listening" {
+                        return v["addr"].as_str().unwrap().to_string();
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "board did not listen; log:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn wait_ready(&self) -> String {
+        let addr = self.addr().await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if http(&addr, "GET", "/readyz", None, "").0 == 200 {
+                return addr;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "board not ready; log:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until `/metrics` shows `series` at `want` or more; returns the value.
+    async fn wait_metric(&self, addr: &str, series: &str, want: f64, timeout: Duration) -> f64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = support::metric_value(&http(addr, "GET", "/metrics", None, "").2, series);
+            if v >= want || Instant::now() >= deadline {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("board did not stop on SIGTERM; log:\n{}", self.logs());
+    }
+}
+
+impl Drop for Board {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("--- board log ---\n{}", self.logs());
+        }
+    }
+}
+
+/// One HTTP/1.1 request: (status, headers lower-cased, body).
+fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    user: Option<&str>,
+    form: &str,
+) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).expect("connect to the board");
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(u) = user {
+        req.push_str(&format!("{HEADER}: {u}\r\n"));
+    }
+    if method == "POST" {
+        req.push_str(&format!(
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+            form.len()
+        ));
+    }
+    req.push_str("\r\n");
+    req.push_str(form);
+    s.write_all(req.as_bytes()).expect("send");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read");
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (code, head.to_lowercase(), body.to_string())
+}
+
+/// A stand-in for the organisation's authenticating proxy: every request to it reaches the
+/// board with `X-Forwarded-User: user` (a header the client sent is dropped). One request
+/// per connection, so each one gets the header.
+async fn proxy(upstream: String, user: &'static str) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                return;
+            };
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                let head_end = loop {
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                    match client.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+                let mut lines = head.split("\r\n").filter(|l| !l.is_empty());
+                let mut out = format!("{}\r\n", lines.next().unwrap_or_default());
+                let mut length = 0usize;
+                for l in lines {
+                    let name = l
+                        .split(':')
+                        .next()
+                        .unwrap_or("")
+                        .trim()
+                        .to_ascii_lowercase();
+                    if name == HEADER.to_ascii_lowercase() || name == "connection" {
+                        continue;
+                    }
+                    if name == "content-length" {
+                        length = l
+                            .split(':')
+                            .nth(1)
+                            .unwrap_or("0")
+                            .trim()
+                            .parse()
+                            .unwrap_or(0);
+                    }
+                    out.push_str(l);
+                    out.push_str("\r\n");
+                }
+                out.push_str(&format!("{HEADER}: {user}\r\nConnection: close\r\n\r\n"));
+                let mut body = buf[head_end..].to_vec();
+                while body.len() < length {
+                    match client.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => body.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let Ok(mut up) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                if up.write_all(out.as_bytes()).await.is_err() || up.write_all(&body).await.is_err()
+                {
+                    return;
+                }
+                let _ = tokio::io::copy(&mut up, &mut client).await;
+            });
+        }
+    });
+    addr
+}
+
+/// chromedriver on a free port, driving the system Chromium; killed when dropped.
+struct Driver {
+    child: Child,
+    port: u16,
+    _profile: tempfile::TempDir,
+}
+
+impl Driver {
+    async fn start() -> Driver {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "chromedriver (Debian package chromium-driver, installed by deploy/local/setup.sh)",
+            );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Driver {
+            child,
+            port,
+            _profile: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    async fn client(&self, width: u32, height: u32) -> Client {
+        let profile = self._profile.path().join(suffix());
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": "/usr/bin/chromium",
+                "args": [
+                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                    "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync",
+                    "--disable-dev-shm-usage",
+                    format!("--window-size={width},{height}"),
+                    format!("--user-data-dir={}", profile.display()),
+                ]
+            }),
+        );
+        ClientBuilder::native()
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{}", self.port))
+            .await
+            .expect("a WebDriver session with headless Chromium")
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// A board configuration with two users, and the audit log's path.
+fn board_config(dir: &Path) -> (PathBuf, PathBuf) {
+    let audit = dir.join("audit.jsonl");
+    let cfg = dir.join("board.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[board]\ndb_path = {db:?}\naudit_log = {audit:?}\ngroup_id = \"board-{s}\"\n\
+             [board.users]\nalice = \"analyst\"\nvic = \"viewer\"\n",
+            db = dir.join("board.db"),
+            audit = audit,
+            s = suffix()
+        ),
+    )
+    .unwrap();
+    (cfg, audit)
+}
+
+/// A hand-made alert, as `run` publishes them.
+fn alert(
+    id: &str,
+    detector: &str,
+    subject: &str,
+    kind: &str,
+    score: f64,
+    related: &[&str],
+    evidence: Value,
+) -> Vec<u8> {
+    let t = now_ms();
+    json!({
+        "alert_id": id, "detector": detector, "subject": subject, "subject_kind": kind,
+        "score": score, "event_time": t - 60_000, "window_start": t - 3_600_000, "window_end": t - 60_000,
+        "related": related, "evidence": evidence, "detected_at": t, "config_version": "5d1c09aa"
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// A few alerts of every other kind around one chain of lines, so the pages have something
+/// to show besides the burst.
+fn scenery() -> Vec<(Option<String>, Vec<u8>)> {
+    let s = |k: &str, v: Vec<u8>| (Some(k.to_string()), v);
+    vec![
+        s(
+            "L-7f3a-OLD",
+            alert(
+                "sc-bulk-old",
+                "bulk_sms",
+                "L-7f3a-OLD",
+                "line",
+                0.62,
+                &[],
+                json!({"recipients": 37, "min_recipients": 30, "window_s": 3600, "repeat_audience": 0.0, "repeat_gap_s": 43200}),
+            ),
+        ),
+        s(
+            "L-91c2-NEW",
+            alert(
+                "sc-handover",
+                "line_handover",
+                "L-91c2-NEW",
+                "line",
+                0.81,
+                &["L-7f3a-OLD"],
+                json!({"overlap": 0.81, "min_overlap": 0.5, "overlap_counted": "exact", "sketch_jaccard": 0.7,
+                   "new_line_recipients": 26, "earlier_line_recipients": 31, "min_recipients": 15,
+                   "burst_window_s": 3600, "new_line_first_seen": now_ms() - 7_200_000,
+                   "earlier_line_first_seen": now_ms() - 86_400_000 * 3, "earlier_line_last_text": now_ms() - 9_000_000,
+                   "shared_handset": true}),
+            ),
+        ),
+        s(
+            "H-0b77",
+            alert(
+                "sc-churn",
+                "handset_churn",
+                "H-0b77",
+                "handset",
+                0.67,
+                &["S-11", "S-12", "S-13", "S-14"],
+                json!({"sims": 4, "min_sims": 3, "window_s": 259200, "lines": ["L-7f3a-OLD", "L-91c2-NEW"]}),
+            ),
+        ),
+        s(
+            "L-91c2-NEW",
+            alert(
+                "sc-deal",
+                "deal_line",
+                "L-91c2-NEW",
+                "line",
+                0.85,
+                &["L-7f3a-OLD", "H-0b77"],
+                json!({"score": 0.85, "threshold": 0.7, "lookback_s": 345600, "contributions": [
+                {"evidence": "bulk_sms", "weight": 0.25, "line": "L-91c2-NEW"},
+                {"evidence": "line_handover", "weight": 0.35, "line": "L-91c2-NEW"},
+                {"evidence": "handset_churn", "weight": 0.2, "handset": "H-0b77"}]}),
+            ),
+        ),
+        s(
+            "L-2210",
+            alert(
+                "sc-fanin",
+                "customer_fan_in",
+                "L-2210",
+                "line",
+                0.55,
+                &[],
+                json!({"customers": 13, "min_customers": 12, "window_s": 21600, "customer_lookback_s": 604800,
+                   "min_call_duration_s": 5, "max_call_duration_s": 120}),
+            ),
+        ),
+    ]
+}
+
+/// CDRs of one line texting 40 distinct numbers within a few minutes: a bulk send.
+fn burst(line: &str) -> Vec<String> {
+    let t0 = now_ms() - 300_000;
+    (0..40)
+        .map(|i| {
+            json!({"event_id": format!("{line}-e{i}"), "ts": t0 + i * 5_000, "kind": "sms",
+                   "from": line, "to": format!("C-{i:03}"), "imei": "H-burst", "imsi": "S-burst"})
+            .to_string()
+        })
+        .collect()
+}
+
+fn audit_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each audit line is JSON"))
+        .collect()
+}
+
+fn has(audit: &[Value], user: Option<&str>, action: &str, target: &str) -> bool {
+    audit.iter().any(|v| {
+        v["action"] == action
+            && v["target"].as_str().is_some_and(|t| t.starts_with(target))
+            && match user {
+                Some(u) => v["user"] == u,
+                None => v["user"].is_null(),
+            }
+            && v["ts"].as_str().is_some_and(|t| t.ends_with('Z'))
+    })
+}
+
+async fn screenshot(c: &Client, name: &str) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/board-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    let png = c.screenshot().await.expect("screenshot");
+    std::fs::write(dir.join(name), png).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_board_in_a_browser_shows_a_burst_live_and_records_each_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let topics = Topics::named("board");
+    topics.create(1).await;
+    let run_cfg = dir.path().join("run.toml");
+    std::fs::write(&run_cfg, "").unwrap();
+    let service = Service::start(&run_cfg, &topics.args(&brokers()));
+    service.wait_ready(Duration::from_secs(60)).await;
+
+    produce(&topics.alerts, &scenery()).await;
+    let (cfg, audit_path) = board_config(dir.path());
+    let board = Board::start(&cfg, &topics.alerts);
+    let addr = board.wait_ready().await;
+    board
+        .wait_metric(
+            &addr,
+            "linewatch_board_alerts_ingested_total",
+            5.0,
+            Duration::from_secs(20),
+        )
+        .await;
+    let alice = proxy(addr.clone(), "alice").await;
+    let vic = proxy(addr.clone(), "vic").await;
+
+    let driver = Driver::start().await;
+    let c = driver.client(1600, 1000).await;
+    c.goto(&format!("http://{alice}/")).await.unwrap();
+    let untriaged = c
+        .find(Locator::Id("untriaged"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(untriaged, "5");
+    c.execute("window.__sameDocument = 'yes';", vec![])
+        .await
+        .unwrap();
+    // Wait for the page's event stream to be open before the burst.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.find_all(Locator::Css("#live.down")).await.unwrap().len() == 1 {
+        assert!(Instant::now() < deadline, "live updates never connected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // The burst goes to the service's input; its alert must show on the open page.
+    let line = format!("L-burst-{}", &suffix()[..6]);
+    let events = burst(&line);
+    let t0 = Instant::now();
+    produce(&topics.input, &support::records(&events, true)).await;
+    // Read in the page itself: the rows are replaced under WebDriver's element handles.
+    let texts = "return Array.from(document.querySelectorAll('tr[data-alert] a.subject')).map(a => a.textContent);";
+    let elapsed = loop {
+        let v = c.execute(texts, vec![]).await.unwrap();
+        if v.as_array().unwrap().iter().any(|t| t == line.as_str()) {
+            break t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the burst's alert never appeared on the queue; board log:\n{}",
+            board.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    eprintln!("burst produced to alert on the open queue: {elapsed:?}");
+    assert!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
+    let same = c
+        .execute("return window.__sameDocument || 'reloaded';", vec![])
+        .await
+        .unwrap();
+    assert_eq!(same, json!("yes"), "the page must not reload");
+    assert_eq!(
+        c.find(Locator::Id("untriaged"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "6"
+    );
+    screenshot(&c, "queue.png").await;
+
+    // The alert page: figures next to thresholds, the explanation, the config version.
+    c.find(Locator::XPath(&format!(
+        "//a[@class='subject' and text()='{line}']"
+    )))
+    .await
+    .unwrap()
+    .click()
+    .await
+    .unwrap();
+    let figures = c
+        .find(Locator::Css("table.figures"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        figures.contains("recipients 30 ≥ 30 min_recipients crossed")
+            || figures.contains("min_recipients"),
+        "{figures}"
+    );
+    let page = c.source().await.unwrap();
+    assert!(
+        page.contains(
+            "<td>recipients</td><td class=\"val\">30</td><td>≥</td><td class=\"val\">30</td>"
+        ) || page.contains(
+            "<td>recipients</td><td class=\"val\">30</td><td>&ge;</td><td class=\"val\">30</td>"
+        ),
+        "{figures}"
+    );
+    assert!(
+        page.contains("texted 30 distinct recipients"),
+        "the explain text is on the page"
+    );
+    let alert_url = c.current_url().await.unwrap();
+    let alert_id = alert_url.path().rsplit('/').next().unwrap().to_string();
+    screenshot(&c, "alert.png").await;
+
+    // A viewer sees it but cannot triage: no buttons, and a forged POST is refused.
+    let viewer = driver.client(1280, 800).await;
+    viewer
+        .goto(&format!("http://{vic}/alert/{alert_id}"))
+        .await
+        .unwrap();
+    assert!(viewer
+        .find_all(Locator::XPath("//button[text()='False positive']"))
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(viewer.source().await.unwrap().contains("not triage them"));
+    screenshot(&viewer, "alert-laptop-viewer.png").await;
+    viewer.close().await.unwrap();
+    let (code, _, _) = http(
+        &addr,
+        "POST",
+        &format!("/alert/{alert_id}/triage"),
+        Some("vic"),
+        "decision=false_positive&csrf=x",
+    );
+    assert_eq!(code, 403, "a viewer cannot triage");
+    // An analyst's POST without the page's token (another site's form) is refused too.
+    let (code, _, _) = http(
+        &addr,
+        "POST",
+        &format!("/alert/{alert_id}/triage"),
+        Some("alice"),
+        "decision=false_positive&csrf=forged",
+    );
+    assert_eq!(code, 403, "CSRF");
+
+    // The analyst presses False positive.
+    c.find(Locator::XPath("//button[text()='False positive']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("p.notice"))
+        .await
+        .unwrap();
+    let chip = c
+        .find(Locator::Css(".alert-head .chip"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(chip, "False positive");
+    let (code, head, labels) = http(&addr, "GET", "/labels.csv", Some("alice"), "");
+    assert_eq!(code, 200);
+    assert!(head.contains("text/csv"));
+    assert_eq!(labels, format!("subject,label\n{line},lookalike_triaged\n"));
+    assert_eq!(
+        http(&addr, "GET", "/labels.csv", Some("vic"), "").0,
+        403,
+        "viewers cannot export"
+    );
+
+    // `tune --labels` reads the export as it is.
+    let labels_path = dir.path().join("http-exported-labels.csv");
+    std::fs::write(&labels_path, &labels).unwrap();
+    let input = dir.path().join("events.jsonl");
+    std::fs::write(&input, events.join("\n") + "\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_linewatch"))
+        .args([
+            "tune",
+            "--detector",
+            "bulk_sms",
+            "--param",
+            "bulk_sms.min_recipients=20,30",
+            "--input",
+        ])
+        .arg(&input)
+        .arg("--labels")
+        .arg(&labels_path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tune: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The line page of the chain, and an evidence export with its reason.
+    c.goto(&format!("http://{alice}/line/L-91c2-NEW"))
+        .await
+        .unwrap();
+    let around = c
+        .find(Locator::Css("dl.around"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        around.contains("L-7f3a-OLD") && around.contains("H-0b77") && around.contains("S-13"),
+        "{around}"
+    );
+    screenshot(&c, "line.png").await;
+    c.find(Locator::Css("input[name=reason]"))
+        .await
+        .unwrap()
+        .send_keys("Case 2026/114: DDTRO application")
+        .await
+        .unwrap();
+    c.find(Locator::Css("select[name=format] option[value=print]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.find(Locator::XPath("//button[text()='Export evidence']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    // The click returns before the next page has loaded.
+    c.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("p.export-meta"))
+        .await
+        .unwrap();
+    let printed = c.source().await.unwrap();
+    assert!(
+        printed.contains("Case 2026/114: DDTRO application")
+            && printed.contains("Exported by <b>alice</b>"),
+        "{printed}"
+    );
+    screenshot(&c, "export-print.png").await;
+
+    // Without the proxy's header: 401; a name the board does not know: 403.
+    assert_eq!(http(&addr, "GET", "/", None, "").0, 401);
+    assert_eq!(http(&addr, "GET", "/", Some("mallory"), "").0, 403);
+    c.close().await.unwrap();
+
+    let audit = audit_lines(&audit_path);
+    assert!(has(
+        &audit,
+        Some("alice"),
+        "view_alert",
+        &format!("alert:{alert_id}")
+    ));
+    assert!(has(
+        &audit,
+        Some("vic"),
+        "view_alert",
+        &format!("alert:{alert_id}")
+    ));
+    assert!(has(
+        &audit,
+        Some("vic"),
+        "refused_role",
+        &format!("alert:{alert_id}")
+    ));
+    assert!(has(
+        &audit,
+        Some("alice"),
+        "refused_csrf",
+        &format!("alert:{alert_id}")
+    ));
+    assert!(audit.iter().any(|v| v["user"] == "alice"
+        && v["action"] == "status"
+        && v["target"] == format!("alert:{alert_id}")
+        && v["detail"] == "new -> false_positive"));
+    assert!(has(&audit, Some("alice"), "export_labels", "/labels.csv"));
+    assert!(has(&audit, Some("vic"), "refused_role", "/labels.csv"));
+    assert!(has(&audit, Some("alice"), "view_line", "line:L-91c2-NEW"));
+    assert!(audit.iter().any(|v| v["user"] == "alice"
+        && v["action"] == "export"
+        && v["target"] == "line:L-91c2-NEW"
+        && v["reason"] == "Case 2026/114: DDTRO application"));
+    assert!(has(&audit, None, "refused_no_user", "/"));
+    assert!(has(&audit, Some("mallory"), "refused_unknown_user", "/"));
+}
+
+/// Alerts in Kafka transactions: one committed, one aborted (read_committed must skip it).
+async fn produce_in_transaction(topic: &str, records: &[(Option<String>, Vec<u8>)], commit: bool) {
+    use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+    let p: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("transactional.id", format!("board-test-{}", suffix()))
+        .create()
+        .unwrap();
+    p.init_transactions(Duration::from_secs(30)).unwrap();
+    p.begin_transaction().unwrap();
+    for (k, v) in records {
+        let mut r = FutureRecord::<str, [u8]>::to(topic).payload(v.as_slice());
+        if let Some(k) = k {
+            r = r.key(k.as_str());
+        }
+        p.send(r, Duration::from_secs(30)).await.unwrap();
+    }
+    if commit {
+        p.commit_transaction(Duration::from_secs(30)).unwrap();
+    } else {
+        p.abort_transaction(Duration::from_secs(30)).unwrap();
+    }
+}
+
+fn many(prefix: &str, n: usize) -> Vec<(Option<String>, Vec<u8>)> {
+    (0..n)
+        .map(|i| {
+            let subject = format!("L-{prefix}-{}", i % 997);
+            let score = (i % 100) as f64 / 100.0;
+            (
+                Some(subject.clone()),
+                alert(
+                    &format!("{prefix}-{i:06}"),
+                    "bulk_sms",
+                    &subject,
+                    "line",
+                    score,
+                    &[],
+                    json!({"recipients": 31, "min_recipients": 30}),
+                ),
+            )
+        })
+        .collect()
+}
+
+fn stored_ids(db: &Path) -> (u64, BTreeSet<String>) {
+    let c = rusqlite::Connection::open(db).unwrap();
+    let n: i64 = c
+        .query_row("SELECT count(*) FROM alerts", [], |r| r.get(0))
+        .unwrap();
+    let mut st = c.prepare("SELECT alert_id FROM alerts").unwrap();
+    let ids = st
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    (n as u64, ids)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_board_killed_mid_ingest_and_restarted_loses_and_repeats_no_alert() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = format!("board-restart-{}", suffix());
+    create_topics(&[(&topic, 3)]).await;
+    let first = many("a", 20_000);
+    produce(&topic, &first).await;
+    let (cfg, _) = board_config(dir.path());
+
+    let mut board = Board::start(&cfg, &topic);
+    let addr = board.addr().await;
+    // Killed as soon as it has stored some: mid-ingest, with no chance to finish a batch.
+    let got = board
+        .wait_metric(
+            &addr,
+            "linewatch_board_alerts_ingested_total",
+            1.0,
+            Duration::from_secs(60),
+        )
+        .await;
+    board.kill();
+    let (at_kill, _) = stored_ids(&dir.path().join("board.db"));
+    eprintln!("killed with {at_kill} of 20000 stored (metric said {got})");
+    assert!(
+        at_kill < 20_000,
+        "the kill came after ingest finished: the test proves less"
+    );
+
+    // While it is down: more alerts, a committed and an aborted transaction, bad messages.
+    let second = many("b", 500);
+    produce(&topic, &second).await;
+    produce_in_transaction(&topic, &many("committed", 50), true).await;
+    produce_in_transaction(&topic, &many("aborted", 50), false).await;
+    let bad: Vec<(Option<String>, Vec<u8>)> = vec![
+        (None, b"not json".to_vec()),
+        (None, b"{\"alert_id\":\"x\"}".to_vec()),
+        (None, b"[]".to_vec()),
+    ];
+    produce(&topic, &bad).await;
+
+    let mut board = Board::start(&cfg, &topic);
+    let addr = board.wait_ready().await;
+    let want = 20_000.0 + 500.0 + 50.0;
+    let total = board
+        .wait_metric(
+            &addr,
+            "linewatch_board_alerts_stored",
+            want,
+            Duration::from_secs(120),
+        )
+        .await;
+    assert_eq!(total, want, "stored after restart");
+    let invalid = board
+        .wait_metric(
+            &addr,
+            "linewatch_board_invalid_messages_total{reason=\"not_an_alert\"}",
+            2.0,
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(invalid, 2.0);
+    let metrics = http(&addr, "GET", "/metrics", None, "").2;
+    assert_eq!(
+        support::metric_value(
+            &metrics,
+            "linewatch_board_invalid_messages_total{reason=\"invalid_json\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        support::metric_value(&metrics, "linewatch_board_alerts_duplicate_total"),
+        0.0,
+        "the restarted board read nothing it had already stored"
+    );
+    assert_eq!(
+        support::metric_value(&metrics, "linewatch_board_alerts_ingested_total") as u64,
+        20_550 - at_kill,
+        "it read exactly what it had not stored"
+    );
+    board.terminate();
+
+    let (n, ids) = stored_ids(&dir.path().join("board.db"));
+    assert_eq!(n, 20_550);
+    let mut want_ids: BTreeSet<String> = BTreeSet::new();
+    for i in 0..20_000 {
+        want_ids.insert(format!("a-{i:06}"));
+    }
+    for i in 0..500 {
+        want_ids.insert(format!("b-{i:06}"));
+    }
+    for i in 0..50 {
+        want_ids.insert(format!("committed-{i:06}"));
+    }
+    assert_eq!(
+        ids, want_ids,
+        "every alert once, none of the aborted transaction"
+    );
+}
+
+#[test]
+fn the_board_refuses_to_start_without_a_writable_audit_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("board.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[board]\ndb_path = {:?}\naudit_log = {:?}\n[board.users]\nalice = \"analyst\"\n",
+            dir.path().join("b.db"),
+            dir.path().join("no-such-dir/audit.jsonl")
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_linewatch"))
+        .arg("--config")
+        .arg(&cfg)
+        .args(["board", "--http", "127.0.0.1:0", "--brokers", "127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot write the audit log"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+#[test]
+fn a_bad_role_is_a_configuration_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("board.toml");
+    std::fs::write(&cfg, "[board.users]\nalice = \"superuser\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_linewatch"))
+        .arg("--config")
+        .arg(&cfg)
+        .args(["board"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid configuration"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_is_published_to_the_disposition_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = suffix();
+    let (alerts, dispositions) = (format!("board-d-alerts-{s}"), format!("board-d-out-{s}"));
+    create_topics(&[(&alerts, 1), (&dispositions, 1)]).await;
+    produce(&alerts, &scenery()).await;
+    let (cfg, _) = board_config(dir.path());
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "[board]\n",
+        &format!("[board]\ndisposition_topic = {dispositions:?}\n"),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let board = Board::start(&cfg, &alerts);
+    let addr = board.wait_ready().await;
+    board
+        .wait_metric(
+            &addr,
+            "linewatch_board_alerts_ingested_total",
+            5.0,
+            Duration::from_secs(20),
+        )
+        .await;
+    // The token comes from the page, as a browser's form would carry it.
+    let page = http(&addr, "GET", "/alert/sc-deal", Some("alice"), "").2;
+    let token = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("the triage form carries a token")
+        .to_string();
+    let (code, head, _) = http(
+        &addr,
+        "POST",
+        "/alert/sc-deal/triage",
+        Some("alice"),
+        &format!("csrf={token}&decision=confirmed"),
+    );
+    assert_eq!(code, 303, "{head}");
+    let got = support::read_until(&dispositions, Duration::from_secs(30), |m| !m.is_empty()).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].key.as_deref(), Some("L-91c2-NEW"));
+    let v: Value = serde_json::from_slice(&got[0].value).unwrap();
+    assert_eq!(v["label"], "deal_line");
+    assert_eq!(v["alert_id"], "sc-deal");
+    assert_eq!(v["subject"], "L-91c2-NEW");
+    assert!(
+        v.get("user").is_none(),
+        "who decided stays in the audit log"
+    );
+
+    // The other triage fields: status, assignee and a note in one form, each audited.
+    let (code, _, _) = http(
+        &addr,
+        "POST",
+        "/alert/sc-deal/triage",
+        Some("alice"),
+        &format!("csrf={token}&status=closed&assignee=bob&note=handed+to+the+DDTRO+team"),
+    );
+    assert_eq!(code, 303);
+    let page = http(&addr, "GET", "/alert/sc-deal", Some("alice"), "").2;
+    assert!(page.contains("assigned to <b>bob</b>") && page.contains("handed to the DDTRO team"));
+    let audit = audit_lines(&dir.path().join("audit.jsonl"));
+    let by = |action: &str| {
+        audit
+            .iter()
+            .filter(|v| {
+                v["action"] == action && v["user"] == "alice" && v["target"] == "alert:sc-deal"
+            })
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(by("status").len(), 2, "confirmed, then closed");
+    assert_eq!(by("status")[1]["detail"], "confirmed -> closed");
+    assert_eq!(by("assign")[0]["detail"], " -> bob");
+    assert_eq!(by("note")[0]["reason"], "handed to the DDTRO team");
+    // Closing keeps the decision: the label stays.
+    let labels = http(&addr, "GET", "/labels.csv", Some("alice"), "").2;
+    assert_eq!(labels, "subject,label\nL-91c2-NEW,deal_line\n");
+}
