@@ -293,6 +293,16 @@ pub struct ServiceConfig {
     /// On assignment, records up to this far back (by Kafka timestamp) before the committed
     /// offset are re-read to rebuild window state without publishing again; 0 turns it off.
     pub rebuild_state_s: u64,
+    /// Window state is checkpointed with the input offsets it reflects this often, so a
+    /// restart loads it and re-reads only what came after instead of `rebuild_state_s`;
+    /// 0 turns checkpoints off.
+    pub checkpoint_interval_s: u64,
+    /// Compacted topic that holds the checkpoints (created when missing), so any member of
+    /// the group on any host can restore them without shared disk.
+    pub state_topic: String,
+    /// A local directory for checkpoints as well, read first on restore (faster than the
+    /// topic when a pod keeps its volume); empty: the topic only.
+    pub state_dir: String,
 }
 
 impl Default for ServiceConfig {
@@ -313,6 +323,9 @@ impl Default for ServiceConfig {
             retry_backoff_max_s: 30,
             config_poll_interval_s: 2,
             rebuild_state_s: 604_800,
+            checkpoint_interval_s: 60,
+            state_topic: "linewatch-state".into(),
+            state_dir: String::new(),
         }
     }
 }
@@ -781,6 +794,7 @@ impl Config {
             ("service.group_id", &s.group_id),
             ("service.alert_topic", &s.alert_topic),
             ("service.dead_letter_topic", &s.dead_letter_topic),
+            ("service.state_topic", &s.state_topic),
         ] {
             r.check(
                 key,
@@ -827,6 +841,7 @@ impl Config {
             1,
         );
         r.seconds("service.rebuild_state_s", s.rebuild_state_s, 0);
+        r.seconds("service.checkpoint_interval_s", s.checkpoint_interval_s, 0);
         self.board.check(&mut r);
         r
     }

@@ -7,9 +7,10 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::alert::{Alert, Finding};
+use crate::checkpoint::{codec, Section};
 use crate::config::Config;
 use crate::detect::{self, deal_line::DealLine, Ctx, Detector, EventIds, StateStats};
 use crate::event::{self, DecodeOptions, Event, Kind, Malformed, Millis, Reason};
@@ -29,7 +30,7 @@ pub enum Verdict {
 }
 
 /// Running totals, for `--summary`, metrics and tests.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
     pub events_total: u64,
     pub events_valid: u64,
@@ -58,6 +59,7 @@ const DEDUP_BUCKET_MS: Millis = 60_000;
 /// Ids are expired by event-time bucket, not in arrival order: with several partitions, or
 /// one record far ahead of the rest, arrival order is not time order, and a queue that stops
 /// at its first unexpired entry would never shrink behind it.
+#[derive(Clone)]
 struct Dedup {
     seen: HashSet<u64, IdBuild>,
     /// Event-time minute → the ids first seen with an event time in it.
@@ -121,6 +123,43 @@ impl Dedup {
                 .map(|b| b.capacity() * 8 + 48)
                 .sum::<usize>()
     }
+
+    /// The ids by event-time bucket: the set is rebuilt from them on load.
+    fn save_state(&self) -> Result<Vec<u8>, codec::Error> {
+        codec::encode(&self.buckets)
+    }
+
+    fn load_state(&mut self, bytes: &[u8]) -> Result<(), codec::Error> {
+        self.buckets = codec::decode(bytes)?;
+        self.seen = self.buckets.values().flatten().copied().collect();
+        Ok(())
+    }
+}
+
+/// Engine-wide state that belongs to no detector, saved as one checkpoint section.
+#[derive(Serialize, Deserialize)]
+struct CoreState {
+    watermarks: Watermarks,
+    cooldown: IdMap<u32>,
+    /// Saved so the handover warm-up is measured from the stream's real start, not from
+    /// the first record after a restore.
+    stream_start: Option<Millis>,
+    last_sweep: Millis,
+    since_sweep: u64,
+    counters: Counters,
+}
+
+/// A checkpoint could not be loaded into the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("checkpoint has no section {0:?}")]
+    MissingSection(String),
+    #[error("checkpoint section {name:?}: {source}")]
+    Decode {
+        name: String,
+        #[source]
+        source: codec::Error,
+    },
 }
 
 /// The detection engine.
@@ -145,6 +184,31 @@ pub struct Engine {
     /// A fixed reference clock for the future-timestamp bound instead of the wall time
     /// passed with each record (`replay --now`, tests).
     reference: Option<Millis>,
+}
+
+/// A copy of the whole state, for a checkpoint encoded off the detecting thread (a copy
+/// is a memory copy; encoding it costs several times more).
+impl Clone for Engine {
+    fn clone(&self) -> Self {
+        Engine {
+            cfg: self.cfg.clone(),
+            version: self.version.clone(),
+            decode: self.decode,
+            contacts: self.contacts.clone(),
+            primaries: self.primaries.iter().map(|d| d.box_clone()).collect(),
+            deal: self.deal.clone(),
+            watermarks: self.watermarks.clone(),
+            dedup: self.dedup.clone(),
+            cooldown: self.cooldown.clone(),
+            stream_start: self.stream_start,
+            last_sweep: self.last_sweep,
+            since_sweep: self.since_sweep,
+            counters: self.counters.clone(),
+            findings: Vec::new(),
+            deal_findings: Vec::new(),
+            reference: self.reference,
+        }
+    }
 }
 
 fn contact_bounds(cfg: &Config) -> (usize, usize, u64) {
@@ -441,6 +505,69 @@ impl Engine {
             },
         ));
         v
+    }
+
+    /// Every piece of state, one encoded section per component (engine core, dedup,
+    /// contact store, each detector), for a checkpoint.
+    pub fn save_sections(&self) -> Result<Vec<Section>, codec::Error> {
+        let core = CoreState {
+            watermarks: self.watermarks.clone(),
+            cooldown: self.cooldown.clone(),
+            stream_start: self.stream_start,
+            last_sweep: self.last_sweep,
+            since_sweep: self.since_sweep,
+            counters: self.counters.clone(),
+        };
+        let mut v = vec![
+            Section::new("engine", codec::encode(&core)?),
+            Section::new("dedup", self.dedup.save_state()?),
+            Section::new("contacts", self.contacts.save_state()?),
+        ];
+        for d in &self.primaries {
+            v.push(Section::new(d.name(), d.save_state()?));
+        }
+        v.push(Section::new(self.deal.name(), self.deal.save_state()?));
+        Ok(v)
+    }
+
+    /// Replaces every piece of state with the sections [`Engine::save_sections`] wrote.
+    /// Call it on a fresh engine built with the configuration the sections were saved
+    /// under, then [`Engine::reconfigure`] to the one in force, exactly as a live reload.
+    /// On error the engine is left part-loaded: discard it.
+    pub fn load_sections(&mut self, sections: &[Section]) -> Result<(), LoadError> {
+        fn find<'a>(sections: &'a [Section], name: &str) -> Result<&'a [u8], LoadError> {
+            sections
+                .iter()
+                .find(|s| s.name == name)
+                .map(|s| s.bytes.as_slice())
+                .ok_or_else(|| LoadError::MissingSection(name.to_string()))
+        }
+        let wrap = |name: &str| {
+            let name = name.to_string();
+            move |source| LoadError::Decode { name, source }
+        };
+        let core: CoreState = codec::decode(find(sections, "engine")?).map_err(wrap("engine"))?;
+        self.watermarks = core.watermarks;
+        self.cooldown = core.cooldown;
+        self.stream_start = core.stream_start;
+        self.last_sweep = core.last_sweep;
+        self.since_sweep = core.since_sweep;
+        self.counters = core.counters;
+        self.dedup
+            .load_state(find(sections, "dedup")?)
+            .map_err(wrap("dedup"))?;
+        self.contacts
+            .load_state(find(sections, "contacts")?)
+            .map_err(wrap("contacts"))?;
+        for d in &mut self.primaries {
+            d.load_state(find(sections, d.name())?)
+                .map_err(wrap(d.name()))?;
+        }
+        let name = self.deal.name();
+        self.deal
+            .load_state(find(sections, name)?)
+            .map_err(wrap(name))?;
+        Ok(())
     }
 
     /// Lines with state (those that have originated a record within retention).

@@ -16,6 +16,7 @@
 //! - [`state`]: the shared per-line contact store every line detector reads.
 //! - [`detect`]: the [`detect::Detector`] trait and one file per detector.
 //! - [`alert`]: the alert format and deterministic ids.
+//! - [`checkpoint`]: durable engine state: checkpoints, their stores, restore.
 //! - [`replay`]: JSONL in, alerts, dead letters and a summary out.
 //! - [`redact`]: raw identifiers taken out of dead letters before they leave the process.
 //! - [`config`]: typed, validated configuration (`config/linewatch.toml` is the default).
@@ -36,6 +37,7 @@
 pub mod alert;
 pub mod board;
 pub mod cells;
+pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod detect;

@@ -4,11 +4,14 @@
 //! `line_handover` (the new line's audience) all ask the same question of the same fact, so
 //! it is kept once here rather than three times in three detectors.
 
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::codec;
 use crate::event::Millis;
 use crate::ids::{self, IdMap};
 
 /// One number a line has texted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Contact {
     /// Fingerprint of the recipient's id.
     pub fp: u32,
@@ -22,7 +25,7 @@ pub struct Contact {
 }
 
 /// What is known of one sending line.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LineRecord {
     /// First record from this line (seconds).
     pub first_seen_s: u32,
@@ -64,7 +67,7 @@ pub enum Recorded {
 }
 
 /// Outbound texts per line, with first/last activity.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Contacts {
     lines: IdMap<LineRecord>,
     max_lines: usize,
@@ -206,6 +209,22 @@ impl Contacts {
 
     pub fn len(&self) -> usize {
         self.lines.len()
+    }
+
+    /// Every line's record, encoded for a checkpoint (the bounds are configuration).
+    pub fn save_state(&self) -> Result<Vec<u8>, codec::Error> {
+        codec::encode(&self.lines)
+    }
+
+    /// Replaces the records with those [`Contacts::save_state`] wrote.
+    pub fn load_state(&mut self, bytes: &[u8]) -> Result<(), codec::Error> {
+        self.lines = codec::decode(bytes)?;
+        self.heap_bytes = self
+            .lines
+            .values()
+            .map(|r| r.contacts.capacity() * std::mem::size_of::<Contact>())
+            .sum();
+        Ok(())
     }
 
     pub fn is_empty(&self) -> bool {

@@ -5,9 +5,11 @@
 //! partition holds time back but a silent one does not stall every window. `replay` has one
 //! partition. Wall-clock time is passed in, never read here.
 
+use serde::{Deserialize, Serialize};
+
 use crate::event::Millis;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Part {
     partition: i32,
     /// None: assigned, nothing delivered yet.
@@ -16,7 +18,7 @@ struct Part {
 }
 
 /// Watermark over a set of partitions.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Watermarks {
     parts: Vec<Part>,
     lateness: Millis,

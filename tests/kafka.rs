@@ -34,6 +34,9 @@ threshold = 0.5
 batch_max_wait_ms = 20
 retry_backoff_max_s = 2
 drain_timeout_s = 20
+# These tests cover re-reading the input after a restart or rebalance; tests/kafka_state.rs
+# covers restoring checkpoints.
+checkpoint_interval_s = 0
 "#;
 
 fn sms(id: &str, ts: i64, from: &str, to: &str) -> String {

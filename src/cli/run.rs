@@ -44,6 +44,15 @@ pub struct Args {
     /// Admin HTTP address for /metrics, /healthz, /readyz (service.http_addr); port 0 picks one.
     #[arg(long, env = "LINEWATCH_HTTP", value_name = "ADDR")]
     pub http: Option<String>,
+    /// Seconds between state checkpoints; 0 turns them off (service.checkpoint_interval_s).
+    #[arg(long, env = "LINEWATCH_CHECKPOINT_INTERVAL_S", value_name = "S")]
+    pub checkpoint_interval_s: Option<u64>,
+    /// Compacted topic for checkpoints (service.state_topic).
+    #[arg(long, env = "LINEWATCH_STATE_TOPIC", value_name = "T")]
+    pub state_topic: Option<String>,
+    /// Local directory for checkpoints, read first on restore (service.state_dir).
+    #[arg(long, env = "LINEWATCH_STATE_DIR", value_name = "PATH")]
+    pub state_dir: Option<String>,
     /// Cell map CSV (`cell,area,class`), validated at start.
     #[arg(long, env = "LINEWATCH_CELLS", value_name = "PATH")]
     pub cells: Option<PathBuf>,
@@ -78,6 +87,15 @@ impl Args {
         }
         if let Some(v) = &self.http {
             s.http_addr = v.clone();
+        }
+        if let Some(v) = self.checkpoint_interval_s {
+            s.checkpoint_interval_s = v;
+        }
+        if let Some(v) = &self.state_topic {
+            s.state_topic = v.clone();
+        }
+        if let Some(v) = &self.state_dir {
+            s.state_dir = v.clone();
         }
         cfg
     }

@@ -9,6 +9,7 @@ use serde_json::json;
 
 use super::{Ctx, Detector, EventIds, StateStats};
 use crate::alert::{Finding, SubjectKind};
+use crate::checkpoint::codec;
 use crate::config::{BulkSmsConfig, Config};
 use crate::event::{Event, Kind, Millis};
 use crate::evidence;
@@ -18,6 +19,7 @@ use crate::state::Contact;
 pub const NAME: &str = "bulk_sms";
 
 /// Per firing line: seconds of its last finding.
+#[derive(Clone)]
 pub struct BulkSms {
     cfg: BulkSmsConfig,
     repeat_gap_s: u32,
@@ -173,6 +175,19 @@ impl Detector for BulkSms {
         self.cfg = cfg.bulk_sms.clone();
         self.repeat_gap_s = ids::span_secs(cfg.deal_line.repeat_gap_s);
         self.max_keys = cfg.engine.max_keys_per_detector;
+    }
+
+    fn box_clone(&self) -> Box<dyn Detector> {
+        Box::new(self.clone())
+    }
+
+    fn save_state(&self) -> Result<Vec<u8>, codec::Error> {
+        codec::encode(&(&self.fired, self.cap_hits))
+    }
+
+    fn load_state(&mut self, bytes: &[u8]) -> Result<(), codec::Error> {
+        (self.fired, self.cap_hits) = codec::decode(bytes)?;
+        Ok(())
     }
 }
 

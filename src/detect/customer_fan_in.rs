@@ -6,6 +6,7 @@
 
 use super::{Ctx, Detector, EventIds, StateStats};
 use crate::alert::{Finding, SubjectKind};
+use crate::checkpoint::codec;
 use crate::config::{Config, FanInConfig};
 use crate::event::{Event, Kind, Millis};
 use crate::evidence;
@@ -18,6 +19,7 @@ pub const NAME: &str = "customer_fan_in";
 /// entry of the line's list (`last_in_s`): the customer list *is* that list, and a second
 /// per-line map of callers cost more than half again the memory of the store. This
 /// detector keeps only when it last fired, for the lines that ever do.
+#[derive(Clone)]
 pub struct CustomerFanIn {
     cfg: FanInConfig,
     fired: IdMap<u32>,
@@ -165,6 +167,19 @@ impl Detector for CustomerFanIn {
     fn reconfigure(&mut self, cfg: &Config) {
         self.cfg = cfg.customer_fan_in.clone();
         self.max_keys = cfg.engine.max_keys_per_detector;
+    }
+
+    fn box_clone(&self) -> Box<dyn Detector> {
+        Box::new(self.clone())
+    }
+
+    fn save_state(&self) -> Result<Vec<u8>, codec::Error> {
+        codec::encode(&(&self.fired, self.cap_hits))
+    }
+
+    fn load_state(&mut self, bytes: &[u8]) -> Result<(), codec::Error> {
+        (self.fired, self.cap_hits) = codec::decode(bytes)?;
+        Ok(())
     }
 }
 

@@ -8,10 +8,12 @@
 //! fan-in, a number handed over, burner handsets) goes above. Each contribution is listed
 //! in the alert's evidence with its figures.
 
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{Ctx, Detector, StateStats};
 use crate::alert::{Finding, SubjectKind};
+use crate::checkpoint::codec;
 use crate::config::{Config, DealLineConfig};
 use crate::event::{Event, Millis};
 use crate::ids::{self, IdMap};
@@ -66,13 +68,15 @@ impl Part {
     }
 }
 
+#[derive(Clone, Serialize, Deserialize)]
 struct Contribution {
     at: Millis,
     /// The figures of the finding behind it (a small object).
+    #[serde(with = "codec::json_text")]
     detail: Value,
 }
 
-#[derive(Default)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 struct LineVerdict {
     line: Box<str>,
     parts: [Option<Contribution>; 7],
@@ -88,6 +92,7 @@ struct LineVerdict {
 /// and a few handsets; far more is a repair shop or a shared phone, and the oldest go first.
 pub const MAX_RELATED: usize = 32;
 
+#[derive(Clone)]
 pub struct DealLine {
     cfg: DealLineConfig,
     lines: IdMap<LineVerdict>,
@@ -345,6 +350,19 @@ impl Detector for DealLine {
     fn reconfigure(&mut self, cfg: &Config) {
         self.cfg = cfg.deal_line.clone();
         self.max_keys = cfg.engine.max_keys_per_detector;
+    }
+
+    fn box_clone(&self) -> Box<dyn Detector> {
+        Box::new(self.clone())
+    }
+
+    fn save_state(&self) -> Result<Vec<u8>, codec::Error> {
+        codec::encode(&(&self.lines, self.cap_hits))
+    }
+
+    fn load_state(&mut self, bytes: &[u8]) -> Result<(), codec::Error> {
+        (self.lines, self.cap_hits) = codec::decode(bytes)?;
+        Ok(())
     }
 }
 

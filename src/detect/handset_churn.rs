@@ -4,8 +4,11 @@
 //! `related`), with the line each SIM was used as, so the combined verdict can credit the
 //! churn to those lines.
 
+use serde::{Deserialize, Serialize};
+
 use super::{Ctx, Detector, EventIds, StateStats};
 use crate::alert::{Finding, SubjectKind};
+use crate::checkpoint::codec;
 use crate::config::{ChurnConfig, Config};
 use crate::event::{Event, Millis};
 use crate::evidence;
@@ -13,6 +16,7 @@ use crate::ids::{self, IdMap};
 
 pub const NAME: &str = "handset_churn";
 
+#[derive(Clone, Serialize, Deserialize)]
 struct SimSeen {
     /// Hash of `sim`: compared first, so the strings are only read on a match.
     sim_id: u64,
@@ -22,13 +26,14 @@ struct SimSeen {
     last_s: u32,
 }
 
-#[derive(Default)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 struct Handset {
     sims: Vec<SimSeen>,
     newest_s: u32,
     fired_s: Option<u32>,
 }
 
+#[derive(Clone)]
 pub struct HandsetChurn {
     cfg: ChurnConfig,
     handsets: IdMap<Handset>,
@@ -214,6 +219,24 @@ impl Detector for HandsetChurn {
     fn reconfigure(&mut self, cfg: &Config) {
         self.cfg = cfg.handset_churn.clone();
         self.max_keys = cfg.engine.max_keys_per_detector;
+    }
+
+    fn box_clone(&self) -> Box<dyn Detector> {
+        Box::new(self.clone())
+    }
+
+    fn save_state(&self) -> Result<Vec<u8>, codec::Error> {
+        codec::encode(&(&self.handsets, self.cap_hits))
+    }
+
+    fn load_state(&mut self, bytes: &[u8]) -> Result<(), codec::Error> {
+        (self.handsets, self.cap_hits) = codec::decode(bytes)?;
+        self.heap_bytes = self
+            .handsets
+            .values()
+            .flat_map(|h| h.sims.iter().map(sim_bytes))
+            .sum();
+        Ok(())
     }
 }
 

@@ -13,8 +13,11 @@
 //! list has expired). The candidate scan is over sketched lines only, the few that blast;
 //! banded LSH would replace it if that population grew to millions.
 
+use serde::{Deserialize, Serialize};
+
 use super::{Ctx, Detector, EventIds, StateStats};
 use crate::alert::{Finding, SubjectKind};
+use crate::checkpoint::codec;
 use crate::config::{Config, HandoverConfig};
 use crate::event::{Event, Kind, Millis};
 use crate::evidence;
@@ -22,6 +25,7 @@ use crate::ids::{self, IdMap};
 
 pub const NAME: &str = "line_handover";
 
+#[derive(Clone, Serialize, Deserialize)]
 struct Sketched {
     line: Box<str>,
     first_seen_s: u32,
@@ -38,6 +42,7 @@ struct Sketched {
     next_eval: u32,
 }
 
+#[derive(Clone)]
 pub struct LineHandover {
     cfg: HandoverConfig,
     sketches: IdMap<Sketched>,
@@ -266,6 +271,19 @@ impl Detector for LineHandover {
             self.sketches.clear();
         }
         self.cfg = cfg.line_handover.clone();
+    }
+
+    fn box_clone(&self) -> Box<dyn Detector> {
+        Box::new(self.clone())
+    }
+
+    fn save_state(&self) -> Result<Vec<u8>, codec::Error> {
+        codec::encode(&(&self.sketches, self.cap_hits))
+    }
+
+    fn load_state(&mut self, bytes: &[u8]) -> Result<(), codec::Error> {
+        (self.sketches, self.cap_hits) = codec::decode(bytes)?;
+        Ok(())
     }
 }
 

@@ -13,6 +13,7 @@ pub mod handset_churn;
 pub mod line_handover;
 
 use crate::alert::Finding;
+use crate::checkpoint::codec;
 use crate::config::Config;
 use crate::event::{Event, Millis};
 use crate::ids;
@@ -89,6 +90,18 @@ pub trait Detector: Send {
     /// Takes new thresholds without losing state: a longer window keeps what it has, a
     /// shorter one trims at the next expiry.
     fn reconfigure(&mut self, cfg: &Config);
+
+    /// A copy of the detector with its state: a checkpoint encodes the copy on another
+    /// thread while this one goes on detecting.
+    fn box_clone(&self) -> Box<dyn Detector>;
+
+    /// The detector's whole state, encoded for a checkpoint. Required, not defaulted: a
+    /// detector that forgot it would silently restart empty after every restore.
+    fn save_state(&self) -> Result<Vec<u8>, codec::Error>;
+
+    /// Replaces the state with one [`Detector::save_state`] wrote (under possibly other
+    /// thresholds: the engine calls [`Detector::reconfigure`] afterwards, as a live reload).
+    fn load_state(&mut self, bytes: &[u8]) -> Result<(), codec::Error>;
 }
 
 /// For a record older than its key's newest: the earliest window of `window_s` that holds

@@ -75,6 +75,8 @@ pub struct Metrics {
     batch_seconds: Histogram,
     ready: IntGauge,
     assigned: IntGauge,
+    /// Checkpoint age, size, timings and fallbacks (defined with the checkpoints).
+    pub checkpoint: crate::checkpoint::metrics::CheckpointMetrics,
 }
 
 // Registering a freshly built metric in a new registry fails only on a duplicate name or a
@@ -266,7 +268,9 @@ impl Metrics {
         for k in RELOAD_RESULTS {
             reloads.with_label_values(&[k]);
         }
+        let checkpoint = crate::checkpoint::metrics::CheckpointMetrics::register(&r);
         Metrics {
+            checkpoint,
             registry: r,
             records,
             rebuilt,

@@ -274,6 +274,8 @@ pub async fn run(
     let drain_s = cfg.service.drain_timeout_s;
     let main = pipeline::Pipeline {
         engine: Engine::new(cfg.clone()),
+        checkpoints: None,
+        settings: settings.clone(),
         cfg,
         consumer: consumer.clone(),
         producer,

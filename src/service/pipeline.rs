@@ -55,10 +55,12 @@ use super::metrics::{Metrics, Tally};
 use super::sink::{InFlight, InFlightQueue, Outgoing, Sink, SinkContext};
 use super::source::{self, lock, Assignment, Batch, Generation, InRecord, Source, Tp};
 use super::{ServiceError, Status, Throttle};
+use crate::checkpoint::service::Checkpointer;
+use crate::checkpoint::{self, SourceOffset};
 use crate::config::Config;
 use crate::engine::{Engine, Verdict};
 use crate::event::{self, DecodeOptions, Event, Malformed, Millis};
-use crate::kafka::{self, ErrorClass};
+use crate::kafka::{self, ErrorClass, KafkaSettings};
 use crate::replay::wall_ms;
 
 /// Input partitions are told apart in the engine's watermark by one number: the topic's
@@ -205,6 +207,10 @@ pub struct Pipeline {
     pub status: Arc<Status>,
     pub reloads: mpsc::Receiver<Config>,
     pub stop: watch::Receiver<bool>,
+    /// State checkpoints (`service.checkpoint_interval_s` > 0); started by the loop.
+    pub checkpoints: Option<Checkpointer>,
+    /// For the state topic.
+    pub settings: KafkaSettings,
 }
 
 impl Pipeline {
@@ -214,6 +220,8 @@ impl Pipeline {
         {
             return Ok(());
         }
+        // State first: the re-read on assignment starts where the checkpoint ends.
+        self.restore_state().await;
         super::subscribe(&self.consumer, &self.cfg.service.input_topics)?;
         self.status
             .set(false, "waiting for the consumer group to assign partitions");
@@ -281,6 +289,8 @@ impl Pipeline {
                         }
                         Wake::Tick => {
                             self.refresh_gauges(&topics)?;
+                            // Idle: everything is settled, a checkpoint costs no wait.
+                            self.checkpoint_if_due(&topics);
                             continue;
                         }
                         Wake::Record => {}
@@ -361,6 +371,12 @@ impl Pipeline {
                     self.settle_oldest(&topics, &mut stopping_since, drain)
                         .await?;
                 }
+                if self.checkpoints.as_ref().is_some_and(Checkpointer::due) {
+                    // A checkpoint reflects only records whose outputs are acknowledged:
+                    // settle what is in flight first (a pause of one acknowledgement).
+                    self.settle_all(&topics, &mut stopping_since, drain).await?;
+                    self.checkpoint_if_due(&topics);
+                }
             }
             // Stopped: everything taken is delivered and committed before the process goes.
             self.settle_all(&topics, &mut stopping_since, drain).await
@@ -378,6 +394,11 @@ impl Pipeline {
             .saturating_sub(since.elapsed())
             .max(Duration::from_secs(1));
         self.commit_sync(&topics, left).await;
+        if let Some(c) = self.checkpoints.take() {
+            // The state at a clean stop: the restart re-reads nothing.
+            let offsets = self.checkpoint_offsets(&topics);
+            c.finish(&self.engine, offsets);
+        }
         // Every delivery was awaited; this only returns what librdkafka holds for itself
         // (nothing, normally).
         self.sink.flush(Duration::from_secs(1));
@@ -658,6 +679,85 @@ impl Pipeline {
         }
     }
 
+    /// Opens the checkpoint stores, loads the newest usable checkpoint into the engine and
+    /// starts the checkpoint writer (checkpoints on), before the first assignment.
+    async fn restore_state(&mut self) {
+        if self.cfg.service.checkpoint_interval_s == 0 {
+            return;
+        }
+        self.status
+            .set(false, "restoring window state from a checkpoint");
+        // Store I/O blocks (file reads, a topic read to its end): off the async threads.
+        let (c, s, m) = (
+            self.cfg.clone(),
+            self.settings.clone(),
+            self.metrics.checkpoint.clone(),
+        );
+        let opened = tokio::task::spawn_blocking(move || {
+            let mut stores = checkpoint::service::open_stores(&c, &s);
+            let restored = checkpoint::service::restore(&mut stores, &c, &m);
+            (stores, restored)
+        })
+        .await;
+        let (stores, restored) = match opened {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "checkpoint restore failed; rebuilding from the input");
+                (Vec::new(), None)
+            }
+        };
+        let mut first = None;
+        if let Some(r) = restored {
+            // The re-read on assignment starts at these offsets (source.rs): records after
+            // them and before the committed offsets rebuild state without publishing.
+            let mut shared = lock(&self.shared);
+            for o in &r.manifest.offsets {
+                let topics = &self.cfg.service.input_topics;
+                if let Some(ti) = topics.iter().position(|t| *t == o.topic) {
+                    shared.processed.insert((ti, o.partition), o.offset);
+                }
+            }
+            drop(shared);
+            first = Some((r.slot, r.manifest.id));
+            self.engine = r.engine;
+        }
+        self.checkpoints = Some(Checkpointer::start(
+            stores,
+            &self.cfg,
+            first,
+            self.metrics.checkpoint.clone(),
+        ));
+    }
+
+    /// The next offset after the last record run through the engine, per partition: what
+    /// the engine's state reflects.
+    fn checkpoint_offsets(&self, topics: &[String]) -> Vec<SourceOffset> {
+        lock(&self.shared)
+            .processed
+            .iter()
+            .filter_map(|(&(ti, partition), &offset)| {
+                Some(SourceOffset {
+                    topic: topics.get(ti)?.clone(),
+                    partition,
+                    offset,
+                })
+            })
+            .collect()
+    }
+
+    /// Takes a checkpoint if one is due; call only with nothing in flight.
+    fn checkpoint_if_due(&mut self, topics: &[String]) {
+        if !self.checkpoints.as_ref().is_some_and(Checkpointer::due)
+            || !lock(&self.in_flight).is_empty()
+        {
+            return;
+        }
+        let offsets = self.checkpoint_offsets(topics);
+        if let Some(c) = self.checkpoints.as_mut() {
+            c.take(&self.engine, offsets);
+        }
+    }
+
     /// Gauges that are read, not counted: state size, watermark lag, readiness.
     fn refresh_gauges(&mut self, topics: &[String]) -> Result<(), ServiceError> {
         if let Some(reason) = self.status.auth_failure() {
@@ -667,6 +767,7 @@ impl Pipeline {
             self.metrics.state(name, s.keys, s.bytes);
         }
         let now = wall_ms();
+        self.metrics.checkpoint.refresh(now);
         for (p, wm) in self.engine.partition_watermarks() {
             let (ti, partition) = from_engine_partition(p);
             if let Some(t) = topics.get(ti) {

@@ -1,0 +1,338 @@
+//! Durable engine state: checkpoints written with the input offsets they reflect, and
+//! restored on start or assignment instead of re-reading a week of input.
+//!
+//! A checkpoint is the engine's sections ([`crate::engine::Engine::save_sections`]: engine
+//! core, dedup, contact store, each detector) encoded as one body, cut into chunks that fit
+//! under a broker's message limit, plus a manifest written **last**: a checkpoint without
+//! its manifest does not exist. Every chunk carries the checkpoint id and its index, and
+//! the manifest a checksum of every chunk and of itself, so a truncated, mixed or corrupt
+//! checkpoint is recognised and the previous one used instead.
+//!
+//! Two slots alternate, so the previous complete checkpoint survives while the
+//! next one is being written, in a compacted topic (keys overwrite) as in a directory.
+//!
+//! # Layout
+//! - [`codec`]: the one serialisation used for state (postcard).
+//! - this file: sections, chunks, manifest, verification, restore into an engine.
+//! - [`store`]: where checkpoints live: a directory, or a compacted Kafka topic.
+
+pub mod codec;
+pub mod metrics;
+pub mod service;
+pub mod store;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::event::Millis;
+
+/// Bumped whenever the encoding of any section changes: an older or newer checkpoint is
+/// then `incompatible` and the service falls back to re-reading its input.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Chunk values stay at or under this: below the 1 MiB default message limit of brokers
+/// and clients even with the key and framing added.
+pub const MAX_CHUNK_BYTES: usize = 512 * 1024;
+
+const MAGIC: &[u8; 4] = b"LWCK";
+/// magic, format version, checkpoint id, chunk index.
+const CHUNK_HEADER: usize = 4 + 4 + 8 + 4;
+
+/// One named piece of engine state, encoded with [`codec`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Section {
+    pub name: String,
+    pub bytes: Vec<u8>,
+}
+
+impl Section {
+    pub fn new(name: &str, bytes: Vec<u8>) -> Self {
+        Section {
+            name: name.to_string(),
+            bytes,
+        }
+    }
+}
+
+/// Where the input stood when the state was saved: the next offset to read.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SourceOffset {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Length and checksum of one chunk value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkMeta {
+    pub len: u32,
+    pub xxh3: u64,
+}
+
+/// What a checkpoint holds and how to verify it; written after all its chunks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format_version: u32,
+    /// Increases from one checkpoint to the next of a writer (wall ms at the start of the
+    /// write, kept above the previous id): "newest" means the highest id.
+    pub id: u64,
+    pub created_ms: Millis,
+    /// The configuration the state was built under, as JSON: restore builds an engine with
+    /// it and then reconfigures to the one in force, as a live reload does.
+    pub config_json: String,
+    pub config_version: String,
+    pub offsets: Vec<SourceOffset>,
+    pub chunks: Vec<ChunkMeta>,
+    /// Encoded state bytes (the chunks without their headers).
+    pub state_bytes: u64,
+}
+
+/// A checkpoint ready for a store: the manifest value and the chunk values.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    pub manifest: Manifest,
+    pub manifest_value: Vec<u8>,
+    pub chunks: Vec<Vec<u8>>,
+}
+
+/// Why a checkpoint was not used. Fixed codes: metric labels and log fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Fallback {
+    /// No checkpoint in the store (first start, or all were unusable).
+    Missing,
+    /// A chunk absent or shorter than the manifest says.
+    Truncated,
+    /// A checksum that does not match, or bytes that do not decode.
+    Corrupt,
+    /// Another format version, a configuration this build cannot read, or other partitions.
+    Incompatible,
+    /// The store could not be read at all.
+    Unreadable,
+}
+
+impl Fallback {
+    pub const ALL: [Fallback; 5] = [
+        Fallback::Missing,
+        Fallback::Truncated,
+        Fallback::Corrupt,
+        Fallback::Incompatible,
+        Fallback::Unreadable,
+    ];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Fallback::Missing => "missing",
+            Fallback::Truncated => "truncated",
+            Fallback::Corrupt => "corrupt",
+            Fallback::Incompatible => "incompatible",
+            Fallback::Unreadable => "unreadable",
+        }
+    }
+}
+
+/// Encodes the engine's whole state with the offsets it reflects, cut into chunk values of
+/// at most `max_chunk_bytes` each.
+pub fn encode(
+    engine: &Engine,
+    offsets: Vec<SourceOffset>,
+    id: u64,
+    created_ms: Millis,
+    max_chunk_bytes: usize,
+) -> Result<Encoded, codec::Error> {
+    let sections = engine.save_sections()?;
+    let body = codec::encode(&sections)?;
+    let per_chunk = max_chunk_bytes.saturating_sub(CHUNK_HEADER).max(1024);
+    let mut chunks = Vec::with_capacity(body.len() / per_chunk + 1);
+    let mut metas = Vec::with_capacity(chunks.capacity());
+    for (i, data) in body.chunks(per_chunk).enumerate() {
+        let mut v = Vec::with_capacity(CHUNK_HEADER + data.len());
+        v.extend_from_slice(MAGIC);
+        v.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        v.extend_from_slice(&id.to_le_bytes());
+        v.extend_from_slice(&(i as u32).to_le_bytes());
+        v.extend_from_slice(data);
+        metas.push(ChunkMeta {
+            len: v.len() as u32,
+            xxh3: xxhash_rust::xxh3::xxh3_64(&v),
+        });
+        chunks.push(v);
+    }
+    let cfg = engine.config();
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        id,
+        created_ms,
+        // A Config always serialises to JSON: plain strings, numbers, maps with string keys.
+        config_json: serde_json::to_string(cfg).unwrap_or_default(),
+        config_version: engine.config_version().to_string(),
+        offsets,
+        chunks: metas,
+        state_bytes: body.len() as u64,
+    };
+    let manifest_value = encode_manifest(&manifest)?;
+    Ok(Encoded {
+        manifest,
+        manifest_value,
+        chunks,
+    })
+}
+
+fn encode_manifest(m: &Manifest) -> Result<Vec<u8>, codec::Error> {
+    let body = codec::encode(m)?;
+    let mut v = Vec::with_capacity(8 + body.len() + 8);
+    v.extend_from_slice(MAGIC);
+    v.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    v.extend_from_slice(&body);
+    let sum = xxhash_rust::xxh3::xxh3_64(&v);
+    v.extend_from_slice(&sum.to_le_bytes());
+    Ok(v)
+}
+
+/// Reads and verifies a manifest value.
+pub fn decode_manifest(v: &[u8]) -> Result<Manifest, Fallback> {
+    if v.len() < 16 || &v[..4] != MAGIC {
+        return Err(Fallback::Corrupt);
+    }
+    let (data, sum) = v.split_at(v.len() - 8);
+    // The version comes before the checksum test: a manifest of another format may be
+    // framed differently, and that is not corruption.
+    let version = u32::from_le_bytes([v[4], v[5], v[6], v[7]]);
+    if version != FORMAT_VERSION {
+        return Err(Fallback::Incompatible);
+    }
+    let want = u64::from_le_bytes(sum.try_into().map_err(|_| Fallback::Corrupt)?);
+    if xxhash_rust::xxh3::xxh3_64(data) != want {
+        return Err(Fallback::Corrupt);
+    }
+    codec::decode(&data[8..]).map_err(|_| Fallback::Corrupt)
+}
+
+/// Verifies every chunk of a manifest (present, right length, right checkpoint, checksum)
+/// and decodes the sections.
+pub fn assemble(
+    m: &Manifest,
+    chunk: impl Fn(u32) -> Option<Vec<u8>>,
+) -> Result<Vec<Section>, Fallback> {
+    let mut body = Vec::with_capacity(m.state_bytes as usize);
+    for (i, meta) in m.chunks.iter().enumerate() {
+        let v = chunk(i as u32).ok_or(Fallback::Truncated)?;
+        if v.len() < CHUNK_HEADER || &v[..4] != MAGIC {
+            return Err(Fallback::Corrupt);
+        }
+        // A chunk of another checkpoint under the same key: this one was never finished
+        // or was overwritten by a newer write that did not finish.
+        if v[8..16] != m.id.to_le_bytes() || v[16..20] != (i as u32).to_le_bytes() {
+            return Err(Fallback::Truncated);
+        }
+        if v.len() != meta.len as usize {
+            return Err(Fallback::Truncated);
+        }
+        if xxhash_rust::xxh3::xxh3_64(&v) != meta.xxh3 {
+            return Err(Fallback::Corrupt);
+        }
+        body.extend_from_slice(&v[CHUNK_HEADER..]);
+    }
+    codec::decode(&body).map_err(|_| Fallback::Corrupt)
+}
+
+/// An engine holding a checkpoint's state under the configuration `current`: built with
+/// the configuration the state was saved under, loaded, then reconfigured exactly as a
+/// live reload would (changed thresholds keep the state).
+pub fn restore_engine(
+    m: &Manifest,
+    sections: &[Section],
+    current: &Config,
+) -> Result<Engine, Fallback> {
+    let saved: Config = serde_json::from_str(&m.config_json).map_err(|_| Fallback::Incompatible)?;
+    if saved.validate().is_err() {
+        return Err(Fallback::Incompatible);
+    }
+    let mut engine = Engine::new(saved);
+    engine
+        .load_sections(sections)
+        .map_err(|_| Fallback::Corrupt)?;
+    engine.reconfigure(current.clone());
+    Ok(engine)
+}
+
+/// A restored checkpoint: the engine and the offsets to resume from.
+pub struct Restored {
+    pub engine: Engine,
+    pub manifest: Manifest,
+    /// The slot it was read from (the next write goes to the other).
+    pub slot: u8,
+}
+
+/// The newest usable checkpoint among the store's manifests, newest first; each one
+/// passed over is reported to `skipped` with its reason. `accept` decides whether a
+/// manifest's offsets fit what is assigned (else `incompatible`).
+pub fn restore_newest(
+    entries: &BTreeMap<String, Vec<u8>>,
+    namespace: &str,
+    current: &Config,
+    accept: impl Fn(&Manifest) -> bool,
+    mut skipped: impl FnMut(Fallback),
+) -> Option<Restored> {
+    let mut manifests = Vec::new();
+    for slot in 0..SLOTS {
+        let Some(v) = entries.get(&manifest_key(namespace, slot)) else {
+            continue;
+        };
+        match decode_manifest(v) {
+            Ok(m) => manifests.push((slot, m)),
+            Err(f) => skipped(f),
+        }
+    }
+    manifests.sort_by_key(|m| std::cmp::Reverse(m.1.id));
+    for (slot, m) in manifests {
+        if !accept(&m) {
+            skipped(Fallback::Incompatible);
+            continue;
+        }
+        let got = assemble(&m, |i| entries.get(&chunk_key(namespace, slot, i)).cloned())
+            .and_then(|sections| restore_engine(&m, &sections, current));
+        match got {
+            Ok(engine) => {
+                return Some(Restored {
+                    engine,
+                    manifest: m,
+                    slot,
+                })
+            }
+            Err(f) => skipped(f),
+        }
+    }
+    None
+}
+
+/// Slots that alternate, so the previous checkpoint is whole while the next is written.
+pub const SLOTS: u8 = 2;
+
+pub fn manifest_key(namespace: &str, slot: u8) -> String {
+    format!("{namespace}/{slot}/manifest")
+}
+
+pub fn chunk_key(namespace: &str, slot: u8, i: u32) -> String {
+    format!("{namespace}/{slot}/chunk/{i:06}")
+}
+
+/// Writes a checkpoint to `slot`: every chunk, made durable, then the manifest. A crash
+/// before the manifest lands leaves the slot's previous manifest, whose chunks no longer
+/// match it (checkpoint id in each chunk): it is then passed over as `truncated`, and the
+/// other slot's checkpoint is used.
+pub fn write(
+    store: &mut dyn store::Store,
+    namespace: &str,
+    slot: u8,
+    cp: &Encoded,
+) -> Result<(), store::StoreError> {
+    for (i, c) in cp.chunks.iter().enumerate() {
+        store.put(&chunk_key(namespace, slot, i as u32), c)?;
+    }
+    store.flush()?;
+    store.put(&manifest_key(namespace, slot), &cp.manifest_value)?;
+    store.flush()
+}

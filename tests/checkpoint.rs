@@ -1,0 +1,290 @@
+//! Checkpoints: the engine's whole state saved part-way through a city and restored into a
+//! fresh engine gives exactly the alerts of one uninterrupted replay; every kind of damage
+//! to a checkpoint is recognised, never loaded.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use linewatch::alert::Alert;
+use linewatch::checkpoint::store::{DirStore, Store};
+use linewatch::checkpoint::{self, Fallback, SourceOffset};
+use linewatch::config::Config;
+use linewatch::engine::Engine;
+use linewatch::generate::{self, GenOptions};
+use linewatch::replay::{self, CollectSink};
+
+/// A small city with every detector firing (deal networks, look-alikes, late, duplicate
+/// and malformed records), generated once for all tests.
+fn city() -> &'static [u8] {
+    static CITY: OnceLock<Vec<u8>> = OnceLock::new();
+    CITY.get_or_init(|| {
+        let (events, _, _) = generate::generate_in_memory(&GenOptions {
+            seed: 4,
+            subscribers: 4_000,
+            days: 4,
+            ..GenOptions::default()
+        })
+        .expect("generate");
+        events
+    })
+}
+
+/// The city cut at its middle line.
+fn halves() -> (&'static [u8], &'static [u8]) {
+    let data = city();
+    let mid = data.len() / 2;
+    let cut = mid + data[mid..].iter().position(|&b| b == b'\n').unwrap() + 1;
+    data.split_at(cut)
+}
+
+fn run(engine: &mut Engine, data: &[u8]) -> Vec<Alert> {
+    let mut sink = CollectSink::default();
+    replay::run(engine, data, &mut sink, |_| {}).unwrap();
+    sink.alerts
+}
+
+/// Alerts without the wall-clock field, which differs from run to run by design.
+fn comparable(alerts: Vec<Alert>) -> Vec<Alert> {
+    alerts
+        .into_iter()
+        .map(|mut a| {
+            a.detected_at = 0;
+            a
+        })
+        .collect()
+}
+
+fn offsets() -> Vec<SourceOffset> {
+    vec![SourceOffset {
+        topic: "cdr".into(),
+        partition: 0,
+        offset: 12_345,
+    }]
+}
+
+/// Small chunks, so a checkpoint of the test city is many chunks.
+const CHUNK: usize = 16 * 1024;
+
+fn encoded_after_first_half(cfg: &Config) -> (checkpoint::Encoded, Vec<Alert>) {
+    let mut engine = Engine::new(cfg.clone());
+    let first = run(&mut engine, halves().0);
+    let enc = checkpoint::encode(&engine, offsets(), 7, 1_000, CHUNK).unwrap();
+    (enc, first)
+}
+
+fn load(enc: &checkpoint::Encoded, current: &Config) -> Result<Engine, Fallback> {
+    let m = checkpoint::decode_manifest(&enc.manifest_value)?;
+    let sections = checkpoint::assemble(&m, |i| enc.chunks.get(i as usize).cloned())?;
+    checkpoint::restore_engine(&m, &sections, current)
+}
+
+#[test]
+fn restored_engine_gives_the_alerts_of_an_uninterrupted_replay() {
+    let cfg = Config::default();
+    let (whole, _) = replay::replay_bytes(cfg.clone(), city());
+    let (enc, mut alerts) = encoded_after_first_half(&cfg);
+    assert!(enc.chunks.len() > 10, "{} chunks", enc.chunks.len());
+    assert!(enc.chunks.iter().all(|c| c.len() <= CHUNK));
+    let mut restored = load(&enc, &cfg).expect("restore");
+    alerts.extend(run(&mut restored, halves().1));
+    assert!(whole.len() > 100, "the city makes alerts of every kind");
+    assert_eq!(comparable(alerts), comparable(whole));
+    // Counters, watermark and every state size carry over too.
+    let mut uninterrupted = Engine::new(cfg);
+    run(&mut uninterrupted, city());
+    assert_eq!(restored.counters(), uninterrupted.counters());
+    assert_eq!(
+        restored.state_stats().len(),
+        uninterrupted.state_stats().len()
+    );
+    for ((n1, s1), (n2, s2)) in restored
+        .state_stats()
+        .iter()
+        .zip(uninterrupted.state_stats())
+    {
+        assert_eq!((n1, s1.keys, s1.cap_hits), (&n2, s2.keys, s2.cap_hits));
+    }
+}
+
+#[test]
+fn reloaded_state_saves_again_to_sections_of_the_same_size() {
+    let cfg = Config::default();
+    let (enc, _) = encoded_after_first_half(&cfg);
+    let restored = load(&enc, &cfg).unwrap();
+    let again = restored.save_sections().unwrap();
+    let m = checkpoint::decode_manifest(&enc.manifest_value).unwrap();
+    let before = checkpoint::assemble(&m, |i| enc.chunks.get(i as usize).cloned()).unwrap();
+    // Maps may be laid out differently after a reload; what they hold must be equal.
+    assert_eq!(before.len(), again.len());
+    for (a, b) in before.iter().zip(&again) {
+        assert_eq!(a.name, b.name);
+        assert_eq!(a.bytes.len(), b.bytes.len(), "section {}", a.name);
+    }
+}
+
+#[test]
+fn changed_thresholds_keep_the_state_as_a_live_reload_does() {
+    let cfg = Config::default();
+    let mut changed = cfg.clone();
+    changed.deal_line.threshold = 0.6;
+    changed.bulk_sms.min_recipients = 25;
+    // What a live reload at the cut gives...
+    let mut live = Engine::new(cfg.clone());
+    let mut want = run(&mut live, halves().0);
+    live.reconfigure(changed.clone());
+    want.extend(run(&mut live, halves().1));
+    // ...is what a restore under the changed configuration gives.
+    let (enc, mut got) = encoded_after_first_half(&cfg);
+    let mut restored = load(&enc, &changed).unwrap();
+    assert_eq!(restored.config_version(), changed.version());
+    got.extend(run(&mut restored, halves().1));
+    assert_eq!(comparable(got), comparable(want));
+}
+
+#[test]
+fn damaged_checkpoints_are_recognised_by_reason() {
+    let cfg = Config::default();
+    let (enc, _) = encoded_after_first_half(&cfg);
+
+    let mut flipped = enc.clone();
+    let c = &mut flipped.chunks[3];
+    let at = c.len() / 2;
+    c[at] ^= 0x40;
+    assert_eq!(load(&flipped, &cfg).err(), Some(Fallback::Corrupt));
+
+    let mut missing = enc.clone();
+    missing.chunks.pop();
+    assert_eq!(load(&missing, &cfg).err(), Some(Fallback::Truncated));
+
+    let mut short = enc.clone();
+    short.chunks[0].truncate(100);
+    assert_eq!(load(&short, &cfg).err(), Some(Fallback::Truncated));
+
+    // A chunk left over from another checkpoint under the same key.
+    let (other, _) = {
+        let mut e = Engine::new(cfg.clone());
+        run(&mut e, &halves().0[..halves().0.len() / 2]);
+        (
+            checkpoint::encode(&e, offsets(), 8, 2_000, CHUNK).unwrap(),
+            (),
+        )
+    };
+    let mut mixed = enc.clone();
+    mixed.chunks[1] = other.chunks[1].clone();
+    assert_eq!(load(&mixed, &cfg).err(), Some(Fallback::Truncated));
+
+    let mut torn = enc.manifest_value.clone();
+    torn.truncate(torn.len() - 3);
+    assert_eq!(
+        checkpoint::decode_manifest(&torn).err(),
+        Some(Fallback::Corrupt)
+    );
+
+    let mut future = enc.manifest_value.clone();
+    future[4] = 99; // format version
+    assert_eq!(
+        checkpoint::decode_manifest(&future).err(),
+        Some(Fallback::Incompatible)
+    );
+
+    // A manifest whose configuration this build cannot read.
+    let mut m = enc.manifest.clone();
+    m.config_json = r#"{"engine":{"no_such_key":1}}"#.into();
+    let sections = checkpoint::assemble(&m, |i| enc.chunks.get(i as usize).cloned()).unwrap();
+    assert_eq!(
+        checkpoint::restore_engine(&m, &sections, &cfg).err(),
+        Some(Fallback::Incompatible)
+    );
+}
+
+#[test]
+fn newest_complete_checkpoint_wins_and_a_damaged_one_falls_back_to_the_previous() {
+    let cfg = Config::default();
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = DirStore::new(dir.path()).unwrap();
+    let (first_half, _) = halves();
+    let quarter = first_half.len() / 2;
+    let quarter = quarter
+        + first_half[quarter..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .unwrap()
+        + 1;
+    let mut engine = Engine::new(cfg.clone());
+    run(&mut engine, &first_half[..quarter]);
+    let older = checkpoint::encode(&engine, offsets(), 10, 1, CHUNK).unwrap();
+    checkpoint::write(&mut store, "g", 0, &older).unwrap();
+    run(&mut engine, &first_half[quarter..]);
+    let newer = checkpoint::encode(&engine, offsets(), 11, 2, CHUNK).unwrap();
+    checkpoint::write(&mut store, "g", 1, &newer).unwrap();
+
+    let mut skipped = Vec::new();
+    let entries = store.load("g/").unwrap();
+    let got = checkpoint::restore_newest(&entries, "g", &cfg, |_| true, |f| skipped.push(f));
+    assert_eq!(got.unwrap().manifest.id, 11);
+    assert!(skipped.is_empty());
+
+    // Corrupt one chunk of the newer checkpoint on disk: the older one is used.
+    let path = dir.path().join("g/1/chunk/000002");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[40] ^= 1;
+    std::fs::write(&path, bytes).unwrap();
+    let entries = store.load("g/").unwrap();
+    let got = checkpoint::restore_newest(&entries, "g", &cfg, |_| true, |f| skipped.push(f));
+    assert_eq!(got.unwrap().manifest.id, 10);
+    assert_eq!(skipped, vec![Fallback::Corrupt]);
+
+    // Nothing under another group's name.
+    let entries: BTreeMap<_, _> = store.load("other/").unwrap();
+    assert!(entries.is_empty());
+}
+
+#[test]
+fn a_copy_of_the_engine_saves_the_same_state_and_detects_the_same() {
+    // The service encodes a copy on another thread: it must hold everything.
+    let mut engine = Engine::new(Config::default());
+    run(&mut engine, halves().0);
+    let mut copy = engine.clone();
+    assert_eq!(
+        copy.save_sections().unwrap(),
+        engine.save_sections().unwrap()
+    );
+    assert_eq!(
+        comparable(run(&mut copy, halves().1)),
+        comparable(run(&mut engine, halves().1))
+    );
+}
+
+#[test]
+fn a_write_cut_short_before_its_manifest_leaves_the_previous_checkpoint_in_use() {
+    // Slot 1 holds checkpoint 9, slot 0 checkpoint 10; checkpoint 11 goes to slot 1 and
+    // the process dies after its chunks, before its manifest (kill -9 mid-write).
+    let cfg = Config::default();
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = DirStore::new(dir.path()).unwrap();
+    let mut engine = Engine::new(cfg.clone());
+    let (first_half, rest) = halves();
+    run(&mut engine, first_half);
+    let nine = checkpoint::encode(&engine, offsets(), 9, 1, CHUNK).unwrap();
+    checkpoint::write(&mut store, "g", 1, &nine).unwrap();
+    let ten = checkpoint::encode(&engine, offsets(), 10, 2, CHUNK).unwrap();
+    checkpoint::write(&mut store, "g", 0, &ten).unwrap();
+    run(&mut engine, rest);
+    let eleven = checkpoint::encode(&engine, offsets(), 11, 3, CHUNK).unwrap();
+    for (i, c) in eleven.chunks.iter().enumerate() {
+        store
+            .put(&checkpoint::chunk_key("g", 1, i as u32), c)
+            .unwrap();
+    }
+    let entries = store.load("g/").unwrap();
+    let got = checkpoint::restore_newest(&entries, "g", &cfg, |_| true, |_| {});
+    assert_eq!(got.unwrap().manifest.id, 10);
+    // Had checkpoint 10 been unusable too, slot 1's manifest (9) no longer matches its
+    // chunks: it is passed over as truncated, never loaded with 11's chunks.
+    let mut entries = entries;
+    entries.remove(&checkpoint::manifest_key("g", 0));
+    let mut skipped = Vec::new();
+    let got = checkpoint::restore_newest(&entries, "g", &cfg, |_| true, |f| skipped.push(f));
+    assert!(got.is_none());
+    assert_eq!(skipped, vec![Fallback::Truncated]);
+}
