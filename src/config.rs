@@ -390,6 +390,26 @@ impl Rules {
         }
     }
 
+    /// A string setting that must hold more than blanks (a broker list, a topic, a path).
+    pub fn non_empty(&mut self, key: &'static str, v: &str) {
+        self.check(
+            key,
+            !v.trim().is_empty(),
+            format_args!("{v:?}"),
+            "a non-empty string",
+        );
+    }
+
+    /// A listen address: an IP address and a port (`example` shows the default's shape).
+    pub fn socket_addr(&mut self, key: &'static str, v: &str, example: &str) {
+        self.check(
+            key,
+            v.parse::<std::net::SocketAddr>().is_ok(),
+            format_args!("{v:?}"),
+            &format!("HOST:PORT with an IP address, e.g. \"{example}\""),
+        );
+    }
+
     /// A problem found by a section's own check (e.g. one that builds a `Vec<String>`),
     /// placed at `key` (a `section.key`, or the section).
     pub fn push(&mut self, key: &'static str, message: String) {
@@ -796,19 +816,9 @@ impl Config {
             ("service.dead_letter_topic", &s.dead_letter_topic),
             ("service.state_topic", &s.state_topic),
         ] {
-            r.check(
-                key,
-                !v.trim().is_empty(),
-                format_args!("{v:?}"),
-                "a non-empty string",
-            );
+            r.non_empty(key, v);
         }
-        r.check(
-            "service.http_addr",
-            s.http_addr.parse::<std::net::SocketAddr>().is_ok(),
-            format_args!("{:?}", s.http_addr),
-            "HOST:PORT with an IP address, e.g. \"127.0.0.1:9464\"",
-        );
+        r.socket_addr("service.http_addr", &s.http_addr, "127.0.0.1:9464");
         r.seconds("service.drain_timeout_s", s.drain_timeout_s, 1);
         r.seconds(
             "service.partition_idle_timeout_s",

@@ -89,23 +89,13 @@ impl Default for BoardConfig {
 impl BoardConfig {
     /// The rules of `[board]`, added to the configuration's.
     pub fn check(&self, r: &mut Rules) {
-        r.check(
-            "board.http_addr",
-            self.http_addr.parse::<std::net::SocketAddr>().is_ok(),
-            format_args!("{:?}", self.http_addr),
-            "HOST:PORT with an IP address, e.g. \"127.0.0.1:9470\"",
-        );
+        r.socket_addr("board.http_addr", &self.http_addr, "127.0.0.1:9470");
         for (key, v) in [
             ("board.db_path", &self.db_path),
             ("board.group_id", &self.group_id),
             ("board.audit_log", &self.audit_log),
         ] {
-            r.check(
-                key,
-                !v.trim().is_empty(),
-                format_args!("{v:?}"),
-                "a non-empty string",
-            );
+            r.non_empty(key, v);
         }
         r.check(
             "board.user_header",
