@@ -9,11 +9,10 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
@@ -26,48 +25,26 @@ const HEADER: &str = "X-Forwarded-User";
 
 /// `linewatch board` as a child process; killed when dropped.
 struct Board {
-    child: Child,
-    logs: Arc<Mutex<Vec<String>>>,
+    svc: Service,
 }
 
 impl Board {
     fn start(config: &Path, alert_topic: &str) -> Board {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_linewatch"));
-        cmd.arg("--config")
-            .arg(config)
-            .arg("board")
-            .args(["--brokers", &brokers(), "--alert-topic", alert_topic])
-            .args(["--http", "127.0.0.1:0", "--log-format", "json"])
-            .env("LINEWATCH_LOG", "info,librdkafka=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, _) in std::env::vars() {
-            if k.starts_with("LINEWATCH_") && k != "LINEWATCH_LOG" {
-                cmd.env_remove(k);
-            }
+        let args = ["--brokers", &brokers(), "--alert-topic", alert_topic].map(String::from);
+        Board {
+            svc: Service::start_command(config, "board", &args),
         }
-        let mut child = cmd.spawn().expect("start linewatch board");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("piped stderr");
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Board { child, logs }
     }
 
     fn logs(&self) -> String {
-        self.logs.lock().unwrap().join("\n")
+        self.svc.logs().join("\n")
     }
 
     /// The address it bound, once it says so.
     async fn addr(&self) -> String {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            for l in self.logs.lock().unwrap().iter() {
+            for l in self.svc.logs().iter() {
                 if let Ok(v) = serde_json::from_str::<Value>(l) {
                     if v["message"] == "board listening" {
                         return v["addr"].as_str().unwrap().to_string();
@@ -112,31 +89,19 @@ impl Board {
     }
 
     fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.svc.kill();
     }
 
     fn terminate(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        self.svc.signal("TERM");
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if self.child.try_wait().ok().flatten().is_some() {
+            if self.svc.exited() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("board did not stop on SIGTERM; log:\n{}", self.logs());
-    }
-}
-
-impl Drop for Board {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            eprintln!("--- board log ---\n{}", self.logs());
-        }
     }
 }
 

@@ -221,10 +221,16 @@ pub struct Service {
 impl Service {
     /// Starts `linewatch --config <config> run <args> --http 127.0.0.1:0 --log-format json`.
     pub fn start(config: &Path, args: &[String]) -> Service {
+        Service::start_command(config, "run", args)
+    }
+
+    /// Starts `linewatch --config <config> <command> <args> --http 127.0.0.1:0 --log-format
+    /// json` (`run`, or another long-running command such as `board`).
+    pub fn start_command(config: &Path, command: &str, args: &[String]) -> Service {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_linewatch"));
         cmd.arg("--config")
             .arg(config)
-            .arg("run")
+            .arg(command)
             .args(args)
             .args(["--http", "127.0.0.1:0", "--log-format", "json"])
             .env("LINEWATCH_LOG", "info,librdkafka=warn")
@@ -237,7 +243,9 @@ impl Service {
                 cmd.env_remove(k);
             }
         }
-        let mut child = cmd.spawn().expect("start linewatch");
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("start linewatch {command}: {e}"));
         let logs = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().expect("piped stderr");
         let sink = logs.clone();
@@ -355,6 +363,17 @@ impl Service {
             .expect("run kill")
             .success();
         assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Kills the process (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// True once the process has exited.
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_some()
     }
 
     /// Waits for the process to exit.
