@@ -11,13 +11,7 @@ use std::time::Duration;
 use linewatch::alert::Alert;
 use linewatch::config::Config;
 use linewatch::replay::replay_bytes;
-use support::{brokers, produce, read_until, records, suffix, Service, Topics};
-
-/// Event time of the test traffic (2026-05-28): in the past, so no record is refused as
-/// dated beyond the wall clock plus `engine.max_future_skew_s`.
-const T0: i64 = 1_780_000_000_000;
-const MIN: i64 = 60_000;
-const WAIT: Duration = Duration::from_secs(90);
+use support::{brokers, produce, read_until, records, suffix, Service, Topics, MIN, T0, WAIT};
 
 /// The thresholds of `tests/kafka.rs`, and a checkpoint every second.
 const CONFIG: &str = r#"

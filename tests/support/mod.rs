@@ -19,6 +19,13 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
+/// Event time of the broker tests' traffic (2026-05-28): in the past, since `run` rejects
+/// records dated beyond the wall clock plus `engine.max_future_skew_s`.
+pub const T0: i64 = 1_780_000_000_000;
+pub const MIN: i64 = 60_000;
+/// How long a broker test waits for what it expects.
+pub const WAIT: Duration = Duration::from_secs(90);
+
 /// The test broker, from `LINEWATCH_TEST_BROKERS`. Fails the test when it is not set:
 /// a test that needs a broker must never pass by skipping.
 pub fn brokers() -> String {
