@@ -91,6 +91,22 @@ fn want(lines: &[String]) -> BTreeSet<String> {
         .collect()
 }
 
+/// Every `chunk` directory under `dir`.
+fn chunk_dirs(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            if p.file_name().is_some_and(|n| n == "chunk") {
+                out.push(p);
+            } else {
+                out.extend(chunk_dirs(&p));
+            }
+        }
+    }
+    out
+}
+
 /// Waits until the service has run all of `n` records through and written a checkpoint
 /// after that.
 async fn settled_and_checkpointed(svc: &Service, n: usize) {
@@ -172,10 +188,10 @@ async fn a_corrupted_checkpoint_is_passed_over_and_the_alerts_are_the_same() {
     first.wait_exit(Duration::from_secs(10)).await;
     drop(first);
 
-    // Flip a byte in every chunk of the directory's checkpoints: both slots unusable there.
+    // Flip a byte in every chunk of the directory's checkpoints (<group>/<partition
+    // set>/<slot>/chunk/*): both slots unusable there.
     let mut flipped = 0;
-    for slot in ["0", "1"] {
-        let chunks = state.join(&t.group).join(slot).join("chunk");
+    for chunks in chunk_dirs(&state.join(&t.group)) {
         for e in std::fs::read_dir(&chunks).into_iter().flatten().flatten() {
             let mut bytes = std::fs::read(e.path()).unwrap();
             let at = bytes.len() - 1;

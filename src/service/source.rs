@@ -29,7 +29,7 @@
 //!   the engine to rebuild state, but their outputs are not published again: they were
 //!   acknowledged before that offset was committed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -47,6 +47,8 @@ use rdkafka::ClientContext;
 use super::metrics::Metrics;
 use super::sink::{InFlightQueue, Sink};
 use super::{Status, Throttle};
+use crate::checkpoint::service::Restorer;
+use crate::checkpoint::{InputPartition, Restored};
 use crate::kafka::{self, ErrorClass};
 
 /// A partition of one of the input topics: (index into the input topic list, partition).
@@ -156,7 +158,16 @@ pub struct Assignment {
     pub revoked: Vec<Tp>,
     /// Next offset after the last record this process ran through the engine, per
     /// partition ever assigned (kept across revocations: the engine keeps the state too).
+    /// Replaced by a restored checkpoint's offsets when its engine replaces ours.
     pub processed: BTreeMap<Tp, i64>,
+    /// The partitions whose records the engine's state holds: every one assigned since the
+    /// engine was made or restored (a revoke leaves its state in the engine).
+    pub held: BTreeSet<Tp>,
+    /// Reads checkpoints on assignment (checkpoints on); set by the run loop at start.
+    pub restorer: Option<Restorer>,
+    /// A checkpoint restored by the assign callback, for the run loop to take as its engine
+    /// before it processes or checkpoints anything more.
+    pub restored: Option<Box<Restored>>,
 }
 
 /// The consumer's librdkafka callbacks.
@@ -241,12 +252,76 @@ impl SourceContext {
         self.topics.iter().position(|t| t == topic)
     }
 
+    /// Restores the newest checkpoint of exactly the partitions held after this
+    /// assignment, when it reaches an engine holding none of them: at start, a standby
+    /// given the partitions of a member that went, a member that lost all of its own. The
+    /// restored engine waits in [`Assignment::restored`] for the run loop, and its offsets
+    /// become what [`Self::rebuild_offsets`] re-reads from. Gaining partitions while
+    /// holding some keeps the state held (unkeyed input's state cannot be split or joined
+    /// by partition), as does being handed back exactly what the engine holds (an eager
+    /// rebalance): its state is newer than any checkpoint.
+    fn restore_for_assignment(&self, tpl: &TopicPartitionList) {
+        let mut shared = lock(&self.shared);
+        if !shared.assigned.is_empty() || shared.restorer.is_none() {
+            let new = tpl
+                .elements()
+                .into_iter()
+                .filter_map(|e| Some((self.topic_index(e.topic())?, e.partition())));
+            shared.held.extend(new);
+            return;
+        }
+        let set: BTreeSet<Tp> = tpl
+            .elements()
+            .into_iter()
+            .filter_map(|e| Some((self.topic_index(e.topic())?, e.partition())))
+            .collect();
+        if set.is_empty() || set == shared.held {
+            return;
+        }
+        let partitions: Vec<InputPartition> = set
+            .iter()
+            .map(|tp| InputPartition {
+                topic: self.topics[tp.0].clone(),
+                partition: tp.1,
+            })
+            .collect();
+        // Reading a checkpoint blocks (a state topic read to its end): the lock is not held
+        // meanwhile, though only this callback and the run loop, which waits for it, use it.
+        let Some(mut restorer) = shared.restorer.take() else {
+            return;
+        };
+        drop(shared);
+        self.status
+            .set(false, "restoring window state from a checkpoint");
+        let restored = restorer.restore(&partitions);
+        let mut shared = lock(&self.shared);
+        shared.restorer = Some(restorer);
+        match restored {
+            Some(r) => {
+                let processed = r
+                    .manifest
+                    .offsets
+                    .iter()
+                    .filter_map(|o| Some(((self.topic_index(&o.topic)?, o.partition), o.offset)))
+                    .filter(|(tp, _)| set.contains(tp))
+                    .collect();
+                shared.processed = processed;
+                shared.held = set;
+                shared.restored = Some(Box::new(r));
+            }
+            // Today's re-read: the engine keeps what it holds (nothing, or the state of
+            // partitions now elsewhere) and re-reads the assigned ones.
+            None => shared.held.extend(set),
+        }
+    }
+
     /// Chooses start offsets for newly assigned partitions (see the module doc).
     fn plan_assignment(
         &self,
         consumer: &BaseConsumer<Self>,
         tpl: &TopicPartitionList,
     ) -> TopicPartitionList {
+        self.restore_for_assignment(tpl);
         let mut plan = tpl.clone();
         let mut live_from = Vec::new();
         if self.rebuild_state_ms > 0 {
