@@ -789,10 +789,18 @@ impl Pipeline {
                     .watermark_lag(t, partition, now.saturating_sub(wm) / 1000);
             }
         }
-        let n = lock(&self.shared).assigned.len();
+        let (n, standby) = {
+            let shared = lock(&self.shared);
+            (shared.assigned.len(), shared.standby)
+        };
         if n > 0 {
             self.status
                 .set(true, format!("ready: {n} input partitions assigned"));
+        } else if standby {
+            self.status.set(
+                true,
+                "ready: standing by (in the consumer group, no partitions assigned)",
+            );
         } else {
             self.status
                 .set(false, "waiting for the consumer group to assign partitions");

@@ -168,6 +168,8 @@ pub struct Assignment {
     /// A checkpoint restored by the assign callback, for the run loop to take as its engine
     /// before it processes or checkpoints anything more.
     pub restored: Option<Box<Restored>>,
+    /// The group's last assignment gave this member no partitions: it stands by.
+    pub standby: bool,
 }
 
 /// The consumer's librdkafka callbacks.
@@ -364,7 +366,15 @@ impl SourceContext {
             assigned_total = shared.assigned.len(),
             "partitions assigned"
         );
-        self.metrics.assignment(shared.assigned.len());
+        shared.standby = shared.assigned.is_empty();
+        if shared.standby {
+            // More members than partitions: this one holds nothing until a member goes,
+            // then the group gives it that member's partitions and it restores their state.
+            tracing::info!("no partitions for this member: standing by to take over");
+            self.metrics.standing_by();
+        } else {
+            self.metrics.assignment(shared.assigned.len());
+        }
         plan
     }
 
@@ -550,6 +560,7 @@ impl ConsumerContext for SourceContext {
                 shared.assigned.clear();
                 shared.live_from.clear();
                 shared.caught_up.clear();
+                shared.standby = false;
                 self.metrics.assignment(0);
                 drop(shared);
                 consumer.unassign()
