@@ -8,9 +8,10 @@
 # instance its own `[kafka] "group.instance.id"`, as StatefulSet pods) or `dynamic`. The
 # city is produced once to a one-partition topic. Then per mode, with a fresh group, alert
 # topic and state topic (no state directory: the standby shares no disk with the active):
-#   1. two instances start in one group, checkpoints every 5 s; the group gives the one
-#      partition to one of them, the other stands by (ready, no partitions);
-#   2. the active one consumes the whole topic and writes two more checkpoints;
+#   1. one instance (checkpoints every 5 s) consumes the whole topic;
+#   2. a second joins the group; the group gives the one partition to one of them (either:
+#      a takeover at this point restores the first one's checkpoint), the other stands by
+#      (ready, no partitions); the active one is caught up and writes two more checkpoints;
 #   3. kill -9 of the active one, then at once 40 texts of a new bulk sender;
 #   4. timed: kill -9 to the `detected_at` of that burst's bulk_sms alert (the standby's
 #      first new alert); from the standby's log, kill to its assignment, the checkpoint's
@@ -39,7 +40,7 @@ done
 
 STARTED_BROKER=0
 PIDS=()
-ADDR_a="" ADDR_b=""
+ADDR_a="" ADDR_b="" PID_a=""
 # shellcheck disable=SC2317  # invoked by the EXIT trap
 cleanup() {
   set +e
@@ -107,10 +108,11 @@ for mode in "${modes[@]}"; do
   group="g-$s-$membership-$session-$heartbeat"
   for t in "$group-alerts" "$group-dead"; do create_topic "$t"; done
   start a "$group" "$membership" "$session" "$heartbeat"
-  python3 "$watch" ready "$ADDR_a" 120 >/dev/null || die "a not ready"
+  python3 "$watch" wait "$ADDR_a" "$PID_a" "$records" "$(now)" 1800 "$work/$group-drain.json" >/dev/null ||
+    die "the first instance did not finish the topic"
   start b "$group" "$membership" "$session" "$heartbeat"
   python3 "$watch" ready "$ADDR_b" 120 >/dev/null || die "b not ready"
-  # Which one the group made active.
+  # Which one the group made active (b's join is a rebalance).
   active="" standby=""
   for _ in $(seq 1 600); do
     pa=$(metric "$ADDR_a" linewatch_assigned_partitions)
@@ -121,14 +123,17 @@ for mode in "${modes[@]}"; do
   done
   [ -n "$active" ] || die "no single active instance ($pa, $pb)"
   act_addr="ADDR_$active" act_pid="PID_$active" stb_addr="ADDR_$standby"
-  python3 "$watch" wait "${!act_addr}" "${!act_pid}" "$records" "$(now)" 1800 "$work/$group-drain.json" >/dev/null ||
-    die "the active instance did not finish the topic"
+  # Caught up (lag 0), then two checkpoints more.
+  python3 "$watch" wait "${!act_addr}" "${!act_pid}" 0 "$(now)" 600 "$work/$group-active.json" >/dev/null ||
+    die "the active instance did not catch up"
   n0=$(metric "${!act_addr}" linewatch_checkpoint_write_seconds_count)
   until python3 -c "import sys; sys.exit(0 if float('$(metric "${!act_addr}" linewatch_checkpoint_write_seconds_count)' or 0) >= float('$n0') + 2 else 1)"; do
     sleep 0.5
   done
+  base=$(metric "${!stb_addr}" linewatch_records_rebuilt_total)
   kill -9 "${!act_pid}"
   t_kill=$(now)
+  wait "${!act_pid}" 2>/dev/null || true
   line="burst-$s-$membership-$session"
   for i in $(seq 0 39); do
     printf '{"event_id":"%s-%d","ts":%d,"kind":"sms","from":"%s","to":"r-%s-%d"}\n' \
@@ -141,7 +146,7 @@ for mode in "${modes[@]}"; do
     sleep 0.2
   done
   [ -n "$alert" ] || die "no alert for the burst after the failover ($mode)"
-  reread=$(metric "${!stb_addr}" linewatch_records_rebuilt_total)
+  reread=$(python3 -c "print(int(float('$(metric "${!stb_addr}" linewatch_records_rebuilt_total)' or 0) - float('${base:-0}' or 0)))")
   python3 - "$work/$group-$standby.log" "$t_kill" "$alert" "$membership" "$session" "$heartbeat" "$records" "${reread:-0}" <<'PY' | tee -a "$work/results.txt"
 import datetime, json, sys
 log, t_kill, alert, membership, session, heartbeat, records, reread = sys.argv[1:]
@@ -164,7 +169,10 @@ fmt = lambda x: "-" if x is None else f"{x:.1f}" if x >= 1 else f"{x:.2f}"
 print(f"{membership:<8} {session:>8} {heartbeat:>8} {records:>10} {fmt(detected - t_kill):>12} "
       f"{fmt(assign):>10} {fmt(load):>10} {float(reread):>8.0f}")
 PY
-  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do
+    kill -9 "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+  done
   PIDS=()
 done
 say "figures in $work/results.txt"
