@@ -422,9 +422,15 @@ async fn a_standby_takes_over_after_kill_9_with_the_newest_checkpoint_and_misses
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let (code, body) = standby.get("/readyz").await;
-    assert_eq!(code, 200, "{body}");
-    assert!(body.contains("standing by"), "{body}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, body) = standby.get("/readyz").await;
+        if code == 200 && body.contains("standing by") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{code} {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     produce(&t.input, &records(&one, true)).await;
     settled_and_checkpointed(&active, one.len()).await;

@@ -794,13 +794,9 @@ impl Pipeline {
             (shared.assigned.len(), shared.standby)
         };
         if n > 0 {
-            self.status
-                .set(true, format!("ready: {n} input partitions assigned"));
+            self.status.set(true, source::assigned_status(n));
         } else if standby {
-            self.status.set(
-                true,
-                "ready: standing by (in the consumer group, no partitions assigned)",
-            );
+            self.status.set(true, source::STANDING_BY);
         } else {
             self.status
                 .set(false, "waiting for the consumer group to assign partitions");

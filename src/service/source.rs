@@ -27,7 +27,10 @@
 //!   us before a restart, or by another member) is started up to `rebuild_state_s` (by Kafka
 //!   timestamp) before its committed offset. Records below the committed offset go through
 //!   the engine to rebuild state, but their outputs are not published again: they were
-//!   acknowledged before that offset was committed.
+//!   acknowledged before that offset was committed. With checkpoints, an assignment
+//!   reaching an engine that holds none of the assigned partitions' state first restores
+//!   the newest checkpoint of exactly that partition set, and the re-read starts at its
+//!   offsets (see `SourceContext::restore_for_assignment` and [`crate::checkpoint::service`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -58,6 +61,14 @@ pub type Tp = (usize, i32);
 /// new one, so a partition revoked and assigned again (an eager rebalance) is told apart
 /// from its earlier assignment. Generations start at 1.
 pub type Generation = u64;
+
+/// What `/readyz` says of a member the group gave no partitions.
+pub const STANDING_BY: &str = "ready: standing by (in the consumer group, no partitions assigned)";
+
+/// What `/readyz` says of a member holding `n` partitions.
+pub fn assigned_status(n: usize) -> String {
+    format!("ready: {n} input partitions assigned")
+}
 
 /// Timeout of the broker requests made inside the rebalance callback.
 const REBALANCE_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -255,14 +266,17 @@ impl SourceContext {
     }
 
     /// Restores the newest checkpoint of exactly the partitions held after this
-    /// assignment, when it reaches an engine holding none of them: at start, a standby
+    /// assignment, when it reaches an engine holding no partitions: at start, a standby
     /// given the partitions of a member that went, a member that lost all of its own. The
     /// restored engine waits in [`Assignment::restored`] for the run loop, and its offsets
     /// become what [`Self::rebuild_offsets`] re-reads from. Gaining partitions while
     /// holding some keeps the state held (unkeyed input's state cannot be split or joined
-    /// by partition), as does being handed back exactly what the engine holds (an eager
-    /// rebalance): its state is newer than any checkpoint.
-    fn restore_for_assignment(&self, tpl: &TopicPartitionList) {
+    /// by partition), as does an assignment of partitions whose state the engine holds
+    /// and is current (an eager rebalance revokes everything and hands back all or some of
+    /// it): nobody committed beyond what it processed, so its state is newer than any
+    /// checkpoint. A partition the engine saw once but others have gone on with since (a
+    /// standby that held it for a moment) is behind: the checkpoint is restored.
+    fn restore_for_assignment(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
         let mut shared = lock(&self.shared);
         if !shared.assigned.is_empty() || shared.restorer.is_none() {
             let new = tpl
@@ -277,8 +291,27 @@ impl SourceContext {
             .into_iter()
             .filter_map(|e| Some((self.topic_index(e.topic())?, e.partition())))
             .collect();
-        if set.is_empty() || set == shared.held {
+        if set.is_empty() {
             return;
+        }
+        if set.is_subset(&shared.held) {
+            // Is any of them behind what the group has committed?
+            let processed = shared.processed.clone();
+            drop(shared);
+            let behind = match consumer.committed_offsets(tpl.clone(), REBALANCE_REQUEST_TIMEOUT) {
+                Ok(c) => c.elements().iter().any(|e| {
+                    let seen = self
+                        .topic_index(e.topic())
+                        .and_then(|ti| processed.get(&(ti, e.partition())));
+                    matches!(e.offset(), Offset::Offset(c) if seen.is_none_or(|s| *s < c))
+                }),
+                // The re-read plan cannot look them up either; keep what is held.
+                Err(_) => false,
+            };
+            if !behind {
+                return;
+            }
+            shared = lock(&self.shared);
         }
         let partitions: Vec<InputPartition> = set
             .iter()
@@ -323,7 +356,7 @@ impl SourceContext {
         consumer: &BaseConsumer<Self>,
         tpl: &TopicPartitionList,
     ) -> TopicPartitionList {
-        self.restore_for_assignment(tpl);
+        self.restore_for_assignment(consumer, tpl);
         let mut plan = tpl.clone();
         let mut live_from = Vec::new();
         if self.rebuild_state_ms > 0 {
@@ -372,8 +405,11 @@ impl SourceContext {
             // then the group gives it that member's partitions and it restores their state.
             tracing::info!("no partitions for this member: standing by to take over");
             self.metrics.standing_by();
+            self.status.set(true, STANDING_BY);
         } else {
             self.metrics.assignment(shared.assigned.len());
+            self.status
+                .set(true, assigned_status(shared.assigned.len()));
         }
         plan
     }
