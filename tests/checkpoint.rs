@@ -288,3 +288,97 @@ fn a_write_cut_short_before_its_manifest_leaves_the_previous_checkpoint_in_use()
     assert!(got.is_none());
     assert_eq!(skipped, vec![Fallback::Truncated]);
 }
+
+fn partition(topic: &str, partition: i32) -> checkpoint::InputPartition {
+    checkpoint::InputPartition {
+        topic: topic.into(),
+        partition,
+    }
+}
+
+#[test]
+fn a_partition_set_is_named_the_same_in_any_order_and_apart_from_any_other() {
+    let a = [partition("cdr", 0), partition("cdr", 1)];
+    let b = [partition("cdr", 1), partition("cdr", 0)];
+    assert_eq!(checkpoint::set_id(&a), checkpoint::set_id(&b));
+    for other in [
+        vec![partition("cdr", 0)],
+        vec![partition("cdr", 1)],
+        vec![partition("cdr", 0), partition("cdr", 2)],
+        // Topic and partition must not run together ("cdr1" partition 0 vs "cdr" 10).
+        vec![partition("cdr1", 0), partition("cdr", 1)],
+    ] {
+        assert_ne!(
+            checkpoint::set_id(&a),
+            checkpoint::set_id(&other),
+            "{other:?}"
+        );
+    }
+}
+
+#[test]
+fn restore_takes_the_checkpoint_of_exactly_the_assigned_set_and_says_why_when_none() {
+    use linewatch::checkpoint::metrics::CheckpointMetrics;
+    use linewatch::checkpoint::service::{self as svc, Cover};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::default();
+    cfg.service.group_id = "g".into();
+    let registry = prometheus::Registry::new();
+    let metrics = CheckpointMetrics::register(&registry);
+    let fallbacks = |reason: &str| -> u64 {
+        use prometheus::Encoder;
+        let mut text = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&registry.gather(), &mut text)
+            .unwrap();
+        let series = format!("linewatch_checkpoint_fallbacks_total{{reason=\"{reason}\"}} ");
+        String::from_utf8(text)
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix(&series)?.parse().ok())
+            .unwrap_or(0)
+    };
+    let mut stores: Vec<Box<dyn Store>> = vec![Box::new(DirStore::new(dir.path()).unwrap())];
+    assert!(svc::restore(&mut stores, &cfg, &[partition("cdr", 0)], &metrics).is_none());
+    assert_eq!(
+        fallbacks("missing"),
+        1,
+        "the group has no checkpoint at all"
+    );
+
+    // Two members' checkpoints in one group: partition 0's state and partition 1's.
+    let mut engine = Engine::new(cfg.clone());
+    run(&mut engine, halves().0);
+    for (p, offset, id) in [(0, 100, 5), (1, 200, 6)] {
+        let cover = Cover {
+            partitions: vec![partition("cdr", p)],
+            offsets: vec![SourceOffset {
+                topic: "cdr".into(),
+                partition: p,
+                offset,
+            }],
+        };
+        let enc = checkpoint::encode_covering(
+            &engine,
+            cover.partitions.clone(),
+            cover.offsets,
+            id,
+            1_000,
+            CHUNK,
+        )
+        .unwrap();
+        let ns = svc::namespace("g", &cover.partitions);
+        checkpoint::write(stores[0].as_mut(), &ns, 0, &enc).unwrap();
+    }
+    for (p, offset) in [(0, 100), (1, 200)] {
+        let r = svc::restore(&mut stores, &cfg, &[partition("cdr", p)], &metrics)
+            .expect("the set's own checkpoint");
+        assert_eq!(r.manifest.partitions, vec![partition("cdr", p)]);
+        assert_eq!(r.manifest.offsets[0].offset, offset);
+    }
+    // Both partitions on one member (the other went): no checkpoint covers the pair.
+    let both = [partition("cdr", 1), partition("cdr", 0)];
+    assert!(svc::restore(&mut stores, &cfg, &both, &metrics).is_none());
+    assert_eq!(fallbacks("other_partitions"), 1);
+    assert_eq!(fallbacks("missing"), 1, "unchanged");
+}

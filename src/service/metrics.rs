@@ -236,7 +236,7 @@ impl Metrics {
             .expect(STATIC_OK);
         let ready = IntGauge::new(
             "linewatch_ready",
-            "1 once the consumer group has assigned partitions to this instance.",
+            "1 once the consumer group has assigned partitions to this instance, or assigned it none while it stands by.",
         )
         .expect(STATIC_OK);
         r.register(Box::new(ready.clone())).expect(STATIC_OK);
@@ -420,6 +420,13 @@ impl Metrics {
     pub fn assignment(&self, partitions: usize) {
         self.assigned.set(partitions as i64);
         self.ready.set(i64::from(partitions > 0));
+    }
+
+    /// In the group with no partitions (more members than input partitions): a standby,
+    /// healthy and ready to take over, so ready (a rolling update must not wait for it).
+    pub fn standing_by(&self) {
+        self.assigned.set(0);
+        self.ready.set(1);
     }
 
     /// The Prometheus text exposition of every metric.

@@ -55,8 +55,8 @@ use super::metrics::{Metrics, Tally};
 use super::sink::{InFlight, InFlightQueue, Outgoing, Sink, SinkContext};
 use super::source::{self, lock, Assignment, Batch, Generation, InRecord, Source, Tp};
 use super::{ServiceError, Status, Throttle};
-use crate::checkpoint::service::Checkpointer;
-use crate::checkpoint::{self, SourceOffset};
+use crate::checkpoint::service::{Checkpointer, Cover};
+use crate::checkpoint::{self, InputPartition, SourceOffset};
 use crate::config::Config;
 use crate::engine::{Engine, Verdict};
 use crate::event::{self, DecodeOptions, Event, Malformed, Millis};
@@ -220,7 +220,7 @@ impl Pipeline {
         {
             return Ok(());
         }
-        // State first: the re-read on assignment starts where the checkpoint ends.
+        // Before subscribing: the first assignment restores the state of its partitions.
         self.restore_state().await;
         super::subscribe(&self.consumer, &self.cfg.service.input_topics)?;
         self.status
@@ -396,8 +396,9 @@ impl Pipeline {
         self.commit_sync(&topics, left).await;
         if let Some(c) = self.checkpoints.take() {
             // The state at a clean stop: the restart re-reads nothing.
-            let offsets = self.checkpoint_offsets(&topics);
-            c.finish(&self.engine, offsets);
+            self.adopt_restored();
+            let cover = self.checkpoint_cover(&topics);
+            c.finish(&self.engine, cover);
         }
         // Every delivery was awaited; this only returns what librdkafka holds for itself
         // (nothing, normally).
@@ -521,6 +522,7 @@ impl Pipeline {
     /// Runs the batch through the engine; returns its alerts and dead letters, and the next
     /// offset to commit per partition.
     fn process(&mut self, batch: &Batch, topics: &[String]) -> (Vec<Outgoing>, BTreeMap<Tp, i64>) {
+        self.adopt_restored();
         let wall: Millis = wall_ms();
         let mut next = BTreeMap::new();
         let mut out = Vec::new();
@@ -679,70 +681,81 @@ impl Pipeline {
         }
     }
 
-    /// Opens the checkpoint stores, loads the newest usable checkpoint into the engine and
-    /// starts the checkpoint writer (checkpoints on), before the first assignment.
+    /// Opens the checkpoint stores and starts the checkpoint writer (checkpoints on), and
+    /// hands the consumer's assign callback what it restores with (see
+    /// [`source::SourceContext`]): the newest checkpoint of the assigned partitions is
+    /// loaded on assignment, before their records are read.
     async fn restore_state(&mut self) {
         if self.cfg.service.checkpoint_interval_s == 0 {
             return;
         }
-        self.status
-            .set(false, "restoring window state from a checkpoint");
-        // Store I/O blocks (file reads, a topic read to its end): off the async threads.
+        // Opening blocks (a topic created or looked up): off the async threads.
         let (c, s, m) = (
             self.cfg.clone(),
             self.settings.clone(),
             self.metrics.checkpoint.clone(),
         );
         let opened = tokio::task::spawn_blocking(move || {
-            let mut stores = checkpoint::service::open_stores(&c, &s);
-            let restored = checkpoint::service::restore(&mut stores, &c, &m);
-            (stores, restored)
+            let stores = checkpoint::service::open_stores(&c, &s);
+            let restorer = checkpoint::service::Restorer::open(&c, &s, m);
+            (stores, Some(restorer))
         })
         .await;
-        let (stores, restored) = match opened {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "checkpoint restore failed; rebuilding from the input");
-                (Vec::new(), None)
-            }
-        };
-        let mut first = None;
-        if let Some(r) = restored {
-            // The re-read on assignment starts at these offsets (source.rs): records after
-            // them and before the committed offsets rebuild state without publishing.
-            let mut shared = lock(&self.shared);
-            for o in &r.manifest.offsets {
-                let topics = &self.cfg.service.input_topics;
-                if let Some(ti) = topics.iter().position(|t| *t == o.topic) {
-                    shared.processed.insert((ti, o.partition), o.offset);
-                }
-            }
-            drop(shared);
-            first = Some((r.slot, r.manifest.id));
-            self.engine = r.engine;
-        }
+        let (stores, restorer) = opened.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "checkpoint stores could not be opened; rebuilding from the input");
+            (Vec::new(), None)
+        });
+        lock(&self.shared).restorer = restorer;
         self.checkpoints = Some(Checkpointer::start(
             stores,
             &self.cfg,
-            first,
             self.metrics.checkpoint.clone(),
         ));
     }
 
-    /// The next offset after the last record run through the engine, per partition: what
-    /// the engine's state reflects.
-    fn checkpoint_offsets(&self, topics: &[String]) -> Vec<SourceOffset> {
-        lock(&self.shared)
-            .processed
-            .iter()
-            .filter_map(|(&(ti, partition), &offset)| {
-                Some(SourceOffset {
-                    topic: topics.get(ti)?.clone(),
-                    partition,
-                    offset,
+    /// Takes over an engine the assign callback restored from a checkpoint, under the
+    /// configuration in force now (a live reload may have changed it since start). Called
+    /// before anything is processed or checkpointed.
+    fn adopt_restored(&mut self) {
+        let Some(r) = lock(&self.shared).restored.take() else {
+            return;
+        };
+        let mut r = *r;
+        r.engine.reconfigure(self.engine.config().clone());
+        if let Some(c) = self.checkpoints.as_mut() {
+            c.restored(&self.cfg.service.group_id, &r);
+        }
+        self.engine = r.engine;
+    }
+
+    /// What the engine's state covers: the assigned partitions, with the next offset after
+    /// the last record run through the engine for those it has read.
+    fn checkpoint_cover(&self, topics: &[String]) -> Cover {
+        let shared = lock(&self.shared);
+        let name = |tp: &Tp| topics.get(tp.0).cloned();
+        Cover {
+            partitions: shared
+                .assigned
+                .keys()
+                .filter_map(|tp| {
+                    Some(InputPartition {
+                        topic: name(tp)?,
+                        partition: tp.1,
+                    })
                 })
-            })
-            .collect()
+                .collect(),
+            offsets: shared
+                .assigned
+                .keys()
+                .filter_map(|tp| {
+                    Some(SourceOffset {
+                        topic: name(tp)?,
+                        partition: tp.1,
+                        offset: *shared.processed.get(tp)?,
+                    })
+                })
+                .collect(),
+        }
     }
 
     /// Takes a checkpoint if one is due; call only with nothing in flight.
@@ -752,9 +765,10 @@ impl Pipeline {
         {
             return;
         }
-        let offsets = self.checkpoint_offsets(topics);
+        self.adopt_restored();
+        let cover = self.checkpoint_cover(topics);
         if let Some(c) = self.checkpoints.as_mut() {
-            c.take(&self.engine, offsets);
+            c.take(&self.engine, cover);
         }
     }
 
@@ -775,10 +789,14 @@ impl Pipeline {
                     .watermark_lag(t, partition, now.saturating_sub(wm) / 1000);
             }
         }
-        let n = lock(&self.shared).assigned.len();
+        let (n, standby) = {
+            let shared = lock(&self.shared);
+            (shared.assigned.len(), shared.standby)
+        };
         if n > 0 {
-            self.status
-                .set(true, format!("ready: {n} input partitions assigned"));
+            self.status.set(true, source::assigned_status(n));
+        } else if standby {
+            self.status.set(true, source::STANDING_BY);
         } else {
             self.status
                 .set(false, "waiting for the consumer group to assign partitions");
