@@ -54,6 +54,7 @@ use super::align::{Align, Held};
 use super::metrics::{Metrics, Tally};
 use super::sink::{InFlight, InFlightQueue, Outgoing, Sink, SinkContext};
 use super::source::{self, lock, Assignment, Batch, Generation, InRecord, Source, Tp};
+use super::txn::{Transactions, TxnError};
 use super::{ServiceError, Status, Throttle};
 use crate::checkpoint::service::Checkpointer;
 use crate::checkpoint::{self, SourceOffset};
@@ -74,6 +75,10 @@ fn engine_partition(tp: Tp) -> i32 {
 fn from_engine_partition(p: i32) -> Tp {
     ((p / TOPIC_STRIDE) as usize, p % TOPIC_STRIDE)
 }
+
+/// Exactly once: at most this many batches join one transaction before it is committed,
+/// whatever `transaction_interval_ms` says (their outputs wait in memory until then).
+const MAX_BATCHES_PER_TRANSACTION: usize = 64;
 
 /// Records decoded per step ahead of the engine (see [`Pipeline::process`]).
 const DECODE_CHUNK: usize = 256;
@@ -211,14 +216,35 @@ pub struct Pipeline {
     pub checkpoints: Option<Checkpointer>,
     /// For the state topic.
     pub settings: KafkaSettings,
+    /// Exactly once (`service.processing_guarantee`): outputs and offsets go in Kafka
+    /// transactions (see [`super::txn`]); `None`: at least once.
+    pub txn: Option<Arc<Transactions>>,
 }
 
 impl Pipeline {
-    /// Runs until the stop flag is set (then drains and commits) or a final error.
-    pub async fn run(mut self) -> Result<(), ServiceError> {
+    /// Runs until the stop flag is set (then drains and commits) or a final error. Under
+    /// exactly once, [`ServiceError::Rewind`] asks the caller to start a new pipeline.
+    pub async fn run(&mut self) -> Result<(), ServiceError> {
         if !super::wait_for_cluster(&self.producer, &self.cfg, &self.status, &mut self.stop).await?
         {
             return Ok(());
+        }
+        // Before anything reads committed offsets: a transaction our previous incarnation
+        // left open is aborted here, instead of holding the offset fetch until it times out.
+        if let Some(t) = self.txn.clone() {
+            self.status.set(false, "initialising transactions");
+            let stop = self.stop.clone();
+            let init = tokio::task::spawn_blocking(move || t.init(&|| *stop.borrow())).await;
+            match init {
+                Ok(Ok(())) => {
+                    tracing::info!(transactional_id = %self.txn.as_ref().map_or("", |t| t.id.as_str()), "transactions initialised (exactly_once)")
+                }
+                Ok(Err(e)) => return Err(self.txn_error(e)),
+                Err(e) => return Err(self.txn_error(TxnError::Fatal(e.to_string()))),
+            }
+            if *self.stop.borrow() {
+                return Ok(());
+            }
         }
         // State first: the re-read on assignment starts where the checkpoint ends.
         self.restore_state().await;
@@ -251,6 +277,10 @@ impl Pipeline {
         let result: Result<(), ServiceError> = async {
             loop {
                 self.forget_revoked();
+                if let Some(t) = &self.txn {
+                    // A transaction the rebalance callback could not commit.
+                    t.check().map_err(|e| self.txn_error(e))?;
+                }
                 if *self.stop.borrow() {
                     break;
                 }
@@ -327,8 +357,15 @@ impl Pipeline {
                         break;
                     }
                     // About to wait for records: take the acknowledgements that have come
-                    // meanwhile (commits, and the record-to-alert figure, stay current).
-                    self.commit_ready(&topics)?;
+                    // meanwhile (commits, and the record-to-alert figure, stay current); under
+                    // exactly once, commit the transaction if it is due.
+                    if self.txn.is_some() {
+                        if self.txn.as_ref().is_some_and(|t| t.due()) {
+                            self.commit_txn(stopping_since, drain).await?;
+                        }
+                    } else {
+                        self.commit_ready(&topics)?;
+                    }
                     let waited = tokio::select! {
                         biased;
                         _ = self.stop.wait_for(|s| *s) => true,
@@ -356,20 +393,25 @@ impl Pipeline {
                     stopping_since = Some(Instant::now());
                 }
                 let mut b = InFlight::new(out, next, started);
-                let all: Vec<usize> = (0..b.out.len()).collect();
-                within_drain(
-                    self.sink.send(&mut b, all),
-                    &self.stop,
-                    stopping_since,
-                    drain,
-                )
-                .await?;
-                lock(&self.in_flight).push_back(b);
-                self.commit_ready(&topics)?;
-                // Backpressure: at most `max_in_flight_batches` waiting for the broker.
-                while lock(&self.in_flight).len() > self.cfg.service.max_in_flight_batches {
-                    self.settle_oldest(&topics, &mut stopping_since, drain)
+                if let Some(txn) = self.txn.clone() {
+                    self.send_in_transaction(&txn, b, stopping_since, drain)
                         .await?;
+                } else {
+                    let all: Vec<usize> = (0..b.out.len()).collect();
+                    within_drain(
+                        self.sink.send(&mut b, all),
+                        &self.stop,
+                        stopping_since,
+                        drain,
+                    )
+                    .await?;
+                    lock(&self.in_flight).push_back(b);
+                    self.commit_ready(&topics)?;
+                    // Backpressure: at most `max_in_flight_batches` waiting for the broker.
+                    while lock(&self.in_flight).len() > self.cfg.service.max_in_flight_batches {
+                        self.settle_oldest(&topics, &mut stopping_since, drain)
+                            .await?;
+                    }
                 }
                 if self.checkpoints.as_ref().is_some_and(Checkpointer::due) {
                     // A checkpoint reflects only records whose outputs are acknowledged:
@@ -393,7 +435,10 @@ impl Pipeline {
         let left = drain
             .saturating_sub(since.elapsed())
             .max(Duration::from_secs(1));
-        self.commit_sync(&topics, left).await;
+        if self.txn.is_none() {
+            // Under exactly once the last transaction's commit carried the offsets.
+            self.commit_sync(&topics, left).await;
+        }
         if let Some(c) = self.checkpoints.take() {
             // The state at a clean stop: the restart re-reads nothing.
             let offsets = self.checkpoint_offsets(&topics);
@@ -499,13 +544,20 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Settles and commits every batch in flight, oldest first.
+    /// Settles and commits every batch in flight, oldest first (under exactly once: commits
+    /// the open transaction).
     async fn settle_all(
         &self,
         topics: &[String],
         stopping_since: &mut Option<Instant>,
         drain: Duration,
     ) -> Result<(), ServiceError> {
+        if self.txn.is_some() {
+            if stopping_since.is_none() && *self.stop.borrow() {
+                *stopping_since = Some(Instant::now());
+            }
+            return self.commit_txn(*stopping_since, drain).await;
+        }
         while !lock(&self.in_flight).is_empty() {
             self.settle_oldest(topics, stopping_since, drain).await?;
         }
@@ -745,16 +797,116 @@ impl Pipeline {
             .collect()
     }
 
-    /// Takes a checkpoint if one is due; call only with nothing in flight.
+    /// Takes a checkpoint if one is due; call only with nothing in flight (under exactly
+    /// once: right after a commit, so the state reflects committed offsets only).
     fn checkpoint_if_due(&mut self, topics: &[String]) {
         if !self.checkpoints.as_ref().is_some_and(Checkpointer::due)
             || !lock(&self.in_flight).is_empty()
+            || self.txn.as_ref().is_some_and(|t| t.is_open())
         {
             return;
         }
         let offsets = self.checkpoint_offsets(topics);
         if let Some(c) = self.checkpoints.as_mut() {
             c.take(&self.engine, offsets);
+        }
+    }
+
+    /// Exactly once: a processed batch joins the open transaction (begun for it if none is
+    /// open). A batch with nothing to publish and no offsets to move (records re-read to
+    /// rebuild state) opens no transaction. The transaction is committed once it has lasted
+    /// `transaction_interval_ms` or holds [`MAX_BATCHES_PER_TRANSACTION`] batches.
+    async fn send_in_transaction(
+        &self,
+        txn: &Transactions,
+        mut b: InFlight,
+        stopping_since: Option<Instant>,
+        drain: Duration,
+    ) -> Result<(), ServiceError> {
+        if b.out.is_empty() && b.next.is_empty() {
+            return Ok(());
+        }
+        txn.begin(!b.out.is_empty())
+            .map_err(|e| self.txn_error(e))?;
+        let all: Vec<usize> = (0..b.out.len()).collect();
+        match within_drain(
+            self.sink.send(&mut b, all),
+            &self.stop,
+            stopping_since,
+            drain,
+        )
+        .await
+        {
+            Err(e @ ServiceError::DrainTimeout(_)) => return Err(e),
+            // A message that never reached the producer is not in the transaction:
+            // committing would lose it. The commit aborts instead, and the pipeline rewinds.
+            Err(e) => txn.doom(e.to_string()),
+            Ok(()) if !b.failed.is_empty() => txn.doom(format!(
+                "{} outputs could not be handed to the producer",
+                b.failed.len()
+            )),
+            Ok(()) => {}
+        }
+        let n = {
+            let mut q = lock(&self.in_flight);
+            q.push_back(b);
+            q.len()
+        };
+        if txn.due() || n >= MAX_BATCHES_PER_TRANSACTION {
+            self.commit_txn(stopping_since, drain).await?;
+        }
+        Ok(())
+    }
+
+    /// Exactly once: commits the open transaction (offsets of every batch in it included),
+    /// on a blocking thread; within the drain time once shutdown is requested.
+    async fn commit_txn(
+        &self,
+        stopping_since: Option<Instant>,
+        drain: Duration,
+    ) -> Result<(), ServiceError> {
+        let Some(txn) = self.txn.clone() else {
+            return Ok(());
+        };
+        if !txn.is_open() {
+            return txn.check().map_err(|e| self.txn_error(e));
+        }
+        let consumer = self.consumer.clone();
+        let shared = self.shared.clone();
+        let commit = async {
+            let task = tokio::task::spawn_blocking(move || {
+                txn.commit_open(consumer.group_metadata().as_ref(), &shared)
+            });
+            match task.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(self.txn_error(e)),
+                Err(e) => Err(self.txn_error(TxnError::Fatal(e.to_string()))),
+            }
+        };
+        within_drain(commit, &self.stop, stopping_since, drain).await
+    }
+
+    /// The service error for a transaction failure: fencing stops the service, the rest
+    /// rewind the pipeline.
+    fn txn_error(&self, e: TxnError) -> ServiceError {
+        if let Some(t) = &self.txn {
+            // Nothing else may use this producer's transaction now (the revoke callback at
+            // the consumer's close included).
+            t.fail(e.clone());
+        }
+        match e {
+            TxnError::Fenced(message) => ServiceError::Fenced {
+                id: self.txn.as_ref().map(|t| t.id.clone()).unwrap_or_default(),
+                message,
+            },
+            TxnError::Aborted(message) => ServiceError::Rewind {
+                reason: "aborted",
+                message,
+            },
+            TxnError::Fatal(message) => ServiceError::Rewind {
+                reason: "fatal",
+                message,
+            },
         }
     }
 

@@ -169,6 +169,9 @@ pub struct SourceContext {
     throttle: Throttle,
     /// The producer side and the batches in flight, so a revoke can finish them first.
     deliveries: Option<(Arc<Sink>, InFlightQueue)>,
+    /// Exactly once: a revoke commits the open transaction (which carries the offsets)
+    /// instead of committing offsets through the consumer.
+    transactions: Option<Arc<super::txn::Transactions>>,
 }
 
 /// Locks the state the run loop shares with the consumer's callbacks (the assignment, the
@@ -195,7 +198,14 @@ impl SourceContext {
             shared: Arc::new(Mutex::new(Assignment::default())),
             throttle: Throttle::default(),
             deliveries,
+            transactions: None,
         }
+    }
+
+    /// Exactly once: offsets go only through `t`'s transactions, never a consumer commit.
+    pub fn with_transactions(mut self, t: Arc<super::txn::Transactions>) -> Self {
+        self.transactions = Some(t);
+        self
     }
 
     /// Waits (up to the rebalance request timeout) for the batches in flight to be
@@ -338,7 +348,23 @@ impl SourceContext {
 
     /// Commits the acknowledged offsets of `tpl`'s partitions before they are given up.
     fn commit_revoked(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
-        let finished = self.finish_in_flight();
+        let finished = match &self.transactions {
+            // The open transaction holds the offsets of every batch in flight: committed
+            // here, before the partitions go (a failure is left for the run loop, which
+            // rewinds; the aborted outputs are then re-made by whoever owns the records).
+            Some(t) => {
+                if let Err(e) = t.commit_open(consumer.group_metadata().as_ref(), &self.shared) {
+                    tracing::warn!(
+                        kind = e.kind(),
+                        error = e.message(),
+                        "committing the open transaction at a revoke failed"
+                    );
+                    t.fail(e);
+                }
+                Vec::new()
+            }
+            None => self.finish_in_flight(),
+        };
         let mut shared = lock(&self.shared);
         let mut commit = TopicPartitionList::new();
         // Batches acknowledged just now: their offsets are committed with the revoked ones
@@ -373,7 +399,7 @@ impl SourceContext {
         }
         self.metrics.assignment(shared.assigned.len());
         drop(shared);
-        if commit.count() > 0 && !consumer.assignment_lost() {
+        if commit.count() > 0 && !consumer.assignment_lost() && self.transactions.is_none() {
             if let Err(e) = consumer.commit(&commit, CommitMode::Sync) {
                 // The records are re-read by the next owner and deduplicated downstream by
                 // alert_id: a duplicate, never a loss.
