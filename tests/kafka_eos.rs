@@ -382,7 +382,7 @@ async fn a_second_instance_with_the_same_transactional_id_fences_the_first_which
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_the_broker_times_out_is_aborted_and_the_pipeline_rewinds() {
-    // The broker aborts a transaction open for 2 s; the hook holds the first one 5 s.
+    // The broker aborts a transaction open for 2 s; the hook holds the first one 15 s (the broker looks for timed-out transactions every 10 s).
     let s = setup(
         "eosabort",
         "exactly_once",
@@ -395,7 +395,7 @@ async fn a_transaction_the_broker_times_out_is_aborted_and_the_pipeline_rewinds(
         &s.cfg,
         "run",
         &s.args,
-        &[("LINEWATCH_TEST_HOLD_TXN_MS", "5000")],
+        &[("LINEWATCH_TEST_HOLD_TXN_MS", "15000")],
     );
     svc.wait_metric(
         r#"linewatch_pipeline_restarts_total{reason="aborted"}"#,

@@ -393,6 +393,11 @@ impl Clients {
             Duration::from_secs(cfg.service.retry_backoff_max_s),
         ));
         let in_flight = sink::InFlightQueue::default();
+        // The broker's default when unset is 60 s; the transactional config sets 10 s.
+        let txn_timeout = producer_config
+            .get("transaction.timeout.ms")
+            .and_then(|v| v.parse().ok())
+            .map_or(Duration::from_secs(60), Duration::from_millis);
         let txn = txn_id.map(|id| {
             Arc::new(txn::Transactions::new(
                 id,
@@ -401,6 +406,7 @@ impl Clients {
                 in_flight.clone(),
                 cfg.service.input_topics.clone(),
                 Duration::from_millis(cfg.service.transaction_interval_ms),
+                txn_timeout,
                 metrics.clone(),
             ))
         });

@@ -352,7 +352,7 @@ impl SourceContext {
             // The open transaction holds the offsets of every batch in flight: committed
             // here, before the partitions go (a failure is left for the run loop, which
             // rewinds; the aborted outputs are then re-made by whoever owns the records).
-            Some(t) => {
+            Some(t) if t.check().is_ok() => {
                 if let Err(e) = t.commit_open(consumer.group_metadata().as_ref(), &self.shared) {
                     tracing::warn!(
                         kind = e.kind(),
@@ -363,6 +363,8 @@ impl SourceContext {
                 }
                 Vec::new()
             }
+            // The pipeline is being restarted: nothing is committed.
+            Some(_) => Vec::new(),
             None => self.finish_in_flight(),
         };
         let mut shared = lock(&self.shared);

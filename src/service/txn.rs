@@ -263,6 +263,9 @@ pub struct Transactions {
     hold: test_hook::Hold,
     /// How long one offset send or commit call may block before it is made again.
     call_timeout: Duration,
+    /// The producer's `transaction.timeout.ms`: past it the broker aborts the transaction
+    /// and bumps the producer epoch, which librdkafka reports as fencing too.
+    txn_timeout: Duration,
 }
 
 impl Transactions {
@@ -273,6 +276,7 @@ impl Transactions {
         queue: InFlightQueue,
         topics: Vec<String>,
         interval: Duration,
+        txn_timeout: Duration,
         metrics: Metrics,
     ) -> Self {
         Transactions {
@@ -286,6 +290,7 @@ impl Transactions {
             metrics,
             hold: test_hook::Hold::from_env(),
             call_timeout: test_hook::call_timeout().unwrap_or(CALL_TIMEOUT),
+            txn_timeout,
         }
     }
 
@@ -326,7 +331,7 @@ impl Transactions {
         if st.open_since.is_none() {
             if let Err(e) = self.producer.begin_transaction() {
                 return Err(match action(&e) {
-                    Action::Fenced => TxnError::Fenced(e.to_string()),
+                    Action::Fenced => self.fenced(e.to_string()),
                     _ => TxnError::Fatal(e.to_string()),
                 });
             }
@@ -457,8 +462,25 @@ impl Transactions {
                     return Err(TxnError::Aborted(e.to_string()));
                 }
                 Action::Fatal => return Err(TxnError::Fatal(e.to_string())),
-                Action::Fenced => return Err(TxnError::Fenced(e.to_string())),
+                Action::Fenced => return Err(self.fenced(e.to_string())),
             }
+        }
+    }
+
+    /// librdkafka says `_FENCED` both when another producer took our id and when the
+    /// broker aborted our transaction for lasting past `transaction.timeout.ms` (it bumps
+    /// the epoch). Only the first is a reason to stop: a transaction open that long was
+    /// timed out, and the pipeline rewinds with a new producer. (Were both true, the new
+    /// producer would fence the other instance once, and that one, its transaction young,
+    /// would stop: no fight.)
+    fn fenced(&self, message: String) -> TxnError {
+        let age = lock(&self.state).open_since.map(|t| t.elapsed());
+        match age {
+            Some(age) if age >= self.txn_timeout => TxnError::Aborted(format!(
+                "the transaction was open {:.1} s, past transaction.timeout.ms, so the broker aborted it ({message})",
+                age.as_secs_f64()
+            )),
+            _ => TxnError::Fenced(message),
         }
     }
 
