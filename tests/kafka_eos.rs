@@ -37,6 +37,10 @@ drain_timeout_s = 20
 checkpoint_interval_s = 1
 "#;
 
+/// Static membership, as a StatefulSet pod has it: a restarted instance takes its partition
+/// straight back instead of waiting out the killed one's session.
+const STATIC: &str = "[kafka]\n\"group.instance.id\" = \"linewatch-0\"\n";
+
 fn sms(id: &str, ts: i64, from: &str, to: &str) -> String {
     format!(r#"{{"event_id":"{id}","ts":{ts},"kind":"sms","from":"{from}","to":"{to}"}}"#)
 }
@@ -46,22 +50,22 @@ fn sms(id: &str, ts: i64, from: &str, to: &str) -> String {
 /// state built before them), and two more bulk senders spread through the noise.
 fn traffic(tag: &str) -> Vec<String> {
     let mut out = Vec::new();
-    for i in 0..40_000i64 {
-        if i % 400 == 7 {
+    for i in 0..120_000i64 {
+        if i % 1_200 == 7 {
             out.push(format!("not json {tag} {i}"));
         }
         out.push(sms(
             &format!("{tag}-a{i}"),
-            T0 - 30 * MIN + i * 20,
+            T0 - 60 * MIN + i * 20,
             &format!("z{}", i / 10),
             &format!("zf{i}"),
         ));
-        if i % 1_000 == 500 && i < 30_000 {
-            let sender = format!("B{}", i / 1_000);
+        if i % 3_000 == 1_500 && i < 90_000 {
+            let sender = format!("B{}", i / 3_000);
             for r in 0..25 {
                 out.push(sms(
                     &format!("{tag}-s{i}-{r}"),
-                    T0 - 30 * MIN + i * 20 + r,
+                    T0 - 60 * MIN + i * 20 + r,
                     &sender,
                     &format!("q{i}-{r}"),
                 ));
@@ -103,9 +107,9 @@ struct Read {
     headers: BTreeMap<String, String>,
 }
 
-/// Reads `topic` from the start with `isolation.level = read_committed` until `n` messages
-/// are in, then `more` longer (a repeat would arrive then), or `timeout`.
-async fn read_committed(topic: &str, n: usize, more: Duration, timeout: Duration) -> Vec<Read> {
+/// Reads `topic` from the start with `isolation.level = read_committed` until nothing more
+/// has come for `idle` (a repeat would have come by then).
+async fn read_committed(topic: &str, idle: Duration) -> Vec<Read> {
     let c: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .set("group.id", format!("reader-{}", suffix()))
@@ -115,34 +119,33 @@ async fn read_committed(topic: &str, n: usize, more: Duration, timeout: Duration
         .create()
         .expect("reader");
     c.subscribe(&[topic]).expect("subscribe");
-    let deadline = Instant::now() + timeout;
-    let mut full_at: Option<Instant> = None;
+    let mut last = Instant::now();
     let mut out = Vec::new();
     loop {
-        if out.len() >= n && full_at.is_none() {
-            full_at = Some(Instant::now());
-        }
-        if full_at.is_some_and(|t| t.elapsed() >= more) || Instant::now() >= deadline {
+        if last.elapsed() >= idle {
             return out;
         }
         match tokio::time::timeout(Duration::from_millis(250), c.recv()).await {
-            Ok(Ok(m)) => out.push(Read {
-                value: m.payload().unwrap_or_default().to_vec(),
-                headers: m
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|h| {
-                                (
-                                    h.key.to_string(),
-                                    String::from_utf8_lossy(h.value.unwrap_or_default())
-                                        .into_owned(),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            }),
+            Ok(Ok(m)) => {
+                last = Instant::now();
+                out.push(Read {
+                    value: m.payload().unwrap_or_default().to_vec(),
+                    headers: m
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|h| {
+                                    (
+                                        h.key.to_string(),
+                                        String::from_utf8_lossy(h.value.unwrap_or_default())
+                                            .into_owned(),
+                                    )
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                })
+            }
             Ok(Err(e)) => panic!("reading {topic}: {e}"),
             Err(_) => {}
         }
@@ -225,22 +228,12 @@ async fn feed(s: &Setup, tag: &str) -> (Vec<String>, Vec<(i32, i64)>) {
 /// returns what a read_committed reader then finds on the alert and dead-letter topics.
 async fn finish(s: &Setup, want: &[String], bad: &[(i32, i64)]) -> (Vec<String>, Vec<(i32, i64)>) {
     let mut last = Service::start(&s.cfg, &s.args);
-    let deadline = Instant::now() + WAIT;
+    // Generous: debug build, restored state, and a machine shared with other builds.
+    let wait = 2 * WAIT;
+    let deadline = Instant::now() + wait;
     loop {
-        let a = read_committed(
-            &s.topics.alerts,
-            want.len(),
-            Duration::ZERO,
-            Duration::from_secs(5),
-        )
-        .await;
-        let d = read_committed(
-            &s.topics.dead,
-            bad.len(),
-            Duration::ZERO,
-            Duration::from_secs(5),
-        )
-        .await;
+        let a = read_committed(&s.topics.alerts, Duration::from_secs(1)).await;
+        let d = read_committed(&s.topics.dead, Duration::from_secs(1)).await;
         let have: BTreeSet<String> = alert_ids(&a).into_iter().collect();
         let dead: BTreeSet<(i32, i64)> = dead_letter_sources(&d).into_iter().collect();
         if want.iter().all(|w| have.contains(w)) && bad.iter().all(|b| dead.contains(b)) {
@@ -248,7 +241,7 @@ async fn finish(s: &Setup, want: &[String], bad: &[(i32, i64)]) -> (Vec<String>,
         }
         assert!(
             Instant::now() < deadline,
-            "not every output within {WAIT:?}: {} of {} alerts, {} of {} dead letters",
+            "not every output within {wait:?}: {} of {} alerts, {} of {} dead letters",
             have.len(),
             want.len(),
             dead.len(),
@@ -263,20 +256,8 @@ async fn finish(s: &Setup, want: &[String], bad: &[(i32, i64)]) -> (Vec<String>,
         "clean stop: {status:?}\n{}",
         last.logs().join("\n")
     );
-    let a = read_committed(
-        &s.topics.alerts,
-        usize::MAX,
-        Duration::ZERO,
-        Duration::from_secs(8),
-    )
-    .await;
-    let d = read_committed(
-        &s.topics.dead,
-        usize::MAX,
-        Duration::ZERO,
-        Duration::from_secs(8),
-    )
-    .await;
+    let a = read_committed(&s.topics.alerts, Duration::from_secs(4)).await;
+    let d = read_committed(&s.topics.dead, Duration::from_secs(4)).await;
     (alert_ids(&a), dead_letter_sources(&d))
 }
 
@@ -309,11 +290,19 @@ async fn kill_at_several_points(s: &Setup, exactly_once: bool) {
     first.signal("KILL");
     first.wait_exit(Duration::from_secs(10)).await;
     no_panic(&first, "run 0");
-    for (i, after_ms) in [900u64, 1_700].into_iter().enumerate() {
+    for (i, after_ms) in [400u64, 1_200].into_iter().enumerate() {
         let mut svc = Service::start(&s.cfg, &s.args);
         svc.wait_ready(WAIT).await;
         tokio::time::sleep(Duration::from_millis(after_ms)).await;
+        let (_, metrics) = svc.get("/metrics").await;
         svc.signal("KILL");
+        // Where the kill landed, for the record (the machine's speed decides it).
+        eprintln!(
+            "run {}: killed after {} records, {} checkpoints written",
+            i + 1,
+            support::metric_value(&metrics, r#"linewatch_records_total{result="valid"}"#),
+            support::metric_value(&metrics, "linewatch_checkpoint_write_seconds_count"),
+        );
         svc.wait_exit(Duration::from_secs(10)).await;
         no_panic(&svc, &format!("run {}", i + 1));
     }
@@ -321,7 +310,7 @@ async fn kill_at_several_points(s: &Setup, exactly_once: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_kill_9_at_several_points_gives_every_alert_and_dead_letter_once() {
-    let s = setup("eoskill", "exactly_once", "").await;
+    let s = setup("eoskill", "exactly_once", STATIC).await;
     let (lines, bad) = feed(&s, "e").await;
     let want = replay_ids(&lines);
     assert!(
@@ -338,7 +327,7 @@ async fn exactly_once_kill_9_at_several_points_gives_every_alert_and_dead_letter
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_least_once_kill_9_at_several_points_loses_nothing() {
-    let s = setup("alokill", "at_least_once", "").await;
+    let s = setup("alokill", "at_least_once", STATIC).await;
     let (lines, bad) = feed(&s, "l").await;
     let want = replay_ids(&lines);
     kill_at_several_points(&s, false).await;
