@@ -1041,6 +1041,26 @@ mod tests {
     }
 
     #[test]
+    fn processing_guarantee_takes_its_two_values_and_names_them_otherwise() {
+        let c = Config::from_toml("[service]\nprocessing_guarantee = \"exactly_once\"\n").unwrap();
+        assert_eq!(
+            c.service.processing_guarantee,
+            ProcessingGuarantee::ExactlyOnce
+        );
+        let e =
+            Config::from_toml("[service]\nprocessing_guarantee = \"exactly-once\"\n").unwrap_err();
+        assert_eq!(e.problems.len(), 1, "{e}");
+        let p = &e.problems[0];
+        assert!(p.starts_with("line 2: service.processing_guarantee"), "{p}");
+        assert!(p.contains("\"at_least_once\" or \"exactly_once\""), "{p}");
+        assert_eq!(
+            "exactly_once".parse::<ProcessingGuarantee>(),
+            Ok(ProcessingGuarantee::ExactlyOnce)
+        );
+        assert!("once".parse::<ProcessingGuarantee>().is_err());
+    }
+
+    #[test]
     fn a_syntax_error_gives_its_line() {
         let e = Config::from_toml("[engine]\nexpire_every_s = 600\n[bulk_sms\n").unwrap_err();
         assert!(e.problems[0].starts_with("line 3:"), "{e}");

@@ -13,6 +13,10 @@
 //!
 //! # Guarantees
 //!
+//! Exactly once under `service.processing_guarantee = "exactly_once"`: see [`txn`] (outputs
+//! and offsets in one Kafka transaction; a failed transaction restarts the pipeline in-process
+//! from the newest checkpoint and the committed offsets, see [`run`]). Otherwise:
+//!
 //! At least once, nothing lost: an input offset is committed only after every alert and
 //! dead letter its record caused is acknowledged by the broker (`acks=all`). Memory is
 //! bounded end to end: one batch in hand, librdkafka's prefetch capped, no poll while a
@@ -30,8 +34,10 @@
 //!   `source_topic`, `source_partition`, `source_offset` (decimal), and when it applies
 //!   `redacted` (the fields) and `truncated`, `original_bytes`, `original_xxh3_128`. A dead
 //!   letter the broker still refuses for good is counted and skipped, never fatal.
-//! - Delivery is at least once: after a crash between acknowledgement and commit an alert
-//!   may be published again, always with the same `alert_id`.
+//! - Delivery is at least once by default: after a crash between acknowledgement and commit
+//!   an alert may be published again, always with the same `alert_id`. Under
+//!   `processing_guarantee = "exactly_once"` ([`txn`]) a `read_committed` reader sees each
+//!   alert and dead letter once.
 //!
 //! # Operations
 //!
@@ -400,13 +406,15 @@ impl Clients {
             .map_or(Duration::from_secs(60), Duration::from_millis);
         let txn = txn_id.map(|id| {
             Arc::new(txn::Transactions::new(
-                id,
+                txn::TxnSettings {
+                    id,
+                    interval: Duration::from_millis(cfg.service.transaction_interval_ms),
+                    txn_timeout,
+                },
                 producer.clone(),
                 sink.clone(),
                 in_flight.clone(),
                 cfg.service.input_topics.clone(),
-                Duration::from_millis(cfg.service.transaction_interval_ms),
-                txn_timeout,
                 metrics.clone(),
             ))
         });

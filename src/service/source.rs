@@ -430,9 +430,6 @@ impl ClientContext for SourceContext {
                 if *p < 0 || !shared.assigned.contains_key(&tp) {
                     continue;
                 }
-                if part.consumer_lag >= 0 {
-                    self.metrics.consumer_lag(name, *p, part.consumer_lag);
-                }
                 // The end of the log as the consumer sees it: the last stable offset under
                 // librdkafka's default read_committed isolation, else the high watermark.
                 let end = if part.ls_offset >= 0 {
@@ -440,6 +437,15 @@ impl ClientContext for SourceContext {
                 } else {
                     part.hi_offset
                 };
+                // Under exactly once the offsets are committed by the producer's
+                // transactions, which the consumer's own figure never sees.
+                let lag = match (&self.transactions, shared.acked.get(&tp)) {
+                    (Some(_), Some(acked)) if end >= 0 => (end - acked).max(0),
+                    _ => part.consumer_lag,
+                };
+                if lag >= 0 {
+                    self.metrics.consumer_lag(name, *p, lag);
+                }
                 if end >= 0 && part.app_offset >= end {
                     shared.caught_up.insert(tp, part.app_offset);
                 } else {

@@ -248,6 +248,17 @@ struct State {
     has_output: bool,
 }
 
+/// What a [`Transactions`] is set up with.
+#[derive(Debug, Clone)]
+pub struct TxnSettings {
+    /// The transactional id ([`transactional_id`]).
+    pub id: String,
+    /// `service.transaction_interval_ms`.
+    pub interval: Duration,
+    /// The producer's `transaction.timeout.ms`.
+    pub txn_timeout: Duration,
+}
+
 /// The transactional producer's state and calls, shared by the run loop and the consumer's
 /// rebalance callback (a revoke commits the open transaction before the partitions go).
 pub struct Transactions {
@@ -270,15 +281,18 @@ pub struct Transactions {
 
 impl Transactions {
     pub fn new(
-        id: String,
+        settings: TxnSettings,
         producer: FutureProducer<SinkContext>,
         sink: Arc<Sink>,
         queue: InFlightQueue,
         topics: Vec<String>,
-        interval: Duration,
-        txn_timeout: Duration,
         metrics: Metrics,
     ) -> Self {
+        let TxnSettings {
+            id,
+            interval,
+            txn_timeout,
+        } = settings;
         Transactions {
             id,
             producer,
