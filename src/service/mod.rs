@@ -291,6 +291,7 @@ pub async fn run(
             reloads,
             stop: stop_rx.clone(),
             txn: c.txn,
+            committing: Default::default(),
         };
         let started = std::time::Instant::now();
         let r = {

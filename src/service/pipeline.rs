@@ -219,6 +219,8 @@ pub struct Pipeline {
     /// Exactly once (`service.processing_guarantee`): outputs and offsets go in Kafka
     /// transactions (see [`super::txn`]); `None`: at least once.
     pub txn: Option<Arc<Transactions>>,
+    /// Exactly once: the commit under way on a blocking thread.
+    pub committing: Mutex<Option<tokio::task::JoinHandle<Result<(), TxnError>>>>,
 }
 
 impl Pipeline {
@@ -360,9 +362,7 @@ impl Pipeline {
                     // meanwhile (commits, and the record-to-alert figure, stay current); under
                     // exactly once, commit the transaction if it is due.
                     if self.txn.is_some() {
-                        if self.txn.as_ref().is_some_and(|t| t.due()) {
-                            self.commit_txn(stopping_since, drain).await?;
-                        }
+                        self.poll_txn(stopping_since, drain).await?;
                     } else {
                         self.commit_ready(&topics)?;
                     }
@@ -802,7 +802,11 @@ impl Pipeline {
     fn checkpoint_if_due(&mut self, topics: &[String]) {
         if !self.checkpoints.as_ref().is_some_and(Checkpointer::due)
             || !lock(&self.in_flight).is_empty()
-            || self.txn.as_ref().is_some_and(|t| t.is_open())
+            || self
+                .txn
+                .as_ref()
+                .is_some_and(|t| t.is_open() || t.has_held())
+            || lock(&self.committing).is_some()
         {
             return;
         }
@@ -814,18 +818,44 @@ impl Pipeline {
 
     /// Exactly once: a processed batch joins the open transaction (begun for it if none is
     /// open). A batch with nothing to publish and no offsets to move (records re-read to
-    /// rebuild state) opens no transaction. The transaction is committed once it has lasted
-    /// `transaction_interval_ms` or holds [`MAX_BATCHES_PER_TRANSACTION`] batches.
+    /// rebuild state) opens no transaction. Once the transaction has lasted
+    /// `transaction_interval_ms` or holds [`MAX_BATCHES_PER_TRANSACTION`] batches, its commit
+    /// starts on a blocking thread and the loop goes on: batches processed meanwhile are held
+    /// back (librdkafka sends nothing while a transaction commits) and sent in the next
+    /// transaction once the commit is over, so detection does not wait for the broker's
+    /// round trips.
     async fn send_in_transaction(
         &self,
         txn: &Transactions,
-        mut b: InFlight,
+        b: InFlight,
         stopping_since: Option<Instant>,
         drain: Duration,
     ) -> Result<(), ServiceError> {
         if b.out.is_empty() && b.next.is_empty() {
             return Ok(());
         }
+        self.finish_commit(false, stopping_since, drain).await?;
+        if lock(&self.committing).is_some() {
+            if txn.hold_back(b) >= MAX_BATCHES_PER_TRANSACTION {
+                self.finish_commit(true, stopping_since, drain).await?;
+            }
+            return Ok(());
+        }
+        self.send_now(txn, b, stopping_since, drain).await?;
+        if txn.due() || lock(&self.in_flight).len() >= MAX_BATCHES_PER_TRANSACTION {
+            self.start_commit();
+        }
+        Ok(())
+    }
+
+    /// Hands a batch's outputs to the producer in the open transaction (begun if need be).
+    async fn send_now(
+        &self,
+        txn: &Transactions,
+        mut b: InFlight,
+        stopping_since: Option<Instant>,
+        drain: Duration,
+    ) -> Result<(), ServiceError> {
         txn.begin(!b.out.is_empty())
             .map_err(|e| self.txn_error(e))?;
         let all: Vec<usize> = (0..b.out.len()).collect();
@@ -847,19 +877,80 @@ impl Pipeline {
             )),
             Ok(()) => {}
         }
-        let n = {
-            let mut q = lock(&self.in_flight);
-            q.push_back(b);
-            q.len()
+        lock(&self.in_flight).push_back(b);
+        Ok(())
+    }
+
+    /// Starts committing the open transaction on a blocking thread, unless a commit is
+    /// under way already or no transaction is open.
+    fn start_commit(&self) {
+        let Some(txn) = self.txn.clone() else {
+            return;
         };
-        if txn.due() || n >= MAX_BATCHES_PER_TRANSACTION {
-            self.commit_txn(stopping_since, drain).await?;
+        let mut committing = lock(&self.committing);
+        if committing.is_some() || !txn.is_open() {
+            return;
+        }
+        let consumer = self.consumer.clone();
+        let shared = self.shared.clone();
+        *committing = Some(tokio::task::spawn_blocking(move || {
+            txn.commit_open(consumer.group_metadata().as_ref(), &shared)
+                .map(|_| ())
+        }));
+    }
+
+    /// Takes the result of the commit under way once it is over (waiting for it when
+    /// `wait`), then sends the batches held back meanwhile in a new transaction.
+    async fn finish_commit(
+        &self,
+        wait: bool,
+        stopping_since: Option<Instant>,
+        drain: Duration,
+    ) -> Result<(), ServiceError> {
+        let Some(txn) = self.txn.clone() else {
+            return Ok(());
+        };
+        let handle = {
+            let mut c = lock(&self.committing);
+            match c.as_ref() {
+                Some(h) if wait || h.is_finished() => c.take(),
+                Some(_) => return Ok(()),
+                None => None,
+            }
+        };
+        if let Some(h) = handle {
+            let done = async {
+                match h.await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(self.txn_error(e)),
+                    Err(e) => Err(self.txn_error(TxnError::Fatal(e.to_string()))),
+                }
+            };
+            within_drain(done, &self.stop, stopping_since, drain).await?;
+        }
+        for b in txn.take_held() {
+            self.send_now(&txn, b, stopping_since, drain).await?;
         }
         Ok(())
     }
 
-    /// Exactly once: commits the open transaction (offsets of every batch in it included),
-    /// on a blocking thread; within the drain time once shutdown is requested.
+    /// Exactly once, between batches: takes a finished commit and starts the next one if
+    /// the open transaction is due.
+    async fn poll_txn(
+        &self,
+        stopping_since: Option<Instant>,
+        drain: Duration,
+    ) -> Result<(), ServiceError> {
+        self.finish_commit(false, stopping_since, drain).await?;
+        if self.txn.as_ref().is_some_and(|t| t.due()) {
+            self.start_commit();
+        }
+        Ok(())
+    }
+
+    /// Exactly once: commits everything processed (the commit under way, the batches held
+    /// back, the open transaction) and waits for it; within the drain time once shutdown
+    /// is requested.
     async fn commit_txn(
         &self,
         stopping_since: Option<Instant>,
@@ -868,22 +959,10 @@ impl Pipeline {
         let Some(txn) = self.txn.clone() else {
             return Ok(());
         };
-        if !txn.is_open() {
-            return txn.check().map_err(|e| self.txn_error(e));
-        }
-        let consumer = self.consumer.clone();
-        let shared = self.shared.clone();
-        let commit = async {
-            let task = tokio::task::spawn_blocking(move || {
-                txn.commit_open(consumer.group_metadata().as_ref(), &shared)
-            });
-            match task.await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(self.txn_error(e)),
-                Err(e) => Err(self.txn_error(TxnError::Fatal(e.to_string()))),
-            }
-        };
-        within_drain(commit, &self.stop, stopping_since, drain).await
+        self.finish_commit(true, stopping_since, drain).await?;
+        self.start_commit();
+        self.finish_commit(true, stopping_since, drain).await?;
+        txn.check().map_err(|e| self.txn_error(e))
     }
 
     /// The service error for a transaction failure: fencing stops the service, the rest

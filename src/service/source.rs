@@ -360,6 +360,10 @@ impl SourceContext {
                         "committing the open transaction at a revoke failed"
                     );
                     t.fail(e);
+                } else if t.has_held() {
+                    t.fail(super::txn::TxnError::Aborted(
+                        "partitions revoked while processed batches waited for the next transaction".into(),
+                    ));
                 }
                 Vec::new()
             }

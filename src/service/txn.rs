@@ -43,7 +43,7 @@ use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use super::metrics::Metrics;
-use super::sink::{InFlightQueue, Sink, SinkContext};
+use super::sink::{InFlight, InFlightQueue, Sink, SinkContext};
 use super::source::{lock, Assignment, Tp};
 use crate::kafka::{self, KafkaSettings, Role};
 
@@ -271,6 +271,10 @@ pub struct Transactions {
     interval: Duration,
     state: Mutex<State>,
     metrics: Metrics,
+    /// Batches processed while a commit was under way, waiting for the next transaction.
+    held: Mutex<Vec<InFlight>>,
+    /// Taken for the whole of a commit.
+    commit_lock: Mutex<()>,
     hold: test_hook::Hold,
     /// How long one offset send or commit call may block before it is made again.
     call_timeout: Duration,
@@ -302,6 +306,8 @@ impl Transactions {
             interval,
             state: Mutex::new(State::default()),
             metrics,
+            held: Mutex::new(Vec::new()),
+            commit_lock: Mutex::new(()),
             hold: test_hook::Hold::from_env(),
             call_timeout: test_hook::call_timeout().unwrap_or(CALL_TIMEOUT),
             txn_timeout,
@@ -384,6 +390,9 @@ impl Transactions {
         group: Option<&ConsumerGroupMetadata>,
         shared: &Mutex<Assignment>,
     ) -> Result<Option<BTreeMap<Tp, i64>>, TxnError> {
+        // One commit at a time: the rebalance callback waits here for a commit the run loop
+        // has under way on a blocking thread.
+        let _one = lock(&self.commit_lock);
         self.check()?;
         let (open, doomed, has_output) = {
             let st = lock(&self.state);
@@ -400,13 +409,14 @@ impl Transactions {
             self.hold.maybe_hold();
         }
         let started = Instant::now();
-        // Held for the commit: the rebalance callback runs only inside the run loop's polls,
-        // and the run loop is waiting for this commit.
-        let mut q = lock(&self.queue);
+        // The transaction's batches: taken out, so the run loop may look at the queue while
+        // the commit is under way (nothing joins this transaction meanwhile: the run loop
+        // holds later batches back until it is over).
+        let batches: Vec<InFlight> = lock(&self.queue).drain(..).collect();
         let mut offsets: BTreeMap<Tp, i64> = BTreeMap::new();
         {
             let shared = lock(shared);
-            for b in q.iter() {
+            for b in &batches {
                 for (tp, n) in &b.next {
                     if shared.assigned.contains_key(tp) {
                         let o = offsets.entry(*tp).or_insert(*n);
@@ -444,11 +454,10 @@ impl Transactions {
             .inc();
         *lock(&self.state) = State::default();
         // Every message is on the broker and visible to read_committed readers now.
-        for mut b in q.drain(..) {
+        for mut b in batches {
             let _ = self.sink.collect(&mut b);
             self.metrics.batch_done(b.started.elapsed().as_secs_f64());
         }
-        drop(q);
         let mut shared = lock(shared);
         for (tp, n) in &offsets {
             shared.acked.insert(*tp, *n);
@@ -513,6 +522,26 @@ impl Transactions {
         if let Err(e) = self.producer.abort_transaction(CALL_TIMEOUT) {
             tracing::warn!(error = %e, "aborting the transaction failed; the new producer's init_transactions aborts it");
         }
+    }
+
+    /// Keeps a processed batch until the commit under way is over (librdkafka allows no
+    /// send while a transaction commits); returns how many are kept.
+    pub fn hold_back(&self, b: InFlight) -> usize {
+        let mut h = lock(&self.held);
+        h.push(b);
+        h.len()
+    }
+
+    /// The batches held back, oldest first.
+    pub fn take_held(&self) -> Vec<InFlight> {
+        std::mem::take(&mut *lock(&self.held))
+    }
+
+    /// Batches are held back for the next transaction. At a revoke they cannot be sent
+    /// from the rebalance callback, and their records were run through the engine: the
+    /// pipeline must rewind rather than let them go unpublished.
+    pub fn has_held(&self) -> bool {
+        !lock(&self.held).is_empty()
     }
 
     /// Records a failure met where it cannot be returned (the rebalance callback); the run
