@@ -249,6 +249,21 @@ async fn finish(s: &Setup, want: &[String], bad: &[(i32, i64)]) -> (Vec<String>,
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // Lag as the metrics show it reaches 0 (under exactly once it is counted from the
+    // transactions' offsets, which the consumer's own statistics never see).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, body) = last.get("/metrics").await;
+        let lag = support::metric_sum(&body, "linewatch_consumer_lag_records", "partition=\"0\"");
+        if lag == Some(0.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "consumer lag {lag:?}, not 0, with every output published"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     last.signal("TERM");
     let status = last.wait_exit(Duration::from_secs(30)).await;
     assert!(
