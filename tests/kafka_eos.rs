@@ -453,3 +453,99 @@ async fn commit_calls_that_time_out_are_retried_not_aborted() {
     assert_eq!(ids, want);
     assert_eq!(dead, bad);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_a_member_joining_mid_backlog_repeats_nothing() {
+    let b = brokers();
+    let topics = Topics::named("eosjoin");
+    topics.create(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    // Two members, each its own static id and so its own transactional id; frequent
+    // heartbeats so the first hears of the rebalance while it is working.
+    let member = |id: &str| {
+        let path = dir.path().join(format!("{id}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "{CONFIG}[kafka]\n\"group.instance.id\" = \"{id}\"\n\"consumer.heartbeat.interval.ms\" = \"100\"\n"
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let (cfg_a, cfg_b) = (member("linewatch-a"), member("linewatch-b"));
+    let mut args = topics.args(&b);
+    args.extend([
+        "--state-topic".into(),
+        format!("eosjoin-state-{}", suffix()),
+        "--processing-guarantee".into(),
+        "exactly_once".into(),
+    ]);
+    let lines = traffic("j");
+    let at = produce(&topics.input, &records(&lines, true)).await;
+    let mut bad: Vec<(i32, i64)> = lines
+        .iter()
+        .zip(&at)
+        .filter(|(l, _)| l.starts_with("not json"))
+        .map(|(_, p)| *p)
+        .collect();
+    bad.sort();
+    let cfg = Config::from_toml(CONFIG).unwrap();
+    let replayed = replay_bytes(cfg, lines.join("\n").as_bytes()).0;
+    // Detections within one line's records (keyed by it, so on one partition) are found
+    // whichever member owns it; fan-in joins partitions, which two members split (a known
+    // limit), so only bulk_sms is required here.
+    let bulk: BTreeSet<String> = replayed
+        .iter()
+        .filter(|a| a.detector == "bulk_sms")
+        .map(|a| a.alert_id.clone())
+        .collect();
+    let all: BTreeSet<String> = replayed.into_iter().map(|a| a.alert_id).collect();
+    assert!(bulk.len() >= 30, "{}", bulk.len());
+
+    let mut first = Service::start(&cfg_a, &args);
+    first.wait_ready(WAIT).await;
+    first
+        .wait_metric(r#"linewatch_records_total{result="valid"}"#, 20_000.0, WAIT)
+        .await;
+    let mut second = Service::start(&cfg_b, &args);
+    first
+        .wait_metric(r#"linewatch_rebalances_total{kind="revoke"}"#, 1.0, WAIT)
+        .await;
+    let deadline = Instant::now() + 2 * WAIT;
+    loop {
+        let a = read_committed(&topics.alerts, Duration::from_secs(1)).await;
+        let d = read_committed(&topics.dead, Duration::from_secs(1)).await;
+        let have: BTreeSet<String> = alert_ids(&a).into_iter().collect();
+        let dead: BTreeSet<(i32, i64)> = dead_letter_sources(&d).into_iter().collect();
+        if bulk.is_subset(&have) && bad.iter().all(|x| dead.contains(x)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} bulk_sms alerts, {} of {} dead letters",
+            bulk.intersection(&have).count(),
+            bulk.len(),
+            dead.len(),
+            bad.len()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // What the revoke met, for the record (the machine's speed decides it).
+    eprintln!(
+        "first member: {} revokes, {} pipeline restarts",
+        first.log_events("partitions revoked").len(),
+        first.log_events("starting the pipeline again").len()
+    );
+    for svc in [&mut first, &mut second] {
+        svc.signal("TERM");
+        let status = svc.wait_exit(Duration::from_secs(30)).await;
+        assert!(status.success(), "{}", svc.logs().join("\n"));
+    }
+    let ids = alert_ids(&read_committed(&topics.alerts, Duration::from_secs(4)).await);
+    let dead = dead_letter_sources(&read_committed(&topics.dead, Duration::from_secs(4)).await);
+    let unique: BTreeSet<String> = ids.iter().cloned().collect();
+    assert_eq!(unique.len(), ids.len(), "no alert twice: {ids:?}");
+    assert!(unique.is_subset(&all), "no alert replay does not make");
+    assert_eq!(dead, bad, "every dead letter exactly once");
+}
