@@ -77,6 +77,8 @@ pub struct Metrics {
     assigned: IntGauge,
     /// Checkpoint age, size, timings and fallbacks (defined with the checkpoints).
     pub checkpoint: crate::checkpoint::metrics::CheckpointMetrics,
+    /// Transactions and pipeline restarts (exactly_once; defined with the transactions).
+    pub txn: super::txn::TxnMetrics,
 }
 
 // Registering a freshly built metric in a new registry fails only on a duplicate name or a
@@ -269,8 +271,10 @@ impl Metrics {
             reloads.with_label_values(&[k]);
         }
         let checkpoint = crate::checkpoint::metrics::CheckpointMetrics::register(&r);
+        let txn = super::txn::TxnMetrics::register(&r);
         Metrics {
             checkpoint,
+            txn,
             registry: r,
             records,
             rebuilt,

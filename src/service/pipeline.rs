@@ -54,6 +54,7 @@ use super::align::{Align, Held};
 use super::metrics::{Metrics, Tally};
 use super::sink::{InFlight, InFlightQueue, Outgoing, Sink, SinkContext};
 use super::source::{self, lock, Assignment, Batch, Generation, InRecord, Source, Tp};
+use super::txn::{Transactions, TxnError};
 use super::{ServiceError, Status, Throttle};
 use crate::checkpoint::service::{Checkpointer, Cover};
 use crate::checkpoint::{self, InputPartition, SourceOffset};
@@ -74,6 +75,10 @@ fn engine_partition(tp: Tp) -> i32 {
 fn from_engine_partition(p: i32) -> Tp {
     ((p / TOPIC_STRIDE) as usize, p % TOPIC_STRIDE)
 }
+
+/// Exactly once: at most this many batches join one transaction before it is committed,
+/// whatever `transaction_interval_ms` says (their outputs wait in memory until then).
+const MAX_BATCHES_PER_TRANSACTION: usize = 64;
 
 /// Records decoded per step ahead of the engine (see [`Pipeline::process`]).
 const DECODE_CHUNK: usize = 256;
@@ -211,14 +216,37 @@ pub struct Pipeline {
     pub checkpoints: Option<Checkpointer>,
     /// For the state topic.
     pub settings: KafkaSettings,
+    /// Exactly once (`service.processing_guarantee`): outputs and offsets go in Kafka
+    /// transactions (see [`super::txn`]); `None`: at least once.
+    pub txn: Option<Arc<Transactions>>,
+    /// Exactly once: the commit under way on a blocking thread.
+    pub committing: Mutex<Option<tokio::task::JoinHandle<Result<(), TxnError>>>>,
 }
 
 impl Pipeline {
-    /// Runs until the stop flag is set (then drains and commits) or a final error.
-    pub async fn run(mut self) -> Result<(), ServiceError> {
+    /// Runs until the stop flag is set (then drains and commits) or a final error. Under
+    /// exactly once, [`ServiceError::Rewind`] asks the caller to start a new pipeline.
+    pub async fn run(&mut self) -> Result<(), ServiceError> {
         if !super::wait_for_cluster(&self.producer, &self.cfg, &self.status, &mut self.stop).await?
         {
             return Ok(());
+        }
+        // Before anything reads committed offsets: a transaction our previous incarnation
+        // left open is aborted here, instead of holding the offset fetch until it times out.
+        if let Some(t) = self.txn.clone() {
+            self.status.set(false, "initialising transactions");
+            let stop = self.stop.clone();
+            let init = tokio::task::spawn_blocking(move || t.init(&|| *stop.borrow())).await;
+            match init {
+                Ok(Ok(())) => {
+                    tracing::info!(transactional_id = %self.txn.as_ref().map_or("", |t| t.id.as_str()), "transactions initialised (exactly_once)")
+                }
+                Ok(Err(e)) => return Err(self.txn_error(e)),
+                Err(e) => return Err(self.txn_error(TxnError::Fatal(e.to_string()))),
+            }
+            if *self.stop.borrow() {
+                return Ok(());
+            }
         }
         // Before subscribing: the first assignment restores the state of its partitions.
         self.restore_state().await;
@@ -251,6 +279,10 @@ impl Pipeline {
         let result: Result<(), ServiceError> = async {
             loop {
                 self.forget_revoked();
+                if let Some(t) = &self.txn {
+                    // A transaction the rebalance callback could not commit.
+                    t.check().map_err(|e| self.txn_error(e))?;
+                }
                 if *self.stop.borrow() {
                     break;
                 }
@@ -327,8 +359,13 @@ impl Pipeline {
                         break;
                     }
                     // About to wait for records: take the acknowledgements that have come
-                    // meanwhile (commits, and the record-to-alert figure, stay current).
-                    self.commit_ready(&topics)?;
+                    // meanwhile (commits, and the record-to-alert figure, stay current); under
+                    // exactly once, commit the transaction if it is due.
+                    if self.txn.is_some() {
+                        self.poll_txn(stopping_since, drain).await?;
+                    } else {
+                        self.commit_ready(&topics)?;
+                    }
                     let waited = tokio::select! {
                         biased;
                         _ = self.stop.wait_for(|s| *s) => true,
@@ -356,20 +393,25 @@ impl Pipeline {
                     stopping_since = Some(Instant::now());
                 }
                 let mut b = InFlight::new(out, next, started);
-                let all: Vec<usize> = (0..b.out.len()).collect();
-                within_drain(
-                    self.sink.send(&mut b, all),
-                    &self.stop,
-                    stopping_since,
-                    drain,
-                )
-                .await?;
-                lock(&self.in_flight).push_back(b);
-                self.commit_ready(&topics)?;
-                // Backpressure: at most `max_in_flight_batches` waiting for the broker.
-                while lock(&self.in_flight).len() > self.cfg.service.max_in_flight_batches {
-                    self.settle_oldest(&topics, &mut stopping_since, drain)
+                if let Some(txn) = self.txn.clone() {
+                    self.send_in_transaction(&txn, b, stopping_since, drain)
                         .await?;
+                } else {
+                    let all: Vec<usize> = (0..b.out.len()).collect();
+                    within_drain(
+                        self.sink.send(&mut b, all),
+                        &self.stop,
+                        stopping_since,
+                        drain,
+                    )
+                    .await?;
+                    lock(&self.in_flight).push_back(b);
+                    self.commit_ready(&topics)?;
+                    // Backpressure: at most `max_in_flight_batches` waiting for the broker.
+                    while lock(&self.in_flight).len() > self.cfg.service.max_in_flight_batches {
+                        self.settle_oldest(&topics, &mut stopping_since, drain)
+                            .await?;
+                    }
                 }
                 if self.checkpoints.as_ref().is_some_and(Checkpointer::due) {
                     // A checkpoint reflects only records whose outputs are acknowledged:
@@ -393,7 +435,10 @@ impl Pipeline {
         let left = drain
             .saturating_sub(since.elapsed())
             .max(Duration::from_secs(1));
-        self.commit_sync(&topics, left).await;
+        if self.txn.is_none() {
+            // Under exactly once the last transaction's commit carried the offsets.
+            self.commit_sync(&topics, left).await;
+        }
         if let Some(c) = self.checkpoints.take() {
             // The state at a clean stop: the restart re-reads nothing.
             self.adopt_restored();
@@ -500,13 +545,20 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Settles and commits every batch in flight, oldest first.
+    /// Settles and commits every batch in flight, oldest first (under exactly once: commits
+    /// the open transaction).
     async fn settle_all(
         &self,
         topics: &[String],
         stopping_since: &mut Option<Instant>,
         drain: Duration,
     ) -> Result<(), ServiceError> {
+        if self.txn.is_some() {
+            if stopping_since.is_none() && *self.stop.borrow() {
+                *stopping_since = Some(Instant::now());
+            }
+            return self.commit_txn(*stopping_since, drain).await;
+        }
         while !lock(&self.in_flight).is_empty() {
             self.settle_oldest(topics, stopping_since, drain).await?;
         }
@@ -758,10 +810,16 @@ impl Pipeline {
         }
     }
 
-    /// Takes a checkpoint if one is due; call only with nothing in flight.
+    /// Takes a checkpoint if one is due; call only with nothing in flight (under exactly
+    /// once: right after a commit, so the state reflects committed offsets only).
     fn checkpoint_if_due(&mut self, topics: &[String]) {
         if !self.checkpoints.as_ref().is_some_and(Checkpointer::due)
             || !lock(&self.in_flight).is_empty()
+            || self
+                .txn
+                .as_ref()
+                .is_some_and(|t| t.is_open() || t.has_held())
+            || lock(&self.committing).is_some()
         {
             return;
         }
@@ -769,6 +827,179 @@ impl Pipeline {
         let cover = self.checkpoint_cover(topics);
         if let Some(c) = self.checkpoints.as_mut() {
             c.take(&self.engine, cover);
+        }
+    }
+
+    /// Exactly once: a processed batch joins the open transaction (begun for it if none is
+    /// open). A batch with nothing to publish and no offsets to move (records re-read to
+    /// rebuild state) opens no transaction. Once the transaction has lasted
+    /// `transaction_interval_ms` or holds [`MAX_BATCHES_PER_TRANSACTION`] batches, its commit
+    /// starts on a blocking thread and the loop goes on: batches processed meanwhile are held
+    /// back (librdkafka sends nothing while a transaction commits) and sent in the next
+    /// transaction once the commit is over, so detection does not wait for the broker's
+    /// round trips.
+    async fn send_in_transaction(
+        &self,
+        txn: &Transactions,
+        b: InFlight,
+        stopping_since: Option<Instant>,
+        drain: Duration,
+    ) -> Result<(), ServiceError> {
+        if b.out.is_empty() && b.next.is_empty() {
+            return Ok(());
+        }
+        self.finish_commit(false, stopping_since, drain).await?;
+        if lock(&self.committing).is_some() {
+            if txn.hold_back(b) >= MAX_BATCHES_PER_TRANSACTION {
+                self.finish_commit(true, stopping_since, drain).await?;
+            }
+            return Ok(());
+        }
+        self.send_now(txn, b, stopping_since, drain).await?;
+        if txn.due() || lock(&self.in_flight).len() >= MAX_BATCHES_PER_TRANSACTION {
+            self.start_commit();
+        }
+        Ok(())
+    }
+
+    /// Hands a batch's outputs to the producer in the open transaction (begun if need be).
+    async fn send_now(
+        &self,
+        txn: &Transactions,
+        mut b: InFlight,
+        stopping_since: Option<Instant>,
+        drain: Duration,
+    ) -> Result<(), ServiceError> {
+        txn.begin(!b.out.is_empty())
+            .map_err(|e| self.txn_error(e))?;
+        let all: Vec<usize> = (0..b.out.len()).collect();
+        match within_drain(
+            self.sink.send(&mut b, all),
+            &self.stop,
+            stopping_since,
+            drain,
+        )
+        .await
+        {
+            Err(e @ ServiceError::DrainTimeout(_)) => return Err(e),
+            // A message that never reached the producer is not in the transaction:
+            // committing would lose it. The commit aborts instead, and the pipeline rewinds.
+            Err(e) => txn.doom(e.to_string()),
+            Ok(()) if !b.failed.is_empty() => txn.doom(format!(
+                "{} outputs could not be handed to the producer",
+                b.failed.len()
+            )),
+            Ok(()) => {}
+        }
+        lock(&self.in_flight).push_back(b);
+        Ok(())
+    }
+
+    /// Starts committing the open transaction on a blocking thread, unless a commit is
+    /// under way already or no transaction is open.
+    fn start_commit(&self) {
+        let Some(txn) = self.txn.clone() else {
+            return;
+        };
+        let mut committing = lock(&self.committing);
+        if committing.is_some() || !txn.is_open() {
+            return;
+        }
+        let consumer = self.consumer.clone();
+        let shared = self.shared.clone();
+        *committing = Some(tokio::task::spawn_blocking(move || {
+            txn.commit_open(consumer.group_metadata().as_ref(), &shared)
+                .map(|_| ())
+        }));
+    }
+
+    /// Takes the result of the commit under way once it is over (waiting for it when
+    /// `wait`), then sends the batches held back meanwhile in a new transaction.
+    async fn finish_commit(
+        &self,
+        wait: bool,
+        stopping_since: Option<Instant>,
+        drain: Duration,
+    ) -> Result<(), ServiceError> {
+        let Some(txn) = self.txn.clone() else {
+            return Ok(());
+        };
+        let handle = {
+            let mut c = lock(&self.committing);
+            match c.as_ref() {
+                Some(h) if wait || h.is_finished() => c.take(),
+                Some(_) => return Ok(()),
+                None => None,
+            }
+        };
+        if let Some(h) = handle {
+            let done = async {
+                match h.await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(self.txn_error(e)),
+                    Err(e) => Err(self.txn_error(TxnError::Fatal(e.to_string()))),
+                }
+            };
+            within_drain(done, &self.stop, stopping_since, drain).await?;
+        }
+        for b in txn.take_held() {
+            self.send_now(&txn, b, stopping_since, drain).await?;
+        }
+        Ok(())
+    }
+
+    /// Exactly once, between batches: takes a finished commit and starts the next one if
+    /// the open transaction is due.
+    async fn poll_txn(
+        &self,
+        stopping_since: Option<Instant>,
+        drain: Duration,
+    ) -> Result<(), ServiceError> {
+        self.finish_commit(false, stopping_since, drain).await?;
+        if self.txn.as_ref().is_some_and(|t| t.due()) {
+            self.start_commit();
+        }
+        Ok(())
+    }
+
+    /// Exactly once: commits everything processed (the commit under way, the batches held
+    /// back, the open transaction) and waits for it; within the drain time once shutdown
+    /// is requested.
+    async fn commit_txn(
+        &self,
+        stopping_since: Option<Instant>,
+        drain: Duration,
+    ) -> Result<(), ServiceError> {
+        let Some(txn) = self.txn.clone() else {
+            return Ok(());
+        };
+        self.finish_commit(true, stopping_since, drain).await?;
+        self.start_commit();
+        self.finish_commit(true, stopping_since, drain).await?;
+        txn.check().map_err(|e| self.txn_error(e))
+    }
+
+    /// The service error for a transaction failure: fencing stops the service, the rest
+    /// rewind the pipeline.
+    fn txn_error(&self, e: TxnError) -> ServiceError {
+        if let Some(t) = &self.txn {
+            // Nothing else may use this producer's transaction now (the revoke callback at
+            // the consumer's close included).
+            t.fail(e.clone());
+        }
+        match e {
+            TxnError::Fenced(message) => ServiceError::Fenced {
+                id: self.txn.as_ref().map(|t| t.id.clone()).unwrap_or_default(),
+                message,
+            },
+            TxnError::Aborted(message) => ServiceError::Rewind {
+                reason: "aborted",
+                message,
+            },
+            TxnError::Fatal(message) => ServiceError::Rewind {
+                reason: "fatal",
+                message,
+            },
         }
     }
 

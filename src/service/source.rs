@@ -193,6 +193,9 @@ pub struct SourceContext {
     throttle: Throttle,
     /// The producer side and the batches in flight, so a revoke can finish them first.
     deliveries: Option<(Arc<Sink>, InFlightQueue)>,
+    /// Exactly once: a revoke commits the open transaction (which carries the offsets)
+    /// instead of committing offsets through the consumer.
+    transactions: Option<Arc<super::txn::Transactions>>,
 }
 
 /// Locks the state the run loop shares with the consumer's callbacks (the assignment, the
@@ -219,7 +222,14 @@ impl SourceContext {
             shared: Arc::new(Mutex::new(Assignment::default())),
             throttle: Throttle::default(),
             deliveries,
+            transactions: None,
         }
+    }
+
+    /// Exactly once: offsets go only through `t`'s transactions, never a consumer commit.
+    pub fn with_transactions(mut self, t: Arc<super::txn::Transactions>) -> Self {
+        self.transactions = Some(t);
+        self
     }
 
     /// Waits (up to the rebalance request timeout) for the batches in flight to be
@@ -459,7 +469,29 @@ impl SourceContext {
 
     /// Commits the acknowledged offsets of `tpl`'s partitions before they are given up.
     fn commit_revoked(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
-        let finished = self.finish_in_flight();
+        let finished = match &self.transactions {
+            // The open transaction holds the offsets of every batch in flight: committed
+            // here, before the partitions go (a failure is left for the run loop, which
+            // rewinds; the aborted outputs are then re-made by whoever owns the records).
+            Some(t) if t.check().is_ok() => {
+                if let Err(e) = t.commit_open(consumer.group_metadata().as_ref(), &self.shared) {
+                    tracing::warn!(
+                        kind = e.kind(),
+                        error = e.message(),
+                        "committing the open transaction at a revoke failed"
+                    );
+                    t.fail(e);
+                } else if t.has_held() {
+                    t.fail(super::txn::TxnError::Aborted(
+                        "partitions revoked while processed batches waited for the next transaction".into(),
+                    ));
+                }
+                Vec::new()
+            }
+            // The pipeline is being restarted: nothing is committed.
+            Some(_) => Vec::new(),
+            None => self.finish_in_flight(),
+        };
         let mut shared = lock(&self.shared);
         let mut commit = TopicPartitionList::new();
         // Batches acknowledged just now: their offsets are committed with the revoked ones
@@ -494,7 +526,7 @@ impl SourceContext {
         }
         self.metrics.assignment(shared.assigned.len());
         drop(shared);
-        if commit.count() > 0 && !consumer.assignment_lost() {
+        if commit.count() > 0 && !consumer.assignment_lost() && self.transactions.is_none() {
             if let Err(e) = consumer.commit(&commit, CommitMode::Sync) {
                 // The records are re-read by the next owner and deduplicated downstream by
                 // alert_id: a duplicate, never a loss.
@@ -523,9 +555,6 @@ impl ClientContext for SourceContext {
                 if *p < 0 || !shared.assigned.contains_key(&tp) {
                     continue;
                 }
-                if part.consumer_lag >= 0 {
-                    self.metrics.consumer_lag(name, *p, part.consumer_lag);
-                }
                 // The end of the log as the consumer sees it: the last stable offset under
                 // librdkafka's default read_committed isolation, else the high watermark.
                 let end = if part.ls_offset >= 0 {
@@ -533,6 +562,15 @@ impl ClientContext for SourceContext {
                 } else {
                     part.hi_offset
                 };
+                // Under exactly once the offsets are committed by the producer's
+                // transactions, which the consumer's own figure never sees.
+                let lag = match (&self.transactions, shared.acked.get(&tp)) {
+                    (Some(_), Some(acked)) if end >= 0 => (end - acked).max(0),
+                    _ => part.consumer_lag,
+                };
+                if lag >= 0 {
+                    self.metrics.consumer_lag(name, *p, lag);
+                }
                 if end >= 0 && part.app_offset >= end {
                     shared.caught_up.insert(tp, part.app_offset);
                 } else {
