@@ -48,6 +48,7 @@ pub mod explain;
 pub mod generate;
 pub mod ids;
 pub mod kafka;
+pub mod names;
 pub mod redact;
 pub mod replay;
 pub mod service;
