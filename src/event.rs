@@ -171,16 +171,16 @@ pub fn decode<'a>(bytes: &'a [u8], opts: &DecodeOptions) -> Result<Event<'a>, Ma
         });
     }
     // serde_json skips unknown fields without checking their UTF-8; JSON must be UTF-8 all
-    // through. The ASCII test is word-at-a-time, so the common case pays almost nothing.
-    if !bytes.is_ascii() && std::str::from_utf8(bytes).is_err() {
+    // through. Checked once here (word-at-a-time for ASCII), so the fields need no check.
+    let Ok(text) = std::str::from_utf8(bytes) else {
         return Err(Malformed {
             reason: Reason::InvalidJson,
             field: None,
         });
-    }
+    };
     // Nearly every record is a flat object of plain strings and integers: read those
     // directly; anything else is left to serde_json, which judges it as it always has.
-    let raw = match parse_flat(bytes) {
+    let raw = match parse_flat(text) {
         Some(raw) => raw,
         None => parse_raw(bytes)?,
     };
@@ -192,9 +192,14 @@ pub fn decode<'a>(bytes: &'a [u8], opts: &DecodeOptions) -> Result<Event<'a>, Ma
 /// anything else (escapes, fractions, nested values, a syntax error, trailing bytes), which
 /// then goes through [`parse_raw`]: the fast path only ever accepts what serde_json reads
 /// to the same values, so a record is judged alike on either path (checked over generated
-/// cities and edge cases in the tests). `bytes` must be valid UTF-8 (checked by [`decode`]).
-fn parse_flat(bytes: &[u8]) -> Option<RawEvent<'_>> {
-    let mut c = Flat { b: bytes, i: 0 };
+/// cities and edge cases in the tests).
+fn parse_flat(text: &str) -> Option<RawEvent<'_>> {
+    let bytes = text.as_bytes();
+    let mut c = Flat {
+        s: text,
+        b: bytes,
+        i: 0,
+    };
     let mut raw = RawEvent::default();
     c.ws();
     c.eat(b'{')?;
@@ -246,6 +251,7 @@ fn parse_flat(bytes: &[u8]) -> Option<RawEvent<'_>> {
 
 /// A cursor over one record for [`parse_flat`].
 struct Flat<'a> {
+    s: &'a str,
     b: &'a [u8],
     i: usize,
 }
@@ -280,16 +286,16 @@ impl<'a> Flat<'a> {
     #[inline]
     fn string(&mut self) -> Option<&'a str> {
         self.eat(b'"')?;
-        let rest = &self.b[self.i..];
-        let end = rest
+        let start = self.i;
+        let end = self.b[start..]
             .iter()
             .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
-        if rest[end] != b'"' {
+        if self.b[start + end] != b'"' {
             return None;
         }
         self.i += end + 1;
-        // Between two ASCII quotes of valid UTF-8: always whole characters.
-        std::str::from_utf8(&rest[..end]).ok()
+        // Between two ASCII bytes of a `str`: whole characters, so this cannot fail.
+        self.s.get(start..start + end)
     }
 
     fn scalar(&mut self) -> Option<Scalar<'a>> {
@@ -692,7 +698,10 @@ mod tests {
         Result<Event<'_>, Malformed>,
     ) {
         let o = DecodeOptions::default();
-        let fast = parse_flat(b).map(|r| r.validate(&o));
+        let fast = std::str::from_utf8(b)
+            .ok()
+            .and_then(parse_flat)
+            .map(|r| r.validate(&o));
         let slow = parse_raw(b).and_then(|r| r.validate(&o));
         (fast, slow)
     }
@@ -700,7 +709,7 @@ mod tests {
     #[test]
     fn fast_path_reads_plain_records_and_agrees_with_serde_on_edge_cases() {
         assert!(
-            parse_flat(OK.as_bytes()).is_some(),
+            parse_flat(OK).is_some(),
             "the plain record takes the fast path"
         );
         let cases = [

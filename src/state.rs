@@ -332,7 +332,10 @@ mod tests {
         assert_eq!(c.bytes() - table, 5 * std::mem::size_of::<Contact>());
         c.expire(7_000 + 86_400_000);
         assert_eq!(c.get(1).unwrap().contacts.len(), 2);
-        assert_eq!(c.bytes() - ids::map_bytes(&c.lines), 2 * std::mem::size_of::<Contact>());
+        assert_eq!(
+            c.bytes() - ids::map_bytes(&c.lines),
+            2 * std::mem::size_of::<Contact>()
+        );
     }
 
     #[test]
