@@ -109,7 +109,18 @@ impl Sims {
     /// A new list of `items` in order: SIMs of `self` by index, or new ones.
     fn rebuild<'a>(&self, items: impl IntoIterator<Item = Item<'a>>) -> Sims {
         let all: Vec<Sim<'_>> = self.iter().collect();
-        let mut out = Vec::with_capacity(self.0.len() + 64);
+        let items: Vec<Item<'a>> = items.into_iter().collect();
+        // The exact size up front: `into_boxed_slice` then keeps the allocation as it is.
+        let size: usize = items
+            .iter()
+            .map(|item| match item {
+                Item::Keep(i) => HEAD + all[*i].names.len(),
+                Item::New { sim, line, .. } => {
+                    HEAD + crate::names::packed_len(sim) + crate::names::packed_len(line)
+                }
+            })
+            .sum();
+        let mut out = Vec::with_capacity(size);
         for item in items {
             match item {
                 Item::Keep(i) => {
