@@ -3,6 +3,11 @@
 //! A customer of line L is a number L texted within the lookback (adverts go to customers),
 //! before the contact. Texts count; calls count only between the configured durations, since
 //! calls of a few seconds are missed or dropped and long calls are conversations.
+//!
+//! Two rules fire it: `min_customers` distinct customers in the window; or, for a small
+//! line, `min_customers_with_callbacks` of them of whom `min_callbacks` were called (or
+//! texted) back by the line within `callback_within_s` of their contact: the callback
+//! pattern police practice counts as a deal confirmed.
 
 use super::{Ctx, Detector, EventIds, StateStats};
 use crate::alert::{Finding, SubjectKind};
@@ -23,6 +28,11 @@ pub const NAME: &str = "customer_fan_in";
 pub struct CustomerFanIn {
     cfg: FanInConfig,
     fired: IdMap<u32>,
+    /// Customer → (the line it last contacted, when): awaiting a callback for
+    /// `callback_within_s`, then swept. Holds minutes of contacts, not days.
+    pending: IdMap<(u64, u32)>,
+    /// Line → customers it called back (fingerprint, when), within the window.
+    callbacks: IdMap<Vec<(u32, u32)>>,
     max_keys: usize,
     cap_hits: u64,
     /// Scratch for the windows a late record completes (kept to avoid an allocation each).
@@ -49,10 +59,70 @@ impl CustomerFanIn {
         CustomerFanIn {
             cfg: cfg.customer_fan_in.clone(),
             fired: IdMap::default(),
+            pending: IdMap::default(),
+            callbacks: IdMap::default(),
             max_keys,
             cap_hits: 0,
             times: Vec::new(),
         }
+    }
+
+    /// The line (`ev.from`) called or texted back customer `ev.to` at `s`, within
+    /// `callback_within_s` of the customer's contact: noted, and the callback rule judged
+    /// over the window ending now.
+    fn callback(&mut self, ev: &Event<'_>, ids: &EventIds, ctx: &mut Ctx<'_>, s: u32) {
+        let window_s = ids::span_secs(self.cfg.window_s);
+        let since_s = s.saturating_sub(window_s);
+        if self.callbacks.len() >= self.max_keys && !self.callbacks.contains_key(&ids.from) {
+            self.cap_hits += 1;
+            return;
+        }
+        let list = self.callbacks.entry(ids.from).or_default();
+        list.retain(|c| c.1 >= since_s);
+        let fp = ids::fp(ids.to);
+        match list.iter_mut().find(|c| c.0 == fp) {
+            Some(c) => c.1 = c.1.max(s),
+            None => list.push((fp, s)),
+        }
+        let called_back = list.len();
+        if called_back < self.cfg.min_callbacks as usize {
+            return;
+        }
+        let Some(line) = ctx.contacts.get(ids.from) else {
+            return;
+        };
+        let (customers, oldest) = measure(&line.contacts, since_s, s);
+        let min = self.cfg.min_customers_with_callbacks as usize;
+        if customers < min {
+            return;
+        }
+        if self.fired.get(&ids.from).is_some_and(|&f| f >= since_s) {
+            return;
+        }
+        self.fired.insert(ids.from, s);
+        ctx.out.push(Finding {
+            detector: NAME,
+            subject: ev.from.to_string(),
+            subject_id: ids.from,
+            subject_kind: SubjectKind::Line,
+            score: (called_back as f64 / (2.0 * self.cfg.min_callbacks as f64)).min(1.0),
+            event_time: ev.ts,
+            window_start: ids::millis(oldest),
+            window_end: ev.ts,
+            related: Vec::new(),
+            evidence: evidence! {
+                "customers" => customers,
+                "min_customers_with_callbacks" => min,
+                "callbacks" => called_back,
+                "min_callbacks" => self.cfg.min_callbacks,
+                "callback_within_s" => self.cfg.callback_within_s,
+                "window_s" => self.cfg.window_s,
+                "customer_lookback_s" => self.cfg.lookback_s,
+                "min_call_duration_s" => self.cfg.min_call_duration_s,
+                "max_call_duration_s" => self.cfg.max_call_duration_s,
+            },
+            lines: vec![(ids.from, ev.from.to_string())],
+        });
     }
 
     fn counts(&self, ev: &Event<'_>) -> bool {
@@ -70,7 +140,21 @@ impl Detector for CustomerFanIn {
     }
 
     fn on_event(&mut self, ev: &Event<'_>, ids: &EventIds, ctx: &mut Ctx<'_>) {
-        if !self.cfg.enabled || !self.counts(ev) {
+        if !self.cfg.enabled {
+            return;
+        }
+        // Is this the line calling or texting back a customer who just contacted it?
+        if let Some(&(line, in_s)) = self.pending.get(&ids.to) {
+            let s = ids::secs(ev.ts);
+            if line == ids.from
+                && s >= in_s
+                && s - in_s <= ids::span_secs(self.cfg.callback_within_s)
+            {
+                self.pending.remove(&ids.to);
+                self.callback(ev, ids, ctx, s);
+            }
+        }
+        if !self.counts(ev) {
             return;
         }
         let lookback = ids::span_secs(self.cfg.lookback_s);
@@ -81,6 +165,13 @@ impl Detector for CustomerFanIn {
         else {
             return;
         };
+        if line.contacts.len() >= self.cfg.min_customers_with_callbacks as usize {
+            if self.pending.len() < self.max_keys || self.pending.contains_key(&ids.from) {
+                self.pending.insert(ids.from, (ids.to, ids::secs(ev.ts)));
+            } else {
+                self.cap_hits += 1;
+            }
+        }
         let min = self.cfg.min_customers as usize;
         // A line with fewer customers than the threshold cannot reach it.
         if line.contacts.len() < min {
@@ -152,14 +243,30 @@ impl Detector for CustomerFanIn {
     }
 
     fn expire(&mut self, watermark: Millis) {
-        let cutoff = ids::secs(watermark).saturating_sub(ids::span_secs(self.cfg.window_s));
+        let now = ids::secs(watermark);
+        let cutoff = now.saturating_sub(ids::span_secs(self.cfg.window_s));
         self.fired.retain(|_, f| *f >= cutoff);
+        let pending_cutoff = now.saturating_sub(ids::span_secs(self.cfg.callback_within_s));
+        self.pending.retain(|_, p| p.1 >= pending_cutoff);
+        self.callbacks.retain(|_, l| {
+            l.retain(|c| c.1 >= cutoff);
+            !l.is_empty()
+        });
+        if self.pending.capacity() > 2 * self.pending.len() + 1024 {
+            self.pending.shrink_to_fit();
+        }
+        if self.callbacks.capacity() > 2 * self.callbacks.len() + 1024 {
+            self.callbacks.shrink_to_fit();
+        }
     }
 
     fn stats(&self) -> StateStats {
         StateStats {
-            keys: self.fired.len(),
-            bytes: ids::map_bytes(&self.fired),
+            keys: self.fired.len() + self.callbacks.len(),
+            bytes: ids::map_bytes(&self.fired)
+                + ids::map_bytes(&self.pending)
+                + ids::map_bytes(&self.callbacks)
+                + self.callbacks.values().map(|l| l.capacity() * 8).sum::<usize>(),
             cap_hits: self.cap_hits,
         }
     }
@@ -174,11 +281,11 @@ impl Detector for CustomerFanIn {
     }
 
     fn save_state(&self) -> Result<Vec<u8>, codec::Error> {
-        codec::encode(&(&self.fired, self.cap_hits))
+        codec::encode(&(&self.fired, &self.pending, &self.callbacks, self.cap_hits))
     }
 
     fn load_state(&mut self, bytes: &[u8]) -> Result<(), codec::Error> {
-        (self.fired, self.cap_hits) = codec::decode(bytes)?;
+        (self.fired, self.pending, self.callbacks, self.cap_hits) = codec::decode(bytes)?;
         Ok(())
     }
 }

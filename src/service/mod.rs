@@ -176,6 +176,8 @@ pub struct RunOptions {
     /// The configuration as the file has it, before command-line overrides (to tell which
     /// `[service]` changes a reload saw). Defaults to the running configuration.
     pub file_config: Option<Config>,
+    /// The cell map (`--cells`), for `runner_movement`.
+    pub cells: Option<Arc<crate::cells::CellMap>>,
 }
 
 /// A client that could not be created: a bad `[kafka]` property. librdkafka's message
@@ -273,7 +275,11 @@ pub async fn run(
     );
     let drain_s = cfg.service.drain_timeout_s;
     let main = pipeline::Pipeline {
-        engine: Engine::new(cfg.clone()),
+        engine: {
+            let mut e = Engine::new(cfg.clone());
+            e.set_cells(opts.cells.clone());
+            e
+        },
         checkpoints: None,
         settings: settings.clone(),
         cfg,

@@ -719,7 +719,10 @@ impl Pipeline {
             }
             drop(shared);
             first = Some((r.slot, r.manifest.id));
+            // The cell map is not state: the restored engine takes the one in force.
+            let cells = self.engine.cells();
             self.engine = r.engine;
+            self.engine.set_cells(cells);
         }
         self.checkpoints = Some(Checkpointer::start(
             stores,

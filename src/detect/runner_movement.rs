@@ -1,0 +1,494 @@
+//! `runner_movement`: a handset going back and forth between metro and county cells, at
+//! times and with a rhythm unlike commuting, and tied to the trade.
+//!
+//! County lines are defined by movement: runners carry drugs and cash between the city hub
+//! and the towns a line serves. Commuters travel between a city and a town too, every
+//! working day, so movement alone is not enough. Three things are asked, within
+//! `window_s`:
+//!
+//! 1. **Back and forth**: the handset's records change between metro and county cells at
+//!    least `min_switches` times (2: there and back).
+//! 2. **Unlike commuting**: in *both* classes the handset spent a night (a record between
+//!    `night_start_hour` and `night_end_hour`) or a stay of at least `max_commute_stay_s`.
+//!    A commuter spends nights and weekends at home and only working days in the other
+//!    class; a runner sleeps in the trap house for a night or days, and at home between
+//!    trips.
+//! 3. **Tied to the trade**: it contacted a line that carries a `deal_line` verdict or a
+//!    `line_handover` (evidence the engine's other detectors made), or it held at least
+//!    `churn_min_sims` SIMs (burner churn).
+//!
+//! It needs the cell map (`--cells`): without one it does nothing and holds nothing.
+//! Records without a `cell`, and cells the map does not list, are counted by the engine
+//! and skipped here. The subject is the handset; `related` holds the lines it carried;
+//! `lines` (for `deal_line`) the trade lines it is tied to, so a line's verdict names its
+//! runners.
+//!
+//! State: nearly every handset stays in one class, and costs one inline stay (16 bytes plus
+//! the table slot). Only a handset seen in both classes gets its history of stays, SIMs,
+//! lines and contacts, each list bounded.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Ctx, Detector, EventIds, StateStats};
+use crate::alert::{Finding, SubjectKind};
+use crate::cells::CellClass;
+use crate::checkpoint::codec;
+use crate::config::{Config, RunnerConfig};
+use crate::event::{Event, Millis};
+use crate::evidence;
+use crate::ids::{self, IdMap};
+
+pub const NAME: &str = "runner_movement";
+
+const METRO: u8 = 0;
+const COUNTY: u8 = 1;
+/// SIMs, carried lines and contacted lines remembered per moving handset: a runner has a
+/// few of each in a window; more only pushes the stalest out.
+const MAX_SIMS: usize = 8;
+const MAX_LINES: usize = 8;
+const MAX_CONTACTED: usize = 16;
+
+/// One stay: consecutive records (in event time) in cells of one class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Stay {
+    class: u8,
+    /// A night record was seen in it.
+    night: bool,
+    /// The area (cell map index) of its first record.
+    area: u32,
+    first_s: u32,
+    last_s: u32,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+struct Track {
+    /// The only stay, while the handset has been seen in one class.
+    here: Stay,
+    /// Everything else, once it has been seen in both.
+    moved: Option<Box<Moved>>,
+}
+
+#[derive(Clone, Default, Serialize, Deserialize)]
+struct Moved {
+    /// Stays in event-time order; neighbours differ in class (a run-length encoding of the
+    /// records' classes, so the same records in any order give the same stays).
+    stays: Vec<Stay>,
+    /// SIM hash and latest time seen.
+    sims: Vec<(u64, u32)>,
+    /// Lines the handset originated records as (hash, pseudonym, latest time): `related`.
+    lines: Vec<(u64, Box<str>, u32)>,
+    /// Lines it contacted (hash, latest time): matched against lines with deal evidence.
+    contacted: Vec<(u64, u32)>,
+    /// End of the window it last fired for, and the trade lines named then.
+    fired_s: Option<u32>,
+    credited: Vec<u64>,
+}
+
+/// A line other detectors found deal evidence on (a `deal_line` verdict, a handover).
+#[derive(Clone, Serialize, Deserialize)]
+struct TradeLine {
+    name: Box<str>,
+    at_s: u32,
+}
+
+#[derive(Clone)]
+pub struct RunnerMovement {
+    cfg: RunnerConfig,
+    handsets: IdMap<Track>,
+    trade: IdMap<TradeLine>,
+    max_keys: usize,
+    cap_hits: u64,
+    /// Heap bytes of the moving handsets' histories, as of the last sweep plus growth since.
+    heap_bytes: usize,
+}
+
+fn moved_bytes(m: &Moved) -> usize {
+    std::mem::size_of::<Moved>()
+        + m.stays.capacity() * std::mem::size_of::<Stay>()
+        + m.sims.capacity() * 12
+        + m.lines.iter().map(|l| l.1.len() + 32).sum::<usize>()
+        + m.contacted.capacity() * 16
+        + m.credited.capacity() * 8
+}
+
+/// Adds one record's class at `s` to the stays, keeping them a run-length encoding by class.
+fn observe(stays: &mut Vec<Stay>, obs: Stay) {
+    let s = obs.first_s;
+    let i = stays.partition_point(|x| x.last_s < s);
+    if i < stays.len() && stays[i].first_s <= s {
+        // Inside stay i.
+        if stays[i].class == obs.class {
+            stays[i].night |= obs.night;
+            return;
+        }
+        // A record of the other class inside a stay (arrived late): the stay is split
+        // around it.
+        let mut right = stays[i];
+        right.first_s = s;
+        stays[i].last_s = s;
+        stays.insert(i + 1, obs);
+        stays.insert(i + 2, right);
+        return;
+    }
+    // Between stay i-1 (ended before s) and stay i (starts after s), or at either end.
+    if i > 0 && stays[i - 1].class == obs.class {
+        let st = &mut stays[i - 1];
+        st.last_s = s;
+        st.night |= obs.night;
+    } else if i < stays.len() && stays[i].class == obs.class {
+        let st = &mut stays[i];
+        st.first_s = s;
+        st.night |= obs.night;
+    } else {
+        stays.insert(i, obs);
+    }
+}
+
+/// Keeps `(key, time)` entries unique by key with the latest time, at most `max` (the
+/// stalest goes).
+fn note<K: PartialEq, T>(
+    list: &mut Vec<T>,
+    max: usize,
+    key: impl Fn(&T) -> K,
+    time: impl Fn(&mut T) -> &mut u32,
+    k: K,
+    s: u32,
+    make: impl FnOnce() -> T,
+) {
+    if let Some(x) = list.iter_mut().find(|x| key(x) == k) {
+        let t = time(x);
+        *t = (*t).max(s);
+        return;
+    }
+    if list.len() >= max {
+        if let Some(i) = (0..list.len()).min_by_key(|&i| *time(&mut list[i])) {
+            list.swap_remove(i);
+        }
+    }
+    list.push(make());
+}
+
+/// What the window ending at the handset's newest stay shows.
+struct Reading {
+    since_s: u32,
+    newest_s: u32,
+    first_s: u32,
+    switches: usize,
+    /// Per class (metro, county): a night record in one of its stays, the longest stay.
+    night: [bool; 2],
+    longest_s: [u32; 2],
+    areas: [Vec<u32>; 2],
+}
+
+impl RunnerMovement {
+    pub fn new(cfg: &Config, max_keys: usize) -> Self {
+        RunnerMovement {
+            cfg: cfg.runner_movement.clone(),
+            handsets: IdMap::default(),
+            trade: IdMap::default(),
+            max_keys,
+            cap_hits: 0,
+            heap_bytes: 0,
+        }
+    }
+
+    fn is_night(&self, s: u32) -> bool {
+        let h = (s % 86_400) / 3_600;
+        let (a, b) = (self.cfg.night_start_hour, self.cfg.night_end_hour);
+        if a > b {
+            h >= a || h < b
+        } else {
+            a <= h && h < b
+        }
+    }
+
+}
+
+/// The window ending at the newest stay, if it holds enough switches.
+fn read(cfg: &RunnerConfig, stays: &[Stay]) -> Option<Reading> {
+    let newest_s = stays.iter().map(|x| x.last_s).max()?;
+    let since_s = newest_s.saturating_sub(ids::span_secs(cfg.window_s));
+    let recent: Vec<&Stay> = stays.iter().filter(|x| x.last_s >= since_s).collect();
+    let switches = recent.len().saturating_sub(1);
+    if switches < cfg.min_switches as usize {
+        return None;
+    }
+    let mut night = [false; 2];
+    let mut longest_s = [0u32; 2];
+    let mut areas: [Vec<u32>; 2] = [Vec::new(), Vec::new()];
+    for x in &recent {
+        let c = x.class as usize;
+        night[c] |= x.night;
+        // From its first record to its last: a lower bound of the stay, so a commuter's
+        // working day is never measured longer than it was.
+        longest_s[c] = longest_s[c].max(x.last_s - x.first_s);
+        if !areas[c].contains(&x.area) {
+            areas[c].push(x.area);
+        }
+    }
+    Some(Reading {
+        since_s,
+        newest_s,
+        first_s: recent[0].first_s,
+        switches,
+        night,
+        longest_s,
+        areas,
+    })
+}
+
+impl Detector for RunnerMovement {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn on_event(&mut self, ev: &Event<'_>, ids: &EventIds, ctx: &mut Ctx<'_>) {
+        if !self.cfg.enabled {
+            return;
+        }
+        // No map, no cell, or a cell the map lacks: the engine has counted it.
+        let (Some(map), Some(place)) = (ctx.cells, ctx.cell) else {
+            return;
+        };
+        let (Some(imei), Some(imei_s)) = (ids.imei, ev.imei.as_deref()) else {
+            return;
+        };
+        let s = ids::secs(ev.ts);
+        let obs = Stay {
+            class: match place.class {
+                CellClass::Metro => METRO,
+                CellClass::County => COUNTY,
+            },
+            night: self.is_night(s),
+            area: place.area,
+            first_s: s,
+            last_s: s,
+        };
+        if self.handsets.len() >= self.max_keys && !self.handsets.contains_key(&imei) {
+            self.cap_hits += 1;
+            return;
+        }
+        let t = self.handsets.entry(imei).or_insert(Track {
+            here: obs,
+            moved: None,
+        });
+        if t.moved.is_none() {
+            // The path nearly every record takes: one more record in the only class seen.
+            if t.here.class == obs.class {
+                t.here.first_s = t.here.first_s.min(s);
+                t.here.last_s = t.here.last_s.max(s);
+                t.here.night |= obs.night;
+                return;
+            }
+            let m = Moved {
+                stays: vec![t.here],
+                ..Moved::default()
+            };
+            self.heap_bytes += moved_bytes(&m);
+            t.moved = Some(Box::new(m));
+        }
+        let Some(m) = t.moved.as_deref_mut() else {
+            return;
+        };
+        let before = moved_bytes(m);
+        observe(&mut m.stays, obs);
+        if m.stays.len() > self.cfg.max_stays_per_handset as usize {
+            m.stays.remove(0);
+            self.cap_hits += 1;
+        }
+        if let Some(sim) = ids.imsi {
+            note(&mut m.sims, MAX_SIMS, |x| x.0, |x| &mut x.1, sim, s, || (sim, s));
+        }
+        let from = ev.from.as_ref();
+        note(
+            &mut m.lines,
+            MAX_LINES,
+            |x| x.0,
+            |x| &mut x.2,
+            ids.from,
+            s,
+            || (ids.from, from.into(), s),
+        );
+        note(
+            &mut m.contacted,
+            MAX_CONTACTED,
+            |x| x.0,
+            |x| &mut x.1,
+            ids.to,
+            s,
+            || (ids.to, s),
+        );
+        self.heap_bytes = (self.heap_bytes + moved_bytes(m)).saturating_sub(before);
+
+        // Back and forth, unlike commuting?
+        let Some(r) = read(&self.cfg, &m.stays) else {
+            return;
+        };
+        let max_stay = ids::span_secs(self.cfg.max_commute_stay_s);
+        // A commuter spends only working days in one of the two classes; a runner spends
+        // nights or long stays in both.
+        let resident = |c: usize| r.night[c] || r.longest_s[c] >= max_stay;
+        if !(resident(0) && resident(1)) {
+            return;
+        }
+        // Tied to the trade?
+        let sims = m.sims.iter().filter(|x| x.1 >= r.since_s).count();
+        let churn = sims >= self.cfg.churn_min_sims as usize;
+        let mut trade: Vec<(u64, String)> = m
+            .contacted
+            .iter()
+            .filter(|c| c.1 >= r.since_s)
+            .filter_map(|c| {
+                let t = self.trade.get(&c.0)?;
+                (t.at_s >= r.since_s).then(|| (c.0, t.name.to_string()))
+            })
+            .collect();
+        trade.sort_by(|a, b| a.1.cmp(&b.1));
+        if trade.is_empty() && !churn {
+            return;
+        }
+        // Once per window, unless the handset is now tied to a line it was not before.
+        let new_line = trade.iter().any(|(id, _)| !m.credited.contains(id));
+        if m.fired_s.is_some_and(|f| f >= r.since_s) && !new_line {
+            return;
+        }
+        m.fired_s = Some(r.newest_s);
+        for (id, _) in &trade {
+            if !m.credited.contains(id) {
+                m.credited.push(*id);
+            }
+        }
+        let mut ties = Vec::new();
+        if !trade.is_empty() {
+            ties.push("deal_contact");
+        }
+        if churn {
+            ties.push("sim_churn");
+        }
+        let mut carried: Vec<&(u64, Box<str>, u32)> =
+            m.lines.iter().filter(|l| l.2 >= r.since_s).collect();
+        carried.sort_by(|a, b| a.2.cmp(&b.2).then_with(|| a.1.cmp(&b.1)));
+        let names = |c: usize| -> Vec<String> {
+            let mut v: Vec<String> = r.areas[c]
+                .iter()
+                .map(|a| map.area_name(*a).to_string())
+                .collect();
+            v.sort();
+            v
+        };
+        let min = self.cfg.min_switches as usize;
+        ctx.out.push(Finding {
+            detector: NAME,
+            subject: imei_s.to_string(),
+            subject_id: imei,
+            subject_kind: SubjectKind::Handset,
+            score: (r.switches as f64 / (2.0 * min as f64)).min(1.0),
+            event_time: ev.ts,
+            window_start: ids::millis(r.first_s),
+            window_end: ids::millis(r.newest_s).max(ev.ts),
+            related: carried.iter().map(|l| l.1.to_string()).collect(),
+            evidence: evidence! {
+                "switches" => r.switches,
+                "min_switches" => min,
+                "window_s" => self.cfg.window_s,
+                "metro_areas" => names(METRO as usize),
+                "county_areas" => names(COUNTY as usize),
+                "metro_night" => r.night[0],
+                "county_night" => r.night[1],
+                "night_hours" => format!("{:02}-{:02}", self.cfg.night_start_hour, self.cfg.night_end_hour),
+                "metro_longest_stay_s" => r.longest_s[0],
+                "county_longest_stay_s" => r.longest_s[1],
+                "max_commute_stay_s" => self.cfg.max_commute_stay_s,
+                "ties" => ties,
+                "trade_lines" => trade.iter().map(|(_, l)| l.clone()).collect::<Vec<_>>(),
+                "sims" => sims,
+                "churn_min_sims" => self.cfg.churn_min_sims,
+            },
+            lines: trade,
+        });
+    }
+
+    fn on_findings(&mut self, _ev: &Event<'_>, findings: &[Finding], _ctx: &mut Ctx<'_>) {
+        if !self.cfg.enabled {
+            return;
+        }
+        for f in findings {
+            let lines: &[(u64, String)] = match f.detector {
+                super::deal_line::NAME | super::line_handover::NAME => &f.lines,
+                _ => continue,
+            };
+            let at_s = ids::secs(f.event_time);
+            for (id, name) in lines {
+                let t = self.trade.entry(*id).or_insert_with(|| TradeLine {
+                    name: name.as_str().into(),
+                    at_s,
+                });
+                t.at_s = t.at_s.max(at_s);
+            }
+        }
+    }
+
+    fn expire(&mut self, watermark: Millis) {
+        let cutoff = ids::secs(watermark).saturating_sub(ids::span_secs(self.cfg.window_s));
+        let mut heap = 0;
+        self.handsets.retain(|_, t| {
+            let Some(m) = t.moved.as_deref_mut() else {
+                return t.here.last_s >= cutoff;
+            };
+            m.stays.retain(|x| x.last_s >= cutoff);
+            m.sims.retain(|x| x.1 >= cutoff);
+            m.lines.retain(|x| x.2 >= cutoff);
+            m.contacted.retain(|x| x.1 >= cutoff);
+            match m.stays.len() {
+                0 => return false,
+                1 => {
+                    // Back in one class only: the history is no longer needed.
+                    t.here = m.stays[0];
+                    t.moved = None;
+                }
+                _ => heap += moved_bytes(m),
+            }
+            true
+        });
+        self.trade.retain(|_, t| t.at_s >= cutoff);
+        if self.handsets.capacity() > 2 * self.handsets.len() + 1024 {
+            self.handsets.shrink_to_fit();
+        }
+        self.heap_bytes = heap;
+    }
+
+    fn stats(&self) -> StateStats {
+        StateStats {
+            keys: self.handsets.len(),
+            bytes: ids::map_bytes(&self.handsets)
+                + ids::map_bytes(&self.trade)
+                + self.trade.values().map(|t| t.name.len()).sum::<usize>()
+                + self.heap_bytes,
+            cap_hits: self.cap_hits,
+        }
+    }
+
+    fn reconfigure(&mut self, cfg: &Config) {
+        self.cfg = cfg.runner_movement.clone();
+        self.max_keys = cfg.engine.max_keys_per_detector;
+    }
+
+    fn box_clone(&self) -> Box<dyn Detector> {
+        Box::new(self.clone())
+    }
+
+    fn save_state(&self) -> Result<Vec<u8>, codec::Error> {
+        codec::encode(&(&self.handsets, &self.trade, self.cap_hits))
+    }
+
+    fn load_state(&mut self, bytes: &[u8]) -> Result<(), codec::Error> {
+        (self.handsets, self.trade, self.cap_hits) = codec::decode(bytes)?;
+        self.heap_bytes = self
+            .handsets
+            .values()
+            .filter_map(|t| t.moved.as_deref())
+            .map(moved_bytes)
+            .sum();
+        Ok(())
+    }
+}
