@@ -222,9 +222,9 @@ pub struct RunnerConfig {
     pub window_s: u64,
     /// Changes between metro and county cells within the window (2 = there and back).
     pub min_switches: u32,
-    /// A stay in the handset's "away" class (the one it spends fewer nights in) at least this
-    /// long is not a working day: unlike commuting.
-    pub max_commute_stay_s: u64,
+    /// A class (metro or county) in which the handset was seen in more than this many
+    /// different clock hours of the day within the window is not just a place of work.
+    pub max_commute_hours: u32,
     /// First hour (UTC, 0-23) of the night: a record in the away class between this hour and
     /// `night_end_hour` is a night away from home, which commuters do not spend.
     pub night_start_hour: u32,
@@ -242,7 +242,7 @@ impl Default for RunnerConfig {
             enabled: true,
             window_s: 345_600,
             min_switches: 2,
-            max_commute_stay_s: 43_200,
+            max_commute_hours: 12,
             night_start_hour: 22,
             night_end_hour: 6,
             churn_min_sims: 3,
@@ -854,7 +854,7 @@ impl Config {
             1,
             u32::MAX.into(),
         );
-        r.seconds("runner_movement.max_commute_stay_s", m.max_commute_stay_s, 1);
+        r.count("runner_movement.max_commute_hours", m.max_commute_hours.into(), 1, 23);
         r.count("runner_movement.night_start_hour", m.night_start_hour.into(), 0, 23);
         r.count("runner_movement.night_end_hour", m.night_end_hour.into(), 0, 23);
         r.check(

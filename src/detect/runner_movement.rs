@@ -8,11 +8,11 @@
 //!
 //! 1. **Back and forth**: the handset's records change between metro and county cells at
 //!    least `min_switches` times (2: there and back).
-//! 2. **Unlike commuting**: in *both* classes the handset spent a night (a record between
-//!    `night_start_hour` and `night_end_hour`) or a stay of at least `max_commute_stay_s`.
-//!    A commuter spends nights and weekends at home and only working days in the other
-//!    class; a runner sleeps in the trap house for a night or days, and at home between
-//!    trips.
+//! 2. **Unlike commuting**: in *both* classes the handset was seen at night (a record
+//!    between `night_start_hour` and `night_end_hour`) or in more than `max_commute_hours`
+//!    different clock hours of the day. A commuter is seen in the other class only in
+//!    working hours; a runner sleeps in the trap house for a night or days, works the
+//!    evening there, and is at home between trips.
 //! 3. **Tied to the trade**: it contacted a line that carries a `deal_line` verdict or a
 //!    `line_handover` (evidence the engine's other detectors made), or it held at least
 //!    `churn_min_sims` SIMs (burner churn).
@@ -52,8 +52,8 @@ const MAX_CONTACTED: usize = 16;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct Stay {
     class: u8,
-    /// A night record was seen in it.
-    night: bool,
+    /// Clock hours (UTC) in which it has records, bit `h` for hour `h`.
+    hours: u32,
     /// The area (cell map index) of its first record.
     area: u32,
     first_s: u32,
@@ -118,7 +118,7 @@ fn observe(stays: &mut Vec<Stay>, obs: Stay) {
     if i < stays.len() && stays[i].first_s <= s {
         // Inside stay i.
         if stays[i].class == obs.class {
-            stays[i].night |= obs.night;
+            stays[i].hours |= obs.hours;
             return;
         }
         // A record of the other class inside a stay (arrived late): the stay is split
@@ -134,11 +134,11 @@ fn observe(stays: &mut Vec<Stay>, obs: Stay) {
     if i > 0 && stays[i - 1].class == obs.class {
         let st = &mut stays[i - 1];
         st.last_s = s;
-        st.night |= obs.night;
+        st.hours |= obs.hours;
     } else if i < stays.len() && stays[i].class == obs.class {
         let st = &mut stays[i];
         st.first_s = s;
-        st.night |= obs.night;
+        st.hours |= obs.hours;
     } else {
         stays.insert(i, obs);
     }
@@ -174,9 +174,8 @@ struct Reading {
     newest_s: u32,
     first_s: u32,
     switches: usize,
-    /// Per class (metro, county): a night record in one of its stays, the longest stay.
-    night: [bool; 2],
-    longest_s: [u32; 2],
+    /// Per class (metro, county): the clock hours it was seen in there (bit per hour).
+    hours: [u32; 2],
     areas: [Vec<u32>; 2],
 }
 
@@ -192,14 +191,15 @@ impl RunnerMovement {
         }
     }
 
-    fn is_night(&self, s: u32) -> bool {
-        let h = (s % 86_400) / 3_600;
-        let (a, b) = (self.cfg.night_start_hour, self.cfg.night_end_hour);
-        if a > b {
-            h >= a || h < b
-        } else {
-            a <= h && h < b
-        }
+}
+
+/// The night hours as a mask of clock hours.
+fn night_mask(cfg: &RunnerConfig) -> u32 {
+    {
+        let (a, b) = (cfg.night_start_hour, cfg.night_end_hour);
+        (0..24)
+            .filter(|&h| if a > b { h >= a || h < b } else { a <= h && h < b })
+            .fold(0, |m, h| m | 1 << h)
     }
 
 }
@@ -213,15 +213,11 @@ fn read(cfg: &RunnerConfig, stays: &[Stay]) -> Option<Reading> {
     if switches < cfg.min_switches as usize {
         return None;
     }
-    let mut night = [false; 2];
-    let mut longest_s = [0u32; 2];
+    let mut hours = [0u32; 2];
     let mut areas: [Vec<u32>; 2] = [Vec::new(), Vec::new()];
     for x in &recent {
         let c = x.class as usize;
-        night[c] |= x.night;
-        // From its first record to its last: a lower bound of the stay, so a commuter's
-        // working day is never measured longer than it was.
-        longest_s[c] = longest_s[c].max(x.last_s - x.first_s);
+        hours[c] |= x.hours;
         if !areas[c].contains(&x.area) {
             areas[c].push(x.area);
         }
@@ -231,8 +227,7 @@ fn read(cfg: &RunnerConfig, stays: &[Stay]) -> Option<Reading> {
         newest_s,
         first_s: recent[0].first_s,
         switches,
-        night,
-        longest_s,
+        hours,
         areas,
     })
 }
@@ -259,7 +254,7 @@ impl Detector for RunnerMovement {
                 CellClass::Metro => METRO,
                 CellClass::County => COUNTY,
             },
-            night: self.is_night(s),
+            hours: 1 << ((s % 86_400) / 3_600),
             area: place.area,
             first_s: s,
             last_s: s,
@@ -277,7 +272,7 @@ impl Detector for RunnerMovement {
             if t.here.class == obs.class {
                 t.here.first_s = t.here.first_s.min(s);
                 t.here.last_s = t.here.last_s.max(s);
-                t.here.night |= obs.night;
+                t.here.hours |= obs.hours;
                 return;
             }
             let m = Moved {
@@ -324,10 +319,13 @@ impl Detector for RunnerMovement {
         let Some(r) = read(&self.cfg, &m.stays) else {
             return;
         };
-        let max_stay = ids::span_secs(self.cfg.max_commute_stay_s);
-        // A commuter spends only working days in one of the two classes; a runner spends
-        // nights or long stays in both.
-        let resident = |c: usize| r.night[c] || r.longest_s[c] >= max_stay;
+        // A commuter is seen in one of the two classes only in working hours; a runner is
+        // seen in both at night, or through more of the day than a working day. Clock hours
+        // seen, not stay lengths: a handset silent all evening would make two working days
+        // look like one long stay.
+        let night = night_mask(&self.cfg);
+        let max_hours = self.cfg.max_commute_hours;
+        let resident = |c: usize| r.hours[c] & night != 0 || r.hours[c].count_ones() > max_hours;
         if !(resident(0) && resident(1)) {
             return;
         }
@@ -393,12 +391,12 @@ impl Detector for RunnerMovement {
                 "window_s" => self.cfg.window_s,
                 "metro_areas" => names(METRO as usize),
                 "county_areas" => names(COUNTY as usize),
-                "metro_night" => r.night[0],
-                "county_night" => r.night[1],
+                "metro_night" => r.hours[0] & night != 0,
+                "county_night" => r.hours[1] & night != 0,
                 "night_hours" => format!("{:02}-{:02}", self.cfg.night_start_hour, self.cfg.night_end_hour),
-                "metro_longest_stay_s" => r.longest_s[0],
-                "county_longest_stay_s" => r.longest_s[1],
-                "max_commute_stay_s" => self.cfg.max_commute_stay_s,
+                "metro_hours" => r.hours[0].count_ones(),
+                "county_hours" => r.hours[1].count_ones(),
+                "max_commute_hours" => max_hours,
                 "ties" => ties,
                 "trade_lines" => trade.iter().map(|(_, l)| l.clone()).collect::<Vec<_>>(),
                 "sims" => sims,
@@ -490,5 +488,242 @@ impl Detector for RunnerMovement {
             .map(moved_bytes)
             .sum();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cells::CellMap;
+    use crate::detect::testkit::*;
+    use std::borrow::Cow;
+
+    const MAP: &str = "cell,area,class\nm1,city,metro\nm2,city,metro\nt1,town,county\n";
+
+    /// A call from `line` on handset `h` with SIM `sim`, in `cell`, at `ts`.
+    fn rec<'a>(
+        id: &'a str,
+        ts: Millis,
+        line: &'a str,
+        to: &'a str,
+        h: &'a str,
+        sim: &'a str,
+        cell: Option<&'a str>,
+    ) -> Event<'a> {
+        let mut e = call(id, ts, line, to, 30);
+        e.imei = Some(Cow::Borrowed(h));
+        e.imsi = Some(Cow::Borrowed(sim));
+        e.cell = cell.map(Cow::Borrowed);
+        e
+    }
+
+    fn harness(map: Option<&str>) -> Harness {
+        let mut h = Harness::new();
+        h.cells = map.map(|m| CellMap::parse(m).unwrap());
+        h
+    }
+
+    /// Drives `d` through (hour since Monday 00:00 UTC, cell, to, sim) records of one
+    /// handset, returning every finding.
+    fn drive(
+        d: &mut RunnerMovement,
+        h: &mut Harness,
+        plan: &[(i64, &str, &str, &str)],
+    ) -> Vec<Finding> {
+        // 2026-10-05T00:00Z, a Monday.
+        let t0: Millis = 1_791_158_400_000;
+        let mut out = Vec::new();
+        for (i, (hour, cell, to, sim)) in plan.iter().enumerate() {
+            let id = format!("e{i}");
+            let ts = t0 + hour * HOUR + (i as Millis % 7) * MIN;
+            let ev = rec(&id, ts, "runnerline", to, "H1", sim, Some(cell));
+            out.extend(h.feed(d, &ev));
+        }
+        out
+    }
+
+    /// A deal-line verdict on `line`, as the engine shows it to the detector.
+    fn mark_trade(d: &mut RunnerMovement, line: &str, at: Millis) {
+        let f = Finding {
+            detector: crate::detect::deal_line::NAME,
+            subject: line.into(),
+            subject_id: ids::id(line),
+            subject_kind: SubjectKind::Line,
+            score: 1.0,
+            event_time: at,
+            window_start: at,
+            window_end: at,
+            related: vec![],
+            evidence: Default::default(),
+            lines: vec![(ids::id(line), line.to_string())],
+        };
+        let mut contacts = crate::state::Contacts::new(10, 10, 10);
+        let mut out = Vec::new();
+        let mut ctx = Ctx {
+            contacts: &mut contacts,
+            stream_start: 0,
+            out: &mut out,
+            cells: None,
+            cell: None,
+        };
+        d.on_findings(&sms("x", at, "a", "b"), &[f], &mut ctx);
+    }
+
+    fn det() -> RunnerMovement {
+        RunnerMovement::new(&Config::default(), 1000)
+    }
+
+    /// A runner: a night in the town (trap house), back to the city overnight, out again;
+    /// calls the deal line throughout.
+    const RUNNER: &[(i64, &str, &str, &str)] = &[
+        (10, "m1", "dealline", "s1"),
+        (14, "t1", "dealline", "s1"),
+        (20, "t1", "cust1", "s1"),
+        (23, "t1", "dealline", "s1"),
+        (26, "t1", "cust2", "s1"),
+        (33, "m2", "dealline", "s1"),
+        (47, "m1", "dealline", "s1"),
+        (50, "m1", "boss", "s1"),
+        (58, "t1", "dealline", "s1"),
+    ];
+
+    #[test]
+    fn runner_tied_to_a_deal_line_fires_with_its_lines() {
+        let (mut d, mut h) = (det(), harness(Some(MAP)));
+        mark_trade(&mut d, "dealline", 1_791_158_400_000);
+        let f = drive(&mut d, &mut h, RUNNER);
+        assert_eq!(f.len(), 1, "{f:?}");
+        let f = &f[0];
+        assert_eq!((f.subject.as_str(), f.subject_kind), ("H1", SubjectKind::Handset));
+        assert_eq!(f.related, ["runnerline"]);
+        assert_eq!(f.lines, [(ids::id("dealline"), "dealline".to_string())]);
+        // There (14:00), back (33:00): it fires on the record that completes the round.
+        assert_eq!(f.evidence["switches"], 2);
+        assert_eq!(f.evidence["ties"], serde_json::json!(["deal_contact"]));
+        assert_eq!(f.evidence["county_night"], true);
+        assert_eq!(f.evidence["metro_night"], true);
+        assert_eq!(f.evidence["county_areas"], serde_json::json!(["town"]));
+    }
+
+    #[test]
+    fn the_same_movement_without_a_tie_to_the_trade_does_not_fire() {
+        let (mut d, mut h) = (det(), harness(Some(MAP)));
+        assert!(drive(&mut d, &mut h, RUNNER).is_empty());
+    }
+
+    #[test]
+    fn sim_churn_ties_a_runner_without_a_deal_line() {
+        let (mut d, mut h) = (det(), harness(Some(MAP)));
+        let plan: Vec<_> = RUNNER
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.0, p.1, "friend", ["s1", "s2", "s3"][i / 3]))
+            .collect();
+        let f = drive(&mut d, &mut h, &plan);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].evidence["ties"], serde_json::json!(["sim_churn"]));
+        assert!(f[0].lines.is_empty());
+    }
+
+    /// A county resident working in the city every weekday, 08:00-18:00, calling a deal line
+    /// (a customer): seen in the city only in working hours, so never like a runner.
+    #[test]
+    fn commuter_is_never_flagged_even_when_tied_to_the_trade() {
+        let (mut d, mut h) = (det(), harness(Some(MAP)));
+        mark_trade(&mut d, "dealline", 1_791_158_400_000);
+        let mut plan = Vec::new();
+        for day in 0..7i64 {
+            let base = day * 24;
+            plan.push((base + 1, "t1", "dealline", "s1"));
+            plan.push((base + 7, "t1", "dealline", "s1"));
+            if day < 5 {
+                for hour in [8, 11, 13, 15, 17] {
+                    plan.push((base + hour, "m1", "dealline", "s1"));
+                }
+            }
+            plan.push((base + 19, "t1", "dealline", "s1"));
+            plan.push((base + 23, "t1", "dealline", "s1"));
+        }
+        assert!(drive(&mut d, &mut h, &plan).is_empty());
+        // It did move back and forth: the rhythm is what kept it quiet.
+        let t = &d.handsets[&ids::id("H1")];
+        assert!(t.moved.as_ref().unwrap().stays.len() >= 10);
+    }
+
+    #[test]
+    fn without_a_cell_map_nothing_is_held_and_nothing_fires() {
+        let (mut d, mut h) = (det(), harness(None));
+        mark_trade(&mut d, "dealline", 1_791_158_400_000);
+        assert!(drive(&mut d, &mut h, RUNNER).is_empty());
+        assert_eq!(d.stats().keys, 0);
+    }
+
+    #[test]
+    fn unknown_cells_and_records_without_a_cell_are_skipped() {
+        let (mut d, mut h) = (det(), harness(Some(MAP)));
+        mark_trade(&mut d, "dealline", 1_791_158_400_000);
+        // Every town record in a cell the map lacks: the movement is not seen.
+        let plan: Vec<_> = RUNNER
+            .iter()
+            .map(|p| (p.0, if p.1 == "t1" { "t9" } else { p.1 }, p.2, p.3))
+            .collect();
+        assert!(drive(&mut d, &mut h, &plan).is_empty());
+        let t = &d.handsets[&ids::id("H1")];
+        assert!(t.moved.is_none(), "only metro cells were placed");
+        // A record without a cell is not placed either (the engine counts both kinds).
+        let ev = rec("nc", 1_791_158_400_000, "l", "x", "H2", "s", None);
+        assert!(h.feed(&mut d, &ev).is_empty());
+        assert!(!d.handsets.contains_key(&ids::id("H2")));
+    }
+
+    #[test]
+    fn one_trip_without_coming_back_is_not_enough() {
+        let (mut d, mut h) = (det(), harness(Some(MAP)));
+        mark_trade(&mut d, "dealline", 1_791_158_400_000);
+        assert!(drive(&mut d, &mut h, &RUNNER[..5]).is_empty());
+    }
+
+    /// Records arrive minutes late, so a late one lands next to the stay it belongs to:
+    /// the stays come out as in time order. (A late record *inside* a stay of the other
+    /// class splits that stay at its own time; stays last hours, lateness minutes.)
+    #[test]
+    fn stays_are_the_same_whatever_the_arrival_order_within_lateness() {
+        let obs = |class, s| Stay {
+            class,
+            hours: 1,
+            area: 0,
+            first_s: s,
+            last_s: s,
+        };
+        let seq = [(METRO, 10), (METRO, 20), (COUNTY, 30), (COUNTY, 40), (METRO, 50)];
+        let mut in_order = Vec::new();
+        for (c, s) in seq {
+            observe(&mut in_order, obs(c, s));
+        }
+        let mut shuffled = Vec::new();
+        // The last metro record before the trip arrives after the first county one, and
+        // the first county one after the return.
+        for i in [0, 2, 1, 4, 3] {
+            observe(&mut shuffled, obs(seq[i].0, seq[i].1));
+        }
+        assert_eq!(in_order, shuffled);
+        assert_eq!(in_order.len(), 3);
+    }
+
+    #[test]
+    fn state_survives_a_checkpoint_and_expires_behind_the_window() {
+        let (mut d, mut h) = (det(), harness(Some(MAP)));
+        drive(&mut d, &mut h, &RUNNER[..7]);
+        let mut restored = det();
+        restored.load_state(&d.save_state().unwrap()).unwrap();
+        assert_eq!(restored.stats().keys, d.stats().keys);
+        assert_eq!(restored.handsets[&ids::id("H1")].moved.as_ref().unwrap().stays,
+            d.handsets[&ids::id("H1")].moved.as_ref().unwrap().stays);
+        // The rest of the trip and the verdict, on the restored copy: it fires as the
+        // original would have.
+        mark_trade(&mut restored, "dealline", 1_791_158_400_000);
+        assert_eq!(drive(&mut restored, &mut h, &RUNNER[7..]).len(), 1);
+        restored.expire(1_791_158_400_000 + 10 * DAY);
+        assert_eq!(restored.stats().keys, 0);
     }
 }

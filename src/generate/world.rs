@@ -235,6 +235,8 @@ impl Alloc {
 
 pub(crate) struct World {
     pub seed: u64,
+    /// Whether look-alikes are labelled (commuters are in the traffic either way).
+    pub lookalikes: bool,
     pub geo: Geography,
     pub start: i64,
     pub end: i64,
@@ -354,6 +356,7 @@ impl World {
         }
         let mut world = World {
             seed: opts.seed,
+            lookalikes: opts.lookalikes,
             geo,
             start,
             end,
@@ -622,7 +625,7 @@ impl World {
             rows.push(row(IdKind::Line, f, "lookalike_festive", "festive", None));
         }
         // Commuters between metro and county: their handsets (both, if changed).
-        for (i, s) in self.subs.iter().enumerate() {
+        for (i, s) in self.subs.iter().enumerate().filter(|_| self.lookalikes) {
             if self.geo.cell_class(s.home_cell) != self.geo.cell_class(s.day_cell) {
                 let g = "commuter";
                 rows.push(row(IdKind::Handset, i as u32, "lookalike_commuter", g, None));
