@@ -129,6 +129,11 @@ pub struct FanInConfig {
     pub min_callbacks: u32,
     /// Customers contacting the line within the window needed with `min_callbacks`.
     pub min_customers_with_callbacks: u32,
+    /// A line with at least this many customers that calls a number makes it its crew
+    /// (a runner): the crew's callbacks to the line's customers count as the line's.
+    pub crew_min_customers: u32,
+    /// How long a number stays a line's crew after the line's last call to it.
+    pub crew_retention_s: u64,
 }
 
 impl Default for FanInConfig {
@@ -144,6 +149,8 @@ impl Default for FanInConfig {
             callback_within_s: 600,
             min_callbacks: 4,
             min_customers_with_callbacks: 8,
+            crew_min_customers: 30,
+            crew_retention_s: 86_400,
         }
     }
 }
@@ -804,6 +811,13 @@ impl Config {
             1,
             u32::MAX.into(),
         );
+        r.count(
+            "customer_fan_in.crew_min_customers",
+            c.crew_min_customers.into(),
+            1,
+            u32::MAX.into(),
+        );
+        r.seconds("customer_fan_in.crew_retention_s", c.crew_retention_s, 1);
         r.check(
             "customer_fan_in.min_customers_with_callbacks",
             c.min_customers_with_callbacks >= c.min_callbacks,

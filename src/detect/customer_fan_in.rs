@@ -7,7 +7,9 @@
 //! Two rules fire it: `min_customers` distinct customers in the window; or, for a small
 //! line, `min_customers_with_callbacks` of them of whom `min_callbacks` were called (or
 //! texted) back by the line within `callback_within_s` of their contact: the callback
-//! pattern police practice counts as a deal confirmed.
+//! pattern police practice counts as a deal confirmed. A number the line called (a line
+//! with at least `crew_min_customers` customers) is its crew for `crew_retention_s`: a
+//! runner ringing the customer to meet counts as the line's callback.
 
 use super::{Ctx, Detector, EventIds, StateStats};
 use crate::alert::{Finding, SubjectKind};
@@ -33,6 +35,9 @@ pub struct CustomerFanIn {
     pending: IdMap<(u64, u32)>,
     /// Line → customers it called back (fingerprint, when), within the window.
     callbacks: IdMap<Vec<(u32, u32)>>,
+    /// Number → the line with a customer list that last called it (id, when, pseudonym):
+    /// its crew, whose callbacks count as the line's.
+    crew: IdMap<(u64, u32, Box<str>)>,
     max_keys: usize,
     cap_hits: u64,
     /// Scratch for the windows a late record completes (kept to avoid an allocation each).
@@ -61,6 +66,7 @@ impl CustomerFanIn {
             fired: IdMap::default(),
             pending: IdMap::default(),
             callbacks: IdMap::default(),
+            crew: IdMap::default(),
             max_keys,
             cap_hits: 0,
             times: Vec::new(),
@@ -70,16 +76,24 @@ impl CustomerFanIn {
     /// The line (`ev.from`) called or texted back customer `ev.to` at `s`, within
     /// `callback_within_s` of the customer's contact: noted, and the callback rule judged
     /// over the window ending now.
-    fn callback(&mut self, ev: &Event<'_>, ids: &EventIds, ctx: &mut Ctx<'_>, s: u32) {
+    fn callback(
+        &mut self,
+        ev: &Event<'_>,
+        line_id: u64,
+        line_name: &str,
+        customer: u64,
+        ctx: &mut Ctx<'_>,
+        s: u32,
+    ) {
         let window_s = ids::span_secs(self.cfg.window_s);
         let since_s = s.saturating_sub(window_s);
-        if self.callbacks.len() >= self.max_keys && !self.callbacks.contains_key(&ids.from) {
+        if self.callbacks.len() >= self.max_keys && !self.callbacks.contains_key(&line_id) {
             self.cap_hits += 1;
             return;
         }
-        let list = self.callbacks.entry(ids.from).or_default();
+        let list = self.callbacks.entry(line_id).or_default();
         list.retain(|c| c.1 >= since_s);
-        let fp = ids::fp(ids.to);
+        let fp = ids::fp(customer);
         match list.iter_mut().find(|c| c.0 == fp) {
             Some(c) => c.1 = c.1.max(s),
             None => list.push((fp, s)),
@@ -88,7 +102,7 @@ impl CustomerFanIn {
         if called_back < self.cfg.min_callbacks as usize {
             return;
         }
-        let Some(line) = ctx.contacts.get(ids.from) else {
+        let Some(line) = ctx.contacts.get(line_id) else {
             return;
         };
         let (customers, oldest) = measure(&line.contacts, since_s, s);
@@ -96,14 +110,14 @@ impl CustomerFanIn {
         if customers < min {
             return;
         }
-        if self.fired.get(&ids.from).is_some_and(|&f| f >= since_s) {
+        if self.fired.get(&line_id).is_some_and(|&f| f >= since_s) {
             return;
         }
-        self.fired.insert(ids.from, s);
+        self.fired.insert(line_id, s);
         ctx.out.push(Finding {
             detector: NAME,
-            subject: ev.from.to_string(),
-            subject_id: ids.from,
+            subject: line_name.to_string(),
+            subject_id: line_id,
             subject_kind: SubjectKind::Line,
             score: (called_back as f64 / (2.0 * self.cfg.min_callbacks as f64)).min(1.0),
             event_time: ev.ts,
@@ -121,7 +135,7 @@ impl CustomerFanIn {
                 "min_call_duration_s" => self.cfg.min_call_duration_s,
                 "max_call_duration_s" => self.cfg.max_call_duration_s,
             },
-            lines: vec![(ids.from, ev.from.to_string())],
+            lines: vec![(line_id, line_name.to_string())],
         });
     }
 
@@ -143,15 +157,37 @@ impl Detector for CustomerFanIn {
         if !self.cfg.enabled {
             return;
         }
-        // Is this the line calling or texting back a customer who just contacted it?
+        let s = ids::secs(ev.ts);
+        // A line with a customer list (`crew_min_customers`) calling a number: that number
+        // works with the line (a runner) for `crew_retention_s`.
+        if ev.kind == Kind::Call
+            && ctx
+                .contacts
+                .get(ids.from)
+                .is_some_and(|l| l.contacts.len() >= self.cfg.crew_min_customers as usize)
+        {
+            if self.crew.len() < self.max_keys || self.crew.contains_key(&ids.to) {
+                self.crew.insert(ids.to, (ids.from, s, ev.from.as_ref().into()));
+            } else {
+                self.cap_hits += 1;
+            }
+        }
+        // Is this the line, or its crew, calling or texting back a customer who just
+        // contacted the line?
         if let Some(&(line, in_s)) = self.pending.get(&ids.to) {
-            let s = ids::secs(ev.ts);
-            if line == ids.from
-                && s >= in_s
-                && s - in_s <= ids::span_secs(self.cfg.callback_within_s)
-            {
+            let fresh = s >= in_s && s - in_s <= ids::span_secs(self.cfg.callback_within_s);
+            let crew_retention = ids::span_secs(self.cfg.crew_retention_s);
+            let by = if line == ids.from {
+                Some(Box::<str>::from(ev.from.as_ref()))
+            } else {
+                self.crew
+                    .get(&ids.from)
+                    .filter(|c| c.0 == line && c.1.saturating_add(crew_retention) >= s)
+                    .map(|c| c.2.clone())
+            };
+            if let (true, Some(name)) = (fresh, by) {
                 self.pending.remove(&ids.to);
-                self.callback(ev, ids, ctx, s);
+                self.callback(ev, line, &name, ids.to, ctx, s);
             }
         }
         if !self.counts(ev) {
@@ -255,6 +291,11 @@ impl Detector for CustomerFanIn {
         if self.pending.capacity() > 2 * self.pending.len() + 1024 {
             self.pending.shrink_to_fit();
         }
+        let crew_cutoff = now.saturating_sub(ids::span_secs(self.cfg.crew_retention_s));
+        self.crew.retain(|_, c| c.1 >= crew_cutoff);
+        if self.crew.capacity() > 2 * self.crew.len() + 1024 {
+            self.crew.shrink_to_fit();
+        }
         if self.callbacks.capacity() > 2 * self.callbacks.len() + 1024 {
             self.callbacks.shrink_to_fit();
         }
@@ -266,6 +307,8 @@ impl Detector for CustomerFanIn {
             bytes: ids::map_bytes(&self.fired)
                 + ids::map_bytes(&self.pending)
                 + ids::map_bytes(&self.callbacks)
+                + ids::map_bytes(&self.crew)
+                + self.crew.values().map(|c| c.2.len()).sum::<usize>()
                 + self.callbacks.values().map(|l| l.capacity() * 8).sum::<usize>(),
             cap_hits: self.cap_hits,
         }
@@ -281,11 +324,23 @@ impl Detector for CustomerFanIn {
     }
 
     fn save_state(&self) -> Result<Vec<u8>, codec::Error> {
-        codec::encode(&(&self.fired, &self.pending, &self.callbacks, self.cap_hits))
+        codec::encode(&(
+            &self.fired,
+            &self.pending,
+            &self.callbacks,
+            &self.crew,
+            self.cap_hits,
+        ))
     }
 
     fn load_state(&mut self, bytes: &[u8]) -> Result<(), codec::Error> {
-        (self.fired, self.pending, self.callbacks, self.cap_hits) = codec::decode(bytes)?;
+        (
+            self.fired,
+            self.pending,
+            self.callbacks,
+            self.crew,
+            self.cap_hits,
+        ) = codec::decode(bytes)?;
         Ok(())
     }
 }
