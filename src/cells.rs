@@ -251,9 +251,15 @@ mod tests {
 
     #[test]
     fn resolves_cells_to_areas_and_warns_of_a_missing_class() {
-        let m = CellMap::parse("cell,area,class\nc1,Leeds,metro\nc2,Harrogate,county\nc3,Leeds,metro\n")
-            .unwrap();
-        let (a, b, c) = (m.resolve("c1").unwrap(), m.resolve("c2").unwrap(), m.resolve("c3").unwrap());
+        let m = CellMap::parse(
+            "cell,area,class\nc1,Leeds,metro\nc2,Harrogate,county\nc3,Leeds,metro\n",
+        )
+        .unwrap();
+        let (a, b, c) = (
+            m.resolve("c1").unwrap(),
+            m.resolve("c2").unwrap(),
+            m.resolve("c3").unwrap(),
+        );
         assert_eq!(a.area, c.area);
         assert_ne!(a.area, b.area);
         assert_eq!((m.area_name(a.area), b.class), ("Leeds", CellClass::County));

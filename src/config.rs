@@ -868,9 +868,24 @@ impl Config {
             1,
             u32::MAX.into(),
         );
-        r.count("runner_movement.max_commute_hours", m.max_commute_hours.into(), 1, 23);
-        r.count("runner_movement.night_start_hour", m.night_start_hour.into(), 0, 23);
-        r.count("runner_movement.night_end_hour", m.night_end_hour.into(), 0, 23);
+        r.count(
+            "runner_movement.max_commute_hours",
+            m.max_commute_hours.into(),
+            1,
+            23,
+        );
+        r.count(
+            "runner_movement.night_start_hour",
+            m.night_start_hour.into(),
+            0,
+            23,
+        );
+        r.count(
+            "runner_movement.night_end_hour",
+            m.night_end_hour.into(),
+            0,
+            23,
+        );
         r.check(
             "runner_movement.churn_min_sims",
             m.churn_min_sims >= 2,

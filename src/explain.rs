@@ -280,7 +280,9 @@ fn runner(ev: &Map<String, Value>, related: &[String]) -> Part {
         let why = if at_night {
             format!("seen there at night ({night} UTC)")
         } else if h > hours {
-            format!("seen there in {h} different hours of the day, more than a working day's {hours}")
+            format!(
+                "seen there in {h} different hours of the day, more than a working day's {hours}"
+            )
         } else {
             format!("seen there only in {h} daytime hours, like a place of work")
         };

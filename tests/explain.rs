@@ -373,10 +373,7 @@ fn runner_movement_golden() {
     let text = explain(a);
     assert!(text.contains("not like a commuter"), "{text}");
     golden("runner_movement", &text);
-    let verdict = alerts
-        .iter()
-        .rfind(|a| a.detector == "deal_line")
-        .unwrap();
+    let verdict = alerts.iter().rfind(|a| a.detector == "deal_line").unwrap();
     let text = explain(verdict);
     assert!(text.contains("runner handset Hrun"), "{text}");
     golden("deal_line_with_runner", &text);

@@ -59,11 +59,7 @@ pub fn main(args: Args, config: Option<&Path>) -> Outcome {
                 .map_err(|e| Failure::usage(format!("--now {s:?} is not RFC 3339 ({e})")))
         })
         .transpose()?;
-    let cells = args
-        .cells
-        .as_deref()
-        .map(|p| super::load_cells(p))
-        .transpose()?;
+    let cells = args.cells.as_deref().map(super::load_cells).transpose()?;
     let summary_to_stdout = args.summary.as_deref().is_some_and(is_dash);
     if summary_to_stdout && is_dash(&args.output) {
         return Err(Failure::usage(

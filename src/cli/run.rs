@@ -146,11 +146,7 @@ pub fn main(args: Args, config: Option<&Path>) -> Outcome {
     let cfg = args.apply(file.clone());
     cfg.validate()
         .map_err(|e| Failure::usage(format!("invalid configuration: {e}")))?;
-    let cells = args
-        .cells
-        .as_deref()
-        .map(|p| super::load_cells(p))
-        .transpose()?;
+    let cells = args.cells.as_deref().map(super::load_cells).transpose()?;
     init_logging(args.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -122,11 +122,7 @@ pub fn main(args: Args, config: Option<&Path>) -> Outcome {
             args.detector
         );
     }
-    let cells = args
-        .cells
-        .as_deref()
-        .map(|p| super::load_cells(p))
-        .transpose()?;
+    let cells = args.cells.as_deref().map(super::load_cells).transpose()?;
     let data = std::fs::read(&args.input)
         .map_err(|e| Failure::usage(format!("cannot read input {}: {e}", args.input.display())))?;
     // More threads than combinations would only wait.

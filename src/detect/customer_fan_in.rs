@@ -167,7 +167,8 @@ impl Detector for CustomerFanIn {
                 .is_some_and(|l| l.contacts.len() >= self.cfg.crew_min_customers as usize)
         {
             if self.crew.len() < self.max_keys || self.crew.contains_key(&ids.to) {
-                self.crew.insert(ids.to, (ids.from, s, ev.from.as_ref().into()));
+                self.crew
+                    .insert(ids.to, (ids.from, s, ev.from.as_ref().into()));
             } else {
                 self.cap_hits += 1;
             }
@@ -309,7 +310,11 @@ impl Detector for CustomerFanIn {
                 + ids::map_bytes(&self.callbacks)
                 + ids::map_bytes(&self.crew)
                 + self.crew.values().map(|c| c.2.len()).sum::<usize>()
-                + self.callbacks.values().map(|l| l.capacity() * 8).sum::<usize>(),
+                + self
+                    .callbacks
+                    .values()
+                    .map(|l| l.capacity() * 8)
+                    .sum::<usize>(),
             cap_hits: self.cap_hits,
         }
     }

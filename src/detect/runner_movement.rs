@@ -190,18 +190,21 @@ impl RunnerMovement {
             heap_bytes: 0,
         }
     }
-
 }
 
 /// The night hours as a mask of clock hours.
 fn night_mask(cfg: &RunnerConfig) -> u32 {
-    {
-        let (a, b) = (cfg.night_start_hour, cfg.night_end_hour);
-        (0..24)
-            .filter(|&h| if a > b { h >= a || h < b } else { a <= h && h < b })
-            .fold(0, |m, h| m | 1 << h)
-    }
-
+    let (a, b) = (cfg.night_start_hour, cfg.night_end_hour);
+    // A night that wraps midnight (22-06) or one that does not (00-05).
+    (0..24)
+        .filter(|&h| {
+            if a > b {
+                h >= a || h < b
+            } else {
+                a <= h && h < b
+            }
+        })
+        .fold(0, |m, h| m | 1 << h)
 }
 
 /// The window ending at the newest stay, if it holds enough switches.
@@ -292,7 +295,15 @@ impl Detector for RunnerMovement {
             self.cap_hits += 1;
         }
         if let Some(sim) = ids.imsi {
-            note(&mut m.sims, MAX_SIMS, |x| x.0, |x| &mut x.1, sim, s, || (sim, s));
+            note(
+                &mut m.sims,
+                MAX_SIMS,
+                |x| x.0,
+                |x| &mut x.1,
+                sim,
+                s,
+                || (sim, s),
+            );
         }
         let from = ev.from.as_ref();
         note(
@@ -594,7 +605,10 @@ mod tests {
         let f = drive(&mut d, &mut h, RUNNER);
         assert_eq!(f.len(), 1, "{f:?}");
         let f = &f[0];
-        assert_eq!((f.subject.as_str(), f.subject_kind), ("H1", SubjectKind::Handset));
+        assert_eq!(
+            (f.subject.as_str(), f.subject_kind),
+            ("H1", SubjectKind::Handset)
+        );
         assert_eq!(f.related, ["runnerline"]);
         assert_eq!(f.lines, [(ids::id("dealline"), "dealline".to_string())]);
         // There (14:00), back (33:00): it fires on the record that completes the round.
@@ -695,7 +709,13 @@ mod tests {
             first_s: s,
             last_s: s,
         };
-        let seq = [(METRO, 10), (METRO, 20), (COUNTY, 30), (COUNTY, 40), (METRO, 50)];
+        let seq = [
+            (METRO, 10),
+            (METRO, 20),
+            (COUNTY, 30),
+            (COUNTY, 40),
+            (METRO, 50),
+        ];
         let mut in_order = Vec::new();
         for (c, s) in seq {
             observe(&mut in_order, obs(c, s));
@@ -717,8 +737,14 @@ mod tests {
         let mut restored = det();
         restored.load_state(&d.save_state().unwrap()).unwrap();
         assert_eq!(restored.stats().keys, d.stats().keys);
-        assert_eq!(restored.handsets[&ids::id("H1")].moved.as_ref().unwrap().stays,
-            d.handsets[&ids::id("H1")].moved.as_ref().unwrap().stays);
+        assert_eq!(
+            restored.handsets[&ids::id("H1")]
+                .moved
+                .as_ref()
+                .unwrap()
+                .stays,
+            d.handsets[&ids::id("H1")].moved.as_ref().unwrap().stays
+        );
         // The rest of the trip and the verdict, on the restored copy: it fires as the
         // original would have.
         mark_trade(&mut restored, "dealline", 1_791_158_400_000);

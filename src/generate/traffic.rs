@@ -253,7 +253,10 @@ impl<'w> Traffic<'w> {
         }
 
         // Customers ring or text in; the line often texts back.
-        let mut drng = super::rng_for(self.w.seed, TAG_DELIVERIES ^ (u64::from(d) << 20) ^ k as u64);
+        let mut drng = super::rng_for(
+            self.w.seed,
+            TAG_DELIVERIES ^ (u64::from(d) << 20) ^ k as u64,
+        );
         for &(c, per_day) in &net.customers {
             for _ in 0..poisson(rng, per_day as f64) {
                 let t = clock(ds, self.customer.sample(rng));

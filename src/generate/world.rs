@@ -628,7 +628,13 @@ impl World {
         for (i, s) in self.subs.iter().enumerate().filter(|_| self.lookalikes) {
             if self.geo.cell_class(s.home_cell) != self.geo.cell_class(s.day_cell) {
                 let g = "commuter";
-                rows.push(row(IdKind::Handset, i as u32, "lookalike_commuter", g, None));
+                rows.push(row(
+                    IdKind::Handset,
+                    i as u32,
+                    "lookalike_commuter",
+                    g,
+                    None,
+                ));
                 if s.new_handset != i as u32 {
                     let h = s.new_handset;
                     rows.push(row(IdKind::Handset, h, "lookalike_commuter", g, None));
