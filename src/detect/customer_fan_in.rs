@@ -98,7 +98,24 @@ impl CustomerFanIn {
             Some(c) => c.1 = c.1.max(s),
             None => list.push((fp, s)),
         }
-        let called_back = list.len();
+        self.judge_callbacks(ev, line_id, line_name, ctx, s);
+    }
+
+    /// The callback rule over the window ending at `s`, judged when a callback is made and
+    /// when a customer contacts a line that has made callbacks (either can complete it).
+    fn judge_callbacks(
+        &mut self,
+        ev: &Event<'_>,
+        line_id: u64,
+        line_name: &str,
+        ctx: &mut Ctx<'_>,
+        s: u32,
+    ) {
+        let since_s = s.saturating_sub(ids::span_secs(self.cfg.window_s));
+        let Some(list) = self.callbacks.get(&line_id) else {
+            return;
+        };
+        let called_back = list.iter().filter(|c| c.1 >= since_s && c.1 <= s).count();
         if called_back < self.cfg.min_callbacks as usize {
             return;
         }
@@ -196,19 +213,27 @@ impl Detector for CustomerFanIn {
         }
         let lookback = ids::span_secs(self.cfg.lookback_s);
         // Is the caller a customer of the line it contacts? If so the contact is noted.
-        let Some(line) = ctx
+        let Some(listed) = ctx
             .contacts
             .record_inbound(ids.to, ids.from, ev.ts, lookback)
+            .map(|l| l.contacts.len())
         else {
             return;
         };
-        if line.contacts.len() >= self.cfg.min_customers_with_callbacks as usize {
+        if listed >= self.cfg.min_customers_with_callbacks as usize {
             if self.pending.len() < self.max_keys || self.pending.contains_key(&ids.from) {
                 self.pending.insert(ids.from, (ids.to, ids::secs(ev.ts)));
             } else {
                 self.cap_hits += 1;
             }
         }
+        if self.callbacks.contains_key(&ids.to) {
+            self.judge_callbacks(ev, ids.to, &ev.to, ctx, ids::secs(ev.ts));
+        }
+        // Recorded just above.
+        let Some(line) = ctx.contacts.get(ids.to) else {
+            return;
+        };
         let min = self.cfg.min_customers as usize;
         // A line with fewer customers than the threshold cannot reach it.
         if line.contacts.len() < min {
@@ -442,6 +467,92 @@ mod tests {
             h.feed(&mut d, &sms("after", 2 * HOUR, "c0", "line")).len(),
             1
         );
+    }
+
+    /// A small line: 8 customers contact it within six hours (12 needed), and it texts 4
+    /// of them back within minutes (the callback pattern).
+    fn small_line(
+        h: &mut Harness,
+        d: &mut CustomerFanIn,
+        reply: impl Fn(usize) -> Option<(Millis, &'static str)>,
+    ) -> Vec<Finding> {
+        let mut cfg = Config::default();
+        cfg.customer_fan_in.crew_min_customers = 10;
+        *d = CustomerFanIn::new(&cfg, 1000);
+        advert(h, d, 10);
+        let mut found = Vec::new();
+        for i in 0..8 {
+            let t = HOUR + i as Millis * 20 * MIN;
+            let (id, from) = (format!("in{i}"), format!("c{i}"));
+            found.extend(h.feed(d, &call(&id, t, &from, "line", 30)));
+            if let Some((after, by)) = reply(i) {
+                let id = format!("cb{i}");
+                found.extend(h.feed(d, &sms(&id, t + after, by, &from)));
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn callbacks_to_a_few_customers_fire_on_a_small_line() {
+        let (mut h, mut d) = (Harness::new(), det(12));
+        let f = small_line(&mut h, &mut d, |i| {
+            (i % 2 == 0).then_some((3 * MIN, "line"))
+        });
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].subject, "line");
+        assert_eq!(f[0].evidence["callbacks"], 4);
+        assert_eq!(f[0].evidence["customers"], 8);
+    }
+
+    #[test]
+    fn replies_later_than_the_callback_window_do_not_count() {
+        let (mut h, mut d) = (Harness::new(), det(12));
+        let f = small_line(&mut h, &mut d, |i| {
+            (i % 2 == 0).then_some((15 * MIN, "line"))
+        });
+        assert!(f.is_empty(), "{f:?}");
+    }
+
+    #[test]
+    fn a_runner_the_line_calls_rings_customers_back_for_it() {
+        let (mut h, mut d) = (Harness::new(), det(12));
+        // Before any order, the line calls its runner.
+        assert!(h
+            .feed(&mut d, &call("boss", 0, "line", "runner", 40))
+            .is_empty());
+        let f = small_line(&mut h, &mut d, |i| {
+            (i % 2 == 0).then_some((5 * MIN, "runner"))
+        });
+        // The line had texted nobody when it called, so the runner is not yet its crew.
+        assert!(f.is_empty(), "{f:?}");
+        let (mut h, mut d) = (Harness::new(), det(12));
+        let mut cfg = Config::default();
+        cfg.customer_fan_in.crew_min_customers = 10;
+        d = CustomerFanIn::new(&cfg, 1000);
+        advert(&mut h, &mut d, 10);
+        assert!(h
+            .feed(&mut d, &call("boss", MIN, "line", "runner", 40))
+            .is_empty());
+        let mut found = Vec::new();
+        for i in 0..8 {
+            let t = HOUR + i as Millis * 20 * MIN;
+            let (id, from) = (format!("in{i}"), format!("c{i}"));
+            found.extend(h.feed(&mut d, &call(&id, t, &from, "line", 30)));
+            if i % 2 == 0 {
+                let id = format!("cb{i}");
+                found.extend(h.feed(&mut d, &call(&id, t + 5 * MIN, "runner", &from, 20)));
+            }
+        }
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].subject, "line");
+        assert_eq!(found[0].evidence["callbacks"], 4);
+        // A stranger ringing the customers back is nobody's crew.
+        let (mut h, mut d) = (Harness::new(), det(12));
+        let f = small_line(&mut h, &mut d, |i| {
+            (i % 2 == 0).then_some((5 * MIN, "stranger"))
+        });
+        assert!(f.is_empty(), "{f:?}");
     }
 
     /// 21 customers; 11 contact the line at +1 h, one at +7 h 05 and one at +6 h 55, in the

@@ -690,6 +690,29 @@ mod tests {
         assert!(!d.handsets.contains_key(&ids::id("H2")));
     }
 
+    /// Never seen at night, but in both places through more of the day than a working day
+    /// (13 clock hours each): not a commuter either.
+    #[test]
+    fn seen_through_the_day_in_both_classes_counts_like_a_night() {
+        let (mut d, mut h) = (det(), harness(Some(MAP)));
+        mark_trade(&mut d, "dealline", 1_791_158_400_000);
+        let mut plan = Vec::new();
+        for (day, cell) in [(0i64, "m1"), (1, "t1"), (2, "m1")] {
+            for hour in 7..20 {
+                plan.push((day * 24 + hour, cell, "dealline", "s1"));
+            }
+        }
+        let f = drive(&mut d, &mut h, &plan);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].evidence["county_night"], false);
+        assert_eq!(f[0].evidence["county_hours"], 13);
+        // Twelve hours a day in the town would be a (long) working day: nothing.
+        let (mut d, mut h) = (det(), harness(Some(MAP)));
+        mark_trade(&mut d, "dealline", 1_791_158_400_000);
+        plan.retain(|p| !(p.1 == "t1" && p.0 % 24 == 19));
+        assert!(drive(&mut d, &mut h, &plan).is_empty());
+    }
+
     #[test]
     fn one_trip_without_coming_back_is_not_enough() {
         let (mut d, mut h) = (det(), harness(Some(MAP)));
