@@ -664,6 +664,35 @@ mod tests {
         assert!(t.moved.as_ref().unwrap().stays.len() >= 10);
     }
 
+    /// The commuters the first rule (stay lengths) flagged in the demo city: silent at home
+    /// some evenings, so two working days in the city joined into one stay of over 12 hours.
+    /// Clock hours seen in the city stay within the working day.
+    #[test]
+    fn commuter_silent_at_home_some_evenings_is_not_flagged() {
+        let (mut d, mut h) = (det(), harness(Some(MAP)));
+        mark_trade(&mut d, "dealline", 1_791_158_400_000);
+        let plan = [
+            (8, "t1"),
+            (9, "m1"),
+            (13, "m1"),
+            (16, "m1"),
+            (18, "t1"),
+            // Tuesday: nothing at home until Wednesday evening.
+            (24 + 9, "m1"),
+            (24 + 12, "m1"),
+            (24 + 16, "m1"),
+            (48 + 9, "m2"),
+            (48 + 13, "m1"),
+            (48 + 19, "t1"),
+            (48 + 22, "t1"),
+            (72 + 8, "t1"),
+            (72 + 11, "m1"),
+            (72 + 20, "t1"),
+        ]
+        .map(|(hr, c)| (hr, c, "dealline", "s1"));
+        assert!(drive(&mut d, &mut h, &plan).is_empty());
+    }
+
     #[test]
     fn without_a_cell_map_nothing_is_held_and_nothing_fires() {
         let (mut d, mut h) = (det(), harness(None));
