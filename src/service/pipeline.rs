@@ -769,6 +769,10 @@ impl Pipeline {
         for (name, s) in self.engine.state_stats() {
             self.metrics.state(name, s.keys, s.bytes);
         }
+        if self.engine.cells().is_some() {
+            let c = self.engine.counters();
+            self.metrics.cells_skipped(c.cells_missing, c.cells_unknown);
+        }
         let now = wall_ms();
         self.metrics.checkpoint.refresh(now);
         for (p, wm) in self.engine.partition_watermarks() {
