@@ -172,11 +172,11 @@ fn note<K: PartialEq, T>(
 struct Reading {
     since_s: u32,
     newest_s: u32,
-    first_s: u32,
+    /// Index of the first stay in the window.
+    start: usize,
     switches: usize,
     /// Per class (metro, county): the clock hours it was seen in there (bit per hour).
     hours: [u32; 2],
-    areas: [Vec<u32>; 2],
 }
 
 impl RunnerMovement {
@@ -207,31 +207,27 @@ fn night_mask(cfg: &RunnerConfig) -> u32 {
         .fold(0, |m, h| m | 1 << h)
 }
 
-/// The window ending at the newest stay, if it holds enough switches.
+/// The window ending at the newest stay, if it holds enough switches. Asked on every
+/// record of a handset seen in both classes (a commuter's, mostly), so it allocates nothing.
 fn read(cfg: &RunnerConfig, stays: &[Stay]) -> Option<Reading> {
-    let newest_s = stays.iter().map(|x| x.last_s).max()?;
+    // Stays are in time order and do not overlap: the last ends last.
+    let newest_s = stays.last()?.last_s;
     let since_s = newest_s.saturating_sub(ids::span_secs(cfg.window_s));
-    let recent: Vec<&Stay> = stays.iter().filter(|x| x.last_s >= since_s).collect();
-    let switches = recent.len().saturating_sub(1);
+    let start = stays.partition_point(|x| x.last_s < since_s);
+    let switches = (stays.len() - start).saturating_sub(1);
     if switches < cfg.min_switches as usize {
         return None;
     }
     let mut hours = [0u32; 2];
-    let mut areas: [Vec<u32>; 2] = [Vec::new(), Vec::new()];
-    for x in &recent {
-        let c = x.class as usize;
-        hours[c] |= x.hours;
-        if !areas[c].contains(&x.area) {
-            areas[c].push(x.area);
-        }
+    for x in &stays[start..] {
+        hours[x.class as usize] |= x.hours;
     }
     Some(Reading {
         since_s,
         newest_s,
-        first_s: recent[0].first_s,
+        start,
         switches,
         hours,
-        areas,
     })
 }
 
@@ -377,12 +373,15 @@ impl Detector for RunnerMovement {
         let mut carried: Vec<&(u64, Box<str>, u32)> =
             m.lines.iter().filter(|l| l.2 >= r.since_s).collect();
         carried.sort_by(|a, b| a.2.cmp(&b.2).then_with(|| a.1.cmp(&b.1)));
-        let names = |c: usize| -> Vec<String> {
-            let mut v: Vec<String> = r.areas[c]
+        let recent = &m.stays[r.start..];
+        let names = |c: u8| -> Vec<String> {
+            let mut v: Vec<String> = recent
                 .iter()
-                .map(|a| map.area_name(*a).to_string())
+                .filter(|x| x.class == c)
+                .map(|x| map.area_name(x.area).to_string())
                 .collect();
             v.sort();
+            v.dedup();
             v
         };
         let min = self.cfg.min_switches as usize;
@@ -393,15 +392,15 @@ impl Detector for RunnerMovement {
             subject_kind: SubjectKind::Handset,
             score: (r.switches as f64 / (2.0 * min as f64)).min(1.0),
             event_time: ev.ts,
-            window_start: ids::millis(r.first_s),
+            window_start: ids::millis(recent[0].first_s),
             window_end: ids::millis(r.newest_s).max(ev.ts),
             related: carried.iter().map(|l| l.1.to_string()).collect(),
             evidence: evidence! {
                 "switches" => r.switches,
                 "min_switches" => min,
                 "window_s" => self.cfg.window_s,
-                "metro_areas" => names(METRO as usize),
-                "county_areas" => names(COUNTY as usize),
+                "metro_areas" => names(METRO),
+                "county_areas" => names(COUNTY),
                 "metro_night" => r.hours[0] & night != 0,
                 "county_night" => r.hours[1] & night != 0,
                 "night_hours" => format!("{:02}-{:02}", self.cfg.night_start_hour, self.cfg.night_end_hour),
