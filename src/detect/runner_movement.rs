@@ -51,11 +51,12 @@ const MAX_CONTACTED: usize = 16;
 /// One stay: consecutive records (in event time) in cells of one class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct Stay {
-    class: u8,
     /// Clock hours (UTC) in which it has records, bit `h` for hour `h`.
     hours: u32,
-    /// The area (cell map index) of its first record.
-    area: u32,
+    /// The class (top bit: 1 = county) and area (cell map index) of its first record, in
+    /// one word: a slot of the handset table is 32 bytes instead of 40, and the table is
+    /// probed for nearly every record.
+    place: u32,
     first_s: u32,
     last_s: u32,
 }
@@ -82,6 +83,16 @@ struct Moved {
     /// End of the window it last fired for, and the trade lines named then.
     fired_s: Option<u32>,
     credited: Vec<u64>,
+}
+
+impl Stay {
+    fn class(&self) -> u8 {
+        (self.place >> 31) as u8
+    }
+
+    fn area(&self) -> u32 {
+        self.place & 0x7fff_ffff
+    }
 }
 
 /// A line other detectors found deal evidence on (a `deal_line` verdict, a handover).
@@ -117,7 +128,7 @@ fn observe(stays: &mut Vec<Stay>, obs: Stay) {
     let i = stays.partition_point(|x| x.last_s < s);
     if i < stays.len() && stays[i].first_s <= s {
         // Inside stay i.
-        if stays[i].class == obs.class {
+        if stays[i].class() == obs.class() {
             stays[i].hours |= obs.hours;
             return;
         }
@@ -131,11 +142,11 @@ fn observe(stays: &mut Vec<Stay>, obs: Stay) {
         return;
     }
     // Between stay i-1 (ended before s) and stay i (starts after s), or at either end.
-    if i > 0 && stays[i - 1].class == obs.class {
+    if i > 0 && stays[i - 1].class() == obs.class() {
         let st = &mut stays[i - 1];
         st.last_s = s;
         st.hours |= obs.hours;
-    } else if i < stays.len() && stays[i].class == obs.class {
+    } else if i < stays.len() && stays[i].class() == obs.class() {
         let st = &mut stays[i];
         st.first_s = s;
         st.hours |= obs.hours;
@@ -220,7 +231,7 @@ fn read(cfg: &RunnerConfig, stays: &[Stay]) -> Option<Reading> {
     }
     let mut hours = [0u32; 2];
     for x in &stays[start..] {
-        hours[x.class as usize] |= x.hours;
+        hours[x.class() as usize] |= x.hours;
     }
     Some(Reading {
         since_s,
@@ -248,13 +259,13 @@ impl Detector for RunnerMovement {
             return;
         };
         let s = ids::secs(ev.ts);
+        let class = match place.class {
+            CellClass::Metro => METRO,
+            CellClass::County => COUNTY,
+        };
         let obs = Stay {
-            class: match place.class {
-                CellClass::Metro => METRO,
-                CellClass::County => COUNTY,
-            },
             hours: 1 << ((s % 86_400) / 3_600),
-            area: place.area,
+            place: u32::from(class) << 31 | (place.area & 0x7fff_ffff),
             first_s: s,
             last_s: s,
         };
@@ -268,7 +279,7 @@ impl Detector for RunnerMovement {
         });
         if t.moved.is_none() {
             // The path nearly every record takes: one more record in the only class seen.
-            if t.here.class == obs.class {
+            if t.here.class() == obs.class() {
                 t.here.first_s = t.here.first_s.min(s);
                 t.here.last_s = t.here.last_s.max(s);
                 t.here.hours |= obs.hours;
@@ -377,8 +388,8 @@ impl Detector for RunnerMovement {
         let names = |c: u8| -> Vec<String> {
             let mut v: Vec<String> = recent
                 .iter()
-                .filter(|x| x.class == c)
-                .map(|x| map.area_name(x.area).to_string())
+                .filter(|x| x.class() == c)
+                .map(|x| map.area_name(x.area()).to_string())
                 .collect();
             v.sort();
             v.dedup();
@@ -753,10 +764,9 @@ mod tests {
     /// class splits that stay at its own time; stays last hours, lateness minutes.)
     #[test]
     fn stays_are_the_same_whatever_the_arrival_order_within_lateness() {
-        let obs = |class, s| Stay {
-            class,
+        let obs = |class: u8, s| Stay {
             hours: 1,
-            area: 0,
+            place: u32::from(class) << 31,
             first_s: s,
             last_s: s,
         };
