@@ -526,10 +526,10 @@ mod tests {
         });
         // The line had texted nobody when it called, so the runner is not yet its crew.
         assert!(f.is_empty(), "{f:?}");
-        let (mut h, mut d) = (Harness::new(), det(12));
+        let mut h = Harness::new();
         let mut cfg = Config::default();
         cfg.customer_fan_in.crew_min_customers = 10;
-        d = CustomerFanIn::new(&cfg, 1000);
+        let mut d = CustomerFanIn::new(&cfg, 1000);
         advert(&mut h, &mut d, 10);
         assert!(h
             .feed(&mut d, &call("boss", MIN, "line", "runner", 40))
