@@ -15,6 +15,7 @@ fn only(name: &str) -> Config {
     c.customer_fan_in.enabled = name == "customer_fan_in" || name == "all";
     c.handset_churn.enabled = name == "handset_churn" || name == "all";
     c.line_handover.enabled = name == "line_handover" || name == "all";
+    c.runner_movement.enabled = name == "runner_movement" || name == "all";
     c.deal_line.enabled = name == "deal_line" || name == "all";
     // Low thresholds so the detectors do real work on the bench mix.
     c.bulk_sms.min_recipients = 10;
@@ -24,6 +25,17 @@ fn only(name: &str) -> Config {
 
 fn bench(c: &mut Criterion) {
     let recs = common::records(50_000, 20_000);
+    // The mix's cells c0..c499: half metro, half county.
+    let mut map = String::from("cell,area,class\n");
+    for c in 0..500 {
+        let (area, class) = if c < 250 {
+            ("city", "metro")
+        } else {
+            ("town", "county")
+        };
+        map.push_str(&format!("c{c},{area},{class}\n"));
+    }
+    let cells = std::sync::Arc::new(linewatch::cells::CellMap::parse(&map).unwrap());
     let mut g = c.benchmark_group("engine");
     g.throughput(Throughput::Elements(recs.len() as u64));
     g.sample_size(20);
@@ -34,11 +46,26 @@ fn bench(c: &mut Criterion) {
         "handset_churn",
         "line_handover",
         "deal_line",
+        "runner_movement",
         "all",
+        "all_without_runner_movement",
     ] {
         g.bench_function(name, |b| {
             b.iter_batched(
-                || Engine::new(only(name)),
+                || {
+                    let mut cfg = only(name);
+                    if name == "all_without_runner_movement" {
+                        cfg = only("all");
+                        cfg.runner_movement.enabled = false;
+                    }
+                    let mut e = Engine::new(cfg);
+                    // runner_movement needs the map; without the detector there is none
+                    // to look cells up in, as with `replay` without `--cells`.
+                    if name != "all_without_runner_movement" {
+                        e.set_cells(Some(cells.clone()));
+                    }
+                    e
+                },
                 |mut e| {
                     // The wall clock bounds how far ahead event time may be; the bench
                     // records are in the past.

@@ -2,13 +2,15 @@
 //! Read with [`crate::sheet`], so a spreadsheet's file works as it is: columns in any order,
 //! extra columns ignored, `class` in any case.
 //!
-//! Loaded and validated now so a bad file fails at start with every bad row named; the
-//! movement detector that will use it (runners between city and town) comes later.
+//! Loaded and validated at start so a bad file fails with every bad row named. The engine
+//! resolves each record's `cell` through it ([`CellMap::resolve`]: one hash lookup) for
+//! `runner_movement`, which follows handsets between metro and county areas.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 
+use crate::ids::{self, IdMap};
 use crate::sheet::Sheet;
 
 /// Whether a cell serves the exporting city or a county town.
@@ -25,10 +27,23 @@ pub struct CellInfo {
     pub class: CellClass,
 }
 
+/// Where a known cell is, compactly: its area's index in the map and its class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CellPlace {
+    pub area: u32,
+    pub class: CellClass,
+}
+
 /// Cell id → area and class.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CellMap {
     cells: HashMap<String, CellInfo>,
+    /// Hash of the cell id → place: the lookup made for every record, without hashing the
+    /// string twice or comparing it (a 64-bit collision among a few hundred thousand cells
+    /// is a one-in-10^8 event, and would only misplace one cell).
+    by_id: IdMap<CellPlace>,
+    /// Area names, indexed by [`CellPlace::area`].
+    areas: Vec<String>,
 }
 
 /// A cell map that could not be used: every bad row, with its line number.
@@ -107,10 +122,66 @@ impl CellMap {
             line_of.entry(cell.to_string()).or_insert(row.line);
         }
         if problems.is_empty() {
-            Ok(CellMap { cells })
+            Ok(CellMap::from_cells(cells))
         } else {
             Err(CellMapError { problems })
         }
+    }
+
+    fn from_cells(cells: HashMap<String, CellInfo>) -> CellMap {
+        let mut areas: Vec<String> = cells.values().map(|c| c.area.clone()).collect();
+        areas.sort_unstable();
+        areas.dedup();
+        let by_id = cells
+            .iter()
+            .map(|(cell, info)| {
+                // `areas` holds every area of `cells`, sorted.
+                let area = areas.binary_search(&info.area).unwrap_or(0) as u32;
+                let place = CellPlace {
+                    area,
+                    class: info.class,
+                };
+                (ids::id(cell), place)
+            })
+            .collect();
+        CellMap {
+            cells,
+            by_id,
+            areas,
+        }
+    }
+
+    /// The place of a cell, if the map has it.
+    #[inline]
+    pub fn resolve(&self, cell: &str) -> Option<CellPlace> {
+        self.by_id.get(&ids::id(cell)).copied()
+    }
+
+    /// The name of an area index from [`CellMap::resolve`].
+    pub fn area_name(&self, area: u32) -> &str {
+        self.areas.get(area as usize).map_or("", String::as_str)
+    }
+
+    /// Whether any cell of the map has this class. A map without one of the two classes
+    /// cannot show movement between them: usable, but `runner_movement` will never fire.
+    pub fn has_class(&self, class: CellClass) -> bool {
+        self.cells.values().any(|c| c.class == class)
+    }
+
+    /// A warning for a map that lacks a class, naming the class; `None` when it has both.
+    pub fn missing_class_warning(&self) -> Option<String> {
+        let missing: Vec<&str> = [(CellClass::Metro, "metro"), (CellClass::County, "county")]
+            .into_iter()
+            .filter(|(c, _)| !self.has_class(*c))
+            .map(|(_, n)| n)
+            .collect();
+        (!missing.is_empty()).then(|| {
+            format!(
+                "linewatch: warning: the cell map has no {} cells, so runner_movement cannot see \
+                 movement between metro and county areas (every other detector works as usual)",
+                missing.join(" or ")
+            )
+        })
     }
 
     pub fn get(&self, cell: &str) -> Option<&CellInfo> {
@@ -176,6 +247,27 @@ mod tests {
             (c2.area.as_str(), c2.class),
             ("Harrogate, North Yorks", CellClass::County)
         );
+    }
+
+    #[test]
+    fn resolves_cells_to_areas_and_warns_of_a_missing_class() {
+        let m = CellMap::parse(
+            "cell,area,class\nc1,Leeds,metro\nc2,Harrogate,county\nc3,Leeds,metro\n",
+        )
+        .unwrap();
+        let (a, b, c) = (
+            m.resolve("c1").unwrap(),
+            m.resolve("c2").unwrap(),
+            m.resolve("c3").unwrap(),
+        );
+        assert_eq!(a.area, c.area);
+        assert_ne!(a.area, b.area);
+        assert_eq!((m.area_name(a.area), b.class), ("Leeds", CellClass::County));
+        assert!(m.resolve("c9").is_none());
+        assert!(m.missing_class_warning().is_none());
+        let metro_only = CellMap::parse("cell,area,class\nc1,Leeds,metro\n").unwrap();
+        let w = metro_only.missing_class_warning().unwrap();
+        assert!(w.contains("no county cells"), "{w}");
     }
 
     #[test]

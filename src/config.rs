@@ -20,6 +20,7 @@ pub struct Config {
     pub customer_fan_in: FanInConfig,
     pub handset_churn: ChurnConfig,
     pub line_handover: HandoverConfig,
+    pub runner_movement: RunnerConfig,
     pub deal_line: DealLineConfig,
     pub service: ServiceConfig,
     /// `linewatch board`: the operations-room web board.
@@ -120,6 +121,19 @@ pub struct FanInConfig {
     pub max_call_duration_s: u32,
     /// Per-line cap on remembered customers.
     pub max_customers_per_line: u32,
+    /// A text or call from the line to a customer within this long after the customer's
+    /// contact is a callback: the deal confirmed (police practice).
+    pub callback_within_s: u64,
+    /// Distinct customers called back within the window that, with at least
+    /// `min_customers_with_callbacks` customers contacting it, also fire the detector.
+    pub min_callbacks: u32,
+    /// Customers contacting the line within the window needed with `min_callbacks`.
+    pub min_customers_with_callbacks: u32,
+    /// A line with at least this many customers that calls a number makes it its crew
+    /// (a runner): the crew's callbacks to the line's customers count as the line's.
+    pub crew_min_customers: u32,
+    /// How long a number stays a line's crew after the line's last call to it.
+    pub crew_retention_s: u64,
 }
 
 impl Default for FanInConfig {
@@ -132,6 +146,11 @@ impl Default for FanInConfig {
             min_call_duration_s: 5,
             max_call_duration_s: 120,
             max_customers_per_line: 4_096,
+            callback_within_s: 600,
+            min_callbacks: 4,
+            min_customers_with_callbacks: 8,
+            crew_min_customers: 30,
+            crew_retention_s: 86_400,
         }
     }
 }
@@ -200,6 +219,45 @@ impl Default for HandoverConfig {
     }
 }
 
+/// `runner_movement`: a handset going back and forth between metro and county cells, unlike
+/// a commuter, and tied to the trade. Needs a cell map (`--cells`); without one it is idle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunnerConfig {
+    pub enabled: bool,
+    /// Length of the sliding window in which the movement, its rhythm and the tie are seen.
+    pub window_s: u64,
+    /// Changes between metro and county cells within the window (2 = there and back).
+    pub min_switches: u32,
+    /// A class (metro or county) in which the handset was seen in more than this many
+    /// different clock hours of the day within the window is not just a place of work.
+    pub max_commute_hours: u32,
+    /// First hour (UTC, 0-23) of the night: a record in the away class between this hour and
+    /// `night_end_hour` is a night away from home, which commuters do not spend.
+    pub night_start_hour: u32,
+    /// Hour (UTC, 0-23) the night ends (exclusive).
+    pub night_end_hour: u32,
+    /// Distinct SIMs in the handset within the window that tie it to the trade (burner churn).
+    pub churn_min_sims: u32,
+    /// Per-handset cap on remembered stays; past it the oldest goes, counted.
+    pub max_stays_per_handset: u32,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        RunnerConfig {
+            enabled: true,
+            window_s: 345_600,
+            min_switches: 2,
+            max_commute_hours: 12,
+            night_start_hour: 22,
+            night_end_hour: 6,
+            churn_min_sims: 3,
+            max_stays_per_handset: 64,
+        }
+    }
+}
+
 /// `deal_line`: the combined verdict from the other detectors' evidence.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -225,6 +283,8 @@ pub struct DealLineConfig {
     pub weight_handset_churn: f64,
     /// Weight carried over to a new line from the deal line it took over.
     pub weight_predecessor: f64,
+    /// Weight of a runner (`runner_movement`) tied to the line by contact.
+    pub weight_runner: f64,
     /// Two findings of one kind this far apart are a repeat (a later day), not one episode.
     pub repeat_gap_s: u64,
     /// A handset seen with more SIMs than this is a test or repair handset, not a burner:
@@ -246,6 +306,7 @@ impl Default for DealLineConfig {
             weight_handover: 0.35,
             weight_handset_churn: 0.2,
             weight_predecessor: 0.25,
+            weight_runner: 0.2,
             repeat_gap_s: 43_200,
             churn_max_sims: 12,
         }
@@ -787,6 +848,26 @@ impl Config {
             c.max_customers_per_line,
             "at least customer_fan_in.min_customers",
         );
+        r.seconds("customer_fan_in.callback_within_s", c.callback_within_s, 1);
+        r.count(
+            "customer_fan_in.min_callbacks",
+            c.min_callbacks.into(),
+            1,
+            u32::MAX.into(),
+        );
+        r.count(
+            "customer_fan_in.crew_min_customers",
+            c.crew_min_customers.into(),
+            1,
+            u32::MAX.into(),
+        );
+        r.seconds("customer_fan_in.crew_retention_s", c.crew_retention_s, 1);
+        r.check(
+            "customer_fan_in.min_customers_with_callbacks",
+            c.min_customers_with_callbacks >= c.min_callbacks,
+            c.min_customers_with_callbacks,
+            "at least customer_fan_in.min_callbacks",
+        );
 
         let h = &self.handset_churn;
         r.seconds("handset_churn.window_s", h.window_s, 1);
@@ -823,6 +904,45 @@ impl Config {
             u32::MAX.into(),
         );
 
+        let m = &self.runner_movement;
+        r.seconds("runner_movement.window_s", m.window_s, 1);
+        r.count(
+            "runner_movement.min_switches",
+            m.min_switches.into(),
+            1,
+            u32::MAX.into(),
+        );
+        r.count(
+            "runner_movement.max_commute_hours",
+            m.max_commute_hours.into(),
+            1,
+            23,
+        );
+        r.count(
+            "runner_movement.night_start_hour",
+            m.night_start_hour.into(),
+            0,
+            23,
+        );
+        r.count(
+            "runner_movement.night_end_hour",
+            m.night_end_hour.into(),
+            0,
+            23,
+        );
+        r.check(
+            "runner_movement.churn_min_sims",
+            m.churn_min_sims >= 2,
+            m.churn_min_sims,
+            "at least 2 (one SIM per handset is normal)",
+        );
+        r.check(
+            "runner_movement.max_stays_per_handset",
+            m.max_stays_per_handset > m.min_switches && m.max_stays_per_handset <= 4096,
+            m.max_stays_per_handset,
+            "more than runner_movement.min_switches, at most 4096",
+        );
+
         let d = &self.deal_line;
         r.fraction("deal_line.threshold", d.threshold, 0.0, true, 1.0);
         r.seconds("deal_line.lookback_s", d.lookback_s, 1);
@@ -841,6 +961,7 @@ impl Config {
             ("deal_line.weight_handover", d.weight_handover),
             ("deal_line.weight_handset_churn", d.weight_handset_churn),
             ("deal_line.weight_predecessor", d.weight_predecessor),
+            ("deal_line.weight_runner", d.weight_runner),
         ] {
             r.fraction(key, w, 0.0, false, 1.0);
         }
@@ -921,6 +1042,7 @@ impl Config {
             &self.customer_fan_in,
             &self.handset_churn,
             &self.line_handover,
+            &self.runner_movement,
             &self.deal_line,
         );
         // Serialising plain structs of numbers and bools to JSON cannot fail.

@@ -6,10 +6,12 @@
 //! is swept as the watermark advances.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::alert::{Alert, Finding};
+use crate::cells::CellMap;
 use crate::checkpoint::{codec, Section};
 use crate::config::Config;
 use crate::detect::{self, deal_line::DealLine, Ctx, Detector, EventIds, StateStats};
@@ -47,6 +49,10 @@ pub struct Counters {
     pub alerts_suppressed: u64,
     /// Times the shared contact store hit a cap.
     pub contact_cap_hits: u64,
+    /// With a cell map loaded: valid records that carry no `cell`, and records whose cell
+    /// the map does not list. Both are skipped by `runner_movement`, never rejected.
+    pub cells_missing: u64,
+    pub cells_unknown: u64,
 }
 
 /// Width of a dedup expiry bucket: ids are forgotten at most this long after their
@@ -184,6 +190,10 @@ pub struct Engine {
     /// A fixed reference clock for the future-timestamp bound instead of the wall time
     /// passed with each record (`replay --now`, tests).
     reference: Option<Millis>,
+    /// The cell map (`--cells`): not state, not configuration; shared by engine copies.
+    cells: Option<Arc<CellMap>>,
+    /// Scratch for what detectors push from `on_findings` (nothing, today).
+    side_findings: Vec<Finding>,
 }
 
 /// A copy of the whole state, for a checkpoint encoded off the detecting thread (a copy
@@ -207,6 +217,8 @@ impl Clone for Engine {
             findings: Vec::new(),
             deal_findings: Vec::new(),
             reference: self.reference,
+            cells: self.cells.clone(),
+            side_findings: Vec::new(),
         }
     }
 }
@@ -248,6 +260,8 @@ impl Engine {
             findings: Vec::new(),
             deal_findings: Vec::new(),
             reference: None,
+            cells: None,
+            side_findings: Vec::new(),
             cfg,
         }
     }
@@ -281,6 +295,17 @@ impl Engine {
 
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// Places records' cells with this map from the next record on (`runner_movement`);
+    /// `None` goes back to no map.
+    pub fn set_cells(&mut self, cells: Option<Arc<CellMap>>) {
+        self.cells = cells;
+    }
+
+    /// The cell map in force.
+    pub fn cells(&self) -> Option<Arc<CellMap>> {
+        self.cells.clone()
     }
 
     /// Judges future timestamps against `at` instead of the wall time passed with each
@@ -417,10 +442,25 @@ impl Engine {
         }
         self.findings.clear();
         self.deal_findings.clear();
+        let cells = self.cells.as_deref();
+        let cell = match (cells, ev.cell.as_deref()) {
+            (None, _) => None,
+            (Some(_), None) => {
+                self.counters.cells_missing += 1;
+                None
+            }
+            (Some(map), Some(c)) => {
+                let place = map.resolve(c);
+                self.counters.cells_unknown += u64::from(place.is_none());
+                place
+            }
+        };
         let mut ctx = Ctx {
             contacts: &mut self.contacts,
             stream_start: start,
             out: &mut self.findings,
+            cells,
+            cell,
         };
         for d in &mut self.primaries {
             d.on_event(ev, &ids, &mut ctx);
@@ -432,8 +472,24 @@ impl Engine {
             contacts: &mut self.contacts,
             stream_start: start,
             out: &mut self.deal_findings,
+            cells,
+            cell,
         };
         self.deal.on_findings(ev, &self.findings, &mut ctx);
+        // Detectors that learn from the others' findings (`runner_movement`: which lines
+        // carry deal evidence). Only on records with findings, so it costs nothing otherwise.
+        let mut ctx = Ctx {
+            contacts: &mut self.contacts,
+            stream_start: start,
+            out: &mut self.side_findings,
+            cells,
+            cell,
+        };
+        for d in &mut self.primaries {
+            d.on_findings(ev, &self.findings, &mut ctx);
+            d.on_findings(ev, &self.deal_findings, &mut ctx);
+        }
+        self.side_findings.clear();
         let cooldown_s = ids::span_secs(self.cfg.alerts.cooldown_s);
         let all = self.findings.drain(..).chain(self.deal_findings.drain(..));
         for f in all {

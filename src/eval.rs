@@ -5,7 +5,8 @@
 //! `/labels.csv`), read with [`crate::sheet`] so a spreadsheet's file works as it is. The
 //! truth each detector is scored against: the line detectors (`bulk_sms`, `customer_fan_in`,
 //! `line_handover`, `deal_line`) against lines labelled `deal_line`; `handset_churn` against
-//! handsets labelled `runner_handset` or `deal_handset`. Look-alikes (`lookalike_*`,
+//! handsets labelled `runner_handset` or `deal_handset`; `runner_movement` against handsets
+//! labelled `runner_handset` (commuters' handsets, `lookalike_commuter`, are its look-alike). Look-alikes (`lookalike_*`,
 //! including the board's `lookalike_triaged`: an alert an analyst dismissed) are counted
 //! apart: a single-purpose detector may rightly fire on them, `deal_line` must not. Any other
 //! label (`normal`, a typo) is "not a target"; [`Labels::unknown_labels`] lists them so the
@@ -52,6 +53,11 @@ impl std::error::Error for LabelsError {}
 pub const DEAL_LINE: &str = "deal_line";
 /// Labels of burner handsets.
 pub const BURNER_HANDSETS: [&str; 2] = ["runner_handset", "deal_handset"];
+/// Label of a runner's handset: what `runner_movement` should find.
+pub const RUNNER_HANDSET: &str = "runner_handset";
+/// Label of a commuter's handset (`generate`): moves between metro and county every working
+/// day, the look-alike `runner_movement` must not flag.
+pub const LOOKALIKE_COMMUTER: &str = "lookalike_commuter";
 /// Label of a runner's line: real trade, but not a deal line, so no detector's target.
 pub const RUNNER_LINE: &str = "runner_line";
 /// Labels starting so are look-alikes: innocent subjects that resemble the trade.
@@ -179,10 +185,10 @@ impl Labels {
 
 /// Whether a subject with `label` is what `detector` is meant to find.
 pub fn is_target(detector: &str, label: &str) -> bool {
-    if detector == crate::detect::handset_churn::NAME {
-        BURNER_HANDSETS.contains(&label)
-    } else {
-        label == DEAL_LINE
+    match detector {
+        crate::detect::handset_churn::NAME => BURNER_HANDSETS.contains(&label),
+        crate::detect::runner_movement::NAME => label == RUNNER_HANDSET,
+        _ => label == DEAL_LINE,
     }
 }
 

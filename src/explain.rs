@@ -11,7 +11,9 @@ use std::fmt::Write as _;
 use serde_json::{Map, Value};
 
 use crate::alert::{Alert, SubjectKind};
-use crate::detect::{bulk_sms, customer_fan_in, deal_line, handset_churn, line_handover};
+use crate::detect::{
+    bulk_sms, customer_fan_in, deal_line, handset_churn, line_handover, runner_movement,
+};
 use crate::event::Millis;
 
 /// The plain-language account of why `alert` fired, several lines ending in a newline.
@@ -66,6 +68,7 @@ fn render(alert: &Alert, kind: Option<&str>) -> String {
         customer_fan_in::NAME => fan_in(ev),
         handset_churn::NAME => churn(ev, &alert.related),
         line_handover::NAME => handover(ev, &alert.related),
+        runner_movement::NAME => runner(ev, &alert.related),
         deal_line::NAME => deal(ev, alert.score),
         other => {
             out.push_str(&format!(
@@ -176,6 +179,9 @@ fn bulk(ev: &Map<String, Value>) -> Part {
 }
 
 fn fan_in(ev: &Map<String, Value>) -> Part {
+    if ev.contains_key("callbacks") {
+        return fan_in_callbacks(ev);
+    }
     let (c, min, w, look) = (
         u(ev, "customers")?,
         u(ev, "min_customers")?,
@@ -199,6 +205,126 @@ fn fan_in(ev: &Map<String, Value>) -> Part {
             "  Texts count; calls count only if {lo} to {hi} s long (shorter is a missed call, \
              longer a conversation)."
         );
+    }
+    Ok(s)
+}
+
+/// `customer_fan_in` by its callback rule.
+fn fan_in_callbacks(ev: &Map<String, Value>) -> Part {
+    let (c, min, w, look) = (
+        u(ev, "customers")?,
+        u(ev, "min_customers_with_callbacks")?,
+        u(ev, "window_s")?,
+        u(ev, "customer_lookback_s")?,
+    );
+    let (cb, min_cb, within) = (
+        u(ev, "callbacks")?,
+        u(ev, "min_callbacks")?,
+        u(ev, "callback_within_s")?,
+    );
+    let mut s = format!(
+        "Why: {c} distinct customers (numbers the line had texted within the {} before) \
+         contacted the line within {} (customer_fan_in.window_s = {w}), and the line or its \
+         crew (a number the line calls, such as a runner) called or texted {cb} of them back \
+         within {} of their contact: the callback pattern police practice counts as a deal \
+         confirmed.\n",
+        dur(look),
+        dur(w),
+        dur(within)
+    );
+    let _ = writeln!(
+        s,
+        "  customers {c} {} min_customers_with_callbacks {min}",
+        versus(c as f64, min as f64)
+    );
+    let _ = writeln!(
+        s,
+        "  callbacks {cb} {} min_callbacks {min_cb}",
+        versus(cb as f64, min_cb as f64)
+    );
+    Ok(s)
+}
+
+/// `runner_movement`: where the handset went, why that is not commuting, what ties it to
+/// the trade.
+fn runner(ev: &Map<String, Value>, related: &[String]) -> Part {
+    let (sw, min, w) = (
+        u(ev, "switches")?,
+        u(ev, "min_switches")?,
+        u(ev, "window_s")?,
+    );
+    let list = |k: &'static str| -> Result<String, Missing> {
+        let v = ev.get(k).and_then(Value::as_array).ok_or(Missing(k))?;
+        Ok(v.iter().map(plain).collect::<Vec<_>>().join(", "))
+    };
+    let b = |k: &'static str| ev.get(k).and_then(Value::as_bool).ok_or(Missing(k));
+    let (metro, county) = (list("metro_areas")?, list("county_areas")?);
+    let mut s = format!(
+        "Why: the handset moved between city cells ({metro}) and county-town cells ({county}) \
+         {sw} times within {} (runner_movement.window_s = {w}), not like a commuter, and is \
+         tied to the trade.\n",
+        dur(w)
+    );
+    let _ = writeln!(
+        s,
+        "  switches {sw} {} min_switches {min} (there and back is 2)",
+        versus(sw as f64, min as f64)
+    );
+    let hours = u(ev, "max_commute_hours")?;
+    let night = ev.get("night_hours").map(plain).unwrap_or_default();
+    for (class, key_n, key_h) in [
+        ("city", "metro_night", "metro_hours"),
+        ("county town", "county_night", "county_hours"),
+    ] {
+        let (at_night, h) = (b(key_n)?, u(ev, key_h)?);
+        let why = if at_night {
+            format!("seen there at night ({night} UTC)")
+        } else if h > hours {
+            format!(
+                "seen there in {h} different hours of the day, more than a working day's {hours}"
+            )
+        } else {
+            format!("seen there only in {h} daytime hours, like a place of work")
+        };
+        let _ = writeln!(s, "  In the {class}: {why}.");
+    }
+    let _ = writeln!(
+        s,
+        "  A commuter is seen in one of the two only in working hours; this handset lives in both."
+    );
+    let ties: Vec<String> = ev
+        .get("ties")
+        .and_then(Value::as_array)
+        .ok_or(Missing("ties"))?
+        .iter()
+        .map(plain)
+        .collect();
+    for t in &ties {
+        match t.as_str() {
+            "deal_contact" => {
+                let _ = writeln!(
+                    s,
+                    "  Tied to the trade: it called or texted {} (a line with a deal_line \
+                     verdict or a handover).",
+                    list("trade_lines")?
+                );
+            }
+            "sim_churn" => {
+                let _ = writeln!(
+                    s,
+                    "  Tied to the trade: {} SIMs in it within the window, at least \
+                     churn_min_sims {} (burner churn).",
+                    u(ev, "sims")?,
+                    u(ev, "churn_min_sims")?
+                );
+            }
+            other => {
+                let _ = writeln!(s, "  Tied to the trade: {other}.");
+            }
+        }
+    }
+    if !related.is_empty() {
+        let _ = writeln!(s, "  Lines it carried: {}", related.join(", "));
     }
     Ok(s)
 }
@@ -418,6 +544,11 @@ fn contribution(kind: &str, c: &Map<String, Value>) -> String {
             "used handset {}, seen with {} SIMs",
             n("handset"),
             n("sims")
+        ),
+        "runner_movement" => format!(
+            "runner handset {} calls it while moving between city and county ({} switches)",
+            n("handset"),
+            n("switches")
         ),
         _ => c
             .iter()

@@ -172,6 +172,12 @@ pub struct Summary {
     pub tracked_lines: usize,
     pub detector_state_bytes_per_line: f64,
     pub state: BTreeMap<String, StateStats>,
+    /// With `--cells`: valid records without a `cell`, and records whose cell the map does
+    /// not list (both skipped by `runner_movement`, never rejected). Absent without a map.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub records_without_cell: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cells_unknown_to_map: Option<u64>,
 }
 
 impl Summary {
@@ -210,6 +216,8 @@ impl Summary {
                 .into_iter()
                 .map(|(n, s)| (n.to_string(), s))
                 .collect(),
+            records_without_cell: engine.cells().map(|_| c.cells_missing),
+            cells_unknown_to_map: engine.cells().map(|_| c.cells_unknown),
         }
     }
 }
@@ -336,7 +344,17 @@ pub fn trim_line(buf: &[u8]) -> &[u8] {
 
 /// Replays in-memory JSONL with `cfg` and returns the alerts and summary.
 pub fn replay_bytes(cfg: crate::config::Config, data: &[u8]) -> (Vec<Alert>, Summary) {
+    replay_bytes_with_cells(cfg, data, None)
+}
+
+/// [`replay_bytes`] with a cell map, as `replay --cells` (for `runner_movement`).
+pub fn replay_bytes_with_cells(
+    cfg: crate::config::Config,
+    data: &[u8],
+    cells: Option<std::sync::Arc<crate::cells::CellMap>>,
+) -> (Vec<Alert>, Summary) {
     let mut engine = Engine::new(cfg);
+    engine.set_cells(cells);
     let mut sink = CollectSink::default();
     // Reading from memory and collecting into memory cannot fail.
     let summary = run(&mut engine, data, &mut sink, |_| {}).expect("in-memory replay");

@@ -29,6 +29,31 @@ fn city() -> &'static [u8] {
     })
 }
 
+/// The city's cell map, so `runner_movement` holds state and fires too.
+fn cells() -> Option<std::sync::Arc<linewatch::cells::CellMap>> {
+    let mut csv = Vec::new();
+    generate::write_cells(
+        &GenOptions {
+            seed: 4,
+            subscribers: 4_000,
+            days: 4,
+            ..GenOptions::default()
+        },
+        &mut csv,
+    )
+    .unwrap();
+    Some(std::sync::Arc::new(
+        linewatch::cells::CellMap::parse(&csv).unwrap(),
+    ))
+}
+
+/// An engine over `cfg` with the city's cell map.
+fn engine(cfg: &Config) -> Engine {
+    let mut e = Engine::new(cfg.clone());
+    e.set_cells(cells());
+    e
+}
+
 /// The city cut at its middle line.
 fn halves() -> (&'static [u8], &'static [u8]) {
     let data = city();
@@ -66,7 +91,7 @@ fn offsets() -> Vec<SourceOffset> {
 const CHUNK: usize = 16 * 1024;
 
 fn encoded_after_first_half(cfg: &Config) -> (checkpoint::Encoded, Vec<Alert>) {
-    let mut engine = Engine::new(cfg.clone());
+    let mut engine = engine(cfg);
     let first = run(&mut engine, halves().0);
     let enc = checkpoint::encode(&engine, offsets(), 7, 1_000, CHUNK).unwrap();
     (enc, first)
@@ -75,22 +100,27 @@ fn encoded_after_first_half(cfg: &Config) -> (checkpoint::Encoded, Vec<Alert>) {
 fn load(enc: &checkpoint::Encoded, current: &Config) -> Result<Engine, Fallback> {
     let m = checkpoint::decode_manifest(&enc.manifest_value)?;
     let sections = checkpoint::assemble(&m, |i| enc.chunks.get(i as usize).cloned())?;
-    checkpoint::restore_engine(&m, &sections, current)
+    let mut e = checkpoint::restore_engine(&m, &sections, current)?;
+    // The cell map is not state: the service gives the restored engine the one in force.
+    e.set_cells(cells());
+    Ok(e)
 }
 
 #[test]
 fn restored_engine_gives_the_alerts_of_an_uninterrupted_replay() {
     let cfg = Config::default();
-    let (whole, _) = replay::replay_bytes(cfg.clone(), city());
+    let (whole, _) = replay::replay_bytes_with_cells(cfg.clone(), city(), cells());
     let (enc, mut alerts) = encoded_after_first_half(&cfg);
     assert!(enc.chunks.len() > 10, "{} chunks", enc.chunks.len());
     assert!(enc.chunks.iter().all(|c| c.len() <= CHUNK));
     let mut restored = load(&enc, &cfg).expect("restore");
     alerts.extend(run(&mut restored, halves().1));
     assert!(whole.len() > 100, "the city makes alerts of every kind");
+    // runner_movement among them, from state that spans the cut.
+    assert!(whole.iter().any(|a| a.detector == "runner_movement"));
     assert_eq!(comparable(alerts), comparable(whole));
     // Counters, watermark and every state size carry over too.
-    let mut uninterrupted = Engine::new(cfg);
+    let mut uninterrupted = engine(&cfg);
     run(&mut uninterrupted, city());
     assert_eq!(restored.counters(), uninterrupted.counters());
     assert_eq!(
@@ -129,7 +159,7 @@ fn changed_thresholds_keep_the_state_as_a_live_reload_does() {
     changed.deal_line.threshold = 0.6;
     changed.bulk_sms.min_recipients = 25;
     // What a live reload at the cut gives...
-    let mut live = Engine::new(cfg.clone());
+    let mut live = engine(&cfg);
     let mut want = run(&mut live, halves().0);
     live.reconfigure(changed.clone());
     want.extend(run(&mut live, halves().1));

@@ -352,3 +352,29 @@ fn cli_refuses_a_config_it_cannot_read() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("/nonexistent/linewatch.toml"), "{err}");
 }
+
+/// The runner scenario of the golden replays (`tests/fixtures/runner_movement.jsonl` with its
+/// cell map): a runner_movement alert, and the deal_line verdict naming the runner.
+fn runner_alerts() -> Vec<Alert> {
+    let dir = fixtures().join("..");
+    let data = std::fs::read(dir.join("runner_movement.jsonl")).unwrap();
+    let cells = linewatch::cells::CellMap::load(&dir.join("runner_movement.cells.csv")).unwrap();
+    let cells = Some(std::sync::Arc::new(cells));
+    linewatch::replay::replay_bytes_with_cells(Config::default(), &data, cells).0
+}
+
+#[test]
+fn runner_movement_golden() {
+    let alerts = runner_alerts();
+    let a = alerts
+        .iter()
+        .find(|a| a.detector == "runner_movement")
+        .unwrap();
+    let text = explain(a);
+    assert!(text.contains("not like a commuter"), "{text}");
+    golden("runner_movement", &text);
+    let verdict = alerts.iter().rfind(|a| a.detector == "deal_line").unwrap();
+    let text = explain(verdict);
+    assert!(text.contains("runner handset Hrun"), "{text}");
+    golden("deal_line_with_runner", &text);
+}

@@ -20,6 +20,12 @@ fn fixtures() -> PathBuf {
 fn replay_fixture(name: &str) -> Value {
     let data = std::fs::read(fixtures().join(format!("{name}.jsonl"))).unwrap();
     let mut engine = Engine::new(Config::default());
+    // A scenario with a cell map next to it is replayed as `replay --cells` would.
+    let cells = fixtures().join(format!("{name}.cells.csv"));
+    if cells.exists() {
+        let map = linewatch::cells::CellMap::load(&cells).unwrap();
+        engine.set_cells(Some(std::sync::Arc::new(map)));
+    }
     let mut sink = CollectSink::default();
     let s = replay::run(&mut engine, &data[..], &mut sink, |_| {}).unwrap();
     let alerts: Vec<Value> = sink
@@ -44,6 +50,8 @@ fn replay_fixture(name: &str) -> Value {
             "events_duplicate": s.events_duplicate,
             "events_late": s.events_late,
             "alerts_by_detector": s.alerts_by_detector,
+            "records_without_cell": s.records_without_cell,
+            "cells_unknown_to_map": s.cells_unknown_to_map,
         },
         "dead_letters": dead,
         "alerts": alerts,
@@ -98,6 +106,11 @@ fn golden_lookalike_festive() {
 }
 
 #[test]
+fn golden_runner_movement() {
+    golden("runner_movement");
+}
+
+#[test]
 fn golden_malformed() {
     golden("malformed");
 }
@@ -120,6 +133,28 @@ fn golden_scenarios_show_their_point() {
     assert_eq!(count("lookalike_festive", "bulk_sms"), 1);
     assert_eq!(count("lookalike_festive", "customer_fan_in"), 1);
     assert_eq!(count("lookalike_festive", "deal_line"), 0);
+    // The runner is found, the commuter is not, and the line's verdict names the runner.
+    let r = replay_fixture("runner_movement");
+    let alerts = r["alerts"].as_array().unwrap();
+    let moving: Vec<&str> = alerts
+        .iter()
+        .filter(|a| a["detector"] == "runner_movement")
+        .map(|a| a["subject"].as_str().unwrap())
+        .collect();
+    assert_eq!(moving, ["Hrun"]);
+    let named = alerts.iter().any(|a| {
+        a["detector"] == "deal_line"
+            && a["related"].as_array().unwrap().iter().any(|h| h == "Hrun")
+            && a["evidence"]["contributions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["evidence"] == "runner_movement")
+    });
+    assert!(named, "{alerts:#?}");
+    // 108 advert and fan-in records carry no cell, and one runner record.
+    assert_eq!(r["counts"]["records_without_cell"], 109);
+    assert_eq!(r["counts"]["cells_unknown_to_map"], 1);
     let m = replay_fixture("malformed");
     assert_eq!(m["counts"]["events_malformed"], 10);
     assert_eq!(m["counts"]["events_duplicate"], 1);

@@ -44,8 +44,15 @@ pub fn main(args: Args, config: Option<&Path>) -> Outcome {
         .map_err(|e| Failure::runtime(format!("generating traffic failed: {e}")))?;
     let generated_s = started.elapsed().as_secs_f64();
     let labels = Labels::parse(&labels_csv)?;
+    // The city's own cell map, as `generate --cells` writes it, so runner_movement works.
+    let mut cells_csv = Vec::new();
+    generate::write_cells(&opts, &mut cells_csv)
+        .map_err(|e| Failure::runtime(format!("writing the cell map failed: {e}")))?;
+    let cells = crate::cells::CellMap::parse(&cells_csv)
+        .map_err(|e| Failure::runtime(format!("the generated cell map is invalid: {e}")))?;
 
-    let (alerts, summary) = replay::replay_bytes(cfg, &events);
+    let (alerts, summary) =
+        replay::replay_bytes_with_cells(cfg, &events, Some(std::sync::Arc::new(cells)));
 
     println!(
         "linewatch demo: {} subscribers, {} days, seed {} ({} deal networks, {} deal-line numbers)",
@@ -76,7 +83,7 @@ pub fn main(args: Args, config: Option<&Path>) -> Outcome {
             print!("{}", evidence_lines(a));
         }
     }
-    println!("\nagainst the labels (line detectors vs deal-line numbers, handset_churn vs burner handsets):");
+    println!("\nagainst the labels (line detectors vs deal-line numbers, handset_churn vs burner handsets,\nrunner_movement vs runner handsets; commuters' handsets are look-alikes):");
     print!("{}", eval::table(&eval::score(&alerts, &labels)));
     println!(
         "\nbulk_sms and customer_fan_in also fire on look-alikes (schools, businesses, festive\n\

@@ -93,6 +93,16 @@ pub fn load_config(path: Option<&Path>) -> Result<Config, Failure> {
     Config::load_or_default(path).map_err(|e| Failure::usage(format!("invalid configuration: {e}")))
 }
 
+/// Loads and validates a cell map (`--cells`): a bad row is a usage error (exit 2); a map
+/// that lacks the metro or the county class is usable and gets a one-line warning.
+pub fn load_cells(path: &Path) -> Result<std::sync::Arc<crate::cells::CellMap>, Failure> {
+    let map = crate::cells::CellMap::load(path).map_err(|e| Failure::usage(e.to_string()))?;
+    if let Some(w) = map.missing_class_warning() {
+        eprintln!("{w}");
+    }
+    Ok(std::sync::Arc::new(map))
+}
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {

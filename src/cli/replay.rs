@@ -5,7 +5,6 @@ use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use super::{load_config, Failure, Outcome};
-use crate::cells::CellMap;
 use crate::engine::Engine;
 use crate::replay::{self, JsonlSink, Summary};
 
@@ -60,9 +59,7 @@ pub fn main(args: Args, config: Option<&Path>) -> Outcome {
                 .map_err(|e| Failure::usage(format!("--now {s:?} is not RFC 3339 ({e})")))
         })
         .transpose()?;
-    if let Some(cells) = &args.cells {
-        CellMap::load(cells).map_err(|e| Failure::usage(e.to_string()))?;
-    }
+    let cells = args.cells.as_deref().map(super::load_cells).transpose()?;
     let summary_to_stdout = args.summary.as_deref().is_some_and(is_dash);
     if summary_to_stdout && is_dash(&args.output) {
         return Err(Failure::usage(
@@ -125,6 +122,7 @@ pub fn main(args: Args, config: Option<&Path>) -> Outcome {
     };
     let mut engine = Engine::new(cfg);
     engine.set_reference_clock(now);
+    engine.set_cells(cells);
     let mut sink = JsonlSink { alerts, dead };
     let summary = replay::run(&mut engine, input, &mut sink, |n| {
         if let Some(b) = &bar {

@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 
 use super::{load_config, Failure, Outcome};
-use crate::cells::CellMap;
 use crate::config::Config;
 use crate::service::{self, RunOptions};
 
@@ -153,9 +152,7 @@ pub fn main(args: Args, config: Option<&Path>) -> Outcome {
     let cfg = args.apply(file.clone());
     cfg.validate()
         .map_err(|e| Failure::usage(format!("invalid configuration: {e}")))?;
-    if let Some(cells) = &args.cells {
-        CellMap::load(cells).map_err(|e| Failure::usage(e.to_string()))?;
-    }
+    let cells = args.cells.as_deref().map(super::load_cells).transpose()?;
     init_logging(args.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -165,6 +162,7 @@ pub fn main(args: Args, config: Option<&Path>) -> Outcome {
     let opts = RunOptions {
         config_path: config.map(Path::to_path_buf),
         file_config: Some(file),
+        cells,
     };
     let result = runtime.block_on(service::run(cfg, opts, shutdown_signal()));
     // A metadata probe still blocking a worker thread (the broker is unreachable) ends on

@@ -38,6 +38,10 @@ pub struct Args {
     /// included). Repeat for a grid of every combination; the first is the plot's x axis.
     #[arg(long = "param", value_name = "SECTION.KEY=VALUES", required = true)]
     pub params: Vec<String>,
+    /// Cell map CSV (`cell,area,class`, e.g. from `generate --cells`): without it
+    /// `runner_movement` has nothing to work on and finds nothing.
+    #[arg(long, value_name = "PATH")]
+    pub cells: Option<PathBuf>,
     /// Detector to score, tabulate, plot and recommend for.
     #[arg(long, default_value = "deal_line", value_name = "NAME")]
     pub detector: String,
@@ -118,6 +122,7 @@ pub fn main(args: Args, config: Option<&Path>) -> Outcome {
             args.detector
         );
     }
+    let cells = args.cells.as_deref().map(super::load_cells).transpose()?;
     let data = std::fs::read(&args.input)
         .map_err(|e| Failure::usage(format!("cannot read input {}: {e}", args.input.display())))?;
     // More threads than combinations would only wait.
@@ -144,7 +149,7 @@ pub fn main(args: Args, config: Option<&Path>) -> Outcome {
     });
     let started = Instant::now();
     let rows = pool.install(|| {
-        tune::sweep(&data, &labels, &combos, &args.detector, &|| {
+        tune::sweep_with_cells(&data, &labels, &combos, &args.detector, cells, &|| {
             if let Some(b) = &bar {
                 b.inc(1);
             }

@@ -3,6 +3,13 @@
 //! A customer of line L is a number L texted within the lookback (adverts go to customers),
 //! before the contact. Texts count; calls count only between the configured durations, since
 //! calls of a few seconds are missed or dropped and long calls are conversations.
+//!
+//! Two rules fire it: `min_customers` distinct customers in the window; or, for a small
+//! line, `min_customers_with_callbacks` of them of whom `min_callbacks` were called (or
+//! texted) back by the line within `callback_within_s` of their contact: the callback
+//! pattern police practice counts as a deal confirmed. A number the line called (a line
+//! with at least `crew_min_customers` customers) is its crew for `crew_retention_s`: a
+//! runner ringing the customer to meet counts as the line's callback.
 
 use super::{Ctx, Detector, EventIds, StateStats};
 use crate::alert::{Finding, SubjectKind};
@@ -23,6 +30,14 @@ pub const NAME: &str = "customer_fan_in";
 pub struct CustomerFanIn {
     cfg: FanInConfig,
     fired: IdMap<u32>,
+    /// Customer → (the line it last contacted, when): awaiting a callback for
+    /// `callback_within_s`, then swept. Holds minutes of contacts, not days.
+    pending: IdMap<(u64, u32)>,
+    /// Line → customers it called back (fingerprint, when), within the window.
+    callbacks: IdMap<Vec<(u32, u32)>>,
+    /// Number → the line with a customer list that last called it (id, when, pseudonym):
+    /// its crew, whose callbacks count as the line's.
+    crew: IdMap<(u64, u32, Box<str>)>,
     max_keys: usize,
     cap_hits: u64,
     /// Scratch for the windows a late record completes (kept to avoid an allocation each).
@@ -49,10 +64,96 @@ impl CustomerFanIn {
         CustomerFanIn {
             cfg: cfg.customer_fan_in.clone(),
             fired: IdMap::default(),
+            pending: IdMap::default(),
+            callbacks: IdMap::default(),
+            crew: IdMap::default(),
             max_keys,
             cap_hits: 0,
             times: Vec::new(),
         }
+    }
+
+    /// The line (`ev.from`) called or texted back customer `ev.to` at `s`, within
+    /// `callback_within_s` of the customer's contact: noted, and the callback rule judged
+    /// over the window ending now.
+    fn callback(
+        &mut self,
+        ev: &Event<'_>,
+        line_id: u64,
+        line_name: &str,
+        customer: u64,
+        ctx: &mut Ctx<'_>,
+        s: u32,
+    ) {
+        let window_s = ids::span_secs(self.cfg.window_s);
+        let since_s = s.saturating_sub(window_s);
+        if self.callbacks.len() >= self.max_keys && !self.callbacks.contains_key(&line_id) {
+            self.cap_hits += 1;
+            return;
+        }
+        let list = self.callbacks.entry(line_id).or_default();
+        list.retain(|c| c.1 >= since_s);
+        let fp = ids::fp(customer);
+        match list.iter_mut().find(|c| c.0 == fp) {
+            Some(c) => c.1 = c.1.max(s),
+            None => list.push((fp, s)),
+        }
+        self.judge_callbacks(ev, line_id, line_name, ctx, s);
+    }
+
+    /// The callback rule over the window ending at `s`, judged when a callback is made and
+    /// when a customer contacts a line that has made callbacks (either can complete it).
+    fn judge_callbacks(
+        &mut self,
+        ev: &Event<'_>,
+        line_id: u64,
+        line_name: &str,
+        ctx: &mut Ctx<'_>,
+        s: u32,
+    ) {
+        let since_s = s.saturating_sub(ids::span_secs(self.cfg.window_s));
+        let Some(list) = self.callbacks.get(&line_id) else {
+            return;
+        };
+        let called_back = list.iter().filter(|c| c.1 >= since_s && c.1 <= s).count();
+        if called_back < self.cfg.min_callbacks as usize {
+            return;
+        }
+        let Some(line) = ctx.contacts.get(line_id) else {
+            return;
+        };
+        let (customers, oldest) = measure(&line.contacts, since_s, s);
+        let min = self.cfg.min_customers_with_callbacks as usize;
+        if customers < min {
+            return;
+        }
+        if self.fired.get(&line_id).is_some_and(|&f| f >= since_s) {
+            return;
+        }
+        self.fired.insert(line_id, s);
+        ctx.out.push(Finding {
+            detector: NAME,
+            subject: line_name.to_string(),
+            subject_id: line_id,
+            subject_kind: SubjectKind::Line,
+            score: (called_back as f64 / (2.0 * self.cfg.min_callbacks as f64)).min(1.0),
+            event_time: ev.ts,
+            window_start: ids::millis(oldest),
+            window_end: ev.ts,
+            related: Vec::new(),
+            evidence: evidence! {
+                "customers" => customers,
+                "min_customers_with_callbacks" => min,
+                "callbacks" => called_back,
+                "min_callbacks" => self.cfg.min_callbacks,
+                "callback_within_s" => self.cfg.callback_within_s,
+                "window_s" => self.cfg.window_s,
+                "customer_lookback_s" => self.cfg.lookback_s,
+                "min_call_duration_s" => self.cfg.min_call_duration_s,
+                "max_call_duration_s" => self.cfg.max_call_duration_s,
+            },
+            lines: vec![(line_id, line_name.to_string())],
+        });
     }
 
     fn counts(&self, ev: &Event<'_>) -> bool {
@@ -70,15 +171,67 @@ impl Detector for CustomerFanIn {
     }
 
     fn on_event(&mut self, ev: &Event<'_>, ids: &EventIds, ctx: &mut Ctx<'_>) {
-        if !self.cfg.enabled || !self.counts(ev) {
+        if !self.cfg.enabled {
+            return;
+        }
+        let s = ids::secs(ev.ts);
+        // A line with a customer list (`crew_min_customers`) calling a number: that number
+        // works with the line (a runner) for `crew_retention_s`.
+        if ev.kind == Kind::Call
+            && ctx
+                .contacts
+                .get(ids.from)
+                .is_some_and(|l| l.contacts.len() >= self.cfg.crew_min_customers as usize)
+        {
+            if self.crew.len() < self.max_keys || self.crew.contains_key(&ids.to) {
+                self.crew
+                    .insert(ids.to, (ids.from, s, ev.from.as_ref().into()));
+            } else {
+                self.cap_hits += 1;
+            }
+        }
+        // Is this the line, or its crew, calling or texting back a customer who just
+        // contacted the line?
+        if let Some(&(line, in_s)) = self.pending.get(&ids.to) {
+            let fresh = s >= in_s && s - in_s <= ids::span_secs(self.cfg.callback_within_s);
+            let crew_retention = ids::span_secs(self.cfg.crew_retention_s);
+            let by = if line == ids.from {
+                Some(Box::<str>::from(ev.from.as_ref()))
+            } else {
+                self.crew
+                    .get(&ids.from)
+                    .filter(|c| c.0 == line && c.1.saturating_add(crew_retention) >= s)
+                    .map(|c| c.2.clone())
+            };
+            if let (true, Some(name)) = (fresh, by) {
+                self.pending.remove(&ids.to);
+                self.callback(ev, line, &name, ids.to, ctx, s);
+            }
+        }
+        if !self.counts(ev) {
             return;
         }
         let lookback = ids::span_secs(self.cfg.lookback_s);
         // Is the caller a customer of the line it contacts? If so the contact is noted.
-        let Some(line) = ctx
+        let Some(listed) = ctx
             .contacts
             .record_inbound(ids.to, ids.from, ev.ts, lookback)
+            .map(|l| l.contacts.len())
         else {
+            return;
+        };
+        if listed >= self.cfg.min_customers_with_callbacks as usize {
+            if self.pending.len() < self.max_keys || self.pending.contains_key(&ids.from) {
+                self.pending.insert(ids.from, (ids.to, ids::secs(ev.ts)));
+            } else {
+                self.cap_hits += 1;
+            }
+        }
+        if self.callbacks.contains_key(&ids.to) {
+            self.judge_callbacks(ev, ids.to, &ev.to, ctx, ids::secs(ev.ts));
+        }
+        // Recorded just above.
+        let Some(line) = ctx.contacts.get(ids.to) else {
             return;
         };
         let min = self.cfg.min_customers as usize;
@@ -152,14 +305,41 @@ impl Detector for CustomerFanIn {
     }
 
     fn expire(&mut self, watermark: Millis) {
-        let cutoff = ids::secs(watermark).saturating_sub(ids::span_secs(self.cfg.window_s));
+        let now = ids::secs(watermark);
+        let cutoff = now.saturating_sub(ids::span_secs(self.cfg.window_s));
         self.fired.retain(|_, f| *f >= cutoff);
+        let pending_cutoff = now.saturating_sub(ids::span_secs(self.cfg.callback_within_s));
+        self.pending.retain(|_, p| p.1 >= pending_cutoff);
+        self.callbacks.retain(|_, l| {
+            l.retain(|c| c.1 >= cutoff);
+            !l.is_empty()
+        });
+        if self.pending.capacity() > 2 * self.pending.len() + 1024 {
+            self.pending.shrink_to_fit();
+        }
+        let crew_cutoff = now.saturating_sub(ids::span_secs(self.cfg.crew_retention_s));
+        self.crew.retain(|_, c| c.1 >= crew_cutoff);
+        if self.crew.capacity() > 2 * self.crew.len() + 1024 {
+            self.crew.shrink_to_fit();
+        }
+        if self.callbacks.capacity() > 2 * self.callbacks.len() + 1024 {
+            self.callbacks.shrink_to_fit();
+        }
     }
 
     fn stats(&self) -> StateStats {
         StateStats {
-            keys: self.fired.len(),
-            bytes: ids::map_bytes(&self.fired),
+            keys: self.fired.len() + self.callbacks.len(),
+            bytes: ids::map_bytes(&self.fired)
+                + ids::map_bytes(&self.pending)
+                + ids::map_bytes(&self.callbacks)
+                + ids::map_bytes(&self.crew)
+                + self.crew.values().map(|c| c.2.len()).sum::<usize>()
+                + self
+                    .callbacks
+                    .values()
+                    .map(|l| l.capacity() * 8)
+                    .sum::<usize>(),
             cap_hits: self.cap_hits,
         }
     }
@@ -174,11 +354,23 @@ impl Detector for CustomerFanIn {
     }
 
     fn save_state(&self) -> Result<Vec<u8>, codec::Error> {
-        codec::encode(&(&self.fired, self.cap_hits))
+        codec::encode(&(
+            &self.fired,
+            &self.pending,
+            &self.callbacks,
+            &self.crew,
+            self.cap_hits,
+        ))
     }
 
     fn load_state(&mut self, bytes: &[u8]) -> Result<(), codec::Error> {
-        (self.fired, self.cap_hits) = codec::decode(bytes)?;
+        (
+            self.fired,
+            self.pending,
+            self.callbacks,
+            self.crew,
+            self.cap_hits,
+        ) = codec::decode(bytes)?;
         Ok(())
     }
 }
@@ -275,6 +467,92 @@ mod tests {
             h.feed(&mut d, &sms("after", 2 * HOUR, "c0", "line")).len(),
             1
         );
+    }
+
+    /// A small line: 8 customers contact it within six hours (12 needed), and it texts 4
+    /// of them back within minutes (the callback pattern).
+    fn small_line(
+        h: &mut Harness,
+        d: &mut CustomerFanIn,
+        reply: impl Fn(usize) -> Option<(Millis, &'static str)>,
+    ) -> Vec<Finding> {
+        let mut cfg = Config::default();
+        cfg.customer_fan_in.crew_min_customers = 10;
+        *d = CustomerFanIn::new(&cfg, 1000);
+        advert(h, d, 10);
+        let mut found = Vec::new();
+        for i in 0..8 {
+            let t = HOUR + i as Millis * 20 * MIN;
+            let (id, from) = (format!("in{i}"), format!("c{i}"));
+            found.extend(h.feed(d, &call(&id, t, &from, "line", 30)));
+            if let Some((after, by)) = reply(i) {
+                let id = format!("cb{i}");
+                found.extend(h.feed(d, &sms(&id, t + after, by, &from)));
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn callbacks_to_a_few_customers_fire_on_a_small_line() {
+        let (mut h, mut d) = (Harness::new(), det(12));
+        let f = small_line(&mut h, &mut d, |i| {
+            (i % 2 == 0).then_some((3 * MIN, "line"))
+        });
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].subject, "line");
+        assert_eq!(f[0].evidence["callbacks"], 4);
+        assert_eq!(f[0].evidence["customers"], 8);
+    }
+
+    #[test]
+    fn replies_later_than_the_callback_window_do_not_count() {
+        let (mut h, mut d) = (Harness::new(), det(12));
+        let f = small_line(&mut h, &mut d, |i| {
+            (i % 2 == 0).then_some((15 * MIN, "line"))
+        });
+        assert!(f.is_empty(), "{f:?}");
+    }
+
+    #[test]
+    fn a_runner_the_line_calls_rings_customers_back_for_it() {
+        let (mut h, mut d) = (Harness::new(), det(12));
+        // Before any order, the line calls its runner.
+        assert!(h
+            .feed(&mut d, &call("boss", 0, "line", "runner", 40))
+            .is_empty());
+        let f = small_line(&mut h, &mut d, |i| {
+            (i % 2 == 0).then_some((5 * MIN, "runner"))
+        });
+        // The line had texted nobody when it called, so the runner is not yet its crew.
+        assert!(f.is_empty(), "{f:?}");
+        let mut h = Harness::new();
+        let mut cfg = Config::default();
+        cfg.customer_fan_in.crew_min_customers = 10;
+        let mut d = CustomerFanIn::new(&cfg, 1000);
+        advert(&mut h, &mut d, 10);
+        assert!(h
+            .feed(&mut d, &call("boss", MIN, "line", "runner", 40))
+            .is_empty());
+        let mut found = Vec::new();
+        for i in 0..8 {
+            let t = HOUR + i as Millis * 20 * MIN;
+            let (id, from) = (format!("in{i}"), format!("c{i}"));
+            found.extend(h.feed(&mut d, &call(&id, t, &from, "line", 30)));
+            if i % 2 == 0 {
+                let id = format!("cb{i}");
+                found.extend(h.feed(&mut d, &call(&id, t + 5 * MIN, "runner", &from, 20)));
+            }
+        }
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].subject, "line");
+        assert_eq!(found[0].evidence["callbacks"], 4);
+        // A stranger ringing the customers back is nobody's crew.
+        let (mut h, mut d) = (Harness::new(), det(12));
+        let f = small_line(&mut h, &mut d, |i| {
+            (i % 2 == 0).then_some((5 * MIN, "stranger"))
+        });
+        assert!(f.is_empty(), "{f:?}");
     }
 
     /// 21 customers; 11 contact the line at +1 h, one at +7 h 05 and one at +6 h 55, in the

@@ -30,9 +30,10 @@ enum Part {
     Handover = 4,
     HandsetChurn = 5,
     Predecessor = 6,
+    Runner = 7,
 }
 
-const PARTS: [Part; 7] = [
+const PARTS: [Part; 8] = [
     Part::BulkSms,
     Part::RepeatBulk,
     Part::FanIn,
@@ -40,6 +41,7 @@ const PARTS: [Part; 7] = [
     Part::Handover,
     Part::HandsetChurn,
     Part::Predecessor,
+    Part::Runner,
 ];
 
 impl Part {
@@ -52,6 +54,7 @@ impl Part {
             Part::Handover => "line_handover",
             Part::HandsetChurn => "handset_churn",
             Part::Predecessor => "predecessor_deal_line",
+            Part::Runner => "runner_movement",
         }
     }
 
@@ -64,6 +67,7 @@ impl Part {
             Part::Handover => c.weight_handover,
             Part::HandsetChurn => c.weight_handset_churn,
             Part::Predecessor => c.weight_predecessor,
+            Part::Runner => c.weight_runner,
         }
     }
 }
@@ -79,7 +83,7 @@ struct Contribution {
 #[derive(Clone, Default, Serialize, Deserialize)]
 struct LineVerdict {
     line: Box<str>,
-    parts: [Option<Contribution>; 7],
+    parts: [Option<Contribution>; 8],
     /// Predecessor / successor lines and handsets, for `related`, each with the event time
     /// of the latest evidence that named it: it leaves with that evidence (after the
     /// lookback), and at most [`MAX_RELATED`] are kept, so a line active for months does
@@ -205,6 +209,19 @@ impl DealLine {
                     if let Some(v) = self.verdict(*id, line) {
                         let d = json!({"handset": f.subject, "sims": sims});
                         set(v, Part::HandsetChurn, at, d);
+                        push_related(v, &f.subject, at);
+                        touched.push(*id);
+                    }
+                }
+            }
+            super::runner_movement::NAME => {
+                // `lines` holds only lines already carrying a verdict or a handover: a
+                // runner names the line it works for, it does not make one a deal line.
+                let switches = ev.get("switches").cloned().unwrap_or(Value::Null);
+                for (id, line) in &f.lines {
+                    if let Some(v) = self.verdict(*id, line) {
+                        let d = json!({"handset": f.subject, "switches": switches});
+                        set(v, Part::Runner, at, d);
                         push_related(v, &f.subject, at);
                         touched.push(*id);
                     }
@@ -405,6 +422,8 @@ mod tests {
             contacts: &mut contacts,
             stream_start: 0,
             out: &mut out,
+            cells: None,
+            cell: None,
         };
         d.on_findings(&sms("e", at, "x", "y"), fs, &mut ctx);
         out

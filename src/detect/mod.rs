@@ -11,8 +11,10 @@ pub mod customer_fan_in;
 pub mod deal_line;
 pub mod handset_churn;
 pub mod line_handover;
+pub mod runner_movement;
 
 use crate::alert::Finding;
+use crate::cells::{CellMap, CellPlace};
 use crate::checkpoint::codec;
 use crate::config::Config;
 use crate::event::{Event, Millis};
@@ -20,11 +22,12 @@ use crate::ids;
 use crate::state::Contacts;
 
 /// Names of the detectors, in the order their findings are made.
-pub const DETECTORS: [&str; 5] = [
+pub const DETECTORS: [&str; 6] = [
     bulk_sms::NAME,
     customer_fan_in::NAME,
     handset_churn::NAME,
     line_handover::NAME,
+    runner_movement::NAME,
     deal_line::NAME,
 ];
 
@@ -57,6 +60,11 @@ pub struct Ctx<'a> {
     pub stream_start: Millis,
     /// Findings go here.
     pub out: &'a mut Vec<Finding>,
+    /// The cell map, when one was loaded (`--cells`).
+    pub cells: Option<&'a CellMap>,
+    /// The record's cell as the map places it; `None` without a map, without a `cell`, or
+    /// for a cell the map does not list (the engine counts the last two).
+    pub cell: Option<CellPlace>,
 }
 
 /// Size of a detector's state, for metrics and the memory budget.
@@ -78,7 +86,7 @@ pub trait Detector: Send {
     /// Sees one record; pushes findings to `ctx.out`.
     fn on_event(&mut self, _ev: &Event<'_>, _ids: &EventIds, _ctx: &mut Ctx<'_>) {}
 
-    /// Sees what the other detectors found on the current record.
+    /// Sees what the other detectors (and `deal_line`) found on the current record.
     fn on_findings(&mut self, _ev: &Event<'_>, _findings: &[Finding], _ctx: &mut Ctx<'_>) {}
 
     /// Drops state that the watermark has made irrelevant.
@@ -142,6 +150,7 @@ pub fn build(cfg: &Config) -> (Vec<Box<dyn Detector>>, deal_line::DealLine) {
         Box::new(customer_fan_in::CustomerFanIn::new(cfg, max_keys)),
         Box::new(handset_churn::HandsetChurn::new(cfg, max_keys)),
         Box::new(line_handover::LineHandover::new(cfg)),
+        Box::new(runner_movement::RunnerMovement::new(cfg, max_keys)),
     ];
     (primaries, deal_line::DealLine::new(cfg, max_keys))
 }
@@ -183,6 +192,7 @@ pub(crate) mod testkit {
     pub struct Harness {
         pub contacts: Contacts,
         pub stream_start: Option<Millis>,
+        pub cells: Option<CellMap>,
     }
 
     impl Harness {
@@ -190,6 +200,7 @@ pub(crate) mod testkit {
             Harness {
                 contacts: Contacts::new(1_000_000, 4096, 7 * 86_400),
                 stream_start: None,
+                cells: None,
             }
         }
 
@@ -201,10 +212,14 @@ pub(crate) mod testkit {
                 self.contacts.record_text(ids.from, ids.to, ev.ts);
             }
             let mut out = Vec::new();
+            let cells = self.cells.as_ref();
+            let cell = cells.and_then(|m| m.resolve(ev.cell.as_deref()?));
             let mut ctx = Ctx {
                 contacts: &mut self.contacts,
                 stream_start: self.stream_start.unwrap(),
                 out: &mut out,
+                cells,
+                cell,
             };
             d.on_event(ev, &ids, &mut ctx);
             out

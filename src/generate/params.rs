@@ -27,6 +27,10 @@ pub const MIN_CELLS_TOWN: usize = 3;
 /// Share of subscribers whose daytime cell is in the metro although they live elsewhere
 /// (commuters), or elsewhere in the metro for metro residents.
 pub const COMMUTER_SHARE: f64 = 0.15;
+/// Share of metro residents who work in a county town (reverse commuters: fewer than the
+/// other way, as in England's travel-to-work figures). With the above, about one subscriber
+/// in ten crosses between metro and county every working day: the look-alike of a runner.
+pub const REVERSE_COMMUTER_SHARE: f64 = 0.05;
 /// Probability a record is served by some other cell of the same area (moving about).
 pub const CELL_AWAY_PROB: f64 = 0.10;
 /// Probability a record carries no cell at all (mediation drops it sometimes).
@@ -167,9 +171,20 @@ pub const LINE_CALLS_TO_RUNNER: f64 = 2.0;
 pub const RUNNER_CALLS_TO_CONTROLLER: f64 = 1.5;
 /// Runner call durations: lognormal median 40 s.
 pub const RUNNER_CALL_MEDIAN_S: f64 = 40.0;
-/// Runners go out to the town at a runner-specific hour and come back this many hours later.
+/// A runner's first trip to the town leaves at this clock hour on the first day and lasts
+/// this many hours.
 pub const RUNNER_OUT_HOURS: Range<i64> = 10..15;
 pub const RUNNER_AWAY_HOURS: Range<i64> = 10..16;
+/// Later trips follow the trade: out to the town for hours to days (a "shift" in the trap
+/// house, delivering the orders the line takes), back to the city for a rest and to
+/// restock, at any hour.
+pub const RUNNER_TRIP_HOURS: Range<f64> = 6.0..60.0;
+pub const RUNNER_CITY_HOURS: Range<f64> = 8.0..36.0;
+/// While a runner is in the town, it delivers this share of customer orders: it rings the
+/// customer ("outside", "two minutes") a few minutes after the order reached the line.
+pub const RUNNER_DELIVERY_PROB: f64 = 0.5;
+pub const RUNNER_DELIVERY_AFTER_MS: Range<i64> = 2 * MIN_MS..20 * MIN_MS;
+pub const RUNNER_DELIVERY_CALL_S: RangeInclusive<u32> = 8..=45;
 
 // ---- Look-alikes -----------------------------------------------------------------------
 

@@ -10,7 +10,10 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, LogNormal, Poisson};
 
 use super::params as p;
-use super::world::{active, clock, hour_of, weekday, Span, World, METRO, NONE};
+use super::world::{active, clock, hour_of, weekday, Runner, Span, World, METRO, NONE};
+
+/// Seed tag of the runners' deliveries (a stream of their own).
+const TAG_DELIVERIES: u64 = 0x6465_6c69_0000_0000;
 use super::{DAY_MS, HOUR_MS};
 
 /// `sms` or `call`, compactly.
@@ -250,6 +253,10 @@ impl<'w> Traffic<'w> {
         }
 
         // Customers ring or text in; the line often texts back.
+        let mut drng = super::rng_for(
+            self.w.seed,
+            TAG_DELIVERIES ^ (u64::from(d) << 20) ^ k as u64,
+        );
         for &(c, per_day) in &net.customers {
             for _ in 0..poisson(rng, per_day as f64) {
                 let t = clock(ds, self.customer.sample(rng));
@@ -271,6 +278,18 @@ impl<'w> Traffic<'w> {
                     self.sub_ev(rng, c, target, t, EvKind::Sms, 0)
                 };
                 out(ev);
+                // A runner in the town delivers: rings the customer a few minutes later.
+                // Drawn from its own stream, so the rest of the day is drawn as before.
+                if target == span.line && drng.gen_bool(p::RUNNER_DELIVERY_PROB) {
+                    let there: Vec<&Runner> = net.runners.iter().filter(|r| r.in_town(t)).collect();
+                    if let Some(r) = there.choose(&mut drng) {
+                        let tc = t + drng.gen_range(p::RUNNER_DELIVERY_AFTER_MS);
+                        let s = active(&r.spans, tc);
+                        let cell = self.w.geo.random_cell(&mut drng, net.town);
+                        let dur = drng.gen_range(p::RUNNER_DELIVERY_CALL_S);
+                        out(Self::line_ev(s, cell, c, tc, EvKind::Call, dur));
+                    }
+                }
                 if target == span.line && rng.gen_bool(p::LINE_REPLY_PROB) {
                     let tr = t + rng.gen_range(p::LINE_REPLY_MS);
                     let cell = town_cell(rng);
@@ -282,12 +301,7 @@ impl<'w> Traffic<'w> {
         // Runners: calls with the line and the controller, between city and town.
         for r in &net.runners {
             let runner_cell = |rng: &mut ChaCha8Rng, t: i64| {
-                let since_out = (hour_of(t) - r.out_hour).rem_euclid(24);
-                let area = if since_out < r.away_hours {
-                    net.town
-                } else {
-                    METRO
-                };
+                let area = if r.in_town(t) { net.town } else { METRO };
                 self.w.geo.random_cell(rng, area)
             };
             let runner_ev = |rng: &mut ChaCha8Rng, s: &Span, to: u32, t: i64| {

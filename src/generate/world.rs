@@ -55,6 +55,8 @@ pub(crate) struct Geography {
 
 const TAG_GEO: u64 = 0x67656f;
 const TAG_WORLD: u64 = 0x776f726c64;
+const TAG_TRIPS: u64 = 0x7472_6970_0000;
+const TAG_COMMUTE: u64 = 0x636f_6d6d;
 
 /// Index of the metro area.
 pub(crate) const METRO: u16 = 0;
@@ -98,6 +100,10 @@ impl Geography {
         }
     }
 
+    pub fn cell_class(&self, cell: u32) -> AreaClass {
+        self.areas[self.cell_area[cell as usize] as usize].class
+    }
+
     pub fn random_cell(&self, rng: &mut ChaCha8Rng, area: u16) -> u32 {
         rng.gen_range(self.areas[area as usize].cells.clone())
     }
@@ -136,8 +142,17 @@ pub(crate) fn active(spans: &[Span], t: i64) -> &Span {
 
 pub(crate) struct Runner {
     pub spans: Vec<Span>,
-    pub out_hour: i64,
-    pub away_hours: i64,
+    /// Trips to the network's town, `[start, end)` in event time, in order; in the city
+    /// between them.
+    pub trips: Vec<(i64, i64)>,
+}
+
+impl Runner {
+    /// Whether the runner is in the town at `t`.
+    pub fn in_town(&self, t: i64) -> bool {
+        let i = self.trips.partition_point(|tr| tr.1 <= t);
+        self.trips.get(i).is_some_and(|tr| tr.0 <= t)
+    }
 }
 
 pub(crate) struct Network {
@@ -219,6 +234,9 @@ impl Alloc {
 }
 
 pub(crate) struct World {
+    pub seed: u64,
+    /// Whether look-alikes are labelled (commuters are in the traffic either way).
+    pub lookalikes: bool,
     pub geo: Geography,
     pub start: i64,
     pub end: i64,
@@ -328,7 +346,17 @@ impl World {
         }
 
         let (adj_off, adj) = social_graph(&mut rng, &subs, &by_area);
+        // Reverse commuters from their own stream, so the rest of the city is drawn as before.
+        let mut crng = rng_for(opts.seed, TAG_COMMUTE);
+        for s in subs.iter_mut().filter(|s| s.area == METRO) {
+            if crng.gen_bool(p::REVERSE_COMMUTER_SHARE) {
+                let town = crng.gen_range(1..geo.areas.len() as u16);
+                s.day_cell = geo.random_cell(&mut crng, town);
+            }
+        }
         let mut world = World {
+            seed: opts.seed,
+            lookalikes: opts.lookalikes,
             geo,
             start,
             end,
@@ -459,11 +487,21 @@ impl World {
                     p::RUNNER_SIM_DAYS,
                     |rng| rng.gen_bool(p::RUNNER_NEW_HANDSET_PROB),
                 );
-                Runner {
-                    spans,
-                    out_hour: rng.gen_range(p::RUNNER_OUT_HOURS),
-                    away_hours: rng.gen_range(p::RUNNER_AWAY_HOURS),
+                let out_hour = rng.gen_range(p::RUNNER_OUT_HOURS);
+                let away_hours = rng.gen_range(p::RUNNER_AWAY_HOURS);
+                // Later trips from their own stream, so the rest of the city is drawn as
+                // before.
+                let mut trng = rng_for(self.seed, TAG_TRIPS ^ u64::from(spans[0].handset));
+                let mut trips = Vec::new();
+                let mut t = clock(self.start, out_hour * HOUR_MS);
+                let mut len = away_hours * HOUR_MS;
+                while t < self.end {
+                    trips.push((t, t + len));
+                    let city = (trng.gen_range(p::RUNNER_CITY_HOURS) * HOUR_MS as f64) as i64;
+                    t += len + city;
+                    len = (trng.gen_range(p::RUNNER_TRIP_HOURS) * HOUR_MS as f64) as i64;
                 }
+                Runner { spans, trips }
             })
             .collect();
         let metro = &self.by_area[METRO as usize];
@@ -585,6 +623,23 @@ impl World {
         }
         for &f in &self.festive {
             rows.push(row(IdKind::Line, f, "lookalike_festive", "festive", None));
+        }
+        // Commuters between metro and county: their handsets (both, if changed).
+        for (i, s) in self.subs.iter().enumerate().filter(|_| self.lookalikes) {
+            if self.geo.cell_class(s.home_cell) != self.geo.cell_class(s.day_cell) {
+                let g = "commuter";
+                rows.push(row(
+                    IdKind::Handset,
+                    i as u32,
+                    "lookalike_commuter",
+                    g,
+                    None,
+                ));
+                if s.new_handset != i as u32 {
+                    let h = s.new_handset;
+                    rows.push(row(IdKind::Handset, h, "lookalike_commuter", g, None));
+                }
+            }
         }
         rows
     }

@@ -66,6 +66,7 @@ pub struct Metrics {
     watermark_lag: IntGaugeVec,
     state_keys: IntGaugeVec,
     state_bytes: IntGaugeVec,
+    cells_skipped: IntGaugeVec,
     rebalances: IntCounterVec,
     producer_errors: IntCounterVec,
     reloads: IntCounterVec,
@@ -183,6 +184,12 @@ impl Metrics {
             "Keys held per state component (contact store, each detector, dedup, cooldown).",
             &["component"],
         );
+        let cells_skipped = gauge_vec(
+            &r,
+            "linewatch_cells_skipped_records",
+            "With a cell map (--cells): valid records runner_movement could not place, by reason (no_cell: the record has none; unknown_cell: the map lacks it), since the state began.",
+            &["reason"],
+        );
         let state_bytes = gauge_vec(
             &r,
             "linewatch_state_bytes",
@@ -286,6 +293,7 @@ impl Metrics {
             consumer_lag,
             watermark_lag,
             state_keys,
+            cells_skipped,
             state_bytes,
             rebalances,
             producer_errors,
@@ -401,6 +409,15 @@ impl Metrics {
     }
 
     /// Counts a refused commit.
+    /// Records whose cell could not be placed, by reason (totals from the engine).
+    pub fn cells_skipped(&self, no_cell: u64, unknown_cell: u64) {
+        for (reason, n) in [("no_cell", no_cell), ("unknown_cell", unknown_cell)] {
+            self.cells_skipped
+                .with_label_values(&[reason])
+                .set(n.min(i64::MAX as u64) as i64);
+        }
+    }
+
     pub fn commit_failed(&self) {
         self.commits_failed.inc();
     }
@@ -475,6 +492,15 @@ mod tests {
         assert!(text.contains("linewatch_dead_letters_total{reason=\"too_large\"} 0"));
         assert!(text.contains("linewatch_alerts_total{detector=\"deal_line\"} 0"));
         assert!(text.contains("linewatch_config_reloads_total{result=\"invalid\"} 0"));
+    }
+
+    #[test]
+    fn records_runner_movement_could_not_place_are_shown_by_reason() {
+        let m = Metrics::new();
+        m.cells_skipped(3, 1);
+        let text = m.render();
+        assert!(text.contains("linewatch_cells_skipped_records{reason=\"no_cell\"} 3"));
+        assert!(text.contains("linewatch_cells_skipped_records{reason=\"unknown_cell\"} 1"));
     }
 
     #[test]

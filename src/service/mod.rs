@@ -194,6 +194,8 @@ pub struct RunOptions {
     /// The configuration as the file has it, before command-line overrides (to tell which
     /// `[service]` changes a reload saw). Defaults to the running configuration.
     pub file_config: Option<Config>,
+    /// The cell map (`--cells`), for `runner_movement`.
+    pub cells: Option<Arc<crate::cells::CellMap>>,
 }
 
 /// A client that could not be created: a bad `[kafka]` property. librdkafka's message
@@ -277,7 +279,11 @@ pub async fn run(
         let consumer = c.consumer.clone();
         let txn = c.txn.clone();
         let mut pipeline = pipeline::Pipeline {
-            engine: Engine::new(running.clone()),
+            engine: {
+                let mut e = Engine::new(running.clone());
+                e.set_cells(opts.cells.clone());
+                e
+            },
             checkpoints: None,
             settings: settings.clone(),
             cfg: running.clone(),

@@ -774,6 +774,8 @@ impl Pipeline {
         };
         let mut r = *r;
         r.engine.reconfigure(self.engine.config().clone());
+        // The cell map is not state: the restored engine takes the one in force.
+        r.engine.set_cells(self.engine.cells());
         if let Some(c) = self.checkpoints.as_mut() {
             c.restored(&self.cfg.service.group_id, &r);
         }
@@ -1010,6 +1012,10 @@ impl Pipeline {
         }
         for (name, s) in self.engine.state_stats() {
             self.metrics.state(name, s.keys, s.bytes);
+        }
+        if self.engine.cells().is_some() {
+            let c = self.engine.counters();
+            self.metrics.cells_skipped(c.cells_missing, c.cells_unknown);
         }
         let now = wall_ms();
         self.metrics.checkpoint.refresh(now);

@@ -66,10 +66,23 @@ pub fn sweep(
     detector: &str,
     done: &(dyn Fn() + Sync),
 ) -> Vec<Row> {
+    sweep_with_cells(data, labels, combos, detector, None, done)
+}
+
+/// [`sweep`] with a cell map (`tune --cells`), so `runner_movement` is scored too.
+pub fn sweep_with_cells(
+    data: &[u8],
+    labels: &Labels,
+    combos: &[Combination],
+    detector: &str,
+    cells: Option<std::sync::Arc<crate::cells::CellMap>>,
+    done: &(dyn Fn() + Sync),
+) -> Vec<Row> {
     combos
         .par_iter()
         .map(|c| {
-            let (alerts, summary) = crate::replay::replay_bytes(c.config.clone(), data);
+            let (alerts, summary) =
+                crate::replay::replay_bytes_with_cells(c.config.clone(), data, cells.clone());
             let scores = eval::score(&alerts, labels);
             let mistakes = eval::mistakes(&alerts, labels, detector);
             done();

@@ -1,0 +1,816 @@
+//! `runner_movement`: a handset going back and forth between metro and county cells, at
+//! times and with a rhythm unlike commuting, and tied to the trade.
+//!
+//! County lines are defined by movement: runners carry drugs and cash between the city hub
+//! and the towns a line serves. Commuters travel between a city and a town too, every
+//! working day, so movement alone is not enough. Three things are asked, within
+//! `window_s`:
+//!
+//! 1. **Back and forth**: the handset's records change between metro and county cells at
+//!    least `min_switches` times (2: there and back).
+//! 2. **Unlike commuting**: in *both* classes the handset was seen at night (a record
+//!    between `night_start_hour` and `night_end_hour`) or in more than `max_commute_hours`
+//!    different clock hours of the day. A commuter is seen in the other class only in
+//!    working hours; a runner sleeps in the trap house for a night or days, works the
+//!    evening there, and is at home between trips.
+//! 3. **Tied to the trade**: it contacted a line that carries a `deal_line` verdict or a
+//!    `line_handover` (evidence the engine's other detectors made), or it held at least
+//!    `churn_min_sims` SIMs (burner churn).
+//!
+//! It needs the cell map (`--cells`): without one it does nothing and holds nothing.
+//! Records without a `cell`, and cells the map does not list, are counted by the engine
+//! and skipped here. The subject is the handset; `related` holds the lines it carried;
+//! `lines` (for `deal_line`) the trade lines it is tied to, so a line's verdict names its
+//! runners.
+//!
+//! State: nearly every handset stays in one class, and costs one inline stay (16 bytes plus
+//! the table slot). Only a handset seen in both classes gets its history of stays, SIMs,
+//! lines and contacts, each list bounded.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Ctx, Detector, EventIds, StateStats};
+use crate::alert::{Finding, SubjectKind};
+use crate::cells::CellClass;
+use crate::checkpoint::codec;
+use crate::config::{Config, RunnerConfig};
+use crate::event::{Event, Millis};
+use crate::evidence;
+use crate::ids::{self, IdMap};
+
+pub const NAME: &str = "runner_movement";
+
+const METRO: u8 = 0;
+const COUNTY: u8 = 1;
+/// SIMs, carried lines and contacted lines remembered per moving handset: a runner has a
+/// few of each in a window; more only pushes the stalest out.
+const MAX_SIMS: usize = 8;
+const MAX_LINES: usize = 8;
+const MAX_CONTACTED: usize = 16;
+
+/// One stay: consecutive records (in event time) in cells of one class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Stay {
+    /// Clock hours (UTC) in which it has records, bit `h` for hour `h`.
+    hours: u32,
+    /// The class (top bit: 1 = county) and area (cell map index) of its first record, in
+    /// one word: a slot of the handset table is 32 bytes instead of 40, and the table is
+    /// probed for nearly every record.
+    place: u32,
+    first_s: u32,
+    last_s: u32,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+struct Track {
+    /// The only stay, while the handset has been seen in one class.
+    here: Stay,
+    /// Everything else, once it has been seen in both.
+    moved: Option<Box<Moved>>,
+}
+
+#[derive(Clone, Default, Serialize, Deserialize)]
+struct Moved {
+    /// Stays in event-time order; neighbours differ in class (a run-length encoding of the
+    /// records' classes, so the same records in any order give the same stays).
+    stays: Vec<Stay>,
+    /// SIM hash and latest time seen.
+    sims: Vec<(u64, u32)>,
+    /// Lines the handset originated records as (hash, pseudonym, latest time): `related`.
+    lines: Vec<(u64, Box<str>, u32)>,
+    /// Lines it contacted (hash, latest time): matched against lines with deal evidence.
+    contacted: Vec<(u64, u32)>,
+    /// End of the window it last fired for, and the trade lines named then.
+    fired_s: Option<u32>,
+    credited: Vec<u64>,
+}
+
+impl Stay {
+    fn class(&self) -> u8 {
+        (self.place >> 31) as u8
+    }
+
+    fn area(&self) -> u32 {
+        self.place & 0x7fff_ffff
+    }
+}
+
+/// A line other detectors found deal evidence on (a `deal_line` verdict, a handover).
+#[derive(Clone, Serialize, Deserialize)]
+struct TradeLine {
+    name: Box<str>,
+    at_s: u32,
+}
+
+#[derive(Clone)]
+pub struct RunnerMovement {
+    cfg: RunnerConfig,
+    handsets: IdMap<Track>,
+    trade: IdMap<TradeLine>,
+    max_keys: usize,
+    cap_hits: u64,
+    /// Heap bytes of the moving handsets' histories, as of the last sweep plus growth since.
+    heap_bytes: usize,
+}
+
+fn moved_bytes(m: &Moved) -> usize {
+    std::mem::size_of::<Moved>()
+        + m.stays.capacity() * std::mem::size_of::<Stay>()
+        + m.sims.capacity() * 12
+        + m.lines.iter().map(|l| l.1.len() + 32).sum::<usize>()
+        + m.contacted.capacity() * 16
+        + m.credited.capacity() * 8
+}
+
+/// Adds one record's class at `s` to the stays, keeping them a run-length encoding by class.
+fn observe(stays: &mut Vec<Stay>, obs: Stay) {
+    let s = obs.first_s;
+    let i = stays.partition_point(|x| x.last_s < s);
+    if i < stays.len() && stays[i].first_s <= s {
+        // Inside stay i.
+        if stays[i].class() == obs.class() {
+            stays[i].hours |= obs.hours;
+            return;
+        }
+        // A record of the other class inside a stay (arrived late): the stay is split
+        // around it.
+        let mut right = stays[i];
+        right.first_s = s;
+        stays[i].last_s = s;
+        stays.insert(i + 1, obs);
+        stays.insert(i + 2, right);
+        return;
+    }
+    // Between stay i-1 (ended before s) and stay i (starts after s), or at either end.
+    if i > 0 && stays[i - 1].class() == obs.class() {
+        let st = &mut stays[i - 1];
+        st.last_s = s;
+        st.hours |= obs.hours;
+    } else if i < stays.len() && stays[i].class() == obs.class() {
+        let st = &mut stays[i];
+        st.first_s = s;
+        st.hours |= obs.hours;
+    } else {
+        stays.insert(i, obs);
+    }
+}
+
+/// Keeps `(key, time)` entries unique by key with the latest time, at most `max` (the
+/// stalest goes).
+fn note<K: PartialEq, T>(
+    list: &mut Vec<T>,
+    max: usize,
+    key: impl Fn(&T) -> K,
+    time: impl Fn(&mut T) -> &mut u32,
+    k: K,
+    s: u32,
+    make: impl FnOnce() -> T,
+) {
+    if let Some(x) = list.iter_mut().find(|x| key(x) == k) {
+        let t = time(x);
+        *t = (*t).max(s);
+        return;
+    }
+    if list.len() >= max {
+        if let Some(i) = (0..list.len()).min_by_key(|&i| *time(&mut list[i])) {
+            list.swap_remove(i);
+        }
+    }
+    list.push(make());
+}
+
+/// What the window ending at the handset's newest stay shows.
+struct Reading {
+    since_s: u32,
+    newest_s: u32,
+    /// Index of the first stay in the window.
+    start: usize,
+    switches: usize,
+    /// Per class (metro, county): the clock hours it was seen in there (bit per hour).
+    hours: [u32; 2],
+}
+
+impl RunnerMovement {
+    pub fn new(cfg: &Config, max_keys: usize) -> Self {
+        RunnerMovement {
+            cfg: cfg.runner_movement.clone(),
+            handsets: IdMap::default(),
+            trade: IdMap::default(),
+            max_keys,
+            cap_hits: 0,
+            heap_bytes: 0,
+        }
+    }
+}
+
+/// The night hours as a mask of clock hours.
+fn night_mask(cfg: &RunnerConfig) -> u32 {
+    let (a, b) = (cfg.night_start_hour, cfg.night_end_hour);
+    // A night that wraps midnight (22-06) or one that does not (00-05).
+    (0..24)
+        .filter(|&h| {
+            if a > b {
+                h >= a || h < b
+            } else {
+                a <= h && h < b
+            }
+        })
+        .fold(0, |m, h| m | 1 << h)
+}
+
+/// The window ending at the newest stay, if it holds enough switches. Asked on every
+/// record of a handset seen in both classes (a commuter's, mostly), so it allocates nothing.
+fn read(cfg: &RunnerConfig, stays: &[Stay]) -> Option<Reading> {
+    // Stays are in time order and do not overlap: the last ends last.
+    let newest_s = stays.last()?.last_s;
+    let since_s = newest_s.saturating_sub(ids::span_secs(cfg.window_s));
+    let start = stays.partition_point(|x| x.last_s < since_s);
+    let switches = (stays.len() - start).saturating_sub(1);
+    if switches < cfg.min_switches as usize {
+        return None;
+    }
+    let mut hours = [0u32; 2];
+    for x in &stays[start..] {
+        hours[x.class() as usize] |= x.hours;
+    }
+    Some(Reading {
+        since_s,
+        newest_s,
+        start,
+        switches,
+        hours,
+    })
+}
+
+impl Detector for RunnerMovement {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn on_event(&mut self, ev: &Event<'_>, ids: &EventIds, ctx: &mut Ctx<'_>) {
+        if !self.cfg.enabled {
+            return;
+        }
+        // No map, no cell, or a cell the map lacks: the engine has counted it.
+        let (Some(map), Some(place)) = (ctx.cells, ctx.cell) else {
+            return;
+        };
+        let (Some(imei), Some(imei_s)) = (ids.imei, ev.imei.as_deref()) else {
+            return;
+        };
+        let s = ids::secs(ev.ts);
+        let class = match place.class {
+            CellClass::Metro => METRO,
+            CellClass::County => COUNTY,
+        };
+        let obs = Stay {
+            hours: 1 << ((s % 86_400) / 3_600),
+            place: u32::from(class) << 31 | (place.area & 0x7fff_ffff),
+            first_s: s,
+            last_s: s,
+        };
+        if self.handsets.len() >= self.max_keys && !self.handsets.contains_key(&imei) {
+            self.cap_hits += 1;
+            return;
+        }
+        let t = self.handsets.entry(imei).or_insert(Track {
+            here: obs,
+            moved: None,
+        });
+        if t.moved.is_none() {
+            // The path nearly every record takes: one more record in the only class seen.
+            if t.here.class() == obs.class() {
+                t.here.first_s = t.here.first_s.min(s);
+                t.here.last_s = t.here.last_s.max(s);
+                t.here.hours |= obs.hours;
+                return;
+            }
+            let m = Moved {
+                stays: vec![t.here],
+                ..Moved::default()
+            };
+            self.heap_bytes += moved_bytes(&m);
+            t.moved = Some(Box::new(m));
+        }
+        let Some(m) = t.moved.as_deref_mut() else {
+            return;
+        };
+        let before = moved_bytes(m);
+        observe(&mut m.stays, obs);
+        if m.stays.len() > self.cfg.max_stays_per_handset as usize {
+            m.stays.remove(0);
+            self.cap_hits += 1;
+        }
+        if let Some(sim) = ids.imsi {
+            note(
+                &mut m.sims,
+                MAX_SIMS,
+                |x| x.0,
+                |x| &mut x.1,
+                sim,
+                s,
+                || (sim, s),
+            );
+        }
+        let from = ev.from.as_ref();
+        note(
+            &mut m.lines,
+            MAX_LINES,
+            |x| x.0,
+            |x| &mut x.2,
+            ids.from,
+            s,
+            || (ids.from, from.into(), s),
+        );
+        note(
+            &mut m.contacted,
+            MAX_CONTACTED,
+            |x| x.0,
+            |x| &mut x.1,
+            ids.to,
+            s,
+            || (ids.to, s),
+        );
+        self.heap_bytes = (self.heap_bytes + moved_bytes(m)).saturating_sub(before);
+
+        // Back and forth, unlike commuting?
+        let Some(r) = read(&self.cfg, &m.stays) else {
+            return;
+        };
+        // A commuter is seen in one of the two classes only in working hours; a runner is
+        // seen in both at night, or through more of the day than a working day. Clock hours
+        // seen, not stay lengths: a handset silent all evening would make two working days
+        // look like one long stay.
+        let night = night_mask(&self.cfg);
+        let max_hours = self.cfg.max_commute_hours;
+        let resident = |c: usize| r.hours[c] & night != 0 || r.hours[c].count_ones() > max_hours;
+        if !(resident(0) && resident(1)) {
+            return;
+        }
+        // Tied to the trade?
+        let sims = m.sims.iter().filter(|x| x.1 >= r.since_s).count();
+        let churn = sims >= self.cfg.churn_min_sims as usize;
+        let mut trade: Vec<(u64, String)> = m
+            .contacted
+            .iter()
+            .filter(|c| c.1 >= r.since_s)
+            .filter_map(|c| {
+                let t = self.trade.get(&c.0)?;
+                (t.at_s >= r.since_s).then(|| (c.0, t.name.to_string()))
+            })
+            .collect();
+        trade.sort_by(|a, b| a.1.cmp(&b.1));
+        if trade.is_empty() && !churn {
+            return;
+        }
+        // Once per window, unless the handset is now tied to a line it was not before.
+        let new_line = trade.iter().any(|(id, _)| !m.credited.contains(id));
+        if m.fired_s.is_some_and(|f| f >= r.since_s) && !new_line {
+            return;
+        }
+        m.fired_s = Some(r.newest_s);
+        for (id, _) in &trade {
+            if !m.credited.contains(id) {
+                m.credited.push(*id);
+            }
+        }
+        let mut ties = Vec::new();
+        if !trade.is_empty() {
+            ties.push("deal_contact");
+        }
+        if churn {
+            ties.push("sim_churn");
+        }
+        let mut carried: Vec<&(u64, Box<str>, u32)> =
+            m.lines.iter().filter(|l| l.2 >= r.since_s).collect();
+        carried.sort_by(|a, b| a.2.cmp(&b.2).then_with(|| a.1.cmp(&b.1)));
+        let recent = &m.stays[r.start..];
+        let names = |c: u8| -> Vec<String> {
+            let mut v: Vec<String> = recent
+                .iter()
+                .filter(|x| x.class() == c)
+                .map(|x| map.area_name(x.area()).to_string())
+                .collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        let min = self.cfg.min_switches as usize;
+        ctx.out.push(Finding {
+            detector: NAME,
+            subject: imei_s.to_string(),
+            subject_id: imei,
+            subject_kind: SubjectKind::Handset,
+            score: (r.switches as f64 / (2.0 * min as f64)).min(1.0),
+            event_time: ev.ts,
+            window_start: ids::millis(recent[0].first_s),
+            window_end: ids::millis(r.newest_s).max(ev.ts),
+            related: carried.iter().map(|l| l.1.to_string()).collect(),
+            evidence: evidence! {
+                "switches" => r.switches,
+                "min_switches" => min,
+                "window_s" => self.cfg.window_s,
+                "metro_areas" => names(METRO),
+                "county_areas" => names(COUNTY),
+                "metro_night" => r.hours[0] & night != 0,
+                "county_night" => r.hours[1] & night != 0,
+                "night_hours" => format!("{:02}-{:02}", self.cfg.night_start_hour, self.cfg.night_end_hour),
+                "metro_hours" => r.hours[0].count_ones(),
+                "county_hours" => r.hours[1].count_ones(),
+                "max_commute_hours" => max_hours,
+                "ties" => ties,
+                "trade_lines" => trade.iter().map(|(_, l)| l.clone()).collect::<Vec<_>>(),
+                "sims" => sims,
+                "churn_min_sims" => self.cfg.churn_min_sims,
+            },
+            lines: trade,
+        });
+    }
+
+    fn on_findings(&mut self, _ev: &Event<'_>, findings: &[Finding], _ctx: &mut Ctx<'_>) {
+        if !self.cfg.enabled {
+            return;
+        }
+        for f in findings {
+            let lines: &[(u64, String)] = match f.detector {
+                super::deal_line::NAME | super::line_handover::NAME => &f.lines,
+                _ => continue,
+            };
+            let at_s = ids::secs(f.event_time);
+            for (id, name) in lines {
+                let t = self.trade.entry(*id).or_insert_with(|| TradeLine {
+                    name: name.as_str().into(),
+                    at_s,
+                });
+                t.at_s = t.at_s.max(at_s);
+            }
+        }
+    }
+
+    fn expire(&mut self, watermark: Millis) {
+        let cutoff = ids::secs(watermark).saturating_sub(ids::span_secs(self.cfg.window_s));
+        let mut heap = 0;
+        self.handsets.retain(|_, t| {
+            let Some(m) = t.moved.as_deref_mut() else {
+                return t.here.last_s >= cutoff;
+            };
+            m.stays.retain(|x| x.last_s >= cutoff);
+            m.sims.retain(|x| x.1 >= cutoff);
+            m.lines.retain(|x| x.2 >= cutoff);
+            m.contacted.retain(|x| x.1 >= cutoff);
+            match m.stays.len() {
+                0 => return false,
+                1 => {
+                    // Back in one class only: the history is no longer needed.
+                    t.here = m.stays[0];
+                    t.moved = None;
+                }
+                _ => heap += moved_bytes(m),
+            }
+            true
+        });
+        self.trade.retain(|_, t| t.at_s >= cutoff);
+        if self.handsets.capacity() > 2 * self.handsets.len() + 1024 {
+            self.handsets.shrink_to_fit();
+        }
+        self.heap_bytes = heap;
+    }
+
+    fn stats(&self) -> StateStats {
+        StateStats {
+            keys: self.handsets.len(),
+            bytes: ids::map_bytes(&self.handsets)
+                + ids::map_bytes(&self.trade)
+                + self.trade.values().map(|t| t.name.len()).sum::<usize>()
+                + self.heap_bytes,
+            cap_hits: self.cap_hits,
+        }
+    }
+
+    fn reconfigure(&mut self, cfg: &Config) {
+        self.cfg = cfg.runner_movement.clone();
+        self.max_keys = cfg.engine.max_keys_per_detector;
+    }
+
+    fn box_clone(&self) -> Box<dyn Detector> {
+        Box::new(self.clone())
+    }
+
+    fn save_state(&self) -> Result<Vec<u8>, codec::Error> {
+        codec::encode(&(&self.handsets, &self.trade, self.cap_hits))
+    }
+
+    fn load_state(&mut self, bytes: &[u8]) -> Result<(), codec::Error> {
+        (self.handsets, self.trade, self.cap_hits) = codec::decode(bytes)?;
+        self.heap_bytes = self
+            .handsets
+            .values()
+            .filter_map(|t| t.moved.as_deref())
+            .map(moved_bytes)
+            .sum();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cells::CellMap;
+    use crate::detect::testkit::*;
+    use std::borrow::Cow;
+
+    const MAP: &str = "cell,area,class\nm1,city,metro\nm2,city,metro\nt1,town,county\n";
+
+    /// A call from `line` on handset `h` with SIM `sim`, in `cell`, at `ts`.
+    fn rec<'a>(
+        id: &'a str,
+        ts: Millis,
+        line: &'a str,
+        to: &'a str,
+        h: &'a str,
+        sim: &'a str,
+        cell: Option<&'a str>,
+    ) -> Event<'a> {
+        let mut e = call(id, ts, line, to, 30);
+        e.imei = Some(Cow::Borrowed(h));
+        e.imsi = Some(Cow::Borrowed(sim));
+        e.cell = cell.map(Cow::Borrowed);
+        e
+    }
+
+    fn harness(map: Option<&str>) -> Harness {
+        let mut h = Harness::new();
+        h.cells = map.map(|m| CellMap::parse(m).unwrap());
+        h
+    }
+
+    /// Drives `d` through (hour since Monday 00:00 UTC, cell, to, sim) records of one
+    /// handset, returning every finding.
+    fn drive(
+        d: &mut RunnerMovement,
+        h: &mut Harness,
+        plan: &[(i64, &str, &str, &str)],
+    ) -> Vec<Finding> {
+        // 2026-10-05T00:00Z, a Monday.
+        let t0: Millis = 1_791_158_400_000;
+        let mut out = Vec::new();
+        for (i, (hour, cell, to, sim)) in plan.iter().enumerate() {
+            let id = format!("e{i}");
+            let ts = t0 + hour * HOUR + (i as Millis % 7) * MIN;
+            let ev = rec(&id, ts, "runnerline", to, "H1", sim, Some(cell));
+            out.extend(h.feed(d, &ev));
+        }
+        out
+    }
+
+    /// A deal-line verdict on `line`, as the engine shows it to the detector.
+    fn mark_trade(d: &mut RunnerMovement, line: &str, at: Millis) {
+        let f = Finding {
+            detector: crate::detect::deal_line::NAME,
+            subject: line.into(),
+            subject_id: ids::id(line),
+            subject_kind: SubjectKind::Line,
+            score: 1.0,
+            event_time: at,
+            window_start: at,
+            window_end: at,
+            related: vec![],
+            evidence: Default::default(),
+            lines: vec![(ids::id(line), line.to_string())],
+        };
+        let mut contacts = crate::state::Contacts::new(10, 10, 10);
+        let mut out = Vec::new();
+        let mut ctx = Ctx {
+            contacts: &mut contacts,
+            stream_start: 0,
+            out: &mut out,
+            cells: None,
+            cell: None,
+        };
+        d.on_findings(&sms("x", at, "a", "b"), &[f], &mut ctx);
+    }
+
+    fn det() -> RunnerMovement {
+        RunnerMovement::new(&Config::default(), 1000)
+    }
+
+    /// A runner: a night in the town (trap house), back to the city overnight, out again;
+    /// calls the deal line throughout.
+    const RUNNER: &[(i64, &str, &str, &str)] = &[
+        (10, "m1", "dealline", "s1"),
+        (14, "t1", "dealline", "s1"),
+        (20, "t1", "cust1", "s1"),
+        (23, "t1", "dealline", "s1"),
+        (26, "t1", "cust2", "s1"),
+        (33, "m2", "dealline", "s1"),
+        (47, "m1", "dealline", "s1"),
+        (50, "m1", "boss", "s1"),
+        (58, "t1", "dealline", "s1"),
+    ];
+
+    #[test]
+    fn runner_tied_to_a_deal_line_fires_with_its_lines() {
+        let (mut d, mut h) = (det(), harness(Some(MAP)));
+        mark_trade(&mut d, "dealline", 1_791_158_400_000);
+        let f = drive(&mut d, &mut h, RUNNER);
+        assert_eq!(f.len(), 1, "{f:?}");
+        let f = &f[0];
+        assert_eq!(
+            (f.subject.as_str(), f.subject_kind),
+            ("H1", SubjectKind::Handset)
+        );
+        assert_eq!(f.related, ["runnerline"]);
+        assert_eq!(f.lines, [(ids::id("dealline"), "dealline".to_string())]);
+        // There (14:00), back (33:00): it fires on the record that completes the round.
+        assert_eq!(f.evidence["switches"], 2);
+        assert_eq!(f.evidence["ties"], serde_json::json!(["deal_contact"]));
+        assert_eq!(f.evidence["county_night"], true);
+        assert_eq!(f.evidence["metro_night"], true);
+        assert_eq!(f.evidence["county_areas"], serde_json::json!(["town"]));
+    }
+
+    #[test]
+    fn the_same_movement_without_a_tie_to_the_trade_does_not_fire() {
+        let (mut d, mut h) = (det(), harness(Some(MAP)));
+        assert!(drive(&mut d, &mut h, RUNNER).is_empty());
+    }
+
+    #[test]
+    fn sim_churn_ties_a_runner_without_a_deal_line() {
+        let (mut d, mut h) = (det(), harness(Some(MAP)));
+        let plan: Vec<_> = RUNNER
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.0, p.1, "friend", ["s1", "s2", "s3"][i / 3]))
+            .collect();
+        let f = drive(&mut d, &mut h, &plan);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].evidence["ties"], serde_json::json!(["sim_churn"]));
+        assert!(f[0].lines.is_empty());
+    }
+
+    /// A county resident working in the city every weekday, 08:00-18:00, calling a deal line
+    /// (a customer): seen in the city only in working hours, so never like a runner.
+    #[test]
+    fn commuter_is_never_flagged_even_when_tied_to_the_trade() {
+        let (mut d, mut h) = (det(), harness(Some(MAP)));
+        mark_trade(&mut d, "dealline", 1_791_158_400_000);
+        let mut plan = Vec::new();
+        for day in 0..7i64 {
+            let base = day * 24;
+            plan.push((base + 1, "t1", "dealline", "s1"));
+            plan.push((base + 7, "t1", "dealline", "s1"));
+            if day < 5 {
+                for hour in [8, 11, 13, 15, 17] {
+                    plan.push((base + hour, "m1", "dealline", "s1"));
+                }
+            }
+            plan.push((base + 19, "t1", "dealline", "s1"));
+            plan.push((base + 23, "t1", "dealline", "s1"));
+        }
+        assert!(drive(&mut d, &mut h, &plan).is_empty());
+        // It did move back and forth: the rhythm is what kept it quiet.
+        let t = &d.handsets[&ids::id("H1")];
+        assert!(t.moved.as_ref().unwrap().stays.len() >= 10);
+    }
+
+    /// The commuters the first rule (stay lengths) flagged in the demo city: silent at home
+    /// some evenings, so two working days in the city joined into one stay of over 12 hours.
+    /// Clock hours seen in the city stay within the working day.
+    #[test]
+    fn commuter_silent_at_home_some_evenings_is_not_flagged() {
+        let (mut d, mut h) = (det(), harness(Some(MAP)));
+        mark_trade(&mut d, "dealline", 1_791_158_400_000);
+        let plan = [
+            (8, "t1"),
+            (9, "m1"),
+            (13, "m1"),
+            (16, "m1"),
+            (18, "t1"),
+            // Tuesday: nothing at home until Wednesday evening.
+            (24 + 9, "m1"),
+            (24 + 12, "m1"),
+            (24 + 16, "m1"),
+            (48 + 9, "m2"),
+            (48 + 13, "m1"),
+            (48 + 19, "t1"),
+            (48 + 22, "t1"),
+            (72 + 8, "t1"),
+            (72 + 11, "m1"),
+            (72 + 20, "t1"),
+        ]
+        .map(|(hr, c)| (hr, c, "dealline", "s1"));
+        assert!(drive(&mut d, &mut h, &plan).is_empty());
+    }
+
+    #[test]
+    fn without_a_cell_map_nothing_is_held_and_nothing_fires() {
+        let (mut d, mut h) = (det(), harness(None));
+        mark_trade(&mut d, "dealline", 1_791_158_400_000);
+        assert!(drive(&mut d, &mut h, RUNNER).is_empty());
+        assert_eq!(d.stats().keys, 0);
+    }
+
+    #[test]
+    fn unknown_cells_and_records_without_a_cell_are_skipped() {
+        let (mut d, mut h) = (det(), harness(Some(MAP)));
+        mark_trade(&mut d, "dealline", 1_791_158_400_000);
+        // Every town record in a cell the map lacks: the movement is not seen.
+        let plan: Vec<_> = RUNNER
+            .iter()
+            .map(|p| (p.0, if p.1 == "t1" { "t9" } else { p.1 }, p.2, p.3))
+            .collect();
+        assert!(drive(&mut d, &mut h, &plan).is_empty());
+        let t = &d.handsets[&ids::id("H1")];
+        assert!(t.moved.is_none(), "only metro cells were placed");
+        // A record without a cell is not placed either (the engine counts both kinds).
+        let ev = rec("nc", 1_791_158_400_000, "l", "x", "H2", "s", None);
+        assert!(h.feed(&mut d, &ev).is_empty());
+        assert!(!d.handsets.contains_key(&ids::id("H2")));
+    }
+
+    /// Never seen at night, but in both places through more of the day than a working day
+    /// (13 clock hours each): not a commuter either.
+    #[test]
+    fn seen_through_the_day_in_both_classes_counts_like_a_night() {
+        let (mut d, mut h) = (det(), harness(Some(MAP)));
+        mark_trade(&mut d, "dealline", 1_791_158_400_000);
+        let mut plan = Vec::new();
+        for (day, cell) in [(0i64, "m1"), (1, "t1"), (2, "m1")] {
+            for hour in 7..20 {
+                plan.push((day * 24 + hour, cell, "dealline", "s1"));
+            }
+        }
+        let f = drive(&mut d, &mut h, &plan);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].evidence["county_night"], false);
+        assert_eq!(f[0].evidence["county_hours"], 13);
+        // Twelve hours a day in the town would be a (long) working day: nothing.
+        let (mut d, mut h) = (det(), harness(Some(MAP)));
+        mark_trade(&mut d, "dealline", 1_791_158_400_000);
+        plan.retain(|p| !(p.1 == "t1" && p.0 % 24 == 19));
+        assert!(drive(&mut d, &mut h, &plan).is_empty());
+    }
+
+    #[test]
+    fn one_trip_without_coming_back_is_not_enough() {
+        let (mut d, mut h) = (det(), harness(Some(MAP)));
+        mark_trade(&mut d, "dealline", 1_791_158_400_000);
+        assert!(drive(&mut d, &mut h, &RUNNER[..5]).is_empty());
+    }
+
+    /// Records arrive minutes late, so a late one lands next to the stay it belongs to:
+    /// the stays come out as in time order. (A late record *inside* a stay of the other
+    /// class splits that stay at its own time; stays last hours, lateness minutes.)
+    #[test]
+    fn stays_are_the_same_whatever_the_arrival_order_within_lateness() {
+        let obs = |class: u8, s| Stay {
+            hours: 1,
+            place: u32::from(class) << 31,
+            first_s: s,
+            last_s: s,
+        };
+        let seq = [
+            (METRO, 10),
+            (METRO, 20),
+            (COUNTY, 30),
+            (COUNTY, 40),
+            (METRO, 50),
+        ];
+        let mut in_order = Vec::new();
+        for (c, s) in seq {
+            observe(&mut in_order, obs(c, s));
+        }
+        let mut shuffled = Vec::new();
+        // The last metro record before the trip arrives after the first county one, and
+        // the first county one after the return.
+        for i in [0, 2, 1, 4, 3] {
+            observe(&mut shuffled, obs(seq[i].0, seq[i].1));
+        }
+        assert_eq!(in_order, shuffled);
+        assert_eq!(in_order.len(), 3);
+    }
+
+    #[test]
+    fn state_survives_a_checkpoint_and_expires_behind_the_window() {
+        let (mut d, mut h) = (det(), harness(Some(MAP)));
+        drive(&mut d, &mut h, &RUNNER[..7]);
+        let mut restored = det();
+        restored.load_state(&d.save_state().unwrap()).unwrap();
+        assert_eq!(restored.stats().keys, d.stats().keys);
+        assert_eq!(
+            restored.handsets[&ids::id("H1")]
+                .moved
+                .as_ref()
+                .unwrap()
+                .stays,
+            d.handsets[&ids::id("H1")].moved.as_ref().unwrap().stays
+        );
+        // The rest of the trip and the verdict, on the restored copy: it fires as the
+        // original would have.
+        mark_trade(&mut restored, "dealline", 1_791_158_400_000);
+        assert_eq!(drive(&mut restored, &mut h, &RUNNER[7..]).len(), 1);
+        restored.expire(1_791_158_400_000 + 10 * DAY);
+        assert_eq!(restored.stats().keys, 0);
+    }
+}
