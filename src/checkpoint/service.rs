@@ -1,6 +1,7 @@
 //! Checkpoints in `linewatch run`: the stores opened at start, the newest usable checkpoint
 //! restored before the first poll, and a writer thread that stores each new checkpoint
-//! while the run loop goes on detecting.
+//! while the run loop goes on detecting. The run loop only forks (see [`super::snapshot`]):
+//! a copy-on-write child encodes the state while detection continues.
 //!
 //! The run loop takes a checkpoint only at a batch boundary with nothing in flight: every
 //! record the state reflects has had its alerts and dead letters acknowledged, and its
@@ -15,8 +16,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::metrics::CheckpointMetrics;
+use super::snapshot::{self, Failure};
 use super::store::{DirStore, KafkaStore, Store};
-use super::{Fallback, Restored, SourceOffset};
+use super::{Fallback, Meta, Restored, SourceOffset};
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::kafka::KafkaSettings;
@@ -103,12 +105,37 @@ pub fn restore(
     None
 }
 
-/// A copy of the state for the writer to encode and store.
+/// How the run loop takes the state for a checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotMode {
+    /// A forked copy-on-write child encodes the state ([`snapshot`]): detection pauses for
+    /// the `fork()` only. The default on Linux.
+    Fork,
+    /// A copy of the engine in memory, encoded by the writer thread: detection pauses for
+    /// the copy. Everywhere else, and when a fork fails.
+    Copy,
+}
+
+impl Default for SnapshotMode {
+    fn default() -> Self {
+        if snapshot::FORK_SUPPORTED {
+            SnapshotMode::Fork
+        } else {
+            SnapshotMode::Copy
+        }
+    }
+}
+
+/// The state as taken by the run loop.
+enum Taken {
+    Copy(Box<Engine>),
+    Forked(snapshot::Child),
+}
+
+/// A checkpoint for the writer to finish and store.
 struct Job {
-    engine: Engine,
-    offsets: Vec<SourceOffset>,
-    id: u64,
-    created_ms: crate::event::Millis,
+    state: Taken,
+    meta: Meta,
 }
 
 /// Takes checkpoints in the run loop and hands them to a writer thread.
@@ -120,6 +147,10 @@ pub struct Checkpointer {
     busy: Arc<AtomicBool>,
     metrics: CheckpointMetrics,
     writer: Option<JoinHandle<()>>,
+    mode: SnapshotMode,
+    /// A failed fork is logged the first time only (it is counted every time).
+    fork_warned: bool,
+    fault: Option<snapshot::Fault>,
 }
 
 impl Checkpointer {
@@ -143,23 +174,36 @@ impl Checkpointer {
         let writer = std::thread::Builder::new()
             .name("checkpoint-writer".into())
             .spawn(move || {
+                // The last body's size: the next is about as large.
+                let mut hint = 0;
                 while let Ok(job) = rx.recv() {
                     let started = Instant::now();
-                    let cp = match super::encode(
-                        &job.engine,
-                        job.offsets,
-                        job.id,
-                        job.created_ms,
-                        super::MAX_CHUNK_BYTES,
-                    ) {
-                        Ok(cp) => cp,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "checkpoint could not be encoded; skipped");
+                    let body = match job.state {
+                        Taken::Forked(child) => child.collect(hint),
+                        Taken::Copy(engine) => {
+                            super::encode_body(&engine).map_err(|_| Failure::Encode)
+                        }
+                    };
+                    let body = match body {
+                        Ok(b) => b,
+                        Err(f) => {
+                            m.snapshot_failed(f);
+                            tracing::warn!(reason = f.code(), "checkpoint state could not be taken; skipped, the previous checkpoint stands");
                             flag.store(false, Ordering::Release);
                             continue;
                         }
                     };
-                    drop(job.engine);
+                    hint = body.len();
+                    let cp = match super::package(&body, job.meta, super::MAX_CHUNK_BYTES) {
+                        Ok(cp) => cp,
+                        Err(e) => {
+                            m.snapshot_failed(Failure::Encode);
+                            tracing::warn!(error = %e, reason = Failure::Encode.code(), "checkpoint could not be encoded; skipped, the previous checkpoint stands");
+                            flag.store(false, Ordering::Release);
+                            continue;
+                        }
+                    };
+                    drop(body);
                     let mut ok = 0;
                     for store in stores.iter_mut() {
                         match super::write(store.as_mut(), &ns, slot, &cp) {
@@ -194,7 +238,22 @@ impl Checkpointer {
             busy,
             metrics,
             writer,
+            mode: SnapshotMode::default(),
+            fork_warned: false,
+            fault: None,
         }
+    }
+
+    /// Takes the state by `mode` from now on (benchmarks compare the two).
+    pub fn with_mode(mut self, mode: SnapshotMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Damages the next snapshot on purpose (tests of the failure paths only).
+    #[doc(hidden)]
+    pub fn inject_fault(&mut self, fault: snapshot::Fault) {
+        self.fault = Some(fault);
     }
 
     /// A checkpoint is due and the writer is free for it.
@@ -204,33 +263,63 @@ impl Checkpointer {
             && self.last.elapsed() >= self.interval
     }
 
-    /// Copies the engine's state with the offsets it reflects and hands it to the writer.
+    /// The writer has finished the last checkpoint handed to it.
+    pub fn idle(&self) -> bool {
+        !self.busy.load(Ordering::Acquire)
+    }
+
+    /// Takes the engine's state with the offsets it reflects and hands it to the writer.
     /// Call only with nothing in flight (see the module doc).
     pub fn take(&mut self, engine: &Engine, offsets: Vec<SourceOffset>) {
-        let Some(tx) = &self.tx else {
+        if self.tx.is_none() {
             return;
-        };
+        }
         self.last = Instant::now();
         let now = crate::replay::wall_ms();
         let id = (now.max(0) as u64).max(self.last_id + 1);
-        // Only the copy happens here; encoding and writing happen on the writer thread,
-        // so detection pauses for a memory copy, not for the encoding.
+        // Only the snapshot happens here (a fork, or a copy); encoding and writing happen
+        // in the child and on the writer thread.
         let started = Instant::now();
-        let copy = engine.clone();
+        let state = self.snapshot(engine);
         self.metrics.paused(started.elapsed().as_secs_f64());
         self.busy.store(true, Ordering::Release);
         let job = Job {
-            engine: copy,
-            offsets,
-            id,
-            created_ms: now,
+            state,
+            meta: Meta {
+                id,
+                created_ms: now,
+                offsets,
+                config: engine.config().clone(),
+                config_version: engine.config_version().to_string(),
+            },
+        };
+        let Some(tx) = &self.tx else {
+            return;
         };
         match tx.try_send(job) {
             Ok(()) => self.last_id = id,
+            // The job is dropped: a forked child is killed and reaped with it.
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.busy.store(false, Ordering::Release);
             }
         }
+    }
+
+    fn snapshot(&mut self, engine: &Engine) -> Taken {
+        let fault = self.fault.take();
+        if self.mode == SnapshotMode::Fork {
+            match snapshot::fork_encode(engine, fault) {
+                Ok(child) => return Taken::Forked(child),
+                Err(e) => {
+                    self.metrics.snapshot_failed(Failure::Fork);
+                    if !self.fork_warned {
+                        self.fork_warned = true;
+                        tracing::warn!(error = %e, reason = Failure::Fork.code(), "could not fork to snapshot the state; copying it instead, which pauses detection (logged once)");
+                    }
+                }
+            }
+        }
+        Taken::Copy(Box::new(engine.clone()))
     }
 
     /// Takes a last checkpoint (the state at a clean shutdown: a restart then re-reads
