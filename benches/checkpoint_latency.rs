@@ -150,7 +150,7 @@ fn main() {
         started.elapsed().as_secs_f64()
     );
     println!(
-        "| mode | records | p50 ms | p99 ms | p99.9 ms | max ms | checkpoints | pause max / mean ms | write s (mean) | bytes | run-loop page faults per checkpoint, max (MB at 4 KiB) | page faults/s |"
+        "| mode | records | p50 ms | p99 ms | p99.9 ms | max ms | checkpoints | pause max / mean ms | write s (mean) | bytes | run-loop write faults per checkpoint, max (MB at 4 KiB; bounds the pages copied) | page faults/s |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
 
