@@ -117,6 +117,10 @@ pub fn fork_encode(engine: &Engine, fault: Option<Fault>) -> io::Result<Child> {
         return Err(io::Error::last_os_error());
     }
     let (r, w) = (fds[0], fds[1]);
+    // A larger pipe means fewer switches between the child and the reader (the default is
+    // 64 KiB); refused above the system's pipe-max-size, and then the default serves.
+    // SAFETY: `w` is the pipe just opened.
+    unsafe { libc::fcntl(w, libc::F_SETPIPE_SZ, 1 << 20) };
     // SAFETY: getpid has no preconditions.
     let parent = unsafe { libc::getpid() };
     // SAFETY: the child runs only `child_main` (see the module doc for what it may do)
