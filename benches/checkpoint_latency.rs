@@ -110,10 +110,18 @@ fn histogram_sum_count(r: &Registry, name: &str) -> (f64, u64) {
 }
 
 fn main() {
-    let lines = env("LINES", 1_000_000);
-    let rate = env("RATE", 20_000);
-    let secs = env("SECS", 60);
-    let interval = env("INTERVAL_S", 10) as u64;
+    // `cargo test --all-targets` runs this without `--bench` (in a debug build): then a
+    // few seconds over a small engine check that it works, as criterion's test mode does.
+    let measure = std::env::args().any(|a| a == "--bench");
+    let (lines, rate, secs, interval) = if measure {
+        (1_000_000, 20_000, 60, 10)
+    } else {
+        (5_000, 2_000, 2, 1)
+    };
+    let lines = env("LINES", lines);
+    let rate = env("RATE", rate);
+    let secs = env("SECS", secs);
+    let interval = env("INTERVAL_S", interval) as u64;
     let mut modes: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))

@@ -186,9 +186,16 @@ unsafe fn child_main(
     // the parent set; the alarm kills a child stuck for any reason.
     libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     libc::signal(libc::SIGALRM, libc::SIG_DFL);
+    // The runtime's handlers would wake the parent's signal driver through a shared pipe; a
+    // stop signal sent to the whole group (systemd, Ctrl-C) ends the child instead, and the
+    // parent's last checkpoint at shutdown forks a new one.
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        libc::signal(sig, libc::SIG_DFL);
+    }
     let mut set: libc::sigset_t = std::mem::zeroed();
     libc::sigemptyset(&mut set);
     libc::sigaddset(&mut set, libc::SIGALRM);
+    libc::sigaddset(&mut set, libc::SIGTERM);
     libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
     libc::alarm(CHILD_LIMIT_S);
     // Encoding competes with detection for the cores: detection goes first.
