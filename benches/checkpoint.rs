@@ -99,6 +99,10 @@ fn bench(c: &mut Criterion) {
             let meta = checkpoint::Meta {
                 id: 1,
                 created_ms: 0,
+                partitions: vec![checkpoint::InputPartition {
+                    topic: "cdr".into(),
+                    partition: 0,
+                }],
                 offsets: offsets.clone(),
                 config: e.config().clone(),
                 config_version: e.config_version().to_string(),

@@ -16,9 +16,9 @@
 use std::time::{Duration, Instant};
 
 use linewatch::checkpoint::metrics::CheckpointMetrics;
-use linewatch::checkpoint::service::{Checkpointer, SnapshotMode};
+use linewatch::checkpoint::service::{Checkpointer, Cover, SnapshotMode};
 use linewatch::checkpoint::store::{DirStore, Store};
-use linewatch::checkpoint::SourceOffset;
+use linewatch::checkpoint::{InputPartition, SourceOffset};
 use linewatch::config::Config;
 use linewatch::engine::Engine;
 use prometheus::Registry;
@@ -175,7 +175,7 @@ fn main() {
                 } else {
                     SnapshotMode::Copy
                 };
-                Some(Checkpointer::start(stores, &cfg, None, metrics.clone()).with_mode(mode))
+                Some(Checkpointer::start(stores, &cfg, metrics.clone()).with_mode(mode))
             }
         };
         // Page faults of this thread during each checkpoint (see thread_minor_faults).
@@ -221,11 +221,17 @@ fn main() {
                     let p = Instant::now();
                     c.take(
                         &engine,
-                        vec![SourceOffset {
-                            topic: cfg.service.input_topics[0].clone(),
-                            partition: 0,
-                            offset: records.i as i64,
-                        }],
+                        Cover {
+                            partitions: vec![InputPartition {
+                                topic: cfg.service.input_topics[0].clone(),
+                                partition: 0,
+                            }],
+                            offsets: vec![SourceOffset {
+                                topic: cfg.service.input_topics[0].clone(),
+                                partition: 0,
+                                offset: records.i as i64,
+                            }],
+                        },
                     );
                     pauses.push(p.elapsed().as_secs_f64() * 1000.0);
                     taken_at.push(p.duration_since(t0).as_secs_f64());

@@ -13,7 +13,9 @@
 #      partition straight back instead of waiting out the session timeout; 40 texts of a
 #      new line (a bulk send, after the city's end) are produced at once;
 #   4. timed: restart to the burst's bulk_sms alert on the alert topic, and the records the
-#      restart re-read (`linewatch_records_rebuilt_total`).
+#      restart re-read (`linewatch_records_rebuilt_total`), and the checkpoint's load time.
+# Checkpoints off runs first: its first run is the plain consume time of the history, and
+# the issue's bar for the restart with checkpoints is max(3 s, a quarter of it) (`bar_s`).
 # The broker: LINEWATCH_TEST_BROKERS, else deploy/local/kafka.sh up (stopped at exit).
 # Figures go to target/bench-recovery/<run>/results.txt.
 set -euo pipefail
@@ -82,7 +84,7 @@ start_service() {
 }
 
 start_ms=1791158400000
-printf '%-5s %-12s %10s %14s %16s %14s\n' days checkpoints records first_run_s restart_to_alert_s records_reread | tee "$work/results.txt"
+printf '%-5s %-12s %10s %12s %18s %7s %7s %14s\n' days checkpoints records first_run_s restart_to_alert_s bar_s load_s records_reread | tee "$work/results.txt"
 for days in "${days_list[@]}"; do
   s="$(printf '%04x%04x' $RANDOM $RANDOM)"
   input="recovery-$days-$s"
@@ -92,7 +94,8 @@ for days in "${days_list[@]}"; do
     --topic "$input" --rate 0 --manifest "$work/manifest-$days.json" 2>/dev/null
   records=$(python3 -c "import json; print(json.load(open('$work/manifest-$days.json'))['events_written'])")
   burst_ts=$((start_ms + days * 86400000 + 60000))
-  for mode in on off; do
+  base=""
+  for mode in off on; do
     interval=5
     [ "$mode" = off ] && interval=0
     for t in "$input-$mode-alerts" "$input-$mode-dead"; do create_topic "$t"; done
@@ -123,10 +126,20 @@ for days in "${days_list[@]}"; do
     done
     alert_s=$(python3 -c "import time; print(round(time.time() - $T_START, 1))")
     reread=$(metric linewatch_records_rebuilt_total)
+    load_s=$(python3 -c "
+import json
+for l in open('$work/restart-$days-$mode.log'):
+    try: ev = json.loads(l)
+    except ValueError: continue
+    if 'restored from a checkpoint' in ev.get('message', ''):
+        print(round(ev['load_seconds'], 2)); break
+else: print('-')")
     kill -9 "$SVC_PID"
     wait "$SVC_PID" 2>/dev/null || true
     SVC_PID=""
-    printf '%-5s %-12s %10s %14s %16s %14s\n' "$days" "$mode" "$records" "$first_s" "$alert_s" "${reread:-0}" | tee -a "$work/results.txt"
+    [ -z "$base" ] && base="$first_s"
+    bar=$(python3 -c "print(round(max(3.0, $base / 4), 1))")
+    printf '%-5s %-12s %10s %12s %18s %7s %7s %14s\n' "$days" "$mode" "$records" "$first_s" "$alert_s" "$bar" "$load_s" "${reread:-0}" | tee -a "$work/results.txt"
   done
 done
 say "figures in $work/results.txt"

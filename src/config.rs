@@ -303,6 +303,48 @@ pub struct ServiceConfig {
     /// A local directory for checkpoints as well, read first on restore (faster than the
     /// topic when a pod keeps its volume); empty: the topic only.
     pub state_dir: String,
+    /// `"at_least_once"`: outputs are acknowledged before input offsets are committed, so a
+    /// crash may repeat alerts (same `alert_id`). `"exactly_once"`: alerts, dead letters and
+    /// input offsets are written in one Kafka transaction, so a `read_committed` consumer
+    /// sees each exactly once.
+    pub processing_guarantee: ProcessingGuarantee,
+    /// With `exactly_once`, how often the open transaction is committed: alerts become
+    /// visible to `read_committed` readers only then.
+    pub transaction_interval_ms: u64,
+}
+
+/// How often an output may be published for one input record (`service.processing_guarantee`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ProcessingGuarantee {
+    /// At least once: after a crash, outputs may be repeated (with the same ids).
+    #[default]
+    AtLeastOnce,
+    /// Exactly once for `read_committed` readers: Kafka transactions.
+    ExactlyOnce,
+}
+
+impl ProcessingGuarantee {
+    /// The configuration value (`at_least_once` | `exactly_once`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProcessingGuarantee::AtLeastOnce => "at_least_once",
+            ProcessingGuarantee::ExactlyOnce => "exactly_once",
+        }
+    }
+}
+
+impl std::str::FromStr for ProcessingGuarantee {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "at_least_once" => Ok(ProcessingGuarantee::AtLeastOnce),
+            "exactly_once" => Ok(ProcessingGuarantee::ExactlyOnce),
+            other => Err(format!(
+                "{other:?} is not a processing guarantee: \"at_least_once\" or \"exactly_once\""
+            )),
+        }
+    }
 }
 
 impl Default for ServiceConfig {
@@ -326,6 +368,8 @@ impl Default for ServiceConfig {
             checkpoint_interval_s: 60,
             state_topic: "linewatch-state".into(),
             state_dir: String::new(),
+            processing_guarantee: ProcessingGuarantee::AtLeastOnce,
+            transaction_interval_ms: 100,
         }
     }
 }
@@ -852,6 +896,17 @@ impl Config {
         );
         r.seconds("service.rebuild_state_s", s.rebuild_state_s, 0);
         r.seconds("service.checkpoint_interval_s", s.checkpoint_interval_s, 0);
+        r.check(
+            "service.processing_guarantee",
+            true,
+            s.processing_guarantee.as_str(),
+            "\"at_least_once\" or \"exactly_once\"",
+        );
+        r.millis(
+            "service.transaction_interval_ms",
+            s.transaction_interval_ms,
+            1,
+        );
         self.board.check(&mut r);
         r
     }
@@ -983,6 +1038,26 @@ mod tests {
             }
         }
         assert!(checked >= 20, "{checked}");
+    }
+
+    #[test]
+    fn processing_guarantee_takes_its_two_values_and_names_them_otherwise() {
+        let c = Config::from_toml("[service]\nprocessing_guarantee = \"exactly_once\"\n").unwrap();
+        assert_eq!(
+            c.service.processing_guarantee,
+            ProcessingGuarantee::ExactlyOnce
+        );
+        let e =
+            Config::from_toml("[service]\nprocessing_guarantee = \"exactly-once\"\n").unwrap_err();
+        assert_eq!(e.problems.len(), 1, "{e}");
+        let p = &e.problems[0];
+        assert!(p.starts_with("line 2: service.processing_guarantee"), "{p}");
+        assert!(p.contains("\"at_least_once\" or \"exactly_once\""), "{p}");
+        assert_eq!(
+            "exactly_once".parse::<ProcessingGuarantee>(),
+            Ok(ProcessingGuarantee::ExactlyOnce)
+        );
+        assert!("once".parse::<ProcessingGuarantee>().is_err());
     }
 
     #[test]

@@ -98,6 +98,16 @@ const PRODUCER_DEFAULTS: &[(&str, &str)] = &[
 /// retries, and a record counts as delivered only once every in-sync replica has it.
 const PRODUCER_FIXED: &[(&str, &str)] = &[("enable.idempotence", "true"), ("acks", "all")];
 
+/// Producer defaults added under `service.processing_guarantee = "exactly_once"`; each may be
+/// overridden in `[kafka]`.
+const TRANSACTIONAL_DEFAULTS: &[(&str, &str)] = &[
+    // How long the broker lets a transaction stay open before aborting it. An instance that
+    // comes back aborts its own open transaction at once (init_transactions); this bounds
+    // how long another member taking its partitions over waits for offsets a dead
+    // instance left in an open transaction. 10 s, as Kafka Streams under exactly-once.
+    ("transaction.timeout.ms", "10000"),
+];
+
 /// Properties a user may not override, for a warning at start.
 pub fn fixed_keys(role: Role) -> &'static [(&'static str, &'static str)] {
     match role {
@@ -155,6 +165,39 @@ impl KafkaSettings {
         for (k, v) in fixed {
             c.set(*k, *v);
         }
+        // A transactional id makes every send need an open transaction: only the
+        // exactly-once producer ([`KafkaSettings::transactional_config`]) gets one.
+        c.remove("transactional.id");
+        c
+    }
+
+    /// The exactly-once producer's configuration: the producer's, with `transactional.id`
+    /// set to `id` (see `service::txn::transactional_id`).
+    pub fn transactional_config(&self, id: &str) -> ClientConfig {
+        let mut c = self.client_config(Role::Producer);
+        for (k, v) in TRANSACTIONAL_DEFAULTS {
+            if !self.user_properties(Role::Producer).any(|(u, _)| u == *k) {
+                c.set(*k, *v);
+            }
+        }
+        // librdkafka refuses a delivery timeout longer than the transaction's: a message
+        // still undelivered when its transaction times out belongs to an aborted one.
+        let user = |k: &str| self.user_properties(Role::Producer).any(|(u, _)| u == k);
+        if !user("delivery.timeout.ms") && !user("message.timeout.ms") {
+            if let Some(t) = c.get("transaction.timeout.ms").map(str::to_string) {
+                c.set("delivery.timeout.ms", t);
+            }
+        }
+        c.set("transactional.id", id);
+        c
+    }
+
+    /// The exactly-once consumer's configuration: only committed records of transactional
+    /// producers are read (librdkafka's default, made explicit so a `[kafka]` setting
+    /// cannot turn it off under exactly-once).
+    pub fn read_committed_config(&self) -> ClientConfig {
+        let mut c = self.client_config(Role::Consumer);
+        c.set("isolation.level", "read_committed");
         c
     }
 }
@@ -310,6 +353,27 @@ mod tests {
         assert_eq!(pr.get("linger.ms"), Some("50"));
         assert_eq!(pr.get("fetch.max.bytes"), None);
         assert_eq!(pr.get("acks"), Some("all"));
+    }
+
+    #[test]
+    fn only_the_transactional_producer_has_a_transactional_id() {
+        let mut p = BTreeMap::new();
+        p.insert("transactional.id".into(), "mine".into());
+        p.insert("isolation.level".into(), "read_uncommitted".into());
+        let s = KafkaSettings::new("b:9092", p);
+        assert_eq!(
+            s.client_config(Role::Producer).get("transactional.id"),
+            None
+        );
+        let t = s.transactional_config("x");
+        assert_eq!(t.get("transactional.id"), Some("x"));
+        assert_eq!(t.get("transaction.timeout.ms"), Some("10000"));
+        assert_eq!(t.get("delivery.timeout.ms"), Some("10000"));
+        assert_eq!(t.get("enable.idempotence"), Some("true"));
+        assert_eq!(
+            s.read_committed_config().get("isolation.level"),
+            Some("read_committed")
+        );
     }
 
     #[test]

@@ -295,7 +295,7 @@ fn a_write_cut_short_before_its_manifest_leaves_the_previous_checkpoint_in_use()
 mod forked {
     use super::*;
     use linewatch::checkpoint::metrics::CheckpointMetrics;
-    use linewatch::checkpoint::service::{self, Checkpointer, SnapshotMode};
+    use linewatch::checkpoint::service::{self, Checkpointer, Cover, SnapshotMode};
     use linewatch::checkpoint::snapshot::{self, Fault};
     use prometheus::Registry;
 
@@ -318,6 +318,10 @@ mod forked {
         let meta = checkpoint::Meta {
             id: 7,
             created_ms: 1_000,
+            partitions: vec![checkpoint::InputPartition {
+                topic: "cdr".into(),
+                partition: 0,
+            }],
             offsets: offsets(),
             config: cfg.clone(),
             config_version: cfg.version(),
@@ -336,12 +340,22 @@ mod forked {
         cfg
     }
 
-    fn cp_offsets(cfg: &Config, offset: i64) -> Vec<SourceOffset> {
-        vec![SourceOffset {
+    fn the_partition(cfg: &Config) -> checkpoint::InputPartition {
+        checkpoint::InputPartition {
             topic: cfg.service.input_topics[0].clone(),
             partition: 0,
-            offset,
-        }]
+        }
+    }
+
+    fn cover(cfg: &Config, offset: i64) -> Cover {
+        Cover {
+            partitions: vec![the_partition(cfg)],
+            offsets: vec![SourceOffset {
+                topic: cfg.service.input_topics[0].clone(),
+                partition: 0,
+                offset,
+            }],
+        }
     }
 
     fn wait_idle(c: &Checkpointer) {
@@ -374,7 +388,8 @@ mod forked {
         let mut stores: Vec<Box<dyn Store>> =
             vec![Box::new(DirStore::new(&cfg.service.state_dir).unwrap())];
         let m = CheckpointMetrics::register(&Registry::new());
-        let r = service::restore(&mut stores, cfg, &m).expect("a checkpoint stands");
+        let r = service::restore(&mut stores, cfg, &[the_partition(cfg)], &m)
+            .expect("a checkpoint stands");
         (r.manifest.offsets[0].offset, r.engine.counters().clone())
     }
 
@@ -385,12 +400,12 @@ mod forked {
         let registry = Registry::new();
         let metrics = CheckpointMetrics::register(&registry);
         let stores: Vec<Box<dyn Store>> = vec![Box::new(DirStore::new(dir.path()).unwrap())];
-        let mut c = Checkpointer::start(stores, &cfg, None, metrics).with_mode(SnapshotMode::Fork);
+        let mut c = Checkpointer::start(stores, &cfg, metrics).with_mode(SnapshotMode::Fork);
 
         let mut engine = Engine::new(cfg.clone());
         run(&mut engine, halves().0);
         let good = engine.counters().clone();
-        c.take(&engine, cp_offsets(&cfg, 100));
+        c.take(&engine, cover(&cfg, 100));
         wait_idle(&c);
         assert_eq!(standing(&cfg), (100, good.clone()));
 
@@ -403,7 +418,7 @@ mod forked {
         ];
         for (i, (fault, reason)) in faults.into_iter().enumerate() {
             c.inject_fault(fault);
-            c.take(&engine, cp_offsets(&cfg, 200 + i as i64));
+            c.take(&engine, cover(&cfg, 200 + i as i64));
             wait_idle(&c);
             assert_eq!(
                 counter(
@@ -418,7 +433,7 @@ mod forked {
             assert_eq!(standing(&cfg), (100, good.clone()), "{fault:?}");
         }
         // The writer goes on: the next snapshot is taken and stored.
-        c.take(&engine, cp_offsets(&cfg, 300));
+        c.take(&engine, cover(&cfg, 300));
         wait_idle(&c);
         assert_eq!(standing(&cfg), (300, engine.counters().clone()));
         for f in snapshot::Failure::ALL {
@@ -435,4 +450,98 @@ mod forked {
             assert_eq!(n, want, "{}", f.code());
         }
     }
+}
+
+fn partition(topic: &str, partition: i32) -> checkpoint::InputPartition {
+    checkpoint::InputPartition {
+        topic: topic.into(),
+        partition,
+    }
+}
+
+#[test]
+fn a_partition_set_is_named_the_same_in_any_order_and_apart_from_any_other() {
+    let a = [partition("cdr", 0), partition("cdr", 1)];
+    let b = [partition("cdr", 1), partition("cdr", 0)];
+    assert_eq!(checkpoint::set_id(&a), checkpoint::set_id(&b));
+    for other in [
+        vec![partition("cdr", 0)],
+        vec![partition("cdr", 1)],
+        vec![partition("cdr", 0), partition("cdr", 2)],
+        // Topic and partition must not run together ("cdr1" partition 0 vs "cdr" 10).
+        vec![partition("cdr1", 0), partition("cdr", 1)],
+    ] {
+        assert_ne!(
+            checkpoint::set_id(&a),
+            checkpoint::set_id(&other),
+            "{other:?}"
+        );
+    }
+}
+
+#[test]
+fn restore_takes_the_checkpoint_of_exactly_the_assigned_set_and_says_why_when_none() {
+    use linewatch::checkpoint::metrics::CheckpointMetrics;
+    use linewatch::checkpoint::service::{self as svc, Cover};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::default();
+    cfg.service.group_id = "g".into();
+    let registry = prometheus::Registry::new();
+    let metrics = CheckpointMetrics::register(&registry);
+    let fallbacks = |reason: &str| -> u64 {
+        use prometheus::Encoder;
+        let mut text = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&registry.gather(), &mut text)
+            .unwrap();
+        let series = format!("linewatch_checkpoint_fallbacks_total{{reason=\"{reason}\"}} ");
+        String::from_utf8(text)
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix(&series)?.parse().ok())
+            .unwrap_or(0)
+    };
+    let mut stores: Vec<Box<dyn Store>> = vec![Box::new(DirStore::new(dir.path()).unwrap())];
+    assert!(svc::restore(&mut stores, &cfg, &[partition("cdr", 0)], &metrics).is_none());
+    assert_eq!(
+        fallbacks("missing"),
+        1,
+        "the group has no checkpoint at all"
+    );
+
+    // Two members' checkpoints in one group: partition 0's state and partition 1's.
+    let mut engine = Engine::new(cfg.clone());
+    run(&mut engine, halves().0);
+    for (p, offset, id) in [(0, 100, 5), (1, 200, 6)] {
+        let cover = Cover {
+            partitions: vec![partition("cdr", p)],
+            offsets: vec![SourceOffset {
+                topic: "cdr".into(),
+                partition: p,
+                offset,
+            }],
+        };
+        let enc = checkpoint::encode_covering(
+            &engine,
+            cover.partitions.clone(),
+            cover.offsets,
+            id,
+            1_000,
+            CHUNK,
+        )
+        .unwrap();
+        let ns = svc::namespace("g", &cover.partitions);
+        checkpoint::write(stores[0].as_mut(), &ns, 0, &enc).unwrap();
+    }
+    for (p, offset) in [(0, 100), (1, 200)] {
+        let r = svc::restore(&mut stores, &cfg, &[partition("cdr", p)], &metrics)
+            .expect("the set's own checkpoint");
+        assert_eq!(r.manifest.partitions, vec![partition("cdr", p)]);
+        assert_eq!(r.manifest.offsets[0].offset, offset);
+    }
+    // Both partitions on one member (the other went): no checkpoint covers the pair.
+    let both = [partition("cdr", 1), partition("cdr", 0)];
+    assert!(svc::restore(&mut stores, &cfg, &both, &metrics).is_none());
+    assert_eq!(fallbacks("other_partitions"), 1);
+    assert_eq!(fallbacks("missing"), 1, "unchanged");
 }

@@ -91,6 +91,22 @@ fn want(lines: &[String]) -> BTreeSet<String> {
         .collect()
 }
 
+/// Every `chunk` directory under `dir`.
+fn chunk_dirs(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            if p.file_name().is_some_and(|n| n == "chunk") {
+                out.push(p);
+            } else {
+                out.extend(chunk_dirs(&p));
+            }
+        }
+    }
+    out
+}
+
 /// Waits until the service has run all of `n` records through and written a checkpoint
 /// after that.
 async fn settled_and_checkpointed(svc: &Service, n: usize) {
@@ -172,10 +188,10 @@ async fn a_corrupted_checkpoint_is_passed_over_and_the_alerts_are_the_same() {
     first.wait_exit(Duration::from_secs(10)).await;
     drop(first);
 
-    // Flip a byte in every chunk of the directory's checkpoints: both slots unusable there.
+    // Flip a byte in every chunk of the directory's checkpoints (<group>/<partition
+    // set>/<slot>/chunk/*): both slots unusable there.
     let mut flipped = 0;
-    for slot in ["0", "1"] {
-        let chunks = state.join(&t.group).join(slot).join("chunk");
+    for chunks in chunk_dirs(&state.join(&t.group)) {
         for e in std::fs::read_dir(&chunks).into_iter().flatten().flatten() {
             let mut bytes = std::fs::read(e.path()).unwrap();
             let at = bytes.len() - 1;
@@ -241,4 +257,283 @@ async fn kill_9_at_several_points_under_load_loses_no_alert() {
     let msgs = read_until(&t.alerts, WAIT, |m| ids(m).is_superset(&want)).await;
     assert_eq!(ids(&msgs), want, "every alert of replay, and no other id");
     drop(last);
+}
+
+/// `CONFIG` with `[kafka]` properties (e.g. a static member id, a short session timeout).
+fn config_with(dir: &std::path::Path, name: &str, kafka: &[(&str, &str)]) -> std::path::PathBuf {
+    let mut text = CONFIG.to_string();
+    text.push_str("[kafka]\n");
+    for (k, v) in kafka {
+        text.push_str(&format!("\"{k}\" = \"{v}\"\n"));
+    }
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Produces JSONL lines to one partition, in order.
+async fn produce_to(topic: &str, partition: i32, lines: &[String]) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let p: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("producer");
+    for l in lines {
+        p.send(
+            FutureRecord::<str, str>::to(topic)
+                .partition(partition)
+                .payload(l.as_str()),
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("delivered");
+    }
+}
+
+/// A line texting 40 new numbers within 40 s, dated after `traffic`'s part one.
+fn burst(tag: &str, line: &str) -> Vec<String> {
+    (0..40i64)
+        .map(|i| {
+            sms(
+                &format!("{tag}-{line}-{i}"),
+                T0 + 30 * MIN + i * 1_000,
+                line,
+                &format!("{line}-r{i}"),
+            )
+        })
+        .collect()
+}
+
+/// Waits until a service holds `n` input partitions.
+async fn wait_assigned(svc: &Service, n: f64) {
+    svc.wait_metric("linewatch_assigned_partitions", n, WAIT)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_active_members_keep_their_own_checkpoints_and_restore_their_own() {
+    let b = brokers();
+    let t = Topics::named("ck2m");
+    t.create(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = t.args(&b);
+    args.extend(["--state-topic".into(), format!("ck2m-state-{}", suffix())]);
+    let cfg_a = config_with(dir.path(), "a", &[("group.instance.id", "member-a")]);
+    let cfg_b = config_with(dir.path(), "b", &[("group.instance.id", "member-b")]);
+    let (one, _) = traffic("m");
+
+    let a = Service::start(&cfg_a, &args);
+    a.wait_ready(WAIT).await;
+    let b2 = Service::start(&cfg_b, &args);
+    b2.wait_ready(WAIT).await;
+    wait_assigned(&a, 1.0).await;
+    assert_eq!(a.metric("linewatch_assigned_partitions").await, 1.0);
+    // Both partitions get records (keys spread over them), so both members' states differ.
+    let placed = produce(&t.input, &records(&one, true)).await;
+    let on_0 = placed.iter().filter(|p| p.0 == 0).count();
+    assert!(on_0 > 0 && on_0 < one.len(), "records on both partitions");
+    let valid = r#"linewatch_records_total{result="valid"}"#;
+    let deadline = std::time::Instant::now() + WAIT;
+    while a.metric(valid).await + b2.metric(valid).await < one.len() as f64 {
+        assert!(std::time::Instant::now() < deadline, "not all records ran");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Both write checkpoints, every second, to the same state topic, for a while.
+    for svc in [&a, &b2] {
+        let n = svc.metric("linewatch_checkpoint_write_seconds_count").await;
+        svc.wait_metric("linewatch_checkpoint_write_seconds_count", n + 3.0, WAIT)
+            .await;
+    }
+    let mut a = a;
+    let mut b2 = b2;
+    a.signal("KILL");
+    b2.signal("KILL");
+    a.wait_exit(Duration::from_secs(10)).await;
+    b2.wait_exit(Duration::from_secs(10)).await;
+
+    // Restarted with the same member ids, each takes its partition straight back and must
+    // find the checkpoint of that partition: nothing to re-read.
+    let a = Service::start(&cfg_a, &args);
+    let b2 = Service::start(&cfg_b, &args);
+    for (name, svc) in [("a", &a), ("b", &b2)] {
+        svc.wait_ready(WAIT).await;
+        let restored = svc
+            .wait_log("window state restored from a checkpoint", 1, WAIT)
+            .await;
+        assert_eq!(
+            svc.metric("linewatch_records_rebuilt_total").await,
+            0.0,
+            "member {name} restored its own partition's checkpoint: nothing re-read"
+        );
+        for reason in ["corrupt", "truncated", "incompatible", "other_partitions"] {
+            assert_eq!(
+                svc.metric(&format!(
+                    r#"linewatch_checkpoint_fallbacks_total{{reason="{reason}"}}"#
+                ))
+                .await,
+                0.0,
+                "member {name}: no checkpoint passed over ({reason})"
+            );
+        }
+        assert_eq!(restored[0]["partitions"], 1, "member {name}: {restored:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_after_kill_9_with_the_newest_checkpoint_and_misses_no_alert() {
+    let b = brokers();
+    let t = Topics::named("ckstb");
+    t.create(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    // No state directory: the standby has no disk in common with the active member.
+    let mut args = t.args(&b);
+    args.extend(["--state-topic".into(), format!("ckstb-state-{}", suffix())]);
+    // The group notices the kill after the session timeout: the broker's minimum, 6 s.
+    let kafka = [
+        ("session.timeout.ms", "6000"),
+        ("heartbeat.interval.ms", "1000"),
+    ];
+    let cfg = config_with(dir.path(), "member", &kafka);
+    let (one, two) = traffic("s");
+    let all: Vec<String> = one.iter().chain(&two).cloned().collect();
+    let want = want(&all);
+    assert_eq!(want.len(), 3, "bulk_sms, customer_fan_in, deal_line");
+
+    let first = Service::start(&cfg, &args);
+    first.wait_ready(WAIT).await;
+    let second = Service::start(&cfg, &args);
+    second.wait_ready(WAIT).await;
+    // The group gives the one partition to either; the other stands by, ready all the same.
+    let deadline = std::time::Instant::now() + WAIT;
+    let (mut active, standby) = loop {
+        let held = (
+            first.metric("linewatch_assigned_partitions").await,
+            second.metric("linewatch_assigned_partitions").await,
+        );
+        match held {
+            (1.0, 0.0) if !second.log_events("standing by").is_empty() => break (first, second),
+            (0.0, 1.0) if !first.log_events("standing by").is_empty() => break (second, first),
+            _ => {}
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "one active, one standing by: {held:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, body) = standby.get("/readyz").await;
+        if code == 200 && body.contains("standing by") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{code} {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    produce(&t.input, &records(&one, true)).await;
+    settled_and_checkpointed(&active, one.len()).await;
+    let before_kill = read_until(&t.alerts, Duration::from_secs(5), |m| !m.is_empty()).await;
+    assert!(
+        !before_kill.is_empty(),
+        "the active member alerted on part one"
+    );
+    active.signal("KILL");
+    active.wait_exit(Duration::from_secs(10)).await;
+
+    // Part two arrives while nobody holds the partition; the standby takes it over once
+    // the group has noticed, restores the newest checkpoint from the state topic and
+    // alerts on part two with part one's state.
+    produce(&t.input, &records(&two, true)).await;
+    let msgs = read_until(&t.alerts, WAIT, |m| ids(m).is_superset(&want)).await;
+    assert_eq!(ids(&msgs), want, "every alert of replay, no other id");
+    assert_eq!(standby.metric("linewatch_assigned_partitions").await, 1.0);
+    let restored = standby.log_events("window state restored from a checkpoint");
+    assert_eq!(restored.len(), 1, "{:?}", standby.logs());
+    assert_eq!(restored[0]["store"], "kafka");
+    assert_eq!(
+        standby.metric("linewatch_records_rebuilt_total").await,
+        0.0,
+        "the checkpoint held everything the active member committed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_member_restarted_within_the_session_timeout_takes_its_partition_back_without_a_rebalance(
+) {
+    let b = brokers();
+    let t = Topics::named("ckstat");
+    t.create(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = t.args(&b);
+    args.extend(["--state-topic".into(), format!("ckstat-state-{}", suffix())]);
+    // Long enough that the restart below comes well within it.
+    let session = ("consumer.session.timeout.ms", "45000");
+    let cfg_a = config_with(dir.path(), "a", &[("group.instance.id", "pod-a"), session]);
+    let cfg_b = config_with(dir.path(), "b", &[("group.instance.id", "pod-b"), session]);
+
+    let mut a = Service::start(&cfg_a, &args);
+    a.wait_ready(WAIT).await;
+    let other = Service::start(&cfg_b, &args);
+    other.wait_ready(WAIT).await;
+    wait_assigned(&a, 1.0).await;
+    assert_eq!(a.metric("linewatch_assigned_partitions").await, 1.0);
+    assert_eq!(other.metric("linewatch_assigned_partitions").await, 1.0);
+    // Settled: the other member's rebalances so far.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let assigns = r#"linewatch_rebalances_total{kind="assign"}"#;
+    let revokes = r#"linewatch_rebalances_total{kind="revoke"}"#;
+    let (assigned_before, revoked_before) =
+        (other.metric(assigns).await, other.metric(revokes).await);
+
+    // Which partition is a's: a burst there alerts through a.
+    produce_to(&t.input, 0, &burst("p0", "LA")).await;
+    produce_to(&t.input, 1, &burst("p1", "LB")).await;
+    let subjects = |m: &[support::Msg]| -> BTreeSet<String> {
+        m.iter()
+            .filter_map(|m| serde_json::from_slice::<Alert>(&m.value).ok())
+            .map(|a| a.subject)
+            .collect()
+    };
+    let msgs = read_until(&t.alerts, WAIT, |m| subjects(m).len() >= 2).await;
+    assert_eq!(subjects(&msgs), ["LA", "LB"].map(String::from).into());
+    let a_alerts = a
+        .metric(r#"linewatch_alerts_total{detector="bulk_sms"}"#)
+        .await;
+    let a_partition = if a_alerts >= 1.0 { 0 } else { 1 };
+
+    a.signal("KILL");
+    a.wait_exit(Duration::from_secs(10)).await;
+    let started = std::time::Instant::now();
+    let a = Service::start(&cfg_a, &args);
+    a.wait_ready(WAIT).await;
+    let back_in = started.elapsed();
+    assert!(
+        back_in < Duration::from_secs(40),
+        "took its partition back before the session timeout ran out ({back_in:?})"
+    );
+    // Alerts continue on the restarted member's partition.
+    produce_to(&t.input, a_partition, &burst("again", "LC")).await;
+    let msgs = read_until(&t.alerts, WAIT, |m| subjects(m).contains("LC")).await;
+    assert!(subjects(&msgs).contains("LC"));
+    assert_eq!(
+        a.metric(r#"linewatch_alerts_total{detector="bulk_sms"}"#)
+            .await,
+        1.0,
+        "the restarted member alerted"
+    );
+    // The other member saw no rebalance at all.
+    assert_eq!(
+        other.metric(assigns).await,
+        assigned_before,
+        "{:?}",
+        other.logs()
+    );
+    assert_eq!(
+        other.metric(revokes).await,
+        revoked_before,
+        "{:?}",
+        other.logs()
+    );
 }

@@ -33,8 +33,9 @@ use crate::engine::Engine;
 use crate::event::Millis;
 
 /// Bumped whenever the encoding of any section changes: an older or newer checkpoint is
-/// then `incompatible` and the service falls back to re-reading its input.
-pub const FORMAT_VERSION: u32 = 1;
+/// then `incompatible` and the service falls back to re-reading its input. 2: the manifest
+/// names the input partitions it covers.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Chunk values stay at or under this: below the 1 MiB default message limit of brokers
 /// and clients even with the key and framing added.
@@ -68,6 +69,30 @@ pub struct SourceOffset {
     pub offset: i64,
 }
 
+/// One input partition a checkpoint covers.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct InputPartition {
+    pub topic: String,
+    pub partition: i32,
+}
+
+/// The partition set a checkpoint belongs to, as a short fixed-width name: the same set
+/// (in any order) always gives the same name, so a member taking exactly that set finds it,
+/// and members holding different sets never write under each other's keys.
+pub fn set_id(partitions: &[InputPartition]) -> String {
+    let mut sorted: Vec<&InputPartition> = partitions.iter().collect();
+    sorted.sort();
+    sorted.dedup();
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for p in sorted {
+        // NUL cannot occur in a topic name: "a"+1 and "a1"+... never hash the same bytes.
+        h.update(p.topic.as_bytes());
+        h.update(&[0]);
+        h.update(&p.partition.to_le_bytes());
+    }
+    format!("{:016x}", h.digest())
+}
+
 /// Length and checksum of one chunk value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkMeta {
@@ -87,6 +112,12 @@ pub struct Manifest {
     /// it and then reconfigures to the one in force, as a live reload does.
     pub config_json: String,
     pub config_version: String,
+    /// The input partitions whose state this is (the member's assignment when it was
+    /// taken), sorted: restored only by a member assigned exactly these. Unkeyed input
+    /// mixes every partition's records in one state, which cannot be split by partition.
+    pub partitions: Vec<InputPartition>,
+    /// Next offset to read per covered partition; a covered partition without one had
+    /// none of its records in the state (it is re-read like a fresh one).
     pub offsets: Vec<SourceOffset>,
     pub chunks: Vec<ChunkMeta>,
     /// Encoded state bytes (the chunks without their headers).
@@ -110,19 +141,24 @@ pub enum Fallback {
     Truncated,
     /// A checksum that does not match, or bytes that do not decode.
     Corrupt,
-    /// Another format version, a configuration this build cannot read, or other partitions.
+    /// Another format version, a configuration this build cannot read, or other input topics.
     Incompatible,
     /// The store could not be read at all.
     Unreadable,
+    /// The group has checkpoints, but none of exactly the assigned partitions (partitions
+    /// were added, or the group split them differently): the state of unkeyed input cannot
+    /// be cut or joined by partition.
+    OtherPartitions,
 }
 
 impl Fallback {
-    pub const ALL: [Fallback; 5] = [
+    pub const ALL: [Fallback; 6] = [
         Fallback::Missing,
         Fallback::Truncated,
         Fallback::Corrupt,
         Fallback::Incompatible,
         Fallback::Unreadable,
+        Fallback::OtherPartitions,
     ];
 
     pub fn code(self) -> &'static str {
@@ -132,14 +168,34 @@ impl Fallback {
             Fallback::Corrupt => "corrupt",
             Fallback::Incompatible => "incompatible",
             Fallback::Unreadable => "unreadable",
+            Fallback::OtherPartitions => "other_partitions",
         }
     }
 }
 
 /// Encodes the engine's whole state with the offsets it reflects, cut into chunk values of
-/// at most `max_chunk_bytes` each.
+/// at most `max_chunk_bytes` each; it covers the partitions of `offsets`.
 pub fn encode(
     engine: &Engine,
+    offsets: Vec<SourceOffset>,
+    id: u64,
+    created_ms: Millis,
+    max_chunk_bytes: usize,
+) -> Result<Encoded, codec::Error> {
+    let partitions = offsets
+        .iter()
+        .map(|o| InputPartition {
+            topic: o.topic.clone(),
+            partition: o.partition,
+        })
+        .collect();
+    encode_covering(engine, partitions, offsets, id, created_ms, max_chunk_bytes)
+}
+
+/// [`encode`] for the state of `partitions` (some of which may have no offset yet).
+pub fn encode_covering(
+    engine: &Engine,
+    partitions: Vec<InputPartition>,
     offsets: Vec<SourceOffset>,
     id: u64,
     created_ms: Millis,
@@ -149,6 +205,7 @@ pub fn encode(
     let meta = Meta {
         id,
         created_ms,
+        partitions,
         offsets,
         config: engine.config().clone(),
         config_version: engine.config_version().to_string(),
@@ -167,6 +224,8 @@ pub fn encode_body(engine: &Engine) -> Result<Vec<u8>, codec::Error> {
 pub struct Meta {
     pub id: u64,
     pub created_ms: Millis,
+    /// The partitions the state covers (some of which may have no offset yet).
+    pub partitions: Vec<InputPartition>,
     pub offsets: Vec<SourceOffset>,
     /// The configuration the state was built under.
     pub config: Config,
@@ -177,6 +236,9 @@ pub struct Meta {
 /// makes their manifest.
 pub fn package(body: &[u8], meta: Meta, max_chunk_bytes: usize) -> Result<Encoded, codec::Error> {
     let id = meta.id;
+    let mut partitions = meta.partitions;
+    partitions.sort();
+    partitions.dedup();
     let per_chunk = max_chunk_bytes.saturating_sub(CHUNK_HEADER).max(1024);
     let mut chunks = Vec::with_capacity(body.len() / per_chunk + 1);
     let mut metas = Vec::with_capacity(chunks.capacity());
@@ -200,6 +262,7 @@ pub fn package(body: &[u8], meta: Meta, max_chunk_bytes: usize) -> Result<Encode
         // A Config always serialises to JSON: plain strings, numbers, maps with string keys.
         config_json: serde_json::to_string(&meta.config).unwrap_or_default(),
         config_version: meta.config_version,
+        partitions,
         offsets: meta.offsets,
         chunks: metas,
         state_bytes: body.len() as u64,
@@ -296,6 +359,17 @@ pub struct Restored {
     pub manifest: Manifest,
     /// The slot it was read from (the next write goes to the other).
     pub slot: u8,
+}
+
+impl std::fmt::Debug for Restored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The engine is the whole window state: far too much to print.
+        f.debug_struct("Restored")
+            .field("checkpoint_id", &self.manifest.id)
+            .field("partitions", &self.manifest.partitions)
+            .field("slot", &self.slot)
+            .finish()
+    }
 }
 
 /// The newest usable checkpoint among the store's manifests, newest first; each one

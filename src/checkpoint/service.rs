@@ -1,7 +1,16 @@
 //! Checkpoints in `linewatch run`: the stores opened at start, the newest usable checkpoint
-//! restored before the first poll, and a writer thread that stores each new checkpoint
-//! while the run loop goes on detecting. The run loop only forks (see [`super::snapshot`]):
-//! a copy-on-write child encodes the state while detection continues.
+//! of the assigned partitions restored on assignment, and a writer thread that stores each
+//! new checkpoint while the run loop goes on detecting. The run loop only forks (see
+//! [`super::snapshot`]): a copy-on-write child encodes the state while detection continues.
+//!
+//! A checkpoint is the state of a partition *set*: the input is not keyed by line, so one
+//! engine mixes every assigned partition's records. It is stored under the group and the
+//! set ([`namespace`]) and names the set in its manifest. An assignment that reaches an
+//! engine holding no partitions (start, a standby taking over, a member that lost all of
+//! its partitions) restores the newest checkpoint of exactly the assigned set; when there is
+//! none (partitions added, the group split them differently) the input is re-read, with the
+//! reason counted (`other_partitions`, `missing`). Gaining partitions while holding some
+//! keeps the state held and re-reads the new ones: a set's state cannot be split or joined.
 //!
 //! The run loop takes a checkpoint only at a batch boundary with nothing in flight: every
 //! record the state reflects has had its alerts and dead letters acknowledged, and its
@@ -9,26 +18,31 @@
 //! checkpoint's offsets and before the committed ones are re-read without publishing (they
 //! were published), the rest live.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::metrics::CheckpointMetrics;
 use super::snapshot::{self, Failure};
 use super::store::{DirStore, KafkaStore, Store};
-use super::{Fallback, Meta, Restored, SourceOffset};
+use super::{Fallback, InputPartition, Meta, Restored, SourceOffset};
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::kafka::KafkaSettings;
+use crate::service::source::lock;
 
 /// Timeout of the state topic's broker requests.
 const STORE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The group's checkpoints live under its name, so groups can share a state topic.
-pub fn namespace(cfg: &Config) -> String {
-    cfg.service.group_id.clone()
+/// Where the checkpoints of one partition set live: under the group's name (groups can
+/// share a state topic), then the set's [`super::set_id`], so two active members of a group,
+/// each holding its own partitions, never write over each other's checkpoints, and a member
+/// given exactly a set (a standby taking over, a restart) finds that set's newest one.
+pub fn namespace(group: &str, partitions: &[InputPartition]) -> String {
+    format!("{group}/{}", super::set_id(partitions))
 }
 
 /// The configured stores, fastest first: the directory when set, then the topic. A store
@@ -52,22 +66,34 @@ pub fn open_stores(cfg: &Config, settings: &KafkaSettings) -> Vec<Box<dyn Store>
     stores
 }
 
-/// The newest usable checkpoint, trying each store in order; every checkpoint passed over
-/// is logged once with its reason and counted. `None`: start empty and re-read the input
-/// (`service.rebuild_state_s`), as without checkpoints.
+/// The newest usable checkpoint of exactly `partitions`, trying each store in order; every
+/// checkpoint passed over is logged once with its reason and counted. `None`: no usable
+/// one (the reason is logged and counted too): the caller keeps the state it has and
+/// re-reads the input (`service.rebuild_state_s`), as without checkpoints.
+///
+/// `cfg` is the configuration the restored engine is reconfigured to (a checkpoint made
+/// under other thresholds keeps its state, as a live reload does).
 pub fn restore(
     stores: &mut [Box<dyn Store>],
     cfg: &Config,
+    partitions: &[InputPartition],
     metrics: &CheckpointMetrics,
 ) -> Option<Restored> {
     let started = Instant::now();
-    let ns = namespace(cfg);
-    let topics = &cfg.service.input_topics;
-    // A checkpoint of other input topics describes other records.
-    let accept = |m: &super::Manifest| m.offsets.iter().all(|o| topics.contains(&o.topic));
+    let mut want: Vec<InputPartition> = partitions.to_vec();
+    want.sort();
+    want.dedup();
+    let group = format!("{}/", cfg.service.group_id);
+    let ns = namespace(&cfg.service.group_id, &want);
+    let own = format!("{ns}/");
+    // The set's chunks, and only the manifests of other sets: enough to tell "this set has
+    // none" from "the group has none" without holding every set's state in memory.
+    let keep = |k: &str| k.starts_with(&own) || k.ends_with("/manifest");
+    let accept = |m: &super::Manifest| m.partitions == want;
+    let (mut own_seen, mut others_seen) = (false, false);
     for store in stores.iter_mut() {
         let kind = store.kind();
-        let entries = match store.load(&format!("{ns}/")) {
+        let mut entries = match store.load_where(&group, &keep) {
             Ok(e) => e,
             Err(e) => {
                 metrics.fallback(Fallback::Unreadable);
@@ -75,6 +101,10 @@ pub fn restore(
                 continue;
             }
         };
+        let before = entries.len();
+        entries.retain(|k, _| k.starts_with(&own));
+        own_seen |= !entries.is_empty();
+        others_seen |= entries.len() < before;
         let skipped = |f: Fallback| {
             metrics.fallback(f);
             tracing::warn!(
@@ -89,6 +119,7 @@ pub fn restore(
             tracing::info!(
                 store = kind,
                 checkpoint_id = r.manifest.id,
+                partitions = r.manifest.partitions.len(),
                 state_bytes = r.manifest.state_bytes,
                 load_seconds = secs,
                 tracked_lines = r.engine.tracked_lines(),
@@ -97,12 +128,66 @@ pub fn restore(
             return Some(r);
         }
     }
-    metrics.fallback(Fallback::Missing);
-    tracing::info!(
-        reason = Fallback::Missing.code(),
-        "no usable checkpoint; rebuilding window state from the input (service.rebuild_state_s)"
-    );
+    if own_seen {
+        // Each one passed over was logged and counted with its own reason.
+        tracing::warn!(
+            partitions = want.len(),
+            "no usable checkpoint of the assigned partitions; rebuilding window state from the input (service.rebuild_state_s)"
+        );
+    } else {
+        let reason = if others_seen {
+            Fallback::OtherPartitions
+        } else {
+            Fallback::Missing
+        };
+        metrics.fallback(reason);
+        tracing::info!(
+            reason = reason.code(),
+            partitions = want.len(),
+            "no checkpoint of the assigned partitions; rebuilding window state from the input (service.rebuild_state_s)"
+        );
+    }
     None
+}
+
+/// Restores on assignment: the stores to read and the configuration to restore under, held
+/// by the consumer's rebalance callback (see [`crate::service::source`]).
+pub struct Restorer {
+    stores: Vec<Box<dyn Store>>,
+    cfg: Config,
+    metrics: CheckpointMetrics,
+}
+
+impl std::fmt::Debug for Restorer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kinds: Vec<&str> = self.stores.iter().map(|s| s.kind()).collect();
+        f.debug_struct("Restorer").field("stores", &kinds).finish()
+    }
+}
+
+impl Restorer {
+    /// Over its own connections to the stores (the writer thread owns the others).
+    pub fn open(cfg: &Config, settings: &KafkaSettings, metrics: CheckpointMetrics) -> Self {
+        Restorer {
+            stores: open_stores(cfg, settings),
+            cfg: cfg.clone(),
+            metrics,
+        }
+    }
+
+    /// See [`restore`]. The engine it returns is configured as at start; the run loop
+    /// reconfigures it to the configuration in force when it takes it over.
+    pub fn restore(&mut self, partitions: &[InputPartition]) -> Option<Restored> {
+        restore(&mut self.stores, &self.cfg, partitions, &self.metrics)
+    }
+}
+
+/// What a checkpoint covers: the member's assigned partitions and, for those whose records
+/// the state holds, the next offset to read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cover {
+    pub partitions: Vec<InputPartition>,
+    pub offsets: Vec<SourceOffset>,
 }
 
 /// Reading, chunking and storing a checkpoint compete with detection for the cores:
@@ -158,6 +243,9 @@ pub struct Checkpointer {
     busy: Arc<AtomicBool>,
     metrics: CheckpointMetrics,
     writer: Option<JoinHandle<()>>,
+    /// The slot to write next, per namespace (partition set): the one not holding the
+    /// newest checkpoint, so it stays whole while the next one is written.
+    next_slot: Arc<Mutex<BTreeMap<String, u8>>>,
     mode: SnapshotMode,
     /// A failed fork is logged the first time only (it is counted every time).
     fork_warned: bool,
@@ -165,20 +253,16 @@ pub struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// Starts the writer over `stores`; `restored` (the checkpoint loaded at start, if
-    /// any) gives the first slot (the other one) and the id to exceed.
-    pub fn start(
-        stores: Vec<Box<dyn Store>>,
-        cfg: &Config,
-        restored: Option<(u8, u64)>,
-        metrics: CheckpointMetrics,
-    ) -> Self {
+    /// Starts the writer over `stores`; a restored checkpoint is announced with
+    /// [`Checkpointer::restored`].
+    pub fn start(stores: Vec<Box<dyn Store>>, cfg: &Config, metrics: CheckpointMetrics) -> Self {
         // One checkpoint waits at most: if the stores are slower than the interval, the
         // next one is skipped rather than queued (memory stays bounded).
         let (tx, rx) = sync_channel::<Job>(1);
         let busy = Arc::new(AtomicBool::new(false));
-        let ns = namespace(cfg);
-        let mut slot = restored.map_or(0, |(s, _)| (s + 1) % super::SLOTS);
+        let group = cfg.service.group_id.clone();
+        let next_slot: Arc<Mutex<BTreeMap<String, u8>>> = Arc::default();
+        let slots = next_slot.clone();
         let m = metrics.clone();
         let flag = busy.clone();
         let mut stores = stores;
@@ -190,6 +274,8 @@ impl Checkpointer {
                 let mut hint = 0;
                 while let Ok(job) = rx.recv() {
                     let started = Instant::now();
+                    let ns = namespace(&group, &job.meta.partitions);
+                    let slot = lock(&slots).get(&ns).copied().unwrap_or(0);
                     let body = match job.state {
                         Taken::Forked(child) => child.collect(hint),
                         Taken::Copy(engine) => {
@@ -233,7 +319,7 @@ impl Checkpointer {
                             started.elapsed().as_secs_f64(),
                         );
                         tracing::debug!(checkpoint_id = cp.manifest.id, slot, bytes = cp.manifest.state_bytes, "checkpoint written");
-                        slot = (slot + 1) % super::SLOTS;
+                        lock(&slots).insert(ns, (slot + 1) % super::SLOTS);
                     }
                     flag.store(false, Ordering::Release);
                 }
@@ -245,11 +331,12 @@ impl Checkpointer {
         Checkpointer {
             interval: Duration::from_secs(cfg.service.checkpoint_interval_s),
             last: Instant::now(),
-            last_id: restored.map_or(0, |(_, id)| id),
+            last_id: 0,
             tx: writer.is_some().then_some(tx),
             busy,
             metrics,
             writer,
+            next_slot,
             mode: SnapshotMode::default(),
             fork_warned: false,
             fault: None,
@@ -268,6 +355,19 @@ impl Checkpointer {
         self.fault = Some(fault);
     }
 
+    /// The writer has finished the last checkpoint handed to it.
+    pub fn idle(&self) -> bool {
+        !self.busy.load(Ordering::Acquire)
+    }
+
+    /// A checkpoint was restored: the next one of its partition set goes to the other slot
+    /// and gets a higher id, so "newest" stays true across members and restarts.
+    pub fn restored(&mut self, group: &str, r: &Restored) {
+        let ns = namespace(group, &r.manifest.partitions);
+        lock(&self.next_slot).insert(ns, (r.slot + 1) % super::SLOTS);
+        self.last_id = self.last_id.max(r.manifest.id);
+    }
+
     /// A checkpoint is due and the writer is free for it.
     pub fn due(&self) -> bool {
         self.tx.is_some()
@@ -275,15 +375,11 @@ impl Checkpointer {
             && self.last.elapsed() >= self.interval
     }
 
-    /// The writer has finished the last checkpoint handed to it.
-    pub fn idle(&self) -> bool {
-        !self.busy.load(Ordering::Acquire)
-    }
-
-    /// Takes the engine's state with the offsets it reflects and hands it to the writer.
-    /// Call only with nothing in flight (see the module doc).
-    pub fn take(&mut self, engine: &Engine, offsets: Vec<SourceOffset>) {
-        if self.tx.is_none() {
+    /// Takes the engine's state with what it covers and hands it to the writer. Call only
+    /// with nothing in flight (see the module doc). Nothing is taken while no partition is
+    /// assigned: a standby's empty state must never stand for a set's checkpoint.
+    pub fn take(&mut self, engine: &Engine, cover: Cover) {
+        if self.tx.is_none() || cover.partitions.is_empty() {
             return;
         }
         self.last = Instant::now();
@@ -300,7 +396,8 @@ impl Checkpointer {
             meta: Meta {
                 id,
                 created_ms: now,
-                offsets,
+                partitions: cover.partitions,
+                offsets: cover.offsets,
                 config: engine.config().clone(),
                 config_version: engine.config_version().to_string(),
             },
@@ -336,14 +433,14 @@ impl Checkpointer {
 
     /// Takes a last checkpoint (the state at a clean shutdown: a restart then re-reads
     /// nothing) and waits for the writer to store it.
-    pub fn finish(mut self, engine: &Engine, offsets: Vec<SourceOffset>) {
+    pub fn finish(mut self, engine: &Engine, cover: Cover) {
         if self.tx.is_some() {
             // Wait for a write still under way: the last state is the one that matters.
             while self.busy.load(Ordering::Acquire) {
                 std::thread::sleep(Duration::from_millis(10));
             }
             self.last = Instant::now() - self.interval;
-            self.take(engine, offsets);
+            self.take(engine, cover);
         }
         self.tx = None;
         if let Some(w) = self.writer.take() {

@@ -46,7 +46,16 @@ pub trait Store: Send {
     /// Makes every value put so far durable.
     fn flush(&mut self) -> Result<(), StoreError>;
     /// The current value of every key under `prefix`.
-    fn load(&mut self, prefix: &str) -> Result<BTreeMap<String, Vec<u8>>, StoreError>;
+    fn load(&mut self, prefix: &str) -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
+        self.load_where(prefix, &|_| true)
+    }
+    /// The current value of every key under `prefix` that `keep` accepts: a restore reads
+    /// one partition set's chunks and only the manifests of the others.
+    fn load_where(
+        &mut self,
+        prefix: &str,
+        keep: &dyn Fn(&str) -> bool,
+    ) -> Result<BTreeMap<String, Vec<u8>>, StoreError>;
 }
 
 /// One file per key under a root directory.
@@ -98,10 +107,15 @@ impl Store for DirStore {
         Ok(())
     }
 
-    fn load(&mut self, prefix: &str) -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
+    fn load_where(
+        &mut self,
+        prefix: &str,
+        keep: &dyn Fn(&str) -> bool,
+    ) -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
         fn walk(
             root: &Path,
             dir: &Path,
+            keep: &dyn Fn(&str) -> bool,
             out: &mut BTreeMap<String, Vec<u8>>,
         ) -> std::io::Result<()> {
             let entries = match fs::read_dir(dir) {
@@ -112,18 +126,20 @@ impl Store for DirStore {
             for e in entries {
                 let p = e?.path();
                 if p.is_dir() {
-                    walk(root, &p, out)?;
+                    walk(root, &p, keep, out)?;
                 } else if p.extension().is_none_or(|x| x != "tmp") {
                     if let Ok(rel) = p.strip_prefix(root) {
                         let key = rel.to_string_lossy().replace('\\', "/");
-                        out.insert(key, fs::read(&p)?);
+                        if keep(&key) {
+                            out.insert(key, fs::read(&p)?);
+                        }
                     }
                 }
             }
             Ok(())
         }
         let mut out = BTreeMap::new();
-        walk(&self.root, &self.path(prefix), &mut out)?;
+        walk(&self.root, &self.path(prefix), keep, &mut out)?;
         Ok(out)
     }
 }
@@ -242,7 +258,11 @@ impl Store for KafkaStore {
         }
     }
 
-    fn load(&mut self, prefix: &str) -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
+    fn load_where(
+        &mut self,
+        prefix: &str,
+        keep: &dyn Fn(&str) -> bool,
+    ) -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
         let mut cfg = self.settings.client_config(Role::Consumer);
         // Reads by assignment, never joins a group: a static member id must not be reused.
         cfg.remove("group.instance.id");
@@ -290,7 +310,7 @@ impl Store for KafkaStore {
             let Some(key) = msg.key().and_then(|k| std::str::from_utf8(k).ok()) else {
                 continue;
             };
-            if !key.starts_with(prefix) {
+            if !key.starts_with(prefix) || !keep(key) {
                 continue;
             }
             match msg.payload() {

@@ -53,6 +53,9 @@ pub struct Args {
     /// Local directory for checkpoints, read first on restore (service.state_dir).
     #[arg(long, env = "LINEWATCH_STATE_DIR", value_name = "PATH")]
     pub state_dir: Option<String>,
+    /// at_least_once or exactly_once (service.processing_guarantee).
+    #[arg(long, env = "LINEWATCH_PROCESSING_GUARANTEE", value_name = "G")]
+    pub processing_guarantee: Option<crate::config::ProcessingGuarantee>,
     /// Cell map CSV (`cell,area,class`), validated at start.
     #[arg(long, env = "LINEWATCH_CELLS", value_name = "PATH")]
     pub cells: Option<PathBuf>,
@@ -96,6 +99,9 @@ impl Args {
         }
         if let Some(v) = &self.state_dir {
             s.state_dir = v.clone();
+        }
+        if let Some(v) = self.processing_guarantee {
+            s.processing_guarantee = v;
         }
         cfg
     }

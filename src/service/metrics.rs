@@ -77,6 +77,8 @@ pub struct Metrics {
     assigned: IntGauge,
     /// Checkpoint age, size, timings and fallbacks (defined with the checkpoints).
     pub checkpoint: crate::checkpoint::metrics::CheckpointMetrics,
+    /// Transactions and pipeline restarts (exactly_once; defined with the transactions).
+    pub txn: super::txn::TxnMetrics,
 }
 
 // Registering a freshly built metric in a new registry fails only on a duplicate name or a
@@ -236,7 +238,7 @@ impl Metrics {
             .expect(STATIC_OK);
         let ready = IntGauge::new(
             "linewatch_ready",
-            "1 once the consumer group has assigned partitions to this instance.",
+            "1 once the consumer group has assigned partitions to this instance, or assigned it none while it stands by.",
         )
         .expect(STATIC_OK);
         r.register(Box::new(ready.clone())).expect(STATIC_OK);
@@ -269,8 +271,10 @@ impl Metrics {
             reloads.with_label_values(&[k]);
         }
         let checkpoint = crate::checkpoint::metrics::CheckpointMetrics::register(&r);
+        let txn = super::txn::TxnMetrics::register(&r);
         Metrics {
             checkpoint,
+            txn,
             registry: r,
             records,
             rebuilt,
@@ -420,6 +424,13 @@ impl Metrics {
     pub fn assignment(&self, partitions: usize) {
         self.assigned.set(partitions as i64);
         self.ready.set(i64::from(partitions > 0));
+    }
+
+    /// In the group with no partitions (more members than input partitions): a standby,
+    /// healthy and ready to take over, so ready (a rolling update must not wait for it).
+    pub fn standing_by(&self) {
+        self.assigned.set(0);
+        self.ready.set(1);
     }
 
     /// The Prometheus text exposition of every metric.

@@ -13,6 +13,10 @@
 //!
 //! # Guarantees
 //!
+//! Exactly once under `service.processing_guarantee = "exactly_once"`: see [`txn`] (outputs
+//! and offsets in one Kafka transaction; a failed transaction restarts the pipeline in-process
+//! from the newest checkpoint and the committed offsets, see [`run`]). Otherwise:
+//!
 //! At least once, nothing lost: an input offset is committed only after every alert and
 //! dead letter its record caused is acknowledged by the broker (`acks=all`). Memory is
 //! bounded end to end: one batch in hand, librdkafka's prefetch capped, no poll while a
@@ -30,8 +34,10 @@
 //!   `source_topic`, `source_partition`, `source_offset` (decimal), and when it applies
 //!   `redacted` (the fields) and `truncated`, `original_bytes`, `original_xxh3_128`. A dead
 //!   letter the broker still refuses for good is counted and skipped, never fatal.
-//! - Delivery is at least once: after a crash between acknowledgement and commit an alert
-//!   may be published again, always with the same `alert_id`.
+//! - Delivery is at least once by default: after a crash between acknowledgement and commit
+//!   an alert may be published again, always with the same `alert_id`. Under
+//!   `processing_guarantee = "exactly_once"` ([`txn`]) a `read_committed` reader sees each
+//!   alert and dead letter once.
 //!
 //! # Operations
 //!
@@ -52,6 +58,7 @@ pub mod pipeline;
 pub mod reload;
 pub mod sink;
 pub mod source;
+pub mod txn;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -63,7 +70,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, Producer};
 use tokio::sync::{mpsc, watch};
 
-use crate::config::Config;
+use crate::config::{Config, ProcessingGuarantee};
 use crate::engine::Engine;
 use crate::kafka::{self, KafkaSettings, Role};
 use metrics::Metrics;
@@ -92,6 +99,17 @@ pub enum ServiceError {
     /// The consumer hit an error retrying cannot fix.
     #[error("consuming failed ({kind}): {message}")]
     Consumer { kind: &'static str, message: String },
+    /// Exactly once: another instance started with our transactional id and fenced us.
+    #[error("another instance started with transactional id {id:?} and took this one's work over (exactly_once); stopping rather than fighting it for the id ({message}). Two instances need different [kafka] \"group.instance.id\" values")]
+    Fenced { id: String, message: String },
+    /// Exactly once: the transaction was aborted or the producer failed for good; the
+    /// pipeline is started again in-process from the newest checkpoint and the committed
+    /// offsets ([`run`] handles it; it is never returned from there).
+    #[error("transaction {reason}: {message}")]
+    Rewind {
+        reason: &'static str,
+        message: String,
+    },
     /// Shutdown could not finish in-flight deliveries in time.
     #[error("shutdown: in-flight deliveries not acknowledged within drain_timeout_s = {0}; their input offsets were not committed, so a restart re-reads them")]
     DrainTimeout(u64),
@@ -214,35 +232,7 @@ pub async fn run(
             );
         }
     }
-    let producer: FutureProducer<SinkContext> = settings
-        .client_config(Role::Producer)
-        .create_with_context(SinkContext {
-            status: status.clone(),
-        })
-        .map_err(|e| creation_error("producer", e, &settings))?;
-    let sink = Arc::new(Sink::new(
-        producer.clone(),
-        cfg.service.alert_topic.clone(),
-        cfg.service.dead_letter_topic.clone(),
-        metrics.clone(),
-        Duration::from_secs(cfg.service.retry_backoff_max_s),
-    ));
-    let in_flight = sink::InFlightQueue::default();
-    let ctx = SourceContext::new(
-        cfg.service.input_topics.clone(),
-        metrics.clone(),
-        status.clone(),
-        cfg.service.rebuild_state_s,
-        Some((sink.clone(), in_flight.clone())),
-    );
-    let shared = ctx.shared();
-    let consumer: Source = settings
-        .client_config(Role::Consumer)
-        .set("group.id", &cfg.service.group_id)
-        .create_with_context(ctx)
-        .map_err(|e| creation_error("consumer", e, &settings))?;
-    let consumer = Arc::new(consumer);
-
+    let first = Clients::build(&cfg, &settings, &metrics, &status)?;
     // Clients first, so a bad property fails before anything listens.
     let listener = http::bind(&cfg.service.http_addr).await?;
     if let Ok(addr) = listener.local_addr() {
@@ -269,41 +259,206 @@ pub async fn run(
         alert_topic = %cfg.service.alert_topic,
         dead_letter_topic = %cfg.service.dead_letter_topic,
         config_version = %cfg.version(),
+        processing_guarantee = cfg.service.processing_guarantee.as_str(),
         "starting"
     );
     let drain_s = cfg.service.drain_timeout_s;
-    let main = pipeline::Pipeline {
-        engine: Engine::new(cfg.clone()),
-        checkpoints: None,
-        settings: settings.clone(),
-        cfg,
-        consumer: consumer.clone(),
-        producer,
-        sink,
-        in_flight,
-        shared,
-        metrics,
-        status,
-        reloads: reload_rx,
-        stop: stop_rx,
-    }
-    .run();
-    tokio::pin!(main);
     tokio::pin!(shutdown);
     let mut stopped_at = None;
-    let result = tokio::select! {
-        r = &mut main => r,
-        _ = &mut shutdown => {
-            tracing::info!(drain_timeout_s = drain_s, "shutdown requested: finishing the batch in hand, then committing");
-            stopped_at = Some(std::time::Instant::now());
-            let _ = stop_tx.send(true);
-            (&mut main).await
+    let mut clients = Some(first);
+    let mut reloads = reload_rx;
+    let mut running = cfg;
+    let mut restarts = 0u32;
+    let result = loop {
+        let c = match clients.take() {
+            Some(c) => c,
+            None => Clients::build(&running, &settings, &metrics, &status)?,
+        };
+        let consumer = c.consumer.clone();
+        let txn = c.txn.clone();
+        let mut pipeline = pipeline::Pipeline {
+            engine: Engine::new(running.clone()),
+            checkpoints: None,
+            settings: settings.clone(),
+            cfg: running.clone(),
+            consumer: c.consumer,
+            producer: c.producer,
+            sink: c.sink,
+            in_flight: c.in_flight,
+            shared: c.shared,
+            metrics: metrics.clone(),
+            status: status.clone(),
+            reloads,
+            stop: stop_rx.clone(),
+            txn: c.txn,
+            committing: Default::default(),
+        };
+        let started = std::time::Instant::now();
+        let r = {
+            let main = pipeline.run();
+            tokio::pin!(main);
+            if stopped_at.is_some() {
+                (&mut main).await
+            } else {
+                tokio::select! {
+                    r = &mut main => r,
+                    _ = &mut shutdown => {
+                        tracing::info!(drain_timeout_s = drain_s, "shutdown requested: finishing the batch in hand, then committing");
+                        stopped_at = Some(std::time::Instant::now());
+                        let _ = stop_tx.send(true);
+                        (&mut main).await
+                    }
+                }
+            }
+        };
+        // The engine keeps the thresholds of live reloads; its state is dropped below.
+        running = pipeline.engine.config().clone();
+        reloads = pipeline.reloads;
+        drop(pipeline.producer);
+        drop(pipeline.sink);
+        if let (Err(e), Some(t)) = (&r, &txn) {
+            // The consumer's close below revokes its partitions: the revoke must not touch
+            // a transaction that failed.
+            t.fail(txn::TxnError::Fatal(e.to_string()));
+        }
+        drop(txn);
+        close_consumer(consumer, stopped_at, drain_s).await;
+        match r {
+            Err(ServiceError::Rewind { reason, message }) if stopped_at.is_none() => {
+                if started.elapsed() > Duration::from_secs(60) {
+                    restarts = 0;
+                }
+                restarts += 1;
+                metrics.txn.restarted(reason);
+                let wait = sink::backoff(
+                    restarts,
+                    Duration::from_secs(running.service.retry_backoff_max_s),
+                );
+                tracing::warn!(
+                    reason,
+                    error = %message,
+                    restarts,
+                    retry_in_s = wait.as_secs(),
+                    "transaction failed: starting the pipeline again from the newest checkpoint and the committed offsets (nothing uncommitted is published twice)"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = &mut shutdown => break Ok(()),
+                }
+            }
+            Err(ServiceError::Rewind { .. }) => break Ok(()),
+            other => break other,
         }
     };
     let _ = stop_tx.send(true);
-    // Leaving the group (consumer close) waits on the broker: off the async threads, and
-    // bounded by what is left of the drain time. Offsets are committed already; a group
-    // left uncleanly only delays the next member's assignment by the session timeout.
+    // A scraper holding a keep-alive connection must not hold the exit up.
+    let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
+    if let Some(t) = reload_task {
+        let _ = t.await;
+    }
+    match &result {
+        Ok(()) => tracing::info!("stopped"),
+        Err(e) => tracing::error!(error = %e, "stopped on error"),
+    }
+    result
+}
+
+/// The Kafka side of one pipeline: made at start, and again after a transaction failure
+/// (exactly once), so a fatal producer error is met with a new producer.
+struct Clients {
+    producer: FutureProducer<SinkContext>,
+    sink: Arc<Sink>,
+    in_flight: sink::InFlightQueue,
+    shared: Arc<Mutex<source::Assignment>>,
+    consumer: Arc<Source>,
+    txn: Option<Arc<txn::Transactions>>,
+}
+
+impl Clients {
+    fn build(
+        cfg: &Config,
+        settings: &KafkaSettings,
+        metrics: &Metrics,
+        status: &Arc<Status>,
+    ) -> Result<Clients, ServiceError> {
+        let eos = cfg.service.processing_guarantee == ProcessingGuarantee::ExactlyOnce;
+        let txn_id = eos.then(|| txn::transactional_id(settings, &cfg.service.group_id));
+        let producer_config = match &txn_id {
+            Some(id) => settings.transactional_config(id),
+            None => settings.client_config(Role::Producer),
+        };
+        let producer: FutureProducer<SinkContext> = producer_config
+            .create_with_context(SinkContext {
+                status: status.clone(),
+            })
+            .map_err(|e| creation_error("producer", e, settings))?;
+        let sink = Arc::new(Sink::new(
+            producer.clone(),
+            cfg.service.alert_topic.clone(),
+            cfg.service.dead_letter_topic.clone(),
+            metrics.clone(),
+            Duration::from_secs(cfg.service.retry_backoff_max_s),
+        ));
+        let in_flight = sink::InFlightQueue::default();
+        // The broker's default when unset is 60 s; the transactional config sets 10 s.
+        let txn_timeout = producer_config
+            .get("transaction.timeout.ms")
+            .and_then(|v| v.parse().ok())
+            .map_or(Duration::from_secs(60), Duration::from_millis);
+        let txn = txn_id.map(|id| {
+            Arc::new(txn::Transactions::new(
+                txn::TxnSettings {
+                    id,
+                    interval: Duration::from_millis(cfg.service.transaction_interval_ms),
+                    txn_timeout,
+                },
+                producer.clone(),
+                sink.clone(),
+                in_flight.clone(),
+                cfg.service.input_topics.clone(),
+                metrics.clone(),
+            ))
+        });
+        let mut ctx = SourceContext::new(
+            cfg.service.input_topics.clone(),
+            metrics.clone(),
+            status.clone(),
+            cfg.service.rebuild_state_s,
+            Some((sink.clone(), in_flight.clone())),
+        );
+        if let Some(t) = &txn {
+            ctx = ctx.with_transactions(t.clone());
+        }
+        let shared = ctx.shared();
+        let consumer_config = if eos {
+            settings.read_committed_config()
+        } else {
+            settings.client_config(Role::Consumer)
+        };
+        let consumer: Source = consumer_config
+            .clone()
+            .set("group.id", &cfg.service.group_id)
+            .create_with_context(ctx)
+            .map_err(|e| creation_error("consumer", e, settings))?;
+        Ok(Clients {
+            producer,
+            sink,
+            in_flight,
+            shared,
+            consumer: Arc::new(consumer),
+            txn,
+        })
+    }
+}
+
+/// Leaves the consumer group (consumer close waits on the broker): off the async threads,
+/// and bounded by what is left of the drain time. Offsets are committed already; a group
+/// left uncleanly only delays the next member's assignment by the session timeout.
+async fn close_consumer(
+    consumer: Arc<Source>,
+    stopped_at: Option<std::time::Instant>,
+    drain_s: u64,
+) {
     let left = stopped_at.map_or(Duration::from_secs(drain_s), |t| {
         Duration::from_secs(drain_s).saturating_sub(t.elapsed())
     });
@@ -317,16 +472,6 @@ pub async fn run(
     {
         tracing::warn!("leaving the consumer group did not finish in time");
     }
-    // A scraper holding a keep-alive connection must not hold the exit up.
-    let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
-    if let Some(t) = reload_task {
-        let _ = t.await;
-    }
-    match &result {
-        Ok(()) => tracing::info!("stopped"),
-        Err(e) => tracing::error!(error = %e, "stopped on error"),
-    }
-    result
 }
 
 /// Waits until the brokers answer and every topic exists, logging each failed attempt.

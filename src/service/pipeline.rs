@@ -54,9 +54,10 @@ use super::align::{Align, Held};
 use super::metrics::{Metrics, Tally};
 use super::sink::{InFlight, InFlightQueue, Outgoing, Sink, SinkContext};
 use super::source::{self, lock, Assignment, Batch, Generation, InRecord, Source, Tp};
+use super::txn::{Transactions, TxnError};
 use super::{ServiceError, Status, Throttle};
-use crate::checkpoint::service::Checkpointer;
-use crate::checkpoint::{self, SourceOffset};
+use crate::checkpoint::service::{Checkpointer, Cover};
+use crate::checkpoint::{self, InputPartition, SourceOffset};
 use crate::config::Config;
 use crate::engine::{Engine, Verdict};
 use crate::event::{self, DecodeOptions, Event, Malformed, Millis};
@@ -74,6 +75,10 @@ fn engine_partition(tp: Tp) -> i32 {
 fn from_engine_partition(p: i32) -> Tp {
     ((p / TOPIC_STRIDE) as usize, p % TOPIC_STRIDE)
 }
+
+/// Exactly once: at most this many batches join one transaction before it is committed,
+/// whatever `transaction_interval_ms` says (their outputs wait in memory until then).
+const MAX_BATCHES_PER_TRANSACTION: usize = 64;
 
 /// Records decoded per step ahead of the engine (see [`Pipeline::process`]).
 const DECODE_CHUNK: usize = 256;
@@ -211,16 +216,39 @@ pub struct Pipeline {
     pub checkpoints: Option<Checkpointer>,
     /// For the state topic.
     pub settings: KafkaSettings,
+    /// Exactly once (`service.processing_guarantee`): outputs and offsets go in Kafka
+    /// transactions (see [`super::txn`]); `None`: at least once.
+    pub txn: Option<Arc<Transactions>>,
+    /// Exactly once: the commit under way on a blocking thread.
+    pub committing: Mutex<Option<tokio::task::JoinHandle<Result<(), TxnError>>>>,
 }
 
 impl Pipeline {
-    /// Runs until the stop flag is set (then drains and commits) or a final error.
-    pub async fn run(mut self) -> Result<(), ServiceError> {
+    /// Runs until the stop flag is set (then drains and commits) or a final error. Under
+    /// exactly once, [`ServiceError::Rewind`] asks the caller to start a new pipeline.
+    pub async fn run(&mut self) -> Result<(), ServiceError> {
         if !super::wait_for_cluster(&self.producer, &self.cfg, &self.status, &mut self.stop).await?
         {
             return Ok(());
         }
-        // State first: the re-read on assignment starts where the checkpoint ends.
+        // Before anything reads committed offsets: a transaction our previous incarnation
+        // left open is aborted here, instead of holding the offset fetch until it times out.
+        if let Some(t) = self.txn.clone() {
+            self.status.set(false, "initialising transactions");
+            let stop = self.stop.clone();
+            let init = tokio::task::spawn_blocking(move || t.init(&|| *stop.borrow())).await;
+            match init {
+                Ok(Ok(())) => {
+                    tracing::info!(transactional_id = %self.txn.as_ref().map_or("", |t| t.id.as_str()), "transactions initialised (exactly_once)")
+                }
+                Ok(Err(e)) => return Err(self.txn_error(e)),
+                Err(e) => return Err(self.txn_error(TxnError::Fatal(e.to_string()))),
+            }
+            if *self.stop.borrow() {
+                return Ok(());
+            }
+        }
+        // Before subscribing: the first assignment restores the state of its partitions.
         self.restore_state().await;
         super::subscribe(&self.consumer, &self.cfg.service.input_topics)?;
         self.status
@@ -251,6 +279,10 @@ impl Pipeline {
         let result: Result<(), ServiceError> = async {
             loop {
                 self.forget_revoked();
+                if let Some(t) = &self.txn {
+                    // A transaction the rebalance callback could not commit.
+                    t.check().map_err(|e| self.txn_error(e))?;
+                }
                 if *self.stop.borrow() {
                     break;
                 }
@@ -327,8 +359,13 @@ impl Pipeline {
                         break;
                     }
                     // About to wait for records: take the acknowledgements that have come
-                    // meanwhile (commits, and the record-to-alert figure, stay current).
-                    self.commit_ready(&topics)?;
+                    // meanwhile (commits, and the record-to-alert figure, stay current); under
+                    // exactly once, commit the transaction if it is due.
+                    if self.txn.is_some() {
+                        self.poll_txn(stopping_since, drain).await?;
+                    } else {
+                        self.commit_ready(&topics)?;
+                    }
                     let waited = tokio::select! {
                         biased;
                         _ = self.stop.wait_for(|s| *s) => true,
@@ -356,20 +393,25 @@ impl Pipeline {
                     stopping_since = Some(Instant::now());
                 }
                 let mut b = InFlight::new(out, next, started);
-                let all: Vec<usize> = (0..b.out.len()).collect();
-                within_drain(
-                    self.sink.send(&mut b, all),
-                    &self.stop,
-                    stopping_since,
-                    drain,
-                )
-                .await?;
-                lock(&self.in_flight).push_back(b);
-                self.commit_ready(&topics)?;
-                // Backpressure: at most `max_in_flight_batches` waiting for the broker.
-                while lock(&self.in_flight).len() > self.cfg.service.max_in_flight_batches {
-                    self.settle_oldest(&topics, &mut stopping_since, drain)
+                if let Some(txn) = self.txn.clone() {
+                    self.send_in_transaction(&txn, b, stopping_since, drain)
                         .await?;
+                } else {
+                    let all: Vec<usize> = (0..b.out.len()).collect();
+                    within_drain(
+                        self.sink.send(&mut b, all),
+                        &self.stop,
+                        stopping_since,
+                        drain,
+                    )
+                    .await?;
+                    lock(&self.in_flight).push_back(b);
+                    self.commit_ready(&topics)?;
+                    // Backpressure: at most `max_in_flight_batches` waiting for the broker.
+                    while lock(&self.in_flight).len() > self.cfg.service.max_in_flight_batches {
+                        self.settle_oldest(&topics, &mut stopping_since, drain)
+                            .await?;
+                    }
                 }
                 if self.checkpoints.as_ref().is_some_and(Checkpointer::due) {
                     // A checkpoint reflects only records whose outputs are acknowledged:
@@ -393,11 +435,15 @@ impl Pipeline {
         let left = drain
             .saturating_sub(since.elapsed())
             .max(Duration::from_secs(1));
-        self.commit_sync(&topics, left).await;
+        if self.txn.is_none() {
+            // Under exactly once the last transaction's commit carried the offsets.
+            self.commit_sync(&topics, left).await;
+        }
         if let Some(c) = self.checkpoints.take() {
             // The state at a clean stop: the restart re-reads nothing.
-            let offsets = self.checkpoint_offsets(&topics);
-            c.finish(&self.engine, offsets);
+            self.adopt_restored();
+            let cover = self.checkpoint_cover(&topics);
+            c.finish(&self.engine, cover);
         }
         // Every delivery was awaited; this only returns what librdkafka holds for itself
         // (nothing, normally).
@@ -499,13 +545,20 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Settles and commits every batch in flight, oldest first.
+    /// Settles and commits every batch in flight, oldest first (under exactly once: commits
+    /// the open transaction).
     async fn settle_all(
         &self,
         topics: &[String],
         stopping_since: &mut Option<Instant>,
         drain: Duration,
     ) -> Result<(), ServiceError> {
+        if self.txn.is_some() {
+            if stopping_since.is_none() && *self.stop.borrow() {
+                *stopping_since = Some(Instant::now());
+            }
+            return self.commit_txn(*stopping_since, drain).await;
+        }
         while !lock(&self.in_flight).is_empty() {
             self.settle_oldest(topics, stopping_since, drain).await?;
         }
@@ -521,6 +574,7 @@ impl Pipeline {
     /// Runs the batch through the engine; returns its alerts and dead letters, and the next
     /// offset to commit per partition.
     fn process(&mut self, batch: &Batch, topics: &[String]) -> (Vec<Outgoing>, BTreeMap<Tp, i64>) {
+        self.adopt_restored();
         let wall: Millis = wall_ms();
         let mut next = BTreeMap::new();
         let mut out = Vec::new();
@@ -679,82 +733,273 @@ impl Pipeline {
         }
     }
 
-    /// Opens the checkpoint stores, loads the newest usable checkpoint into the engine and
-    /// starts the checkpoint writer (checkpoints on), before the first assignment.
+    /// Opens the checkpoint stores and starts the checkpoint writer (checkpoints on), and
+    /// hands the consumer's assign callback what it restores with (see
+    /// [`source::SourceContext`]): the newest checkpoint of the assigned partitions is
+    /// loaded on assignment, before their records are read.
     async fn restore_state(&mut self) {
         if self.cfg.service.checkpoint_interval_s == 0 {
             return;
         }
-        self.status
-            .set(false, "restoring window state from a checkpoint");
-        // Store I/O blocks (file reads, a topic read to its end): off the async threads.
+        // Opening blocks (a topic created or looked up): off the async threads.
         let (c, s, m) = (
             self.cfg.clone(),
             self.settings.clone(),
             self.metrics.checkpoint.clone(),
         );
         let opened = tokio::task::spawn_blocking(move || {
-            let mut stores = checkpoint::service::open_stores(&c, &s);
-            let restored = checkpoint::service::restore(&mut stores, &c, &m);
-            (stores, restored)
+            let stores = checkpoint::service::open_stores(&c, &s);
+            let restorer = checkpoint::service::Restorer::open(&c, &s, m);
+            (stores, Some(restorer))
         })
         .await;
-        let (stores, restored) = match opened {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "checkpoint restore failed; rebuilding from the input");
-                (Vec::new(), None)
-            }
-        };
-        let mut first = None;
-        if let Some(r) = restored {
-            // The re-read on assignment starts at these offsets (source.rs): records after
-            // them and before the committed offsets rebuild state without publishing.
-            let mut shared = lock(&self.shared);
-            for o in &r.manifest.offsets {
-                let topics = &self.cfg.service.input_topics;
-                if let Some(ti) = topics.iter().position(|t| *t == o.topic) {
-                    shared.processed.insert((ti, o.partition), o.offset);
-                }
-            }
-            drop(shared);
-            first = Some((r.slot, r.manifest.id));
-            self.engine = r.engine;
-        }
+        let (stores, restorer) = opened.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "checkpoint stores could not be opened; rebuilding from the input");
+            (Vec::new(), None)
+        });
+        lock(&self.shared).restorer = restorer;
         self.checkpoints = Some(Checkpointer::start(
             stores,
             &self.cfg,
-            first,
             self.metrics.checkpoint.clone(),
         ));
     }
 
-    /// The next offset after the last record run through the engine, per partition: what
-    /// the engine's state reflects.
-    fn checkpoint_offsets(&self, topics: &[String]) -> Vec<SourceOffset> {
-        lock(&self.shared)
-            .processed
-            .iter()
-            .filter_map(|(&(ti, partition), &offset)| {
-                Some(SourceOffset {
-                    topic: topics.get(ti)?.clone(),
-                    partition,
-                    offset,
-                })
-            })
-            .collect()
+    /// Takes over an engine the assign callback restored from a checkpoint, under the
+    /// configuration in force now (a live reload may have changed it since start). Called
+    /// before anything is processed or checkpointed.
+    fn adopt_restored(&mut self) {
+        let Some(r) = lock(&self.shared).restored.take() else {
+            return;
+        };
+        let mut r = *r;
+        r.engine.reconfigure(self.engine.config().clone());
+        if let Some(c) = self.checkpoints.as_mut() {
+            c.restored(&self.cfg.service.group_id, &r);
+        }
+        self.engine = r.engine;
     }
 
-    /// Takes a checkpoint if one is due; call only with nothing in flight.
+    /// What the engine's state covers: the assigned partitions, with the next offset after
+    /// the last record run through the engine for those it has read.
+    fn checkpoint_cover(&self, topics: &[String]) -> Cover {
+        let shared = lock(&self.shared);
+        let name = |tp: &Tp| topics.get(tp.0).cloned();
+        Cover {
+            partitions: shared
+                .assigned
+                .keys()
+                .filter_map(|tp| {
+                    Some(InputPartition {
+                        topic: name(tp)?,
+                        partition: tp.1,
+                    })
+                })
+                .collect(),
+            offsets: shared
+                .assigned
+                .keys()
+                .filter_map(|tp| {
+                    Some(SourceOffset {
+                        topic: name(tp)?,
+                        partition: tp.1,
+                        offset: *shared.processed.get(tp)?,
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// Takes a checkpoint if one is due; call only with nothing in flight (under exactly
+    /// once: right after a commit, so the state reflects committed offsets only).
     fn checkpoint_if_due(&mut self, topics: &[String]) {
         if !self.checkpoints.as_ref().is_some_and(Checkpointer::due)
             || !lock(&self.in_flight).is_empty()
+            || self
+                .txn
+                .as_ref()
+                .is_some_and(|t| t.is_open() || t.has_held())
+            || lock(&self.committing).is_some()
         {
             return;
         }
-        let offsets = self.checkpoint_offsets(topics);
+        self.adopt_restored();
+        let cover = self.checkpoint_cover(topics);
         if let Some(c) = self.checkpoints.as_mut() {
-            c.take(&self.engine, offsets);
+            c.take(&self.engine, cover);
+        }
+    }
+
+    /// Exactly once: a processed batch joins the open transaction (begun for it if none is
+    /// open). A batch with nothing to publish and no offsets to move (records re-read to
+    /// rebuild state) opens no transaction. Once the transaction has lasted
+    /// `transaction_interval_ms` or holds [`MAX_BATCHES_PER_TRANSACTION`] batches, its commit
+    /// starts on a blocking thread and the loop goes on: batches processed meanwhile are held
+    /// back (librdkafka sends nothing while a transaction commits) and sent in the next
+    /// transaction once the commit is over, so detection does not wait for the broker's
+    /// round trips.
+    async fn send_in_transaction(
+        &self,
+        txn: &Transactions,
+        b: InFlight,
+        stopping_since: Option<Instant>,
+        drain: Duration,
+    ) -> Result<(), ServiceError> {
+        if b.out.is_empty() && b.next.is_empty() {
+            return Ok(());
+        }
+        self.finish_commit(false, stopping_since, drain).await?;
+        if lock(&self.committing).is_some() {
+            if txn.hold_back(b) >= MAX_BATCHES_PER_TRANSACTION {
+                self.finish_commit(true, stopping_since, drain).await?;
+            }
+            return Ok(());
+        }
+        self.send_now(txn, b, stopping_since, drain).await?;
+        if txn.due() || lock(&self.in_flight).len() >= MAX_BATCHES_PER_TRANSACTION {
+            self.start_commit();
+        }
+        Ok(())
+    }
+
+    /// Hands a batch's outputs to the producer in the open transaction (begun if need be).
+    async fn send_now(
+        &self,
+        txn: &Transactions,
+        mut b: InFlight,
+        stopping_since: Option<Instant>,
+        drain: Duration,
+    ) -> Result<(), ServiceError> {
+        txn.begin(!b.out.is_empty())
+            .map_err(|e| self.txn_error(e))?;
+        let all: Vec<usize> = (0..b.out.len()).collect();
+        match within_drain(
+            self.sink.send(&mut b, all),
+            &self.stop,
+            stopping_since,
+            drain,
+        )
+        .await
+        {
+            Err(e @ ServiceError::DrainTimeout(_)) => return Err(e),
+            // A message that never reached the producer is not in the transaction:
+            // committing would lose it. The commit aborts instead, and the pipeline rewinds.
+            Err(e) => txn.doom(e.to_string()),
+            Ok(()) if !b.failed.is_empty() => txn.doom(format!(
+                "{} outputs could not be handed to the producer",
+                b.failed.len()
+            )),
+            Ok(()) => {}
+        }
+        lock(&self.in_flight).push_back(b);
+        Ok(())
+    }
+
+    /// Starts committing the open transaction on a blocking thread, unless a commit is
+    /// under way already or no transaction is open.
+    fn start_commit(&self) {
+        let Some(txn) = self.txn.clone() else {
+            return;
+        };
+        let mut committing = lock(&self.committing);
+        if committing.is_some() || !txn.is_open() {
+            return;
+        }
+        let consumer = self.consumer.clone();
+        let shared = self.shared.clone();
+        *committing = Some(tokio::task::spawn_blocking(move || {
+            txn.commit_open(consumer.group_metadata().as_ref(), &shared)
+                .map(|_| ())
+        }));
+    }
+
+    /// Takes the result of the commit under way once it is over (waiting for it when
+    /// `wait`), then sends the batches held back meanwhile in a new transaction.
+    async fn finish_commit(
+        &self,
+        wait: bool,
+        stopping_since: Option<Instant>,
+        drain: Duration,
+    ) -> Result<(), ServiceError> {
+        let Some(txn) = self.txn.clone() else {
+            return Ok(());
+        };
+        let handle = {
+            let mut c = lock(&self.committing);
+            match c.as_ref() {
+                Some(h) if wait || h.is_finished() => c.take(),
+                Some(_) => return Ok(()),
+                None => None,
+            }
+        };
+        if let Some(h) = handle {
+            let done = async {
+                match h.await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(self.txn_error(e)),
+                    Err(e) => Err(self.txn_error(TxnError::Fatal(e.to_string()))),
+                }
+            };
+            within_drain(done, &self.stop, stopping_since, drain).await?;
+        }
+        for b in txn.take_held() {
+            self.send_now(&txn, b, stopping_since, drain).await?;
+        }
+        Ok(())
+    }
+
+    /// Exactly once, between batches: takes a finished commit and starts the next one if
+    /// the open transaction is due.
+    async fn poll_txn(
+        &self,
+        stopping_since: Option<Instant>,
+        drain: Duration,
+    ) -> Result<(), ServiceError> {
+        self.finish_commit(false, stopping_since, drain).await?;
+        if self.txn.as_ref().is_some_and(|t| t.due()) {
+            self.start_commit();
+        }
+        Ok(())
+    }
+
+    /// Exactly once: commits everything processed (the commit under way, the batches held
+    /// back, the open transaction) and waits for it; within the drain time once shutdown
+    /// is requested.
+    async fn commit_txn(
+        &self,
+        stopping_since: Option<Instant>,
+        drain: Duration,
+    ) -> Result<(), ServiceError> {
+        let Some(txn) = self.txn.clone() else {
+            return Ok(());
+        };
+        self.finish_commit(true, stopping_since, drain).await?;
+        self.start_commit();
+        self.finish_commit(true, stopping_since, drain).await?;
+        txn.check().map_err(|e| self.txn_error(e))
+    }
+
+    /// The service error for a transaction failure: fencing stops the service, the rest
+    /// rewind the pipeline.
+    fn txn_error(&self, e: TxnError) -> ServiceError {
+        if let Some(t) = &self.txn {
+            // Nothing else may use this producer's transaction now (the revoke callback at
+            // the consumer's close included).
+            t.fail(e.clone());
+        }
+        match e {
+            TxnError::Fenced(message) => ServiceError::Fenced {
+                id: self.txn.as_ref().map(|t| t.id.clone()).unwrap_or_default(),
+                message,
+            },
+            TxnError::Aborted(message) => ServiceError::Rewind {
+                reason: "aborted",
+                message,
+            },
+            TxnError::Fatal(message) => ServiceError::Rewind {
+                reason: "fatal",
+                message,
+            },
         }
     }
 
@@ -775,10 +1020,14 @@ impl Pipeline {
                     .watermark_lag(t, partition, now.saturating_sub(wm) / 1000);
             }
         }
-        let n = lock(&self.shared).assigned.len();
+        let (n, standby) = {
+            let shared = lock(&self.shared);
+            (shared.assigned.len(), shared.standby)
+        };
         if n > 0 {
-            self.status
-                .set(true, format!("ready: {n} input partitions assigned"));
+            self.status.set(true, source::assigned_status(n));
+        } else if standby {
+            self.status.set(true, source::STANDING_BY);
         } else {
             self.status
                 .set(false, "waiting for the consumer group to assign partitions");

@@ -27,9 +27,12 @@
 //!   us before a restart, or by another member) is started up to `rebuild_state_s` (by Kafka
 //!   timestamp) before its committed offset. Records below the committed offset go through
 //!   the engine to rebuild state, but their outputs are not published again: they were
-//!   acknowledged before that offset was committed.
+//!   acknowledged before that offset was committed. With checkpoints, an assignment
+//!   reaching an engine that holds none of the assigned partitions' state first restores
+//!   the newest checkpoint of exactly that partition set, and the re-read starts at its
+//!   offsets (see `SourceContext::restore_for_assignment` and [`crate::checkpoint::service`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -47,6 +50,8 @@ use rdkafka::ClientContext;
 use super::metrics::Metrics;
 use super::sink::{InFlightQueue, Sink};
 use super::{Status, Throttle};
+use crate::checkpoint::service::Restorer;
+use crate::checkpoint::{InputPartition, Restored};
 use crate::kafka::{self, ErrorClass};
 
 /// A partition of one of the input topics: (index into the input topic list, partition).
@@ -56,6 +61,14 @@ pub type Tp = (usize, i32);
 /// new one, so a partition revoked and assigned again (an eager rebalance) is told apart
 /// from its earlier assignment. Generations start at 1.
 pub type Generation = u64;
+
+/// What `/readyz` says of a member the group gave no partitions.
+pub const STANDING_BY: &str = "ready: standing by (in the consumer group, no partitions assigned)";
+
+/// What `/readyz` says of a member holding `n` partitions.
+pub fn assigned_status(n: usize) -> String {
+    format!("ready: {n} input partitions assigned")
+}
 
 /// Timeout of the broker requests made inside the rebalance callback.
 const REBALANCE_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -156,7 +169,18 @@ pub struct Assignment {
     pub revoked: Vec<Tp>,
     /// Next offset after the last record this process ran through the engine, per
     /// partition ever assigned (kept across revocations: the engine keeps the state too).
+    /// Replaced by a restored checkpoint's offsets when its engine replaces ours.
     pub processed: BTreeMap<Tp, i64>,
+    /// The partitions whose records the engine's state holds: every one assigned since the
+    /// engine was made or restored (a revoke leaves its state in the engine).
+    pub held: BTreeSet<Tp>,
+    /// Reads checkpoints on assignment (checkpoints on); set by the run loop at start.
+    pub restorer: Option<Restorer>,
+    /// A checkpoint restored by the assign callback, for the run loop to take as its engine
+    /// before it processes or checkpoints anything more.
+    pub restored: Option<Box<Restored>>,
+    /// The group's last assignment gave this member no partitions: it stands by.
+    pub standby: bool,
 }
 
 /// The consumer's librdkafka callbacks.
@@ -169,6 +193,9 @@ pub struct SourceContext {
     throttle: Throttle,
     /// The producer side and the batches in flight, so a revoke can finish them first.
     deliveries: Option<(Arc<Sink>, InFlightQueue)>,
+    /// Exactly once: a revoke commits the open transaction (which carries the offsets)
+    /// instead of committing offsets through the consumer.
+    transactions: Option<Arc<super::txn::Transactions>>,
 }
 
 /// Locks the state the run loop shares with the consumer's callbacks (the assignment, the
@@ -195,7 +222,14 @@ impl SourceContext {
             shared: Arc::new(Mutex::new(Assignment::default())),
             throttle: Throttle::default(),
             deliveries,
+            transactions: None,
         }
+    }
+
+    /// Exactly once: offsets go only through `t`'s transactions, never a consumer commit.
+    pub fn with_transactions(mut self, t: Arc<super::txn::Transactions>) -> Self {
+        self.transactions = Some(t);
+        self
     }
 
     /// Waits (up to the rebalance request timeout) for the batches in flight to be
@@ -241,12 +275,98 @@ impl SourceContext {
         self.topics.iter().position(|t| t == topic)
     }
 
+    /// Restores the newest checkpoint of exactly the partitions held after this
+    /// assignment, when it reaches an engine holding no partitions: at start, a standby
+    /// given the partitions of a member that went, a member that lost all of its own. The
+    /// restored engine waits in [`Assignment::restored`] for the run loop, and its offsets
+    /// become what [`Self::rebuild_offsets`] re-reads from. Gaining partitions while
+    /// holding some keeps the state held (unkeyed input's state cannot be split or joined
+    /// by partition), as does an assignment of partitions whose state the engine holds
+    /// and is current (an eager rebalance revokes everything and hands back all or some of
+    /// it): nobody committed beyond what it processed, so its state is newer than any
+    /// checkpoint. A partition the engine saw once but others have gone on with since (a
+    /// standby that held it for a moment) is behind: the checkpoint is restored.
+    fn restore_for_assignment(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let mut shared = lock(&self.shared);
+        if !shared.assigned.is_empty() || shared.restorer.is_none() {
+            let new = tpl
+                .elements()
+                .into_iter()
+                .filter_map(|e| Some((self.topic_index(e.topic())?, e.partition())));
+            shared.held.extend(new);
+            return;
+        }
+        let set: BTreeSet<Tp> = tpl
+            .elements()
+            .into_iter()
+            .filter_map(|e| Some((self.topic_index(e.topic())?, e.partition())))
+            .collect();
+        if set.is_empty() {
+            return;
+        }
+        if set.is_subset(&shared.held) {
+            // Is any of them behind what the group has committed?
+            let processed = shared.processed.clone();
+            drop(shared);
+            let behind = match consumer.committed_offsets(tpl.clone(), REBALANCE_REQUEST_TIMEOUT) {
+                Ok(c) => c.elements().iter().any(|e| {
+                    let seen = self
+                        .topic_index(e.topic())
+                        .and_then(|ti| processed.get(&(ti, e.partition())));
+                    matches!(e.offset(), Offset::Offset(c) if seen.is_none_or(|s| *s < c))
+                }),
+                // The re-read plan cannot look them up either; keep what is held.
+                Err(_) => false,
+            };
+            if !behind {
+                return;
+            }
+            shared = lock(&self.shared);
+        }
+        let partitions: Vec<InputPartition> = set
+            .iter()
+            .map(|tp| InputPartition {
+                topic: self.topics[tp.0].clone(),
+                partition: tp.1,
+            })
+            .collect();
+        // Reading a checkpoint blocks (a state topic read to its end): the lock is not held
+        // meanwhile, though only this callback and the run loop, which waits for it, use it.
+        let Some(mut restorer) = shared.restorer.take() else {
+            return;
+        };
+        drop(shared);
+        self.status
+            .set(false, "restoring window state from a checkpoint");
+        let restored = restorer.restore(&partitions);
+        let mut shared = lock(&self.shared);
+        shared.restorer = Some(restorer);
+        match restored {
+            Some(r) => {
+                let processed = r
+                    .manifest
+                    .offsets
+                    .iter()
+                    .filter_map(|o| Some(((self.topic_index(&o.topic)?, o.partition), o.offset)))
+                    .filter(|(tp, _)| set.contains(tp))
+                    .collect();
+                shared.processed = processed;
+                shared.held = set;
+                shared.restored = Some(Box::new(r));
+            }
+            // Today's re-read: the engine keeps what it holds (nothing, or the state of
+            // partitions now elsewhere) and re-reads the assigned ones.
+            None => shared.held.extend(set),
+        }
+    }
+
     /// Chooses start offsets for newly assigned partitions (see the module doc).
     fn plan_assignment(
         &self,
         consumer: &BaseConsumer<Self>,
         tpl: &TopicPartitionList,
     ) -> TopicPartitionList {
+        self.restore_for_assignment(consumer, tpl);
         let mut plan = tpl.clone();
         let mut live_from = Vec::new();
         if self.rebuild_state_ms > 0 {
@@ -289,7 +409,18 @@ impl SourceContext {
             assigned_total = shared.assigned.len(),
             "partitions assigned"
         );
-        self.metrics.assignment(shared.assigned.len());
+        shared.standby = shared.assigned.is_empty();
+        if shared.standby {
+            // More members than partitions: this one holds nothing until a member goes,
+            // then the group gives it that member's partitions and it restores their state.
+            tracing::info!("no partitions for this member: standing by to take over");
+            self.metrics.standing_by();
+            self.status.set(true, STANDING_BY);
+        } else {
+            self.metrics.assignment(shared.assigned.len());
+            self.status
+                .set(true, assigned_status(shared.assigned.len()));
+        }
         plan
     }
 
@@ -338,7 +469,29 @@ impl SourceContext {
 
     /// Commits the acknowledged offsets of `tpl`'s partitions before they are given up.
     fn commit_revoked(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
-        let finished = self.finish_in_flight();
+        let finished = match &self.transactions {
+            // The open transaction holds the offsets of every batch in flight: committed
+            // here, before the partitions go (a failure is left for the run loop, which
+            // rewinds; the aborted outputs are then re-made by whoever owns the records).
+            Some(t) if t.check().is_ok() => {
+                if let Err(e) = t.commit_open(consumer.group_metadata().as_ref(), &self.shared) {
+                    tracing::warn!(
+                        kind = e.kind(),
+                        error = e.message(),
+                        "committing the open transaction at a revoke failed"
+                    );
+                    t.fail(e);
+                } else if t.has_held() {
+                    t.fail(super::txn::TxnError::Aborted(
+                        "partitions revoked while processed batches waited for the next transaction".into(),
+                    ));
+                }
+                Vec::new()
+            }
+            // The pipeline is being restarted: nothing is committed.
+            Some(_) => Vec::new(),
+            None => self.finish_in_flight(),
+        };
         let mut shared = lock(&self.shared);
         let mut commit = TopicPartitionList::new();
         // Batches acknowledged just now: their offsets are committed with the revoked ones
@@ -373,7 +526,7 @@ impl SourceContext {
         }
         self.metrics.assignment(shared.assigned.len());
         drop(shared);
-        if commit.count() > 0 && !consumer.assignment_lost() {
+        if commit.count() > 0 && !consumer.assignment_lost() && self.transactions.is_none() {
             if let Err(e) = consumer.commit(&commit, CommitMode::Sync) {
                 // The records are re-read by the next owner and deduplicated downstream by
                 // alert_id: a duplicate, never a loss.
@@ -402,9 +555,6 @@ impl ClientContext for SourceContext {
                 if *p < 0 || !shared.assigned.contains_key(&tp) {
                     continue;
                 }
-                if part.consumer_lag >= 0 {
-                    self.metrics.consumer_lag(name, *p, part.consumer_lag);
-                }
                 // The end of the log as the consumer sees it: the last stable offset under
                 // librdkafka's default read_committed isolation, else the high watermark.
                 let end = if part.ls_offset >= 0 {
@@ -412,6 +562,15 @@ impl ClientContext for SourceContext {
                 } else {
                     part.hi_offset
                 };
+                // Under exactly once the offsets are committed by the producer's
+                // transactions, which the consumer's own figure never sees.
+                let lag = match (&self.transactions, shared.acked.get(&tp)) {
+                    (Some(_), Some(acked)) if end >= 0 => (end - acked).max(0),
+                    _ => part.consumer_lag,
+                };
+                if lag >= 0 {
+                    self.metrics.consumer_lag(name, *p, lag);
+                }
                 if end >= 0 && part.app_offset >= end {
                     shared.caught_up.insert(tp, part.app_offset);
                 } else {
@@ -475,6 +634,7 @@ impl ConsumerContext for SourceContext {
                 shared.assigned.clear();
                 shared.live_from.clear();
                 shared.caught_up.clear();
+                shared.standby = false;
                 self.metrics.assignment(0);
                 drop(shared);
                 consumer.unassign()

@@ -234,6 +234,16 @@ impl Service {
     /// Starts `linewatch --config <config> <command> <args> --http 127.0.0.1:0 --log-format
     /// json` (`run`, or another long-running command such as `board`).
     pub fn start_command(config: &Path, command: &str, args: &[String]) -> Service {
+        Service::start_with_env(config, command, args, &[])
+    }
+
+    /// [`Service::start_command`] with extra environment variables (test hooks).
+    pub fn start_with_env(
+        config: &Path,
+        command: &str,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> Service {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_linewatch"));
         cmd.arg("--config")
             .arg(config)
@@ -250,6 +260,7 @@ impl Service {
                 cmd.env_remove(k);
             }
         }
+        cmd.envs(env.iter().copied());
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("start linewatch {command}: {e}"));
