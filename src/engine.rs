@@ -410,10 +410,8 @@ impl Engine {
     fn detect(&mut self, ev: &Event<'_>, wall: Millis, alerts: &mut Vec<Alert>) {
         let ids = EventIds::of(ev);
         let start = *self.stream_start.get_or_insert(ev.ts);
-        let mut hit = self.contacts.touch(ids.from, ev.ts, ids.imei);
-        if ev.kind == Kind::Sms && hit != Recorded::KeyCapHit {
-            hit = self.contacts.record_text(ids.from, ids.to, ev.ts);
-        }
+        let to = (ev.kind == Kind::Sms).then_some(ids.to);
+        let hit = self.contacts.record_outbound(ids.from, to, ev.ts, ids.imei);
         if hit != Recorded::Ok {
             self.counters.contact_cap_hits += 1;
         }

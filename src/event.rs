@@ -171,15 +171,181 @@ pub fn decode<'a>(bytes: &'a [u8], opts: &DecodeOptions) -> Result<Event<'a>, Ma
         });
     }
     // serde_json skips unknown fields without checking their UTF-8; JSON must be UTF-8 all
-    // through. The ASCII test is word-at-a-time, so the common case pays almost nothing.
-    if !bytes.is_ascii() && std::str::from_utf8(bytes).is_err() {
+    // through. Checked once here (word-at-a-time for ASCII), so the fields need no check.
+    let Ok(text) = std::str::from_utf8(bytes) else {
         return Err(Malformed {
             reason: Reason::InvalidJson,
             field: None,
         });
-    }
-    let raw = parse_raw(bytes)?;
+    };
+    // Nearly every record is a flat object of plain strings and integers: read those
+    // directly; anything else is left to serde_json, which judges it as it always has.
+    let raw = match parse_flat(text) {
+        Some(raw) => raw,
+        None => parse_raw(bytes)?,
+    };
     raw.validate(opts)
+}
+
+/// Reads a record that is one flat JSON object whose values are strings without escapes,
+/// integers within i64, `null`, `true` or `false`: the shape every feed sends. `None` for
+/// anything else (escapes, fractions, nested values, a syntax error, trailing bytes), which
+/// then goes through [`parse_raw`]: the fast path only ever accepts what serde_json reads
+/// to the same values, so a record is judged alike on either path (checked over generated
+/// cities and edge cases in the tests).
+fn parse_flat(text: &str) -> Option<RawEvent<'_>> {
+    let bytes = text.as_bytes();
+    let mut c = Flat {
+        s: text,
+        b: bytes,
+        i: 0,
+    };
+    let mut raw = RawEvent::default();
+    c.ws();
+    c.eat(b'{')?;
+    c.ws();
+    if c.peek()? == b'}' {
+        c.i += 1;
+    } else {
+        loop {
+            let key = c.string()?;
+            c.ws();
+            c.eat(b':')?;
+            c.ws();
+            let value = c.scalar()?;
+            let slot = match key {
+                "event_id" => &mut raw.event_id,
+                "ts" => &mut raw.ts,
+                "kind" => &mut raw.kind,
+                "from" => &mut raw.from,
+                "to" => &mut raw.to,
+                "duration_s" => &mut raw.duration_s,
+                "imsi" => &mut raw.imsi,
+                "imei" => &mut raw.imei,
+                "cell" => &mut raw.cell,
+                _ => {
+                    c.ws();
+                    match c.next()? {
+                        b',' => {
+                            c.ws();
+                            continue;
+                        }
+                        b'}' => break,
+                        _ => return None,
+                    }
+                }
+            };
+            // A repeated key: the last one wins, as on the serde path.
+            *slot = Some(value);
+            c.ws();
+            match c.next()? {
+                b',' => c.ws(),
+                b'}' => break,
+                _ => return None,
+            }
+        }
+    }
+    c.ws();
+    (c.i == bytes.len()).then_some(raw)
+}
+
+/// A cursor over one record for [`parse_flat`].
+struct Flat<'a> {
+    s: &'a str,
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Flat<'a> {
+    #[inline]
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    #[inline]
+    fn next(&mut self) -> Option<u8> {
+        let c = self.peek()?;
+        self.i += 1;
+        Some(c)
+    }
+
+    #[inline]
+    fn eat(&mut self, want: u8) -> Option<()> {
+        (self.next()? == want).then_some(())
+    }
+
+    /// JSON's four blanks.
+    #[inline]
+    fn ws(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.i += 1;
+        }
+    }
+
+    /// A string without escapes or control characters, borrowed.
+    #[inline]
+    fn string(&mut self) -> Option<&'a str> {
+        self.eat(b'"')?;
+        let start = self.i;
+        let end = self.b[start..]
+            .iter()
+            .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
+        if self.b[start + end] != b'"' {
+            return None;
+        }
+        self.i += end + 1;
+        // Between two ASCII bytes of a `str`: whole characters, so this cannot fail.
+        self.s.get(start..start + end)
+    }
+
+    fn scalar(&mut self) -> Option<Scalar<'a>> {
+        match self.peek()? {
+            b'"' => self.string().map(|s| Scalar::Str(Cow::Borrowed(s))),
+            b'-' | b'0'..=b'9' => self.integer().map(Scalar::Int),
+            b'n' => self.word(b"null").map(|_| Scalar::Null),
+            b't' => self.word(b"true").map(|_| Scalar::Other),
+            b'f' => self.word(b"false").map(|_| Scalar::Other),
+            _ => None,
+        }
+    }
+
+    fn word(&mut self, w: &[u8]) -> Option<()> {
+        let end = self.i + w.len();
+        (self.b.get(self.i..end)? == w).then(|| self.i = end)
+    }
+
+    /// JSON's integer grammar, within i64; a fraction or exponent is left to serde_json.
+    fn integer(&mut self) -> Option<i64> {
+        let neg = self.peek() == Some(b'-');
+        if neg {
+            self.i += 1;
+        }
+        let start = self.i;
+        let mut v: i64 = 0;
+        while let Some(d @ b'0'..=b'9') = self.peek() {
+            let d = i64::from(d - b'0');
+            v = v.checked_mul(10)?;
+            v = if neg {
+                v.checked_sub(d)?
+            } else {
+                v.checked_add(d)?
+            };
+            self.i += 1;
+        }
+        let digits = self.i - start;
+        // No digits, or a leading zero followed by more digits: not JSON.
+        if digits == 0 || (digits > 1 && self.b[start] == b'0') {
+            return None;
+        }
+        if matches!(self.peek(), Some(b'.' | b'e' | b'E')) {
+            return None;
+        }
+        // serde_json reads `-0` as the float -0.0 (a `duration_s` of -0 is `bad_type`).
+        if neg && v == 0 {
+            return None;
+        }
+        Some(v)
+    }
 }
 
 fn parse_raw(bytes: &[u8]) -> Result<RawEvent<'_>, Malformed> {
@@ -522,6 +688,98 @@ mod tests {
             }
         }
         assert_eq!(quick_ts(b"not json", &o), None);
+    }
+
+    /// Both paths on one record: the serde path always, the fast path when it reads it.
+    fn both(
+        b: &[u8],
+    ) -> (
+        Option<Result<Event<'_>, Malformed>>,
+        Result<Event<'_>, Malformed>,
+    ) {
+        let o = DecodeOptions::default();
+        let fast = std::str::from_utf8(b)
+            .ok()
+            .and_then(parse_flat)
+            .map(|r| r.validate(&o));
+        let slow = parse_raw(b).and_then(|r| r.validate(&o));
+        (fast, slow)
+    }
+
+    #[test]
+    fn fast_path_reads_plain_records_and_agrees_with_serde_on_edge_cases() {
+        assert!(
+            parse_flat(OK).is_some(),
+            "the plain record takes the fast path"
+        );
+        let cases = [
+            OK,
+            r#" { "event_id" : "e1" , "ts" : 1759669331250 , "kind":"call","from":"a","to":"b","duration_s":12 }  "#,
+            "{\"event_id\":\"e\",\n\"ts\":1759669331250,\t\"kind\":\"sms\",\r\"from\":\"a\",\"to\":\"b\"}",
+            r#"{"event_id":"e","ts":1759669331250,"kind":"sms","from":"a","to":"b","duration_s":-0}"#,
+            r#"{"event_id":"e","ts":1759669331250,"kind":"sms","from":"a","to":"b","duration_s":-3}"#,
+            r#"{"event_id":"e","ts":1759669331250,"kind":"sms","from":"a","to":"b","duration_s":007}"#,
+            r#"{"event_id":"e","ts":1759669331250,"kind":"sms","from":"a","to":"b","duration_s":1e2}"#,
+            r#"{"event_id":"e","ts":1759669331250,"kind":"sms","from":"a","to":"b","duration_s":9223372036854775808}"#,
+            r#"{"event_id":"e","ts":-9223372036854775808,"kind":"sms","from":"a","to":"b"}"#,
+            r#"{"event_id":"e","ts":-9223372036854775809,"kind":"sms","from":"a","to":"b"}"#,
+            r#"{"event_id":"e","ts":1759669331250,"kind":"sms","from":"a","to":"b","duration_s":true}"#,
+            r#"{"event_id":"e","ts":1759669331250,"kind":"sms","from":"a","to":"b","imsi":null}"#,
+            r#"{"event_id":"e","ts":1759669331250,"kind":"sms","from":"a","to":"b","x":nul}"#,
+            r#"{"event_id":"e","ts":1759669331250,"kind":"sms","from":"a","to":"b","x":{"y":1}}"#,
+            r#"{"event_id":"e","ts":1759669331250,"kind":"sms","from":"a","to":"b","x":[1,2]}"#,
+            r#"{"event_id":"e","ts":1759669331250,"kind":"sms","from":"a","to":"b","x":1.5}"#,
+            r#"{"event_id":"e","ts":1759669331250,"kind":"sms","from":"a","to":"b",}"#,
+            r#"{"event_id":"e","ts":1759669331250,"kind":"sms","from":"a","to":"b"} x"#,
+            r#"{"event_id":"e","ts":1759669331250,"kind":"sms","from":"a","to":"b"}}"#,
+            r#"{"event_id":"e","ts":1759669331250,"kind":"sms","from":"a","to":"b""#,
+            r#"{"event_id":"e","ts":1759669331250,"kind":"sms","from":"a" "to":"b"}"#,
+            r#"{"event_id":"e","event_id":"f","ts":1759669331250,"kind":"sms","from":"a","to":"b"}"#,
+            r#"{"event_id":"e\u0031","ts":1759669331250,"kind":"sms","from":"a","to":"b"}"#,
+            r#"{"event\u005fid":"e","ts":1759669331250,"kind":"sms","from":"a","to":"b"}"#,
+            "{\"event_id\":\"e\u{1}\",\"ts\":1759669331250,\"kind\":\"sms\",\"from\":\"a\",\"to\":\"b\"}",
+            r#"{"event_id":"é","ts":1759669331250,"kind":"sms","from":"a","to":"b"}"#,
+            r#"{"event_id":"e","ts":"2026-10-05T13:02:11.250Z","kind":"sms","from":"a","to":"b"}"#,
+            r#"{"event_id":"e","ts":1759669331250,"kind":"sms","from":"+447700900123","to":"b"}"#,
+            r#"{}"#,
+            r#"{ }"#,
+            r#"[1]"#,
+            r#""x""#,
+            r#"-"#,
+            r#""#,
+            r#"{"#,
+        ];
+        for c in cases {
+            let (fast, slow) = both(c.as_bytes());
+            if let Some(fast) = fast {
+                assert_eq!(fast, slow, "{c}");
+            }
+            assert_eq!(dec(c), slow, "{c}");
+        }
+    }
+
+    #[test]
+    fn fast_path_agrees_with_serde_on_every_record_of_a_city() {
+        let (events, _, _) = crate::generate::generate_in_memory(&crate::generate::GenOptions {
+            seed: 11,
+            subscribers: 2_000,
+            days: 2,
+            ..Default::default()
+        })
+        .expect("generate");
+        let (mut fast_read, mut total) = (0, 0);
+        for line in events.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            total += 1;
+            let utf8 = std::str::from_utf8(line).is_ok();
+            let (fast, slow) = both(line);
+            if let Some(fast) = fast {
+                assert!(utf8, "only UTF-8 reaches the parsers");
+                fast_read += 1;
+                assert_eq!(fast, slow, "{}", String::from_utf8_lossy(line));
+            }
+        }
+        // The malformed records the generator injects are the ones left to serde_json.
+        assert!(fast_read * 100 >= total * 99, "{fast_read} of {total}");
     }
 
     fn dec(s: &str) -> Result<Event<'_>, Malformed> {

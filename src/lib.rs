@@ -14,6 +14,7 @@
 //!   One engine type serves `replay`, `demo`, `tune` and the Kafka service.
 //! - [`watermark`]: per-partition event-time watermarks.
 //! - [`state`]: the shared per-line contact store every line detector reads.
+//! - [`names`]: pseudonyms kept for alerts, packed (hex two digits to a byte).
 //! - [`detect`]: the [`detect::Detector`] trait and one file per detector.
 //! - [`alert`]: the alert format and deterministic ids.
 //! - [`checkpoint`]: durable engine state: checkpoints, their stores, restore.
@@ -48,6 +49,7 @@ pub mod explain;
 pub mod generate;
 pub mod ids;
 pub mod kafka;
+pub mod names;
 pub mod redact;
 pub mod replay;
 pub mod service;

@@ -32,8 +32,10 @@ pub struct LineRecord {
     /// Highest event time of a record from this line (seconds).
     pub last_seen_s: u32,
     /// Recipients of its texts, sorted by fingerprint, at most `max_contacts` (the stalest
-    /// is evicted first).
-    pub contacts: Vec<Contact>,
+    /// is evicted first). Exactly as long as it needs to be: a list grows by a copy when a
+    /// new recipient comes (a few times a day per line), and a growable list's spare room
+    /// was a quarter of the whole store.
+    pub contacts: Box<[Contact]>,
     /// Latest handset seen with this line (fingerprint; 0 = none).
     pub handset_fp: u32,
     /// Highest event time of a counted customer contact to this line (seconds).
@@ -64,6 +66,56 @@ pub enum Recorded {
     EvictedOldest,
     /// The store was full; the line was not recorded.
     KeyCapHit,
+}
+
+/// Adds a text to `fp` at `s` to a line's list; returns what happened and by how many
+/// entries the list grew (0 or 1: an eviction makes room for the new one).
+fn add_text(rec: &mut LineRecord, fp: u32, s: u32, max_contacts: usize) -> (Recorded, usize) {
+    let at = match rec.contacts.binary_search_by_key(&fp, |c| c.fp) {
+        Ok(i) => {
+            let c = &mut rec.contacts[i];
+            c.first_s = c.first_s.min(s);
+            c.last_s = c.last_s.max(s);
+            return (Recorded::Ok, 0);
+        }
+        Err(at) => at,
+    };
+    let new = Contact {
+        fp,
+        first_s: s,
+        last_s: s,
+        last_in_s: 0,
+    };
+    let old = &rec.contacts;
+    if old.len() >= max_contacts {
+        // Drop the stalest: it is the one least likely to matter to any window.
+        if let Some((gone, _)) = old.iter().enumerate().min_by_key(|(_, c)| c.last_s) {
+            let mut v = Vec::with_capacity(old.len());
+            v.extend(
+                old.iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i != gone)
+                    .map(|(_, c)| *c),
+            );
+            // `gone` was before the insertion point: the point moves down by one.
+            let at = if gone < at { at - 1 } else { at };
+            v.insert(at, new);
+            rec.contacts = v.into_boxed_slice();
+            return (Recorded::EvictedOldest, 0);
+        }
+    }
+    let result = if old.len() >= max_contacts {
+        Recorded::EvictedOldest
+    } else {
+        Recorded::Ok
+    };
+    // One allocation of the exact new size, the new entry copied into its place.
+    let mut v = Vec::with_capacity(old.len() + 1);
+    v.extend_from_slice(&old[..at]);
+    v.push(new);
+    v.extend_from_slice(&old[at..]);
+    rec.contacts = v.into_boxed_slice();
+    (result, 1)
 }
 
 /// Outbound texts per line, with first/last activity.
@@ -100,15 +152,29 @@ impl Contacts {
 
     /// Notes activity of a line (any record it originates).
     pub fn touch(&mut self, line: u64, ts: Millis, handset: Option<u64>) -> Recorded {
+        self.record_outbound(line, None, ts, handset)
+    }
+
+    /// Notes a record `line` originated at `ts` and, for a text, its recipient `to`: one
+    /// lookup of the line for both (this runs for every record).
+    pub fn record_outbound(
+        &mut self,
+        line: u64,
+        to: Option<u64>,
+        ts: Millis,
+        handset: Option<u64>,
+    ) -> Recorded {
         let s = ids::secs(ts);
-        if self.lines.len() >= self.max_lines && !self.lines.contains_key(&line) {
-            return Recorded::KeyCapHit;
-        }
-        let rec = self.lines.entry(line).or_insert_with(|| LineRecord {
-            first_seen_s: s,
-            last_seen_s: s,
-            ..LineRecord::default()
-        });
+        let at_cap = self.lines.len() >= self.max_lines;
+        let rec = match self.lines.entry(line) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(_) if at_cap => return Recorded::KeyCapHit,
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(LineRecord {
+                first_seen_s: s,
+                last_seen_s: s,
+                ..LineRecord::default()
+            }),
+        };
         rec.first_seen_s = rec.first_seen_s.min(s);
         if s >= rec.last_seen_s {
             rec.last_seen_s = s;
@@ -116,7 +182,14 @@ impl Contacts {
                 rec.handset_fp = ids::fp(h).max(1);
             }
         }
-        Recorded::Ok
+        match to {
+            Some(to) => {
+                let (r, grown) = add_text(rec, ids::fp(to), s, self.max_contacts);
+                self.heap_bytes += grown * std::mem::size_of::<Contact>();
+                r
+            }
+            None => Recorded::Ok,
+        }
     }
 
     /// Notes that `from` contacted `line` at `ts`, if `from` is the line's customer: texted
@@ -146,43 +219,10 @@ impl Contacts {
 
     /// Records a text from `line` to `to` (call [`Contacts::touch`] first).
     pub fn record_text(&mut self, line: u64, to: u64, ts: Millis) -> Recorded {
-        let s = ids::secs(ts);
-        let fp = ids::fp(to);
-        let Some(rec) = self.lines.get_mut(&line) else {
+        if !self.lines.contains_key(&line) {
             return Recorded::KeyCapHit;
-        };
-        if let Ok(i) = rec.contacts.binary_search_by_key(&fp, |c| c.fp) {
-            let c = &mut rec.contacts[i];
-            c.first_s = c.first_s.min(s);
-            c.last_s = c.last_s.max(s);
-            return Recorded::Ok;
         }
-        let before = rec.contacts.capacity();
-        let mut result = Recorded::Ok;
-        if rec.contacts.len() >= self.max_contacts {
-            // Drop the stalest: it is the one least likely to matter to any window.
-            if let Some((i, _)) = rec
-                .contacts
-                .iter()
-                .enumerate()
-                .min_by_key(|(_, c)| c.last_s)
-            {
-                rec.contacts.remove(i);
-            }
-            result = Recorded::EvictedOldest;
-        }
-        let at = rec.contacts.partition_point(|c| c.fp < fp);
-        rec.contacts.insert(
-            at,
-            Contact {
-                fp,
-                first_s: s,
-                last_s: s,
-                last_in_s: 0,
-            },
-        );
-        self.heap_bytes += (rec.contacts.capacity() - before) * std::mem::size_of::<Contact>();
-        result
+        self.record_outbound(line, Some(to), ts, None)
     }
 
     /// Drops contacts and lines older than `watermark - retention`.
@@ -193,12 +233,15 @@ impl Contacts {
             if rec.last_seen_s < cutoff {
                 return false;
             }
-            rec.contacts.retain(|c| c.last_s >= cutoff);
-            // Lists are small and live for days: slack capacity is most of their cost.
-            if rec.contacts.capacity() > rec.contacts.len() + rec.contacts.len() / 4 + 2 {
-                rec.contacts.shrink_to_fit();
+            if rec.contacts.iter().any(|c| c.last_s < cutoff) {
+                rec.contacts = rec
+                    .contacts
+                    .iter()
+                    .filter(|c| c.last_s >= cutoff)
+                    .copied()
+                    .collect();
             }
-            heap += rec.contacts.capacity() * std::mem::size_of::<Contact>();
+            heap += rec.contacts.len() * std::mem::size_of::<Contact>();
             true
         });
         if self.lines.capacity() > 2 * self.lines.len() + 1024 {
@@ -222,7 +265,7 @@ impl Contacts {
         self.heap_bytes = self
             .lines
             .values()
-            .map(|r| r.contacts.capacity() * std::mem::size_of::<Contact>())
+            .map(|r| r.contacts.len() * std::mem::size_of::<Contact>())
             .sum();
         Ok(())
     }
@@ -267,6 +310,32 @@ mod tests {
         assert!(rec.contact(ids::fp(11)).is_some());
         assert_eq!(c.touch(2, 1_000, None), Recorded::KeyCapHit);
         assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn lists_stay_sorted_and_the_byte_count_is_what_they_hold() {
+        let mut c = Contacts::new(10, 5, 86_400);
+        c.touch(1, 1_000, None);
+        for (i, to) in [50u64, 7, 99, 3, 7, 61, 12, 5].into_iter().enumerate() {
+            c.record_outbound(1, Some(to), 1_000 + i as Millis * 1_000, None);
+        }
+        let rec = c.get(1).unwrap();
+        let fps: Vec<u32> = rec.contacts.iter().map(|k| k.fp).collect();
+        let mut sorted = fps.clone();
+        sorted.sort_unstable();
+        assert_eq!(fps, sorted);
+        assert_eq!(rec.contacts.len(), 5);
+        // The two stalest of the seven distinct recipients went: 50 (at 1 s) and 99 (3 s).
+        assert!(rec.contact(ids::fp(50)).is_none() && rec.contact(ids::fp(99)).is_none());
+        assert!(rec.contact(ids::fp(7)).is_some_and(|k| k.last_s == 5));
+        let table = ids::map_bytes(&c.lines);
+        assert_eq!(c.bytes() - table, 5 * std::mem::size_of::<Contact>());
+        c.expire(7_000 + 86_400_000);
+        assert_eq!(c.get(1).unwrap().contacts.len(), 2);
+        assert_eq!(
+            c.bytes() - ids::map_bytes(&c.lines),
+            2 * std::mem::size_of::<Contact>()
+        );
     }
 
     #[test]

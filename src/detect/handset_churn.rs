@@ -2,7 +2,7 @@
 //!
 //! Burner handsets take a new SIM every day or so. The SIM pseudonyms are kept (they go in
 //! `related`), with the line each SIM was used as, so the combined verdict can credit the
-//! churn to those lines.
+//! churn to those lines; both packed into one allocation per handset (see [`Sims`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -16,21 +16,154 @@ use crate::ids::{self, IdMap};
 
 pub const NAME: &str = "handset_churn";
 
-#[derive(Clone, Serialize, Deserialize)]
-struct SimSeen {
-    /// Hash of `sim`: compared first, so the strings are only read on a match.
-    sim_id: u64,
-    /// "SIM LINE" in one allocation (pseudonyms have no spaces): nearly every handset has
-    /// one SIM, and one allocation instead of two is a third of its state.
-    names: Box<str>,
+/// Bytes of one SIM's fixed part in [`Sims`]: SIM fingerprint, line fingerprint, last use
+/// (seconds), length of the packed names (each a little-endian u32, the last a u16).
+const HEAD: usize = 14;
+
+/// The SIMs a handset was used with, in one allocation: per SIM the fixed part, then its
+/// SIM and line pseudonyms packed ([`crate::names`]). Nearly every handset has one SIM for
+/// its whole life, and a separate list plus a string per SIM cost two more allocations and
+/// two more cache misses per record. The names are only read when the handset fires;
+/// records are matched on 32-bit fingerprints, as the contact store's lists are (inside one
+/// handset's few SIMs a collision is a one-in-10^9 event, see [`crate::ids`]).
+#[derive(Clone, Default, Serialize, Deserialize)]
+struct Sims(Box<[u8]>);
+
+/// One SIM of a [`Sims`], read in place.
+#[derive(Clone, Copy)]
+struct Sim<'a> {
+    sim_fp: u32,
+    line_fp: u32,
     last_s: u32,
+    /// The packed SIM and line pseudonyms.
+    names: &'a [u8],
+    /// Offset of its fixed part.
+    at: usize,
+}
+
+impl Sim<'_> {
+    /// The SIM and line pseudonyms.
+    fn names(&self) -> (String, String) {
+        let unpacked = crate::names::unpack(self.names)
+            .and_then(|(sim, rest)| Some((sim, crate::names::unpack(rest)?.0)));
+        // `Sims::push` wrote both; a checkpoint from another build is checked on load.
+        unpacked.unwrap_or_default()
+    }
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// One SIM of a rebuilt [`Sims`].
+enum Item<'a> {
+    /// The SIM at this index of the old list.
+    Keep(usize),
+    New {
+        sim_fp: u32,
+        line_fp: u32,
+        last_s: u32,
+        sim: &'a str,
+        line: &'a str,
+    },
+}
+
+impl Sims {
+    fn iter(&self) -> impl Iterator<Item = Sim<'_>> {
+        let b = &self.0;
+        let mut at = 0;
+        std::iter::from_fn(move || {
+            if at + HEAD > b.len() {
+                return None;
+            }
+            let len = u16::from_le_bytes([b[at + 12], b[at + 13]]) as usize;
+            let sim = Sim {
+                sim_fp: u32_at(b, at),
+                line_fp: u32_at(b, at + 4),
+                last_s: u32_at(b, at + 8),
+                names: b.get(at + HEAD..at + HEAD + len)?,
+                at,
+            };
+            at += HEAD + len;
+            Some(sim)
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.iter().count()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn set_last(&mut self, at: usize, last_s: u32) {
+        self.0[at + 8..at + 12].copy_from_slice(&last_s.to_le_bytes());
+    }
+
+    /// Bytes held.
+    fn bytes(&self) -> usize {
+        self.0.len()
+    }
+
+    /// A new list of `items` in order: SIMs of `self` by index, or new ones.
+    fn rebuild<'a>(&self, items: impl IntoIterator<Item = Item<'a>>) -> Sims {
+        let all: Vec<Sim<'_>> = self.iter().collect();
+        let items: Vec<Item<'a>> = items.into_iter().collect();
+        // The exact size up front: `into_boxed_slice` then keeps the allocation as it is.
+        let size: usize = items
+            .iter()
+            .map(|item| match item {
+                Item::Keep(i) => HEAD + all[*i].names.len(),
+                Item::New { sim, line, .. } => {
+                    HEAD + crate::names::packed_len(sim) + crate::names::packed_len(line)
+                }
+            })
+            .sum();
+        let mut out = Vec::with_capacity(size);
+        for item in items {
+            match item {
+                Item::Keep(i) => {
+                    let x = all[i];
+                    out.extend_from_slice(&self.0[x.at..x.at + HEAD + x.names.len()]);
+                }
+                Item::New {
+                    sim_fp,
+                    line_fp,
+                    last_s,
+                    sim,
+                    line,
+                } => {
+                    let len = crate::names::packed_len(sim) + crate::names::packed_len(line);
+                    out.extend_from_slice(&sim_fp.to_le_bytes());
+                    out.extend_from_slice(&line_fp.to_le_bytes());
+                    out.extend_from_slice(&last_s.to_le_bytes());
+                    // Two pseudonyms of at most 128 bytes each pack into far less than 64 KiB.
+                    out.extend_from_slice(&(len as u16).to_le_bytes());
+                    crate::names::pack(sim, &mut out);
+                    crate::names::pack(line, &mut out);
+                }
+            }
+        }
+        Sims(out.into_boxed_slice())
+    }
+
+    /// Whether every SIM's fixed part and names are whole (a checkpoint is checked on load).
+    fn is_whole(&self) -> bool {
+        let whole: usize = self.iter().map(|x| HEAD + x.names.len()).sum();
+        whole == self.0.len()
+            && self
+                .iter()
+                .all(|x| x.names().0.len() + x.names().1.len() > 0)
+    }
 }
 
 #[derive(Clone, Default, Serialize, Deserialize)]
 struct Handset {
-    sims: Vec<SimSeen>,
+    sims: Sims,
     newest_s: u32,
-    fired_s: Option<u32>,
+    /// End of the last window reported (seconds; 0 = never: event times are after 2000).
+    fired_s: u32,
 }
 
 #[derive(Clone)]
@@ -55,28 +188,6 @@ impl HandsetChurn {
             times: Vec::new(),
         }
     }
-}
-
-impl SimSeen {
-    fn new(sim_id: u64, sim: &str, line: &str, last_s: u32) -> Self {
-        SimSeen {
-            sim_id,
-            names: format!("{sim} {line}").into_boxed_str(),
-            last_s,
-        }
-    }
-
-    fn sim(&self) -> &str {
-        self.names.split_once(' ').map_or(&*self.names, |(s, _)| s)
-    }
-
-    fn line(&self) -> &str {
-        self.names.split_once(' ').map_or("", |(_, l)| l)
-    }
-}
-
-fn sim_bytes(s: &SimSeen) -> usize {
-    std::mem::size_of::<SimSeen>() + s.names.len()
 }
 
 impl Detector for HandsetChurn {
@@ -104,33 +215,63 @@ impl Detector for HandsetChurn {
         if s < since_s {
             return;
         }
-        let sim_id = ids.imsi.unwrap_or_else(|| ids::id(imsi));
-        match h
+        let sim_fp = ids::fp(ids.imsi.unwrap_or_else(|| ids::id(imsi)));
+        let line_fp = ids::fp(ids.from);
+        let before = h.sims.bytes();
+        let known = h
             .sims
-            .iter_mut()
-            .find(|x| x.sim_id == sim_id && x.sim() == imsi)
-        {
-            Some(x) => {
-                if s >= x.last_s {
-                    x.last_s = s;
-                    if x.line() != ev.from.as_ref() {
-                        self.heap_bytes = self.heap_bytes + ev.from.len() - x.line().len();
-                        *x = SimSeen::new(sim_id, imsi, &ev.from, s);
+            .iter()
+            .enumerate()
+            .find(|(_, x)| x.sim_fp == sim_fp)
+            .map(|(i, x)| (i, x.at, x.last_s, x.line_fp));
+        match known {
+            Some((i, at, last_s, old_line_fp)) => {
+                if s >= last_s {
+                    if old_line_fp == line_fp {
+                        h.sims.set_last(at, s);
+                    } else {
+                        // Used as another line: the SIM keeps its place in the list.
+                        let new = Item::New {
+                            sim_fp,
+                            line_fp,
+                            last_s: s,
+                            sim: imsi,
+                            line: &ev.from,
+                        };
+                        let mut new = Some(new);
+                        let n = h.sims.len();
+                        let items: Vec<Item<'_>> = (0..n)
+                            .map(|j| match new.take_if(|_| j == i) {
+                                Some(item) => item,
+                                None => Item::Keep(j),
+                            })
+                            .collect();
+                        h.sims = h.sims.rebuild(items);
                     }
                 }
+                self.heap_bytes = self.heap_bytes + h.sims.bytes() - before;
                 return; // a known SIM cannot raise the count
             }
             None => {
-                if h.sims.len() >= self.cfg.max_sims_per_handset as usize {
+                let n = h.sims.len();
+                let mut keep: Vec<usize> = (0..n).collect();
+                if n >= self.cfg.max_sims_per_handset as usize {
                     self.cap_hits += 1;
+                    // The stalest goes, the last SIM taking its place (as `swap_remove`).
                     if let Some((i, _)) = h.sims.iter().enumerate().min_by_key(|(_, x)| x.last_s) {
-                        self.heap_bytes -= sim_bytes(&h.sims[i]);
-                        h.sims.swap_remove(i);
+                        keep.swap_remove(i);
                     }
                 }
-                let seen = SimSeen::new(sim_id, imsi, &ev.from, s);
-                self.heap_bytes += sim_bytes(&seen);
-                h.sims.push(seen);
+                let new = Item::New {
+                    sim_fp,
+                    line_fp,
+                    last_s: s,
+                    sim: imsi,
+                    line: &ev.from,
+                };
+                let items = keep.into_iter().map(Item::Keep).chain(std::iter::once(new));
+                h.sims = h.sims.rebuild(items);
+                self.heap_bytes = self.heap_bytes + h.sims.bytes() - before;
             }
         }
         let min = self.cfg.min_sims as usize;
@@ -156,21 +297,29 @@ impl Detector for HandsetChurn {
         let Some((since_s, end_s)) = found else {
             return;
         };
-        if h.fired_s.is_some_and(|f| f >= since_s) {
+        if h.fired_s != 0 && h.fired_s >= since_s {
             return;
         }
-        h.fired_s = Some(h.fired_s.map_or(end_s, |f| f.max(end_s)));
-        let mut ordered: Vec<&SimSeen> = h
+        h.fired_s = if h.fired_s == 0 {
+            end_s
+        } else {
+            h.fired_s.max(end_s)
+        };
+        let mut ordered: Vec<(u32, String, String)> = h
             .sims
             .iter()
             .filter(|x| x.last_s >= since_s && x.last_s <= end_s)
+            .map(|x| {
+                let (sim, line) = x.names();
+                (x.last_s, sim, line)
+            })
             .collect();
-        ordered.sort_by(|a, b| a.last_s.cmp(&b.last_s).then_with(|| a.sim().cmp(b.sim())));
+        ordered.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
         let mut lines: Vec<(u64, String)> = Vec::new();
-        for x in &ordered {
-            let id = ids::id(x.line());
+        for (_, _, line) in &ordered {
+            let id = ids::id(line);
             if !lines.iter().any(|(l, _)| *l == id) {
-                lines.push((id, x.line().to_string()));
+                lines.push((id, line.clone()));
             }
         }
         let sims = ordered.len();
@@ -181,9 +330,9 @@ impl Detector for HandsetChurn {
             subject_kind: SubjectKind::Handset,
             score: (sims as f64 / (2.0 * min as f64)).min(1.0),
             event_time: ev.ts,
-            window_start: ids::millis(ordered[0].last_s),
+            window_start: ids::millis(ordered[0].0),
             window_end: ids::millis(end_s).max(ev.ts),
-            related: ordered.iter().map(|x| x.sim().to_string()).collect(),
+            related: ordered.into_iter().map(|x| x.1).collect(),
             evidence: evidence! {
                 "sims" => sims,
                 "min_sims" => min,
@@ -198,8 +347,17 @@ impl Detector for HandsetChurn {
         let cutoff = ids::secs(watermark).saturating_sub(ids::span_secs(self.cfg.window_s));
         let mut heap = 0;
         self.handsets.retain(|_, h| {
-            h.sims.retain(|x| x.last_s >= cutoff);
-            heap += h.sims.iter().map(sim_bytes).sum::<usize>();
+            if h.sims.iter().any(|x| x.last_s < cutoff) {
+                let keep: Vec<usize> = h
+                    .sims
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, x)| x.last_s >= cutoff)
+                    .map(|(i, _)| i)
+                    .collect();
+                h.sims = h.sims.rebuild(keep.into_iter().map(Item::Keep));
+            }
+            heap += h.sims.bytes();
             !h.sims.is_empty()
         });
         if self.handsets.capacity() > 2 * self.handsets.len() + 1024 {
@@ -230,12 +388,12 @@ impl Detector for HandsetChurn {
     }
 
     fn load_state(&mut self, bytes: &[u8]) -> Result<(), codec::Error> {
-        (self.handsets, self.cap_hits) = codec::decode(bytes)?;
-        self.heap_bytes = self
-            .handsets
-            .values()
-            .flat_map(|h| h.sims.iter().map(sim_bytes))
-            .sum();
+        let (handsets, cap_hits): (IdMap<Handset>, u64) = codec::decode(bytes)?;
+        if !handsets.values().all(|h| h.sims.is_whole()) {
+            return Err(postcard::Error::DeserializeBadEncoding.into());
+        }
+        (self.handsets, self.cap_hits) = (handsets, cap_hits);
+        self.heap_bytes = self.handsets.values().map(|h| h.sims.bytes()).sum();
         Ok(())
     }
 }
@@ -275,6 +433,43 @@ mod tests {
         assert_eq!(f[0].related, vec!["s1", "s2", "s3"]);
         assert_eq!(f[0].lines.len(), 3);
         assert_eq!(f[0].evidence["sims"], 3);
+    }
+
+    #[test]
+    fn a_sim_used_as_another_line_is_named_with_the_newest_and_cap_evicts_the_stalest() {
+        let mut cfg = Config::default();
+        cfg.handset_churn.max_sims_per_handset = 3;
+        let mut d = HandsetChurn::new(&cfg, 100);
+        let mut h = Harness::new();
+        let feed = |h: &mut Harness, d: &mut HandsetChurn, id: &str, t, line, sim| {
+            h.feed(d, &with_sim(sms(id, t, line, "x"), "h", sim))
+        };
+        assert!(feed(&mut h, &mut d, "1", 0, "l0", "s0").is_empty());
+        assert!(feed(&mut h, &mut d, "2", HOUR, "l1", "s1").is_empty());
+        // s1 moves to line l9; then s0 is the stalest and leaves for s3 at the cap.
+        assert!(feed(&mut h, &mut d, "3", 2 * HOUR, "l9", "s1").is_empty());
+        let f = feed(&mut h, &mut d, "4", 3 * HOUR, "l2", "s2");
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].related, ["s0", "s1", "s2"]);
+        assert_eq!(
+            f[0].evidence["lines"],
+            serde_json::json!(["l0", "l9", "l2"])
+        );
+        feed(&mut h, &mut d, "5", 4 * HOUR, "l3", "s3");
+        assert_eq!(d.stats().cap_hits, 1);
+        let h0 = &d.handsets[&ids::id("h")];
+        let names: Vec<_> = h0.sims.iter().map(|x| x.names()).collect();
+        let want = [("s2", "l2"), ("s1", "l9"), ("s3", "l3")];
+        let want: Vec<_> = want
+            .iter()
+            .map(|(s, l)| (s.to_string(), l.to_string()))
+            .collect();
+        assert_eq!(
+            names, want,
+            "s0 leaves, s2 takes its place and s3 comes last, as with swap_remove"
+        );
+        // Each SIM pays its fixed part and two packed names; the count is the allocation.
+        assert_eq!(d.heap_bytes, h0.sims.0.len());
     }
 
     #[test]
