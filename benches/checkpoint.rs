@@ -1,4 +1,4 @@
-//! Checkpoints: the copy the run loop pauses for, write (encode + chunk) and load (verify + decode + restore) time of the
+//! Checkpoints: the copy or fork the run loop pauses for, write (encode + chunk) and load (verify + decode + restore) time of the
 //! whole engine state, and three serialisation crates compared on the contact store (the
 //! bulk of the state: about 60 % of its bytes).
 //!
@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use linewatch::checkpoint::{self, codec, SourceOffset};
+use linewatch::checkpoint::{self, codec, snapshot, SourceOffset};
 use linewatch::config::Config;
 use linewatch::engine::Engine;
 use linewatch::state::LineRecord;
@@ -29,10 +29,13 @@ fn engine() -> Engine {
     cfg.engine.max_keys_per_detector = cfg.engine.max_keys_per_detector.max(2 * n);
     let mut e = Engine::new(cfg);
     let mut alerts = Vec::new();
+    // The wall clock bounds how far ahead event time may be; the bench records are in the
+    // past.
+    let now = linewatch::replay::wall_ms();
     // Five records per line on average: most lines text a handful of contacts.
     for r in common::records(5 * n, n) {
         alerts.clear();
-        e.process(&r, 0, 0, &mut alerts);
+        e.process(&r, 0, now, &mut alerts);
     }
     e
 }
@@ -46,7 +49,17 @@ fn bench(c: &mut Criterion) {
     }];
     let enc = checkpoint::encode(&e, offsets.clone(), 1, 0, checkpoint::MAX_CHUNK_BYTES).unwrap();
     let tracked = e.tracked_lines();
-    let memory: usize = e.state_stats().iter().map(|(_, s)| s.bytes).sum();
+    let stats = e.state_stats();
+    let memory: usize = stats.iter().map(|(_, s)| s.bytes).sum();
+    // Where a copy's time goes: each section's share of the memory it copies.
+    for (name, s) in &stats {
+        println!(
+            "  {name}: {} keys, {:.1} MB in memory ({:.0} %)",
+            s.keys,
+            s.bytes as f64 / 1e6,
+            100.0 * s.bytes as f64 / memory as f64
+        );
+    }
     println!(
         "tracked lines {tracked}, state in memory {memory} B ({:.0} B/line), checkpoint {} B ({:.0} B/line) in {} chunks",
         memory as f64 / tracked as f64,
@@ -58,8 +71,45 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("checkpoint");
     g.sample_size(10);
     g.throughput(Throughput::Bytes(enc.manifest.state_bytes));
-    // What the run loop pauses for: a copy of the state (the writer thread encodes it).
+    // What the run loop pauses for: a copy of the state (the writer thread encodes it)...
     g.bench_function("copy", |b| b.iter(|| e.clone()));
+    // ...or a fork, whose child encodes the state (the pause is the fork alone)...
+    #[cfg(target_os = "linux")]
+    g.bench_function("fork_pause", |b| {
+        b.iter_custom(|iters| {
+            let mut paused = std::time::Duration::ZERO;
+            for _ in 0..iters {
+                let t = std::time::Instant::now();
+                let child = snapshot::fork_encode(&e, None).unwrap();
+                paused += t.elapsed();
+                child.collect(enc.manifest.state_bytes as usize).unwrap();
+            }
+            paused
+        })
+    });
+    // ...and the whole forked write as the writer thread sees it: the child's encode
+    // through the pipe, then chunks and checksums.
+    #[cfg(target_os = "linux")]
+    g.bench_function("fork_write", |b| {
+        b.iter(|| {
+            let body = snapshot::fork_encode(&e, None)
+                .unwrap()
+                .collect(enc.manifest.state_bytes as usize)
+                .unwrap();
+            let meta = checkpoint::Meta {
+                id: 1,
+                created_ms: 0,
+                partitions: vec![checkpoint::InputPartition {
+                    topic: "cdr".into(),
+                    partition: 0,
+                }],
+                offsets: offsets.clone(),
+                config: e.config().clone(),
+                config_version: e.config_version().to_string(),
+            };
+            checkpoint::package(&body, meta, checkpoint::MAX_CHUNK_BYTES).unwrap()
+        })
+    });
     g.bench_function("write", |b| {
         b.iter(|| {
             checkpoint::encode(&e, offsets.clone(), 1, 0, checkpoint::MAX_CHUNK_BYTES).unwrap()

@@ -319,6 +319,169 @@ fn a_write_cut_short_before_its_manifest_leaves_the_previous_checkpoint_in_use()
     assert_eq!(skipped, vec![Fallback::Truncated]);
 }
 
+/// A snapshot by fork: the child encodes the engine as it was at the fork, whatever the
+/// parent does next.
+#[cfg(target_os = "linux")]
+mod forked {
+    use super::*;
+    use linewatch::checkpoint::metrics::CheckpointMetrics;
+    use linewatch::checkpoint::service::{self, Checkpointer, Cover, SnapshotMode};
+    use linewatch::checkpoint::snapshot::{self, Fault};
+    use prometheus::Registry;
+
+    #[test]
+    fn a_forked_snapshot_is_the_state_a_copy_gives_and_restores_to_the_same_alerts() {
+        let cfg = Config::default();
+        let (whole, _) = replay::replay_bytes(cfg.clone(), city());
+        let mut engine = Engine::new(cfg.clone());
+        let mut alerts = run(&mut engine, halves().0);
+        let copied = checkpoint::encode_body(&engine.clone()).unwrap();
+        let child = snapshot::fork_encode(&engine, None).expect("fork");
+        // The parent goes on detecting while the child encodes: the snapshot is still the
+        // state at the fork.
+        let mut parent = engine.clone();
+        let second = run(&mut engine, halves().1);
+        let body = child.collect(0).expect("snapshot");
+        assert_eq!(body.len(), copied.len());
+        assert!(body == copied, "the forked body differs from the copy's");
+
+        let meta = checkpoint::Meta {
+            id: 7,
+            created_ms: 1_000,
+            partitions: vec![checkpoint::InputPartition {
+                topic: "cdr".into(),
+                partition: 0,
+            }],
+            offsets: offsets(),
+            config: cfg.clone(),
+            config_version: cfg.version(),
+        };
+        let enc = checkpoint::package(&body, meta, CHUNK).unwrap();
+        let mut restored = load(&enc, &cfg).expect("restore");
+        alerts.extend(run(&mut restored, halves().1));
+        assert_eq!(comparable(alerts), comparable(whole));
+        assert_eq!(comparable(second), comparable(run(&mut parent, halves().1)));
+        assert_eq!(restored.counters(), engine.counters());
+    }
+
+    fn config(dir: &std::path::Path) -> Config {
+        let mut cfg = Config::default();
+        cfg.service.state_dir = dir.to_string_lossy().into_owned();
+        cfg
+    }
+
+    fn the_partition(cfg: &Config) -> checkpoint::InputPartition {
+        checkpoint::InputPartition {
+            topic: cfg.service.input_topics[0].clone(),
+            partition: 0,
+        }
+    }
+
+    fn cover(cfg: &Config, offset: i64) -> Cover {
+        Cover {
+            partitions: vec![the_partition(cfg)],
+            offsets: vec![SourceOffset {
+                topic: cfg.service.input_topics[0].clone(),
+                partition: 0,
+                offset,
+            }],
+        }
+    }
+
+    fn wait_idle(c: &Checkpointer) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !c.idle() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "checkpoint writer stuck"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    fn counter(r: &Registry, name: &str, label: (&str, &str)) -> f64 {
+        r.gather()
+            .iter()
+            .filter(|f| f.name() == name)
+            .flat_map(|f| f.get_metric().iter())
+            .filter(|m| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == label.0 && l.value() == label.1)
+            })
+            .map(|m| m.get_counter().get_value())
+            .sum()
+    }
+
+    /// The checkpoint the directory restores: its first offset and the engine's counters.
+    fn standing(cfg: &Config) -> (i64, linewatch::engine::Counters) {
+        let mut stores: Vec<Box<dyn Store>> =
+            vec![Box::new(DirStore::new(&cfg.service.state_dir).unwrap())];
+        let m = CheckpointMetrics::register(&Registry::new());
+        let r = service::restore(&mut stores, cfg, &[the_partition(cfg)], &m)
+            .expect("a checkpoint stands");
+        (r.manifest.offsets[0].offset, r.engine.counters().clone())
+    }
+
+    #[test]
+    fn a_failed_snapshot_leaves_the_previous_checkpoint_counted_and_never_stops_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        let registry = Registry::new();
+        let metrics = CheckpointMetrics::register(&registry);
+        let stores: Vec<Box<dyn Store>> = vec![Box::new(DirStore::new(dir.path()).unwrap())];
+        let mut c = Checkpointer::start(stores, &cfg, metrics).with_mode(SnapshotMode::Fork);
+
+        let mut engine = Engine::new(cfg.clone());
+        run(&mut engine, halves().0);
+        let good = engine.counters().clone();
+        c.take(&engine, cover(&cfg, 100));
+        wait_idle(&c);
+        assert_eq!(standing(&cfg), (100, good.clone()));
+
+        run(&mut engine, halves().1);
+        let faults = [
+            (Fault::ChildKilled, "died"),
+            (Fault::EncodeError, "encode"),
+            (Fault::Truncated, "truncated"),
+            (Fault::PipeBroken, "pipe"),
+        ];
+        for (i, (fault, reason)) in faults.into_iter().enumerate() {
+            c.inject_fault(fault);
+            c.take(&engine, cover(&cfg, 200 + i as i64));
+            wait_idle(&c);
+            assert_eq!(
+                counter(
+                    &registry,
+                    "linewatch_checkpoint_snapshot_failures_total",
+                    ("reason", reason)
+                ),
+                1.0,
+                "{fault:?}"
+            );
+            // Nothing of the failed checkpoint was written: the first one stands.
+            assert_eq!(standing(&cfg), (100, good.clone()), "{fault:?}");
+        }
+        // The writer goes on: the next snapshot is taken and stored.
+        c.take(&engine, cover(&cfg, 300));
+        wait_idle(&c);
+        assert_eq!(standing(&cfg), (300, engine.counters().clone()));
+        for f in snapshot::Failure::ALL {
+            let n = counter(
+                &registry,
+                "linewatch_checkpoint_snapshot_failures_total",
+                ("reason", f.code()),
+            );
+            let want = if matches!(f.code(), "fork" | "timeout") {
+                0.0
+            } else {
+                1.0
+            };
+            assert_eq!(n, want, "{}", f.code());
+        }
+    }
+}
+
 fn partition(topic: &str, partition: i32) -> checkpoint::InputPartition {
     checkpoint::InputPartition {
         topic: topic.into(),

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use prometheus::{Gauge, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
 
+use super::snapshot::Failure;
 use super::Fallback;
 use crate::event::Millis;
 
@@ -24,6 +25,7 @@ pub struct CheckpointMetrics {
     load_seconds: Histogram,
     fallbacks: IntCounterVec,
     write_failures: IntCounterVec,
+    snapshot_failures: IntCounterVec,
     /// Wall ms of the newest complete checkpoint (written or restored); 0: none yet.
     newest_ms: Arc<AtomicI64>,
     started_ms: Millis,
@@ -55,7 +57,7 @@ impl CheckpointMetrics {
         let pause_seconds = histogram(
             r,
             "linewatch_checkpoint_pause_seconds",
-            "Time the run loop spent copying the state for a checkpoint (detection waits for it).",
+            "Time the run loop paused to take the state for a checkpoint (fork, or a copy where fork is unavailable): detection waits for it.",
             secs.clone(),
         );
         let write_seconds = histogram(
@@ -89,6 +91,19 @@ impl CheckpointMetrics {
         .expect(STATIC_OK);
         r.register(Box::new(write_failures.clone()))
             .expect(STATIC_OK);
+        let snapshot_failures = IntCounterVec::new(
+            Opts::new(
+                "linewatch_checkpoint_snapshot_failures_total",
+                "Snapshots of the state that failed, by reason (fork: a copy was taken instead; otherwise that checkpoint was skipped and the previous one stands).",
+            ),
+            &["reason"],
+        )
+        .expect(STATIC_OK);
+        r.register(Box::new(snapshot_failures.clone()))
+            .expect(STATIC_OK);
+        for f in Failure::ALL {
+            snapshot_failures.with_label_values(&[f.code()]);
+        }
         for f in Fallback::ALL {
             fallbacks.with_label_values(&[f.code()]);
         }
@@ -103,6 +118,7 @@ impl CheckpointMetrics {
             load_seconds,
             fallbacks,
             write_failures,
+            snapshot_failures,
             newest_ms: Arc::new(AtomicI64::new(0)),
             started_ms: crate::replay::wall_ms(),
         }
@@ -114,6 +130,10 @@ impl CheckpointMetrics {
 
     pub fn write_failed(&self, store: &'static str) {
         self.write_failures.with_label_values(&[store]).inc();
+    }
+
+    pub fn snapshot_failed(&self, f: Failure) {
+        self.snapshot_failures.with_label_values(&[f.code()]).inc();
     }
 
     pub fn paused(&self, seconds: f64) {

@@ -15,10 +15,13 @@
 //! - [`codec`]: the one serialisation used for state (postcard).
 //! - this file: sections, chunks, manifest, verification, restore into an engine.
 //! - [`store`]: where checkpoints live: a directory, or a compacted Kafka topic.
+//! - [`snapshot`]: the state taken without stopping detection (a forked copy-on-write child
+//!   encodes it).
 
 pub mod codec;
 pub mod metrics;
 pub mod service;
+pub mod snapshot;
 pub mod store;
 
 use std::collections::BTreeMap;
@@ -193,16 +196,50 @@ pub fn encode(
 /// [`encode`] for the state of `partitions` (some of which may have no offset yet).
 pub fn encode_covering(
     engine: &Engine,
-    mut partitions: Vec<InputPartition>,
+    partitions: Vec<InputPartition>,
     offsets: Vec<SourceOffset>,
     id: u64,
     created_ms: Millis,
     max_chunk_bytes: usize,
 ) -> Result<Encoded, codec::Error> {
+    let body = encode_body(engine)?;
+    let meta = Meta {
+        id,
+        created_ms,
+        partitions,
+        offsets,
+        config: engine.config().clone(),
+        config_version: engine.config_version().to_string(),
+    };
+    package(&body, meta, max_chunk_bytes)
+}
+
+/// The state body of a checkpoint: every section, as one codec value. [`snapshot`] writes
+/// exactly these bytes from a forked child.
+pub fn encode_body(engine: &Engine) -> Result<Vec<u8>, codec::Error> {
+    codec::encode(&engine.save_sections()?)
+}
+
+/// What a checkpoint says besides its state body, taken when the state is.
+#[derive(Debug, Clone)]
+pub struct Meta {
+    pub id: u64,
+    pub created_ms: Millis,
+    /// The partitions the state covers (some of which may have no offset yet).
+    pub partitions: Vec<InputPartition>,
+    pub offsets: Vec<SourceOffset>,
+    /// The configuration the state was built under.
+    pub config: Config,
+    pub config_version: String,
+}
+
+/// Cuts a state body ([`encode_body`]) into chunk values of at most `max_chunk_bytes` and
+/// makes their manifest.
+pub fn package(body: &[u8], meta: Meta, max_chunk_bytes: usize) -> Result<Encoded, codec::Error> {
+    let id = meta.id;
+    let mut partitions = meta.partitions;
     partitions.sort();
     partitions.dedup();
-    let sections = engine.save_sections()?;
-    let body = codec::encode(&sections)?;
     let per_chunk = max_chunk_bytes.saturating_sub(CHUNK_HEADER).max(1024);
     let mut chunks = Vec::with_capacity(body.len() / per_chunk + 1);
     let mut metas = Vec::with_capacity(chunks.capacity());
@@ -219,16 +256,15 @@ pub fn encode_covering(
         });
         chunks.push(v);
     }
-    let cfg = engine.config();
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
         id,
-        created_ms,
+        created_ms: meta.created_ms,
         // A Config always serialises to JSON: plain strings, numbers, maps with string keys.
-        config_json: serde_json::to_string(cfg).unwrap_or_default(),
-        config_version: engine.config_version().to_string(),
+        config_json: serde_json::to_string(&meta.config).unwrap_or_default(),
+        config_version: meta.config_version,
         partitions,
-        offsets,
+        offsets: meta.offsets,
         chunks: metas,
         state_bytes: body.len() as u64,
     };

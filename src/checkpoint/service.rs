@@ -1,6 +1,7 @@
 //! Checkpoints in `linewatch run`: the stores opened at start, the newest usable checkpoint
 //! of the assigned partitions restored on assignment, and a writer thread that stores each
-//! new checkpoint while the run loop goes on detecting.
+//! new checkpoint while the run loop goes on detecting. The run loop only forks (see
+//! [`super::snapshot`]): a copy-on-write child encodes the state while detection continues.
 //!
 //! A checkpoint is the state of a partition *set*: the input is not keyed by line, so one
 //! engine mixes every assigned partition's records. It is stored under the group and the
@@ -25,8 +26,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::metrics::CheckpointMetrics;
+use super::snapshot::{self, Failure};
 use super::store::{DirStore, KafkaStore, Store};
-use super::{Fallback, InputPartition, Restored, SourceOffset};
+use super::{Fallback, InputPartition, Meta, Restored, SourceOffset};
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::kafka::KafkaSettings;
@@ -188,12 +190,48 @@ pub struct Cover {
     pub offsets: Vec<SourceOffset>,
 }
 
-/// A copy of the state for the writer to encode and store.
+/// Reading, chunking and storing a checkpoint compete with detection for the cores:
+/// detection goes first. On Linux a nice value is per thread; elsewhere this does nothing.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: gettid and setpriority have no preconditions; `who` is this thread's id.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10);
+    }
+}
+
+/// How the run loop takes the state for a checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotMode {
+    /// A forked copy-on-write child encodes the state ([`snapshot`]): detection pauses for
+    /// the `fork()` only. The default on Linux.
+    Fork,
+    /// A copy of the engine in memory, encoded by the writer thread: detection pauses for
+    /// the copy. Everywhere else, and when a fork fails.
+    Copy,
+}
+
+impl Default for SnapshotMode {
+    fn default() -> Self {
+        if snapshot::FORK_SUPPORTED {
+            SnapshotMode::Fork
+        } else {
+            SnapshotMode::Copy
+        }
+    }
+}
+
+/// The state as taken by the run loop.
+enum Taken {
+    Copy(Box<Engine>),
+    Forked(snapshot::Child),
+}
+
+/// A checkpoint for the writer to finish and store.
 struct Job {
-    engine: Engine,
-    cover: Cover,
-    id: u64,
-    created_ms: crate::event::Millis,
+    state: Taken,
+    meta: Meta,
 }
 
 /// Takes checkpoints in the run loop and hands them to a writer thread.
@@ -208,6 +246,10 @@ pub struct Checkpointer {
     /// The slot to write next, per namespace (partition set): the one not holding the
     /// newest checkpoint, so it stays whole while the next one is written.
     next_slot: Arc<Mutex<BTreeMap<String, u8>>>,
+    mode: SnapshotMode,
+    /// A failed fork is logged the first time only (it is counted every time).
+    fork_warned: bool,
+    fault: Option<snapshot::Fault>,
 }
 
 impl Checkpointer {
@@ -227,26 +269,39 @@ impl Checkpointer {
         let writer = std::thread::Builder::new()
             .name("checkpoint-writer".into())
             .spawn(move || {
+                lower_priority();
+                // The last body's size: the next is about as large.
+                let mut hint = 0;
                 while let Ok(job) = rx.recv() {
                     let started = Instant::now();
-                    let ns = namespace(&group, &job.cover.partitions);
+                    let ns = namespace(&group, &job.meta.partitions);
                     let slot = lock(&slots).get(&ns).copied().unwrap_or(0);
-                    let cp = match super::encode_covering(
-                        &job.engine,
-                        job.cover.partitions,
-                        job.cover.offsets,
-                        job.id,
-                        job.created_ms,
-                        super::MAX_CHUNK_BYTES,
-                    ) {
-                        Ok(cp) => cp,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "checkpoint could not be encoded; skipped");
+                    let body = match job.state {
+                        Taken::Forked(child) => child.collect(hint),
+                        Taken::Copy(engine) => {
+                            super::encode_body(&engine).map_err(|_| Failure::Encode)
+                        }
+                    };
+                    let body = match body {
+                        Ok(b) => b,
+                        Err(f) => {
+                            m.snapshot_failed(f);
+                            tracing::warn!(reason = f.code(), "checkpoint state could not be taken; skipped, the previous checkpoint stands");
                             flag.store(false, Ordering::Release);
                             continue;
                         }
                     };
-                    drop(job.engine);
+                    hint = body.len();
+                    let cp = match super::package(&body, job.meta, super::MAX_CHUNK_BYTES) {
+                        Ok(cp) => cp,
+                        Err(e) => {
+                            m.snapshot_failed(Failure::Encode);
+                            tracing::warn!(error = %e, reason = Failure::Encode.code(), "checkpoint could not be encoded; skipped, the previous checkpoint stands");
+                            flag.store(false, Ordering::Release);
+                            continue;
+                        }
+                    };
+                    drop(body);
                     let mut ok = 0;
                     for store in stores.iter_mut() {
                         match super::write(store.as_mut(), &ns, slot, &cp) {
@@ -282,7 +337,27 @@ impl Checkpointer {
             metrics,
             writer,
             next_slot,
+            mode: SnapshotMode::default(),
+            fork_warned: false,
+            fault: None,
         }
+    }
+
+    /// Takes the state by `mode` from now on (benchmarks compare the two).
+    pub fn with_mode(mut self, mode: SnapshotMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Damages the next snapshot on purpose (tests of the failure paths only).
+    #[doc(hidden)]
+    pub fn inject_fault(&mut self, fault: snapshot::Fault) {
+        self.fault = Some(fault);
+    }
+
+    /// The writer has finished the last checkpoint handed to it.
+    pub fn idle(&self) -> bool {
+        !self.busy.load(Ordering::Acquire)
     }
 
     /// A checkpoint was restored: the next one of its partition set goes to the other slot
@@ -300,37 +375,60 @@ impl Checkpointer {
             && self.last.elapsed() >= self.interval
     }
 
-    /// Copies the engine's state with what it covers and hands it to the writer. Call only
+    /// Takes the engine's state with what it covers and hands it to the writer. Call only
     /// with nothing in flight (see the module doc). Nothing is taken while no partition is
     /// assigned: a standby's empty state must never stand for a set's checkpoint.
     pub fn take(&mut self, engine: &Engine, cover: Cover) {
-        let Some(tx) = &self.tx else {
-            return;
-        };
-        if cover.partitions.is_empty() {
+        if self.tx.is_none() || cover.partitions.is_empty() {
             return;
         }
         self.last = Instant::now();
         let now = crate::replay::wall_ms();
         let id = (now.max(0) as u64).max(self.last_id + 1);
-        // Only the copy happens here; encoding and writing happen on the writer thread,
-        // so detection pauses for a memory copy, not for the encoding.
+        // Only the snapshot happens here (a fork, or a copy); encoding and writing happen
+        // in the child and on the writer thread.
         let started = Instant::now();
-        let copy = engine.clone();
+        let state = self.snapshot(engine);
         self.metrics.paused(started.elapsed().as_secs_f64());
         self.busy.store(true, Ordering::Release);
         let job = Job {
-            engine: copy,
-            cover,
-            id,
-            created_ms: now,
+            state,
+            meta: Meta {
+                id,
+                created_ms: now,
+                partitions: cover.partitions,
+                offsets: cover.offsets,
+                config: engine.config().clone(),
+                config_version: engine.config_version().to_string(),
+            },
+        };
+        let Some(tx) = &self.tx else {
+            return;
         };
         match tx.try_send(job) {
             Ok(()) => self.last_id = id,
+            // The job is dropped: a forked child is killed and reaped with it.
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.busy.store(false, Ordering::Release);
             }
         }
+    }
+
+    fn snapshot(&mut self, engine: &Engine) -> Taken {
+        let fault = self.fault.take();
+        if self.mode == SnapshotMode::Fork {
+            match snapshot::fork_encode(engine, fault) {
+                Ok(child) => return Taken::Forked(child),
+                Err(e) => {
+                    self.metrics.snapshot_failed(Failure::Fork);
+                    if !self.fork_warned {
+                        self.fork_warned = true;
+                        tracing::warn!(error = %e, reason = Failure::Fork.code(), "could not fork to snapshot the state; copying it instead, which pauses detection (logged once)");
+                    }
+                }
+            }
+        }
+        Taken::Copy(Box::new(engine.clone()))
     }
 
     /// Takes a last checkpoint (the state at a clean shutdown: a restart then re-reads
