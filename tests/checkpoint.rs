@@ -332,8 +332,8 @@ mod forked {
     #[test]
     fn a_forked_snapshot_is_the_state_a_copy_gives_and_restores_to_the_same_alerts() {
         let cfg = Config::default();
-        let (whole, _) = replay::replay_bytes(cfg.clone(), city());
-        let mut engine = Engine::new(cfg.clone());
+        let (whole, _) = replay::replay_bytes_with_cells(cfg.clone(), city(), cells());
+        let mut engine = engine(&cfg);
         let mut alerts = run(&mut engine, halves().0);
         let copied = checkpoint::encode_body(&engine.clone()).unwrap();
         let child = snapshot::fork_encode(&engine, None).expect("fork");
@@ -432,7 +432,7 @@ mod forked {
         let stores: Vec<Box<dyn Store>> = vec![Box::new(DirStore::new(dir.path()).unwrap())];
         let mut c = Checkpointer::start(stores, &cfg, metrics).with_mode(SnapshotMode::Fork);
 
-        let mut engine = Engine::new(cfg.clone());
+        let mut engine = engine(&cfg);
         run(&mut engine, halves().0);
         let good = engine.counters().clone();
         c.take(&engine, cover(&cfg, 100));
