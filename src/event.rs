@@ -213,30 +213,10 @@ fn parse_flat(text: &str) -> Option<RawEvent<'_>> {
             c.eat(b':')?;
             c.ws();
             let value = c.scalar()?;
-            let slot = match key {
-                "event_id" => &mut raw.event_id,
-                "ts" => &mut raw.ts,
-                "kind" => &mut raw.kind,
-                "from" => &mut raw.from,
-                "to" => &mut raw.to,
-                "duration_s" => &mut raw.duration_s,
-                "imsi" => &mut raw.imsi,
-                "imei" => &mut raw.imei,
-                "cell" => &mut raw.cell,
-                _ => {
-                    c.ws();
-                    match c.next()? {
-                        b',' => {
-                            c.ws();
-                            continue;
-                        }
-                        b'}' => break,
-                        _ => return None,
-                    }
-                }
-            };
-            // A repeated key: the last one wins, as on the serde path.
-            *slot = Some(value);
+            // Unknown fields are skipped; a repeated key: the last one wins, as on the serde path.
+            if let Some(slot) = raw.slot(key) {
+                *slot = Some(value);
+            }
             c.ws();
             match c.next()? {
                 b',' => c.ws(),
@@ -444,6 +424,24 @@ struct RawEvent<'a> {
     cell: Option<Scalar<'a>>,
 }
 
+impl<'a> RawEvent<'a> {
+    /// The field a key fills, for both decoders (`None`: a field we do not read).
+    fn slot(&mut self, key: &str) -> Option<&mut Option<Scalar<'a>>> {
+        Some(match key {
+            "event_id" => &mut self.event_id,
+            "ts" => &mut self.ts,
+            "kind" => &mut self.kind,
+            "from" => &mut self.from,
+            "to" => &mut self.to,
+            "duration_s" => &mut self.duration_s,
+            "imsi" => &mut self.imsi,
+            "imei" => &mut self.imei,
+            "cell" => &mut self.cell,
+            _ => return None,
+        })
+    }
+}
+
 impl<'de> Deserialize<'de> for RawEvent<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
@@ -455,24 +453,14 @@ impl<'de> Deserialize<'de> for RawEvent<'de> {
             fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
                 let mut raw = RawEvent::default();
                 while let Some(key) = a.next_key::<Cow<'de, str>>()? {
-                    let slot = match key.as_ref() {
-                        "event_id" => &mut raw.event_id,
-                        "ts" => &mut raw.ts,
-                        "kind" => &mut raw.kind,
-                        "from" => &mut raw.from,
-                        "to" => &mut raw.to,
-                        "duration_s" => &mut raw.duration_s,
-                        "imsi" => &mut raw.imsi,
-                        "imei" => &mut raw.imei,
-                        "cell" => &mut raw.cell,
-                        _ => {
-                            // Feeds grow: unknown fields are skipped without allocating.
+                    match raw.slot(&key) {
+                        // A repeated key: the last one wins, as in most JSON readers.
+                        Some(slot) => *slot = Some(a.next_value::<Scalar<'de>>()?),
+                        // Feeds grow: unknown fields are skipped without allocating.
+                        None => {
                             a.next_value::<IgnoredAny>()?;
-                            continue;
                         }
-                    };
-                    // A repeated key: the last one wins, as in most JSON readers.
-                    *slot = Some(a.next_value::<Scalar<'de>>()?);
+                    }
                 }
                 Ok(raw)
             }
