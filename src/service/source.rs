@@ -164,6 +164,10 @@ pub struct Assignment {
     pub live_from: BTreeMap<Tp, i64>,
     /// Next offset to commit per partition: everything below it is acknowledged.
     pub acked: BTreeMap<Tp, i64>,
+    /// The group's committed offset when the partition was assigned: the lag's base until
+    /// this process commits (a member that only re-reads never does, and librdkafka then
+    /// knows no lag; under exactly once the lag is counted from transactions).
+    pub group_committed: BTreeMap<Tp, i64>,
     /// Partitions revoked since the run loop last looked (it forgets their watermarks and
     /// gauges; held records are told apart by generation, not by this list).
     pub revoked: Vec<Tp>,
@@ -369,10 +373,14 @@ impl SourceContext {
         self.restore_for_assignment(consumer, tpl);
         let mut plan = tpl.clone();
         let mut live_from = Vec::new();
+        let mut group_committed = Vec::new();
         if self.rebuild_state_ms > 0 {
             match self.rebuild_offsets(consumer, tpl) {
                 Ok(starts) => {
                     for (topic, partition, start, committed) in starts {
+                        if let Some(ti) = self.topic_index(&topic) {
+                            group_committed.push(((ti, partition), committed));
+                        }
                         if start < committed {
                             // Only error is an unknown partition, and these come from `tpl`.
                             let _ =
@@ -402,6 +410,7 @@ impl SourceContext {
         }
         let rebuilding = live_from.len();
         shared.live_from.extend(live_from);
+        shared.group_committed.extend(group_committed);
         tracing::info!(
             partitions = tpl.count(),
             rebuilding,
@@ -517,6 +526,7 @@ impl SourceContext {
             }
             shared.assigned.remove(&tp);
             shared.live_from.remove(&tp);
+            shared.group_committed.remove(&tp);
             shared.caught_up.remove(&tp);
             shared.revoked.push(tp);
             kept.remove(&tp);
@@ -564,8 +574,15 @@ impl ClientContext for SourceContext {
                 };
                 // Under exactly once the offsets are committed by the producer's
                 // transactions, which the consumer's own figure never sees.
-                let lag = match (&self.transactions, shared.acked.get(&tp)) {
+                let base = shared.acked.get(&tp).or(shared.group_committed.get(&tp));
+                // librdkafka's own figure is unknown (-1) until this process commits when the
+                // partition was started at explicit offsets (a re-read): the group's
+                // committed offset stands in for it.
+                let lag = match (&self.transactions, base) {
                     (Some(_), Some(acked)) if end >= 0 => (end - acked).max(0),
+                    (None, Some(committed)) if part.consumer_lag < 0 && end >= 0 => {
+                        (end - committed).max(0)
+                    }
                     _ => part.consumer_lag,
                 };
                 if lag >= 0 {
