@@ -262,6 +262,22 @@ pub struct Msg {
     pub offset: i64,
 }
 
+/// A message's headers as text (a header without a value as the empty string).
+pub fn headers(m: &impl Message) -> BTreeMap<String, String> {
+    m.headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| {
+                    (
+                        h.key.to_string(),
+                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Reads `topic` from the start until `done` says enough or `timeout` passes; returns what
 /// was read either way (the caller's assertion says what was missing).
 pub async fn read_until(topic: &str, timeout: Duration, done: impl Fn(&[Msg]) -> bool) -> Vec<Msg> {
@@ -279,24 +295,10 @@ pub async fn read_until(topic: &str, timeout: Duration, done: impl Fn(&[Msg]) ->
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left.min(Duration::from_millis(500)), c.recv()).await {
             Ok(Ok(m)) => {
-                let headers = m
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|h| {
-                                (
-                                    h.key.to_string(),
-                                    String::from_utf8_lossy(h.value.unwrap_or_default())
-                                        .into_owned(),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
                 out.push(Msg {
                     key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
                     value: m.payload().unwrap_or_default().to_vec(),
-                    headers,
+                    headers: headers(&m),
                     partition: m.partition(),
                     offset: m.offset(),
                 });
