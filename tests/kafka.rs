@@ -20,21 +20,12 @@ use support::{
 };
 
 /// Thresholds low enough for a small, readable traffic; quick retries and drain.
-const TEST_CONFIG: &str = r#"
-[bulk_sms]
-min_recipients = 20
-[customer_fan_in]
-min_customers = 10
-[deal_line]
-threshold = 0.5
-[service]
-batch_max_wait_ms = 20
-retry_backoff_max_s = 2
-drain_timeout_s = 20
-# These tests cover re-reading the input after a restart or rebalance; tests/kafka_state.rs
+const TEST_CONFIG: &str = support::broker_test_config!(
+    r#"# These tests cover re-reading the input after a restart or rebalance; tests/kafka_state.rs
 # covers restoring checkpoints.
 checkpoint_interval_s = 0
-"#;
+"#
+);
 
 fn sms(id: &str, ts: i64, from: &str, to: &str) -> String {
     format!(r#"{{"event_id":"{id}","ts":{ts},"kind":"sms","from":"{from}","to":"{to}"}}"#)

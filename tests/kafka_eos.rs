@@ -21,21 +21,12 @@ use linewatch::config::Config;
 use linewatch::replay::replay_bytes;
 use support::{brokers, produce, records, suffix, Service, Setup, MIN, T0, WAIT};
 
-/// The thresholds of `tests/kafka.rs`, and a checkpoint every second.
-const CONFIG: &str = r#"
-[bulk_sms]
-min_recipients = 20
-[customer_fan_in]
-min_customers = 10
-[deal_line]
-threshold = 0.5
-[service]
-batch_max_wait_ms = 20
-batch_max_records = 500
-retry_backoff_max_s = 2
-drain_timeout_s = 20
+/// The broker tests' thresholds, batches of 500 at most, and a checkpoint every second.
+const CONFIG: &str = support::broker_test_config!(
+    r#"batch_max_records = 500
 checkpoint_interval_s = 1
-"#;
+"#
+);
 
 /// Static membership, as a StatefulSet pod has it: a restarted instance takes its partition
 /// straight back instead of waiting out the killed one's session.

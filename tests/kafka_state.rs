@@ -15,20 +15,8 @@ use support::{
     brokers, produce, read_alert_ids, read_until, records, Service, Setup, MIN, T0, WAIT,
 };
 
-/// The thresholds of `tests/kafka.rs`, and a checkpoint every second.
-const CONFIG: &str = r#"
-[bulk_sms]
-min_recipients = 20
-[customer_fan_in]
-min_customers = 10
-[deal_line]
-threshold = 0.5
-[service]
-batch_max_wait_ms = 20
-retry_backoff_max_s = 2
-drain_timeout_s = 20
-checkpoint_interval_s = 1
-"#;
+/// The broker tests' thresholds, and a checkpoint every second.
+const CONFIG: &str = support::broker_test_config!("checkpoint_interval_s = 1\n");
 
 fn sms(id: &str, ts: i64, from: &str, to: &str) -> String {
     format!(r#"{{"event_id":"{id}","ts":{ts},"kind":"sms","from":"{from}","to":"{to}"}}"#)

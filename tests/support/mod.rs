@@ -39,6 +39,32 @@ pub fn brokers() -> String {
     }
 }
 
+/// The broker tests' config: thresholds low enough for a small, readable traffic, quick
+/// retries and drain, then the test binary's own `[service]` settings. A macro so the
+/// result stays a `const` (`concat!` takes literals only).
+#[allow(unused_macros)] // each test binary uses a different subset
+macro_rules! broker_test_config {
+    ($service:literal) => {
+        concat!(
+            r#"
+[bulk_sms]
+min_recipients = 20
+[customer_fan_in]
+min_customers = 10
+[deal_line]
+threshold = 0.5
+[service]
+batch_max_wait_ms = 20
+retry_backoff_max_s = 2
+drain_timeout_s = 20
+"#,
+            $service
+        )
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use broker_test_config;
+
 /// A random suffix for topic and group names, so tests never see each other's data.
 pub fn suffix() -> String {
     use rand::Rng;
