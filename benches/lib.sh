@@ -82,12 +82,17 @@ bench_build() {
   cargo build --release --quiet
 }
 
-# broker_up: sets BROKERS to LINEWATCH_TEST_BROKERS, or starts a local broker that the
-# exit trap stops again. Topic admin needs the Kafka tools either way.
+# broker_up: sets BROKERS to LINEWATCH_TEST_BROKERS, else to the local broker of
+# deploy/local/kafka.sh if one runs (left running, as scripts/test.sh does), else starts
+# one that the exit trap stops again. Topic admin needs the Kafka tools either way.
 broker_up() {
+  local running
   if [ -n "${LINEWATCH_TEST_BROKERS:-}" ]; then
     BROKERS="$LINEWATCH_TEST_BROKERS"
     say "using the broker at $BROKERS (LINEWATCH_TEST_BROKERS)"
+  elif running="$(deploy/local/kafka.sh status 2>/dev/null)" && [ -n "$running" ]; then
+    BROKERS="$(printf '%s\n' "$running" | tail -n1)"
+    say "using the running local broker at $BROKERS (left running afterwards)"
   else
     STARTED_BROKER=1
     BROKERS="$(deploy/local/kafka.sh up | tail -n1)"
