@@ -4,7 +4,8 @@
 #
 #   benches/board_e2e.sh [ALERTS]     (default 100000)
 #
-# 1. Broker: LINEWATCH_TEST_BROKERS if set, else deploy/local/kafka.sh up (stopped at exit).
+# 1. Broker: LINEWATCH_TEST_BROKERS if set, else the local broker (deploy/local/kafka.sh;
+#    started, and stopped at exit, if none runs).
 # 2. ALERTS alerts (5 detectors, 20,000 subjects, scores 0..1, event times over 30 days)
 #    are written with python3 and produced to a fresh 3-partition topic with kcat, before
 #    the board starts: a backlog.

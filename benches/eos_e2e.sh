@@ -4,7 +4,8 @@
 #
 #   benches/eos_e2e.sh [SUBSCRIBERS] [DAYS]     (default 40000 x 4: about 1.8 million records)
 #
-# 1. Broker: LINEWATCH_TEST_BROKERS if set, else deploy/local/kafka.sh up (stopped at exit).
+# 1. Broker: LINEWATCH_TEST_BROKERS if set, else the local broker (deploy/local/kafka.sh;
+#    started, and stopped at exit, if none runs).
 # 2. Backlog: the city produced once to a fresh topic (LogAppendTime).
 # 3. ROUNDS (3) rounds, each running at_least_once then exactly_once (alternating, so a
 #    change in the machine's load hits both) over the whole backlog with a fresh group and

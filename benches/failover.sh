@@ -16,7 +16,8 @@
 #   4. timed: kill -9 to the `detected_at` of that burst's bulk_sms alert (the standby's
 #      first new alert); from the standby's log, kill to its assignment, the checkpoint's
 #      load time, and the records it re-read.
-# The broker: LINEWATCH_TEST_BROKERS, else deploy/local/kafka.sh up (stopped at exit).
+# The broker: LINEWATCH_TEST_BROKERS, else the local broker (deploy/local/kafka.sh; started,
+# and stopped at exit, if none runs).
 # Figures go to target/bench-failover/<run>/results.txt.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

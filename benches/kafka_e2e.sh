@@ -4,7 +4,8 @@
 #
 #   benches/kafka_e2e.sh [SUBSCRIBERS] [DAYS]     (default 110000 x 4: about 5 million records)
 #
-# 1. Broker: LINEWATCH_TEST_BROKERS if set, else deploy/local/kafka.sh up (stopped at exit).
+# 1. Broker: LINEWATCH_TEST_BROKERS if set, else the local broker (deploy/local/kafka.sh;
+#    started, and stopped at exit, if none runs).
 # 2. Backlog: the city is produced once, as fast as the producer goes, to a fresh topic
 #    (`generate --kafka --rate 0`). Input topics use message.timestamp.type=LogAppendTime, so
 #    a record's Kafka timestamp is the moment the broker made it available.

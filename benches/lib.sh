@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # What the benchmark scripts share (benches/*.sh source it): messages, the release build,
-# the broker (LINEWATCH_TEST_BROKERS, else one deploy/local/kafka.sh starts and stops),
+# the broker (LINEWATCH_TEST_BROKERS, else deploy/local/kafka.sh's, started and stopped if
+# it does not run),
 # topics, the service as a child process, metrics, a generated city, timing, and the exit
 # trap that stops everything the script started.
 #

@@ -16,7 +16,8 @@
 #      restart re-read (`linewatch_records_rebuilt_total`), and the checkpoint's load time.
 # Checkpoints off runs first: its first run is the plain consume time of the history, and
 # the issue's bar for the restart with checkpoints is max(3 s, a quarter of it) (`bar_s`).
-# The broker: LINEWATCH_TEST_BROKERS, else deploy/local/kafka.sh up (stopped at exit).
+# The broker: LINEWATCH_TEST_BROKERS, else the local broker (deploy/local/kafka.sh; started,
+# and stopped at exit, if none runs).
 # Figures go to target/bench-recovery/<run>/results.txt.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
