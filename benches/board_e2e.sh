@@ -4,7 +4,8 @@
 #
 #   benches/board_e2e.sh [ALERTS]     (default 100000)
 #
-# 1. Broker: LINEWATCH_TEST_BROKERS if set, else deploy/local/kafka.sh up (stopped at exit).
+# 1. Broker: LINEWATCH_TEST_BROKERS if set, else the local broker (deploy/local/kafka.sh;
+#    started, and stopped at exit, if none runs).
 # 2. ALERTS alerts (5 detectors, 20,000 subjects, scores 0..1, event times over 30 days)
 #    are written with python3 and produced to a fresh 3-partition topic with kcat, before
 #    the board starts: a backlog.
@@ -15,35 +16,23 @@
 # Everything this script started is stopped on exit.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-export PATH="${HOME:-/root}/.cargo/bin:$PATH"
+# shellcheck source=benches/lib.sh
+. benches/lib.sh
+bench_init board_e2e
 
 n="${1:-100000}"
 repeat="${REPEAT:-20}"
-bin=target/release/linewatch
 work="target/bench-board/$(date +%Y%m%d-%H%M%S)-$$"
 mkdir -p "$work"
-say() { printf 'board_e2e: %s\n' "$*" >&2; }
-die() { say "error: $*"; exit 1; }
-command -v kcat >/dev/null || die "needs kcat (deploy/local/setup.sh installs it)"
-command -v curl >/dev/null || die "needs curl"
+need kcat "deploy/local/setup.sh installs it"
+need curl
+bench_clean_env
 
-pids=()
-started_broker=0
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ "$started_broker" = 1 ] && deploy/local/kafka.sh down >/dev/null 2>&1 || true
-}
-trap cleanup EXIT
-
-if [ -z "${LINEWATCH_TEST_BROKERS:-}" ]; then
-  started_broker=1
-  LINEWATCH_TEST_BROKERS="$(deploy/local/kafka.sh up | tail -1)"
-fi
-brokers="$LINEWATCH_TEST_BROKERS"
-[ -x "$bin" ] || cargo build --release >&2
+bench_build
+broker_up
 
 topic="board-bench-$$-$RANDOM"
-deploy/local/kafka.sh topic "$topic" 3 >/dev/null 2>&1 || die "cannot create topic $topic"
+create_topic "$topic" 3
 
 say "writing $n alerts"
 python3 - "$n" > "$work/alerts.jsonl" <<'PY'
@@ -61,7 +50,7 @@ for i in range(n):
         "detected_at": t + 1000, "config_version": "bench001"}, separators=(",", ":")))
 PY
 say "producing to $topic"
-kcat -P -b "$brokers" -t "$topic" -z lz4 -l "$work/alerts.jsonl"
+kcat -P -b "$BROKERS" -t "$topic" -z lz4 -l "$work/alerts.jsonl"
 
 cat > "$work/board.toml" <<TOML
 [board]
@@ -71,18 +60,17 @@ retention_days = 36500
 [board.users]
 bench = "analyst"
 TOML
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-addr="127.0.0.1:$port"
-"$bin" --config "$work/board.toml" board --brokers "$brokers" --alert-topic "$topic" --http "$addr" \
+addr="127.0.0.1:$(free_port)"
+"$BIN" --config "$work/board.toml" board --brokers "$BROKERS" --alert-topic "$topic" --http "$addr" \
   2> "$work/board.log" &
-pids+=($!)
+bench_track $!
 
-stored() { curl -s "http://$addr/metrics" | awk '/^linewatch_board_alerts_stored /{print $2}'; }
+stored() { metric "$addr" linewatch_board_alerts_stored; }
 first="" ; deadline=$((SECONDS + 600))
 while :; do
   v="$(stored || true)"; v="${v:-0}"
-  if [ -z "$first" ] && [ "${v%.*}" -gt 0 ]; then first=$(date +%s.%N); first_v=${v%.*}; fi
-  if [ "${v%.*}" -ge "$n" ]; then last=$(date +%s.%N); break; fi
+  if [ -z "$first" ] && [ "${v%.*}" -gt 0 ]; then first=$(now); first_v=${v%.*}; fi
+  if [ "${v%.*}" -ge "$n" ]; then last=$(now); break; fi
   [ $SECONDS -lt $deadline ] || die "only $v of $n stored after 600 s"
   sleep 0.1
 done

@@ -22,53 +22,10 @@ use linewatch::checkpoint::{InputPartition, SourceOffset};
 use linewatch::config::Config;
 use linewatch::engine::Engine;
 use prometheus::Registry;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 
-/// The records of `common::records` (the same seed and draws, so the same state), made one
-/// at a time: holding millions of records in memory would make the process, and so the
-/// fork's page tables, larger than the service's.
-struct Records {
-    rng: ChaCha8Rng,
-    i: usize,
-    subscribers: usize,
-}
-
-impl Records {
-    fn new(subscribers: usize) -> Self {
-        Records {
-            rng: ChaCha8Rng::seed_from_u64(7),
-            i: 0,
-            subscribers,
-        }
-    }
-
-    fn next_into(&mut self, out: &mut Vec<u8>) {
-        use std::io::Write;
-        let (i, subscribers, rng) = (self.i, self.subscribers, &mut self.rng);
-        self.i += 1;
-        let t0: i64 = 1_790_000_000_000;
-        let ts = t0 + (i as i64) * 50 + rng.gen_range(0..30_000);
-        let from = rng.gen_range(0..subscribers);
-        let (from, to) = if i % 200 == 0 {
-            (from % 20, rng.gen_range(0..subscribers))
-        } else {
-            (from, (from + rng.gen_range(1..12)) % subscribers)
-        };
-        let kind = if rng.gen_bool(0.6) { "sms" } else { "call" };
-        let dur = if kind == "call" {
-            rng.gen_range(0..300)
-        } else {
-            0
-        };
-        out.clear();
-        let _ = write!(
-            out,
-            r#"{{"event_id":"ev-{i:09}","ts":{ts},"kind":"{kind}","from":"p:{from:016x}","to":"p:{to:016x}","duration_s":{dur},"imsi":"s:{from:016x}","imei":"h:{from:016x}","cell":"c{}"}}"#,
-            from % 500
-        );
-    }
-}
+#[path = "common/mod.rs"]
+mod common;
+use common::Records;
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -229,7 +186,7 @@ fn main() {
                             offsets: vec![SourceOffset {
                                 topic: cfg.service.input_topics[0].clone(),
                                 partition: 0,
-                                offset: records.i as i64,
+                                offset: records.made() as i64,
                             }],
                         },
                     );

@@ -4,7 +4,8 @@
 #
 #   benches/eos_e2e.sh [SUBSCRIBERS] [DAYS]     (default 40000 x 4: about 1.8 million records)
 #
-# 1. Broker: LINEWATCH_TEST_BROKERS if set, else deploy/local/kafka.sh up (stopped at exit).
+# 1. Broker: LINEWATCH_TEST_BROKERS if set, else the local broker (deploy/local/kafka.sh;
+#    started, and stopped at exit, if none runs).
 # 2. Backlog: the city produced once to a fresh topic (LogAppendTime).
 # 3. ROUNDS (3) rounds, each running at_least_once then exactly_once (alternating, so a
 #    change in the machine's load hits both) over the whole backlog with a fresh group and
@@ -20,7 +21,9 @@
 # Results: target/bench-eos/<run>/ (results.json, service logs).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-export PATH="${HOME:-/root}/.cargo/bin:$PATH"
+# shellcheck source=benches/lib.sh
+. benches/lib.sh
+bench_init eos_e2e
 
 subs="${1:-40000}"
 days="${2:-4}"
@@ -29,127 +32,58 @@ live_rate="${LIVE_RATE:-30000}"
 live_subs="${LIVE_SUBSCRIBERS:-10000}"
 live_days="${LIVE_DAYS:-2}"
 phase_timeout="${PHASE_TIMEOUT_S:-1200}"
-watch=benches/kafka_e2e/watch.py
-libs="${LINEWATCH_KAFKA_DIR:-deploy/local/.kafka}/libs"
-bin=target/release/linewatch
 work="target/bench-eos/$(date +%Y%m%d-%H%M%S)-$$"
 mkdir -p "$work"
 
-say() { printf 'eos_e2e: %s\n' "$*" >&2; }
-die() { say "error: $*"; exit 1; }
-command -v python3 >/dev/null || die "needs python3"
-cfg_args=()
-if [ -n "${LINEWATCH_BENCH_CONFIG:-}" ]; then
-  cfg_args=(--config "$LINEWATCH_BENCH_CONFIG")
-  cp "$LINEWATCH_BENCH_CONFIG" "$work/config.toml"
-fi
-for v in $(compgen -e | grep '^LINEWATCH_' | grep -v '^LINEWATCH_TEST_BROKERS$' | grep -v '^LINEWATCH_BENCH_CONFIG$' || true); do
-  unset "$v"
-done
+need python3
+bench_config "$work"
+bench_clean_env
 
-STARTED_BROKER=0
-SVC_PID=""
-TOPICS=()
-# shellcheck disable=SC2317  # invoked by the EXIT trap
-cleanup() {
-  set +e
-  if [ -n "$SVC_PID" ] && kill -0 "$SVC_PID" 2>/dev/null; then
-    kill -TERM "$SVC_PID"
-    wait "$SVC_PID" 2>/dev/null
-  fi
-  if [ "$STARTED_BROKER" = 1 ]; then
-    deploy/local/kafka.sh down
-  elif [ ${#TOPICS[@]} -gt 0 ] && [ -d "$libs" ]; then
-    for t in "${TOPICS[@]}"; do
-      java -Xmx256m -XX:TieredStopAtLevel=1 -cp "$libs/*" org.apache.kafka.tools.TopicCommand \
-        --bootstrap-server "$BROKERS" --delete --topic "$t" >/dev/null 2>&1 || say "could not delete topic $t"
-    done
-  fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+bench_build
+broker_up
 
-say "building (release)"
-cargo build --release --quiet
-if [ -n "${LINEWATCH_TEST_BROKERS:-}" ]; then
-  BROKERS="$LINEWATCH_TEST_BROKERS"
-else
-  STARTED_BROKER=1
-  BROKERS="$(deploy/local/kafka.sh up | tail -n1)"
-fi
-[ -d "$libs" ] || die "no Kafka tools in $libs: run deploy/local/kafka.sh up once"
-
-create_topic() {
-  local name="$1" parts="$2"
-  shift 2
-  TOPICS+=("$name")
-  timeout 120 java -Xmx256m -XX:TieredStopAtLevel=1 -XX:+UseSerialGC -cp "$libs/*" \
-    org.apache.kafka.tools.TopicCommand --bootstrap-server "$BROKERS" --create \
-    --topic "$name" --partitions "$parts" --replication-factor 1 "$@" >/dev/null ||
-    die "could not create topic $name"
-}
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-suffix="$(printf '%04x%04x' $RANDOM $RANDOM)"
+suffix="$(rand_suffix)"
 backlog="eos-backlog-$suffix"
-TOPICS+=("eos-state-$suffix")  # created by the service
-append=(--config message.timestamp.type=LogAppendTime)
-create_topic "$backlog" 1 "${append[@]}"
+bench_own_topic "eos-state-$suffix"
+input_topic "$backlog" 1
 say "producing ${subs} subscribers x ${days} days to $backlog"
-"$bin" "${cfg_args[@]}" generate --subscribers "$subs" --days "$days" --seed 42 \
-  --kafka-brokers "$BROKERS" --topic "$backlog" --rate 0 --manifest "$work/manifest.json" 2>"$work/produce.log"
-records=$(python3 -c "import json; print(json.load(open('$work/manifest.json'))['events_written'])")
+kafka_city "$backlog" 0 "$work/manifest.json" "$subs" "$days" 42 "${CFG_ARGS[@]}" 2>"$work/produce.log"
+records=$(manifest_records "$work/manifest.json")
 say "$records records in $backlog"
 
-run_service() {
-  # run_service INPUT_TOPIC NAME GUARANTEE: fresh group and output topics.
-  local port
+run_service_as() {
+  # run_service_as INPUT_TOPIC NAME GUARANTEE: fresh group and output topics.
   create_topic "eos-alerts-$2-$suffix" 1
   create_topic "eos-dead-$2-$suffix" 1
-  port="$(free_port)"
-  HTTP="127.0.0.1:$port"
-  T_START=$(date +%s.%N)
-  LINEWATCH_LOG="info,librdkafka=warn" "$bin" "${cfg_args[@]}" run --brokers "$BROKERS" \
+  run_service "$work/service-$2.log" "${CFG_ARGS[@]}" run --brokers "$BROKERS" \
     --group "eos-$2-$suffix" --input-topic "$1" --alert-topic "eos-alerts-$2-$suffix" \
-    --dead-letter-topic "eos-dead-$2-$suffix" --http "$HTTP" --log-format json \
-    --processing-guarantee "$3" --state-topic "eos-state-$suffix" \
-    </dev/null >/dev/null 2>"$work/service-$2.log" &
-  SVC_PID=$!
-}
-stop_service() {
-  kill -TERM "$SVC_PID"
-  local rc=0
-  wait "$SVC_PID" || rc=$?
-  SVC_PID=""
-  [ "$rc" -eq 0 ] || die "service exited $rc on SIGTERM (log: $work/service-$1.log)"
+    --dead-letter-topic "eos-dead-$2-$suffix" \
+    --processing-guarantee "$3" --state-topic "eos-state-$suffix"
 }
 
 for r in $(seq 1 "$rounds"); do
   for g in at_least_once exactly_once; do
     name="backlog-$g-$r"
     say "round $r: $g over the backlog"
-    run_service "$backlog" "$name" "$g"
-    python3 "$watch" wait "$HTTP" "$SVC_PID" "$records" "$T_START" "$phase_timeout" "$work/$name.json" ||
+    run_service_as "$backlog" "$name" "$g"
+    python3 "$WATCH" wait "$HTTP" "$SVC_PID" "$records" "$T_START" "$phase_timeout" "$work/$name.json" ||
       die "$name did not finish (log: $work/service-$name.log)"
-    stop_service "$name"
+    stop_service "$SVC_PID" "$work/service-$name.log"
   done
 done
 
 for g in at_least_once exactly_once; do
   name="live-$g"
   live="eos-live-$g-$suffix"
-  create_topic "$live" 1 "${append[@]}"
-  run_service "$live" "$name" "$g"
-  python3 "$watch" ready "$HTTP" 120 || die "$name never became ready"
-  "$bin" generate --subscribers "$live_subs" --days "$live_days" --seed 7 --kafka-brokers "$BROKERS" \
-    --topic "$live" --rate "$live_rate" --manifest "$work/manifest-$name.json" 2>"$work/produce-$name.log"
-  n=$(python3 -c "import json; print(json.load(open('$work/manifest-$name.json'))['events_written'])")
-  python3 "$watch" wait "$HTTP" "$SVC_PID" "$n" "$T_START" "$phase_timeout" "$work/$name.json" ||
+  input_topic "$live" 1
+  run_service_as "$live" "$name" "$g"
+  python3 "$WATCH" ready "$HTTP" 120 || die "$name never became ready"
+  kafka_city "$live" "$live_rate" "$work/manifest-$name.json" "$live_subs" "$live_days" 7 \
+    2>"$work/produce-$name.log"
+  n=$(manifest_records "$work/manifest-$name.json")
+  python3 "$WATCH" wait "$HTTP" "$SVC_PID" "$n" "$T_START" "$phase_timeout" "$work/$name.json" ||
     die "$name did not finish (log: $work/service-$name.log)"
-  stop_service "$name"
+  stop_service "$SVC_PID" "$work/service-$name.log"
 done
 
 python3 - "$work" "$records" "$rounds" "$live_rate" <<'PY'

@@ -7,27 +7,28 @@
 # replay summary and /usr/bin/time. The data file is cached under target/bench-data.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-export PATH="${HOME:-/root}/.cargo/bin:$PATH"
+# shellcheck source=benches/lib.sh
+. benches/lib.sh
+bench_init replay_e2e
 
 subs="${1:-100000}"
 days="${2:-4}"
 data="target/bench-data/city-${subs}x${days}"
 mkdir -p "$data"
 
-command -v /usr/bin/time >/dev/null || { echo "replay_e2e: needs /usr/bin/time (apt-get install time)" >&2; exit 1; }
-cargo build --release --quiet
-bin=target/release/linewatch
+need /usr/bin/time "apt-get install time"
+bench_build
 
 if [ ! -s "$data/events.jsonl" ]; then
-  echo "generating ${subs} subscribers x ${days} days ..." >&2
-  "$bin" generate --subscribers "$subs" --days "$days" --seed 42 \
+  say "generating ${subs} subscribers x ${days} days ..."
+  "$BIN" generate --subscribers "$subs" --days "$days" --seed 42 \
     --output "$data/events.jsonl" --labels "$data/labels.csv" --manifest "$data/manifest.json"
 fi
 
 # One core, as the target says: taskset pins the process (the engine is single-threaded).
 pin=()
 command -v taskset >/dev/null && pin=(taskset -c 0)
-/usr/bin/time -v "${pin[@]}" "$bin" replay --quiet --input "$data/events.jsonl" --output "$data/alerts.jsonl" \
+/usr/bin/time -v "${pin[@]}" "$BIN" replay --quiet --input "$data/events.jsonl" --output "$data/alerts.jsonl" \
   --summary "$data/summary.json" 2> "$data/time.txt"
 
 python3 - "$data" <<'PY'

@@ -5,7 +5,7 @@
 #   deploy/check.sh            (LINEWATCH_BIN=path/to/linewatch to use a built binary;
 #                               default: `cargo build --release` and target/release/linewatch)
 #
-# - Dockerfile: hadolint (and shellcheck on the image's scripts and these), and cargo loads the package from just the files its build stage
+# - Dockerfile: hadolint (and shellcheck on every shell script of the repository), and cargo loads the package from just the files its build stage
 #   copies.  compose.yaml: `docker-compose config` (Debian's docker-compose).
 # - Prometheus: `promtool check config` (with the rules) and `promtool test rules`.
 # - Kubernetes: kubernetes-validate --strict against the 1.37 schemas; the ConfigMap's
@@ -218,9 +218,9 @@ check_image_context() {
 }
 
 check hadolint "$TOOLS/hadolint" --config deploy/docker/hadolint.yaml Dockerfile
-# SC2317: functions reached through `check` and traps look unreachable to it.
-check shellcheck shellcheck -e SC2317 deploy/check.sh deploy/docker/entrypoint.sh \
-  deploy/docker/healthcheck.sh deploy/tools/install.sh
+# Every shell script of the repository. SC2317: functions reached through `check` and traps
+# look unreachable to it. -x follows `. benches/lib.sh` (paths from the repository root).
+check shellcheck shellcheck -x -e SC2317 deploy/*.sh deploy/*/*.sh benches/*.sh scripts/*.sh
 check image-context check_image_context
 check compose check_compose
 check promtool-config promtool check config deploy/prometheus/prometheus.yml

@@ -398,6 +398,22 @@ fn scenery() -> Vec<(Option<String>, Vec<u8>)> {
     ]
 }
 
+/// A board on `alert_topic` once it has read the scenery's alerts (produced before), and
+/// its address.
+async fn board_with_scenery(config: &Path, alert_topic: &str) -> (Board, String) {
+    let board = Board::start(config, alert_topic);
+    let addr = board.wait_ready().await;
+    board
+        .wait_metric(
+            &addr,
+            "linewatch_board_alerts_ingested_total",
+            scenery().len() as f64,
+            Duration::from_secs(20),
+        )
+        .await;
+    (board, addr)
+}
+
 /// CDRs of one line texting 40 distinct numbers within a few minutes: a bulk send.
 fn burst(line: &str) -> Vec<String> {
     let t0 = now_ms() - 300_000;
@@ -437,6 +453,26 @@ async fn screenshot(c: &Client, name: &str) {
     std::fs::write(dir.join(name), png).unwrap();
 }
 
+/// The text of the element `at` finds on the page.
+async fn text_of(c: &Client, at: Locator<'_>) -> String {
+    c.find(at).await.unwrap().text().await.unwrap()
+}
+
+/// Clicks the element `at` finds.
+async fn click(c: &Client, at: Locator<'_>) {
+    c.find(at).await.unwrap().click().await.unwrap();
+}
+
+/// Waits (10 s at most) for an element `at` finds: a click returns before the next page
+/// has loaded.
+async fn wait_for(c: &Client, at: Locator<'_>) {
+    c.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(at)
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_board_in_a_browser_shows_a_burst_live_and_records_each_step() {
     let dir = tempfile::tempdir().unwrap();
@@ -449,30 +485,14 @@ async fn the_board_in_a_browser_shows_a_burst_live_and_records_each_step() {
 
     produce(&topics.alerts, &scenery()).await;
     let (cfg, audit_path) = board_config(dir.path());
-    let board = Board::start(&cfg, &topics.alerts);
-    let addr = board.wait_ready().await;
-    board
-        .wait_metric(
-            &addr,
-            "linewatch_board_alerts_ingested_total",
-            5.0,
-            Duration::from_secs(20),
-        )
-        .await;
+    let (board, addr) = board_with_scenery(&cfg, &topics.alerts).await;
     let alice = proxy(addr.clone(), "alice").await;
     let vic = proxy(addr.clone(), "vic").await;
 
     let driver = Driver::start().await;
     let c = driver.client(1600, 1000).await;
     c.goto(&format!("http://{alice}/")).await.unwrap();
-    let untriaged = c
-        .find(Locator::Id("untriaged"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(untriaged, "5");
+    assert_eq!(text_of(&c, Locator::Id("untriaged")).await, "5");
     c.execute("window.__sameDocument = 'yes';", vec![])
         .await
         .unwrap();
@@ -510,33 +530,13 @@ async fn the_board_in_a_browser_shows_a_burst_live_and_records_each_step() {
         .await
         .unwrap();
     assert_eq!(same, json!("yes"), "the page must not reload");
-    assert_eq!(
-        c.find(Locator::Id("untriaged"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-        "6"
-    );
+    assert_eq!(text_of(&c, Locator::Id("untriaged")).await, "6");
     screenshot(&c, "queue.png").await;
 
     // The alert page: figures next to thresholds, the explanation, the config version.
-    c.find(Locator::XPath(&format!(
-        "//a[@class='subject' and text()='{line}']"
-    )))
-    .await
-    .unwrap()
-    .click()
-    .await
-    .unwrap();
-    let figures = c
-        .find(Locator::Css("table.figures"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let subject = format!("//a[@class='subject' and text()='{line}']");
+    click(&c, Locator::XPath(&subject)).await;
+    let figures = text_of(&c, Locator::Css("table.figures")).await;
     assert!(
         figures.contains("recipients 30 ≥ 30 min_recipients crossed")
             || figures.contains("min_recipients"),
@@ -592,25 +592,12 @@ async fn the_board_in_a_browser_shows_a_burst_live_and_records_each_step() {
     assert_eq!(code, 403, "CSRF");
 
     // The analyst presses False positive.
-    c.find(Locator::XPath("//button[text()='False positive']"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    c.wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Css("p.notice"))
-        .await
-        .unwrap();
-    let chip = c
-        .find(Locator::Css(".alert-head .chip"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(chip, "False positive");
+    click(&c, Locator::XPath("//button[text()='False positive']")).await;
+    wait_for(&c, Locator::Css("p.notice")).await;
+    assert_eq!(
+        text_of(&c, Locator::Css(".alert-head .chip")).await,
+        "False positive"
+    );
     let (code, head, labels) = http(&addr, "GET", "/labels.csv", Some("alice"), "");
     assert_eq!(code, 200);
     assert!(head.contains("text/csv"));
@@ -650,13 +637,7 @@ async fn the_board_in_a_browser_shows_a_burst_live_and_records_each_step() {
     c.goto(&format!("http://{alice}/line/L-91c2-NEW"))
         .await
         .unwrap();
-    let around = c
-        .find(Locator::Css("dl.around"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let around = text_of(&c, Locator::Css("dl.around")).await;
     assert!(
         around.contains("L-7f3a-OLD") && around.contains("H-0b77") && around.contains("S-13"),
         "{around}"
@@ -668,24 +649,9 @@ async fn the_board_in_a_browser_shows_a_burst_live_and_records_each_step() {
         .send_keys("Case 2026/114: DDTRO application")
         .await
         .unwrap();
-    c.find(Locator::Css("select[name=format] option[value=print]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    c.find(Locator::XPath("//button[text()='Export evidence']"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    // The click returns before the next page has loaded.
-    c.wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Css("p.export-meta"))
-        .await
-        .unwrap();
+    click(&c, Locator::Css("select[name=format] option[value=print]")).await;
+    click(&c, Locator::XPath("//button[text()='Export evidence']")).await;
+    wait_for(&c, Locator::Css("p.export-meta")).await;
     let printed = c.source().await.unwrap();
     assert!(
         printed.contains("Case 2026/114: DDTRO application")
@@ -950,16 +916,7 @@ async fn a_decision_is_published_to_the_disposition_topic() {
         &format!("[board]\ndisposition_topic = {dispositions:?}\n"),
     );
     std::fs::write(&cfg, text).unwrap();
-    let board = Board::start(&cfg, &alerts);
-    let addr = board.wait_ready().await;
-    board
-        .wait_metric(
-            &addr,
-            "linewatch_board_alerts_ingested_total",
-            5.0,
-            Duration::from_secs(20),
-        )
-        .await;
+    let (_board, addr) = board_with_scenery(&cfg, &alerts).await;
     // The token comes from the page, as a browser's form would carry it.
     let page = http(&addr, "GET", "/alert/sc-deal", Some("alice"), "").2;
     let token = page

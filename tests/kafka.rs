@@ -14,24 +14,18 @@ use std::time::Duration;
 use linewatch::alert::Alert;
 use linewatch::config::Config;
 use linewatch::replay::replay_bytes;
-use support::{brokers, produce, read_until, records, Msg, Service, Topics, MIN, T0, WAIT};
+use support::{
+    brokers, produce, read_alert_ids, read_until, records, Msg, Service, Setup, Topics, MIN, T0,
+    WAIT,
+};
 
 /// Thresholds low enough for a small, readable traffic; quick retries and drain.
-const TEST_CONFIG: &str = r#"
-[bulk_sms]
-min_recipients = 20
-[customer_fan_in]
-min_customers = 10
-[deal_line]
-threshold = 0.5
-[service]
-batch_max_wait_ms = 20
-retry_backoff_max_s = 2
-drain_timeout_s = 20
-# These tests cover re-reading the input after a restart or rebalance; tests/kafka_state.rs
+const TEST_CONFIG: &str = support::broker_test_config!(
+    r#"# These tests cover re-reading the input after a restart or rebalance; tests/kafka_state.rs
 # covers restoring checkpoints.
 checkpoint_interval_s = 0
-"#;
+"#
+);
 
 fn sms(id: &str, ts: i64, from: &str, to: &str) -> String {
     format!(r#"{{"event_id":"{id}","ts":{ts},"kind":"sms","from":"{from}","to":"{to}"}}"#)
@@ -132,11 +126,9 @@ async fn read_alerts(topic: &str, want: usize) -> Vec<Msg> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_partition_gives_the_same_alerts_as_replay_and_metrics_show_them() {
-    let b = brokers();
-    let t = Topics::named("same");
-    t.create(1).await;
-    let dir = tempfile::tempdir().unwrap();
-    let svc = Service::start(&config_file(&dir, TEST_CONFIG), &t.args(&b));
+    let s = Setup::new("same", 1, TEST_CONFIG).await;
+    let t = &s.topics;
+    let svc = s.start();
     let (code, _) = svc.get("/healthz").await;
     assert_eq!(code, 200);
     svc.wait_ready(WAIT).await;
@@ -229,12 +221,9 @@ async fn one_partition_gives_the_same_alerts_as_replay_and_metrics_show_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_partitions_keyed_by_line_flag_the_same_lines_as_replay() {
-    let b = brokers();
-    let t = Topics::named("parts");
-    t.create(4).await;
-    let dir = tempfile::tempdir().unwrap();
-    let svc = Service::start(&config_file(&dir, TEST_CONFIG), &t.args(&b));
-    svc.wait_ready(WAIT).await;
+    let s = Setup::new("parts", 4, TEST_CONFIG).await;
+    let t = &s.topics;
+    let _svc = s.start_ready().await;
 
     // Four bulk senders and twenty ordinary lines, all within ten minutes of event time so
     // no record can be late whatever order the partitions are read in.
@@ -281,12 +270,9 @@ async fn several_partitions_keyed_by_line_flag_the_same_lines_as_replay() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_late_records_go_to_the_dead_letter_topic_with_their_source() {
-    let b = brokers();
-    let t = Topics::named("dead");
-    t.create(1).await;
-    let dir = tempfile::tempdir().unwrap();
-    let svc = Service::start(&config_file(&dir, TEST_CONFIG), &t.args(&b));
-    svc.wait_ready(WAIT).await;
+    let s = Setup::new("dead", 1, TEST_CONFIG).await;
+    let t = &s.topics;
+    let svc = s.start_ready().await;
 
     let good = sms("d-1", T0, "x", "y");
     let lines = vec![
@@ -346,11 +332,8 @@ async fn malformed_and_late_records_go_to_the_dead_letter_topic_with_their_sourc
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_stream_then_restart_loses_no_alert_and_mints_no_new_id() {
-    let b = brokers();
-    let t = Topics::named("restart");
-    t.create(1).await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config_file(&dir, TEST_CONFIG);
+    let s = Setup::new("restart", 1, TEST_CONFIG).await;
+    let t = &s.topics;
 
     // Part one: noise, the bulk texts, more noise. Part two: the customers calling back,
     // whose fan-in and deal-line alerts need the texts' window state from before the restart.
@@ -362,8 +345,7 @@ async fn sigterm_mid_stream_then_restart_loses_no_alert_and_mints_no_new_id() {
     let want = expected(TEST_CONFIG, &all);
     assert_eq!(want.len(), 3);
 
-    let mut first = Service::start(&cfg, &t.args(&b));
-    first.wait_ready(WAIT).await;
+    let mut first = s.start_ready().await;
     produce(&t.input, &records(&one, true)).await;
     // Stop as soon as the first alert is out: the noise after it is still being worked on.
     read_alerts(&t.alerts, 1).await;
@@ -373,11 +355,9 @@ async fn sigterm_mid_stream_then_restart_loses_no_alert_and_mints_no_new_id() {
     drop(first);
 
     produce(&t.input, &records(&calls, true)).await;
-    let second = Service::start(&cfg, &t.args(&b));
-    let msgs = read_until(&t.alerts, WAIT, |m| ids(&alerts_of(m)) == ids(&want)).await;
-    let got = alerts_of(&msgs);
+    let second = s.start();
     assert_eq!(
-        ids(&got),
+        read_alert_ids(&t.alerts, &ids(&want)).await,
         ids(&want),
         "after a restart every alert of replay is there, and no other id"
     );
@@ -455,8 +435,7 @@ async fn sighup_applies_a_lower_threshold_keeping_window_state_and_refuses_an_in
     let new_version = Config::from_toml(&after).unwrap().version();
     assert_ne!(old_version, new_version);
 
-    let svc = Service::start(&path, &t.args(&b));
-    svc.wait_ready(WAIT).await;
+    let svc = Service::start_ready(&path, &t.args(&b)).await;
 
     // 30 distinct recipients: under the threshold of 50, over half of the later 35.
     let text = |line: &str, i: i64| {
@@ -559,11 +538,8 @@ async fn bad_kafka_property_exits_2_in_one_line_without_its_value() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_member_takes_partitions_over_without_losing_window_state() {
-    let b = brokers();
-    let t = Topics::named("rebal");
-    t.create(4).await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config_file(&dir, TEST_CONFIG);
+    let s = Setup::new("rebal", 4, TEST_CONFIG).await;
+    let t = &s.topics;
 
     // Eight senders, each texting 15 numbers before the second member joins and 15 after:
     // every bulk_sms alert (at the 20th) needs state from before the rebalance.
@@ -587,8 +563,7 @@ async fn a_second_member_takes_partitions_over_without_losing_window_state() {
     let want = expected(TEST_CONFIG, &all);
     assert_eq!(want.len(), 8);
 
-    let first = Service::start(&cfg, &t.args(&b));
-    first.wait_ready(WAIT).await;
+    let first = s.start_ready().await;
     produce(&t.input, &records(&one, true)).await;
     first
         .wait_metric(
@@ -598,8 +573,7 @@ async fn a_second_member_takes_partitions_over_without_losing_window_state() {
         )
         .await;
 
-    let second = Service::start(&cfg, &t.args(&b));
-    second.wait_ready(WAIT).await;
+    let second = s.start_ready().await;
     first
         .wait_metric("linewatch_rebalances_total{kind=\"revoke\"}", 1.0, WAIT)
         .await;
@@ -613,8 +587,7 @@ async fn a_second_member_takes_partitions_over_without_losing_window_state() {
     }
 
     produce(&t.input, &records(&two, true)).await;
-    let msgs = read_until(&t.alerts, WAIT, |m| ids(&alerts_of(m)) == ids(&want)).await;
-    assert_eq!(ids(&alerts_of(&msgs)), ids(&want));
+    assert_eq!(read_alert_ids(&t.alerts, &ids(&want)).await, ids(&want));
     assert!(
         second.metric("linewatch_records_rebuilt_total").await > 0.0,
         "the new member rebuilt the state of the partitions it took over"
@@ -710,8 +683,7 @@ async fn a_backlog_over_several_partitions_is_not_called_late() {
 
     // The whole backlog is waiting before the service starts.
     let dir = tempfile::tempdir().unwrap();
-    let svc = Service::start(&config_file(&dir, TEST_CONFIG), &t.args(&b));
-    svc.wait_ready(WAIT).await;
+    let svc = Service::start_ready(&config_file(&dir, TEST_CONFIG), &t.args(&b)).await;
     let n = lines.len() as f64;
     svc.wait_metric("linewatch_records_total{result=\"valid\"}", n, WAIT)
         .await;
@@ -814,8 +786,7 @@ async fn backlog_under_load_like_replay(tag: &str, config: &str) -> Service {
 
     // The whole backlog is waiting before the service starts.
     let dir = tempfile::tempdir().unwrap();
-    let svc = Service::start(&config_file(&dir, config), &t.args(&b));
-    svc.wait_ready(WAIT).await;
+    let svc = Service::start_ready(&config_file(&dir, config), &t.args(&b)).await;
     let deadline = std::time::Instant::now() + WAIT * 2;
     loop {
         let (_, text) = svc.get("/metrics").await;
@@ -906,8 +877,7 @@ async fn a_member_joining_mid_backlog_loses_no_alert() {
     assert_eq!(want.len(), 32, "one bulk_sms alert per sender");
     produce(&t.input, &records(&lines, true)).await;
 
-    let first = Service::start(&cfg, &t.args(&b));
-    first.wait_ready(WAIT).await;
+    let first = Service::start_ready(&cfg, &t.args(&b)).await;
     first
         .wait_metric("linewatch_records_total{result=\"valid\"}", 20_000.0, WAIT)
         .await;
@@ -915,11 +885,7 @@ async fn a_member_joining_mid_backlog_loses_no_alert() {
     first
         .wait_metric("linewatch_rebalances_total{kind=\"revoke\"}", 1.0, WAIT)
         .await;
-    let msgs = read_until(&t.alerts, WAIT, |m| {
-        ids(&alerts_of(m)).is_superset(&ids(&want))
-    })
-    .await;
-    let got = ids(&alerts_of(&msgs));
+    let got = read_alert_ids(&t.alerts, &ids(&want)).await;
     assert!(
         got.is_superset(&ids(&want)),
         "missing alerts: {:?}",
@@ -985,10 +951,8 @@ drain_timeout_s = 20
     let want = expected(text, &all);
     assert_eq!(want.len(), 40, "one bulk_sms alert per sender");
 
-    let stay = Service::start(&cfg, &t.args(&b));
-    stay.wait_ready(WAIT).await;
-    let mut leave = Service::start(&cfg, &t.args(&b));
-    leave.wait_ready(WAIT).await;
+    let stay = Service::start_ready(&cfg, &t.args(&b)).await;
+    let mut leave = Service::start_ready(&cfg, &t.args(&b)).await;
     let deadline = std::time::Instant::now() + WAIT;
     while stay.metric("linewatch_assigned_partitions").await != 2.0
         || leave.metric("linewatch_assigned_partitions").await != 2.0
@@ -1005,11 +969,7 @@ drain_timeout_s = 20
         .await;
     produce(&t.input, &records(&main, true)).await;
 
-    let msgs = read_until(&t.alerts, WAIT, |m| {
-        ids(&alerts_of(m)).is_superset(&ids(&want))
-    })
-    .await;
-    let got = ids(&alerts_of(&msgs));
+    let got = read_alert_ids(&t.alerts, &ids(&want)).await;
     assert!(
         got.is_superset(&ids(&want)),
         "alerts missing: {} of {}",

@@ -13,29 +13,20 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::ClientConfig;
 
 use linewatch::alert::Alert;
 use linewatch::config::Config;
 use linewatch::replay::replay_bytes;
-use support::{brokers, produce, records, suffix, Service, Topics, MIN, T0, WAIT};
+use support::{brokers, produce, records, suffix, Service, Setup, MIN, T0, WAIT};
 
-/// The thresholds of `tests/kafka.rs`, and a checkpoint every second.
-const CONFIG: &str = r#"
-[bulk_sms]
-min_recipients = 20
-[customer_fan_in]
-min_customers = 10
-[deal_line]
-threshold = 0.5
-[service]
-batch_max_wait_ms = 20
-batch_max_records = 500
-retry_backoff_max_s = 2
-drain_timeout_s = 20
+/// The broker tests' thresholds, batches of 500 at most, and a checkpoint every second.
+const CONFIG: &str = support::broker_test_config!(
+    r#"batch_max_records = 500
 checkpoint_interval_s = 1
-"#;
+"#
+);
 
 /// Static membership, as a StatefulSet pod has it: a restarted instance takes its partition
 /// straight back instead of waiting out the killed one's session.
@@ -130,20 +121,7 @@ async fn read_committed(topic: &str, idle: Duration) -> Vec<Read> {
                 last = Instant::now();
                 out.push(Read {
                     value: m.payload().unwrap_or_default().to_vec(),
-                    headers: m
-                        .headers()
-                        .map(|h| {
-                            h.iter()
-                                .map(|h| {
-                                    (
-                                        h.key.to_string(),
-                                        String::from_utf8_lossy(h.value.unwrap_or_default())
-                                            .into_owned(),
-                                    )
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default(),
+                    headers: support::headers(&m),
                 })
             }
             Ok(Err(e)) => panic!("reading {topic}: {e}"),
@@ -180,34 +158,11 @@ fn dead_letter_sources(msgs: &[Read]) -> Vec<(i32, i64)> {
     v
 }
 
-/// A test's topics, config file and `run` arguments.
-struct Setup {
-    topics: Topics,
-    cfg: std::path::PathBuf,
-    args: Vec<String>,
-    _dir: tempfile::TempDir,
-}
-
+/// A test's topics, config file (`CONFIG` and `extra_config`) and `run` arguments.
 async fn setup(name: &str, guarantee: &str, extra_config: &str) -> Setup {
-    let b = brokers();
-    let topics = Topics::named(name);
-    topics.create(1).await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("linewatch.toml");
-    std::fs::write(&cfg, format!("{CONFIG}{extra_config}")).unwrap();
-    let mut args = topics.args(&b);
-    args.extend([
-        "--state-topic".into(),
-        format!("{name}-state-{}", suffix()),
-        "--processing-guarantee".into(),
-        guarantee.into(),
-    ]);
-    Setup {
-        topics,
-        cfg,
-        args,
-        _dir: dir,
-    }
+    Setup::with_state_topic(name, 1, &format!("{CONFIG}{extra_config}"))
+        .await
+        .arg("--processing-guarantee", guarantee)
 }
 
 /// Produces the traffic; returns its lines and the input offsets of the malformed ones.
@@ -227,7 +182,7 @@ async fn feed(s: &Setup, tag: &str) -> (Vec<String>, Vec<(i32, i64)>) {
 /// Runs a last instance until every alert and dead letter is out, stops it cleanly, and
 /// returns what a read_committed reader then finds on the alert and dead-letter topics.
 async fn finish(s: &Setup, want: &[String], bad: &[(i32, i64)]) -> (Vec<String>, Vec<(i32, i64)>) {
-    let mut last = Service::start(&s.cfg, &s.args);
+    let mut last = s.start();
     // Generous: debug build, restored state, and a machine shared with other builds.
     let wait = 2 * WAIT;
     let deadline = Instant::now() + wait;
@@ -302,12 +257,10 @@ async fn kill_at_several_points(s: &Setup, exactly_once: bool) {
         first.wait_ready(WAIT).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    first.signal("KILL");
-    first.wait_exit(Duration::from_secs(10)).await;
+    first.kill_9().await;
     no_panic(&first, "run 0");
     for (i, after_ms) in [400u64, 1_200].into_iter().enumerate() {
-        let mut svc = Service::start(&s.cfg, &s.args);
-        svc.wait_ready(WAIT).await;
+        let mut svc = s.start_ready().await;
         tokio::time::sleep(Duration::from_millis(after_ms)).await;
         let (_, metrics) = svc.get("/metrics").await;
         svc.signal("KILL");
@@ -369,7 +322,7 @@ async fn a_second_instance_with_the_same_transactional_id_fences_the_first_which
     first
         .wait_log("test hook: holding an open transaction", 1, WAIT)
         .await;
-    let second = Service::start(&s.cfg, &s.args);
+    let second = s.start();
     second.wait_log("transactions initialised", 1, WAIT).await;
     let status = first.wait_exit(WAIT).await;
     assert_eq!(status.code(), Some(1), "{}", first.logs().join("\n"));
@@ -447,8 +400,7 @@ async fn commit_calls_that_time_out_are_retried_not_aborted() {
                 .await,
         0.0
     );
-    svc.signal("KILL");
-    svc.wait_exit(Duration::from_secs(10)).await;
+    svc.kill_9().await;
     let (ids, dead) = finish(&s, &want, &bad).await;
     assert_eq!(ids, want);
     assert_eq!(dead, bad);
@@ -456,40 +408,22 @@ async fn commit_calls_that_time_out_are_retried_not_aborted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_a_member_joining_mid_backlog_repeats_nothing() {
-    let b = brokers();
-    let topics = Topics::named("eosjoin");
-    topics.create(2).await;
-    let dir = tempfile::tempdir().unwrap();
+    let s = Setup::with_state_topic("eosjoin", 2, CONFIG)
+        .await
+        .arg("--processing-guarantee", "exactly_once");
+    let (topics, args) = (&s.topics, &s.args);
     // Two members, each its own static id and so its own transactional id; frequent
     // heartbeats so the first hears of the rebalance while it is working.
     let member = |id: &str| {
-        let path = dir.path().join(format!("{id}.toml"));
-        std::fs::write(
-            &path,
-            format!(
+        s.config_file(
+            id,
+            &format!(
                 "{CONFIG}[kafka]\n\"group.instance.id\" = \"{id}\"\n\"consumer.heartbeat.interval.ms\" = \"100\"\n"
             ),
         )
-        .unwrap();
-        path
     };
     let (cfg_a, cfg_b) = (member("linewatch-a"), member("linewatch-b"));
-    let mut args = topics.args(&b);
-    args.extend([
-        "--state-topic".into(),
-        format!("eosjoin-state-{}", suffix()),
-        "--processing-guarantee".into(),
-        "exactly_once".into(),
-    ]);
-    let lines = traffic("j");
-    let at = produce(&topics.input, &records(&lines, true)).await;
-    let mut bad: Vec<(i32, i64)> = lines
-        .iter()
-        .zip(&at)
-        .filter(|(l, _)| l.starts_with("not json"))
-        .map(|(_, p)| *p)
-        .collect();
-    bad.sort();
+    let (lines, bad) = feed(&s, "j").await;
     let cfg = Config::from_toml(CONFIG).unwrap();
     let replayed = replay_bytes(cfg, lines.join("\n").as_bytes()).0;
     // Detections within one line's records (keyed by it, so on one partition) are found
@@ -503,12 +437,11 @@ async fn exactly_once_a_member_joining_mid_backlog_repeats_nothing() {
     let all: BTreeSet<String> = replayed.into_iter().map(|a| a.alert_id).collect();
     assert!(bulk.len() >= 30, "{}", bulk.len());
 
-    let mut first = Service::start(&cfg_a, &args);
-    first.wait_ready(WAIT).await;
+    let mut first = Service::start_ready(&cfg_a, args).await;
     first
         .wait_metric(r#"linewatch_records_total{result="valid"}"#, 20_000.0, WAIT)
         .await;
-    let mut second = Service::start(&cfg_b, &args);
+    let mut second = Service::start(&cfg_b, args);
     first
         .wait_metric(r#"linewatch_rebalances_total{kind="revoke"}"#, 1.0, WAIT)
         .await;

@@ -11,22 +11,12 @@ use std::time::Duration;
 use linewatch::alert::Alert;
 use linewatch::config::Config;
 use linewatch::replay::replay_bytes;
-use support::{brokers, produce, read_until, records, suffix, Service, Topics, MIN, T0, WAIT};
+use support::{
+    brokers, produce, read_alert_ids, read_until, records, Service, Setup, MIN, T0, WAIT,
+};
 
-/// The thresholds of `tests/kafka.rs`, and a checkpoint every second.
-const CONFIG: &str = r#"
-[bulk_sms]
-min_recipients = 20
-[customer_fan_in]
-min_customers = 10
-[deal_line]
-threshold = 0.5
-[service]
-batch_max_wait_ms = 20
-retry_backoff_max_s = 2
-drain_timeout_s = 20
-checkpoint_interval_s = 1
-"#;
+/// The broker tests' thresholds, and a checkpoint every second.
+const CONFIG: &str = support::broker_test_config!("checkpoint_interval_s = 1\n");
 
 fn sms(id: &str, ts: i64, from: &str, to: &str) -> String {
     format!(r#"{{"event_id":"{id}","ts":{ts},"kind":"sms","from":"{from}","to":"{to}"}}"#)
@@ -72,16 +62,6 @@ fn traffic(tag: &str) -> (Vec<String>, Vec<String>) {
     (one, two)
 }
 
-fn ids(msgs: &[support::Msg]) -> BTreeSet<String> {
-    msgs.iter()
-        .map(|m| {
-            serde_json::from_slice::<Alert>(&m.value)
-                .expect("alert JSON")
-                .alert_id
-        })
-        .collect()
-}
-
 fn want(lines: &[String]) -> BTreeSet<String> {
     let cfg = Config::from_toml(CONFIG).unwrap();
     replay_bytes(cfg, lines.join("\n").as_bytes())
@@ -107,91 +87,60 @@ fn chunk_dirs(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-/// Waits until the service has run all of `n` records through and written a checkpoint
-/// after that.
-async fn settled_and_checkpointed(svc: &Service, n: usize) {
-    svc.wait_metric(r#"linewatch_records_total{result="valid"}"#, n as f64, WAIT)
-        .await;
-    let before = svc.metric("linewatch_checkpoint_write_seconds_count").await;
-    svc.wait_metric(
-        "linewatch_checkpoint_write_seconds_count",
-        before + 2.0,
-        WAIT,
-    )
-    .await;
+/// A first instance runs `lines` through, writes checkpoints after them, and is killed -9.
+async fn checkpoint_then_kill_9(s: &Setup, lines: &[String]) {
+    let mut first = s.start_ready().await;
+    produce(&s.topics.input, &records(lines, true)).await;
+    first.wait_checkpointed(lines.len()).await;
+    first.kill_9().await;
+}
+
+/// The service restored one checkpoint, and from the state topic.
+fn assert_restored_from_the_topic(svc: &Service) {
+    let restored = svc.restores();
+    assert_eq!(restored.len(), 1, "{:?}", svc.logs());
+    assert_eq!(restored[0]["store"], "kafka");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_after_a_checkpoint_restores_it_and_rereads_nothing_before_it() {
-    let b = brokers();
-    let t = Topics::named("ckpt");
-    t.create(1).await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("linewatch.toml");
-    std::fs::write(&cfg, CONFIG).unwrap();
-    let mut args = t.args(&b);
-    args.extend(["--state-topic".into(), format!("ckpt-state-{}", suffix())]);
-
+    let s = Setup::with_state_topic("ckpt", 1, CONFIG).await;
     let (one, two) = traffic("k");
     let all: Vec<String> = one.iter().chain(&two).cloned().collect();
     let want = want(&all);
     assert_eq!(want.len(), 3, "bulk_sms, customer_fan_in, deal_line");
 
-    let mut first = Service::start(&cfg, &args);
-    first.wait_ready(WAIT).await;
-    produce(&t.input, &records(&one, true)).await;
-    settled_and_checkpointed(&first, one.len()).await;
-    first.signal("KILL");
-    first.wait_exit(Duration::from_secs(10)).await;
-    drop(first);
-
-    produce(&t.input, &records(&two, true)).await;
-    let second = Service::start(&cfg, &args);
-    let msgs = read_until(&t.alerts, WAIT, |m| ids(m) == want).await;
-    assert_eq!(ids(&msgs), want, "every alert of replay, no other id");
+    checkpoint_then_kill_9(&s, &one).await;
+    produce(&s.topics.input, &records(&two, true)).await;
+    let second = s.start();
+    assert_eq!(
+        read_alert_ids(&s.topics.alerts, &want).await,
+        want,
+        "every alert of replay, no other id"
+    );
     assert_eq!(
         second.metric("linewatch_records_rebuilt_total").await,
         0.0,
         "the checkpoint held everything committed: nothing re-read"
     );
-    let restored = second.log_events("window state restored from a checkpoint");
-    assert_eq!(restored.len(), 1, "{:?}", second.logs());
-    assert_eq!(restored[0]["store"], "kafka");
+    assert_restored_from_the_topic(&second);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupted_checkpoint_is_passed_over_and_the_alerts_are_the_same() {
-    let b = brokers();
-    let t = Topics::named("ckcor");
-    t.create(1).await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("linewatch.toml");
-    std::fs::write(&cfg, CONFIG).unwrap();
-    let state = dir.path().join("state");
-    let mut args = t.args(&b);
-    args.extend([
-        "--state-topic".into(),
-        format!("ckcor-state-{}", suffix()),
-        "--state-dir".into(),
-        state.to_string_lossy().into_owned(),
-    ]);
-
+    let s = Setup::with_state_topic("ckcor", 1, CONFIG)
+        .await
+        .with_state_dir();
     let (one, two) = traffic("c");
     let all: Vec<String> = one.iter().chain(&two).cloned().collect();
     let want = want(&all);
 
-    let mut first = Service::start(&cfg, &args);
-    first.wait_ready(WAIT).await;
-    produce(&t.input, &records(&one, true)).await;
-    settled_and_checkpointed(&first, one.len()).await;
-    first.signal("KILL");
-    first.wait_exit(Duration::from_secs(10)).await;
-    drop(first);
+    checkpoint_then_kill_9(&s, &one).await;
 
     // Flip a byte in every chunk of the directory's checkpoints (<group>/<partition
     // set>/<slot>/chunk/*): both slots unusable there.
     let mut flipped = 0;
-    for chunks in chunk_dirs(&state.join(&t.group)) {
+    for chunks in chunk_dirs(&s.state_dir().join(&s.topics.group)) {
         for e in std::fs::read_dir(&chunks).into_iter().flatten().flatten() {
             let mut bytes = std::fs::read(e.path()).unwrap();
             let at = bytes.len() - 1;
@@ -202,10 +151,9 @@ async fn a_corrupted_checkpoint_is_passed_over_and_the_alerts_are_the_same() {
     }
     assert!(flipped >= 2, "checkpoints were written to the directory");
 
-    produce(&t.input, &records(&two, true)).await;
-    let second = Service::start(&cfg, &args);
-    let msgs = read_until(&t.alerts, WAIT, |m| ids(m) == want).await;
-    assert_eq!(ids(&msgs), want);
+    produce(&s.topics.input, &records(&two, true)).await;
+    let second = s.start();
+    assert_eq!(read_alert_ids(&s.topics.alerts, &want).await, want);
     assert!(
         second
             .metric(r#"linewatch_checkpoint_fallbacks_total{reason="corrupt"}"#)
@@ -213,62 +161,50 @@ async fn a_corrupted_checkpoint_is_passed_over_and_the_alerts_are_the_same() {
             >= 1.0
     );
     // The topic's copy was whole: it was used.
-    let restored = second.log_events("window state restored from a checkpoint");
-    assert_eq!(restored.len(), 1, "{:?}", second.logs());
-    assert_eq!(restored[0]["store"], "kafka");
+    assert_restored_from_the_topic(&second);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_several_points_under_load_loses_no_alert() {
-    let b = brokers();
-    let t = Topics::named("ckkill");
-    t.create(1).await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("linewatch.toml");
-    std::fs::write(&cfg, CONFIG).unwrap();
-    let mut args = t.args(&b);
-    args.extend([
-        "--state-topic".into(),
-        format!("ckkill-state-{}", suffix()),
-        "--state-dir".into(),
-        dir.path().join("state").to_string_lossy().into_owned(),
-    ]);
+    let s = Setup::with_state_topic("ckkill", 1, CONFIG)
+        .await
+        .with_state_dir();
     let (one, two) = traffic("x");
     let all: Vec<String> = one.iter().chain(&two).cloned().collect();
     let want = want(&all);
     assert_eq!(want.len(), 3, "bulk_sms, customer_fan_in, deal_line");
-    produce(&t.input, &records(&all, true)).await;
+    produce(&s.topics.input, &records(&all, true)).await;
 
     // Killed while working through the backlog: between checkpoints, while one is being
     // copied or written (one a second), with batches in flight.
     for (i, after_ms) in [700u64, 1_300, 2_100].into_iter().enumerate() {
-        let mut svc = Service::start(&cfg, &args);
-        svc.wait_ready(WAIT).await;
+        let mut svc = s.start_ready().await;
         tokio::time::sleep(Duration::from_millis(after_ms)).await;
-        svc.signal("KILL");
-        svc.wait_exit(Duration::from_secs(10)).await;
+        svc.kill_9().await;
         assert!(
             !svc.logs().iter().any(|l| l.contains("panicked")),
             "run {i}: {:?}",
             svc.logs()
         );
     }
-    let last = Service::start(&cfg, &args);
-    let msgs = read_until(&t.alerts, WAIT, |m| ids(m).is_superset(&want)).await;
-    assert_eq!(ids(&msgs), want, "every alert of replay, and no other id");
+    let last = s.start();
+    assert_eq!(
+        read_alert_ids(&s.topics.alerts, &want).await,
+        want,
+        "every alert of replay, and no other id"
+    );
     drop(last);
 }
 
-/// `CONFIG` with `[kafka]` properties (e.g. a static member id, a short session timeout).
-fn config_with(dir: &std::path::Path, name: &str, kafka: &[(&str, &str)]) -> std::path::PathBuf {
+/// `CONFIG` with `[kafka]` properties (e.g. a static member id, a short session timeout),
+/// written to `<name>.toml` in the test's folder.
+fn config_with(s: &Setup, name: &str, kafka: &[(&str, &str)]) -> std::path::PathBuf {
     let mut text = CONFIG.to_string();
     text.push_str("[kafka]\n");
     for (k, v) in kafka {
         text.push_str(&format!("\"{k}\" = \"{v}\"\n"));
     }
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, text).unwrap();
-    path
+    s.config_file(name, &text)
 }
 
 /// Produces JSONL lines to one partition, in order.
@@ -313,24 +249,18 @@ async fn wait_assigned(svc: &Service, n: f64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_active_members_keep_their_own_checkpoints_and_restore_their_own() {
-    let b = brokers();
-    let t = Topics::named("ck2m");
-    t.create(2).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut args = t.args(&b);
-    args.extend(["--state-topic".into(), format!("ck2m-state-{}", suffix())]);
-    let cfg_a = config_with(dir.path(), "a", &[("group.instance.id", "member-a")]);
-    let cfg_b = config_with(dir.path(), "b", &[("group.instance.id", "member-b")]);
+    let s = Setup::with_state_topic("ck2m", 2, CONFIG).await;
+    let args = &s.args;
+    let cfg_a = config_with(&s, "a", &[("group.instance.id", "member-a")]);
+    let cfg_b = config_with(&s, "b", &[("group.instance.id", "member-b")]);
     let (one, _) = traffic("m");
 
-    let a = Service::start(&cfg_a, &args);
-    a.wait_ready(WAIT).await;
-    let b2 = Service::start(&cfg_b, &args);
-    b2.wait_ready(WAIT).await;
+    let a = Service::start_ready(&cfg_a, args).await;
+    let b2 = Service::start_ready(&cfg_b, args).await;
     wait_assigned(&a, 1.0).await;
     assert_eq!(a.metric("linewatch_assigned_partitions").await, 1.0);
     // Both partitions get records (keys spread over them), so both members' states differ.
-    let placed = produce(&t.input, &records(&one, true)).await;
+    let placed = produce(&s.topics.input, &records(&one, true)).await;
     let on_0 = placed.iter().filter(|p| p.0 == 0).count();
     assert!(on_0 > 0 && on_0 < one.len(), "records on both partitions");
     let valid = r#"linewatch_records_total{result="valid"}"#;
@@ -354,8 +284,8 @@ async fn two_active_members_keep_their_own_checkpoints_and_restore_their_own() {
 
     // Restarted with the same member ids, each takes its partition straight back and must
     // find the checkpoint of that partition: nothing to re-read.
-    let a = Service::start(&cfg_a, &args);
-    let b2 = Service::start(&cfg_b, &args);
+    let a = Service::start(&cfg_a, args);
+    let b2 = Service::start(&cfg_b, args);
     for (name, svc) in [("a", &a), ("b", &b2)] {
         svc.wait_ready(WAIT).await;
         let restored = svc
@@ -382,28 +312,21 @@ async fn two_active_members_keep_their_own_checkpoints_and_restore_their_own() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_takes_over_after_kill_9_with_the_newest_checkpoint_and_misses_no_alert() {
-    let b = brokers();
-    let t = Topics::named("ckstb");
-    t.create(1).await;
-    let dir = tempfile::tempdir().unwrap();
     // No state directory: the standby has no disk in common with the active member.
-    let mut args = t.args(&b);
-    args.extend(["--state-topic".into(), format!("ckstb-state-{}", suffix())]);
+    let s = Setup::with_state_topic("ckstb", 1, CONFIG).await;
     // The group notices the kill after the session timeout: the broker's minimum, 6 s.
     let kafka = [
         ("session.timeout.ms", "6000"),
         ("heartbeat.interval.ms", "1000"),
     ];
-    let cfg = config_with(dir.path(), "member", &kafka);
+    let cfg = config_with(&s, "member", &kafka);
     let (one, two) = traffic("s");
     let all: Vec<String> = one.iter().chain(&two).cloned().collect();
     let want = want(&all);
     assert_eq!(want.len(), 3, "bulk_sms, customer_fan_in, deal_line");
 
-    let first = Service::start(&cfg, &args);
-    first.wait_ready(WAIT).await;
-    let second = Service::start(&cfg, &args);
-    second.wait_ready(WAIT).await;
+    let first = Service::start_ready(&cfg, &s.args).await;
+    let second = Service::start_ready(&cfg, &s.args).await;
     // The group gives the one partition to either; the other stands by, ready all the same.
     let deadline = std::time::Instant::now() + WAIT;
     let (mut active, standby) = loop {
@@ -432,26 +355,26 @@ async fn a_standby_takes_over_after_kill_9_with_the_newest_checkpoint_and_misses
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    produce(&t.input, &records(&one, true)).await;
-    settled_and_checkpointed(&active, one.len()).await;
-    let before_kill = read_until(&t.alerts, Duration::from_secs(5), |m| !m.is_empty()).await;
+    produce(&s.topics.input, &records(&one, true)).await;
+    active.wait_checkpointed(one.len()).await;
+    let before_kill = read_until(&s.topics.alerts, Duration::from_secs(5), |m| !m.is_empty()).await;
     assert!(
         !before_kill.is_empty(),
         "the active member alerted on part one"
     );
-    active.signal("KILL");
-    active.wait_exit(Duration::from_secs(10)).await;
+    active.kill_9().await;
 
     // Part two arrives while nobody holds the partition; the standby takes it over once
     // the group has noticed, restores the newest checkpoint from the state topic and
     // alerts on part two with part one's state.
-    produce(&t.input, &records(&two, true)).await;
-    let msgs = read_until(&t.alerts, WAIT, |m| ids(m).is_superset(&want)).await;
-    assert_eq!(ids(&msgs), want, "every alert of replay, no other id");
+    produce(&s.topics.input, &records(&two, true)).await;
+    assert_eq!(
+        read_alert_ids(&s.topics.alerts, &want).await,
+        want,
+        "every alert of replay, no other id"
+    );
     assert_eq!(standby.metric("linewatch_assigned_partitions").await, 1.0);
-    let restored = standby.log_events("window state restored from a checkpoint");
-    assert_eq!(restored.len(), 1, "{:?}", standby.logs());
-    assert_eq!(restored[0]["store"], "kafka");
+    assert_restored_from_the_topic(&standby);
     assert_eq!(
         standby.metric("linewatch_records_rebuilt_total").await,
         0.0,
@@ -462,21 +385,15 @@ async fn a_standby_takes_over_after_kill_9_with_the_newest_checkpoint_and_misses
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_static_member_restarted_within_the_session_timeout_takes_its_partition_back_without_a_rebalance(
 ) {
-    let b = brokers();
-    let t = Topics::named("ckstat");
-    t.create(2).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut args = t.args(&b);
-    args.extend(["--state-topic".into(), format!("ckstat-state-{}", suffix())]);
+    let s = Setup::with_state_topic("ckstat", 2, CONFIG).await;
+    let (t, args) = (&s.topics, &s.args);
     // Long enough that the restart below comes well within it.
     let session = ("consumer.session.timeout.ms", "45000");
-    let cfg_a = config_with(dir.path(), "a", &[("group.instance.id", "pod-a"), session]);
-    let cfg_b = config_with(dir.path(), "b", &[("group.instance.id", "pod-b"), session]);
+    let cfg_a = config_with(&s, "a", &[("group.instance.id", "pod-a"), session]);
+    let cfg_b = config_with(&s, "b", &[("group.instance.id", "pod-b"), session]);
 
-    let mut a = Service::start(&cfg_a, &args);
-    a.wait_ready(WAIT).await;
-    let other = Service::start(&cfg_b, &args);
-    other.wait_ready(WAIT).await;
+    let mut a = Service::start_ready(&cfg_a, args).await;
+    let other = Service::start_ready(&cfg_b, args).await;
     wait_assigned(&a, 1.0).await;
     assert_eq!(a.metric("linewatch_assigned_partitions").await, 1.0);
     assert_eq!(other.metric("linewatch_assigned_partitions").await, 1.0);
@@ -503,11 +420,9 @@ async fn a_static_member_restarted_within_the_session_timeout_takes_its_partitio
         .await;
     let a_partition = if a_alerts >= 1.0 { 0 } else { 1 };
 
-    a.signal("KILL");
-    a.wait_exit(Duration::from_secs(10)).await;
+    a.kill_9().await;
     let started = std::time::Instant::now();
-    let a = Service::start(&cfg_a, &args);
-    a.wait_ready(WAIT).await;
+    let a = Service::start_ready(&cfg_a, args).await;
     let back_in = started.elapsed();
     assert!(
         back_in < Duration::from_secs(40),

@@ -307,32 +307,26 @@ fn param_errors_are_one_line_and_name_the_key() {
 fn every_combination_is_validated_by_the_config() {
     let base = Config::default();
     let p = |s: &str| Param::parse(s, &base).unwrap();
-    let e = param::grid(&base, &[p("bulk_sms.min_recipients=0,10")]).unwrap_err();
+    // The grid's error for these parameters.
+    let refused = |specs: &[&str]| {
+        let params: Vec<Param> = specs.iter().map(|s| p(s)).collect();
+        param::grid(&base, &params).unwrap_err()
+    };
+    let e = refused(&["bulk_sms.min_recipients=0,10"]);
     assert!(
         e.0.contains("bulk_sms.min_recipients=0 makes an invalid configuration")
             && e.0.contains("bulk_sms.min_recipients = 0 is not allowed"),
         "{e}"
     );
-    let e = param::grid(&base, &[p("deal_line.threshold=0.5..1.5:0.5")]).unwrap_err();
+    let e = refused(&["deal_line.threshold=0.5..1.5:0.5"]);
     assert!(e.0.contains("deal_line.threshold=1.5"), "{e}");
     // Cross-key rules see the whole combination.
-    let e = param::grid(
-        &base,
-        &[
-            p("handset_churn.min_sims=3,8"),
-            p("handset_churn.max_sims_per_handset=5"),
-        ],
-    )
-    .unwrap_err();
+    let e = refused(&[
+        "handset_churn.min_sims=3,8",
+        "handset_churn.max_sims_per_handset=5",
+    ]);
     assert!(e.0.contains("handset_churn.min_sims=8"), "{e}");
-    let e = param::grid(
-        &base,
-        &[
-            p("bulk_sms.min_recipients=3"),
-            p("bulk_sms.min_recipients=4"),
-        ],
-    )
-    .unwrap_err();
+    let e = refused(&["bulk_sms.min_recipients=3", "bulk_sms.min_recipients=4"]);
     assert!(e.0.contains("given twice"), "{e}");
     let ok = param::grid(
         &base,

@@ -1,15 +1,53 @@
-//! A deterministic record mix for the criterion benches: ordinary subscribers texting and
-//! calling a few contacts, a few bulk senders, handsets with SIMs, in event-time order with
-//! small jitter. Independent of `generate` so a generator change does not move the figures.
+//! A deterministic record mix for the benches: ordinary subscribers texting and calling a
+//! few contacts, a few bulk senders, handsets with SIMs, in event-time order with small
+//! jitter. Independent of `generate` so a generator change does not move the figures.
+
+#![allow(dead_code)] // each bench uses a different part
+
+use std::io::Write;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+/// `n` records of the mix over `subscribers` subscribers, in memory.
 pub fn records(n: usize, subscribers: usize) -> Vec<Vec<u8>> {
-    let mut rng = ChaCha8Rng::seed_from_u64(7);
-    let t0: i64 = 1_790_000_000_000;
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n {
+    let mut mix = Records::new(subscribers);
+    (0..n)
+        .map(|_| {
+            let mut out = Vec::new();
+            mix.next_into(&mut out);
+            out
+        })
+        .collect()
+}
+
+/// The same records made one at a time (the same seed and draws, so the same state):
+/// holding millions of records in memory would make a process larger than the service's.
+pub struct Records {
+    rng: ChaCha8Rng,
+    i: usize,
+    subscribers: usize,
+}
+
+impl Records {
+    pub fn new(subscribers: usize) -> Self {
+        Records {
+            rng: ChaCha8Rng::seed_from_u64(7),
+            i: 0,
+            subscribers,
+        }
+    }
+
+    /// How many records were made so far (the next one's index).
+    pub fn made(&self) -> usize {
+        self.i
+    }
+
+    /// The next record, written over `out`.
+    pub fn next_into(&mut self, out: &mut Vec<u8>) {
+        let (i, subscribers, rng) = (self.i, self.subscribers, &mut self.rng);
+        self.i += 1;
+        let t0: i64 = 1_790_000_000_000;
         let ts = t0 + (i as i64) * 50 + rng.gen_range(0..30_000);
         let from = rng.gen_range(0..subscribers);
         // Most contacts stay within a small circle; 1 in 200 records is a bulk sender's text.
@@ -24,13 +62,12 @@ pub fn records(n: usize, subscribers: usize) -> Vec<Vec<u8>> {
         } else {
             0
         };
-        out.push(
-            format!(
-                r#"{{"event_id":"ev-{i:09}","ts":{ts},"kind":"{kind}","from":"p:{from:016x}","to":"p:{to:016x}","duration_s":{dur},"imsi":"s:{from:016x}","imei":"h:{from:016x}","cell":"c{}"}}"#,
-                from % 500
-            )
-            .into_bytes(),
+        out.clear();
+        // Writing to a Vec cannot fail.
+        let _ = write!(
+            out,
+            r#"{{"event_id":"ev-{i:09}","ts":{ts},"kind":"{kind}","from":"p:{from:016x}","to":"p:{to:016x}","duration_s":{dur},"imsi":"s:{from:016x}","imei":"h:{from:016x}","cell":"c{}"}}"#,
+            from % 500
         );
     }
-    out
 }

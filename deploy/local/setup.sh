@@ -23,7 +23,8 @@ PACKAGES=(
 # promtool (Debian's prometheus package) checks and unit-tests the alert rules;
 # docker-compose validates deploy/compose.yaml offline; python3-venv lets
 # deploy/tools/install.sh set up its pinned pip tools (hadolint, kubernetes-validate);
-# shellcheck checks the container's entry point and health check scripts.
+# ShellCheck checks every shell script of the repository (a directive-looking comment
+# starting "shellcheck" would stop it parsing this file).
 PACKAGES+=(prometheus docker-compose python3-venv shellcheck)
 # --- end of deploy/ checks ---------------------------------------------------------------
 

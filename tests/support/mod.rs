@@ -1,13 +1,14 @@
 //! Helpers for tests against a real Kafka broker: the broker address, topics with random
 //! names, producing and reading messages, and the `linewatch` binary as a child process
-//! whose JSON log lines the test can wait for.
+//! whose JSON log lines the test can wait for; for the restart tests, a test's topics,
+//! config file and arguments in one [`Setup`], and the start / kill -9 / restart steps.
 
 #![allow(dead_code)] // each test binary uses a different subset
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -37,6 +38,32 @@ pub fn brokers() -> String {
         ),
     }
 }
+
+/// The broker tests' config: thresholds low enough for a small, readable traffic, quick
+/// retries and drain, then the test binary's own `[service]` settings. A macro so the
+/// result stays a `const` (`concat!` takes literals only).
+#[allow(unused_macros)] // each test binary uses a different subset
+macro_rules! broker_test_config {
+    ($service:literal) => {
+        concat!(
+            r#"
+[bulk_sms]
+min_recipients = 20
+[customer_fan_in]
+min_customers = 10
+[deal_line]
+threshold = 0.5
+[service]
+batch_max_wait_ms = 20
+retry_backoff_max_s = 2
+drain_timeout_s = 20
+"#,
+            $service
+        )
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use broker_test_config;
 
 /// A random suffix for topic and group names, so tests never see each other's data.
 pub fn suffix() -> String {
@@ -90,6 +117,76 @@ impl Topics {
             "--dead-letter-topic".into(),
             self.dead.clone(),
         ]
+    }
+}
+
+/// One broker test's topics (created), its config file in a temporary folder that lives as
+/// long as this, and the `linewatch run` arguments naming them.
+pub struct Setup {
+    pub topics: Topics,
+    pub cfg: PathBuf,
+    pub args: Vec<String>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Setup {
+    /// Fresh topics named after `test` (the input one with `partitions` partitions) and
+    /// `config` written to `linewatch.toml`.
+    pub async fn new(test: &str, partitions: i32, config: &str) -> Setup {
+        let topics = Topics::named(test);
+        topics.create(partitions).await;
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let cfg = dir.path().join("linewatch.toml");
+        std::fs::write(&cfg, config).expect("write the config file");
+        let args = topics.args(&brokers());
+        Setup {
+            topics,
+            cfg,
+            args,
+            dir,
+        }
+    }
+
+    /// [`Setup::new`] with a fresh state topic (`--state-topic <test>-state-<random>`),
+    /// which the service creates: checkpoints go there.
+    pub async fn with_state_topic(test: &str, partitions: i32, config: &str) -> Setup {
+        Setup::new(test, partitions, config)
+            .await
+            .arg("--state-topic", &format!("{test}-state-{}", suffix()))
+    }
+
+    /// One more `run` flag and its value.
+    pub fn arg(mut self, flag: &str, value: &str) -> Setup {
+        self.args.extend([flag.to_string(), value.to_string()]);
+        self
+    }
+
+    /// The local checkpoint folder that [`Setup::with_state_dir`] names.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Checkpoints to a local folder as well (`--state-dir`), besides the state topic.
+    pub fn with_state_dir(self) -> Setup {
+        let dir = self.state_dir();
+        self.arg("--state-dir", &dir.to_string_lossy())
+    }
+
+    /// Another config file in the test's folder, e.g. one per group member.
+    pub fn config_file(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text).expect("write the config file");
+        path
+    }
+
+    /// `linewatch run` with the test's config file and arguments.
+    pub fn start(&self) -> Service {
+        Service::start(&self.cfg, &self.args)
+    }
+
+    /// [`Setup::start`], then waits until it is ready.
+    pub async fn start_ready(&self) -> Service {
+        Service::start_ready(&self.cfg, &self.args).await
     }
 }
 
@@ -163,6 +260,24 @@ pub fn records(lines: &[String], key_by_from: bool) -> Vec<(Option<String>, Vec<
         .collect()
 }
 
+/// The `alert_id` of every alert message.
+pub fn alert_ids(msgs: &[Msg]) -> BTreeSet<String> {
+    msgs.iter()
+        .map(|m| {
+            serde_json::from_slice::<linewatch::alert::Alert>(&m.value)
+                .expect("alert JSON")
+                .alert_id
+        })
+        .collect()
+}
+
+/// Reads the alert topic from the start until it holds every id of `want` or [`WAIT`]
+/// passes; returns the ids read either way (the caller's assertion says what is missing,
+/// or what is there that should not be).
+pub async fn read_alert_ids(topic: &str, want: &BTreeSet<String>) -> BTreeSet<String> {
+    alert_ids(&read_until(topic, WAIT, |m| alert_ids(m).is_superset(want)).await)
+}
+
 /// One message read back.
 #[derive(Debug, Clone)]
 pub struct Msg {
@@ -171,6 +286,22 @@ pub struct Msg {
     pub headers: BTreeMap<String, String>,
     pub partition: i32,
     pub offset: i64,
+}
+
+/// A message's headers as text (a header without a value as the empty string).
+pub fn headers(m: &impl Message) -> BTreeMap<String, String> {
+    m.headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| {
+                    (
+                        h.key.to_string(),
+                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Reads `topic` from the start until `done` says enough or `timeout` passes; returns what
@@ -190,24 +321,10 @@ pub async fn read_until(topic: &str, timeout: Duration, done: impl Fn(&[Msg]) ->
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left.min(Duration::from_millis(500)), c.recv()).await {
             Ok(Ok(m)) => {
-                let headers = m
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|h| {
-                                (
-                                    h.key.to_string(),
-                                    String::from_utf8_lossy(h.value.unwrap_or_default())
-                                        .into_owned(),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
                 out.push(Msg {
                     key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
                     value: m.payload().unwrap_or_default().to_vec(),
-                    headers,
+                    headers: headers(&m),
                     partition: m.partition(),
                     offset: m.offset(),
                 });
@@ -273,6 +390,13 @@ impl Service {
             }
         });
         Service { child, logs }
+    }
+
+    /// [`Service::start`], then waits until `/readyz` answers 200.
+    pub async fn start_ready(config: &Path, args: &[String]) -> Service {
+        let svc = Service::start(config, args);
+        svc.wait_ready(WAIT).await;
+        svc
     }
 
     pub fn pid(&self) -> u32 {
@@ -381,6 +505,27 @@ impl Service {
             .expect("run kill")
             .success();
         assert!(ok, "kill -{sig} failed");
+    }
+
+    /// SIGKILL, as a crash: no drain, no commit, no last checkpoint. Waits until it is gone.
+    pub async fn kill_9(&mut self) {
+        self.signal("KILL");
+        self.wait_exit(Duration::from_secs(10)).await;
+    }
+
+    /// Waits until the service has run `n` records through and written two checkpoints
+    /// after that (the first may have been under way before the last record).
+    pub async fn wait_checkpointed(&self, n: usize) {
+        self.wait_metric(r#"linewatch_records_total{result="valid"}"#, n as f64, WAIT)
+            .await;
+        let series = "linewatch_checkpoint_write_seconds_count";
+        let before = self.metric(series).await;
+        self.wait_metric(series, before + 2.0, WAIT).await;
+    }
+
+    /// The log events of restoring window state from a checkpoint.
+    pub fn restores(&self) -> Vec<serde_json::Value> {
+        self.log_events("window state restored from a checkpoint")
     }
 
     /// Kills the process (SIGKILL) and reaps it.
