@@ -107,7 +107,9 @@ running_pid() {
 # bash, so no helper process carries the pattern in its own command line).
 is_our_broker() {
   local cmd
-  cmd="$(tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null)" || return 1
+  # The redirection is inside the braces: a process that exits between the /proc scan and
+  # this read would otherwise print "No such file or directory" from the shell itself.
+  cmd="$({ tr '\0' ' ' <"/proc/$1/cmdline"; } 2>/dev/null)" || return 1
   [[ "$cmd" == *"kafka.Kafka $RUN/server.properties"* ]]
 }
 
