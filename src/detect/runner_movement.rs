@@ -17,6 +17,13 @@
 //!    `line_handover` (evidence the engine's other detectors made), or it held at least
 //!    `churn_min_sims` SIMs (burner churn).
 //!
+//! A runner's handset is replaced now and then; when the runner's SIM goes into the new
+//! handset (the number the line knows), the new handset takes the old one's history over:
+//! the movement is the person's, and a handset that lives hours, inside one trip, is seen
+//! moving through the SIM it took over. When it fires, the earlier handsets it took over
+//! from (within the window) are named too, each in a finding of its own: they were the
+//! runner's (what a restriction order or a records request lists).
+//!
 //! It needs the cell map (`--cells`): without one it does nothing and holds nothing.
 //! Records without a `cell`, and cells the map does not list, are counted by the engine
 //! and skipped here. The subject is the handset; `related` holds the lines it carried;
@@ -102,11 +109,30 @@ struct TradeLine {
     at_s: u32,
 }
 
+/// An earlier handset of the same runner: its SIM moved into this one.
+#[derive(Clone, Serialize, Deserialize)]
+struct Earlier {
+    handset: u64,
+    name: Box<str>,
+    /// Its last record (as of the hand-off).
+    last_s: u32,
+}
+
 #[derive(Clone)]
 pub struct RunnerMovement {
     cfg: RunnerConfig,
     handsets: IdMap<Track>,
     trade: IdMap<TradeLine>,
+    /// SIM → the moving handset it was last noted in, and when: where a new handset's SIM
+    /// came from. Only SIMs of handsets seen in both classes (the rest have no movement to
+    /// hand over); rebuilt from the handsets at each sweep and on load.
+    sim_at: IdMap<(u64, u32)>,
+    /// Handset → the earlier handsets whose history it took over (hand-offs are rare: a
+    /// runner's new burner, an ordinary subscriber's new phone).
+    earlier: IdMap<Vec<Earlier>>,
+    /// Pseudonyms of the handsets seen in both classes: an earlier handset is named in a
+    /// finding of its own when the runner's later one fires.
+    names: IdMap<Box<str>>,
     max_keys: usize,
     cap_hits: u64,
     /// Heap bytes of the moving handsets' histories, as of the last sweep plus growth since.
@@ -165,11 +191,11 @@ fn note<K: PartialEq, T>(
     k: K,
     s: u32,
     make: impl FnOnce() -> T,
-) {
+) -> bool {
     if let Some(x) = list.iter_mut().find(|x| key(x) == k) {
         let t = time(x);
         *t = (*t).max(s);
-        return;
+        return false;
     }
     if list.len() >= max {
         if let Some(i) = (0..list.len()).min_by_key(|&i| *time(&mut list[i])) {
@@ -177,6 +203,7 @@ fn note<K: PartialEq, T>(
         }
     }
     list.push(make());
+    true
 }
 
 /// What the window ending at the handset's newest stay shows.
@@ -196,6 +223,9 @@ impl RunnerMovement {
             cfg: cfg.runner_movement.clone(),
             handsets: IdMap::default(),
             trade: IdMap::default(),
+            sim_at: IdMap::default(),
+            earlier: IdMap::default(),
+            names: IdMap::default(),
             max_keys,
             cap_hits: 0,
             heap_bytes: 0,
@@ -242,6 +272,72 @@ fn read(cfg: &RunnerConfig, stays: &[Stay]) -> Option<Reading> {
     })
 }
 
+impl RunnerMovement {
+    /// Rebuilds the SIM index from the moving handsets and drops the hand-off notes of
+    /// handsets no longer moving (after a sweep or a load).
+    fn reindex(&mut self, cutoff: u32) {
+        self.sim_at.clear();
+        for (&h, t) in &self.handsets {
+            for &(sim, at) in t.moved.iter().flat_map(|m| &m.sims) {
+                if self.sim_at.get(&sim).is_none_or(|x| x.1 <= at) {
+                    self.sim_at.insert(sim, (h, at));
+                }
+            }
+        }
+        let moving = |h: &u64| self.handsets.get(h).is_some_and(|t| t.moved.is_some());
+        self.names.retain(|h, _| moving(h));
+        self.earlier.retain(|h, list| {
+            list.retain(|e| e.last_s >= cutoff);
+            !list.is_empty() && moving(h)
+        });
+    }
+
+    /// The runner's handset `imei` just fired: the earlier handsets whose history it took
+    /// over (its SIM moved from them) within the window are the runner's too, and are named
+    /// in findings of their own, once per window, with the same evidence and which handset
+    /// took over.
+    fn name_earlier(
+        &mut self,
+        imei: u64,
+        imei_s: &str,
+        since_s: u32,
+        newest_s: u32,
+        ctx: &mut Ctx<'_>,
+    ) {
+        let Some(earlier) = self.earlier.get(&imei) else {
+            return;
+        };
+        let Some(found) = ctx.out.last().cloned() else {
+            return;
+        };
+        let names: Vec<&str> = earlier.iter().map(|e| &*e.name).collect();
+        if let Some(f) = ctx.out.last_mut() {
+            f.evidence
+                .insert("earlier_handsets".into(), serde_json::json!(names));
+        }
+        for e in earlier.iter().filter(|e| e.last_s >= since_s) {
+            // Back in one class or gone, it keeps no note of firing: the engine's cooldown
+            // holds a repeat back.
+            let m = self
+                .handsets
+                .get_mut(&e.handset)
+                .and_then(|t| t.moved.as_deref_mut());
+            if let Some(m) = m {
+                if m.fired_s.is_some_and(|f| f >= since_s) {
+                    continue;
+                }
+                m.fired_s = Some(newest_s);
+            }
+            let mut f = found.clone();
+            f.subject = e.name.to_string();
+            f.subject_id = e.handset;
+            f.evidence
+                .insert("taken_over_by".into(), serde_json::json!(imei_s));
+            ctx.out.push(f);
+        }
+    }
+}
+
 impl Detector for RunnerMovement {
     fn name(&self) -> &'static str {
         NAME
@@ -269,14 +365,47 @@ impl Detector for RunnerMovement {
             first_s: s,
             last_s: s,
         };
-        if self.handsets.len() >= self.max_keys && !self.handsets.contains_key(&imei) {
-            self.cap_hits += 1;
-            return;
+        let window = ids::span_secs(self.cfg.window_s);
+        if !self.handsets.contains_key(&imei) {
+            if self.handsets.len() >= self.max_keys {
+                self.cap_hits += 1;
+                return;
+            }
+            // A handset new to us: did its SIM come from a moving handset?
+            let from = ids
+                .imsi
+                .and_then(|sim| self.sim_at.get(&sim))
+                .filter(|&&(h, at)| h != imei && at.saturating_add(window) >= s)
+                .map(|&(h, _)| h);
+            let handed = from.and_then(|h| {
+                let m = self.handsets.get(&h)?.moved.as_deref()?;
+                let last_s = m.stays.last()?.last_s;
+                let name = self.names.get(&h)?.clone();
+                let mut chain = self.earlier.get(&h).cloned().unwrap_or_default();
+                chain.retain(|e| e.last_s.saturating_add(window) >= s);
+                chain.push(Earlier {
+                    handset: h,
+                    name,
+                    last_s,
+                });
+                let mut copy = m.clone();
+                (copy.fired_s, copy.credited) = (None, Vec::new());
+                Some((copy, chain))
+            });
+            let moved = handed.map(|(copy, chain)| {
+                self.heap_bytes += moved_bytes(&copy);
+                self.earlier.insert(imei, chain);
+                Box::new(copy)
+            });
+            if moved.is_some() {
+                self.names.insert(imei, imei_s.into());
+            }
+            self.handsets.insert(imei, Track { here: obs, moved });
         }
-        let t = self.handsets.entry(imei).or_insert(Track {
-            here: obs,
-            moved: None,
-        });
+        // Present: inserted just above if it was not.
+        let Some(t) = self.handsets.get_mut(&imei) else {
+            return;
+        };
         if t.moved.is_none() {
             // The path nearly every record takes: one more record in the only class seen.
             if t.here.class() == obs.class() {
@@ -291,6 +420,7 @@ impl Detector for RunnerMovement {
             };
             self.heap_bytes += moved_bytes(&m);
             t.moved = Some(Box::new(m));
+            self.names.insert(imei, imei_s.into());
         }
         let Some(m) = t.moved.as_deref_mut() else {
             return;
@@ -302,7 +432,7 @@ impl Detector for RunnerMovement {
             self.cap_hits += 1;
         }
         if let Some(sim) = ids.imsi {
-            note(
+            let new = note(
                 &mut m.sims,
                 MAX_SIMS,
                 |x| x.0,
@@ -311,6 +441,10 @@ impl Detector for RunnerMovement {
                 s,
                 || (sim, s),
             );
+            // Only a SIM new to the handset moves the index (the sweep refreshes the times).
+            if new {
+                self.sim_at.insert(sim, (imei, s));
+            }
         }
         let from = ev.from.as_ref();
         note(
@@ -425,6 +559,7 @@ impl Detector for RunnerMovement {
             },
             lines: trade,
         });
+        self.name_earlier(imei, imei_s, r.since_s, r.newest_s, ctx);
     }
 
     fn on_findings(&mut self, _ev: &Event<'_>, findings: &[Finding], _ctx: &mut Ctx<'_>) {
@@ -474,6 +609,7 @@ impl Detector for RunnerMovement {
             self.handsets.shrink_to_fit();
         }
         self.heap_bytes = heap;
+        self.reindex(cutoff);
     }
 
     fn stats(&self) -> StateStats {
@@ -481,6 +617,16 @@ impl Detector for RunnerMovement {
             keys: self.handsets.len(),
             bytes: ids::map_bytes(&self.handsets)
                 + ids::map_bytes(&self.trade)
+                + ids::map_bytes(&self.sim_at)
+                + ids::map_bytes(&self.names)
+                + self.names.values().map(|n| n.len()).sum::<usize>()
+                + ids::map_bytes(&self.earlier)
+                + self
+                    .earlier
+                    .values()
+                    .flatten()
+                    .map(|e| e.name.len() + std::mem::size_of::<Earlier>())
+                    .sum::<usize>()
                 + self.trade.values().map(|t| t.name.len()).sum::<usize>()
                 + self.heap_bytes,
             cap_hits: self.cap_hits,
@@ -496,12 +642,23 @@ impl Detector for RunnerMovement {
         Box::new(self.clone())
     }
 
+    /// The hand-off notes follow the older state as a second value, so a checkpoint from
+    /// before them (no second value) still loads, with no hand-offs noted.
     fn save_state(&self) -> Result<Vec<u8>, codec::Error> {
-        codec::encode(&(&self.handsets, &self.trade, self.cap_hits))
+        let mut v = codec::encode(&(&self.handsets, &self.trade, self.cap_hits))?;
+        v.extend(codec::encode(&(&self.earlier, &self.names))?);
+        Ok(v)
     }
 
     fn load_state(&mut self, bytes: &[u8]) -> Result<(), codec::Error> {
-        (self.handsets, self.trade, self.cap_hits) = codec::decode(bytes)?;
+        let rest;
+        ((self.handsets, self.trade, self.cap_hits), rest) = codec::decode_prefix(bytes)?;
+        (self.earlier, self.names) = if rest.is_empty() {
+            Default::default()
+        } else {
+            codec::decode(rest)?
+        };
+        self.reindex(0);
         self.heap_bytes = self
             .handsets
             .values()
@@ -789,6 +946,114 @@ mod tests {
         }
         assert_eq!(in_order, shuffled);
         assert_eq!(in_order.len(), 3);
+    }
+
+    /// Like [`drive`], for several handsets: (hour, cell, handset, sim) records to the deal
+    /// line.
+    fn drive_kit(
+        d: &mut RunnerMovement,
+        h: &mut Harness,
+        plan: &[(i64, &str, &str, &str)],
+    ) -> Vec<Finding> {
+        let t0: Millis = 1_791_158_400_000;
+        let mut out = Vec::new();
+        for (i, (hour, cell, set, sim)) in plan.iter().enumerate() {
+            let id = format!("k{i}");
+            let ts = t0 + hour * HOUR + (i as Millis % 7) * MIN;
+            let ev = rec(&id, ts, "runnerline", "dealline", set, sim, Some(cell));
+            out.extend(h.feed(d, &ev));
+        }
+        out
+    }
+
+    /// The runner's handset is replaced during its first trip and its SIM goes into the new
+    /// one: neither handset alone goes there and back, the runner does.
+    const SWAP_MID_TRIP: &[(i64, &str, &str, &str)] = &[
+        (10, "m1", "H1", "s1"),
+        (14, "t1", "H1", "s1"),
+        (20, "t1", "H1", "s1"),
+        // The SIM moves into H2, still in the town.
+        (23, "t1", "H2", "s1"),
+        (26, "t1", "H2", "s1"),
+        (33, "m2", "H2", "s1"),
+        (47, "m1", "H2", "s1"),
+    ];
+
+    /// Issue 13: a burner swapped within one trip. Before hand-offs were followed neither
+    /// handset fired (each saw one switch).
+    #[test]
+    fn a_new_handset_that_takes_the_runners_sim_carries_the_movement_and_names_the_old_one() {
+        let (mut d, mut h) = (det(), harness(Some(MAP)));
+        mark_trade(&mut d, "dealline", 1_791_158_400_000);
+        let f = drive_kit(&mut d, &mut h, SWAP_MID_TRIP);
+        let subjects: Vec<&str> = f.iter().map(|f| f.subject.as_str()).collect();
+        assert_eq!(subjects, ["H2", "H1"], "{f:?}");
+        assert_eq!(f[0].evidence["earlier_handsets"], serde_json::json!(["H1"]));
+        assert_eq!(f[1].evidence["taken_over_by"], "H2");
+        assert_eq!(f[1].lines, f[0].lines);
+        // Once per window: more movement does not name H1 again.
+        let more = drive_kit(
+            &mut d,
+            &mut h,
+            &[(70, "m1", "H2", "s1"), (80, "t1", "H2", "s1")],
+        );
+        assert!(more.iter().all(|f| f.subject != "H1"), "{more:?}");
+    }
+
+    /// The same swap with a new SIM too (the whole kit burnt): nothing links the two, and
+    /// neither is seen going there and back.
+    #[test]
+    fn a_new_handset_with_a_new_sim_inherits_nothing() {
+        let (mut d, mut h) = (det(), harness(Some(MAP)));
+        mark_trade(&mut d, "dealline", 1_791_158_400_000);
+        let plan: Vec<_> = SWAP_MID_TRIP
+            .iter()
+            .map(|p| (p.0, p.1, p.2, if p.2 == "H2" { "s2" } else { p.3 }))
+            .collect();
+        assert!(drive_kit(&mut d, &mut h, &plan).is_empty());
+    }
+
+    /// A commuter's new phone takes the old SIM and the commuting history with it: still a
+    /// commuter's rhythm, never flagged.
+    #[test]
+    fn a_commuters_new_handset_inherits_a_commuters_rhythm() {
+        let (mut d, mut h) = (det(), harness(Some(MAP)));
+        mark_trade(&mut d, "dealline", 1_791_158_400_000);
+        let mut plan = Vec::new();
+        for day in 0..5i64 {
+            let set = if day < 2 { "H1" } else { "H2" };
+            let base = day * 24;
+            plan.push((base + 7, "t1", set, "s1"));
+            for hour in [9, 12, 16] {
+                plan.push((base + hour, "m1", set, "s1"));
+            }
+            plan.push((base + 20, "t1", set, "s1"));
+            plan.push((base + 23, "t1", set, "s1"));
+        }
+        assert!(drive_kit(&mut d, &mut h, &plan).is_empty());
+        assert!(
+            d.earlier.contains_key(&ids::id("H2")),
+            "the hand-off was seen"
+        );
+    }
+
+    /// Hand-off notes ride after the older state; a checkpoint written before them (the
+    /// older state alone) still loads.
+    #[test]
+    fn hand_offs_survive_a_checkpoint_and_older_checkpoints_still_load() {
+        let (mut d, mut h) = (det(), harness(Some(MAP)));
+        drive_kit(&mut d, &mut h, &SWAP_MID_TRIP[..5]);
+        let mut restored = det();
+        restored.load_state(&d.save_state().unwrap()).unwrap();
+        assert_eq!(restored.earlier.len(), 1);
+        mark_trade(&mut restored, "dealline", 1_791_158_400_000);
+        let f = drive_kit(&mut restored, &mut h, &SWAP_MID_TRIP[5..]);
+        assert_eq!(f.len(), 2, "{f:?}");
+        let older = codec::encode(&(&d.handsets, &d.trade, d.cap_hits)).unwrap();
+        let mut old = det();
+        old.load_state(&older).unwrap();
+        assert_eq!(old.stats().keys, d.stats().keys);
+        assert!(old.earlier.is_empty());
     }
 
     #[test]
