@@ -249,6 +249,11 @@ pub struct RunnerConfig {
     pub churn_min_sims: u32,
     /// Per-handset cap on remembered stays; past it the oldest goes, counted.
     pub max_stays_per_handset: u32,
+    /// For this long after a handset's first record its SIM is remembered, so a handset
+    /// that takes the SIM over within hours (a burner that broke, or one whose life the
+    /// data's start cut short) takes its records over and names it when it fires. Handsets
+    /// seen in both classes are remembered by SIM for the whole window anyway.
+    pub young_handset_s: u64,
 }
 
 impl Default for RunnerConfig {
@@ -262,6 +267,7 @@ impl Default for RunnerConfig {
             night_end_hour: 6,
             churn_min_sims: 3,
             max_stays_per_handset: 64,
+            young_handset_s: 86_400,
         }
     }
 }
@@ -957,6 +963,7 @@ impl Config {
             m.max_stays_per_handset,
             "more than runner_movement.min_switches, at most 4096",
         );
+        r.seconds("runner_movement.young_handset_s", m.young_handset_s, 1);
 
         let d = &self.deal_line;
         r.fraction("deal_line.threshold", d.threshold, 0.0, true, 1.0);

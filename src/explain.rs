@@ -182,6 +182,9 @@ fn fan_in(ev: &Map<String, Value>) -> Part {
     if ev.contains_key("callbacks") {
         return fan_in_callbacks(ev);
     }
+    if ev.contains_key("follow_min_customers") {
+        return fan_in_followers(ev);
+    }
     let (c, min, w, look) = (
         u(ev, "customers")?,
         u(ev, "min_customers")?,
@@ -206,6 +209,39 @@ fn fan_in(ev: &Map<String, Value>) -> Part {
              longer a conversation)."
         );
     }
+    Ok(s)
+}
+
+/// `customer_fan_in` by its followers rule: customers ringing a new number.
+fn fan_in_followers(ev: &Map<String, Value>) -> Part {
+    let (c, min, within, look) = (
+        u(ev, "customers")?,
+        u(ev, "follow_min_customers")?,
+        u(ev, "follow_within_s")?,
+        u(ev, "customer_lookback_s")?,
+    );
+    let earlier = ev
+        .get("earlier_line")
+        .map(plain)
+        .ok_or(Missing("earlier_line"))?;
+    let at = ev
+        .get("handover_at")
+        .and_then(Value::as_i64)
+        .ok_or(Missing("handover_at"))?;
+    let mut s = format!(
+        "Why: this number took over the audience of {earlier} (line_handover, at {}), and {c} \
+         distinct customers (numbers it had texted within the {} before) contacted it within \
+         {} of that (customer_fan_in.follow_within_s = {within}): the customers followed the \
+         new number.\n",
+        time(at),
+        dur(look),
+        dur(within)
+    );
+    let _ = writeln!(
+        s,
+        "  customers {c} {} follow_min_customers {min}",
+        versus(c as f64, min as f64)
+    );
     Ok(s)
 }
 
@@ -322,6 +358,23 @@ fn runner(ev: &Map<String, Value>, related: &[String]) -> Part {
                 let _ = writeln!(s, "  Tied to the trade: {other}.");
             }
         }
+    }
+    if let Some(later) = ev.get("taken_over_by") {
+        let _ = writeln!(
+            s,
+            "  This handset's SIM moved into {} (a new handset, within the window), which took \
+             its movement over: the figures above are the runner's over both handsets, and \
+             this one was the runner's before.",
+            plain(later)
+        );
+    } else if let Some(earlier) = ev.get("earlier_handsets").and_then(Value::as_array) {
+        let names: Vec<String> = earlier.iter().map(plain).collect();
+        let _ = writeln!(
+            s,
+            "  The runner's SIM came into this handset from {}: the movement counted includes \
+             theirs (the person moved, the handset was replaced).",
+            names.join(", ")
+        );
     }
     if !related.is_empty() {
         let _ = writeln!(s, "  Lines it carried: {}", related.join(", "));

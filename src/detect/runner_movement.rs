@@ -130,6 +130,10 @@ pub struct RunnerMovement {
     /// Handset → the earlier handsets whose history it took over (hand-offs are rare: a
     /// runner's new burner, an ordinary subscriber's new phone).
     earlier: IdMap<Vec<Earlier>>,
+    /// SIM → a handset first seen with it within `young_handset_s` (id, first record,
+    /// pseudonym): a handset replaced within hours has too few records to be moving, and
+    /// is found by its SIM here.
+    young: IdMap<(u64, u32, Box<str>)>,
     /// Event time of the latest change to `trade` (a handset's reading may change then).
     trade_changed_s: u32,
     /// The night hours as a mask of clock hours ([`night_mask`] of the config).
@@ -248,6 +252,7 @@ impl RunnerMovement {
             sim_at: IdMap::default(),
             earlier: IdMap::default(),
             names: IdMap::default(),
+            young: IdMap::default(),
             trade_changed_s: 0,
             night: night_mask(&cfg.runner_movement),
             max_keys,
@@ -335,8 +340,35 @@ impl RunnerMovement {
         });
         if moved.is_some() {
             self.names.insert(imei, imei_s.into());
+            self.handsets.insert(imei, Track { here: obs, moved });
+            return true;
         }
-        self.handsets.insert(imei, Track { here: obs, moved });
+        // Or from a handset that appeared within hours and never moved: its one stay.
+        let young = sim
+            .and_then(|sim| self.young.get(&sim))
+            .filter(|y| y.0 != imei)
+            .and_then(|y| Some((y, self.handsets.get(&y.0)?)))
+            .filter(|(_, t)| t.moved.is_none());
+        let here = match young {
+            Some((y, t)) => {
+                let (handset, name, last_s) = (y.0, y.2.clone(), t.here.last_s);
+                let here = t.here;
+                self.earlier.insert(
+                    imei,
+                    vec![Earlier {
+                        handset,
+                        name,
+                        last_s,
+                    }],
+                );
+                here
+            }
+            None => obs,
+        };
+        self.handsets.insert(imei, Track { here, moved: None });
+        if let Some(sim) = sim {
+            self.young.insert(sim, (imei, s, imei_s.into()));
+        }
         true
     }
 
@@ -354,14 +386,15 @@ impl RunnerMovement {
         self.forget_hand_offs(cutoff);
     }
 
-    /// Drops the hand-off notes of handsets no longer moving, and earlier handsets silent
-    /// since before `cutoff`.
+    /// Drops the names of handsets no longer moving, the hand-off notes of handsets no
+    /// longer held, and earlier handsets silent since before `cutoff`.
     fn forget_hand_offs(&mut self, cutoff: u32) {
         let moving = |h: &u64| self.handsets.get(h).is_some_and(|t| t.moved.is_some());
         self.names.retain(|h, _| moving(h));
+        let held = |h: &u64| self.handsets.contains_key(h);
         self.earlier.retain(|h, list| {
             list.retain(|e| e.last_s >= cutoff);
-            !list.is_empty() && moving(h)
+            !list.is_empty() && held(h)
         });
     }
 
@@ -684,6 +717,12 @@ impl Detector for RunnerMovement {
         }
         self.heap_bytes = heap;
         self.forget_hand_offs(cutoff);
+        let young_cutoff =
+            ids::secs(watermark).saturating_sub(ids::span_secs(self.cfg.young_handset_s));
+        self.young.retain(|_, y| y.1 >= young_cutoff);
+        if self.young.capacity() > 2 * self.young.len() + 1024 {
+            self.young.shrink_to_fit();
+        }
     }
 
     fn stats(&self) -> StateStats {
@@ -695,6 +734,8 @@ impl Detector for RunnerMovement {
                 + ids::map_bytes(&self.names)
                 + self.names.values().map(|n| n.len()).sum::<usize>()
                 + ids::map_bytes(&self.earlier)
+                + ids::map_bytes(&self.young)
+                + self.young.values().map(|y| y.2.len()).sum::<usize>()
                 + self
                     .earlier
                     .values()
@@ -721,14 +762,14 @@ impl Detector for RunnerMovement {
     /// before them (no second value) still loads, with no hand-offs noted.
     fn save_state(&self) -> Result<Vec<u8>, codec::Error> {
         let mut v = codec::encode(&(&self.handsets, &self.trade, self.cap_hits))?;
-        v.extend(codec::encode(&(&self.earlier, &self.names))?);
+        v.extend(codec::encode(&(&self.earlier, &self.names, &self.young))?);
         Ok(v)
     }
 
     fn load_state(&mut self, bytes: &[u8]) -> Result<(), codec::Error> {
         let rest;
         ((self.handsets, self.trade, self.cap_hits), rest) = codec::decode_prefix(bytes)?;
-        (self.earlier, self.names) = if rest.is_empty() {
+        (self.earlier, self.names, self.young) = if rest.is_empty() {
             Default::default()
         } else {
             codec::decode(rest)?
@@ -1074,6 +1115,26 @@ mod tests {
             &[(70, "m1", "H2", "s1"), (80, "t1", "H2", "s1")],
         );
         assert!(more.iter().all(|f| f.subject != "H1"), "{more:?}");
+    }
+
+    /// A burner replaced an hour after it first showed (one record, never moved): the
+    /// handset its SIM went into takes that record over and names it when it fires.
+    #[test]
+    fn a_handset_replaced_within_hours_is_named_by_the_one_that_took_its_sim() {
+        let (mut d, mut h) = (det(), harness(Some(MAP)));
+        mark_trade(&mut d, "dealline", 1_791_158_400_000);
+        let mut plan = vec![(9, "m1", "H0", "s1")];
+        plan.extend(SWAP_MID_TRIP.iter().map(|p| (p.0 + 1, p.1, p.2, p.3)));
+        let f = drive_kit(&mut d, &mut h, &plan);
+        let subjects: Vec<&str> = f.iter().map(|f| f.subject.as_str()).collect();
+        assert_eq!(subjects, ["H2", "H0", "H1"], "{f:?}");
+        // Young no more: a handset taking the SIM a day later takes nothing over.
+        let (mut d, mut h) = (det(), harness(Some(MAP)));
+        mark_trade(&mut d, "dealline", 1_791_158_400_000);
+        drive_kit(&mut d, &mut h, &[(0, "m1", "H0", "s1")]);
+        d.expire(1_791_158_400_000 + 2 * DAY);
+        drive_kit(&mut d, &mut h, &[(49, "m1", "H1", "s1")]);
+        assert!(!d.earlier.contains_key(&ids::id("H1")));
     }
 
     /// The same swap with a new SIM too (the whole kit burnt): nothing links the two, and
