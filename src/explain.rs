@@ -94,6 +94,7 @@ fn render(alert: &Alert, kind: Option<&str>) -> String {
 }
 
 /// A figure the explanation needs is absent or of the wrong type.
+#[derive(Debug)]
 struct Missing(&'static str);
 
 type Part = Result<String, Missing>;
@@ -700,6 +701,49 @@ mod tests {
             "new_line_recipients": 25, "min_recipients": 15, "burst_window_s": 3600}));
         assert!(!text.contains("25 >="), "{text}");
         assert!(text.contains("does not carry"), "{text}");
+    }
+
+    /// Issue 13: the followers rule and a runner's hand-off read in plain words.
+    #[test]
+    fn followers_and_hand_offs_are_explained() {
+        let map = |v: Value| v.as_object().unwrap().clone();
+        let text = fan_in(&map(
+            serde_json::json!({"customers": 5, "rule": "followed_new_number",
+            "earlier_line": "Lold", "handover_at": 1_791_367_270_000i64,
+            "follow_min_customers": 5, "follow_within_s": 86400,
+            "customer_lookback_s": 604800}),
+        ))
+        .unwrap();
+        assert!(text.contains("took over the audience of Lold"), "{text}");
+        assert!(
+            text.contains("customers 5 >= follow_min_customers 5"),
+            "{text}"
+        );
+        let runner_ev = |extra: Value| {
+            let mut ev = map(serde_json::json!({"switches": 2, "min_switches": 2,
+                "window_s": 345600, "metro_areas": ["city"], "county_areas": ["town"],
+                "metro_night": true, "county_night": true, "night_hours": "22-06",
+                "metro_hours": 4, "county_hours": 5, "max_commute_hours": 12,
+                "ties": ["deal_contact"], "trade_lines": ["Ldeal"], "sims": 1,
+                "churn_min_sims": 3}));
+            ev.extend(map(extra));
+            ev
+        };
+        let text = runner(
+            &runner_ev(serde_json::json!({"taken_over_by": "Hnew"})),
+            &[],
+        )
+        .unwrap();
+        assert!(text.contains("SIM moved into Hnew"), "{text}");
+        let text = runner(
+            &runner_ev(serde_json::json!({"earlier_handsets": ["Ha", "Hb"]})),
+            &[],
+        )
+        .unwrap();
+        assert!(
+            text.contains("came into this handset from Ha, Hb"),
+            "{text}"
+        );
     }
 
     #[test]
