@@ -367,7 +367,11 @@ impl RunnerMovement {
         };
         self.handsets.insert(imei, Track { here, moved: None });
         if let Some(sim) = sim {
-            self.young.insert(sim, (imei, s, imei_s.into()));
+            if self.young.len() < self.max_keys {
+                self.young.insert(sim, (imei, s, imei_s.into()));
+            } else {
+                self.cap_hits += 1;
+            }
         }
         true
     }
