@@ -134,6 +134,12 @@ pub struct FanInConfig {
     pub crew_min_customers: u32,
     /// How long a number stays a line's crew after the line's last call to it.
     pub crew_retention_s: u64,
+    /// A line `line_handover` names as a new number (its adverts went to an earlier line's
+    /// audience) fires when this many distinct customers contact it within
+    /// `follow_within_s` of the handover: the customers followed the number.
+    pub follow_min_customers: u32,
+    /// How long after the handover the customers following the number are counted.
+    pub follow_within_s: u64,
 }
 
 impl Default for FanInConfig {
@@ -151,6 +157,8 @@ impl Default for FanInConfig {
             min_customers_with_callbacks: 8,
             crew_min_customers: 30,
             crew_retention_s: 86_400,
+            follow_min_customers: 5,
+            follow_within_s: 86_400,
         }
     }
 }
@@ -241,6 +249,11 @@ pub struct RunnerConfig {
     pub churn_min_sims: u32,
     /// Per-handset cap on remembered stays; past it the oldest goes, counted.
     pub max_stays_per_handset: u32,
+    /// For this long after a handset's first record its SIM is remembered, so a handset
+    /// that takes the SIM over within hours (a burner that broke, or one whose life the
+    /// data's start cut short) takes its records over and names it when it fires. Handsets
+    /// seen in both classes are remembered by SIM for the whole window anyway.
+    pub young_handset_s: u64,
 }
 
 impl Default for RunnerConfig {
@@ -254,6 +267,7 @@ impl Default for RunnerConfig {
             night_end_hour: 6,
             churn_min_sims: 3,
             max_stays_per_handset: 64,
+            young_handset_s: 86_400,
         }
     }
 }
@@ -862,6 +876,13 @@ impl Config {
             u32::MAX.into(),
         );
         r.seconds("customer_fan_in.crew_retention_s", c.crew_retention_s, 1);
+        r.count(
+            "customer_fan_in.follow_min_customers",
+            c.follow_min_customers.into(),
+            1,
+            u32::MAX.into(),
+        );
+        r.seconds("customer_fan_in.follow_within_s", c.follow_within_s, 1);
         r.check(
             "customer_fan_in.min_customers_with_callbacks",
             c.min_customers_with_callbacks >= c.min_callbacks,
@@ -942,6 +963,7 @@ impl Config {
             m.max_stays_per_handset,
             "more than runner_movement.min_switches, at most 4096",
         );
+        r.seconds("runner_movement.young_handset_s", m.young_handset_s, 1);
 
         let d = &self.deal_line;
         r.fraction("deal_line.threshold", d.threshold, 0.0, true, 1.0);

@@ -94,6 +94,7 @@ fn render(alert: &Alert, kind: Option<&str>) -> String {
 }
 
 /// A figure the explanation needs is absent or of the wrong type.
+#[derive(Debug)]
 struct Missing(&'static str);
 
 type Part = Result<String, Missing>;
@@ -182,6 +183,9 @@ fn fan_in(ev: &Map<String, Value>) -> Part {
     if ev.contains_key("callbacks") {
         return fan_in_callbacks(ev);
     }
+    if ev.contains_key("follow_min_customers") {
+        return fan_in_followers(ev);
+    }
     let (c, min, w, look) = (
         u(ev, "customers")?,
         u(ev, "min_customers")?,
@@ -206,6 +210,39 @@ fn fan_in(ev: &Map<String, Value>) -> Part {
              longer a conversation)."
         );
     }
+    Ok(s)
+}
+
+/// `customer_fan_in` by its followers rule: customers ringing a new number.
+fn fan_in_followers(ev: &Map<String, Value>) -> Part {
+    let (c, min, within, look) = (
+        u(ev, "customers")?,
+        u(ev, "follow_min_customers")?,
+        u(ev, "follow_within_s")?,
+        u(ev, "customer_lookback_s")?,
+    );
+    let earlier = ev
+        .get("earlier_line")
+        .map(plain)
+        .ok_or(Missing("earlier_line"))?;
+    let at = ev
+        .get("handover_at")
+        .and_then(Value::as_i64)
+        .ok_or(Missing("handover_at"))?;
+    let mut s = format!(
+        "Why: this number took over the audience of {earlier} (line_handover, at {}), and {c} \
+         distinct customers (numbers it had texted within the {} before) contacted it within \
+         {} of that (customer_fan_in.follow_within_s = {within}): the customers followed the \
+         new number.\n",
+        time(at),
+        dur(look),
+        dur(within)
+    );
+    let _ = writeln!(
+        s,
+        "  customers {c} {} follow_min_customers {min}",
+        versus(c as f64, min as f64)
+    );
     Ok(s)
 }
 
@@ -322,6 +359,23 @@ fn runner(ev: &Map<String, Value>, related: &[String]) -> Part {
                 let _ = writeln!(s, "  Tied to the trade: {other}.");
             }
         }
+    }
+    if let Some(later) = ev.get("taken_over_by") {
+        let _ = writeln!(
+            s,
+            "  This handset's SIM moved into {} (a new handset, within the window), which took \
+             its movement over: the figures above are the runner's over both handsets, and \
+             this one was the runner's before.",
+            plain(later)
+        );
+    } else if let Some(earlier) = ev.get("earlier_handsets").and_then(Value::as_array) {
+        let names: Vec<String> = earlier.iter().map(plain).collect();
+        let _ = writeln!(
+            s,
+            "  The runner's SIM came into this handset from {}: the movement counted includes \
+             theirs (the person moved, the handset was replaced).",
+            names.join(", ")
+        );
     }
     if !related.is_empty() {
         let _ = writeln!(s, "  Lines it carried: {}", related.join(", "));
@@ -647,6 +701,49 @@ mod tests {
             "new_line_recipients": 25, "min_recipients": 15, "burst_window_s": 3600}));
         assert!(!text.contains("25 >="), "{text}");
         assert!(text.contains("does not carry"), "{text}");
+    }
+
+    /// Issue 13: the followers rule and a runner's hand-off read in plain words.
+    #[test]
+    fn followers_and_hand_offs_are_explained() {
+        let map = |v: Value| v.as_object().unwrap().clone();
+        let text = fan_in(&map(
+            serde_json::json!({"customers": 5, "rule": "followed_new_number",
+            "earlier_line": "Lold", "handover_at": 1_791_367_270_000i64,
+            "follow_min_customers": 5, "follow_within_s": 86400,
+            "customer_lookback_s": 604800}),
+        ))
+        .unwrap();
+        assert!(text.contains("took over the audience of Lold"), "{text}");
+        assert!(
+            text.contains("customers 5 >= follow_min_customers 5"),
+            "{text}"
+        );
+        let runner_ev = |extra: Value| {
+            let mut ev = map(serde_json::json!({"switches": 2, "min_switches": 2,
+                "window_s": 345600, "metro_areas": ["city"], "county_areas": ["town"],
+                "metro_night": true, "county_night": true, "night_hours": "22-06",
+                "metro_hours": 4, "county_hours": 5, "max_commute_hours": 12,
+                "ties": ["deal_contact"], "trade_lines": ["Ldeal"], "sims": 1,
+                "churn_min_sims": 3}));
+            ev.extend(map(extra));
+            ev
+        };
+        let text = runner(
+            &runner_ev(serde_json::json!({"taken_over_by": "Hnew"})),
+            &[],
+        )
+        .unwrap();
+        assert!(text.contains("SIM moved into Hnew"), "{text}");
+        let text = runner(
+            &runner_ev(serde_json::json!({"earlier_handsets": ["Ha", "Hb"]})),
+            &[],
+        )
+        .unwrap();
+        assert!(
+            text.contains("came into this handset from Ha, Hb"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -25,6 +25,12 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     Ok(v)
 }
 
+/// Decodes one value from the front of `bytes`, returning it and the bytes after it (for a
+/// chunk that grew a second value, read by builds that know both).
+pub fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, &[u8]), Error> {
+    Ok(postcard::take_from_bytes(bytes)?)
+}
+
 /// `serde_json::Value` through the codec: postcard is not self-describing, so a JSON value
 /// (deal_line's evidence figures) is carried as its JSON text.
 pub mod json_text {

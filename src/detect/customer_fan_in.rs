@@ -10,6 +10,11 @@
 //! pattern police practice counts as a deal confirmed. A number the line called (a line
 //! with at least `crew_min_customers` customers) is its crew for `crew_retention_s`: a
 //! runner ringing the customer to meet counts as the line's callback.
+//!
+//! A third rule follows a new number: a line that `line_handover` names as an earlier
+//! line's new number fires when `follow_min_customers` of its customers contact it within
+//! `follow_within_s` of the handover. A number replaced late in the data lives hours, with
+//! a handful of customers; that they ring the new number is the fan-in.
 
 use super::{Ctx, Detector, EventIds, StateStats};
 use crate::alert::{Finding, SubjectKind};
@@ -42,6 +47,9 @@ pub struct CustomerFanIn {
     cap_hits: u64,
     /// Scratch for the windows a late record completes (kept to avoid an allocation each).
     times: Vec<u32>,
+    /// New numbers `line_handover` named → (the earlier line, when): their customers are
+    /// counted from then, for `follow_within_s`.
+    followed: IdMap<(Box<str>, u32)>,
 }
 
 /// Customers whose latest counted contact falls within `since_s..=end_s`, and the oldest
@@ -70,6 +78,7 @@ impl CustomerFanIn {
             max_keys,
             cap_hits: 0,
             times: Vec::new(),
+            followed: IdMap::default(),
         }
     }
 
@@ -156,6 +165,54 @@ impl CustomerFanIn {
         });
     }
 
+    /// The followers rule for new number `line_id`, on a customer's contact at `s`.
+    fn judge_followers(&mut self, ev: &Event<'_>, line_id: u64, ctx: &mut Ctx<'_>, s: u32) {
+        let Some((earlier, at_s)) = self.followed.get(&line_id) else {
+            return;
+        };
+        let until = at_s.saturating_add(ids::span_secs(self.cfg.follow_within_s));
+        if s < *at_s || s > until {
+            return;
+        }
+        let Some(line) = ctx.contacts.get(line_id) else {
+            return;
+        };
+        let (customers, oldest) = measure(&line.contacts, *at_s, s);
+        let min = self.cfg.follow_min_customers as usize;
+        if customers < min {
+            return;
+        }
+        let since_s = s.saturating_sub(ids::span_secs(self.cfg.window_s));
+        if self.fired.get(&line_id).is_some_and(|&f| f >= since_s) {
+            return;
+        }
+        let earlier = earlier.to_string();
+        self.fired.insert(line_id, s);
+        ctx.out.push(Finding {
+            detector: NAME,
+            subject: ev.to.to_string(),
+            subject_id: line_id,
+            subject_kind: SubjectKind::Line,
+            score: (customers as f64 / (2.0 * min as f64)).min(1.0),
+            event_time: ev.ts,
+            window_start: ids::millis(oldest),
+            window_end: ev.ts,
+            related: vec![earlier.clone()],
+            evidence: evidence! {
+                "customers" => customers,
+                "rule" => "followed_new_number",
+                "earlier_line" => earlier,
+                "handover_at" => ids::millis(*at_s),
+                "follow_min_customers" => min,
+                "follow_within_s" => self.cfg.follow_within_s,
+                "customer_lookback_s" => self.cfg.lookback_s,
+                "min_call_duration_s" => self.cfg.min_call_duration_s,
+                "max_call_duration_s" => self.cfg.max_call_duration_s,
+            },
+            lines: vec![(line_id, ev.to.to_string())],
+        });
+    }
+
     fn counts(&self, ev: &Event<'_>) -> bool {
         match ev.kind {
             Kind::Sms => true,
@@ -229,6 +286,9 @@ impl Detector for CustomerFanIn {
         }
         if self.callbacks.contains_key(&ids.to) {
             self.judge_callbacks(ev, ids.to, &ev.to, ctx, ids::secs(ev.ts));
+        }
+        if self.followed.contains_key(&ids.to) {
+            self.judge_followers(ev, ids.to, ctx, s);
         }
         // Recorded just above.
         let Some(line) = ctx.contacts.get(ids.to) else {
@@ -304,8 +364,33 @@ impl Detector for CustomerFanIn {
         });
     }
 
+    fn on_findings(&mut self, _ev: &Event<'_>, findings: &[Finding], _ctx: &mut Ctx<'_>) {
+        if !self.cfg.enabled {
+            return;
+        }
+        for f in findings
+            .iter()
+            .filter(|f| f.detector == super::line_handover::NAME)
+        {
+            // `lines` holds the new number, then the earlier line.
+            let (Some(new), Some(earlier)) = (f.lines.first(), f.lines.get(1)) else {
+                continue;
+            };
+            if self.followed.len() >= self.max_keys && !self.followed.contains_key(&new.0) {
+                self.cap_hits += 1;
+                continue;
+            }
+            let at_s = ids::secs(f.event_time);
+            self.followed
+                .entry(new.0)
+                .or_insert_with(|| (earlier.1.as_str().into(), at_s));
+        }
+    }
+
     fn expire(&mut self, watermark: Millis) {
         let now = ids::secs(watermark);
+        let follow_cutoff = now.saturating_sub(ids::span_secs(self.cfg.follow_within_s));
+        self.followed.retain(|_, f| f.1 >= follow_cutoff);
         let cutoff = now.saturating_sub(ids::span_secs(self.cfg.window_s));
         self.fired.retain(|_, f| *f >= cutoff);
         let pending_cutoff = now.saturating_sub(ids::span_secs(self.cfg.callback_within_s));
@@ -334,6 +419,8 @@ impl Detector for CustomerFanIn {
                 + ids::map_bytes(&self.pending)
                 + ids::map_bytes(&self.callbacks)
                 + ids::map_bytes(&self.crew)
+                + ids::map_bytes(&self.followed)
+                + self.followed.values().map(|f| f.0.len()).sum::<usize>()
                 + self.crew.values().map(|c| c.2.len()).sum::<usize>()
                 + self
                     .callbacks
@@ -353,24 +440,37 @@ impl Detector for CustomerFanIn {
         Box::new(self.clone())
     }
 
+    /// The new numbers followed ride after the older state as a second value, so a
+    /// checkpoint from before them still loads (with none followed).
     fn save_state(&self) -> Result<Vec<u8>, codec::Error> {
-        codec::encode(&(
+        let mut v = codec::encode(&(
             &self.fired,
             &self.pending,
             &self.callbacks,
             &self.crew,
             self.cap_hits,
-        ))
+        ))?;
+        v.extend(codec::encode(&self.followed)?);
+        Ok(v)
     }
 
     fn load_state(&mut self, bytes: &[u8]) -> Result<(), codec::Error> {
+        let rest;
         (
-            self.fired,
-            self.pending,
-            self.callbacks,
-            self.crew,
-            self.cap_hits,
-        ) = codec::decode(bytes)?;
+            (
+                self.fired,
+                self.pending,
+                self.callbacks,
+                self.crew,
+                self.cap_hits,
+            ),
+            rest,
+        ) = codec::decode_prefix(bytes)?;
+        self.followed = if rest.is_empty() {
+            IdMap::default()
+        } else {
+            codec::decode(rest)?
+        };
         Ok(())
     }
 }
@@ -588,5 +688,65 @@ mod tests {
             assert_eq!(f[0].evidence["customers"], 12);
             assert_eq!(f[0].event_time, 7 * HOUR - 5 * MIN);
         }
+    }
+
+    /// A handover finding naming `new` the new number of `earlier`, as the engine shows it.
+    fn handover(h: &mut Harness, d: &mut CustomerFanIn, new: &str, earlier: &str, at: Millis) {
+        let f = Finding {
+            detector: crate::detect::line_handover::NAME,
+            subject: new.into(),
+            subject_id: ids::id(new),
+            subject_kind: SubjectKind::Line,
+            score: 1.0,
+            event_time: at,
+            window_start: at,
+            window_end: at,
+            related: vec![earlier.into()],
+            evidence: Default::default(),
+            lines: vec![
+                (ids::id(new), new.to_string()),
+                (ids::id(earlier), earlier.to_string()),
+            ],
+        };
+        let mut out = Vec::new();
+        let mut ctx = Ctx {
+            contacts: &mut h.contacts,
+            stream_start: 0,
+            out: &mut out,
+            cells: None,
+            cell: None,
+        };
+        d.on_findings(&sms("x", at, "a", "b"), &[f], &mut ctx);
+    }
+
+    /// Issue 13: a number replaced late in the data lives hours, with a handful of customers
+    /// two hours apart (never 12 in six hours, nobody called back). Before the followers rule
+    /// fan-in never found it.
+    #[test]
+    fn customers_following_a_new_number_fire_after_a_handover() {
+        let run = |with_handover: bool| {
+            let mut d = CustomerFanIn::new(&Config::default(), 1000);
+            let mut h = Harness::new();
+            advert(&mut h, &mut d, 20);
+            if with_handover {
+                handover(&mut h, &mut d, "line", "oldline", MIN);
+            }
+            let mut found = Vec::new();
+            for i in 0..6 {
+                let (id, from) = (format!("in{i}"), format!("c{i}"));
+                let at = HOUR + i as Millis * 2 * HOUR;
+                found.extend(h.feed(&mut d, &call(&id, at, &from, "line", 30)));
+            }
+            found
+        };
+        assert!(run(false).is_empty());
+        let f = run(true);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].evidence["rule"], "followed_new_number");
+        assert_eq!(f[0].evidence["customers"], 5);
+        assert_eq!(f[0].evidence["earlier_line"], "oldline");
+        assert_eq!(f[0].related, ["oldline"]);
+        // The fifth customer, 9 hours in.
+        assert_eq!(f[0].event_time, 9 * HOUR);
     }
 }

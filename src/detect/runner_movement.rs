@@ -17,6 +17,13 @@
 //!    `line_handover` (evidence the engine's other detectors made), or it held at least
 //!    `churn_min_sims` SIMs (burner churn).
 //!
+//! A runner's handset is replaced now and then; when the runner's SIM goes into the new
+//! handset (the number the line knows), the new handset takes the old one's history over:
+//! the movement is the person's, and a handset that lives hours, inside one trip, is seen
+//! moving through the SIM it took over. When it fires, the earlier handsets it took over
+//! from (within the window) are named too, each in a finding of its own: they were the
+//! runner's (what a restriction order or a records request lists).
+//!
 //! It needs the cell map (`--cells`): without one it does nothing and holds nothing.
 //! Records without a `cell`, and cells the map does not list, are counted by the engine
 //! and skipped here. The subject is the handset; `related` holds the lines it carried;
@@ -102,14 +109,43 @@ struct TradeLine {
     at_s: u32,
 }
 
+/// An earlier handset of the same runner: its SIM moved into this one.
+#[derive(Clone, Serialize, Deserialize)]
+struct Earlier {
+    handset: u64,
+    name: Box<str>,
+    /// Its last record (as of the hand-off).
+    last_s: u32,
+}
+
 #[derive(Clone)]
 pub struct RunnerMovement {
     cfg: RunnerConfig,
     handsets: IdMap<Track>,
     trade: IdMap<TradeLine>,
+    /// SIM → the moving handset it was last noted in, and when: where a new handset's SIM
+    /// came from. Only SIMs of handsets seen in both classes (the rest have no movement to
+    /// hand over); rebuilt from the handsets at each sweep and on load.
+    sim_at: IdMap<(u64, u32)>,
+    /// Handset → the earlier handsets whose history it took over (hand-offs are rare: a
+    /// runner's new burner, an ordinary subscriber's new phone).
+    earlier: IdMap<Vec<Earlier>>,
+    /// SIM → a handset first seen with it within `young_handset_s` (id, first record,
+    /// pseudonym): a handset replaced within hours has too few records to be moving, and
+    /// is found by its SIM here.
+    young: IdMap<(u64, u32, Box<str>)>,
+    /// Event time of the latest change to `trade` (a handset's reading may change then).
+    trade_changed_s: u32,
+    /// The night hours as a mask of clock hours ([`night_mask`] of the config).
+    night: u32,
+    /// Pseudonyms of the handsets seen in both classes: an earlier handset is named in a
+    /// finding of its own when the runner's later one fires.
+    names: IdMap<Box<str>>,
     max_keys: usize,
     cap_hits: u64,
-    /// Heap bytes of the moving handsets' histories, as of the last sweep plus growth since.
+    /// Heap bytes of the moving handsets' histories, as of the last sweep plus the histories
+    /// begun since (not their growth: measuring it cost 1 % of the engine's time, as a
+    /// profile of `replay` showed).
     heap_bytes: usize,
 }
 
@@ -123,14 +159,26 @@ fn moved_bytes(m: &Moved) -> usize {
 }
 
 /// Adds one record's class at `s` to the stays, keeping them a run-length encoding by class.
-fn observe(stays: &mut Vec<Stay>, obs: Stay) {
+/// True if that changed what a reading sees (a stay begun or split, a clock hour newly
+/// seen); a stay only lengthened changes nothing a rule asks.
+fn observe(stays: &mut Vec<Stay>, obs: Stay) -> bool {
     let s = obs.first_s;
+    // Most records extend the newest stay: no search.
+    if let Some(last) = stays.last_mut() {
+        if last.class() == obs.class() && last.first_s <= s {
+            last.last_s = last.last_s.max(s);
+            let before = last.hours;
+            last.hours |= obs.hours;
+            return last.hours != before;
+        }
+    }
     let i = stays.partition_point(|x| x.last_s < s);
     if i < stays.len() && stays[i].first_s <= s {
         // Inside stay i.
         if stays[i].class() == obs.class() {
+            let before = stays[i].hours;
             stays[i].hours |= obs.hours;
-            return;
+            return stays[i].hours != before;
         }
         // A record of the other class inside a stay (arrived late): the stay is split
         // around it.
@@ -139,20 +187,24 @@ fn observe(stays: &mut Vec<Stay>, obs: Stay) {
         stays[i].last_s = s;
         stays.insert(i + 1, obs);
         stays.insert(i + 2, right);
-        return;
+        return true;
     }
     // Between stay i-1 (ended before s) and stay i (starts after s), or at either end.
-    if i > 0 && stays[i - 1].class() == obs.class() {
+    let st = if i > 0 && stays[i - 1].class() == obs.class() {
         let st = &mut stays[i - 1];
         st.last_s = s;
-        st.hours |= obs.hours;
+        st
     } else if i < stays.len() && stays[i].class() == obs.class() {
         let st = &mut stays[i];
         st.first_s = s;
-        st.hours |= obs.hours;
+        st
     } else {
         stays.insert(i, obs);
-    }
+        return true;
+    };
+    let before = st.hours;
+    st.hours |= obs.hours;
+    st.hours != before
 }
 
 /// Keeps `(key, time)` entries unique by key with the latest time, at most `max` (the
@@ -165,11 +217,11 @@ fn note<K: PartialEq, T>(
     k: K,
     s: u32,
     make: impl FnOnce() -> T,
-) {
+) -> bool {
     if let Some(x) = list.iter_mut().find(|x| key(x) == k) {
         let t = time(x);
         *t = (*t).max(s);
-        return;
+        return false;
     }
     if list.len() >= max {
         if let Some(i) = (0..list.len()).min_by_key(|&i| *time(&mut list[i])) {
@@ -177,6 +229,7 @@ fn note<K: PartialEq, T>(
         }
     }
     list.push(make());
+    true
 }
 
 /// What the window ending at the handset's newest stay shows.
@@ -196,6 +249,12 @@ impl RunnerMovement {
             cfg: cfg.runner_movement.clone(),
             handsets: IdMap::default(),
             trade: IdMap::default(),
+            sim_at: IdMap::default(),
+            earlier: IdMap::default(),
+            names: IdMap::default(),
+            young: IdMap::default(),
+            trade_changed_s: 0,
+            night: night_mask(&cfg.runner_movement),
             max_keys,
             cap_hits: 0,
             heap_bytes: 0,
@@ -242,6 +301,153 @@ fn read(cfg: &RunnerConfig, stays: &[Stay]) -> Option<Reading> {
     })
 }
 
+impl RunnerMovement {
+    /// A handset new to the detector (or back after its state expired): held, and if its
+    /// SIM was last noted in a moving handset within the window, that handset's history is
+    /// taken over. False if the key cap refused it.
+    #[cold]
+    fn arrive(&mut self, imei: u64, imei_s: &str, sim: Option<u64>, obs: Stay) -> bool {
+        let s = obs.first_s;
+        let window = ids::span_secs(self.cfg.window_s);
+        if self.handsets.len() >= self.max_keys {
+            self.cap_hits += 1;
+            return false;
+        }
+        // A handset new to us: did its SIM come from a moving handset?
+        let from = sim
+            .and_then(|sim| self.sim_at.get(&sim))
+            .filter(|&&(h, at)| h != imei && at.saturating_add(window) >= s)
+            .map(|&(h, _)| h);
+        let handed = from.and_then(|h| {
+            let m = self.handsets.get(&h)?.moved.as_deref()?;
+            let last_s = m.stays.last()?.last_s;
+            let name = self.names.get(&h)?.clone();
+            let mut chain = self.earlier.get(&h).cloned().unwrap_or_default();
+            chain.retain(|e| e.last_s.saturating_add(window) >= s);
+            chain.push(Earlier {
+                handset: h,
+                name,
+                last_s,
+            });
+            let mut copy = m.clone();
+            (copy.fired_s, copy.credited) = (None, Vec::new());
+            Some((copy, chain))
+        });
+        let moved = handed.map(|(copy, chain)| {
+            self.heap_bytes += moved_bytes(&copy);
+            self.earlier.insert(imei, chain);
+            Box::new(copy)
+        });
+        if moved.is_some() {
+            self.names.insert(imei, imei_s.into());
+            self.handsets.insert(imei, Track { here: obs, moved });
+            return true;
+        }
+        // Or from a handset that appeared within hours and never moved: its one stay.
+        let young = sim
+            .and_then(|sim| self.young.get(&sim))
+            .filter(|y| y.0 != imei)
+            .and_then(|y| Some((y, self.handsets.get(&y.0)?)))
+            .filter(|(_, t)| t.moved.is_none());
+        let here = match young {
+            Some((y, t)) => {
+                let (handset, name, last_s) = (y.0, y.2.clone(), t.here.last_s);
+                let here = t.here;
+                self.earlier.insert(
+                    imei,
+                    vec![Earlier {
+                        handset,
+                        name,
+                        last_s,
+                    }],
+                );
+                here
+            }
+            None => obs,
+        };
+        self.handsets.insert(imei, Track { here, moved: None });
+        if let Some(sim) = sim {
+            if self.young.len() < self.max_keys {
+                self.young.insert(sim, (imei, s, imei_s.into()));
+            } else {
+                self.cap_hits += 1;
+            }
+        }
+        true
+    }
+
+    /// Rebuilds the SIM index from the moving handsets (after a load; a sweep does it as it
+    /// goes) and forgets the hand-offs of handsets no longer moving.
+    fn reindex(&mut self, cutoff: u32) {
+        self.sim_at.clear();
+        for (&h, t) in &self.handsets {
+            for &(sim, at) in t.moved.iter().flat_map(|m| &m.sims) {
+                if self.sim_at.get(&sim).is_none_or(|x| x.1 <= at) {
+                    self.sim_at.insert(sim, (h, at));
+                }
+            }
+        }
+        self.forget_hand_offs(cutoff);
+    }
+
+    /// Drops the names of handsets no longer moving, the hand-off notes of handsets no
+    /// longer held, and earlier handsets silent since before `cutoff`.
+    fn forget_hand_offs(&mut self, cutoff: u32) {
+        let moving = |h: &u64| self.handsets.get(h).is_some_and(|t| t.moved.is_some());
+        self.names.retain(|h, _| moving(h));
+        let held = |h: &u64| self.handsets.contains_key(h);
+        self.earlier.retain(|h, list| {
+            list.retain(|e| e.last_s >= cutoff);
+            !list.is_empty() && held(h)
+        });
+    }
+
+    /// The runner's handset `imei` just fired: the earlier handsets whose history it took
+    /// over (its SIM moved from them) within the window are the runner's too, and are named
+    /// in findings of their own, once per window, with the same evidence and which handset
+    /// took over.
+    fn name_earlier(
+        &mut self,
+        imei: u64,
+        imei_s: &str,
+        since_s: u32,
+        newest_s: u32,
+        ctx: &mut Ctx<'_>,
+    ) {
+        let Some(earlier) = self.earlier.get(&imei) else {
+            return;
+        };
+        let Some(found) = ctx.out.last().cloned() else {
+            return;
+        };
+        let names: Vec<&str> = earlier.iter().map(|e| &*e.name).collect();
+        if let Some(f) = ctx.out.last_mut() {
+            f.evidence
+                .insert("earlier_handsets".into(), serde_json::json!(names));
+        }
+        for e in earlier.iter().filter(|e| e.last_s >= since_s) {
+            // Back in one class or gone, it keeps no note of firing: the engine's cooldown
+            // holds a repeat back.
+            let m = self
+                .handsets
+                .get_mut(&e.handset)
+                .and_then(|t| t.moved.as_deref_mut());
+            if let Some(m) = m {
+                if m.fired_s.is_some_and(|f| f >= since_s) {
+                    continue;
+                }
+                m.fired_s = Some(newest_s);
+            }
+            let mut f = found.clone();
+            f.subject = e.name.to_string();
+            f.subject_id = e.handset;
+            f.evidence
+                .insert("taken_over_by".into(), serde_json::json!(imei_s));
+            ctx.out.push(f);
+        }
+    }
+}
+
 impl Detector for RunnerMovement {
     fn name(&self) -> &'static str {
         NAME
@@ -269,14 +475,25 @@ impl Detector for RunnerMovement {
             first_s: s,
             last_s: s,
         };
-        if self.handsets.len() >= self.max_keys && !self.handsets.contains_key(&imei) {
-            self.cap_hits += 1;
-            return;
+        // One probe for the record nearly every record is: one more in the only class seen.
+        match self.handsets.get_mut(&imei) {
+            Some(t) if t.moved.is_none() && t.here.class() == obs.class() => {
+                t.here.first_s = t.here.first_s.min(s);
+                t.here.last_s = t.here.last_s.max(s);
+                t.here.hours |= obs.hours;
+                return;
+            }
+            Some(_) => {}
+            None => {
+                if !self.arrive(imei, imei_s, ids.imsi, obs) {
+                    return;
+                }
+            }
         }
-        let t = self.handsets.entry(imei).or_insert(Track {
-            here: obs,
-            moved: None,
-        });
+        // Present: inserted just above if it was not.
+        let Some(t) = self.handsets.get_mut(&imei) else {
+            return;
+        };
         if t.moved.is_none() {
             // The path nearly every record takes: one more record in the only class seen.
             if t.here.class() == obs.class() {
@@ -291,18 +508,19 @@ impl Detector for RunnerMovement {
             };
             self.heap_bytes += moved_bytes(&m);
             t.moved = Some(Box::new(m));
+            self.names.insert(imei, imei_s.into());
         }
         let Some(m) = t.moved.as_deref_mut() else {
             return;
         };
-        let before = moved_bytes(m);
-        observe(&mut m.stays, obs);
+        let previous_s = m.stays.last().map_or(0, |x| x.last_s);
+        let mut changed = observe(&mut m.stays, obs);
         if m.stays.len() > self.cfg.max_stays_per_handset as usize {
             m.stays.remove(0);
             self.cap_hits += 1;
         }
         if let Some(sim) = ids.imsi {
-            note(
+            let new = note(
                 &mut m.sims,
                 MAX_SIMS,
                 |x| x.0,
@@ -311,9 +529,14 @@ impl Detector for RunnerMovement {
                 s,
                 || (sim, s),
             );
+            // Only a SIM new to the handset moves the index (the sweep refreshes the times).
+            if new {
+                self.sim_at.insert(sim, (imei, s));
+                changed = true;
+            }
         }
         let from = ev.from.as_ref();
-        note(
+        changed |= note(
             &mut m.lines,
             MAX_LINES,
             |x| x.0,
@@ -322,7 +545,7 @@ impl Detector for RunnerMovement {
             s,
             || (ids.from, from.into(), s),
         );
-        note(
+        changed |= note(
             &mut m.contacted,
             MAX_CONTACTED,
             |x| x.0,
@@ -331,8 +554,21 @@ impl Detector for RunnerMovement {
             s,
             || (ids.to, s),
         );
-        self.heap_bytes = (self.heap_bytes + moved_bytes(m)).saturating_sub(before);
 
+        // Judged again only when something a rule asks could have changed: this record
+        // changed the history, contacts a trade line, came after a line became one, or a
+        // window has passed since the handset last fired. Nearly every record of a moving
+        // handset (a commuter's, mostly) changes nothing, and the reading is skipped.
+        let fired_window_passed = m
+            .fired_s
+            .is_some_and(|f| f.saturating_add(ids::span_secs(self.cfg.window_s)) < s);
+        if !changed
+            && !fired_window_passed
+            && self.trade_changed_s < previous_s
+            && !self.trade.contains_key(&ids.to)
+        {
+            return;
+        }
         // Back and forth, unlike commuting?
         let Some(r) = read(&self.cfg, &m.stays) else {
             return;
@@ -341,7 +577,7 @@ impl Detector for RunnerMovement {
         // seen in both at night, or through more of the day than a working day. Clock hours
         // seen, not stay lengths: a handset silent all evening would make two working days
         // look like one long stay.
-        let night = night_mask(&self.cfg);
+        let night = self.night;
         let max_hours = self.cfg.max_commute_hours;
         let resident = |c: usize| r.hours[c] & night != 0 || r.hours[c].count_ones() > max_hours;
         if !(resident(0) && resident(1)) {
@@ -425,6 +661,7 @@ impl Detector for RunnerMovement {
             },
             lines: trade,
         });
+        self.name_earlier(imei, imei_s, r.since_s, r.newest_s, ctx);
     }
 
     fn on_findings(&mut self, _ev: &Event<'_>, findings: &[Finding], _ctx: &mut Ctx<'_>) {
@@ -443,6 +680,7 @@ impl Detector for RunnerMovement {
                     at_s,
                 });
                 t.at_s = t.at_s.max(at_s);
+                self.trade_changed_s = self.trade_changed_s.max(at_s);
             }
         }
     }
@@ -450,7 +688,8 @@ impl Detector for RunnerMovement {
     fn expire(&mut self, watermark: Millis) {
         let cutoff = ids::secs(watermark).saturating_sub(ids::span_secs(self.cfg.window_s));
         let mut heap = 0;
-        self.handsets.retain(|_, t| {
+        self.sim_at.clear();
+        self.handsets.retain(|&h, t| {
             let Some(m) = t.moved.as_deref_mut() else {
                 return t.here.last_s >= cutoff;
             };
@@ -465,7 +704,14 @@ impl Detector for RunnerMovement {
                     t.here = m.stays[0];
                     t.moved = None;
                 }
-                _ => heap += moved_bytes(m),
+                _ => {
+                    heap += moved_bytes(m);
+                    for &(sim, at) in &m.sims {
+                        if self.sim_at.get(&sim).is_none_or(|x| x.1 <= at) {
+                            self.sim_at.insert(sim, (h, at));
+                        }
+                    }
+                }
             }
             true
         });
@@ -474,6 +720,13 @@ impl Detector for RunnerMovement {
             self.handsets.shrink_to_fit();
         }
         self.heap_bytes = heap;
+        self.forget_hand_offs(cutoff);
+        let young_cutoff =
+            ids::secs(watermark).saturating_sub(ids::span_secs(self.cfg.young_handset_s));
+        self.young.retain(|_, y| y.1 >= young_cutoff);
+        if self.young.capacity() > 2 * self.young.len() + 1024 {
+            self.young.shrink_to_fit();
+        }
     }
 
     fn stats(&self) -> StateStats {
@@ -481,6 +734,18 @@ impl Detector for RunnerMovement {
             keys: self.handsets.len(),
             bytes: ids::map_bytes(&self.handsets)
                 + ids::map_bytes(&self.trade)
+                + ids::map_bytes(&self.sim_at)
+                + ids::map_bytes(&self.names)
+                + self.names.values().map(|n| n.len()).sum::<usize>()
+                + ids::map_bytes(&self.earlier)
+                + ids::map_bytes(&self.young)
+                + self.young.values().map(|y| y.2.len()).sum::<usize>()
+                + self
+                    .earlier
+                    .values()
+                    .flatten()
+                    .map(|e| e.name.len() + std::mem::size_of::<Earlier>())
+                    .sum::<usize>()
                 + self.trade.values().map(|t| t.name.len()).sum::<usize>()
                 + self.heap_bytes,
             cap_hits: self.cap_hits,
@@ -489,6 +754,7 @@ impl Detector for RunnerMovement {
 
     fn reconfigure(&mut self, cfg: &Config) {
         self.cfg = cfg.runner_movement.clone();
+        self.night = night_mask(&self.cfg);
         self.max_keys = cfg.engine.max_keys_per_detector;
     }
 
@@ -496,12 +762,24 @@ impl Detector for RunnerMovement {
         Box::new(self.clone())
     }
 
+    /// The hand-off notes follow the older state as a second value, so a checkpoint from
+    /// before them (no second value) still loads, with no hand-offs noted.
     fn save_state(&self) -> Result<Vec<u8>, codec::Error> {
-        codec::encode(&(&self.handsets, &self.trade, self.cap_hits))
+        let mut v = codec::encode(&(&self.handsets, &self.trade, self.cap_hits))?;
+        v.extend(codec::encode(&(&self.earlier, &self.names, &self.young))?);
+        Ok(v)
     }
 
     fn load_state(&mut self, bytes: &[u8]) -> Result<(), codec::Error> {
-        (self.handsets, self.trade, self.cap_hits) = codec::decode(bytes)?;
+        let rest;
+        ((self.handsets, self.trade, self.cap_hits), rest) = codec::decode_prefix(bytes)?;
+        (self.earlier, self.names, self.young) = if rest.is_empty() {
+            Default::default()
+        } else {
+            codec::decode(rest)?
+        };
+        self.reindex(0);
+        self.trade_changed_s = self.trade.values().map(|t| t.at_s).max().unwrap_or(0);
         self.heap_bytes = self
             .handsets
             .values()
@@ -789,6 +1067,134 @@ mod tests {
         }
         assert_eq!(in_order, shuffled);
         assert_eq!(in_order.len(), 3);
+    }
+
+    /// Like [`drive`], for several handsets: (hour, cell, handset, sim) records to the deal
+    /// line.
+    fn drive_kit(
+        d: &mut RunnerMovement,
+        h: &mut Harness,
+        plan: &[(i64, &str, &str, &str)],
+    ) -> Vec<Finding> {
+        let t0: Millis = 1_791_158_400_000;
+        let mut out = Vec::new();
+        for (i, (hour, cell, set, sim)) in plan.iter().enumerate() {
+            let id = format!("k{i}");
+            let ts = t0 + hour * HOUR + (i as Millis % 7) * MIN;
+            let ev = rec(&id, ts, "runnerline", "dealline", set, sim, Some(cell));
+            out.extend(h.feed(d, &ev));
+        }
+        out
+    }
+
+    /// The runner's handset is replaced during its first trip and its SIM goes into the new
+    /// one: neither handset alone goes there and back, the runner does.
+    const SWAP_MID_TRIP: &[(i64, &str, &str, &str)] = &[
+        (10, "m1", "H1", "s1"),
+        (14, "t1", "H1", "s1"),
+        (20, "t1", "H1", "s1"),
+        // The SIM moves into H2, still in the town.
+        (23, "t1", "H2", "s1"),
+        (26, "t1", "H2", "s1"),
+        (33, "m2", "H2", "s1"),
+        (47, "m1", "H2", "s1"),
+    ];
+
+    /// Issue 13: a burner swapped within one trip. Before hand-offs were followed neither
+    /// handset fired (each saw one switch).
+    #[test]
+    fn a_new_handset_that_takes_the_runners_sim_carries_the_movement_and_names_the_old_one() {
+        let (mut d, mut h) = (det(), harness(Some(MAP)));
+        mark_trade(&mut d, "dealline", 1_791_158_400_000);
+        let f = drive_kit(&mut d, &mut h, SWAP_MID_TRIP);
+        let subjects: Vec<&str> = f.iter().map(|f| f.subject.as_str()).collect();
+        assert_eq!(subjects, ["H2", "H1"], "{f:?}");
+        assert_eq!(f[0].evidence["earlier_handsets"], serde_json::json!(["H1"]));
+        assert_eq!(f[1].evidence["taken_over_by"], "H2");
+        assert_eq!(f[1].lines, f[0].lines);
+        // Once per window: more movement does not name H1 again.
+        let more = drive_kit(
+            &mut d,
+            &mut h,
+            &[(70, "m1", "H2", "s1"), (80, "t1", "H2", "s1")],
+        );
+        assert!(more.iter().all(|f| f.subject != "H1"), "{more:?}");
+    }
+
+    /// A burner replaced an hour after it first showed (one record, never moved): the
+    /// handset its SIM went into takes that record over and names it when it fires.
+    #[test]
+    fn a_handset_replaced_within_hours_is_named_by_the_one_that_took_its_sim() {
+        let (mut d, mut h) = (det(), harness(Some(MAP)));
+        mark_trade(&mut d, "dealline", 1_791_158_400_000);
+        let mut plan = vec![(9, "m1", "H0", "s1")];
+        plan.extend(SWAP_MID_TRIP.iter().map(|p| (p.0 + 1, p.1, p.2, p.3)));
+        let f = drive_kit(&mut d, &mut h, &plan);
+        let subjects: Vec<&str> = f.iter().map(|f| f.subject.as_str()).collect();
+        assert_eq!(subjects, ["H2", "H0", "H1"], "{f:?}");
+        // Young no more: a handset taking the SIM a day later takes nothing over.
+        let (mut d, mut h) = (det(), harness(Some(MAP)));
+        mark_trade(&mut d, "dealline", 1_791_158_400_000);
+        drive_kit(&mut d, &mut h, &[(0, "m1", "H0", "s1")]);
+        d.expire(1_791_158_400_000 + 2 * DAY);
+        drive_kit(&mut d, &mut h, &[(49, "m1", "H1", "s1")]);
+        assert!(!d.earlier.contains_key(&ids::id("H1")));
+    }
+
+    /// The same swap with a new SIM too (the whole kit burnt): nothing links the two, and
+    /// neither is seen going there and back.
+    #[test]
+    fn a_new_handset_with_a_new_sim_inherits_nothing() {
+        let (mut d, mut h) = (det(), harness(Some(MAP)));
+        mark_trade(&mut d, "dealline", 1_791_158_400_000);
+        let plan: Vec<_> = SWAP_MID_TRIP
+            .iter()
+            .map(|p| (p.0, p.1, p.2, if p.2 == "H2" { "s2" } else { p.3 }))
+            .collect();
+        assert!(drive_kit(&mut d, &mut h, &plan).is_empty());
+    }
+
+    /// A commuter's new phone takes the old SIM and the commuting history with it: still a
+    /// commuter's rhythm, never flagged.
+    #[test]
+    fn a_commuters_new_handset_inherits_a_commuters_rhythm() {
+        let (mut d, mut h) = (det(), harness(Some(MAP)));
+        mark_trade(&mut d, "dealline", 1_791_158_400_000);
+        let mut plan = Vec::new();
+        for day in 0..5i64 {
+            let set = if day < 2 { "H1" } else { "H2" };
+            let base = day * 24;
+            plan.push((base + 7, "t1", set, "s1"));
+            for hour in [9, 12, 16] {
+                plan.push((base + hour, "m1", set, "s1"));
+            }
+            plan.push((base + 20, "t1", set, "s1"));
+            plan.push((base + 23, "t1", set, "s1"));
+        }
+        assert!(drive_kit(&mut d, &mut h, &plan).is_empty());
+        assert!(
+            d.earlier.contains_key(&ids::id("H2")),
+            "the hand-off was seen"
+        );
+    }
+
+    /// Hand-off notes ride after the older state; a checkpoint written before them (the
+    /// older state alone) still loads.
+    #[test]
+    fn hand_offs_survive_a_checkpoint_and_older_checkpoints_still_load() {
+        let (mut d, mut h) = (det(), harness(Some(MAP)));
+        drive_kit(&mut d, &mut h, &SWAP_MID_TRIP[..5]);
+        let mut restored = det();
+        restored.load_state(&d.save_state().unwrap()).unwrap();
+        assert_eq!(restored.earlier.len(), 1);
+        mark_trade(&mut restored, "dealline", 1_791_158_400_000);
+        let f = drive_kit(&mut restored, &mut h, &SWAP_MID_TRIP[5..]);
+        assert_eq!(f.len(), 2, "{f:?}");
+        let older = codec::encode(&(&d.handsets, &d.trade, d.cap_hits)).unwrap();
+        let mut old = det();
+        old.load_state(&older).unwrap();
+        assert_eq!(old.stats().keys, d.stats().keys);
+        assert!(old.earlier.is_empty());
     }
 
     #[test]

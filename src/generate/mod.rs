@@ -9,7 +9,8 @@
 //! - Deal networks: a line run from a handset in a county town bulk-texts adverts to its
 //!   customers (ordinary subscribers), who ring or text in; the number is replaced every
 //!   1-3 days ("new number" to the old list), usually in the same handset; runners on burner
-//!   handsets take a new SIM every day or so and make trips from the city to the town of
+//!   handsets take a new SIM every day or so (now and then a new handset, mostly with the
+//!   SIM moved into it) and make trips from the city to the town of
 //!   hours to days, ringing customers to deliver the orders the line takes meanwhile.
 //! - Commuters: about one subscriber in ten works in an area of the other class (a county
 //!   town or the city) on weekdays; their handsets are labelled `lookalike_commuter`.

@@ -165,6 +165,10 @@ pub const RUNNERS: RangeInclusive<usize> = 1..=3;
 pub const RUNNER_SIM_DAYS: Range<f64> = 0.7..1.6;
 pub const FIRST_RUNNER_SIM_DAYS: Range<f64> = 0.2..1.6;
 pub const RUNNER_NEW_HANDSET_PROB: f64 = 0.2;
+/// Of those handset replacements, the share that burns handset and SIM together (after a
+/// scare); the rest replace a broken, lost or seized handset and move the runner's SIM
+/// (and number, which the line knows) into the new one, at any moment of the SIM's life.
+pub const RUNNER_BURN_BOTH_PROB: f64 = 0.25;
 /// Per runner per day: calls to the line, calls from the line, calls to the controller.
 pub const RUNNER_CALLS_TO_LINE: f64 = 4.0;
 pub const LINE_CALLS_TO_RUNNER: f64 = 2.0;

@@ -310,7 +310,13 @@ impl<'w> Traffic<'w> {
                 Self::line_ev(s, cell, to, t, EvKind::Call, dur)
             };
             // A new burner SIM rings the line within half an hour of going live.
-            for s in r.spans.iter().filter(|s| (ds..de).contains(&s.start)) {
+            // (Not when only the handset changed: the number is the one the line knows.)
+            let new_sims = r
+                .spans
+                .iter()
+                .enumerate()
+                .filter(|(i, s)| *i == 0 || r.spans[i - 1].sim != s.sim);
+            for (_, s) in new_sims.filter(|(_, s)| (ds..de).contains(&s.start)) {
                 let t = s.start + rng.gen_range(60_000..30 * 60_000);
                 out(runner_ev(rng, s, active(&net.chain, t).line, t));
             }

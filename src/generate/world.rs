@@ -57,6 +57,7 @@ const TAG_GEO: u64 = 0x67656f;
 const TAG_WORLD: u64 = 0x776f726c64;
 const TAG_TRIPS: u64 = 0x7472_6970_0000;
 const TAG_COMMUTE: u64 = 0x636f_6d6d;
+const TAG_SWAPS: u64 = 0x7377_6170_0000_0000;
 
 /// Index of the metro area.
 pub(crate) const METRO: u16 = 0;
@@ -487,6 +488,7 @@ impl World {
                     p::RUNNER_SIM_DAYS,
                     |rng| rng.gen_bool(p::RUNNER_NEW_HANDSET_PROB),
                 );
+                let spans = self.keep_sim_on_new_handsets(spans);
                 let out_hour = rng.gen_range(p::RUNNER_OUT_HOURS);
                 let away_hours = rng.gen_range(p::RUNNER_AWAY_HOURS);
                 // Later trips from their own stream, so the rest of the city is drawn as
@@ -519,6 +521,40 @@ impl World {
             runners,
             controller,
         }
+    }
+
+    /// A runner's handset is mostly replaced on its own (broken, lost, taken in a stop) and
+    /// the SIM goes into the new one: the number is what the line and the runner's contacts
+    /// know. Only [`p::RUNNER_BURN_BOTH_PROB`] of the replacements burn handset and SIM
+    /// together. `number_chain` makes every replacement a burn of both at a SIM change;
+    /// here the others move to a moment within the previous SIM's life, on that SIM. Drawn
+    /// from a stream of its own, so the rest of the city is drawn as before.
+    fn keep_sim_on_new_handsets(&self, spans: Vec<Span>) -> Vec<Span> {
+        let mut rng = rng_for(self.seed, TAG_SWAPS ^ u64::from(spans[0].handset));
+        let mut out: Vec<Span> = Vec::with_capacity(spans.len() + 2);
+        for s in spans {
+            let prev = out.last().copied();
+            match prev {
+                Some(prev)
+                    if prev.handset != s.handset && !rng.gen_bool(p::RUNNER_BURN_BOTH_PROB) =>
+                {
+                    // The old SIM goes into the new handset somewhere in its last stretch.
+                    let len = prev.end - prev.start;
+                    let at = prev.start + (len as f64 * rng.gen_range(0.2..0.9)) as i64;
+                    if let Some(last) = out.last_mut() {
+                        last.end = at;
+                    }
+                    out.push(Span {
+                        handset: s.handset,
+                        start: at,
+                        ..prev
+                    });
+                    out.push(s);
+                }
+                _ => out.push(s),
+            }
+        }
+        out
     }
 
     fn lookalikes(&mut self, rng: &mut ChaCha8Rng, alloc: &mut Alloc) {
@@ -593,10 +629,13 @@ impl World {
             for &h in &net.handsets {
                 rows.push(row(IdKind::Handset, h, "deal_handset", &g, None));
             }
-            let mut seen = HashSet::new();
+            let (mut seen, mut lines) = (HashSet::new(), HashSet::new());
             for r in &net.runners {
                 for s in &r.spans {
-                    rows.push(row(IdKind::Line, s.line, "runner_line", &g, s.pred));
+                    // A line moved to a new handset has two spans: one row.
+                    if lines.insert(s.line) {
+                        rows.push(row(IdKind::Line, s.line, "runner_line", &g, s.pred));
+                    }
                     if seen.insert(s.handset) {
                         rows.push(row(IdKind::Handset, s.handset, "runner_handset", &g, None));
                     }
