@@ -16,32 +16,41 @@ use crate::ids::{self, IdMap};
 
 pub const NAME: &str = "handset_churn";
 
-/// Bytes of one SIM's fixed part in [`Sims`]: SIM fingerprint, line fingerprint, last use
-/// (seconds), length of the packed names (each a little-endian u32, the last a u16).
-const HEAD: usize = 14;
+/// Bytes of one SIM's fixed part in [`Sims`]: its last use (seconds, a little-endian u32).
+const HEAD: usize = 4;
 
 /// The SIMs a handset was used with, in one allocation: per SIM the fixed part, then its
-/// SIM and line pseudonyms packed ([`crate::names`]). Nearly every handset has one SIM for
-/// its whole life, and a separate list plus a string per SIM cost two more allocations and
-/// two more cache misses per record. The names are only read when the handset fires;
-/// records are matched on 32-bit fingerprints, as the contact store's lists are (inside one
-/// handset's few SIMs a collision is a one-in-10^9 event, see [`crate::ids`]).
+/// SIM and line pseudonyms packed ([`crate::names`]), each delimited by its own header.
+/// Nearly every handset has one SIM for its whole life, and a separate list plus a string
+/// per SIM cost two more allocations and two more cache misses per record. Records are
+/// matched on the packed names themselves, compared in place: the names must be kept for
+/// the alert anyway, and fingerprints beside them were 8 more bytes per SIM.
 #[derive(Clone, Default, Serialize, Deserialize)]
 struct Sims(Box<[u8]>);
 
 /// One SIM of a [`Sims`], read in place.
 #[derive(Clone, Copy)]
 struct Sim<'a> {
-    sim_fp: u32,
-    line_fp: u32,
     last_s: u32,
     /// The packed SIM and line pseudonyms.
     names: &'a [u8],
+    /// Bytes of the packed SIM pseudonym (the line's follow).
+    sim_len: usize,
     /// Offset of its fixed part.
     at: usize,
 }
 
 impl Sim<'_> {
+    /// Whether this is SIM `imsi`.
+    fn is(&self, imsi: &str) -> bool {
+        crate::names::packed_eq(self.names, imsi)
+    }
+
+    /// Whether it was last used as line `line`.
+    fn as_line(&self, line: &str) -> bool {
+        crate::names::packed_eq(&self.names[self.sim_len..], line)
+    }
+
     /// The SIM and line pseudonyms.
     fn names(&self) -> (String, String) {
         let unpacked = crate::names::unpack(self.names)
@@ -60,8 +69,6 @@ enum Item<'a> {
     /// The SIM at this index of the old list.
     Keep(usize),
     New {
-        sim_fp: u32,
-        line_fp: u32,
         last_s: u32,
         sim: &'a str,
         line: &'a str,
@@ -76,12 +83,13 @@ impl Sims {
             if at + HEAD > b.len() {
                 return None;
             }
-            let len = u16::from_le_bytes([b[at + 12], b[at + 13]]) as usize;
+            let names = &b[at + HEAD..];
+            let sim_len = crate::names::packed_size(names)?;
+            let len = sim_len + crate::names::packed_size(&names[sim_len..])?;
             let sim = Sim {
-                sim_fp: u32_at(b, at),
-                line_fp: u32_at(b, at + 4),
-                last_s: u32_at(b, at + 8),
-                names: b.get(at + HEAD..at + HEAD + len)?,
+                last_s: u32_at(b, at),
+                names: &names[..len],
+                sim_len,
                 at,
             };
             at += HEAD + len;
@@ -98,7 +106,7 @@ impl Sims {
     }
 
     fn set_last(&mut self, at: usize, last_s: u32) {
-        self.0[at + 8..at + 12].copy_from_slice(&last_s.to_le_bytes());
+        self.0[at..at + HEAD].copy_from_slice(&last_s.to_le_bytes());
     }
 
     /// Bytes held.
@@ -127,19 +135,8 @@ impl Sims {
                     let x = all[i];
                     out.extend_from_slice(&self.0[x.at..x.at + HEAD + x.names.len()]);
                 }
-                Item::New {
-                    sim_fp,
-                    line_fp,
-                    last_s,
-                    sim,
-                    line,
-                } => {
-                    let len = crate::names::packed_len(sim) + crate::names::packed_len(line);
-                    out.extend_from_slice(&sim_fp.to_le_bytes());
-                    out.extend_from_slice(&line_fp.to_le_bytes());
+                Item::New { last_s, sim, line } => {
                     out.extend_from_slice(&last_s.to_le_bytes());
-                    // Two pseudonyms of at most 128 bytes each pack into far less than 64 KiB.
-                    out.extend_from_slice(&(len as u16).to_le_bytes());
                     crate::names::pack(sim, &mut out);
                     crate::names::pack(line, &mut out);
                 }
@@ -215,25 +212,21 @@ impl Detector for HandsetChurn {
         if s < since_s {
             return;
         }
-        let sim_fp = ids::fp(ids.imsi.unwrap_or_else(|| ids::id(imsi)));
-        let line_fp = ids::fp(ids.from);
         let before = h.sims.bytes();
         let known = h
             .sims
             .iter()
             .enumerate()
-            .find(|(_, x)| x.sim_fp == sim_fp)
-            .map(|(i, x)| (i, x.at, x.last_s, x.line_fp));
+            .find(|(_, x)| x.is(imsi))
+            .map(|(i, x)| (i, x.at, x.last_s, x.as_line(&ev.from)));
         match known {
-            Some((i, at, last_s, old_line_fp)) => {
+            Some((i, at, last_s, same_line)) => {
                 if s >= last_s {
-                    if old_line_fp == line_fp {
+                    if same_line {
                         h.sims.set_last(at, s);
                     } else {
                         // Used as another line: the SIM keeps its place in the list.
                         let new = Item::New {
-                            sim_fp,
-                            line_fp,
                             last_s: s,
                             sim: imsi,
                             line: &ev.from,
@@ -263,8 +256,6 @@ impl Detector for HandsetChurn {
                     }
                 }
                 let new = Item::New {
-                    sim_fp,
-                    line_fp,
                     last_s: s,
                     sim: imsi,
                     line: &ev.from,
