@@ -13,6 +13,7 @@ use crate::config::{ChurnConfig, Config};
 use crate::event::{Event, Millis};
 use crate::evidence;
 use crate::ids::{self, IdMap};
+use crate::thin::ThinSlice;
 
 pub const NAME: &str = "handset_churn";
 
@@ -26,7 +27,7 @@ const HEAD: usize = 4;
 /// matched on the packed names themselves, compared in place: the names must be kept for
 /// the alert anyway, and fingerprints beside them were 8 more bytes per SIM.
 #[derive(Clone, Default, Serialize, Deserialize)]
-struct Sims(Box<[u8]>);
+struct Sims(ThinSlice<u8>);
 
 /// One SIM of a [`Sims`], read in place.
 #[derive(Clone, Copy)]
@@ -109,9 +110,9 @@ impl Sims {
         self.0[at..at + HEAD].copy_from_slice(&last_s.to_le_bytes());
     }
 
-    /// Bytes held.
+    /// Bytes held (the allocation: the SIMs and its length).
     fn bytes(&self) -> usize {
-        self.0.len()
+        self.0.heap_bytes()
     }
 
     /// A new list of `items` in order: SIMs of `self` by index, or new ones.
@@ -142,7 +143,7 @@ impl Sims {
                 }
             }
         }
-        Sims(out.into_boxed_slice())
+        Sims(out.into())
     }
 
     /// Whether every SIM's fixed part and names are whole (a checkpoint is checked on load).
@@ -460,7 +461,7 @@ mod tests {
             "s0 leaves, s2 takes its place and s3 comes last, as with swap_remove"
         );
         // Each SIM pays its fixed part and two packed names; the count is the allocation.
-        assert_eq!(d.heap_bytes, h0.sims.0.len());
+        assert_eq!(d.heap_bytes, 4 + h0.sims.0.len());
     }
 
     #[test]
