@@ -233,14 +233,11 @@ fn add_text(rec: &mut LineRecord, fp: u32, s: u32, max_contacts: usize) -> (Reco
         // Drop the stalest: it is the one least likely to matter to any window. (Offsets
         // share one base: their order is the times' order.)
         if let Some((gone, _)) = old.iter().enumerate().min_by_key(|(_, c)| c.parts().1) {
-            // `gone` was before the insertion point: the point moves down by one.
-            let at = if gone < at { at - 1 } else { at };
-            let kept = |i: usize| if i < gone { old[i] } else { old[i + 1] };
-            rec.contacts = ThinSlice::build(old.len(), |i| match i.cmp(&at) {
-                std::cmp::Ordering::Less => kept(i),
-                std::cmp::Ordering::Equal => new,
-                std::cmp::Ordering::Greater => kept(i - 1),
-            });
+            rec.contacts = if gone < at {
+                ThinSlice::concat(&[&old[..gone], &old[gone + 1..at], &[new], &old[at..]])
+            } else {
+                ThinSlice::concat(&[&old[..at], &[new], &old[at..gone], &old[gone + 1..]])
+            };
             return (Recorded::EvictedOldest, 0);
         }
     }
@@ -250,11 +247,7 @@ fn add_text(rec: &mut LineRecord, fp: u32, s: u32, max_contacts: usize) -> (Reco
         Recorded::Ok
     };
     // One allocation of the exact new size, the new entry copied into its place.
-    rec.contacts = ThinSlice::build(old.len() + 1, |i| match i.cmp(&at) {
-        std::cmp::Ordering::Less => old[i],
-        std::cmp::Ordering::Equal => new,
-        std::cmp::Ordering::Greater => old[i - 1],
-    });
+    rec.contacts = ThinSlice::concat(&[&old[..at], &[new], &old[at..]]);
     (result, 1)
 }
 

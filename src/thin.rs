@@ -55,31 +55,32 @@ impl<T: Copy> ThinSlice<T> {
     /// # Panics
     /// If there are more than `u32::MAX` items (state is bounded far below that).
     pub fn from_slice(items: &[T]) -> Self {
-        Self::build(items.len(), |i| items[i])
+        Self::concat(&[items])
     }
 
-    /// A slice of `n` items, item `i` being `item(i)`, in one allocation of exactly their
-    /// size (a list grown or shrunk by one is rebuilt this way, without a second copy).
+    /// The concatenation of `parts` in one allocation of exactly their size (a list grown
+    /// or shrunk by one is rebuilt this way: a copy per part, not per item).
     ///
     /// # Panics
     /// If there are more than `u32::MAX` items (state is bounded far below that).
-    pub fn build(n: usize, mut item: impl FnMut(usize) -> T) -> Self {
+    pub fn concat(parts: &[&[T]]) -> Self {
+        let n = parts.iter().map(|p| p.len()).sum();
         if n == 0 {
             return Self::new();
         }
         let layout = Self::layout(n).expect("a state list of under 2^32 items");
-        // SAFETY: the layout's size is at least OFFSET (> 0); the length and the `n` items are
-        // written within it, each at its alignment (OFFSET is a multiple of T's).
+        // SAFETY: the layout's size is at least OFFSET (> 0); the length and the `n` items
+        // are written within it, each at its alignment (OFFSET is a multiple of T's).
         unsafe {
             let p = alloc::alloc(layout);
             let Some(ptr) = NonNull::new(p) else {
                 alloc::handle_alloc_error(layout)
             };
             (p as *mut u32).write(n as u32);
-            let items = p.add(Self::OFFSET) as *mut T;
-            for i in 0..n {
-                // `T: Copy`: a panic in `item` leaks the allocation, never drops garbage.
-                items.add(i).write(item(i));
+            let mut items = p.add(Self::OFFSET) as *mut T;
+            for part in parts {
+                std::ptr::copy_nonoverlapping(part.as_ptr(), items, part.len());
+                items = items.add(part.len());
             }
             ThinSlice {
                 ptr: Some(ptr),
@@ -236,6 +237,9 @@ mod tests {
         let bytes: ThinSlice<u8> = (0..=255u8).collect();
         assert_eq!(bytes.len(), 256);
         assert_eq!(bytes[255], 255);
+        let parts = ThinSlice::concat(&[&[1u16, 2][..], &[], &[3], &[4, 5]]);
+        assert_eq!(parts.as_slice(), &[1, 2, 3, 4, 5]);
+        assert!(ThinSlice::<u16>::concat(&[&[], &[]]).is_empty());
         let wide: ThinSlice<u64> = vec![u64::MAX, 7].into();
         assert_eq!(wide.heap_bytes(), 8 + 16);
         assert_eq!(wide.as_ptr() as usize % 8, 0);
