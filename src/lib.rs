@@ -15,7 +15,6 @@
 //! - [`watermark`]: per-partition event-time watermarks.
 //! - [`state`]: the shared per-line contact store every line detector reads.
 //! - [`names`]: pseudonyms kept for alerts, packed (hex two digits to a byte).
-//! - [`thin`]: a boxed slice behind a thin pointer, for per-key lists in table slots.
 //! - [`detect`]: the [`detect::Detector`] trait and one file per detector.
 //! - [`alert`]: the alert format and deterministic ids.
 //! - [`checkpoint`]: durable engine state: checkpoints, their stores, restore.
@@ -56,6 +55,5 @@ pub mod replay;
 pub mod service;
 pub mod sheet;
 pub mod state;
-pub mod thin;
 pub mod tune;
 pub mod watermark;

@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::codec;
 use crate::event::Millis;
 use crate::ids::{self, IdMap};
-use crate::thin::ThinSlice;
 
 /// How far back, in seconds, before a line's newest activity its contacts' times are kept to
 /// the second: 2^20 s (12.1 days). Each time is stored as an offset from a base that moves in
@@ -144,9 +143,8 @@ pub struct LineRecord {
     /// is evicted first); their times are relative to the line's base (read them with
     /// [`LineRecord::iter_contacts`]). Exactly as long as it needs to be: a list grows by a
     /// copy when a new recipient comes (a few times a day per line), and a growable list's
-    /// spare room was a quarter of the whole store. Behind a thin pointer (its length in
-    /// the allocation): the record is 24 bytes, its table slot 32.
-    pub contacts: ThinSlice<PackedContact>,
+    /// spare room was a quarter of the whole store.
+    pub contacts: Box<[PackedContact]>,
     /// Latest handset seen with this line (fingerprint; 0 = none).
     pub handset_fp: u32,
     /// Highest event time of a counted customer contact to this line (seconds).
@@ -233,11 +231,17 @@ fn add_text(rec: &mut LineRecord, fp: u32, s: u32, max_contacts: usize) -> (Reco
         // Drop the stalest: it is the one least likely to matter to any window. (Offsets
         // share one base: their order is the times' order.)
         if let Some((gone, _)) = old.iter().enumerate().min_by_key(|(_, c)| c.parts().1) {
-            rec.contacts = if gone < at {
-                ThinSlice::concat(&[&old[..gone], &old[gone + 1..at], &[new], &old[at..]])
-            } else {
-                ThinSlice::concat(&[&old[..at], &[new], &old[at..gone], &old[gone + 1..]])
-            };
+            let mut v = Vec::with_capacity(old.len());
+            v.extend(
+                old.iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i != gone)
+                    .map(|(_, c)| *c),
+            );
+            // `gone` was before the insertion point: the point moves down by one.
+            let at = if gone < at { at - 1 } else { at };
+            v.insert(at, new);
+            rec.contacts = v.into_boxed_slice();
             return (Recorded::EvictedOldest, 0);
         }
     }
@@ -247,7 +251,11 @@ fn add_text(rec: &mut LineRecord, fp: u32, s: u32, max_contacts: usize) -> (Reco
         Recorded::Ok
     };
     // One allocation of the exact new size, the new entry copied into its place.
-    rec.contacts = ThinSlice::concat(&[&old[..at], &[new], &old[at..]]);
+    let mut v = Vec::with_capacity(old.len() + 1);
+    v.extend_from_slice(&old[..at]);
+    v.push(new);
+    v.extend_from_slice(&old[at..]);
+    rec.contacts = v.into_boxed_slice();
     (result, 1)
 }
 
@@ -317,9 +325,8 @@ impl Contacts {
         }
         match to {
             Some(to) => {
-                let before = rec.contacts.heap_bytes();
-                let (r, _) = add_text(rec, ids::fp(to), s, self.max_contacts);
-                self.heap_bytes = self.heap_bytes + rec.contacts.heap_bytes() - before;
+                let (r, grown) = add_text(rec, ids::fp(to), s, self.max_contacts);
+                self.heap_bytes += grown * std::mem::size_of::<PackedContact>();
                 r
             }
             None => Recorded::Ok,
@@ -378,7 +385,7 @@ impl Contacts {
             if rec.contacts.iter().any(stale) {
                 rec.contacts = rec.contacts.iter().filter(|c| !stale(c)).copied().collect();
             }
-            heap += rec.contacts.heap_bytes();
+            heap += rec.contacts.len() * std::mem::size_of::<PackedContact>();
             true
         });
         if self.lines.capacity() > 2 * self.lines.len() + 1024 {
@@ -399,7 +406,11 @@ impl Contacts {
     /// Replaces the records with those [`Contacts::save_state`] wrote.
     pub fn load_state(&mut self, bytes: &[u8]) -> Result<(), codec::Error> {
         self.lines = codec::decode(bytes)?;
-        self.heap_bytes = self.lines.values().map(|r| r.contacts.heap_bytes()).sum();
+        self.heap_bytes = self
+            .lines
+            .values()
+            .map(|r| r.contacts.len() * std::mem::size_of::<PackedContact>())
+            .sum();
         Ok(())
     }
 
@@ -462,16 +473,12 @@ mod tests {
         assert!(rec.contact(ids::fp(50)).is_none() && rec.contact(ids::fp(99)).is_none());
         assert!(rec.contact(ids::fp(7)).is_some_and(|k| k.last_s == 5));
         let table = ids::map_bytes(&c.lines);
-        assert_eq!(
-            c.bytes() - table,
-            4 + 5 * std::mem::size_of::<PackedContact>()
-        );
-        assert_eq!(std::mem::size_of::<LineRecord>(), 24);
+        assert_eq!(c.bytes() - table, 5 * std::mem::size_of::<PackedContact>());
         c.expire(7_000 + 86_400_000);
         assert_eq!(c.get(1).unwrap().contacts.len(), 2);
         assert_eq!(
             c.bytes() - ids::map_bytes(&c.lines),
-            4 + 2 * std::mem::size_of::<PackedContact>()
+            2 * std::mem::size_of::<PackedContact>()
         );
     }
 
