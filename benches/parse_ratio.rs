@@ -7,6 +7,9 @@
 //! machine noise hits each alike:
 //! - `parse_only`: every line deserialised with serde_json into a struct of borrowed `&str`
 //!   fields (the floor for any JSON decoder that still validates the syntax);
+//! - `sonic_rs`, `simd_json`: the same borrowed struct through those two SIMD decoders (the
+//!   candidates issue 10 names; `simd_json` parses in place, so each line is first copied
+//!   into a reused buffer, as a decoder of borrowed Kafka payloads would have to);
 //! - `decode`: linewatch's own decoder (`event::decode`: syntax, types, every field rule);
 //! - `engine`: a fresh [`Engine`] over every line, as `replay` does (decode, dedup,
 //!   watermark, every detector, alerts built and dropped).
@@ -120,10 +123,20 @@ fn main() {
     let n = recs.len() as f64;
     let opts = DecodeOptions::default();
     let (mut parse, mut dec, mut eng) = (f64::MAX, f64::MAX, f64::MAX);
+    let (mut sonic, mut simd) = (f64::MAX, f64::MAX);
+    let mut scratch: Vec<u8> = Vec::new();
     let mut alerts_total = 0;
     for round in 0..rounds {
         let (t, ok_parse) = time(&recs, |r| serde_json::from_slice::<Borrowed>(r).is_ok());
         parse = parse.min(t);
+        let (t, ok_sonic) = time(&recs, |r| sonic_rs::from_slice::<Borrowed>(r).is_ok());
+        sonic = sonic.min(t);
+        let (t, ok_simd) = time(&recs, |r| {
+            scratch.clear();
+            scratch.extend_from_slice(r);
+            simd_json::serde::from_slice::<Borrowed>(&mut scratch).is_ok()
+        });
+        simd = simd.min(t);
         let (t, ok_dec) = time(&recs, |r| decode(r, &opts).is_ok());
         dec = dec.min(t);
         let mut engine = Engine::new(Config::default());
@@ -137,8 +150,11 @@ fn main() {
         eng = eng.min(t);
         alerts_total = engine.counters().alerts_total;
         eprintln!(
-            "round {round}: parse_only {:.0}/s ({ok_parse} ok), decode {:.0}/s ({ok_dec} ok), engine {:.0}/s",
+            "round {round}: parse_only {:.0}/s ({ok_parse} ok), sonic_rs {:.0}/s ({ok_sonic} ok), \
+             simd_json {:.0}/s ({ok_simd} ok), decode {:.0}/s ({ok_dec} ok), engine {:.0}/s",
             n / parse,
+            n / sonic,
+            n / simd,
             n / dec,
             n / t
         );
@@ -146,7 +162,15 @@ fn main() {
     println!("records      {}", recs.len());
     println!("alerts       {alerts_total}");
     println!("parse_only   {:>10.0} records/s", n / parse);
+    println!("sonic_rs     {:>10.0} records/s", n / sonic);
+    println!("simd_json    {:>10.0} records/s", n / simd);
     println!("decode       {:>10.0} records/s", n / dec);
     println!("engine       {:>10.0} records/s", n / eng);
     println!("engine / parse_only = {:.2}", parse / eng);
+    println!(
+        "decode / parse_only = {:.2}, / sonic_rs = {:.2}, / simd_json = {:.2}",
+        parse / dec,
+        sonic / dec,
+        simd / dec
+    );
 }

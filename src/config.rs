@@ -988,6 +988,32 @@ impl Config {
             r.fraction(key, w, 0.0, false, 1.0);
         }
         r.seconds("deal_line.repeat_gap_s", d.repeat_gap_s, 1);
+        // The contact store keeps its times to the second for crate::state::MAX_SPAN_S
+        // (12.1 days) before a line's newest activity: every span it is asked about, with the
+        // lateness and skew a record may have, must fit (see crate::state::EPOCH_S).
+        let slack = e.allowed_lateness_s.saturating_add(e.max_future_skew_s);
+        let allowed = format!(
+            "at most {} s (12.1 days, the contact store's span) minus engine.allowed_lateness_s \
+             and engine.max_future_skew_s (deal_line.repeat_gap_s: with bulk_sms.window_s)",
+            crate::state::MAX_SPAN_S
+        );
+        for (key, span) in [
+            (
+                "customer_fan_in.lookback_s",
+                self.customer_fan_in.lookback_s,
+            ),
+            (
+                "deal_line.repeat_gap_s",
+                d.repeat_gap_s.saturating_add(self.bulk_sms.window_s),
+            ),
+            (
+                "line_handover.new_line_max_age_s",
+                self.line_handover.new_line_max_age_s,
+            ),
+        ] {
+            let ok = span.saturating_add(slack) <= crate::state::MAX_SPAN_S;
+            r.check(key, ok, span, &allowed);
+        }
 
         let s = &self.service;
         r.check(
@@ -1089,6 +1115,24 @@ mod tests {
     fn shipped_file_equals_built_in_defaults() {
         let text = include_str!("../config/linewatch.toml");
         assert_eq!(Config::from_toml(text).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn spans_past_the_contact_stores_span_are_refused_with_lateness_and_skew_counted() {
+        let mut c = Config::default();
+        let slack = c.engine.allowed_lateness_s + c.engine.max_future_skew_s;
+        c.customer_fan_in.lookback_s = crate::state::MAX_SPAN_S - slack;
+        c.validate().unwrap();
+        c.customer_fan_in.lookback_s += 1;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("customer_fan_in.lookback_s"), "{err}");
+        let mut c = Config::default();
+        c.deal_line.repeat_gap_s = crate::state::MAX_SPAN_S;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("deal_line.repeat_gap_s") && err.contains("12.1 days"),
+            "{err}"
+        );
     }
 
     #[test]

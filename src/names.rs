@@ -68,6 +68,14 @@ pub fn unpack(bytes: &[u8]) -> Option<(String, &[u8])> {
     Some((s, &rest[prefix + packed..]))
 }
 
+/// Bytes of the first packed name of `bytes`, from its header; `None` if they hold no
+/// whole packed name.
+pub fn packed_size(bytes: &[u8]) -> Option<usize> {
+    let (len, prefix) = (*bytes.first()? as usize, *bytes.get(1)? as usize);
+    let size = 2 + prefix + len.checked_sub(prefix)?.div_ceil(2);
+    (size <= bytes.len()).then_some(size)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,5 +109,26 @@ mod tests {
         }
         assert!(rest.is_empty());
         assert!(unpack(&buf[..3]).is_none());
+        let mut rest = &buf[..];
+        for n in names {
+            let size = packed_size(rest).unwrap();
+            assert_eq!(size, packed_len(n));
+            rest = &rest[size..];
+        }
+        // Names are matched by their packed bytes: different names never pack alike.
+        let packed: Vec<Vec<u8>> = names
+            .iter()
+            .map(|n| {
+                let mut b = Vec::new();
+                pack(n, &mut b);
+                b
+            })
+            .collect();
+        for (i, a) in packed.iter().enumerate() {
+            assert!(packed[i + 1..].iter().all(|b| a != b), "{}", names[i]);
+        }
+        let mut one = Vec::new();
+        pack("Sa6b97bb46fa42579", &mut one);
+        assert!(packed_size(&one[..one.len() - 1]).is_none());
     }
 }

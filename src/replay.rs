@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::alert::Alert;
 use crate::detect::{StateStats, DETECTORS};
 use crate::engine::{Engine, Verdict};
-use crate::event::{Malformed, Millis, Reason};
+use crate::event::{decode, DecodeOptions, Malformed, Millis, Reason};
 
 /// Where replay output goes.
 pub trait Sink {
@@ -270,10 +270,174 @@ pub fn read_line_bounded<R: BufRead>(
     }
 }
 
+/// Lines read per step of [`run`]: the next step's lines are read while a second thread
+/// decodes this step's. About 800 KB of records: the step stays in the second-level cache
+/// between its copy, its decoding and the engine, and a thread per step costs 1 % at most.
+const STEP_LINES: usize = 4_096;
+
+/// Lines decoded at a time ahead of the engine (as the service's `DECODE_CHUNK`).
+const DECODE_CHUNK: usize = 256;
+
+/// One input line of a step, its bytes in [`Step::data`].
+enum Line {
+    /// Nothing but blanks: no record.
+    Blank,
+    /// A record (without its line ending and surrounding blanks).
+    Record(std::ops::Range<usize>),
+    /// Longer than the limit: its first bytes and its full size.
+    TooLarge(std::ops::Range<usize>, u64),
+}
+
+/// Lines read from the input, decoded by another thread while the next step is read.
+#[derive(Default)]
+struct Step {
+    data: Vec<u8>,
+    lines: Vec<Line>,
+    /// Bytes of the input read by the end of this step.
+    read: u64,
+    /// The input ended.
+    end: bool,
+}
+
+impl Step {
+    /// Reads up to [`STEP_LINES`] lines, keeping at most `limit` bytes of any.
+    fn fill<R: BufRead>(
+        &mut self,
+        input: &mut R,
+        buf: &mut Vec<u8>,
+        limit: usize,
+        mut read: u64,
+    ) -> io::Result<()> {
+        self.data.clear();
+        self.lines.clear();
+        while self.lines.len() < STEP_LINES {
+            let (n, newline) = read_line_bounded(input, buf, limit)?;
+            if n == 0 && !newline {
+                self.end = true;
+                break;
+            }
+            read += n + u64::from(newline);
+            let kept = buf.len() as u64 - u64::from(newline && buf.ends_with(b"\n"));
+            let at = self.data.len();
+            let line = if n > kept {
+                let first = trim_line(&buf[..buf.len().min(TOO_LARGE_KEPT)]);
+                self.data.extend_from_slice(first);
+                Line::TooLarge(at..self.data.len(), n)
+            } else {
+                let rec = trim_line(buf);
+                if rec.is_empty() {
+                    Line::Blank
+                } else {
+                    self.data.extend_from_slice(rec);
+                    Line::Record(at..self.data.len())
+                }
+            };
+            self.lines.push(line);
+        }
+        self.read = read;
+        Ok(())
+    }
+
+    /// Decodes lines `lines` (records only; `None` for the others).
+    fn decode(&self, lines: &[Line], opts: &DecodeOptions) -> Vec<Option<Decoded<'_>>> {
+        lines
+            .iter()
+            .map(|l| match l {
+                Line::Record(r) => Some(decode(&self.data[r.clone()], opts)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+type Decoded<'a> = Result<crate::event::Event<'a>, Malformed>;
+
 /// Runs every line of `input` through `engine`; `progress` is told the bytes read so far.
 /// A line longer than `engine.max_record_bytes` (plus a little blank space) is not read
 /// whole: it is counted and dead-lettered as `too_large` with its first bytes and its size.
+///
+/// With more than one core, records are decoded ahead on a second thread while this one
+/// runs the engine (decoding is stateless; the engine sees every record in file order, so
+/// the output is the same as [`run_with`] without it).
 pub fn run<R: BufRead, S: Sink>(
+    engine: &mut Engine,
+    input: R,
+    sink: &mut S,
+    progress: impl FnMut(u64),
+) -> io::Result<Summary> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    run_with(engine, input, sink, progress, cores > 1)
+}
+
+/// [`run`], decoding ahead on a second thread or not.
+pub fn run_with<R: BufRead, S: Sink>(
+    engine: &mut Engine,
+    mut input: R,
+    sink: &mut S,
+    mut progress: impl FnMut(u64),
+    decode_ahead: bool,
+) -> io::Result<Summary> {
+    if !decode_ahead {
+        return run_serial(engine, input, sink, progress);
+    }
+    let started = Instant::now();
+    let opts = engine.decode_options();
+    let limit = opts.max_record_bytes.saturating_add(LINE_SLACK);
+    let mut buf = Vec::with_capacity(1024);
+    let mut alerts = Vec::new();
+    let mut line_no = 0u64;
+    let mut wall = wall_ms();
+    let (mut this, mut next) = (Step::default(), Step::default());
+    this.fill(&mut input, &mut buf, limit, 0)?;
+    loop {
+        let mut out = Out {
+            engine: &mut *engine,
+            sink: &mut *sink,
+            alerts: &mut alerts,
+            line_no: &mut line_no,
+            wall: &mut wall,
+        };
+        if this.lines.len() > DECODE_CHUNK {
+            std::thread::scope(|scope| -> io::Result<()> {
+                let (tx, rx) = std::sync::mpsc::sync_channel(8);
+                let step = &this;
+                scope.spawn(move || {
+                    for c in step.lines.chunks(DECODE_CHUNK) {
+                        if tx.send(step.decode(c, &opts)).is_err() {
+                            break; // the engine's side stopped (an output error)
+                        }
+                    }
+                });
+                // While it decodes this step: read the next one.
+                if !this.end {
+                    next.fill(&mut input, &mut buf, limit, this.read)?;
+                }
+                for (lines, decoded) in this.lines.chunks(DECODE_CHUNK).zip(rx) {
+                    out.lines(&this, lines, decoded)?;
+                }
+                Ok(())
+            })?;
+        } else {
+            for lines in this.lines.chunks(DECODE_CHUNK) {
+                out.lines(&this, lines, this.decode(lines, &opts))?;
+            }
+            if !this.end {
+                next.fill(&mut input, &mut buf, limit, this.read)?;
+            }
+        }
+        progress(this.read);
+        if this.end {
+            break;
+        }
+        std::mem::swap(&mut this, &mut next);
+    }
+    Ok(Summary::of(engine, started.elapsed().as_secs_f64()))
+}
+
+/// [`run`] on this thread alone, a line at a time: no step is copied, so the one line in
+/// hand stays in the first-level cache (copying steps cost a third more data-cache misses
+/// when there is no second core to decode them).
+fn run_serial<R: BufRead, S: Sink>(
     engine: &mut Engine,
     mut input: R,
     sink: &mut S,
@@ -300,6 +464,8 @@ pub fn run<R: BufRead, S: Sink>(
         // for `detected_at`.
         if line_no % 4096 == 0 {
             wall = wall_ms();
+        }
+        if line_no % STEP_LINES as u64 == 0 {
             progress(read);
         }
         alerts.clear();
@@ -327,6 +493,65 @@ pub fn run<R: BufRead, S: Sink>(
     }
     progress(read);
     Ok(Summary::of(engine, started.elapsed().as_secs_f64()))
+}
+
+/// Where [`run_with`] sends each line's outcome.
+struct Out<'e, S> {
+    engine: &'e mut Engine,
+    sink: &'e mut S,
+    alerts: &'e mut Vec<Alert>,
+    line_no: &'e mut u64,
+    wall: &'e mut Millis,
+}
+
+impl<S: Sink> Out<'_, S> {
+    /// Runs `lines` of `step` (decoded as `decoded`) through the engine, in order.
+    fn lines(
+        &mut self,
+        step: &Step,
+        lines: &[Line],
+        decoded: Vec<Option<Decoded<'_>>>,
+    ) -> io::Result<()> {
+        for (line, ev) in lines.iter().zip(decoded) {
+            *self.line_no += 1;
+            let line_no = *self.line_no;
+            // Reading the clock per record costs more than the detectors; every 4096 is
+            // plenty for `detected_at`.
+            if line_no % 4096 == 0 {
+                *self.wall = wall_ms();
+            }
+            self.alerts.clear();
+            match (line, ev) {
+                (Line::Blank, _) => continue, // a blank line carries no record
+                (Line::TooLarge(first, n), _) => {
+                    let why = Malformed {
+                        reason: Reason::TooLarge,
+                        field: None,
+                    };
+                    self.engine
+                        .process_decoded(Err(why), 0, *self.wall, self.alerts);
+                    let first = &step.data[first.clone()];
+                    self.sink.dead_letter_cut(line_no, why, first, *n)?;
+                    continue;
+                }
+                (Line::Record(r), ev) => {
+                    // `Step::decode` gives every record its result; this is only its type.
+                    let ev = ev.unwrap_or(Err(Malformed {
+                        reason: Reason::InvalidJson,
+                        field: None,
+                    }));
+                    let verdict = self.engine.process_decoded(ev, 0, *self.wall, self.alerts);
+                    if let Verdict::Rejected(why) = verdict {
+                        self.sink.dead_letter(line_no, why, &step.data[r.clone()])?;
+                    }
+                }
+            }
+            for a in self.alerts.iter() {
+                self.sink.alert(a)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A record without its line ending and surrounding blanks.
@@ -386,6 +611,62 @@ mod tests {
         assert_eq!(sink.dead_letters[1].0, 4);
         assert_eq!(sink.dead_letters[1].1.reason, Reason::NotObject);
         assert_eq!(s.malformed_by_reason["invalid_json"], 1);
+    }
+
+    #[test]
+    fn decoding_ahead_changes_nothing_in_the_output() {
+        let opts = crate::generate::GenOptions {
+            subscribers: 2_000,
+            days: 2,
+            ..Default::default()
+        };
+        let (mut data, _, _) = crate::generate::generate_in_memory(&opts).unwrap();
+        // Every kind of line a step may hold, at step and chunk edges too.
+        let big = format!("{{\"event_id\":\"{}\"}}\n", "x".repeat(70_000));
+        for (i, extra) in ["\n", "  \r\n", "not json\n", big.as_str(), "[1]\n"]
+            .iter()
+            .enumerate()
+        {
+            let at = (i + 1) * (STEP_LINES * 200 + DECODE_CHUNK * 37 + i) % data.len();
+            let at = data[..at]
+                .iter()
+                .rposition(|b| *b == b'\n')
+                .map_or(0, |p| p + 1);
+            data.splice(at..at, extra.bytes());
+        }
+        let replay = |ahead: bool| {
+            let mut engine = Engine::new(Config::default());
+            let mut sink = JsonlSink {
+                alerts: Vec::new(),
+                dead: Some(Vec::new()),
+            };
+            let mut reads = Vec::new();
+            let s = run_with(&mut engine, &data[..], &mut sink, |n| reads.push(n), ahead).unwrap();
+            let alerts: Vec<serde_json::Value> = String::from_utf8(sink.alerts)
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    let mut a: serde_json::Value = serde_json::from_str(l).unwrap();
+                    a.as_object_mut().unwrap().remove("detected_at");
+                    a
+                })
+                .collect();
+            (alerts, sink.dead.unwrap(), s, reads)
+        };
+        let (a1, d1, s1, r1) = replay(false);
+        let (a2, d2, s2, r2) = replay(true);
+        assert!(a1.len() > 10 && s1.events_malformed > 5, "{s1:?}");
+        assert!(String::from_utf8_lossy(&d1).contains("too_large"));
+        assert_eq!(a1, a2);
+        assert_eq!(d1, d2);
+        assert_eq!(r1, r2);
+        assert_eq!(*r1.last().unwrap(), data.len() as u64);
+        let same = |s: &Summary| Summary {
+            elapsed_s: 0.0,
+            events_per_s: 0.0,
+            ..s.clone()
+        };
+        assert_eq!(same(&s1), same(&s2));
     }
 
     #[test]

@@ -10,8 +10,116 @@ use crate::checkpoint::codec;
 use crate::event::Millis;
 use crate::ids::{self, IdMap};
 
-/// One number a line has texted.
+/// How far back, in seconds, before a line's newest activity its contacts' times are kept to
+/// the second: 2^20 s (12.1 days). Each time is stored as an offset from a base that moves in
+/// steps of this span, so it fits in 21 or 22 bits and a contact in 12 bytes instead of 16.
+/// Configuration keeps every span the store is asked about (its retention plus the lateness
+/// and skew a record may have) within it: see [`MAX_SPAN_S`].
+pub const EPOCH_S: u32 = 1 << 20;
+
+/// The longest retention plus lateness plus future skew the configuration may ask of the
+/// contact store (checked with the configuration): every time any detector compares is then
+/// at or after the line's base, so every comparison is exact.
+pub const MAX_SPAN_S: u64 = EPOCH_S as u64;
+
+/// The base of a line's contact times, from its clock (its newest activity,
+/// [`LineRecord::clock`]): the start of the epoch before the clock's, so the clock is always
+/// less than 2 × [`EPOCH_S`] after it and every time from the clock back at least
+/// [`EPOCH_S`] is at or after it.
+#[inline]
+fn base_of(clock: u32) -> u32 {
+    (clock / EPOCH_S).saturating_sub(1) * EPOCH_S
+}
+
+const OFF_BITS: u32 = 21;
+const OFF_MASK: u64 = (1 << OFF_BITS) - 1;
+/// `last_in` takes the top 22 bits: 0 = none, else the offset plus one (up to 2^21).
+const IN_SHIFT: u32 = 2 * OFF_BITS;
+
+/// One number a line has texted, as stored: the recipient's fingerprint and three times as
+/// offsets from the line's base ([`base_of`]) packed into one 64-bit word, kept as two u32
+/// so the entry is 12 bytes with 4-byte alignment (a list is 3/4 of what it was; the
+/// contacts are most of the store). Read through [`LineRecord::iter_contacts`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackedContact {
+    /// Fingerprint of the recipient's id.
+    pub fp: u32,
+    lo: u32,
+    hi: u32,
+}
+
+impl PackedContact {
+    #[inline]
+    fn word(&self) -> u64 {
+        (self.hi as u64) << 32 | self.lo as u64
+    }
+
+    #[inline]
+    fn set_word(&mut self, w: u64) {
+        self.lo = w as u32;
+        self.hi = (w >> 32) as u32;
+    }
+
+    /// Offsets of the first text, the latest text and the latest inbound contact (0 = none,
+    /// else offset + 1).
+    #[inline]
+    fn parts(&self) -> (u32, u32, u32) {
+        let w = self.word();
+        (
+            (w & OFF_MASK) as u32,
+            ((w >> OFF_BITS) & OFF_MASK) as u32,
+            (w >> IN_SHIFT) as u32,
+        )
+    }
+
+    #[inline]
+    fn set_parts(&mut self, first: u32, last: u32, inb: u32) {
+        debug_assert!(first as u64 <= OFF_MASK && last as u64 <= OFF_MASK);
+        debug_assert!(inb as u64 <= OFF_MASK + 1);
+        self.set_word(first as u64 | (last as u64) << OFF_BITS | (inb as u64) << IN_SHIFT);
+    }
+
+    fn new(fp: u32, base: u32, s: u32) -> Self {
+        let mut c = PackedContact { fp, lo: 0, hi: 0 };
+        let off = off(base, s);
+        c.set_parts(off, off, 0);
+        c
+    }
+
+    /// The times, read against the line's base.
+    #[inline]
+    pub fn unpack(&self, base: u32) -> Contact {
+        let (first, last, inb) = self.parts();
+        Contact {
+            fp: self.fp,
+            first_s: base + first,
+            last_s: base + last,
+            last_in_s: if inb == 0 { 0 } else { base + inb - 1 },
+        }
+    }
+
+    /// Moves the base up by `d`: times before the new base read as the base (only reached
+    /// by comparisons that reach further back than configuration allows, see [`EPOCH_S`]).
+    fn rebase(&mut self, d: u32) {
+        let (first, last, inb) = self.parts();
+        let inb = if inb == 0 {
+            0
+        } else {
+            inb.saturating_sub(d).max(1)
+        };
+        self.set_parts(first.saturating_sub(d), last.saturating_sub(d), inb);
+    }
+}
+
+/// A time as an offset from `base`: times before it read as the base (see
+/// [`PackedContact::rebase`]); the clock is never 2^21 s after it (see [`base_of`]).
+#[inline]
+fn off(base: u32, s: u32) -> u32 {
+    s.saturating_sub(base).min(OFF_MASK as u32)
+}
+
+/// One number a line has texted, its times in seconds (what [`PackedContact`] holds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Contact {
     /// Fingerprint of the recipient's id.
     pub fp: u32,
@@ -32,10 +140,11 @@ pub struct LineRecord {
     /// Highest event time of a record from this line (seconds).
     pub last_seen_s: u32,
     /// Recipients of its texts, sorted by fingerprint, at most `max_contacts` (the stalest
-    /// is evicted first). Exactly as long as it needs to be: a list grows by a copy when a
-    /// new recipient comes (a few times a day per line), and a growable list's spare room
-    /// was a quarter of the whole store.
-    pub contacts: Box<[Contact]>,
+    /// is evicted first); their times are relative to the line's base (read them with
+    /// [`LineRecord::iter_contacts`]). Exactly as long as it needs to be: a list grows by a
+    /// copy when a new recipient comes (a few times a day per line), and a growable list's
+    /// spare room was a quarter of the whole store.
+    pub contacts: Box<[PackedContact]>,
     /// Latest handset seen with this line (fingerprint; 0 = none).
     pub handset_fp: u32,
     /// Highest event time of a counted customer contact to this line (seconds).
@@ -43,18 +152,52 @@ pub struct LineRecord {
 }
 
 impl LineRecord {
+    /// The line's newest activity, outbound or inbound: every stored time is at or before
+    /// it, and it never goes back.
+    #[inline]
+    pub fn clock(&self) -> u32 {
+        self.last_seen_s.max(self.newest_in_s)
+    }
+
+    /// The base its contacts' times are stored against.
+    #[inline]
+    fn base(&self) -> u32 {
+        base_of(self.clock())
+    }
+
+    /// Its contacts with their times in seconds, in fingerprint order.
+    #[inline]
+    pub fn iter_contacts(&self) -> impl Iterator<Item = Contact> + Clone + '_ {
+        let base = self.base();
+        self.contacts.iter().map(move |c| c.unpack(base))
+    }
+
     /// Recipients texted at or after `since_s`.
     pub fn recipients_since(&self, since_s: u32) -> usize {
-        self.contacts.iter().filter(|c| c.last_s >= since_s).count()
+        self.iter_contacts().filter(|c| c.last_s >= since_s).count()
     }
 
     /// The contact entry for a recipient fingerprint (the list is sorted by fingerprint:
     /// "is the caller a customer?" is asked of nearly every record).
-    pub fn contact(&self, fp: u32) -> Option<&Contact> {
+    pub fn contact(&self, fp: u32) -> Option<Contact> {
         self.contacts
             .binary_search_by_key(&fp, |c| c.fp)
             .ok()
-            .map(|i| &self.contacts[i])
+            .map(|i| self.contacts[i].unpack(self.base()))
+    }
+
+    /// Sets the clock's parts by `update`, moving the stored offsets if the base moved (once
+    /// per [`EPOCH_S`] of a line's activity).
+    #[inline]
+    fn advance(&mut self, update: impl FnOnce(&mut Self)) {
+        let old = self.base();
+        update(self);
+        let new = self.base();
+        if new != old {
+            for c in self.contacts.iter_mut() {
+                c.rebase(new - old);
+            }
+        }
     }
 }
 
@@ -71,25 +214,23 @@ pub enum Recorded {
 /// Adds a text to `fp` at `s` to a line's list; returns what happened and by how many
 /// entries the list grew (0 or 1: an eviction makes room for the new one).
 fn add_text(rec: &mut LineRecord, fp: u32, s: u32, max_contacts: usize) -> (Recorded, usize) {
+    let base = rec.base();
     let at = match rec.contacts.binary_search_by_key(&fp, |c| c.fp) {
         Ok(i) => {
             let c = &mut rec.contacts[i];
-            c.first_s = c.first_s.min(s);
-            c.last_s = c.last_s.max(s);
+            let (first, last, inb) = c.parts();
+            let o = off(base, s);
+            c.set_parts(first.min(o), last.max(o), inb);
             return (Recorded::Ok, 0);
         }
         Err(at) => at,
     };
-    let new = Contact {
-        fp,
-        first_s: s,
-        last_s: s,
-        last_in_s: 0,
-    };
+    let new = PackedContact::new(fp, base, s);
     let old = &rec.contacts;
     if old.len() >= max_contacts {
-        // Drop the stalest: it is the one least likely to matter to any window.
-        if let Some((gone, _)) = old.iter().enumerate().min_by_key(|(_, c)| c.last_s) {
+        // Drop the stalest: it is the one least likely to matter to any window. (Offsets
+        // share one base: their order is the times' order.)
+        if let Some((gone, _)) = old.iter().enumerate().min_by_key(|(_, c)| c.parts().1) {
             let mut v = Vec::with_capacity(old.len());
             v.extend(
                 old.iter()
@@ -177,7 +318,7 @@ impl Contacts {
         };
         rec.first_seen_s = rec.first_seen_s.min(s);
         if s >= rec.last_seen_s {
-            rec.last_seen_s = s;
+            rec.advance(|rec| rec.last_seen_s = s);
             if let Some(h) = handset {
                 rec.handset_fp = ids::fp(h).max(1);
             }
@@ -185,7 +326,7 @@ impl Contacts {
         match to {
             Some(to) => {
                 let (r, grown) = add_text(rec, ids::fp(to), s, self.max_contacts);
-                self.heap_bytes += grown * std::mem::size_of::<Contact>();
+                self.heap_bytes += grown * std::mem::size_of::<PackedContact>();
                 r
             }
             None => Recorded::Ok,
@@ -208,12 +349,18 @@ impl Contacts {
             .contacts
             .binary_search_by_key(&ids::fp(from), |c| c.fp)
             .ok()?;
-        let c = &mut rec.contacts[i];
+        let c = rec.contacts[i].unpack(rec.base());
         if c.first_s > s || c.last_s.saturating_add(lookback_s) < s {
             return None;
         }
-        c.last_in_s = c.last_in_s.max(s);
-        rec.newest_in_s = rec.newest_in_s.max(s);
+        if s > rec.newest_in_s {
+            rec.advance(|rec| rec.newest_in_s = s);
+        }
+        // After any move of the base: the offset is against the base in force.
+        let base = rec.base();
+        let c = &mut rec.contacts[i];
+        let (first, last, inb) = c.parts();
+        c.set_parts(first, last, inb.max(off(base, s) + 1));
         Some(rec)
     }
 
@@ -233,15 +380,12 @@ impl Contacts {
             if rec.last_seen_s < cutoff {
                 return false;
             }
-            if rec.contacts.iter().any(|c| c.last_s < cutoff) {
-                rec.contacts = rec
-                    .contacts
-                    .iter()
-                    .filter(|c| c.last_s >= cutoff)
-                    .copied()
-                    .collect();
+            let base = rec.base();
+            let stale = |c: &PackedContact| c.unpack(base).last_s < cutoff;
+            if rec.contacts.iter().any(stale) {
+                rec.contacts = rec.contacts.iter().filter(|c| !stale(c)).copied().collect();
             }
-            heap += rec.contacts.len() * std::mem::size_of::<Contact>();
+            heap += rec.contacts.len() * std::mem::size_of::<PackedContact>();
             true
         });
         if self.lines.capacity() > 2 * self.lines.len() + 1024 {
@@ -265,7 +409,7 @@ impl Contacts {
         self.heap_bytes = self
             .lines
             .values()
-            .map(|r| r.contacts.len() * std::mem::size_of::<Contact>())
+            .map(|r| r.contacts.len() * std::mem::size_of::<PackedContact>())
             .sum();
         Ok(())
     }
@@ -329,13 +473,73 @@ mod tests {
         assert!(rec.contact(ids::fp(50)).is_none() && rec.contact(ids::fp(99)).is_none());
         assert!(rec.contact(ids::fp(7)).is_some_and(|k| k.last_s == 5));
         let table = ids::map_bytes(&c.lines);
-        assert_eq!(c.bytes() - table, 5 * std::mem::size_of::<Contact>());
+        assert_eq!(c.bytes() - table, 5 * std::mem::size_of::<PackedContact>());
         c.expire(7_000 + 86_400_000);
         assert_eq!(c.get(1).unwrap().contacts.len(), 2);
         assert_eq!(
             c.bytes() - ids::map_bytes(&c.lines),
-            2 * std::mem::size_of::<Contact>()
+            2 * std::mem::size_of::<PackedContact>()
         );
+    }
+
+    #[test]
+    fn a_contact_is_twelve_bytes() {
+        assert_eq!(std::mem::size_of::<PackedContact>(), 12);
+    }
+
+    #[test]
+    fn times_are_exact_across_base_moves_and_read_as_the_base_past_the_span() {
+        let ms = |s: u32| ids::millis(s);
+        let mut c = Contacts::new(10, 10, 30 * 86_400);
+        // An epoch boundary: the line's base moves there once its clock is an epoch past it.
+        let t0 = 1_700 * EPOCH_S;
+        c.touch(1, ms(t0 - 100), None);
+        c.record_text(1, 7, ms(t0 - 100));
+        assert!(c.record_inbound(1, 7, ms(t0 - 90), 604_800).is_some());
+        // Texts every day for a little over an epoch: the base moves up (to t0) on the way.
+        let mut t = t0 + 5;
+        while t <= t0 + EPOCH_S + 5 {
+            c.touch(1, ms(t), None);
+            c.record_text(1, 8, ms(t));
+            t += 86_400;
+        }
+        let last8 = t - 86_400;
+        c.touch(1, ms(t0 + EPOCH_S + 5), None);
+        c.record_text(1, 9, ms(t0 + EPOCH_S + 5));
+        assert!(c
+            .record_inbound(1, 9, ms(t0 + EPOCH_S + 5), 604_800)
+            .is_some());
+        let rec = c.get(1).unwrap();
+        assert_eq!(rec.clock(), t0 + EPOCH_S + 5);
+        assert_eq!(rec.base(), t0);
+        // Exactly EPOCH_S before the clock, the oldest time the store promises: exact.
+        let k8 = rec.contact(ids::fp(8)).unwrap();
+        assert_eq!((k8.first_s, k8.last_s, k8.last_in_s), (t0 + 5, last8, 0));
+        let k9 = rec.contact(ids::fp(9)).unwrap();
+        let now = t0 + EPOCH_S + 5;
+        assert_eq!((k9.first_s, k9.last_s, k9.last_in_s), (now, now, now));
+        // Past it (more than EPOCH_S before the clock): every time reads as the base, an
+        // inbound contact stays one. Configuration keeps every comparison inside the span.
+        let k7 = rec.contact(ids::fp(7)).unwrap();
+        assert_eq!((k7.first_s, k7.last_s, k7.last_in_s), (t0, t0, t0));
+    }
+
+    #[test]
+    fn a_late_record_within_the_span_is_stored_exactly() {
+        let ms = |s: u32| ids::millis(s);
+        let mut c = Contacts::new(10, 10, 7 * 86_400);
+        let t0 = 1_700 * EPOCH_S + 10;
+        c.touch(1, ms(t0), None);
+        c.record_text(1, 5, ms(t0));
+        // Earlier than the base's epoch (the clock's epoch began 10 s before t0).
+        c.touch(1, ms(t0 - 3_600), None);
+        c.record_text(1, 5, ms(t0 - 3_600));
+        c.record_text(1, 6, ms(t0 - 7_200));
+        let rec = c.get(1).unwrap();
+        let k5 = rec.contact(ids::fp(5)).unwrap();
+        assert_eq!((k5.first_s, k5.last_s), (t0 - 3_600, t0));
+        assert_eq!(rec.contact(ids::fp(6)).unwrap().last_s, t0 - 7_200);
+        assert_eq!(rec.first_seen_s, t0 - 7_200);
     }
 
     #[test]

@@ -35,8 +35,10 @@ use crate::event::Millis;
 /// Bumped whenever the encoding of any section changes: an older or newer checkpoint is
 /// then `incompatible` and the service falls back to re-reading its input. 2: the manifest
 /// names the input partitions it covers. 3: `handset_churn` keeps each handset's SIMs packed
-/// in one byte string.
-pub const FORMAT_VERSION: u32 = 3;
+/// in one byte string. 4: the contact store's entries are 12 bytes, their times relative to
+/// the line's base; `handset_churn`'s SIMs hold no length (their packed names delimit
+/// themselves).
+pub const FORMAT_VERSION: u32 = 4;
 
 /// Chunk values stay at or under this: below the 1 MiB default message limit of brokers
 /// and clients even with the key and framing added.

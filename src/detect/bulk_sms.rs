@@ -51,16 +51,18 @@ impl BulkSms {
 
     /// Recipients texted within `since_s..=end_s` (by each one's latest text), of whom how
     /// many were first texted at least the repeat gap before the window.
-    fn measure(&self, contacts: &[Contact], since_s: u32, end_s: u32) -> Measured {
+    fn measure(
+        &self,
+        contacts: impl Iterator<Item = Contact>,
+        since_s: u32,
+        end_s: u32,
+    ) -> Measured {
         let mut m = Measured {
             recipients: 0,
             repeat: 0,
             oldest: end_s,
         };
-        for c in contacts
-            .iter()
-            .filter(|c| c.last_s >= since_s && c.last_s <= end_s)
-        {
+        for c in contacts.filter(|c| c.last_s >= since_s && c.last_s <= end_s) {
             m.recipients += 1;
             m.oldest = m.oldest.min(c.last_s);
             if c.first_s.saturating_add(self.repeat_gap_s) <= since_s {
@@ -95,7 +97,7 @@ impl Detector for BulkSms {
         let mut found = None;
         let since_s = newest_s.saturating_sub(window_s);
         if s >= since_s {
-            let m = self.measure(&rec.contacts, since_s, newest_s);
+            let m = self.measure(rec.iter_contacts(), since_s, newest_s);
             if m.recipients >= min {
                 found = Some((since_s, newest_s, m));
             }
@@ -105,14 +107,17 @@ impl Detector for BulkSms {
             let (lo, hi) = (s.saturating_sub(window_s), s.saturating_add(window_s));
             self.times.clear();
             self.times.extend(
-                rec.contacts
-                    .iter()
+                rec.iter_contacts()
                     .map(|c| c.last_s)
                     .filter(|&t| t >= lo && t <= hi),
             );
             if let Some(end_s) = super::completed_window(&mut self.times, s, window_s, min) {
                 let since_s = end_s.saturating_sub(window_s);
-                found = Some((since_s, end_s, self.measure(&rec.contacts, since_s, end_s)));
+                found = Some((
+                    since_s,
+                    end_s,
+                    self.measure(rec.iter_contacts(), since_s, end_s),
+                ));
             }
         }
         let Some((since_s, end_s, m)) = found else {

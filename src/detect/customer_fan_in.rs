@@ -54,12 +54,10 @@ pub struct CustomerFanIn {
 
 /// Customers whose latest counted contact falls within `since_s..=end_s`, and the oldest
 /// such contact.
-fn measure(contacts: &[Contact], since_s: u32, end_s: u32) -> (usize, u32) {
+fn measure(contacts: impl Iterator<Item = Contact>, since_s: u32, end_s: u32) -> (usize, u32) {
     let mut customers = 0usize;
     let mut oldest = end_s;
-    for c in contacts
-        .iter()
-        .filter(|c| c.last_in_s >= since_s && c.last_in_s > 0 && c.last_in_s <= end_s)
+    for c in contacts.filter(|c| c.last_in_s >= since_s && c.last_in_s > 0 && c.last_in_s <= end_s)
     {
         customers += 1;
         oldest = oldest.min(c.last_in_s);
@@ -131,7 +129,7 @@ impl CustomerFanIn {
         let Some(line) = ctx.contacts.get(line_id) else {
             return;
         };
-        let (customers, oldest) = measure(&line.contacts, since_s, s);
+        let (customers, oldest) = measure(line.iter_contacts(), since_s, s);
         let min = self.cfg.min_customers_with_callbacks as usize;
         if customers < min {
             return;
@@ -306,7 +304,7 @@ impl Detector for CustomerFanIn {
         let mut found = None;
         let since_s = newest_in.saturating_sub(window_s);
         if s >= since_s {
-            let (customers, oldest) = measure(&line.contacts, since_s, newest_in);
+            let (customers, oldest) = measure(line.iter_contacts(), since_s, newest_in);
             if customers >= min {
                 found = Some((since_s, newest_in, customers, oldest));
             }
@@ -316,14 +314,13 @@ impl Detector for CustomerFanIn {
             let (lo, hi) = (s.saturating_sub(window_s), s.saturating_add(window_s));
             self.times.clear();
             self.times.extend(
-                line.contacts
-                    .iter()
+                line.iter_contacts()
                     .map(|c| c.last_in_s)
                     .filter(|&t| t > 0 && t >= lo && t <= hi),
             );
             if let Some(end_s) = super::completed_window(&mut self.times, s, window_s, min) {
                 let since_s = end_s.saturating_sub(window_s);
-                let (customers, oldest) = measure(&line.contacts, since_s, end_s);
+                let (customers, oldest) = measure(line.iter_contacts(), since_s, end_s);
                 found = Some((since_s, end_s, customers, oldest));
             }
         }
