@@ -175,7 +175,7 @@ impl CustomerFanIn {
         let Some(line) = ctx.contacts.get(line_id) else {
             return;
         };
-        let (customers, oldest) = measure(&line.contacts, *at_s, s);
+        let (customers, oldest) = measure(line.iter_contacts(), *at_s, s);
         let min = self.cfg.follow_min_customers as usize;
         if customers < min {
             return;
