@@ -278,21 +278,36 @@ const STEP_LINES: usize = 4_096;
 /// Lines decoded at a time ahead of the engine (as the service's `DECODE_CHUNK`).
 const DECODE_CHUNK: usize = 256;
 
-/// One input line of a step, its bytes in [`Step::data`].
-enum Line {
+/// One input line: `T` is its bytes (a slice of the line in hand, or a range of
+/// [`Step::data`]).
+enum Line<T> {
     /// Nothing but blanks: no record.
     Blank,
     /// A record (without its line ending and surrounding blanks).
-    Record(std::ops::Range<usize>),
+    Record(T),
     /// Longer than the limit: its first bytes and its full size.
-    TooLarge(std::ops::Range<usize>, u64),
+    TooLarge(T, u64),
+}
+
+impl<'a> Line<&'a [u8]> {
+    /// What [`read_line_bounded`] put in `buf` (`n` bytes read, `newline` if one ended it).
+    fn of(buf: &'a [u8], n: u64, newline: bool) -> Self {
+        let kept = buf.len() as u64 - u64::from(newline && buf.ends_with(b"\n"));
+        if n > kept {
+            return Line::TooLarge(trim_line(&buf[..buf.len().min(TOO_LARGE_KEPT)]), n);
+        }
+        match trim_line(buf) {
+            [] => Line::Blank,
+            rec => Line::Record(rec),
+        }
+    }
 }
 
 /// Lines read from the input, decoded by another thread while the next step is read.
 #[derive(Default)]
 struct Step {
     data: Vec<u8>,
-    lines: Vec<Line>,
+    lines: Vec<Line<std::ops::Range<usize>>>,
     /// Bytes of the input read by the end of this step.
     read: u64,
     /// The input ended.
@@ -317,20 +332,15 @@ impl Step {
                 break;
             }
             read += n + u64::from(newline);
-            let kept = buf.len() as u64 - u64::from(newline && buf.ends_with(b"\n"));
-            let at = self.data.len();
-            let line = if n > kept {
-                let first = trim_line(&buf[..buf.len().min(TOO_LARGE_KEPT)]);
-                self.data.extend_from_slice(first);
-                Line::TooLarge(at..self.data.len(), n)
-            } else {
-                let rec = trim_line(buf);
-                if rec.is_empty() {
-                    Line::Blank
-                } else {
-                    self.data.extend_from_slice(rec);
-                    Line::Record(at..self.data.len())
-                }
+            let mut keep = |b: &[u8]| {
+                let at = self.data.len();
+                self.data.extend_from_slice(b);
+                at..self.data.len()
+            };
+            let line = match Line::of(buf, n, newline) {
+                Line::Blank => Line::Blank,
+                Line::Record(rec) => Line::Record(keep(rec)),
+                Line::TooLarge(first, n) => Line::TooLarge(keep(first), n),
             };
             self.lines.push(line);
         }
@@ -339,7 +349,11 @@ impl Step {
     }
 
     /// Decodes lines `lines` (records only; `None` for the others).
-    fn decode(&self, lines: &[Line], opts: &DecodeOptions) -> Vec<Option<Decoded<'_>>> {
+    fn decode(
+        &self,
+        lines: &[Line<std::ops::Range<usize>>],
+        opts: &DecodeOptions,
+    ) -> Vec<Option<Decoded<'_>>> {
         lines
             .iter()
             .map(|l| match l {
@@ -453,42 +467,22 @@ fn run_serial<R: BufRead, S: Sink>(
     let mut line_no = 0u64;
     let mut read = 0u64;
     let mut wall = wall_ms();
+    let mut out = Out {
+        engine: &mut *engine,
+        sink,
+        alerts: &mut alerts,
+        line_no: &mut line_no,
+        wall: &mut wall,
+    };
     loop {
         let (n, newline) = read_line_bounded(&mut input, &mut buf, limit)?;
         if n == 0 && !newline {
             break;
         }
         read += n + u64::from(newline);
-        line_no += 1;
-        // Reading the clock per record costs more than the detectors; every 4096 is plenty
-        // for `detected_at`.
-        if line_no % 4096 == 0 {
-            wall = wall_ms();
-        }
-        if line_no % STEP_LINES as u64 == 0 {
+        out.line(Line::of(&buf, n, newline), None)?;
+        if *out.line_no % STEP_LINES as u64 == 0 {
             progress(read);
-        }
-        alerts.clear();
-        let kept = buf.len() as u64 - u64::from(newline && buf.ends_with(b"\n"));
-        if n > kept {
-            let why = Malformed {
-                reason: Reason::TooLarge,
-                field: None,
-            };
-            engine.process_decoded(Err(why), 0, wall, &mut alerts);
-            let first = trim_line(&buf[..buf.len().min(TOO_LARGE_KEPT)]);
-            sink.dead_letter_cut(line_no, why, first, n)?;
-            continue;
-        }
-        let rec = trim_line(&buf);
-        if rec.is_empty() {
-            continue; // a blank line carries no record
-        }
-        if let Verdict::Rejected(why) = engine.process(rec, 0, wall, &mut alerts) {
-            sink.dead_letter(line_no, why, rec)?;
-        }
-        for a in &alerts {
-            sink.alert(a)?;
         }
     }
     progress(read);
@@ -509,46 +503,54 @@ impl<S: Sink> Out<'_, S> {
     fn lines(
         &mut self,
         step: &Step,
-        lines: &[Line],
+        lines: &[Line<std::ops::Range<usize>>],
         decoded: Vec<Option<Decoded<'_>>>,
     ) -> io::Result<()> {
         for (line, ev) in lines.iter().zip(decoded) {
-            *self.line_no += 1;
-            let line_no = *self.line_no;
-            // Reading the clock per record costs more than the detectors; every 4096 is
-            // plenty for `detected_at`.
-            if line_no % 4096 == 0 {
-                *self.wall = wall_ms();
+            let line = match line {
+                Line::Blank => Line::Blank,
+                Line::Record(r) => Line::Record(&step.data[r.clone()]),
+                Line::TooLarge(r, n) => Line::TooLarge(&step.data[r.clone()], *n),
+            };
+            self.line(line, ev)?;
+        }
+        Ok(())
+    }
+
+    /// Runs the next input line through the engine: a record already decoded (`ev`), or
+    /// decoded here (`None`).
+    fn line(&mut self, line: Line<&[u8]>, ev: Option<Decoded<'_>>) -> io::Result<()> {
+        *self.line_no += 1;
+        let line_no = *self.line_no;
+        // Reading the clock per record costs more than the detectors; every 4096 is
+        // plenty for `detected_at`.
+        if line_no % 4096 == 0 {
+            *self.wall = wall_ms();
+        }
+        self.alerts.clear();
+        match line {
+            Line::Blank => return Ok(()), // a blank line carries no record
+            Line::TooLarge(first, n) => {
+                let why = Malformed {
+                    reason: Reason::TooLarge,
+                    field: None,
+                };
+                self.engine
+                    .process_decoded(Err(why), 0, *self.wall, self.alerts);
+                return self.sink.dead_letter_cut(line_no, why, first, n);
             }
-            self.alerts.clear();
-            match (line, ev) {
-                (Line::Blank, _) => continue, // a blank line carries no record
-                (Line::TooLarge(first, n), _) => {
-                    let why = Malformed {
-                        reason: Reason::TooLarge,
-                        field: None,
-                    };
-                    self.engine
-                        .process_decoded(Err(why), 0, *self.wall, self.alerts);
-                    let first = &step.data[first.clone()];
-                    self.sink.dead_letter_cut(line_no, why, first, *n)?;
-                    continue;
+            Line::Record(rec) => {
+                let verdict = match ev {
+                    Some(ev) => self.engine.process_decoded(ev, 0, *self.wall, self.alerts),
+                    None => self.engine.process(rec, 0, *self.wall, self.alerts),
+                };
+                if let Verdict::Rejected(why) = verdict {
+                    self.sink.dead_letter(line_no, why, rec)?;
                 }
-                (Line::Record(r), ev) => {
-                    // `Step::decode` gives every record its result; this is only its type.
-                    let ev = ev.unwrap_or(Err(Malformed {
-                        reason: Reason::InvalidJson,
-                        field: None,
-                    }));
-                    let verdict = self.engine.process_decoded(ev, 0, *self.wall, self.alerts);
-                    if let Verdict::Rejected(why) = verdict {
-                        self.sink.dead_letter(line_no, why, &step.data[r.clone()])?;
-                    }
-                }
             }
-            for a in self.alerts.iter() {
-                self.sink.alert(a)?;
-            }
+        }
+        for a in self.alerts.iter() {
+            self.sink.alert(a)?;
         }
         Ok(())
     }
