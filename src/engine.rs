@@ -16,6 +16,7 @@ use crate::checkpoint::{codec, Section};
 use crate::config::Config;
 use crate::detect::{self, deal_line::DealLine, Ctx, Detector, EventIds, StateStats};
 use crate::event::{self, DecodeOptions, Event, Kind, Malformed, Millis, Reason};
+use crate::exchange::{Role, Sent};
 use crate::ids::{self, IdBuild, IdMap};
 use crate::state::{Contacts, Recorded};
 use crate::watermark::Watermarks;
@@ -194,6 +195,7 @@ pub struct Engine {
     cells: Option<Arc<CellMap>>,
     /// Scratch for what detectors push from `on_findings` (nothing, today).
     side_findings: Vec<Finding>,
+    outbox: Vec<Sent>,
 }
 
 /// A copy of the whole state, for a checkpoint encoded off the detecting thread (a copy
@@ -219,6 +221,7 @@ impl Clone for Engine {
             reference: self.reference,
             cells: self.cells.clone(),
             side_findings: Vec::new(),
+            outbox: Vec::new(),
         }
     }
 }
@@ -262,6 +265,7 @@ impl Engine {
             reference: None,
             cells: None,
             side_findings: Vec::new(),
+            outbox: Vec::new(),
             cfg,
         }
     }
@@ -456,6 +460,8 @@ impl Engine {
             }
         };
         let mut ctx = Ctx {
+            role: Role::Sender,
+            outbox: &mut self.outbox,
             contacts: &mut self.contacts,
             stream_start: start,
             out: &mut self.findings,
@@ -469,16 +475,20 @@ impl Engine {
             return;
         }
         let mut ctx = Ctx {
+            role: Role::Sender,
+            outbox: &mut self.outbox,
             contacts: &mut self.contacts,
             stream_start: start,
             out: &mut self.deal_findings,
             cells,
             cell,
         };
-        self.deal.on_findings(ev, &self.findings, &mut ctx);
+        self.deal.on_findings(ev.ts, &self.findings, &mut ctx);
         // Detectors that learn from the others' findings (`runner_movement`: which lines
         // carry deal evidence). Only on records with findings, so it costs nothing otherwise.
         let mut ctx = Ctx {
+            role: Role::Sender,
+            outbox: &mut self.outbox,
             contacts: &mut self.contacts,
             stream_start: start,
             out: &mut self.side_findings,
@@ -486,8 +496,8 @@ impl Engine {
             cell,
         };
         for d in &mut self.primaries {
-            d.on_findings(ev, &self.findings, &mut ctx);
-            d.on_findings(ev, &self.deal_findings, &mut ctx);
+            d.on_findings(ev.ts, &self.findings, &mut ctx);
+            d.on_findings(ev.ts, &self.deal_findings, &mut ctx);
         }
         self.side_findings.clear();
         let cooldown_s = ids::span_secs(self.cfg.alerts.cooldown_s);

@@ -45,6 +45,7 @@ pub mod detect;
 pub mod engine;
 pub mod eval;
 pub mod event;
+pub mod exchange;
 pub mod explain;
 pub mod generate;
 pub mod ids;

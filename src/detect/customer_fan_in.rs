@@ -22,6 +22,7 @@ use crate::checkpoint::codec;
 use crate::config::{Config, FanInConfig};
 use crate::event::{Event, Kind, Millis};
 use crate::evidence;
+use crate::exchange::Role;
 use crate::ids::{self, IdMap};
 use crate::state::Contact;
 
@@ -226,6 +227,11 @@ impl Detector for CustomerFanIn {
     }
 
     fn on_event(&mut self, ev: &Event<'_>, ids: &EventIds, ctx: &mut Ctx<'_>) {
+        // Until this detector is split by role (docs/sharding.md), all of it runs in the
+        // sender role, reading every key as the one-thread engine did.
+        if ctx.role != Role::Sender {
+            return;
+        }
         if !self.cfg.enabled {
             return;
         }
@@ -361,7 +367,7 @@ impl Detector for CustomerFanIn {
         });
     }
 
-    fn on_findings(&mut self, _ev: &Event<'_>, findings: &[Finding], _ctx: &mut Ctx<'_>) {
+    fn on_findings(&mut self, _at: Millis, findings: &[Finding], _ctx: &mut Ctx<'_>) {
         if !self.cfg.enabled {
             return;
         }
@@ -707,13 +713,15 @@ mod tests {
         };
         let mut out = Vec::new();
         let mut ctx = Ctx {
+            role: crate::exchange::Role::Barrier,
             contacts: &mut h.contacts,
             stream_start: 0,
             out: &mut out,
+            outbox: &mut Vec::new(),
             cells: None,
             cell: None,
         };
-        d.on_findings(&sms("x", at, "a", "b"), &[f], &mut ctx);
+        d.on_findings(at, &[f], &mut ctx);
     }
 
     /// Issue 13: a number replaced late in the data lives hours, with a handful of customers

@@ -15,7 +15,7 @@ use super::{Ctx, Detector, StateStats};
 use crate::alert::{Finding, SubjectKind};
 use crate::checkpoint::codec;
 use crate::config::{Config, DealLineConfig};
-use crate::event::{Event, Millis};
+use crate::event::Millis;
 use crate::ids::{self, IdMap};
 
 pub const NAME: &str = "deal_line";
@@ -275,7 +275,7 @@ impl Detector for DealLine {
         NAME
     }
 
-    fn on_findings(&mut self, ev: &Event<'_>, findings: &[Finding], ctx: &mut Ctx<'_>) {
+    fn on_findings(&mut self, at: Millis, findings: &[Finding], ctx: &mut Ctx<'_>) {
         if !self.cfg.enabled {
             return;
         }
@@ -287,12 +287,12 @@ impl Detector for DealLine {
                 }
             }
         }
-        let since = ev.ts.saturating_sub(ids::span_ms(self.cfg.lookback_s));
+        let since = at.saturating_sub(ids::span_ms(self.cfg.lookback_s));
         for id in touched {
             let Some(v) = self.lines.get(&id) else {
                 continue;
             };
-            let score = self.score(v, ev.ts);
+            let score = self.score(v, at);
             if score + 1e-9 < self.cfg.threshold {
                 continue;
             }
@@ -324,7 +324,7 @@ impl Detector for DealLine {
                 subject_id: id,
                 subject_kind: SubjectKind::Line,
                 score: score.min(1.0),
-                event_time: ev.ts,
+                event_time: at,
                 window_start: start,
                 window_end: end.max(start),
                 related: v
@@ -419,13 +419,15 @@ mod tests {
         let mut contacts = Contacts::new(10, 10, 10);
         let mut out = Vec::new();
         let mut ctx = Ctx {
+            role: crate::exchange::Role::Barrier,
             contacts: &mut contacts,
             stream_start: 0,
             out: &mut out,
+            outbox: &mut Vec::new(),
             cells: None,
             cell: None,
         };
-        d.on_findings(&sms("e", at, "x", "y"), fs, &mut ctx);
+        d.on_findings(at, fs, &mut ctx);
         out
     }
 

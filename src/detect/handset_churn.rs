@@ -12,6 +12,7 @@ use crate::checkpoint::codec;
 use crate::config::{ChurnConfig, Config};
 use crate::event::{Event, Millis};
 use crate::evidence;
+use crate::exchange::Role;
 use crate::ids::{self, IdMap};
 
 pub const NAME: &str = "handset_churn";
@@ -198,6 +199,11 @@ impl Detector for HandsetChurn {
     }
 
     fn on_event(&mut self, ev: &Event<'_>, ids: &EventIds, ctx: &mut Ctx<'_>) {
+        // Until this detector is split by role (docs/sharding.md), all of it runs in the
+        // sender role, reading every key as the one-thread engine did.
+        if ctx.role != Role::Sender {
+            return;
+        }
         if !self.cfg.enabled {
             return;
         }

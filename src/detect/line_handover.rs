@@ -21,6 +21,7 @@ use crate::checkpoint::codec;
 use crate::config::{Config, HandoverConfig};
 use crate::event::{Event, Kind, Millis};
 use crate::evidence;
+use crate::exchange::Role;
 use crate::ids::{self, IdMap};
 
 pub const NAME: &str = "line_handover";
@@ -135,6 +136,11 @@ impl Detector for LineHandover {
     }
 
     fn on_event(&mut self, ev: &Event<'_>, ids: &EventIds, ctx: &mut Ctx<'_>) {
+        // Until this detector is split by role (docs/sharding.md), all of it runs in the
+        // sender role, reading every key as the one-thread engine did.
+        if ctx.role != Role::Sender {
+            return;
+        }
         if !self.cfg.enabled || ev.kind != Kind::Sms {
             return;
         }

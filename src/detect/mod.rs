@@ -18,6 +18,7 @@ use crate::cells::{CellMap, CellPlace};
 use crate::checkpoint::codec;
 use crate::config::Config;
 use crate::event::{Event, Millis};
+use crate::exchange::{Evidence, Role, Sent};
 use crate::ids;
 use crate::state::Contacts;
 
@@ -51,15 +52,23 @@ impl EventIds {
     }
 }
 
-/// What a detector may read and where it writes, for one record.
+/// What a detector may read and where it writes, for one record in one role (or one piece
+/// of evidence at a barrier).
 pub struct Ctx<'a> {
-    /// Who each line has texted (already updated with the current record). Mutable so
-    /// `customer_fan_in` can note customer contacts on the entries they concern.
+    /// Which of the record's keys this call is for: the detector reads and writes only that
+    /// key's state (see [`crate::exchange`]). [`Role::Barrier`] in `on_evidence`.
+    pub role: Role,
+    /// Who each line of this shard has texted (already updated with the current record in
+    /// the sender role). Mutable so `customer_fan_in` can note customer contacts on the
+    /// entries they concern (in the recipient role: the line is the record's `to`).
     pub contacts: &'a mut Contacts,
     /// Event time of the first record of the stream (for warm-up rules).
     pub stream_start: Millis,
-    /// Findings go here.
+    /// Findings go here. Their subject must be the role's key (or the evidence's
+    /// destination): the shard that makes a finding owns its subject.
     pub out: &'a mut Vec<Finding>,
+    /// Evidence for other keys goes here, applied at the next barrier by their owner.
+    pub outbox: &'a mut Vec<Sent>,
     /// The cell map, when one was loaded (`--cells`).
     pub cells: Option<&'a CellMap>,
     /// The record's cell as the map places it; `None` without a map, without a `cell`, or
@@ -83,11 +92,19 @@ pub trait Detector: Send {
     /// The detector's name, as in alerts and config sections.
     fn name(&self) -> &'static str;
 
-    /// Sees one record; pushes findings to `ctx.out`.
+    /// Sees one record in one role (`ctx.role`: called once per role, sender, recipient,
+    /// then handset, possibly on different shards); pushes findings to `ctx.out` and
+    /// evidence for other keys to `ctx.outbox`.
     fn on_event(&mut self, _ev: &Event<'_>, _ids: &EventIds, _ctx: &mut Ctx<'_>) {}
 
-    /// Sees what the other detectors (and `deal_line`) found on the current record.
-    fn on_findings(&mut self, _ev: &Event<'_>, _findings: &[Finding], _ctx: &mut Ctx<'_>) {}
+    /// Sees what the detectors (and `deal_line`) found in the same call (one role of a
+    /// record, or one piece of evidence), judged as of event time `at`.
+    fn on_findings(&mut self, _at: Millis, _findings: &[Finding], _ctx: &mut Ctx<'_>) {}
+
+    /// Applies evidence sent to a key this shard owns, at a barrier, in the engine's
+    /// deterministic order; findings go to `ctx.out` (subject: the evidence's destination),
+    /// further evidence to `ctx.outbox` (applied in the same barrier, after this round).
+    fn on_evidence(&mut self, _e: &Evidence, _ctx: &mut Ctx<'_>) {}
 
     /// Drops state that the watermark has made irrelevant.
     fn expire(&mut self, _watermark: Millis) {}
@@ -188,11 +205,15 @@ pub(crate) mod testkit {
         }
     }
 
-    /// Drives a detector the way the engine does: contacts first, then the detector.
+    /// Drives a detector the way a one-shard engine does: contacts first, then the detector
+    /// in each of the record's roles; evidence waits in `inbox` for [`Harness::barrier`].
     pub struct Harness {
         pub contacts: Contacts,
         pub stream_start: Option<Millis>,
         pub cells: Option<CellMap>,
+        /// Evidence sent, awaiting the next barrier.
+        pub inbox: Vec<Evidence>,
+        seq: u64,
     }
 
     impl Harness {
@@ -201,27 +222,107 @@ pub(crate) mod testkit {
                 contacts: Contacts::new(1_000_000, 4096, 7 * 86_400),
                 stream_start: None,
                 cells: None,
+                inbox: Vec::new(),
+                seq: 0,
             }
         }
 
+        /// The record in every role it has, in the engine's order; the findings made.
         pub fn feed(&mut self, d: &mut dyn Detector, ev: &Event<'_>) -> Vec<Finding> {
             let ids = EventIds::of(ev);
             self.stream_start.get_or_insert(ev.ts);
-            self.contacts.touch(ids.from, ev.ts, ids.imei);
-            if ev.kind == Kind::Sms {
-                self.contacts.record_text(ids.from, ids.to, ev.ts);
-            }
+            self.seq += 1;
             let mut out = Vec::new();
             let cells = self.cells.as_ref();
             let cell = cells.and_then(|m| m.resolve(ev.cell.as_deref()?));
+            for role in Role::RECORD {
+                if role == Role::Handset && ids.imei.is_none() {
+                    continue;
+                }
+                if role == Role::Sender {
+                    self.contacts.touch(ids.from, ev.ts, ids.imei);
+                    if ev.kind == Kind::Sms {
+                        self.contacts.record_text(ids.from, ids.to, ev.ts);
+                    }
+                }
+                let mut sent = Vec::new();
+                let mut ctx = Ctx {
+                    role,
+                    contacts: &mut self.contacts,
+                    stream_start: self.stream_start.unwrap(),
+                    out: &mut out,
+                    outbox: &mut sent,
+                    cells,
+                    cell,
+                };
+                d.on_event(ev, &ids, &mut ctx);
+                for (k, s) in sent.into_iter().enumerate() {
+                    self.inbox.push(Evidence {
+                        dest: s.dest,
+                        at: ev.ts,
+                        event_id: ev.event_id.as_ref().into(),
+                        order: [ev.ts as u64, self.seq, (role as u64) << 32 | k as u64],
+                        body: s.body,
+                    });
+                }
+            }
+            out
+        }
+
+        /// Shows the detector findings as the engine does after a call (`on_findings`).
+        #[allow(dead_code)] // for the role-split detectors' tests
+        pub fn findings(
+            &mut self,
+            d: &mut dyn Detector,
+            at: Millis,
+            fs: &[Finding],
+        ) -> Vec<Finding> {
+            let mut out = Vec::new();
+            let mut sent = Vec::new();
             let mut ctx = Ctx {
+                role: Role::Barrier,
                 contacts: &mut self.contacts,
-                stream_start: self.stream_start.unwrap(),
+                stream_start: self.stream_start.unwrap_or(at),
                 out: &mut out,
-                cells,
-                cell,
+                outbox: &mut sent,
+                cells: self.cells.as_ref(),
+                cell: None,
             };
-            d.on_event(ev, &ids, &mut ctx);
+            d.on_findings(at, fs, &mut ctx);
+            out
+        }
+
+        /// A barrier: applies the evidence sent so far (and what that sends, round after
+        /// round) to the detector, in the engine's order; the findings made.
+        #[allow(dead_code)] // for the role-split detectors' tests
+        pub fn barrier(&mut self, d: &mut dyn Detector) -> Vec<Finding> {
+            let mut out = Vec::new();
+            while !self.inbox.is_empty() {
+                let mut round = std::mem::take(&mut self.inbox);
+                round.sort_by_key(|e| e.order);
+                for (rank, e) in round.iter().enumerate() {
+                    let mut sent = Vec::new();
+                    let mut ctx = Ctx {
+                        role: Role::Barrier,
+                        contacts: &mut self.contacts,
+                        stream_start: self.stream_start.unwrap_or(e.at),
+                        out: &mut out,
+                        outbox: &mut sent,
+                        cells: self.cells.as_ref(),
+                        cell: None,
+                    };
+                    d.on_evidence(e, &mut ctx);
+                    for (k, s) in sent.into_iter().enumerate() {
+                        self.inbox.push(Evidence {
+                            dest: s.dest,
+                            at: e.at,
+                            event_id: e.event_id.clone(),
+                            order: [rank as u64, k as u64, 0],
+                            body: s.body,
+                        });
+                    }
+                }
+            }
             out
         }
     }

@@ -43,6 +43,7 @@ use crate::checkpoint::codec;
 use crate::config::{Config, RunnerConfig};
 use crate::event::{Event, Millis};
 use crate::evidence;
+use crate::exchange::Role;
 use crate::ids::{self, IdMap};
 
 pub const NAME: &str = "runner_movement";
@@ -454,6 +455,11 @@ impl Detector for RunnerMovement {
     }
 
     fn on_event(&mut self, ev: &Event<'_>, ids: &EventIds, ctx: &mut Ctx<'_>) {
+        // Until this detector is split by role (docs/sharding.md), all of it runs in the
+        // sender role, reading every key as the one-thread engine did.
+        if ctx.role != Role::Sender {
+            return;
+        }
         if !self.cfg.enabled {
             return;
         }
@@ -664,7 +670,7 @@ impl Detector for RunnerMovement {
         self.name_earlier(imei, imei_s, r.since_s, r.newest_s, ctx);
     }
 
-    fn on_findings(&mut self, _ev: &Event<'_>, findings: &[Finding], _ctx: &mut Ctx<'_>) {
+    fn on_findings(&mut self, _at: Millis, findings: &[Finding], _ctx: &mut Ctx<'_>) {
         if !self.cfg.enabled {
             return;
         }
@@ -859,13 +865,15 @@ mod tests {
         let mut contacts = crate::state::Contacts::new(10, 10, 10);
         let mut out = Vec::new();
         let mut ctx = Ctx {
+            role: crate::exchange::Role::Barrier,
             contacts: &mut contacts,
             stream_start: 0,
             out: &mut out,
+            outbox: &mut Vec::new(),
             cells: None,
             cell: None,
         };
-        d.on_findings(&sms("x", at, "a", "b"), &[f], &mut ctx);
+        d.on_findings(at, &[f], &mut ctx);
     }
 
     fn det() -> RunnerMovement {

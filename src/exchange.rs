@@ -1,0 +1,87 @@
+//! The exchanges of the partitioned engine (`docs/sharding.md`): the one place where a
+//! record's work on one key hands evidence to another key.
+//!
+//! The engine's state is owned by key: a *number* (a line, a customer, a runner: one key
+//! space) or a *handset*. A record is processed in up to three **roles**, each by the shard
+//! that owns the role's key: as *sender* (its `from`), as *recipient* (its `to`), as *handset*
+//! (its `imei`). In a role a detector reads and writes only the state of that role's key.
+//! Anything it learns about another key it [`Sent`]s as evidence; the engine delivers
+//! evidence at the next **barrier** (the watermark crossing a multiple of
+//! `engine.exchange_epoch_s`), to the shard owning the destination, in an order that depends
+//! on the input alone. So the alerts are the same whatever the number of shards: one shard
+//! obeys the same rule (evidence waits for the barrier even when it is for a key the same
+//! shard owns).
+//!
+//! Rule for findings: a finding's *subject* is a key of the role (or of the evidence) that
+//! made it, so its cooldown and its `deal_line` credit are local; every other key a finding
+//! names is reached through an exchange.
+//!
+//! These types are what issue 11 serialises onto Kafka topics between instances, so they are
+//! plain data (serde), keyed by the 64-bit id hashes of [`crate::ids::id`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::Millis;
+
+/// Which of a record's keys a detector is being shown the record for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Role {
+    /// The record's `from` number: the shard owning it.
+    Sender,
+    /// The record's `to` number.
+    Recipient,
+    /// The record's handset (`imei`), when it has one.
+    Handset,
+    /// Not a record: evidence applied at a barrier (see [`crate::detect::Detector::on_evidence`]).
+    Barrier,
+}
+
+impl Role {
+    /// The roles a record is processed in, in this order (records with no `imei` skip the
+    /// last).
+    pub const RECORD: [Role; 3] = [Role::Sender, Role::Recipient, Role::Handset];
+}
+
+/// The key whose owner applies a piece of evidence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Dest {
+    /// A number (line, customer, runner) by its id hash.
+    Number(u64),
+    /// A handset by its `imei` hash.
+    Handset(u64),
+    /// Every shard (rare, replicated facts: lines with deal evidence).
+    Every,
+}
+
+/// What evidence says. One variant per exchange; each names the detector that sends and
+/// the one that applies it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Body {
+    /// Placeholder so the enum is inhabited before the first exchange lands; never sent.
+    #[doc(hidden)]
+    Nothing,
+}
+
+/// Evidence as a detector sends it: the engine adds the time, the producing record and the
+/// order (see [`Evidence`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sent {
+    pub dest: Dest,
+    pub body: Body,
+}
+
+/// Evidence in flight between shards, applied at the next barrier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evidence {
+    pub dest: Dest,
+    /// Event time it is judged as of: its producing record's (or, for evidence sent while
+    /// applying evidence, that evidence's).
+    pub at: Millis,
+    /// The producing record's `event_id`: a finding made from this evidence carries it, so
+    /// its alert id is the one the record would have given.
+    pub event_id: Box<str>,
+    /// The order evidence is applied in at a barrier: unique, and a function of the input
+    /// alone (never of which shard sent it). Set by the engine.
+    pub order: [u64; 3],
+    pub body: Body,
+}
