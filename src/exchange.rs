@@ -68,6 +68,26 @@ pub enum Body {
 pub struct Sent {
     pub dest: Dest,
     pub body: Body,
+    /// Where it sorts among the evidence sent while applying the same piece of evidence
+    /// (see [`Evidence::order`]): a detector answering a broadcast sets it, so that the
+    /// answers of every shard arrive best first (e.g. highest overlap, then lowest id) and
+    /// are distinct. Zero otherwise.
+    pub hint: [u64; 2],
+}
+
+impl Sent {
+    pub fn new(dest: Dest, body: Body) -> Self {
+        Sent {
+            dest,
+            body,
+            hint: [0, 0],
+        }
+    }
+
+    /// With a sort hint (see [`Sent::hint`]).
+    pub fn hinted(dest: Dest, body: Body, hint: [u64; 2]) -> Self {
+        Sent { dest, body, hint }
+    }
 }
 
 /// Evidence in flight between shards, applied at the next barrier.
@@ -81,7 +101,10 @@ pub struct Evidence {
     /// its alert id is the one the record would have given.
     pub event_id: Box<str>,
     /// The order evidence is applied in at a barrier: unique, and a function of the input
-    /// alone (never of which shard sent it). Set by the engine.
-    pub order: [u64; 3],
+    /// alone (never of which shard sent it). Set by the engine: for evidence sent on a
+    /// record, `[event time, record sequence number, role << 32 | index, 0]`; for evidence
+    /// sent while applying evidence (the barrier's next round), `[rank of that evidence in
+    /// its round, hint[0], hint[1], index]`.
+    pub order: [u64; 4],
     pub body: Body,
 }

@@ -261,7 +261,7 @@ pub(crate) mod testkit {
                         dest: s.dest,
                         at: ev.ts,
                         event_id: ev.event_id.as_ref().into(),
-                        order: [ev.ts as u64, self.seq, (role as u64) << 32 | k as u64],
+                        order: [ev.ts as u64, self.seq, (role as u64) << 32 | k as u64, 0],
                         body: s.body,
                     });
                 }
@@ -317,7 +317,7 @@ pub(crate) mod testkit {
                             dest: s.dest,
                             at: e.at,
                             event_id: e.event_id.clone(),
-                            order: [rank as u64, k as u64, 0],
+                            order: [rank as u64, s.hint[0], s.hint[1], k as u64],
                             body: s.body,
                         });
                     }
