@@ -8,10 +8,19 @@
 //! when it is sketched and again each time its audience grows by a quarter, until it
 //! matches. The sketches only pick candidates (any shared minimum): MinHash overlap
 //! estimates between a list of 15 and one of 300 are too noisy to decide on, so the overlap
-//! of a candidate is then counted exactly from the shared contact store, which still holds
-//! both lists within its retention (the sketch estimate is the fallback when the earlier
-//! list has expired). The candidate scan is over sketched lines only, the few that blast;
-//! banded LSH would replace it if that population grew to millions.
+//! of a candidate is then counted exactly against its contact list, which the store still
+//! holds within its retention (the sketch estimate is the fallback when the earlier list has
+//! expired). The candidate scan is over sketched lines only, the few that blast; banded LSH
+//! would replace it if that population grew to millions.
+//!
+//! Split by key (`docs/sharding.md`): a line's sketch lives on the shard owning the line
+//! and is kept in its sender role. The comparison with every earlier line is the design's
+//! one broadcast: the new line sends [`Body::AudienceQuery`] (its minima and its recipients'
+//! fingerprints) to every shard; at the barrier each shard scans the lines it owns and
+//! answers with its best candidate at or above `min_overlap` as [`Body::AudienceMatch`],
+//! hinted so that every shard's answers apply best first. The new line's shard takes the
+//! first answer (the one a scan of every line would have picked), makes the finding as of
+//! the query's record, and ignores the rest.
 
 use serde::{Deserialize, Serialize};
 
@@ -21,7 +30,7 @@ use crate::checkpoint::codec;
 use crate::config::{Config, HandoverConfig};
 use crate::event::{Event, Kind, Millis};
 use crate::evidence;
-use crate::exchange::Role;
+use crate::exchange::{Body, Dest, Evidence, Role, Sent};
 use crate::ids::{self, IdMap};
 
 pub const NAME: &str = "line_handover";
@@ -41,6 +50,9 @@ struct Sketched {
     mins: Box<[u32]>,
     /// Compare again once the audience reaches this size (u32::MAX: matched or too old).
     next_eval: u32,
+    /// An answer to one of its queries made the finding: the other answers (to that query,
+    /// or to later ones sent before the barrier) are not looked at.
+    matched: bool,
 }
 
 #[derive(Clone)]
@@ -89,44 +101,94 @@ impl LineHandover {
         }
     }
 
-    /// The earlier line whose audience holds most of this line's, with the overlap, the
-    /// sketch Jaccard, and whether the overlap was counted exactly.
-    fn best_predecessor(
+    /// Answers an audience query from the lines this shard owns: the earlier line whose
+    /// audience holds most of the new line's, if that reaches `min_overlap` (the new line's
+    /// shard takes the best answer of every shard, so a weaker one is never needed).
+    #[allow(clippy::too_many_arguments)]
+    fn answer(
         &self,
+        e: &Evidence,
         line: u64,
-        me: &Sketched,
-        contacts: &crate::state::Contacts,
-    ) -> Option<(u64, f64, f64, bool)> {
-        let mine: std::collections::HashSet<u32> = contacts
-            .get(line)
-            .map(|r| r.contacts.iter().map(|c| c.fp).collect())
-            .unwrap_or_default();
-        let mut best: Option<(u64, f64, f64, bool)> = None;
+        first_seen_s: u32,
+        recipients: u32,
+        handset_fp: u32,
+        mins: &[u32],
+        fps: &[u32],
+        ctx: &mut Ctx<'_>,
+    ) {
+        // The earlier list as it was when the query was sent: texts after it are in the
+        // store by the barrier, and the one-thread scan could not have counted them.
+        let asked_s = ids::secs(e.at);
+        let mut best: Option<(u64, &Sketched, f64, f64, bool)> = None;
         for (&other, o) in &self.sketches {
-            if other == line || o.first_seen_s >= me.first_seen_s {
+            if other == line || o.first_seen_s >= first_seen_s {
                 continue;
             }
-            let j = jaccard(&me.mins, &o.mins);
+            let j = jaccard(mins, &o.mins);
             if j == 0.0 {
                 continue;
             }
-            let (c, exact) = match contacts.get(other) {
-                Some(rec) if !mine.is_empty() => {
-                    let shared = rec.contacts.iter().filter(|c| mine.contains(&c.fp)).count();
-                    (shared as f64 / mine.len() as f64, true)
+            let (c, exact) = match ctx.contacts.get(other) {
+                Some(rec) if !fps.is_empty() => {
+                    let shared = rec
+                        .iter_contacts()
+                        .filter(|c| c.first_s <= asked_s && fps.binary_search(&c.fp).is_ok())
+                        .count();
+                    (shared as f64 / fps.len() as f64, true)
                 }
-                _ => (containment(j, me.recipients, o.recipients), false),
+                _ => (containment(j, recipients, o.recipients), false),
             };
-            // Ties go to the lower id so the choice does not depend on map order.
+            // Ties go to the lower id so the choice does not depend on map order (the
+            // answers' hints order the shards' bests the same way).
             let better = match best {
                 None => true,
-                Some((bid, bc, _, _)) => c > bc || (c == bc && other < bid),
+                Some((bid, _, bc, _, _)) => c > bc || (c == bc && other < bid),
             };
             if better {
-                best = Some((other, c, j, exact));
+                best = Some((other, o, c, j, exact));
             }
         }
-        best
+        let Some((earlier, o, overlap, jaccard, exact)) = best else {
+            return;
+        };
+        if overlap < self.cfg.min_overlap {
+            return;
+        }
+        let body = Body::AudienceMatch {
+            recipients,
+            first_seen_s,
+            earlier,
+            earlier_line: o.line.clone(),
+            earlier_first_seen_s: o.first_seen_s,
+            earlier_last_text_s: o.last_text_s,
+            earlier_recipients: o.recipients,
+            overlap,
+            jaccard,
+            exact,
+            shared_handset: handset_fp != 0 && handset_fp == o.handset_fp,
+        };
+        // A non-negative f64's bits order as the value does: best overlap first, then the
+        // lower id, across every shard's answers.
+        let hint = [u64::MAX - overlap.to_bits(), earlier];
+        ctx.outbox
+            .push(Sent::hinted(Dest::Number(line), body, hint));
+    }
+}
+
+/// The query a line sends when its audience reaches its next evaluation point.
+fn query(line: u64, me: &Sketched, rec: &crate::state::LineRecord) -> Body {
+    // The store keeps a line's contacts sorted by fingerprint: the answering shards
+    // binary-search them.
+    let mut fps: Vec<u32> = rec.contacts.iter().map(|c| c.fp).collect();
+    fps.sort_unstable();
+    fps.dedup();
+    Body::AudienceQuery {
+        line,
+        first_seen_s: me.first_seen_s,
+        recipients: me.recipients,
+        handset_fp: me.handset_fp,
+        mins: me.mins.clone(),
+        fps: fps.into_boxed_slice(),
     }
 }
 
@@ -136,12 +198,9 @@ impl Detector for LineHandover {
     }
 
     fn on_event(&mut self, ev: &Event<'_>, ids: &EventIds, ctx: &mut Ctx<'_>) {
-        // Until this detector is split by role (docs/sharding.md), all of it runs in the
-        // sender role, reading every key as the one-thread engine did.
-        if ctx.role != Role::Sender {
-            return;
-        }
-        if !self.cfg.enabled || ev.kind != Kind::Sms {
+        // A record only touches its sending line's own state (sketch, contact list): the
+        // sender role. Other lines are reached through the audience query.
+        if ctx.role != Role::Sender || !self.cfg.enabled || ev.kind != Kind::Sms {
             return;
         }
         let Some(rec) = ctx.contacts.get(ids.from) else {
@@ -194,6 +253,7 @@ impl Detector for LineHandover {
                     } else {
                         u32::MAX
                     },
+                    matched: false,
                 })
             }
         };
@@ -206,50 +266,96 @@ impl Detector for LineHandover {
             return;
         }
         me.next_eval = me.recipients + (me.recipients / 4).max(5);
-        let Some(me) = self.sketches.get(&ids.from) else {
-            return;
-        };
-        let Some((pred, overlap, j, exact)) = self.best_predecessor(ids.from, me, ctx.contacts)
-        else {
-            return;
-        };
-        if overlap < self.cfg.min_overlap {
+        let q = query(ids.from, me, rec);
+        ctx.outbox.push(Sent::new(Dest::Every, q));
+    }
+
+    fn on_evidence(&mut self, e: &Evidence, ctx: &mut Ctx<'_>) {
+        if !self.cfg.enabled {
             return;
         }
-        let o = &self.sketches[&pred];
-        let shared_handset = me.handset_fp != 0 && me.handset_fp == o.handset_fp;
-        let finding = Finding {
-            detector: NAME,
-            subject: ev.from.to_string(),
-            subject_id: ids.from,
-            subject_kind: SubjectKind::Line,
-            score: overlap,
-            event_time: ev.ts,
-            window_start: ids::millis(o.first_seen_s),
-            window_end: ev.ts,
-            related: vec![o.line.to_string()],
-            evidence: evidence! {
-                "overlap" => (overlap * 1000.0).round() / 1000.0,
-                "min_overlap" => self.cfg.min_overlap,
-                "overlap_counted" => if exact { "exact" } else { "minhash_estimate" },
-                "sketch_jaccard" => (j * 1000.0).round() / 1000.0,
-                "new_line_recipients" => me.recipients,
-                "earlier_line_recipients" => o.recipients,
-                "burst_recipients" => me.burst_recipients,
-                "min_recipients" => self.cfg.min_recipients,
-                "burst_window_s" => self.cfg.burst_window_s,
-                "new_line_first_seen" => ids::millis(me.first_seen_s),
-                "earlier_line_first_seen" => ids::millis(o.first_seen_s),
-                "earlier_line_last_text" => ids::millis(o.last_text_s),
-                "shared_handset" => shared_handset,
-                "new_line_max_age_s" => self.cfg.new_line_max_age_s,
-            },
-            lines: vec![(ids.from, ev.from.to_string()), (pred, o.line.to_string())],
-        };
-        if let Some(me) = self.sketches.get_mut(&ids.from) {
-            me.next_eval = u32::MAX;
+        match (&e.body, e.dest) {
+            (
+                Body::AudienceQuery {
+                    line,
+                    first_seen_s,
+                    recipients,
+                    handset_fp,
+                    mins,
+                    fps,
+                },
+                _,
+            ) => self.answer(
+                e,
+                *line,
+                *first_seen_s,
+                *recipients,
+                *handset_fp,
+                mins,
+                fps,
+                ctx,
+            ),
+            (
+                Body::AudienceMatch {
+                    recipients,
+                    first_seen_s,
+                    earlier,
+                    earlier_line,
+                    earlier_first_seen_s,
+                    earlier_last_text_s,
+                    earlier_recipients,
+                    overlap,
+                    jaccard,
+                    exact,
+                    shared_handset,
+                },
+                Dest::Number(line),
+            ) => {
+                // The first answer applied is the best of every shard's: it decides, and
+                // the rest (weaker, or to queries sent before it was known) are ignored.
+                let Some(me) = self.sketches.get_mut(&line) else {
+                    return;
+                };
+                if me.matched || *overlap < self.cfg.min_overlap {
+                    return;
+                }
+                me.matched = true;
+                me.next_eval = u32::MAX;
+                let (overlap, j) = (*overlap, *jaccard);
+                ctx.out.push(Finding {
+                    detector: NAME,
+                    subject: me.line.to_string(),
+                    subject_id: line,
+                    subject_kind: SubjectKind::Line,
+                    score: overlap,
+                    event_time: e.at,
+                    window_start: ids::millis(*earlier_first_seen_s),
+                    window_end: e.at,
+                    related: vec![earlier_line.to_string()],
+                    evidence: evidence! {
+                        "overlap" => (overlap * 1000.0).round() / 1000.0,
+                        "min_overlap" => self.cfg.min_overlap,
+                        "overlap_counted" => if *exact { "exact" } else { "minhash_estimate" },
+                        "sketch_jaccard" => (j * 1000.0).round() / 1000.0,
+                        "new_line_recipients" => *recipients,
+                        "earlier_line_recipients" => *earlier_recipients,
+                        "burst_recipients" => me.burst_recipients,
+                        "min_recipients" => self.cfg.min_recipients,
+                        "burst_window_s" => self.cfg.burst_window_s,
+                        "new_line_first_seen" => ids::millis(*first_seen_s),
+                        "earlier_line_first_seen" => ids::millis(*earlier_first_seen_s),
+                        "earlier_line_last_text" => ids::millis(*earlier_last_text_s),
+                        "shared_handset" => *shared_handset,
+                        "new_line_max_age_s" => self.cfg.new_line_max_age_s,
+                    },
+                    lines: vec![
+                        (line, me.line.to_string()),
+                        (*earlier, earlier_line.to_string()),
+                    ],
+                });
+            }
+            _ => {}
         }
-        ctx.out.push(finding);
     }
 
     fn expire(&mut self, watermark: Millis) {
@@ -298,6 +404,8 @@ mod tests {
     use super::*;
     use crate::detect::testkit::*;
 
+    /// Texts from `line` to `c{i}` for each i, one a second from `t`; then a barrier. No
+    /// finding may come before the barrier: the earlier lines are reached by evidence.
     fn texts(
         h: &mut Harness,
         d: &mut LineHandover,
@@ -305,12 +413,12 @@ mod tests {
         t: Millis,
         range: std::ops::Range<usize>,
     ) -> Vec<Finding> {
-        let mut out = Vec::new();
         for i in range {
             let (id, to) = (format!("{line}-{t}-{i}"), format!("c{i}"));
-            out.extend(h.feed(d, &sms(&id, t, line, &to)));
+            let f = h.feed(d, &sms(&id, t + i as Millis * 1000, line, &to));
+            assert!(f.is_empty(), "a finding before the barrier: {f:?}");
         }
-        out
+        h.barrier(d)
     }
 
     fn setup() -> (Harness, LineHandover) {
