@@ -497,6 +497,259 @@ mod tests {
     }
 
     #[test]
+    fn fires_at_the_barrier_as_of_the_record_that_reached_the_evaluation_point() {
+        let (mut h, mut d) = setup();
+        texts(&mut h, &mut d, "old", HOUR, 0..60);
+        for i in 0..40 {
+            let (id, to) = (format!("new-{i}"), format!("c{i}"));
+            let f = h.feed(&mut d, &sms(&id, DAY + i as Millis * 1000, "new", &to));
+            assert!(f.is_empty(), "{f:?}");
+        }
+        // The 15th recipient's record sent the first query; growing by a quarter sent more
+        // (20, 25, 31, 38) before the barrier.
+        let queries: Vec<&Evidence> = h
+            .inbox
+            .iter()
+            .filter(|e| matches!(e.body, Body::AudienceQuery { .. }))
+            .collect();
+        assert_eq!(queries.len(), 5, "{queries:?}");
+        assert!(queries.iter().all(|e| e.dest == Dest::Every));
+        assert_eq!(&*queries[0].event_id, "new-14");
+        assert_eq!(queries[0].at, DAY + 14_000);
+        let f = h.barrier(&mut d);
+        // One finding (the answers to the later queries are ignored), judged as of the
+        // record that reached 15 recipients, as the one-thread scan judged it.
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].subject, "new");
+        assert_eq!(f[0].subject_id, ids::id("new"));
+        assert_eq!(f[0].event_time, DAY + 14_000);
+        assert_eq!(f[0].window_end, DAY + 14_000);
+        assert_eq!(f[0].evidence["new_line_recipients"], 15);
+        assert_eq!(f[0].evidence["overlap_counted"], "exact");
+        assert_eq!(f[0].related, vec!["old"]);
+        assert_eq!(
+            f[0].lines,
+            vec![
+                (ids::id("new"), "new".to_string()),
+                (ids::id("old"), "old".to_string())
+            ]
+        );
+        // Matched: later texts send no query.
+        assert!(texts(&mut h, &mut d, "new", DAY + HOUR, 40..80).is_empty());
+        assert!(h.inbox.is_empty());
+    }
+
+    #[test]
+    fn the_earlier_list_is_counted_as_it_was_when_the_query_was_sent() {
+        let (mut h, mut d) = setup();
+        // The old line texts c0..c5 and blasts c100..c160; the new line blasts c0..c15.
+        texts(&mut h, &mut d, "old", HOUR, 100..160);
+        texts(&mut h, &mut d, "old", 2 * HOUR, 0..5);
+        for i in 0..15 {
+            let (id, to) = (format!("new-{i}"), format!("c{i}"));
+            h.feed(&mut d, &sms(&id, DAY + i as Millis, "new", &to));
+        }
+        // After the query, before the barrier, the old line texts the rest of the new
+        // line's audience: the scan at the query's record could not have counted those.
+        for i in 5..15 {
+            let (id, to) = (format!("late-{i}"), format!("c{i}"));
+            h.feed(&mut d, &sms(&id, DAY + 30_000, "old", &to));
+        }
+        let f = h.barrier(&mut d);
+        assert!(f.is_empty(), "5 of 15 at the query: {f:?}");
+    }
+
+    /// `n` shards, each a harness and a detector owning the lines whose id is `i` mod `n`:
+    /// a record goes to the shard of its sender (the only role this detector acts in), and
+    /// evidence at the barrier to the shard of its destination (every shard for
+    /// [`Dest::Every`]), in the engine's order, with the stream's start on every shard.
+    struct Shards {
+        shards: Vec<(Harness, LineHandover)>,
+        inbox: Vec<Evidence>,
+        seq: u64,
+    }
+
+    impl Shards {
+        fn new(n: usize) -> Self {
+            let shards = (0..n)
+                .map(|_| (Harness::new(), LineHandover::new(&Config::default())))
+                .collect();
+            Shards {
+                shards,
+                inbox: Vec::new(),
+                seq: 0,
+            }
+        }
+
+        fn owner(&self, key: u64) -> usize {
+            (key % self.shards.len() as u64) as usize
+        }
+
+        fn feed(&mut self, ev: &Event<'_>) -> Vec<Finding> {
+            for (h, _) in &mut self.shards {
+                h.stream_start.get_or_insert(ev.ts);
+            }
+            self.seq += 1;
+            let i = self.owner(ids::id(&ev.from));
+            let (h, d) = &mut self.shards[i];
+            let out = h.feed(d, ev);
+            // Ordered by the record's place in the whole input, not in one shard's share.
+            for mut e in h.inbox.drain(..) {
+                e.order[1] = self.seq;
+                self.inbox.push(e);
+            }
+            out
+        }
+
+        fn barrier(&mut self) -> Vec<Finding> {
+            let mut out = Vec::new();
+            let mut round = std::mem::take(&mut self.inbox);
+            while !round.is_empty() {
+                round.sort_by_key(|e| e.order);
+                let mut next = Vec::new();
+                for (rank, e) in round.iter().enumerate() {
+                    let to: Vec<usize> = match e.dest {
+                        Dest::Every => (0..self.shards.len()).collect(),
+                        Dest::Number(k) | Dest::Handset(k) => vec![self.owner(k)],
+                    };
+                    for i in to {
+                        let (h, d) = &mut self.shards[i];
+                        let mut sent = Vec::new();
+                        let mut ctx = Ctx {
+                            role: Role::Barrier,
+                            contacts: &mut h.contacts,
+                            stream_start: h.stream_start.unwrap_or(e.at),
+                            out: &mut out,
+                            outbox: &mut sent,
+                            cells: None,
+                            cell: None,
+                        };
+                        d.on_evidence(e, &mut ctx);
+                        for (k, s) in sent.into_iter().enumerate() {
+                            next.push(Evidence {
+                                dest: s.dest,
+                                at: e.at,
+                                event_id: e.event_id.clone(),
+                                order: [rank as u64, s.hint[0], s.hint[1], k as u64],
+                                body: s.body,
+                            });
+                        }
+                    }
+                }
+                round = next;
+            }
+            out
+        }
+    }
+
+    /// Earlier lines with overlapping audiences, new lines texting some of them, interleaved
+    /// so several queries meet at one barrier; a barrier every minute of event time.
+    fn handovers(n: usize) -> (Vec<Finding>, Shards) {
+        let mut s = Shards::new(n);
+        let mut out = Vec::new();
+        let feed = |s: &mut Shards, id: String, t: Millis, from: &str, to: String| {
+            let f = s.feed(&sms(&id, t, from, &to));
+            assert!(f.is_empty(), "a finding before the barrier: {f:?}");
+        };
+        feed(&mut s, "start".into(), 0, "x", "y".into());
+        let earlier = [
+            ("o1", 0..40),
+            ("o2", 20..60),
+            ("o3", 100..160),
+            ("o4", 0..40), // the same audience as o1: ties go to the lower id
+            ("o5", 300..320),
+            // 10 of n2's first 15 (an answer above min_overlap, but not the best: o2 has 15)
+            ("o6", 35..45),
+            ("o6", 400..420),
+        ];
+        for (j, (line, range)) in earlier.into_iter().enumerate() {
+            for i in range {
+                let t = HOUR * (j as Millis + 1) + i as Millis * 1000;
+                feed(&mut s, format!("{line}-{i}"), t, line, format!("c{i}"));
+            }
+        }
+        out.extend(s.barrier());
+        let new = [
+            ("n1", 0..30),
+            ("n2", 35..70),
+            ("n3", 120..140),
+            ("n4", 200..230),
+            ("n5", 305..340), // 15 of o5's 20 at 30 recipients: estimate and exact differ
+        ];
+        let mut t = DAY;
+        for i in 0..40 {
+            for (line, range) in &new {
+                if let Some(c) = range.clone().nth(i) {
+                    t += 7_000;
+                    feed(&mut s, format!("{line}-{i}"), t, line, format!("c{c}"));
+                    if t % MIN < 7_000 {
+                        out.extend(s.barrier());
+                    }
+                }
+            }
+        }
+        out.extend(s.barrier());
+        (out, s)
+    }
+
+    fn summary(f: &Finding) -> String {
+        let ev = serde_json::to_string(&f.evidence).unwrap();
+        format!(
+            "{} {} {:?} {} {} {ev} {:?}",
+            f.subject, f.subject_id, f.related, f.event_time, f.score, f.lines
+        )
+    }
+
+    #[test]
+    fn any_number_of_shards_finds_what_one_finds() {
+        let (one, _) = handovers(1);
+        let mut got: Vec<(&str, &str)> = one
+            .iter()
+            .map(|f| (f.subject.as_str(), f.related[0].as_str()))
+            .collect();
+        got.sort();
+        let tie = if ids::id("o1") < ids::id("o4") {
+            "o1"
+        } else {
+            "o4"
+        };
+        assert_eq!(
+            got,
+            vec![("n1", tie), ("n2", "o2"), ("n3", "o3"), ("n5", "o5")],
+            "{one:?}"
+        );
+        let one: Vec<String> = one.iter().map(summary).collect();
+        for n in [2, 3, 8] {
+            let (found, s) = handovers(n);
+            // The test is only worth it if some handover crosses shards.
+            let crossing = found
+                .iter()
+                .filter(|f| s.owner(f.lines[0].0) != s.owner(f.lines[1].0))
+                .count();
+            assert!(crossing > 0, "{n} shards: no handover crosses shards");
+            let found: Vec<String> = found.iter().map(summary).collect();
+            assert_eq!(found, one, "{n} shards");
+        }
+    }
+
+    #[test]
+    fn a_query_is_small() {
+        let (mut h, mut d) = setup();
+        texts(&mut h, &mut d, "old", HOUR, 100..160);
+        for i in 0..15 {
+            let (id, to) = (format!("new-{i}"), format!("c{i}"));
+            h.feed(&mut d, &sms(&id, DAY + i as Millis, "new", &to));
+        }
+        assert_eq!(h.inbox.len(), 1);
+        let bytes = codec::encode(&h.inbox[0].body).unwrap().len();
+        // 64 minima and 15 fingerprints of 4 bytes, varint-encoded (larger values take 5),
+        // plus the line id and three counts.
+        let k = Config::default().line_handover.sketch_size as usize;
+        assert!(bytes <= (k + 15) * 5 + 4 * 10, "{bytes} bytes");
+        assert!(bytes >= (k + 15) * 3, "{bytes} bytes");
+    }
+
+    #[test]
     fn minhash_estimate_is_close() {
         let k = 256;
         let (mut a, mut b) = (vec![u32::MAX; k], vec![u32::MAX; k]);
