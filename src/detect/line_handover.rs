@@ -749,6 +749,70 @@ mod tests {
         assert!(bytes >= (k + 15) * 3, "{bytes} bytes");
     }
 
+    /// How many audience queries a generated city sends, and their size. Not a check (a
+    /// figure for the README): `LW_SUBSCRIBERS=20000 cargo test --release --lib
+    /// queries_per_million -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn queries_per_million_records() {
+        use crate::event::{decode, DecodeOptions};
+        use crate::generate::{generate_in_memory, GenOptions};
+        let subscribers = std::env::var("LW_SUBSCRIBERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20_000);
+        let days = std::env::var("LW_DAYS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(4);
+        let opts = GenOptions {
+            subscribers,
+            days,
+            ..GenOptions::default()
+        };
+        let (events, _, _) = generate_in_memory(&opts).unwrap();
+        let mut h = Harness::new();
+        let mut d = LineHandover::new(&Config::default());
+        let (mut records, mut queries, mut bytes, mut largest) = (0u64, 0u64, 0u64, 0usize);
+        let (mut findings, mut epoch) = (0u64, 0);
+        let decode_opts = DecodeOptions::default();
+        let mut count = |h: &Harness, queries: &mut u64, bytes: &mut u64, largest: &mut usize| {
+            for e in &h.inbox {
+                if let Body::AudienceQuery { .. } = e.body {
+                    let n = codec::encode(&e.body).unwrap().len();
+                    *queries += 1;
+                    *bytes += n as u64;
+                    *largest = (*largest).max(n);
+                }
+            }
+        };
+        for line in events.split(|&b| b == b'\n') {
+            let Ok(ev) = decode(line, &decode_opts) else {
+                continue;
+            };
+            records += 1;
+            if ev.ts / MIN != epoch {
+                epoch = ev.ts / MIN;
+                count(&h, &mut queries, &mut bytes, &mut largest);
+                findings += h.barrier(&mut d).len() as u64;
+            }
+            h.feed(&mut d, &ev);
+        }
+        count(&h, &mut queries, &mut bytes, &mut largest);
+        findings += h.barrier(&mut d).len() as u64;
+        let per_m = |n: u64| n as f64 * 1e6 / records as f64;
+        println!(
+            "{subscribers} subscribers x {days} days: {records} records, {queries} queries \
+             ({:.1} per million records), {:.0} bytes each on average (largest {largest}), \
+             {:.0} query bytes per million records, {findings} findings, {} sketched lines",
+            per_m(queries),
+            bytes as f64 / queries.max(1) as f64,
+            per_m(bytes),
+            d.stats().keys,
+        );
+        assert!(records > 0 && findings > 0);
+    }
+
     #[test]
     fn minhash_estimate_is_close() {
         let k = 256;
