@@ -674,7 +674,7 @@ mod tests {
             ("n2", 35..70),
             ("n3", 120..140),
             ("n4", 200..230),
-            ("n5", 305..340), // 15 of o5's 20 at 30 recipients: estimate and exact differ
+            ("n5", 305..340), // o5's audience at its first query, new numbers after
         ];
         let mut t = DAY;
         for i in 0..40 {
