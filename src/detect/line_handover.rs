@@ -776,7 +776,7 @@ mod tests {
         let (mut records, mut queries, mut bytes, mut largest) = (0u64, 0u64, 0u64, 0usize);
         let (mut findings, mut epoch) = (0u64, 0);
         let decode_opts = DecodeOptions::default();
-        let mut count = |h: &Harness, queries: &mut u64, bytes: &mut u64, largest: &mut usize| {
+        let count = |h: &Harness, queries: &mut u64, bytes: &mut u64, largest: &mut usize| {
             for e in &h.inbox {
                 if let Body::AudienceQuery { .. } = e.body {
                     let n = codec::encode(&e.body).unwrap().len();
