@@ -71,6 +71,8 @@ pub enum Body {
     AudienceQuery {
         /// The new line's id: it is never its own predecessor, and the answers go to it.
         line: u64,
+        /// The line's count of queries sent, this one included: the answers name it.
+        query: u32,
         /// Its first record (seconds): only lines first seen before it are candidates.
         first_seen_s: u32,
         /// Its distinct recipients at the query (the estimate's denominator, and the
@@ -90,6 +92,8 @@ pub enum Body {
     /// `[u64::MAX - overlap bits, earlier]` so every shard's answers apply best first (ties:
     /// lower id) and the first one applied is the one the whole scan used to pick.
     AudienceMatch {
+        /// The query answered (its `query`).
+        query: u32,
         /// The query's `recipients` and `first_seen_s`, echoed: the new line's sketch has
         /// moved on since, and the finding reports the figures it was judged on.
         recipients: u32,
@@ -108,6 +112,17 @@ pub enum Body {
         exact: bool,
         /// Whether both lines were last seen in the same handset.
         shared_handset: bool,
+    },
+    /// `line_handover` → `line_handover`, both on the new line's shard ([`Dest::Number`] of
+    /// the new line), sent while applying an [`Body::AudienceMatch`]: decide in the round
+    /// after every answer has been seen. Answers apply in the order of their queries' event
+    /// times, and a line's records may arrive out of event-time order, so the first answer
+    /// applied may be to a later-sent query than the one the single scan matched on; the
+    /// decision waits for all of them and takes the earliest-sent query's best answer (this
+    /// message for that query makes the finding, with that query's event time and id).
+    AudienceDecide {
+        /// The query whose best answer was kept when this was sent.
+        query: u32,
     },
 }
 

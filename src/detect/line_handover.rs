@@ -18,9 +18,11 @@
 //! one broadcast: the new line sends [`Body::AudienceQuery`] (its minima and its recipients'
 //! fingerprints) to every shard; at the barrier each shard scans the lines it owns and
 //! answers with its best candidate at or above `min_overlap` as [`Body::AudienceMatch`],
-//! hinted so that every shard's answers apply best first. The new line's shard takes the
-//! first answer (the one a scan of every line would have picked), makes the finding as of
-//! the query's record, and ignores the rest.
+//! hinted so that every shard's answers apply best first. The new line's shard keeps the
+//! first answer to its earliest-sent query answered (the one a scan of every line at each
+//! record would have matched on: answers apply in their queries' event-time order, and a
+//! line's records can arrive out of that order), decides in the barrier's next round, makes
+//! the finding as of that query's record, and ignores the rest.
 
 use serde::{Deserialize, Serialize};
 
@@ -53,6 +55,12 @@ struct Sketched {
     /// An answer to one of its queries made the finding: the other answers (to that query,
     /// or to later ones sent before the barrier) are not looked at.
     matched: bool,
+    /// Queries sent (the last one's number).
+    queries: u32,
+    /// Within a barrier: the best answer to the earliest-sent query answered so far (an
+    /// [`Body::AudienceMatch`]), decided on in the next round ([`Body::AudienceDecide`]).
+    /// Always `None` between barriers.
+    pending: Option<Box<Body>>,
 }
 
 #[derive(Clone)]
@@ -104,18 +112,19 @@ impl LineHandover {
     /// Answers an audience query from the lines this shard owns: the earlier line whose
     /// audience holds most of the new line's, if that reaches `min_overlap` (the new line's
     /// shard takes the best answer of every shard, so a weaker one is never needed).
-    #[allow(clippy::too_many_arguments)]
-    fn answer(
-        &self,
-        e: &Evidence,
-        line: u64,
-        first_seen_s: u32,
-        recipients: u32,
-        handset_fp: u32,
-        mins: &[u32],
-        fps: &[u32],
-        ctx: &mut Ctx<'_>,
-    ) {
+    fn answer(&self, e: &Evidence, ctx: &mut Ctx<'_>) {
+        let Body::AudienceQuery {
+            line,
+            query,
+            first_seen_s,
+            recipients,
+            handset_fp,
+            ref mins,
+            ref fps,
+        } = e.body
+        else {
+            return;
+        };
         // The earlier list as it was when the query was sent: texts after it are in the
         // store by the barrier, and the one-thread scan could not have counted them.
         let asked_s = ids::secs(e.at);
@@ -155,6 +164,7 @@ impl LineHandover {
             return;
         }
         let body = Body::AudienceMatch {
+            query,
             recipients,
             first_seen_s,
             earlier,
@@ -175,6 +185,61 @@ impl LineHandover {
     }
 }
 
+impl LineHandover {
+    /// The finding an answer makes for `line`, judged as of the query's event time `at`.
+    fn finding(&self, line: u64, answer: &Body, at: Millis) -> Option<Finding> {
+        let Body::AudienceMatch {
+            recipients,
+            first_seen_s,
+            earlier,
+            ref earlier_line,
+            earlier_first_seen_s,
+            earlier_last_text_s,
+            earlier_recipients,
+            overlap,
+            jaccard,
+            exact,
+            shared_handset,
+            ..
+        } = *answer
+        else {
+            return None;
+        };
+        let me = self.sketches.get(&line)?;
+        Some(Finding {
+            detector: NAME,
+            subject: me.line.to_string(),
+            subject_id: line,
+            subject_kind: SubjectKind::Line,
+            score: overlap,
+            event_time: at,
+            window_start: ids::millis(earlier_first_seen_s),
+            window_end: at,
+            related: vec![earlier_line.to_string()],
+            evidence: evidence! {
+                "overlap" => (overlap * 1000.0).round() / 1000.0,
+                "min_overlap" => self.cfg.min_overlap,
+                "overlap_counted" => if exact { "exact" } else { "minhash_estimate" },
+                "sketch_jaccard" => (jaccard * 1000.0).round() / 1000.0,
+                "new_line_recipients" => recipients,
+                "earlier_line_recipients" => earlier_recipients,
+                "burst_recipients" => me.burst_recipients,
+                "min_recipients" => self.cfg.min_recipients,
+                "burst_window_s" => self.cfg.burst_window_s,
+                "new_line_first_seen" => ids::millis(first_seen_s),
+                "earlier_line_first_seen" => ids::millis(earlier_first_seen_s),
+                "earlier_line_last_text" => ids::millis(earlier_last_text_s),
+                "shared_handset" => shared_handset,
+                "new_line_max_age_s" => self.cfg.new_line_max_age_s,
+            },
+            lines: vec![
+                (line, me.line.to_string()),
+                (earlier, earlier_line.to_string()),
+            ],
+        })
+    }
+}
+
 /// The query a line sends when its audience reaches its next evaluation point.
 fn query(line: u64, me: &Sketched, rec: &crate::state::LineRecord) -> Body {
     // The store keeps a line's contacts sorted by fingerprint: the answering shards
@@ -184,6 +249,7 @@ fn query(line: u64, me: &Sketched, rec: &crate::state::LineRecord) -> Body {
     fps.dedup();
     Body::AudienceQuery {
         line,
+        query: me.queries,
         first_seen_s: me.first_seen_s,
         recipients: me.recipients,
         handset_fp: me.handset_fp,
@@ -254,6 +320,8 @@ impl Detector for LineHandover {
                         u32::MAX
                     },
                     matched: false,
+                    queries: 0,
+                    pending: None,
                 })
             }
         };
@@ -266,6 +334,7 @@ impl Detector for LineHandover {
             return;
         }
         me.next_eval = me.recipients + (me.recipients / 4).max(5);
+        me.queries += 1;
         let q = query(ids.from, me, rec);
         ctx.outbox.push(Sent::new(Dest::Every, q));
     }
@@ -275,84 +344,48 @@ impl Detector for LineHandover {
             return;
         }
         match (&e.body, e.dest) {
-            (
-                Body::AudienceQuery {
-                    line,
-                    first_seen_s,
-                    recipients,
-                    handset_fp,
-                    mins,
-                    fps,
-                },
-                _,
-            ) => self.answer(
-                e,
-                *line,
-                *first_seen_s,
-                *recipients,
-                *handset_fp,
-                mins,
-                fps,
-                ctx,
-            ),
-            (
-                Body::AudienceMatch {
-                    recipients,
-                    first_seen_s,
-                    earlier,
-                    earlier_line,
-                    earlier_first_seen_s,
-                    earlier_last_text_s,
-                    earlier_recipients,
-                    overlap,
-                    jaccard,
-                    exact,
-                    shared_handset,
-                },
-                Dest::Number(line),
-            ) => {
-                // The first answer applied is the best of every shard's: it decides, and
-                // the rest (weaker, or to queries sent before it was known) are ignored.
+            (Body::AudienceQuery { .. }, _) => self.answer(e, ctx),
+            (Body::AudienceMatch { query, overlap, .. }, Dest::Number(line)) => {
                 let Some(me) = self.sketches.get_mut(&line) else {
                     return;
                 };
                 if me.matched || *overlap < self.cfg.min_overlap {
                     return;
                 }
+                // Answers to one query come best first, so only the first to each counts;
+                // of several queries, the earliest-sent (the one the single scan would have
+                // matched on), which need not be the first applied: decide next round.
+                let earliest = match me.pending.as_deref() {
+                    Some(Body::AudienceMatch { query: kept, .. }) => query < kept,
+                    _ => true,
+                };
+                if earliest {
+                    me.pending = Some(Box::new(e.body.clone()));
+                    let decide = Body::AudienceDecide { query: *query };
+                    ctx.outbox.push(Sent::new(Dest::Number(line), decide));
+                }
+            }
+            (Body::AudienceDecide { query }, Dest::Number(line)) => {
+                let Some(me) = self.sketches.get_mut(&line) else {
+                    return;
+                };
+                // Only the message sent for the answer finally kept decides: it carries
+                // that query's event time and id.
+                let kept = matches!(
+                    me.pending.as_deref(),
+                    Some(Body::AudienceMatch { query: q, .. }) if q == query
+                );
+                if me.matched || !kept {
+                    return;
+                }
+                let Some(answer) = me.pending.take() else {
+                    return;
+                };
                 me.matched = true;
                 me.next_eval = u32::MAX;
-                let (overlap, j) = (*overlap, *jaccard);
-                ctx.out.push(Finding {
-                    detector: NAME,
-                    subject: me.line.to_string(),
-                    subject_id: line,
-                    subject_kind: SubjectKind::Line,
-                    score: overlap,
-                    event_time: e.at,
-                    window_start: ids::millis(*earlier_first_seen_s),
-                    window_end: e.at,
-                    related: vec![earlier_line.to_string()],
-                    evidence: evidence! {
-                        "overlap" => (overlap * 1000.0).round() / 1000.0,
-                        "min_overlap" => self.cfg.min_overlap,
-                        "overlap_counted" => if *exact { "exact" } else { "minhash_estimate" },
-                        "sketch_jaccard" => (j * 1000.0).round() / 1000.0,
-                        "new_line_recipients" => *recipients,
-                        "earlier_line_recipients" => *earlier_recipients,
-                        "burst_recipients" => me.burst_recipients,
-                        "min_recipients" => self.cfg.min_recipients,
-                        "burst_window_s" => self.cfg.burst_window_s,
-                        "new_line_first_seen" => ids::millis(*first_seen_s),
-                        "earlier_line_first_seen" => ids::millis(*earlier_first_seen_s),
-                        "earlier_line_last_text" => ids::millis(*earlier_last_text_s),
-                        "shared_handset" => *shared_handset,
-                        "new_line_max_age_s" => self.cfg.new_line_max_age_s,
-                    },
-                    lines: vec![
-                        (line, me.line.to_string()),
-                        (*earlier, earlier_line.to_string()),
-                    ],
-                });
+                if let Some(f) = self.finding(line, &answer, e.at) {
+                    ctx.out.push(f);
+                }
             }
             _ => {}
         }
@@ -537,6 +570,34 @@ mod tests {
         // Matched: later texts send no query.
         assert!(texts(&mut h, &mut d, "new", DAY + HOUR, 40..80).is_empty());
         assert!(h.inbox.is_empty());
+    }
+
+    #[test]
+    fn a_query_sent_later_for_an_earlier_record_does_not_take_the_match() {
+        let (mut h, mut d) = setup();
+        texts(&mut h, &mut d, "old", HOUR, 0..60);
+        // The 15th recipient (query 1) at DAY + 114 s; then five records that arrive late,
+        // stamped before it, bring 20 (query 2, whose event time is the earlier).
+        for i in 0..15 {
+            let (id, to) = (format!("new-{i}"), format!("c{i}"));
+            h.feed(
+                &mut d,
+                &sms(&id, DAY + (100 + i) as Millis * 1000, "new", &to),
+            );
+        }
+        for i in 15..20 {
+            let (id, to) = (format!("new-{i}"), format!("c{i}"));
+            h.feed(&mut d, &sms(&id, DAY + i as Millis * 1000, "new", &to));
+        }
+        let f = h.barrier(&mut d);
+        // The scan at each record matched on the first query: its event time and figures.
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].event_time, DAY + 114_000);
+        assert_eq!(f[0].evidence["new_line_recipients"], 15);
+        assert_eq!(
+            f[0].evidence["new_line_first_seen"],
+            serde_json::json!(DAY + 100_000)
+        );
     }
 
     #[test]
