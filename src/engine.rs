@@ -744,22 +744,21 @@ impl Engine {
         verdict
     }
 
-    /// Processes a batch of records from `partition`, arriving at wall time `wall`, with the
-    /// shards on threads of their own between barriers. The verdicts are appended to
+    /// Processes a batch of records (each with its partition), arriving at wall time `wall`,
+    /// with the shards on threads of their own between barriers. The verdicts are appended to
     /// `verdicts` in record order; each alert to `alerts` with the index (in the batch) of
     /// the record after which it comes: the same alerts, in the same order, as
     /// [`Engine::process_decoded`] record by record.
     pub fn process_batch<'a>(
         &mut self,
-        decoded: impl IntoIterator<Item = Result<Event<'a>, Malformed>>,
-        partition: i32,
+        decoded: impl IntoIterator<Item = (Result<Event<'a>, Malformed>, i32)>,
         wall: Millis,
         verdicts: &mut Vec<Verdict>,
         alerts: &mut Vec<(usize, Alert)>,
     ) {
         let mut segment: Vec<Valid<'a>> = Vec::new();
         let mut made = Vec::new();
-        for (idx, d) in decoded.into_iter().enumerate() {
+        for (idx, (d, partition)) in decoded.into_iter().enumerate() {
             let (verdict, valid) = self.ingest(d, partition, wall);
             verdicts.push(verdict);
             if let Some(mut v) = valid {
@@ -1449,9 +1448,9 @@ mod tests {
                     break;
                 }
                 let end = (at + size).min(lines.len());
-                let decoded = lines[at..end].iter().map(|l| event::decode(l, &opts));
+                let decoded = lines[at..end].iter().map(|l| (event::decode(l, &opts), 0));
                 let mut tagged = Vec::new();
-                batched.process_batch(decoded, 0, NOW, &mut v2, &mut tagged);
+                batched.process_batch(decoded, NOW, &mut v2, &mut tagged);
                 a2.extend(tagged.into_iter().map(|(i, a)| (at + i, a.alert_id)));
                 at = end;
             }

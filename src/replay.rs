@@ -552,11 +552,12 @@ impl<S: Sink> Out<'_, S> {
                     crate::event::decode(&step.data[r.clone()], &self.engine.decode_options())
                 })),
             });
-        let records: Vec<Decoded<'_>> = records.collect();
+        // One partition: a file is one stream.
+        let records: Vec<(Decoded<'_>, i32)> = records.map(|d| (d, 0)).collect();
         let mut verdicts = Vec::with_capacity(records.len());
         let mut alerts = Vec::new();
         self.engine
-            .process_batch(records, 0, *self.wall, &mut verdicts, &mut alerts);
+            .process_batch(records, *self.wall, &mut verdicts, &mut alerts);
         let mut alerts = alerts.into_iter().peekable();
         let mut verdicts = verdicts.into_iter();
         let mut idx = 0;
