@@ -178,6 +178,11 @@ pub struct Summary {
     pub records_without_cell: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cells_unknown_to_map: Option<u64>,
+    /// Shards the detectors ran on (`--shards`).
+    pub shards: usize,
+    /// What crossed keys: barriers run, evidence applied (a broadcast once per shard), and
+    /// barriers cut short with evidence still making evidence (should stay 0).
+    pub exchange: crate::engine::ExchangeStats,
 }
 
 impl Summary {
@@ -218,6 +223,8 @@ impl Summary {
                 .collect(),
             records_without_cell: engine.cells().map(|_| c.cells_missing),
             cells_unknown_to_map: engine.cells().map(|_| c.cells_unknown),
+            shards: engine.shard_count(),
+            exchange: engine.exchange_stats(),
         }
     }
 }
