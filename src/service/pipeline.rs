@@ -1038,6 +1038,8 @@ impl Pipeline {
         for (name, s) in self.engine.state_stats() {
             self.metrics.state(name, s.keys, s.bytes);
         }
+        self.metrics
+            .exchange(self.engine.shard_count(), self.engine.exchange_stats());
         if self.engine.cells().is_some() {
             let c = self.engine.counters();
             self.metrics.cells_skipped(c.cells_missing, c.cells_unknown);
