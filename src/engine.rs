@@ -785,8 +785,8 @@ impl Engine {
         alerts: &mut Vec<(usize, Alert)>,
     ) {
         let n = self.shards.len();
-        // Below this, starting threads costs more than the work.
-        const MIN_PARALLEL: usize = 64;
+        // Below this, handing work to another thread costs more than the work.
+        const MIN_PARALLEL: usize = 16;
         if n == 1 || segment.len() < MIN_PARALLEL {
             let st = stream!(self, wall);
             let mut made = Vec::new();
@@ -813,23 +813,19 @@ impl Engine {
             }
             (tagged, sent)
         };
-        let mut results = Vec::with_capacity(n);
-        std::thread::scope(|scope| {
+        // Shard 0 on this thread, the others on rayon's pool (threads kept between segments:
+        // a segment is a few hundred records, too little to start a thread for).
+        let mut results: Vec<(Vec<(usize, Role, Alert)>, Vec<Evidence>)> =
+            (0..n).map(|_| Default::default()).collect();
+        rayon::in_place_scope(|scope| {
             let work = &work;
-            let mut shards = self.shards.iter_mut().enumerate();
-            let first = shards.next();
-            let handles: Vec<_> = shards
-                .map(|(i, shard)| scope.spawn(move || work(i, shard)))
-                .collect();
-            if let Some((i, shard)) = first {
-                results.push(work(i, shard));
+            let mut jobs = self.shards.iter_mut().zip(results.iter_mut()).enumerate();
+            let first = jobs.next();
+            for (i, (shard, slot)) in jobs {
+                scope.spawn(move |_| *slot = work(i, shard));
             }
-            for h in handles {
-                match h.join() {
-                    Ok(r) => results.push(r),
-                    // A detector panicked on its thread: the same panic as on this one.
-                    Err(p) => std::panic::resume_unwind(p),
-                }
+            if let Some((i, (shard, slot))) = first {
+                *slot = work(i, shard);
             }
         });
         let mut tagged = Vec::new();
