@@ -215,6 +215,10 @@ pub fn shard_of(key: u64, n: usize) -> usize {
 /// verdict makes), so reaching this means evidence that keeps making evidence: counted.
 const MAX_ROUNDS: usize = 16;
 
+/// What a shard made of a segment: its alerts tagged with (record index, role), and the
+/// evidence it sent.
+type ShardOutput = (Vec<(usize, Role, Alert)>, Vec<Evidence>);
+
 /// A valid record as the ingest hands it to the shards.
 struct Valid<'a> {
     ev: Event<'a>,
@@ -815,8 +819,7 @@ impl Engine {
         };
         // Shard 0 on this thread, the others on rayon's pool (threads kept between segments:
         // a segment is a few hundred records, too little to start a thread for).
-        let mut results: Vec<(Vec<(usize, Role, Alert)>, Vec<Evidence>)> =
-            (0..n).map(|_| Default::default()).collect();
+        let mut results: Vec<ShardOutput> = (0..n).map(|_| Default::default()).collect();
         rayon::in_place_scope(|scope| {
             let work = &work;
             let mut jobs = self.shards.iter_mut().zip(results.iter_mut()).enumerate();
