@@ -628,6 +628,10 @@ mod tests {
         shards: Vec<(Harness, LineHandover)>,
         inbox: Vec<Evidence>,
         seq: u64,
+        /// Queries, matches and decisions sent; the queries' encoded bytes and the largest.
+        sent: [u64; 3],
+        query_bytes: u64,
+        largest_query: usize,
     }
 
     impl Shards {
@@ -639,6 +643,9 @@ mod tests {
                 shards,
                 inbox: Vec::new(),
                 seq: 0,
+                sent: [0; 3],
+                query_bytes: 0,
+                largest_query: 0,
             }
         }
 
@@ -657,6 +664,12 @@ mod tests {
             // Ordered by the record's place in the whole input, not in one shard's share.
             for mut e in h.inbox.drain(..) {
                 e.order[1] = self.seq;
+                if let Body::AudienceQuery { .. } = e.body {
+                    let n = codec::encode(&e.body).unwrap().len();
+                    self.sent[0] += 1;
+                    self.query_bytes += n as u64;
+                    self.largest_query = self.largest_query.max(n);
+                }
                 self.inbox.push(e);
             }
             out
@@ -687,6 +700,11 @@ mod tests {
                         };
                         d.on_evidence(e, &mut ctx);
                         for (k, s) in sent.into_iter().enumerate() {
+                            match s.body {
+                                Body::AudienceMatch { .. } => self.sent[1] += 1,
+                                Body::AudienceDecide { .. } => self.sent[2] += 1,
+                                _ => {}
+                            }
                             next.push(Evidence {
                                 dest: s.dest,
                                 at: e.at,
@@ -831,45 +849,40 @@ mod tests {
             days,
             ..GenOptions::default()
         };
+        let n = std::env::var("LW_SHARDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2);
         let (events, _, _) = generate_in_memory(&opts).unwrap();
-        let mut h = Harness::new();
-        let mut d = LineHandover::new(&Config::default());
-        let (mut records, mut queries, mut bytes, mut largest) = (0u64, 0u64, 0u64, 0usize);
-        let (mut findings, mut epoch) = (0u64, 0);
+        let mut s = Shards::new(n);
+        let (mut records, mut findings, mut epoch) = (0u64, 0, 0);
         let decode_opts = DecodeOptions::default();
-        let count = |h: &Harness, queries: &mut u64, bytes: &mut u64, largest: &mut usize| {
-            for e in &h.inbox {
-                if let Body::AudienceQuery { .. } = e.body {
-                    let n = codec::encode(&e.body).unwrap().len();
-                    *queries += 1;
-                    *bytes += n as u64;
-                    *largest = (*largest).max(n);
-                }
-            }
-        };
         for line in events.split(|&b| b == b'\n') {
             let Ok(ev) = decode(line, &decode_opts) else {
                 continue;
             };
             records += 1;
+            // The engine's barriers follow the watermark; a minute of the records' own time
+            // is close enough for counting.
             if ev.ts / MIN != epoch {
                 epoch = ev.ts / MIN;
-                count(&h, &mut queries, &mut bytes, &mut largest);
-                findings += h.barrier(&mut d).len() as u64;
+                findings += s.barrier().len();
             }
-            h.feed(&mut d, &ev);
+            s.feed(&ev);
         }
-        count(&h, &mut queries, &mut bytes, &mut largest);
-        findings += h.barrier(&mut d).len() as u64;
+        findings += s.barrier().len();
         let per_m = |n: u64| n as f64 * 1e6 / records as f64;
+        let [queries, matches, decisions] = s.sent;
+        let sketched: usize = s.shards.iter().map(|(_, d)| d.stats().keys).sum();
         println!(
-            "{subscribers} subscribers x {days} days: {records} records, {queries} queries \
-             ({:.1} per million records), {:.0} bytes each on average (largest {largest}), \
-             {:.0} query bytes per million records, {findings} findings, {} sketched lines",
+            "{subscribers} subscribers x {days} days, {n} shards: {records} records, \
+             {queries} queries ({:.1} per million records), {:.0} bytes each on average \
+             (largest {}), {:.0} query bytes per million records; {matches} matches, \
+             {decisions} decisions, {findings} findings, {sketched} sketched lines",
             per_m(queries),
-            bytes as f64 / queries.max(1) as f64,
-            per_m(bytes),
-            d.stats().keys,
+            s.query_bytes as f64 / queries.max(1) as f64,
+            s.largest_query,
+            per_m(s.query_bytes),
         );
         assert!(records > 0 && findings > 0);
     }
