@@ -199,9 +199,9 @@ impl Detector for HandsetChurn {
     }
 
     fn on_event(&mut self, ev: &Event<'_>, ids: &EventIds, ctx: &mut Ctx<'_>) {
-        // Until this detector is split by role (docs/sharding.md), all of it runs in the
-        // sender role, reading every key as the one-thread engine did.
-        if ctx.role != Role::Sender {
+        // Keyed by handset: every entry it reads or writes is the record's handset's. The
+        // lines it names reach `deal_line` as evidence for them.
+        if ctx.role != Role::Handset {
             return;
         }
         if !self.cfg.enabled {
