@@ -1556,4 +1556,224 @@ mod tests {
         restored.expire(1_791_158_400_000 + 10 * DAY);
         assert_eq!(restored.stats().keys, 0);
     }
+
+    /// A name from `stem` whose hash falls on shard `shard` of `n`.
+    fn on(stem: &str, shard: u64, n: u64) -> String {
+        (0..)
+            .map(|i| format!("{stem}{i}"))
+            .find(|x| ids::id(x) % n == shard)
+            .unwrap_or_default()
+    }
+
+    /// The young-handset and moving hand-offs and a plain runner, over `n` shards (each
+    /// handset and the SIM where its hash falls), with a barrier every `every` records.
+    fn kit_findings(n: usize, every: usize) -> Vec<(Millis, String, String)> {
+        use crate::detect::shardkit::{key, Shards};
+        // Fixed names, on different shards of two: the SIM and each of its handsets.
+        let (h0, h1, h2) = (on("H0-", 0, 2), on("H1-", 1, 2), on("H2-", 0, 2));
+        let (sim, r) = (on("s-", 1, 2), on("R-", 1, 2));
+        let mut x = Shards::new(det(), n, Some(MAP));
+        let t0: Millis = 1_791_158_400_000;
+        let deal = Finding {
+            detector: crate::detect::deal_line::NAME,
+            subject: "dealline".into(),
+            subject_id: ids::id("dealline"),
+            subject_kind: SubjectKind::Line,
+            score: 1.0,
+            event_time: t0,
+            window_start: t0,
+            window_end: t0,
+            related: vec![],
+            evidence: Default::default(),
+            lines: vec![(ids::id("dealline"), "dealline".to_string())],
+        };
+        x.show(ids::id("dealline"), t0, &[deal]);
+        let mut plan: Vec<(i64, &str, &str, &str)> = vec![(9, "m1", &h0, &sim)];
+        let swap = SWAP_MID_TRIP.iter().map(|p| {
+            let set = if p.2 == "H1" { &h1 } else { &h2 };
+            (p.0 + 1, p.1, set.as_str(), sim.as_str())
+        });
+        plan.extend(swap);
+        plan.extend(RUNNER.iter().map(|p| (p.0 + 30, p.1, r.as_str(), "rs")));
+        plan.sort_by_key(|p| p.0);
+        let mut out = Vec::new();
+        for (i, (hour, cell, set, sim)) in plan.iter().enumerate() {
+            let id = format!("k{i}");
+            let ts = t0 + hour * HOUR + (i as Millis % 7) * MIN;
+            let ev = rec(&id, ts, "runnerline", "dealline", set, sim, Some(cell));
+            out.extend(x.feed(&ev));
+            if (i + 1) % every == 0 {
+                out.extend(x.barrier());
+            }
+        }
+        out.extend(x.barrier());
+        let mut v: Vec<_> = out.iter().map(key).collect();
+        v.sort();
+        v
+    }
+
+    /// The SIM's notes live on the SIM's shard, a history on its handset's, the trade list
+    /// on every shard: the same findings whatever the shard count.
+    #[test]
+    fn hand_offs_and_trade_lines_give_the_same_findings_on_one_two_and_three_shards() {
+        for every in [1, 3] {
+            let one = kit_findings(1, every);
+            let taken = one.iter().filter(|f| f.2.contains("taken_over_by")).count();
+            assert_eq!(taken, 2, "both earlier handsets named: {one:?}");
+            assert!(one.iter().any(|f| f.1.starts_with("R-")), "{one:?}");
+            for n in [2, 3] {
+                assert_eq!(
+                    kit_findings(n, every),
+                    one,
+                    "{n} shards, barrier every {every}"
+                );
+            }
+        }
+    }
+
+    /// The hand-off and the naming wait for the barrier: before it, the new handset is a
+    /// handset of its own; after it, it carries the earlier one's movement.
+    #[test]
+    fn a_hand_off_is_applied_at_the_barrier_and_the_earlier_handset_named_at_the_next() {
+        let (mut d, mut h) = (det(), harness(Some(MAP)));
+        mark_trade(&mut d, "dealline", 1_791_158_400_000);
+        let t0: Millis = 1_791_158_400_000;
+        let feed = |d: &mut RunnerMovement, h: &mut Harness, i: usize| {
+            let (hour, cell, set, sim) = SWAP_MID_TRIP[i];
+            let id = format!("k{i}");
+            let ts = t0 + hour * HOUR;
+            let ev = rec(&id, ts, "runnerline", "dealline", set, sim, Some(cell));
+            h.feed(d, &ev);
+            h.barrier(d)
+        };
+        for i in 0..3 {
+            assert!(feed(&mut d, &mut h, i).is_empty());
+        }
+        // H2 arrives: it asks the SIM's shard; at the barrier H1's history comes over.
+        let h2 = ids::id("H2");
+        let ev = rec(
+            "k3",
+            t0 + 23 * HOUR,
+            "runnerline",
+            "dealline",
+            "H2",
+            "s1",
+            Some("t1"),
+        );
+        h.feed(&mut d, &ev);
+        assert!(
+            d.handsets[&h2].moved.is_none(),
+            "nothing taken over before the barrier"
+        );
+        let sent: Vec<_> = h.inbox.iter().map(|e| e.dest).collect();
+        assert_eq!(sent, [Dest::Handset(ids::id("s1"))]);
+        assert!(h.barrier(&mut d).is_empty());
+        let m = d.handsets[&h2].moved.as_deref().expect("H1's history");
+        assert_eq!(m.stays.len(), 2);
+        assert_eq!(d.earlier[&h2][0].name.as_ref(), "H1");
+        assert!(feed(&mut d, &mut h, 4).is_empty());
+        assert!(feed(&mut d, &mut h, 5).is_empty());
+        // Back in the city at night (47:00, 23:00 on Tuesday): H2 fires on that record, H1
+        // is named at the barrier after it, as of the same record.
+        let ev = rec(
+            "k6",
+            t0 + 47 * HOUR,
+            "runnerline",
+            "dealline",
+            "H2",
+            "s1",
+            Some("m1"),
+        );
+        let now = h.feed(&mut d, &ev);
+        assert_eq!(now.len(), 1);
+        assert_eq!(now[0].subject, "H2");
+        let then = h.barrier(&mut d);
+        assert_eq!(then.len(), 1);
+        assert_eq!(then[0].subject, "H1");
+        assert_eq!(then[0].event_time, t0 + 47 * HOUR);
+        assert_eq!(then[0].evidence["taken_over_by"], "H2");
+    }
+
+    /// A deal verdict reaches a handset's trade test at the barrier, not before: a record
+    /// after the verdict but before the barrier does not see it; the next one does, even
+    /// though nothing of the handset's own changed in between.
+    #[test]
+    fn a_trade_line_is_seen_after_the_barrier_and_the_handset_read_again() {
+        let (mut d, mut h) = (det(), harness(Some(MAP)));
+        let t0: Millis = 1_791_158_400_000;
+        for (i, p) in RUNNER.iter().enumerate() {
+            let id = format!("e{i}");
+            let ev = rec(
+                &id,
+                t0 + p.0 * HOUR,
+                "runnerline",
+                p.2,
+                "H1",
+                p.3,
+                Some(p.1),
+            );
+            assert!(h.feed(&mut d, &ev).is_empty());
+            assert!(h.barrier(&mut d).is_empty());
+        }
+        // The verdict comes after the runner's last record; its broadcast waits.
+        let verdict_at = t0 + 60 * HOUR;
+        let f = Finding {
+            detector: crate::detect::deal_line::NAME,
+            subject: "dealline".into(),
+            subject_id: ids::id("dealline"),
+            subject_kind: SubjectKind::Line,
+            score: 1.0,
+            event_time: verdict_at,
+            window_start: verdict_at,
+            window_end: verdict_at,
+            related: vec![],
+            evidence: Default::default(),
+            lines: vec![(ids::id("dealline"), "dealline".to_string())],
+        };
+        let mut sent = Vec::new();
+        let mut ctx = Ctx {
+            role: Role::Sender,
+            contacts: &mut h.contacts,
+            stream_start: t0,
+            out: &mut Vec::new(),
+            outbox: &mut sent,
+            cells: None,
+            cell: None,
+        };
+        d.on_findings(verdict_at, &[f], &mut ctx);
+        assert!(d.trade.is_empty(), "not before the barrier");
+        // Another record of the handset in the town, calling a friend: nothing new.
+        let ev = rec(
+            "x1",
+            verdict_at + MIN,
+            "runnerline",
+            "friend",
+            "H1",
+            "s1",
+            Some("t1"),
+        );
+        assert!(h.feed(&mut d, &ev).is_empty());
+        h.inbox.extend(sent.into_iter().map(|x| Evidence {
+            dest: x.dest,
+            at: verdict_at,
+            event_id: "verdict".into(),
+            order: [verdict_at as u64, 0, 0, 0],
+            body: x.body,
+        }));
+        assert!(h.barrier(&mut d).is_empty());
+        assert!(d.trade.contains_key(&ids::id("dealline")));
+        let ev = rec(
+            "x2",
+            verdict_at + 2 * MIN,
+            "runnerline",
+            "friend",
+            "H1",
+            "s1",
+            Some("t1"),
+        );
+        let f = h.feed(&mut d, &ev);
+        assert_eq!(f.len(), 1, "read again after the trade list changed: {f:?}");
+        assert_eq!(f[0].event_time, verdict_at + 2 * MIN);
+        assert_eq!(f[0].lines, [(ids::id("dealline"), "dealline".to_string())]);
+    }
 }
