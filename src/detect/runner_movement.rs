@@ -1776,4 +1776,91 @@ mod tests {
         assert_eq!(f[0].event_time, verdict_at + 2 * MIN);
         assert_eq!(f[0].lines, [(ids::id("dealline"), "dealline".to_string())]);
     }
+
+    /// A generated city through 1, 2 and 3 shards, its deal lines marked as trade lines at
+    /// the start, a barrier each minute of event time: the same findings, and the exchanges
+    /// counted (for the README's cost per million records).
+    #[test]
+    fn a_generated_city_gives_the_same_runner_findings_on_one_two_and_three_shards() {
+        use crate::detect::shardkit::{key, Shards};
+        use crate::generate::{generate_in_memory, write_cells, GenOptions};
+        let opts = GenOptions {
+            seed: 1,
+            subscribers: 5_000,
+            days: 4,
+            malformed_rate: 0.0,
+            duplicate_rate: 0.0,
+            late_rate: 0.0,
+            ..Default::default()
+        };
+        let (events, labels, _) = generate_in_memory(&opts).expect("generate");
+        let mut cells = Vec::new();
+        write_cells(&opts, &mut cells).expect("cells");
+        let cells = String::from_utf8(cells).expect("cells are text");
+        let deal_lines: Vec<&str> = labels
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                (f.get(2) == Some(&"deal_line")).then_some(f[0])
+            })
+            .collect();
+        assert!(!deal_lines.is_empty());
+        let opts = crate::event::DecodeOptions::default();
+        let evs: Vec<Event<'_>> = events
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .filter_map(|l| crate::event::decode(l, &opts).ok())
+            .collect();
+        let run = |n: usize| {
+            let d = RunnerMovement::new(&Config::default(), 1_000_000);
+            let mut x = Shards::new(d, n, Some(&cells));
+            let t0 = evs[0].ts;
+            for line in &deal_lines {
+                let f = Finding {
+                    detector: crate::detect::deal_line::NAME,
+                    subject: line.to_string(),
+                    subject_id: ids::id(line),
+                    subject_kind: SubjectKind::Line,
+                    score: 1.0,
+                    event_time: t0,
+                    window_start: t0,
+                    window_end: t0,
+                    related: vec![],
+                    evidence: Default::default(),
+                    lines: vec![(ids::id(line), line.to_string())],
+                };
+                x.show(ids::id(line), t0, &[f]);
+            }
+            let (mut out, mut minute) = (Vec::new(), t0 / MIN);
+            for ev in &evs {
+                if ev.ts / MIN > minute {
+                    minute = ev.ts / MIN;
+                    out.extend(x.barrier());
+                }
+                out.extend(x.feed(ev));
+            }
+            out.extend(x.barrier());
+            let mut v: Vec<_> = out.iter().map(key).collect();
+            v.sort();
+            (v, x.sent)
+        };
+        let (one, sent) = run(1);
+        let per_million =
+            |k: &str| sent.get(k).copied().unwrap_or(0) * 1_000_000 / evs.len() as u64;
+        eprintln!(
+            "{} records, {} findings; per million records: {:?}",
+            evs.len(),
+            one.len(),
+            sent.keys()
+                .map(|k| (k.as_str(), per_million(k)))
+                .collect::<Vec<_>>()
+        );
+        assert!(one.len() >= 5, "{}", one.len());
+        // Hand-offs happen in this city (ordinary new phones, runners' burners).
+        assert!(sent.contains_key("HandedOver"), "{sent:?}");
+        assert!(sent.contains_key("NameEarlier"), "{sent:?}");
+        for n in [2, 3] {
+            assert_eq!(run(n).0, one, "{n} shards");
+        }
+    }
 }

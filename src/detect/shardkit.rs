@@ -17,6 +17,8 @@ pub struct Shards<D: Detector + Clone> {
     pub h: Vec<Harness>,
     inbox: Vec<Evidence>,
     seq: u64,
+    /// Evidence sent, by exchange (the `Body` variant's name).
+    pub sent: std::collections::BTreeMap<String, u64>,
 }
 
 impl<D: Detector + Clone> Shards<D> {
@@ -33,6 +35,7 @@ impl<D: Detector + Clone> Shards<D> {
             h,
             inbox: Vec::new(),
             seq: 0,
+            sent: Default::default(),
         }
     }
 
@@ -42,11 +45,17 @@ impl<D: Detector + Clone> Shards<D> {
     }
 
     fn stamp(
+        &mut self,
         sent: Vec<Sent>,
         at: Millis,
         event_id: &str,
         order: impl Fn(usize, &Sent) -> [u64; 4],
     ) -> Vec<Evidence> {
+        for x in &sent {
+            let name = format!("{:?}", x.body);
+            let name = name.split(['(', ' ', '{']).next().unwrap_or_default();
+            *self.sent.entry(name.to_string()).or_default() += 1;
+        }
         sent.into_iter()
             .enumerate()
             .map(|(k, x)| Evidence {
@@ -118,7 +127,7 @@ impl<D: Detector + Clone> Shards<D> {
             self.after(i, role, ev.ts, &found, &mut sent);
             let seq = self.seq;
             let order = |k: usize, _: &Sent| [ev.ts as u64, seq, (role as u64) << 32 | k as u64, 0];
-            let stamped = Self::stamp(sent, ev.ts, &ev.event_id, order);
+            let stamped = self.stamp(sent, ev.ts, &ev.event_id, order);
             self.inbox.extend(stamped);
             out.extend(found);
         }
@@ -133,7 +142,7 @@ impl<D: Detector + Clone> Shards<D> {
         let mut sent = Vec::new();
         self.after(i, Role::Barrier, at, found, &mut sent);
         let seq = self.seq;
-        let stamped = Self::stamp(sent, at, "shown", |k, _| [at as u64, seq, k as u64, 0]);
+        let stamped = self.stamp(sent, at, "shown", |k, _| [at as u64, seq, k as u64, 0]);
         self.inbox.extend(stamped);
     }
 
@@ -164,7 +173,7 @@ impl<D: Detector + Clone> Shards<D> {
                     self.d[i].on_evidence(e, &mut ctx);
                     self.after(i, Role::Barrier, e.at, &found, &mut sent);
                     let order = |k: usize, x: &Sent| [rank as u64, x.hint[0], x.hint[1], k as u64];
-                    let stamped = Self::stamp(sent, e.at, &e.event_id, order);
+                    let stamped = self.stamp(sent, e.at, &e.event_id, order);
                     self.inbox.extend(stamped);
                     out.extend(found);
                 }
