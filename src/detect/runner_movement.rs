@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Ctx, Detector, EventIds, StateStats};
 use crate::alert::{Finding, SubjectKind};
-use crate::cells::CellClass;
+use crate::cells::{CellClass, CellMap};
 use crate::checkpoint::codec;
 use crate::config::{Config, RunnerConfig};
 use crate::event::{Event, Millis};
@@ -487,8 +487,11 @@ impl RunnerMovement {
     }
 
     /// On the new handset `imei`'s shard: takes the earlier handset's history over, merged
-    /// with what this handset has seen since it arrived (the barrier comes after it).
-    fn take_over(&mut self, imei: u64, off: &HandOff, outbox: &mut Vec<Sent>) {
+    /// with what this handset has seen since it arrived (the barrier comes after it), and
+    /// reads it as of `at`, the arrival: the record that brought the SIM is judged with the
+    /// history it brought, as when the hand-off was seen in place (a runner's new handset
+    /// may have no other record for hours).
+    fn take_over(&mut self, imei: u64, off: &HandOff, at: Millis, ctx: &mut Ctx<'_>) {
         let Some(t) = self.handsets.get_mut(&imei) else {
             return; // gone again, or refused by the key cap
         };
@@ -562,13 +565,16 @@ impl RunnerMovement {
                 handset: imei,
                 at_s,
             };
-            outbox.push(Sent::new(Dest::Handset(sim), body));
+            ctx.outbox.push(Sent::new(Dest::Handset(sim), body));
         }
         self.heap_bytes += moved_bytes(&m);
         t.moved = Some(Box::new(m));
         self.names.insert(imei, off.name.clone());
-        // Its reading changed: read again at its next record.
+        // Its reading changed: read again at its next record too.
         self.trade_changed_s = self.trade_changed_s.max(self.clock_s);
+        if let Some(map) = ctx.cells {
+            self.judge(imei, &off.name, at, map, ctx);
+        }
     }
 
     /// Rebuilds the SIM index from the moving handsets (after a load; a sweep does it as it
@@ -595,6 +601,111 @@ impl RunnerMovement {
             list.retain(|e| e.last_s >= cutoff);
             !list.is_empty() && held(h)
         });
+    }
+
+    /// Reads the moving handset `imei`'s history as of event time `at` and fires if it
+    /// shows a runner tied to the trade (and was not already reported for the window).
+    fn judge(&mut self, imei: u64, imei_s: &str, at: Millis, map: &CellMap, ctx: &mut Ctx<'_>) {
+        let Some(m) = self
+            .handsets
+            .get_mut(&imei)
+            .and_then(|t| t.moved.as_deref_mut())
+        else {
+            return;
+        };
+        // Back and forth, unlike commuting?
+        let Some(r) = read(&self.cfg, &m.stays) else {
+            return;
+        };
+        // A commuter is seen in one of the two classes only in working hours; a runner is
+        // seen in both at night, or through more of the day than a working day. Clock hours
+        // seen, not stay lengths: a handset silent all evening would make two working days
+        // look like one long stay.
+        let night = self.night;
+        let max_hours = self.cfg.max_commute_hours;
+        let resident = |c: usize| r.hours[c] & night != 0 || r.hours[c].count_ones() > max_hours;
+        if !(resident(0) && resident(1)) {
+            return;
+        }
+        // Tied to the trade?
+        let sims = m.sims.iter().filter(|x| x.1 >= r.since_s).count();
+        let churn = sims >= self.cfg.churn_min_sims as usize;
+        let mut trade: Vec<(u64, String)> = m
+            .contacted
+            .iter()
+            .filter(|c| c.1 >= r.since_s)
+            .filter_map(|c| {
+                let t = self.trade.get(&c.0)?;
+                (t.at_s >= r.since_s).then(|| (c.0, t.name.to_string()))
+            })
+            .collect();
+        trade.sort_by(|a, b| a.1.cmp(&b.1));
+        if trade.is_empty() && !churn {
+            return;
+        }
+        // Once per window, unless the handset is now tied to a line it was not before.
+        let new_line = trade.iter().any(|(id, _)| !m.credited.contains(id));
+        if m.fired_s.is_some_and(|f| f >= r.since_s) && !new_line {
+            return;
+        }
+        m.fired_s = Some(r.newest_s);
+        for (id, _) in &trade {
+            if !m.credited.contains(id) {
+                m.credited.push(*id);
+            }
+        }
+        let mut ties = Vec::new();
+        if !trade.is_empty() {
+            ties.push("deal_contact");
+        }
+        if churn {
+            ties.push("sim_churn");
+        }
+        let mut carried: Vec<&(u64, Box<str>, u32)> =
+            m.lines.iter().filter(|l| l.2 >= r.since_s).collect();
+        carried.sort_by(|a, b| a.2.cmp(&b.2).then_with(|| a.1.cmp(&b.1)));
+        let recent = &m.stays[r.start..];
+        let names = |c: u8| -> Vec<String> {
+            let mut v: Vec<String> = recent
+                .iter()
+                .filter(|x| x.class() == c)
+                .map(|x| map.area_name(x.area()).to_string())
+                .collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        let min = self.cfg.min_switches as usize;
+        ctx.out.push(Finding {
+            detector: NAME,
+            subject: imei_s.to_string(),
+            subject_id: imei,
+            subject_kind: SubjectKind::Handset,
+            score: (r.switches as f64 / (2.0 * min as f64)).min(1.0),
+            event_time: at,
+            window_start: ids::millis(recent[0].first_s),
+            window_end: ids::millis(r.newest_s).max(at),
+            related: carried.iter().map(|l| l.1.to_string()).collect(),
+            evidence: evidence! {
+                "switches" => r.switches,
+                "min_switches" => min,
+                "window_s" => self.cfg.window_s,
+                "metro_areas" => names(METRO),
+                "county_areas" => names(COUNTY),
+                "metro_night" => r.hours[0] & night != 0,
+                "county_night" => r.hours[1] & night != 0,
+                "night_hours" => format!("{:02}-{:02}", self.cfg.night_start_hour, self.cfg.night_end_hour),
+                "metro_hours" => r.hours[0].count_ones(),
+                "county_hours" => r.hours[1].count_ones(),
+                "max_commute_hours" => max_hours,
+                "ties" => ties,
+                "trade_lines" => trade.iter().map(|(_, l)| l.clone()).collect::<Vec<_>>(),
+                "sims" => sims,
+                "churn_min_sims" => self.cfg.churn_min_sims,
+            },
+            lines: trade,
+        });
+        self.name_earlier(imei, imei_s, r.since_s, r.newest_s, ctx);
     }
 
     /// The runner's handset `imei` just fired: the earlier handsets whose history it took
@@ -810,99 +921,7 @@ impl Detector for RunnerMovement {
         {
             return;
         }
-        // Back and forth, unlike commuting?
-        let Some(r) = read(&self.cfg, &m.stays) else {
-            return;
-        };
-        // A commuter is seen in one of the two classes only in working hours; a runner is
-        // seen in both at night, or through more of the day than a working day. Clock hours
-        // seen, not stay lengths: a handset silent all evening would make two working days
-        // look like one long stay.
-        let night = self.night;
-        let max_hours = self.cfg.max_commute_hours;
-        let resident = |c: usize| r.hours[c] & night != 0 || r.hours[c].count_ones() > max_hours;
-        if !(resident(0) && resident(1)) {
-            return;
-        }
-        // Tied to the trade?
-        let sims = m.sims.iter().filter(|x| x.1 >= r.since_s).count();
-        let churn = sims >= self.cfg.churn_min_sims as usize;
-        let mut trade: Vec<(u64, String)> = m
-            .contacted
-            .iter()
-            .filter(|c| c.1 >= r.since_s)
-            .filter_map(|c| {
-                let t = self.trade.get(&c.0)?;
-                (t.at_s >= r.since_s).then(|| (c.0, t.name.to_string()))
-            })
-            .collect();
-        trade.sort_by(|a, b| a.1.cmp(&b.1));
-        if trade.is_empty() && !churn {
-            return;
-        }
-        // Once per window, unless the handset is now tied to a line it was not before.
-        let new_line = trade.iter().any(|(id, _)| !m.credited.contains(id));
-        if m.fired_s.is_some_and(|f| f >= r.since_s) && !new_line {
-            return;
-        }
-        m.fired_s = Some(r.newest_s);
-        for (id, _) in &trade {
-            if !m.credited.contains(id) {
-                m.credited.push(*id);
-            }
-        }
-        let mut ties = Vec::new();
-        if !trade.is_empty() {
-            ties.push("deal_contact");
-        }
-        if churn {
-            ties.push("sim_churn");
-        }
-        let mut carried: Vec<&(u64, Box<str>, u32)> =
-            m.lines.iter().filter(|l| l.2 >= r.since_s).collect();
-        carried.sort_by(|a, b| a.2.cmp(&b.2).then_with(|| a.1.cmp(&b.1)));
-        let recent = &m.stays[r.start..];
-        let names = |c: u8| -> Vec<String> {
-            let mut v: Vec<String> = recent
-                .iter()
-                .filter(|x| x.class() == c)
-                .map(|x| map.area_name(x.area()).to_string())
-                .collect();
-            v.sort();
-            v.dedup();
-            v
-        };
-        let min = self.cfg.min_switches as usize;
-        ctx.out.push(Finding {
-            detector: NAME,
-            subject: imei_s.to_string(),
-            subject_id: imei,
-            subject_kind: SubjectKind::Handset,
-            score: (r.switches as f64 / (2.0 * min as f64)).min(1.0),
-            event_time: ev.ts,
-            window_start: ids::millis(recent[0].first_s),
-            window_end: ids::millis(r.newest_s).max(ev.ts),
-            related: carried.iter().map(|l| l.1.to_string()).collect(),
-            evidence: evidence! {
-                "switches" => r.switches,
-                "min_switches" => min,
-                "window_s" => self.cfg.window_s,
-                "metro_areas" => names(METRO),
-                "county_areas" => names(COUNTY),
-                "metro_night" => r.hours[0] & night != 0,
-                "county_night" => r.hours[1] & night != 0,
-                "night_hours" => format!("{:02}-{:02}", self.cfg.night_start_hour, self.cfg.night_end_hour),
-                "metro_hours" => r.hours[0].count_ones(),
-                "county_hours" => r.hours[1].count_ones(),
-                "max_commute_hours" => max_hours,
-                "ties" => ties,
-                "trade_lines" => trade.iter().map(|(_, l)| l.clone()).collect::<Vec<_>>(),
-                "sims" => sims,
-                "churn_min_sims" => self.cfg.churn_min_sims,
-            },
-            lines: trade,
-        });
-        self.name_earlier(imei, imei_s, r.since_s, r.newest_s, ctx);
+        self.judge(imei, imei_s, ev.ts, map, ctx);
     }
 
     fn on_findings(&mut self, _at: Millis, findings: &[Finding], ctx: &mut Ctx<'_>) {
@@ -974,7 +993,7 @@ impl Detector for RunnerMovement {
                     ctx.outbox.push(sent);
                 }
             }
-            (Body::HandedOver(off), Dest::Handset(h)) => self.take_over(h, off, ctx.outbox),
+            (Body::HandedOver(off), Dest::Handset(h)) => self.take_over(h, off, e.at, ctx),
             (Body::NameEarlier(x), Dest::Handset(h)) => self.named(h, x, e.at, ctx.out),
             _ => {}
         }
@@ -1862,5 +1881,40 @@ mod tests {
         for n in [2, 3] {
             assert_eq!(run(n).0, one, "{n} shards");
         }
+    }
+
+    /// A runner's new handset whose first record (the SIM just moved in) completes the
+    /// round: judged at the barrier with the history it took over, as of that record. Read
+    /// only at its next record, it fired hours late or, with no next record in the window,
+    /// never (seed 5 of the demo city: 14 hours late).
+    #[test]
+    fn a_new_handsets_first_record_is_judged_with_the_history_it_took_over() {
+        let (mut d, mut h) = (det(), harness(Some(MAP)));
+        mark_trade(&mut d, "dealline", 1_791_158_400_000);
+        let plan = [
+            (10, "m1", "H1", "s1"),
+            (14, "t1", "H1", "s1"),
+            (20, "t1", "H1", "s1"),
+            (23, "t1", "H1", "s1"),
+        ];
+        assert!(drive_kit(&mut d, &mut h, &plan).is_empty());
+        let t0: Millis = 1_791_158_400_000;
+        let ev = rec(
+            "k9",
+            t0 + 47 * HOUR,
+            "runnerline",
+            "dealline",
+            "H2",
+            "s1",
+            Some("m1"),
+        );
+        assert!(h.feed(&mut d, &ev).is_empty(), "nothing before the barrier");
+        let f = h.barrier(&mut d);
+        let got: Vec<_> = f
+            .iter()
+            .map(|f| (f.subject.as_str(), f.event_time))
+            .collect();
+        assert_eq!(got, [("H2", t0 + 47 * HOUR), ("H1", t0 + 47 * HOUR)]);
+        assert_eq!(f[0].evidence["switches"], 2);
     }
 }
