@@ -124,6 +124,56 @@ pub enum Body {
         /// The query whose best answer was kept when this was sent.
         query: u32,
     },
+
+    // ---- handset group: `handset_churn`, `runner_movement`, `deal_line` ----
+    /// `deal_line` (on a finding made on another key: a handset's churn or movement, a
+    /// handover's other line) → `deal_line` on the line's shard (`Dest::Number(line)`).
+    /// Replaces `deal_line` crediting every line a finding names in place.
+    DealCredit(crate::detect::deal_line::Credit),
+    /// `runner_movement` (on a `deal_line` verdict or a `line_handover` finding) →
+    /// `runner_movement` on every shard (`Dest::Every`): a line with deal evidence, so every
+    /// shard's list of trade lines is the same at every barrier. Replaces the trade list
+    /// being filled from findings made on any key.
+    TradeLine {
+        line: u64,
+        name: Box<str>,
+        /// Event time of the evidence (seconds).
+        at_s: u32,
+    },
+    /// `runner_movement` (Handset role of a moving handset, on a SIM new to it or seen
+    /// again in a later period) → `runner_movement` on the SIM's shard
+    /// (`Dest::Handset(imsi hash)`): the SIM is in this handset. Replaces the SIM index
+    /// written by every handset's records and rebuilt at sweeps.
+    SimSeen { handset: u64, at_s: u32 },
+    /// `runner_movement` (Handset role, a handset new to it, with its SIM) →
+    /// `runner_movement` on the SIM's shard: where did this SIM come from? Replaces the
+    /// arrival reading the SIM index and the young-handset list in place.
+    HandsetArrived {
+        handset: u64,
+        name: Box<str>,
+        at_s: u32,
+    },
+    /// `runner_movement` (the SIM's shard, answering [`Body::HandsetArrived`]) →
+    /// `runner_movement` on the earlier handset's shard: hand your history to `to`.
+    /// Replaces the arrival copying another handset's history in place.
+    HandOver {
+        /// The new handset and its pseudonym.
+        to: u64,
+        to_name: Box<str>,
+        sim: u64,
+        /// When the new handset arrived (seconds).
+        at_s: u32,
+        /// The earlier handset's pseudonym when it was found young (replaced within hours,
+        /// never moving: its shard keeps no name for it); `None` for a moving one.
+        young_name: Option<Box<str>>,
+    },
+    /// `runner_movement` (the earlier handset's shard) → `runner_movement` on the new
+    /// handset's shard: the earlier handset's history (a copy) and chain of handsets.
+    HandedOver(crate::detect::runner_movement::HandOff),
+    /// `runner_movement` (the firing handset's shard) → `runner_movement` on an earlier
+    /// handset's shard: it was the runner's too; the finding is made there (subject: that
+    /// handset). Replaces writing the earlier handset's `fired_s` and naming it in place.
+    NameEarlier(crate::detect::runner_movement::EarlierFinding),
 }
 
 /// Evidence as a detector sends it: the engine adds the time, the producing record and the

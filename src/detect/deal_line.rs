@@ -16,13 +16,14 @@ use crate::alert::{Finding, SubjectKind};
 use crate::checkpoint::codec;
 use crate::config::{Config, DealLineConfig};
 use crate::event::Millis;
+use crate::exchange::{Body, Dest, Evidence, Sent};
 use crate::ids::{self, IdMap};
 
 pub const NAME: &str = "deal_line";
 
 /// The kinds of evidence, in evidence order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Part {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Part {
     BulkSms = 0,
     RepeatBulk = 1,
     FanIn = 2,
@@ -69,6 +70,43 @@ impl Part {
             Part::Predecessor => c.weight_predecessor,
             Part::Runner => c.weight_runner,
         }
+    }
+}
+
+/// Evidence for a line another shard owns ([`Body::DealCredit`]): what [`DealLine`] would
+/// have folded into that line's verdict in place, applied there at the barrier as of the
+/// producing record's time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Credit {
+    /// The line's pseudonym: its verdict names it, and the line may be new to that shard.
+    line: Box<str>,
+    parts: Vec<CreditPart>,
+    /// Who joins the line's `related` (the handset, the other line of a handover).
+    related: Option<Box<str>>,
+    /// For a handover's earlier line: the new line, which is credited as this line's
+    /// successor if this line's own score (before this credit) reaches the threshold. The
+    /// earlier line's verdict lives on its own shard, so the answer goes back as evidence.
+    successor: Option<(u64, Box<str>)>,
+}
+
+/// One kind of evidence with its figures, as in the verdict's contributions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct CreditPart {
+    part: Part,
+    #[serde(with = "codec::json_text")]
+    detail: Value,
+}
+
+impl CreditPart {
+    fn new(part: Part, detail: Value) -> Self {
+        CreditPart { part, detail }
+    }
+
+    /// A predecessor that was a deal line when the handover was found.
+    fn predecessor(earlier_line: &str, earlier_score: f64) -> Self {
+        let es = (earlier_score * 1000.0).round() / 1000.0;
+        let d = json!({"earlier_line": earlier_line, "earlier_score": es});
+        CreditPart::new(Part::Predecessor, d)
     }
 }
 
@@ -125,12 +163,15 @@ impl DealLine {
         }))
     }
 
-    /// Folds one finding into the verdicts of the lines it concerns; returns those lines.
-    fn absorb(&mut self, f: &Finding) -> Vec<u64> {
+    /// Folds one finding into the verdict of its subject when that is a line (this shard
+    /// owns it); every other line it names gets a [`Credit`] through `outbox`. Returns the
+    /// lines touched here.
+    fn absorb(&mut self, f: &Finding, outbox: &mut Vec<Sent>) -> Vec<u64> {
         let cfg = self.cfg.clone();
         let mut touched = Vec::new();
         let at = f.event_time;
         let ev = &f.evidence;
+        let own = |id: u64| f.subject_kind == SubjectKind::Line && f.subject_id == id;
         match f.detector {
             super::bulk_sms::NAME => {
                 let (id, line) = (f.subject_id, f.subject.as_str());
@@ -177,27 +218,34 @@ impl DealLine {
                     _ => return touched,
                 };
                 let overlap = ev.get("overlap").cloned().unwrap_or(Value::Null);
+                let new_part = CreditPart::new(
+                    Part::Handover,
+                    json!({"role": "new_line", "earlier_line": old_line, "overlap": overlap}),
+                );
+                let old_part = CreditPart::new(
+                    Part::Handover,
+                    json!({"role": "earlier_line", "new_line": new_line, "overlap": overlap}),
+                );
                 // The earlier line's own verdict carries over: a number that takes over a
-                // deal line's customers is that deal line's successor.
-                let earlier_score = self.lines.get(&old_id).map(|v| self.score(v, at));
-                if let Some(v) = self.verdict(new_id, &new_line) {
-                    let d =
-                        json!({"role": "new_line", "earlier_line": old_line, "overlap": overlap});
-                    set(v, Part::Handover, at, d);
-                    if let Some(es) = earlier_score.filter(|es| *es + 1e-9 >= cfg.threshold) {
-                        let es = (es * 1000.0).round() / 1000.0;
-                        let d = json!({"earlier_line": old_line, "earlier_score": es});
-                        set(v, Part::Predecessor, at, d);
+                // deal line's customers is that deal line's successor. Its score is read
+                // before this handover is credited to it, on the shard that owns it.
+                if own(old_id) {
+                    let earlier_score = self.lines.get(&old_id).map(|v| self.score(v, at));
+                    if self.apply(old_id, &old_line, &[old_part], Some(&new_line), at) {
+                        touched.push(old_id);
                     }
-                    push_related(v, &old_line, at);
-                    touched.push(new_id);
-                }
-                if let Some(v) = self.verdict(old_id, &old_line) {
-                    let d =
-                        json!({"role": "earlier_line", "new_line": new_line, "overlap": overlap});
-                    set(v, Part::Handover, at, d);
-                    push_related(v, &new_line, at);
-                    touched.push(old_id);
+                    let mut parts = vec![new_part];
+                    if let Some(es) = earlier_score.filter(|es| *es + 1e-9 >= cfg.threshold) {
+                        parts.push(CreditPart::predecessor(&old_line, es));
+                    }
+                    let c = Credit::new(&new_line, parts, Some(&old_line), None);
+                    self.credit(new_id, c, at, own(new_id), outbox, &mut touched);
+                } else {
+                    let c = Credit::new(&new_line, vec![new_part], Some(&old_line), None);
+                    self.credit(new_id, c, at, own(new_id), outbox, &mut touched);
+                    let successor = Some((new_id, new_line.as_str().into()));
+                    let c = Credit::new(&old_line, vec![old_part], Some(&new_line), successor);
+                    outbox.push(Sent::new(Dest::Number(old_id), Body::DealCredit(c)));
                 }
             }
             super::handset_churn::NAME => {
@@ -206,12 +254,10 @@ impl DealLine {
                     return touched; // a test or repair handset, not a burner
                 }
                 for (id, line) in &f.lines {
-                    if let Some(v) = self.verdict(*id, line) {
-                        let d = json!({"handset": f.subject, "sims": sims});
-                        set(v, Part::HandsetChurn, at, d);
-                        push_related(v, &f.subject, at);
-                        touched.push(*id);
-                    }
+                    let d = json!({"handset": f.subject, "sims": sims});
+                    let parts = vec![CreditPart::new(Part::HandsetChurn, d)];
+                    let c = Credit::new(line, parts, Some(&f.subject), None);
+                    self.credit(*id, c, at, own(*id), outbox, &mut touched);
                 }
             }
             super::runner_movement::NAME => {
@@ -219,17 +265,105 @@ impl DealLine {
                 // runner names the line it works for, it does not make one a deal line.
                 let switches = ev.get("switches").cloned().unwrap_or(Value::Null);
                 for (id, line) in &f.lines {
-                    if let Some(v) = self.verdict(*id, line) {
-                        let d = json!({"handset": f.subject, "switches": switches});
-                        set(v, Part::Runner, at, d);
-                        push_related(v, &f.subject, at);
-                        touched.push(*id);
-                    }
+                    let d = json!({"handset": f.subject, "switches": switches});
+                    let parts = vec![CreditPart::new(Part::Runner, d)];
+                    let c = Credit::new(line, parts, Some(&f.subject), None);
+                    self.credit(*id, c, at, own(*id), outbox, &mut touched);
                 }
             }
             _ => {}
         }
         touched
+    }
+
+    /// Credits line `id` here if this shard owns it (`own`), else sends the credit there.
+    fn credit(
+        &mut self,
+        id: u64,
+        c: Credit,
+        at: Millis,
+        own: bool,
+        outbox: &mut Vec<Sent>,
+        touched: &mut Vec<u64>,
+    ) {
+        if !own {
+            outbox.push(Sent::new(Dest::Number(id), Body::DealCredit(c)));
+        } else if self.apply(id, &c.line, &c.parts, c.related.as_deref(), at) {
+            touched.push(id);
+        }
+    }
+
+    /// Folds parts into line `id`'s verdict; false if the key cap refused the line.
+    fn apply(
+        &mut self,
+        id: u64,
+        line: &str,
+        parts: &[CreditPart],
+        related: Option<&str>,
+        at: Millis,
+    ) -> bool {
+        let Some(v) = self.verdict(id, line) else {
+            return false;
+        };
+        for p in parts {
+            set(v, p.part, at, p.detail.clone());
+        }
+        if let Some(r) = related {
+            push_related(v, r, at);
+        }
+        true
+    }
+
+    /// Line `id`'s verdict as of `at`, if it reaches the threshold.
+    fn judge(&self, id: u64, at: Millis, out: &mut Vec<Finding>) {
+        let Some(v) = self.lines.get(&id) else {
+            return;
+        };
+        let score = self.score(v, at);
+        if score + 1e-9 < self.cfg.threshold {
+            return;
+        }
+        let since = at.saturating_sub(ids::span_ms(self.cfg.lookback_s));
+        let mut contributions = Vec::new();
+        let (mut start, mut end) = (Millis::MAX, Millis::MIN);
+        for p in PARTS {
+            if let Some(c) = v.parts[p as usize].as_ref().filter(|c| c.at >= since) {
+                start = start.min(c.at);
+                end = end.max(c.at);
+                let mut item = json!({
+                    "evidence": p.label(),
+                    "weight": p.weight(&self.cfg),
+                    "at": c.at,
+                });
+                if let (Value::Object(m), Value::Object(d)) = (&mut item, &c.detail) {
+                    m.extend(d.clone());
+                }
+                contributions.push(item);
+            }
+        }
+        let mut evidence = serde_json::Map::new();
+        evidence.insert("score".into(), json!((score * 1000.0).round() / 1000.0));
+        evidence.insert("threshold".into(), json!(self.cfg.threshold));
+        evidence.insert("lookback_s".into(), json!(self.cfg.lookback_s));
+        evidence.insert("contributions".into(), Value::Array(contributions));
+        out.push(Finding {
+            detector: NAME,
+            subject: v.line.to_string(),
+            subject_id: id,
+            subject_kind: SubjectKind::Line,
+            score: score.min(1.0),
+            event_time: at,
+            window_start: start,
+            window_end: end.max(start),
+            related: v
+                .related
+                .iter()
+                .filter(|r| r.1 >= since)
+                .map(|r| r.0.clone())
+                .collect(),
+            evidence,
+            lines: vec![(id, v.line.to_string())],
+        });
     }
 
     fn score(&self, v: &LineVerdict, now: Millis) -> f64 {
@@ -243,6 +377,22 @@ impl DealLine {
             })
             .map(|p| p.weight(&self.cfg))
             .sum()
+    }
+}
+
+impl Credit {
+    fn new(
+        line: &str,
+        parts: Vec<CreditPart>,
+        related: Option<&str>,
+        successor: Option<(u64, Box<str>)>,
+    ) -> Self {
+        Credit {
+            line: line.into(),
+            parts,
+            related: related.map(Into::into),
+            successor,
+        }
     }
 }
 
@@ -281,61 +431,36 @@ impl Detector for DealLine {
         }
         let mut touched = Vec::new();
         for f in findings {
-            for id in self.absorb(f) {
+            for id in self.absorb(f, ctx.outbox) {
                 if !touched.contains(&id) {
                     touched.push(id);
                 }
             }
         }
-        let since = at.saturating_sub(ids::span_ms(self.cfg.lookback_s));
         for id in touched {
-            let Some(v) = self.lines.get(&id) else {
-                continue;
-            };
-            let score = self.score(v, at);
-            if score + 1e-9 < self.cfg.threshold {
-                continue;
+            self.judge(id, at, ctx.out);
+        }
+    }
+
+    fn on_evidence(&mut self, e: &Evidence, ctx: &mut Ctx<'_>) {
+        let (Body::DealCredit(c), Dest::Number(id)) = (&e.body, e.dest) else {
+            return;
+        };
+        if !self.cfg.enabled {
+            return;
+        }
+        if let Some((new_id, new_line)) = &c.successor {
+            let threshold = self.cfg.threshold;
+            let earlier_score = self.lines.get(&id).map(|v| self.score(v, e.at));
+            if let Some(es) = earlier_score.filter(|es| *es + 1e-9 >= threshold) {
+                let parts = vec![CreditPart::predecessor(&c.line, es)];
+                let answer = Credit::new(new_line, parts, Some(&c.line), None);
+                let body = Body::DealCredit(answer);
+                ctx.outbox.push(Sent::new(Dest::Number(*new_id), body));
             }
-            let mut contributions = Vec::new();
-            let (mut start, mut end) = (Millis::MAX, Millis::MIN);
-            for p in PARTS {
-                if let Some(c) = v.parts[p as usize].as_ref().filter(|c| c.at >= since) {
-                    start = start.min(c.at);
-                    end = end.max(c.at);
-                    let mut item = json!({
-                        "evidence": p.label(),
-                        "weight": p.weight(&self.cfg),
-                        "at": c.at,
-                    });
-                    if let (Value::Object(m), Value::Object(d)) = (&mut item, &c.detail) {
-                        m.extend(d.clone());
-                    }
-                    contributions.push(item);
-                }
-            }
-            let mut evidence = serde_json::Map::new();
-            evidence.insert("score".into(), json!((score * 1000.0).round() / 1000.0));
-            evidence.insert("threshold".into(), json!(self.cfg.threshold));
-            evidence.insert("lookback_s".into(), json!(self.cfg.lookback_s));
-            evidence.insert("contributions".into(), Value::Array(contributions));
-            ctx.out.push(Finding {
-                detector: NAME,
-                subject: v.line.to_string(),
-                subject_id: id,
-                subject_kind: SubjectKind::Line,
-                score: score.min(1.0),
-                event_time: at,
-                window_start: start,
-                window_end: end.max(start),
-                related: v
-                    .related
-                    .iter()
-                    .filter(|r| r.1 >= since)
-                    .map(|r| r.0.clone())
-                    .collect(),
-                evidence,
-                lines: vec![(id, v.line.to_string())],
-            });
+        }
+        if self.apply(id, &c.line, &c.parts, c.related.as_deref(), e.at) {
+            self.judge(id, e.at, ctx.out);
         }
     }
 
@@ -401,7 +526,12 @@ mod tests {
             detector,
             subject: subject.into(),
             subject_id: ids::id(subject),
-            subject_kind: SubjectKind::Line,
+            subject_kind: match detector {
+                crate::detect::handset_churn::NAME | crate::detect::runner_movement::NAME => {
+                    SubjectKind::Handset
+                }
+                _ => SubjectKind::Line,
+            },
             score: 1.0,
             event_time: at,
             window_start: at,
@@ -415,19 +545,90 @@ mod tests {
         }
     }
 
-    fn run(d: &mut DealLine, at: Millis, fs: &[Finding]) -> Vec<Finding> {
+    /// Shows `fs` to shard `shard` of `shards` (the one owning their subject) and returns
+    /// the verdicts made and the evidence sent, stamped as the engine does for the
+    /// `seq`-th call.
+    fn show(
+        shards: &mut [DealLine],
+        shard: usize,
+        at: Millis,
+        fs: &[Finding],
+        seq: u64,
+    ) -> (Vec<Finding>, Vec<Evidence>) {
         let mut contacts = Contacts::new(10, 10, 10);
-        let mut out = Vec::new();
+        let (mut out, mut sent) = (Vec::new(), Vec::new());
         let mut ctx = Ctx {
-            role: crate::exchange::Role::Barrier,
+            role: crate::exchange::Role::Sender,
             contacts: &mut contacts,
             stream_start: 0,
             out: &mut out,
-            outbox: &mut Vec::new(),
+            outbox: &mut sent,
             cells: None,
             cell: None,
         };
-        d.on_findings(at, fs, &mut ctx);
+        shards[shard].on_findings(at, fs, &mut ctx);
+        let inbox = sent
+            .into_iter()
+            .enumerate()
+            .map(|(k, x)| Evidence {
+                dest: x.dest,
+                at,
+                event_id: format!("e{seq}").into(),
+                order: [at as u64, seq, k as u64, 0],
+                body: x.body,
+            })
+            .collect();
+        (out, inbox)
+    }
+
+    /// Which of `n` shards owns a line.
+    fn owner(id: u64, n: usize) -> usize {
+        (id % n as u64) as usize
+    }
+
+    /// A barrier over `shards`: the evidence applied by the owner of its line, round after
+    /// round as the engine does; the verdicts made.
+    fn barrier(shards: &mut [DealLine], mut inbox: Vec<Evidence>) -> Vec<Finding> {
+        let mut contacts = Contacts::new(10, 10, 10);
+        let mut out = Vec::new();
+        while !inbox.is_empty() {
+            let mut round = std::mem::take(&mut inbox);
+            round.sort_by_key(|e| e.order);
+            for (rank, e) in round.iter().enumerate() {
+                let Dest::Number(id) = e.dest else {
+                    panic!("deal_line sends only to lines: {e:?}");
+                };
+                let n = shards.len();
+                let mut sent = Vec::new();
+                let mut ctx = Ctx {
+                    role: crate::exchange::Role::Barrier,
+                    contacts: &mut contacts,
+                    stream_start: 0,
+                    out: &mut out,
+                    outbox: &mut sent,
+                    cells: None,
+                    cell: None,
+                };
+                shards[owner(id, n)].on_evidence(e, &mut ctx);
+                for (k, x) in sent.into_iter().enumerate() {
+                    inbox.push(Evidence {
+                        dest: x.dest,
+                        at: e.at,
+                        event_id: e.event_id.clone(),
+                        order: [rank as u64, x.hint[0], x.hint[1], k as u64],
+                        body: x.body,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// One shard: the findings shown, then a barrier; every verdict made.
+    fn run(d: &mut DealLine, at: Millis, fs: &[Finding]) -> Vec<Finding> {
+        let shards = std::slice::from_mut(d);
+        let (mut out, inbox) = show(shards, 0, at, fs, 0);
+        out.extend(barrier(shards, inbox));
         out
     }
 
@@ -606,5 +807,169 @@ mod tests {
             run(&mut d, t, &[churn(&format!("x{i}"), t, "line")]);
         }
         assert_eq!(d.lines[&ids::id("line")].related.len(), MAX_RELATED);
+    }
+
+    /// A line whose hash falls on shard `shard` of `n`, named from `stem`.
+    fn line_on(stem: &str, shard: usize, n: usize) -> String {
+        (0..)
+            .map(|i| format!("{stem}{i}"))
+            .find(|l| owner(ids::id(l), n) == shard)
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_handset_findings_credit_waits_for_the_barrier_and_keeps_its_time() {
+        let mut d = DealLine::new(&Config::default(), 100);
+        run(&mut d, 0, &[bulk("a", 0, 0.0), fan_in("a", 0)]);
+        let shards = std::slice::from_mut(&mut d);
+        // The churn finding is the handset's: the line's credit is evidence, even on the
+        // one shard that owns both.
+        let (now, inbox) = show(shards, 0, HOUR, &[churn("burner", HOUR, "a")], 7);
+        assert!(now.is_empty(), "{now:?}");
+        assert_eq!(inbox.len(), 1);
+        assert_eq!(inbox[0].dest, Dest::Number(ids::id("a")));
+        let out = barrier(shards, inbox);
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].subject.as_str(), out[0].event_time), ("a", HOUR));
+        assert_eq!(out[0].related, ["burner"]);
+        let c = out[0].evidence["contributions"].as_array().unwrap();
+        assert!(c
+            .iter()
+            .any(|c| c["evidence"] == "handset_churn" && c["at"] == HOUR));
+    }
+
+    /// The predecessor's verdict is on the earlier line's shard: its answer comes back in
+    /// the barrier's next round, as of the handover's time.
+    #[test]
+    fn a_successor_learns_its_predecessors_verdict_at_the_barrier() {
+        let n = 2;
+        let (old, new) = (line_on("old", 0, n), line_on("new", 1, n));
+        let mut shards = vec![DealLine::new(&Config::default(), 100); n];
+        let mut seq = 0;
+        let mut step = |shards: &mut [DealLine], at, fs: &[Finding]| {
+            seq += 1;
+            let shard = owner(fs[0].subject_id, n);
+            let (mut out, inbox) = show(shards, shard, at, fs, seq);
+            out.extend(barrier(shards, inbox));
+            out
+        };
+        step(&mut shards, 0, &[bulk(&old, 0, 0.0), fan_in(&old, 0)]);
+        assert_eq!(step(&mut shards, DAY, &[bulk(&old, DAY, 0.9)]).len(), 1);
+        let h = finding(
+            crate::detect::line_handover::NAME,
+            &new,
+            2 * DAY,
+            evidence! {"overlap" => 0.9},
+            vec![&new, &old],
+        );
+        let out = step(&mut shards, 2 * DAY, &[h]);
+        // The old line (on its shard) with the handover, then the new line with handover
+        // and predecessor (0.6): both at the handover's time.
+        let who: Vec<_> = out
+            .iter()
+            .map(|f| (f.subject.as_str(), f.event_time))
+            .collect();
+        assert_eq!(who, [(old.as_str(), 2 * DAY)]);
+        assert!(shards[1].lines[&ids::id(&new)].parts[Part::Predecessor as usize].is_some());
+        assert!(!shards[0].lines.contains_key(&ids::id(&new)));
+        let out = step(
+            &mut shards,
+            2 * DAY + HOUR,
+            &[bulk(&new, 2 * DAY + HOUR, 0.0)],
+        );
+        assert_eq!(out.len(), 1, "{out:?}");
+        let parts = out[0].evidence["contributions"].as_array().unwrap();
+        assert!(parts
+            .iter()
+            .any(|c| c["evidence"] == "predecessor_deal_line"));
+    }
+
+    /// Every verdict of a run of findings over lines on different shards, as
+    /// (time, subject, evidence) in a fixed order.
+    fn verdicts_with(n: usize, barrier_every: usize) -> Vec<(Millis, String, String)> {
+        let mut shards = vec![DealLine::new(&Config::default(), 100); n];
+        // The same names whatever `n`: on alternate shards of two.
+        let l: Vec<String> = (0..4)
+            .map(|i| line_on(&format!("l{i}-"), i % 2, 2))
+            .collect();
+        let handover = |new: &str, old: &str, at| {
+            finding(
+                crate::detect::line_handover::NAME,
+                new,
+                at,
+                evidence! {"overlap" => 0.8},
+                vec![new, old],
+            )
+        };
+        let runner = |at, lines: Vec<&str>| {
+            finding(
+                crate::detect::runner_movement::NAME,
+                "runner",
+                at,
+                evidence! {"switches" => 3},
+                lines,
+            )
+        };
+        let mut plan: Vec<(Millis, Vec<Finding>)> = vec![
+            (0, vec![bulk(&l[0], 0, 0.0), fan_in(&l[0], 0)]),
+            (HOUR, vec![churn("burner", HOUR, &l[0])]),
+            (2 * HOUR, vec![churn("burner", 2 * HOUR, &l[1])]),
+            (DAY, vec![bulk(&l[0], DAY, 0.9)]),
+            (DAY + MIN, vec![handover(&l[1], &l[0], DAY + MIN)]),
+            (
+                DAY + 2 * MIN,
+                vec![runner(DAY + 2 * MIN, vec![&l[0], &l[1], &l[2]])],
+            ),
+            (DAY + HOUR, vec![bulk(&l[1], DAY + HOUR, 0.0)]),
+            (2 * DAY, vec![handover(&l[3], &l[1], 2 * DAY)]),
+            (2 * DAY + MIN, vec![fan_in(&l[3], 2 * DAY + MIN)]),
+            (2 * DAY + HOUR, vec![fan_in(&l[2], 2 * DAY + HOUR)]),
+        ];
+        let mut out = Vec::new();
+        let mut inbox = Vec::new();
+        for (seq, (at, fs)) in plan.iter_mut().enumerate() {
+            let shard = owner(fs[0].subject_id, n);
+            let (now, sent) = show(&mut shards, shard, *at, fs, seq as u64);
+            out.extend(now);
+            inbox.extend(sent);
+            if (seq + 1) % barrier_every == 0 {
+                out.extend(barrier(&mut shards, std::mem::take(&mut inbox)));
+            }
+        }
+        out.extend(barrier(&mut shards, inbox));
+        let mut v: Vec<_> = out
+            .iter()
+            .map(|f| {
+                (
+                    f.event_time,
+                    f.subject.clone(),
+                    Value::Object(f.evidence.clone()).to_string(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Whatever shard owns which line, the same verdicts: each line's state is read and
+    /// written only where it lives, the rest travels as evidence.
+    #[test]
+    fn verdicts_are_the_same_on_one_two_and_three_shards() {
+        for every in [1, 3] {
+            let one = verdicts_with(1, every);
+            let subjects: Vec<&str> = one.iter().map(|v| v.1.as_str()).collect();
+            assert!(subjects.len() >= 4, "{one:?}");
+            assert!(
+                one.iter().any(|v| v.2.contains("predecessor_deal_line")),
+                "{one:?}"
+            );
+            for n in [2, 3] {
+                assert_eq!(
+                    verdicts_with(n, every),
+                    one,
+                    "{n} shards, barrier every {every}"
+                );
+            }
+        }
     }
 }

@@ -199,9 +199,9 @@ impl Detector for HandsetChurn {
     }
 
     fn on_event(&mut self, ev: &Event<'_>, ids: &EventIds, ctx: &mut Ctx<'_>) {
-        // Until this detector is split by role (docs/sharding.md), all of it runs in the
-        // sender role, reading every key as the one-thread engine did.
-        if ctx.role != Role::Sender {
+        // Keyed by handset: every entry it reads or writes is the record's handset's. The
+        // lines it names reach `deal_line` as evidence for them.
+        if ctx.role != Role::Handset {
             return;
         }
         if !self.cfg.enabled {
@@ -535,5 +535,28 @@ mod tests {
             assert_eq!(f[0].related, vec!["s1", "s2", "s3"]);
             assert_eq!(f[0].window_end, 4 * DAY - 5 * MIN);
         }
+    }
+
+    /// A burner's SIMs, each used as a line of its own: the lines' shards differ from the
+    /// handset's, which alone holds its SIMs; the same finding whatever the shard count.
+    #[test]
+    fn a_burner_fires_the_same_on_one_two_and_three_shards() {
+        use crate::detect::shardkit::{key, Shards};
+        let run = |n: usize| {
+            let mut x = Shards::new(HandsetChurn::new(&Config::default(), 100), n, None);
+            let mut out = Vec::new();
+            for i in 0..5i64 {
+                let (id, line, sim) = (format!("e{i}"), format!("line{i}"), format!("s{i}"));
+                let ev = with_sim(sms(&id, i * 6 * HOUR, &line, "x"), "burner", &sim);
+                out.extend(x.feed(&ev));
+                out.extend(x.barrier());
+            }
+            out.iter().map(key).collect::<Vec<_>>()
+        };
+        let one = run(1);
+        assert_eq!(one.len(), 1, "{one:?}");
+        assert_eq!(one[0].1, "burner");
+        assert_eq!(run(2), one);
+        assert_eq!(run(3), one);
     }
 }

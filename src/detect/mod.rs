@@ -12,6 +12,8 @@ pub mod deal_line;
 pub mod handset_churn;
 pub mod line_handover;
 pub mod runner_movement;
+#[cfg(test)]
+pub(crate) mod shardkit;
 
 use crate::alert::Finding;
 use crate::cells::{CellMap, CellPlace};
