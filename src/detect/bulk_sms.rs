@@ -80,8 +80,9 @@ impl Detector for BulkSms {
     }
 
     fn on_event(&mut self, ev: &Event<'_>, ids: &EventIds, ctx: &mut Ctx<'_>) {
-        // Until this detector is split by role (docs/sharding.md), all of it runs in the
-        // sender role, reading every key as the one-thread engine did.
+        // All of it is the sender's: its list (`contacts.get(from)`, already updated with
+        // this text) and when it last fired. The recipient learns nothing here, so nothing
+        // is sent (docs/sharding.md).
         if ctx.role != Role::Sender {
             return;
         }

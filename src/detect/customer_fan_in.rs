@@ -15,6 +15,16 @@
 //! line's new number fires when `follow_min_customers` of its customers contact it within
 //! `follow_within_s` of the handover. A number replaced late in the data lives hours, with
 //! a handful of customers; that they ring the new number is the fan-in.
+//!
+//! # Roles (`docs/sharding.md`)
+//!
+//! All state is the line's but the crew entry, which is the runner's. A record F→T:
+//! - as **recipient** (T's key): the customer's contact is noted on T's list, kept pending
+//!   on T for a callback, and the window, callback and followers rules are judged for T;
+//! - as **sender** (F's key): F calling back a customer pending on F is a callback, judged
+//!   at once; F with a customer list enrols T as its crew ([`Body::CrewEnrol`] to T); F
+//!   being some line's crew tells that line whom it rang ([`Body::CrewCallback`] to the
+//!   line), which the line's shard judges against its pending contacts at the barrier.
 
 use super::{Ctx, Detector, EventIds, StateStats};
 use crate::alert::{Finding, SubjectKind};
@@ -22,7 +32,7 @@ use crate::checkpoint::codec;
 use crate::config::{Config, FanInConfig};
 use crate::event::{Event, Kind, Millis};
 use crate::evidence;
-use crate::exchange::Role;
+use crate::exchange::{Body, Dest, Evidence, Role, Sent};
 use crate::ids::{self, IdMap};
 use crate::state::Contact;
 
@@ -36,9 +46,11 @@ pub const NAME: &str = "customer_fan_in";
 pub struct CustomerFanIn {
     cfg: FanInConfig,
     fired: IdMap<u32>,
-    /// Customer → (the line it last contacted, when): awaiting a callback for
-    /// `callback_within_s`, then swept. Holds minutes of contacts, not days.
-    pending: IdMap<(u64, u32)>,
+    /// Line → its customers whose latest contact awaits a callback (fingerprint, when), for
+    /// `callback_within_s`, then swept. Kept on the line (not the customer) because the
+    /// line's list says who is a customer, and a callback by the line or its crew is judged
+    /// where the line's state is. Holds minutes of contacts, not days.
+    pending: IdMap<Vec<(u32, u32)>>,
     /// Line → customers it called back (fingerprint, when), within the window.
     callbacks: IdMap<Vec<(u32, u32)>>,
     /// Number → the line with a customer list that last called it (id, when, pseudonym):
@@ -51,6 +63,12 @@ pub struct CustomerFanIn {
     /// New numbers `line_handover` named → (the earlier line, when): their customers are
     /// counted from then, for `follow_within_s`.
     followed: IdMap<(Box<str>, u32)>,
+    /// Watermark (seconds) of the previous sweep. Evidence applied at a barrier is judged
+    /// as of its record's time, which is at or after the watermark the record was processed
+    /// under, so at or after the previous sweep's: trimming by that one keeps what the
+    /// evidence may still need (a pending contact, a callback, when the line last fired).
+    /// Not saved: after a restore the first sweep trims nothing, which only keeps more.
+    swept_s: u32,
 }
 
 /// Customers whose latest counted contact falls within `since_s..=end_s`, and the oldest
@@ -78,21 +96,42 @@ impl CustomerFanIn {
             cap_hits: 0,
             times: Vec::new(),
             followed: IdMap::default(),
+            swept_s: 0,
         }
     }
 
-    /// The line (`ev.from`) called or texted back customer `ev.to` at `s`, within
-    /// `callback_within_s` of the customer's contact: noted, and the callback rule judged
-    /// over the window ending now.
+    /// Takes `customer`'s pending contact to `line_id` if a callback at `s` answers it
+    /// (the contact at or before `s`, within `callback_within_s`).
+    fn answer(&mut self, line_id: u64, customer: u64, s: u32) -> bool {
+        let Some(list) = self.pending.get_mut(&line_id) else {
+            return false;
+        };
+        let within = ids::span_secs(self.cfg.callback_within_s);
+        let fp = ids::fp(customer);
+        let Some(i) = list
+            .iter()
+            .position(|p| p.0 == fp && s >= p.1 && s - p.1 <= within)
+        else {
+            return false;
+        };
+        list.swap_remove(i);
+        if list.is_empty() {
+            self.pending.remove(&line_id);
+        }
+        true
+    }
+
+    /// The line called or texted back `customer` at `at`, within `callback_within_s` of the
+    /// customer's contact: noted, and the callback rule judged over the window ending then.
     fn callback(
         &mut self,
-        ev: &Event<'_>,
         line_id: u64,
         line_name: &str,
         customer: u64,
+        at: Millis,
         ctx: &mut Ctx<'_>,
-        s: u32,
     ) {
+        let s = ids::secs(at);
         let window_s = ids::span_secs(self.cfg.window_s);
         let since_s = s.saturating_sub(window_s);
         if self.callbacks.len() >= self.max_keys && !self.callbacks.contains_key(&line_id) {
@@ -106,19 +145,13 @@ impl CustomerFanIn {
             Some(c) => c.1 = c.1.max(s),
             None => list.push((fp, s)),
         }
-        self.judge_callbacks(ev, line_id, line_name, ctx, s);
+        self.judge_callbacks(line_id, line_name, at, ctx);
     }
 
-    /// The callback rule over the window ending at `s`, judged when a callback is made and
+    /// The callback rule over the window ending at `at`, judged when a callback is made and
     /// when a customer contacts a line that has made callbacks (either can complete it).
-    fn judge_callbacks(
-        &mut self,
-        ev: &Event<'_>,
-        line_id: u64,
-        line_name: &str,
-        ctx: &mut Ctx<'_>,
-        s: u32,
-    ) {
+    fn judge_callbacks(&mut self, line_id: u64, line_name: &str, at: Millis, ctx: &mut Ctx<'_>) {
+        let s = ids::secs(at);
         let since_s = s.saturating_sub(ids::span_secs(self.cfg.window_s));
         let Some(list) = self.callbacks.get(&line_id) else {
             return;
@@ -145,9 +178,9 @@ impl CustomerFanIn {
             subject_id: line_id,
             subject_kind: SubjectKind::Line,
             score: (called_back as f64 / (2.0 * self.cfg.min_callbacks as f64)).min(1.0),
-            event_time: ev.ts,
+            event_time: at,
             window_start: ids::millis(oldest),
-            window_end: ev.ts,
+            window_end: at,
             related: Vec::new(),
             evidence: evidence! {
                 "customers" => customers,
@@ -164,8 +197,9 @@ impl CustomerFanIn {
         });
     }
 
-    /// The followers rule for new number `line_id`, on a customer's contact at `s`.
-    fn judge_followers(&mut self, ev: &Event<'_>, line_id: u64, ctx: &mut Ctx<'_>, s: u32) {
+    /// The followers rule for new number `line_id`, on a customer's contact at `at`.
+    fn judge_followers(&mut self, line_id: u64, line_name: &str, at: Millis, ctx: &mut Ctx<'_>) {
+        let s = ids::secs(at);
         let Some((earlier, at_s)) = self.followed.get(&line_id) else {
             return;
         };
@@ -189,13 +223,13 @@ impl CustomerFanIn {
         self.fired.insert(line_id, s);
         ctx.out.push(Finding {
             detector: NAME,
-            subject: ev.to.to_string(),
+            subject: line_name.to_string(),
             subject_id: line_id,
             subject_kind: SubjectKind::Line,
             score: (customers as f64 / (2.0 * min as f64)).min(1.0),
-            event_time: ev.ts,
+            event_time: at,
             window_start: ids::millis(oldest),
-            window_end: ev.ts,
+            window_end: at,
             related: vec![earlier.clone()],
             evidence: evidence! {
                 "customers" => customers,
@@ -208,7 +242,7 @@ impl CustomerFanIn {
                 "min_call_duration_s" => self.cfg.min_call_duration_s,
                 "max_call_duration_s" => self.cfg.max_call_duration_s,
             },
-            lines: vec![(line_id, ev.to.to_string())],
+            lines: vec![(line_id, line_name.to_string())],
         });
     }
 
@@ -219,59 +253,55 @@ impl CustomerFanIn {
                 .contains(&ev.duration_s),
         }
     }
-}
 
-impl Detector for CustomerFanIn {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
-    fn on_event(&mut self, ev: &Event<'_>, ids: &EventIds, ctx: &mut Ctx<'_>) {
-        // Until this detector is split by role (docs/sharding.md), all of it runs in the
-        // sender role, reading every key as the one-thread engine did.
-        if ctx.role != Role::Sender {
-            return;
-        }
-        if !self.cfg.enabled {
-            return;
-        }
+    /// The record as its sender's (`from`): F's own callbacks, and what F's list and crew
+    /// entry tell other lines.
+    fn as_sender(&mut self, ev: &Event<'_>, ids: &EventIds, ctx: &mut Ctx<'_>) {
         let s = ids::secs(ev.ts);
         // A line with a customer list (`crew_min_customers`) calling a number: that number
-        // works with the line (a runner) for `crew_retention_s`.
+        // works with the line (a runner) for `crew_retention_s`. The crew entry is the
+        // runner's state (its later records are judged by it), on the runner's shard.
         if ev.kind == Kind::Call
+            && ids.to != ids.from
             && ctx
                 .contacts
                 .get(ids.from)
                 .is_some_and(|l| l.contacts.len() >= self.cfg.crew_min_customers as usize)
         {
-            if self.crew.len() < self.max_keys || self.crew.contains_key(&ids.to) {
-                self.crew
-                    .insert(ids.to, (ids.from, s, ev.from.as_ref().into()));
-            } else {
-                self.cap_hits += 1;
+            ctx.outbox.push(Sent::new(
+                Dest::Number(ids.to),
+                Body::CrewEnrol {
+                    line: ids.from,
+                    line_name: ev.from.as_ref().into(),
+                },
+            ));
+        }
+        // Is this the line calling or texting back a customer who just contacted it?
+        if self.answer(ids.from, ids.to, s) {
+            self.callback(ids.from, &ev.from, ids.to, ev.ts, ctx);
+        }
+        // Is this the crew of a line ringing someone? Whether that is one of the line's
+        // customers awaiting a callback only the line's shard knows: it is told, and judges.
+        if let Some((line, enrolled_s, line_name)) = self.crew.get(&ids.from) {
+            let retention = ids::span_secs(self.cfg.crew_retention_s);
+            if *line != ids.from && enrolled_s.saturating_add(retention) >= s {
+                ctx.outbox.push(Sent::new(
+                    Dest::Number(*line),
+                    Body::CrewCallback {
+                        customer: ids.to,
+                        line_name: line_name.clone(),
+                    },
+                ));
             }
         }
-        // Is this the line, or its crew, calling or texting back a customer who just
-        // contacted the line?
-        if let Some(&(line, in_s)) = self.pending.get(&ids.to) {
-            let fresh = s >= in_s && s - in_s <= ids::span_secs(self.cfg.callback_within_s);
-            let crew_retention = ids::span_secs(self.cfg.crew_retention_s);
-            let by = if line == ids.from {
-                Some(Box::<str>::from(ev.from.as_ref()))
-            } else {
-                self.crew
-                    .get(&ids.from)
-                    .filter(|c| c.0 == line && c.1.saturating_add(crew_retention) >= s)
-                    .map(|c| c.2.clone())
-            };
-            if let (true, Some(name)) = (fresh, by) {
-                self.pending.remove(&ids.to);
-                self.callback(ev, line, &name, ids.to, ctx, s);
-            }
-        }
+    }
+
+    /// The record as its recipient's (`to`): a customer's contact, and every rule of T.
+    fn as_recipient(&mut self, ev: &Event<'_>, ids: &EventIds, ctx: &mut Ctx<'_>) {
         if !self.counts(ev) {
             return;
         }
+        let s = ids::secs(ev.ts);
         let lookback = ids::span_secs(self.cfg.lookback_s);
         // Is the caller a customer of the line it contacts? If so the contact is noted.
         let Some(listed) = ctx
@@ -282,17 +312,22 @@ impl Detector for CustomerFanIn {
             return;
         };
         if listed >= self.cfg.min_customers_with_callbacks as usize {
-            if self.pending.len() < self.max_keys || self.pending.contains_key(&ids.from) {
-                self.pending.insert(ids.from, (ids.to, ids::secs(ev.ts)));
+            let fp = ids::fp(ids.from);
+            if self.pending.len() < self.max_keys || self.pending.contains_key(&ids.to) {
+                let list = self.pending.entry(ids.to).or_default();
+                match list.iter_mut().find(|p| p.0 == fp) {
+                    Some(p) => p.1 = s,
+                    None => list.push((fp, s)),
+                }
             } else {
                 self.cap_hits += 1;
             }
         }
         if self.callbacks.contains_key(&ids.to) {
-            self.judge_callbacks(ev, ids.to, &ev.to, ctx, ids::secs(ev.ts));
+            self.judge_callbacks(ids.to, &ev.to, ev.ts, ctx);
         }
         if self.followed.contains_key(&ids.to) {
-            self.judge_followers(ev, ids.to, ctx, s);
+            self.judge_followers(ids.to, &ev.to, ev.ts, ctx);
         }
         // Recorded just above.
         let Some(line) = ctx.contacts.get(ids.to) else {
@@ -304,7 +339,6 @@ impl Detector for CustomerFanIn {
             return;
         }
         let window_s = ids::span_secs(self.cfg.window_s);
-        let s = ids::secs(ev.ts);
         let newest_in = line.newest_in_s;
         // The window ending at the line's newest customer contact, as every record arrives.
         let mut found = None;
@@ -366,11 +400,58 @@ impl Detector for CustomerFanIn {
             lines: vec![(ids.to, ev.to.to_string())],
         });
     }
+}
+
+impl Detector for CustomerFanIn {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn on_event(&mut self, ev: &Event<'_>, ids: &EventIds, ctx: &mut Ctx<'_>) {
+        if !self.cfg.enabled {
+            return;
+        }
+        match ctx.role {
+            Role::Sender => self.as_sender(ev, ids, ctx),
+            Role::Recipient => self.as_recipient(ev, ids, ctx),
+            Role::Handset | Role::Barrier => {}
+        }
+    }
+
+    fn on_evidence(&mut self, e: &Evidence, ctx: &mut Ctx<'_>) {
+        if !self.cfg.enabled {
+            return;
+        }
+        let Dest::Number(key) = e.dest else {
+            return;
+        };
+        match &e.body {
+            Body::CrewEnrol { line, line_name } => {
+                if self.crew.len() < self.max_keys || self.crew.contains_key(&key) {
+                    self.crew
+                        .insert(key, (*line, ids::secs(e.at), line_name.clone()));
+                } else {
+                    self.cap_hits += 1;
+                }
+            }
+            Body::CrewCallback {
+                customer,
+                line_name,
+            } => {
+                if self.answer(key, *customer, ids::secs(e.at)) {
+                    self.callback(key, line_name, *customer, e.at, ctx);
+                }
+            }
+            _ => {}
+        }
+    }
 
     fn on_findings(&mut self, _at: Millis, findings: &[Finding], _ctx: &mut Ctx<'_>) {
         if !self.cfg.enabled {
             return;
         }
+        // A handover finding's subject is the new number, made on the shard that owns it:
+        // noting it as followed is that key's state (the earlier line is only named).
         for f in findings
             .iter()
             .filter(|f| f.detector == super::line_handover::NAME)
@@ -379,6 +460,9 @@ impl Detector for CustomerFanIn {
             let (Some(new), Some(earlier)) = (f.lines.first(), f.lines.get(1)) else {
                 continue;
             };
+            if new.0 != f.subject_id {
+                continue;
+            }
             if self.followed.len() >= self.max_keys && !self.followed.contains_key(&new.0) {
                 self.cap_hits += 1;
                 continue;
@@ -391,13 +475,18 @@ impl Detector for CustomerFanIn {
     }
 
     fn expire(&mut self, watermark: Millis) {
-        let now = ids::secs(watermark);
+        let wm = ids::secs(watermark);
+        let now = self.swept_s.min(wm);
+        self.swept_s = wm;
         let follow_cutoff = now.saturating_sub(ids::span_secs(self.cfg.follow_within_s));
         self.followed.retain(|_, f| f.1 >= follow_cutoff);
         let cutoff = now.saturating_sub(ids::span_secs(self.cfg.window_s));
         self.fired.retain(|_, f| *f >= cutoff);
         let pending_cutoff = now.saturating_sub(ids::span_secs(self.cfg.callback_within_s));
-        self.pending.retain(|_, p| p.1 >= pending_cutoff);
+        self.pending.retain(|_, l| {
+            l.retain(|p| p.1 >= pending_cutoff);
+            !l.is_empty()
+        });
         self.callbacks.retain(|_, l| {
             l.retain(|c| c.1 >= cutoff);
             !l.is_empty()
@@ -426,8 +515,9 @@ impl Detector for CustomerFanIn {
                 + self.followed.values().map(|f| f.0.len()).sum::<usize>()
                 + self.crew.values().map(|c| c.2.len()).sum::<usize>()
                 + self
-                    .callbacks
+                    .pending
                     .values()
+                    .chain(self.callbacks.values())
                     .map(|l| l.capacity() * 8)
                     .sum::<usize>(),
             cap_hits: self.cap_hits,
@@ -443,37 +533,55 @@ impl Detector for CustomerFanIn {
         Box::new(self.clone())
     }
 
-    /// The new numbers followed ride after the older state as a second value, so a
-    /// checkpoint from before them still loads (with none followed).
+    /// Later state rides after the older as further values, so an older checkpoint still
+    /// loads: the new numbers followed second; the pending contacts by line third (the
+    /// first value's pending-by-customer slot is written empty, and an older checkpoint's
+    /// is moved onto the lines it names).
     fn save_state(&self) -> Result<Vec<u8>, codec::Error> {
+        let by_customer: IdMap<(u64, u32)> = IdMap::default();
         let mut v = codec::encode(&(
             &self.fired,
-            &self.pending,
+            &by_customer,
             &self.callbacks,
             &self.crew,
             self.cap_hits,
         ))?;
         v.extend(codec::encode(&self.followed)?);
+        v.extend(codec::encode(&self.pending)?);
         Ok(v)
     }
 
     fn load_state(&mut self, bytes: &[u8]) -> Result<(), codec::Error> {
-        let rest;
+        let (rest, by_customer): (&[u8], IdMap<(u64, u32)>);
         (
             (
                 self.fired,
-                self.pending,
+                by_customer,
                 self.callbacks,
                 self.crew,
                 self.cap_hits,
             ),
             rest,
         ) = codec::decode_prefix(bytes)?;
-        self.followed = if rest.is_empty() {
+        let rest = if rest.is_empty() {
+            self.followed = IdMap::default();
+            rest
+        } else {
+            let (followed, rest) = codec::decode_prefix(rest)?;
+            self.followed = followed;
+            rest
+        };
+        self.pending = if rest.is_empty() {
             IdMap::default()
         } else {
             codec::decode(rest)?
         };
+        for (customer, (line, s)) in by_customer {
+            self.pending
+                .entry(line)
+                .or_default()
+                .push((ids::fp(customer), s));
+        }
         Ok(())
     }
 }
@@ -487,6 +595,18 @@ mod tests {
         let mut cfg = Config::default();
         cfg.customer_fan_in.min_customers = min;
         CustomerFanIn::new(&cfg, 1000)
+    }
+
+    /// The engine's order for one record: a barrier first when event time has moved into a
+    /// minute after that of evidence waiting (the exchange epoch), then the record. The
+    /// findings of both, the barrier's first.
+    fn step(h: &mut Harness, d: &mut CustomerFanIn, ev: &Event<'_>) -> Vec<Finding> {
+        let mut found = Vec::new();
+        if h.inbox.iter().any(|e| e.at / MIN < ev.ts / MIN) {
+            found.extend(h.barrier(d));
+        }
+        found.extend(h.feed(d, ev));
+        found
     }
 
     /// The line texts `n` customers at t=0.
@@ -587,12 +707,13 @@ mod tests {
         for i in 0..8 {
             let t = HOUR + i as Millis * 20 * MIN;
             let (id, from) = (format!("in{i}"), format!("c{i}"));
-            found.extend(h.feed(d, &call(&id, t, &from, "line", 30)));
+            found.extend(step(h, d, &call(&id, t, &from, "line", 30)));
             if let Some((after, by)) = reply(i) {
                 let id = format!("cb{i}");
-                found.extend(h.feed(d, &sms(&id, t + after, by, &from)));
+                found.extend(step(h, d, &sms(&id, t + after, by, &from)));
             }
         }
+        found.extend(h.barrier(d));
         found
     }
 
@@ -641,12 +762,14 @@ mod tests {
         for i in 0..8 {
             let t = HOUR + i as Millis * 20 * MIN;
             let (id, from) = (format!("in{i}"), format!("c{i}"));
-            found.extend(h.feed(&mut d, &call(&id, t, &from, "line", 30)));
+            found.extend(step(&mut h, &mut d, &call(&id, t, &from, "line", 30)));
             if i % 2 == 0 {
                 let id = format!("cb{i}");
-                found.extend(h.feed(&mut d, &call(&id, t + 5 * MIN, "runner", &from, 20)));
+                let ev = call(&id, t + 5 * MIN, "runner", &from, 20);
+                found.extend(step(&mut h, &mut d, &ev));
             }
         }
+        found.extend(h.barrier(&mut d));
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].subject, "line");
         assert_eq!(found[0].evidence["callbacks"], 4);
