@@ -590,6 +590,7 @@ impl Detector for CustomerFanIn {
 mod tests {
     use super::*;
     use crate::detect::testkit::*;
+    use crate::state::Contacts;
 
     fn det(min: u32) -> CustomerFanIn {
         let mut cfg = Config::default();
@@ -876,5 +877,406 @@ mod tests {
         assert_eq!(f[0].related, ["oldline"]);
         // The fifth customer, 9 hours in.
         assert_eq!(f[0].event_time, 9 * HOUR);
+    }
+
+    /// A line of 10 customers (`crew_min_customers` 10) that called its runner at +1 min;
+    /// 8 customers contact it 20 minutes apart from +1 h, and the runner rings the odd ones
+    /// back 5 minutes later (the fourth ring, to the last customer, completes the rule). The detector, the harness, and each record with the findings
+    /// the harness gave for it (a barrier before each record that enters a new minute).
+    fn crewed(h: &mut Harness) -> (CustomerFanIn, Vec<(String, Vec<Finding>)>) {
+        let mut cfg = Config::default();
+        cfg.customer_fan_in.crew_min_customers = 10;
+        let mut d = CustomerFanIn::new(&cfg, 1000);
+        advert(h, &mut d, 10);
+        let mut seen = vec![(
+            "boss".to_string(),
+            step(h, &mut d, &call("boss", MIN, "line", "runner", 40)),
+        )];
+        for i in 0..8 {
+            let t = HOUR + i as Millis * 20 * MIN;
+            let (id, from) = (format!("in{i}"), format!("c{i}"));
+            seen.push((
+                id.clone(),
+                step(h, &mut d, &call(&id, t, &from, "line", 30)),
+            ));
+            if i % 2 == 1 {
+                let id = format!("cb{i}");
+                let ev = call(&id, t + 5 * MIN, "runner", &from, 20);
+                seen.push((id.clone(), step(h, &mut d, &ev)));
+            }
+        }
+        (d, seen)
+    }
+
+    #[test]
+    fn crew_enrolment_is_sent_to_the_runner_and_counts_only_after_the_barrier() {
+        let mut h = Harness::new();
+        let mut cfg = Config::default();
+        cfg.customer_fan_in.crew_min_customers = 10;
+        let mut d = CustomerFanIn::new(&cfg, 1000);
+        advert(&mut h, &mut d, 10);
+        h.feed(&mut d, &call("boss", MIN, "line", "runner", 40));
+        let [e] = &h.inbox[..] else {
+            panic!("one enrolment expected: {:?}", h.inbox);
+        };
+        assert_eq!(e.dest, Dest::Number(ids::id("runner")));
+        assert_eq!(
+            e.body,
+            Body::CrewEnrol {
+                line: ids::id("line"),
+                line_name: "line".into()
+            }
+        );
+        assert_eq!((e.at, &*e.event_id), (MIN, "boss"));
+        // Not yet crew: the runner's ring tells no line.
+        h.feed(&mut d, &call("early", MIN + 1, "runner", "c0", 20));
+        assert_eq!(h.inbox.len(), 1);
+        assert!(h.barrier(&mut d).is_empty());
+        h.feed(&mut d, &call("later", 2 * MIN, "runner", "c0", 20));
+        let [e] = &h.inbox[..] else {
+            panic!("one callback expected: {:?}", h.inbox);
+        };
+        assert_eq!(e.dest, Dest::Number(ids::id("line")));
+        assert_eq!(
+            e.body,
+            Body::CrewCallback {
+                customer: ids::id("c0"),
+                line_name: "line".into()
+            }
+        );
+        // Calls from a line without a customer list enrol nobody.
+        let mut h = Harness::new();
+        h.feed(&mut d, &call("boss", MIN, "nobody", "runner2", 40));
+        assert!(h.inbox.is_empty(), "{:?}", h.inbox);
+    }
+
+    #[test]
+    fn crew_callback_fires_at_the_barrier_with_its_record_time_and_id() {
+        let mut h = Harness::new();
+        let (mut d, seen) = crewed(&mut h);
+        // Whatever came out before the end came out of barriers: nothing before the last
+        // ring, whose evidence still waits.
+        assert!(seen.iter().all(|(_, f)| f.is_empty()), "{seen:?}");
+        let ring = HOUR + 7 * 20 * MIN + 5 * MIN;
+        let waiting: Vec<_> = h
+            .inbox
+            .iter()
+            .filter(|e| matches!(e.body, Body::CrewCallback { .. }))
+            .map(|e| (&*e.event_id, e.at, e.dest))
+            .collect();
+        assert_eq!(waiting, [("cb7", ring, Dest::Number(ids::id("line")))]);
+        let f = h.barrier(&mut d);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].subject, "line");
+        assert_eq!(f[0].evidence["callbacks"], 4);
+        assert_eq!(f[0].evidence["customers"], 8);
+        assert_eq!((f[0].event_time, f[0].window_end), (ring, ring));
+    }
+
+    #[test]
+    fn pending_contacts_outlive_a_sweep_until_the_barrier_judges_them() {
+        let run = |sweep: bool| {
+            let mut h = Harness::new();
+            let (mut d, _) = crewed(&mut h);
+            assert!(h.barrier(&mut d).len() == 1);
+            // A second round: the same customers again the next day (the line rings its
+            // runner again first), the runner ringing 9 minutes after each contact, and the engine sweeping twice before the barrier
+            // (the second sweep's watermark past the callback window of the contact).
+            let day = DAY;
+            let mut found = step(&mut h, &mut d, &call("boss2", day, "line", "runner", 40));
+            for i in 0..8 {
+                let t = day + HOUR + i as Millis * 20 * MIN;
+                let (id, from) = (format!("again{i}"), format!("c{i}"));
+                found.extend(step(&mut h, &mut d, &call(&id, t, &from, "line", 30)));
+                if i % 2 == 1 {
+                    let id = format!("ring{i}");
+                    let at = t + 9 * MIN;
+                    found.extend(h.feed(&mut d, &call(&id, at, "runner", &from, 20)));
+                    if sweep {
+                        d.expire(at - MIN);
+                        d.expire(at + 2 * MIN);
+                    }
+                    found.extend(h.barrier(&mut d));
+                }
+            }
+            found
+        };
+        let (kept, swept) = (run(false), run(true));
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        assert_eq!(swept, kept);
+    }
+
+    #[test]
+    fn a_customer_of_two_lines_awaits_a_callback_from_each() {
+        let mut cfg = Config::default();
+        cfg.customer_fan_in.min_customers_with_callbacks = 2;
+        cfg.customer_fan_in.min_callbacks = 1;
+        let mut d = CustomerFanIn::new(&cfg, 1000);
+        let mut h = Harness::new();
+        for line in ["one", "two"] {
+            for c in ["c0", "c1"] {
+                h.feed(&mut d, &sms("ad", 0, line, c));
+            }
+        }
+        let mut found = Vec::new();
+        found.extend(h.feed(&mut d, &sms("x", HOUR, "c1", "one")));
+        found.extend(h.feed(&mut d, &sms("y", HOUR, "c0", "one")));
+        // c0 then contacts the second line; the first still calls it back.
+        found.extend(h.feed(&mut d, &sms("z", HOUR + MIN, "c0", "two")));
+        assert!(found.is_empty(), "{found:?}");
+        let f = h.feed(&mut d, &sms("back", HOUR + 2 * MIN, "one", "c0"));
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].subject, "one");
+        assert_eq!(f[0].event_time, HOUR + 2 * MIN);
+    }
+
+    #[test]
+    fn an_older_checkpoint_with_pending_by_customer_loads_onto_the_lines() {
+        let mut h = Harness::new();
+        let (mut d, _) = crewed(&mut h);
+        h.barrier(&mut d);
+        // The format before the split: pending by customer, no third value.
+        let mut by_customer: IdMap<(u64, u32)> = IdMap::default();
+        by_customer.insert(ids::id("c9"), (ids::id("line"), ids::secs(DAY)));
+        let mut old =
+            codec::encode(&(&d.fired, &by_customer, &d.callbacks, &d.crew, d.cap_hits)).unwrap();
+        old.extend(codec::encode(&d.followed).unwrap());
+        let mut restored = CustomerFanIn::new(&Config::default(), 1000);
+        restored.load_state(&old).unwrap();
+        assert_eq!(
+            restored.pending.get(&ids::id("line")),
+            Some(&vec![(ids::fp(ids::id("c9")), ids::secs(DAY))])
+        );
+        // And the current format round-trips.
+        let mut again = CustomerFanIn::new(&Config::default(), 1000);
+        again.load_state(&restored.save_state().unwrap()).unwrap();
+        assert_eq!(again.pending, restored.pending);
+        assert_eq!(again.crew, restored.crew);
+        assert_eq!(again.followed, restored.followed);
+    }
+
+    /// This detector on `n` shards as the engine runs it: each role of a record on the shard
+    /// that owns the role's key, evidence to the owner of its destination at barriers (each
+    /// minute of event time, and at the end) in the engine's order. Findings come with the
+    /// id of the record or evidence that made them, as the alerts would.
+    struct Shards {
+        n: usize,
+        salt: u64,
+        shards: Vec<(Contacts, CustomerFanIn)>,
+        inbox: Vec<Evidence>,
+        seq: u64,
+        start: Option<Millis>,
+        found: Vec<(Box<str>, Finding)>,
+    }
+
+    impl Shards {
+        fn new(n: usize, salt: u64, cfg: &Config) -> Self {
+            Shards {
+                n,
+                salt,
+                shards: (0..n)
+                    .map(|_| {
+                        let contacts = Contacts::new(1_000_000, 4096, 7 * 86_400);
+                        (contacts, CustomerFanIn::new(cfg, 1000))
+                    })
+                    .collect(),
+                inbox: Vec::new(),
+                seq: 0,
+                start: None,
+                found: Vec::new(),
+            }
+        }
+
+        fn owner(&self, key: u64) -> usize {
+            ((key ^ self.salt).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % self.n
+        }
+
+        fn feed(&mut self, ev: &Event<'_>) {
+            if self.inbox.iter().any(|e| e.at / MIN < ev.ts / MIN) {
+                self.barrier();
+            }
+            let ids = EventIds::of(ev);
+            let start = *self.start.get_or_insert(ev.ts);
+            self.seq += 1;
+            for (role, key) in [(Role::Sender, ids.from), (Role::Recipient, ids.to)] {
+                let i = self.owner(key);
+                let (contacts, d) = &mut self.shards[i];
+                if role == Role::Sender {
+                    let to = (ev.kind == Kind::Sms).then_some(ids.to);
+                    contacts.record_outbound(ids.from, to, ev.ts, ids.imei);
+                }
+                let (mut out, mut sent) = (Vec::new(), Vec::new());
+                let mut ctx = Ctx {
+                    role,
+                    contacts,
+                    stream_start: start,
+                    out: &mut out,
+                    outbox: &mut sent,
+                    cells: None,
+                    cell: None,
+                };
+                d.on_event(ev, &ids, &mut ctx);
+                for (k, s) in sent.into_iter().enumerate() {
+                    self.inbox.push(Evidence {
+                        dest: s.dest,
+                        at: ev.ts,
+                        event_id: ev.event_id.as_ref().into(),
+                        order: [ev.ts as u64, self.seq, (role as u64) << 32 | k as u64, 0],
+                        body: s.body,
+                    });
+                }
+                let id: Box<str> = ev.event_id.as_ref().into();
+                self.found.extend(out.into_iter().map(|f| (id.clone(), f)));
+            }
+        }
+
+        fn barrier(&mut self) {
+            while !self.inbox.is_empty() {
+                let mut round = std::mem::take(&mut self.inbox);
+                round.sort_by_key(|e| e.order);
+                for (rank, e) in round.iter().enumerate() {
+                    let Dest::Number(key) = e.dest else {
+                        panic!("fan-in sends to numbers only: {e:?}");
+                    };
+                    let i = self.owner(key);
+                    let (contacts, d) = &mut self.shards[i];
+                    let (mut out, mut sent) = (Vec::new(), Vec::new());
+                    let mut ctx = Ctx {
+                        role: Role::Barrier,
+                        contacts,
+                        stream_start: self.start.unwrap_or(e.at),
+                        out: &mut out,
+                        outbox: &mut sent,
+                        cells: None,
+                        cell: None,
+                    };
+                    d.on_evidence(e, &mut ctx);
+                    for (k, s) in sent.into_iter().enumerate() {
+                        self.inbox.push(Evidence {
+                            dest: s.dest,
+                            at: e.at,
+                            event_id: e.event_id.clone(),
+                            order: [rank as u64, s.hint[0], s.hint[1], k as u64],
+                            body: s.body,
+                        });
+                    }
+                    self.found
+                        .extend(out.into_iter().map(|f| (e.event_id.clone(), f)));
+                }
+            }
+        }
+
+        /// Every finding, by (record id, subject): the order alerts are compared in.
+        fn finish(mut self) -> Vec<(Box<str>, Finding)> {
+            self.barrier();
+            self.found
+                .sort_by(|a, b| (&a.0, &a.1.subject).cmp(&(&b.0, &b.1.subject)));
+            self.found
+        }
+    }
+
+    /// Three lines: `lineA` confirmed by its runner's callbacks, `lineB` by its own and its
+    /// runner's (one to a customer it shares with `lineA`, pending on both), `lineC` by the
+    /// window rule.
+    fn city(shards: &mut Shards) {
+        let mut evs: Vec<(String, Millis, String, String, bool)> = Vec::new();
+        let mut add = |id: String, t: Millis, from: &str, to: &str, text: bool| {
+            evs.push((id, t, from.to_string(), to.to_string(), text))
+        };
+        for i in 0..12 {
+            add(format!("adA{i}"), i, "lineA", &format!("a{i}"), true);
+            add(
+                format!("adC{i}"),
+                2 * HOUR + i,
+                "lineC",
+                &format!("k{i}"),
+                true,
+            );
+            add(
+                format!("inC{i}"),
+                3 * HOUR + i * MIN,
+                &format!("k{i}"),
+                "lineC",
+                true,
+            );
+        }
+        for i in 0..10 {
+            add(format!("adB{i}"), 100 + i, "lineB", &format!("b{i}"), true);
+        }
+        for i in 0..4 {
+            add(format!("adBa{i}"), 200 + i, "lineB", &format!("a{i}"), true);
+        }
+        add("bossA".into(), 2 * MIN, "lineA", "runnerA", false);
+        add("bossB".into(), 3 * MIN, "lineB", "runnerB", false);
+        for i in 0..8 {
+            let t = HOUR + i * 20 * MIN;
+            add(format!("inA{i}"), t, &format!("a{i}"), "lineA", false);
+            if i % 2 == 1 {
+                add(
+                    format!("cbA{i}"),
+                    t + 5 * MIN,
+                    "runnerA",
+                    &format!("a{i}"),
+                    false,
+                );
+            }
+            add(
+                format!("inB{i}"),
+                HOUR + (30 + 5 * i) * MIN,
+                &format!("b{i}"),
+                "lineB",
+                true,
+            );
+        }
+        add("inBa".into(), HOUR + 62 * MIN, "a2", "lineB", false);
+        add("cbB5".into(), HOUR + 63 * MIN, "lineB", "b5", true);
+        add("cbB6".into(), HOUR + 63 * MIN + 1, "lineB", "b6", true);
+        add("rBa".into(), HOUR + 68 * MIN, "runnerB", "a2", false);
+        add("rB7".into(), HOUR + 69 * MIN, "runnerB", "b7", false);
+        evs.sort_by_key(|e| e.1);
+        for (id, t, from, to, text) in &evs {
+            let ev = match text {
+                true => sms(id, *t, from, to),
+                false => call(id, *t, from, to, 30),
+            };
+            shards.feed(&ev);
+        }
+    }
+
+    #[test]
+    fn alerts_are_the_same_on_one_two_and_three_shards() {
+        let mut cfg = Config::default();
+        cfg.customer_fan_in.crew_min_customers = 10;
+        let mut one = Shards::new(1, 0, &cfg);
+        city(&mut one);
+        let one = one.finish();
+        let subjects: Vec<(&str, &str)> = one
+            .iter()
+            .map(|(id, f)| (&**id, f.subject.as_str()))
+            .collect();
+        // lineA by its runner's fourth ring, lineB by its fourth callback (its runner's),
+        // lineC by its twelfth customer.
+        assert_eq!(
+            subjects,
+            [("cbA7", "lineA"), ("inC11", "lineC"), ("rB7", "lineB")],
+            "{one:?}"
+        );
+        assert_eq!(one[2].1.evidence["callbacks"], 4);
+        let mut split = 0;
+        for n in [2, 3] {
+            for salt in 0..8 {
+                let mut sharded = Shards::new(n, salt, &cfg);
+                let apart =
+                    |s: &Shards, a: &str, b: &str| s.owner(ids::id(a)) != s.owner(ids::id(b));
+                if apart(&sharded, "lineA", "runnerA") && apart(&sharded, "lineB", "runnerB") {
+                    split += 1;
+                }
+                city(&mut sharded);
+                assert_eq!(sharded.finish(), one, "{n} shards, salt {salt}");
+            }
+        }
+        // The runs that put a line, its runner and its customers on different shards are
+        // the ones that catch a read across keys.
+        assert!(split >= 3, "{split}");
     }
 }
