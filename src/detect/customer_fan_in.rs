@@ -437,10 +437,8 @@ impl Detector for CustomerFanIn {
             Body::CrewCallback {
                 customer,
                 line_name,
-            } => {
-                if self.answer(key, *customer, ids::secs(e.at)) {
-                    self.callback(key, line_name, *customer, e.at, ctx);
-                }
+            } if self.answer(key, *customer, ids::secs(e.at)) => {
+                self.callback(key, line_name, *customer, e.at, ctx);
             }
             _ => {}
         }
