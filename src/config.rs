@@ -46,6 +46,11 @@ pub struct EngineConfig {
     pub max_keys_per_detector: usize,
     /// Event-time interval between sweeps that expire old state.
     pub expire_every_s: u64,
+    /// Event-time interval between barriers, where evidence one key's detectors learnt
+    /// about another key (a handset's churn for the lines it served, a handover's earlier
+    /// line, a runner's trade) is applied, in an order that does not depend on the shard
+    /// count (`docs/sharding.md`).
+    pub exchange_epoch_s: u64,
     /// How far ahead of the reference clock (the wall clock; `replay --now` sets another)
     /// a record's event time may be. Beyond it the record is rejected as `future_timestamp`
     /// rather than moving the watermark into the future and making every later record late.
@@ -61,6 +66,7 @@ impl Default for EngineConfig {
             max_record_bytes: 65_536,
             max_keys_per_detector: 5_000_000,
             expire_every_s: 600,
+            exchange_epoch_s: 60,
             max_future_skew_s: 300,
         }
     }
@@ -805,6 +811,7 @@ impl Config {
         r.seconds("engine.allowed_lateness_s", e.allowed_lateness_s, 0);
         r.seconds("engine.dedup_retention_s", e.dedup_retention_s, 1);
         r.seconds("engine.expire_every_s", e.expire_every_s, 1);
+        r.seconds("engine.exchange_epoch_s", e.exchange_epoch_s, 1);
         r.seconds("engine.max_future_skew_s", e.max_future_skew_s, 0);
         r.count(
             "engine.max_record_bytes",

@@ -1,9 +1,12 @@
 //! The engine: one record in, verdict and alerts out. `replay`, `demo`, `tune` and the Kafka
 //! service all drive this same type, so they detect identically.
 //!
-//! For each record: decode → duplicate check → lateness check against the watermark →
-//! shared contact state → each detector → the combined verdict → cooldown → alerts. State
-//! is swept as the watermark advances.
+//! For each record: decode → duplicate check → lateness check against the watermark → the
+//! record in each of its roles (sender, recipient, handset) on the shard that owns the role's
+//! key: contact state → each detector → the combined verdict → cooldown → alerts. Evidence
+//! one key's detectors learn about another key is applied at barriers (the watermark crossing
+//! a multiple of `engine.exchange_epoch_s`), where state is also swept. See
+//! `docs/sharding.md` and [`crate::exchange`].
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -11,12 +14,12 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::alert::{Alert, Finding};
-use crate::cells::CellMap;
+use crate::cells::{CellMap, CellPlace};
 use crate::checkpoint::{codec, Section};
 use crate::config::Config;
 use crate::detect::{self, deal_line::DealLine, Ctx, Detector, EventIds, StateStats};
 use crate::event::{self, DecodeOptions, Event, Kind, Malformed, Millis, Reason};
-use crate::exchange::{Role, Sent};
+use crate::exchange::{Dest, Evidence, Role, Sent};
 use crate::ids::{self, IdBuild, IdMap};
 use crate::state::{Contacts, Recorded};
 use crate::watermark::Watermarks;
@@ -143,16 +146,33 @@ impl Dedup {
     }
 }
 
-/// Engine-wide state that belongs to no detector, saved as one checkpoint section.
+/// The ingest's state (everything that is not a shard's), saved as one checkpoint section.
 #[derive(Serialize, Deserialize)]
 struct CoreState {
     watermarks: Watermarks,
-    cooldown: IdMap<u32>,
     /// Saved so the handover warm-up is measured from the stream's real start, not from
     /// the first record after a restore.
     stream_start: Option<Millis>,
     last_sweep: Millis,
     since_sweep: u64,
+    /// The ingest's counters (the shards keep their own alert counters).
+    counters: Counters,
+    /// Valid records so far: the sequence number of the last one.
+    seq: u64,
+    /// The epoch of the last barrier (watermark ÷ `exchange_epoch_s`).
+    epoch: i64,
+    /// The shard count the shard sections were written with.
+    shards: u32,
+    /// Evidence sent and not yet applied: it is applied at the first barrier after the load.
+    pending: Vec<Evidence>,
+}
+
+/// A shard's own engine-wide state, saved as its `shard` section.
+#[derive(Serialize, Deserialize)]
+struct ShardCore {
+    /// (detector, subject) → event time (s) of the last alert, for the subjects it owns.
+    cooldown: IdMap<u32>,
+    /// Its alert counters and contact cap hits (the other fields stay zero).
     counters: Counters,
 }
 
@@ -167,35 +187,315 @@ pub enum LoadError {
         #[source]
         source: codec::Error,
     },
+    #[error("checkpoint was written by {saved} shards and this engine has {running}")]
+    Shards { saved: u32, running: u32 },
 }
 
-/// The detection engine.
+/// The key group of a key: `docs/sharding.md` fixes 256 groups, the unit a checkpoint will be
+/// split by and a Kafka partition will carry. Mixed first: the id hashes' own top bits are
+/// what the hash maps of a shard use, so a shard's keys must not share them.
+#[inline]
+pub fn key_group(key: u64) -> usize {
+    (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as usize
+}
+
+/// The number of key groups.
+pub const KEY_GROUPS: usize = 256;
+
+/// The shard (of `n`) that owns a key: contiguous ranges of key groups.
+#[inline]
+pub fn shard_of(key: u64, n: usize) -> usize {
+    key_group(key) * n / KEY_GROUPS
+}
+
+/// The most rounds one barrier runs (evidence sent while applying evidence is applied in the
+/// next round of the same barrier); what is left waits for the next barrier. The exchanges
+/// chain at most a few deep (a handset finding, the verdict it completes, the trade fact the
+/// verdict makes), so reaching this means evidence that keeps making evidence: counted.
+const MAX_ROUNDS: usize = 16;
+
+/// One key-partition of the detectors: the contact store, every detector and the cooldown
+/// for the numbers and handsets it owns. A shard never reads another's state: what crosses
+/// keys is [`Evidence`], applied at barriers.
+struct Shard {
+    contacts: Contacts,
+    primaries: Vec<Box<dyn Detector>>,
+    deal: DealLine,
+    cooldown: IdMap<u32>,
+    counters: Counters,
+    findings: Vec<Finding>,
+    deal_findings: Vec<Finding>,
+    /// Scratch for what detectors push from `on_findings` (nothing, today).
+    side_findings: Vec<Finding>,
+    sent: Vec<Sent>,
+}
+
+impl Clone for Shard {
+    fn clone(&self) -> Self {
+        Shard {
+            contacts: self.contacts.clone(),
+            primaries: self.primaries.iter().map(|d| d.box_clone()).collect(),
+            deal: self.deal.clone(),
+            cooldown: self.cooldown.clone(),
+            counters: self.counters.clone(),
+            findings: Vec::new(),
+            deal_findings: Vec::new(),
+            side_findings: Vec::new(),
+            sent: Vec::new(),
+        }
+    }
+}
+
+/// What every call into a shard shares: the ingest's view of the stream.
+struct Stream<'a> {
+    start: Millis,
+    cells: Option<&'a CellMap>,
+    wall: Millis,
+    version: &'a str,
+    cooldown_s: u32,
+}
+
+/// A configuration for one of `n` shards: the key caps are divided between them (a cap is
+/// a memory bound per process; results differ between shard counts only once one is hit).
+fn shard_config(cfg: &Config, n: usize) -> Config {
+    let mut c = cfg.clone();
+    let share = |v: usize| v.div_ceil(n).max(1);
+    c.engine.max_keys_per_detector = share(c.engine.max_keys_per_detector);
+    c.line_handover.max_sketched_lines = share(c.line_handover.max_sketched_lines);
+    c
+}
+
+/// The total order of evidence sent on a record: event time (sign-flipped so negative times
+/// sort first), then the record, the role and the index within the call.
+fn record_order(at: Millis, seq: u64, role: Role, k: usize) -> [u64; 4] {
+    [
+        (at as u64) ^ (1 << 63),
+        seq,
+        (role as u64) << 32 | k as u64,
+        0,
+    ]
+}
+
+impl Shard {
+    fn new(cfg: &Config, n: usize) -> Self {
+        let cfg = shard_config(cfg, n);
+        let (max_lines, max_contacts, retention) = contact_bounds(&cfg);
+        let (primaries, deal) = detect::build(&cfg);
+        Shard {
+            contacts: Contacts::new(max_lines, max_contacts, retention),
+            primaries,
+            deal,
+            cooldown: IdMap::default(),
+            counters: Counters::default(),
+            findings: Vec::new(),
+            deal_findings: Vec::new(),
+            side_findings: Vec::new(),
+            sent: Vec::new(),
+        }
+    }
+
+    fn reconfigure(&mut self, cfg: &Config, n: usize) {
+        let cfg = shard_config(cfg, n);
+        let (max_lines, max_contacts, retention) = contact_bounds(&cfg);
+        self.contacts
+            .reconfigure(max_lines, max_contacts, retention);
+        for d in &mut self.primaries {
+            d.reconfigure(&cfg);
+        }
+        self.deal.reconfigure(&cfg);
+    }
+
+    /// One record in one role: the key of that role is this shard's.
+    #[allow(clippy::too_many_arguments)]
+    fn role(
+        &mut self,
+        ev: &Event<'_>,
+        ids: &EventIds,
+        role: Role,
+        seq: u64,
+        cell: Option<CellPlace>,
+        st: &Stream<'_>,
+        alerts: &mut Vec<Alert>,
+        outbox: &mut Vec<Evidence>,
+    ) {
+        if role == Role::Sender {
+            let to = (ev.kind == Kind::Sms).then_some(ids.to);
+            let hit = self.contacts.record_outbound(ids.from, to, ev.ts, ids.imei);
+            if hit != Recorded::Ok {
+                self.counters.contact_cap_hits += 1;
+            }
+        }
+        self.findings.clear();
+        self.sent.clear();
+        let mut ctx = Ctx {
+            role,
+            contacts: &mut self.contacts,
+            stream_start: st.start,
+            out: &mut self.findings,
+            outbox: &mut self.sent,
+            cells: st.cells,
+            cell,
+        };
+        for d in &mut self.primaries {
+            d.on_event(ev, ids, &mut ctx);
+        }
+        self.conclude(ev.ts, role, &ev.event_id, st, alerts);
+        let at = ev.ts;
+        let event_id: Box<str> = match self.sent.is_empty() {
+            true => Box::from(""),
+            false => ev.event_id.as_ref().into(),
+        };
+        outbox.extend(self.sent.drain(..).enumerate().map(|(k, s)| Evidence {
+            dest: s.dest,
+            at,
+            event_id: event_id.clone(),
+            order: record_order(at, seq, role, k),
+            body: s.body,
+        }));
+    }
+
+    /// One piece of evidence for a key of this shard, ranked `rank` in its round.
+    fn apply(
+        &mut self,
+        e: &Evidence,
+        rank: usize,
+        st: &Stream<'_>,
+        alerts: &mut Vec<Alert>,
+        outbox: &mut Vec<Evidence>,
+    ) {
+        self.findings.clear();
+        self.sent.clear();
+        let mut ctx = Ctx {
+            role: Role::Barrier,
+            contacts: &mut self.contacts,
+            stream_start: st.start,
+            out: &mut self.findings,
+            outbox: &mut self.sent,
+            cells: st.cells,
+            cell: None,
+        };
+        for d in &mut self.primaries {
+            d.on_evidence(e, &mut ctx);
+        }
+        self.deal.on_evidence(e, &mut ctx);
+        self.conclude(e.at, Role::Barrier, &e.event_id, st, alerts);
+        outbox.extend(self.sent.drain(..).enumerate().map(|(k, s)| Evidence {
+            dest: s.dest,
+            at: e.at,
+            event_id: e.event_id.clone(),
+            order: [rank as u64, s.hint[0], s.hint[1], k as u64],
+            body: s.body,
+        }));
+    }
+
+    /// After a call: the verdict over what it found, the detectors that learn from findings,
+    /// the cooldown, and the alerts (their id from `event_id`).
+    fn conclude(
+        &mut self,
+        at: Millis,
+        role: Role,
+        event_id: &str,
+        st: &Stream<'_>,
+        alerts: &mut Vec<Alert>,
+    ) {
+        if self.findings.is_empty() {
+            return;
+        }
+        self.deal_findings.clear();
+        let mut ctx = Ctx {
+            role,
+            contacts: &mut self.contacts,
+            stream_start: st.start,
+            out: &mut self.deal_findings,
+            outbox: &mut self.sent,
+            cells: st.cells,
+            cell: None,
+        };
+        self.deal.on_findings(at, &self.findings, &mut ctx);
+        // Detectors that learn from the others' findings (`runner_movement`: which lines
+        // carry deal evidence). Only on calls with findings, so it costs nothing otherwise.
+        let mut ctx = Ctx {
+            role,
+            contacts: &mut self.contacts,
+            stream_start: st.start,
+            out: &mut self.side_findings,
+            outbox: &mut self.sent,
+            cells: st.cells,
+            cell: None,
+        };
+        for d in &mut self.primaries {
+            d.on_findings(at, &self.findings, &mut ctx);
+            d.on_findings(at, &self.deal_findings, &mut ctx);
+        }
+        self.side_findings.clear();
+        let all = self.findings.drain(..).chain(self.deal_findings.drain(..));
+        for f in all {
+            let di = detect::DETECTORS
+                .iter()
+                .position(|d| *d == f.detector)
+                .unwrap_or(0);
+            let key = f.subject_id ^ (di as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let at = ids::secs(f.event_time);
+            if let Some(&last) = self.cooldown.get(&key) {
+                if at < last.saturating_add(st.cooldown_s) && at + st.cooldown_s > last {
+                    self.counters.alerts_suppressed += 1;
+                    continue;
+                }
+            }
+            self.cooldown.insert(key, at);
+            self.counters.alerts_total += 1;
+            self.counters.alerts_by_detector[di] += 1;
+            alerts.push(f.into_alert(event_id, st.wall, st.version));
+        }
+    }
+
+    fn expire(&mut self, watermark: Millis, cooldown_s: u64) {
+        self.contacts.expire(watermark);
+        for d in &mut self.primaries {
+            d.expire(watermark);
+        }
+        self.deal.expire(watermark);
+        let cutoff = ids::secs(watermark).saturating_sub(ids::span_secs(cooldown_s));
+        self.cooldown.retain(|_, at| *at >= cutoff);
+    }
+}
+
+/// The detection engine: an ingest (decode, bounds, dedup, watermark, lateness) and the
+/// detectors partitioned by key into shards, exchanging evidence at barriers
+/// (`docs/sharding.md`). The alerts are the same whatever the shard count.
 pub struct Engine {
     cfg: Config,
     version: String,
     decode: DecodeOptions,
-    contacts: Contacts,
-    primaries: Vec<Box<dyn Detector>>,
-    deal: DealLine,
     watermarks: Watermarks,
     dedup: Dedup,
-    /// (detector, subject) → event time (s) of the last alert.
-    cooldown: IdMap<u32>,
     stream_start: Option<Millis>,
     last_sweep: Millis,
-    /// Valid records since the last sweep.
+    /// Valid and late records since the last sweep.
     since_sweep: u64,
     counters: Counters,
-    findings: Vec<Finding>,
-    deal_findings: Vec<Finding>,
     /// A fixed reference clock for the future-timestamp bound instead of the wall time
     /// passed with each record (`replay --now`, tests).
     reference: Option<Millis>,
     /// The cell map (`--cells`): not state, not configuration; shared by engine copies.
     cells: Option<Arc<CellMap>>,
-    /// Scratch for what detectors push from `on_findings` (nothing, today).
-    side_findings: Vec<Finding>,
-    outbox: Vec<Sent>,
+    seq: u64,
+    epoch: i64,
+    shards: Vec<Shard>,
+    /// Evidence sent since the last barrier.
+    pending: Vec<Evidence>,
+    /// Barriers run and evidence applied (for `--summary` and metrics).
+    exchange: ExchangeStats,
+}
+
+/// What the exchanges between shards carried.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ExchangeStats {
+    pub barriers: u64,
+    /// Pieces of evidence applied (a broadcast counts once per shard).
+    pub applied: u64,
+    /// Barriers that stopped at [`MAX_ROUNDS`] with evidence still making evidence.
+    pub rounds_capped: u64,
 }
 
 /// A copy of the whole state, for a checkpoint encoded off the detecting thread (a copy
@@ -206,22 +506,19 @@ impl Clone for Engine {
             cfg: self.cfg.clone(),
             version: self.version.clone(),
             decode: self.decode,
-            contacts: self.contacts.clone(),
-            primaries: self.primaries.iter().map(|d| d.box_clone()).collect(),
-            deal: self.deal.clone(),
             watermarks: self.watermarks.clone(),
             dedup: self.dedup.clone(),
-            cooldown: self.cooldown.clone(),
             stream_start: self.stream_start,
             last_sweep: self.last_sweep,
             since_sweep: self.since_sweep,
             counters: self.counters.clone(),
-            findings: Vec::new(),
-            deal_findings: Vec::new(),
             reference: self.reference,
             cells: self.cells.clone(),
-            side_findings: Vec::new(),
-            outbox: Vec::new(),
+            seq: self.seq,
+            epoch: self.epoch,
+            shards: self.shards.clone(),
+            pending: self.pending.clone(),
+            exchange: self.exchange,
         }
     }
 }
@@ -240,45 +537,49 @@ fn contact_bounds(cfg: &Config) -> (usize, usize, u64) {
 }
 
 impl Engine {
-    /// An engine over a validated configuration.
+    /// An engine over a validated configuration, with one shard.
     pub fn new(cfg: Config) -> Self {
-        let (max_lines, max_contacts, retention) = contact_bounds(&cfg);
-        let (primaries, deal) = detect::build(&cfg);
+        Engine::with_shards(cfg, 1)
+    }
+
+    /// An engine whose detectors are partitioned into `n` shards (at least one), all driven
+    /// from the calling thread: the alerts are the same for every `n`.
+    pub fn with_shards(cfg: Config, n: usize) -> Self {
+        let n = n.max(1);
         Engine {
             version: cfg.version(),
             decode: cfg.decode_options(),
-            contacts: Contacts::new(max_lines, max_contacts, retention),
-            primaries,
-            deal,
             watermarks: Watermarks::new(
                 ids::span_ms(cfg.engine.allowed_lateness_s),
                 ids::span_ms(cfg.service.partition_idle_timeout_s),
             ),
             dedup: Dedup::new(),
-            cooldown: IdMap::default(),
             stream_start: None,
             last_sweep: Millis::MIN,
             since_sweep: 0,
             counters: Counters::default(),
-            findings: Vec::new(),
-            deal_findings: Vec::new(),
             reference: None,
             cells: None,
-            side_findings: Vec::new(),
-            outbox: Vec::new(),
+            seq: 0,
+            epoch: i64::MIN,
+            shards: (0..n).map(|_| Shard::new(&cfg, n)).collect(),
+            pending: Vec::new(),
+            exchange: ExchangeStats::default(),
             cfg,
         }
     }
 
+    /// The number of shards.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
     /// Takes a new configuration for the next records, keeping all window state.
     pub fn reconfigure(&mut self, cfg: Config) {
-        let (max_lines, max_contacts, retention) = contact_bounds(&cfg);
-        self.contacts
-            .reconfigure(max_lines, max_contacts, retention);
-        for d in &mut self.primaries {
-            d.reconfigure(&cfg);
+        let n = self.shards.len();
+        for s in &mut self.shards {
+            s.reconfigure(&cfg, n);
         }
-        self.deal.reconfigure(&cfg);
         self.watermarks.set_lateness(
             ids::span_ms(cfg.engine.allowed_lateness_s),
             ids::span_ms(cfg.service.partition_idle_timeout_s),
@@ -297,8 +598,27 @@ impl Engine {
         &self.version
     }
 
-    pub fn counters(&self) -> &Counters {
-        &self.counters
+    /// The running totals: the ingest's, with every shard's alert counts added.
+    pub fn counters(&self) -> Counters {
+        let mut c = self.counters.clone();
+        for s in &self.shards {
+            c.alerts_total += s.counters.alerts_total;
+            c.alerts_suppressed += s.counters.alerts_suppressed;
+            c.contact_cap_hits += s.counters.contact_cap_hits;
+            for (a, b) in c
+                .alerts_by_detector
+                .iter_mut()
+                .zip(s.counters.alerts_by_detector)
+            {
+                *a += b;
+            }
+        }
+        c
+    }
+
+    /// What the exchanges carried so far.
+    pub fn exchange_stats(&self) -> ExchangeStats {
+        self.exchange
     }
 
     /// Places records' cells with this map from the next record on (`runner_movement`);
@@ -346,7 +666,7 @@ impl Engine {
     }
 
     /// Processes one raw record from `partition`, arriving at wall time `wall`; alerts made
-    /// are appended to `alerts`.
+    /// are appended to `alerts` (with those of a barrier the record closes).
     pub fn process(
         &mut self,
         bytes: &[u8],
@@ -398,24 +718,94 @@ impl Engine {
                 reason: Reason::Late,
                 field: Some("ts"),
             });
-            self.maybe_sweep(wall);
+            self.since_sweep += 1;
+            self.maybe_barrier(wall, alerts);
             return v;
         }
         self.watermarks.observe(partition, ev.ts, wall);
         self.counters.events_valid += 1;
         self.detect(&ev, wall, alerts);
-        self.maybe_sweep(wall);
+        self.since_sweep += 1;
+        self.maybe_barrier(wall, alerts);
         Verdict::Valid
+    }
+
+    /// Runs a barrier if the watermark has entered a new exchange epoch since the last one,
+    /// then a sweep if one is due.
+    /// The watermark is a function of the input order (and, live, of partitions idling), so
+    /// the barriers fall on the same records whatever the shard count.
+    fn maybe_barrier(&mut self, wall: Millis, alerts: &mut Vec<Alert>) {
+        let wm = self.watermarks.current(wall);
+        let epoch = wm.div_euclid(ids::span_ms(self.cfg.engine.exchange_epoch_s).max(1));
+        if epoch > self.epoch {
+            self.epoch = epoch;
+            self.barrier(wall, alerts);
+        }
+        self.maybe_sweep(wm);
+    }
+
+    /// Applies every piece of evidence sent so far (and what that sends, round after round),
+    /// each on the shard owning its destination, in the evidence's order; alerts it makes
+    /// are appended in that order. Called at every barrier, and at the end of a replay so
+    /// nothing sent is left unapplied.
+    pub fn flush(&mut self, wall: Millis, alerts: &mut Vec<Alert>) {
+        self.barrier(wall, alerts);
+    }
+
+    fn barrier(&mut self, wall: Millis, alerts: &mut Vec<Alert>) {
+        self.exchange.barriers += 1;
+        let n = self.shards.len();
+        let st = Stream {
+            start: self.stream_start.unwrap_or(0),
+            cells: self.cells.as_deref(),
+            wall,
+            version: &self.version,
+            cooldown_s: ids::span_secs(self.cfg.alerts.cooldown_s),
+        };
+        let mut round = std::mem::take(&mut self.pending);
+        let mut made = Vec::new();
+        let mut rounds = 0;
+        while !round.is_empty() {
+            if rounds == MAX_ROUNDS {
+                self.exchange.rounds_capped += 1;
+                break;
+            }
+            rounds += 1;
+            round.sort_unstable_by_key(|e| e.order);
+            let mut next = Vec::new();
+            for (rank, e) in round.iter().enumerate() {
+                let targets = match e.dest {
+                    Dest::Number(k) | Dest::Handset(k) => {
+                        let i = shard_of(k, n);
+                        i..i + 1
+                    }
+                    Dest::Every => 0..n,
+                };
+                for i in targets {
+                    self.exchange.applied += 1;
+                    let before = made.len();
+                    self.shards[i].apply(e, rank, &st, &mut made, &mut next);
+                    // A broadcast applied on several shards: its alerts in one order
+                    // whatever the shards' numbering.
+                    if e.dest == Dest::Every {
+                        made[before..].sort_by(|a: &Alert, b: &Alert| a.alert_id.cmp(&b.alert_id));
+                    }
+                }
+            }
+            alerts.append(&mut made);
+            round = next;
+        }
+        self.pending = round;
     }
 
     /// Sweeps when due. A sweep visits every key, so it waits both for event time to move on
     /// and for as many records as there are lines: the cost per record stays constant however
     /// many lines are tracked, and memory is still trimmed within a small multiple of the
-    /// interval. Late records count too, so a stream that is all late still sweeps.
-    fn maybe_sweep(&mut self, wall: Millis) {
-        self.since_sweep += 1;
-        if self.since_sweep as usize >= self.contacts.len() {
-            let wm = self.watermarks.current(wall);
+    /// interval. Late records count too, so a stream that is all late still sweeps. Every
+    /// shard sweeps at the same record (the count of lines is the sum over the shards), so
+    /// what a sweep forgets does not depend on the shard count either.
+    fn maybe_sweep(&mut self, wm: Millis) {
+        if self.since_sweep as usize >= self.tracked_lines() {
             let due = self
                 .last_sweep
                 .saturating_add(ids::span_ms(self.cfg.engine.expire_every_s));
@@ -436,16 +826,12 @@ impl Engine {
         Verdict::Rejected(m)
     }
 
+    /// The record in each of its roles, on the shard owning the role's key, in the order
+    /// sender, recipient, handset.
     fn detect(&mut self, ev: &Event<'_>, wall: Millis, alerts: &mut Vec<Alert>) {
+        self.seq += 1;
         let ids = EventIds::of(ev);
         let start = *self.stream_start.get_or_insert(ev.ts);
-        let to = (ev.kind == Kind::Sms).then_some(ids.to);
-        let hit = self.contacts.record_outbound(ids.from, to, ev.ts, ids.imei);
-        if hit != Recorded::Ok {
-            self.counters.contact_cap_hits += 1;
-        }
-        self.findings.clear();
-        self.deal_findings.clear();
         let cells = self.cells.as_deref();
         let cell = match (cells, ev.cell.as_deref()) {
             (None, _) => None,
@@ -459,145 +845,144 @@ impl Engine {
                 place
             }
         };
-        let mut ctx = Ctx {
-            role: Role::Sender,
-            outbox: &mut self.outbox,
-            contacts: &mut self.contacts,
-            stream_start: start,
-            out: &mut self.findings,
+        let st = Stream {
+            start,
             cells,
-            cell,
+            wall,
+            version: &self.version,
+            cooldown_s: ids::span_secs(self.cfg.alerts.cooldown_s),
         };
-        for d in &mut self.primaries {
-            d.on_event(ev, &ids, &mut ctx);
-        }
-        if self.findings.is_empty() {
-            return;
-        }
-        let mut ctx = Ctx {
-            role: Role::Sender,
-            outbox: &mut self.outbox,
-            contacts: &mut self.contacts,
-            stream_start: start,
-            out: &mut self.deal_findings,
-            cells,
-            cell,
-        };
-        self.deal.on_findings(ev.ts, &self.findings, &mut ctx);
-        // Detectors that learn from the others' findings (`runner_movement`: which lines
-        // carry deal evidence). Only on records with findings, so it costs nothing otherwise.
-        let mut ctx = Ctx {
-            role: Role::Sender,
-            outbox: &mut self.outbox,
-            contacts: &mut self.contacts,
-            stream_start: start,
-            out: &mut self.side_findings,
-            cells,
-            cell,
-        };
-        for d in &mut self.primaries {
-            d.on_findings(ev.ts, &self.findings, &mut ctx);
-            d.on_findings(ev.ts, &self.deal_findings, &mut ctx);
-        }
-        self.side_findings.clear();
-        let cooldown_s = ids::span_secs(self.cfg.alerts.cooldown_s);
-        let all = self.findings.drain(..).chain(self.deal_findings.drain(..));
-        for f in all {
-            let di = detect::DETECTORS
-                .iter()
-                .position(|d| *d == f.detector)
-                .unwrap_or(0);
-            let key = f.subject_id ^ (di as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            let at = ids::secs(f.event_time);
-            if let Some(&last) = self.cooldown.get(&key) {
-                if at < last.saturating_add(cooldown_s) && at + cooldown_s > last {
-                    self.counters.alerts_suppressed += 1;
-                    continue;
-                }
-            }
-            self.cooldown.insert(key, at);
-            self.counters.alerts_total += 1;
-            self.counters.alerts_by_detector[di] += 1;
-            alerts.push(f.into_alert(&ev.event_id, wall, &self.version));
+        let n = self.shards.len();
+        for role in Role::RECORD {
+            let key = match role {
+                Role::Sender => ids.from,
+                Role::Recipient => ids.to,
+                _ => match ids.imei {
+                    Some(k) => k,
+                    None => continue,
+                },
+            };
+            let shard = &mut self.shards[shard_of(key, n)];
+            shard.role(
+                ev,
+                &ids,
+                role,
+                self.seq,
+                cell,
+                &st,
+                alerts,
+                &mut self.pending,
+            );
         }
     }
 
-    /// Expires state older than the watermark minus each piece's retention.
+    /// Expires state older than the watermark minus each piece's retention, on every shard.
     pub fn expire(&mut self, watermark: Millis) {
         self.last_sweep = watermark;
         self.since_sweep = 0;
-        self.contacts.expire(watermark);
-        for d in &mut self.primaries {
-            d.expire(watermark);
+        let cooldown_s = self.cfg.alerts.cooldown_s;
+        for s in &mut self.shards {
+            s.expire(watermark, cooldown_s);
         }
-        self.deal.expire(watermark);
         self.dedup
             .expire(watermark.saturating_sub(ids::span_ms(self.cfg.engine.dedup_retention_s)));
-        let cutoff =
-            ids::secs(watermark).saturating_sub(ids::span_secs(self.cfg.alerts.cooldown_s));
-        self.cooldown.retain(|_, at| *at >= cutoff);
     }
 
-    /// State size per component: the contact store, each detector, dedup and cooldown.
+    /// State size per component, summed over the shards: the contact store, each detector,
+    /// dedup and cooldown.
     pub fn state_stats(&self) -> Vec<(&'static str, StateStats)> {
-        let mut v = vec![(
-            "contacts",
-            StateStats {
-                keys: self.contacts.len(),
-                bytes: self.contacts.bytes(),
-                cap_hits: self.counters.contact_cap_hits,
-            },
-        )];
-        for d in &self.primaries {
-            v.push((d.name(), d.stats()));
+        fn add(into: &mut StateStats, s: StateStats) {
+            into.keys += s.keys;
+            into.bytes += s.bytes;
+            into.cap_hits += s.cap_hits;
         }
-        v.push((self.deal.name(), self.deal.stats()));
-        v.push((
+        let mut v: Vec<(&'static str, StateStats)> = Vec::new();
+        let mut put = |name: &'static str, s: StateStats| match v.iter_mut().find(|e| e.0 == name) {
+            Some(e) => add(&mut e.1, s),
+            None => v.push((name, s)),
+        };
+        for sh in &self.shards {
+            put(
+                "contacts",
+                StateStats {
+                    keys: sh.contacts.len(),
+                    bytes: sh.contacts.bytes(),
+                    cap_hits: sh.counters.contact_cap_hits,
+                },
+            );
+            for d in &sh.primaries {
+                put(d.name(), d.stats());
+            }
+            put(sh.deal.name(), sh.deal.stats());
+        }
+        put(
             "dedup",
             StateStats {
                 keys: self.dedup.len(),
                 bytes: self.dedup.bytes(),
                 cap_hits: 0,
             },
-        ));
-        v.push((
-            "cooldown",
-            StateStats {
-                keys: self.cooldown.len(),
-                bytes: ids::map_bytes(&self.cooldown),
-                cap_hits: 0,
-            },
-        ));
+        );
+        for sh in &self.shards {
+            put(
+                "cooldown",
+                StateStats {
+                    keys: sh.cooldown.len(),
+                    bytes: ids::map_bytes(&sh.cooldown),
+                    cap_hits: 0,
+                },
+            );
+        }
         v
     }
 
-    /// Every piece of state, one encoded section per component (engine core, dedup,
-    /// contact store, each detector), for a checkpoint.
+    /// The section name of shard `i`'s component `name`: shard 0's are the one-shard
+    /// engine's names.
+    fn section_name(i: usize, name: &str) -> String {
+        match i {
+            0 => name.to_string(),
+            _ => format!("s{i}/{name}"),
+        }
+    }
+
+    /// Every piece of state, one encoded section per component (the ingest, dedup, and per
+    /// shard its contact store, each detector, its cooldown), for a checkpoint.
     pub fn save_sections(&self) -> Result<Vec<Section>, codec::Error> {
         let core = CoreState {
             watermarks: self.watermarks.clone(),
-            cooldown: self.cooldown.clone(),
             stream_start: self.stream_start,
             last_sweep: self.last_sweep,
             since_sweep: self.since_sweep,
             counters: self.counters.clone(),
+            seq: self.seq,
+            epoch: self.epoch,
+            shards: self.shards.len() as u32,
+            pending: self.pending.clone(),
         };
         let mut v = vec![
             Section::new("engine", codec::encode(&core)?),
             Section::new("dedup", self.dedup.save_state()?),
-            Section::new("contacts", self.contacts.save_state()?),
         ];
-        for d in &self.primaries {
-            v.push(Section::new(d.name(), d.save_state()?));
+        for (i, sh) in self.shards.iter().enumerate() {
+            let name = |n: &str| Self::section_name(i, n);
+            let own = ShardCore {
+                cooldown: sh.cooldown.clone(),
+                counters: sh.counters.clone(),
+            };
+            v.push(Section::new(&name("shard"), codec::encode(&own)?));
+            v.push(Section::new(&name("contacts"), sh.contacts.save_state()?));
+            for d in &sh.primaries {
+                v.push(Section::new(&name(d.name()), d.save_state()?));
+            }
+            v.push(Section::new(&name(sh.deal.name()), sh.deal.save_state()?));
         }
-        v.push(Section::new(self.deal.name(), self.deal.save_state()?));
         Ok(v)
     }
 
     /// Replaces every piece of state with the sections [`Engine::save_sections`] wrote.
-    /// Call it on a fresh engine built with the configuration the sections were saved
-    /// under, then [`Engine::reconfigure`] to the one in force, exactly as a live reload.
-    /// On error the engine is left part-loaded: discard it.
+    /// Call it on a fresh engine built with the configuration (and shard count) the
+    /// sections were saved under, then [`Engine::reconfigure`] to the one in force, exactly
+    /// as a live reload. On error the engine is left part-loaded: discard it.
     pub fn load_sections(&mut self, sections: &[Section]) -> Result<(), LoadError> {
         fn find<'a>(sections: &'a [Section], name: &str) -> Result<&'a [u8], LoadError> {
             sections
@@ -611,32 +996,45 @@ impl Engine {
             move |source| LoadError::Decode { name, source }
         };
         let core: CoreState = codec::decode(find(sections, "engine")?).map_err(wrap("engine"))?;
+        if core.shards as usize != self.shards.len() {
+            return Err(LoadError::Shards {
+                saved: core.shards,
+                running: self.shards.len() as u32,
+            });
+        }
         self.watermarks = core.watermarks;
-        self.cooldown = core.cooldown;
         self.stream_start = core.stream_start;
         self.last_sweep = core.last_sweep;
         self.since_sweep = core.since_sweep;
         self.counters = core.counters;
+        self.seq = core.seq;
+        self.epoch = core.epoch;
+        self.pending = core.pending;
         self.dedup
             .load_state(find(sections, "dedup")?)
             .map_err(wrap("dedup"))?;
-        self.contacts
-            .load_state(find(sections, "contacts")?)
-            .map_err(wrap("contacts"))?;
-        for d in &mut self.primaries {
-            d.load_state(find(sections, d.name())?)
-                .map_err(wrap(d.name()))?;
+        for (i, sh) in self.shards.iter_mut().enumerate() {
+            let name = |n: &str| Self::section_name(i, n);
+            let own: ShardCore =
+                codec::decode(find(sections, &name("shard"))?).map_err(wrap(&name("shard")))?;
+            sh.cooldown = own.cooldown;
+            sh.counters = own.counters;
+            sh.contacts
+                .load_state(find(sections, &name("contacts"))?)
+                .map_err(wrap(&name("contacts")))?;
+            for d in &mut sh.primaries {
+                let n = name(d.name());
+                d.load_state(find(sections, &n)?).map_err(wrap(&n))?;
+            }
+            let n = name(sh.deal.name());
+            sh.deal.load_state(find(sections, &n)?).map_err(wrap(&n))?;
         }
-        let name = self.deal.name();
-        self.deal
-            .load_state(find(sections, name)?)
-            .map_err(wrap(name))?;
         Ok(())
     }
 
     /// Lines with state (those that have originated a record within retention).
     pub fn tracked_lines(&self) -> usize {
-        self.contacts.len()
+        self.shards.iter().map(|s| s.contacts.len()).sum()
     }
 
     /// Detector state bytes (everything but the dedup set) per tracked line.

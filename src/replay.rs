@@ -445,6 +445,14 @@ pub fn run_with<R: BufRead, S: Sink>(
         }
         std::mem::swap(&mut this, &mut next);
     }
+    Out {
+        engine: &mut *engine,
+        sink: &mut *sink,
+        alerts: &mut alerts,
+        line_no: &mut line_no,
+        wall: &mut wall,
+    }
+    .end()?;
     Ok(Summary::of(engine, started.elapsed().as_secs_f64()))
 }
 
@@ -485,6 +493,7 @@ fn run_serial<R: BufRead, S: Sink>(
             progress(read);
         }
     }
+    out.end()?;
     progress(read);
     Ok(Summary::of(engine, started.elapsed().as_secs_f64()))
 }
@@ -513,6 +522,17 @@ impl<S: Sink> Out<'_, S> {
                 Line::TooLarge(r, n) => Line::TooLarge(&step.data[r.clone()], *n),
             };
             self.line(line, ev)?;
+        }
+        Ok(())
+    }
+
+    /// The end of the input: evidence still in flight between shards is applied (a final
+    /// barrier), so a replay reports what the last records completed.
+    fn end(&mut self) -> io::Result<()> {
+        self.alerts.clear();
+        self.engine.flush(*self.wall, self.alerts);
+        for a in self.alerts.iter() {
+            self.sink.alert(a)?;
         }
         Ok(())
     }
@@ -580,7 +600,17 @@ pub fn replay_bytes_with_cells(
     data: &[u8],
     cells: Option<std::sync::Arc<crate::cells::CellMap>>,
 ) -> (Vec<Alert>, Summary) {
-    let mut engine = Engine::new(cfg);
+    replay_bytes_sharded(cfg, data, cells, 1)
+}
+
+/// [`replay_bytes_with_cells`] over `shards` shards (the alerts are the same for any count).
+pub fn replay_bytes_sharded(
+    cfg: crate::config::Config,
+    data: &[u8],
+    cells: Option<std::sync::Arc<crate::cells::CellMap>>,
+    shards: usize,
+) -> (Vec<Alert>, Summary) {
+    let mut engine = Engine::with_shards(cfg, shards);
     engine.set_cells(cells);
     let mut sink = CollectSink::default();
     // Reading from memory and collecting into memory cannot fail.

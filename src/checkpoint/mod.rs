@@ -38,7 +38,7 @@ use crate::event::Millis;
 /// in one byte string. 4: the contact store's entries are 12 bytes, their times relative to
 /// the line's base; `handset_churn`'s SIMs hold no length (their packed names delimit
 /// themselves).
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 
 /// Chunk values stay at or under this: below the 1 MiB default message limit of brokers
 /// and clients even with the key and framing added.
