@@ -1164,6 +1164,39 @@ mod tests {
             }
         }
 
+        /// `line_handover` naming `new` the new number of `earlier` at `at`, shown (as the
+        /// engine does) on the shard that owns `new`, the finding's subject.
+        fn handover(&mut self, new: &str, earlier: &str, at: Millis) {
+            let f = Finding {
+                detector: crate::detect::line_handover::NAME,
+                subject: new.into(),
+                subject_id: ids::id(new),
+                subject_kind: SubjectKind::Line,
+                score: 1.0,
+                event_time: at,
+                window_start: at,
+                window_end: at,
+                related: vec![earlier.into()],
+                evidence: Default::default(),
+                lines: vec![
+                    (ids::id(new), new.to_string()),
+                    (ids::id(earlier), earlier.to_string()),
+                ],
+            };
+            let i = self.owner(ids::id(new));
+            let (contacts, d) = &mut self.shards[i];
+            let mut ctx = Ctx {
+                role: Role::Sender,
+                contacts,
+                stream_start: 0,
+                out: &mut Vec::new(),
+                outbox: &mut Vec::new(),
+                cells: None,
+                cell: None,
+            };
+            d.on_findings(at, &[f], &mut ctx);
+        }
+
         /// Every finding, by (record id, subject): the order alerts are compared in.
         fn finish(mut self) -> Vec<(Box<str>, Finding)> {
             self.barrier();
@@ -1175,8 +1208,9 @@ mod tests {
 
     /// Three lines: `lineA` confirmed by its runner's callbacks, `lineB` by its own and its
     /// runner's (one to a customer it shares with `lineA`, pending on both), `lineC` by the
-    /// window rule.
+    /// window rule; `lineD`, a new number `line_handover` named, by its followers.
     fn city(shards: &mut Shards) {
+        shards.handover("lineD", "lineOld", MIN);
         let mut evs: Vec<(String, Millis, String, String, bool)> = Vec::new();
         let mut add = |id: String, t: Millis, from: &str, to: &str, text: bool| {
             evs.push((id, t, from.to_string(), to.to_string(), text))
@@ -1200,6 +1234,16 @@ mod tests {
         }
         for i in 0..10 {
             add(format!("adB{i}"), 100 + i, "lineB", &format!("b{i}"), true);
+            add(format!("adD{i}"), 300 + i, "lineD", &format!("d{i}"), true);
+        }
+        for i in 0..6 {
+            add(
+                format!("inD{i}"),
+                HOUR + i * 2 * HOUR,
+                &format!("d{i}"),
+                "lineD",
+                false,
+            );
         }
         for i in 0..4 {
             add(format!("adBa{i}"), 200 + i, "lineB", &format!("a{i}"), true);
@@ -1253,13 +1297,19 @@ mod tests {
             .map(|(id, f)| (&**id, f.subject.as_str()))
             .collect();
         // lineA by its runner's fourth ring, lineB by its fourth callback (its runner's),
-        // lineC by its twelfth customer.
+        // lineC by its twelfth customer, lineD by its fifth follower.
         assert_eq!(
             subjects,
-            [("cbA7", "lineA"), ("inC11", "lineC"), ("rB7", "lineB")],
+            [
+                ("cbA7", "lineA"),
+                ("inC11", "lineC"),
+                ("inD4", "lineD"),
+                ("rB7", "lineB")
+            ],
             "{one:?}"
         );
-        assert_eq!(one[2].1.evidence["callbacks"], 4);
+        assert_eq!(one[3].1.evidence["callbacks"], 4);
+        assert_eq!(one[2].1.evidence["rule"], "followed_new_number");
         let mut split = 0;
         for n in [2, 3] {
             for salt in 0..8 {
