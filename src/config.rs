@@ -392,6 +392,10 @@ pub struct ServiceConfig {
     /// With `exactly_once`, how often the open transaction is committed: alerts become
     /// visible to `read_committed` readers only then.
     pub transaction_interval_ms: u64,
+    /// Shards the detectors' keys are spread over, each on a thread of its own between
+    /// barriers (`docs/sharding.md`); the alerts are the same for any count. A checkpoint
+    /// restores into the same count only (another re-reads the input).
+    pub shards: usize,
 }
 
 /// How often an output may be published for one input record (`service.processing_guarantee`).
@@ -451,6 +455,7 @@ impl Default for ServiceConfig {
             state_dir: String::new(),
             processing_guarantee: ProcessingGuarantee::AtLeastOnce,
             transaction_interval_ms: 100,
+            shards: 1,
         }
     }
 }
@@ -1072,6 +1077,7 @@ impl Config {
         );
         r.seconds("service.rebuild_state_s", s.rebuild_state_s, 0);
         r.seconds("service.checkpoint_interval_s", s.checkpoint_interval_s, 0);
+        r.count("service.shards", s.shards as u64, 1, 256);
         r.check(
             "service.processing_guarantee",
             true,

@@ -161,6 +161,7 @@ struct CoreState {
     seq: u64,
     /// The epoch of the last barrier (watermark ÷ `exchange_epoch_s`).
     epoch: i64,
+    lines_at_barrier: usize,
     /// The shard count the shard sections were written with.
     shards: u32,
     /// Evidence sent and not yet applied: it is applied at the first barrier after the load.
@@ -214,6 +215,32 @@ pub fn shard_of(key: u64, n: usize) -> usize {
 /// verdict makes), so reaching this means evidence that keeps making evidence: counted.
 const MAX_ROUNDS: usize = 16;
 
+/// What a shard made of a segment: its alerts tagged with (record index, role), and the
+/// evidence it sent.
+type ShardOutput = (Vec<(usize, Role, Alert)>, Vec<Evidence>);
+
+/// A valid record as the ingest hands it to the shards.
+struct Valid<'a> {
+    ev: Event<'a>,
+    ids: EventIds,
+    cell: Option<CellPlace>,
+    /// Its sequence number among valid records.
+    seq: u64,
+    /// Its index in the batch ([`Engine::process_batch`]).
+    idx: usize,
+}
+
+impl Valid<'_> {
+    /// Its roles, in order, with the shard (of `n`) that owns each role's key.
+    fn roles(&self, n: usize) -> impl Iterator<Item = (Role, usize)> + '_ {
+        let keys = [Some(self.ids.from), Some(self.ids.to), self.ids.imei];
+        Role::RECORD
+            .into_iter()
+            .zip(keys)
+            .filter_map(move |(role, key)| Some((role, shard_of(key?, n))))
+    }
+}
+
 /// One key-partition of the detectors: the contact store, every detector and the cooldown
 /// for the numbers and handsets it owns. A shard never reads another's state: what crosses
 /// keys is [`Evidence`], applied at barriers.
@@ -253,6 +280,20 @@ struct Stream<'a> {
     wall: Millis,
     version: &'a str,
     cooldown_s: u32,
+}
+
+/// The [`Stream`] of an engine, borrowing only the fields it names (so the shards and the
+/// pending evidence stay free to borrow mutably beside it).
+macro_rules! stream {
+    ($e:expr, $wall:expr) => {
+        Stream {
+            start: $e.stream_start.unwrap_or(0),
+            cells: $e.cells.as_deref(),
+            wall: $wall,
+            version: &$e.version,
+            cooldown_s: ids::span_secs($e.cfg.alerts.cooldown_s),
+        }
+    };
 }
 
 /// A configuration for one of `n` shards: the key caps are divided between them (a cap is
@@ -306,18 +347,15 @@ impl Shard {
     }
 
     /// One record in one role: the key of that role is this shard's.
-    #[allow(clippy::too_many_arguments)]
     fn role(
         &mut self,
-        ev: &Event<'_>,
-        ids: &EventIds,
+        v: &Valid<'_>,
         role: Role,
-        seq: u64,
-        cell: Option<CellPlace>,
         st: &Stream<'_>,
         alerts: &mut Vec<Alert>,
         outbox: &mut Vec<Evidence>,
     ) {
+        let (ev, ids, seq, cell) = (&v.ev, &v.ids, v.seq, v.cell);
         if role == Role::Sender {
             let to = (ev.kind == Kind::Sms).then_some(ids.to);
             let hit = self.contacts.record_outbound(ids.from, to, ev.ts, ids.imei);
@@ -481,6 +519,8 @@ pub struct Engine {
     cells: Option<Arc<CellMap>>,
     seq: u64,
     epoch: i64,
+    /// Lines tracked at the last barrier (the sweep's record count).
+    lines_at_barrier: usize,
     shards: Vec<Shard>,
     /// Evidence sent since the last barrier.
     pending: Vec<Evidence>,
@@ -516,6 +556,7 @@ impl Clone for Engine {
             cells: self.cells.clone(),
             seq: self.seq,
             epoch: self.epoch,
+            lines_at_barrier: self.lines_at_barrier,
             shards: self.shards.clone(),
             pending: self.pending.clone(),
             exchange: self.exchange,
@@ -562,6 +603,7 @@ impl Engine {
             cells: None,
             seq: 0,
             epoch: i64::MIN,
+            lines_at_barrier: 0,
             shards: (0..n).map(|_| Shard::new(&cfg, n)).collect(),
             pending: Vec::new(),
             exchange: ExchangeStats::default(),
@@ -692,56 +734,188 @@ impl Engine {
         wall: Millis,
         alerts: &mut Vec<Alert>,
     ) -> Verdict {
+        let (verdict, valid) = self.ingest(decoded, partition, wall);
+        if let Some(v) = valid {
+            let n = self.shards.len();
+            let st = stream!(self, wall);
+            for (role, shard) in v.roles(n) {
+                self.shards[shard].role(&v, role, &st, alerts, &mut self.pending);
+            }
+        }
+        if self.barrier_due(wall) {
+            self.barrier(wall, alerts);
+        }
+        verdict
+    }
+
+    /// Processes a batch of records (each with its partition), arriving at wall time `wall`,
+    /// with the shards on threads of their own between barriers. The verdicts are appended to
+    /// `verdicts` in record order; each alert to `alerts` with the index (in the batch) of
+    /// the record after which it comes: the same alerts, in the same order, as
+    /// [`Engine::process_decoded`] record by record.
+    pub fn process_batch<'a>(
+        &mut self,
+        decoded: impl IntoIterator<Item = (Result<Event<'a>, Malformed>, i32)>,
+        wall: Millis,
+        verdicts: &mut Vec<Verdict>,
+        alerts: &mut Vec<(usize, Alert)>,
+    ) {
+        let mut segment: Vec<Valid<'a>> = Vec::new();
+        let mut made = Vec::new();
+        for (idx, (d, partition)) in decoded.into_iter().enumerate() {
+            let (verdict, valid) = self.ingest(d, partition, wall);
+            verdicts.push(verdict);
+            if let Some(mut v) = valid {
+                v.idx = idx;
+                segment.push(v);
+            }
+            if self.barrier_due(wall) {
+                self.run_segment(&segment, wall, alerts);
+                segment.clear();
+                self.barrier(wall, &mut made);
+                alerts.extend(made.drain(..).map(|a| (idx, a)));
+            }
+        }
+        self.run_segment(&segment, wall, alerts);
+    }
+
+    /// The records of a segment (between barriers) in their roles: each shard runs the
+    /// roles whose keys it owns, in record order, on a thread of its own; the alerts are
+    /// merged back into record and role order.
+    fn run_segment(
+        &mut self,
+        segment: &[Valid<'_>],
+        wall: Millis,
+        alerts: &mut Vec<(usize, Alert)>,
+    ) {
+        let n = self.shards.len();
+        // Below this, handing work to another thread costs more than the work.
+        const MIN_PARALLEL: usize = 16;
+        if n == 1 || segment.len() < MIN_PARALLEL {
+            let st = stream!(self, wall);
+            let mut made = Vec::new();
+            for v in segment {
+                for (role, shard) in v.roles(n) {
+                    self.shards[shard].role(v, role, &st, &mut made, &mut self.pending);
+                    alerts.extend(made.drain(..).map(|a| (v.idx, a)));
+                }
+            }
+            return;
+        }
+        let st = stream!(self, wall);
+        let work = |i: usize, shard: &mut Shard| {
+            let mut tagged: Vec<(usize, Role, Alert)> = Vec::new();
+            let mut sent = Vec::new();
+            let mut made = Vec::new();
+            for v in segment {
+                for (role, owner) in v.roles(n) {
+                    if owner == i {
+                        shard.role(v, role, &st, &mut made, &mut sent);
+                        tagged.extend(made.drain(..).map(|a| (v.idx, role, a)));
+                    }
+                }
+            }
+            (tagged, sent)
+        };
+        // Shard 0 on this thread, the others on rayon's pool (threads kept between segments:
+        // a segment is a few hundred records, too little to start a thread for).
+        let mut results: Vec<ShardOutput> = (0..n).map(|_| Default::default()).collect();
+        rayon::in_place_scope(|scope| {
+            let work = &work;
+            let mut jobs = self.shards.iter_mut().zip(results.iter_mut()).enumerate();
+            let first = jobs.next();
+            for (i, (shard, slot)) in jobs {
+                scope.spawn(move |_| *slot = work(i, shard));
+            }
+            if let Some((i, (shard, slot))) = first {
+                *slot = work(i, shard);
+            }
+        });
+        let mut tagged = Vec::new();
+        for (t, sent) in results {
+            tagged.extend(t);
+            self.pending.extend(sent);
+        }
+        // Each shard's alerts are in record and role order already; a stable sort merges.
+        tagged.sort_by_key(|t| (t.0, t.1));
+        alerts.extend(tagged.into_iter().map(|(idx, _, a)| (idx, a)));
+    }
+
+    /// The ingest: decode result, the future-time bound, dedup, lateness, the watermark;
+    /// for a valid record its sequence number, id hashes and cell.
+    fn ingest<'a>(
+        &mut self,
+        decoded: Result<Event<'a>, Malformed>,
+        partition: i32,
+        wall: Millis,
+    ) -> (Verdict, Option<Valid<'a>>) {
         self.counters.events_total += 1;
         let ev = match decoded {
             Ok(ev) => ev,
-            Err(m) => return self.reject(m),
+            Err(m) => return (self.reject(m), None),
         };
         // Before anything remembers it: a time beyond the clock would move the watermark
         // there and make every on-time record after it late.
         if ev.ts > self.max_event_time(wall) {
-            return self.reject(Malformed {
+            let m = Malformed {
                 reason: Reason::FutureTimestamp,
                 field: Some("ts"),
-            });
+            };
+            return (self.reject(m), None);
         }
         let h = ids::id(&ev.event_id);
         if !self.dedup.insert(h, ev.ts) {
             self.counters.events_duplicate += 1;
-            return Verdict::Duplicate;
+            return (Verdict::Duplicate, None);
         }
+        self.since_sweep += 1;
         let wm = self.watermarks.current(wall);
         if ev.ts < wm {
             // Not used, so not remembered: dedup holds only records the detectors saw.
             self.dedup.forget(h, ev.ts);
-            let v = self.reject(Malformed {
+            let m = Malformed {
                 reason: Reason::Late,
                 field: Some("ts"),
-            });
-            self.since_sweep += 1;
-            self.maybe_barrier(wall, alerts);
-            return v;
+            };
+            return (self.reject(m), None);
         }
         self.watermarks.observe(partition, ev.ts, wall);
         self.counters.events_valid += 1;
-        self.detect(&ev, wall, alerts);
-        self.since_sweep += 1;
-        self.maybe_barrier(wall, alerts);
-        Verdict::Valid
+        self.seq += 1;
+        let ids = EventIds::of(&ev);
+        self.stream_start.get_or_insert(ev.ts);
+        let cell = match (self.cells.as_deref(), ev.cell.as_deref()) {
+            (None, _) => None,
+            (Some(_), None) => {
+                self.counters.cells_missing += 1;
+                None
+            }
+            (Some(map), Some(c)) => {
+                let place = map.resolve(c);
+                self.counters.cells_unknown += u64::from(place.is_none());
+                place
+            }
+        };
+        let valid = Valid {
+            ev,
+            ids,
+            cell,
+            seq: self.seq,
+            idx: 0,
+        };
+        (Verdict::Valid, Some(valid))
     }
 
-    /// Runs a barrier if the watermark has entered a new exchange epoch since the last one,
-    /// then a sweep if one is due.
-    /// The watermark is a function of the input order (and, live, of partitions idling), so
-    /// the barriers fall on the same records whatever the shard count.
-    fn maybe_barrier(&mut self, wall: Millis, alerts: &mut Vec<Alert>) {
+    /// Whether a barrier falls after the record just ingested: the watermark has entered a
+    /// new exchange epoch, or a sweep is due. Both depend on the ingest alone (the input
+    /// order and, live, partitions idling), so the barriers fall on the same records
+    /// whatever the shard count.
+    fn barrier_due(&mut self, wall: Millis) -> bool {
         let wm = self.watermarks.current(wall);
         let epoch = wm.div_euclid(ids::span_ms(self.cfg.engine.exchange_epoch_s).max(1));
-        if epoch > self.epoch {
-            self.epoch = epoch;
-            self.barrier(wall, alerts);
-        }
-        self.maybe_sweep(wm);
+        let new_epoch = epoch > self.epoch;
+        self.epoch = self.epoch.max(epoch);
+        new_epoch || self.sweep_due(wm)
     }
 
     /// Applies every piece of evidence sent so far (and what that sends, round after round),
@@ -755,13 +929,7 @@ impl Engine {
     fn barrier(&mut self, wall: Millis, alerts: &mut Vec<Alert>) {
         self.exchange.barriers += 1;
         let n = self.shards.len();
-        let st = Stream {
-            start: self.stream_start.unwrap_or(0),
-            cells: self.cells.as_deref(),
-            wall,
-            version: &self.version,
-            cooldown_s: ids::span_secs(self.cfg.alerts.cooldown_s),
-        };
+        let st = stream!(self, wall);
         let mut round = std::mem::take(&mut self.pending);
         let mut made = Vec::new();
         let mut rounds = 0;
@@ -796,23 +964,25 @@ impl Engine {
             round = next;
         }
         self.pending = round;
+        let wm = self.watermarks.current(wall);
+        if self.sweep_due(wm) {
+            self.expire(wm);
+        }
+        self.lines_at_barrier = self.tracked_lines();
     }
 
-    /// Sweeps when due. A sweep visits every key, so it waits both for event time to move on
-    /// and for as many records as there are lines: the cost per record stays constant however
-    /// many lines are tracked, and memory is still trimmed within a small multiple of the
-    /// interval. Late records count too, so a stream that is all late still sweeps. Every
-    /// shard sweeps at the same record (the count of lines is the sum over the shards), so
-    /// what a sweep forgets does not depend on the shard count either.
-    fn maybe_sweep(&mut self, wm: Millis) {
-        if self.since_sweep as usize >= self.tracked_lines() {
-            let due = self
-                .last_sweep
-                .saturating_add(ids::span_ms(self.cfg.engine.expire_every_s));
-            if wm >= due {
-                self.expire(wm);
-            }
-        }
+    /// Whether a sweep is due (it runs at a barrier, after the evidence). A sweep visits
+    /// every key, so it waits both for event time to move on and for as many records as
+    /// there were lines at the last barrier: the cost per record stays constant however many
+    /// lines are tracked, and memory is still trimmed within a small multiple of the
+    /// interval. Late records count too, so a stream that is all late still sweeps. The
+    /// count is the ingest's and the lines are summed over the shards, so every shard count
+    /// sweeps at the same record.
+    fn sweep_due(&self, wm: Millis) -> bool {
+        let due = self
+            .last_sweep
+            .saturating_add(ids::span_ms(self.cfg.engine.expire_every_s));
+        self.since_sweep as usize >= self.lines_at_barrier && wm >= due
     }
 
     fn reject(&mut self, m: Malformed) -> Verdict {
@@ -824,56 +994,6 @@ impl Engine {
             self.counters.events_malformed += 1;
         }
         Verdict::Rejected(m)
-    }
-
-    /// The record in each of its roles, on the shard owning the role's key, in the order
-    /// sender, recipient, handset.
-    fn detect(&mut self, ev: &Event<'_>, wall: Millis, alerts: &mut Vec<Alert>) {
-        self.seq += 1;
-        let ids = EventIds::of(ev);
-        let start = *self.stream_start.get_or_insert(ev.ts);
-        let cells = self.cells.as_deref();
-        let cell = match (cells, ev.cell.as_deref()) {
-            (None, _) => None,
-            (Some(_), None) => {
-                self.counters.cells_missing += 1;
-                None
-            }
-            (Some(map), Some(c)) => {
-                let place = map.resolve(c);
-                self.counters.cells_unknown += u64::from(place.is_none());
-                place
-            }
-        };
-        let st = Stream {
-            start,
-            cells,
-            wall,
-            version: &self.version,
-            cooldown_s: ids::span_secs(self.cfg.alerts.cooldown_s),
-        };
-        let n = self.shards.len();
-        for role in Role::RECORD {
-            let key = match role {
-                Role::Sender => ids.from,
-                Role::Recipient => ids.to,
-                _ => match ids.imei {
-                    Some(k) => k,
-                    None => continue,
-                },
-            };
-            let shard = &mut self.shards[shard_of(key, n)];
-            shard.role(
-                ev,
-                &ids,
-                role,
-                self.seq,
-                cell,
-                &st,
-                alerts,
-                &mut self.pending,
-            );
-        }
     }
 
     /// Expires state older than the watermark minus each piece's retention, on every shard.
@@ -956,6 +1076,7 @@ impl Engine {
             counters: self.counters.clone(),
             seq: self.seq,
             epoch: self.epoch,
+            lines_at_barrier: self.lines_at_barrier,
             shards: self.shards.len() as u32,
             pending: self.pending.clone(),
         };
@@ -1009,6 +1130,7 @@ impl Engine {
         self.counters = core.counters;
         self.seq = core.seq;
         self.epoch = core.epoch;
+        self.lines_at_barrier = core.lines_at_barrier;
         self.pending = core.pending;
         self.dedup
             .load_state(find(sections, "dedup")?)
@@ -1281,5 +1403,66 @@ mod tests {
         }
         // The sweep ran: "old" is eight days behind the watermark, past every retention.
         assert_eq!(e.tracked_lines(), 1);
+    }
+
+    /// The threaded path (`process_batch`: shards on threads between barriers, alerts merged
+    /// back) gives what the record-by-record path gives on the same shards: the same
+    /// verdicts, the same alerts in the same order, the same counters.
+    #[test]
+    fn batches_on_threads_match_record_by_record() {
+        let opts = crate::generate::GenOptions {
+            seed: 3,
+            subscribers: 3000,
+            days: 2,
+            ..Default::default()
+        };
+        let (data, _, _) = crate::generate::generate_in_memory(&opts).unwrap();
+        let lines: Vec<&[u8]> = data
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .collect();
+        let mut cfg = Config::default();
+        // Small enough for this city to fire every line-keyed detector often.
+        cfg.bulk_sms.min_recipients = 20;
+        // Segments between barriers long enough to go to threads (an hour of this city is
+        // thousands of records).
+        cfg.engine.exchange_epoch_s = 3600;
+        for n in [1, 3] {
+            let mut one = Engine::with_shards(cfg.clone(), n);
+            let (mut v1, mut a1) = (Vec::new(), Vec::new());
+            let mut made = Vec::new();
+            for (i, l) in lines.iter().enumerate() {
+                made.clear();
+                v1.push(one.process(l, 0, NOW, &mut made));
+                a1.extend(made.drain(..).map(|a| (i, a.alert_id)));
+            }
+            one.flush(NOW, &mut made);
+            let mut batched = Engine::with_shards(cfg.clone(), n);
+            let (mut v2, mut a2) = (Vec::new(), Vec::new());
+            let opts = batched.decode_options();
+            // Uneven batches, so barriers fall inside and at the edges of batches.
+            let mut at = 0;
+            for size in [1, 700, 5000, 20_000].into_iter().cycle() {
+                if at >= lines.len() {
+                    break;
+                }
+                let end = (at + size).min(lines.len());
+                let decoded = lines[at..end].iter().map(|l| (event::decode(l, &opts), 0));
+                let mut tagged = Vec::new();
+                batched.process_batch(decoded, NOW, &mut v2, &mut tagged);
+                a2.extend(tagged.into_iter().map(|(i, a)| (at + i, a.alert_id)));
+                at = end;
+            }
+            assert!(a1.len() > 30, "{n} shards: {} alerts", a1.len());
+            assert_eq!(v1, v2, "{n} shards: verdicts");
+            assert!(
+                a1 == a2,
+                "{n} shards: {} alerts one by one, {} batched",
+                a1.len(),
+                a2.len()
+            );
+            assert_eq!(one.counters(), batched.counters());
+            assert!(batched.exchange_stats().barriers > 40);
+        }
     }
 }

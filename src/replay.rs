@@ -178,6 +178,11 @@ pub struct Summary {
     pub records_without_cell: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cells_unknown_to_map: Option<u64>,
+    /// Shards the detectors ran on (`--shards`).
+    pub shards: usize,
+    /// What crossed keys: barriers run, evidence applied (a broadcast once per shard), and
+    /// barriers cut short with evidence still making evidence (should stay 0).
+    pub exchange: crate::engine::ExchangeStats,
 }
 
 impl Summary {
@@ -218,6 +223,8 @@ impl Summary {
                 .collect(),
             records_without_cell: engine.cells().map(|_| c.cells_missing),
             cells_unknown_to_map: engine.cells().map(|_| c.cells_unknown),
+            shards: engine.shard_count(),
+            exchange: engine.exchange_stats(),
         }
     }
 }
@@ -391,7 +398,7 @@ pub fn run_with<R: BufRead, S: Sink>(
     mut progress: impl FnMut(u64),
     decode_ahead: bool,
 ) -> io::Result<Summary> {
-    if !decode_ahead {
+    if !decode_ahead && engine.shard_count() == 1 {
         return run_serial(engine, input, sink, progress);
     }
     let started = Instant::now();
@@ -515,6 +522,9 @@ impl<S: Sink> Out<'_, S> {
         lines: &[Line<std::ops::Range<usize>>],
         decoded: Vec<Option<Decoded<'_>>>,
     ) -> io::Result<()> {
+        if self.engine.shard_count() > 1 {
+            return self.batch(step, lines, decoded);
+        }
         for (line, ev) in lines.iter().zip(decoded) {
             let line = match line {
                 Line::Blank => Line::Blank,
@@ -522,6 +532,67 @@ impl<S: Sink> Out<'_, S> {
                 Line::TooLarge(r, n) => Line::TooLarge(&step.data[r.clone()], *n),
             };
             self.line(line, ev)?;
+        }
+        Ok(())
+    }
+
+    /// [`Out::lines`] through the engine's shards on their threads
+    /// ([`Engine::process_batch`]): the same outputs in the same order.
+    fn batch(
+        &mut self,
+        step: &Step,
+        lines: &[Line<std::ops::Range<usize>>],
+        decoded: Vec<Option<Decoded<'_>>>,
+    ) -> io::Result<()> {
+        let too_large = Malformed {
+            reason: Reason::TooLarge,
+            field: None,
+        };
+        // Blank lines carry no record; the others go to the engine in order.
+        let records = lines
+            .iter()
+            .zip(decoded)
+            .filter_map(|(line, ev)| match line {
+                Line::Blank => None,
+                Line::TooLarge(..) => Some(Err(too_large)),
+                Line::Record(r) => Some(ev.unwrap_or_else(|| {
+                    crate::event::decode(&step.data[r.clone()], &self.engine.decode_options())
+                })),
+            });
+        // One partition: a file is one stream.
+        let records: Vec<(Decoded<'_>, i32)> = records.map(|d| (d, 0)).collect();
+        let mut verdicts = Vec::with_capacity(records.len());
+        let mut alerts = Vec::new();
+        self.engine
+            .process_batch(records, *self.wall, &mut verdicts, &mut alerts);
+        let mut alerts = alerts.into_iter().peekable();
+        let mut verdicts = verdicts.into_iter();
+        let mut idx = 0;
+        for line in lines {
+            *self.line_no += 1;
+            let line_no = *self.line_no;
+            if line_no % 4096 == 0 {
+                *self.wall = wall_ms();
+            }
+            if matches!(line, Line::Blank) {
+                continue;
+            }
+            // One verdict per record passed, in order.
+            let verdict = verdicts.next().unwrap_or(Verdict::Duplicate);
+            match (line, verdict) {
+                (Line::TooLarge(r, n), _) => {
+                    self.sink
+                        .dead_letter_cut(line_no, too_large, &step.data[r.clone()], *n)?
+                }
+                (Line::Record(r), Verdict::Rejected(why)) => {
+                    self.sink.dead_letter(line_no, why, &step.data[r.clone()])?
+                }
+                _ => {}
+            }
+            while let Some((_, a)) = alerts.next_if(|(i, _)| *i == idx) {
+                self.sink.alert(&a)?;
+            }
+            idx += 1;
         }
         Ok(())
     }

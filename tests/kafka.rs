@@ -723,6 +723,14 @@ async fn a_backlog_at_the_alignment_bound_pauses_partitions_and_still_matches_re
     assert!(svc.metric("linewatch_align_pauses_total").await > 0.0);
 }
 
+/// Issue 10: the same backlog with the detectors over three shards on their own threads
+/// (`service.shards = 3`) gives replay's (detector, subject) pairs with one shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_over_three_shards_matches_replay_with_one() {
+    let config = "[service]\nbatch_max_wait_ms = 20\ndrain_timeout_s = 20\nshards = 3\n";
+    backlog_under_load_like_replay("sharded", config).await;
+}
+
 /// A 4-partition backlog of a 6,000-subscriber city read by `run` while the machine is
 /// loaded gives exactly replay's (detector, subject) pairs over the records in event-time
 /// order; returns the service for more checks.

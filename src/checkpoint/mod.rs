@@ -348,10 +348,13 @@ pub fn restore_engine(
     if saved.validate().is_err() {
         return Err(Fallback::Incompatible);
     }
-    let mut engine = Engine::new(saved);
-    engine
-        .load_sections(sections)
-        .map_err(|_| Fallback::Corrupt)?;
+    // Into the running shard count: a checkpoint of another count is incompatible (its
+    // sections are per shard; key groups, docs/sharding.md step 3, will lift that).
+    let mut engine = Engine::with_shards(saved, current.service.shards);
+    engine.load_sections(sections).map_err(|e| match e {
+        crate::engine::LoadError::Shards { .. } => Fallback::Incompatible,
+        _ => Fallback::Corrupt,
+    })?;
     engine.reconfigure(current.clone());
     Ok(engine)
 }

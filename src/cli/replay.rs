@@ -36,6 +36,11 @@ pub struct Args {
     /// history; set it for a file from a simulated clock or dated ahead.
     #[arg(long, value_name = "RFC3339")]
     pub now: Option<String>,
+    /// Shards the detectors' keys are spread over, each on a thread of its own between
+    /// barriers; the alerts are the same for any count. Default: 1 (see the README's
+    /// performance table for what more gives on this machine).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub shards: u16,
 }
 
 fn create(path: &Path, what: &str) -> Result<BufWriter<File>, Failure> {
@@ -120,7 +125,7 @@ pub fn main(args: Args, config: Option<&Path>) -> Outcome {
         }
         _ => None,
     };
-    let mut engine = Engine::new(cfg);
+    let mut engine = Engine::with_shards(cfg, args.shards.into());
     engine.set_reference_clock(now);
     engine.set_cells(cells);
     let mut sink = JsonlSink { alerts, dead };

@@ -55,6 +55,9 @@ pub struct Args {
     /// at_least_once or exactly_once (service.processing_guarantee).
     #[arg(long, env = "LINEWATCH_PROCESSING_GUARANTEE", value_name = "G")]
     pub processing_guarantee: Option<crate::config::ProcessingGuarantee>,
+    /// Shards of the detectors, each on a thread of its own (service.shards).
+    #[arg(long, env = "LINEWATCH_SHARDS", value_name = "N")]
+    pub shards: Option<usize>,
     /// Cell map CSV (`cell,area,class`), validated at start.
     #[arg(long, env = "LINEWATCH_CELLS", value_name = "PATH")]
     pub cells: Option<PathBuf>,
@@ -101,6 +104,9 @@ impl Args {
         }
         if let Some(v) = self.processing_guarantee {
             s.processing_guarantee = v;
+        }
+        if let Some(v) = self.shards {
+            s.shards = v;
         }
         cfg
     }

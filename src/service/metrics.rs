@@ -67,6 +67,7 @@ pub struct Metrics {
     state_keys: IntGaugeVec,
     state_bytes: IntGaugeVec,
     cells_skipped: IntGaugeVec,
+    exchange: IntGaugeVec,
     rebalances: IntCounterVec,
     producer_errors: IntCounterVec,
     reloads: IntCounterVec,
@@ -184,6 +185,12 @@ impl Metrics {
             "Keys held per state component (contact store, each detector, dedup, cooldown).",
             &["component"],
         );
+        let exchange = gauge_vec(
+            &r,
+            "linewatch_engine_exchange",
+            "What crossed keys between the engine's shards since it started: barriers run, evidence applied, barriers cut short (docs/sharding.md); and the shard count.",
+            &["kind"],
+        );
         let cells_skipped = gauge_vec(
             &r,
             "linewatch_cells_skipped_records",
@@ -294,6 +301,7 @@ impl Metrics {
             watermark_lag,
             state_keys,
             cells_skipped,
+            exchange,
             state_bytes,
             rebalances,
             producer_errors,
@@ -418,6 +426,19 @@ impl Metrics {
         }
     }
 
+    /// The engine's exchange figures ([`crate::engine::ExchangeStats`]) and shard count.
+    pub fn exchange(&self, shards: usize, x: crate::engine::ExchangeStats) {
+        let c = |n: u64| n.min(i64::MAX as u64) as i64;
+        for (kind, n) in [
+            ("shards", shards as u64),
+            ("barriers", x.barriers),
+            ("evidence_applied", x.applied),
+            ("rounds_capped", x.rounds_capped),
+        ] {
+            self.exchange.with_label_values(&[kind]).set(c(n));
+        }
+    }
+
     pub fn commit_failed(&self) {
         self.commits_failed.inc();
     }
@@ -498,6 +519,20 @@ mod tests {
     fn records_runner_movement_could_not_place_are_shown_by_reason() {
         let m = Metrics::new();
         m.cells_skipped(3, 1);
+        m.exchange(
+            3,
+            crate::engine::ExchangeStats {
+                barriers: 7,
+                applied: 2,
+                rounds_capped: 0,
+            },
+        );
+        assert!(m
+            .render()
+            .contains("linewatch_engine_exchange{kind=\"shards\"} 3"));
+        assert!(m
+            .render()
+            .contains("linewatch_engine_exchange{kind=\"barriers\"} 7"));
         let text = m.render();
         assert!(text.contains("linewatch_cells_skipped_records{reason=\"no_cell\"} 3"));
         assert!(text.contains("linewatch_cells_skipped_records{reason=\"unknown_cell\"} 1"));

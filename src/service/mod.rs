@@ -280,7 +280,7 @@ pub async fn run(
         let txn = c.txn.clone();
         let mut pipeline = pipeline::Pipeline {
             engine: {
-                let mut e = Engine::new(running.clone());
+                let mut e = Engine::with_shards(running.clone(), running.service.shards);
                 e.set_cells(opts.cells.clone());
                 e
             },

@@ -56,6 +56,7 @@ use super::sink::{InFlight, InFlightQueue, Outgoing, Sink, SinkContext};
 use super::source::{self, lock, Assignment, Batch, Generation, InRecord, Source, Tp};
 use super::txn::{Transactions, TxnError};
 use super::{ServiceError, Status, Throttle};
+use crate::alert::Alert;
 use crate::checkpoint::service::{Checkpointer, Cover};
 use crate::checkpoint::{self, InputPartition, SourceOffset};
 use crate::config::Config;
@@ -613,7 +614,13 @@ impl Pipeline {
                 drop(tx);
             }
             let chunks = std::iter::once(decode(first)).chain(rx);
+            let shards = self.engine.shard_count();
+            let mut kept: Vec<&InRecord> = Vec::new();
+            let mut verdicts = Vec::new();
+            let mut tagged: Vec<(usize, Alert)> = Vec::new();
             for (recs, decoded) in batch.records.chunks(DECODE_CHUNK).zip(chunks) {
+                kept.clear();
+                let mut input = Vec::with_capacity(recs.len());
                 for (rec, ev) in recs.iter().zip(decoded) {
                     // A partition revoked while this batch was filling belongs to another
                     // member now (or to this one under a new generation, which reads it
@@ -628,16 +635,34 @@ impl Pipeline {
                             a
                         }
                     };
-                    if !assigned {
-                        continue;
+                    if assigned {
+                        kept.push(rec);
+                        input.push((ev, engine_partition(rec.tp)));
                     }
+                }
+                verdicts.clear();
+                tagged.clear();
+                if shards == 1 {
+                    for (i, (ev, partition)) in input.into_iter().enumerate() {
+                        alerts.clear();
+                        let v = self
+                            .engine
+                            .process_decoded(ev, partition, wall, &mut alerts);
+                        verdicts.push(v);
+                        tagged.extend(alerts.drain(..).map(|a| (i, a)));
+                    }
+                } else {
+                    // The shards on their threads between barriers: the same verdicts and
+                    // alerts, in the same order.
+                    self.engine
+                        .process_batch(input, wall, &mut verdicts, &mut tagged);
+                }
+                let mut made = tagged.drain(..).peekable();
+                for (i, (rec, verdict)) in kept.iter().zip(verdicts.drain(..)).enumerate() {
                     alerts.clear();
-                    let verdict = self.engine.process_decoded(
-                        ev,
-                        engine_partition(rec.tp),
-                        wall,
-                        &mut alerts,
-                    );
+                    while let Some((_, a)) = made.next_if(|t| t.0 == i) {
+                        alerts.push(a);
+                    }
                     let seen = shared.processed.entry(rec.tp).or_insert(0);
                     *seen = (*seen).max(rec.offset + 1);
                     if rec.rebuild {
@@ -1013,6 +1038,8 @@ impl Pipeline {
         for (name, s) in self.engine.state_stats() {
             self.metrics.state(name, s.keys, s.bytes);
         }
+        self.metrics
+            .exchange(self.engine.shard_count(), self.engine.exchange_stats());
         if self.engine.cells().is_some() {
             let c = self.engine.counters();
             self.metrics.cells_skipped(c.cells_missing, c.cells_unknown);
