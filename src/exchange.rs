@@ -85,6 +85,70 @@ pub enum Body {
         /// store).
         line_name: Box<str>,
     },
+
+    // line_handover: sent by `line_handover` on the new line's shard, applied by
+    // `line_handover` on every shard (the query), then on the new line's shard (the answers).
+    /// `line_handover` (new line's shard) → `line_handover` on every shard ([`Dest::Every`]):
+    /// a new line's audience, to be compared with the earlier lines each shard has sketched
+    /// and counted exactly against their contact lists. Replaces `best_predecessor` scanning
+    /// every sketch and reading every earlier line's contacts in place. Sent when the new
+    /// line's audience reaches its next evaluation point (a few times per new blasting line).
+    AudienceQuery {
+        /// The new line's id: it is never its own predecessor, and the answers go to it.
+        line: u64,
+        /// The line's count of queries sent, this one included: the answers name it.
+        query: u32,
+        /// Its first record (seconds): only lines first seen before it are candidates.
+        first_seen_s: u32,
+        /// Its distinct recipients at the query (the estimate's denominator, and the
+        /// finding's `new_line_recipients`).
+        recipients: u32,
+        /// Its latest handset (fingerprint; 0 = none), for `shared_handset`.
+        handset_fp: u32,
+        /// Its MinHash minima: a sketched line sharing one is a candidate.
+        mins: Box<[u32]>,
+        /// Its recipients' fingerprints, sorted and distinct, for the exact overlap count
+        /// (4 bytes a recipient: at most `max_recipients_per_line`).
+        fps: Box<[u32]>,
+    },
+    /// `line_handover` (a shard owning a candidate) → `line_handover` on the new line's shard
+    /// ([`Dest::Number`] of the new line): that shard's best earlier line for an
+    /// [`Body::AudienceQuery`], sent only when its overlap reaches `min_overlap`, hinted
+    /// `[u64::MAX - overlap bits, earlier]` so every shard's answers apply best first (ties:
+    /// lower id) and the first one applied is the one the whole scan used to pick.
+    AudienceMatch {
+        /// The query answered (its `query`).
+        query: u32,
+        /// The query's `recipients` and `first_seen_s`, echoed: the new line's sketch has
+        /// moved on since, and the finding reports the figures it was judged on.
+        recipients: u32,
+        first_seen_s: u32,
+        /// The earlier line: id and pseudonym (the finding names it in `related`/`lines`).
+        earlier: u64,
+        earlier_line: Box<str>,
+        earlier_first_seen_s: u32,
+        earlier_last_text_s: u32,
+        earlier_recipients: u32,
+        /// Share of the new audience that is the earlier line's.
+        overlap: f64,
+        /// Sketch Jaccard of the two audiences.
+        jaccard: f64,
+        /// Whether `overlap` was counted from the contact lists (else a MinHash estimate).
+        exact: bool,
+        /// Whether both lines were last seen in the same handset.
+        shared_handset: bool,
+    },
+    /// `line_handover` → `line_handover`, both on the new line's shard ([`Dest::Number`] of
+    /// the new line), sent while applying an [`Body::AudienceMatch`]: decide in the round
+    /// after every answer has been seen. Answers apply in the order of their queries' event
+    /// times, and a line's records may arrive out of event-time order, so the first answer
+    /// applied may be to a later-sent query than the one the single scan matched on; the
+    /// decision waits for all of them and takes the earliest-sent query's best answer (this
+    /// message for that query makes the finding, with that query's event time and id).
+    AudienceDecide {
+        /// The query whose best answer was kept when this was sent.
+        query: u32,
+    },
 }
 
 /// Evidence as a detector sends it: the engine adds the time, the producing record and the
