@@ -61,6 +61,31 @@ pub enum Body {
     #[doc(hidden)]
     Nothing,
 
+    // customer_fan_in (crew and crew callbacks): sent by `customer_fan_in`, applied by
+    // `customer_fan_in`.
+    /// A line with a customer list (`crew_min_customers`) called the destination number,
+    /// which is now its crew (a runner) for `crew_retention_s`. Sent in the line's sender
+    /// role, applied on the runner's shard. Replaces the crew rule writing `crew[runner]`
+    /// from the line's record (the line's list is only on the line's shard).
+    CrewEnrol {
+        /// The line's id hash.
+        line: u64,
+        /// The line's pseudonym: the callback finding it may lead to names the line.
+        line_name: Box<str>,
+    },
+    /// A number that is the crew of the destination line called or texted `customer`:
+    /// sent in the runner's sender role (which holds its crew entry), applied on the line's
+    /// shard, which judges it against the customer's pending contact to the line (by event
+    /// times: the contact at or before `Evidence::at`, within `callback_within_s`). Replaces
+    /// the callback check reading `crew[sender]` and `pending[customer]` in one place.
+    CrewCallback {
+        /// The customer's id hash.
+        customer: u64,
+        /// The line's pseudonym (the finding's subject, which the line's shard does not
+        /// store).
+        line_name: Box<str>,
+    },
+
     // line_handover: sent by `line_handover` on the new line's shard, applied by
     // `line_handover` on every shard (the query), then on the new line's shard (the answers).
     /// `line_handover` (new line's shard) → `line_handover` on every shard ([`Dest::Every`]):

@@ -75,3 +75,33 @@ fn alerts_are_identical_for_1_2_3_and_8_shards() {
         );
     }
 }
+
+/// One detector group alone (the others disabled), so a group's split can be checked before
+/// the others are merged: `customer_fan_in` (with its crew and callback exchanges) and
+/// `bulk_sms`, on seeds 1-3.
+#[test]
+fn fan_in_and_bulk_alone_are_identical_for_1_2_3_and_8_shards() {
+    let mut cfg = Config::default();
+    cfg.handset_churn.enabled = false;
+    cfg.line_handover.enabled = false;
+    cfg.runner_movement.enabled = false;
+    cfg.deal_line.enabled = false;
+    let order = |v: &[Alert]| v.iter().map(|a| a.alert_id.clone()).collect::<Vec<_>>();
+    for seed in 1..=3 {
+        let (events, _) = city(seed);
+        let (one, _) = replay::replay_bytes_sharded(cfg.clone(), &events, None, 1);
+        for d in ["bulk_sms", "customer_fan_in"] {
+            assert!(one.iter().any(|a| a.detector == d), "seed {seed}: no {d}");
+        }
+        for n in [2, 3, 8] {
+            let (many, _) = replay::replay_bytes_sharded(cfg.clone(), &events, None, n);
+            assert!(
+                order(&one) == order(&many),
+                "seed {seed}, {n} shards: {} alerts against {} with one shard ({})",
+                many.len(),
+                one.len(),
+                differences(&one, &many)
+            );
+        }
+    }
+}

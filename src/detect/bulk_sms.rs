@@ -80,8 +80,9 @@ impl Detector for BulkSms {
     }
 
     fn on_event(&mut self, ev: &Event<'_>, ids: &EventIds, ctx: &mut Ctx<'_>) {
-        // Until this detector is split by role (docs/sharding.md), all of it runs in the
-        // sender role, reading every key as the one-thread engine did.
+        // All of it is the sender's: its list (`contacts.get(from)`, already updated with
+        // this text) and when it last fired. The recipient learns nothing here, so nothing
+        // is sent (docs/sharding.md).
         if ctx.role != Role::Sender {
             return;
         }
@@ -331,5 +332,38 @@ mod tests {
             Some(1000)
         );
         assert_eq!(crate::detect::completed_window(&mut t, 1000, w, 7), None);
+    }
+
+    /// The line's list is only on its own shard: shown the text as its recipient's or its
+    /// handset's (on another shard, or here with the list in reach), bulk_sms neither fires
+    /// nor sends, so the finding is made once, by the sender's shard.
+    #[test]
+    fn only_the_sender_role_judges_the_senders_list() {
+        let (mut h, mut d) = (Harness::new(), det(5));
+        assert_eq!(blast(&mut h, &mut d, 0, 5, MIN).len(), 1);
+        let ev = sms("next", 5 * MIN, "line", "c5");
+        let ids = crate::detect::EventIds::of(&ev);
+        h.contacts
+            .record_outbound(ids.from, Some(ids.to), ev.ts, None);
+        let run = |d: &mut BulkSms, h: &mut Harness, role| {
+            let (mut out, mut sent) = (Vec::new(), Vec::new());
+            let mut ctx = Ctx {
+                role,
+                contacts: &mut h.contacts,
+                stream_start: 0,
+                out: &mut out,
+                outbox: &mut sent,
+                cells: None,
+                cell: None,
+            };
+            d.on_event(&ev, &ids, &mut ctx);
+            (out.len(), sent.len())
+        };
+        // A detector that has not fired yet, with six recipients in the window in reach.
+        let mut fresh = det(5);
+        for role in [Role::Recipient, Role::Handset, Role::Barrier] {
+            assert_eq!(run(&mut fresh, &mut h, role), (0, 0), "{role:?}");
+        }
+        assert_eq!(run(&mut fresh, &mut h, Role::Sender), (1, 0));
     }
 }
