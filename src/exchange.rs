@@ -57,10 +57,6 @@ pub enum Dest {
 /// the one that applies it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Body {
-    /// Placeholder so the enum is inhabited before the first exchange lands; never sent.
-    #[doc(hidden)]
-    Nothing,
-
     // customer_fan_in (crew and crew callbacks): sent by `customer_fan_in`, applied by
     // `customer_fan_in`.
     /// A line with a customer list (`crew_min_customers`) called the destination number,
