@@ -328,11 +328,23 @@ impl Step {
         input: &mut R,
         buf: &mut Vec<u8>,
         limit: usize,
+        read: u64,
+    ) -> io::Result<()> {
+        self.fill_n(input, buf, limit, read, STEP_LINES)
+    }
+
+    /// Reads up to `max` lines, keeping at most `limit` bytes of any.
+    fn fill_n<R: BufRead>(
+        &mut self,
+        input: &mut R,
+        buf: &mut Vec<u8>,
+        limit: usize,
         mut read: u64,
+        max: usize,
     ) -> io::Result<()> {
         self.data.clear();
         self.lines.clear();
-        while self.lines.len() < STEP_LINES {
+        while self.lines.len() < max {
             let (n, newline) = read_line_bounded(input, buf, limit)?;
             if n == 0 && !newline {
                 self.end = true;
@@ -398,7 +410,10 @@ pub fn run_with<R: BufRead, S: Sink>(
     mut progress: impl FnMut(u64),
     decode_ahead: bool,
 ) -> io::Result<Summary> {
-    if !decode_ahead && engine.shard_count() == 1 {
+    if engine.shard_count() > 1 {
+        return run_sharded(engine, input, sink, progress);
+    }
+    if !decode_ahead {
         return run_serial(engine, input, sink, progress);
     }
     let started = Instant::now();
@@ -446,6 +461,71 @@ pub fn run_with<R: BufRead, S: Sink>(
                 next.fill(&mut input, &mut buf, limit, this.read)?;
             }
         }
+        progress(this.read);
+        if this.end {
+            break;
+        }
+        std::mem::swap(&mut this, &mut next);
+    }
+    Out {
+        engine: &mut *engine,
+        sink: &mut *sink,
+        alerts: &mut alerts,
+        line_no: &mut line_no,
+        wall: &mut wall,
+    }
+    .end()?;
+    Ok(Summary::of(engine, started.elapsed().as_secs_f64()))
+}
+
+/// Lines a step holds when the engine has several shards: each step is one batch for the
+/// engine, so fewer, larger steps mean fewer hand-overs between its threads.
+const SHARDED_STEP_LINES: usize = 16_384;
+
+/// [`run`] with the engine's shards on threads: a step is decoded on every core at once
+/// (decoding is stateless) while this thread reads the next, then runs through the engine
+/// as one batch ([`Engine::process_batch`]). The output is the same as [`run_serial`]'s.
+fn run_sharded<R: BufRead, S: Sink>(
+    engine: &mut Engine,
+    mut input: R,
+    sink: &mut S,
+    mut progress: impl FnMut(u64),
+) -> io::Result<Summary> {
+    let started = Instant::now();
+    let opts = engine.decode_options();
+    let limit = opts.max_record_bytes.saturating_add(LINE_SLACK);
+    let mut buf = Vec::with_capacity(1024);
+    let mut alerts = Vec::new();
+    let mut line_no = 0u64;
+    let mut wall = wall_ms();
+    let (mut this, mut next) = (Step::default(), Step::default());
+    this.fill_n(&mut input, &mut buf, limit, 0, SHARDED_STEP_LINES)?;
+    loop {
+        // Decode this step on rayon's pool while this thread reads the next one (the input
+        // need not be `Send`: stdin is read here).
+        let mut decoded: Vec<Vec<Option<Decoded<'_>>>> =
+            (0..this.lines.len().div_ceil(DECODE_CHUNK))
+                .map(|_| Vec::new())
+                .collect();
+        let mut read_next = Ok(());
+        rayon::in_place_scope(|scope| {
+            let step = &this;
+            for (lines, slot) in step.lines.chunks(DECODE_CHUNK).zip(decoded.iter_mut()) {
+                scope.spawn(move |_| *slot = step.decode(lines, &opts));
+            }
+            if !step.end {
+                read_next = next.fill_n(&mut input, &mut buf, limit, step.read, SHARDED_STEP_LINES);
+            }
+        });
+        read_next?;
+        let mut out = Out {
+            engine: &mut *engine,
+            sink: &mut *sink,
+            alerts: &mut alerts,
+            line_no: &mut line_no,
+            wall: &mut wall,
+        };
+        out.batch(&this, &this.lines, decoded.into_iter().flatten())?;
         progress(this.read);
         if this.end {
             break;
@@ -522,9 +602,6 @@ impl<S: Sink> Out<'_, S> {
         lines: &[Line<std::ops::Range<usize>>],
         decoded: Vec<Option<Decoded<'_>>>,
     ) -> io::Result<()> {
-        if self.engine.shard_count() > 1 {
-            return self.batch(step, lines, decoded);
-        }
         for (line, ev) in lines.iter().zip(decoded) {
             let line = match line {
                 Line::Blank => Line::Blank,
@@ -538,30 +615,31 @@ impl<S: Sink> Out<'_, S> {
 
     /// [`Out::lines`] through the engine's shards on their threads
     /// ([`Engine::process_batch`]): the same outputs in the same order.
-    fn batch(
+    fn batch<'a>(
         &mut self,
-        step: &Step,
+        step: &'a Step,
         lines: &[Line<std::ops::Range<usize>>],
-        decoded: Vec<Option<Decoded<'_>>>,
+        decoded: impl IntoIterator<Item = Option<Decoded<'a>>>,
     ) -> io::Result<()> {
         let too_large = Malformed {
             reason: Reason::TooLarge,
             field: None,
         };
         // Blank lines carry no record; the others go to the engine in order.
+        let opts = self.engine.decode_options();
         let records = lines
             .iter()
             .zip(decoded)
             .filter_map(|(line, ev)| match line {
                 Line::Blank => None,
                 Line::TooLarge(..) => Some(Err(too_large)),
-                Line::Record(r) => Some(ev.unwrap_or_else(|| {
-                    crate::event::decode(&step.data[r.clone()], &self.engine.decode_options())
-                })),
-            });
-        // One partition: a file is one stream.
-        let records: Vec<(Decoded<'_>, i32)> = records.map(|d| (d, 0)).collect();
-        let mut verdicts = Vec::with_capacity(records.len());
+                Line::Record(r) => {
+                    Some(ev.unwrap_or_else(|| crate::event::decode(&step.data[r.clone()], &opts)))
+                }
+            })
+            // One partition: a file is one stream.
+            .map(|d| (d, 0));
+        let mut verdicts = Vec::with_capacity(lines.len());
         let mut alerts = Vec::new();
         self.engine
             .process_batch(records, *self.wall, &mut verdicts, &mut alerts);
@@ -737,8 +815,8 @@ mod tests {
                 .map_or(0, |p| p + 1);
             data.splice(at..at, extra.bytes());
         }
-        let replay = |ahead: bool| {
-            let mut engine = Engine::new(Config::default());
+        let replay = |ahead: bool, shards: usize| {
+            let mut engine = Engine::with_shards(Config::default(), shards);
             let mut sink = JsonlSink {
                 alerts: Vec::new(),
                 dead: Some(Vec::new()),
@@ -756,8 +834,8 @@ mod tests {
                 .collect();
             (alerts, sink.dead.unwrap(), s, reads)
         };
-        let (a1, d1, s1, r1) = replay(false);
-        let (a2, d2, s2, r2) = replay(true);
+        let (a1, d1, s1, r1) = replay(false, 1);
+        let (a2, d2, s2, r2) = replay(true, 1);
         assert!(a1.len() > 10 && s1.events_malformed > 5, "{s1:?}");
         assert!(String::from_utf8_lossy(&d1).contains("too_large"));
         assert_eq!(a1, a2);
@@ -770,6 +848,29 @@ mod tests {
             ..s.clone()
         };
         assert_eq!(same(&s1), same(&s2));
+        // And with the shards on threads (steps of another size, decoded on every core).
+        let (a3, d3, s3, r3) = replay(true, 3);
+        assert_eq!(a1, a3);
+        assert_eq!(d1, d3);
+        assert_eq!(r3.last(), r1.last());
+        // The same keys in every component; the bytes differ (N smaller tables grow at
+        // other points than one large one).
+        let keys = |s: &Summary| {
+            s.state
+                .iter()
+                .map(|(n, st)| (n.clone(), st.keys))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(keys(&s1), keys(&s3));
+        let unsharded = |s: &Summary| Summary {
+            shards: 1,
+            exchange: s1.exchange,
+            detector_state_bytes_per_line: 0.0,
+            state: Default::default(),
+            ..same(s)
+        };
+        assert_eq!(unsharded(&s1), unsharded(&s3));
+        assert_eq!(s3.exchange.barriers, s1.exchange.barriers);
     }
 
     #[test]
