@@ -425,14 +425,14 @@ pub fn run_with<R: BufRead, S: Sink>(
     let mut wall = wall_ms();
     let (mut this, mut next) = (Step::default(), Step::default());
     this.fill(&mut input, &mut buf, limit, 0)?;
+    let mut out = Out {
+        engine: &mut *engine,
+        sink: &mut *sink,
+        alerts: &mut alerts,
+        line_no: &mut line_no,
+        wall: &mut wall,
+    };
     loop {
-        let mut out = Out {
-            engine: &mut *engine,
-            sink: &mut *sink,
-            alerts: &mut alerts,
-            line_no: &mut line_no,
-            wall: &mut wall,
-        };
         if this.lines.len() > DECODE_CHUNK {
             std::thread::scope(|scope| -> io::Result<()> {
                 let (tx, rx) = std::sync::mpsc::sync_channel(8);
@@ -467,14 +467,7 @@ pub fn run_with<R: BufRead, S: Sink>(
         }
         std::mem::swap(&mut this, &mut next);
     }
-    Out {
-        engine: &mut *engine,
-        sink: &mut *sink,
-        alerts: &mut alerts,
-        line_no: &mut line_no,
-        wall: &mut wall,
-    }
-    .end()?;
+    out.end()?;
     Ok(Summary::of(engine, started.elapsed().as_secs_f64()))
 }
 
@@ -500,6 +493,13 @@ fn run_sharded<R: BufRead, S: Sink>(
     let mut wall = wall_ms();
     let (mut this, mut next) = (Step::default(), Step::default());
     this.fill_n(&mut input, &mut buf, limit, 0, SHARDED_STEP_LINES)?;
+    let mut out = Out {
+        engine: &mut *engine,
+        sink: &mut *sink,
+        alerts: &mut alerts,
+        line_no: &mut line_no,
+        wall: &mut wall,
+    };
     loop {
         // Decode this step on rayon's pool while this thread reads the next one (the input
         // need not be `Send`: stdin is read here).
@@ -518,13 +518,6 @@ fn run_sharded<R: BufRead, S: Sink>(
             }
         });
         read_next?;
-        let mut out = Out {
-            engine: &mut *engine,
-            sink: &mut *sink,
-            alerts: &mut alerts,
-            line_no: &mut line_no,
-            wall: &mut wall,
-        };
         out.batch(&this, &this.lines, decoded.into_iter().flatten())?;
         progress(this.read);
         if this.end {
@@ -532,14 +525,7 @@ fn run_sharded<R: BufRead, S: Sink>(
         }
         std::mem::swap(&mut this, &mut next);
     }
-    Out {
-        engine: &mut *engine,
-        sink: &mut *sink,
-        alerts: &mut alerts,
-        line_no: &mut line_no,
-        wall: &mut wall,
-    }
-    .end()?;
+    out.end()?;
     Ok(Summary::of(engine, started.elapsed().as_secs_f64()))
 }
 
@@ -655,8 +641,10 @@ impl<S: Sink> Out<'_, S> {
             if matches!(line, Line::Blank) {
                 continue;
             }
-            // One verdict per record passed, in order.
-            let verdict = verdicts.next().unwrap_or(Verdict::Duplicate);
+            // One verdict per record passed, in order: they cannot run out first.
+            let Some(verdict) = verdicts.next() else {
+                break;
+            };
             match (line, verdict) {
                 (Line::TooLarge(r, n), _) => {
                     self.sink
