@@ -588,7 +588,6 @@ impl Detector for CustomerFanIn {
 mod tests {
     use super::*;
     use crate::detect::testkit::*;
-    use crate::state::Contacts;
 
     fn det(min: u32) -> CustomerFanIn {
         let mut cfg = Config::default();
@@ -815,9 +814,9 @@ mod tests {
         }
     }
 
-    /// A handover finding naming `new` the new number of `earlier`, as the engine shows it.
-    fn handover(h: &mut Harness, d: &mut CustomerFanIn, new: &str, earlier: &str, at: Millis) {
-        let f = Finding {
+    /// The finding `line_handover` makes naming `new` the new number of `earlier`.
+    fn handover_finding(new: &str, earlier: &str, at: Millis) -> Finding {
+        Finding {
             detector: crate::detect::line_handover::NAME,
             subject: new.into(),
             subject_id: ids::id(new),
@@ -832,7 +831,12 @@ mod tests {
                 (ids::id(new), new.to_string()),
                 (ids::id(earlier), earlier.to_string()),
             ],
-        };
+        }
+    }
+
+    /// A handover finding naming `new` the new number of `earlier`, as the engine shows it.
+    fn handover(h: &mut Harness, d: &mut CustomerFanIn, new: &str, earlier: &str, at: Millis) {
+        let f = handover_finding(new, earlier, at);
         let mut out = Vec::new();
         let mut ctx = Ctx {
             role: crate::exchange::Role::Barrier,
@@ -1053,164 +1057,41 @@ mod tests {
         assert_eq!(again.followed, restored.followed);
     }
 
-    /// This detector on `n` shards as the engine runs it: each role of a record on the shard
-    /// that owns the role's key, evidence to the owner of its destination at barriers (each
-    /// minute of event time, and at the end) in the engine's order. Findings come with the
-    /// id of the record or evidence that made them, as the alerts would.
-    struct Shards {
-        n: usize,
-        salt: u64,
-        shards: Vec<(Contacts, CustomerFanIn)>,
-        inbox: Vec<Evidence>,
-        seq: u64,
-        start: Option<Millis>,
-        found: Vec<(Box<str>, Finding)>,
+    /// This detector on `n` shards as the engine runs it (`shardkit`), keys spread by
+    /// `salt`, with a barrier once a record enters a new minute of event time after
+    /// evidence was sent.
+    type Shards = crate::detect::shardkit::Shards<CustomerFanIn>;
+
+    fn shards(n: usize, salt: u64, cfg: &Config) -> Shards {
+        Shards::new(CustomerFanIn::new(cfg, 1000), n, None).with_salt(salt)
     }
 
-    impl Shards {
-        fn new(n: usize, salt: u64, cfg: &Config) -> Self {
-            Shards {
-                n,
-                salt,
-                shards: (0..n)
-                    .map(|_| {
-                        let contacts = Contacts::new(1_000_000, 4096, 7 * 86_400);
-                        (contacts, CustomerFanIn::new(cfg, 1000))
-                    })
-                    .collect(),
-                inbox: Vec::new(),
-                seq: 0,
-                start: None,
-                found: Vec::new(),
-            }
+    fn feed(s: &mut Shards, ev: &Event<'_>) {
+        if s.barrier_due(ev.ts, MIN) {
+            s.barrier();
         }
+        s.feed(ev);
+    }
 
-        fn owner(&self, key: u64) -> usize {
-            ((key ^ self.salt).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % self.n
-        }
+    /// `line_handover` naming `new` the new number of `earlier` at `at`, shown (as the
+    /// engine does) on the shard that owns `new`, the finding's subject.
+    fn handover_on(s: &mut Shards, new: &str, earlier: &str, at: Millis) {
+        s.show(ids::id(new), at, &[handover_finding(new, earlier, at)]);
+    }
 
-        fn feed(&mut self, ev: &Event<'_>) {
-            if self.inbox.iter().any(|e| e.at / MIN < ev.ts / MIN) {
-                self.barrier();
-            }
-            let ids = EventIds::of(ev);
-            let start = *self.start.get_or_insert(ev.ts);
-            self.seq += 1;
-            for (role, key) in [(Role::Sender, ids.from), (Role::Recipient, ids.to)] {
-                let i = self.owner(key);
-                let (contacts, d) = &mut self.shards[i];
-                if role == Role::Sender {
-                    let to = (ev.kind == Kind::Sms).then_some(ids.to);
-                    contacts.record_outbound(ids.from, to, ev.ts, ids.imei);
-                }
-                let (mut out, mut sent) = (Vec::new(), Vec::new());
-                let mut ctx = Ctx {
-                    role,
-                    contacts,
-                    stream_start: start,
-                    out: &mut out,
-                    outbox: &mut sent,
-                    cells: None,
-                    cell: None,
-                };
-                d.on_event(ev, &ids, &mut ctx);
-                for (k, s) in sent.into_iter().enumerate() {
-                    self.inbox.push(Evidence {
-                        dest: s.dest,
-                        at: ev.ts,
-                        event_id: ev.event_id.as_ref().into(),
-                        order: [ev.ts as u64, self.seq, (role as u64) << 32 | k as u64, 0],
-                        body: s.body,
-                    });
-                }
-                let id: Box<str> = ev.event_id.as_ref().into();
-                self.found.extend(out.into_iter().map(|f| (id.clone(), f)));
-            }
-        }
-
-        fn barrier(&mut self) {
-            while !self.inbox.is_empty() {
-                let mut round = std::mem::take(&mut self.inbox);
-                round.sort_by_key(|e| e.order);
-                for (rank, e) in round.iter().enumerate() {
-                    let Dest::Number(key) = e.dest else {
-                        panic!("fan-in sends to numbers only: {e:?}");
-                    };
-                    let i = self.owner(key);
-                    let (contacts, d) = &mut self.shards[i];
-                    let (mut out, mut sent) = (Vec::new(), Vec::new());
-                    let mut ctx = Ctx {
-                        role: Role::Barrier,
-                        contacts,
-                        stream_start: self.start.unwrap_or(e.at),
-                        out: &mut out,
-                        outbox: &mut sent,
-                        cells: None,
-                        cell: None,
-                    };
-                    d.on_evidence(e, &mut ctx);
-                    for (k, s) in sent.into_iter().enumerate() {
-                        self.inbox.push(Evidence {
-                            dest: s.dest,
-                            at: e.at,
-                            event_id: e.event_id.clone(),
-                            order: [rank as u64, s.hint[0], s.hint[1], k as u64],
-                            body: s.body,
-                        });
-                    }
-                    self.found
-                        .extend(out.into_iter().map(|f| (e.event_id.clone(), f)));
-                }
-            }
-        }
-
-        /// `line_handover` naming `new` the new number of `earlier` at `at`, shown (as the
-        /// engine does) on the shard that owns `new`, the finding's subject.
-        fn handover(&mut self, new: &str, earlier: &str, at: Millis) {
-            let f = Finding {
-                detector: crate::detect::line_handover::NAME,
-                subject: new.into(),
-                subject_id: ids::id(new),
-                subject_kind: SubjectKind::Line,
-                score: 1.0,
-                event_time: at,
-                window_start: at,
-                window_end: at,
-                related: vec![earlier.into()],
-                evidence: Default::default(),
-                lines: vec![
-                    (ids::id(new), new.to_string()),
-                    (ids::id(earlier), earlier.to_string()),
-                ],
-            };
-            let i = self.owner(ids::id(new));
-            let (contacts, d) = &mut self.shards[i];
-            let mut ctx = Ctx {
-                role: Role::Sender,
-                contacts,
-                stream_start: 0,
-                out: &mut Vec::new(),
-                outbox: &mut Vec::new(),
-                cells: None,
-                cell: None,
-            };
-            d.on_findings(at, &[f], &mut ctx);
-        }
-
-        /// Every finding, by (record id, subject): the order alerts are compared in.
-        fn finish(mut self) -> Vec<(Box<str>, Finding)> {
-            self.barrier();
-            self.found
-                .sort_by(|a, b| (&a.0, &a.1.subject).cmp(&(&b.0, &b.1.subject)));
-            self.found
-        }
+    /// Every finding, by (record id, subject): the order alerts are compared in.
+    fn finish(mut s: Shards) -> Vec<(Box<str>, Finding)> {
+        s.barrier();
+        let mut found = std::mem::take(&mut s.found);
+        found.sort_by(|a, b| (&a.0, &a.1.subject).cmp(&(&b.0, &b.1.subject)));
+        found
     }
 
     /// Three lines: `lineA` confirmed by its runner's callbacks, `lineB` by its own and its
     /// runner's (one to a customer it shares with `lineA`, pending on both), `lineC` by the
     /// window rule; `lineD`, a new number `line_handover` named, by its followers.
     fn city(shards: &mut Shards) {
-        shards.handover("lineD", "lineOld", MIN);
+        handover_on(shards, "lineD", "lineOld", MIN);
         let mut evs: Vec<(String, Millis, String, String, bool)> = Vec::new();
         let mut add = |id: String, t: Millis, from: &str, to: &str, text: bool| {
             evs.push((id, t, from.to_string(), to.to_string(), text))
@@ -1281,7 +1162,7 @@ mod tests {
                 true => sms(id, *t, from, to),
                 false => call(id, *t, from, to, 30),
             };
-            shards.feed(&ev);
+            feed(shards, &ev);
         }
     }
 
@@ -1289,9 +1170,9 @@ mod tests {
     fn alerts_are_the_same_on_one_two_and_three_shards() {
         let mut cfg = Config::default();
         cfg.customer_fan_in.crew_min_customers = 10;
-        let mut one = Shards::new(1, 0, &cfg);
+        let mut one = shards(1, 0, &cfg);
         city(&mut one);
-        let one = one.finish();
+        let one = finish(one);
         let subjects: Vec<(&str, &str)> = one
             .iter()
             .map(|(id, f)| (&**id, f.subject.as_str()))
@@ -1313,14 +1194,14 @@ mod tests {
         let mut split = 0;
         for n in [2, 3] {
             for salt in 0..8 {
-                let mut sharded = Shards::new(n, salt, &cfg);
+                let mut sharded = shards(n, salt, &cfg);
                 let apart =
                     |s: &Shards, a: &str, b: &str| s.owner(ids::id(a)) != s.owner(ids::id(b));
                 if apart(&sharded, "lineA", "runnerA") && apart(&sharded, "lineB", "runnerB") {
                     split += 1;
                 }
                 city(&mut sharded);
-                assert_eq!(sharded.finish(), one, "{n} shards, salt {salt}");
+                assert_eq!(finish(sharded), one, "{n} shards, salt {salt}");
             }
         }
         // The runs that put a line, its runner and its customers on different shards are

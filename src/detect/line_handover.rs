@@ -620,111 +620,13 @@ mod tests {
         assert!(f.is_empty(), "5 of 15 at the query: {f:?}");
     }
 
-    /// `n` shards, each a harness and a detector owning the lines whose id is `i` mod `n`:
-    /// a record goes to the shard of its sender (the only role this detector acts in), and
-    /// evidence at the barrier to the shard of its destination (every shard for
-    /// [`Dest::Every`]), in the engine's order, with the stream's start on every shard.
-    struct Shards {
-        shards: Vec<(Harness, LineHandover)>,
-        inbox: Vec<Evidence>,
-        seq: u64,
-        /// Queries, matches and decisions sent; the queries' encoded bytes and the largest.
-        sent: [u64; 3],
-        query_bytes: u64,
-        largest_query: usize,
-    }
-
-    impl Shards {
-        fn new(n: usize) -> Self {
-            let shards = (0..n)
-                .map(|_| (Harness::new(), LineHandover::new(&Config::default())))
-                .collect();
-            Shards {
-                shards,
-                inbox: Vec::new(),
-                seq: 0,
-                sent: [0; 3],
-                query_bytes: 0,
-                largest_query: 0,
-            }
-        }
-
-        fn owner(&self, key: u64) -> usize {
-            (key % self.shards.len() as u64) as usize
-        }
-
-        fn feed(&mut self, ev: &Event<'_>) -> Vec<Finding> {
-            for (h, _) in &mut self.shards {
-                h.stream_start.get_or_insert(ev.ts);
-            }
-            self.seq += 1;
-            let i = self.owner(ids::id(&ev.from));
-            let (h, d) = &mut self.shards[i];
-            let out = h.feed(d, ev);
-            // Ordered by the record's place in the whole input, not in one shard's share.
-            for mut e in h.inbox.drain(..) {
-                e.order[1] = self.seq;
-                if let Body::AudienceQuery { .. } = e.body {
-                    let n = codec::encode(&e.body).unwrap().len();
-                    self.sent[0] += 1;
-                    self.query_bytes += n as u64;
-                    self.largest_query = self.largest_query.max(n);
-                }
-                self.inbox.push(e);
-            }
-            out
-        }
-
-        fn barrier(&mut self) -> Vec<Finding> {
-            let mut out = Vec::new();
-            let mut round = std::mem::take(&mut self.inbox);
-            while !round.is_empty() {
-                round.sort_by_key(|e| e.order);
-                let mut next = Vec::new();
-                for (rank, e) in round.iter().enumerate() {
-                    let to: Vec<usize> = match e.dest {
-                        Dest::Every => (0..self.shards.len()).collect(),
-                        Dest::Number(k) | Dest::Handset(k) => vec![self.owner(k)],
-                    };
-                    for i in to {
-                        let (h, d) = &mut self.shards[i];
-                        let mut sent = Vec::new();
-                        let mut ctx = Ctx {
-                            role: Role::Barrier,
-                            contacts: &mut h.contacts,
-                            stream_start: h.stream_start.unwrap_or(e.at),
-                            out: &mut out,
-                            outbox: &mut sent,
-                            cells: None,
-                            cell: None,
-                        };
-                        d.on_evidence(e, &mut ctx);
-                        for (k, s) in sent.into_iter().enumerate() {
-                            match s.body {
-                                Body::AudienceMatch { .. } => self.sent[1] += 1,
-                                Body::AudienceDecide { .. } => self.sent[2] += 1,
-                                _ => {}
-                            }
-                            next.push(Evidence {
-                                dest: s.dest,
-                                at: e.at,
-                                event_id: e.event_id.clone(),
-                                order: [rank as u64, s.hint[0], s.hint[1], k as u64],
-                                body: s.body,
-                            });
-                        }
-                    }
-                }
-                round = next;
-            }
-            out
-        }
-    }
+    /// This detector on `n` shards as the engine runs it (`shardkit`).
+    type Shards = crate::detect::shardkit::Shards<LineHandover>;
 
     /// Earlier lines with overlapping audiences, new lines texting some of them, interleaved
     /// so several queries meet at one barrier; a barrier every minute of event time.
     fn handovers(n: usize) -> (Vec<Finding>, Shards) {
-        let mut s = Shards::new(n);
+        let mut s = Shards::new(LineHandover::new(&Config::default()), n, None);
         let mut out = Vec::new();
         let feed = |s: &mut Shards, id: String, t: Millis, from: &str, to: String| {
             let f = s.feed(&sms(&id, t, from, &to));
@@ -854,7 +756,7 @@ mod tests {
             .and_then(|v| v.parse().ok())
             .unwrap_or(2);
         let (events, _, _) = generate_in_memory(&opts).unwrap();
-        let mut s = Shards::new(n);
+        let mut s = Shards::new(LineHandover::new(&Config::default()), n, None);
         let (mut records, mut findings, mut epoch) = (0u64, 0, 0);
         let decode_opts = DecodeOptions::default();
         for line in events.split(|&b| b == b'\n') {
@@ -872,17 +774,24 @@ mod tests {
         }
         findings += s.barrier().len();
         let per_m = |n: u64| n as f64 * 1e6 / records as f64;
-        let [queries, matches, decisions] = s.sent;
-        let sketched: usize = s.shards.iter().map(|(_, d)| d.stats().keys).sum();
+        let sent = |name: &str| s.sent.get(name).copied().unwrap_or(0);
+        let (queries, matches, decisions) = (
+            sent("AudienceQuery"),
+            sent("AudienceMatch"),
+            sent("AudienceDecide"),
+        );
+        let (query_bytes, largest_query) =
+            s.bytes.get("AudienceQuery").copied().unwrap_or_default();
+        let sketched: usize = s.d.iter().map(|d| d.stats().keys).sum();
         println!(
             "{subscribers} subscribers x {days} days, {n} shards: {records} records, \
              {queries} queries ({:.1} per million records), {:.0} bytes each on average \
              (largest {}), {:.0} query bytes per million records; {matches} matches, \
              {decisions} decisions, {findings} findings, {sketched} sketched lines",
             per_m(queries),
-            s.query_bytes as f64 / queries.max(1) as f64,
-            s.largest_query,
-            per_m(s.query_bytes),
+            query_bytes as f64 / queries.max(1) as f64,
+            largest_query,
+            per_m(query_bytes),
         );
         assert!(records > 0 && findings > 0);
     }

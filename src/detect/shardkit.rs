@@ -2,7 +2,8 @@
 //! owns the role's key and evidence delivered across shards at the barrier, as the
 //! partitioned engine does (`docs/sharding.md`). A detector that reads another key's state
 //! in place finds it absent here and gives other findings than on one shard: tests compare
-//! the findings for 1, 2 and 3 shards.
+//! the findings for 1, 2 and 3 shards. Every detector's multi-shard test drives this one
+//! model, so a change in the engine's rules (order, roles, stream start) is made once.
 
 use super::testkit::Harness;
 use super::{Ctx, Detector, EventIds};
@@ -10,6 +11,7 @@ use crate::alert::Finding;
 use crate::cells::CellMap;
 use crate::event::{Event, Kind, Millis};
 use crate::exchange::{Dest, Evidence, Role, Sent};
+use std::collections::BTreeMap;
 
 pub struct Shards<D: Detector + Clone> {
     pub d: Vec<D>,
@@ -17,8 +19,18 @@ pub struct Shards<D: Detector + Clone> {
     pub h: Vec<Harness>,
     inbox: Vec<Evidence>,
     seq: u64,
+    /// Mixed into the key before it picks a shard: several salts put the same keys
+    /// together and apart in different ways.
+    salt: u64,
+    /// The stream's first event time, one for every shard as in the engine.
+    start: Option<Millis>,
+    /// Every finding, with the id of the record or evidence that made it (the alert id's).
+    pub found: Vec<(Box<str>, Finding)>,
     /// Evidence sent, by exchange (the `Body` variant's name).
-    pub sent: std::collections::BTreeMap<String, u64>,
+    pub sent: BTreeMap<String, u64>,
+    /// Encoded bytes sent (postcard, as a checkpoint or a topic would carry them), by
+    /// exchange: the total and the largest.
+    pub bytes: BTreeMap<String, (u64, usize)>,
 }
 
 impl<D: Detector + Clone> Shards<D> {
@@ -35,13 +47,30 @@ impl<D: Detector + Clone> Shards<D> {
             h,
             inbox: Vec::new(),
             seq: 0,
+            salt: 0,
+            start: None,
+            found: Vec::new(),
             sent: Default::default(),
+            bytes: Default::default(),
         }
+    }
+
+    /// The same shards with keys spread by another salt.
+    pub fn with_salt(mut self, salt: u64) -> Self {
+        self.salt = salt;
+        self
     }
 
     /// The shard owning a key (a number's or a handset's hash).
     pub fn owner(&self, key: u64) -> usize {
-        (key % self.d.len() as u64) as usize
+        let mixed = (key ^ self.salt).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+        (mixed % self.d.len() as u64) as usize
+    }
+
+    /// Whether evidence sent before `epoch`'s current span of event time (`epoch` ms long)
+    /// waits: the engine would have had a barrier by a record at `t`.
+    pub fn barrier_due(&self, t: Millis, epoch: Millis) -> bool {
+        self.inbox.iter().any(|e| e.at / epoch < t / epoch)
     }
 
     fn stamp(
@@ -55,6 +84,12 @@ impl<D: Detector + Clone> Shards<D> {
             let name = format!("{:?}", x.body);
             let name = name.split(['(', ' ', '{']).next().unwrap_or_default();
             *self.sent.entry(name.to_string()).or_default() += 1;
+            let len = crate::checkpoint::codec::encode(&x.body)
+                .expect("evidence encodes")
+                .len();
+            let b = self.bytes.entry(name.to_string()).or_default();
+            b.0 += len as u64;
+            b.1 = b.1.max(len);
         }
         sent.into_iter()
             .enumerate()
@@ -79,7 +114,7 @@ impl<D: Detector + Clone> Shards<D> {
         let mut ctx = Ctx {
             role,
             contacts: &mut h.contacts,
-            stream_start: h.stream_start.unwrap_or(at),
+            stream_start: self.start.unwrap_or(at),
             out: &mut side,
             outbox: sent,
             cells: h.cells.as_ref(),
@@ -92,6 +127,7 @@ impl<D: Detector + Clone> Shards<D> {
     pub fn feed(&mut self, ev: &Event<'_>) -> Vec<Finding> {
         let ids = EventIds::of(ev);
         self.seq += 1;
+        let start = *self.start.get_or_insert(ev.ts);
         let mut out = Vec::new();
         for role in Role::RECORD {
             let key = match role {
@@ -104,7 +140,7 @@ impl<D: Detector + Clone> Shards<D> {
             };
             let i = self.owner(key);
             let h = &mut self.h[i];
-            let start = *h.stream_start.get_or_insert(ev.ts);
+            h.stream_start = Some(start);
             if role == Role::Sender {
                 h.contacts.touch(ids.from, ev.ts, ids.imei);
                 if ev.kind == Kind::Sms {
@@ -129,6 +165,9 @@ impl<D: Detector + Clone> Shards<D> {
             let order = |k: usize, _: &Sent| [ev.ts as u64, seq, (role as u64) << 32 | k as u64, 0];
             let stamped = self.stamp(sent, ev.ts, &ev.event_id, order);
             self.inbox.extend(stamped);
+            let id: Box<str> = ev.event_id.as_ref().into();
+            self.found
+                .extend(found.iter().map(|f| (id.clone(), f.clone())));
             out.extend(found);
         }
         out
@@ -164,7 +203,7 @@ impl<D: Detector + Clone> Shards<D> {
                     let mut ctx = Ctx {
                         role: Role::Barrier,
                         contacts: &mut h.contacts,
-                        stream_start: h.stream_start.unwrap_or(e.at),
+                        stream_start: self.start.unwrap_or(e.at),
                         out: &mut found,
                         outbox: &mut sent,
                         cells: h.cells.as_ref(),
@@ -175,6 +214,9 @@ impl<D: Detector + Clone> Shards<D> {
                     let order = |k: usize, x: &Sent| [rank as u64, x.hint[0], x.hint[1], k as u64];
                     let stamped = self.stamp(sent, e.at, &e.event_id, order);
                     self.inbox.extend(stamped);
+                    let id = &e.event_id;
+                    self.found
+                        .extend(found.iter().map(|f| (id.clone(), f.clone())));
                     out.extend(found);
                 }
             }
