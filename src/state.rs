@@ -406,12 +406,37 @@ impl Contacts {
     /// Replaces the records with those [`Contacts::save_state`] wrote.
     pub fn load_state(&mut self, bytes: &[u8]) -> Result<(), codec::Error> {
         self.lines = codec::decode(bytes)?;
-        self.heap_bytes = self
-            .lines
+        self.heap_bytes = self.contact_heap_bytes();
+        Ok(())
+    }
+
+    /// Keeps only the lines `keep` accepts (a restore into another shard count: the lines
+    /// this shard owns).
+    pub fn retain_keys(&mut self, keep: &dyn Fn(u64) -> bool) {
+        self.lines.retain(|&k, _| keep(k));
+        self.heap_bytes = self.contact_heap_bytes();
+    }
+
+    /// Adds the lines another shard saved ([`Contacts::save_state`]): other lines than
+    /// this one's, as each line is kept by one shard.
+    pub fn absorb_state(&mut self, bytes: &[u8]) -> Result<(), codec::Error> {
+        let lines: IdMap<LineRecord> = codec::decode(bytes)?;
+        crate::detect::absorb_map(&mut self.lines, lines);
+        self.heap_bytes = self.contact_heap_bytes();
+        Ok(())
+    }
+
+    fn contact_heap_bytes(&self) -> usize {
+        self.lines
             .values()
             .map(|r| r.contacts.len() * std::mem::size_of::<PackedContact>())
-            .sum();
-        Ok(())
+            .sum()
+    }
+
+    /// Every line held, for the split and merge tests.
+    #[cfg(test)]
+    pub fn keys(&self) -> Vec<(&'static str, u64)> {
+        crate::detect::named_keys("lines", &self.lines)
     }
 
     pub fn is_empty(&self) -> bool {

@@ -201,6 +201,24 @@ impl Detector for BulkSms {
         (self.fired, self.cap_hits) = codec::decode(bytes)?;
         Ok(())
     }
+
+    fn retain_keys(&mut self, keep: &dyn Fn(u64) -> bool) {
+        self.fired.retain(|&k, _| keep(k));
+    }
+
+    fn absorb_state(&mut self, bytes: &[u8], counts: bool) -> Result<(), codec::Error> {
+        let (fired, cap_hits): (IdMap<u32>, u64) = codec::decode(bytes)?;
+        super::absorb_map(&mut self.fired, fired);
+        if counts {
+            self.cap_hits += cap_hits;
+        }
+        Ok(())
+    }
+
+    #[cfg(test)]
+    fn keys(&self) -> Vec<(&'static str, u64)> {
+        super::named_keys("fired", &self.fired)
+    }
 }
 
 #[cfg(test)]

@@ -582,6 +582,52 @@ impl Detector for CustomerFanIn {
         }
         Ok(())
     }
+
+    /// Every map is by the number it is kept on: the line (`fired`, `pending`,
+    /// `callbacks`), the crew member (`crew`), the new number followed (`followed`).
+    fn retain_keys(&mut self, keep: &dyn Fn(u64) -> bool) {
+        self.fired.retain(|&k, _| keep(k));
+        self.pending.retain(|&k, _| keep(k));
+        self.callbacks.retain(|&k, _| keep(k));
+        self.crew.retain(|&k, _| keep(k));
+        self.followed.retain(|&k, _| keep(k));
+    }
+
+    fn absorb_state(&mut self, bytes: &[u8], counts: bool) -> Result<(), codec::Error> {
+        // Through `load_state`, which reads every layout it ever wrote.
+        let mut other = CustomerFanIn {
+            cfg: self.cfg.clone(),
+            fired: IdMap::default(),
+            pending: IdMap::default(),
+            callbacks: IdMap::default(),
+            crew: IdMap::default(),
+            max_keys: self.max_keys,
+            cap_hits: 0,
+            times: Vec::new(),
+            followed: IdMap::default(),
+            swept_s: 0,
+        };
+        other.load_state(bytes)?;
+        super::absorb_map(&mut self.fired, other.fired);
+        super::absorb_map(&mut self.pending, other.pending);
+        super::absorb_map(&mut self.callbacks, other.callbacks);
+        super::absorb_map(&mut self.crew, other.crew);
+        super::absorb_map(&mut self.followed, other.followed);
+        if counts {
+            self.cap_hits += other.cap_hits;
+        }
+        Ok(())
+    }
+
+    #[cfg(test)]
+    fn keys(&self) -> Vec<(&'static str, u64)> {
+        let mut v = super::named_keys("fired", &self.fired);
+        v.extend(super::named_keys("pending", &self.pending));
+        v.extend(super::named_keys("callbacks", &self.callbacks));
+        v.extend(super::named_keys("crew", &self.crew));
+        v.extend(super::named_keys("followed", &self.followed));
+        v
+    }
 }
 
 #[cfg(test)]

@@ -506,6 +506,24 @@ impl Detector for DealLine {
         (self.lines, self.cap_hits) = codec::decode(bytes)?;
         Ok(())
     }
+
+    fn retain_keys(&mut self, keep: &dyn Fn(u64) -> bool) {
+        self.lines.retain(|&k, _| keep(k));
+    }
+
+    fn absorb_state(&mut self, bytes: &[u8], counts: bool) -> Result<(), codec::Error> {
+        let (lines, cap_hits): (IdMap<LineVerdict>, u64) = codec::decode(bytes)?;
+        super::absorb_map(&mut self.lines, lines);
+        if counts {
+            self.cap_hits += cap_hits;
+        }
+        Ok(())
+    }
+
+    #[cfg(test)]
+    fn keys(&self) -> Vec<(&'static str, u64)> {
+        super::named_keys("lines", &self.lines)
+    }
 }
 
 #[cfg(test)]

@@ -404,6 +404,35 @@ impl Detector for HandsetChurn {
         self.heap_bytes = self.handsets.values().map(|h| h.sims.bytes()).sum();
         Ok(())
     }
+
+    fn retain_keys(&mut self, keep: &dyn Fn(u64) -> bool) {
+        self.handsets.retain(|&k, _| keep(k));
+        self.heap_bytes = self.handsets.values().map(|h| h.sims.bytes()).sum();
+    }
+
+    fn absorb_state(&mut self, bytes: &[u8], counts: bool) -> Result<(), codec::Error> {
+        // Through `load_state`, so the SIM lists are checked as on any load.
+        let mut other = HandsetChurn {
+            cfg: self.cfg.clone(),
+            handsets: IdMap::default(),
+            max_keys: self.max_keys,
+            cap_hits: 0,
+            heap_bytes: 0,
+            times: Vec::new(),
+        };
+        other.load_state(bytes)?;
+        super::absorb_map(&mut self.handsets, other.handsets);
+        self.heap_bytes += other.heap_bytes;
+        if counts {
+            self.cap_hits += other.cap_hits;
+        }
+        Ok(())
+    }
+
+    #[cfg(test)]
+    fn keys(&self) -> Vec<(&'static str, u64)> {
+        super::named_keys("handsets", &self.handsets)
+    }
 }
 
 #[cfg(test)]

@@ -430,6 +430,24 @@ impl Detector for LineHandover {
         (self.sketches, self.cap_hits) = codec::decode(bytes)?;
         Ok(())
     }
+
+    fn retain_keys(&mut self, keep: &dyn Fn(u64) -> bool) {
+        self.sketches.retain(|&k, _| keep(k));
+    }
+
+    fn absorb_state(&mut self, bytes: &[u8], counts: bool) -> Result<(), codec::Error> {
+        let (sketches, cap_hits): (IdMap<Sketched>, u64) = codec::decode(bytes)?;
+        super::absorb_map(&mut self.sketches, sketches);
+        if counts {
+            self.cap_hits += cap_hits;
+        }
+        Ok(())
+    }
+
+    #[cfg(test)]
+    fn keys(&self) -> Vec<(&'static str, u64)> {
+        super::named_keys("sketches", &self.sketches)
+    }
 }
 
 #[cfg(test)]

@@ -129,6 +129,43 @@ pub trait Detector: Send {
     /// Replaces the state with one [`Detector::save_state`] wrote (under possibly other
     /// thresholds: the engine calls [`Detector::reconfigure`] afterwards, as a live reload).
     fn load_state(&mut self, bytes: &[u8]) -> Result<(), codec::Error>;
+
+    /// Keeps only the state of the keys `keep` accepts: after a checkpoint is restored into
+    /// another shard count (or, over Kafka, another instance's key groups), a shard keeps
+    /// what it owns (`docs/sharding.md`, "Checkpoints"). Each map is filtered by the key it
+    /// is in (a number's, a handset's, a SIM's); state every shard holds a copy of (what a
+    /// [`crate::exchange::Dest::Every`] broadcast wrote) is kept whole. Required, as
+    /// [`Detector::save_state`]: a map left out would be duplicated on every new shard.
+    fn retain_keys(&mut self, keep: &dyn Fn(u64) -> bool);
+
+    /// Adds the state another shard saved ([`Detector::save_state`]) to this one's: its
+    /// per-key maps hold other keys (another shard's key groups), and a broadcast copy is
+    /// the same on every shard. With `counts`, its counters (cap hits) are added too: a
+    /// restore passes it for exactly one of the shards that read a saved shard, so the
+    /// counters sum to what they did before.
+    fn absorb_state(&mut self, bytes: &[u8], counts: bool) -> Result<(), codec::Error>;
+
+    /// Every key held, with the name of the map that holds it; a map every shard holds a
+    /// copy of is named `every/...` (the split and merge tests check each key lands on its
+    /// owner and nothing is lost or duplicated).
+    #[cfg(test)]
+    fn keys(&self) -> Vec<(&'static str, u64)>;
+}
+
+/// Moves `from`'s entries into `into` (a restore adding another shard's keys): the first
+/// map is taken whole, as it was decoded, rather than rehashed entry by entry.
+pub(crate) fn absorb_map<V>(into: &mut ids::IdMap<V>, from: ids::IdMap<V>) {
+    if into.is_empty() {
+        *into = from;
+    } else {
+        into.extend(from);
+    }
+}
+
+/// The keys of a map, named, for [`Detector::keys`].
+#[cfg(test)]
+pub(crate) fn named_keys<V>(name: &'static str, m: &ids::IdMap<V>) -> Vec<(&'static str, u64)> {
+    m.keys().map(|&k| (name, k)).collect()
 }
 
 /// For a record older than its key's newest: the earliest window of `window_s` that holds

@@ -1100,7 +1100,78 @@ impl Detector for RunnerMovement {
         } else {
             self.sim_at = codec::decode(rest)?;
         }
-        // Every handset reads again at its next record.
+        self.rederive();
+        Ok(())
+    }
+
+    /// Every map but `trade` is by the key it is kept on: the handset (`handsets`,
+    /// `earlier`, `names`) or the SIM (`sim_at`, `young`). `trade` is written by a
+    /// broadcast: every shard holds all of it.
+    fn retain_keys(&mut self, keep: &dyn Fn(u64) -> bool) {
+        self.handsets.retain(|&k, _| keep(k));
+        self.sim_at.retain(|&k, _| keep(k));
+        self.earlier.retain(|&k, _| keep(k));
+        self.names.retain(|&k, _| keep(k));
+        self.young.retain(|&k, _| keep(k));
+        self.rederive();
+    }
+
+    fn absorb_state(&mut self, bytes: &[u8], counts: bool) -> Result<(), codec::Error> {
+        // Through `load_state`, which reads every layout it ever wrote.
+        let mut other = RunnerMovement {
+            cfg: self.cfg.clone(),
+            handsets: IdMap::default(),
+            trade: IdMap::default(),
+            sim_at: IdMap::default(),
+            earlier: IdMap::default(),
+            names: IdMap::default(),
+            young: IdMap::default(),
+            trade_changed_s: 0,
+            clock_s: 0,
+            night: self.night,
+            max_keys: self.max_keys,
+            cap_hits: 0,
+            heap_bytes: 0,
+        };
+        other.load_state(bytes)?;
+        super::absorb_map(&mut self.handsets, other.handsets);
+        super::absorb_map(&mut self.sim_at, other.sim_at);
+        super::absorb_map(&mut self.earlier, other.earlier);
+        super::absorb_map(&mut self.names, other.names);
+        super::absorb_map(&mut self.young, other.young);
+        // The same broadcasts reached every shard: the copies agree, the newest is kept
+        // all the same.
+        for (line, t) in other.trade {
+            match self.trade.get(&line) {
+                Some(mine) if mine.at_s >= t.at_s => {}
+                _ => {
+                    self.trade.insert(line, t);
+                }
+            }
+        }
+        if counts {
+            self.cap_hits += other.cap_hits;
+        }
+        self.rederive();
+        Ok(())
+    }
+
+    #[cfg(test)]
+    fn keys(&self) -> Vec<(&'static str, u64)> {
+        let mut v = super::named_keys("handsets", &self.handsets);
+        v.extend(super::named_keys("sim_at", &self.sim_at));
+        v.extend(super::named_keys("earlier", &self.earlier));
+        v.extend(super::named_keys("names", &self.names));
+        v.extend(super::named_keys("young", &self.young));
+        v.extend(super::named_keys("every/trade", &self.trade));
+        v
+    }
+}
+
+impl RunnerMovement {
+    /// What follows from the handsets held, after a load or a change of the keys held:
+    /// the newest record (every handset reads again at its next record) and the heap bytes.
+    fn rederive(&mut self) {
         self.clock_s = self
             .handsets
             .values()
@@ -1120,7 +1191,6 @@ impl Detector for RunnerMovement {
             .filter_map(|t| t.moved.as_deref())
             .map(moved_bytes)
             .sum();
-        Ok(())
     }
 }
 
