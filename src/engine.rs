@@ -340,31 +340,17 @@ fn decode_error(name: &str) -> impl FnOnce(codec::Error) -> LoadError {
     move |source| LoadError::Decode { name, source }
 }
 
-/// For a checkpoint of `saved` shards restored into `running`: per running shard, the
-/// saved shards whose sections it reads (each saved shard that owned one of its key
-/// groups, `docs/sharding.md`), and whether it takes that saved shard's counters. Each
-/// saved shard's counters go to exactly one reader (the owner of its first key group), so
-/// they sum to what they did. An instance owning any set of key groups (issue 11) reads
-/// the same way: the previous owners of its groups.
-fn restore_plan(saved: usize, running: usize) -> Vec<Vec<(usize, bool)>> {
-    let mut plan: Vec<Vec<(usize, bool)>> = vec![Vec::new(); running];
-    let mut counted = vec![false; saved];
-    for g in 0..KEY_GROUPS {
-        let (i, j) = (g * saved / KEY_GROUPS, g * running / KEY_GROUPS);
-        if !plan[j].iter().any(|&(x, _)| x == i) {
-            plan[j].push((i, !counted[i]));
-            counted[i] = true;
-        }
+/// For a checkpoint of `saved` shards restored into `running`: the running shard that takes
+/// saved shard `i`'s counters, the owner of its first key group (so each saved shard's
+/// counters are taken once, and sum to what they did). A saved shard owning no group (more
+/// shards than groups) owns no keys either: shard 0 takes its counters.
+fn counted_by(i: usize, saved: usize, running: usize) -> usize {
+    let first = (i * KEY_GROUPS).div_ceil(saved.max(1));
+    if first < KEY_GROUPS && first * saved / KEY_GROUPS == i {
+        first * running / KEY_GROUPS
+    } else {
+        0
     }
-    // With more shards than key groups some own none (and so no keys): their counters
-    // still count, and a running shard without groups still needs the broadcast copies.
-    for (i, _) in counted.iter().enumerate().filter(|(_, c)| !**c) {
-        plan[0].push((i, true));
-    }
-    for from in plan.iter_mut().filter(|f| f.is_empty()) {
-        from.push((0, false));
-    }
-    plan
 }
 
 /// Adds a shard's counters (alerts and contact cap hits: the fields a shard counts) to
@@ -482,14 +468,10 @@ mod key_group_tests {
         let mut sections = Vec::new();
         whole.save(0, &mut sections).unwrap();
         for n in [2, 3, 8] {
-            let parts: Vec<Shard> = (0..n)
-                .map(|p| {
-                    let mut sh = Shard::new(&cfg, 1);
-                    sh.absorb(&sections, 0, p == 0).unwrap();
-                    sh.retain_keys(&|k| shard_of(k, n) == p);
-                    sh
-                })
-                .collect();
+            let mut from = whole.clone();
+            let parts = from.split(n, &|k| shard_of(k, n), 1);
+            assert_eq!(parts.len(), n);
+            assert!(keys(&from).is_empty(), "split leaves the shard empty");
             let mut all = Vec::new();
             for (p, sh) in parts.iter().enumerate() {
                 let ks = keys(sh);
@@ -519,10 +501,8 @@ mod key_group_tests {
             assert_eq!(hits, cap_hits(&whole), "{n} shards");
             // Merged back: the same keys, counters and (as saved) the same bytes.
             let mut merged = Shard::new(&cfg, 1);
-            for sh in &parts {
-                let mut v = Vec::new();
-                sh.save(0, &mut v).unwrap();
-                merged.absorb(&v, 0, true).unwrap();
+            for part in parts {
+                merged.merge(part);
             }
             assert_eq!(keys(&merged), before, "{n} shards merged");
             assert_eq!(merged.counters, whole.counters);
@@ -536,29 +516,16 @@ mod key_group_tests {
     }
 
     #[test]
-    fn every_saved_shard_is_read_and_its_counters_once() {
+    fn a_saved_shards_counters_go_to_the_owner_of_its_first_key_group() {
         for saved in [1, 2, 3, 5, 8, 256, 300] {
             for running in [1, 2, 3, 7, 8, 256, 300] {
-                let plan = restore_plan(saved, running);
-                assert_eq!(plan.len(), running);
-                let mut counted = vec![0; saved];
-                for (j, from) in plan.iter().enumerate() {
-                    assert!(
-                        !from.is_empty(),
-                        "{saved} -> {running}: shard {j} reads nothing"
-                    );
-                    for &(i, counts) in from {
-                        counted[i] += counts as u32;
+                for i in 0..saved {
+                    let c = counted_by(i, saved, running);
+                    assert!(c < running, "{i} of {saved} -> {running}");
+                    match (0..KEY_GROUPS).find(|g| g * saved / KEY_GROUPS == i) {
+                        Some(g) => assert_eq!(c, g * running / KEY_GROUPS),
+                        None => assert_eq!(c, 0),
                     }
-                    // It reads every earlier owner of its key groups.
-                    for g in (0..KEY_GROUPS).filter(|g| g * running / KEY_GROUPS == j) {
-                        let i = g * saved / KEY_GROUPS;
-                        assert!(from.iter().any(|x| x.0 == i), "{saved} -> {running}");
-                    }
-                }
-                assert!(counted.iter().all(|&c| c == 1), "{saved} -> {running}");
-                if saved == running && saved <= KEY_GROUPS {
-                    assert!(plan.iter().enumerate().all(|(j, f)| f == &[(j, true)]));
                 }
             }
         }
@@ -785,40 +752,58 @@ impl Shard {
             .map_err(decode_error(&n))
     }
 
-    /// Adds saved shard `i`'s sections to the state (its counters too with `counts`); then
-    /// [`Shard::retain_keys`] keeps what this shard owns.
-    fn absorb(&mut self, sections: &[Section], i: usize, counts: bool) -> Result<(), LoadError> {
-        let name = |n: &str| Engine::section_name(i, n);
-        let own: ShardCore = codec::decode(find_section(sections, &name("shard"))?)
-            .map_err(decode_error(&name("shard")))?;
-        detect::absorb_map(&mut self.cooldown, own.cooldown);
-        if counts {
-            add_shard_counters(&mut self.counters, &own.counters);
+    /// Deals the state out to `parts` shards by `owner(key)` (the cooldown by its subject,
+    /// the rest as each component keys it), the counters to part `counted`; `self` is left
+    /// empty.
+    fn split(&mut self, parts: usize, owner: &dyn Fn(u64) -> usize, counted: usize) -> Vec<Shard> {
+        let parts = parts.max(1);
+        let mut cooldown: Vec<IdMap<(u32, u8)>> = (0..parts).map(|_| IdMap::default()).collect();
+        for (k, v) in std::mem::take(&mut self.cooldown) {
+            cooldown[owner(cooldown_key(k, v.1 as usize)).min(parts - 1)].insert(k, v);
         }
-        self.contacts
-            .absorb_state(find_section(sections, &name("contacts"))?)
-            .map_err(decode_error(&name("contacts")))?;
+        let counters = std::mem::take(&mut self.counters);
+        let mut out: Vec<Shard> = self
+            .contacts
+            .split(parts, owner)
+            .into_iter()
+            .zip(self.deal.split(parts, owner, counted))
+            .zip(cooldown)
+            .enumerate()
+            .map(|(p, ((contacts, deal), cooldown))| Shard {
+                contacts,
+                primaries: Vec::new(),
+                deal: *detect::part_of::<DealLine>(deal),
+                cooldown,
+                counters: if p == counted {
+                    counters.clone()
+                } else {
+                    Counters::default()
+                },
+                findings: Vec::new(),
+                deal_findings: Vec::new(),
+                side_findings: Vec::new(),
+                sent: Vec::new(),
+            })
+            .collect();
         for d in &mut self.primaries {
-            let n = name(d.name());
-            d.absorb_state(find_section(sections, &n)?, counts)
-                .map_err(decode_error(&n))?;
+            for (sh, part) in out.iter_mut().zip(d.split(parts, owner, counted)) {
+                sh.primaries.push(part);
+            }
         }
-        let n = name(self.deal.name());
-        self.deal
-            .absorb_state(find_section(sections, &n)?, counts)
-            .map_err(decode_error(&n))
+        out
     }
 
-    /// Keeps the state of the keys `keep` accepts: the cooldown by its subject, the rest
-    /// as each component keys it.
-    fn retain_keys(&mut self, keep: &dyn Fn(u64) -> bool) {
-        self.contacts.retain_keys(keep);
-        for d in &mut self.primaries {
-            d.retain_keys(keep);
+    /// Adds a part [`Shard::split`] made of another shard (built from the same
+    /// configuration, so its detectors are this one's, in the same order).
+    fn merge(&mut self, part: Shard) {
+        self.contacts.merge(part.contacts);
+        for (d, p) in self.primaries.iter_mut().zip(part.primaries) {
+            debug_assert_eq!(d.name(), p.name());
+            d.merge(p);
         }
-        self.deal.retain_keys(keep);
-        self.cooldown
-            .retain(|&k, &mut (_, di)| keep(cooldown_key(k, di as usize)));
+        self.deal.merge(Box::new(part.deal));
+        detect::absorb_map(&mut self.cooldown, part.cooldown);
+        add_shard_counters(&mut self.counters, &part.counters);
     }
 }
 
@@ -1464,7 +1449,7 @@ impl Engine {
 
     /// Replaces every piece of state with the sections [`Engine::save_sections`] wrote,
     /// under any shard count: each shard takes its key groups' state from the saved shards
-    /// that owned them ([`restore_plan`]). Call it on a fresh engine built with the
+    /// that owned them ([`Shard::split`]). Call it on a fresh engine built with the
     /// configuration the sections were saved under (and the shard count wanted), then
     /// [`Engine::reconfigure`] to the one in force, exactly as a live reload. On error the
     /// engine is left part-loaded: discard it.
@@ -1497,16 +1482,19 @@ impl Engine {
             }
             return Ok(());
         }
-        for (j, (sh, from)) in self
-            .shards
-            .iter_mut()
-            .zip(restore_plan(saved, running))
-            .enumerate()
-        {
-            for (i, counts) in from {
-                sh.absorb(sections, i, counts)?;
+        // Each saved shard is decoded once and dealt out by key to the shards that own
+        // its keys now (for issue 11 the same split serves an instance's key groups).
+        for i in 0..saved {
+            let mut from = Shard::new(&self.cfg, running);
+            from.load(sections, i)?;
+            let parts = from.split(
+                running,
+                &|key| shard_of(key, running),
+                counted_by(i, saved, running),
+            );
+            for (sh, part) in self.shards.iter_mut().zip(parts) {
+                sh.merge(part);
             }
-            sh.retain_keys(&|key| shard_of(key, running) == j);
         }
         Ok(())
     }

@@ -410,20 +410,31 @@ impl Contacts {
         Ok(())
     }
 
-    /// Keeps only the lines `keep` accepts (a restore into another shard count: the lines
-    /// this shard owns).
-    pub fn retain_keys(&mut self, keep: &dyn Fn(u64) -> bool) {
-        self.lines.retain(|&k, _| keep(k));
-        self.heap_bytes = self.contact_heap_bytes();
+    /// Deals the lines out to `parts` stores by `owner(line)` (a restore into another shard
+    /// count: each part goes to the line's shard); `self` is left empty.
+    pub fn split(&mut self, parts: usize, owner: &dyn Fn(u64) -> usize) -> Vec<Contacts> {
+        self.heap_bytes = 0;
+        crate::detect::split_map(&mut self.lines, parts, owner)
+            .into_iter()
+            .map(|lines| {
+                let mut c = Contacts {
+                    lines,
+                    max_lines: self.max_lines,
+                    max_contacts: self.max_contacts,
+                    retention_s: self.retention_s,
+                    heap_bytes: 0,
+                };
+                c.heap_bytes = c.contact_heap_bytes();
+                c
+            })
+            .collect()
     }
 
-    /// Adds the lines another shard saved ([`Contacts::save_state`]): other lines than
+    /// Adds a part [`Contacts::split`] made of another shard's store: other lines than
     /// this one's, as each line is kept by one shard.
-    pub fn absorb_state(&mut self, bytes: &[u8]) -> Result<(), codec::Error> {
-        let lines: IdMap<LineRecord> = codec::decode(bytes)?;
-        crate::detect::absorb_map(&mut self.lines, lines);
-        self.heap_bytes = self.contact_heap_bytes();
-        Ok(())
+    pub fn merge(&mut self, part: Contacts) {
+        crate::detect::absorb_map(&mut self.lines, part.lines);
+        self.heap_bytes += part.heap_bytes;
     }
 
     fn contact_heap_bytes(&self) -> usize {

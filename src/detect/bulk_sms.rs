@@ -202,17 +202,37 @@ impl Detector for BulkSms {
         Ok(())
     }
 
-    fn retain_keys(&mut self, keep: &dyn Fn(u64) -> bool) {
-        self.fired.retain(|&k, _| keep(k));
+    fn split(
+        &mut self,
+        parts: usize,
+        owner: &dyn Fn(u64) -> usize,
+        counted: usize,
+    ) -> Vec<Box<dyn Detector>> {
+        let cap_hits = std::mem::take(&mut self.cap_hits);
+        super::split_map(&mut self.fired, parts, owner)
+            .into_iter()
+            .enumerate()
+            .map(|(p, fired)| {
+                Box::new(BulkSms {
+                    cfg: self.cfg.clone(),
+                    repeat_gap_s: self.repeat_gap_s,
+                    fired,
+                    max_keys: self.max_keys,
+                    cap_hits: if p == counted { cap_hits } else { 0 },
+                    times: Vec::new(),
+                }) as Box<dyn Detector>
+            })
+            .collect()
     }
 
-    fn absorb_state(&mut self, bytes: &[u8], counts: bool) -> Result<(), codec::Error> {
-        let (fired, cap_hits): (IdMap<u32>, u64) = codec::decode(bytes)?;
-        super::absorb_map(&mut self.fired, fired);
-        if counts {
-            self.cap_hits += cap_hits;
-        }
-        Ok(())
+    fn merge(&mut self, part: Box<dyn Detector>) {
+        let part = super::part_of::<Self>(part);
+        super::absorb_map(&mut self.fired, part.fired);
+        self.cap_hits += part.cap_hits;
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
+        self
     }
 
     #[cfg(test)]

@@ -583,40 +583,50 @@ impl Detector for CustomerFanIn {
         Ok(())
     }
 
-    /// Every map is by the number it is kept on: the line (`fired`, `pending`,
+    /// Every map goes by the number it is kept on: the line (`fired`, `pending`,
     /// `callbacks`), the crew member (`crew`), the new number followed (`followed`).
-    fn retain_keys(&mut self, keep: &dyn Fn(u64) -> bool) {
-        self.fired.retain(|&k, _| keep(k));
-        self.pending.retain(|&k, _| keep(k));
-        self.callbacks.retain(|&k, _| keep(k));
-        self.crew.retain(|&k, _| keep(k));
-        self.followed.retain(|&k, _| keep(k));
+    fn split(
+        &mut self,
+        parts: usize,
+        owner: &dyn Fn(u64) -> usize,
+        counted: usize,
+    ) -> Vec<Box<dyn Detector>> {
+        let cap_hits = std::mem::take(&mut self.cap_hits);
+        let mut fired = super::split_map(&mut self.fired, parts, owner).into_iter();
+        let mut pending = super::split_map(&mut self.pending, parts, owner).into_iter();
+        let mut callbacks = super::split_map(&mut self.callbacks, parts, owner).into_iter();
+        let mut crew = super::split_map(&mut self.crew, parts, owner).into_iter();
+        let mut followed = super::split_map(&mut self.followed, parts, owner).into_iter();
+        (0..parts.max(1))
+            .map(|p| {
+                Box::new(CustomerFanIn {
+                    cfg: self.cfg.clone(),
+                    fired: fired.next().unwrap_or_default(),
+                    pending: pending.next().unwrap_or_default(),
+                    callbacks: callbacks.next().unwrap_or_default(),
+                    crew: crew.next().unwrap_or_default(),
+                    max_keys: self.max_keys,
+                    cap_hits: if p == counted { cap_hits } else { 0 },
+                    times: Vec::new(),
+                    followed: followed.next().unwrap_or_default(),
+                    swept_s: self.swept_s,
+                }) as Box<dyn Detector>
+            })
+            .collect()
     }
 
-    fn absorb_state(&mut self, bytes: &[u8], counts: bool) -> Result<(), codec::Error> {
-        // Through `load_state`, which reads every layout it ever wrote.
-        let mut other = CustomerFanIn {
-            cfg: self.cfg.clone(),
-            fired: IdMap::default(),
-            pending: IdMap::default(),
-            callbacks: IdMap::default(),
-            crew: IdMap::default(),
-            max_keys: self.max_keys,
-            cap_hits: 0,
-            times: Vec::new(),
-            followed: IdMap::default(),
-            swept_s: 0,
-        };
-        other.load_state(bytes)?;
-        super::absorb_map(&mut self.fired, other.fired);
-        super::absorb_map(&mut self.pending, other.pending);
-        super::absorb_map(&mut self.callbacks, other.callbacks);
-        super::absorb_map(&mut self.crew, other.crew);
-        super::absorb_map(&mut self.followed, other.followed);
-        if counts {
-            self.cap_hits += other.cap_hits;
-        }
-        Ok(())
+    fn merge(&mut self, part: Box<dyn Detector>) {
+        let part = super::part_of::<Self>(part);
+        super::absorb_map(&mut self.fired, part.fired);
+        super::absorb_map(&mut self.pending, part.pending);
+        super::absorb_map(&mut self.callbacks, part.callbacks);
+        super::absorb_map(&mut self.crew, part.crew);
+        super::absorb_map(&mut self.followed, part.followed);
+        self.cap_hits += part.cap_hits;
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
+        self
     }
 
     #[cfg(test)]

@@ -507,17 +507,35 @@ impl Detector for DealLine {
         Ok(())
     }
 
-    fn retain_keys(&mut self, keep: &dyn Fn(u64) -> bool) {
-        self.lines.retain(|&k, _| keep(k));
+    fn split(
+        &mut self,
+        parts: usize,
+        owner: &dyn Fn(u64) -> usize,
+        counted: usize,
+    ) -> Vec<Box<dyn Detector>> {
+        let cap_hits = std::mem::take(&mut self.cap_hits);
+        super::split_map(&mut self.lines, parts, owner)
+            .into_iter()
+            .enumerate()
+            .map(|(p, lines)| {
+                Box::new(DealLine {
+                    cfg: self.cfg.clone(),
+                    lines,
+                    max_keys: self.max_keys,
+                    cap_hits: if p == counted { cap_hits } else { 0 },
+                }) as Box<dyn Detector>
+            })
+            .collect()
     }
 
-    fn absorb_state(&mut self, bytes: &[u8], counts: bool) -> Result<(), codec::Error> {
-        let (lines, cap_hits): (IdMap<LineVerdict>, u64) = codec::decode(bytes)?;
-        super::absorb_map(&mut self.lines, lines);
-        if counts {
-            self.cap_hits += cap_hits;
-        }
-        Ok(())
+    fn merge(&mut self, part: Box<dyn Detector>) {
+        let part = super::part_of::<Self>(part);
+        super::absorb_map(&mut self.lines, part.lines);
+        self.cap_hits += part.cap_hits;
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
+        self
     }
 
     #[cfg(test)]

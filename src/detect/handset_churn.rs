@@ -405,28 +405,40 @@ impl Detector for HandsetChurn {
         Ok(())
     }
 
-    fn retain_keys(&mut self, keep: &dyn Fn(u64) -> bool) {
-        self.handsets.retain(|&k, _| keep(k));
-        self.heap_bytes = self.handsets.values().map(|h| h.sims.bytes()).sum();
+    fn split(
+        &mut self,
+        parts: usize,
+        owner: &dyn Fn(u64) -> usize,
+        counted: usize,
+    ) -> Vec<Box<dyn Detector>> {
+        let cap_hits = std::mem::take(&mut self.cap_hits);
+        self.heap_bytes = 0;
+        super::split_map(&mut self.handsets, parts, owner)
+            .into_iter()
+            .enumerate()
+            .map(|(p, handsets)| {
+                let heap_bytes = handsets.values().map(|h| h.sims.bytes()).sum();
+                Box::new(HandsetChurn {
+                    cfg: self.cfg.clone(),
+                    handsets,
+                    max_keys: self.max_keys,
+                    cap_hits: if p == counted { cap_hits } else { 0 },
+                    heap_bytes,
+                    times: Vec::new(),
+                }) as Box<dyn Detector>
+            })
+            .collect()
     }
 
-    fn absorb_state(&mut self, bytes: &[u8], counts: bool) -> Result<(), codec::Error> {
-        // Through `load_state`, so the SIM lists are checked as on any load.
-        let mut other = HandsetChurn {
-            cfg: self.cfg.clone(),
-            handsets: IdMap::default(),
-            max_keys: self.max_keys,
-            cap_hits: 0,
-            heap_bytes: 0,
-            times: Vec::new(),
-        };
-        other.load_state(bytes)?;
-        super::absorb_map(&mut self.handsets, other.handsets);
-        self.heap_bytes += other.heap_bytes;
-        if counts {
-            self.cap_hits += other.cap_hits;
-        }
-        Ok(())
+    fn merge(&mut self, part: Box<dyn Detector>) {
+        let part = super::part_of::<Self>(part);
+        super::absorb_map(&mut self.handsets, part.handsets);
+        self.heap_bytes += part.heap_bytes;
+        self.cap_hits += part.cap_hits;
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
+        self
     }
 
     #[cfg(test)]

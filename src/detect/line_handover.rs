@@ -431,17 +431,34 @@ impl Detector for LineHandover {
         Ok(())
     }
 
-    fn retain_keys(&mut self, keep: &dyn Fn(u64) -> bool) {
-        self.sketches.retain(|&k, _| keep(k));
+    fn split(
+        &mut self,
+        parts: usize,
+        owner: &dyn Fn(u64) -> usize,
+        counted: usize,
+    ) -> Vec<Box<dyn Detector>> {
+        let cap_hits = std::mem::take(&mut self.cap_hits);
+        super::split_map(&mut self.sketches, parts, owner)
+            .into_iter()
+            .enumerate()
+            .map(|(p, sketches)| {
+                Box::new(LineHandover {
+                    cfg: self.cfg.clone(),
+                    sketches,
+                    cap_hits: if p == counted { cap_hits } else { 0 },
+                }) as Box<dyn Detector>
+            })
+            .collect()
     }
 
-    fn absorb_state(&mut self, bytes: &[u8], counts: bool) -> Result<(), codec::Error> {
-        let (sketches, cap_hits): (IdMap<Sketched>, u64) = codec::decode(bytes)?;
-        super::absorb_map(&mut self.sketches, sketches);
-        if counts {
-            self.cap_hits += cap_hits;
-        }
-        Ok(())
+    fn merge(&mut self, part: Box<dyn Detector>) {
+        let part = super::part_of::<Self>(part);
+        super::absorb_map(&mut self.sketches, part.sketches);
+        self.cap_hits += part.cap_hits;
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
+        self
     }
 
     #[cfg(test)]

@@ -1104,44 +1104,56 @@ impl Detector for RunnerMovement {
         Ok(())
     }
 
-    /// Every map but `trade` is by the key it is kept on: the handset (`handsets`,
+    /// Every map but `trade` goes by the key it is kept on: the handset (`handsets`,
     /// `earlier`, `names`) or the SIM (`sim_at`, `young`). `trade` is written by a
-    /// broadcast: every shard holds all of it.
-    fn retain_keys(&mut self, keep: &dyn Fn(u64) -> bool) {
-        self.handsets.retain(|&k, _| keep(k));
-        self.sim_at.retain(|&k, _| keep(k));
-        self.earlier.retain(|&k, _| keep(k));
-        self.names.retain(|&k, _| keep(k));
-        self.young.retain(|&k, _| keep(k));
+    /// broadcast: every shard holds all of it, so every part gets a copy.
+    fn split(
+        &mut self,
+        parts: usize,
+        owner: &dyn Fn(u64) -> usize,
+        counted: usize,
+    ) -> Vec<Box<dyn Detector>> {
+        let cap_hits = std::mem::take(&mut self.cap_hits);
+        let mut handsets = super::split_map(&mut self.handsets, parts, owner).into_iter();
+        let mut sim_at = super::split_map(&mut self.sim_at, parts, owner).into_iter();
+        let mut earlier = super::split_map(&mut self.earlier, parts, owner).into_iter();
+        let mut names = super::split_map(&mut self.names, parts, owner).into_iter();
+        let mut young = super::split_map(&mut self.young, parts, owner).into_iter();
+        let trade = std::mem::take(&mut self.trade);
         self.rederive();
+        (0..parts.max(1))
+            .map(|p| {
+                let mut d = RunnerMovement {
+                    cfg: self.cfg.clone(),
+                    handsets: handsets.next().unwrap_or_default(),
+                    trade: trade.clone(),
+                    sim_at: sim_at.next().unwrap_or_default(),
+                    earlier: earlier.next().unwrap_or_default(),
+                    young: young.next().unwrap_or_default(),
+                    trade_changed_s: 0,
+                    clock_s: 0,
+                    night: self.night,
+                    names: names.next().unwrap_or_default(),
+                    max_keys: self.max_keys,
+                    cap_hits: if p == counted { cap_hits } else { 0 },
+                    heap_bytes: 0,
+                };
+                d.rederive();
+                Box::new(d) as Box<dyn Detector>
+            })
+            .collect()
     }
 
-    fn absorb_state(&mut self, bytes: &[u8], counts: bool) -> Result<(), codec::Error> {
-        // Through `load_state`, which reads every layout it ever wrote.
-        let mut other = RunnerMovement {
-            cfg: self.cfg.clone(),
-            handsets: IdMap::default(),
-            trade: IdMap::default(),
-            sim_at: IdMap::default(),
-            earlier: IdMap::default(),
-            names: IdMap::default(),
-            young: IdMap::default(),
-            trade_changed_s: 0,
-            clock_s: 0,
-            night: self.night,
-            max_keys: self.max_keys,
-            cap_hits: 0,
-            heap_bytes: 0,
-        };
-        other.load_state(bytes)?;
-        super::absorb_map(&mut self.handsets, other.handsets);
-        super::absorb_map(&mut self.sim_at, other.sim_at);
-        super::absorb_map(&mut self.earlier, other.earlier);
-        super::absorb_map(&mut self.names, other.names);
-        super::absorb_map(&mut self.young, other.young);
-        // The same broadcasts reached every shard: the copies agree, the newest is kept
-        // all the same.
-        for (line, t) in other.trade {
+    fn merge(&mut self, part: Box<dyn Detector>) {
+        let part = super::part_of::<Self>(part);
+        super::absorb_map(&mut self.handsets, part.handsets);
+        super::absorb_map(&mut self.sim_at, part.sim_at);
+        super::absorb_map(&mut self.earlier, part.earlier);
+        super::absorb_map(&mut self.names, part.names);
+        super::absorb_map(&mut self.young, part.young);
+        // Every shard got the same broadcasts: the copies agree; the newest is kept all
+        // the same.
+        for (line, t) in part.trade {
             match self.trade.get(&line) {
                 Some(mine) if mine.at_s >= t.at_s => {}
                 _ => {
@@ -1149,11 +1161,12 @@ impl Detector for RunnerMovement {
                 }
             }
         }
-        if counts {
-            self.cap_hits += other.cap_hits;
-        }
+        self.cap_hits += part.cap_hits;
         self.rederive();
-        Ok(())
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
+        self
     }
 
     #[cfg(test)]
