@@ -365,8 +365,8 @@ fn add_shard_counters(into: &mut Counters, c: &Counters) {
 }
 
 /// Split and merge of each state component (`docs/sharding.md` step 3), on a shard that has
-/// seen half a generated city with every detector firing and small key caps (so cap hits
-/// count too).
+/// seen part of a generated city (until every component holds keys) with small key caps (so
+/// cap hits count too).
 #[cfg(test)]
 mod key_group_tests {
     use super::*;
@@ -403,7 +403,8 @@ mod key_group_tests {
         v
     }
 
-    /// The shard after half the city, and the configuration it runs under.
+    /// The shard once every component holds keys (from a third of the city on), and the
+    /// configuration it runs under.
     fn half_city() -> (Shard, Config) {
         let opts = GenOptions {
             seed: 4,
