@@ -123,6 +123,19 @@ fn bench(c: &mut Criterion) {
             checkpoint::restore_engine(&m, &s, &cfg).unwrap()
         })
     });
+    // The same checkpoint into other shard counts: each saved shard is decoded once and
+    // dealt out by key (docs/sharding.md, "Checkpoints").
+    for n in [2, 8] {
+        let mut into = cfg.clone();
+        into.service.shards = n;
+        g.bench_function(format!("load_into_{n}_shards"), |b| {
+            b.iter(|| {
+                let m = checkpoint::decode_manifest(&enc.manifest_value).unwrap();
+                let s = checkpoint::assemble(&m, |i| enc.chunks.get(i as usize).cloned()).unwrap();
+                checkpoint::restore_engine(&m, &s, &into).unwrap()
+            })
+        });
+    }
     g.finish();
 
     // The same state through each crate: the contact store as saved.

@@ -171,8 +171,8 @@ struct CoreState {
 /// A shard's own engine-wide state, saved as its `shard` section.
 #[derive(Serialize, Deserialize)]
 struct ShardCore {
-    /// (detector, subject) → event time (s) of the last alert, for the subjects it owns.
-    cooldown: IdMap<u32>,
+    /// The shard's cooldown ([`Shard::cooldown`]).
+    cooldown: IdMap<(u32, u8)>,
     /// Its alert counters and contact cap hits (the other fields stay zero).
     counters: Counters,
 }
@@ -188,8 +188,8 @@ pub enum LoadError {
         #[source]
         source: codec::Error,
     },
-    #[error("checkpoint was written by {saved} shards and this engine has {running}")]
-    Shards { saved: u32, running: u32 },
+    #[error("checkpoint names no shards")]
+    NoShards,
 }
 
 /// The key group of a key: `docs/sharding.md` fixes 256 groups, the unit a checkpoint will be
@@ -248,7 +248,10 @@ struct Shard {
     contacts: Contacts,
     primaries: Vec<Box<dyn Detector>>,
     deal: DealLine,
-    cooldown: IdMap<u32>,
+    /// [`cooldown_key`] (detector, subject) → event time (s) of the last alert and the
+    /// detector's index: with it the subject is known again, and so its owner when a
+    /// restore moves key groups (the pair fills the padding a `u32` value leaves).
+    cooldown: IdMap<(u32, u8)>,
     counters: Counters,
     findings: Vec<Finding>,
     deal_findings: Vec<Finding>,
@@ -306,6 +309,12 @@ fn shard_config(cfg: &Config, n: usize) -> Config {
     c
 }
 
+/// The cooldown's key for a detector (its index in [`detect::DETECTORS`]) and a subject;
+/// the same again gives the subject back from the key.
+fn cooldown_key(subject_or_key: u64, detector: usize) -> u64 {
+    subject_or_key ^ (detector as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
 /// The total order of evidence sent on a record: event time (sign-flipped so negative times
 /// sort first), then the record, the role and the index within the call.
 fn record_order(at: Millis, seq: u64, role: Role, k: usize) -> [u64; 4] {
@@ -315,6 +324,213 @@ fn record_order(at: Millis, seq: u64, role: Role, k: usize) -> [u64; 4] {
         (role as u64) << 32 | k as u64,
         0,
     ]
+}
+
+/// A checkpoint section by name.
+fn find_section<'a>(sections: &'a [Section], name: &str) -> Result<&'a [u8], LoadError> {
+    sections
+        .iter()
+        .find(|s| s.name == name)
+        .map(|s| s.bytes.as_slice())
+        .ok_or_else(|| LoadError::MissingSection(name.to_string()))
+}
+
+fn decode_error(name: &str) -> impl FnOnce(codec::Error) -> LoadError {
+    let name = name.to_string();
+    move |source| LoadError::Decode { name, source }
+}
+
+/// For a checkpoint of `saved` shards restored into `running`: the running shard that takes
+/// saved shard `i`'s counters, the owner of its first key group (so each saved shard's
+/// counters are taken once, and sum to what they did). A saved shard owning no group (more
+/// shards than groups) owns no keys either: shard 0 takes its counters.
+fn counted_by(i: usize, saved: usize, running: usize) -> usize {
+    let first = (i * KEY_GROUPS).div_ceil(saved.max(1));
+    if first < KEY_GROUPS && first * saved / KEY_GROUPS == i {
+        first * running / KEY_GROUPS
+    } else {
+        0
+    }
+}
+
+/// Adds a shard's counters (alerts and contact cap hits: the fields a shard counts) to
+/// `into`, as [`Engine::counters`] sums them.
+fn add_shard_counters(into: &mut Counters, c: &Counters) {
+    into.alerts_total += c.alerts_total;
+    into.alerts_suppressed += c.alerts_suppressed;
+    into.contact_cap_hits += c.contact_cap_hits;
+    for (a, b) in into.alerts_by_detector.iter_mut().zip(c.alerts_by_detector) {
+        *a += b;
+    }
+}
+
+/// Split and merge of each state component (`docs/sharding.md` step 3), on a shard that has
+/// seen part of a generated city (until every component holds keys) with small key caps (so
+/// cap hits count too).
+#[cfg(test)]
+mod key_group_tests {
+    use super::*;
+    use crate::generate::{self, GenOptions};
+
+    /// Every key of every component, `(component, map, key)`; the cooldown by subject.
+    fn keys(sh: &Shard) -> Vec<(&'static str, &'static str, u64)> {
+        let mut v: Vec<_> = sh
+            .contacts
+            .keys()
+            .into_iter()
+            .map(|(m, k)| ("contacts", m, k))
+            .collect();
+        for d in sh
+            .primaries
+            .iter()
+            .map(|d| &**d)
+            .chain([&sh.deal as &dyn Detector])
+        {
+            v.extend(d.keys().into_iter().map(|(m, k)| (d.name(), m, k)));
+        }
+        v.extend(
+            sh.cooldown
+                .iter()
+                .map(|(&k, &(_, di))| ("cooldown", "subjects", cooldown_key(k, di as usize))),
+        );
+        v.sort_unstable();
+        v
+    }
+
+    fn cap_hits(sh: &Shard) -> Vec<u64> {
+        let mut v: Vec<u64> = sh.primaries.iter().map(|d| d.stats().cap_hits).collect();
+        v.push(sh.deal.stats().cap_hits);
+        v
+    }
+
+    /// The shard once every component holds keys (from a third of the city on), and the
+    /// configuration it runs under.
+    fn half_city() -> (Shard, Config) {
+        let opts = GenOptions {
+            seed: 4,
+            subscribers: 3_000,
+            days: 3,
+            ..GenOptions::default()
+        };
+        let (events, _, _) = generate::generate_in_memory(&opts).expect("generate");
+        let mut csv = Vec::new();
+        generate::write_cells(&opts, &mut csv).expect("cells");
+        let mut cfg = Config::default();
+        // Caps every detector with much state reaches on this city.
+        cfg.engine.max_keys_per_detector = 2_500;
+        cfg.line_handover.max_sketched_lines = 200;
+        let mut e = Engine::new(cfg.clone());
+        e.set_cells(Some(Arc::new(CellMap::parse(&csv).expect("cell map"))));
+        let mut alerts = Vec::new();
+        let lines: Vec<&[u8]> = events.split(|&b| b == b'\n').collect();
+        // From a third of the city on, stop where every component holds keys (a line's
+        // bulk finding is forgotten within hours).
+        let held = |e: &Engine| {
+            let ks = keys(&e.shards[0]);
+            ks.iter().any(|x| x.1.starts_with("every/"))
+                && ["contacts", "cooldown"]
+                    .into_iter()
+                    .chain(detect::DETECTORS)
+                    .all(|c| ks.iter().any(|x| x.0 == c))
+        };
+        for (i, l) in lines.iter().enumerate() {
+            e.process(l, 0, 1_900_000_000_000, &mut alerts);
+            if i > lines.len() / 3 && i % 100 == 0 && held(&e) {
+                break;
+            }
+        }
+        assert!(held(&e), "{:?}", e.state_stats());
+        (e.shards.remove(0), cfg)
+    }
+
+    #[test]
+    fn each_component_splits_by_owner_and_merges_back_whole() {
+        let (whole, cfg) = half_city();
+        let before = keys(&whole);
+        type Keys = Vec<(&'static str, &'static str, u64)>;
+        let pick = |v: &Keys, broadcast: bool| -> Keys {
+            v.iter()
+                .filter(|x| x.1.starts_with("every/") == broadcast)
+                .copied()
+                .collect()
+        };
+        let owned = |v: &Keys| pick(v, false);
+        let every = |v: &Keys| pick(v, true);
+        // Every component holds keys here, so each one's split is looked at.
+        for c in ["contacts", "cooldown"]
+            .into_iter()
+            .chain(detect::DETECTORS)
+        {
+            assert!(before.iter().any(|x| x.0 == c), "no {c} state to split");
+        }
+        assert!(!every(&before).is_empty(), "no broadcast state to copy");
+        assert!(cap_hits(&whole).iter().filter(|&&h| h > 0).count() >= 2);
+        assert!(whole.counters.alerts_suppressed > 0 && whole.counters.contact_cap_hits > 0);
+        let mut sections = Vec::new();
+        whole.save(0, &mut sections).unwrap();
+        for n in [2, 3, 8] {
+            let mut from = whole.clone();
+            let parts = from.split(n, &|k| shard_of(k, n), 1);
+            assert_eq!(parts.len(), n);
+            assert!(keys(&from).is_empty(), "split leaves the shard empty");
+            let mut all = Vec::new();
+            for (p, sh) in parts.iter().enumerate() {
+                let ks = keys(sh);
+                for x in owned(&ks) {
+                    assert_eq!(shard_of(x.2, n), p, "{x:?} on shard {p} of {n}");
+                }
+                assert_eq!(
+                    every(&ks),
+                    every(&before),
+                    "broadcast copy on shard {p} of {n}"
+                );
+                all.extend(owned(&ks));
+            }
+            // Nothing lost, nothing on two shards.
+            all.sort_unstable();
+            assert_eq!(all, owned(&before), "{n} shards");
+            // The counters sum to the same.
+            let mut c = Counters::default();
+            let mut hits = vec![0; cap_hits(&whole).len()];
+            for sh in &parts {
+                add_shard_counters(&mut c, &sh.counters);
+                for (a, b) in hits.iter_mut().zip(cap_hits(sh)) {
+                    *a += b;
+                }
+            }
+            assert_eq!(c, whole.counters, "{n} shards");
+            assert_eq!(hits, cap_hits(&whole), "{n} shards");
+            // Merged back: the same keys, counters and (as saved) the same bytes.
+            let mut merged = Shard::new(&cfg, 1);
+            for part in parts {
+                merged.merge(part);
+            }
+            assert_eq!(keys(&merged), before, "{n} shards merged");
+            assert_eq!(merged.counters, whole.counters);
+            assert_eq!(cap_hits(&merged), cap_hits(&whole));
+            let mut again = Vec::new();
+            merged.save(0, &mut again).unwrap();
+            for (a, b) in sections.iter().zip(&again) {
+                assert_eq!(a.bytes.len(), b.bytes.len(), "{} after {n} shards", a.name);
+            }
+        }
+    }
+
+    #[test]
+    fn a_saved_shards_counters_go_to_the_owner_of_its_first_key_group() {
+        for saved in [1, 2, 3, 5, 8, 256, 300] {
+            for running in [1, 2, 3, 7, 8, 256, 300] {
+                for i in 0..saved {
+                    let c = counted_by(i, saved, running);
+                    assert!(c < running, "{i} of {saved} -> {running}");
+                    match (0..KEY_GROUPS).find(|g| g * saved / KEY_GROUPS == i) {
+                        Some(g) => assert_eq!(c, g * running / KEY_GROUPS),
+                        None => assert_eq!(c, 0),
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl Shard {
@@ -472,15 +688,15 @@ impl Shard {
                 .iter()
                 .position(|d| *d == f.detector)
                 .unwrap_or(0);
-            let key = f.subject_id ^ (di as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let key = cooldown_key(f.subject_id, di);
             let at = ids::secs(f.event_time);
-            if let Some(&last) = self.cooldown.get(&key) {
+            if let Some(&(last, _)) = self.cooldown.get(&key) {
                 if at < last.saturating_add(st.cooldown_s) && at + st.cooldown_s > last {
                     self.counters.alerts_suppressed += 1;
                     continue;
                 }
             }
-            self.cooldown.insert(key, at);
+            self.cooldown.insert(key, (at, di as u8));
             self.counters.alerts_total += 1;
             self.counters.alerts_by_detector[di] += 1;
             alerts.push(f.into_alert(event_id, st.wall, st.version));
@@ -494,7 +710,101 @@ impl Shard {
         }
         self.deal.expire(watermark);
         let cutoff = ids::secs(watermark).saturating_sub(ids::span_secs(cooldown_s));
-        self.cooldown.retain(|_, at| *at >= cutoff);
+        self.cooldown.retain(|_, (at, _)| *at >= cutoff);
+    }
+
+    /// The shard's sections, named as shard `i`'s.
+    fn save(&self, i: usize, v: &mut Vec<Section>) -> Result<(), codec::Error> {
+        let name = |n: &str| Engine::section_name(i, n);
+        let own = ShardCore {
+            cooldown: self.cooldown.clone(),
+            counters: self.counters.clone(),
+        };
+        v.push(Section::new(&name("shard"), codec::encode(&own)?));
+        v.push(Section::new(&name("contacts"), self.contacts.save_state()?));
+        for d in &self.primaries {
+            v.push(Section::new(&name(d.name()), d.save_state()?));
+        }
+        v.push(Section::new(
+            &name(self.deal.name()),
+            self.deal.save_state()?,
+        ));
+        Ok(())
+    }
+
+    /// Replaces the state with saved shard `i`'s sections.
+    fn load(&mut self, sections: &[Section], i: usize) -> Result<(), LoadError> {
+        let name = |n: &str| Engine::section_name(i, n);
+        let own: ShardCore = codec::decode(find_section(sections, &name("shard"))?)
+            .map_err(decode_error(&name("shard")))?;
+        self.cooldown = own.cooldown;
+        self.counters = own.counters;
+        self.contacts
+            .load_state(find_section(sections, &name("contacts"))?)
+            .map_err(decode_error(&name("contacts")))?;
+        for d in &mut self.primaries {
+            let n = name(d.name());
+            d.load_state(find_section(sections, &n)?)
+                .map_err(decode_error(&n))?;
+        }
+        let n = name(self.deal.name());
+        self.deal
+            .load_state(find_section(sections, &n)?)
+            .map_err(decode_error(&n))
+    }
+
+    /// Deals the state out to `parts` shards by `owner(key)` (the cooldown by its subject,
+    /// the rest as each component keys it), the counters to part `counted`; `self` is left
+    /// empty.
+    fn split(&mut self, parts: usize, owner: &dyn Fn(u64) -> usize, counted: usize) -> Vec<Shard> {
+        let parts = parts.max(1);
+        let mut cooldown: Vec<IdMap<(u32, u8)>> = (0..parts).map(|_| IdMap::default()).collect();
+        for (k, v) in std::mem::take(&mut self.cooldown) {
+            cooldown[owner(cooldown_key(k, v.1 as usize)).min(parts - 1)].insert(k, v);
+        }
+        let counters = std::mem::take(&mut self.counters);
+        let mut out: Vec<Shard> = self
+            .contacts
+            .split(parts, owner)
+            .into_iter()
+            .zip(self.deal.split(parts, owner, counted))
+            .zip(cooldown)
+            .enumerate()
+            .map(|(p, ((contacts, deal), cooldown))| Shard {
+                contacts,
+                primaries: Vec::new(),
+                deal: *detect::part_of::<DealLine>(deal),
+                cooldown,
+                counters: if p == counted {
+                    counters.clone()
+                } else {
+                    Counters::default()
+                },
+                findings: Vec::new(),
+                deal_findings: Vec::new(),
+                side_findings: Vec::new(),
+                sent: Vec::new(),
+            })
+            .collect();
+        for d in &mut self.primaries {
+            for (sh, part) in out.iter_mut().zip(d.split(parts, owner, counted)) {
+                sh.primaries.push(part);
+            }
+        }
+        out
+    }
+
+    /// Adds a part [`Shard::split`] made of another shard (built from the same
+    /// configuration, so its detectors are this one's, in the same order).
+    fn merge(&mut self, part: Shard) {
+        self.contacts.merge(part.contacts);
+        for (d, p) in self.primaries.iter_mut().zip(part.primaries) {
+            debug_assert_eq!(d.name(), p.name());
+            d.merge(p);
+        }
+        self.deal.merge(Box::new(part.deal));
+        detect::absorb_map(&mut self.cooldown, part.cooldown);
+        add_shard_counters(&mut self.counters, &part.counters);
     }
 }
 
@@ -1133,44 +1443,24 @@ impl Engine {
             Section::new("dedup", self.dedup.save_state()?),
         ];
         for (i, sh) in self.shards.iter().enumerate() {
-            let name = |n: &str| Self::section_name(i, n);
-            let own = ShardCore {
-                cooldown: sh.cooldown.clone(),
-                counters: sh.counters.clone(),
-            };
-            v.push(Section::new(&name("shard"), codec::encode(&own)?));
-            v.push(Section::new(&name("contacts"), sh.contacts.save_state()?));
-            for d in &sh.primaries {
-                v.push(Section::new(&name(d.name()), d.save_state()?));
-            }
-            v.push(Section::new(&name(sh.deal.name()), sh.deal.save_state()?));
+            sh.save(i, &mut v)?;
         }
         Ok(v)
     }
 
-    /// Replaces every piece of state with the sections [`Engine::save_sections`] wrote.
-    /// Call it on a fresh engine built with the configuration (and shard count) the
-    /// sections were saved under, then [`Engine::reconfigure`] to the one in force, exactly
-    /// as a live reload. On error the engine is left part-loaded: discard it.
+    /// Replaces every piece of state with the sections [`Engine::save_sections`] wrote,
+    /// under any shard count: each shard takes its key groups' state from the saved shards
+    /// that owned them ([`Shard::split`]). Call it on a fresh engine built with the
+    /// configuration the sections were saved under (and the shard count wanted), then
+    /// [`Engine::reconfigure`] to the one in force, exactly as a live reload. On error the
+    /// engine is left part-loaded: discard it.
     pub fn load_sections(&mut self, sections: &[Section]) -> Result<(), LoadError> {
-        fn find<'a>(sections: &'a [Section], name: &str) -> Result<&'a [u8], LoadError> {
-            sections
-                .iter()
-                .find(|s| s.name == name)
-                .map(|s| s.bytes.as_slice())
-                .ok_or_else(|| LoadError::MissingSection(name.to_string()))
+        let core: CoreState =
+            codec::decode(find_section(sections, "engine")?).map_err(decode_error("engine"))?;
+        if core.shards == 0 {
+            return Err(LoadError::NoShards);
         }
-        let wrap = |name: &str| {
-            let name = name.to_string();
-            move |source| LoadError::Decode { name, source }
-        };
-        let core: CoreState = codec::decode(find(sections, "engine")?).map_err(wrap("engine"))?;
-        if core.shards as usize != self.shards.len() {
-            return Err(LoadError::Shards {
-                saved: core.shards,
-                running: self.shards.len() as u32,
-            });
-        }
+        let saved = core.shards as usize;
         self.watermarks = core.watermarks;
         self.stream_start = core.stream_start;
         self.last_sweep = core.last_sweep;
@@ -1179,27 +1469,41 @@ impl Engine {
         self.seq = core.seq;
         self.epoch = core.epoch;
         self.lines_at_barrier = core.lines_at_barrier;
+        // Evidence in flight is engine-wide and names its destination key: the first
+        // barrier applies it on whichever shard owns that key now.
         self.pending = core.pending;
         self.dedup
-            .load_state(find(sections, "dedup")?)
-            .map_err(wrap("dedup"))?;
-        for (i, sh) in self.shards.iter_mut().enumerate() {
-            let name = |n: &str| Self::section_name(i, n);
-            let own: ShardCore =
-                codec::decode(find(sections, &name("shard"))?).map_err(wrap(&name("shard")))?;
-            sh.cooldown = own.cooldown;
-            sh.counters = own.counters;
-            sh.contacts
-                .load_state(find(sections, &name("contacts"))?)
-                .map_err(wrap(&name("contacts")))?;
-            for d in &mut sh.primaries {
-                let n = name(d.name());
-                d.load_state(find(sections, &n)?).map_err(wrap(&n))?;
+            .load_state(find_section(sections, "dedup")?)
+            .map_err(decode_error("dedup"))?;
+        let running = self.shards.len();
+        if saved == running {
+            // The same key groups per shard: each loads its own sections, as written.
+            for (i, sh) in self.shards.iter_mut().enumerate() {
+                sh.load(sections, i)?;
             }
-            let n = name(sh.deal.name());
-            sh.deal.load_state(find(sections, &n)?).map_err(wrap(&n))?;
+            return Ok(());
+        }
+        // Each saved shard is decoded once and dealt out by key to the shards that own
+        // its keys now (for issue 11 the same split serves an instance's key groups).
+        for i in 0..saved {
+            let mut from = Shard::new(&self.cfg, running);
+            from.load(sections, i)?;
+            let parts = from.split(
+                running,
+                &|key| shard_of(key, running),
+                counted_by(i, saved, running),
+            );
+            for (sh, part) in self.shards.iter_mut().zip(parts) {
+                sh.merge(part);
+            }
         }
         Ok(())
+    }
+
+    /// Pieces of evidence sent and not yet applied (they are applied at the next barrier,
+    /// and a checkpoint taken now carries them).
+    pub fn pending_evidence(&self) -> usize {
+        self.pending.len()
     }
 
     /// Lines with state (those that have originated a record within retention).

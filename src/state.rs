@@ -406,12 +406,48 @@ impl Contacts {
     /// Replaces the records with those [`Contacts::save_state`] wrote.
     pub fn load_state(&mut self, bytes: &[u8]) -> Result<(), codec::Error> {
         self.lines = codec::decode(bytes)?;
-        self.heap_bytes = self
-            .lines
+        self.heap_bytes = self.contact_heap_bytes();
+        Ok(())
+    }
+
+    /// Deals the lines out to `parts` stores by `owner(line)` (a restore into another shard
+    /// count: each part goes to the line's shard); `self` is left empty.
+    pub fn split(&mut self, parts: usize, owner: &dyn Fn(u64) -> usize) -> Vec<Contacts> {
+        self.heap_bytes = 0;
+        crate::detect::split_map(&mut self.lines, parts, owner)
+            .into_iter()
+            .map(|lines| {
+                let mut c = Contacts {
+                    lines,
+                    max_lines: self.max_lines,
+                    max_contacts: self.max_contacts,
+                    retention_s: self.retention_s,
+                    heap_bytes: 0,
+                };
+                c.heap_bytes = c.contact_heap_bytes();
+                c
+            })
+            .collect()
+    }
+
+    /// Adds a part [`Contacts::split`] made of another shard's store: other lines than
+    /// this one's, as each line is kept by one shard.
+    pub fn merge(&mut self, part: Contacts) {
+        crate::detect::absorb_map(&mut self.lines, part.lines);
+        self.heap_bytes += part.heap_bytes;
+    }
+
+    fn contact_heap_bytes(&self) -> usize {
+        self.lines
             .values()
             .map(|r| r.contacts.len() * std::mem::size_of::<PackedContact>())
-            .sum();
-        Ok(())
+            .sum()
+    }
+
+    /// Every line held, for the split and merge tests.
+    #[cfg(test)]
+    pub fn keys(&self) -> Vec<(&'static str, u64)> {
+        crate::detect::named_keys("lines", &self.lines)
     }
 
     pub fn is_empty(&self) -> bool {

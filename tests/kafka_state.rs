@@ -126,6 +126,44 @@ async fn kill_9_after_a_checkpoint_restores_it_and_rereads_nothing_before_it() {
     assert_restored_from_the_topic(&second);
 }
 
+/// Checkpoints restore into another shard count (docs/sharding.md, step 3): a service run
+/// with `--shards 2` and killed -9 after a checkpoint, restarted with `--shards 3`, loads
+/// that checkpoint (it is not passed over as incompatible), re-reads nothing before it, and
+/// publishes every alert of `replay`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_with_2_shards_then_a_restart_with_3_restores_the_checkpoint() {
+    let s = Setup::with_state_topic("ckshards", 1, CONFIG).await;
+    let (one, two) = traffic("ks");
+    let all: Vec<String> = one.iter().chain(&two).cloned().collect();
+    let want = want(&all);
+    assert_eq!(want.len(), 3, "bulk_sms, customer_fan_in, deal_line");
+    let with = |n: &str| [s.args.clone(), vec!["--shards".into(), n.into()]].concat();
+
+    let mut first = Service::start_ready(&s.cfg, &with("2")).await;
+    produce(&s.topics.input, &records(&one, true)).await;
+    first.wait_checkpointed(one.len()).await;
+    first.kill_9().await;
+    produce(&s.topics.input, &records(&two, true)).await;
+    let second = Service::start(&s.cfg, &with("3"));
+    assert_eq!(
+        read_alert_ids(&s.topics.alerts, &want).await,
+        want,
+        "every alert of replay, no other id"
+    );
+    assert_eq!(
+        second
+            .metric(r#"linewatch_engine_exchange{kind="shards"}"#)
+            .await,
+        3.0
+    );
+    assert_eq!(
+        second.metric("linewatch_records_rebuilt_total").await,
+        0.0,
+        "the two shards' checkpoint held everything committed: nothing re-read"
+    );
+    assert_restored_from_the_topic(&second);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupted_checkpoint_is_passed_over_and_the_alerts_are_the_same() {
     let s = Setup::with_state_topic("ckcor", 1, CONFIG)

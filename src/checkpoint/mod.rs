@@ -37,8 +37,9 @@ use crate::event::Millis;
 /// names the input partitions it covers. 3: `handset_churn` keeps each handset's SIMs packed
 /// in one byte string. 4: the contact store's entries are 12 bytes, their times relative to
 /// the line's base; `handset_churn`'s SIMs hold no length (their packed names delimit
-/// themselves).
-pub const FORMAT_VERSION: u32 = 5;
+/// themselves). 5: sections per shard. 6: each cooldown entry names its detector, so its
+/// subject (and owner) is known again and a checkpoint restores into any shard count.
+pub const FORMAT_VERSION: u32 = 6;
 
 /// Chunk values stay at or under this: below the 1 MiB default message limit of brokers
 /// and clients even with the key and framing added.
@@ -348,13 +349,12 @@ pub fn restore_engine(
     if saved.validate().is_err() {
         return Err(Fallback::Incompatible);
     }
-    // Into the running shard count: a checkpoint of another count is incompatible (its
-    // sections are per shard; key groups, docs/sharding.md step 3, will lift that).
+    // Into the running shard count, whatever count wrote it: each shard takes the state
+    // of its key groups (docs/sharding.md, "Checkpoints").
     let mut engine = Engine::with_shards(saved, current.service.shards);
-    engine.load_sections(sections).map_err(|e| match e {
-        crate::engine::LoadError::Shards { .. } => Fallback::Incompatible,
-        _ => Fallback::Corrupt,
-    })?;
+    engine
+        .load_sections(sections)
+        .map_err(|_| Fallback::Corrupt)?;
     engine.reconfigure(current.clone());
     Ok(engine)
 }

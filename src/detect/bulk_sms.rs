@@ -201,6 +201,44 @@ impl Detector for BulkSms {
         (self.fired, self.cap_hits) = codec::decode(bytes)?;
         Ok(())
     }
+
+    fn split(
+        &mut self,
+        parts: usize,
+        owner: &dyn Fn(u64) -> usize,
+        counted: usize,
+    ) -> Vec<Box<dyn Detector>> {
+        let cap_hits = std::mem::take(&mut self.cap_hits);
+        super::split_map(&mut self.fired, parts, owner)
+            .into_iter()
+            .enumerate()
+            .map(|(p, fired)| {
+                Box::new(BulkSms {
+                    cfg: self.cfg.clone(),
+                    repeat_gap_s: self.repeat_gap_s,
+                    fired,
+                    max_keys: self.max_keys,
+                    cap_hits: if p == counted { cap_hits } else { 0 },
+                    times: Vec::new(),
+                }) as Box<dyn Detector>
+            })
+            .collect()
+    }
+
+    fn merge(&mut self, part: Box<dyn Detector>) {
+        let part = super::part_of::<Self>(part);
+        super::absorb_map(&mut self.fired, part.fired);
+        self.cap_hits += part.cap_hits;
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
+        self
+    }
+
+    #[cfg(test)]
+    fn keys(&self) -> Vec<(&'static str, u64)> {
+        super::named_keys("fired", &self.fired)
+    }
 }
 
 #[cfg(test)]

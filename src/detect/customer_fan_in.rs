@@ -582,6 +582,62 @@ impl Detector for CustomerFanIn {
         }
         Ok(())
     }
+
+    /// Every map goes by the number it is kept on: the line (`fired`, `pending`,
+    /// `callbacks`), the crew member (`crew`), the new number followed (`followed`).
+    fn split(
+        &mut self,
+        parts: usize,
+        owner: &dyn Fn(u64) -> usize,
+        counted: usize,
+    ) -> Vec<Box<dyn Detector>> {
+        let cap_hits = std::mem::take(&mut self.cap_hits);
+        let mut fired = super::split_map(&mut self.fired, parts, owner).into_iter();
+        let mut pending = super::split_map(&mut self.pending, parts, owner).into_iter();
+        let mut callbacks = super::split_map(&mut self.callbacks, parts, owner).into_iter();
+        let mut crew = super::split_map(&mut self.crew, parts, owner).into_iter();
+        let mut followed = super::split_map(&mut self.followed, parts, owner).into_iter();
+        (0..parts.max(1))
+            .map(|p| {
+                Box::new(CustomerFanIn {
+                    cfg: self.cfg.clone(),
+                    fired: fired.next().unwrap_or_default(),
+                    pending: pending.next().unwrap_or_default(),
+                    callbacks: callbacks.next().unwrap_or_default(),
+                    crew: crew.next().unwrap_or_default(),
+                    max_keys: self.max_keys,
+                    cap_hits: if p == counted { cap_hits } else { 0 },
+                    times: Vec::new(),
+                    followed: followed.next().unwrap_or_default(),
+                    swept_s: self.swept_s,
+                }) as Box<dyn Detector>
+            })
+            .collect()
+    }
+
+    fn merge(&mut self, part: Box<dyn Detector>) {
+        let part = super::part_of::<Self>(part);
+        super::absorb_map(&mut self.fired, part.fired);
+        super::absorb_map(&mut self.pending, part.pending);
+        super::absorb_map(&mut self.callbacks, part.callbacks);
+        super::absorb_map(&mut self.crew, part.crew);
+        super::absorb_map(&mut self.followed, part.followed);
+        self.cap_hits += part.cap_hits;
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
+        self
+    }
+
+    #[cfg(test)]
+    fn keys(&self) -> Vec<(&'static str, u64)> {
+        let mut v = super::named_keys("fired", &self.fired);
+        v.extend(super::named_keys("pending", &self.pending));
+        v.extend(super::named_keys("callbacks", &self.callbacks));
+        v.extend(super::named_keys("crew", &self.crew));
+        v.extend(super::named_keys("followed", &self.followed));
+        v
+    }
 }
 
 #[cfg(test)]

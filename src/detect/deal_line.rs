@@ -506,6 +506,42 @@ impl Detector for DealLine {
         (self.lines, self.cap_hits) = codec::decode(bytes)?;
         Ok(())
     }
+
+    fn split(
+        &mut self,
+        parts: usize,
+        owner: &dyn Fn(u64) -> usize,
+        counted: usize,
+    ) -> Vec<Box<dyn Detector>> {
+        let cap_hits = std::mem::take(&mut self.cap_hits);
+        super::split_map(&mut self.lines, parts, owner)
+            .into_iter()
+            .enumerate()
+            .map(|(p, lines)| {
+                Box::new(DealLine {
+                    cfg: self.cfg.clone(),
+                    lines,
+                    max_keys: self.max_keys,
+                    cap_hits: if p == counted { cap_hits } else { 0 },
+                }) as Box<dyn Detector>
+            })
+            .collect()
+    }
+
+    fn merge(&mut self, part: Box<dyn Detector>) {
+        let part = super::part_of::<Self>(part);
+        super::absorb_map(&mut self.lines, part.lines);
+        self.cap_hits += part.cap_hits;
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
+        self
+    }
+
+    #[cfg(test)]
+    fn keys(&self) -> Vec<(&'static str, u64)> {
+        super::named_keys("lines", &self.lines)
+    }
 }
 
 #[cfg(test)]

@@ -404,6 +404,47 @@ impl Detector for HandsetChurn {
         self.heap_bytes = self.handsets.values().map(|h| h.sims.bytes()).sum();
         Ok(())
     }
+
+    fn split(
+        &mut self,
+        parts: usize,
+        owner: &dyn Fn(u64) -> usize,
+        counted: usize,
+    ) -> Vec<Box<dyn Detector>> {
+        let cap_hits = std::mem::take(&mut self.cap_hits);
+        self.heap_bytes = 0;
+        super::split_map(&mut self.handsets, parts, owner)
+            .into_iter()
+            .enumerate()
+            .map(|(p, handsets)| {
+                let heap_bytes = handsets.values().map(|h| h.sims.bytes()).sum();
+                Box::new(HandsetChurn {
+                    cfg: self.cfg.clone(),
+                    handsets,
+                    max_keys: self.max_keys,
+                    cap_hits: if p == counted { cap_hits } else { 0 },
+                    heap_bytes,
+                    times: Vec::new(),
+                }) as Box<dyn Detector>
+            })
+            .collect()
+    }
+
+    fn merge(&mut self, part: Box<dyn Detector>) {
+        let part = super::part_of::<Self>(part);
+        super::absorb_map(&mut self.handsets, part.handsets);
+        self.heap_bytes += part.heap_bytes;
+        self.cap_hits += part.cap_hits;
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
+        self
+    }
+
+    #[cfg(test)]
+    fn keys(&self) -> Vec<(&'static str, u64)> {
+        super::named_keys("handsets", &self.handsets)
+    }
 }
 
 #[cfg(test)]

@@ -430,6 +430,41 @@ impl Detector for LineHandover {
         (self.sketches, self.cap_hits) = codec::decode(bytes)?;
         Ok(())
     }
+
+    fn split(
+        &mut self,
+        parts: usize,
+        owner: &dyn Fn(u64) -> usize,
+        counted: usize,
+    ) -> Vec<Box<dyn Detector>> {
+        let cap_hits = std::mem::take(&mut self.cap_hits);
+        super::split_map(&mut self.sketches, parts, owner)
+            .into_iter()
+            .enumerate()
+            .map(|(p, sketches)| {
+                Box::new(LineHandover {
+                    cfg: self.cfg.clone(),
+                    sketches,
+                    cap_hits: if p == counted { cap_hits } else { 0 },
+                }) as Box<dyn Detector>
+            })
+            .collect()
+    }
+
+    fn merge(&mut self, part: Box<dyn Detector>) {
+        let part = super::part_of::<Self>(part);
+        super::absorb_map(&mut self.sketches, part.sketches);
+        self.cap_hits += part.cap_hits;
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
+        self
+    }
+
+    #[cfg(test)]
+    fn keys(&self) -> Vec<(&'static str, u64)> {
+        super::named_keys("sketches", &self.sketches)
+    }
 }
 
 #[cfg(test)]

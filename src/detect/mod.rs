@@ -129,6 +129,75 @@ pub trait Detector: Send {
     /// Replaces the state with one [`Detector::save_state`] wrote (under possibly other
     /// thresholds: the engine calls [`Detector::reconfigure`] afterwards, as a live reload).
     fn load_state(&mut self, bytes: &[u8]) -> Result<(), codec::Error>;
+
+    /// Splits the state into `parts` detectors of the same kind, each key's state going to
+    /// part `owner(key)` (`< parts`): its shard after a checkpoint is restored into another
+    /// shard count (`docs/sharding.md`, "Checkpoints"), or over Kafka the instance now
+    /// owning its key group. Each map goes by the key it is kept under (a number's, a
+    /// handset's, a SIM's); state every shard holds a copy of (what a
+    /// [`crate::exchange::Dest::Every`] broadcast wrote) goes to every part; the counters
+    /// (cap hits) to part `counted` alone, so they sum to the same. Leaves `self` empty.
+    /// Required, as [`Detector::save_state`]: a map left out would be lost or duplicated.
+    fn split(
+        &mut self,
+        parts: usize,
+        owner: &dyn Fn(u64) -> usize,
+        counted: usize,
+    ) -> Vec<Box<dyn Detector>>;
+
+    /// Adds a part [`Detector::split`] made from another shard's state of the same
+    /// detector: its keys are other keys than this one's, its broadcast copies the same.
+    fn merge(&mut self, part: Box<dyn Detector>);
+
+    /// The detector as [`std::any::Any`], so [`Detector::merge`] gets its part's own type.
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any>;
+
+    /// Every key held, with the name of the map that holds it; a map every shard holds a
+    /// copy of is named `every/...` (the split and merge tests check each key lands on its
+    /// owner and nothing is lost or duplicated).
+    #[cfg(test)]
+    fn keys(&self) -> Vec<(&'static str, u64)>;
+}
+
+/// Moves `from`'s entries into `into` (a shard adding another shard's keys): the first
+/// map is taken whole rather than rehashed entry by entry.
+pub(crate) fn absorb_map<V>(into: &mut ids::IdMap<V>, from: ids::IdMap<V>) {
+    if into.is_empty() {
+        *into = from;
+    } else {
+        into.extend(from);
+    }
+}
+
+/// Deals a map's entries out to `parts` maps by `owner(key)` (one pass; `m` is left empty).
+pub(crate) fn split_map<V>(
+    m: &mut ids::IdMap<V>,
+    parts: usize,
+    owner: &dyn Fn(u64) -> usize,
+) -> Vec<ids::IdMap<V>> {
+    let parts = parts.max(1);
+    let mut out: Vec<ids::IdMap<V>> = (0..parts)
+        .map(|_| ids::IdMap::with_capacity_and_hasher(m.len() / parts, Default::default()))
+        .collect();
+    for (k, v) in std::mem::take(m) {
+        out[owner(k).min(parts - 1)].insert(k, v);
+    }
+    out
+}
+
+/// A part [`Detector::split`] made, as its own type `D`.
+pub(crate) fn part_of<D: 'static>(part: Box<dyn Detector>) -> Box<D> {
+    // The engine merges a part only into the detector at the same position of a list
+    // `build` made from the same configuration, and checks the names: the types agree.
+    part.into_any()
+        .downcast::<D>()
+        .expect("a part of the same detector")
+}
+
+/// The keys of a map, named, for [`Detector::keys`].
+#[cfg(test)]
+pub(crate) fn named_keys<V>(name: &'static str, m: &ids::IdMap<V>) -> Vec<(&'static str, u64)> {
+    m.keys().map(|&k| (name, k)).collect()
 }
 
 /// For a record older than its key's newest: the earliest window of `window_s` that holds

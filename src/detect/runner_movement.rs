@@ -1100,7 +1100,91 @@ impl Detector for RunnerMovement {
         } else {
             self.sim_at = codec::decode(rest)?;
         }
-        // Every handset reads again at its next record.
+        self.rederive();
+        Ok(())
+    }
+
+    /// Every map but `trade` goes by the key it is kept on: the handset (`handsets`,
+    /// `earlier`, `names`) or the SIM (`sim_at`, `young`). `trade` is written by a
+    /// broadcast: every shard holds all of it, so every part gets a copy.
+    fn split(
+        &mut self,
+        parts: usize,
+        owner: &dyn Fn(u64) -> usize,
+        counted: usize,
+    ) -> Vec<Box<dyn Detector>> {
+        let cap_hits = std::mem::take(&mut self.cap_hits);
+        let mut handsets = super::split_map(&mut self.handsets, parts, owner).into_iter();
+        let mut sim_at = super::split_map(&mut self.sim_at, parts, owner).into_iter();
+        let mut earlier = super::split_map(&mut self.earlier, parts, owner).into_iter();
+        let mut names = super::split_map(&mut self.names, parts, owner).into_iter();
+        let mut young = super::split_map(&mut self.young, parts, owner).into_iter();
+        let trade = std::mem::take(&mut self.trade);
+        self.rederive();
+        (0..parts.max(1))
+            .map(|p| {
+                let mut d = RunnerMovement {
+                    cfg: self.cfg.clone(),
+                    handsets: handsets.next().unwrap_or_default(),
+                    trade: trade.clone(),
+                    sim_at: sim_at.next().unwrap_or_default(),
+                    earlier: earlier.next().unwrap_or_default(),
+                    young: young.next().unwrap_or_default(),
+                    trade_changed_s: 0,
+                    clock_s: 0,
+                    night: self.night,
+                    names: names.next().unwrap_or_default(),
+                    max_keys: self.max_keys,
+                    cap_hits: if p == counted { cap_hits } else { 0 },
+                    heap_bytes: 0,
+                };
+                d.rederive();
+                Box::new(d) as Box<dyn Detector>
+            })
+            .collect()
+    }
+
+    fn merge(&mut self, part: Box<dyn Detector>) {
+        let part = super::part_of::<Self>(part);
+        super::absorb_map(&mut self.handsets, part.handsets);
+        super::absorb_map(&mut self.sim_at, part.sim_at);
+        super::absorb_map(&mut self.earlier, part.earlier);
+        super::absorb_map(&mut self.names, part.names);
+        super::absorb_map(&mut self.young, part.young);
+        // Every shard got the same broadcasts: the copies agree; the newest is kept all
+        // the same.
+        for (line, t) in part.trade {
+            match self.trade.get(&line) {
+                Some(mine) if mine.at_s >= t.at_s => {}
+                _ => {
+                    self.trade.insert(line, t);
+                }
+            }
+        }
+        self.cap_hits += part.cap_hits;
+        self.rederive();
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
+        self
+    }
+
+    #[cfg(test)]
+    fn keys(&self) -> Vec<(&'static str, u64)> {
+        let mut v = super::named_keys("handsets", &self.handsets);
+        v.extend(super::named_keys("sim_at", &self.sim_at));
+        v.extend(super::named_keys("earlier", &self.earlier));
+        v.extend(super::named_keys("names", &self.names));
+        v.extend(super::named_keys("young", &self.young));
+        v.extend(super::named_keys("every/trade", &self.trade));
+        v
+    }
+}
+
+impl RunnerMovement {
+    /// What follows from the handsets held, after a load or a change of the keys held:
+    /// the newest record (every handset reads again at its next record) and the heap bytes.
+    fn rederive(&mut self) {
         self.clock_s = self
             .handsets
             .values()
@@ -1120,7 +1204,6 @@ impl Detector for RunnerMovement {
             .filter_map(|t| t.moved.as_deref())
             .map(moved_bytes)
             .sum();
-        Ok(())
     }
 }
 
