@@ -1124,23 +1124,26 @@ impl Engine {
         let cooldown_s = self.cfg.alerts.cooldown_s;
         let dedup_cutoff =
             watermark.saturating_sub(ids::span_ms(self.cfg.engine.dedup_retention_s));
-        // A sweep visits every key: with several shards each sweeps its own on its thread,
-        // and the ingest's dedup set meanwhile on this one.
+        // A sweep visits every key: with several shards, shards 1..N each sweep their own
+        // on the pool's N-1 threads while this one sweeps the ingest's dedup set and shard
+        // 0 (this thread is not one of the pool's: had every shard gone to the pool, two
+        // shards would have swept one after the other on its one thread).
         let pool = match self.shards.len() {
             1 => None,
             n => self.pool.get_or_init(|| shard_pool(n)).clone(),
         };
-        match pool {
-            Some(pool) => {
+        match (pool, self.shards.split_first_mut()) {
+            (Some(pool), Some((first, rest))) => {
                 let dedup = &mut self.dedup;
                 pool.in_place_scope(|scope| {
-                    for s in &mut self.shards {
+                    for s in rest {
                         scope.spawn(move |_| s.expire(watermark, cooldown_s));
                     }
                     dedup.expire(dedup_cutoff);
+                    first.expire(watermark, cooldown_s);
                 });
             }
-            None => {
+            _ => {
                 for s in &mut self.shards {
                     s.expire(watermark, cooldown_s);
                 }
