@@ -475,9 +475,9 @@ pub fn run_with<R: BufRead, S: Sink>(
 /// engine, so fewer, larger steps mean fewer hand-overs between its threads.
 const SHARDED_STEP_LINES: usize = 16_384;
 
-/// [`run`] with the engine's shards on threads: a step is decoded on every core at once
-/// (decoding is stateless) while this thread reads the next, then runs through the engine
-/// as one batch ([`Engine::process_batch`]). The output is the same as [`run_serial`]'s.
+/// [`run`] with the engine's shards on threads: a step is decoded on a thread of its own
+/// (decoding is stateless) while this thread reads the next step and runs this one through
+/// the engine as one batch ([`Engine::process_batch`]). The output is the same as [`run_serial`]'s.
 fn run_sharded<R: BufRead, S: Sink>(
     engine: &mut Engine,
     mut input: R,
@@ -501,24 +501,39 @@ fn run_sharded<R: BufRead, S: Sink>(
         wall: &mut wall,
     };
     loop {
-        // Decode this step on rayon's pool while this thread reads the next one (the input
-        // need not be `Send`: stdin is read here).
-        let mut decoded: Vec<Vec<Option<Decoded<'_>>>> =
-            (0..this.lines.len().div_ceil(DECODE_CHUNK))
-                .map(|_| Vec::new())
-                .collect();
-        let mut read_next = Ok(());
-        rayon::in_place_scope(|scope| {
+        // A thread decodes this step a chunk at a time while this one reads the next step
+        // and then runs the engine over this one as its chunks arrive: the decoding is off
+        // the engine's path, and fills the core the shards leave idle while this thread
+        // ingests and runs barriers (decoding on every core, then running the engine,
+        // left one core idle for the whole engine run of a step).
+        std::thread::scope(|scope| -> io::Result<()> {
+            let (tx, rx) = std::sync::mpsc::channel();
             let step = &this;
-            for (lines, slot) in step.lines.chunks(DECODE_CHUNK).zip(decoded.iter_mut()) {
-                scope.spawn(move |_| *slot = step.decode(lines, &opts));
-            }
+            let decoder = move || {
+                for c in step.lines.chunks(DECODE_CHUNK) {
+                    if tx.send(step.decode(c, &opts)).is_err() {
+                        break; // the engine's side stopped (an output error)
+                    }
+                }
+            };
+            // Named, so a profile or `top -H` tells its time from the engine's. Without a
+            // thread (none to be had), nothing arrives and the lines are decoded below.
+            let _ = std::thread::Builder::new()
+                .name("linewatch-decode".into())
+                .spawn_scoped(scope, decoder);
             if !step.end {
-                read_next = next.fill_n(&mut input, &mut buf, limit, step.read, SHARDED_STEP_LINES);
+                next.fill_n(&mut input, &mut buf, limit, step.read, SHARDED_STEP_LINES)?;
             }
-        });
-        read_next?;
-        out.batch(&this, &this.lines, decoded.into_iter().flatten())?;
+            // Every chunk arrives unless the decoder panicked (the scope then re-raises
+            // it); were one missing, its lines would go as undecoded, and `Out::batch`
+            // decodes those itself.
+            let mut rx = rx.into_iter();
+            let decoded = step.lines.chunks(DECODE_CHUNK).flat_map(move |c| {
+                rx.next()
+                    .unwrap_or_else(|| c.iter().map(|_| None).collect())
+            });
+            out.batch(step, &step.lines, decoded)
+        })?;
         progress(this.read);
         if this.end {
             break;
