@@ -55,6 +55,9 @@ const COUNTY: u8 = 1;
 const MAX_SIMS: usize = 8;
 const MAX_LINES: usize = 8;
 const MAX_CONTACTED: usize = 16;
+/// Moving handsets remembered per trade line (for a whole burn's link): a line's runners,
+/// and the few commuting customers who call it; more only pushes the stalest out.
+const MAX_AT_LINE: usize = 16;
 
 /// One stay: consecutive records (in event time) in cells of one class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +122,9 @@ pub struct Earlier {
     name: Box<str>,
     /// Its last record (as of the hand-off).
     last_s: u32,
+    /// Linked as a whole burn (same trade line, same place, gone quiet), not by its SIM.
+    #[serde(default)]
+    burn: bool,
 }
 
 /// What an earlier handset's shard hands a new handset that took its SIM
@@ -132,6 +138,10 @@ pub struct HandOff {
     /// Or a young handset's one stay.
     here: Option<Stay>,
     chain: Vec<Earlier>,
+    /// A whole burn's link ([`Body::BurnHandOver`]): taken only by a handset that has taken
+    /// no history over yet (the first answer applied wins).
+    #[serde(default)]
+    burn: bool,
 }
 
 /// A finding for an earlier handset of a runner whose later handset fired
@@ -175,6 +185,12 @@ pub struct RunnerMovement {
     /// `young_handset_s` (id, first record, pseudonym): a handset replaced within hours has
     /// too few records to be moving, and is found by its SIM here.
     young: IdMap<(u64, u32, Box<str>)>,
+    /// Keyed by trade line (on the line's shard): the moving handsets that called it, and
+    /// when last ([`Body::RunnerContact`]), for a whole burn's new handset to find its
+    /// predecessor ([`Body::BurnAsk`]).
+    at_line: IdMap<Vec<(u64, u32)>>,
+    /// Old handset → the new one it was handed to as a whole burn: one successor each.
+    burnt: IdMap<u64>,
     /// A moving handset whose previous record is no later than this is read again at its
     /// next record: `trade` changed, or a history was handed over, after it.
     trade_changed_s: u32,
@@ -318,6 +334,8 @@ impl RunnerMovement {
             earlier: IdMap::default(),
             names: IdMap::default(),
             young: IdMap::default(),
+            at_line: IdMap::default(),
+            burnt: IdMap::default(),
             trade_changed_s: 0,
             clock_s: 0,
             night: night_mask(&cfg.runner_movement),
@@ -461,6 +479,7 @@ impl RunnerMovement {
                     handset: h,
                     name,
                     last_s,
+                    burn: false,
                 });
                 let mut copy = m.clone();
                 (copy.fired_s, copy.credited) = (None, Vec::new());
@@ -469,6 +488,7 @@ impl RunnerMovement {
                     moved: Some(Box::new(copy)),
                     here: None,
                     chain,
+                    burn: false,
                 }
             }
             (Some(name), None) => HandOff {
@@ -479,9 +499,125 @@ impl RunnerMovement {
                     handset: h,
                     name: name.into(),
                     last_s: t.here.last_s,
+                    burn: false,
                 }],
+                burn: false,
             },
             _ => return None,
+        };
+        Some(Sent::new(Dest::Handset(to), Body::HandedOver(off)))
+    }
+
+    /// A handset still young (first seen at `first_s` in `place`) calls the trade line `to`
+    /// `burn_quiet_s` or more after its first record, and has taken no history over: the
+    /// line's shard is asked whether a moving handset that called it went quiet just before
+    /// it appeared, there (a whole burn). Checked on every record of a young handset, so the
+    /// times come first and the trade list only then.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    fn ask_burn(
+        &self,
+        imei: u64,
+        imei_s: &str,
+        to: u64,
+        first_s: u32,
+        place: u32,
+        s: u32,
+        outbox: &mut Vec<Sent>,
+    ) {
+        let age = s.saturating_sub(first_s);
+        if self.cfg.burn_gap_s == 0
+            || age < ids::span_secs(self.cfg.burn_quiet_s)
+            || age > ids::span_secs(self.cfg.young_handset_s)
+            || !self.trade.contains_key(&to)
+            || self.earlier.contains_key(&imei)
+        {
+            return;
+        }
+        let body = Body::BurnAsk {
+            handset: imei,
+            name: imei_s.into(),
+            first_s,
+            place,
+        };
+        outbox.push(Sent::new(Dest::Number(to), body));
+    }
+
+    /// A line just became a trade line (on every shard): the moving handsets here that
+    /// called it within the window tell its shard so, as they would have had it been one
+    /// then (a deal line is found hours after its runners start calling it, and a burnt
+    /// handset may have gone quiet by then). Hinted by handset, so every shard's notes
+    /// apply in the same order.
+    #[cold]
+    fn tell_line_its_callers(&self, line: u64, outbox: &mut Vec<Sent>) {
+        if self.cfg.burn_gap_s == 0 {
+            return;
+        }
+        for (&h, t) in &self.handsets {
+            let Some(m) = t.moved.as_deref() else {
+                continue;
+            };
+            if let Some(&(_, at_s)) = m.contacted.iter().find(|c| c.0 == line) {
+                let body = Body::RunnerContact { handset: h, at_s };
+                outbox.push(Sent::hinted(Dest::Number(line), body, [h, 0]));
+            }
+        }
+    }
+
+    /// On the trade line's shard: the moving handsets that called it before `first_s` and
+    /// not since are asked whether they went quiet just before the new handset `to` showed.
+    fn burn_asked(&self, line: u64, ask: (u64, &str, u32, u32), outbox: &mut Vec<Sent>) {
+        let (to, to_name, first_s, place) = ask;
+        let Some(seen) = self.at_line.get(&line) else {
+            return;
+        };
+        let window = ids::span_secs(self.cfg.window_s);
+        for &(h, at) in seen {
+            if h != to && at <= first_s && at.saturating_add(window) >= first_s {
+                let body = Body::BurnHandOver {
+                    to,
+                    to_name: to_name.into(),
+                    first_s,
+                    place,
+                };
+                outbox.push(Sent::new(Dest::Handset(h), body));
+            }
+        }
+    }
+
+    /// On the old handset `h`'s shard: if it is moving, was last seen where `to` first
+    /// showed, and went quiet at most `burn_gap_s` before that (no record since), its
+    /// history goes to `to`, once.
+    fn burn_hand_over(&mut self, h: u64, ask: (u64, &str, u32, u32)) -> Option<Sent> {
+        let (to, to_name, first_s, place) = ask;
+        if self.burnt.contains_key(&h) {
+            return None;
+        }
+        let m = self.handsets.get(&h)?.moved.as_deref()?;
+        let last = m.stays.last()?;
+        let gap = ids::span_secs(self.cfg.burn_gap_s);
+        if last.last_s > first_s || last.last_s.saturating_add(gap) < first_s || last.place != place
+        {
+            return None;
+        }
+        let window = ids::span_secs(self.cfg.window_s);
+        let mut chain = self.earlier.get(&h).cloned().unwrap_or_default();
+        chain.retain(|e| e.last_s.saturating_add(window) >= first_s);
+        chain.push(Earlier {
+            handset: h,
+            name: self.names.get(&h)?.clone(),
+            last_s: last.last_s,
+            burn: true,
+        });
+        let mut copy = m.clone();
+        (copy.fired_s, copy.credited) = (None, Vec::new());
+        self.burnt.insert(h, to);
+        let off = HandOff {
+            name: to_name.into(),
+            moved: Some(Box::new(copy)),
+            here: None,
+            chain,
+            burn: true,
         };
         Some(Sent::new(Dest::Handset(to), Body::HandedOver(off)))
     }
@@ -492,6 +628,9 @@ impl RunnerMovement {
     /// history it brought, as when the hand-off was seen in place (a runner's new handset
     /// may have no other record for hours).
     fn take_over(&mut self, imei: u64, off: &HandOff, at: Millis, ctx: &mut Ctx<'_>) {
+        if off.burn && self.earlier.contains_key(&imei) {
+            return; // linked already (its SIM, or another burn answered first)
+        }
         let Some(t) = self.handsets.get_mut(&imei) else {
             return; // gone again, or refused by the key cap
         };
@@ -728,9 +867,18 @@ impl RunnerMovement {
             return;
         };
         let names: Vec<&str> = earlier.iter().map(|e| &*e.name).collect();
+        let burnt: Vec<&str> = earlier
+            .iter()
+            .filter(|e| e.burn)
+            .map(|e| &*e.name)
+            .collect();
         if let Some(f) = ctx.out.last_mut() {
             f.evidence
                 .insert("earlier_handsets".into(), serde_json::json!(names));
+            if !burnt.is_empty() {
+                f.evidence
+                    .insert("burnt_handsets".into(), serde_json::json!(burnt));
+            }
         }
         let mut evidence = found.evidence;
         evidence.insert("taken_over_by".into(), serde_json::json!(imei_s));
@@ -822,6 +970,8 @@ impl Detector for RunnerMovement {
                 t.here.first_s = t.here.first_s.min(s);
                 t.here.last_s = t.here.last_s.max(s);
                 t.here.hours |= obs.hours;
+                let (first_s, place) = (t.here.first_s, t.here.place);
+                self.ask_burn(imei, imei_s, ids.to, first_s, place, s, ctx.outbox);
                 return;
             }
             Some(_) => {}
@@ -841,6 +991,8 @@ impl Detector for RunnerMovement {
                 t.here.first_s = t.here.first_s.min(s);
                 t.here.last_s = t.here.last_s.max(s);
                 t.here.hours |= obs.hours;
+                let (first_s, place) = (t.here.first_s, t.here.place);
+                self.ask_burn(imei, imei_s, ids.to, first_s, place, s, ctx.outbox);
                 return;
             }
             let m = Moved {
@@ -902,6 +1054,17 @@ impl Detector for RunnerMovement {
             s,
             || (ids.to, s),
         );
+        let to_trade = self.trade.contains_key(&ids.to);
+        let first = m.stays.first().map(|x| (x.first_s, x.place));
+        if to_trade {
+            // The line's shard learns which moving handsets call it (a whole burn's
+            // successor asks there).
+            let body = Body::RunnerContact {
+                handset: imei,
+                at_s: s,
+            };
+            ctx.outbox.push(Sent::new(Dest::Number(ids.to), body));
+        }
 
         // Judged again only when something a rule asks could have changed: this record
         // changed the history, contacts a trade line, came after a line became one, or a
@@ -914,12 +1077,11 @@ impl Detector for RunnerMovement {
         let fired_window_passed = m
             .fired_s
             .is_some_and(|f| f.saturating_add(ids::span_secs(self.cfg.window_s)) < newest_s);
-        if !changed
-            && !fired_window_passed
-            && self.trade_changed_s < previous_s
-            && !self.trade.contains_key(&ids.to)
-        {
+        if !changed && !fired_window_passed && self.trade_changed_s < previous_s && !to_trade {
             return;
+        }
+        if let (true, Some((first_s, place))) = (to_trade, first) {
+            self.ask_burn(imei, imei_s, ids.to, first_s, place, s, ctx.outbox);
         }
         self.judge(imei, imei_s, ev.ts, map, ctx);
     }
@@ -952,11 +1114,15 @@ impl Detector for RunnerMovement {
         }
         match (&e.body, e.dest) {
             (Body::TradeLine { line, name, at_s }, _) => {
+                let new = !self.trade.contains_key(line);
                 let t = self.trade.entry(*line).or_insert_with(|| TradeLine {
                     name: name.clone(),
                     at_s: *at_s,
                 });
                 t.at_s = t.at_s.max(*at_s);
+                if new {
+                    self.tell_line_its_callers(*line, ctx.outbox);
+                }
                 // Every handset seen so far reads again at its next record.
                 self.trade_changed_s = self.trade_changed_s.max(*at_s).max(self.clock_s);
             }
@@ -995,6 +1161,40 @@ impl Detector for RunnerMovement {
             }
             (Body::HandedOver(off), Dest::Handset(h)) => self.take_over(h, off, e.at, ctx),
             (Body::NameEarlier(x), Dest::Handset(h)) => self.named(h, x, e.at, ctx.out),
+            (Body::RunnerContact { handset, at_s }, Dest::Number(line)) => {
+                let seen = self.at_line.entry(line).or_default();
+                note(
+                    seen,
+                    MAX_AT_LINE,
+                    |x| x.0,
+                    |x| &mut x.1,
+                    *handset,
+                    *at_s,
+                    || (*handset, *at_s),
+                );
+            }
+            (
+                Body::BurnAsk {
+                    handset,
+                    name,
+                    first_s,
+                    place,
+                },
+                Dest::Number(line),
+            ) => self.burn_asked(line, (*handset, name, *first_s, *place), ctx.outbox),
+            (
+                Body::BurnHandOver {
+                    to,
+                    to_name,
+                    first_s,
+                    place,
+                },
+                Dest::Handset(h),
+            ) => {
+                if let Some(sent) = self.burn_hand_over(h, (*to, to_name, *first_s, *place)) {
+                    ctx.outbox.push(sent);
+                }
+            }
             _ => {}
         }
     }
@@ -1036,6 +1236,12 @@ impl Detector for RunnerMovement {
         let young_cutoff =
             ids::secs(watermark).saturating_sub(ids::span_secs(self.cfg.young_handset_s));
         self.young.retain(|_, y| y.1 >= young_cutoff);
+        self.at_line.retain(|_, seen| {
+            seen.retain(|x| x.1 >= cutoff);
+            !seen.is_empty()
+        });
+        let held = &self.handsets;
+        self.burnt.retain(|h, _| held.contains_key(h));
         if self.young.capacity() > 2 * self.young.len() + 1024 {
             self.young.shrink_to_fit();
         }
@@ -1051,6 +1257,13 @@ impl Detector for RunnerMovement {
                 + self.names.values().map(|n| n.len()).sum::<usize>()
                 + ids::map_bytes(&self.earlier)
                 + ids::map_bytes(&self.young)
+                + ids::map_bytes(&self.at_line)
+                + self
+                    .at_line
+                    .values()
+                    .map(|v| v.capacity() * 12)
+                    .sum::<usize>()
+                + ids::map_bytes(&self.burnt)
                 + self.young.values().map(|y| y.2.len()).sum::<usize>()
                 + self
                     .earlier
@@ -1082,6 +1295,7 @@ impl Detector for RunnerMovement {
         let mut v = codec::encode(&(&self.handsets, &self.trade, self.cap_hits))?;
         v.extend(codec::encode(&(&self.earlier, &self.names, &self.young))?);
         v.extend(codec::encode(&self.sim_at)?);
+        v.extend(codec::encode(&(&self.at_line, &self.burnt))?);
         Ok(v)
     }
 
@@ -1098,8 +1312,14 @@ impl Detector for RunnerMovement {
         if rest.is_empty() {
             self.reindex(0);
         } else {
-            self.sim_at = codec::decode(rest)?;
+            (self.sim_at, rest) = codec::decode_prefix(rest)?;
         }
+        // Whole burns' notes, written after the SIM index (none in older checkpoints).
+        (self.at_line, self.burnt) = if rest.is_empty() {
+            Default::default()
+        } else {
+            codec::decode(rest)?
+        };
         // Every handset reads again at its next record.
         self.clock_s = self
             .handsets
