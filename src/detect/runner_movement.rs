@@ -1717,17 +1717,97 @@ mod tests {
         assert!(!d.earlier.contains_key(&ids::id("H1")));
     }
 
-    /// The same swap with a new SIM too (the whole kit burnt): nothing links the two, and
-    /// neither is seen going there and back.
+    /// The same swap with a new SIM too (the whole kit burnt: new handset, SIM and number).
+    fn whole_burn(
+        plan: &[(i64, &'static str, &'static str, &'static str)],
+    ) -> Vec<(i64, &'static str, &'static str, &'static str)> {
+        plan.iter()
+            .map(|p| (p.0, p.1, p.2, if p.2 == "H2" { "s2" } else { p.3 }))
+            .collect()
+    }
+
+    /// Issue 13: a whole burn mid-trip. The new handset, first seen in the town where the
+    /// old one went quiet three hours before, calls the line the old one called: it carries
+    /// the movement, and names the old one. Before the burn link neither fired.
     #[test]
-    fn a_new_handset_with_a_new_sim_inherits_nothing() {
+    fn a_whole_burn_is_linked_by_the_trade_line_and_the_place_and_names_the_old_one() {
         let (mut d, mut h) = (det(), harness(Some(MAP)));
         mark_trade(&mut d, "dealline", 1_791_158_400_000);
-        let plan: Vec<_> = SWAP_MID_TRIP
-            .iter()
-            .map(|p| (p.0, p.1, p.2, if p.2 == "H2" { "s2" } else { p.3 }))
-            .collect();
+        let f = drive_kit(&mut d, &mut h, &whole_burn(SWAP_MID_TRIP));
+        let subjects: Vec<&str> = f.iter().map(|f| f.subject.as_str()).collect();
+        assert_eq!(subjects, ["H2", "H1"], "{f:?}");
+        assert_eq!(f[0].evidence["burnt_handsets"], serde_json::json!(["H1"]));
+        assert_eq!(f[1].evidence["taken_over_by"], "H2");
+    }
+
+    /// Two handsets near in time, calling the same line in the same town, but the old one
+    /// is still in use after the new one shows: two people, not a burn.
+    #[test]
+    fn a_handset_still_in_use_is_not_linked_to_a_new_one() {
+        let (mut d, mut h) = (det(), harness(Some(MAP)));
+        mark_trade(&mut d, "dealline", 1_791_158_400_000);
+        let mut plan = whole_burn(SWAP_MID_TRIP);
+        plan.insert(5, (27, "t1", "H1", "s1"));
         assert!(drive_kit(&mut d, &mut h, &plan).is_empty());
+        assert!(!d.earlier.contains_key(&ids::id("H2")));
+    }
+
+    /// The new handset first shows in the city while the old one went quiet in the town:
+    /// not where the old one was, so not its successor.
+    #[test]
+    fn a_new_handset_elsewhere_is_not_linked() {
+        let (mut d, mut h) = (det(), harness(Some(MAP)));
+        mark_trade(&mut d, "dealline", 1_791_158_400_000);
+        let plan: Vec<_> = whole_burn(SWAP_MID_TRIP)
+            .into_iter()
+            .map(|p| (p.0, if p.2 == "H2" { "m1" } else { p.1 }, p.2, p.3))
+            .collect();
+        drive_kit(&mut d, &mut h, &plan);
+        assert!(!d.earlier.contains_key(&ids::id("H2")));
+    }
+
+    /// A runner asleep in the town (last record 20:00, back at 24:00) and a customer first
+    /// seen at 21:00 there, calling the same line: the customer asks only six hours after
+    /// its first record, by when the runner has shown it is still in use.
+    #[test]
+    fn a_customer_first_seen_while_a_runner_sleeps_is_not_linked() {
+        let (mut d, mut h) = (det(), harness(Some(MAP)));
+        mark_trade(&mut d, "dealline", 1_791_158_400_000);
+        let plan = [
+            (10, "m1", "H1", "s1"),
+            (14, "t1", "H1", "s1"),
+            (20, "t1", "H1", "s1"),
+            (21, "t1", "C1", "c1"),
+            (24, "t1", "H1", "s1"),
+            (28, "t1", "C1", "c1"),
+            (30, "t1", "H1", "s1"),
+        ];
+        drive_kit(&mut d, &mut h, &plan);
+        assert!(!d.earlier.contains_key(&ids::id("C1")));
+    }
+
+    /// A commuter (a customer of the line) replaces phone, SIM and number one evening: the
+    /// new phone is linked, but the history it carries is still a commuter's.
+    #[test]
+    fn a_commuters_whole_new_phone_is_linked_and_still_a_commuter() {
+        let (mut d, mut h) = (det(), harness(Some(MAP)));
+        mark_trade(&mut d, "dealline", 1_791_158_400_000);
+        let mut plan = Vec::new();
+        for day in 0..5i64 {
+            let (set, sim) = if day < 2 { ("H1", "s1") } else { ("H2", "s2") };
+            let base = day * 24;
+            plan.push((base + 7, "t1", set, sim));
+            for hour in [9, 12, 16] {
+                plan.push((base + hour, "m1", set, sim));
+            }
+            plan.push((base + 20, "t1", set, sim));
+            plan.push((base + 23, "t1", set, sim));
+        }
+        assert!(drive_kit(&mut d, &mut h, &plan).is_empty());
+        assert!(
+            d.earlier.contains_key(&ids::id("H2")),
+            "the burn link was seen"
+        );
     }
 
     /// A commuter's new phone takes the old SIM and the commuting history with it: still a
