@@ -59,6 +59,27 @@ const MAX_CONTACTED: usize = 16;
 /// and the few commuting customers who call it; more only pushes the stalest out.
 const MAX_AT_LINE: usize = 16;
 
+/// An id hash and a time in 12 bytes (a `(u64, u32)` takes 16): the moving handsets' SIM
+/// and contact lists are most of what the detector holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seen {
+    id: [u32; 2],
+    at: u32,
+}
+
+impl Seen {
+    fn new(id: u64, at: u32) -> Self {
+        Seen {
+            id: [id as u32, (id >> 32) as u32],
+            at,
+        }
+    }
+
+    fn id(&self) -> u64 {
+        u64::from(self.id[0]) | u64::from(self.id[1]) << 32
+    }
+}
+
 /// One stay: consecutive records (in event time) in cells of one class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stay {
@@ -88,11 +109,11 @@ pub struct Moved {
     /// records' classes, so the same records in any order give the same stays).
     stays: Vec<Stay>,
     /// SIM hash and latest time seen.
-    sims: Vec<(u64, u32)>,
+    sims: Vec<Seen>,
     /// Lines the handset originated records as (hash, pseudonym, latest time): `related`.
     lines: Vec<(u64, Box<str>, u32)>,
     /// Lines it contacted (hash, latest time): matched against lines with deal evidence.
-    contacted: Vec<(u64, u32)>,
+    contacted: Vec<Seen>,
     /// End of the window it last fired for, and the trade lines named then.
     fired_s: Option<u32>,
     credited: Vec<u64>,
@@ -213,9 +234,9 @@ pub struct RunnerMovement {
 fn moved_bytes(m: &Moved) -> usize {
     std::mem::size_of::<Moved>()
         + m.stays.capacity() * std::mem::size_of::<Stay>()
-        + m.sims.capacity() * 12
+        + m.sims.capacity() * std::mem::size_of::<Seen>()
         + m.lines.iter().map(|l| l.1.len() + 32).sum::<usize>()
-        + m.contacted.capacity() * 16
+        + m.contacted.capacity() * std::mem::size_of::<Seen>()
         + m.credited.capacity() * 8
 }
 
@@ -467,7 +488,7 @@ impl RunnerMovement {
         let off = match (young_name, t.moved.as_deref()) {
             (None, Some(m)) => {
                 // The SIM's note may be up to a refresh period old: its real last use here.
-                let used = m.sims.iter().find(|x| x.0 == sim)?.1;
+                let used = m.sims.iter().find(|x| x.id() == sim)?.at;
                 if used.saturating_add(window) < s {
                     return None;
                 }
@@ -557,8 +578,11 @@ impl RunnerMovement {
             let Some(m) = t.moved.as_deref() else {
                 continue;
             };
-            if let Some(&(_, at_s)) = m.contacted.iter().find(|c| c.0 == line) {
-                let body = Body::RunnerContact { handset: h, at_s };
+            if let Some(c) = m.contacted.iter().find(|c| c.id() == line) {
+                let body = Body::RunnerContact {
+                    handset: h,
+                    at_s: c.at,
+                };
                 outbox.push(Sent::hinted(Dest::Number(line), body, [h, 0]));
             }
         }
@@ -650,15 +674,17 @@ impl RunnerMovement {
             merge_stay(&mut m.stays, st);
         }
         if let Some(own) = t.moved.as_deref() {
-            for &(sim, at) in &own.sims {
+            for x in &own.sims {
+                let seen = *x;
+                let (sim, at) = (seen.id(), seen.at);
                 note(
                     &mut m.sims,
                     MAX_SIMS,
-                    |x| x.0,
-                    |x| &mut x.1,
+                    Seen::id,
+                    |x| &mut x.at,
                     sim,
                     at,
-                    || (sim, at),
+                    || seen,
                 );
             }
             for (id, name, at) in &own.lines {
@@ -673,15 +699,17 @@ impl RunnerMovement {
                     make,
                 );
             }
-            for &(id, at) in &own.contacted {
+            for x in &own.contacted {
+                let seen = *x;
+                let (id, at) = (seen.id(), seen.at);
                 note(
                     &mut m.contacted,
                     MAX_CONTACTED,
-                    |x| x.0,
-                    |x| &mut x.1,
+                    Seen::id,
+                    |x| &mut x.at,
                     id,
                     at,
-                    || (id, at),
+                    || seen,
                 );
             }
             (m.fired_s, m.credited) = (own.fired_s, own.credited.clone());
@@ -699,12 +727,12 @@ impl RunnerMovement {
         }
         // The SIM index follows the handset now holding the SIMs (the sweep's rebuild did
         // this when every SIM was on one thread).
-        for &(sim, at_s) in &m.sims {
+        for x in &m.sims {
             let body = Body::SimSeen {
                 handset: imei,
-                at_s,
+                at_s: x.at,
             };
-            ctx.outbox.push(Sent::new(Dest::Handset(sim), body));
+            ctx.outbox.push(Sent::new(Dest::Handset(x.id()), body));
         }
         self.heap_bytes += moved_bytes(&m);
         t.moved = Some(Box::new(m));
@@ -721,7 +749,7 @@ impl RunnerMovement {
     fn reindex(&mut self, cutoff: u32) {
         self.sim_at.clear();
         for (&h, t) in &self.handsets {
-            for &(sim, at) in t.moved.iter().flat_map(|m| &m.sims) {
+            for (sim, at) in t.moved.iter().flat_map(|m| &m.sims).map(|x| (x.id(), x.at)) {
                 if self.sim_at.get(&sim).is_none_or(|x| x.1 <= at) {
                     self.sim_at.insert(sim, (h, at));
                 }
@@ -767,15 +795,15 @@ impl RunnerMovement {
             return;
         }
         // Tied to the trade?
-        let sims = m.sims.iter().filter(|x| x.1 >= r.since_s).count();
+        let sims = m.sims.iter().filter(|x| x.at >= r.since_s).count();
         let churn = sims >= self.cfg.churn_min_sims as usize;
         let mut trade: Vec<(u64, String)> = m
             .contacted
             .iter()
-            .filter(|c| c.1 >= r.since_s)
+            .filter(|c| c.at >= r.since_s)
             .filter_map(|c| {
-                let t = self.trade.get(&c.0)?;
-                (t.at_s >= r.since_s).then(|| (c.0, t.name.to_string()))
+                let t = self.trade.get(&c.id())?;
+                (t.at_s >= r.since_s).then(|| (c.id(), t.name.to_string()))
             })
             .collect();
         trade.sort_by(|a, b| a.1.cmp(&b.1));
@@ -883,6 +911,10 @@ impl RunnerMovement {
         let mut evidence = found.evidence;
         evidence.insert("taken_over_by".into(), serde_json::json!(imei_s));
         for e in earlier.iter().filter(|e| e.last_s >= since_s) {
+            let mut evidence = evidence.clone();
+            if e.burn {
+                evidence.insert("taken_over_as".into(), serde_json::json!("burn"));
+            }
             let body = Body::NameEarlier(EarlierFinding {
                 name: e.name.clone(),
                 since_s,
@@ -891,7 +923,7 @@ impl RunnerMovement {
                 window_start: found.window_start,
                 window_end: found.window_end,
                 related: found.related.clone(),
-                evidence: serde_json::Value::Object(evidence.clone()),
+                evidence: serde_json::Value::Object(evidence),
                 lines: found.lines.clone(),
             });
             ctx.outbox.push(Sent::new(Dest::Handset(e.handset), body));
@@ -1014,15 +1046,15 @@ impl Detector for RunnerMovement {
         }
         if let Some(sim) = ids.imsi {
             let period = refresh_s(&self.cfg);
-            let before = m.sims.iter().find(|x| x.0 == sim).map(|x| x.1);
+            let before = m.sims.iter().find(|x| x.id() == sim).map(|x| x.at);
             let new = note(
                 &mut m.sims,
                 MAX_SIMS,
-                |x| x.0,
-                |x| &mut x.1,
+                Seen::id,
+                |x| &mut x.at,
                 sim,
                 s,
-                || (sim, s),
+                || Seen::new(sim, s),
             );
             // The SIM's shard is told of a SIM new to the handset, and again once a period
             // of its use, so its note outlives the window while the SIM is in use.
@@ -1048,11 +1080,11 @@ impl Detector for RunnerMovement {
         changed |= note(
             &mut m.contacted,
             MAX_CONTACTED,
-            |x| x.0,
-            |x| &mut x.1,
+            Seen::id,
+            |x| &mut x.at,
             ids.to,
             s,
-            || (ids.to, s),
+            || Seen::new(ids.to, s),
         );
         let to_trade = self.trade.contains_key(&ids.to);
         let first = m.stays.first().map(|x| (x.first_s, x.place));
@@ -1207,9 +1239,9 @@ impl Detector for RunnerMovement {
                 return t.here.last_s >= cutoff;
             };
             m.stays.retain(|x| x.last_s >= cutoff);
-            m.sims.retain(|x| x.1 >= cutoff);
+            m.sims.retain(|x| x.at >= cutoff);
             m.lines.retain(|x| x.2 >= cutoff);
-            m.contacted.retain(|x| x.1 >= cutoff);
+            m.contacted.retain(|x| x.at >= cutoff);
             match m.stays.len() {
                 0 => return false,
                 1 => {
@@ -1738,6 +1770,7 @@ mod tests {
         assert_eq!(subjects, ["H2", "H1"], "{f:?}");
         assert_eq!(f[0].evidence["burnt_handsets"], serde_json::json!(["H1"]));
         assert_eq!(f[1].evidence["taken_over_by"], "H2");
+        assert_eq!(f[1].evidence["taken_over_as"], "burn");
     }
 
     /// Two handsets near in time, calling the same line in the same town, but the old one
