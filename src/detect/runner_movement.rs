@@ -220,6 +220,10 @@ pub struct RunnerMovement {
     clock_s: u32,
     /// The night hours as a mask of clock hours ([`night_mask`] of the config).
     night: u32,
+    /// The ages (seconds since a handset's first record) at which a young handset's trade
+    /// calls ask about a whole burn: `burn_quiet_s` to `young_handset_s` ([`burn_ages`]),
+    /// precomputed because every record of a handset in one class checks them.
+    burn_ages: (u32, u32),
     /// Pseudonyms of the handsets seen in both classes: an earlier handset is named in a
     /// finding of its own when the runner's later one fires.
     names: IdMap<Box<str>>,
@@ -360,11 +364,23 @@ impl RunnerMovement {
             trade_changed_s: 0,
             clock_s: 0,
             night: night_mask(&cfg.runner_movement),
+            burn_ages: burn_ages(&cfg.runner_movement),
             max_keys,
             cap_hits: 0,
             heap_bytes: 0,
         }
     }
+}
+
+/// See [`RunnerMovement::burn_ages`]; an empty range when the burn link is off.
+fn burn_ages(cfg: &RunnerConfig) -> (u32, u32) {
+    if cfg.burn_gap_s == 0 {
+        return (u32::MAX, 0);
+    }
+    (
+        ids::span_secs(cfg.burn_quiet_s),
+        ids::span_secs(cfg.young_handset_s),
+    )
 }
 
 /// The night hours as a mask of clock hours.
@@ -534,7 +550,7 @@ impl RunnerMovement {
     /// line's shard is asked whether a moving handset that called it went quiet just before
     /// it appeared, there (a whole burn). Checked on every record of a young handset, so the
     /// times come first and the trade list only then.
-    #[inline]
+    #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     fn ask_burn(
         &self,
@@ -547,12 +563,25 @@ impl RunnerMovement {
         outbox: &mut Vec<Sent>,
     ) {
         let age = s.saturating_sub(first_s);
-        if self.cfg.burn_gap_s == 0
-            || age < ids::span_secs(self.cfg.burn_quiet_s)
-            || age > ids::span_secs(self.cfg.young_handset_s)
-            || !self.trade.contains_key(&to)
-            || self.earlier.contains_key(&imei)
-        {
+        if age < self.burn_ages.0 || age > self.burn_ages.1 {
+            return;
+        }
+        self.ask_burn_young(imei, imei_s, to, first_s, place, outbox);
+    }
+
+    /// [`Self::ask_burn`] for a handset of the age to ask: a call to a trade line, and no
+    /// history taken over yet.
+    #[inline(never)]
+    fn ask_burn_young(
+        &self,
+        imei: u64,
+        imei_s: &str,
+        to: u64,
+        first_s: u32,
+        place: u32,
+        outbox: &mut Vec<Sent>,
+    ) {
+        if !self.trade.contains_key(&to) || self.earlier.contains_key(&imei) {
             return;
         }
         let body = Body::BurnAsk {
@@ -1312,6 +1341,7 @@ impl Detector for RunnerMovement {
     fn reconfigure(&mut self, cfg: &Config) {
         self.cfg = cfg.runner_movement.clone();
         self.night = night_mask(&self.cfg);
+        self.burn_ages = burn_ages(&self.cfg);
         self.max_keys = cfg.engine.max_keys_per_detector;
     }
 
