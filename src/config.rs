@@ -260,6 +260,15 @@ pub struct RunnerConfig {
     /// data's start cut short) takes its records over and names it when it fires. Handsets
     /// seen in both classes are remembered by SIM for the whole window anyway.
     pub young_handset_s: u64,
+    /// A handset first seen at most this long after a moving handset went quiet, where that
+    /// one was last seen (same area), and calling a trade line it called, continues it: a
+    /// runner's whole kit burnt (new handset, SIM and number at once) is replaced within
+    /// hours, and the new one rings the same controlling line. 0 turns the link off.
+    pub burn_gap_s: u64,
+    /// The new handset asks about such a link only at a call to a trade line at least this
+    /// long after its own first record: the old handset has had that long to show it is
+    /// still in use (a runner asleep is not a burnt one). At most `young_handset_s`.
+    pub burn_quiet_s: u64,
 }
 
 impl Default for RunnerConfig {
@@ -274,6 +283,8 @@ impl Default for RunnerConfig {
             churn_min_sims: 3,
             max_stays_per_handset: 64,
             young_handset_s: 86_400,
+            burn_gap_s: 43_200,
+            burn_quiet_s: 21_600,
         }
     }
 }
@@ -976,6 +987,13 @@ impl Config {
             "more than runner_movement.min_switches, at most 4096",
         );
         r.seconds("runner_movement.young_handset_s", m.young_handset_s, 1);
+        r.seconds("runner_movement.burn_gap_s", m.burn_gap_s, 0);
+        r.check(
+            "runner_movement.burn_quiet_s",
+            m.burn_quiet_s <= m.young_handset_s,
+            m.burn_quiet_s,
+            "at most runner_movement.young_handset_s",
+        );
 
         let d = &self.deal_line;
         r.fraction("deal_line.threshold", d.threshold, 0.0, true, 1.0);

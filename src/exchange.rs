@@ -195,6 +195,31 @@ pub enum Body {
     /// handset's shard: it was the runner's too; the finding is made there (subject: that
     /// handset). Replaces writing the earlier handset's `fired_s` and naming it in place.
     NameEarlier(crate::detect::runner_movement::EarlierFinding),
+    // runner_movement, whole burns (a runner's handset, SIM and number replaced at once):
+    // sent by `runner_movement` in the handset role or while applying these, applied by
+    // `runner_movement` on the trade line's shard, then on the old handset's.
+    /// A moving handset called the trade line `Dest::Number(line)` at `at_s`: the line's
+    /// shard remembers which moving handsets call it, for [`Body::BurnAsk`].
+    RunnerContact { handset: u64, at_s: u32 },
+    /// A handset first seen at `first_s` in `place` (class and area, as a stay holds it)
+    /// called the trade line `Dest::Number(line)`, `burn_quiet_s` or more later: did a
+    /// moving handset that called the line go quiet just before, there? The line's shard
+    /// asks each such handset ([`Body::BurnHandOver`]).
+    BurnAsk {
+        handset: u64,
+        name: Box<str>,
+        first_s: u32,
+        place: u32,
+    },
+    /// The trade line's shard → the old handset's (`Dest::Handset`): if you went quiet at
+    /// most `burn_gap_s` before `first_s`, where `to` first showed, hand your history to it
+    /// ([`Body::HandedOver`]).
+    BurnHandOver {
+        to: u64,
+        to_name: Box<str>,
+        first_s: u32,
+        place: u32,
+    },
 }
 
 /// Evidence as a detector sends it: the engine adds the time, the producing record and the

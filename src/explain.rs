@@ -360,7 +360,25 @@ fn runner(ev: &Map<String, Value>, related: &[String]) -> Part {
             }
         }
     }
-    if let Some(later) = ev.get("taken_over_by") {
+    let burnt: Vec<String> = ev
+        .get("burnt_handsets")
+        .and_then(Value::as_array)
+        .map(|v| v.iter().map(plain).collect())
+        .unwrap_or_default();
+    if let (Some(later), Some("burn")) = (
+        ev.get("taken_over_by"),
+        ev.get("taken_over_as").and_then(Value::as_str),
+    ) {
+        let _ = writeln!(
+            s,
+            "  This handset went quiet and {} showed up within hours where it was last seen, \
+             calling the trade line it called (a whole burn: handset, SIM and number replaced \
+             at once): {} took its movement over, the figures above are the runner's over \
+             both handsets, and this one was the runner's before.",
+            plain(later),
+            plain(later)
+        );
+    } else if let Some(later) = ev.get("taken_over_by") {
         let _ = writeln!(
             s,
             "  This handset's SIM moved into {} (a new handset, within the window), which took \
@@ -376,6 +394,16 @@ fn runner(ev: &Map<String, Value>, related: &[String]) -> Part {
              theirs (the person moved, the handset was replaced).",
             names.join(", ")
         );
+        if !burnt.is_empty() {
+            let _ = writeln!(
+                s,
+                "  Of those, {} came with no SIM in common: a whole burn (handset, SIM and \
+                 number replaced at once), linked because it went quiet within hours before \
+                 this handset showed up where it was last seen, and this one called the \
+                 trade line it called.",
+                burnt.join(", ")
+            );
+        }
     }
     if !related.is_empty() {
         let _ = writeln!(s, "  Lines it carried: {}", related.join(", "));
@@ -744,6 +772,23 @@ mod tests {
             text.contains("came into this handset from Ha, Hb"),
             "{text}"
         );
+        let text = runner(
+            &runner_ev(serde_json::json!({"earlier_handsets": ["Ha", "Hb"],
+                "burnt_handsets": ["Hb"]})),
+            &[],
+        )
+        .unwrap();
+        assert!(
+            text.contains("Of those, Hb came with no SIM in common"),
+            "{text}"
+        );
+        let text = runner(
+            &runner_ev(serde_json::json!({"taken_over_by": "Hnew", "taken_over_as": "burn"})),
+            &[],
+        )
+        .unwrap();
+        assert!(text.contains("a whole burn"), "{text}");
+        assert!(!text.contains("SIM moved"), "{text}");
     }
 
     #[test]

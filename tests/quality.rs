@@ -170,9 +170,10 @@ fn runners_and_fan_in_on_seed(seed: u64, min_runner_recall: f64) {
     );
 }
 
-/// Seeds 1-3, as they come. Seeds 1 and 3 meet the bar for runner recall (0.9);
-/// seed 2 is held at what it gives (0.774): four of its runners' handset replacements burnt
-/// handset and SIM together, which nothing in the data links (README, Detection quality).
+/// Seeds 1-6, as they come, each at the bar for runner recall (0.9). Seeds 2, 4
+/// and 5 were below it (0.774, 0.870, 0.871) until whole burns (handset, SIM and number
+/// replaced at once) were linked by the trade line the new handset calls where the old one
+/// went quiet (README, Detection quality).
 #[test]
 fn runners_and_fan_in_seed_1() {
     runners_and_fan_in_on_seed(1, 0.9);
@@ -180,10 +181,25 @@ fn runners_and_fan_in_seed_1() {
 
 #[test]
 fn runners_and_fan_in_seed_2() {
-    runners_and_fan_in_on_seed(2, 0.77);
+    runners_and_fan_in_on_seed(2, 0.9);
 }
 
 #[test]
 fn runners_and_fan_in_seed_3() {
     runners_and_fan_in_on_seed(3, 0.9);
+}
+
+#[test]
+fn runners_and_fan_in_seed_4() {
+    runners_and_fan_in_on_seed(4, 0.9);
+}
+
+#[test]
+fn runners_and_fan_in_seed_5() {
+    runners_and_fan_in_on_seed(5, 0.9);
+}
+
+#[test]
+fn runners_and_fan_in_seed_6() {
+    runners_and_fan_in_on_seed(6, 0.9);
 }

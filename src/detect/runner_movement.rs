@@ -55,6 +55,30 @@ const COUNTY: u8 = 1;
 const MAX_SIMS: usize = 8;
 const MAX_LINES: usize = 8;
 const MAX_CONTACTED: usize = 16;
+/// Moving handsets remembered per trade line (for a whole burn's link): a line's runners,
+/// and the few commuting customers who call it; more only pushes the stalest out.
+const MAX_AT_LINE: usize = 16;
+
+/// An id hash and a time in 12 bytes (a `(u64, u32)` takes 16): the moving handsets' SIM
+/// and contact lists are most of what the detector holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seen {
+    id: [u32; 2],
+    at: u32,
+}
+
+impl Seen {
+    fn new(id: u64, at: u32) -> Self {
+        Seen {
+            id: [id as u32, (id >> 32) as u32],
+            at,
+        }
+    }
+
+    fn id(&self) -> u64 {
+        u64::from(self.id[0]) | u64::from(self.id[1]) << 32
+    }
+}
 
 /// One stay: consecutive records (in event time) in cells of one class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,11 +109,11 @@ pub struct Moved {
     /// records' classes, so the same records in any order give the same stays).
     stays: Vec<Stay>,
     /// SIM hash and latest time seen.
-    sims: Vec<(u64, u32)>,
+    sims: Vec<Seen>,
     /// Lines the handset originated records as (hash, pseudonym, latest time): `related`.
     lines: Vec<(u64, Box<str>, u32)>,
     /// Lines it contacted (hash, latest time): matched against lines with deal evidence.
-    contacted: Vec<(u64, u32)>,
+    contacted: Vec<Seen>,
     /// End of the window it last fired for, and the trade lines named then.
     fired_s: Option<u32>,
     credited: Vec<u64>,
@@ -119,6 +143,9 @@ pub struct Earlier {
     name: Box<str>,
     /// Its last record (as of the hand-off).
     last_s: u32,
+    /// Linked as a whole burn (same trade line, same place, gone quiet), not by its SIM.
+    #[serde(default)]
+    burn: bool,
 }
 
 /// What an earlier handset's shard hands a new handset that took its SIM
@@ -132,6 +159,10 @@ pub struct HandOff {
     /// Or a young handset's one stay.
     here: Option<Stay>,
     chain: Vec<Earlier>,
+    /// A whole burn's link ([`Body::BurnHandOver`]): taken only by a handset that has taken
+    /// no history over yet (the first answer applied wins).
+    #[serde(default)]
+    burn: bool,
 }
 
 /// A finding for an earlier handset of a runner whose later handset fired
@@ -175,6 +206,12 @@ pub struct RunnerMovement {
     /// `young_handset_s` (id, first record, pseudonym): a handset replaced within hours has
     /// too few records to be moving, and is found by its SIM here.
     young: IdMap<(u64, u32, Box<str>)>,
+    /// Keyed by trade line (on the line's shard): the moving handsets that called it, and
+    /// when last ([`Body::RunnerContact`]), for a whole burn's new handset to find its
+    /// predecessor ([`Body::BurnAsk`]).
+    at_line: IdMap<Vec<(u64, u32)>>,
+    /// Old handset → the new one it was handed to as a whole burn: one successor each.
+    burnt: IdMap<u64>,
     /// A moving handset whose previous record is no later than this is read again at its
     /// next record: `trade` changed, or a history was handed over, after it.
     trade_changed_s: u32,
@@ -183,6 +220,10 @@ pub struct RunnerMovement {
     clock_s: u32,
     /// The night hours as a mask of clock hours ([`night_mask`] of the config).
     night: u32,
+    /// The ages (seconds since a handset's first record) at which a young handset's trade
+    /// calls ask about a whole burn: `burn_quiet_s` to `young_handset_s` ([`burn_ages`]),
+    /// precomputed because every record of a handset in one class checks them.
+    burn_ages: (u32, u32),
     /// Pseudonyms of the handsets seen in both classes: an earlier handset is named in a
     /// finding of its own when the runner's later one fires.
     names: IdMap<Box<str>>,
@@ -197,9 +238,9 @@ pub struct RunnerMovement {
 fn moved_bytes(m: &Moved) -> usize {
     std::mem::size_of::<Moved>()
         + m.stays.capacity() * std::mem::size_of::<Stay>()
-        + m.sims.capacity() * 12
+        + m.sims.capacity() * std::mem::size_of::<Seen>()
         + m.lines.iter().map(|l| l.1.len() + 32).sum::<usize>()
-        + m.contacted.capacity() * 16
+        + m.contacted.capacity() * std::mem::size_of::<Seen>()
         + m.credited.capacity() * 8
 }
 
@@ -318,14 +359,28 @@ impl RunnerMovement {
             earlier: IdMap::default(),
             names: IdMap::default(),
             young: IdMap::default(),
+            at_line: IdMap::default(),
+            burnt: IdMap::default(),
             trade_changed_s: 0,
             clock_s: 0,
             night: night_mask(&cfg.runner_movement),
+            burn_ages: burn_ages(&cfg.runner_movement),
             max_keys,
             cap_hits: 0,
             heap_bytes: 0,
         }
     }
+}
+
+/// See [`RunnerMovement::burn_ages`]; an empty range when the burn link is off.
+fn burn_ages(cfg: &RunnerConfig) -> (u32, u32) {
+    if cfg.burn_gap_s == 0 {
+        return (u32::MAX, 0);
+    }
+    (
+        ids::span_secs(cfg.burn_quiet_s),
+        ids::span_secs(cfg.young_handset_s),
+    )
 }
 
 /// The night hours as a mask of clock hours.
@@ -449,7 +504,7 @@ impl RunnerMovement {
         let off = match (young_name, t.moved.as_deref()) {
             (None, Some(m)) => {
                 // The SIM's note may be up to a refresh period old: its real last use here.
-                let used = m.sims.iter().find(|x| x.0 == sim)?.1;
+                let used = m.sims.iter().find(|x| x.id() == sim)?.at;
                 if used.saturating_add(window) < s {
                     return None;
                 }
@@ -461,6 +516,7 @@ impl RunnerMovement {
                     handset: h,
                     name,
                     last_s,
+                    burn: false,
                 });
                 let mut copy = m.clone();
                 (copy.fired_s, copy.credited) = (None, Vec::new());
@@ -469,6 +525,7 @@ impl RunnerMovement {
                     moved: Some(Box::new(copy)),
                     here: None,
                     chain,
+                    burn: false,
                 }
             }
             (Some(name), None) => HandOff {
@@ -479,9 +536,144 @@ impl RunnerMovement {
                     handset: h,
                     name: name.into(),
                     last_s: t.here.last_s,
+                    burn: false,
                 }],
+                burn: false,
             },
             _ => return None,
+        };
+        Some(Sent::new(Dest::Handset(to), Body::HandedOver(off)))
+    }
+
+    /// A handset still young (first seen at `first_s` in `place`) calls the trade line `to`
+    /// `burn_quiet_s` or more after its first record, and has taken no history over: the
+    /// line's shard is asked whether a moving handset that called it went quiet just before
+    /// it appeared, there (a whole burn). Checked on every record of a young handset, so the
+    /// times come first and the trade list only then.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn ask_burn(
+        &self,
+        imei: u64,
+        imei_s: &str,
+        to: u64,
+        first_s: u32,
+        place: u32,
+        s: u32,
+        outbox: &mut Vec<Sent>,
+    ) {
+        let age = s.saturating_sub(first_s);
+        if age < self.burn_ages.0 || age > self.burn_ages.1 {
+            return;
+        }
+        self.ask_burn_young(imei, imei_s, to, first_s, place, outbox);
+    }
+
+    /// [`Self::ask_burn`] for a handset of the age to ask: a call to a trade line, and no
+    /// history taken over yet.
+    #[inline(never)]
+    fn ask_burn_young(
+        &self,
+        imei: u64,
+        imei_s: &str,
+        to: u64,
+        first_s: u32,
+        place: u32,
+        outbox: &mut Vec<Sent>,
+    ) {
+        if !self.trade.contains_key(&to) || self.earlier.contains_key(&imei) {
+            return;
+        }
+        let body = Body::BurnAsk {
+            handset: imei,
+            name: imei_s.into(),
+            first_s,
+            place,
+        };
+        outbox.push(Sent::new(Dest::Number(to), body));
+    }
+
+    /// A line just became a trade line (on every shard): the moving handsets here that
+    /// called it within the window tell its shard so, as they would have had it been one
+    /// then (a deal line is found hours after its runners start calling it, and a burnt
+    /// handset may have gone quiet by then). Hinted by handset, so every shard's notes
+    /// apply in the same order.
+    #[cold]
+    fn tell_line_its_callers(&self, line: u64, outbox: &mut Vec<Sent>) {
+        if self.cfg.burn_gap_s == 0 {
+            return;
+        }
+        // `names` holds the moving handsets (and, until the next sweep, a few back in one
+        // class): a tenth of the handsets, where walking them all cost the bench mix, whose
+        // low thresholds make hundreds of trade lines, half its time.
+        for &h in self.names.keys() {
+            let Some(m) = self.handsets.get(&h).and_then(|t| t.moved.as_deref()) else {
+                continue;
+            };
+            if let Some(c) = m.contacted.iter().find(|c| c.id() == line) {
+                let body = Body::RunnerContact {
+                    handset: h,
+                    at_s: c.at,
+                };
+                outbox.push(Sent::hinted(Dest::Number(line), body, [h, 0]));
+            }
+        }
+    }
+
+    /// On the trade line's shard: the moving handsets that called it before `first_s` and
+    /// not since are asked whether they went quiet just before the new handset `to` showed.
+    fn burn_asked(&self, line: u64, ask: (u64, &str, u32, u32), outbox: &mut Vec<Sent>) {
+        let (to, to_name, first_s, place) = ask;
+        let Some(seen) = self.at_line.get(&line) else {
+            return;
+        };
+        let window = ids::span_secs(self.cfg.window_s);
+        for &(h, at) in seen {
+            if h != to && at <= first_s && at.saturating_add(window) >= first_s {
+                let body = Body::BurnHandOver {
+                    to,
+                    to_name: to_name.into(),
+                    first_s,
+                    place,
+                };
+                outbox.push(Sent::new(Dest::Handset(h), body));
+            }
+        }
+    }
+
+    /// On the old handset `h`'s shard: if it is moving, was last seen where `to` first
+    /// showed, and went quiet at most `burn_gap_s` before that (no record since), its
+    /// history goes to `to`, once.
+    fn burn_hand_over(&mut self, h: u64, ask: (u64, &str, u32, u32)) -> Option<Sent> {
+        let (to, to_name, first_s, place) = ask;
+        if self.burnt.contains_key(&h) {
+            return None;
+        }
+        let m = self.handsets.get(&h)?.moved.as_deref()?;
+        let last = m.stays.last()?;
+        let gap = ids::span_secs(self.cfg.burn_gap_s);
+        if last.last_s > first_s || last.last_s.saturating_add(gap) < first_s || last.place != place
+        {
+            return None;
+        }
+        let window = ids::span_secs(self.cfg.window_s);
+        let mut chain = self.earlier.get(&h).cloned().unwrap_or_default();
+        chain.retain(|e| e.last_s.saturating_add(window) >= first_s);
+        chain.push(Earlier {
+            handset: h,
+            name: self.names.get(&h)?.clone(),
+            last_s: last.last_s,
+            burn: true,
+        });
+        let mut copy = m.clone();
+        (copy.fired_s, copy.credited) = (None, Vec::new());
+        self.burnt.insert(h, to);
+        let off = HandOff {
+            name: to_name.into(),
+            moved: Some(Box::new(copy)),
+            here: None,
+            chain,
+            burn: true,
         };
         Some(Sent::new(Dest::Handset(to), Body::HandedOver(off)))
     }
@@ -492,6 +684,9 @@ impl RunnerMovement {
     /// history it brought, as when the hand-off was seen in place (a runner's new handset
     /// may have no other record for hours).
     fn take_over(&mut self, imei: u64, off: &HandOff, at: Millis, ctx: &mut Ctx<'_>) {
+        if off.burn && self.earlier.contains_key(&imei) {
+            return; // linked already (its SIM, or another burn answered first)
+        }
         let Some(t) = self.handsets.get_mut(&imei) else {
             return; // gone again, or refused by the key cap
         };
@@ -511,15 +706,17 @@ impl RunnerMovement {
             merge_stay(&mut m.stays, st);
         }
         if let Some(own) = t.moved.as_deref() {
-            for &(sim, at) in &own.sims {
+            for x in &own.sims {
+                let seen = *x;
+                let (sim, at) = (seen.id(), seen.at);
                 note(
                     &mut m.sims,
                     MAX_SIMS,
-                    |x| x.0,
-                    |x| &mut x.1,
+                    Seen::id,
+                    |x| &mut x.at,
                     sim,
                     at,
-                    || (sim, at),
+                    || seen,
                 );
             }
             for (id, name, at) in &own.lines {
@@ -534,15 +731,17 @@ impl RunnerMovement {
                     make,
                 );
             }
-            for &(id, at) in &own.contacted {
+            for x in &own.contacted {
+                let seen = *x;
+                let (id, at) = (seen.id(), seen.at);
                 note(
                     &mut m.contacted,
                     MAX_CONTACTED,
-                    |x| x.0,
-                    |x| &mut x.1,
+                    Seen::id,
+                    |x| &mut x.at,
                     id,
                     at,
-                    || (id, at),
+                    || seen,
                 );
             }
             (m.fired_s, m.credited) = (own.fired_s, own.credited.clone());
@@ -560,12 +759,12 @@ impl RunnerMovement {
         }
         // The SIM index follows the handset now holding the SIMs (the sweep's rebuild did
         // this when every SIM was on one thread).
-        for &(sim, at_s) in &m.sims {
+        for x in &m.sims {
             let body = Body::SimSeen {
                 handset: imei,
-                at_s,
+                at_s: x.at,
             };
-            ctx.outbox.push(Sent::new(Dest::Handset(sim), body));
+            ctx.outbox.push(Sent::new(Dest::Handset(x.id()), body));
         }
         self.heap_bytes += moved_bytes(&m);
         t.moved = Some(Box::new(m));
@@ -582,7 +781,7 @@ impl RunnerMovement {
     fn reindex(&mut self, cutoff: u32) {
         self.sim_at.clear();
         for (&h, t) in &self.handsets {
-            for &(sim, at) in t.moved.iter().flat_map(|m| &m.sims) {
+            for (sim, at) in t.moved.iter().flat_map(|m| &m.sims).map(|x| (x.id(), x.at)) {
                 if self.sim_at.get(&sim).is_none_or(|x| x.1 <= at) {
                     self.sim_at.insert(sim, (h, at));
                 }
@@ -628,15 +827,15 @@ impl RunnerMovement {
             return;
         }
         // Tied to the trade?
-        let sims = m.sims.iter().filter(|x| x.1 >= r.since_s).count();
+        let sims = m.sims.iter().filter(|x| x.at >= r.since_s).count();
         let churn = sims >= self.cfg.churn_min_sims as usize;
         let mut trade: Vec<(u64, String)> = m
             .contacted
             .iter()
-            .filter(|c| c.1 >= r.since_s)
+            .filter(|c| c.at >= r.since_s)
             .filter_map(|c| {
-                let t = self.trade.get(&c.0)?;
-                (t.at_s >= r.since_s).then(|| (c.0, t.name.to_string()))
+                let t = self.trade.get(&c.id())?;
+                (t.at_s >= r.since_s).then(|| (c.id(), t.name.to_string()))
             })
             .collect();
         trade.sort_by(|a, b| a.1.cmp(&b.1));
@@ -728,13 +927,26 @@ impl RunnerMovement {
             return;
         };
         let names: Vec<&str> = earlier.iter().map(|e| &*e.name).collect();
+        let burnt: Vec<&str> = earlier
+            .iter()
+            .filter(|e| e.burn)
+            .map(|e| &*e.name)
+            .collect();
         if let Some(f) = ctx.out.last_mut() {
             f.evidence
                 .insert("earlier_handsets".into(), serde_json::json!(names));
+            if !burnt.is_empty() {
+                f.evidence
+                    .insert("burnt_handsets".into(), serde_json::json!(burnt));
+            }
         }
         let mut evidence = found.evidence;
         evidence.insert("taken_over_by".into(), serde_json::json!(imei_s));
         for e in earlier.iter().filter(|e| e.last_s >= since_s) {
+            let mut evidence = evidence.clone();
+            if e.burn {
+                evidence.insert("taken_over_as".into(), serde_json::json!("burn"));
+            }
             let body = Body::NameEarlier(EarlierFinding {
                 name: e.name.clone(),
                 since_s,
@@ -743,7 +955,7 @@ impl RunnerMovement {
                 window_start: found.window_start,
                 window_end: found.window_end,
                 related: found.related.clone(),
-                evidence: serde_json::Value::Object(evidence.clone()),
+                evidence: serde_json::Value::Object(evidence),
                 lines: found.lines.clone(),
             });
             ctx.outbox.push(Sent::new(Dest::Handset(e.handset), body));
@@ -822,6 +1034,8 @@ impl Detector for RunnerMovement {
                 t.here.first_s = t.here.first_s.min(s);
                 t.here.last_s = t.here.last_s.max(s);
                 t.here.hours |= obs.hours;
+                let (first_s, place) = (t.here.first_s, t.here.place);
+                self.ask_burn(imei, imei_s, ids.to, first_s, place, s, ctx.outbox);
                 return;
             }
             Some(_) => {}
@@ -841,6 +1055,8 @@ impl Detector for RunnerMovement {
                 t.here.first_s = t.here.first_s.min(s);
                 t.here.last_s = t.here.last_s.max(s);
                 t.here.hours |= obs.hours;
+                let (first_s, place) = (t.here.first_s, t.here.place);
+                self.ask_burn(imei, imei_s, ids.to, first_s, place, s, ctx.outbox);
                 return;
             }
             let m = Moved {
@@ -862,15 +1078,15 @@ impl Detector for RunnerMovement {
         }
         if let Some(sim) = ids.imsi {
             let period = refresh_s(&self.cfg);
-            let before = m.sims.iter().find(|x| x.0 == sim).map(|x| x.1);
+            let before = m.sims.iter().find(|x| x.id() == sim).map(|x| x.at);
             let new = note(
                 &mut m.sims,
                 MAX_SIMS,
-                |x| x.0,
-                |x| &mut x.1,
+                Seen::id,
+                |x| &mut x.at,
                 sim,
                 s,
-                || (sim, s),
+                || Seen::new(sim, s),
             );
             // The SIM's shard is told of a SIM new to the handset, and again once a period
             // of its use, so its note outlives the window while the SIM is in use.
@@ -896,12 +1112,23 @@ impl Detector for RunnerMovement {
         changed |= note(
             &mut m.contacted,
             MAX_CONTACTED,
-            |x| x.0,
-            |x| &mut x.1,
+            Seen::id,
+            |x| &mut x.at,
             ids.to,
             s,
-            || (ids.to, s),
+            || Seen::new(ids.to, s),
         );
+        let to_trade = self.trade.contains_key(&ids.to);
+        let first = m.stays.first().map(|x| (x.first_s, x.place));
+        if to_trade {
+            // The line's shard learns which moving handsets call it (a whole burn's
+            // successor asks there).
+            let body = Body::RunnerContact {
+                handset: imei,
+                at_s: s,
+            };
+            ctx.outbox.push(Sent::new(Dest::Number(ids.to), body));
+        }
 
         // Judged again only when something a rule asks could have changed: this record
         // changed the history, contacts a trade line, came after a line became one, or a
@@ -914,12 +1141,11 @@ impl Detector for RunnerMovement {
         let fired_window_passed = m
             .fired_s
             .is_some_and(|f| f.saturating_add(ids::span_secs(self.cfg.window_s)) < newest_s);
-        if !changed
-            && !fired_window_passed
-            && self.trade_changed_s < previous_s
-            && !self.trade.contains_key(&ids.to)
-        {
+        if !changed && !fired_window_passed && self.trade_changed_s < previous_s && !to_trade {
             return;
+        }
+        if let (true, Some((first_s, place))) = (to_trade, first) {
+            self.ask_burn(imei, imei_s, ids.to, first_s, place, s, ctx.outbox);
         }
         self.judge(imei, imei_s, ev.ts, map, ctx);
     }
@@ -952,11 +1178,15 @@ impl Detector for RunnerMovement {
         }
         match (&e.body, e.dest) {
             (Body::TradeLine { line, name, at_s }, _) => {
+                let new = !self.trade.contains_key(line);
                 let t = self.trade.entry(*line).or_insert_with(|| TradeLine {
                     name: name.clone(),
                     at_s: *at_s,
                 });
                 t.at_s = t.at_s.max(*at_s);
+                if new {
+                    self.tell_line_its_callers(*line, ctx.outbox);
+                }
                 // Every handset seen so far reads again at its next record.
                 self.trade_changed_s = self.trade_changed_s.max(*at_s).max(self.clock_s);
             }
@@ -995,6 +1225,40 @@ impl Detector for RunnerMovement {
             }
             (Body::HandedOver(off), Dest::Handset(h)) => self.take_over(h, off, e.at, ctx),
             (Body::NameEarlier(x), Dest::Handset(h)) => self.named(h, x, e.at, ctx.out),
+            (Body::RunnerContact { handset, at_s }, Dest::Number(line)) => {
+                let seen = self.at_line.entry(line).or_default();
+                note(
+                    seen,
+                    MAX_AT_LINE,
+                    |x| x.0,
+                    |x| &mut x.1,
+                    *handset,
+                    *at_s,
+                    || (*handset, *at_s),
+                );
+            }
+            (
+                Body::BurnAsk {
+                    handset,
+                    name,
+                    first_s,
+                    place,
+                },
+                Dest::Number(line),
+            ) => self.burn_asked(line, (*handset, name, *first_s, *place), ctx.outbox),
+            (
+                Body::BurnHandOver {
+                    to,
+                    to_name,
+                    first_s,
+                    place,
+                },
+                Dest::Handset(h),
+            ) => {
+                if let Some(sent) = self.burn_hand_over(h, (*to, to_name, *first_s, *place)) {
+                    ctx.outbox.push(sent);
+                }
+            }
             _ => {}
         }
     }
@@ -1007,9 +1271,9 @@ impl Detector for RunnerMovement {
                 return t.here.last_s >= cutoff;
             };
             m.stays.retain(|x| x.last_s >= cutoff);
-            m.sims.retain(|x| x.1 >= cutoff);
+            m.sims.retain(|x| x.at >= cutoff);
             m.lines.retain(|x| x.2 >= cutoff);
-            m.contacted.retain(|x| x.1 >= cutoff);
+            m.contacted.retain(|x| x.at >= cutoff);
             match m.stays.len() {
                 0 => return false,
                 1 => {
@@ -1036,6 +1300,12 @@ impl Detector for RunnerMovement {
         let young_cutoff =
             ids::secs(watermark).saturating_sub(ids::span_secs(self.cfg.young_handset_s));
         self.young.retain(|_, y| y.1 >= young_cutoff);
+        self.at_line.retain(|_, seen| {
+            seen.retain(|x| x.1 >= cutoff);
+            !seen.is_empty()
+        });
+        let held = &self.handsets;
+        self.burnt.retain(|h, _| held.contains_key(h));
         if self.young.capacity() > 2 * self.young.len() + 1024 {
             self.young.shrink_to_fit();
         }
@@ -1051,6 +1321,13 @@ impl Detector for RunnerMovement {
                 + self.names.values().map(|n| n.len()).sum::<usize>()
                 + ids::map_bytes(&self.earlier)
                 + ids::map_bytes(&self.young)
+                + ids::map_bytes(&self.at_line)
+                + self
+                    .at_line
+                    .values()
+                    .map(|v| v.capacity() * 12)
+                    .sum::<usize>()
+                + ids::map_bytes(&self.burnt)
                 + self.young.values().map(|y| y.2.len()).sum::<usize>()
                 + self
                     .earlier
@@ -1067,6 +1344,7 @@ impl Detector for RunnerMovement {
     fn reconfigure(&mut self, cfg: &Config) {
         self.cfg = cfg.runner_movement.clone();
         self.night = night_mask(&self.cfg);
+        self.burn_ages = burn_ages(&self.cfg);
         self.max_keys = cfg.engine.max_keys_per_detector;
     }
 
@@ -1082,6 +1360,7 @@ impl Detector for RunnerMovement {
         let mut v = codec::encode(&(&self.handsets, &self.trade, self.cap_hits))?;
         v.extend(codec::encode(&(&self.earlier, &self.names, &self.young))?);
         v.extend(codec::encode(&self.sim_at)?);
+        v.extend(codec::encode(&(&self.at_line, &self.burnt))?);
         Ok(v)
     }
 
@@ -1098,14 +1377,21 @@ impl Detector for RunnerMovement {
         if rest.is_empty() {
             self.reindex(0);
         } else {
-            self.sim_at = codec::decode(rest)?;
+            (self.sim_at, rest) = codec::decode_prefix(rest)?;
         }
+        // Whole burns' notes, written after the SIM index (none in older checkpoints).
+        (self.at_line, self.burnt) = if rest.is_empty() {
+            Default::default()
+        } else {
+            codec::decode(rest)?
+        };
         self.rederive();
         Ok(())
     }
 
     /// Every map but `trade` goes by the key it is kept on: the handset (`handsets`,
-    /// `earlier`, `names`) or the SIM (`sim_at`, `young`). `trade` is written by a
+    /// `earlier`, `names`, `burnt`), the SIM (`sim_at`, `young`) or the trade line
+    /// (`at_line`). `trade` is written by a
     /// broadcast: every shard holds all of it, so every part gets a copy.
     fn split(
         &mut self,
@@ -1119,6 +1405,8 @@ impl Detector for RunnerMovement {
         let mut earlier = super::split_map(&mut self.earlier, parts, owner).into_iter();
         let mut names = super::split_map(&mut self.names, parts, owner).into_iter();
         let mut young = super::split_map(&mut self.young, parts, owner).into_iter();
+        let mut at_line = super::split_map(&mut self.at_line, parts, owner).into_iter();
+        let mut burnt = super::split_map(&mut self.burnt, parts, owner).into_iter();
         let trade = std::mem::take(&mut self.trade);
         self.rederive();
         (0..parts.max(1))
@@ -1130,9 +1418,12 @@ impl Detector for RunnerMovement {
                     sim_at: sim_at.next().unwrap_or_default(),
                     earlier: earlier.next().unwrap_or_default(),
                     young: young.next().unwrap_or_default(),
+                    at_line: at_line.next().unwrap_or_default(),
+                    burnt: burnt.next().unwrap_or_default(),
                     trade_changed_s: 0,
                     clock_s: 0,
                     night: self.night,
+                    burn_ages: self.burn_ages,
                     names: names.next().unwrap_or_default(),
                     max_keys: self.max_keys,
                     cap_hits: if p == counted { cap_hits } else { 0 },
@@ -1151,6 +1442,8 @@ impl Detector for RunnerMovement {
         super::absorb_map(&mut self.earlier, part.earlier);
         super::absorb_map(&mut self.names, part.names);
         super::absorb_map(&mut self.young, part.young);
+        super::absorb_map(&mut self.at_line, part.at_line);
+        super::absorb_map(&mut self.burnt, part.burnt);
         // Every shard got the same broadcasts: the copies agree; the newest is kept all
         // the same.
         for (line, t) in part.trade {
@@ -1176,6 +1469,8 @@ impl Detector for RunnerMovement {
         v.extend(super::named_keys("earlier", &self.earlier));
         v.extend(super::named_keys("names", &self.names));
         v.extend(super::named_keys("young", &self.young));
+        v.extend(super::named_keys("at_line", &self.at_line));
+        v.extend(super::named_keys("burnt", &self.burnt));
         v.extend(super::named_keys("every/trade", &self.trade));
         v
     }
@@ -1580,17 +1875,98 @@ mod tests {
         assert!(!d.earlier.contains_key(&ids::id("H1")));
     }
 
-    /// The same swap with a new SIM too (the whole kit burnt): nothing links the two, and
-    /// neither is seen going there and back.
+    /// The same swap with a new SIM too (the whole kit burnt: new handset, SIM and number).
+    fn whole_burn(
+        plan: &[(i64, &'static str, &'static str, &'static str)],
+    ) -> Vec<(i64, &'static str, &'static str, &'static str)> {
+        plan.iter()
+            .map(|p| (p.0, p.1, p.2, if p.2 == "H2" { "s2" } else { p.3 }))
+            .collect()
+    }
+
+    /// Issue 13: a whole burn mid-trip. The new handset, first seen in the town where the
+    /// old one went quiet three hours before, calls the line the old one called: it carries
+    /// the movement, and names the old one. Before the burn link neither fired.
     #[test]
-    fn a_new_handset_with_a_new_sim_inherits_nothing() {
+    fn a_whole_burn_is_linked_by_the_trade_line_and_the_place_and_names_the_old_one() {
         let (mut d, mut h) = (det(), harness(Some(MAP)));
         mark_trade(&mut d, "dealline", 1_791_158_400_000);
-        let plan: Vec<_> = SWAP_MID_TRIP
-            .iter()
-            .map(|p| (p.0, p.1, p.2, if p.2 == "H2" { "s2" } else { p.3 }))
-            .collect();
+        let f = drive_kit(&mut d, &mut h, &whole_burn(SWAP_MID_TRIP));
+        let subjects: Vec<&str> = f.iter().map(|f| f.subject.as_str()).collect();
+        assert_eq!(subjects, ["H2", "H1"], "{f:?}");
+        assert_eq!(f[0].evidence["burnt_handsets"], serde_json::json!(["H1"]));
+        assert_eq!(f[1].evidence["taken_over_by"], "H2");
+        assert_eq!(f[1].evidence["taken_over_as"], "burn");
+    }
+
+    /// Two handsets near in time, calling the same line in the same town, but the old one
+    /// is still in use after the new one shows: two people, not a burn.
+    #[test]
+    fn a_handset_still_in_use_is_not_linked_to_a_new_one() {
+        let (mut d, mut h) = (det(), harness(Some(MAP)));
+        mark_trade(&mut d, "dealline", 1_791_158_400_000);
+        let mut plan = whole_burn(SWAP_MID_TRIP);
+        plan.insert(5, (27, "t1", "H1", "s1"));
         assert!(drive_kit(&mut d, &mut h, &plan).is_empty());
+        assert!(!d.earlier.contains_key(&ids::id("H2")));
+    }
+
+    /// The new handset first shows in the city while the old one went quiet in the town:
+    /// not where the old one was, so not its successor.
+    #[test]
+    fn a_new_handset_elsewhere_is_not_linked() {
+        let (mut d, mut h) = (det(), harness(Some(MAP)));
+        mark_trade(&mut d, "dealline", 1_791_158_400_000);
+        let plan: Vec<_> = whole_burn(SWAP_MID_TRIP)
+            .into_iter()
+            .map(|p| (p.0, if p.2 == "H2" { "m1" } else { p.1 }, p.2, p.3))
+            .collect();
+        drive_kit(&mut d, &mut h, &plan);
+        assert!(!d.earlier.contains_key(&ids::id("H2")));
+    }
+
+    /// A runner asleep in the town (last record 20:00, back at 24:00) and a customer first
+    /// seen at 21:00 there, calling the same line: the customer asks only six hours after
+    /// its first record, by when the runner has shown it is still in use.
+    #[test]
+    fn a_customer_first_seen_while_a_runner_sleeps_is_not_linked() {
+        let (mut d, mut h) = (det(), harness(Some(MAP)));
+        mark_trade(&mut d, "dealline", 1_791_158_400_000);
+        let plan = [
+            (10, "m1", "H1", "s1"),
+            (14, "t1", "H1", "s1"),
+            (20, "t1", "H1", "s1"),
+            (21, "t1", "C1", "c1"),
+            (24, "t1", "H1", "s1"),
+            (28, "t1", "C1", "c1"),
+            (30, "t1", "H1", "s1"),
+        ];
+        drive_kit(&mut d, &mut h, &plan);
+        assert!(!d.earlier.contains_key(&ids::id("C1")));
+    }
+
+    /// A commuter (a customer of the line) replaces phone, SIM and number one evening: the
+    /// new phone is linked, but the history it carries is still a commuter's.
+    #[test]
+    fn a_commuters_whole_new_phone_is_linked_and_still_a_commuter() {
+        let (mut d, mut h) = (det(), harness(Some(MAP)));
+        mark_trade(&mut d, "dealline", 1_791_158_400_000);
+        let mut plan = Vec::new();
+        for day in 0..5i64 {
+            let (set, sim) = if day < 2 { ("H1", "s1") } else { ("H2", "s2") };
+            let base = day * 24;
+            plan.push((base + 7, "t1", set, sim));
+            for hour in [9, 12, 16] {
+                plan.push((base + hour, "m1", set, sim));
+            }
+            plan.push((base + 20, "t1", set, sim));
+            plan.push((base + 23, "t1", set, sim));
+        }
+        assert!(drive_kit(&mut d, &mut h, &plan).is_empty());
+        assert!(
+            d.earlier.contains_key(&ids::id("H2")),
+            "the burn link was seen"
+        );
     }
 
     /// A commuter's new phone takes the old SIM and the commuting history with it: still a
