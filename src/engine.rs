@@ -914,22 +914,23 @@ fn apply_serially(
     let n = shards.len();
     let mut next = Vec::new();
     for (rank, e) in round.iter().enumerate() {
+        let before = alerts.len();
         for i in targets(e.dest, n) {
-            let before = alerts.len();
             shards[i].apply(e, rank, st, alerts, &mut next);
-            // A broadcast applied on several shards: its alerts in one order whatever the
-            // shards' numbering.
-            if e.dest == Dest::Every {
-                alerts[before..].sort_by(|a, b| a.alert_id.cmp(&b.alert_id));
-            }
+        }
+        // A broadcast applied on several shards: its alerts, from every shard together, in
+        // one order whatever the shard count and numbering.
+        if e.dest == Dest::Every {
+            alerts[before..].sort_by(|a, b| a.alert_id.cmp(&b.alert_id));
         }
     }
     next
 }
 
 /// What one shard made of its share of a barrier round: its alerts and the evidence it
-/// sent, each tagged with the rank (in the round) of the piece that made it.
-type RoundOutput = (Vec<(usize, Alert)>, Vec<(usize, Evidence)>);
+/// sent, each tagged with the rank (in the round) of the piece that made it; an alert also
+/// with whether that piece was a broadcast.
+type RoundOutput = (Vec<(usize, bool, Alert)>, Vec<(usize, Evidence)>);
 
 /// Shard `i`'s share of a barrier round (of `n` shards), in the round's order.
 fn apply_share(
@@ -946,10 +947,8 @@ fn apply_share(
             continue;
         }
         shard.apply(e, rank, st, &mut made, &mut sent);
-        if e.dest == Dest::Every {
-            made.sort_by(|a: &Alert, b: &Alert| a.alert_id.cmp(&b.alert_id));
-        }
-        alerts.extend(made.drain(..).map(|a| (rank, a)));
+        let every = e.dest == Dest::Every;
+        alerts.extend(made.drain(..).map(|a| (rank, every, a)));
         next.extend(sent.drain(..).map(|x| (rank, x)));
     }
     (alerts, next)
@@ -957,7 +956,8 @@ fn apply_share(
 
 /// The shards' shares of a round (in shard order) merged into what [`apply_serially`] gives:
 /// by rank, and within a rank by shard (a stable sort of the shards' outputs laid end to
-/// end). The alerts are appended to `alerts`; the next round's evidence is returned.
+/// end), but a broadcast's alerts from every shard by alert id. The alerts are appended to
+/// `alerts`; the next round's evidence is returned.
 fn merge_round(per_shard: Vec<RoundOutput>, alerts: &mut Vec<Alert>) -> Vec<Evidence> {
     let mut made = Vec::new();
     let mut next = Vec::new();
@@ -965,9 +965,16 @@ fn merge_round(per_shard: Vec<RoundOutput>, alerts: &mut Vec<Alert>) -> Vec<Evid
         made.extend(a);
         next.extend(x);
     }
-    made.sort_by_key(|t| t.0);
+    // One rank is one piece of evidence, so all its alerts share the broadcast flag.
+    made.sort_by(|a, b| {
+        let by_id = || match a.1 {
+            true => a.2.alert_id.cmp(&b.2.alert_id),
+            false => std::cmp::Ordering::Equal,
+        };
+        a.0.cmp(&b.0).then_with(by_id)
+    });
     next.sort_by_key(|t| t.0);
-    alerts.extend(made.into_iter().map(|(_, a)| a));
+    alerts.extend(made.into_iter().map(|(_, _, a)| a));
     next.into_iter().map(|(_, x)| x).collect()
 }
 
@@ -1943,22 +1950,29 @@ mod tests {
                 line_name: Box::from(""),
             },
         };
-        // Shard 0 applied ranks 0 and 2 (twice), shard 1 ranks 1 and 2, shard 2 rank 2.
+        // Shard 0 applied ranks 0 (two alerts, kept in the order made) and 2 (a broadcast,
+        // twice), shard 1 ranks 1 and 2, shard 2 rank 2: the broadcast's alerts from every
+        // shard by id, as one shard applying it would give them.
         let per_shard: Vec<RoundOutput> = vec![
             (
-                vec![(0, alert("a")), (2, alert("d")), (2, alert("e"))],
+                vec![
+                    (0, false, alert("z")),
+                    (0, false, alert("a")),
+                    (2, true, alert("e")),
+                    (2, true, alert("g")),
+                ],
                 vec![(0, sent(10)), (2, sent(12)), (2, sent(13))],
             ),
             (
-                vec![(1, alert("b")), (2, alert("f"))],
+                vec![(1, false, alert("b")), (2, true, alert("d"))],
                 vec![(1, sent(11)), (2, sent(14))],
             ),
-            (vec![(2, alert("g"))], vec![(2, sent(15))]),
+            (vec![(2, true, alert("f"))], vec![(2, sent(15))]),
         ];
         let mut alerts = vec![alert("before")];
         let next = merge_round(per_shard, &mut alerts);
         let ids: Vec<&str> = alerts.iter().map(|a| a.alert_id.as_str()).collect();
-        assert_eq!(ids, ["before", "a", "b", "d", "e", "f", "g"]);
+        assert_eq!(ids, ["before", "z", "a", "b", "d", "e", "f", "g"]);
         let lines: Vec<u64> = next
             .iter()
             .map(|e| match e.dest {
