@@ -420,18 +420,9 @@ pub fn run_with<R: BufRead, S: Sink>(
     let opts = engine.decode_options();
     let limit = opts.max_record_bytes.saturating_add(LINE_SLACK);
     let mut buf = Vec::with_capacity(1024);
-    let mut alerts = Vec::new();
-    let mut line_no = 0u64;
-    let mut wall = wall_ms();
     let (mut this, mut next) = (Step::default(), Step::default());
     this.fill(&mut input, &mut buf, limit, 0)?;
-    let mut out = Out {
-        engine: &mut *engine,
-        sink: &mut *sink,
-        alerts: &mut alerts,
-        line_no: &mut line_no,
-        wall: &mut wall,
-    };
+    let mut out = Out::new(&mut *engine, &mut *sink);
     loop {
         if this.lines.len() > DECODE_CHUNK {
             std::thread::scope(|scope| -> io::Result<()> {
@@ -488,18 +479,9 @@ fn run_sharded<R: BufRead, S: Sink>(
     let opts = engine.decode_options();
     let limit = opts.max_record_bytes.saturating_add(LINE_SLACK);
     let mut buf = Vec::with_capacity(1024);
-    let mut alerts = Vec::new();
-    let mut line_no = 0u64;
-    let mut wall = wall_ms();
     let (mut this, mut next) = (Step::default(), Step::default());
     this.fill_n(&mut input, &mut buf, limit, 0, SHARDED_STEP_LINES)?;
-    let mut out = Out {
-        engine: &mut *engine,
-        sink: &mut *sink,
-        alerts: &mut alerts,
-        line_no: &mut line_no,
-        wall: &mut wall,
-    };
+    let mut out = Out::new(&mut *engine, &mut *sink);
     loop {
         // A thread decodes this step a chunk at a time while this one reads the next step
         // and then runs the engine over this one as its chunks arrive: the decoding is off
@@ -559,17 +541,8 @@ fn run_serial<R: BufRead, S: Sink>(
         .max_record_bytes
         .saturating_add(LINE_SLACK);
     let mut buf = Vec::with_capacity(1024);
-    let mut alerts = Vec::new();
-    let mut line_no = 0u64;
     let mut read = 0u64;
-    let mut wall = wall_ms();
-    let mut out = Out {
-        engine: &mut *engine,
-        sink,
-        alerts: &mut alerts,
-        line_no: &mut line_no,
-        wall: &mut wall,
-    };
+    let mut out = Out::new(&mut *engine, sink);
     loop {
         let (n, newline) = read_line_bounded(&mut input, &mut buf, limit)?;
         if n == 0 && !newline {
@@ -577,7 +550,7 @@ fn run_serial<R: BufRead, S: Sink>(
         }
         read += n + u64::from(newline);
         out.line(Line::of(&buf, n, newline), None)?;
-        if *out.line_no % STEP_LINES as u64 == 0 {
+        if out.line_no % STEP_LINES as u64 == 0 {
             progress(read);
         }
     }
@@ -590,12 +563,25 @@ fn run_serial<R: BufRead, S: Sink>(
 struct Out<'e, S> {
     engine: &'e mut Engine,
     sink: &'e mut S,
-    alerts: &'e mut Vec<Alert>,
-    line_no: &'e mut u64,
-    wall: &'e mut Millis,
+    /// Scratch for each call's alerts (kept to avoid an allocation per line).
+    alerts: Vec<Alert>,
+    /// Lines handed out so far (the dead letters' line numbers).
+    line_no: u64,
+    /// The wall clock, read every 4096 lines.
+    wall: Millis,
 }
 
-impl<S: Sink> Out<'_, S> {
+impl<'e, S: Sink> Out<'e, S> {
+    fn new(engine: &'e mut Engine, sink: &'e mut S) -> Self {
+        Out {
+            engine,
+            sink,
+            alerts: Vec::new(),
+            line_no: 0,
+            wall: wall_ms(),
+        }
+    }
+
     /// Runs `lines` of `step` (decoded as `decoded`) through the engine, in order.
     fn lines(
         &mut self,
@@ -643,15 +629,15 @@ impl<S: Sink> Out<'_, S> {
         let mut verdicts = Vec::with_capacity(lines.len());
         let mut alerts = Vec::new();
         self.engine
-            .process_batch(records, *self.wall, &mut verdicts, &mut alerts);
+            .process_batch(records, self.wall, &mut verdicts, &mut alerts);
         let mut alerts = alerts.into_iter().peekable();
         let mut verdicts = verdicts.into_iter();
         let mut idx = 0;
         for line in lines {
-            *self.line_no += 1;
-            let line_no = *self.line_no;
+            self.line_no += 1;
+            let line_no = self.line_no;
             if line_no % 4096 == 0 {
-                *self.wall = wall_ms();
+                self.wall = wall_ms();
             }
             if matches!(line, Line::Blank) {
                 continue;
@@ -682,7 +668,7 @@ impl<S: Sink> Out<'_, S> {
     /// barrier), so a replay reports what the last records completed.
     fn end(&mut self) -> io::Result<()> {
         self.alerts.clear();
-        self.engine.flush(*self.wall, self.alerts);
+        self.engine.flush(self.wall, &mut self.alerts);
         for a in self.alerts.iter() {
             self.sink.alert(a)?;
         }
@@ -692,12 +678,12 @@ impl<S: Sink> Out<'_, S> {
     /// Runs the next input line through the engine: a record already decoded (`ev`), or
     /// decoded here (`None`).
     fn line(&mut self, line: Line<&[u8]>, ev: Option<Decoded<'_>>) -> io::Result<()> {
-        *self.line_no += 1;
-        let line_no = *self.line_no;
+        self.line_no += 1;
+        let line_no = self.line_no;
         // Reading the clock per record costs more than the detectors; every 4096 is
         // plenty for `detected_at`.
         if line_no % 4096 == 0 {
-            *self.wall = wall_ms();
+            self.wall = wall_ms();
         }
         self.alerts.clear();
         match line {
@@ -708,13 +694,15 @@ impl<S: Sink> Out<'_, S> {
                     field: None,
                 };
                 self.engine
-                    .process_decoded(Err(why), 0, *self.wall, self.alerts);
+                    .process_decoded(Err(why), 0, self.wall, &mut self.alerts);
                 return self.sink.dead_letter_cut(line_no, why, first, n);
             }
             Line::Record(rec) => {
                 let verdict = match ev {
-                    Some(ev) => self.engine.process_decoded(ev, 0, *self.wall, self.alerts),
-                    None => self.engine.process(rec, 0, *self.wall, self.alerts),
+                    Some(ev) => self
+                        .engine
+                        .process_decoded(ev, 0, self.wall, &mut self.alerts),
+                    None => self.engine.process(rec, 0, self.wall, &mut self.alerts),
                 };
                 if let Verdict::Rejected(why) = verdict {
                     self.sink.dead_letter(line_no, why, rec)?;
