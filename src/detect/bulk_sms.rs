@@ -231,10 +231,6 @@ impl Detector for BulkSms {
         self.cap_hits += part.cap_hits;
     }
 
-    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
-        self
-    }
-
     #[cfg(test)]
     fn keys(&self) -> Vec<(&'static str, u64)> {
         super::named_keys("fired", &self.fired)

@@ -90,7 +90,19 @@ pub struct StateStats {
 }
 
 /// One detector.
-pub trait Detector: Send {
+/// A boxed value as [`std::any::Any`], for every type: [`Detector::merge`] takes its part
+/// back as its own type ([`part_of`]) without each detector writing the same cast.
+pub trait IntoAny: std::any::Any {
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any>;
+}
+
+impl<T: std::any::Any> IntoAny for T {
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
+        self
+    }
+}
+
+pub trait Detector: IntoAny + Send {
     /// The detector's name, as in alerts and config sections.
     fn name(&self) -> &'static str;
 
@@ -148,9 +160,6 @@ pub trait Detector: Send {
     /// Adds a part [`Detector::split`] made from another shard's state of the same
     /// detector: its keys are other keys than this one's, its broadcast copies the same.
     fn merge(&mut self, part: Box<dyn Detector>);
-
-    /// The detector as [`std::any::Any`], so [`Detector::merge`] gets its part's own type.
-    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any>;
 
     /// Every key held, with the name of the map that holds it; a map every shard holds a
     /// copy of is named `every/...` (the split and merge tests check each key lands on its

@@ -1458,10 +1458,6 @@ impl Detector for RunnerMovement {
         self.rederive();
     }
 
-    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
-        self
-    }
-
     #[cfg(test)]
     fn keys(&self) -> Vec<(&'static str, u64)> {
         let mut v = super::named_keys("handsets", &self.handsets);
