@@ -23,6 +23,9 @@ pub struct Config {
     pub runner_movement: RunnerConfig,
     pub deal_line: DealLineConfig,
     pub service: ServiceConfig,
+    /// `linewatch run` as one of several instances sharing the work through Kafka internal
+    /// topics (issue 11, `docs/sharding.md`).
+    pub streams: StreamsConfig,
     /// `linewatch board`: the operations-room web board.
     pub board: crate::board::config::BoardConfig,
     /// librdkafka properties passed through unchanged (e.g. `"security.protocol" = "SASL_SSL"`).
@@ -467,6 +470,42 @@ impl Default for ServiceConfig {
             processing_guarantee: ProcessingGuarantee::AtLeastOnce,
             transaction_interval_ms: 100,
             shards: 1,
+        }
+    }
+}
+
+/// Several instances of `linewatch run` in one group sharing every stage through Kafka
+/// internal topics (`docs/sharding.md`, "Over Kafka"). Not used by `replay`.
+///
+/// The internal topics are named after `service.group_id`, so they are stable across
+/// versions and two groups never share them: `<group>-by-line`, `<group>-by-handset`,
+/// `<group>-evidence`; the stages read them as the consumer group `<group>-stages`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamsConfig {
+    /// Carry the engine's exchanges between instances through the internal topics. Off: one
+    /// instance runs every key in process, as before (the internal topics are not touched).
+    pub enabled: bool,
+    /// Partitions of each internal topic (the same for all three: they are co-partitioned).
+    /// A partition is a fixed range of the engine's 256 key groups, so this is the most
+    /// instances that can share the work and the unit of state that moves between them.
+    /// From 1 to 256; a divisor of 256 gives every partition the same number of key groups.
+    pub internal_partitions: u32,
+    /// Replication factor of the internal topics when the service creates them; -1: the
+    /// broker's `default.replication.factor`.
+    pub replication_factor: i32,
+    /// How long the internal topics keep records (`retention.ms`): a stage partition whose
+    /// owner is down longer than this loses the records it had not read yet.
+    pub retention_s: u64,
+}
+
+impl Default for StreamsConfig {
+    fn default() -> Self {
+        StreamsConfig {
+            enabled: false,
+            internal_partitions: 16,
+            replication_factor: -1,
+            retention_s: 604_800,
         }
     }
 }
@@ -1107,6 +1146,20 @@ impl Config {
             s.transaction_interval_ms,
             1,
         );
+        let st = &self.streams;
+        r.count(
+            "streams.internal_partitions",
+            st.internal_partitions.into(),
+            1,
+            crate::engine::KEY_GROUPS as u64,
+        );
+        r.check(
+            "streams.replication_factor",
+            st.replication_factor == -1 || (1..=32).contains(&st.replication_factor),
+            st.replication_factor,
+            "-1 (the broker's default) or a whole number from 1 to 32",
+        );
+        r.seconds("streams.retention_s", st.retention_s, 60);
         self.board.check(&mut r);
         r
     }
@@ -1164,6 +1217,37 @@ mod tests {
             err.contains("deal_line.repeat_gap_s") && err.contains("12.1 days"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn streams_settings_are_checked_together_with_the_rest() {
+        let e = Config::from_toml(
+            "[streams]\nenabled = true\ninternal_partitions = 257\nreplication_factor = 0\nretention_s = 5\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.problems.len(), 3, "{e}");
+        assert!(
+            e.problems[0].starts_with("line 3: streams.internal_partitions = 257"),
+            "{e}"
+        );
+        assert!(e.problems[0].contains("from 1 to 256"), "{e}");
+        assert!(
+            e.problems[1].starts_with("line 4: streams.replication_factor = 0"),
+            "{e}"
+        );
+        assert!(
+            e.problems[2].starts_with("line 5: streams.retention_s = 5"),
+            "{e}"
+        );
+        let e = Config::from_toml("[streams]\npartitions = 6\n").unwrap_err();
+        assert!(
+            e.problems[0].contains("streams.partitions: unknown key"),
+            "{e}"
+        );
+        let c = Config::from_toml("[streams]\nenabled = true\ninternal_partitions = 6\n").unwrap();
+        assert!(c.streams.enabled);
+        assert_eq!(c.streams.internal_partitions, 6);
+        assert_eq!(c.streams.replication_factor, -1);
     }
 
     #[test]

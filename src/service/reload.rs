@@ -136,6 +136,8 @@ impl Reloader {
         }
         let next = Config {
             service: self.running.service.clone(),
+            // The internal topics are created and checked at start only.
+            streams: self.running.streams.clone(),
             kafka: self.running.kafka.clone(),
             ..file
         };
