@@ -29,6 +29,8 @@
 //! - [`sheet`]: the CSV files analysts keep in spreadsheets, read and written with the `csv` crate.
 //! - [`service`]: `linewatch run`, the engine between a Kafka consumer group and producer;
 //!   [`kafka`] holds the client setup and error classification it shares.
+//! - [`streams`]: the Kafka side of several instances sharing the work (internal topics,
+//!   their placement, wire envelope and co-partitioned assignment).
 //! - [`board`]: `linewatch board`, the operations-room web board over the alert topic.
 //! - [`cli`]: the subcommands; `main.rs` only calls [`cli::main`].
 //!
@@ -56,5 +58,6 @@ pub mod replay;
 pub mod service;
 pub mod sheet;
 pub mod state;
+pub mod streams;
 pub mod tune;
 pub mod watermark;

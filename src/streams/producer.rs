@@ -1,0 +1,112 @@
+//! The producer of internal records: envelopes to an explicit (topic, partition), keyed by
+//! the 8-byte key hash ([`super::place`]).
+//!
+//! Idempotent (`enable.idempotence`, `acks=all`, from [`crate::kafka`]): a retry inside
+//! librdkafka never duplicates or reorders a partition's records, so the order a stage reads
+//! is the order the ingest wrote. Not yet transactional: under `exactly_once` the stages
+//! will write through the transactional producer of `src/service/txn.rs` instead.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+
+use super::place;
+use super::topics::{InternalTopics, Which};
+use super::wire::{self, Kind};
+use crate::exchange::Evidence;
+use crate::kafka::{KafkaSettings, Role};
+
+/// How long a send waits for room in a full producer queue before giving up.
+const QUEUE_WAIT: Duration = Duration::from_secs(30);
+
+/// Sends internal records.
+pub struct InternalProducer {
+    producer: FutureProducer,
+    topics: InternalTopics,
+    partitions: u32,
+}
+
+impl InternalProducer {
+    /// A producer to the internal topics of `group`, of `partitions` partitions each.
+    pub fn new(
+        settings: &KafkaSettings,
+        group: &str,
+        partitions: u32,
+    ) -> Result<InternalProducer, KafkaError> {
+        let producer: FutureProducer = settings.client_config(Role::Producer).create()?;
+        Ok(InternalProducer {
+            producer,
+            topics: InternalTopics::for_group(group),
+            partitions,
+        })
+    }
+
+    /// The topics it writes.
+    pub fn topics(&self) -> &InternalTopics {
+        &self.topics
+    }
+
+    /// Queues `payload` (an envelope) to `partition` of `which`, keyed by `key`; the future
+    /// resolves when the broker acknowledges it. Waits (up to 30 s) while the queue is full.
+    pub fn send_raw(
+        &self,
+        which: Which,
+        partition: i32,
+        key: u64,
+        payload: &[u8],
+    ) -> Result<DeliveryFuture, KafkaError> {
+        let k = place::key_bytes(key);
+        let mut record = FutureRecord::to(self.topics.name(which))
+            .partition(partition)
+            .key(&k[..])
+            .payload(payload);
+        let deadline = Instant::now() + QUEUE_WAIT;
+        loop {
+            match self.producer.send_result(record) {
+                Ok(f) => return Ok(f),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r))
+                    if Instant::now() < deadline =>
+                {
+                    record = r;
+                    // The producer's own thread drains the queue; give it a moment.
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+
+    /// Queues a value for the owner of key hash `key` in `which`.
+    pub fn send_keyed<T: serde::Serialize + ?Sized>(
+        &self,
+        which: Which,
+        kind: Kind,
+        key: u64,
+        value: &T,
+    ) -> Result<DeliveryFuture, KafkaError> {
+        let bytes = wire::encode(kind, value);
+        self.send_raw(
+            which,
+            place::partition_of(key, self.partitions),
+            key,
+            &bytes,
+        )
+    }
+
+    /// Queues evidence to the owner of its destination, or to every partition for a
+    /// broadcast (encoded once).
+    pub fn send_evidence(&self, e: &Evidence) -> Result<Vec<DeliveryFuture>, KafkaError> {
+        let (target, key) = place::target(e.dest, self.partitions);
+        let bytes = wire::encode(Kind::Evidence, e);
+        target
+            .partitions(self.partitions)
+            .map(|p| self.send_raw(Which::Evidence, p, key, &bytes))
+            .collect()
+    }
+
+    /// Waits until every queued record is acknowledged (or `timeout`).
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer.flush(timeout)
+    }
+}
