@@ -110,6 +110,9 @@ pub enum ServiceError {
         reason: &'static str,
         message: String,
     },
+    /// `[streams]`: the internal topics could not be created, or are not co-partitioned.
+    #[error("{0}")]
+    InternalTopics(String),
     /// Shutdown could not finish in-flight deliveries in time.
     #[error("shutdown: in-flight deliveries not acknowledged within drain_timeout_s = {0}; their input offsets were not committed, so a restart re-reads them")]
     DrainTimeout(u64),
@@ -266,6 +269,12 @@ pub async fn run(
     );
     let drain_s = cfg.service.drain_timeout_s;
     tokio::pin!(shutdown);
+    if cfg.streams.enabled {
+        tokio::select! {
+            r = internal_topics(&cfg, &settings, &status) => r?,
+            _ = &mut shutdown => return Ok(()),
+        }
+    }
     let mut stopped_at = None;
     let mut clients = Some(first);
     let mut reloads = reload_rx;
@@ -367,6 +376,51 @@ pub async fn run(
         Err(e) => tracing::error!(error = %e, "stopped on error"),
     }
     result
+}
+
+/// `[streams]`: creates the missing internal topics and checks they are co-partitioned,
+/// retrying while the brokers are unreachable (as the consumer does at start); anything
+/// else stops the start with one line.
+async fn internal_topics(
+    cfg: &Config,
+    settings: &KafkaSettings,
+    status: &Status,
+) -> Result<(), ServiceError> {
+    let max = Duration::from_secs(cfg.service.retry_backoff_max_s);
+    let mut attempt = 0;
+    loop {
+        status.set(
+            false,
+            "creating and checking the internal topics ([streams])",
+        );
+        let (s, group, streams) = (
+            settings.clone(),
+            cfg.service.group_id.clone(),
+            cfg.streams.clone(),
+        );
+        let r = tokio::task::spawn_blocking(move || {
+            crate::streams::topics::ensure(&s, &group, &streams, Duration::from_secs(30))
+        })
+        .await
+        .map_err(|e| ServiceError::InternalTopics(format!("internal topics: {e}")))?;
+        match r {
+            Ok(topics) => {
+                tracing::info!(
+                    topics = ?topics.all(),
+                    partitions = cfg.streams.internal_partitions,
+                    "internal topics co-partitioned; the stages over Kafka are not wired into run yet, so records take the single-instance path"
+                );
+                return Ok(());
+            }
+            Err(e) if e.retriable() => {
+                attempt += 1;
+                let wait = sink::backoff(attempt, max);
+                tracing::warn!(error = %e, retry_in_s = wait.as_secs(), "internal topics not ready; retrying");
+                tokio::time::sleep(wait).await;
+            }
+            Err(e) => return Err(ServiceError::InternalTopics(e.to_string())),
+        }
+    }
 }
 
 /// The Kafka side of one pipeline: made at start, and again after a transaction failure
