@@ -390,3 +390,93 @@ fn evidence_goes_to_the_partition_of_its_key_in_the_envelope_and_broadcasts_to_e
     assert_eq!(distinct.len(), got.len());
     let _ = t;
 }
+
+#[test]
+fn a_stage_transaction_makes_its_evidence_and_its_input_offsets_visible_together() {
+    use linewatch::streams::producer::stage_transactional_id;
+    use rdkafka::{Offset, TopicPartitionList};
+
+    let group = format!("streams-txn-{}", suffix());
+    let p = 2u32;
+    let t = ensure(&settings(), &group, &streams(p), WAIT).expect("topics");
+    let s = settings();
+    let id = stage_transactional_id(&s, &group);
+    assert!(id.starts_with(&format!("linewatch-{group}-")) && id.ends_with("-stages"));
+    let producer = InternalProducer::transactional(&s, &group, p, &id).expect("producer");
+    let stage = StageConsumer::new(&s, &group, true).expect("read_committed stage consumer");
+    let deliver = |e: &Evidence| {
+        rt().block_on(async {
+            for f in producer.send_evidence(e).expect("send") {
+                f.await.expect("delivery").expect("acknowledged");
+            }
+        })
+    };
+    let key = 0x0123_4567_89AB_CDEFu64;
+    let aborted = evidence(Dest::Number(key), 1);
+    let committed = evidence(Dest::Number(key), 2);
+
+    producer.begin().expect("begin");
+    deliver(&aborted);
+    producer.abort().expect("abort");
+    producer.begin().expect("begin");
+    deliver(&committed);
+    producer
+        .commit_with_offsets(
+            &TopicPartitionList::new(),
+            &stage.consumer().group_metadata().expect("group metadata"),
+        )
+        .expect("commit");
+
+    // The read_committed stage sees the committed evidence, never the aborted one.
+    let read_until = |want: &str| {
+        let deadline = Instant::now() + WAIT;
+        let mut seen = Vec::new();
+        loop {
+            assert!(Instant::now() < deadline, "never read {want}: {seen:?}");
+            if let Some(m) = stage.poll(Duration::from_millis(200)) {
+                let m = m.expect("read");
+                let e: Evidence = m.decode(Kind::Evidence).expect("decodes");
+                seen.push(e.event_id.to_string());
+                if &*e.event_id == want {
+                    return (m, seen);
+                }
+            }
+        }
+    };
+    let (m, seen) = read_until("e2");
+    assert_eq!(
+        seen,
+        vec!["e2"],
+        "the aborted transaction's evidence was read"
+    );
+    assert_eq!(m.partition, partition_of(key, p));
+
+    // The stage applies it and sends what it learnt, with its input offset, in one
+    // transaction: the group's committed offset moves with the output.
+    let mut offsets = TopicPartitionList::new();
+    offsets
+        .add_partition_offset(&t.evidence, m.partition, Offset::Offset(m.offset + 1))
+        .expect("offset");
+    let answer = evidence(Dest::Handset(key ^ 1), 3);
+    producer.begin().expect("begin");
+    deliver(&answer);
+    producer
+        .commit_with_offsets(
+            &offsets,
+            &stage.consumer().group_metadata().expect("group metadata"),
+        )
+        .expect("commit with offsets");
+    let committed_offsets = stage
+        .consumer()
+        .committed_offsets(offsets.clone(), Duration::from_secs(10))
+        .expect("committed offsets");
+    assert_eq!(
+        committed_offsets
+            .find_partition(&t.evidence, m.partition)
+            .expect("partition")
+            .offset(),
+        Offset::Offset(m.offset + 1)
+    );
+    let (m3, _) = read_until("e3");
+    assert_eq!(m3.partition, partition_of(key ^ 1, p));
+}

@@ -103,6 +103,20 @@ impl ConsumerContext for StageContext {
                     assigned.iter().map(|(t, p)| (t.as_str(), *p)),
                     &self.topics,
                 );
+                // A partition paused as partial under an earlier assignment and whole now
+                // must be read again; whether librdkafka keeps an application's pause over
+                // an eager rebalance depends on its version, and a resume costs nothing.
+                let mut resume = TopicPartitionList::new();
+                for (topic, p) in &assigned {
+                    if own.whole.contains(p) {
+                        resume.add_partition(topic, *p);
+                    }
+                }
+                if resume.count() > 0 {
+                    if let Err(e) = consumer.resume(&resume) {
+                        tracing::warn!(error = %e, "could not resume whole stage partitions");
+                    }
+                }
                 if !own.partial.is_empty() {
                     self.partial_total
                         .fetch_add(own.partial.len() as u64, Ordering::Relaxed);

@@ -3,13 +3,19 @@
 //!
 //! Idempotent (`enable.idempotence`, `acks=all`, from [`crate::kafka`]): a retry inside
 //! librdkafka never duplicates or reorders a partition's records, so the order a stage reads
-//! is the order the ingest wrote. Not yet transactional: under `exactly_once` the stages
-//! will write through the transactional producer of `src/service/txn.rs` instead.
+//! is the order the ingest wrote. Under `processing_guarantee = "exactly_once"` a stage
+//! uses [`InternalProducer::transactional`]: its outputs (evidence for other partitions) and
+//! its input offsets (sent with the stage consumer's group metadata, so a member the group
+//! has fenced out cannot commit) are committed in one transaction, Kafka Streams'
+//! `exactly_once_v2`. The error handling of `src/service/txn.rs` (retriable, abortable,
+//! fatal, fenced) applies to these calls unchanged; the caller sorts the errors.
 
 use std::time::{Duration, Instant};
 
+use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::TopicPartitionList;
 
 use super::place;
 use super::topics::{InternalTopics, Which};
@@ -19,6 +25,19 @@ use crate::kafka::{KafkaSettings, Role};
 
 /// How long a send waits for room in a full producer queue before giving up.
 const QUEUE_WAIT: Duration = Duration::from_secs(30);
+
+/// How long one transactional call may block (as `src/service/txn.rs`).
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The transactional id of an instance's stage producer: the service's own
+/// (`service::txn::transactional_id`, stable per instance) with `-stages`, so the ingest's
+/// producer and the stages' never fence each other.
+pub fn stage_transactional_id(settings: &KafkaSettings, group: &str) -> String {
+    format!(
+        "{}-stages",
+        crate::service::txn::transactional_id(settings, group)
+    )
+}
 
 /// Sends internal records.
 pub struct InternalProducer {
@@ -40,6 +59,49 @@ impl InternalProducer {
             topics: InternalTopics::for_group(group),
             partitions,
         })
+    }
+
+    /// A transactional producer with `id` (see [`stage_transactional_id`]): blocks on
+    /// `init_transactions`, which fences an earlier producer with the same id and aborts the
+    /// transaction it left open.
+    pub fn transactional(
+        settings: &KafkaSettings,
+        group: &str,
+        partitions: u32,
+        id: &str,
+    ) -> Result<InternalProducer, KafkaError> {
+        let producer: FutureProducer = settings.transactional_config(id).create()?;
+        producer.init_transactions(CALL_TIMEOUT)?;
+        Ok(InternalProducer {
+            producer,
+            topics: InternalTopics::for_group(group),
+            partitions,
+        })
+    }
+
+    /// Begins a transaction (transactional producers only).
+    pub fn begin(&self) -> Result<(), KafkaError> {
+        self.producer.begin_transaction()
+    }
+
+    /// Adds the stage consumer's next offsets to the open transaction and commits it: the
+    /// records sent in it and the input they came from become visible together.
+    pub fn commit_with_offsets(
+        &self,
+        offsets: &TopicPartitionList,
+        group: &ConsumerGroupMetadata,
+    ) -> Result<(), KafkaError> {
+        if offsets.count() > 0 {
+            self.producer
+                .send_offsets_to_transaction(offsets, group, CALL_TIMEOUT)?;
+        }
+        self.producer.commit_transaction(CALL_TIMEOUT)
+    }
+
+    /// Aborts the open transaction: nothing sent in it is ever read by a `read_committed`
+    /// consumer.
+    pub fn abort(&self) -> Result<(), KafkaError> {
+        self.producer.abort_transaction(CALL_TIMEOUT)
     }
 
     /// The topics it writes.
