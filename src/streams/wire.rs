@@ -97,7 +97,9 @@ impl WireError {
 
 /// Encodes `value` as an envelope of `kind`.
 pub fn encode<T: Serialize + ?Sized>(kind: Kind, value: &T) -> Vec<u8> {
-    let mut out = vec![VERSION_BYTE, kind as u8];
+    // Most evidence and routed records are under 128 bytes: one allocation, no regrowth.
+    let mut out = Vec::with_capacity(128);
+    out.extend_from_slice(&[VERSION_BYTE, kind as u8]);
     // postcard into a Vec fails only on a serde error of the value itself; our types are
     // plain data (no maps with non-string keys, no custom serializers that can fail).
     out = postcard::to_extend(value, out).expect("internal record values always serialise");
