@@ -24,7 +24,9 @@ use linewatch::streams::place::partition_of;
 use linewatch::streams::producer::InternalProducer;
 use linewatch::streams::topics::{ensure, InternalTopics, TopicsError, Which};
 use linewatch::streams::wire::{self, Kind};
-use support::{brokers, create_topics, suffix, Topics, WAIT};
+use support::{
+    brokers, create_topics, produce, read_until, records, suffix, Setup, Topics, MIN, T0, WAIT,
+};
 
 fn settings() -> KafkaSettings {
     KafkaSettings::new(brokers(), BTreeMap::new())
@@ -479,4 +481,38 @@ fn a_stage_transaction_makes_its_evidence_and_its_input_offsets_visible_together
     );
     let (m3, _) = read_until("e3");
     assert_eq!(m3.partition, partition_of(key ^ 1, p));
+}
+
+/// The broker tests' thresholds, with the internal topics on at 4 partitions.
+const STREAMS_ON: &str = support::broker_test_config!(
+    r#"
+[streams]
+enabled = true
+internal_partitions = 4
+"#
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_with_streams_enabled_creates_the_internal_topics_then_detects_as_one_instance() {
+    let setup = Setup::new("streams-on", 2, STREAMS_ON).await;
+    let svc = setup.start_ready().await;
+    svc.wait_log("internal topics co-partitioned", 1, WAIT)
+        .await;
+    let t = InternalTopics::for_group(&setup.topics.group);
+    assert_eq!(partition_counts(&t.all()), vec![4, 4, 4]);
+    // The single-instance path still detects: a line texting 25 numbers is bulk_sms.
+    let lines: Vec<String> = (0..25)
+        .map(|i| {
+            format!(
+                r#"{{"event_id":"on-{i}","ts":{},"kind":"sms","from":"bulkline","to":"r{i}"}}"#,
+                T0 + i * MIN / 10
+            )
+        })
+        .collect();
+    produce(&setup.topics.input, &records(&lines, true)).await;
+    let alerts = read_until(&setup.topics.alerts, WAIT, |m| !m.is_empty()).await;
+    assert_eq!(alerts.len(), 1);
+    let a: serde_json::Value = serde_json::from_slice(&alerts[0].value).expect("alert JSON");
+    assert_eq!(a["detector"], "bulk_sms");
+    assert_eq!(a["subject"], "bulkline");
 }
