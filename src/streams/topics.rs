@@ -251,10 +251,20 @@ fn partition_counts(
                 .fetch_metadata(Some(name), timeout)
                 .map_err(|e| TopicsError::kafka("reading topic metadata", e))?;
             let t = md.topics().iter().find(|t| t.name() == name);
-            match t {
-                Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+            let code = t.and_then(|t| t.error()).map(RDKafkaErrorCode::from);
+            match (t, code) {
+                (Some(t), None) if !t.partitions().is_empty() => {
                     counts.push((name.to_string(), t.partitions().len()));
                     break;
+                }
+                // Waiting cannot fix a refusal (no right to describe the topic); a topic
+                // just created may still be unknown to the broker answering.
+                (_, Some(code))
+                    if code != RDKafkaErrorCode::UnknownTopicOrPartition
+                        && kafka::classify_code(code) == ErrorClass::Final =>
+                {
+                    let e = KafkaError::MetadataFetch(code);
+                    return Err(TopicsError::kafka("reading topic metadata", e));
                 }
                 _ if Instant::now() >= deadline => {
                     return Err(TopicsError::NotVisible(name.to_string(), timeout))
