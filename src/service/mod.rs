@@ -270,9 +270,21 @@ pub async fn run(
     let drain_s = cfg.service.drain_timeout_s;
     tokio::pin!(shutdown);
     if cfg.streams.enabled {
-        tokio::select! {
-            r = internal_topics(&cfg, &settings, &status) => r?,
-            _ = &mut shutdown => return Ok(()),
+        let stopped = tokio::select! {
+            r = internal_topics(&cfg, &settings, &status) => r.err().map(Err),
+            _ = &mut shutdown => Some(Ok(())),
+        };
+        if let Some(r) = stopped {
+            // Nothing consumed yet: stop the tasks started above, as the end of run does.
+            let _ = stop_tx.send(true);
+            let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
+            if let Some(t) = reload_task {
+                let _ = t.await;
+            }
+            if let Err(e) = &r {
+                tracing::error!(error = %e, "stopped on error");
+            }
+            return r;
         }
     }
     let mut stopped_at = None;
