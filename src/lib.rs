@@ -56,5 +56,6 @@ pub mod replay;
 pub mod service;
 pub mod sheet;
 pub mod state;
+pub mod streams;
 pub mod tune;
 pub mod watermark;
