@@ -69,15 +69,15 @@ const DEDUP_BUCKET_MS: Millis = 60_000;
 /// Ids are expired by event-time bucket, not in arrival order: with several partitions, or
 /// one record far ahead of the rest, arrival order is not time order, and a queue that stops
 /// at its first unexpired entry would never shrink behind it.
-#[derive(Clone)]
-struct Dedup {
+#[derive(Clone, Default)]
+pub struct Dedup {
     seen: HashSet<u64, IdBuild>,
     /// Event-time minute → the ids first seen with an event time in it.
     buckets: BTreeMap<Millis, Vec<u64>>,
 }
 
 impl Dedup {
-    fn new() -> Self {
+    pub fn new() -> Self {
         Dedup {
             seen: HashSet::default(),
             buckets: BTreeMap::new(),
@@ -85,7 +85,7 @@ impl Dedup {
     }
 
     /// True if the id was new; it is remembered under `ts`.
-    fn insert(&mut self, h: u64, ts: Millis) -> bool {
+    pub fn insert(&mut self, h: u64, ts: Millis) -> bool {
         if self.seen.insert(h) {
             self.buckets
                 .entry(ts.div_euclid(DEDUP_BUCKET_MS))
@@ -99,7 +99,7 @@ impl Dedup {
 
     /// Forgets an id just inserted (its record turned out late, so it was never used: a
     /// re-delivery of it must be judged afresh, not called a duplicate).
-    fn forget(&mut self, h: u64, ts: Millis) {
+    pub fn forget(&mut self, h: u64, ts: Millis) {
         if self.seen.remove(&h) {
             if let Some(b) = self.buckets.get_mut(&ts.div_euclid(DEDUP_BUCKET_MS)) {
                 // Just pushed: it is the last entry of its bucket.
@@ -111,7 +111,7 @@ impl Dedup {
     }
 
     /// Forgets every id whose bucket ends at or before `cutoff`.
-    fn expire(&mut self, cutoff: Millis) {
+    pub fn expire(&mut self, cutoff: Millis) {
         // Buckets wholly before the cutoff: key + 1 <= cutoff / width.
         let keep = self.buckets.split_off(&cutoff.div_euclid(DEDUP_BUCKET_MS));
         for ids in std::mem::replace(&mut self.buckets, keep).into_values() {
@@ -121,11 +121,23 @@ impl Dedup {
         }
     }
 
-    fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.seen.len()
     }
 
-    fn bytes(&self) -> usize {
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+
+    /// Adds another set's ids (a partition stage restored from several saved ones).
+    pub fn absorb(&mut self, other: Dedup) {
+        for (bucket, ids) in other.buckets {
+            let mine = self.buckets.entry(bucket).or_default();
+            mine.extend(ids.into_iter().filter(|h| self.seen.insert(*h)));
+        }
+    }
+
+    pub fn bytes(&self) -> usize {
         self.seen.capacity() * 9
             + self
                 .buckets
@@ -135,11 +147,11 @@ impl Dedup {
     }
 
     /// The ids by event-time bucket: the set is rebuilt from them on load.
-    fn save_state(&self) -> Result<Vec<u8>, codec::Error> {
+    pub fn save_state(&self) -> Result<Vec<u8>, codec::Error> {
         codec::encode(&self.buckets)
     }
 
-    fn load_state(&mut self, bytes: &[u8]) -> Result<(), codec::Error> {
+    pub fn load_state(&mut self, bytes: &[u8]) -> Result<(), codec::Error> {
         self.buckets = codec::decode(bytes)?;
         self.seen = self.buckets.values().flatten().copied().collect();
         Ok(())

@@ -16,7 +16,7 @@
 //! barrier after it arrives), so results differ a little; `tests/partitions.rs` measures how
 //! little.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -27,14 +27,14 @@ use crate::checkpoint::{codec, Section};
 use crate::config::Config;
 use crate::detect::EventIds;
 use crate::engine::{
-    overlaps, shard_of, shard_section_name, Counters, LoadError, PartShard, KEY_GROUPS, MAX_ROUNDS,
+    overlaps, shard_of, shard_section_name, Counters, Dedup, LoadError, PartShard, KEY_GROUPS, MAX_ROUNDS,
 };
 use crate::event::Millis;
 use crate::exchange::{Dest, Evidence, Role};
 use crate::ids;
 use crate::watermark::Watermarks;
 
-use super::message::{Message, Routed};
+use super::message::{role_bit, Message, Routed};
 
 /// What a stage did, for tests and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +52,10 @@ pub struct StageStats {
     pub sent: u64,
     /// Pieces of evidence delivered from other partitions.
     pub received: u64,
+    /// Routed records already run here (a re-delivery another ingest task read: the
+    /// ingests' dedup sets see only their own inputs), counted on the partition of the
+    /// record's sender only, so once per record.
+    pub duplicates: u64,
     /// Roles of routed records, and evidence delivered, whose key this partition does not
     /// own (a routing fault: roles are skipped, evidence forwarded to its owner).
     pub misrouted: u64,
@@ -73,6 +77,10 @@ struct StageState {
     lines_at_barrier: usize,
     /// Evidence for this partition not yet applied (its own and delivered).
     pending: Vec<Evidence>,
+    /// Per source, messages read and not yet run (see [`Stage::receive`]).
+    queues: BTreeMap<i32, VecDeque<Message>>,
+    /// Per source, the wall time it was last heard from (a silent one idles).
+    heard: BTreeMap<i32, Millis>,
     stats: StageStats,
 }
 
@@ -80,8 +88,12 @@ struct StageState {
 pub struct Stage {
     part: PartShard,
     st: StageState,
+    /// Event ids run here, for `engine.dedup_retention_s` (saved as the `dedup` section).
+    dedup: Dedup,
+    dedup_retention_ms: Millis,
     epoch_ms: Millis,
     expire_every_ms: Millis,
+    idle_ms: Millis,
     outbox: Vec<(usize, Evidence)>,
     /// Scratch: evidence sent by one call.
     made: Vec<Evidence>,
@@ -109,6 +121,8 @@ impl Stage {
             last_sweep: Millis::MIN,
             lines_at_barrier: 0,
             pending: Vec::new(),
+            queues: BTreeMap::new(),
+            heard: BTreeMap::new(),
             stats: StageStats::default(),
         };
         Stage::with(cfg, part, st)
@@ -118,8 +132,11 @@ impl Stage {
         Stage {
             part,
             st,
+            dedup: Dedup::new(),
+            dedup_retention_ms: ids::span_ms(cfg.engine.dedup_retention_s),
             epoch_ms: ids::span_ms(cfg.engine.exchange_epoch_s).max(1),
             expire_every_ms: ids::span_ms(cfg.engine.expire_every_s),
+            idle_ms: ids::span_ms(cfg.service.partition_idle_timeout_s),
             outbox: Vec::new(),
             made: Vec::new(),
         }
@@ -140,6 +157,8 @@ impl Stage {
     /// windows close early.
     pub fn expect_source(&mut self, source: i32, wall: Millis) {
         self.st.watermarks.register(source, wall);
+        self.st.queues.entry(source).or_default();
+        self.st.heard.entry(source).or_insert(wall);
     }
 
     /// The watermark: the minimum over the sources, idle ones excepted.
@@ -166,9 +185,67 @@ impl Stage {
         self.part.state_stats()
     }
 
-    /// One message from a source, read at wall time `wall`: alerts it (and a barrier it
-    /// closes) makes are appended to `alerts`.
-    pub fn receive(&mut self, msg: &Message, wall: Millis, alerts: &mut Vec<Alert>) {
+    /// One message from a source, read at wall time `wall`: alerts the records it releases
+    /// (and the barriers they close) make are appended to `alerts`.
+    ///
+    /// Records are run in event-time order across sources, as Kafka Streams picks the next
+    /// record of a task: each source's messages in the order sent, and of the sources' next
+    /// ones, the earliest; a source with nothing queued holds the others back until it is
+    /// heard from or idles (`service.partition_idle_timeout_s` of wall time). Without it a
+    /// line's advert and its customer's reply, routed by two ingest stages, would often be
+    /// run reply first, and the reply not counted (the customer is not one yet).
+    pub fn receive(&mut self, msg: Message, wall: Millis, alerts: &mut Vec<Alert>) {
+        let source = msg.source();
+        if !self.st.queues.contains_key(&source) {
+            self.expect_source(source, wall);
+        }
+        self.st.heard.insert(source, wall);
+        self.st.queues.entry(source).or_default().push_back(msg);
+        self.release(wall, false, alerts);
+    }
+
+    /// Runs no new message, but what the wall clock releases (a source gone idle): call it
+    /// when the input is quiet.
+    pub fn tick(&mut self, wall: Millis, alerts: &mut Vec<Alert>) {
+        self.release(wall, false, alerts);
+    }
+
+    /// Runs queued messages, earliest first, while every source has one queued (or idles);
+    /// with `all`, every queued message.
+    fn release(&mut self, wall: Millis, all: bool, alerts: &mut Vec<Alert>) {
+        loop {
+            let mut next: Option<(Millis, i32)> = None;
+            for (&s, q) in &self.st.queues {
+                let at = match q.front() {
+                    Some(Message::Routed(r)) => r.record.ts,
+                    // A mark's watermark is at or before every later record of its source.
+                    Some(Message::Mark(m)) => m.watermark,
+                    None => {
+                        let heard = self.st.heard.get(&s).copied().unwrap_or(Millis::MIN);
+                        if all || wall.saturating_sub(heard) > self.idle_ms {
+                            continue;
+                        }
+                        return;
+                    }
+                };
+                if next.is_none_or(|n| (at, s) < n) {
+                    next = Some((at, s));
+                }
+            }
+            let Some((_, s)) = next else { return };
+            let msg = self.st.queues.get_mut(&s).and_then(VecDeque::pop_front);
+            if let Some(msg) = msg {
+                self.process(&msg, wall, alerts);
+            }
+        }
+    }
+
+    /// Messages read and not yet run.
+    pub fn queued(&self) -> usize {
+        self.st.queues.values().map(VecDeque::len).sum()
+    }
+
+    fn process(&mut self, msg: &Message, wall: Millis, alerts: &mut Vec<Alert>) {
         match msg {
             Message::Routed(r) => {
                 // The source's late records since its previous message counted towards a
@@ -177,7 +254,11 @@ impl Stage {
                 if self.sweep_due(self.watermark(wall)) {
                     self.barrier(wall, alerts);
                 }
-                self.run(r, wall, alerts);
+                if self.dedup.insert(ids::id(&r.record.event_id), r.record.ts) {
+                    self.run(r, wall, alerts);
+                } else if r.roles & role_bit(Role::Sender) != 0 {
+                    self.st.stats.duplicates += 1;
+                }
                 self.note_count(r.source, r.counted);
                 self.st.watermarks.observe(r.source, r.watermark, wall);
             }
@@ -213,9 +294,10 @@ impl Stage {
         std::mem::take(&mut self.outbox)
     }
 
-    /// A barrier now, whatever the watermark (the end of the input, before a save if the
-    /// caller wants nothing pending): applies every piece of evidence pending.
+    /// The end of the input: every queued message run, whatever the other sources, then a
+    /// barrier, whatever the watermark (every piece of evidence pending applied).
     pub fn flush(&mut self, wall: Millis, alerts: &mut Vec<Alert>) {
+        self.release(wall, true, alerts);
         self.barrier(wall, alerts);
     }
 
@@ -239,7 +321,7 @@ impl Stage {
         let mut roles = [Role::Barrier; 3];
         let mut k = 0;
         for (role, key) in Role::RECORD.into_iter().zip(keys) {
-            if r.roles & super::message::role_bit(role) == 0 {
+            if r.roles & role_bit(role) == 0 {
                 continue;
             }
             match key {
@@ -345,6 +427,8 @@ impl Stage {
         let wm = self.watermark(wall);
         if self.sweep_due(wm) {
             self.part.expire(wm);
+            self.dedup
+                .expire(wm.saturating_sub(self.dedup_retention_ms));
             self.st.last_sweep = wm;
             self.st.counted_at_sweep = self.st.counted.values().sum();
         }
@@ -360,6 +444,10 @@ impl Stage {
         v.push(Section::new(
             &shard_section_name(p, "stage"),
             codec::encode(&self.st)?,
+        ));
+        v.push(Section::new(
+            &shard_section_name(p, "dedup"),
+            self.dedup.save_state()?,
         ));
         Ok(v)
     }
@@ -409,6 +497,20 @@ impl Stage {
             // Its tracked lines changed with its keys: recounted at the next barrier.
             st.lines_at_barrier = part.tracked_lines();
         }
-        Ok(Stage::with(cfg, part, st))
+        let mut stage = Stage::with(cfg, part, st);
+        // The ids every saved stage sharing key groups with `p` ran: a record of `p`'s keys
+        // was run on one of them.
+        for i in (0..saved).filter(|&i| overlaps(i, saved, p, n)) {
+            let name = shard_section_name(i, "dedup");
+            let bytes = sections
+                .iter()
+                .find(|s| s.name == name)
+                .ok_or_else(|| LoadError::MissingSection(name.clone()))?;
+            let mut d = Dedup::new();
+            d.load_state(&bytes.bytes)
+                .map_err(|source| LoadError::Decode { name, source })?;
+            stage.dedup.absorb(d);
+        }
+        Ok(stage)
     }
 }
