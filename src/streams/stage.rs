@@ -27,7 +27,8 @@ use crate::checkpoint::{codec, Section};
 use crate::config::Config;
 use crate::detect::EventIds;
 use crate::engine::{
-    overlaps, shard_of, shard_section_name, Counters, Dedup, LoadError, PartShard, KEY_GROUPS, MAX_ROUNDS,
+    overlaps, shard_of, shard_section_name, Counters, Dedup, LoadError, PartShard, KEY_GROUPS,
+    MAX_ROUNDS,
 };
 use crate::event::Millis;
 use crate::exchange::{Dest, Evidence, Role};
@@ -387,12 +388,17 @@ impl Stage {
 
     /// As the engine's rule: `expire_every_s` of event time since the last sweep, and as
     /// many records (counted by the sources: every record, not only this partition's) as
-    /// this partition tracked lines at its last barrier.
+    /// the whole stream tracks lines, estimated as this partition's lines at its last
+    /// barrier times the partition count (keys are spread evenly over key groups). So
+    /// partitions sweep about as often as one engine: a sweep forgets what is older than
+    /// the previous sweep's watermark minus each retention, so how often it runs moves what
+    /// is kept at the edges of the retentions.
     fn sweep_due(&self, wm: Millis) -> bool {
         let counted: u64 = self.st.counted.values().sum();
         let since = counted.saturating_sub(self.st.counted_at_sweep);
         let due = self.st.last_sweep.saturating_add(self.expire_every_ms);
-        since as usize >= self.st.lines_at_barrier && wm >= due
+        let (_, n) = self.part.partition();
+        since as usize >= self.st.lines_at_barrier.saturating_mul(n) && wm >= due
     }
 
     /// The pending evidence round after round (what applying it sends to this partition's
