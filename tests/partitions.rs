@@ -581,9 +581,11 @@ fn a_partition_killed_and_restored_from_its_save_still_meets_the_bar() {
     let (one, summary) = baseline(&events, &cells);
     let mut l = layout(12, summary.events_total as usize, DAYS);
     let steps = summary.events_total as usize * 2 / l.batch;
-    // Outputs leave at commits every ~2 barriers; partition 2 dies half way.
-    l.commit_every = l.max_delay.max(2);
-    l.kill = Some((2, steps / 2));
+    // Outputs leave at commits every few barriers; partition 2 dies half way, half way
+    // between two of its commits (it commits at steps with (step + 2) % every == 0).
+    let every = l.max_delay.max(4);
+    l.commit_every = every;
+    l.kill = Some((2, (steps / 2 / every + 1) * every + every / 2 - 2));
     let out = run(&Config::default(), &events, &cells, &l);
     let [(2, true, again)] = out.restores[..] else {
         panic!("{:?}", out.restores);
