@@ -57,7 +57,7 @@ fn staged(lines: &[&[u8]], cells: &Arc<CellMap>, wall: i64, p: usize) -> (f64, u
     let (mut alerts, mut out) = (Vec::new(), Vec::new());
     let (mut routed_bytes, mut evidence_bytes) = (0u64, 0u64);
     let t = cpu_s();
-    let mut deliver = |stages: &mut Vec<Stage>, evidence_bytes: &mut u64| {
+    let deliver = |stages: &mut Vec<Stage>, evidence_bytes: &mut u64| {
         for i in 0..stages.len() {
             for (q, e) in stages[i].take_outbox() {
                 let bytes = codec::encode(&e).expect("encode");

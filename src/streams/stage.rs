@@ -500,6 +500,9 @@ impl Stage {
                 pending.extend(other.pending.into_iter().filter(|e| owns(e.dest)));
             }
             st.pending = pending;
+            // Messages the saved stage had read and not run were routed for its layout:
+            // the caller re-reads them from the positions of the messages run.
+            st.queues.values_mut().for_each(VecDeque::clear);
             // Its tracked lines changed with its keys: recounted at the next barrier.
             st.lines_at_barrier = part.tracked_lines();
         }
