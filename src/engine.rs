@@ -69,15 +69,15 @@ const DEDUP_BUCKET_MS: Millis = 60_000;
 /// Ids are expired by event-time bucket, not in arrival order: with several partitions, or
 /// one record far ahead of the rest, arrival order is not time order, and a queue that stops
 /// at its first unexpired entry would never shrink behind it.
-#[derive(Clone)]
-struct Dedup {
+#[derive(Clone, Default)]
+pub struct Dedup {
     seen: HashSet<u64, IdBuild>,
     /// Event-time minute → the ids first seen with an event time in it.
     buckets: BTreeMap<Millis, Vec<u64>>,
 }
 
 impl Dedup {
-    fn new() -> Self {
+    pub fn new() -> Self {
         Dedup {
             seen: HashSet::default(),
             buckets: BTreeMap::new(),
@@ -85,7 +85,7 @@ impl Dedup {
     }
 
     /// True if the id was new; it is remembered under `ts`.
-    fn insert(&mut self, h: u64, ts: Millis) -> bool {
+    pub fn insert(&mut self, h: u64, ts: Millis) -> bool {
         if self.seen.insert(h) {
             self.buckets
                 .entry(ts.div_euclid(DEDUP_BUCKET_MS))
@@ -99,7 +99,7 @@ impl Dedup {
 
     /// Forgets an id just inserted (its record turned out late, so it was never used: a
     /// re-delivery of it must be judged afresh, not called a duplicate).
-    fn forget(&mut self, h: u64, ts: Millis) {
+    pub fn forget(&mut self, h: u64, ts: Millis) {
         if self.seen.remove(&h) {
             if let Some(b) = self.buckets.get_mut(&ts.div_euclid(DEDUP_BUCKET_MS)) {
                 // Just pushed: it is the last entry of its bucket.
@@ -111,7 +111,7 @@ impl Dedup {
     }
 
     /// Forgets every id whose bucket ends at or before `cutoff`.
-    fn expire(&mut self, cutoff: Millis) {
+    pub fn expire(&mut self, cutoff: Millis) {
         // Buckets wholly before the cutoff: key + 1 <= cutoff / width.
         let keep = self.buckets.split_off(&cutoff.div_euclid(DEDUP_BUCKET_MS));
         for ids in std::mem::replace(&mut self.buckets, keep).into_values() {
@@ -121,11 +121,23 @@ impl Dedup {
         }
     }
 
-    fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.seen.len()
     }
 
-    fn bytes(&self) -> usize {
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+
+    /// Adds another set's ids (a partition stage restored from several saved ones).
+    pub fn absorb(&mut self, other: Dedup) {
+        for (bucket, ids) in other.buckets {
+            let mine = self.buckets.entry(bucket).or_default();
+            mine.extend(ids.into_iter().filter(|h| self.seen.insert(*h)));
+        }
+    }
+
+    pub fn bytes(&self) -> usize {
         self.seen.capacity() * 9
             + self
                 .buckets
@@ -135,11 +147,11 @@ impl Dedup {
     }
 
     /// The ids by event-time bucket: the set is rebuilt from them on load.
-    fn save_state(&self) -> Result<Vec<u8>, codec::Error> {
+    pub fn save_state(&self) -> Result<Vec<u8>, codec::Error> {
         codec::encode(&self.buckets)
     }
 
-    fn load_state(&mut self, bytes: &[u8]) -> Result<(), codec::Error> {
+    pub fn load_state(&mut self, bytes: &[u8]) -> Result<(), codec::Error> {
         self.buckets = codec::decode(bytes)?;
         self.seen = self.buckets.values().flatten().copied().collect();
         Ok(())
@@ -213,7 +225,7 @@ pub fn shard_of(key: u64, n: usize) -> usize {
 /// next round of the same barrier); what is left waits for the next barrier. The exchanges
 /// chain at most a few deep (a handset finding, the verdict it completes, the trade fact the
 /// verdict makes), so reaching this means evidence that keeps making evidence: counted.
-const MAX_ROUNDS: usize = 16;
+pub const MAX_ROUNDS: usize = 16;
 
 /// What a shard made of a segment: its alerts tagged with (record index, role), and the
 /// evidence it sent.
@@ -1623,6 +1635,272 @@ impl Engine {
             .map(|(_, s)| s.bytes)
             .sum();
         bytes as f64 / self.tracked_lines().max(1) as f64
+    }
+}
+
+// ---- Issue 11, engine side: the engine as one partition of many (`src/streams`). ----
+//
+// Additive: the ingest alone ([`Engine::ingest_only`]) and one partition's detectors
+// ([`PartShard`]), driven by `streams::ingest` and `streams::stage`. Nothing above changes.
+
+/// A valid record as the ingest alone leaves it ([`Engine::ingest_only`]): what the ingest
+/// stage routes to the partitions owning its keys.
+pub struct Ingested<'a> {
+    pub event: Event<'a>,
+    pub ids: EventIds,
+    /// Its cell as the map places it (the ingest has counted missing and unknown cells).
+    pub cell: Option<CellPlace>,
+    /// Its sequence number among this ingest's valid records.
+    pub seq: u64,
+    /// The ingest's stream start (the first valid record's event time): warm-up rules are
+    /// measured from it.
+    pub stream_start: Millis,
+    /// Valid and late records so far, this one included: the record count a sweep waits
+    /// for ([`Engine::sweep_due`] counts the same records).
+    pub counted: u64,
+}
+
+impl Engine {
+    /// The ingest alone, for the ingest stage of issue 11: decode result, future bound,
+    /// dedup, lateness and watermark, with the counters and dead-letter verdicts of
+    /// [`Engine::process_decoded`]; no detector runs. The dedup set is swept when this
+    /// engine's sweep falls due (its shards hold nothing, so every `expire_every_s` of its
+    /// watermark).
+    pub fn ingest_only<'a>(
+        &mut self,
+        decoded: Result<Event<'a>, Malformed>,
+        partition: i32,
+        wall: Millis,
+    ) -> (Verdict, Option<Ingested<'a>>) {
+        let (verdict, valid) = self.ingest(decoded, partition, wall);
+        let wm = self.watermarks.current(wall);
+        if self.sweep_due(wm) {
+            self.expire(wm);
+        }
+        let counted = self.counters.events_valid + self.counters.events_late;
+        let start = self.stream_start.unwrap_or(0);
+        let ingested = valid.map(|v| Ingested {
+            event: v.ev,
+            ids: v.ids,
+            cell: v.cell,
+            seq: v.seq,
+            stream_start: start,
+            counted,
+        });
+        (verdict, ingested)
+    }
+
+    /// Valid and late records so far (see [`Ingested::counted`]).
+    pub fn counted(&self) -> u64 {
+        self.counters.events_valid + self.counters.events_late
+    }
+}
+
+/// The checkpoint section name of shard (or partition) `i`'s component `name`, as
+/// [`Engine::save_sections`] writes it: partition stages name their sections the same way,
+/// so the saves of P partitions read as the shard sections of a P-shard checkpoint.
+pub fn shard_section_name(i: usize, name: &str) -> String {
+    Engine::section_name(i, name)
+}
+
+/// Whether saved shard `i` of `saved` and partition `p` of `n` share a key group.
+pub fn overlaps(i: usize, saved: usize, p: usize, n: usize) -> bool {
+    (0..KEY_GROUPS).any(|g| g * saved / KEY_GROUPS == i && g * n / KEY_GROUPS == p)
+}
+
+/// The detectors of partition `p` of `n` (issue 11, driven by `streams::stage`): one
+/// [`Shard`] owning the keys with `shard_of(key, n) == p`, with the caps of one shard of
+/// `n` (as [`Engine::with_shards`] divides them). It runs records in the roles whose keys it
+/// owns and applies evidence; the stage around it decides when (barriers) and where the
+/// evidence it sends goes.
+pub struct PartShard {
+    shard: Shard,
+    p: usize,
+    n: usize,
+    version: String,
+    cooldown_s: u64,
+    cells: Option<Arc<CellMap>>,
+}
+
+impl PartShard {
+    /// An empty partition `p` of `n` (`n` at least 1, `p < n`).
+    pub fn new(cfg: &Config, p: usize, n: usize) -> Self {
+        let n = n.max(1);
+        PartShard {
+            shard: Shard::new(cfg, n),
+            p: p.min(n - 1),
+            n,
+            version: cfg.version(),
+            cooldown_s: cfg.alerts.cooldown_s,
+            cells: None,
+        }
+    }
+
+    /// Partition `p` of `n` with the state of its key groups taken from `sections`, the
+    /// shard sections of `saved` shards or partitions (a checkpoint of [`Engine`] with
+    /// `saved` shards, or the saves of `saved` partition stages together): what a
+    /// rebalance calls when it assigns a partition. Only the saved shards sharing a key
+    /// group with `p` are read (and must be there); each is split by owner and the part of
+    /// `p` kept ([`Shard::split`]), its counters taken if `p` owns its first key group. Into
+    /// the same layout (`saved == n`) shard `p`'s sections load as written.
+    pub fn restore(
+        cfg: &Config,
+        p: usize,
+        n: usize,
+        sections: &[Section],
+        saved: usize,
+    ) -> Result<Self, LoadError> {
+        if saved == 0 {
+            return Err(LoadError::NoShards);
+        }
+        let mut part = PartShard::new(cfg, p, n);
+        let (p, n) = (part.p, part.n);
+        if saved == n {
+            part.shard.load(sections, p)?;
+            return Ok(part);
+        }
+        for i in (0..saved).filter(|&i| overlaps(i, saved, p, n)) {
+            let mut from = Shard::new(cfg, n);
+            from.load(sections, i)?;
+            // Two parts: this partition's keys (0) and everyone else's (1, dropped).
+            let counted = usize::from(counted_by(i, saved, n) != p);
+            let mut parts = from.split(2, &|key| usize::from(shard_of(key, n) != p), counted);
+            parts.truncate(1);
+            if let Some(mine) = parts.pop() {
+                part.shard.merge(mine);
+            }
+        }
+        Ok(part)
+    }
+
+    /// Places records' cells with this map (`runner_movement`).
+    pub fn set_cells(&mut self, cells: Option<Arc<CellMap>>) {
+        self.cells = cells;
+    }
+
+    pub fn cells(&self) -> Option<&CellMap> {
+        self.cells.as_deref()
+    }
+
+    /// This partition's number and the partition count.
+    pub fn partition(&self) -> (usize, usize) {
+        (self.p, self.n)
+    }
+
+    /// Whether a key is this partition's.
+    pub fn owns(&self, key: u64) -> bool {
+        shard_of(key, self.n) == self.p
+    }
+
+    /// One record in `roles` (in role order; each role's key is this partition's), with
+    /// sequence number `seq` (the order of the evidence it sends): its alerts are appended
+    /// to `alerts`, the evidence it sends to `sent`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run(
+        &mut self,
+        event: Event<'_>,
+        ids: EventIds,
+        cell: Option<CellPlace>,
+        seq: u64,
+        roles: impl IntoIterator<Item = Role>,
+        start: Millis,
+        wall: Millis,
+        alerts: &mut Vec<Alert>,
+        sent: &mut Vec<Evidence>,
+    ) {
+        let v = Valid {
+            ev: event,
+            ids,
+            cell,
+            seq,
+            idx: 0,
+        };
+        let Self {
+            shard,
+            cells,
+            version,
+            cooldown_s,
+            ..
+        } = self;
+        let st = Stream {
+            start,
+            cells: cells.as_deref(),
+            wall,
+            version,
+            cooldown_s: ids::span_secs(*cooldown_s),
+        };
+        for role in roles {
+            shard.role(&v, role, &st, alerts, sent);
+        }
+    }
+
+    /// One piece of evidence for a key of this partition (or a broadcast), ranked `rank`
+    /// in its barrier round: alerts to `alerts`, the evidence it sends to `sent` (ordered
+    /// for the round after).
+    pub fn apply(
+        &mut self,
+        e: &Evidence,
+        rank: usize,
+        start: Millis,
+        wall: Millis,
+        alerts: &mut Vec<Alert>,
+        sent: &mut Vec<Evidence>,
+    ) {
+        let st = Stream {
+            start,
+            cells: self.cells.as_deref(),
+            wall,
+            version: &self.version,
+            cooldown_s: ids::span_secs(self.cooldown_s),
+        };
+        self.shard.apply(e, rank, &st, alerts, sent);
+    }
+
+    /// Expires state older than the watermark minus each piece's retention.
+    pub fn expire(&mut self, watermark: Millis) {
+        self.shard.expire(watermark, self.cooldown_s);
+    }
+
+    /// Lines with state here (the sweep's record count).
+    pub fn tracked_lines(&self) -> usize {
+        self.shard.contacts.len()
+    }
+
+    /// Alert counters and contact cap hits (the fields a shard counts).
+    pub fn counters(&self) -> &Counters {
+        &self.shard.counters
+    }
+
+    /// The state, as shard `p`'s sections of a checkpoint ([`PartShard::restore`] reads
+    /// them back, into this layout or another).
+    pub fn save(&self) -> Result<Vec<Section>, codec::Error> {
+        let mut v = Vec::new();
+        self.shard.save(self.p, &mut v)?;
+        Ok(v)
+    }
+
+    /// State size per component (the contact store, each detector, the cooldown).
+    pub fn state_stats(&self) -> Vec<(&'static str, StateStats)> {
+        let sh = &self.shard;
+        let mut v = vec![(
+            "contacts",
+            StateStats {
+                keys: sh.contacts.len(),
+                bytes: sh.contacts.bytes(),
+                cap_hits: sh.counters.contact_cap_hits,
+            },
+        )];
+        v.extend(sh.primaries.iter().map(|d| (d.name(), d.stats())));
+        v.push((sh.deal.name(), sh.deal.stats()));
+        v.push((
+            "cooldown",
+            StateStats {
+                keys: sh.cooldown.len(),
+                bytes: ids::map_bytes(&sh.cooldown),
+                cap_hits: 0,
+            },
+        ));
+        v
     }
 }
 

@@ -1,0 +1,525 @@
+//! A partition stage: the detectors of partition `p` of `P` ([`PartShard`]), fed the records
+//! the ingest stages route to it, exchanging evidence with the other partitions.
+//!
+//! It runs a routed record in the roles it owns, in role order. Evidence for its own keys
+//! waits for its next barrier; evidence for another partition's goes to the outbox
+//! ([`Stage::take_outbox`]), a broadcast ([`Dest::Every`]) to every other partition as well
+//! as applied here. Evidence from other partitions ([`Stage::deliver`]) joins the pending
+//! evidence and is applied at the next barrier in the evidence's `order`. Its watermark is
+//! the minimum over the sources (ingest stages) it has heard from, idle ones excepted
+//! ([`Watermarks`]); barriers fall where it enters a new `exchange_epoch_s`, or a sweep is
+//! due, as in [`crate::engine::Engine`].
+//!
+//! One partition with one source and evidence delivered at once is the one-process engine
+//! with one shard: the same barriers on the same records, the same alerts. With several,
+//! when remote evidence arrives depends on timing (it is applied at the receiver's first
+//! barrier after it arrives), so results differ a little; `tests/partitions.rs` measures how
+//! little.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::alert::Alert;
+use crate::cells::CellMap;
+use crate::checkpoint::{codec, Section};
+use crate::config::Config;
+use crate::detect::EventIds;
+use crate::engine::{
+    overlaps, shard_of, shard_section_name, Counters, Dedup, LoadError, PartShard, KEY_GROUPS,
+    MAX_ROUNDS,
+};
+use crate::event::Millis;
+use crate::exchange::{Dest, Evidence, Role};
+use crate::ids;
+use crate::watermark::Watermarks;
+
+use super::message::{role_bit, Message, Routed};
+
+/// What a stage did, for tests and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageStats {
+    /// Routed records run.
+    pub records: u64,
+    /// Watermark marks read.
+    pub marks: u64,
+    pub barriers: u64,
+    /// Pieces of evidence applied here.
+    pub applied: u64,
+    /// Barriers that stopped at [`MAX_ROUNDS`] with evidence still making evidence.
+    pub rounds_capped: u64,
+    /// Pieces of evidence put in the outbox (a broadcast once per other partition).
+    pub sent: u64,
+    /// Pieces of evidence delivered from other partitions.
+    pub received: u64,
+    /// Routed records already run here (a re-delivery another ingest task read: the
+    /// ingests' dedup sets see only their own inputs), counted on the partition of the
+    /// record's sender only, so once per record.
+    pub duplicates: u64,
+    /// Roles of routed records, and evidence delivered, whose key this partition does not
+    /// own (a routing fault: roles are skipped, evidence forwarded to its owner).
+    pub misrouted: u64,
+}
+
+/// The stage's own state (everything but the detectors'), saved as its `stage` section.
+#[derive(Clone, Serialize, Deserialize)]
+struct StageState {
+    partition: u32,
+    partitions: u32,
+    watermarks: Watermarks,
+    /// Per source, its valid and late records so far (the latest heard).
+    counted: BTreeMap<i32, u64>,
+    /// Their sum at the last sweep.
+    counted_at_sweep: u64,
+    stream_start: Option<Millis>,
+    epoch: i64,
+    last_sweep: Millis,
+    lines_at_barrier: usize,
+    /// Evidence for this partition not yet applied (its own and delivered).
+    pending: Vec<Evidence>,
+    /// Per source, messages read and not yet run (see [`Stage::receive`]).
+    queues: BTreeMap<i32, VecDeque<Message>>,
+    /// Per source, the wall time it was last heard from (a silent one idles).
+    heard: BTreeMap<i32, Millis>,
+    stats: StageStats,
+}
+
+/// One partition of the detectors (see the module documentation).
+pub struct Stage {
+    part: PartShard,
+    st: StageState,
+    /// Event ids run here, for `engine.dedup_retention_s` (saved as the `dedup` section).
+    dedup: Dedup,
+    dedup_retention_ms: Millis,
+    epoch_ms: Millis,
+    expire_every_ms: Millis,
+    idle_ms: Millis,
+    outbox: Vec<(usize, Evidence)>,
+    /// Scratch: evidence sent by one call.
+    made: Vec<Evidence>,
+}
+
+/// The order of a record among every source's: its source's sequence number, then the
+/// source (sources beyond 256 share low bits: ties in evidence order, not errors).
+fn global_seq(r: &Routed) -> u64 {
+    (r.seq << 8) | u64::from(r.source as u8)
+}
+
+impl Stage {
+    /// Partition `p` of `n`, with no state.
+    pub fn new(cfg: &Config, p: usize, n: usize) -> Self {
+        let part = PartShard::new(cfg, p, n);
+        let (p, n) = part.partition();
+        let st = StageState {
+            partition: p as u32,
+            partitions: n as u32,
+            watermarks: Watermarks::new(0, ids::span_ms(cfg.service.partition_idle_timeout_s)),
+            counted: BTreeMap::new(),
+            counted_at_sweep: 0,
+            stream_start: None,
+            epoch: i64::MIN,
+            last_sweep: Millis::MIN,
+            lines_at_barrier: 0,
+            pending: Vec::new(),
+            queues: BTreeMap::new(),
+            heard: BTreeMap::new(),
+            stats: StageStats::default(),
+        };
+        Stage::with(cfg, part, st)
+    }
+
+    fn with(cfg: &Config, part: PartShard, st: StageState) -> Self {
+        Stage {
+            part,
+            st,
+            dedup: Dedup::new(),
+            dedup_retention_ms: ids::span_ms(cfg.engine.dedup_retention_s),
+            epoch_ms: ids::span_ms(cfg.engine.exchange_epoch_s).max(1),
+            expire_every_ms: ids::span_ms(cfg.engine.expire_every_s),
+            idle_ms: ids::span_ms(cfg.service.partition_idle_timeout_s),
+            outbox: Vec::new(),
+            made: Vec::new(),
+        }
+    }
+
+    /// Places records' cells with this map (`runner_movement`).
+    pub fn set_cells(&mut self, cells: Option<Arc<CellMap>>) {
+        self.part.set_cells(cells);
+    }
+
+    /// This partition's number and the partition count.
+    pub fn partition(&self) -> (usize, usize) {
+        self.part.partition()
+    }
+
+    /// Registers a source (ingest stage) this partition reads: until it is heard from (or
+    /// idles) it holds the watermark back, so a source read ahead of another cannot make
+    /// windows close early.
+    pub fn expect_source(&mut self, source: i32, wall: Millis) {
+        self.st.watermarks.register(source, wall);
+        self.st.queues.entry(source).or_default();
+        self.st.heard.entry(source).or_insert(wall);
+    }
+
+    /// The watermark: the minimum over the sources, idle ones excepted.
+    pub fn watermark(&self, wall: Millis) -> Millis {
+        self.st.watermarks.current(wall)
+    }
+
+    pub fn stats(&self) -> StageStats {
+        self.st.stats
+    }
+
+    /// Alert counters and contact cap hits.
+    pub fn counters(&self) -> &Counters {
+        self.part.counters()
+    }
+
+    /// Evidence waiting for this partition's next barrier.
+    pub fn pending_evidence(&self) -> usize {
+        self.st.pending.len()
+    }
+
+    /// The detectors' state sizes.
+    pub fn state_stats(&self) -> Vec<(&'static str, crate::detect::StateStats)> {
+        self.part.state_stats()
+    }
+
+    /// One message from a source, read at wall time `wall`: alerts the records it releases
+    /// (and the barriers they close) make are appended to `alerts`.
+    ///
+    /// Records are run in event-time order across sources, as Kafka Streams picks the next
+    /// record of a task: each source's messages in the order sent, and of the sources' next
+    /// ones, the earliest; a source with nothing queued holds the others back until it is
+    /// heard from or idles (`service.partition_idle_timeout_s` of wall time). Without it a
+    /// line's advert and its customer's reply, routed by two ingest stages, would often be
+    /// run reply first, and the reply not counted (the customer is not one yet).
+    pub fn receive(&mut self, msg: Message, wall: Millis, alerts: &mut Vec<Alert>) {
+        let source = msg.source();
+        if !self.st.queues.contains_key(&source) {
+            self.expect_source(source, wall);
+        }
+        self.st.heard.insert(source, wall);
+        self.st.queues.entry(source).or_default().push_back(msg);
+        self.release(wall, false, alerts);
+    }
+
+    /// Runs no new message, but what the wall clock releases (a source gone idle): call it
+    /// when the input is quiet.
+    pub fn tick(&mut self, wall: Millis, alerts: &mut Vec<Alert>) {
+        self.release(wall, false, alerts);
+    }
+
+    /// Runs queued messages, earliest first, while every source has one queued (or idles);
+    /// with `all`, every queued message.
+    fn release(&mut self, wall: Millis, all: bool, alerts: &mut Vec<Alert>) {
+        loop {
+            let mut next: Option<(Millis, i32)> = None;
+            for (&s, q) in &self.st.queues {
+                let at = match q.front() {
+                    Some(Message::Routed(r)) => r.record.ts,
+                    // A mark's watermark is at or before every later record of its source.
+                    Some(Message::Mark(m)) => m.watermark,
+                    None => {
+                        let heard = self.st.heard.get(&s).copied().unwrap_or(Millis::MIN);
+                        if all || wall.saturating_sub(heard) > self.idle_ms {
+                            continue;
+                        }
+                        return;
+                    }
+                };
+                if next.is_none_or(|n| (at, s) < n) {
+                    next = Some((at, s));
+                }
+            }
+            let Some((_, s)) = next else { return };
+            let msg = self.st.queues.get_mut(&s).and_then(VecDeque::pop_front);
+            if let Some(msg) = msg {
+                self.process(&msg, wall, alerts);
+            }
+        }
+    }
+
+    /// Messages read and not yet run.
+    pub fn queued(&self) -> usize {
+        self.st.queues.values().map(VecDeque::len).sum()
+    }
+
+    fn process(&mut self, msg: &Message, wall: Millis, alerts: &mut Vec<Alert>) {
+        match msg {
+            Message::Routed(r) => {
+                // The source's late records since its previous message counted towards a
+                // sweep that one engine would run before this record: run it first.
+                self.note_count(r.source, r.counted.saturating_sub(1));
+                if self.sweep_due(self.watermark(wall)) {
+                    self.barrier(wall, alerts);
+                }
+                if self.dedup.insert(ids::id(&r.record.event_id), r.record.ts) {
+                    self.run(r, wall, alerts);
+                } else if r.roles & role_bit(Role::Sender) != 0 {
+                    self.st.stats.duplicates += 1;
+                }
+                self.note_count(r.source, r.counted);
+                self.st.watermarks.observe(r.source, r.watermark, wall);
+            }
+            Message::Mark(m) => {
+                self.st.stats.marks += 1;
+                self.note_count(m.source, m.counted);
+                self.st.watermarks.observe(m.source, m.watermark, wall);
+            }
+        }
+        if self.barrier_due(wall) {
+            self.barrier(wall, alerts);
+        }
+    }
+
+    /// Evidence another partition sent here: applied at the next barrier. Evidence for a key
+    /// another partition owns goes on to it (counted as misrouted).
+    pub fn deliver(&mut self, e: Evidence) {
+        match e.dest {
+            Dest::Number(k) | Dest::Handset(k) if !self.part.owns(k) => {
+                self.st.stats.misrouted += 1;
+                let (_, n) = self.part.partition();
+                self.outbox.push((shard_of(k, n), e));
+            }
+            _ => {
+                self.st.stats.received += 1;
+                self.st.pending.push(e);
+            }
+        }
+    }
+
+    /// The evidence for other partitions sent since the last call, with its destination.
+    pub fn take_outbox(&mut self) -> Vec<(usize, Evidence)> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    /// The end of the input: every queued message run, whatever the other sources, then a
+    /// barrier, whatever the watermark (every piece of evidence pending applied).
+    pub fn flush(&mut self, wall: Millis, alerts: &mut Vec<Alert>) {
+        self.release(wall, true, alerts);
+        self.barrier(wall, alerts);
+    }
+
+    fn note_count(&mut self, source: i32, counted: u64) {
+        let c = self.st.counted.entry(source).or_insert(0);
+        *c = (*c).max(counted);
+    }
+
+    fn run(&mut self, r: &Routed, wall: Millis, alerts: &mut Vec<Alert>) {
+        self.st.stats.records += 1;
+        let start = *self.st.stream_start.get_or_insert(r.start);
+        let start = start.min(r.start);
+        self.st.stream_start = Some(start);
+        let ev = r.record.event();
+        let ids = EventIds::of(&ev);
+        let cell = match (self.part.cells(), ev.cell.as_deref()) {
+            (Some(map), Some(c)) => map.resolve(c),
+            _ => None,
+        };
+        let keys = [Some(ids.from), Some(ids.to), ids.imei];
+        let mut roles = [Role::Barrier; 3];
+        let mut k = 0;
+        for (role, key) in Role::RECORD.into_iter().zip(keys) {
+            if r.roles & role_bit(role) == 0 {
+                continue;
+            }
+            match key {
+                Some(key) if self.part.owns(key) => {
+                    roles[k] = role;
+                    k += 1;
+                }
+                _ => self.st.stats.misrouted += 1,
+            }
+        }
+        let mut made = std::mem::take(&mut self.made);
+        let seq = global_seq(r);
+        self.part.run(
+            ev,
+            ids,
+            cell,
+            seq,
+            roles[..k].iter().copied(),
+            start,
+            wall,
+            alerts,
+            &mut made,
+        );
+        let mut pending = std::mem::take(&mut self.st.pending);
+        self.route(made.drain(..), &mut pending);
+        self.st.pending = pending;
+        self.made = made;
+    }
+
+    /// Evidence just sent: for this partition's keys into `local`, for another's to the
+    /// outbox; a broadcast both.
+    fn route(&mut self, sent: impl Iterator<Item = Evidence>, local: &mut Vec<Evidence>) {
+        let (p, n) = self.part.partition();
+        for e in sent {
+            match e.dest {
+                Dest::Number(k) | Dest::Handset(k) => match shard_of(k, n) {
+                    q if q == p => local.push(e),
+                    q => {
+                        self.st.stats.sent += 1;
+                        self.outbox.push((q, e));
+                    }
+                },
+                Dest::Every => {
+                    for q in (0..n).filter(|&q| q != p) {
+                        self.st.stats.sent += 1;
+                        self.outbox.push((q, e.clone()));
+                    }
+                    local.push(e);
+                }
+            }
+        }
+    }
+
+    /// As [`crate::engine::Engine`]'s: the watermark entered a new exchange epoch, or a
+    /// sweep is due.
+    fn barrier_due(&mut self, wall: Millis) -> bool {
+        let wm = self.watermark(wall);
+        let epoch = wm.div_euclid(self.epoch_ms);
+        let new_epoch = epoch > self.st.epoch;
+        self.st.epoch = self.st.epoch.max(epoch);
+        new_epoch || self.sweep_due(wm)
+    }
+
+    /// As the engine's rule: `expire_every_s` of event time since the last sweep, and as
+    /// many records (counted by the sources: every record, not only this partition's) as
+    /// the whole stream tracks lines, estimated as this partition's lines at its last
+    /// barrier times the partition count (keys are spread evenly over key groups). So
+    /// partitions sweep about as often as one engine: a sweep forgets what is older than
+    /// the previous sweep's watermark minus each retention, so how often it runs moves what
+    /// is kept at the edges of the retentions.
+    fn sweep_due(&self, wm: Millis) -> bool {
+        let counted: u64 = self.st.counted.values().sum();
+        let since = counted.saturating_sub(self.st.counted_at_sweep);
+        let due = self.st.last_sweep.saturating_add(self.expire_every_ms);
+        let (_, n) = self.part.partition();
+        since as usize >= self.st.lines_at_barrier.saturating_mul(n) && wm >= due
+    }
+
+    /// The pending evidence round after round (what applying it sends to this partition's
+    /// keys is the next round; to others', the outbox), then the sweep if one is due.
+    fn barrier(&mut self, wall: Millis, alerts: &mut Vec<Alert>) {
+        self.st.stats.barriers += 1;
+        let start = self.st.stream_start.unwrap_or(0);
+        let mut round = std::mem::take(&mut self.st.pending);
+        let mut rounds = 0;
+        let mut made = Vec::new();
+        while !round.is_empty() {
+            if rounds == MAX_ROUNDS {
+                self.st.stats.rounds_capped += 1;
+                break;
+            }
+            rounds += 1;
+            round.sort_unstable_by_key(|e| e.order);
+            self.st.stats.applied += round.len() as u64;
+            for (rank, e) in round.iter().enumerate() {
+                let before = alerts.len();
+                self.part.apply(e, rank, start, wall, alerts, &mut made);
+                // As the engine orders a broadcast's alerts.
+                if e.dest == Dest::Every {
+                    alerts[before..].sort_by(|a, b| a.alert_id.cmp(&b.alert_id));
+                }
+            }
+            let mut next = Vec::new();
+            self.route(made.drain(..), &mut next);
+            round = next;
+        }
+        self.st.pending = round;
+        let wm = self.watermark(wall);
+        if self.sweep_due(wm) {
+            self.part.expire(wm);
+            self.dedup
+                .expire(wm.saturating_sub(self.dedup_retention_ms));
+            self.st.last_sweep = wm;
+            self.st.counted_at_sweep = self.st.counted.values().sum();
+        }
+        self.st.lines_at_barrier = self.part.tracked_lines();
+    }
+
+    /// The state: the detectors' sections (named as shard `p`'s of a `P`-shard checkpoint)
+    /// and the stage's own (`stage`, the same naming). The outbox is not state: the caller
+    /// sends it before saving, or the evidence is lost.
+    pub fn save(&self) -> Result<Vec<Section>, codec::Error> {
+        let (p, _) = self.part.partition();
+        let mut v = self.part.save()?;
+        v.push(Section::new(
+            &shard_section_name(p, "stage"),
+            codec::encode(&self.st)?,
+        ));
+        v.push(Section::new(
+            &shard_section_name(p, "dedup"),
+            self.dedup.save_state()?,
+        ));
+        Ok(v)
+    }
+
+    /// Partition `p` of `n` restored from the saves of `saved` partition stages (their
+    /// sections together, or only those sharing key groups with `p`): the detectors' state
+    /// of `p`'s key groups ([`PartShard::restore`]), the evidence pending for them, and the
+    /// watermark, sweep clock and counts of the saved stage that owned `p`'s first key group.
+    /// The caller then re-reads each input from the positions saved with these sections.
+    pub fn restore(
+        cfg: &Config,
+        p: usize,
+        n: usize,
+        sections: &[Section],
+        saved: usize,
+    ) -> Result<Self, LoadError> {
+        let part = PartShard::restore(cfg, p, n, sections, saved)?;
+        let (p, n) = part.partition();
+        let stage_of = |i: usize| -> Result<StageState, LoadError> {
+            let name = shard_section_name(i, "stage");
+            let bytes = sections
+                .iter()
+                .find(|s| s.name == name)
+                .ok_or_else(|| LoadError::MissingSection(name.clone()))?;
+            codec::decode(&bytes.bytes).map_err(|source| LoadError::Decode { name, source })
+        };
+        let first = (p * KEY_GROUPS).div_ceil(n) * saved / KEY_GROUPS;
+        let mut st = stage_of(first.min(saved - 1))?;
+        st.partition = p as u32;
+        st.partitions = n as u32;
+        if saved != n {
+            // Each saved stage's evidence for keys `p` owns; broadcasts were copied to every
+            // saved stage, so only the first's are kept.
+            let owns = |d: Dest| match d {
+                Dest::Number(k) | Dest::Handset(k) => shard_of(k, n) == p,
+                Dest::Every => false,
+            };
+            let mut pending: Vec<Evidence> = std::mem::take(&mut st.pending)
+                .into_iter()
+                .filter(|e| e.dest == Dest::Every || owns(e.dest))
+                .collect();
+            for i in (0..saved).filter(|&i| i != first && overlaps(i, saved, p, n)) {
+                let other = stage_of(i)?;
+                pending.extend(other.pending.into_iter().filter(|e| owns(e.dest)));
+            }
+            st.pending = pending;
+            // Messages the saved stage had read and not run were routed for its layout:
+            // the caller re-reads them from the positions of the messages run.
+            st.queues.values_mut().for_each(VecDeque::clear);
+            // Its tracked lines changed with its keys: recounted at the next barrier.
+            st.lines_at_barrier = part.tracked_lines();
+        }
+        let mut stage = Stage::with(cfg, part, st);
+        // The ids every saved stage sharing key groups with `p` ran: a record of `p`'s keys
+        // was run on one of them.
+        for i in (0..saved).filter(|&i| overlaps(i, saved, p, n)) {
+            let name = shard_section_name(i, "dedup");
+            let bytes = sections
+                .iter()
+                .find(|s| s.name == name)
+                .ok_or_else(|| LoadError::MissingSection(name.clone()))?;
+            let mut d = Dedup::new();
+            d.load_state(&bytes.bytes)
+                .map_err(|source| LoadError::Decode { name, source })?;
+            stage.dedup.absorb(d);
+        }
+        Ok(stage)
+    }
+}
