@@ -171,7 +171,8 @@ pub enum Body {
     /// arrival reading the SIM index and the young-handset list in place.
     HandsetArrived {
         handset: u64,
-        name: Box<str>,
+        /// Inline (no allocation): one is sent for every handset new to the detector.
+        name: crate::detect::runner_movement::Name,
         at_s: u32,
     },
     /// `runner_movement` (the SIM's shard, answering [`Body::HandsetArrived`]) →
