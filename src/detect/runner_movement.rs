@@ -1026,7 +1026,7 @@ impl RunnerMovement {
             if e.burn {
                 evidence.insert("taken_over_as".into(), serde_json::json!("burn"));
             }
-            let body = Body::NameEarlier(EarlierFinding {
+            let body = Body::NameEarlier(Box::new(EarlierFinding {
                 name: e.name.clone(),
                 since_s,
                 newest_s,
@@ -1036,7 +1036,7 @@ impl RunnerMovement {
                 related: found.related.clone(),
                 evidence: serde_json::Value::Object(evidence),
                 lines: found.lines.clone(),
-            });
+            }));
             ctx.outbox.push(Sent::new(Dest::Handset(e.handset), body));
         }
     }
