@@ -171,7 +171,8 @@ pub enum Body {
     /// arrival reading the SIM index and the young-handset list in place.
     HandsetArrived {
         handset: u64,
-        name: Box<str>,
+        /// Inline (no allocation): one is sent for every handset new to the detector.
+        name: crate::detect::runner_movement::Name,
         at_s: u32,
     },
     /// `runner_movement` (the SIM's shard, answering [`Body::HandsetArrived`]) →
@@ -194,7 +195,9 @@ pub enum Body {
     /// `runner_movement` (the firing handset's shard) → `runner_movement` on an earlier
     /// handset's shard: it was the runner's too; the finding is made there (subject: that
     /// handset). Replaces writing the earlier handset's `fired_s` and naming it in place.
-    NameEarlier(crate::detect::runner_movement::EarlierFinding),
+    /// Boxed: rare, and 128 bytes inline made every piece of evidence 200 bytes (152 now),
+    /// moved several times from a record's outbox to its barrier's sort.
+    NameEarlier(Box<crate::detect::runner_movement::EarlierFinding>),
     // runner_movement, whole burns (a runner's handset, SIM and number replaced at once):
     // sent by `runner_movement` in the handset role or while applying these, applied by
     // `runner_movement` on the trade line's shard, then on the old handset's.
