@@ -1160,6 +1160,12 @@ impl Config {
             "-1 (the broker's default) or a whole number from 1 to 32",
         );
         r.seconds("streams.retention_s", st.retention_s, 60);
+        r.check(
+            "streams.enabled",
+            !(st.enabled && s.processing_guarantee == ProcessingGuarantee::ExactlyOnce),
+            st.enabled,
+            "false while service.processing_guarantee = \"exactly_once\": the hop through the internal topics is at least once in this build (docs/sharding.md)",
+        );
         self.board.check(&mut r);
         r
     }
