@@ -450,7 +450,7 @@ async fn internal_topics(
                 tracing::info!(
                     topics = ?topics.all(),
                     partitions = cfg.streams.internal_partitions,
-                    "internal topics co-partitioned; the stages over Kafka are not wired into run yet, so records take the single-instance path"
+                    "internal topics co-partitioned; records go through them to the stages"
                 );
                 return Ok(());
             }

@@ -318,6 +318,21 @@ struct StageLoop {
     partial_seen: u64,
     /// Evidence the producer refused outright: stops the task at the next publish.
     refused: Option<ServiceError>,
+    /// Stage partitions just assigned whose internal partitions must first be re-read from
+    /// `service.rebuild_state_s` back (a seek librdkafka may refuse until the partition is
+    /// fetching: tried again each turn; their records are not run meanwhile).
+    to_seek: BTreeSet<i32>,
+    /// Per (topic, partition), the committed offset a rebuild re-reads up to: records
+    /// before it rebuild the state, their alerts and evidence already published by the
+    /// previous owner.
+    rebuild_until: BTreeMap<(Which, i32), i64>,
+    rebuild_ms: Millis,
+    /// Per stage partition, evidence read and not yet delivered: each piece waits until the
+    /// stage's watermark reaches its event time, so it is applied at the barrier closing
+    /// its epoch, as in one engine, whether the receiving stage is behind the sender (or
+    /// re-reading its partitions after an assignment, where the small evidence backlog is
+    /// read long before the records it followed) or not.
+    held: BTreeMap<i32, Vec<Evidence>>,
 }
 
 impl StageLoop {
@@ -342,6 +357,7 @@ impl StageLoop {
             t.metrics.clone(),
             Duration::from_secs(t.cfg.service.retry_backoff_max_s),
         );
+        let t_rebuild_s = t.cfg.service.rebuild_state_s;
         Ok(StageLoop {
             idle: Duration::from_secs(t.cfg.service.partition_idle_timeout_s),
             partitions: partitions as usize,
@@ -362,6 +378,10 @@ impl StageLoop {
             writes: Vec::new(),
             partial_seen: 0,
             refused: None,
+            to_seek: BTreeSet::new(),
+            rebuild_until: BTreeMap::new(),
+            rebuild_ms: crate::ids::span_ms(t_rebuild_s),
+            held: BTreeMap::new(),
         })
     }
 
@@ -412,6 +432,9 @@ impl StageLoop {
             self.stages.remove(p);
             self.last_record.remove(p);
             self.next.retain(|(_, q), _| q != p);
+            self.rebuild_until.retain(|(_, q), _| q != p);
+            self.to_seek.remove(p);
+            self.held.remove(p);
             tracing::info!(partition = p, "streams: stage partition revoked; its state is dropped");
         }
         let new: Vec<i32> = owned
@@ -423,18 +446,95 @@ impl StageLoop {
             let mut s = Stage::new(&self.cfg, p as usize, self.partitions);
             s.set_cells(self.cells.clone());
             self.stages.insert(p, s);
-            tracing::info!(
-                partition = p,
-                "streams: stage partition assigned; its state starts empty (no per-partition checkpoint yet)"
-            );
+            self.to_seek.insert(p);
+        }
+        let pending: Vec<i32> = self.to_seek.iter().copied().collect();
+        for p in pending {
+            if self.rewind(p) {
+                self.to_seek.remove(&p);
+            }
         }
         self.metrics.streams.owned.set(self.stages.len() as i64);
     }
 
+    /// A stage partition just assigned starts empty: its state is rebuilt by re-reading
+    /// its internal partitions from `service.rebuild_state_s` back up to the committed
+    /// offsets (what the previous owner ran), as the input consumer rebuilds window state.
+    /// False when the seek must be tried again.
+    fn rewind(&mut self, p: i32) -> bool {
+        let c = self.consumer.consumer();
+        let mut tpl = TopicPartitionList::new();
+        for w in Which::ALL {
+            tpl.add_partition(self.topics.name(w), p);
+        }
+        let committed = match c.committed_offsets(tpl, Duration::from_secs(10)) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, partition = p, "stage offsets could not be fetched; retried");
+                return false;
+            }
+        };
+        let since = wall_ms().saturating_sub(self.rebuild_ms);
+        let mut times = TopicPartitionList::new();
+        for w in Which::ALL {
+            let _ = times.add_partition_offset(self.topics.name(w), p, Offset::Offset(since));
+        }
+        let starts = match c.offsets_for_times(times, Duration::from_secs(10)) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, partition = p, "stage offsets by time could not be fetched; retried");
+                return false;
+            }
+        };
+        let mut rebuilt = 0;
+        for w in Which::ALL {
+            let topic = self.topics.name(w);
+            let upto = committed
+                .find_partition(topic, p)
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                });
+            let from = starts
+                .find_partition(topic, p)
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                });
+            let (Some(upto), Some(from)) = (upto, from) else {
+                continue;
+            };
+            if from >= upto {
+                continue;
+            }
+            if let Err(e) = c.seek(topic, p, Offset::Offset(from), Duration::from_secs(10)) {
+                tracing::info!(error = %e, partition = p, "stage partition not yet seekable; retried");
+                return false;
+            }
+            self.rebuild_until.insert((w, p), upto);
+            rebuilt += upto - from;
+        }
+        tracing::info!(
+            partition = p,
+            rebuild_records = rebuilt,
+            "streams: stage partition assigned; its state is rebuilt from its internal partitions (no per-partition checkpoint yet)"
+        );
+        true
+    }
+
     fn handle_record(&mut self, inc: Incoming, wall: Millis) {
+        if self.to_seek.contains(&inc.partition) {
+            // Read again after the seek.
+            return;
+        }
         let Some(stage) = self.stages.get_mut(&inc.partition) else {
             return;
         };
+        let rebuilding = self
+            .rebuild_until
+            .get(&(inc.which, inc.partition))
+            .is_some_and(|&upto| inc.offset < upto);
+        let alerts_before = self.alerts.len();
         self.next
             .insert((inc.which, inc.partition), inc.offset + 1);
         self.metrics
@@ -456,7 +556,7 @@ impl StageLoop {
                 }
                 (Which::Evidence, Kind::Evidence) => {
                     let e: Evidence = inc.decode(Kind::Evidence)?;
-                    stage.deliver(e);
+                    self.held.entry(inc.partition).or_default().push(e);
                 }
                 (Which::Evidence, got) => {
                     return Err(WireError::WrongKind {
@@ -473,6 +573,17 @@ impl StageLoop {
             }
             Ok(())
         })();
+        self.deliver_due(inc.partition, wall, false);
+        if rebuilding {
+            // Published by the previous owner when it ran these: only the state is wanted.
+            self.alerts.truncate(alerts_before);
+            if let Some(stage) = self.stages.get_mut(&inc.partition) {
+                stage.take_outbox();
+            }
+            if r.is_err() {
+                return;
+            }
+        }
         if let Err(e) = r {
             self.metrics.streams.bad.inc();
             self.out.push(Outgoing::bad_internal_record(
@@ -497,8 +608,12 @@ impl StageLoop {
                 .last_record
                 .get(&p)
                 .is_some_and(|t| t.elapsed() >= self.idle);
+            let flush = idle
+                && (self.held.get(&p).is_some_and(|h| !h.is_empty())
+                    || self.stages.get(&p).is_some_and(|s| s.pending_evidence() > 0));
+            self.deliver_due(p, wall, flush);
             if let Some(stage) = self.stages.get_mut(&p) {
-                if idle && stage.pending_evidence() > 0 {
+                if flush {
                     stage.flush(wall, &mut self.alerts);
                 } else {
                     stage.tick(wall, &mut self.alerts);
@@ -508,6 +623,26 @@ impl StageLoop {
         }
         let pending: usize = self.stages.values().map(Stage::pending_evidence).sum();
         self.metrics.streams.pending.set(pending as i64);
+    }
+
+    /// Delivers the held evidence the stage's watermark has reached (`all`: every piece).
+    fn deliver_due(&mut self, p: i32, wall: Millis, all: bool) {
+        let (Some(stage), Some(held)) = (self.stages.get_mut(&p), self.held.get_mut(&p)) else {
+            return;
+        };
+        if held.is_empty() {
+            return;
+        }
+        let wm = stage.watermark(wall);
+        let mut keep = Vec::new();
+        for e in held.drain(..) {
+            if all || e.at <= wm {
+                stage.deliver(e);
+            } else {
+                keep.push(e);
+            }
+        }
+        *held = keep;
     }
 
     fn send_outbox(&mut self, p: i32) {
