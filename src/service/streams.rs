@@ -424,7 +424,10 @@ impl StageLoop {
         let owned: BTreeSet<i32> = self.consumer.owned_stage_partitions();
         let partial = self.consumer.partial_total();
         if partial > self.partial_seen {
-            self.metrics.streams.partial.inc_by(partial - self.partial_seen);
+            self.metrics
+                .streams
+                .partial
+                .inc_by(partial - self.partial_seen);
             self.partial_seen = partial;
         }
         let had: Vec<i32> = self.stages.keys().copied().collect();
@@ -435,7 +438,10 @@ impl StageLoop {
             self.rebuild_until.retain(|(_, q), _| q != p);
             self.to_seek.remove(p);
             self.held.remove(p);
-            tracing::info!(partition = p, "streams: stage partition revoked; its state is dropped");
+            tracing::info!(
+                partition = p,
+                "streams: stage partition revoked; its state is dropped"
+            );
         }
         let new: Vec<i32> = owned
             .iter()
@@ -535,8 +541,7 @@ impl StageLoop {
             .get(&(inc.which, inc.partition))
             .is_some_and(|&upto| inc.offset < upto);
         let alerts_before = self.alerts.len();
-        self.next
-            .insert((inc.which, inc.partition), inc.offset + 1);
+        self.next.insert((inc.which, inc.partition), inc.offset + 1);
         self.metrics
             .streams
             .read
@@ -610,7 +615,10 @@ impl StageLoop {
                 .is_some_and(|t| t.elapsed() >= self.idle);
             let flush = idle
                 && (self.held.get(&p).is_some_and(|h| !h.is_empty())
-                    || self.stages.get(&p).is_some_and(|s| s.pending_evidence() > 0));
+                    || self
+                        .stages
+                        .get(&p)
+                        .is_some_and(|s| s.pending_evidence() > 0));
             self.deliver_due(p, wall, flush);
             if let Some(stage) = self.stages.get_mut(&p) {
                 if flush {
@@ -655,7 +663,10 @@ impl StageLoop {
                 crate::exchange::Dest::Every => q as u64,
             };
             let bytes = wire::encode(Kind::Evidence, &e);
-            match self.producer.send_raw(Which::Evidence, q as i32, key, &bytes) {
+            match self
+                .producer
+                .send_raw(Which::Evidence, q as i32, key, &bytes)
+            {
                 Ok(f) => {
                     self.metrics.streams.wrote(Which::Evidence, bytes.len());
                     self.writes.push((Which::Evidence, f));
