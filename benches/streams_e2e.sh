@@ -124,16 +124,19 @@ EOF
   for i in "${!pids[@]}"; do
     cpu="$(awk -v c="$cpu" -v d="$(cpu_s "${pids[$i]}")" 'BEGIN { print c + d }')"
   done
-  local bytes=0
-  [ "$on" = true ] && bytes="$(internal bytes_written "${addrs[@]}")"
+  local bytes=0 msgs=0
+  if [ "$on" = true ]; then
+    bytes="$(internal bytes_written "${addrs[@]}")"
+    msgs="$(internal records_written "${addrs[@]}")"
+  fi
   for i in "${!pids[@]}"; do stop_service "${pids[$i]}" "$work/$name-$i.log"; done
-  awk -v n="$name" -v k="$n" -v s="$secs" -v c="$cpu" -v r="$records" -v b="$bytes" 'BEGIN {
-    printf "| %-5s | %d | %8.1f | %9.0f | %7.1f | %6.1f |\n", n, k, s, r / s, c / (r / 1e6), b / r
+  awk -v n="$name" -v k="$n" -v s="$secs" -v c="$cpu" -v r="$records" -v b="$bytes" -v m="$msgs" 'BEGIN {
+    printf "| %-5s | %d | %8.1f | %9.0f | %7.1f | %6.2f | %6.1f |\n", n, k, s, r / s, c / (r / 1e6), m / r, b / r
   }' | tee -a "$work/results.txt"
 }
 
 say "runs: off (1 instance, no hop), on-1, on-2"
-printf '| run   | instances | seconds | records/s | CPU-s per 1M records | internal bytes per record |\n|---|---|---|---|---|---|\n' |
+printf '| run   | instances | seconds | records/s | CPU-s per 1M records | internal messages per record | internal bytes per record |\n|---|---|---|---|---|---|---|\n' |
   tee "$work/results.txt"
 one_run off 1 false
 one_run on1 1 true

@@ -22,7 +22,7 @@ use linewatch::cells::CellMap;
 use linewatch::config::Config;
 use linewatch::generate::{self, GenOptions};
 use linewatch::replay;
-use support::{brokers, suffix, Service, Setup};
+use support::{brokers, read_until, suffix, Service, Setup, WAIT};
 
 /// Default detectors (those `replay` runs below), quick retries and drain, a short idle
 /// timeout (a killed instance's ingest holds the stages back this long) and a short session
@@ -313,4 +313,40 @@ async fn three_instances_one_killed_half_way(bar: Bar) {
     // Every alert is one replay makes for the same (detector, subject) or a repeat of one
     // already published (at least once): the killed instance's last uncommitted records.
     assert!(twice < got.len() / 5, "{twice} repeats of {}", got.len());
+}
+
+/// A record on an internal topic that is not an envelope (another program writing there, a
+/// future version) is dead-lettered with the fixed reason `bad_internal_record` and counted,
+/// and the stage goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_internal_record_is_dead_lettered_and_counted_never_fatal() {
+    let setup = Setup::new("instances-bad", 2, CONFIG).await;
+    let svc = setup.start_ready().await;
+    svc.wait_log("stage partitions assigned", 1, WAIT).await;
+    let topics = linewatch::streams::topics::InternalTopics::for_group(&setup.topics.group);
+    let p: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .expect("producer");
+    for part in 0..2 {
+        p.send(
+            FutureRecord::<(), [u8]>::to(&topics.by_line)
+                .payload(&b"not an envelope"[..])
+                .partition(part),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("written");
+    }
+    let dead = read_until(&setup.topics.dead, WAIT, |m| m.len() >= 2).await;
+    assert_eq!(dead.len(), 2);
+    for d in &dead {
+        assert_eq!(d.headers["reason"], "bad_internal_record");
+        assert_eq!(d.headers["field"], "version");
+        assert_eq!(d.headers["source_topic"], topics.by_line);
+        assert_eq!(d.value, b"not an envelope");
+    }
+    svc.wait_metric("linewatch_bad_internal_records_total", 2.0, WAIT)
+        .await;
+    assert!(!svc.logs().iter().any(|l| l.contains("stopped on error")));
 }
