@@ -81,6 +81,8 @@ pub struct Metrics {
     pub checkpoint: crate::checkpoint::metrics::CheckpointMetrics,
     /// Transactions and pipeline restarts (exactly_once; defined with the transactions).
     pub txn: super::txn::TxnMetrics,
+    /// The internal topics' traffic (`[streams]`; defined with the stage task).
+    pub streams: super::streams::StreamsMetrics,
 }
 
 // Registering a freshly built metric in a new registry fails only on a duplicate name or a
@@ -286,9 +288,11 @@ impl Metrics {
         }
         let checkpoint = crate::checkpoint::metrics::CheckpointMetrics::register(&r);
         let txn = super::txn::TxnMetrics::register(&r);
+        let streams = super::streams::StreamsMetrics::register(&r);
         Metrics {
             checkpoint,
             txn,
+            streams,
             registry: r,
             records,
             rebuilt,

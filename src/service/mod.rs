@@ -58,6 +58,7 @@ pub mod pipeline;
 pub mod reload;
 pub mod sink;
 pub mod source;
+pub mod streams;
 pub mod txn;
 
 use std::future::Future;
@@ -227,6 +228,7 @@ pub async fn run(
     let metrics = Metrics::new();
     let status = Arc::new(Status::new("starting"));
     let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
 
     let settings = KafkaSettings::new(cfg.service.brokers.clone(), cfg.kafka.clone());
     for role in [Role::Consumer, Role::Producer] {
@@ -287,6 +289,17 @@ pub async fn run(
             return r;
         }
     }
+    let stage_task = cfg.streams.enabled.then(|| {
+        streams::spawn_stages(streams::StageTask {
+            cfg: cfg.clone(),
+            settings: settings.clone(),
+            metrics: metrics.clone(),
+            status: status.clone(),
+            cells: opts.cells.clone(),
+            stop: stop_rx.clone(),
+            stop_all: stop_tx.clone(),
+        })
+    });
     let mut stopped_at = None;
     let mut clients = Some(first);
     let mut reloads = reload_rx;
@@ -319,6 +332,15 @@ pub async fn run(
             stop: stop_rx.clone(),
             txn: c.txn,
             committing: Default::default(),
+            streams: match running.streams.enabled {
+                true => Some(streams::IngestTask::new(
+                    &running,
+                    &settings,
+                    &metrics,
+                    opts.cells.clone(),
+                )?),
+                false => None,
+            },
         };
         let started = std::time::Instant::now();
         let r = {
@@ -378,6 +400,14 @@ pub async fn run(
         }
     };
     let _ = stop_tx.send(true);
+    let result = match stage_task {
+        Some(t) => match (result, t.await) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Ok(r)) => r,
+            (Ok(()), Err(e)) => Err(ServiceError::Config(format!("stage task: {e}"))),
+        },
+        None => result,
+    };
     // A scraper holding a keep-alive connection must not hold the exit up.
     let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
     if let Some(t) = reload_task {
@@ -420,7 +450,7 @@ async fn internal_topics(
                 tracing::info!(
                     topics = ?topics.all(),
                     partitions = cfg.streams.internal_partitions,
-                    "internal topics co-partitioned; the stages over Kafka are not wired into run yet, so records take the single-instance path"
+                    "internal topics co-partitioned; records go through them to the stages"
                 );
                 return Ok(());
             }

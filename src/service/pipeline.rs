@@ -222,6 +222,9 @@ pub struct Pipeline {
     pub txn: Option<Arc<Transactions>>,
     /// Exactly once: the commit under way on a blocking thread.
     pub committing: Mutex<Option<tokio::task::JoinHandle<Result<(), TxnError>>>>,
+    /// `[streams]`: records go through the ingest stage to the internal topics instead of
+    /// the engine (`super::streams`); `None`: the one-instance path.
+    pub streams: Option<super::streams::IngestTask>,
 }
 
 impl Pipeline {
@@ -321,6 +324,9 @@ impl Pipeline {
                             continue;
                         }
                         Wake::Tick => {
+                            if let Some(s) = &mut self.streams {
+                                s.idle(wall_ms())?;
+                            }
                             self.refresh_gauges(&topics)?;
                             // Idle: everything is settled, a checkpoint costs no wait.
                             self.checkpoint_if_due(&topics);
@@ -388,7 +394,11 @@ impl Pipeline {
                     continue;
                 }
 
-                let (out, next) = self.process(&intake.batch, &topics);
+                let (out, next) = if self.streams.is_some() {
+                    self.process_ingest(&intake.batch, &topics)?
+                } else {
+                    self.process(&intake.batch, &topics)
+                };
                 intake.batch.clear();
                 if stopping_since.is_none() && *self.stop.borrow() {
                     stopping_since = Some(Instant::now());
@@ -570,6 +580,66 @@ impl Pipeline {
     fn committed(&self, b: InFlight, topics: &[String]) {
         self.commit(b.next, topics);
         self.metrics.batch_done(b.started.elapsed().as_secs_f64());
+    }
+
+    /// `[streams]`: runs the batch through the ingest stage and writes what it routes to
+    /// the internal topics, waiting for their acknowledgement; returns its dead letters and
+    /// the next offset to commit per partition (committed once those are acknowledged, as
+    /// for [`Self::process`]).
+    fn process_ingest(
+        &mut self,
+        batch: &Batch,
+        topics: &[String],
+    ) -> Result<(Vec<Outgoing>, BTreeMap<Tp, i64>), ServiceError> {
+        let Some(ingest) = self.streams.as_mut() else {
+            return Ok((Vec::new(), BTreeMap::new()));
+        };
+        let wall: Millis = wall_ms();
+        let mut next = BTreeMap::new();
+        let mut out = Vec::new();
+        let mut tally = Tally::default();
+        let mut rebuilt = 0;
+        let mut shared = lock(&self.shared);
+        for tp in shared.assigned.keys() {
+            ingest.assign_partition(engine_partition(*tp), wall);
+        }
+        for rec in &batch.records {
+            // As in `process`: a partition revoked while the batch filled is re-read by its
+            // new owner from our last commit.
+            if shared.assigned.get(&rec.tp) != Some(&rec.generation) {
+                continue;
+            }
+            let seen = shared.processed.entry(rec.tp).or_insert(0);
+            *seen = (*seen).max(rec.offset + 1);
+            if rec.rebuild {
+                // Before the last commit: its messages were written and acknowledged then;
+                // the stages, not the ingest, hold window state.
+                rebuilt += 1;
+                continue;
+            }
+            let verdict = ingest.ingest(batch.payload(rec), engine_partition(rec.tp), wall);
+            tally.add(&verdict);
+            if let Verdict::Rejected(why) = verdict {
+                out.push(Outgoing::dead_letter(
+                    batch.payload(rec),
+                    why,
+                    &topics[rec.tp.0],
+                    rec.tp.1,
+                    rec.offset,
+                ));
+            }
+            let n = next.entry(rec.tp).or_insert(0);
+            *n = (*n).max(rec.offset + 1);
+        }
+        drop(shared);
+        // Blocking until the broker acknowledges: the batch's offsets may not be committed
+        // before its messages are on the internal topics.
+        ingest.send()?;
+        self.metrics.records(&tally);
+        if rebuilt > 0 {
+            self.metrics.rebuilt(rebuilt);
+        }
+        Ok((out, next))
     }
 
     /// Runs the batch through the engine; returns its alerts and dead letters, and the next

@@ -68,6 +68,9 @@ pub enum OutKind {
     },
     /// A rejected record.
     DeadLetter(Reason),
+    /// An internal record (`[streams]`) a stage could not read: dead-lettered with the
+    /// fixed reason `bad_internal_record` (counted when it is read, in the streams metrics).
+    InternalDeadLetter,
 }
 
 /// The most of a dead letter's payload published. 64 KiB is far under Kafka's default
@@ -169,10 +172,39 @@ impl Outgoing {
         }
     }
 
+    /// An internal record a stage could not read ([`crate::streams::wire::WireError`]):
+    /// its bytes (an envelope of validated pseudonyms, never raw input), the fixed reason
+    /// and the part at fault, and where it was read.
+    pub fn bad_internal_record(
+        payload: &[u8],
+        field: &'static str,
+        source_topic: &str,
+        source_partition: i32,
+        source_offset: i64,
+    ) -> Outgoing {
+        let mut payload = payload.to_vec();
+        payload.truncate(DEAD_LETTER_MAX_BYTES);
+        Outgoing {
+            kind: OutKind::InternalDeadLetter,
+            key: None,
+            payload,
+            headers: vec![
+                ("reason", crate::streams::wire::REASON.as_bytes().to_vec()),
+                ("field", field.as_bytes().to_vec()),
+                ("source_topic", source_topic.as_bytes().to_vec()),
+                (
+                    "source_partition",
+                    source_partition.to_string().into_bytes(),
+                ),
+                ("source_offset", source_offset.to_string().into_bytes()),
+            ],
+        }
+    }
+
     fn topic<'a>(&self, sink: &'a Sink) -> &'a str {
         match self.kind {
             OutKind::Alert { .. } => &sink.alert_topic,
-            OutKind::DeadLetter(_) => &sink.dead_letter_topic,
+            OutKind::DeadLetter(_) | OutKind::InternalDeadLetter => &sink.dead_letter_topic,
         }
     }
 }
@@ -409,6 +441,7 @@ impl Sink {
                 }
             }
             OutKind::DeadLetter(r) => self.metrics.dead_letter(r),
+            OutKind::InternalDeadLetter => {}
         }
     }
 

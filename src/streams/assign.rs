@@ -92,7 +92,12 @@ impl StageContext {
     }
 }
 
-impl ClientContext for StageContext {}
+impl ClientContext for StageContext {
+    /// The service's client settings turn librdkafka statistics on (the input consumer's
+    /// lag gauges); the stage consumer has no use for them, and the default handler logs
+    /// each one whole at info.
+    fn stats(&self, _: rdkafka::Statistics) {}
+}
 
 impl ConsumerContext for StageContext {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {

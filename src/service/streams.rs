@@ -1,0 +1,721 @@
+//! `[streams]` in `run` (issue 11, `docs/sharding.md` "As built (step 4, wiring)"): the
+//! ingest task the pipeline runs instead of the engine, and the stage task of each instance.
+//!
+//! - **Ingest** ([`IngestTask`]): the pipeline's input consumer (group `<group>`) feeds each
+//!   record to a [`IngestStage`] (decoded and validated once; dead letters, counters and
+//!   metrics as today); every routed message and watermark mark is written to its internal
+//!   partition, and the batch's input offsets are committed only once those writes are
+//!   acknowledged (at least once).
+//! - **Stages** ([`spawn_stages`]): a [`StageConsumer`] (group `<group>-stages`) on a thread
+//!   of its own; a [`Stage`] per owned stage partition, created on assignment and dropped on
+//!   revocation; alerts go through a [`Sink`] as today, evidence for other partitions to
+//!   `<group>-evidence`, and the internal offsets are committed after both are acknowledged.
+//!
+//! Every message of one ingest task for partition *p* goes to `<group>-by-line` (records in
+//! any role, and marks): a stage runs each source's messages in the order sent, and Kafka
+//! orders records only within one partition of one topic. Writing the handset-only ones to
+//! `<group>-by-handset` would let the stage consumer's fetches reorder them against the
+//! source's other messages by up to a fetch batch. `<group>-by-handset` is created, checked
+//! and read (it stays empty): the name is reserved for a layout that needs it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::producer::DeliveryFuture;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::watch;
+
+use super::metrics::Metrics;
+use super::sink::{InFlight, Outgoing, Sink, SinkContext};
+use super::{ServiceError, Status};
+use crate::cells::CellMap;
+use crate::config::Config;
+use crate::engine::Verdict;
+use crate::event::Millis;
+use crate::exchange::Evidence;
+use crate::kafka::{self, KafkaSettings, Role};
+use crate::replay::wall_ms;
+use crate::streams::assign::{Incoming, StageConsumer};
+use crate::streams::ingest::IngestStage;
+use crate::streams::message::{Mark, Message, Routed};
+use crate::streams::producer::InternalProducer;
+use crate::streams::stage::Stage;
+use crate::streams::topics::{InternalTopics, Which};
+use crate::streams::wire::{self, Kind, WireError};
+
+// As in metrics.rs: constant definitions in a fresh registry cannot fail.
+const STATIC_OK: &str = "static metric definitions are valid";
+
+/// How long a flush of internal writes may take before the batch counts as failed.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The stage task publishes and commits at least this often while records flow.
+const STAGE_COMMIT_EVERY: Duration = Duration::from_millis(200);
+
+/// ... or after this many internal records, whichever comes first.
+const STAGE_BATCH: usize = 5_000;
+
+/// The internal topics' traffic. Labels are the topic's role (`by_line`, `by_handset`,
+/// `evidence`), never a key or a topic name.
+#[derive(Clone)]
+pub struct StreamsMetrics {
+    /// Internal records written by this instance, by topic role.
+    written: IntCounterVec,
+    /// Bytes of internal records written (payloads, not Kafka's overhead), by topic role.
+    written_bytes: IntCounterVec,
+    /// Internal records read by the stage task, by topic role.
+    read: IntCounterVec,
+    /// Internal records that could not be read (dead-lettered `bad_internal_record`).
+    bad: IntCounter,
+    /// Stage partitions held for some internal topics only (not processed).
+    partial: IntCounter,
+    /// Stage partitions this instance runs now.
+    owned: IntGauge,
+    /// Evidence pieces waiting for a barrier, over this instance's stages.
+    pending: IntGauge,
+}
+
+impl StreamsMetrics {
+    pub fn register(r: &Registry) -> Self {
+        let vec = |name: &str, help: &str| {
+            let m = IntCounterVec::new(Opts::new(name, help), &["topic"]).expect(STATIC_OK);
+            r.register(Box::new(m.clone())).expect(STATIC_OK);
+            for w in Which::ALL {
+                m.with_label_values(&[w.as_str()]);
+            }
+            m
+        };
+        let written = vec(
+            "linewatch_internal_records_written_total",
+            "Internal records ([streams]) written by this instance, by internal topic.",
+        );
+        let written_bytes = vec(
+            "linewatch_internal_bytes_written_total",
+            "Payload bytes of internal records ([streams]) written by this instance, by internal topic.",
+        );
+        let read = vec(
+            "linewatch_internal_records_read_total",
+            "Internal records ([streams]) read by this instance's stages, by internal topic.",
+        );
+        let bad = IntCounter::new(
+            "linewatch_bad_internal_records_total",
+            "Internal records a stage could not read, dead-lettered with reason bad_internal_record.",
+        )
+        .expect(STATIC_OK);
+        r.register(Box::new(bad.clone())).expect(STATIC_OK);
+        let partial = IntCounter::new(
+            "linewatch_stage_partitions_partial_total",
+            "Stage partitions assigned for some internal topics only (not processed; see docs/sharding.md).",
+        )
+        .expect(STATIC_OK);
+        r.register(Box::new(partial.clone())).expect(STATIC_OK);
+        let owned = IntGauge::new(
+            "linewatch_stage_partitions",
+            "Stage partitions ([streams]) this instance runs.",
+        )
+        .expect(STATIC_OK);
+        r.register(Box::new(owned.clone())).expect(STATIC_OK);
+        let pending = IntGauge::new(
+            "linewatch_stage_pending_evidence",
+            "Evidence waiting for a barrier in this instance's stages.",
+        )
+        .expect(STATIC_OK);
+        r.register(Box::new(pending.clone())).expect(STATIC_OK);
+        StreamsMetrics {
+            written,
+            written_bytes,
+            read,
+            bad,
+            partial,
+            owned,
+            pending,
+        }
+    }
+
+    fn wrote(&self, which: Which, bytes: usize) {
+        self.written.with_label_values(&[which.as_str()]).inc();
+        self.written_bytes
+            .with_label_values(&[which.as_str()])
+            .inc_by(bytes as u64);
+    }
+}
+
+/// A delivery failure of an internal write, as the service reports a failed output.
+fn delivery_error(topic: &str, e: &rdkafka::error::KafkaError) -> ServiceError {
+    ServiceError::Delivery {
+        topic: topic.to_string(),
+        kind: kafka::error_kind(e),
+        message: e.to_string(),
+    }
+}
+
+/// Flushes `producer` and checks every write in `futures` was acknowledged.
+fn settle_writes(
+    producer: &InternalProducer,
+    futures: &mut Vec<(Which, DeliveryFuture)>,
+) -> Result<(), ServiceError> {
+    if futures.is_empty() {
+        return Ok(());
+    }
+    let topics = producer.topics().clone();
+    producer
+        .flush(FLUSH_TIMEOUT)
+        .map_err(|e| delivery_error(topics.name(Which::ByLine), &e))?;
+    for (which, f) in futures.drain(..) {
+        match f.now_or_never() {
+            Some(Ok(Ok(_))) => {}
+            Some(Ok(Err((e, _)))) => return Err(delivery_error(topics.name(which), &e)),
+            // Flushed, yet no answer: the producer is closing. Not acknowledged, so the
+            // input is not committed; the caller stops and the input is read again.
+            _ => {
+                return Err(ServiceError::Delivery {
+                    topic: topics.name(which).to_string(),
+                    kind: "other",
+                    message: "internal write not acknowledged after a flush".into(),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A source (ingest task) id unique among the instances of a group with high probability:
+/// the stages tell sources apart by it, and a restarted instance is a new source (its old
+/// one idles out). The low byte orders evidence ties, so it varies most.
+fn source_id() -> i32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let mixed = (u64::from(std::process::id()) << 32 | u64::from(nanos))
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    ((mixed >> 33) as i32).abs()
+}
+
+/// The pipeline's ingest under `[streams]`.
+pub struct IngestTask {
+    stage: IngestStage,
+    producer: InternalProducer,
+    out: Vec<(usize, Message)>,
+    writes: Vec<(Which, DeliveryFuture)>,
+    metrics: StreamsMetrics,
+}
+
+impl IngestTask {
+    pub fn new(
+        cfg: &Config,
+        settings: &KafkaSettings,
+        metrics: &Metrics,
+        cells: Option<Arc<CellMap>>,
+    ) -> Result<IngestTask, ServiceError> {
+        let partitions = cfg.streams.internal_partitions;
+        let producer = InternalProducer::new(settings, &cfg.service.group_id, partitions)
+            .map_err(|e| ServiceError::Config(format!("Kafka internal producer: {e}")))?;
+        let mut stage = IngestStage::new(cfg.clone(), source_id(), partitions as usize);
+        stage.set_cells(cells);
+        tracing::info!(
+            source = stage.source(),
+            internal_partitions = partitions,
+            "streams: ingest writes to the internal topics"
+        );
+        Ok(IngestTask {
+            stage,
+            producer,
+            out: Vec::new(),
+            writes: Vec::new(),
+            metrics: metrics.streams.clone(),
+        })
+    }
+
+    /// Registers an input partition (as the engine's `assign_partition`).
+    pub fn assign_partition(&mut self, partition: i32, wall: Millis) {
+        self.stage.assign_partition(partition, wall);
+    }
+
+    /// One input record: its verdict; a valid one's messages are queued for [`Self::send`].
+    pub fn ingest(&mut self, bytes: &[u8], partition: i32, wall: Millis) -> Verdict {
+        self.stage.ingest(bytes, partition, wall, &mut self.out)
+    }
+
+    /// The input is quiet: a mark to every partition, so the stages' watermarks move on
+    /// (the ingest's own watermark moves with the wall clock once its partitions idle).
+    pub fn idle(&mut self, wall: Millis) -> Result<(), ServiceError> {
+        self.stage.mark(wall, &mut self.out);
+        self.send()
+    }
+
+    /// Writes every queued message to its internal partition and waits until all are
+    /// acknowledged: only then may the input offsets that made them be committed.
+    pub fn send(&mut self) -> Result<(), ServiceError> {
+        for (p, msg) in self.out.drain(..) {
+            let (bytes, key) = match &msg {
+                Message::Routed(r) => (
+                    wire::encode(Kind::Record, r),
+                    crate::ids::id(&r.record.event_id),
+                ),
+                Message::Mark(m) => (wire::encode(Kind::Control, m), p as u64),
+            };
+            let f = self
+                .producer
+                .send_raw(Which::ByLine, p as i32, key, &bytes)
+                .map_err(|e| delivery_error(self.producer.topics().name(Which::ByLine), &e))?;
+            self.metrics.wrote(Which::ByLine, bytes.len());
+            self.writes.push((Which::ByLine, f));
+        }
+        settle_writes(&self.producer, &mut self.writes)
+    }
+}
+
+/// What the stage task needs from `run`.
+pub struct StageTask {
+    pub cfg: Config,
+    pub settings: KafkaSettings,
+    pub metrics: Metrics,
+    pub status: Arc<Status>,
+    pub cells: Option<Arc<CellMap>>,
+    pub stop: watch::Receiver<bool>,
+    /// Set when the stage task stops on an error, so the whole service stops.
+    pub stop_all: Arc<watch::Sender<bool>>,
+}
+
+/// Starts the stage task on a thread of its own (its consumer polls block).
+pub fn spawn_stages(t: StageTask) -> tokio::task::JoinHandle<Result<(), ServiceError>> {
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let stop_all = t.stop_all.clone();
+        let r = StageLoop::new(t, handle).and_then(|mut l| l.run());
+        if let Err(e) = &r {
+            tracing::error!(error = %e, "stage task stopped on error; stopping the service");
+            let _ = stop_all.send(true);
+        }
+        r
+    })
+}
+
+struct StageLoop {
+    cfg: Config,
+    partitions: usize,
+    consumer: StageConsumer,
+    producer: InternalProducer,
+    topics: InternalTopics,
+    sink: Sink,
+    handle: tokio::runtime::Handle,
+    metrics: Metrics,
+    cells: Option<Arc<CellMap>>,
+    stop: watch::Receiver<bool>,
+    stages: BTreeMap<i32, Stage>,
+    /// Per stage partition, the wall time its last routed record came (idle flush).
+    last_record: BTreeMap<i32, Instant>,
+    /// Next offset to commit per (internal topic, partition).
+    next: BTreeMap<(Which, i32), i64>,
+    alerts: Vec<crate::alert::Alert>,
+    out: Vec<Outgoing>,
+    writes: Vec<(Which, DeliveryFuture)>,
+    idle: Duration,
+    partial_seen: u64,
+    /// Evidence the producer refused outright: stops the task at the next publish.
+    refused: Option<ServiceError>,
+    /// Stage partitions just assigned whose internal partitions must first be re-read from
+    /// `service.rebuild_state_s` back (a seek librdkafka may refuse until the partition is
+    /// fetching: tried again each turn; their records are not run meanwhile).
+    to_seek: BTreeSet<i32>,
+    /// Per (topic, partition), the committed offset a rebuild re-reads up to: records
+    /// before it rebuild the state, their alerts and evidence already published by the
+    /// previous owner.
+    rebuild_until: BTreeMap<(Which, i32), i64>,
+    rebuild_ms: Millis,
+    /// Per stage partition, evidence read and not yet delivered: each piece waits until the
+    /// stage's watermark reaches its event time, so it is applied at the barrier closing
+    /// its epoch, as in one engine, whether the receiving stage is behind the sender (or
+    /// re-reading its partitions after an assignment, where the small evidence backlog is
+    /// read long before the records it followed) or not.
+    held: BTreeMap<i32, Vec<Evidence>>,
+}
+
+impl StageLoop {
+    fn new(t: StageTask, handle: tokio::runtime::Handle) -> Result<StageLoop, ServiceError> {
+        let group = t.cfg.service.group_id.clone();
+        let partitions = t.cfg.streams.internal_partitions;
+        let consumer = StageConsumer::new(&t.settings, &group, false)
+            .map_err(|e| ServiceError::Config(format!("Kafka stage consumer: {e}")))?;
+        let producer = InternalProducer::new(&t.settings, &group, partitions)
+            .map_err(|e| ServiceError::Config(format!("Kafka internal producer: {e}")))?;
+        let alert_producer: rdkafka::producer::FutureProducer<SinkContext> = t
+            .settings
+            .client_config(Role::Producer)
+            .create_with_context(SinkContext {
+                status: t.status.clone(),
+            })
+            .map_err(|e| ServiceError::Config(format!("Kafka stage producer: {e}")))?;
+        let sink = Sink::new(
+            alert_producer,
+            t.cfg.service.alert_topic.clone(),
+            t.cfg.service.dead_letter_topic.clone(),
+            t.metrics.clone(),
+            Duration::from_secs(t.cfg.service.retry_backoff_max_s),
+        );
+        let t_rebuild_s = t.cfg.service.rebuild_state_s;
+        Ok(StageLoop {
+            idle: Duration::from_secs(t.cfg.service.partition_idle_timeout_s),
+            partitions: partitions as usize,
+            topics: InternalTopics::for_group(&group),
+            cfg: t.cfg,
+            consumer,
+            producer,
+            sink,
+            handle,
+            metrics: t.metrics,
+            cells: t.cells,
+            stop: t.stop,
+            stages: BTreeMap::new(),
+            last_record: BTreeMap::new(),
+            next: BTreeMap::new(),
+            alerts: Vec::new(),
+            out: Vec::new(),
+            writes: Vec::new(),
+            partial_seen: 0,
+            refused: None,
+            to_seek: BTreeSet::new(),
+            rebuild_until: BTreeMap::new(),
+            rebuild_ms: crate::ids::span_ms(t_rebuild_s),
+            held: BTreeMap::new(),
+        })
+    }
+
+    fn run(&mut self) -> Result<(), ServiceError> {
+        tracing::info!(group = %crate::streams::topics::stage_group(&self.cfg.service.group_id), "streams: stage task started");
+        let mut since_commit = Instant::now();
+        let mut read = 0usize;
+        let mut errors_logged = Instant::now() - Duration::from_secs(60);
+        while !*self.stop.borrow() {
+            let polled = self.consumer.poll(Duration::from_millis(100));
+            self.sync_ownership();
+            let wall = wall_ms();
+            match polled {
+                Some(Ok(inc)) => {
+                    self.handle_record(inc, wall);
+                    read += 1;
+                }
+                Some(Err(e)) => {
+                    if errors_logged.elapsed() >= Duration::from_secs(10) {
+                        errors_logged = Instant::now();
+                        tracing::warn!(error = %e, "stage consumer error (retried)");
+                    }
+                }
+                None => self.quiet(wall),
+            }
+            if read >= STAGE_BATCH || since_commit.elapsed() >= STAGE_COMMIT_EVERY {
+                self.publish_and_commit(CommitMode::Async)?;
+                since_commit = Instant::now();
+                read = 0;
+            }
+        }
+        self.publish_and_commit(CommitMode::Sync)?;
+        tracing::info!("streams: stage task stopped");
+        Ok(())
+    }
+
+    /// Creates a stage for each newly owned partition, drops the revoked ones (their new
+    /// owner reads them again from the last commit).
+    fn sync_ownership(&mut self) {
+        let owned: BTreeSet<i32> = self.consumer.owned_stage_partitions();
+        let partial = self.consumer.partial_total();
+        if partial > self.partial_seen {
+            self.metrics
+                .streams
+                .partial
+                .inc_by(partial - self.partial_seen);
+            self.partial_seen = partial;
+        }
+        let had: Vec<i32> = self.stages.keys().copied().collect();
+        for p in had.iter().filter(|p| !owned.contains(p)) {
+            self.stages.remove(p);
+            self.last_record.remove(p);
+            self.next.retain(|(_, q), _| q != p);
+            self.rebuild_until.retain(|(_, q), _| q != p);
+            self.to_seek.remove(p);
+            self.held.remove(p);
+            tracing::info!(
+                partition = p,
+                "streams: stage partition revoked; its state is dropped"
+            );
+        }
+        let new: Vec<i32> = owned
+            .iter()
+            .copied()
+            .filter(|p| !self.stages.contains_key(p))
+            .collect();
+        for p in new {
+            let mut s = Stage::new(&self.cfg, p as usize, self.partitions);
+            s.set_cells(self.cells.clone());
+            self.stages.insert(p, s);
+            self.to_seek.insert(p);
+        }
+        let pending: Vec<i32> = self.to_seek.iter().copied().collect();
+        for p in pending {
+            if self.rewind(p) {
+                self.to_seek.remove(&p);
+            }
+        }
+        self.metrics.streams.owned.set(self.stages.len() as i64);
+    }
+
+    /// A stage partition just assigned starts empty: its state is rebuilt by re-reading
+    /// its internal partitions from `service.rebuild_state_s` back up to the committed
+    /// offsets (what the previous owner ran), as the input consumer rebuilds window state.
+    /// False when the seek must be tried again.
+    fn rewind(&mut self, p: i32) -> bool {
+        let c = self.consumer.consumer();
+        let mut tpl = TopicPartitionList::new();
+        for w in Which::ALL {
+            tpl.add_partition(self.topics.name(w), p);
+        }
+        let committed = match c.committed_offsets(tpl, Duration::from_secs(10)) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, partition = p, "stage offsets could not be fetched; retried");
+                return false;
+            }
+        };
+        let since = wall_ms().saturating_sub(self.rebuild_ms);
+        let mut times = TopicPartitionList::new();
+        for w in Which::ALL {
+            let _ = times.add_partition_offset(self.topics.name(w), p, Offset::Offset(since));
+        }
+        let starts = match c.offsets_for_times(times, Duration::from_secs(10)) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, partition = p, "stage offsets by time could not be fetched; retried");
+                return false;
+            }
+        };
+        let mut rebuilt = 0;
+        for w in Which::ALL {
+            let topic = self.topics.name(w);
+            let upto = committed
+                .find_partition(topic, p)
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                });
+            let from = starts
+                .find_partition(topic, p)
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                });
+            let (Some(upto), Some(from)) = (upto, from) else {
+                continue;
+            };
+            if from >= upto {
+                continue;
+            }
+            if let Err(e) = c.seek(topic, p, Offset::Offset(from), Duration::from_secs(10)) {
+                tracing::info!(error = %e, partition = p, "stage partition not yet seekable; retried");
+                return false;
+            }
+            self.rebuild_until.insert((w, p), upto);
+            rebuilt += upto - from;
+        }
+        tracing::info!(
+            partition = p,
+            rebuild_records = rebuilt,
+            "streams: stage partition assigned; its state is rebuilt from its internal partitions (no per-partition checkpoint yet)"
+        );
+        true
+    }
+
+    fn handle_record(&mut self, inc: Incoming, wall: Millis) {
+        if self.to_seek.contains(&inc.partition) {
+            // Read again after the seek.
+            return;
+        }
+        let Some(stage) = self.stages.get_mut(&inc.partition) else {
+            return;
+        };
+        let rebuilding = self
+            .rebuild_until
+            .get(&(inc.which, inc.partition))
+            .is_some_and(|&upto| inc.offset < upto);
+        let alerts_before = self.alerts.len();
+        self.next.insert((inc.which, inc.partition), inc.offset + 1);
+        self.metrics
+            .streams
+            .read
+            .with_label_values(&[inc.which.as_str()])
+            .inc();
+        let r: Result<(), WireError> = (|| {
+            let kind = inc.kind()?;
+            match (inc.which, kind) {
+                (Which::ByLine | Which::ByHandset, Kind::Record) => {
+                    let routed: Routed = inc.decode(Kind::Record)?;
+                    self.last_record.insert(inc.partition, Instant::now());
+                    stage.receive(Message::Routed(routed), wall, &mut self.alerts);
+                }
+                (Which::ByLine | Which::ByHandset, Kind::Control) => {
+                    let mark: Mark = inc.decode(Kind::Control)?;
+                    stage.receive(Message::Mark(mark), wall, &mut self.alerts);
+                }
+                (Which::Evidence, Kind::Evidence) => {
+                    let e: Evidence = inc.decode(Kind::Evidence)?;
+                    self.held.entry(inc.partition).or_default().push(e);
+                }
+                (Which::Evidence, got) => {
+                    return Err(WireError::WrongKind {
+                        expected: Kind::Evidence.as_str(),
+                        got: got.as_str(),
+                    })
+                }
+                (_, got) => {
+                    return Err(WireError::WrongKind {
+                        expected: Kind::Record.as_str(),
+                        got: got.as_str(),
+                    })
+                }
+            }
+            Ok(())
+        })();
+        self.deliver_due(inc.partition, wall, false);
+        if rebuilding {
+            // Published by the previous owner when it ran these: only the state is wanted.
+            self.alerts.truncate(alerts_before);
+            if let Some(stage) = self.stages.get_mut(&inc.partition) {
+                stage.take_outbox();
+            }
+            if r.is_err() {
+                return;
+            }
+        }
+        if let Err(e) = r {
+            self.metrics.streams.bad.inc();
+            self.out.push(Outgoing::bad_internal_record(
+                &inc.payload,
+                e.field(),
+                self.topics.name(inc.which),
+                inc.partition,
+                inc.offset,
+            ));
+        }
+        self.send_outbox(inc.partition);
+    }
+
+    /// Nothing came: sources gone quiet release what they held back; a stage whose
+    /// records stopped longer than the idle timeout applies its pending evidence (as
+    /// `replay` does at the end of its input), or the last epoch's findings would wait for
+    /// the next record.
+    fn quiet(&mut self, wall: Millis) {
+        let ps: Vec<i32> = self.stages.keys().copied().collect();
+        for p in ps {
+            let idle = self
+                .last_record
+                .get(&p)
+                .is_some_and(|t| t.elapsed() >= self.idle);
+            let flush = idle
+                && (self.held.get(&p).is_some_and(|h| !h.is_empty())
+                    || self
+                        .stages
+                        .get(&p)
+                        .is_some_and(|s| s.pending_evidence() > 0));
+            self.deliver_due(p, wall, flush);
+            if let Some(stage) = self.stages.get_mut(&p) {
+                if flush {
+                    stage.flush(wall, &mut self.alerts);
+                } else {
+                    stage.tick(wall, &mut self.alerts);
+                }
+            }
+            self.send_outbox(p);
+        }
+        let pending: usize = self.stages.values().map(Stage::pending_evidence).sum();
+        self.metrics.streams.pending.set(pending as i64);
+    }
+
+    /// Delivers the held evidence the stage's watermark has reached (`all`: every piece).
+    fn deliver_due(&mut self, p: i32, wall: Millis, all: bool) {
+        let (Some(stage), Some(held)) = (self.stages.get_mut(&p), self.held.get_mut(&p)) else {
+            return;
+        };
+        if held.is_empty() {
+            return;
+        }
+        let wm = stage.watermark(wall);
+        let mut keep = Vec::new();
+        for e in held.drain(..) {
+            if all || e.at <= wm {
+                stage.deliver(e);
+            } else {
+                keep.push(e);
+            }
+        }
+        *held = keep;
+    }
+
+    fn send_outbox(&mut self, p: i32) {
+        let Some(stage) = self.stages.get_mut(&p) else {
+            return;
+        };
+        for (q, e) in stage.take_outbox() {
+            let key = match e.dest {
+                crate::exchange::Dest::Number(k) | crate::exchange::Dest::Handset(k) => k,
+                crate::exchange::Dest::Every => q as u64,
+            };
+            let bytes = wire::encode(Kind::Evidence, &e);
+            match self
+                .producer
+                .send_raw(Which::Evidence, q as i32, key, &bytes)
+            {
+                Ok(f) => {
+                    self.metrics.streams.wrote(Which::Evidence, bytes.len());
+                    self.writes.push((Which::Evidence, f));
+                }
+                // Refused outright (not a full queue, which send_raw waits out): the
+                // partition's offsets must not move past it; the next publish fails and
+                // stops the task, and the input is read again from the last commit.
+                Err(e) => {
+                    if self.refused.is_none() {
+                        self.refused = Some(delivery_error(self.topics.name(Which::Evidence), &e));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Alerts and dead letters published and evidence acknowledged, then the offsets of
+    /// the internal records that made them committed (at least once).
+    fn publish_and_commit(&mut self, mode: CommitMode) -> Result<(), ServiceError> {
+        let out: Vec<Outgoing> = std::mem::take(&mut self.out)
+            .into_iter()
+            .chain(self.alerts.drain(..).map(|a| Outgoing::alert(&a)))
+            .collect();
+        if !out.is_empty() {
+            let mut b = InFlight::new(out, BTreeMap::new(), Instant::now());
+            let all: Vec<usize> = (0..b.out.len()).collect();
+            let sink = &self.sink;
+            self.handle.block_on(async {
+                sink.send(&mut b, all).await?;
+                sink.settle(&mut b).await
+            })?;
+        }
+        settle_writes(&self.producer, &mut self.writes)?;
+        if let Some(e) = self.refused.take() {
+            return Err(e);
+        }
+        if self.next.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (&(which, p), &n) in &self.next {
+            // Adding a partition to a fresh list cannot fail for a valid offset.
+            let _ = tpl.add_partition_offset(self.topics.name(which), p, Offset::Offset(n));
+        }
+        self.next.clear();
+        if let Err(e) = self.consumer.consumer().commit(&tpl, mode) {
+            self.metrics.commit_failed();
+            tracing::warn!(error = %e, "stage offsets could not be committed; retried with the next commit");
+        }
+        Ok(())
+    }
+}
