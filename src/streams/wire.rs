@@ -275,7 +275,7 @@ mod tests {
                 young_name: Some("young".into()),
             },
             Body::HandedOver(hand_off()),
-            Body::NameEarlier(earlier_finding()),
+            Body::NameEarlier(Box::new(earlier_finding())),
             Body::RunnerContact {
                 handset: 10,
                 at_s: 103,
