@@ -59,33 +59,9 @@ fn city(seed: u64) -> (Vec<u8>, Vec<u8>) {
 
 /// Writes `lines` without keys, each to a partition of `topic` drawn at random.
 async fn produce_keyless(topic: &str, lines: &[&[u8]], partitions: i32, rng: &mut ChaCha8Rng) {
-    let p: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create()
-        .expect("producer");
-    let mut futures = Vec::with_capacity(lines.len());
-    for l in lines {
-        let mut rec = FutureRecord::<(), [u8]>::to(topic)
-            .payload(*l)
-            .partition(rng.gen_range(0..partitions));
-        loop {
-            match p.send_result(rec) {
-                Ok(f) => {
-                    futures.push(f);
-                    break;
-                }
-                Err((_, r)) => {
-                    rec = r;
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            }
-        }
-    }
-    for f in futures {
-        f.await.expect("delivery future").expect("delivered");
-    }
+    let records: Vec<(Option<String>, Vec<u8>)> =
+        lines.iter().map(|l| (None, l.to_vec())).collect();
+    support::produce_to(topic, &records, |_| Some(rng.gen_range(0..partitions))).await;
 }
 
 /// Records an instance's ingest has taken (every result).

@@ -211,6 +211,16 @@ pub async fn create_topics(topics: &[(&str, i32)]) {
 
 /// Produces `(key, value)` records in order; returns each one's (partition, offset).
 pub async fn produce(topic: &str, records: &[(Option<String>, Vec<u8>)]) -> Vec<(i32, i64)> {
+    produce_to(topic, records, |_| None).await
+}
+
+/// Produces `(key, value)` records in order, record `i` to partition `partition(i)` when that
+/// says one (else the producer's partitioner picks); returns each one's (partition, offset).
+pub async fn produce_to(
+    topic: &str,
+    records: &[(Option<String>, Vec<u8>)],
+    mut partition: impl FnMut(usize) -> Option<i32>,
+) -> Vec<(i32, i64)> {
     let p: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .set("enable.idempotence", "true")
@@ -218,10 +228,13 @@ pub async fn produce(topic: &str, records: &[(Option<String>, Vec<u8>)]) -> Vec<
         .create()
         .expect("producer");
     let mut futures = Vec::with_capacity(records.len());
-    for (k, v) in records {
+    for (i, (k, v)) in records.iter().enumerate() {
         let mut rec = FutureRecord::<str, [u8]>::to(topic).payload(v.as_slice());
         if let Some(k) = k {
             rec = rec.key(k.as_str());
+        }
+        if let Some(p) = partition(i) {
+            rec = rec.partition(p);
         }
         loop {
             match p.send_result(rec) {
