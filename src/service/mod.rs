@@ -494,19 +494,23 @@ impl Clients {
                 status: status.clone(),
             })
             .map_err(|e| creation_error("producer", e, settings))?;
-        let sink = Arc::new(Sink::new(
+        let mut sink = Sink::new(
             producer.clone(),
             cfg.service.alert_topic.clone(),
             cfg.service.dead_letter_topic.clone(),
             metrics.clone(),
             Duration::from_secs(cfg.service.retry_backoff_max_s),
-        ));
+        );
+        if cfg.streams.enabled {
+            // Under exactly once the ingest's routed records are outputs of its batches.
+            sink = sink.with_internal_topics(crate::streams::topics::InternalTopics::for_group(
+                &cfg.service.group_id,
+            ));
+        }
+        let sink = Arc::new(sink);
         let in_flight = sink::InFlightQueue::default();
         // The broker's default when unset is 60 s; the transactional config sets 10 s.
-        let txn_timeout = producer_config
-            .get("transaction.timeout.ms")
-            .and_then(|v| v.parse().ok())
-            .map_or(Duration::from_secs(60), Duration::from_millis);
+        let txn_timeout = txn::txn_timeout(&producer_config);
         let txn = txn_id.map(|id| {
             Arc::new(txn::Transactions::new(
                 txn::TxnSettings {

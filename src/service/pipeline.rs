@@ -324,9 +324,7 @@ impl Pipeline {
                             continue;
                         }
                         Wake::Tick => {
-                            if let Some(s) = &mut self.streams {
-                                s.idle(wall_ms())?;
-                            }
+                            self.ingest_idle(stopping_since, drain).await?;
                             self.refresh_gauges(&topics)?;
                             // Idle: everything is settled, a checkpoint costs no wait.
                             self.checkpoint_if_due(&topics);
@@ -585,7 +583,10 @@ impl Pipeline {
     /// `[streams]`: runs the batch through the ingest stage and writes what it routes to
     /// the internal topics, waiting for their acknowledgement; returns its dead letters and
     /// the next offset to commit per partition (committed once those are acknowledged, as
-    /// for [`Self::process`]).
+    /// for [`Self::process`]). Exactly once: the routed records are returned with the dead
+    /// letters, for the batch's transaction. An aborted transaction leaves the ingest's
+    /// dedup and watermarks ahead of the committed offsets: the rewind ([`super::run`])
+    /// makes a new ingest (a new source for the stages) with the new pipeline.
     fn process_ingest(
         &mut self,
         batch: &Batch,
@@ -632,9 +633,11 @@ impl Pipeline {
             *n = (*n).max(rec.offset + 1);
         }
         drop(shared);
-        // Blocking until the broker acknowledges: the batch's offsets may not be committed
-        // before its messages are on the internal topics.
-        ingest.send()?;
+        // At least once: blocking until the broker acknowledges, since the batch's offsets
+        // may not be committed before its messages are on the internal topics. Exactly once:
+        // they are outputs of the batch, written in its transaction with its offsets, so
+        // the stages (reading `read_committed`) see them once the offsets are committed.
+        out.extend(ingest.send()?);
         self.metrics.records(&tally);
         if rebuilt > 0 {
             self.metrics.rebuilt(rebuilt);
@@ -814,6 +817,27 @@ impl Pipeline {
             }
             _ => tracing::warn!("final commit did not finish in time; the last batch will be re-read and its alerts repeated with the same ids"),
         }
+    }
+
+    /// `[streams]`, the input quiet (once a second): the ingest's marks, so the stages'
+    /// watermarks move on. Under exactly once they go in a transaction of their own (a
+    /// transactional producer writes nothing outside one), committed when the loop next
+    /// settles.
+    async fn ingest_idle(
+        &mut self,
+        stopping_since: Option<Instant>,
+        drain: Duration,
+    ) -> Result<(), ServiceError> {
+        let Some(s) = &mut self.streams else {
+            return Ok(());
+        };
+        let marks = s.idle(wall_ms())?;
+        if let Some(txn) = self.txn.clone() {
+            let b = InFlight::new(marks, BTreeMap::new(), Instant::now());
+            self.send_in_transaction(&txn, b, stopping_since, drain)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Forgets the watermarks and gauges of partitions revoked in a rebalance (their held

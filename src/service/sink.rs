@@ -71,6 +71,13 @@ pub enum OutKind {
     /// An internal record (`[streams]`) a stage could not read: dead-lettered with the
     /// fixed reason `bad_internal_record` (counted when it is read, in the streams metrics).
     InternalDeadLetter,
+    /// A record for an internal topic (`[streams]` under exactly once): it goes out in the
+    /// batch's transaction with the alerts and dead letters, to an explicit partition
+    /// (counted when queued, in the streams metrics).
+    Internal {
+        which: crate::streams::topics::Which,
+        partition: i32,
+    },
 }
 
 /// The most of a dead letter's payload published. 64 KiB is far under Kafka's default
@@ -201,10 +208,30 @@ impl Outgoing {
         }
     }
 
+    /// An internal record: an envelope for `partition` of `which`, keyed by the 8-byte key
+    /// hash (as [`crate::streams::producer::InternalProducer::send_raw`] writes it).
+    pub fn internal(
+        which: crate::streams::topics::Which,
+        partition: i32,
+        key: u64,
+        payload: Vec<u8>,
+    ) -> Outgoing {
+        Outgoing {
+            kind: OutKind::Internal { which, partition },
+            key: Some(crate::streams::place::key_bytes(key).to_vec()),
+            payload,
+            headers: Vec::new(),
+        }
+    }
+
     fn topic<'a>(&self, sink: &'a Sink) -> &'a str {
         match self.kind {
             OutKind::Alert { .. } => &sink.alert_topic,
             OutKind::DeadLetter(_) | OutKind::InternalDeadLetter => &sink.dead_letter_topic,
+            // A sink is given the internal topics whenever internal records can be made
+            // ([`Sink::with_internal_topics`]); without them the empty name is refused by
+            // the producer as an invalid topic, a final delivery error, never a panic.
+            OutKind::Internal { which, .. } => sink.internal.as_ref().map_or("", |t| t.name(which)),
         }
     }
 }
@@ -283,6 +310,8 @@ pub struct Sink {
     dead_letter_topic: String,
     metrics: Metrics,
     backoff_max: Duration,
+    /// `[streams]`: where [`OutKind::Internal`] records go.
+    internal: Option<crate::streams::topics::InternalTopics>,
 }
 
 impl Sink {
@@ -300,7 +329,14 @@ impl Sink {
             dead_letter_topic,
             metrics,
             backoff_max,
+            internal: None,
         }
+    }
+
+    /// Lets the sink write internal records ([`Outgoing::internal`]) to `topics`.
+    pub fn with_internal_topics(mut self, topics: crate::streams::topics::InternalTopics) -> Self {
+        self.internal = Some(topics);
+        self
     }
 
     fn enqueue(&self, m: &Outgoing) -> Result<DeliveryFuture, KafkaError> {
@@ -316,6 +352,9 @@ impl Sink {
             .headers(headers);
         if let Some(k) = &m.key {
             rec = rec.key(k.as_slice());
+        }
+        if let OutKind::Internal { partition, .. } = m.kind {
+            rec = rec.partition(partition);
         }
         self.producer.send_result(rec).map_err(|(e, _)| e)
     }
@@ -441,7 +480,7 @@ impl Sink {
                 }
             }
             OutKind::DeadLetter(r) => self.metrics.dead_letter(r),
-            OutKind::InternalDeadLetter => {}
+            OutKind::InternalDeadLetter | OutKind::Internal { .. } => {}
         }
     }
 

@@ -33,7 +33,7 @@ use super::metrics::Metrics;
 use super::sink::{InFlight, Outgoing, Sink, SinkContext};
 use super::{ServiceError, Status};
 use crate::cells::CellMap;
-use crate::config::Config;
+use crate::config::{Config, ProcessingGuarantee};
 use crate::engine::Verdict;
 use crate::event::Millis;
 use crate::exchange::Evidence;
@@ -154,8 +154,8 @@ fn delivery_error(topic: &str, e: &rdkafka::error::KafkaError) -> ServiceError {
 }
 
 /// Flushes `producer` and checks every write in `futures` was acknowledged.
-fn settle_writes(
-    producer: &InternalProducer,
+fn settle_writes<C: rdkafka::ClientContext + 'static>(
+    producer: &InternalProducer<C>,
     futures: &mut Vec<(Which, DeliveryFuture)>,
 ) -> Result<(), ServiceError> {
     if futures.is_empty() {
@@ -198,7 +198,11 @@ fn source_id() -> i32 {
 /// The pipeline's ingest under `[streams]`.
 pub struct IngestTask {
     stage: IngestStage,
-    producer: InternalProducer,
+    /// At least once: the ingest's own idempotent producer. Exactly once: `None`; the
+    /// messages go out as [`Outgoing::internal`] in the pipeline's transaction, with the
+    /// batch's dead letters and input offsets.
+    producer: Option<InternalProducer>,
+    topics: InternalTopics,
     out: Vec<(usize, Message)>,
     writes: Vec<(Which, DeliveryFuture)>,
     metrics: StreamsMetrics,
@@ -212,18 +216,25 @@ impl IngestTask {
         cells: Option<Arc<CellMap>>,
     ) -> Result<IngestTask, ServiceError> {
         let partitions = cfg.streams.internal_partitions;
-        let producer = InternalProducer::new(settings, &cfg.service.group_id, partitions)
-            .map_err(|e| ServiceError::Config(format!("Kafka internal producer: {e}")))?;
+        let producer = match cfg.service.processing_guarantee {
+            ProcessingGuarantee::ExactlyOnce => None,
+            ProcessingGuarantee::AtLeastOnce => Some(
+                InternalProducer::new(settings, &cfg.service.group_id, partitions)
+                    .map_err(|e| ServiceError::Config(format!("Kafka internal producer: {e}")))?,
+            ),
+        };
         let mut stage = IngestStage::new(cfg.clone(), source_id(), partitions as usize);
         stage.set_cells(cells);
         tracing::info!(
             source = stage.source(),
             internal_partitions = partitions,
+            processing_guarantee = cfg.service.processing_guarantee.as_str(),
             "streams: ingest writes to the internal topics"
         );
         Ok(IngestTask {
             stage,
             producer,
+            topics: InternalTopics::for_group(&cfg.service.group_id),
             out: Vec::new(),
             writes: Vec::new(),
             metrics: metrics.streams.clone(),
@@ -242,30 +253,55 @@ impl IngestTask {
 
     /// The input is quiet: a mark to every partition, so the stages' watermarks move on
     /// (the ingest's own watermark moves with the wall clock once its partitions idle).
-    pub fn idle(&mut self, wall: Millis) -> Result<(), ServiceError> {
+    /// As [`Self::send`]: under exactly once the marks are returned, for a transaction.
+    pub fn idle(&mut self, wall: Millis) -> Result<Vec<Outgoing>, ServiceError> {
         self.stage.mark(wall, &mut self.out);
         self.send()
     }
 
-    /// Writes every queued message to its internal partition and waits until all are
-    /// acknowledged: only then may the input offsets that made them be committed.
-    pub fn send(&mut self) -> Result<(), ServiceError> {
+    /// The queued messages as internal records for the pipeline's transaction (exactly
+    /// once), in the order queued: one source's messages for a partition must reach it in
+    /// the order sent, which the transactional producer (idempotent) keeps.
+    fn outgoing(&mut self) -> Vec<Outgoing> {
+        let mut v = Vec::with_capacity(self.out.len());
         for (p, msg) in self.out.drain(..) {
-            let (bytes, key) = match &msg {
-                Message::Routed(r) => (
-                    wire::encode(Kind::Record, r),
-                    crate::ids::id(&r.record.event_id),
-                ),
-                Message::Mark(m) => (wire::encode(Kind::Control, m), p as u64),
-            };
-            let f = self
-                .producer
+            let (bytes, key) = encode_ingest(p, &msg);
+            self.metrics.wrote(Which::ByLine, bytes.len());
+            v.push(Outgoing::internal(Which::ByLine, p as i32, key, bytes));
+        }
+        v
+    }
+
+    /// At least once: writes every queued message to its internal partition and waits
+    /// until all are acknowledged (only then may the input offsets that made them be
+    /// committed); returns nothing. Exactly once: returns them as outputs of the batch, to
+    /// be written in its transaction with its input offsets.
+    pub fn send(&mut self) -> Result<Vec<Outgoing>, ServiceError> {
+        let Some(producer) = &self.producer else {
+            return Ok(self.outgoing());
+        };
+        for (p, msg) in self.out.drain(..) {
+            let (bytes, key) = encode_ingest(p, &msg);
+            let f = producer
                 .send_raw(Which::ByLine, p as i32, key, &bytes)
-                .map_err(|e| delivery_error(self.producer.topics().name(Which::ByLine), &e))?;
+                .map_err(|e| delivery_error(self.topics.name(Which::ByLine), &e))?;
             self.metrics.wrote(Which::ByLine, bytes.len());
             self.writes.push((Which::ByLine, f));
         }
-        settle_writes(&self.producer, &mut self.writes)
+        settle_writes(producer, &mut self.writes)?;
+        Ok(Vec::new())
+    }
+}
+
+/// An ingest message's envelope and key: a routed record keyed by its event id, a mark by
+/// its partition.
+fn encode_ingest(p: usize, msg: &Message) -> (Vec<u8>, u64) {
+    match msg {
+        Message::Routed(r) => (
+            wire::encode(Kind::Record, r),
+            crate::ids::id(&r.record.event_id),
+        ),
+        Message::Mark(m) => (wire::encode(Kind::Control, m), p as u64),
     }
 }
 

@@ -163,12 +163,22 @@ fn hostname() -> String {
     "localhost".to_string()
 }
 
+/// The `transaction.timeout.ms` a producer made with `config` runs under: the broker's
+/// default (60 s) when unset; [`KafkaSettings::transactional_config`] sets 10 s.
+pub fn txn_timeout(config: &rdkafka::ClientConfig) -> Duration {
+    config
+        .get("transaction.timeout.ms")
+        .and_then(|v| v.parse().ok())
+        .map_or(Duration::from_secs(60), Duration::from_millis)
+}
+
 /// The transaction metrics.
 #[derive(Clone)]
 pub struct TxnMetrics {
     transactions: IntCounterVec,
     retries: IntCounter,
     restarts: IntCounterVec,
+    stage_rebuilds: IntCounterVec,
     commit_seconds: Histogram,
 }
 
@@ -179,6 +189,9 @@ const STATIC_OK: &str = "static metric definitions are valid";
 pub const TXN_RESULTS: [&str; 2] = ["committed", "aborted"];
 /// Labels of `linewatch_pipeline_restarts_total`.
 pub const RESTART_REASONS: [&str; 2] = ["aborted", "fatal"];
+/// Labels of `linewatch_stage_rebuilds_total`: a stage transaction aborted, its producer
+/// failed for good, or a stage partition was revoked with a transaction under way.
+pub const STAGE_REBUILD_REASONS: [&str; 3] = ["aborted", "fatal", "revoked"];
 
 impl TxnMetrics {
     pub fn register(r: &Registry) -> Self {
@@ -206,6 +219,16 @@ impl TxnMetrics {
         )
         .expect(STATIC_OK);
         r.register(Box::new(restarts.clone())).expect(STATIC_OK);
+        let stage_rebuilds = IntCounterVec::new(
+            Opts::new(
+                "linewatch_stage_rebuilds_total",
+                "[streams] under exactly_once: times this instance dropped every stage partition's state and rebuilt it from the internal topics up to the committed offsets, because the stage transaction was aborted, its producer failed, or a partition was revoked with a transaction under way.",
+            ),
+            &["reason"],
+        )
+        .expect(STATIC_OK);
+        r.register(Box::new(stage_rebuilds.clone()))
+            .expect(STATIC_OK);
         let commit_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "linewatch_transaction_commit_seconds",
@@ -222,12 +245,22 @@ impl TxnMetrics {
         for l in RESTART_REASONS {
             restarts.with_label_values(&[l]);
         }
+        for l in STAGE_REBUILD_REASONS {
+            stage_rebuilds.with_label_values(&[l]);
+        }
         TxnMetrics {
             transactions,
             retries,
             restarts,
+            stage_rebuilds,
             commit_seconds,
         }
+    }
+
+    /// A rebuild of the stages' state (`[streams]`, exactly once), by reason (one of
+    /// [`STAGE_REBUILD_REASONS`]).
+    pub fn stage_rebuilt(&self, reason: &'static str) {
+        self.stage_rebuilds.with_label_values(&[reason]).inc();
     }
 
     /// A pipeline restart, by reason (`aborted` or `fatal`).
@@ -312,6 +345,14 @@ impl Transactions {
             call_timeout: test_hook::call_timeout().unwrap_or(CALL_TIMEOUT),
             txn_timeout,
         }
+    }
+
+    /// Takes the test hold from `var` instead (debug builds; see `test_hook`): the stage
+    /// task's transactions are held by `LINEWATCH_TEST_HOLD_STAGE_TXN_MS`, apart from the
+    /// pipeline's.
+    pub fn with_hold_env(mut self, var: &str) -> Self {
+        self.hold = test_hook::Hold::from_var(var, &test_hook::HELD_STAGE);
+        self
     }
 
     /// `init_transactions`: registers the id with the coordinator, fences an older producer
@@ -556,6 +597,8 @@ impl Transactions {
 ///   transaction" and sleeps MS before committing each of its first COUNT (default 1)
 ///   transactions that hold outputs, so a test can kill it with a transaction open, or let
 ///   the transaction time out on the broker.
+/// - `LINEWATCH_TEST_HOLD_STAGE_TXN_MS=MS[:COUNT]`: the same for the `[streams]` stage
+///   task's transactions.
 /// - `LINEWATCH_TEST_TXN_CALL_TIMEOUT_MS=MS`: the offset send and commit calls time out
 ///   after MS, so a test sees librdkafka's retriable timeouts and their retries.
 mod test_hook {
@@ -570,27 +613,45 @@ mod test_hook {
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::time::Duration;
 
-    #[derive(Debug, Default)]
+    #[derive(Debug)]
     pub struct Hold {
         ms: u64,
         left: AtomicU32,
+        held: &'static AtomicU32,
+    }
+
+    impl Default for Hold {
+        fn default() -> Hold {
+            Hold {
+                ms: 0,
+                left: AtomicU32::new(0),
+                held: &HELD,
+            }
+        }
     }
 
     /// Transactions held so far in this process (restarts of the pipeline included).
     static HELD: AtomicU32 = AtomicU32::new(0);
+    /// The same for the stage task's transactions (rebuilds of the stages included).
+    pub static HELD_STAGE: AtomicU32 = AtomicU32::new(0);
 
     impl Hold {
         pub fn from_env() -> Hold {
+            Hold::from_var("LINEWATCH_TEST_HOLD_TXN_MS", &HELD)
+        }
+
+        pub fn from_var(var: &str, held: &'static AtomicU32) -> Hold {
             if !cfg!(debug_assertions) {
                 return Hold::default();
             }
-            let Ok(v) = std::env::var("LINEWATCH_TEST_HOLD_TXN_MS") else {
+            let Ok(v) = std::env::var(var) else {
                 return Hold::default();
             };
             let (ms, count) = v.split_once(':').unwrap_or((v.as_str(), "1"));
             Hold {
                 ms: ms.parse().unwrap_or(0),
                 left: AtomicU32::new(count.parse().unwrap_or(1)),
+                held,
             }
         }
 
@@ -599,7 +660,7 @@ mod test_hook {
                 return;
             }
             let total = self.left.load(Ordering::Relaxed);
-            if HELD.fetch_add(1, Ordering::Relaxed) >= total {
+            if self.held.fetch_add(1, Ordering::Relaxed) >= total {
                 return;
             }
             tracing::warn!(hold_ms = self.ms, "test hook: holding an open transaction");

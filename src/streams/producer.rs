@@ -12,10 +12,11 @@
 
 use std::time::{Duration, Instant};
 
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
-use rdkafka::TopicPartitionList;
+use rdkafka::{ClientContext, TopicPartitionList};
 
 use super::place;
 use super::topics::{InternalTopics, Which};
@@ -39,9 +40,10 @@ pub fn stage_transactional_id(settings: &KafkaSettings, group: &str) -> String {
     )
 }
 
-/// Sends internal records.
-pub struct InternalProducer {
-    producer: FutureProducer,
+/// Sends internal records. Generic over the client's context so a stage task under exactly
+/// once can write its evidence through the same transactional producer as its alerts.
+pub struct InternalProducer<C: ClientContext + 'static = DefaultClientContext> {
+    producer: FutureProducer<C>,
     topics: InternalTopics,
     partitions: u32,
 }
@@ -77,6 +79,22 @@ impl InternalProducer {
             topics: InternalTopics::for_group(group),
             partitions,
         })
+    }
+}
+
+impl<C: ClientContext + 'static> InternalProducer<C> {
+    /// Internal records through an existing producer (shared with the alert sink: under
+    /// exactly once both write in its one transaction).
+    pub fn from_producer(
+        producer: FutureProducer<C>,
+        group: &str,
+        partitions: u32,
+    ) -> InternalProducer<C> {
+        InternalProducer {
+            producer,
+            topics: InternalTopics::for_group(group),
+            partitions,
+        }
     }
 
     /// Begins a transaction (transactional producers only).
