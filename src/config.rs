@@ -1160,12 +1160,9 @@ impl Config {
             "-1 (the broker's default) or a whole number from 1 to 32",
         );
         r.seconds("streams.retention_s", st.retention_s, 60);
-        r.check(
-            "streams.enabled",
-            !(st.enabled && s.processing_guarantee == ProcessingGuarantee::ExactlyOnce),
-            st.enabled,
-            "false while service.processing_guarantee = \"exactly_once\": the hop through the internal topics is at least once in this build (docs/sharding.md)",
-        );
+        // `streams.enabled` goes with either guarantee: under exactly_once the ingest and
+        // the stages each write their outputs and offsets in one transaction
+        // (`service::streams`). Nothing of `[streams]` depends on the guarantee otherwise.
         self.board.check(&mut r);
         r
     }
@@ -1250,15 +1247,15 @@ mod tests {
             e.problems[0].contains("streams.partitions: unknown key"),
             "{e}"
         );
-        // The hop is at least once: exactly_once with streams on is refused, not pretended.
-        let e = Config::from_toml(
+        // The hop is transactional under exactly_once: the two go together.
+        let c = Config::from_toml(
             "[service]\nprocessing_guarantee = \"exactly_once\"\n[streams]\nenabled = true\n",
         )
-        .unwrap_err();
-        assert_eq!(e.problems.len(), 1, "{e}");
-        assert!(
-            e.problems[0].starts_with("line 4: streams.enabled = true is not allowed"),
-            "{e}"
+        .unwrap();
+        assert!(c.streams.enabled);
+        assert_eq!(
+            c.service.processing_guarantee,
+            ProcessingGuarantee::ExactlyOnce
         );
         assert!(Config::from_toml(
             "[service]\nprocessing_guarantee = \"exactly_once\"\n[streams]\nenabled = false\n"

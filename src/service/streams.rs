@@ -37,7 +37,7 @@ use crate::config::{Config, ProcessingGuarantee};
 use crate::engine::Verdict;
 use crate::event::Millis;
 use crate::exchange::Evidence;
-use crate::kafka::{self, KafkaSettings, Role};
+use crate::kafka::{self, KafkaSettings};
 use crate::replay::wall_ms;
 use crate::streams::assign::{Incoming, StageConsumer};
 use crate::streams::ingest::IngestStage;
@@ -46,6 +46,9 @@ use crate::streams::producer::InternalProducer;
 use crate::streams::stage::Stage;
 use crate::streams::topics::{InternalTopics, Which};
 use crate::streams::wire::{self, Kind, WireError};
+
+mod stage_txn;
+use stage_txn::{stage_clients, stage_txn_start_error, StageTxn};
 
 // As in metrics.rs: constant definitions in a fresh registry cannot fail.
 const STATIC_OK: &str = "static metric definitions are valid";
@@ -335,9 +338,14 @@ struct StageLoop {
     cfg: Config,
     partitions: usize,
     consumer: StageConsumer,
-    producer: InternalProducer,
+    producer: InternalProducer<SinkContext>,
     topics: InternalTopics,
-    sink: Sink,
+    sink: Arc<Sink>,
+    /// Exactly once: the stage task's transactions (alerts, dead letters, evidence and the
+    /// internal offsets in one); `None`: at least once.
+    txn: Option<StageTxn>,
+    settings: KafkaSettings,
+    status: Arc<Status>,
     handle: tokio::runtime::Handle,
     metrics: Metrics,
     cells: Option<Arc<CellMap>>,
@@ -375,24 +383,18 @@ impl StageLoop {
     fn new(t: StageTask, handle: tokio::runtime::Handle) -> Result<StageLoop, ServiceError> {
         let group = t.cfg.service.group_id.clone();
         let partitions = t.cfg.streams.internal_partitions;
-        let consumer = StageConsumer::new(&t.settings, &group, false)
+        let eos = t.cfg.service.processing_guarantee == ProcessingGuarantee::ExactlyOnce;
+        // Exactly once: only the ingests' and the stages' committed transactions are read.
+        let consumer = StageConsumer::new(&t.settings, &group, eos)
             .map_err(|e| ServiceError::Config(format!("Kafka stage consumer: {e}")))?;
-        let producer = InternalProducer::new(&t.settings, &group, partitions)
-            .map_err(|e| ServiceError::Config(format!("Kafka internal producer: {e}")))?;
-        let alert_producer: rdkafka::producer::FutureProducer<SinkContext> = t
-            .settings
-            .client_config(Role::Producer)
-            .create_with_context(SinkContext {
-                status: t.status.clone(),
-            })
-            .map_err(|e| ServiceError::Config(format!("Kafka stage producer: {e}")))?;
-        let sink = Sink::new(
-            alert_producer,
-            t.cfg.service.alert_topic.clone(),
-            t.cfg.service.dead_letter_topic.clone(),
-            t.metrics.clone(),
-            Duration::from_secs(t.cfg.service.retry_backoff_max_s),
-        );
+        let (producer, sink, txn) = stage_clients(&t.cfg, &t.settings, &t.metrics, &t.status)?;
+        if let Some(x) = &txn {
+            let stop = t.stop.clone();
+            x.txn
+                .init(&|| *stop.borrow())
+                .map_err(|e| stage_txn_start_error(&x.txn.id, e))?;
+            tracing::info!(transactional_id = %x.txn.id, "streams: stage transactions initialised (exactly_once)");
+        }
         let t_rebuild_s = t.cfg.service.rebuild_state_s;
         Ok(StageLoop {
             idle: Duration::from_secs(t.cfg.service.partition_idle_timeout_s),
@@ -402,6 +404,9 @@ impl StageLoop {
             consumer,
             producer,
             sink,
+            txn,
+            settings: t.settings,
+            status: t.status,
             handle,
             metrics: t.metrics,
             cells: t.cells,
@@ -428,7 +433,9 @@ impl StageLoop {
         let mut errors_logged = Instant::now() - Duration::from_secs(60);
         while !*self.stop.borrow() {
             let polled = self.consumer.poll(Duration::from_millis(100));
+            self.abort_if_revoked()?;
             self.sync_ownership();
+            self.begin_txn()?;
             let wall = wall_ms();
             match polled {
                 Some(Ok(inc)) => {
@@ -720,8 +727,13 @@ impl StageLoop {
     }
 
     /// Alerts and dead letters published and evidence acknowledged, then the offsets of
-    /// the internal records that made them committed (at least once).
+    /// the internal records that made them committed (at least once). Exactly once: all of
+    /// them and the offsets in one transaction ([`Self::publish_and_commit_txn`]). Either
+    /// way, on `Ok` everything before the committed offsets is published and committed.
     fn publish_and_commit(&mut self, mode: CommitMode) -> Result<(), ServiceError> {
+        if self.txn.is_some() {
+            return self.publish_and_commit_txn();
+        }
         let out: Vec<Outgoing> = std::mem::take(&mut self.out)
             .into_iter()
             .chain(self.alerts.drain(..).map(|a| Outgoing::alert(&a)))

@@ -1,0 +1,331 @@
+//! The stage task under `processing_guarantee = "exactly_once"` (issue 11): Kafka Streams'
+//! `exactly_once_v2` for the stages, on the machinery of [`crate::service::txn`].
+//!
+//! - One transactional producer per instance for the stage task, its id the service's own
+//!   with `-stages` ([`stage_transactional_id`]: stable per instance, never fencing the
+//!   ingest's producer), `transaction.timeout.ms` as the pipeline's. It writes the alerts
+//!   and dead letters (through the stage's [`Sink`]) and the evidence (through the stage's
+//!   [`InternalProducer`]); every 200 ms (or 5,000 internal records) the internal offsets
+//!   read go in with `send_offsets_to_transaction` and the stage consumer's group metadata
+//!   (a member the group has moved on from cannot commit), and the transaction is
+//!   committed where the at-least-once path commits its offsets.
+//! - The stage consumer reads `read_committed`: the ingests' records and the stages'
+//!   evidence only once their transactions commit.
+//! - **Abort or fatal error**: the stages' state has run ahead of the committed offsets.
+//!   The transaction is aborted (or the producer replaced: its `init_transactions` aborts
+//!   whatever was open), every stage is dropped, and each owned partition is rebuilt as on
+//!   assignment: re-read up to the committed offsets with its outputs dropped (the committed
+//!   transactions published them), then live. Counted in `linewatch_stage_rebuilds_total`;
+//!   a second rebuild within a minute waits the service's backoff first.
+//! - **A partition revoked with work uncommitted**: that work's outputs are in the open
+//!   transaction, and the partition's new owner re-reads it from the last commit, so the
+//!   transaction must never commit: aborted, and the partitions still owned are rebuilt.
+//!   (The eager rebalance revokes every partition anyway; a partition moved is rebuilt by
+//!   its new owner in every case.)
+//! - **Fenced** (another process took the stage transactional id): the service stops with
+//!   one line, as the pipeline does.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::producer::FutureProducer;
+
+use super::{StageLoop, STAGE_COMMIT_EVERY};
+use crate::config::Config;
+use crate::kafka::{KafkaSettings, Role};
+use crate::service::metrics::Metrics;
+use crate::service::sink::{self, InFlight, InFlightQueue, Outgoing, Sink, SinkContext};
+use crate::service::source::{Assignment, Tp};
+use crate::service::txn::{self, Transactions, TxnError, TxnSettings};
+use crate::service::{ServiceError, Status};
+use crate::streams::producer::{stage_transactional_id, InternalProducer};
+use crate::streams::topics::{InternalTopics, Which};
+
+/// The debug-build hook holding the stage task's transactions open (see `txn::test_hook`).
+const HOLD_ENV: &str = "LINEWATCH_TEST_HOLD_STAGE_TXN_MS";
+
+/// The stage task's transactions.
+pub(super) struct StageTxn {
+    pub(super) txn: Arc<Transactions>,
+    queue: InFlightQueue,
+    /// Rebuilds in the last minute (each after the first waits the backoff).
+    rebuilds: u32,
+    last_rebuild: Option<Instant>,
+}
+
+/// A stage partition's internal topic as a [`Tp`] of [`Transactions`]: its index in
+/// [`Which::ALL`] (the order of the topic names it is given), and the partition.
+fn tp(which: Which, partition: i32) -> Tp {
+    let i = Which::ALL.iter().position(|w| *w == which).unwrap_or(0);
+    (i, partition)
+}
+
+/// The stage task's producer, sink and (exactly once) transactions: one producer for the
+/// evidence and the alerts under exactly once, so both are in its transaction; two at
+/// least once, as before (the evidence's flush does not wait for the alerts').
+pub(super) fn stage_clients(
+    cfg: &Config,
+    settings: &KafkaSettings,
+    metrics: &Metrics,
+    status: &Arc<Status>,
+) -> Result<(InternalProducer<SinkContext>, Arc<Sink>, Option<StageTxn>), ServiceError> {
+    let group = &cfg.service.group_id;
+    let partitions = cfg.streams.internal_partitions;
+    let eos = cfg.service.processing_guarantee == crate::config::ProcessingGuarantee::ExactlyOnce;
+    let id = eos.then(|| stage_transactional_id(settings, group));
+    let alert_config = match &id {
+        Some(id) => settings.transactional_config(id),
+        None => settings.client_config(Role::Producer),
+    };
+    let create = |what: &str,
+                  c: &rdkafka::ClientConfig|
+     -> Result<FutureProducer<SinkContext>, ServiceError> {
+        c.create_with_context(SinkContext {
+            status: status.clone(),
+        })
+        .map_err(|e| ServiceError::Config(format!("Kafka {what}: {e}")))
+    };
+    let alert_producer = create("stage producer", &alert_config)?;
+    let internal_producer = match eos {
+        true => alert_producer.clone(),
+        false => create("internal producer", &settings.client_config(Role::Producer))?,
+    };
+    let sink = Arc::new(Sink::new(
+        alert_producer.clone(),
+        cfg.service.alert_topic.clone(),
+        cfg.service.dead_letter_topic.clone(),
+        metrics.clone(),
+        Duration::from_secs(cfg.service.retry_backoff_max_s),
+    ));
+    let txn = id.map(|id| {
+        let queue = InFlightQueue::default();
+        let topics = InternalTopics::for_group(group);
+        let t = Transactions::new(
+            TxnSettings {
+                id,
+                interval: STAGE_COMMIT_EVERY,
+                txn_timeout: txn::txn_timeout(&alert_config),
+            },
+            alert_producer,
+            sink.clone(),
+            queue.clone(),
+            topics.all().iter().map(|t| t.to_string()).collect(),
+            metrics.clone(),
+        )
+        .with_hold_env(HOLD_ENV);
+        StageTxn {
+            txn: Arc::new(t),
+            queue,
+            rebuilds: 0,
+            last_rebuild: None,
+        }
+    });
+    Ok((
+        InternalProducer::from_producer(internal_producer, group, partitions),
+        sink,
+        txn,
+    ))
+}
+
+/// The error that stops the stage task when its transactions cannot be initialised.
+pub(super) fn stage_txn_start_error(id: &str, e: TxnError) -> ServiceError {
+    match e {
+        TxnError::Fenced(message) => ServiceError::Fenced {
+            id: id.to_string(),
+            message,
+        },
+        other => ServiceError::Delivery {
+            topic: "(stage transactions)".into(),
+            kind: "fatal",
+            message: other.message().to_string(),
+        },
+    }
+}
+
+impl StageLoop {
+    /// Exactly once: a transaction is open before anything is sent (a transactional
+    /// producer writes nothing outside one). Cheap when one is open already.
+    pub(super) fn begin_txn(&mut self) -> Result<(), ServiceError> {
+        let Some(t) = &self.txn else {
+            return Ok(());
+        };
+        match t.txn.begin(false) {
+            Ok(()) => Ok(()),
+            Err(e) => self.txn_failed(e),
+        }
+    }
+
+    /// Nothing read, made or sent since the last commit.
+    fn nothing_uncommitted(&self) -> bool {
+        self.next.is_empty()
+            && self.writes.is_empty()
+            && self.alerts.is_empty()
+            && self.out.is_empty()
+            && self.refused.is_none()
+    }
+
+    /// Exactly once, right after a poll (where rebalances happen) and before anything is
+    /// committed: a stage partition revoked while the open transaction holds work means
+    /// that transaction must never commit (its new owner re-reads the work from the last
+    /// commit): it is aborted and the stages still owned are rebuilt.
+    pub(super) fn abort_if_revoked(&mut self) -> Result<(), ServiceError> {
+        if self.txn.is_none() || self.nothing_uncommitted() {
+            return Ok(());
+        }
+        let owned = self.consumer.owned_stage_partitions();
+        if self.stages.keys().all(|p| owned.contains(p)) {
+            return Ok(());
+        }
+        if let Some(t) = &self.txn {
+            t.txn.abort();
+        }
+        tracing::info!("streams: stage partition revoked with a transaction under way; it is aborted and the stages still owned are rebuilt up to the committed offsets");
+        self.rebuild("revoked");
+        Ok(())
+    }
+
+    /// Exactly once: the alerts, dead letters and evidence since the last commit, and the
+    /// internal offsets read, committed in the open transaction.
+    pub(super) fn publish_and_commit_txn(&mut self) -> Result<(), ServiceError> {
+        if self.nothing_uncommitted() {
+            return Ok(());
+        }
+        let Some(t) = &self.txn else {
+            return Ok(());
+        };
+        let txn = t.txn.clone();
+        let queue = t.queue.clone();
+        let out: Vec<Outgoing> = std::mem::take(&mut self.out)
+            .into_iter()
+            .chain(self.alerts.drain(..).map(|a| Outgoing::alert(&a)))
+            .collect();
+        // Evidence written: the commit flushes the producer and fails (abortable) if any
+        // of it was not delivered, so its futures need no look of their own.
+        let has_output = !out.is_empty() || !self.writes.is_empty();
+        self.writes.clear();
+        if let Err(e) = txn.begin(has_output) {
+            return self.txn_failed(e);
+        }
+        if let Some(e) = self.refused.take() {
+            // Never handed to the producer, so not in the transaction: committing would
+            // lose it.
+            txn.doom(e.to_string());
+        }
+        let next: BTreeMap<Tp, i64> = std::mem::take(&mut self.next)
+            .into_iter()
+            .map(|((w, p), n)| (tp(w, p), n))
+            .collect();
+        let mut b = InFlight::new(out, next, Instant::now());
+        if !b.out.is_empty() {
+            let all: Vec<usize> = (0..b.out.len()).collect();
+            let sink = &self.sink;
+            match self.handle.block_on(sink.send(&mut b, all)) {
+                Err(e) => txn.doom(e.to_string()),
+                Ok(()) if !b.failed.is_empty() => txn.doom(format!(
+                    "{} stage outputs could not be handed to the producer",
+                    b.failed.len()
+                )),
+                Ok(()) => {}
+            }
+        }
+        crate::service::source::lock(&queue).push_back(b);
+        // The partitions whose offsets may be committed: those owned whole now.
+        let shared = Mutex::new(Assignment {
+            assigned: self
+                .stages
+                .keys()
+                .flat_map(|p| Which::ALL.map(|w| (tp(w, *p), 0)))
+                .collect(),
+            ..Assignment::default()
+        });
+        let group = rdkafka::consumer::Consumer::group_metadata(self.consumer.consumer());
+        match txn.commit_open(group.as_ref(), &shared) {
+            Ok(_) => Ok(()),
+            Err(e) => self.txn_failed(e),
+        }
+    }
+
+    /// A transaction that failed: fencing stops the task; anything else replaces the
+    /// producer (a transaction the broker timed out leaves it fenced by epoch, and a new
+    /// one's `init_transactions` aborts whatever was open) and rebuilds the stages.
+    fn txn_failed(&mut self, e: TxnError) -> Result<(), ServiceError> {
+        let id = self
+            .txn
+            .as_ref()
+            .map(|t| t.txn.id.clone())
+            .unwrap_or_default();
+        if let TxnError::Fenced(message) = e {
+            return Err(ServiceError::Fenced { id, message });
+        }
+        let reason = e.kind();
+        tracing::warn!(
+            reason,
+            error = e.message(),
+            "streams: stage transaction failed; rebuilding the stages from the internal topics up to the committed offsets (nothing uncommitted is published twice)"
+        );
+        if let Some(t) = &self.txn {
+            t.txn.abort();
+        }
+        let (producer, sink, txn) =
+            stage_clients(&self.cfg, &self.settings, &self.metrics, &self.status)?;
+        let Some(mut txn) = txn else {
+            return Ok(());
+        };
+        if let Some(old) = &self.txn {
+            txn.rebuilds = old.rebuilds;
+            txn.last_rebuild = old.last_rebuild;
+        }
+        self.producer = producer;
+        self.sink = sink;
+        self.txn = Some(txn);
+        self.rebuild(reason);
+        let stop = self.stop.clone();
+        if let Some(t) = &self.txn {
+            t.txn
+                .init(&|| *stop.borrow())
+                .map_err(|e| stage_txn_start_error(&t.txn.id, e))?;
+        }
+        Ok(())
+    }
+
+    /// Drops every stage and what was read or made since the last commit; the next
+    /// ownership sync creates each owned partition's stage again and re-reads it up to the
+    /// committed offsets (outputs dropped), as on assignment. A rebuild within a minute of
+    /// the last waits the service's backoff first, so a failure that persists does not
+    /// spin.
+    fn rebuild(&mut self, reason: &'static str) {
+        self.metrics.txn.stage_rebuilt(reason);
+        self.stages.clear();
+        self.last_record.clear();
+        self.next.clear();
+        self.rebuild_until.clear();
+        self.to_seek.clear();
+        self.held.clear();
+        self.alerts.clear();
+        self.out.clear();
+        self.writes.clear();
+        self.refused = None;
+        let max = Duration::from_secs(self.cfg.service.retry_backoff_max_s);
+        let Some(t) = &mut self.txn else {
+            return;
+        };
+        crate::service::source::lock(&t.queue).clear();
+        if t.last_rebuild
+            .is_some_and(|at| at.elapsed() > Duration::from_secs(60))
+        {
+            t.rebuilds = 0;
+        }
+        t.rebuilds += 1;
+        t.last_rebuild = Some(Instant::now());
+        if t.rebuilds > 1 {
+            let wait = sink::backoff(t.rebuilds - 1, max);
+            tracing::warn!(
+                rebuilds = t.rebuilds,
+                wait_s = wait.as_secs(),
+                "streams: stages rebuilt again within a minute; waiting first"
+            );
+            std::thread::sleep(wait);
+        }
+    }
+}
