@@ -15,7 +15,12 @@
 #    is utime + stime of every instance from /proc at the end.
 # 4. The table (and target/bench-streams/<run>/results.txt); everything started is stopped.
 #
-# Knobs: PARTITIONS (6), INTERNAL_PARTITIONS (6), PHASE_TIMEOUT_S (1200).
+# Each of the three runs is made under every guarantee of GUARANTEES (default
+# "at_least_once exactly_once"); under exactly_once each instance has its own
+# group.instance.id (so its own transactional ids), and "every internal record read"
+# counts only what the stages read read_committed, i.e. what was committed.
+#
+# Knobs: PARTITIONS (6), INTERNAL_PARTITIONS (6), PHASE_TIMEOUT_S (1200), GUARANTEES.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=benches/lib.sh
@@ -27,6 +32,7 @@ days="${2:-2}"
 partitions="${PARTITIONS:-6}"
 internal="${INTERNAL_PARTITIONS:-6}"
 phase_timeout="${PHASE_TIMEOUT_S:-1200}"
+guarantees="${GUARANTEES:-at_least_once exactly_once}"
 run_id="$(date +%Y%m%d-%H%M%S)-$$"
 work="target/bench-streams/$run_id"
 mkdir -p "$work"
@@ -82,13 +88,14 @@ cpu_s() {
   awk -v hz="$ticks" '{ print ($14 + $15) / hz }' "/proc/$1/stat"
 }
 
-# one_run NAME INSTANCES STREAMS(true|false)
+# one_run NAME INSTANCES STREAMS(true|false) GUARANTEE
 one_run() {
-  local name="$1" n="$2" on="$3" i addrs=() pids=() cfg="$work/$1.toml" t0 secs cpu=0
+  local name="$1" n="$2" on="$3" g="$4" i addrs=() pids=() cfg="$work/$1.toml" t0 secs cpu=0
   cat >"$cfg" <<EOF
 [service]
 batch_max_wait_ms = 20
 partition_idle_timeout_s = 5
+processing_guarantee = "$g"
 [streams]
 enabled = $on
 internal_partitions = $internal
@@ -96,7 +103,13 @@ EOF
   for t in alerts dead; do create_topic "bench-$t-$name-$suffix" 1; done
   t0="$(now)"
   for ((i = 0; i < n; i++)); do
-    run_service "$work/$name-$i.log" --config "$cfg" run --brokers "$BROKERS" \
+    local icfg="$cfg"
+    if [ "$g" = exactly_once ]; then
+      # Instances on one host need their own transactional ids.
+      icfg="$work/$name-$i.toml"
+      { cat "$cfg"; printf '[kafka]\n"group.instance.id" = "bench-%s-%d"\n' "$name" "$i"; } >"$icfg"
+    fi
+    run_service "$work/$name-$i.log" --config "$icfg" run --brokers "$BROKERS" \
       --input-topic "$backlog" --alert-topic "bench-alerts-$name-$suffix" \
       --dead-letter-topic "bench-dead-$name-$suffix" --group "bench-$name-$suffix"
     addrs+=("$HTTP")
@@ -130,15 +143,18 @@ EOF
     msgs="$(internal records_written "${addrs[@]}")"
   fi
   for i in "${!pids[@]}"; do stop_service "${pids[$i]}" "$work/$name-$i.log"; done
-  awk -v n="$name" -v k="$n" -v s="$secs" -v c="$cpu" -v r="$records" -v b="$bytes" -v m="$msgs" 'BEGIN {
-    printf "| %-5s | %d | %8.1f | %9.0f | %7.1f | %6.2f | %6.1f |\n", n, k, s, r / s, c / (r / 1e6), m / r, b / r
+  awk -v n="$name" -v g="$g" -v k="$n" -v s="$secs" -v c="$cpu" -v r="$records" -v b="$bytes" -v m="$msgs" 'BEGIN {
+    printf "| %-9s | %s | %d | %8.1f | %9.0f | %7.1f | %6.2f | %6.1f |\n", n, g, k, s, r / s, c / (r / 1e6), m / r, b / r
   }' | tee -a "$work/results.txt"
 }
 
-say "runs: off (1 instance, no hop), on-1, on-2"
-printf '| run   | instances | seconds | records/s | CPU-s per 1M records | internal messages per record | internal bytes per record |\n|---|---|---|---|---|---|---|\n' |
+say "runs: off (1 instance, no hop), on-1, on-2; guarantees: $guarantees"
+printf '| run   | guarantee | instances | seconds | records/s | CPU-s per 1M records | internal messages per record | internal bytes per record |\n|---|---|---|---|---|---|---|---|\n' |
   tee "$work/results.txt"
-one_run off 1 false
-one_run on1 1 true
-one_run on2 2 true
+for g in $guarantees; do
+  tag="${g%%_*}"
+  one_run "off-$tag" 1 false "$g"
+  one_run "on1-$tag" 1 true "$g"
+  one_run "on2-$tag" 2 true "$g"
+done
 say "results in $work/results.txt"

@@ -439,7 +439,9 @@ impl StageLoop {
             let wall = wall_ms();
             match polled {
                 Some(Ok(inc)) => {
-                    self.handle_record(inc, wall);
+                    if !self.take_published(&inc) {
+                        self.handle_record(inc, wall);
+                    }
                     read += 1;
                 }
                 Some(Err(e)) => {

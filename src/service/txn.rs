@@ -179,6 +179,7 @@ pub struct TxnMetrics {
     retries: IntCounter,
     restarts: IntCounterVec,
     stage_rebuilds: IntCounterVec,
+    stage_repeats: IntCounter,
     commit_seconds: Histogram,
 }
 
@@ -229,6 +230,13 @@ impl TxnMetrics {
         .expect(STATIC_OK);
         r.register(Box::new(stage_rebuilds.clone()))
             .expect(STATIC_OK);
+        let stage_repeats = IntCounter::new(
+            "linewatch_stage_repeats_suppressed_total",
+            "[streams] under exactly_once: alerts a stage made again after a rebuild whose ids the partition's previous owner had published (its committed markers say so); not published twice.",
+        )
+        .expect(STATIC_OK);
+        r.register(Box::new(stage_repeats.clone()))
+            .expect(STATIC_OK);
         let commit_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "linewatch_transaction_commit_seconds",
@@ -253,8 +261,14 @@ impl TxnMetrics {
             retries,
             restarts,
             stage_rebuilds,
+            stage_repeats,
             commit_seconds,
         }
+    }
+
+    /// Alerts not published again (`[streams]`, exactly once).
+    pub fn stage_repeats_suppressed(&self, n: u64) {
+        self.stage_repeats.inc_by(n);
     }
 
     /// A rebuild of the stages' state (`[streams]`, exactly once), by reason (one of

@@ -24,26 +24,51 @@
 //!   its new owner in every case.)
 //! - **Fenced** (another process took the stage transactional id): the service stops with
 //!   one line, as the pipeline does.
+//! - **What the previous owner published.** A rebuild re-runs a partition's history with
+//!   its outputs dropped up to the committed offsets, but not necessarily in the order the
+//!   previous owner ran it (the sources interleave differently when all is read at once,
+//!   and evidence is applied at other barriers): a `deal_line` verdict the previous owner
+//!   published from evidence it applied before its commit may come only after the
+//!   rebuild's end here, and be published again with the same id (the kill test saw 2 of
+//!   127 before this). So with its alerts each stage writes, in the same transaction, a
+//!   [`Published`] record of their ids to the evidence topic at the partition owning each
+//!   alert's subject; the rebuild reads these with the rest, and an alert whose id one of
+//!   them names is not published again (counted in
+//!   `linewatch_stage_repeats_suppressed_total`). The evidence partition is small and read
+//!   with the others, so its records are read long before the live part of the by-line
+//!   partition they belong with.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::producer::FutureProducer;
 
 use super::{StageLoop, STAGE_COMMIT_EVERY};
+use crate::alert::Alert;
 use crate::config::Config;
+use crate::event::Millis;
 use crate::kafka::{KafkaSettings, Role};
+use crate::replay::wall_ms;
 use crate::service::metrics::Metrics;
 use crate::service::sink::{self, InFlight, InFlightQueue, Outgoing, Sink, SinkContext};
 use crate::service::source::{Assignment, Tp};
 use crate::service::txn::{self, Transactions, TxnError, TxnSettings};
 use crate::service::{ServiceError, Status};
+use crate::streams::assign::Incoming;
 use crate::streams::producer::{stage_transactional_id, InternalProducer};
 use crate::streams::topics::{InternalTopics, Which};
+use crate::streams::wire::{self, Kind};
 
 /// The debug-build hook holding the stage task's transactions open (see `txn::test_hook`).
 const HOLD_ENV: &str = "LINEWATCH_TEST_HOLD_STAGE_TXN_MS";
+
+/// The ids of alerts a stage published, in the transaction that published them, to the
+/// evidence topic at the partition owning their subjects (envelope kind `Control`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Published {
+    pub alert_ids: Vec<String>,
+}
 
 /// The stage task's transactions.
 pub(super) struct StageTxn {
@@ -52,6 +77,11 @@ pub(super) struct StageTxn {
     /// Rebuilds in the last minute (each after the first waits the backoff).
     rebuilds: u32,
     last_rebuild: Option<Instant>,
+    /// Per stage partition, the alert ids published for its subjects (read from its
+    /// [`Published`] records, and our own), with the wall time they were seen: kept
+    /// `service.rebuild_state_s`, as far back as a rebuild reads.
+    published: BTreeMap<i32, HashMap<String, Millis>>,
+    pruned: Millis,
 }
 
 /// A stage partition's internal topic as a [`Tp`] of [`Transactions`]: its index in
@@ -119,6 +149,8 @@ pub(super) fn stage_clients(
             queue,
             rebuilds: 0,
             last_rebuild: None,
+            published: BTreeMap::new(),
+            pruned: wall_ms(),
         }
     });
     Ok((
@@ -154,6 +186,91 @@ impl StageLoop {
             Ok(()) => Ok(()),
             Err(e) => self.txn_failed(e),
         }
+    }
+
+    /// A [`Published`] record on a stage's evidence partition is taken here (true), not by
+    /// the record path: under exactly once its ids are what the partition's owners
+    /// published; at least once (a group that ran exactly once before) it is passed over.
+    /// Anything else is left to the record path (false), a `Control` record that does not
+    /// decode too (it dead-letters it as `bad_internal_record`).
+    pub(super) fn take_published(&mut self, inc: &Incoming) -> bool {
+        if inc.which != Which::Evidence || !matches!(inc.kind(), Ok(Kind::Control)) {
+            return false;
+        }
+        if self.to_seek.contains(&inc.partition) || !self.stages.contains_key(&inc.partition) {
+            // Read again after the seek, or not ours: as the record path does.
+            return true;
+        }
+        let Ok(p) = inc.decode::<Published>(Kind::Control) else {
+            return false;
+        };
+        self.next
+            .insert((Which::Evidence, inc.partition), inc.offset + 1);
+        self.metrics
+            .streams
+            .read
+            .with_label_values(&[Which::Evidence.as_str()])
+            .inc();
+        let Some(t) = &mut self.txn else {
+            return true;
+        };
+        let now = wall_ms();
+        let seen = t.published.entry(inc.partition).or_default();
+        for id in p.alert_ids {
+            seen.insert(id, now);
+        }
+        true
+    }
+
+    /// Exactly once: drops the alerts whose ids the owners of their partitions published
+    /// already, and writes the ids of the rest, per owning partition, as [`Published`]
+    /// records in the open transaction. Returns the alerts to publish.
+    fn not_yet_published(&mut self, alerts: Vec<Alert>) -> Vec<Alert> {
+        let Some(t) = &mut self.txn else {
+            return alerts;
+        };
+        let now = wall_ms();
+        let keep_ms = crate::ids::span_ms(self.cfg.service.rebuild_state_s);
+        if now.saturating_sub(t.pruned) >= 60_000 {
+            t.pruned = now;
+            let owned = &self.stages;
+            t.published.retain(|p, _| owned.contains_key(p));
+            for seen in t.published.values_mut() {
+                seen.retain(|_, at| now.saturating_sub(*at) <= keep_ms);
+            }
+        }
+        let mut keep = Vec::with_capacity(alerts.len());
+        let mut ids: BTreeMap<i32, Vec<String>> = BTreeMap::new();
+        let mut repeats = 0u64;
+        for a in alerts {
+            // The shard that makes a finding owns its subject (`detect::Ctx::out`).
+            let p = crate::engine::shard_of(crate::ids::id(&a.subject), self.partitions) as i32;
+            let seen = t.published.entry(p).or_default();
+            if seen.contains_key(&a.alert_id) {
+                repeats += 1;
+                continue;
+            }
+            seen.insert(a.alert_id.clone(), now);
+            ids.entry(p).or_default().push(a.alert_id.clone());
+            keep.push(a);
+        }
+        if repeats > 0 {
+            self.metrics.txn.stage_repeats_suppressed(repeats);
+        }
+        for (p, alert_ids) in ids {
+            let bytes = wire::encode(Kind::Control, &Published { alert_ids });
+            match self.producer.send_raw(Which::Evidence, p, p as u64, &bytes) {
+                Ok(_) => self.metrics.streams.wrote(Which::Evidence, bytes.len()),
+                // Not in the transaction: it must not commit without it.
+                Err(e) => {
+                    if self.refused.is_none() {
+                        self.refused =
+                            Some(super::delivery_error(self.topics.name(Which::Evidence), &e));
+                    }
+                }
+            }
+        }
+        keep
     }
 
     /// Nothing read, made or sent since the last commit.
@@ -196,9 +313,14 @@ impl StageLoop {
         };
         let txn = t.txn.clone();
         let queue = t.queue.clone();
+        if let Err(e) = txn.begin(false) {
+            return self.txn_failed(e);
+        }
+        let alerts = std::mem::take(&mut self.alerts);
+        let alerts = self.not_yet_published(alerts);
         let out: Vec<Outgoing> = std::mem::take(&mut self.out)
             .into_iter()
-            .chain(self.alerts.drain(..).map(|a| Outgoing::alert(&a)))
+            .chain(alerts.iter().map(Outgoing::alert))
             .collect();
         // Evidence written: the commit flushes the producer and fails (abortable) if any
         // of it was not delivered, so its futures need no look of their own.
@@ -297,6 +419,10 @@ impl StageLoop {
     /// spin.
     fn rebuild(&mut self, reason: &'static str) {
         self.metrics.txn.stage_rebuilt(reason);
+        if let Some(t) = &mut self.txn {
+            // Read again from the markers with the rest.
+            t.published.clear();
+        }
         self.stages.clear();
         self.last_record.clear();
         self.next.clear();
