@@ -401,24 +401,24 @@ async fn exactly_once_an_aborted_stage_transaction_publishes_nothing_twice_and_l
     if abort {
         svc.wait_log("test hook: holding an open transaction", 1, WAIT)
             .await;
-    }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while abort {
-        let rebuilt = svc
-            .metric(r#"linewatch_stage_rebuilds_total{reason="aborted"}"#)
-            .await
-            + svc
-                .metric(r#"linewatch_stage_rebuilds_total{reason="fatal"}"#)
-                .await;
-        if rebuilt >= 1.0 {
-            break;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let rebuilt = svc
+                .metric(r#"linewatch_stage_rebuilds_total{reason="aborted"}"#)
+                .await
+                + svc
+                    .metric(r#"linewatch_stage_rebuilds_total{reason="fatal"}"#)
+                    .await;
+            if rebuilt >= 1.0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no stage rebuild after the held transaction\n{}",
+                svc.logs().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        assert!(
-            Instant::now() < deadline,
-            "no stage rebuild after the held transaction\n{}",
-            svc.logs().join("\n")
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let deadline = Instant::now() + Duration::from_secs(300);
     while records_taken(&svc).await < lines.len() as f64 {

@@ -91,6 +91,9 @@ fn tp(which: Which, partition: i32) -> Tp {
     (i, partition)
 }
 
+/// What [`stage_clients`] makes.
+pub(super) type StageClients = (InternalProducer<SinkContext>, Arc<Sink>, Option<StageTxn>);
+
 /// The stage task's producer, sink and (exactly once) transactions: one producer for the
 /// evidence and the alerts under exactly once, so both are in its transaction; two at
 /// least once, as before (the evidence's flush does not wait for the alerts').
@@ -99,7 +102,7 @@ pub(super) fn stage_clients(
     settings: &KafkaSettings,
     metrics: &Metrics,
     status: &Arc<Status>,
-) -> Result<(InternalProducer<SinkContext>, Arc<Sink>, Option<StageTxn>), ServiceError> {
+) -> Result<StageClients, ServiceError> {
     let group = &cfg.service.group_id;
     let partitions = cfg.streams.internal_partitions;
     let eos = cfg.service.processing_guarantee == crate::config::ProcessingGuarantee::ExactlyOnce;
