@@ -186,6 +186,19 @@ fn settle_writes<C: rdkafka::ClientContext + 'static>(
     Ok(())
 }
 
+/// The offsets read that may be committed: not those of a rebuild still re-reading below
+/// the committed offset it rebuilds up to (`rebuild_until`). Committing them would move the
+/// group's offset back into what the previous owner had published, and whoever took the
+/// partition next would run that part again as new: outputs (and evidence) twice.
+fn committable(
+    next: BTreeMap<(Which, i32), i64>,
+    rebuild_until: &BTreeMap<(Which, i32), i64>,
+) -> BTreeMap<(Which, i32), i64> {
+    next.into_iter()
+        .filter(|(k, n)| rebuild_until.get(k).is_none_or(|upto| n > upto))
+        .collect()
+}
+
 /// A source (ingest task) id unique among the instances of a group with high probability:
 /// the stages tell sources apart by it, and a restarted instance is a new source (its old
 /// one idles out). The low byte orders evidence ties, so it varies most.
@@ -753,19 +766,45 @@ impl StageLoop {
         if let Some(e) = self.refused.take() {
             return Err(e);
         }
-        if self.next.is_empty() {
+        let next = committable(std::mem::take(&mut self.next), &self.rebuild_until);
+        if next.is_empty() {
             return Ok(());
         }
         let mut tpl = TopicPartitionList::new();
-        for (&(which, p), &n) in &self.next {
+        for (&(which, p), &n) in &next {
             // Adding a partition to a fresh list cannot fail for a valid offset.
             let _ = tpl.add_partition_offset(self.topics.name(which), p, Offset::Offset(n));
         }
-        self.next.clear();
         if let Err(e) = self.consumer.consumer().commit(&tpl, mode) {
             self.metrics.commit_failed();
             tracing::warn!(error = %e, "stage offsets could not be committed; retried with the next commit");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rebuild_never_commits_an_offset_below_the_one_it_rebuilds_up_to() {
+        let until = BTreeMap::from([((Which::ByLine, 0), 100), ((Which::Evidence, 0), 10)]);
+        let next = BTreeMap::from([
+            // Re-reading history: committing 51 would move the group back from 100.
+            ((Which::ByLine, 0), 51),
+            // At the rebuild's end: nothing new to commit.
+            ((Which::Evidence, 0), 10),
+            // Past it, and a partition not being rebuilt: committed.
+            ((Which::ByHandset, 0), 7),
+            ((Which::ByLine, 1), 3),
+        ]);
+        let c = committable(next, &until);
+        assert_eq!(
+            c,
+            BTreeMap::from([((Which::ByHandset, 0), 7), ((Which::ByLine, 1), 3)])
+        );
+        let c = committable(BTreeMap::from([((Which::ByLine, 0), 101)]), &until);
+        assert_eq!(c, BTreeMap::from([((Which::ByLine, 0), 101)]));
     }
 }

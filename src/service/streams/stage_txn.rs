@@ -338,10 +338,11 @@ impl StageLoop {
             // lose it.
             txn.doom(e.to_string());
         }
-        let next: BTreeMap<Tp, i64> = std::mem::take(&mut self.next)
-            .into_iter()
-            .map(|((w, p), n)| (tp(w, p), n))
-            .collect();
+        let next: BTreeMap<Tp, i64> =
+            super::committable(std::mem::take(&mut self.next), &self.rebuild_until)
+                .into_iter()
+                .map(|((w, p), n)| (tp(w, p), n))
+                .collect();
         let mut b = InFlight::new(out, next, Instant::now());
         if !b.out.is_empty() {
             let all: Vec<usize> = (0..b.out.len()).collect();
