@@ -460,3 +460,32 @@ impl StageLoop {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn published_markers_round_trip_as_control_envelopes_and_are_not_evidence() {
+        let p = Published {
+            alert_ids: vec!["00112233445566778899aabbccddeeff".into(), "x".into()],
+        };
+        let bytes = wire::encode(Kind::Control, &p);
+        assert_eq!(wire::kind_of(&bytes), Ok(Kind::Control));
+        assert_eq!(wire::decode::<Published>(&bytes, Kind::Control), Ok(p));
+        // The record path reads the evidence topic as evidence only: a marker is never
+        // taken for one.
+        assert!(wire::decode::<crate::exchange::Evidence>(&bytes, Kind::Evidence).is_err());
+    }
+
+    #[test]
+    fn internal_topics_map_to_the_transactions_topic_list_in_order() {
+        let t = InternalTopics::for_group("g");
+        let names: Vec<String> = t.all().iter().map(|n| n.to_string()).collect();
+        for w in Which::ALL {
+            let (i, p) = tp(w, 5);
+            assert_eq!(names[i], t.name(w));
+            assert_eq!(p, 5);
+        }
+    }
+}
