@@ -274,7 +274,9 @@ impl StageCheckpoints {
                 .ok()
         };
         if writer.is_none() {
-            tracing::warn!("could not start the stage checkpoint writer thread; no stage checkpoints");
+            tracing::warn!(
+                "could not start the stage checkpoint writer thread; no stage checkpoints"
+            );
         }
         StageCheckpoints {
             group: cfg.service.group_id.clone(),
@@ -331,7 +333,9 @@ impl StageCheckpoints {
         };
         self.metrics.paused(started.elapsed().as_secs_f64());
         self.sizes.insert(p, cp.manifest.state_bytes);
-        self.stage_metrics.bytes.set(self.sizes.values().sum::<u64>() as i64);
+        self.stage_metrics
+            .bytes
+            .set(self.sizes.values().sum::<u64>() as i64);
         let (done_tx, done_rx) = sync_channel(1);
         let job = Job {
             ns: namespace(&self.group, p, self.partitions),
@@ -365,7 +369,9 @@ impl StageCheckpoints {
     /// Stage partition `p` is no longer owned: its size leaves the gauge.
     pub fn forget(&mut self, p: i32) {
         self.sizes.remove(&p);
-        self.stage_metrics.bytes.set(self.sizes.values().sum::<u64>() as i64);
+        self.stage_metrics
+            .bytes
+            .set(self.sizes.values().sum::<u64>() as i64);
     }
 
     /// The newest usable checkpoint of each of `ps`, reading each store once for all of
@@ -452,7 +458,8 @@ impl StageCheckpoints {
         for (p, (r, kind, slot)) in best {
             self.metrics
                 .loaded(r.created_ms, started.elapsed().as_secs_f64());
-            lock(&self.next_slot).insert(namespace(&self.group, p, n), (slot + 1) % checkpoint::SLOTS);
+            lock(&self.next_slot)
+                .insert(namespace(&self.group, p, n), (slot + 1) % checkpoint::SLOTS);
             self.last_id = self.last_id.max(r.manifest_id);
             self.stage_metrics.restored.inc();
             self.sizes.insert(p, r.state_bytes);
@@ -467,7 +474,9 @@ impl StageCheckpoints {
             );
             out.insert(p, r);
         }
-        self.stage_metrics.bytes.set(self.sizes.values().sum::<u64>() as i64);
+        self.stage_metrics
+            .bytes
+            .set(self.sizes.values().sum::<u64>() as i64);
         for &p in ps.iter().filter(|p| !out.contains_key(p)) {
             if seen_own.contains(&p) {
                 // Each one passed over was counted and logged with its own reason.
@@ -544,5 +553,204 @@ fn write_jobs(
             let _ = done.send(ok > 0);
         }
         queued.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::store::DirStore;
+    use crate::generate::{self, GenOptions};
+    use crate::streams::ingest::IngestStage;
+
+    const N: usize = 2;
+
+    fn cfg() -> Config {
+        let mut c = Config::default();
+        c.service.group_id = "g".into();
+        c.streams.internal_partitions = N as u32;
+        c
+    }
+
+    /// A wall clock after every record (none is "in the future").
+    const WALL: Millis = 4_000_000_000_000;
+
+    /// Partition 0 of 2's messages of a small generated city, in the order routed.
+    fn messages() -> Vec<crate::streams::message::Message> {
+        let opts = GenOptions {
+            seed: 3,
+            subscribers: 1_000,
+            days: 1,
+            ..GenOptions::default()
+        };
+        let (events, _, _) = generate::generate_in_memory(&opts).expect("generate");
+        let mut ingest = IngestStage::new(cfg(), 1, N);
+        let (mut out, mut mine) = (Vec::new(), Vec::new());
+        for line in events.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            ingest.ingest(line, 0, WALL, &mut out);
+            mine.extend(out.drain(..).filter(|(p, _)| *p == 0).map(|(_, m)| m));
+        }
+        mine
+    }
+
+    /// Runs `msgs` on `stage`: its alerts, and the evidence it sent to partition 1.
+    fn run(
+        stage: &mut Stage,
+        msgs: &[crate::streams::message::Message],
+    ) -> (Vec<crate::alert::Alert>, Vec<Evidence>) {
+        let (mut alerts, mut sent) = (Vec::new(), Vec::new());
+        for m in msgs {
+            stage.receive(m.clone(), WALL, &mut alerts);
+            sent.extend(stage.take_outbox().into_iter().map(|(_, e)| e));
+        }
+        (alerts, sent)
+    }
+
+    /// Stage 0 of 2 after a small generated city, and evidence it sent to partition 1
+    /// (standing in for evidence the stage task holds).
+    fn busy_stage() -> (Stage, Vec<Evidence>) {
+        let mut stage = Stage::new(&cfg(), 0, N);
+        let (_, mut sent) = run(&mut stage, &messages());
+        assert!(stage.tracked_lines() > 0, "{:?}", stage.stats());
+        assert!(!sent.is_empty(), "{:?}", stage.stats());
+        sent.truncate(5);
+        (stage, sent)
+    }
+
+    fn offsets(topics: &InternalTopics, p: i32, base: i64) -> Vec<SourceOffset> {
+        Which::ALL
+            .into_iter()
+            .zip(0..)
+            .map(|(w, i)| SourceOffset {
+                topic: topics.name(w).to_string(),
+                partition: p,
+                offset: base + i,
+            })
+            .collect()
+    }
+
+    fn checkpoints(dir: &std::path::Path, c: &Config) -> (StageCheckpoints, CheckpointMetrics) {
+        let stores = || -> Vec<Box<dyn Store>> { vec![Box::new(DirStore::new(dir).expect("dir"))] };
+        let m = CheckpointMetrics::register(&Registry::new());
+        let sm = StageStateMetrics::register(&Registry::new());
+        (
+            StageCheckpoints::with_stores(c, stores(), stores(), m.clone(), sm),
+            m,
+        )
+    }
+
+    fn fallbacks(m: &CheckpointMetrics, reason: Fallback) -> u64 {
+        m.fallback_count(reason)
+    }
+
+    #[test]
+    fn a_restored_stage_partition_goes_on_exactly_as_the_one_saved() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let c = cfg();
+        let topics = InternalTopics::for_group("g");
+        let msgs = messages();
+        let (first, rest) = msgs.split_at(msgs.len() / 2);
+        let mut stage = Stage::new(&c, 0, N);
+        let (_, mut held) = run(&mut stage, first);
+        held.truncate(5);
+        assert!(!held.is_empty() && stage.tracked_lines() > 0);
+        let (mut ck, m) = checkpoints(dir.path(), &c);
+        assert!(ck.take(0, &stage, &held, offsets(&topics, 0, 100), &c, true));
+        // A second one goes to the other slot and is the newer.
+        assert!(ck.take(0, &stage, &held, offsets(&topics, 0, 200), &c, true));
+        let (mut other, om) = checkpoints(dir.path(), &c);
+        let mut got = other.restore(&[0, 1], &c);
+        assert_eq!(got.keys().copied().collect::<Vec<_>>(), vec![0]);
+        let r = got.remove(&0).expect("partition 0 restored");
+        assert_eq!(r.offsets, offsets(&topics, 0, 200));
+        assert_eq!(r.held, held);
+        let mut restored = r.stage;
+        assert_eq!(restored.tracked_lines(), stage.tracked_lines());
+        assert_eq!(restored.stats(), stage.stats());
+        assert_eq!(restored.pending_evidence(), stage.pending_evidence());
+        // The rest of the input on both: the same alerts and the same evidence out.
+        let (want, want_sent) = run(&mut stage, rest);
+        let (have, have_sent) = run(&mut restored, rest);
+        assert!(
+            !want.is_empty(),
+            "the second half must make alerts to compare"
+        );
+        assert_eq!(have, want);
+        assert_eq!(have_sent, want_sent);
+        assert_eq!(fallbacks(&m, Fallback::Missing), 0);
+        // Partition 1 had none: counted once as missing by the restoring side.
+        assert_eq!(
+            fallbacks(&om, Fallback::Missing),
+            1,
+            "partition 1 had no checkpoint"
+        );
+    }
+
+    #[test]
+    fn a_corrupt_newest_checkpoint_falls_back_to_the_other_slot_then_to_none() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let c = cfg();
+        let topics = InternalTopics::for_group("g");
+        let (stage, held) = busy_stage();
+        let (mut ck, _) = checkpoints(dir.path(), &c);
+        assert!(ck.take(0, &stage, &held, offsets(&topics, 0, 100), &c, true));
+        assert!(ck.take(0, &stage, &held, offsets(&topics, 0, 200), &c, true));
+        let ns = namespace("g", 0, N);
+        // The newest is in slot 1 (slot 0 first): flip a byte of its first chunk.
+        let chunk = dir.path().join(checkpoint::chunk_key(&ns, 1, 0));
+        let mut bytes = std::fs::read(&chunk).expect("chunk");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&chunk, &bytes).expect("write");
+        let (mut r1, m1) = checkpoints(dir.path(), &c);
+        let got = r1.restore(&[0], &c);
+        assert_eq!(got[&0].offsets, offsets(&topics, 0, 100), "the older slot");
+        assert_eq!(fallbacks(&m1, Fallback::Corrupt), 1);
+        // Both damaged: none, each counted with its reason, no `missing` on top.
+        let chunk = dir.path().join(checkpoint::chunk_key(&ns, 0, 0));
+        std::fs::write(&chunk, b"LWCK garbage").expect("write");
+        let (mut r2, m2) = checkpoints(dir.path(), &c);
+        assert!(r2.restore(&[0], &c).is_empty());
+        assert_eq!(fallbacks(&m2, Fallback::Corrupt), 2);
+        assert_eq!(fallbacks(&m2, Fallback::Missing), 0);
+    }
+
+    #[test]
+    fn a_checkpoint_of_another_partition_count_or_other_topics_is_refused_with_its_reason() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let c = cfg();
+        let (stage, held) = busy_stage();
+        let (mut ck, _) = checkpoints(dir.path(), &c);
+        assert!(ck.take(
+            0,
+            &stage,
+            &held,
+            offsets(&InternalTopics::for_group("g"), 0, 1),
+            &c,
+            true
+        ));
+        // The same group read with internal_partitions = 3: nothing of 3, some of 2.
+        let mut c3 = c.clone();
+        c3.streams.internal_partitions = 3;
+        let (mut r3, m3) = checkpoints(dir.path(), &c3);
+        assert!(r3.restore(&[0], &c3).is_empty());
+        assert_eq!(fallbacks(&m3, Fallback::OtherPartitions), 1);
+        assert_eq!(fallbacks(&m3, Fallback::Missing), 0);
+        // Offsets of another group's topics under this key (a copied store): incompatible.
+        let dir2 = tempfile::tempdir().expect("tmp");
+        let (mut bad, _) = checkpoints(dir2.path(), &c);
+        let other = offsets(&InternalTopics::for_group("h"), 0, 1);
+        assert!(bad.take(0, &stage, &held, other, &c, true));
+        let (mut r, m) = checkpoints(dir2.path(), &c);
+        assert!(r.restore(&[0], &c).is_empty());
+        assert_eq!(fallbacks(&m, Fallback::Incompatible), 1);
+    }
+
+    #[test]
+    fn stage_keys_never_meet_the_single_instance_checkpoints_of_the_group() {
+        let set = crate::checkpoint::service::namespace("g", &[]);
+        let ns = namespace("g", 0, N);
+        assert!(!ns.starts_with("g/") && set.starts_with("g/"));
+        assert_eq!(ns, "g-stages/stage-0-of-2");
     }
 }

@@ -558,12 +558,12 @@ impl StageLoop {
         Some(
             Which::ALL
                 .into_iter()
-                .filter_map(|w| {
-                    match committed.find_partition(self.topics.name(w), p)?.offset() {
+                .filter_map(
+                    |w| match committed.find_partition(self.topics.name(w), p)?.offset() {
                         Offset::Offset(o) => Some((w, o)),
                         _ => None,
-                    }
-                })
+                    },
+                )
                 .collect(),
         )
     }
@@ -583,7 +583,12 @@ impl StageLoop {
             let Some(w) = self.topics.which(&o.topic) else {
                 continue;
             };
-            if let Err(e) = c.seek(&o.topic, p, Offset::Offset(o.offset), Duration::from_secs(10)) {
+            if let Err(e) = c.seek(
+                &o.topic,
+                p,
+                Offset::Offset(o.offset),
+                Duration::from_secs(10),
+            ) {
                 tracing::info!(error = %e, partition = p, "stage partition not yet seekable; retried");
                 return false;
             }
