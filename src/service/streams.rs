@@ -346,6 +346,9 @@ struct StageLoop {
     /// Stage partitions restored from a checkpoint whose internal partitions must still be
     /// sought to its offsets (tried again each turn, as `to_seek`).
     seek_to: BTreeMap<i32, Vec<SourceOffset>>,
+    /// Stage partitions re-reading after an assignment, and since when (to log when each
+    /// is live again: the recovery time of a partition that moved).
+    recovering: BTreeMap<i32, Instant>,
 }
 
 impl Drop for StageLoop {
@@ -413,6 +416,7 @@ impl StageLoop {
             ckpt,
             positions: BTreeMap::new(),
             seek_to: BTreeMap::new(),
+            recovering: BTreeMap::new(),
         })
     }
 
@@ -485,6 +489,7 @@ impl StageLoop {
             self.rebuild_until.retain(|(_, q), _| q != p);
             self.to_seek.remove(p);
             self.seek_to.remove(p);
+            self.recovering.remove(p);
             self.held.remove(p);
             if let Some(c) = self.ckpt.as_mut() {
                 c.forget(*p);
@@ -521,6 +526,7 @@ impl StageLoop {
                 }
             }
             self.to_seek.insert(p);
+            self.recovering.insert(p, Instant::now());
         }
         let pending: Vec<i32> = self.to_seek.iter().copied().collect();
         for p in pending {
@@ -701,10 +707,37 @@ impl StageLoop {
     /// is due: right after the publish, so no checkpoint reflects an unpublished output.
     fn publish_commit_and_checkpoint(&mut self, mode: CommitMode) -> Result<(), ServiceError> {
         self.publish_and_commit_tracked(mode)?;
+        self.note_recovered();
         if self.ckpt.as_ref().is_some_and(StageCheckpoints::due) {
             self.checkpoint_owned(false);
         }
         Ok(())
+    }
+
+    /// Logs each stage partition whose re-read after an assignment is over (every internal
+    /// partition at or past the committed offset it re-reads to): live again.
+    fn note_recovered(&mut self) {
+        let done: Vec<i32> = self
+            .recovering
+            .keys()
+            .copied()
+            .filter(|p| !self.to_seek.contains(p))
+            .filter(|&p| {
+                self.rebuild_until
+                    .iter()
+                    .filter(|((_, q), _)| *q == p)
+                    .all(|(k, &upto)| self.positions.get(k).is_some_and(|&at| at >= upto))
+            })
+            .collect();
+        for p in done {
+            let since = self.recovering.remove(&p).map(|t| t.elapsed());
+            self.rebuild_until.retain(|(_, q), _| *q != p);
+            tracing::info!(
+                partition = p,
+                recovery_seconds = since.map_or(0.0, |d| d.as_secs_f64()),
+                "streams: stage partition live again"
+            );
+        }
     }
 
     /// Hands every owned, positioned stage partition's state to the checkpoint writer
