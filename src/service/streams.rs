@@ -504,6 +504,8 @@ impl StageLoop {
             .copied()
             .filter(|p| !self.stages.contains_key(p))
             .collect();
+        // Recovery counts from here: reading the checkpoints is part of it.
+        let assigned_at = Instant::now();
         let mut restored: BTreeMap<i32, RestoredStage> = match self.ckpt.as_mut() {
             Some(c) => c.restore(&new, &self.cfg),
             None => BTreeMap::new(),
@@ -526,7 +528,7 @@ impl StageLoop {
                 }
             }
             self.to_seek.insert(p);
-            self.recovering.insert(p, Instant::now());
+            self.recovering.insert(p, assigned_at);
         }
         let pending: Vec<i32> = self.to_seek.iter().copied().collect();
         for p in pending {
