@@ -533,7 +533,12 @@ async fn measure_recovery_with_and_without_checkpoints() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(2);
-    for interval in [60, 0] {
+    // `LW_INTERVALS=60` runs only the run with checkpoints.
+    let intervals: Vec<u64> = std::env::var("LW_INTERVALS")
+        .ok()
+        .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![60, 0]);
+    for interval in intervals {
         let r = kill_scenario(subs, days, interval).await;
         let (recall, _) = recall_precision(&r.want, &r.got);
         let reread: i64 = r.reread.values().map(|x| x.1).sum();
