@@ -128,6 +128,11 @@ impl CheckpointMetrics {
         self.fallbacks.with_label_values(&[f.code()]).inc();
     }
 
+    /// Checkpoints passed over for `f` so far (tests and the stage restore's report).
+    pub fn fallback_count(&self, f: Fallback) -> u64 {
+        self.fallbacks.with_label_values(&[f.code()]).get()
+    }
+
     pub fn write_failed(&self, store: &'static str) {
         self.write_failures.with_label_values(&[store]).inc();
     }

@@ -386,8 +386,33 @@ pub fn restore_newest(
     namespace: &str,
     current: &Config,
     accept: impl Fn(&Manifest) -> bool,
-    mut skipped: impl FnMut(Fallback),
+    skipped: impl FnMut(Fallback),
 ) -> Option<Restored> {
+    newest_usable(
+        entries,
+        namespace,
+        accept,
+        |m, sections| restore_engine(m, sections, current),
+        skipped,
+    )
+    .map(|(engine, manifest, slot)| Restored {
+        engine,
+        manifest,
+        slot,
+    })
+}
+
+/// [`restore_newest`] for any state: the newest checkpoint under `namespace` whose manifest
+/// `accept`s, whose chunks verify, and whose sections `load` turns into a `T`, with its
+/// manifest and slot; each one passed over is reported to `skipped` with its reason. The
+/// `[streams]` stage partitions' checkpoints (`crate::service::stage_state`) use it.
+pub fn newest_usable<T>(
+    entries: &BTreeMap<String, Vec<u8>>,
+    namespace: &str,
+    accept: impl Fn(&Manifest) -> bool,
+    load: impl Fn(&Manifest, &[Section]) -> Result<T, Fallback>,
+    mut skipped: impl FnMut(Fallback),
+) -> Option<(T, Manifest, u8)> {
     let mut manifests = Vec::new();
     for slot in 0..SLOTS {
         let Some(v) = entries.get(&manifest_key(namespace, slot)) else {
@@ -405,15 +430,9 @@ pub fn restore_newest(
             continue;
         }
         let got = assemble(&m, |i| entries.get(&chunk_key(namespace, slot, i)).cloned())
-            .and_then(|sections| restore_engine(&m, &sections, current));
+            .and_then(|sections| load(&m, &sections));
         match got {
-            Ok(engine) => {
-                return Some(Restored {
-                    engine,
-                    manifest: m,
-                    slot,
-                })
-            }
+            Ok(t) => return Some((t, m, slot)),
             Err(f) => skipped(f),
         }
     }

@@ -58,6 +58,7 @@ pub mod pipeline;
 pub mod reload;
 pub mod sink;
 pub mod source;
+pub mod stage_state;
 pub mod streams;
 pub mod txn;
 

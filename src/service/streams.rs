@@ -31,8 +31,10 @@ use tokio::sync::watch;
 
 use super::metrics::Metrics;
 use super::sink::{InFlight, Outgoing, Sink, SinkContext};
+use super::stage_state::{RestoredStage, StageCheckpoints, StageStateMetrics};
 use super::{ServiceError, Status};
 use crate::cells::CellMap;
+use crate::checkpoint::SourceOffset;
 use crate::config::{Config, ProcessingGuarantee};
 use crate::engine::Verdict;
 use crate::event::Millis;
@@ -80,6 +82,8 @@ pub struct StreamsMetrics {
     owned: IntGauge,
     /// Evidence pieces waiting for a barrier, over this instance's stages.
     pending: IntGauge,
+    /// Stage partition checkpoints and rebuilds.
+    state: StageStateMetrics,
 }
 
 impl StreamsMetrics {
@@ -136,6 +140,7 @@ impl StreamsMetrics {
             partial,
             owned,
             pending,
+            state: StageStateMetrics::register(r),
         }
     }
 
@@ -390,6 +395,24 @@ struct StageLoop {
     /// re-reading its partitions after an assignment, where the small evidence backlog is
     /// read long before the records it followed) or not.
     held: BTreeMap<i32, Vec<Evidence>>,
+    /// Stage partition checkpoints (`service.checkpoint_interval_s` > 0 and a store).
+    ckpt: Option<StageCheckpoints>,
+    /// Per (topic, partition) owned, the next offset whose record the stage has not run:
+    /// the offsets a checkpoint taken now reflects (moved on at each publish).
+    positions: BTreeMap<(Which, i32), i64>,
+    /// Stage partitions restored from a checkpoint whose internal partitions must still be
+    /// sought to its offsets (tried again each turn, as `to_seek`).
+    seek_to: BTreeMap<i32, Vec<SourceOffset>>,
+    /// Stage partitions re-reading after an assignment, and since when (to log when each
+    /// is live again: the recovery time of a partition that moved).
+    recovering: BTreeMap<i32, Instant>,
+}
+
+impl Drop for StageLoop {
+    fn drop(&mut self) {
+        // Closing the consumer revokes its partitions; a held revoke would never finish.
+        self.consumer.defer_revokes(false);
+    }
 }
 
 impl StageLoop {
@@ -409,6 +432,14 @@ impl StageLoop {
             tracing::info!(transactional_id = %x.txn.id, "streams: stage transactions initialised (exactly_once)");
         }
         let t_rebuild_s = t.cfg.service.rebuild_state_s;
+        let ckpt = StageCheckpoints::open(
+            &t.cfg,
+            &t.settings,
+            t.metrics.checkpoint.clone(),
+            t.metrics.streams.state.clone(),
+        );
+        // With checkpoints, a revoke waits for the revoked partitions' state to be saved.
+        consumer.defer_revokes(ckpt.is_some());
         Ok(StageLoop {
             idle: Duration::from_secs(t.cfg.service.partition_idle_timeout_s),
             partitions: partitions as usize,
@@ -436,6 +467,10 @@ impl StageLoop {
             rebuild_until: BTreeMap::new(),
             rebuild_ms: crate::ids::span_ms(t_rebuild_s),
             held: BTreeMap::new(),
+            ckpt,
+            positions: BTreeMap::new(),
+            seek_to: BTreeMap::new(),
+            recovering: BTreeMap::new(),
         })
     }
 
@@ -447,7 +482,7 @@ impl StageLoop {
         while !*self.stop.borrow() {
             let polled = self.consumer.poll(Duration::from_millis(100));
             self.abort_if_revoked()?;
-            self.sync_ownership();
+            self.sync_ownership()?;
             self.begin_txn()?;
             let wall = wall_ms();
             match polled {
@@ -466,19 +501,34 @@ impl StageLoop {
                 None => self.quiet(wall),
             }
             if read >= STAGE_BATCH || since_commit.elapsed() >= STAGE_COMMIT_EVERY {
-                self.publish_and_commit(CommitMode::Async)?;
+                self.publish_commit_and_checkpoint(CommitMode::Async)?;
                 since_commit = Instant::now();
                 read = 0;
             }
         }
-        self.publish_and_commit(CommitMode::Sync)?;
+        self.publish_and_commit_tracked(CommitMode::Sync)?;
+        // A restart (or another member) then re-reads nothing of what this one ran.
+        self.checkpoint_owned(true);
+        self.consumer.defer_revokes(false);
         tracing::info!("streams: stage task stopped");
         Ok(())
     }
 
-    /// Creates a stage for each newly owned partition, drops the revoked ones (their new
-    /// owner reads them again from the last commit).
-    fn sync_ownership(&mut self) {
+    /// Creates a stage for each newly owned partition, restored from its checkpoint when
+    /// one is usable (else rebuilt by re-reading), and drops the revoked ones. A revoke the
+    /// consumer holds (checkpoints on) first publishes, commits and saves every owned
+    /// partition, then gives them up: their next owner re-reads nothing.
+    fn sync_ownership(&mut self) -> Result<(), ServiceError> {
+        if self.consumer.revoke_pending() {
+            self.publish_and_commit_tracked(CommitMode::Sync)?;
+            let saved = self.checkpoint_owned(true);
+            tracing::info!(
+                partitions = self.stages.len(),
+                saved,
+                "streams: stage partitions to be revoked; their state is saved for the next owner"
+            );
+            self.consumer.finish_revoke();
+        }
         let owned: BTreeSet<i32> = self.consumer.owned_stage_partitions();
         let partial = self.consumer.partial_total();
         if partial > self.partial_seen {
@@ -493,9 +543,15 @@ impl StageLoop {
             self.stages.remove(p);
             self.last_record.remove(p);
             self.next.retain(|(_, q), _| q != p);
+            self.positions.retain(|(_, q), _| q != p);
             self.rebuild_until.retain(|(_, q), _| q != p);
             self.to_seek.remove(p);
+            self.seek_to.remove(p);
+            self.recovering.remove(p);
             self.held.remove(p);
+            if let Some(c) = self.ckpt.as_mut() {
+                c.forget(*p);
+            }
             tracing::info!(
                 partition = p,
                 "streams: stage partition revoked; its state is dropped"
@@ -506,38 +562,134 @@ impl StageLoop {
             .copied()
             .filter(|p| !self.stages.contains_key(p))
             .collect();
+        // Recovery counts from here: reading the checkpoints is part of it.
+        let assigned_at = Instant::now();
+        let mut restored: BTreeMap<i32, RestoredStage> = match self.ckpt.as_mut() {
+            Some(c) => c.restore(&new, &self.cfg),
+            None => BTreeMap::new(),
+        };
         for p in new {
-            let mut s = Stage::new(&self.cfg, p as usize, self.partitions);
-            s.set_cells(self.cells.clone());
-            self.stages.insert(p, s);
+            match restored.remove(&p) {
+                Some(r) => {
+                    let mut s = r.stage;
+                    s.set_cells(self.cells.clone());
+                    self.stages.insert(p, s);
+                    if !r.held.is_empty() {
+                        self.held.insert(p, r.held);
+                    }
+                    self.seek_to.insert(p, r.offsets);
+                }
+                None => {
+                    let mut s = Stage::new(&self.cfg, p as usize, self.partitions);
+                    s.set_cells(self.cells.clone());
+                    self.stages.insert(p, s);
+                }
+            }
             self.to_seek.insert(p);
+            self.recovering.insert(p, assigned_at);
         }
         let pending: Vec<i32> = self.to_seek.iter().copied().collect();
         for p in pending {
-            if self.rewind(p) {
+            let sought = match self.seek_to.get(&p).cloned() {
+                Some(offsets) => self.seek_restored(p, &offsets),
+                None => self.rewind(p),
+            };
+            if sought {
                 self.to_seek.remove(&p);
+                self.seek_to.remove(&p);
             }
         }
         self.metrics.streams.owned.set(self.stages.len() as i64);
+        Ok(())
     }
 
-    /// A stage partition just assigned starts empty: its state is rebuilt by re-reading
-    /// its internal partitions from `service.rebuild_state_s` back up to the committed
-    /// offsets (what the previous owner ran), as the input consumer rebuilds window state.
-    /// False when the seek must be tried again.
-    fn rewind(&mut self, p: i32) -> bool {
-        let c = self.consumer.consumer();
+    /// The committed offset of each of stage partition `p`'s internal partitions that has
+    /// one; `None` when they could not be fetched (logged; the caller tries again).
+    fn committed(&self, p: i32) -> Option<BTreeMap<Which, i64>> {
         let mut tpl = TopicPartitionList::new();
         for w in Which::ALL {
             tpl.add_partition(self.topics.name(w), p);
         }
-        let committed = match c.committed_offsets(tpl, Duration::from_secs(10)) {
+        let committed = match self
+            .consumer
+            .consumer()
+            .committed_offsets(tpl, Duration::from_secs(10))
+        {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!(error = %e, partition = p, "stage offsets could not be fetched; retried");
-                return false;
+                return None;
             }
         };
+        Some(
+            Which::ALL
+                .into_iter()
+                .filter_map(
+                    |w| match committed.find_partition(self.topics.name(w), p)?.offset() {
+                        Offset::Offset(o) => Some((w, o)),
+                        _ => None,
+                    },
+                )
+                .collect(),
+        )
+    }
+
+    /// A stage partition restored from its checkpoint: its internal partitions are sought
+    /// to the checkpoint's offsets, and what lies between them and the committed offsets
+    /// (run and published by the previous owner after its checkpoint) is re-read with its
+    /// outputs dropped. False when a seek must be tried again.
+    fn seek_restored(&mut self, p: i32, offsets: &[SourceOffset]) -> bool {
+        let Some(committed) = self.committed(p) else {
+            return false;
+        };
+        let c = self.consumer.consumer();
+        let mut rebuilt = 0;
+        let mut plan = Vec::new();
+        for o in offsets {
+            let Some(w) = self.topics.which(&o.topic) else {
+                continue;
+            };
+            if let Err(e) = c.seek(
+                &o.topic,
+                p,
+                Offset::Offset(o.offset),
+                Duration::from_secs(10),
+            ) {
+                tracing::info!(error = %e, partition = p, "stage partition not yet seekable; retried");
+                return false;
+            }
+            let upto = committed.get(&w).copied().filter(|&u| u > o.offset);
+            rebuilt += upto.map_or(0, |u| u - o.offset);
+            plan.push((w, o.offset, upto));
+        }
+        for (w, from, upto) in plan {
+            self.positions.insert((w, p), from);
+            if let Some(upto) = upto {
+                self.rebuild_until.insert((w, p), upto);
+            }
+        }
+        self.metrics
+            .streams
+            .state
+            .rebuild_records
+            .inc_by(rebuilt.max(0) as u64);
+        tracing::info!(
+            partition = p,
+            rebuild_records = rebuilt,
+            "streams: stage partition assigned; restored from its checkpoint, re-reading only what came after it"
+        );
+        true
+    }
+
+    /// A stage partition assigned without a usable checkpoint starts empty: its state is
+    /// rebuilt by re-reading its internal partitions from `service.rebuild_state_s` back up
+    /// to the committed offsets (what the previous owner ran), as the input consumer
+    /// rebuilds window state. False when the seek must be tried again.
+    fn rewind(&mut self, p: i32) -> bool {
+        let Some(committed) = self.committed(p) else {
+            return false;
+        };
+        let c = self.consumer.consumer();
         let since = wall_ms().saturating_sub(self.rebuild_ms);
         let mut times = TopicPartitionList::new();
         for w in Which::ALL {
@@ -551,39 +703,138 @@ impl StageLoop {
             }
         };
         let mut rebuilt = 0;
+        // Where each internal partition is read from: what a checkpoint reflects until
+        // records of it are run.
+        let mut plan = Vec::new();
         for w in Which::ALL {
             let topic = self.topics.name(w);
-            let upto = committed
-                .find_partition(topic, p)
-                .and_then(|e| match e.offset() {
-                    Offset::Offset(o) => Some(o),
-                    _ => None,
-                });
             let from = starts
                 .find_partition(topic, p)
                 .and_then(|e| match e.offset() {
                     Offset::Offset(o) => Some(o),
                     _ => None,
                 });
-            let (Some(upto), Some(from)) = (upto, from) else {
-                continue;
-            };
-            if from >= upto {
-                continue;
+            match (committed.get(&w).copied(), from) {
+                (Some(upto), Some(from)) if from < upto => {
+                    if let Err(e) = c.seek(topic, p, Offset::Offset(from), Duration::from_secs(10))
+                    {
+                        tracing::info!(error = %e, partition = p, "stage partition not yet seekable; retried");
+                        return false;
+                    }
+                    rebuilt += upto - from;
+                    plan.push((w, from, Some(upto)));
+                }
+                (Some(upto), _) => plan.push((w, upto, None)),
+                // Never committed: read from the start (`auto.offset.reset`).
+                (None, _) => match c.fetch_watermarks(topic, p, Duration::from_secs(10)) {
+                    Ok((low, _)) => plan.push((w, low, None)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, partition = p, "stage partition bounds could not be fetched; retried");
+                        return false;
+                    }
+                },
             }
-            if let Err(e) = c.seek(topic, p, Offset::Offset(from), Duration::from_secs(10)) {
-                tracing::info!(error = %e, partition = p, "stage partition not yet seekable; retried");
-                return false;
-            }
-            self.rebuild_until.insert((w, p), upto);
-            rebuilt += upto - from;
         }
+        for (w, from, upto) in plan {
+            self.positions.insert((w, p), from);
+            if let Some(upto) = upto {
+                self.rebuild_until.insert((w, p), upto);
+            }
+        }
+        self.metrics
+            .streams
+            .state
+            .rebuild_records
+            .inc_by(rebuilt.max(0) as u64);
         tracing::info!(
             partition = p,
             rebuild_records = rebuilt,
-            "streams: stage partition assigned; its state is rebuilt from its internal partitions (no per-partition checkpoint yet)"
+            "streams: stage partition assigned; its state is rebuilt from its internal partitions (no usable checkpoint)"
         );
         true
+    }
+
+    /// [`Self::publish_and_commit`], then the offsets it committed become the positions a
+    /// checkpoint reflects (the outputs of every record before them are published).
+    fn publish_and_commit_tracked(&mut self, mode: CommitMode) -> Result<(), ServiceError> {
+        let moved: Vec<((Which, i32), i64)> = self.next.iter().map(|(k, v)| (*k, *v)).collect();
+        self.publish_and_commit(mode)?;
+        self.positions.extend(moved);
+        Ok(())
+    }
+
+    /// Publishes and commits, then checkpoints every owned stage partition when a round
+    /// is due: right after the publish, so no checkpoint reflects an unpublished output.
+    fn publish_commit_and_checkpoint(&mut self, mode: CommitMode) -> Result<(), ServiceError> {
+        self.publish_and_commit_tracked(mode)?;
+        self.note_recovered();
+        if self.ckpt.as_ref().is_some_and(StageCheckpoints::due) {
+            self.checkpoint_owned(false);
+        }
+        Ok(())
+    }
+
+    /// Logs each stage partition whose re-read after an assignment is over (every internal
+    /// partition at or past the committed offset it re-reads to): live again.
+    fn note_recovered(&mut self) {
+        let done: Vec<i32> = self
+            .recovering
+            .keys()
+            .copied()
+            .filter(|p| !self.to_seek.contains(p))
+            .filter(|&p| {
+                self.rebuild_until
+                    .iter()
+                    .filter(|((_, q), _)| *q == p)
+                    .all(|(k, &upto)| self.positions.get(k).is_some_and(|&at| at >= upto))
+            })
+            .collect();
+        for p in done {
+            let since = self.recovering.remove(&p).map(|t| t.elapsed());
+            self.rebuild_until.retain(|(_, q), _| *q != p);
+            tracing::info!(
+                partition = p,
+                recovery_seconds = since.map_or(0.0, |d| d.as_secs_f64()),
+                "streams: stage partition live again"
+            );
+        }
+    }
+
+    /// Hands every owned, positioned stage partition's state to the checkpoint writer
+    /// (`wait`: and waits until each is stored, at a revoke and at shutdown). Call only
+    /// right after [`Self::publish_and_commit_tracked`]. The partitions stored, with `wait`.
+    fn checkpoint_owned(&mut self, wait: bool) -> usize {
+        let Some(ckpt) = self.ckpt.as_mut() else {
+            return 0;
+        };
+        if wait {
+            // A periodic round still being written must not land after this one.
+            ckpt.wait_idle();
+        }
+        let mut saved = 0;
+        for (&p, stage) in &self.stages {
+            if self.to_seek.contains(&p) {
+                continue;
+            }
+            let offsets: Option<Vec<SourceOffset>> = Which::ALL
+                .into_iter()
+                .map(|w| {
+                    self.positions.get(&(w, p)).map(|&offset| SourceOffset {
+                        topic: self.topics.name(w).to_string(),
+                        partition: p,
+                        offset,
+                    })
+                })
+                .collect();
+            let Some(offsets) = offsets else {
+                continue;
+            };
+            let held = self.held.get(&p).map_or(&[][..], Vec::as_slice);
+            if ckpt.take(p, stage, held, offsets, &self.cfg, wait) {
+                saved += 1;
+            }
+        }
+        saved
     }
 
     fn handle_record(&mut self, inc: Incoming, wall: Millis) {

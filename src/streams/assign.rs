@@ -13,13 +13,14 @@
 //! records are not yielded. Only whole partitions are processed ([`owned_stage_partitions`]).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, RebalanceProtocol};
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::Message;
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, TopicPartitionList};
 use serde::de::DeserializeOwned;
 
@@ -76,6 +77,9 @@ struct Shared {
     logged: BTreeSet<i32>,
     /// Assignments seen (each assign callback), for callers waiting on a rebalance.
     assignments: u64,
+    /// An eager revoke arrived while revokes are deferred: the partitions are still
+    /// assigned (the group waits for this member) until [`StageConsumer::finish_revoke`].
+    revoke_pending: bool,
 }
 
 /// The stage consumer's context: checks each assignment as it arrives.
@@ -83,6 +87,8 @@ pub struct StageContext {
     topics: InternalTopics,
     shared: Mutex<Shared>,
     partial_total: AtomicU64,
+    /// See [`StageConsumer::defer_revokes`].
+    defer_revoke: AtomicBool,
 }
 
 impl StageContext {
@@ -100,6 +106,59 @@ impl ClientContext for StageContext {
 }
 
 impl ConsumerContext for StageContext {
+    /// librdkafka's own strategy (as the trait's default), except that an eager revoke
+    /// can be held ([`StageConsumer::defer_revokes`]): the partitions stay assigned, and the
+    /// group's rebalance waits for this member, until the stage task has saved their state
+    /// and calls [`StageConsumer::finish_revoke`]. So the next owner, assigned only once
+    /// every member has rejoined, finds the state saved at the hand-over (Kafka Streams
+    /// commits and checkpoints in `onPartitionsRevoked` for the same reason).
+    fn rebalance(&self, c: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let cooperative = matches!(c.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let done: KafkaResult<()> = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let r = if cooperative {
+                    c.incremental_assign(tpl)
+                } else {
+                    c.assign(tpl)
+                };
+                self.post_rebalance(c, &Rebalance::Assign(tpl));
+                r
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS
+                // Lost (the session expired): another member may own them already, so
+                // saving their state now could overwrite its newer checkpoint.
+                if !cooperative
+                    && self.defer_revoke.load(Ordering::Acquire)
+                    && !c.assignment_lost() =>
+            {
+                self.lock().revoke_pending = true;
+                return;
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let r = if cooperative {
+                    c.incremental_unassign(tpl)
+                } else {
+                    c.unassign()
+                };
+                self.post_rebalance(c, &Rebalance::Revoke(tpl));
+                r
+            }
+            other => {
+                let e = KafkaError::Rebalance(other.into());
+                let r = if cooperative {
+                    c.incremental_unassign(tpl)
+                } else {
+                    c.unassign()
+                };
+                self.post_rebalance(c, &Rebalance::Error(e));
+                r
+            }
+        };
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "stage consumer could not apply a rebalance");
+        }
+    }
+
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
@@ -217,6 +276,7 @@ impl StageConsumer {
             topics: topics.clone(),
             shared: Mutex::new(Shared::default()),
             partial_total: AtomicU64::new(0),
+            defer_revoke: AtomicBool::new(false),
         };
         let consumer: BaseConsumer<StageContext> = cfg.create_with_context(context)?;
         consumer.subscribe(&topics.all())?;
@@ -247,6 +307,37 @@ impl StageConsumer {
     /// Partial stage partitions seen over all assignments (each counted per assignment).
     pub fn partial_total(&self) -> u64 {
         self.context.partial_total.load(Ordering::Relaxed)
+    }
+
+    /// Holds eager revokes from now on (`true`) until [`Self::finish_revoke`], so the stage
+    /// task can save the revoked partitions' state before the group moves them; `false`
+    /// (before closing: a close revokes too, and nothing would finish it) applies them at
+    /// once again, including one held now.
+    pub fn defer_revokes(&self, on: bool) {
+        self.context.defer_revoke.store(on, Ordering::Release);
+        if !on && self.revoke_pending() {
+            self.finish_revoke();
+        }
+    }
+
+    /// A revoke is held: the stage task saves what it owns, then calls
+    /// [`Self::finish_revoke`].
+    pub fn revoke_pending(&self) -> bool {
+        self.context.lock().revoke_pending
+    }
+
+    /// Gives up the whole assignment a held revoke asked for: the group's rebalance goes on.
+    pub fn finish_revoke(&self) {
+        let mut shared = self.context.lock();
+        if !shared.revoke_pending {
+            return;
+        }
+        shared.revoke_pending = false;
+        shared.ownership = Ownership::default();
+        drop(shared);
+        if let Err(e) = self.consumer.unassign() {
+            tracing::warn!(error = %e, "stage consumer could not give up its partitions");
+        }
     }
 
     /// Records read from a partition not held whole, and so not yielded.

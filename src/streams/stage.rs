@@ -181,6 +181,11 @@ impl Stage {
         self.st.pending.len()
     }
 
+    /// Lines this partition tracks (the contact store's).
+    pub fn tracked_lines(&self) -> usize {
+        self.part.tracked_lines()
+    }
+
     /// The detectors' state sizes.
     pub fn state_stats(&self) -> Vec<(&'static str, crate::detect::StateStats)> {
         self.part.state_stats()

@@ -432,6 +432,11 @@ impl StageLoop {
         self.next.clear();
         self.rebuild_until.clear();
         self.to_seek.clear();
+        // Every stage is assigned again: restored from its checkpoint (or re-read) and
+        // positioned anew, so nothing of the dropped ones' positions may outlive them.
+        self.positions.clear();
+        self.seek_to.clear();
+        self.recovering.clear();
         self.held.clear();
         self.alerts.clear();
         self.out.clear();
