@@ -606,15 +606,21 @@ impl Shard {
             d.on_event(ev, ids, &mut ctx);
         }
         self.conclude(ev.ts, role, &ev.event_id, st, alerts);
+        if self.sent.is_empty() {
+            return;
+        }
         let at = ev.ts;
-        let event_id: Box<str> = match self.sent.is_empty() {
-            true => Box::from(""),
-            false => ev.event_id.as_ref().into(),
-        };
+        // One copy of the id per piece, the last piece taking the one made here: a record
+        // sends one piece nearly always (a handset's arrival), so one allocation, not two.
+        let mut event_id: Box<str> = ev.event_id.as_ref().into();
+        let last = self.sent.len() - 1;
         outbox.extend(self.sent.drain(..).enumerate().map(|(k, s)| Evidence {
             dest: s.dest,
             at,
-            event_id: event_id.clone(),
+            event_id: match k == last {
+                true => std::mem::take(&mut event_id),
+                false => event_id.clone(),
+            },
             order: record_order(at, seq, role, k),
             body: s.body,
         }));
