@@ -646,10 +646,12 @@ impl Shard {
             cells: st.cells,
             cell: None,
         };
-        for d in &mut self.primaries {
-            d.on_evidence(e, &mut ctx);
+        // Offered to the one detector that applies it (`deal_line`, past the primaries, is
+        // last in `DETECTORS`, as `detect::build` makes them).
+        match self.primaries.get_mut(e.body.applied_by()) {
+            Some(d) => d.on_evidence(e, &mut ctx),
+            None => self.deal.on_evidence(e, &mut ctx),
         }
-        self.deal.on_evidence(e, &mut ctx);
         self.conclude(e.at, Role::Barrier, &e.event_id, st, alerts);
         outbox.extend(self.sent.drain(..).enumerate().map(|(k, s)| Evidence {
             dest: s.dest,
@@ -1929,6 +1931,19 @@ impl PartShard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Evidence is routed by [`crate::exchange::Body::applied_by`], an index into
+    /// `DETECTORS`: a shard's primaries must be in that order, `deal_line` last.
+    #[test]
+    fn a_shards_detectors_are_in_the_order_evidence_is_routed_by() {
+        let sh = Shard::new(&Config::default(), 1);
+        let mut names: Vec<&str> = sh.primaries.iter().map(|d| d.name()).collect();
+        names.push(sh.deal.name());
+        assert_eq!(names, detect::DETECTORS);
+        for (i, name) in detect::DETECTORS.iter().enumerate() {
+            assert_eq!(detect::index_of(name), i);
+        }
+    }
 
     /// The wall clock of these tests: after every event time they use.
     const NOW: Millis = 1_900_000_000_000;

@@ -225,6 +225,37 @@ pub enum Body {
     },
 }
 
+impl Body {
+    /// The one detector that applies this evidence, as its index in
+    /// [`crate::detect::DETECTORS`]: the engine offers a piece to that detector alone (a
+    /// handset's arrival, one in every two or three records of the bench mix, was offered to
+    /// all six, each matching it only to ignore it).
+    pub fn applied_by(&self) -> usize {
+        use crate::detect::{customer_fan_in, deal_line, index_of, line_handover, runner_movement};
+        const FAN_IN: usize = index_of(customer_fan_in::NAME);
+        const HANDOVER: usize = index_of(line_handover::NAME);
+        const RUNNER: usize = index_of(runner_movement::NAME);
+        const DEAL: usize = index_of(deal_line::NAME);
+        // No wildcard: a new exchange has to say who applies it.
+        match self {
+            Body::CrewEnrol { .. } | Body::CrewCallback { .. } => FAN_IN,
+            Body::AudienceQuery { .. } | Body::AudienceMatch { .. } | Body::AudienceDecide { .. } => {
+                HANDOVER
+            }
+            Body::DealCredit(_) => DEAL,
+            Body::TradeLine { .. }
+            | Body::SimSeen { .. }
+            | Body::HandsetArrived { .. }
+            | Body::HandOver { .. }
+            | Body::HandedOver(_)
+            | Body::NameEarlier(_)
+            | Body::RunnerContact { .. }
+            | Body::BurnAsk { .. }
+            | Body::BurnHandOver { .. } => RUNNER,
+        }
+    }
+}
+
 /// Evidence as a detector sends it: the engine adds the time, the producing record and the
 /// order (see [`Evidence`]).
 #[derive(Debug, Clone, PartialEq)]
