@@ -19,7 +19,7 @@ use crate::checkpoint::{codec, Section};
 use crate::config::Config;
 use crate::detect::{self, deal_line::DealLine, Ctx, Detector, EventIds, StateStats};
 use crate::event::{self, DecodeOptions, Event, Kind, Malformed, Millis, Reason};
-use crate::exchange::{Dest, Evidence, Role, Sent};
+use crate::exchange::{Dest, Evidence, Name, Role, Sent};
 use crate::ids::{self, IdBuild, IdMap};
 use crate::state::{Contacts, Recorded};
 use crate::watermark::Watermarks;
@@ -611,8 +611,8 @@ impl Shard {
         }
         let at = ev.ts;
         // One copy of the id per piece, the last piece taking the one made here: a record
-        // sends one piece nearly always (a handset's arrival), so one allocation, not two.
-        let mut event_id: Box<str> = ev.event_id.as_ref().into();
+        // sends one piece nearly always (a handset's arrival).
+        let mut event_id = Name::new(&ev.event_id);
         let last = self.sent.len() - 1;
         outbox.extend(self.sent.drain(..).enumerate().map(|(k, s)| Evidence {
             dest: s.dest,
@@ -2258,7 +2258,7 @@ mod tests {
         let sent = |line: u64| Evidence {
             dest: Dest::Number(line),
             at: 0,
-            event_id: Box::from(""),
+            event_id: Name::default(),
             order: [0; 4],
             body: crate::exchange::Body::CrewEnrol {
                 line,
