@@ -19,7 +19,7 @@ use crate::checkpoint::{codec, Section};
 use crate::config::Config;
 use crate::detect::{self, deal_line::DealLine, Ctx, Detector, EventIds, StateStats};
 use crate::event::{self, DecodeOptions, Event, Kind, Malformed, Millis, Reason};
-use crate::exchange::{Dest, Evidence, Role, Sent};
+use crate::exchange::{Dest, Evidence, Name, Role, Sent};
 use crate::ids::{self, IdBuild, IdMap};
 use crate::state::{Contacts, Recorded};
 use crate::watermark::Watermarks;
@@ -606,15 +606,21 @@ impl Shard {
             d.on_event(ev, ids, &mut ctx);
         }
         self.conclude(ev.ts, role, &ev.event_id, st, alerts);
+        if self.sent.is_empty() {
+            return;
+        }
         let at = ev.ts;
-        let event_id: Box<str> = match self.sent.is_empty() {
-            true => Box::from(""),
-            false => ev.event_id.as_ref().into(),
-        };
+        // One copy of the id per piece, the last piece taking the one made here: a record
+        // sends one piece nearly always (a handset's arrival).
+        let mut event_id = Name::new(&ev.event_id);
+        let last = self.sent.len() - 1;
         outbox.extend(self.sent.drain(..).enumerate().map(|(k, s)| Evidence {
             dest: s.dest,
             at,
-            event_id: event_id.clone(),
+            event_id: match k == last {
+                true => std::mem::take(&mut event_id),
+                false => event_id.clone(),
+            },
             order: record_order(at, seq, role, k),
             body: s.body,
         }));
@@ -640,10 +646,12 @@ impl Shard {
             cells: st.cells,
             cell: None,
         };
-        for d in &mut self.primaries {
-            d.on_evidence(e, &mut ctx);
+        // Offered to the one detector that applies it (`deal_line`, past the primaries, is
+        // last in `DETECTORS`, as `detect::build` makes them).
+        match self.primaries.get_mut(e.body.applied_by()) {
+            Some(d) => d.on_evidence(e, &mut ctx),
+            None => self.deal.on_evidence(e, &mut ctx),
         }
-        self.deal.on_evidence(e, &mut ctx);
         self.conclude(e.at, Role::Barrier, &e.event_id, st, alerts);
         outbox.extend(self.sent.drain(..).enumerate().map(|(k, s)| Evidence {
             dest: s.dest,
@@ -919,7 +927,7 @@ fn targets(dest: Dest, n: usize) -> std::ops::Range<usize> {
 /// it sends is returned, in the order it was sent.
 fn apply_serially(
     shards: &mut [Shard],
-    round: &[Evidence],
+    round: &[&Evidence],
     st: &Stream<'_>,
     alerts: &mut Vec<Alert>,
 ) -> Vec<Evidence> {
@@ -949,7 +957,7 @@ fn apply_share(
     shard: &mut Shard,
     i: usize,
     n: usize,
-    round: &[Evidence],
+    round: &[&Evidence],
     st: &Stream<'_>,
 ) -> RoundOutput {
     let (mut alerts, mut next) = (Vec::new(), Vec::new());
@@ -1391,6 +1399,9 @@ impl Engine {
         };
         let st = stream!(self, wall);
         let mut round = std::mem::take(&mut self.pending);
+        // The first round's buffer, emptied, becomes the next `pending`: it grew to an
+        // epoch's evidence once, and growing it again every epoch moved every piece twice.
+        let mut spare = Vec::new();
         let mut rounds = 0;
         while !round.is_empty() {
             if rounds == MAX_ROUNDS {
@@ -1398,22 +1409,35 @@ impl Engine {
                 break;
             }
             rounds += 1;
-            round.sort_unstable_by_key(|e| e.order);
-            self.exchange.applied += round
+            // Sorted by reference: a piece is 152 bytes, and sorting the pieces themselves
+            // moved each about once per level of the sort (the largest part of what a
+            // handset's arrival cost on the bench mix, by cachegrind).
+            let mut sorted: Vec<&Evidence> = round.iter().collect();
+            sorted.sort_unstable_by_key(|e| e.order);
+            self.exchange.applied += sorted
                 .iter()
                 .map(|e| targets(e.dest, n).len() as u64)
                 .sum::<u64>();
-            round = match pool.as_deref() {
-                Some(pool) if round.len() >= MIN_PARALLEL_EVIDENCE => {
+            let next = match pool.as_deref() {
+                Some(pool) if sorted.len() >= MIN_PARALLEL_EVIDENCE => {
                     let per_shard = on_shards(Some(pool), &mut self.shards, |i, shard| {
-                        apply_share(shard, i, n, &round, &st)
+                        apply_share(shard, i, n, &sorted, &st)
                     });
                     merge_round(per_shard, alerts)
                 }
-                _ => apply_serially(&mut self.shards, &round, &st, alerts),
+                _ => apply_serially(&mut self.shards, &sorted, &st, alerts),
             };
+            drop(sorted);
+            let mut done = std::mem::replace(&mut round, next);
+            if rounds == 1 {
+                done.clear();
+                spare = done;
+            }
         }
-        self.pending = round;
+        self.pending = match round.is_empty() {
+            true => spare,
+            false => round,
+        };
         let wm = self.watermarks.current(wall);
         if self.sweep_due(wm) {
             self.expire(wm);
@@ -1908,6 +1932,19 @@ impl PartShard {
 mod tests {
     use super::*;
 
+    /// Evidence is routed by [`crate::exchange::Body::applied_by`], an index into
+    /// `DETECTORS`: a shard's primaries must be in that order, `deal_line` last.
+    #[test]
+    fn a_shards_detectors_are_in_the_order_evidence_is_routed_by() {
+        let sh = Shard::new(&Config::default(), 1);
+        let mut names: Vec<&str> = sh.primaries.iter().map(|d| d.name()).collect();
+        names.push(sh.deal.name());
+        assert_eq!(names, detect::DETECTORS);
+        for (i, name) in detect::DETECTORS.iter().enumerate() {
+            assert_eq!(detect::index_of(name), i);
+        }
+    }
+
     /// The wall clock of these tests: after every event time they use.
     const NOW: Millis = 1_900_000_000_000;
 
@@ -2221,7 +2258,7 @@ mod tests {
         let sent = |line: u64| Evidence {
             dest: Dest::Number(line),
             at: 0,
-            event_id: Box::from(""),
+            event_id: Name::default(),
             order: [0; 4],
             body: crate::exchange::Body::CrewEnrol {
                 line,

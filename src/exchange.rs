@@ -23,6 +23,130 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::Millis;
 
+/// A short string held inline when it is at most [`Name::INLINE`] bytes, else on the heap:
+/// a pseudonym (a short prefix and 16 hex digits) or an event id (the generator's are 17
+/// bytes) costs no allocation. Every handset new to `runner_movement` sends its pseudonym
+/// and its record's event id to its SIM's shard ([`Body::HandsetArrived`]): on the bench
+/// mix (a new handset in two records of five) an allocation and a free per string were a
+/// large part of what the detector added. Serialised as the string it holds, so checkpoints
+/// and evidence read the same as with a `Box<str>`.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Name(Repr);
+
+/// Private, so an inline `Name` is only ever made from a `&str` (see [`Name::as_str`]).
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Repr {
+    Inline { len: u8, bytes: [u8; Name::INLINE] },
+    Heap(Box<str>),
+}
+
+impl Name {
+    /// 22 bytes and a length inline, beside the variant's tag: 24 bytes in all, as many as
+    /// a `Box<str>` and its heap part would take for an 8-byte pseudonym.
+    pub const INLINE: usize = 22;
+
+    pub fn new(s: &str) -> Self {
+        let b = s.as_bytes();
+        if b.len() <= Self::INLINE {
+            let mut bytes = [0; Self::INLINE];
+            bytes[..b.len()].copy_from_slice(b);
+            // At most INLINE (22) bytes: fits a u8.
+            return Name(Repr::Inline {
+                len: b.len() as u8,
+                bytes,
+            });
+        }
+        Name(Repr::Heap(s.into()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            // SAFETY: an inline name is made only by `Name::new` (the representation is
+            // private), which copies the whole of a `&str` (valid UTF-8, not cut within a
+            // character) and its length. Checked, the read cost a UTF-8 validation each
+            // time a piece of evidence was applied (2 M instructions a pass of the bench).
+            Repr::Inline { len, bytes } => unsafe {
+                std::str::from_utf8_unchecked(&bytes[..usize::from(*len)])
+            },
+            Repr::Heap(s) => s,
+        }
+    }
+
+    /// Heap bytes held (for the state's size).
+    pub fn heap_len(&self) -> usize {
+        match &self.0 {
+            Repr::Inline { .. } => 0,
+            Repr::Heap(s) => s.len(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl From<&str> for Name {
+    fn from(s: &str) -> Self {
+        Name::new(s)
+    }
+}
+
+impl Serialize for Name {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Name {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = std::borrow::Cow::<str>::deserialize(d)?;
+        Ok(Name::new(&s))
+    }
+}
+
+impl Default for Name {
+    fn default() -> Self {
+        Name::new("")
+    }
+}
+
+impl std::ops::Deref for Name {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for Name {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<String> for Name {
+    fn from(s: String) -> Self {
+        Name::new(&s)
+    }
+}
+
+impl From<Box<str>> for Name {
+    fn from(s: Box<str>) -> Self {
+        match s.len() <= Name::INLINE {
+            true => Name::new(&s),
+            false => Name(Repr::Heap(s)),
+        }
+    }
+}
+
 /// Which of a record's keys a detector is being shown the record for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Role {
@@ -172,7 +296,7 @@ pub enum Body {
     HandsetArrived {
         handset: u64,
         /// Inline (no allocation): one is sent for every handset new to the detector.
-        name: crate::detect::runner_movement::Name,
+        name: Name,
         at_s: u32,
     },
     /// `runner_movement` (the SIM's shard, answering [`Body::HandsetArrived`]) →
@@ -225,6 +349,37 @@ pub enum Body {
     },
 }
 
+impl Body {
+    /// The one detector that applies this evidence, as its index in
+    /// [`crate::detect::DETECTORS`]: the engine offers a piece to that detector alone (a
+    /// handset's arrival, one in every two or three records of the bench mix, was offered to
+    /// all six, each matching it only to ignore it).
+    pub fn applied_by(&self) -> usize {
+        use crate::detect::{customer_fan_in, deal_line, index_of, line_handover, runner_movement};
+        const FAN_IN: usize = index_of(customer_fan_in::NAME);
+        const HANDOVER: usize = index_of(line_handover::NAME);
+        const RUNNER: usize = index_of(runner_movement::NAME);
+        const DEAL: usize = index_of(deal_line::NAME);
+        // No wildcard: a new exchange has to say who applies it.
+        match self {
+            Body::CrewEnrol { .. } | Body::CrewCallback { .. } => FAN_IN,
+            Body::AudienceQuery { .. }
+            | Body::AudienceMatch { .. }
+            | Body::AudienceDecide { .. } => HANDOVER,
+            Body::DealCredit(_) => DEAL,
+            Body::TradeLine { .. }
+            | Body::SimSeen { .. }
+            | Body::HandsetArrived { .. }
+            | Body::HandOver { .. }
+            | Body::HandedOver(_)
+            | Body::NameEarlier(_)
+            | Body::RunnerContact { .. }
+            | Body::BurnAsk { .. }
+            | Body::BurnHandOver { .. } => RUNNER,
+        }
+    }
+}
+
 /// Evidence as a detector sends it: the engine adds the time, the producing record and the
 /// order (see [`Evidence`]).
 #[derive(Debug, Clone, PartialEq)]
@@ -261,8 +416,10 @@ pub struct Evidence {
     /// applying evidence, that evidence's).
     pub at: Millis,
     /// The producing record's `event_id`: a finding made from this evidence carries it, so
-    /// its alert id is the one the record would have given.
-    pub event_id: Box<str>,
+    /// its alert id is the one the record would have given. Inline ([`Name`]): nearly every
+    /// record that sends evidence is a handset's first, and its id was an allocation and a
+    /// free.
+    pub event_id: Name,
     /// The order evidence is applied in at a barrier: unique, and a function of the input
     /// alone (never of which shard sent it). Set by the engine: for evidence sent on a
     /// record, `[event time, record sequence number, role << 32 | index, 0]`; for evidence

@@ -83,80 +83,11 @@ impl Seen {
 }
 
 /// A handset's pseudonym as an arrival carries it to the SIM's shard and the young-handset
-/// list keeps it: inline when it is at most [`Name::INLINE`] bytes (nearly every pseudonym:
-/// a short prefix and 16 hex digits), else on the heap. Every handset new to the detector
+/// list keeps it: inline, no allocation (see [`Name`]). Every handset new to the detector
 /// sends one ([`Body::HandsetArrived`]), and the SIM's shard keeps it a day: on the bench mix
 /// (a new handset in two records of five) the two allocations and two frees per arrival
-/// were a third of the detector's added instructions. Serialised as the string it holds, so
-/// checkpoints and evidence read the same as with a `Box<str>`.
-#[derive(Clone, PartialEq, Eq)]
-pub enum Name {
-    Inline { len: u8, bytes: [u8; Name::INLINE] },
-    Heap(Box<str>),
-}
-
-impl Name {
-    /// 22 bytes and a length inline, beside the variant's tag: 24 bytes in all, as many as
-    /// a `Box<str>` and its heap part would take for an 8-byte pseudonym.
-    pub const INLINE: usize = 22;
-
-    pub fn new(s: &str) -> Self {
-        let b = s.as_bytes();
-        if b.len() <= Self::INLINE {
-            let mut bytes = [0; Self::INLINE];
-            bytes[..b.len()].copy_from_slice(b);
-            // At most INLINE (22) bytes: fits a u8.
-            return Name::Inline {
-                len: b.len() as u8,
-                bytes,
-            };
-        }
-        Name::Heap(s.into())
-    }
-
-    pub fn as_str(&self) -> &str {
-        match self {
-            // Copied whole from a `&str`, so always UTF-8; never empty on a bad byte.
-            Name::Inline { len, bytes } => {
-                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
-            }
-            Name::Heap(s) => s,
-        }
-    }
-
-    /// Heap bytes held (for the state's size).
-    pub fn heap_len(&self) -> usize {
-        match self {
-            Name::Inline { .. } => 0,
-            Name::Heap(s) => s.len(),
-        }
-    }
-}
-
-impl std::fmt::Debug for Name {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(self.as_str(), f)
-    }
-}
-
-impl From<&str> for Name {
-    fn from(s: &str) -> Self {
-        Name::new(s)
-    }
-}
-
-impl Serialize for Name {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for Name {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = std::borrow::Cow::<str>::deserialize(d)?;
-        Ok(Name::new(&s))
-    }
-}
+/// were a third of the detector's added instructions.
+pub use crate::exchange::Name;
 
 /// One stay: consecutive records (in event time) in cells of one class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

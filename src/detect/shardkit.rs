@@ -216,7 +216,7 @@ impl<D: Detector + Clone> Shards<D> {
                     self.inbox.extend(stamped);
                     let id = &e.event_id;
                     self.found
-                        .extend(found.iter().map(|f| (id.clone(), f.clone())));
+                        .extend(found.iter().map(|f| (Box::from(id.as_str()), f.clone())));
                     out.extend(found);
                 }
             }
