@@ -180,8 +180,9 @@ impl<'a> Cluster<'a> {
     fn stage(cfg: &Config, cells: &Arc<CellMap>, l: &Layout, p: usize, wall: i64) -> Stage {
         let mut s = Stage::new(cfg, p, l.partitions);
         s.set_cells(Some(cells.clone()));
-        for j in 0..l.ingests {
-            s.expect_source(j as i32, wall);
+        // The sources are the input partitions, whichever ingest reads them.
+        for i in 0..l.inputs {
+            s.expect_source(i as i32, wall);
         }
         s
     }

@@ -6,7 +6,8 @@
 //! ([`Stage::take_outbox`]), a broadcast ([`Dest::Every`]) to every other partition as well
 //! as applied here. Evidence from other partitions ([`Stage::deliver`]) joins the pending
 //! evidence and is applied at the next barrier in the evidence's `order`. Its watermark is
-//! the minimum over the sources (ingest stages) it has heard from, idle ones excepted
+//! the minimum over the sources (input partitions, whichever ingest stage read them: see
+//! [`super::ingest`]) it has heard from, idle ones excepted
 //! ([`Watermarks`]); barriers fall where it enters a new `exchange_epoch_s`, or a sweep is
 //! due, as in [`crate::engine::Engine`].
 //!
@@ -153,7 +154,7 @@ impl Stage {
         self.part.partition()
     }
 
-    /// Registers a source (ingest stage) this partition reads: until it is heard from (or
+    /// Registers a source (input partition) this partition reads: until it is heard from (or
     /// idles) it holds the watermark back, so a source read ahead of another cannot make
     /// windows close early.
     pub fn expect_source(&mut self, source: i32, wall: Millis) {
