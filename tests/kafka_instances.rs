@@ -259,6 +259,17 @@ async fn three_instances_one_killed_half_way(bar: Bar, half_way: HalfWay) {
         );
         tokio::time::sleep(Duration::from_secs(10)).await;
     }
+    if std::env::var("LW_DEBUG_MISSED").is_ok() {
+        for r in ["valid", "malformed", "late", "duplicate"] {
+            let mut n = 0.0;
+            for s in &svcs {
+                n += s
+                    .metric(&format!("linewatch_records_total{{result=\"{r}\"}}"))
+                    .await;
+            }
+            eprintln!("records {r}: {n} (survivors)");
+        }
+    }
     let got = read_alerts(
         &setup.topics.alerts,
         Duration::from_secs(20),

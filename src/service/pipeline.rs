@@ -325,7 +325,12 @@ impl Pipeline {
                         }
                         Wake::Tick => {
                             if let Some(s) = &mut self.streams {
-                                s.idle(wall_ms())?;
+                                let assigned: Vec<i32> = lock(&self.shared)
+                                    .assigned
+                                    .keys()
+                                    .map(|tp| engine_partition(*tp))
+                                    .collect();
+                                s.idle(&assigned, wall_ms())?;
                             }
                             self.refresh_gauges(&topics)?;
                             // Idle: everything is settled, a checkpoint costs no wait.

@@ -240,9 +240,13 @@ impl IngestTask {
         self.stage.ingest(bytes, partition, wall, &mut self.out)
     }
 
-    /// The input is quiet: a mark to every partition, so the stages' watermarks move on
-    /// (the ingest's own watermark moves with the wall clock once its partitions idle).
-    pub fn idle(&mut self, wall: Millis) -> Result<(), ServiceError> {
+    /// The input is quiet: a mark to every partition for each input partition `assigned`
+    /// here, so the stages' watermarks move on, and the stages learn of a partition before
+    /// its first record (see [`IngestStage::mark`]).
+    pub fn idle(&mut self, assigned: &[i32], wall: Millis) -> Result<(), ServiceError> {
+        for &p in assigned {
+            self.stage.assign_partition(p, wall);
+        }
         self.stage.mark(wall, &mut self.out);
         self.send()
     }

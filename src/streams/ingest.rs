@@ -49,6 +49,8 @@ struct Input {
     /// assigned within the idle timeout, so a partition that moved is not marked by its
     /// old reader and its new one at once.
     assigned: Millis,
+    /// Whether a mark has announced it to the stages before its first record.
+    announced: bool,
 }
 
 impl IngestStage {
@@ -90,6 +92,7 @@ impl IngestStage {
             max_ts: None,
             counted: 0,
             assigned: wall,
+            announced: false,
         })
     }
 
@@ -186,17 +189,29 @@ impl IngestStage {
         }
     }
 
-    /// A [`Mark`] to every partition now, for each input partition assigned here that has
-    /// given a record (at the end of the input, or on a timer).
+    /// A [`Mark`] to every partition now, for each input partition assigned here (at the
+    /// end of the input, or on a timer).
+    ///
+    /// One that has given no record yet is announced once, with no watermark: a stage
+    /// learns its sources from their messages, and one it has not heard of cannot hold the
+    /// others back, so a reader that starts a few seconds after the others (hours of event
+    /// time in a backlog) had its partitions' records run after everything the others had
+    /// sent. Announced once only: a partition that never gives a record then idles out of
+    /// the stages' watermarks as it does out of this task's.
     pub fn mark(&mut self, wall: Millis, out: &mut Vec<(usize, Message)>) {
-        for (&source, input) in &self.inputs {
-            let Some(max_ts) = input.max_ts else { continue };
+        for (&source, input) in &mut self.inputs {
             if wall.saturating_sub(input.assigned) > self.idle_ms {
                 continue;
             }
+            let watermark = match input.max_ts {
+                Some(t) => t - self.lateness_ms,
+                None if !input.announced => Millis::MIN,
+                None => continue,
+            };
+            input.announced = true;
             let m = Mark {
                 source,
-                watermark: max_ts - self.lateness_ms,
+                watermark,
                 counted: input.counted,
             };
             out.extend((0..self.partitions).map(|p| (p, Message::Mark(m))));
@@ -276,6 +291,21 @@ mod tests {
         // Marks: one per input partition read here, for every stage partition.
         out.clear();
         a.mark(wall + 8_000, &mut out);
+        assert_eq!(sources(&out), vec![0, 0, 1, 1]);
+        // A partition assigned and not yet read is announced once, with no watermark.
+        out.clear();
+        a.assign_partition(3, wall + 8_000);
+        a.mark(wall + 8_000, &mut out);
+        let three: Vec<Millis> = out
+            .iter()
+            .filter_map(|(_, m)| match m {
+                Message::Mark(m) if m.source == 3 => Some(m.watermark),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(three, vec![Millis::MIN, Millis::MIN]);
+        out.clear();
+        a.mark(wall + 9_000, &mut out);
         assert_eq!(sources(&out), vec![0, 0, 1, 1]);
         // A partition no longer assigned within the idle timeout is not marked by its old
         // reader (its new one marks it).
