@@ -796,7 +796,9 @@ fn a_partition_rebuilt_from_its_committed_positions_loses_nothing() {
             a.deal_same && a.recall >= 0.95 && a.precision >= 0.95,
             "{what}: {a}"
         );
-        assert!(a.twice * 20 < many.len(), "{what}: {a}");
+        // At least once, as over Kafka (the broker test's bound): the rebuilt partition's
+        // outputs after its committed positions are made again (7 of its 45 in the runs).
+        assert!(a.twice * 5 < many.len(), "{what}: {a}");
     };
     let mine = |v: &[Alert]| -> Vec<Alert> {
         v.iter()
