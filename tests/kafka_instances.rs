@@ -24,15 +24,18 @@ use linewatch::generate::{self, GenOptions};
 use linewatch::replay;
 use support::{brokers, read_until, suffix, Service, Setup, WAIT};
 
-/// Default detectors (those `replay` runs below), quick retries and drain, a short idle
-/// timeout (a killed instance's ingest holds the stages back this long) and a short session
-/// timeout (its partitions move after it).
+/// Default detectors (those `replay` runs below), quick retries and drain, a short session
+/// timeout (a killed instance's partitions move after it) and an idle timeout longer than
+/// that and the rebalance after it: the stages wait for a killed instance's input
+/// partitions until their new reader continues them (as the defaults, 45 s and 60 s, do),
+/// rather than run the others ahead. (At 5 s, below the session timeout, the survivors ran
+/// the rest of the input first and the moved partitions' records hours late.)
 const CONFIG: &str = r#"
 [service]
 batch_max_wait_ms = 20
 retry_backoff_max_s = 2
 drain_timeout_s = 20
-partition_idle_timeout_s = 5
+partition_idle_timeout_s = 20
 [kafka]
 "consumer.session.timeout.ms" = "6000"
 "consumer.heartbeat.interval.ms" = "500"
@@ -129,17 +132,19 @@ struct Bar {
     exactly_once: bool,
 }
 
-/// The issue's bar: the same `deal_line` subjects, 95 % of the pairs. Not met by this
-/// build (docs/sharding.md, "As built (step 4, wiring)": 89 to 92 % of the pairs and 7 of
-/// 8 deal lines with the kill, 98 % and 7 of 8 without); run it with `--ignored` to measure.
+/// The issue's bar: the same `deal_line` subjects, 95 % of the pairs (docs/sharding.md,
+/// "As built (step 4, wiring)": 99 % and 8 of 8 deal lines in the runs since the stages'
+/// sources are the input partitions; 89 to 92 % and 7 of 8 before).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 11's bar (95 % of pairs, the same deal_line subjects) is not met yet: see docs/sharding.md"]
 async fn three_instances_one_killed_half_way_find_what_replay_finds() {
-    three_instances_one_killed_half_way(Bar {
-        recall: 0.95,
-        deal_line_equal: true,
-        exactly_once: false,
-    })
+    three_instances_one_killed_half_way(
+        Bar {
+            recall: 0.95,
+            deal_line_equal: true,
+            exactly_once: false,
+        },
+        HalfWay::Kill,
+    )
     .await;
 }
 
@@ -147,14 +152,18 @@ async fn three_instances_one_killed_half_way_find_what_replay_finds() {
 /// the kill loses no partition (its state is rebuilt from the internal topics).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_one_killed_half_way_find_most_of_what_replay_finds_and_nothing_else() {
-    // 89 and 92 % measured over two runs, 69 % before the rebuild on assignment and 78 %
-    // before evidence waited for the watermark: the floor leaves room for the runs'
-    // variance and still fails both of those.
-    three_instances_one_killed_half_way(Bar {
-        recall: 0.80,
-        deal_line_equal: false,
-        exactly_once: false,
-    })
+    // 97 to 99 % measured over five runs since the stages' sources are the input
+    // partitions (89 and 92 % before, 69 % before the rebuild on assignment, 78 % before
+    // evidence waited for the watermark): the floor leaves room for the runs' variance and
+    // still fails all of those.
+    three_instances_one_killed_half_way(
+        Bar {
+            recall: 0.93,
+            deal_line_equal: false,
+            exactly_once: false,
+        },
+        HalfWay::Kill,
+    )
     .await;
 }
 
@@ -162,15 +171,47 @@ async fn three_instances_one_killed_half_way_find_most_of_what_replay_finds_and_
 /// the group finds what the at-least-once run is held to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_three_instances_one_killed_half_way_repeat_no_alert() {
-    three_instances_one_killed_half_way(Bar {
-        recall: 0.80,
-        deal_line_equal: false,
-        exactly_once: true,
-    })
+    three_instances_one_killed_half_way(
+        Bar {
+            recall: 0.93,
+            deal_line_equal: false,
+            exactly_once: true,
+        },
+        HalfWay::Kill,
+    )
     .await;
 }
 
-async fn three_instances_one_killed_half_way(bar: Bar) {
+/// A fourth instance joins mid-stream: half the input written and taken by three, the
+/// fourth started, the rest written. Partitions move to it (each rebuilt from the internal
+/// topics by its new owner) and the group still finds what replay finds. Measured (docs/
+/// sharding.md, "As built (step 4, wiring)"): 99 % of the pairs in both runs of this build,
+/// the 8 deal lines in one and 7 in the other (a deal verdict made by a handover credit
+/// just before the half); run it with `--ignored` to measure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "met in one of two runs: a deal_line subject missed in the other (docs/sharding.md)"]
+async fn a_fourth_instance_joining_half_way_loses_nothing() {
+    three_instances_one_killed_half_way(
+        Bar {
+            recall: 0.95,
+            deal_line_equal: true,
+            exactly_once: false,
+        },
+        HalfWay::Join,
+    )
+    .await;
+}
+
+/// What happens to the group half way.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum HalfWay {
+    /// One instance killed with -9, not restarted (`LW_NO_KILL` keeps it running).
+    Kill,
+    /// A fourth instance started.
+    Join,
+}
+
+async fn three_instances_one_killed_half_way(bar: Bar, half_way: HalfWay) {
     let (events, cells_csv) = city(5);
     let cells: Arc<CellMap> = CellMap::parse(&cells_csv).expect("cell map").into();
     let cfg_text = CONFIG;
@@ -223,14 +264,14 @@ async fn three_instances_one_killed_half_way(bar: Bar) {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let mut killed = svcs.remove(1);
-    let killed_taken = records_taken(&killed).await;
-    if std::env::var("LW_NO_KILL").is_ok() {
-        svcs.insert(1, killed);
-    } else {
+    let mut killed_taken = 0.0;
+    if half_way == HalfWay::Join {
+        svcs.push(setup.start_ready().await);
+    } else if std::env::var("LW_NO_KILL").is_err() {
+        let mut killed = svcs.remove(1);
+        killed_taken = records_taken(&killed).await;
         killed.kill_9().await;
     }
-    let killed_taken = if svcs.len() == 3 { 0.0 } else { killed_taken };
     produce_keyless(&setup.topics.input, &lines[half..], 6, &mut rng).await;
     // The survivors drain the input (the killed one's partitions are re-read from its last
     // commit): every record taken, and nothing more taken for 10 s.
@@ -252,6 +293,17 @@ async fn three_instances_one_killed_half_way(bar: Bar) {
         );
         tokio::time::sleep(Duration::from_secs(10)).await;
     }
+    if std::env::var("LW_DEBUG_MISSED").is_ok() {
+        for r in ["valid", "malformed", "late", "duplicate"] {
+            let mut n = 0.0;
+            for s in &svcs {
+                n += s
+                    .metric(&format!("linewatch_records_total{{result=\"{r}\"}}"))
+                    .await;
+            }
+            eprintln!("records {r}: {n} (survivors)");
+        }
+    }
     let got = read_alerts(
         &setup.topics.alerts,
         Duration::from_secs(20),
@@ -271,6 +323,25 @@ async fn three_instances_one_killed_half_way(bar: Bar) {
         }
     }
     let (a, b) = (pairs(&want), pairs(&got));
+    if std::env::var("LW_DEBUG_MISSED").is_ok() {
+        // Which findings went missing, on which stage partition and when (test data only).
+        for x in want.iter().chain(&got) {
+            let k = (x.detector.clone(), x.subject.clone());
+            let side = match (a.contains(&k), b.contains(&k)) {
+                (true, false) => "MISSED",
+                (false, true) => "EXTRA",
+                _ => continue,
+            };
+            eprintln!(
+                "{side} {} {} partition {} event_time {} id {}",
+                x.detector,
+                x.subject,
+                linewatch::engine::shard_of(linewatch::ids::id(&x.subject), 6),
+                x.event_time,
+                x.alert_id
+            );
+        }
+    }
     let both = a.intersection(&b).count();
     let recall = both as f64 / a.len().max(1) as f64;
     let precision = both as f64 / b.len().max(1) as f64;
@@ -288,10 +359,15 @@ async fn three_instances_one_killed_half_way(bar: Bar) {
     let replay_ids: BTreeSet<&str> = want.iter().map(|x| x.alert_id.as_str()).collect();
     let same_ids = ids.intersection(&replay_ids).count();
     eprintln!(
-        "3 instances, one killed half way: {} alerts ({} distinct ids, {same_ids} of replay's \
+        "3 instances, {} half way: {} alerts ({} distinct ids, {same_ids} of replay's \
          {} ids) against replay's {}; pairs {:.2} % of replay's found, {:.2} % of the group's \
          confirmed; alert ids twice (at least once): {twice}; per detector (both, replay only, \
          group only): {by_detector:?}",
+        if half_way == HalfWay::Join {
+            "a fourth joining"
+        } else {
+            "one killed"
+        },
         got.len(),
         ids.len(),
         replay_ids.len(),
@@ -329,9 +405,11 @@ async fn three_instances_one_killed_half_way(bar: Bar) {
         );
     } else {
         // Every alert is one replay makes for the same (detector, subject) or a repeat of
-        // one already published (at least once): the killed instance's last uncommitted
-        // records.
-        assert!(twice < got.len() / 5, "{twice} repeats of {}", got.len());
+        // one already published (at least once): what the moved partitions' new owners run
+        // again past the committed positions. Since the stage commits only what it is done
+        // with, that is more than the killed instance's last records: up to 31 % of the
+        // alerts in one run of ten. Republishing everything would make half of them repeats.
+        assert!(twice < got.len() / 2, "{twice} repeats of {}", got.len());
     }
 }
 

@@ -25,7 +25,7 @@ use linewatch::generate::{self, GenOptions};
 use linewatch::replay::{self, Summary};
 use linewatch::streams::ingest::IngestStage;
 use linewatch::streams::message::Message;
-use linewatch::streams::stage::{Stage, StageStats};
+use linewatch::streams::stage::{Progress, Stage, StageStats};
 
 fn city(seed: u64, subscribers: usize, days: u32) -> (Vec<u8>, Arc<CellMap>) {
     let opts = GenOptions {
@@ -69,6 +69,12 @@ struct Layout {
     kill: Option<(usize, usize)>,
     /// A broken exchange, to show the measure catches it: the outboxes are thrown away.
     drop_outbox: bool,
+    /// Partition `.0` moves to a new owner every `.1` steps, as the Kafka stage task
+    /// rebuilds it: a new stage re-reads its queues from the start up to the positions
+    /// committed with its last published outputs, dropping what that makes (the old owner
+    /// published it), then goes on. The positions are [`Progress`]'s, what the stage task
+    /// commits.
+    rebuild: Option<(usize, usize)>,
 }
 
 /// A partition stage and its input queues, as a Kafka consumer sees them: logs and read
@@ -85,6 +91,13 @@ struct Node {
     outbox: Vec<(usize, Evidence)>,
     /// Its last save: sections and the two read positions.
     saved: Option<(Vec<Section>, usize, usize)>,
+    /// For each piece of evidence in `inbox`, the log position read when it was delivered
+    /// (a rebuild delivers it again at the same point).
+    inbox_at: Vec<usize>,
+    /// What of its queues may be committed, and the positions committed with its last
+    /// published outputs (log, inbox).
+    progress: Progress,
+    committed: (usize, usize),
 }
 
 /// A restore: the partition, whether from a save (else from nothing), and the messages of
@@ -158,6 +171,9 @@ impl<'a> Cluster<'a> {
                 alerts: Vec::new(),
                 outbox: Vec::new(),
                 saved: None,
+                inbox_at: Vec::new(),
+                progress: Progress::default(),
+                committed: (0, 0),
             })
             .collect();
         Cluster {
@@ -180,8 +196,9 @@ impl<'a> Cluster<'a> {
     fn stage(cfg: &Config, cells: &Arc<CellMap>, l: &Layout, p: usize, wall: i64) -> Stage {
         let mut s = Stage::new(cfg, p, l.partitions);
         s.set_cells(Some(cells.clone()));
-        for j in 0..l.ingests {
-            s.expect_source(j as i32, wall);
+        // The sources are the input partitions, whichever ingest reads them.
+        for i in 0..l.inputs {
+            s.expect_source(i as i32, wall);
         }
         s
     }
@@ -219,9 +236,11 @@ impl<'a> Cluster<'a> {
         let end = node.read.saturating_add(n).min(node.log.len());
         for i in node.read..end {
             let m: Message = decode(&node.log[i]);
+            node.progress.read_message(m.source(), i as i64);
             node.stage.receive(m, self.wall, &mut node.alerts);
         }
         node.read = end;
+        node.progress.sync(&node.stage, std::iter::empty());
         let out = node.stage.take_outbox();
         node.outbox.extend(out);
     }
@@ -237,8 +256,11 @@ impl<'a> Cluster<'a> {
             let node = &mut self.nodes[q];
             node.inbox.push(bytes);
             let e: Evidence = decode(&node.inbox[node.delivered]);
+            node.progress.read_evidence(node.delivered as i64);
+            node.inbox_at.push(node.read);
             node.delivered += 1;
             node.stage.deliver(e);
+            node.progress.sync(&node.stage, std::iter::empty());
         }
     }
 
@@ -260,6 +282,55 @@ impl<'a> Cluster<'a> {
             let sections = node.stage.save().expect("save");
             node.saved = Some((sections, node.read, node.delivered));
         }
+        let (log, inbox) = node.progress.safe();
+        node.committed = (
+            log.map_or(0, |o| o as usize),
+            inbox.map_or(0, |o| o as usize),
+        );
+    }
+
+    /// Partition `p` moves to a new owner with nothing but the queues: its state is rebuilt
+    /// by re-reading them up to the committed positions with the outputs dropped, then what
+    /// was read after them is read again and published.
+    fn rebuild(&mut self, p: usize) {
+        let (l, wall) = (&self.layout, self.wall);
+        let mut stage = Cluster::stage(&self.cfg, &self.cells, l, p, wall);
+        let node = &mut self.nodes[p];
+        let (log, inbox) = node.committed;
+        let mut dropped = Vec::new();
+        let mut e = 0;
+        for i in 0..log {
+            while e < inbox && node.inbox_at[e] <= i {
+                stage.deliver(decode(&node.inbox[e]));
+                e += 1;
+            }
+            stage.receive(decode(&node.log[i]), wall, &mut dropped);
+        }
+        while e < inbox {
+            stage.deliver(decode(&node.inbox[e]));
+            e += 1;
+        }
+        stage.take_outbox();
+        node.alerts.clear();
+        node.outbox.clear();
+        self.restores
+            .push((p, false, node.read.saturating_sub(log)));
+        node.stage = stage;
+        node.progress = Progress::default();
+        node.read = log;
+        node.inbox.truncate(node.delivered);
+        node.inbox_at.truncate(inbox);
+        // Evidence read after the committed position is read (and delivered) again.
+        let again: Vec<Vec<u8>> = node.inbox.drain(inbox..).collect();
+        node.delivered = inbox;
+        for bytes in again {
+            node.progress.read_evidence(node.delivered as i64);
+            node.inbox_at.push(node.read);
+            node.stage.deliver(decode(&bytes));
+            node.inbox.push(bytes);
+            node.delivered += 1;
+        }
+        node.progress.sync(&node.stage, std::iter::empty());
     }
 
     /// Partition `p` dies with what it had not committed, and comes back from its last save,
@@ -324,6 +395,11 @@ impl<'a> Cluster<'a> {
             if let Some((p, at)) = l.kill {
                 if at == step {
                     self.kill(p);
+                }
+            }
+            if let Some((p, every)) = l.rebuild {
+                if step % every == every / 2 {
+                    self.rebuild(p);
                 }
             }
         }
@@ -452,6 +528,7 @@ fn layout(seed: u64, records: usize, days: u32) -> Layout {
         commit_every: 1,
         kill: None,
         drop_outbox: false,
+        rebuild: None,
     }
 }
 
@@ -544,6 +621,7 @@ fn one_partition_with_no_delay_gives_exactly_replays_alerts() {
         commit_every: 1,
         kill: None,
         drop_outbox: false,
+        rebuild: None,
     };
     let out = run(&Config::default(), &events, &cells, &l);
     let ids = |v: &[Alert]| v.iter().map(|a| a.alert_id.clone()).collect::<Vec<_>>();
@@ -691,4 +769,43 @@ fn a_partition_restores_its_key_groups_from_another_layouts_save() {
             "{saved} -> {n}"
         );
     }
+}
+
+/// A partition that keeps moving to a new owner, rebuilt as the Kafka stage task does:
+/// from its queues up to the positions committed with its published outputs ([`Progress`]),
+/// those outputs dropped, then what was read after them read again and published: the bar
+/// holds on the whole city and on the moved partition's own subjects, and an alert repeats
+/// only as at least once allows (the old owner's outputs after the committed positions).
+/// (Committing every message read instead, what the stage task did, lost nothing more in
+/// this model: its queues hold little in flight at a commit, while over Kafka evidence
+/// waited up to `allowed_lateness_s` of event time for the watermark; the broker test is
+/// what showed that loss.)
+#[test]
+fn a_partition_rebuilt_from_its_committed_positions_loses_nothing() {
+    let (events, cells) = city(5, SUBSCRIBERS, DAYS);
+    let (one, summary) = baseline(&events, &cells);
+    let steps = summary.events_total as usize * 2 / 40;
+    let mut l = layout(13, summary.events_total as usize, DAYS);
+    l.rebuild = Some((2, steps / 12));
+    let out = run(&Config::default(), &events, &cells, &l);
+    assert!(out.restores.len() >= 10, "{:?}", out.restores);
+    let check = |what: &str, one: &[Alert], many: &[Alert]| {
+        let a = agreement(one, many);
+        eprintln!("{what}, rebuilt {} times: {a}", out.restores.len());
+        assert!(
+            a.deal_same && a.recall >= 0.95 && a.precision >= 0.95,
+            "{what}: {a}"
+        );
+        // At least once, as over Kafka (the broker test's bound): the rebuilt partition's
+        // outputs after its committed positions are made again (7 of its 45 in the runs).
+        assert!(a.twice * 5 < many.len(), "{what}: {a}");
+    };
+    let mine = |v: &[Alert]| -> Vec<Alert> {
+        v.iter()
+            .filter(|a| shard_of(linewatch::ids::id(&a.subject), l.partitions) == 2)
+            .cloned()
+            .collect()
+    };
+    check("6 partitions, partition 2 rebuilt", &one, &out.alerts);
+    check("partition 2's subjects", &mine(&one), &mine(&out.alerts));
 }

@@ -831,7 +831,12 @@ impl Pipeline {
         let Some(s) = &mut self.streams else {
             return Ok(());
         };
-        let marks = s.idle(wall_ms())?;
+        let assigned: Vec<i32> = lock(&self.shared)
+            .assigned
+            .keys()
+            .map(|tp| engine_partition(*tp))
+            .collect();
+        let marks = s.idle(&assigned, wall_ms())?;
         if let Some(txn) = self.txn.clone() {
             let b = InFlight::new(marks, BTreeMap::new(), Instant::now());
             self.send_in_transaction(&txn, b, stopping_since, drain)

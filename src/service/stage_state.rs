@@ -49,6 +49,11 @@ use crate::streams::topics::{InternalTopics, Which};
 
 const STATIC_OK: &str = "static metric definitions are valid";
 
+/// Evidence the stage task holds for a partition, with the offset of the evidence
+/// partition it was read at (what of that partition may be committed depends on it: see
+/// [`crate::streams::stage::Progress`]).
+pub type Held = (i64, Evidence);
+
 /// The section holding the evidence the stage task held for the partition.
 const HELD: &str = "held";
 
@@ -127,7 +132,7 @@ pub fn covered(topics: &InternalTopics, p: i32) -> Vec<InputPartition> {
 #[allow(clippy::too_many_arguments)]
 pub fn encode(
     stage: &Stage,
-    held: &[Evidence],
+    held: &[Held],
     topics: &InternalTopics,
     p: i32,
     offsets: Vec<SourceOffset>,
@@ -152,7 +157,7 @@ pub fn encode(
 /// A stage partition as a checkpoint saved it.
 pub struct RestoredStage {
     pub stage: Stage,
-    pub held: Vec<Evidence>,
+    pub held: Vec<Held>,
     /// Where each internal partition is read from again.
     pub offsets: Vec<SourceOffset>,
     pub manifest_id: u64,
@@ -181,12 +186,12 @@ pub fn decode(
     cfg: &Config,
     p: i32,
     n: usize,
-) -> Result<(Stage, Vec<Evidence>), Fallback> {
+) -> Result<(Stage, Vec<Held>), Fallback> {
     let held = sections
         .iter()
         .find(|s| s.name == HELD)
         .ok_or(Fallback::Corrupt)?;
-    let held: Vec<Evidence> = codec::decode(&held.bytes).map_err(|_| Fallback::Corrupt)?;
+    let held: Vec<Held> = codec::decode(&held.bytes).map_err(|_| Fallback::Corrupt)?;
     let stage = Stage::restore(cfg, p as usize, n, sections, n).map_err(|_| Fallback::Corrupt)?;
     Ok((stage, held))
 }
@@ -310,7 +315,7 @@ impl StageCheckpoints {
         &mut self,
         p: i32,
         stage: &Stage,
-        held: &[Evidence],
+        held: &[Held],
         offsets: Vec<SourceOffset>,
         cfg: &Config,
         wait: bool,
@@ -608,13 +613,18 @@ mod tests {
 
     /// Stage 0 of 2 after a small generated city, and evidence it sent to partition 1
     /// (standing in for evidence the stage task holds).
-    fn busy_stage() -> (Stage, Vec<Evidence>) {
+    fn busy_stage() -> (Stage, Vec<Held>) {
         let mut stage = Stage::new(&cfg(), 0, N);
         let (_, mut sent) = run(&mut stage, &messages());
         assert!(stage.tracked_lines() > 0, "{:?}", stage.stats());
         assert!(!sent.is_empty(), "{:?}", stage.stats());
         sent.truncate(5);
-        (stage, sent)
+        (stage, at_offsets(sent))
+    }
+
+    /// Evidence as the stage task holds it: each piece with the offset it was read at.
+    fn at_offsets(sent: Vec<Evidence>) -> Vec<Held> {
+        sent.into_iter().zip(40..).map(|(e, o)| (o, e)).collect()
     }
 
     fn offsets(topics: &InternalTopics, p: i32, base: i64) -> Vec<SourceOffset> {
@@ -653,6 +663,7 @@ mod tests {
         let mut stage = Stage::new(&c, 0, N);
         let (_, mut held) = run(&mut stage, first);
         held.truncate(5);
+        let held = at_offsets(held);
         assert!(!held.is_empty() && stage.tracked_lines() > 0);
         let (mut ck, m) = checkpoints(dir.path(), &c);
         assert!(ck.take(0, &stage, &held, offsets(&topics, 0, 100), &c, true));

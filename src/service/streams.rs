@@ -45,7 +45,7 @@ use crate::streams::assign::{Incoming, StageConsumer};
 use crate::streams::ingest::IngestStage;
 use crate::streams::message::{Mark, Message, Routed};
 use crate::streams::producer::InternalProducer;
-use crate::streams::stage::Stage;
+use crate::streams::stage::{Progress, Stage};
 use crate::streams::topics::{InternalTopics, Which};
 use crate::streams::wire::{self, Kind, WireError};
 
@@ -272,10 +272,14 @@ impl IngestTask {
         self.stage.ingest(bytes, partition, wall, &mut self.out)
     }
 
-    /// The input is quiet: a mark to every partition, so the stages' watermarks move on
-    /// (the ingest's own watermark moves with the wall clock once its partitions idle).
-    /// As [`Self::send`]: under exactly once the marks are returned, for a transaction.
-    pub fn idle(&mut self, wall: Millis) -> Result<Vec<Outgoing>, ServiceError> {
+    /// The input is quiet: a mark to every partition for each input partition `assigned`
+    /// here, so the stages' watermarks move on, and the stages learn of a partition before
+    /// its first record (see [`IngestStage::mark`]). As [`Self::send`]: under exactly once
+    /// the marks are returned, for a transaction.
+    pub fn idle(&mut self, assigned: &[i32], wall: Millis) -> Result<Vec<Outgoing>, ServiceError> {
+        for &p in assigned {
+            self.stage.assign_partition(p, wall);
+        }
         self.stage.mark(wall, &mut self.out);
         self.send()
     }
@@ -394,12 +398,20 @@ struct StageLoop {
     /// its epoch, as in one engine, whether the receiving stage is behind the sender (or
     /// re-reading its partitions after an assignment, where the small evidence backlog is
     /// read long before the records it followed) or not.
-    held: BTreeMap<i32, Vec<Evidence>>,
+    held: BTreeMap<i32, Vec<(i64, Evidence)>>,
+    /// Per stage partition, what of its inputs may be committed (see [`Progress`]).
+    progress: BTreeMap<i32, Progress>,
     /// Stage partition checkpoints (`service.checkpoint_interval_s` > 0 and a store).
     ckpt: Option<StageCheckpoints>,
     /// Per (topic, partition) owned, the next offset whose record the stage has not run:
     /// the offsets a checkpoint taken now reflects (moved on at each publish).
     positions: BTreeMap<(Which, i32), i64>,
+    /// Per (topic, partition) owned, the offset after the last record given to its stage
+    /// since the last publish. Not `next`: that is what may be committed ([`Progress`]),
+    /// which stops short of what is still queued or held, while the state a checkpoint
+    /// saves holds those (the stage's queues and pending evidence, and `held`), so the
+    /// checkpoint reflects everything read.
+    read: BTreeMap<(Which, i32), i64>,
     /// Stage partitions restored from a checkpoint whose internal partitions must still be
     /// sought to its offsets (tried again each turn, as `to_seek`).
     seek_to: BTreeMap<i32, Vec<SourceOffset>>,
@@ -469,8 +481,10 @@ impl StageLoop {
             held: BTreeMap::new(),
             ckpt,
             positions: BTreeMap::new(),
+            read: BTreeMap::new(),
             seek_to: BTreeMap::new(),
             recovering: BTreeMap::new(),
+            progress: BTreeMap::new(),
         })
     }
 
@@ -544,6 +558,7 @@ impl StageLoop {
             self.last_record.remove(p);
             self.next.retain(|(_, q), _| q != p);
             self.positions.retain(|(_, q), _| q != p);
+            self.read.retain(|(_, q), _| q != p);
             self.rebuild_until.retain(|(_, q), _| q != p);
             self.to_seek.remove(p);
             self.seek_to.remove(p);
@@ -552,6 +567,7 @@ impl StageLoop {
             if let Some(c) = self.ckpt.as_mut() {
                 c.forget(*p);
             }
+            self.progress.remove(p);
             tracing::info!(
                 partition = p,
                 "streams: stage partition revoked; its state is dropped"
@@ -754,10 +770,11 @@ impl StageLoop {
         true
     }
 
-    /// [`Self::publish_and_commit`], then the offsets it committed become the positions a
-    /// checkpoint reflects (the outputs of every record before them are published).
+    /// [`Self::publish_and_commit`], then the offsets read so far become the positions a
+    /// checkpoint reflects (every output of what ran is published; what is still queued or
+    /// held is in the state the checkpoint saves).
     fn publish_and_commit_tracked(&mut self, mode: CommitMode) -> Result<(), ServiceError> {
-        let moved: Vec<((Which, i32), i64)> = self.next.iter().map(|(k, v)| (*k, *v)).collect();
+        let moved = std::mem::take(&mut self.read);
         self.publish_and_commit(mode)?;
         self.positions.extend(moved);
         Ok(())
@@ -842,15 +859,27 @@ impl StageLoop {
             // Read again after the seek.
             return;
         }
-        let Some(stage) = self.stages.get_mut(&inc.partition) else {
+        let p = inc.partition;
+        // Outputs are dropped while the partition's records are re-read up to the committed
+        // position: the previous owner published what they made. (Evidence makes its
+        // outputs at barriers, which records bring, so the records decide.)
+        let rebuilding = match inc.which {
+            Which::ByLine => self
+                .rebuild_until
+                .get(&(Which::ByLine, p))
+                .is_some_and(|&u| inc.offset < u),
+            _ => self.line_rebuilding(p),
+        };
+        let Some(stage) = self.stages.get_mut(&p) else {
             return;
         };
-        let rebuilding = self
-            .rebuild_until
-            .get(&(inc.which, inc.partition))
-            .is_some_and(|&upto| inc.offset < upto);
         let alerts_before = self.alerts.len();
-        self.next.insert((inc.which, inc.partition), inc.offset + 1);
+        self.read.insert((inc.which, p), inc.offset + 1);
+        let progress = self.progress.entry(p).or_default();
+        if inc.which == Which::ByHandset {
+            // Reserved and empty (see the module documentation): read, never queued.
+            self.next.insert((inc.which, p), inc.offset + 1);
+        }
         self.metrics
             .streams
             .read
@@ -861,16 +890,23 @@ impl StageLoop {
             match (inc.which, kind) {
                 (Which::ByLine | Which::ByHandset, Kind::Record) => {
                     let routed: Routed = inc.decode(Kind::Record)?;
-                    self.last_record.insert(inc.partition, Instant::now());
+                    self.last_record.insert(p, Instant::now());
+                    if inc.which == Which::ByLine {
+                        progress.read_message(routed.source, inc.offset);
+                    }
                     stage.receive(Message::Routed(routed), wall, &mut self.alerts);
                 }
                 (Which::ByLine | Which::ByHandset, Kind::Control) => {
                     let mark: Mark = inc.decode(Kind::Control)?;
+                    if inc.which == Which::ByLine {
+                        progress.read_message(mark.source, inc.offset);
+                    }
                     stage.receive(Message::Mark(mark), wall, &mut self.alerts);
                 }
                 (Which::Evidence, Kind::Evidence) => {
                     let e: Evidence = inc.decode(Kind::Evidence)?;
-                    self.held.entry(inc.partition).or_default().push(e);
+                    progress.read_evidence(inc.offset);
+                    self.held.entry(p).or_default().push((inc.offset, e));
                 }
                 (Which::Evidence, got) => {
                     return Err(WireError::WrongKind {
@@ -887,13 +923,22 @@ impl StageLoop {
             }
             Ok(())
         })();
-        self.deliver_due(inc.partition, wall, false);
+        if r.is_err() {
+            // Nothing of it stays inside the stage: done once dead-lettered.
+            match inc.which {
+                Which::Evidence => progress.read_evidence(inc.offset),
+                Which::ByLine => progress.read_message(i32::MIN, inc.offset),
+                Which::ByHandset => {}
+            }
+        }
+        self.deliver_due(p, wall, false);
         if rebuilding {
             // Published by the previous owner when it ran these: only the state is wanted.
             self.alerts.truncate(alerts_before);
-            if let Some(stage) = self.stages.get_mut(&inc.partition) {
+            if let Some(stage) = self.stages.get_mut(&p) {
                 stage.take_outbox();
             }
+            self.advance(p);
             if r.is_err() {
                 return;
             }
@@ -904,11 +949,44 @@ impl StageLoop {
                 &inc.payload,
                 e.field(),
                 self.topics.name(inc.which),
-                inc.partition,
+                p,
                 inc.offset,
             ));
         }
-        self.send_outbox(inc.partition);
+        self.send_outbox(p);
+        self.advance(p);
+    }
+
+    /// Whether stage partition `p` is still re-reading its records up to the position the
+    /// previous owner committed.
+    fn line_rebuilding(&self, p: i32) -> bool {
+        let Some(&upto) = self.rebuild_until.get(&(Which::ByLine, p)) else {
+            return false;
+        };
+        let read = self
+            .progress
+            .get(&p)
+            .and_then(Progress::read_upto)
+            .unwrap_or(i64::MIN);
+        read < upto
+    }
+
+    /// Moves the positions to commit of partition `p` to what its stage has done with
+    /// (see [`Progress`]): never past a message or evidence whose effects are still inside
+    /// the stage, which a rebuild after a rebalance would re-run with its outputs dropped.
+    fn advance(&mut self, p: i32) {
+        let (Some(stage), Some(progress)) = (self.stages.get(&p), self.progress.get_mut(&p)) else {
+            return;
+        };
+        let held = self.held.get(&p);
+        progress.sync(stage, held.into_iter().flatten().map(|(o, _)| *o));
+        let (messages, evidence) = progress.safe();
+        if let Some(o) = messages {
+            self.next.insert((Which::ByLine, p), o);
+        }
+        if let Some(o) = evidence {
+            self.next.insert((Which::Evidence, p), o);
+        }
     }
 
     /// Nothing came: sources gone quiet release what they held back; a stage whose
@@ -937,13 +1015,23 @@ impl StageLoop {
                 }
             }
             self.send_outbox(p);
+            self.advance(p);
         }
         let pending: usize = self.stages.values().map(Stage::pending_evidence).sum();
         self.metrics.streams.pending.set(pending as i64);
     }
 
     /// Delivers the held evidence the stage's watermark has reached (`all`: every piece).
+    /// Evidence past the position the previous owner committed waits while the partition's
+    /// records are still being re-read: the previous owner had not applied it, so what it
+    /// makes must not fall in the rebuild, whose outputs are dropped.
     fn deliver_due(&mut self, p: i32, wall: Millis, all: bool) {
+        let rebuilding = self.line_rebuilding(p);
+        let evidence_upto = self
+            .rebuild_until
+            .get(&(Which::Evidence, p))
+            .copied()
+            .unwrap_or(i64::MIN);
         let (Some(stage), Some(held)) = (self.stages.get_mut(&p), self.held.get_mut(&p)) else {
             return;
         };
@@ -952,11 +1040,13 @@ impl StageLoop {
         }
         let wm = stage.watermark(wall);
         let mut keep = Vec::new();
-        for e in held.drain(..) {
-            if all || e.at <= wm {
+        for (o, e) in held.drain(..) {
+            if rebuilding && o >= evidence_upto {
+                keep.push((o, e));
+            } else if all || e.at <= wm {
                 stage.deliver(e);
             } else {
-                keep.push(e);
+                keep.push((o, e));
             }
         }
         *held = keep;

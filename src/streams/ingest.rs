@@ -1,12 +1,23 @@
 //! The ingest stage: each record decoded and validated once (the future bound, dedup and
 //! lateness against this stage's own watermark, with the counters and dead-letter verdicts
 //! of [`Engine::process`]), and a valid one routed to the partitions owning its keys.
+//!
+//! The partition stages see one source per *input partition*, not per ingest task: each
+//! input partition's messages in its order, with its own watermark and record count. So a
+//! stage merges the input partitions earliest first whichever tasks read them (as one
+//! engine's watermark is the minimum over input partitions), and when an input partition
+//! moves to another task (a rebalance, an instance lost) its new reader continues the same
+//! source: the stages wait for it (up to `service.partition_idle_timeout_s`) instead of
+//! running the other partitions ahead and its records hours late under the new reader's
+//! own source.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::cells::CellMap;
 use crate::config::Config;
 use crate::engine::{shard_of, Counters, Engine, Verdict};
+use crate::event::Reason;
 use crate::event::{self, Millis};
 use crate::exchange::Role;
 use crate::ids;
@@ -21,17 +32,41 @@ pub struct IngestStage {
     partitions: usize,
     /// The exchange epoch of the last [`Mark`] sent.
     epoch: i64,
+    /// The input partitions read, each a source of the partition stages.
+    inputs: BTreeMap<i32, Input>,
+    lateness_ms: Millis,
+    idle_ms: Millis,
+}
+
+/// One input partition as a source of the partition stages.
+#[derive(Debug, Clone, Copy)]
+struct Input {
+    /// The latest valid event time read from it.
+    max_ts: Option<Millis>,
+    /// Its valid and late records read by this task.
+    counted: u64,
+    /// The wall time it was last known assigned here: marks go only for partitions
+    /// assigned within the idle timeout, so a partition that moved is not marked by its
+    /// old reader and its new one at once.
+    assigned: Millis,
+    /// Whether a mark has announced it to the stages before its first record.
+    announced: bool,
 }
 
 impl IngestStage {
     /// Ingest task `source` (its id among the producers, unique) for `partitions`
     /// partition stages.
     pub fn new(cfg: Config, source: i32, partitions: usize) -> Self {
+        let lateness_ms = ids::span_ms(cfg.engine.allowed_lateness_s);
+        let idle_ms = ids::span_ms(cfg.service.partition_idle_timeout_s);
         IngestStage {
             engine: Engine::new(cfg),
             source,
             partitions: partitions.max(1),
             epoch: i64::MIN,
+            inputs: BTreeMap::new(),
+            lateness_ms,
+            idle_ms,
         }
     }
 
@@ -49,8 +84,19 @@ impl IngestStage {
     /// delivers or idles.
     pub fn assign_partition(&mut self, partition: i32, wall: Millis) {
         self.engine.assign_partition(partition, wall);
+        self.input(partition, wall).assigned = wall;
     }
 
+    fn input(&mut self, partition: i32, wall: Millis) -> &mut Input {
+        self.inputs.entry(partition).or_insert(Input {
+            max_ts: None,
+            counted: 0,
+            assigned: wall,
+            announced: false,
+        })
+    }
+
+    /// This task's id (for its log lines; the stages' sources are the input partitions).
     pub fn source(&self) -> i32 {
         self.source
     }
@@ -77,6 +123,20 @@ impl IngestStage {
     ) -> Verdict {
         let decoded = event::decode(bytes, &self.engine.decode_options());
         let (verdict, valid) = self.engine.ingest_only(decoded, partition, wall);
+        let lateness = self.lateness_ms;
+        let input = self.input(partition, wall);
+        match (&verdict, &valid) {
+            (_, Some(v)) => {
+                input.counted += 1;
+                input.max_ts = Some(input.max_ts.map_or(v.event.ts, |t| t.max(v.event.ts)));
+            }
+            (Verdict::Rejected(m), None) if m.reason == Reason::Late => input.counted += 1,
+            _ => {}
+        }
+        let (counted, watermark) = (
+            input.counted,
+            input.max_ts.map_or(Millis::MIN, |t| t - lateness),
+        );
         if let Some(v) = valid {
             let keys = [Some(v.ids.from), Some(v.ids.to), v.ids.imei];
             // Each distinct partition once, in the order of its first role.
@@ -93,12 +153,11 @@ impl IngestStage {
                     }
                 }
             }
-            let watermark = self.engine.watermark(wall);
             let routed = |roles: u8, record: Record| Routed {
-                source: self.source,
+                source: partition,
                 seq: v.seq,
                 watermark,
-                counted: v.counted,
+                counted,
                 start: v.stream_start,
                 roles,
                 record,
@@ -130,13 +189,128 @@ impl IngestStage {
         }
     }
 
-    /// A [`Mark`] to every partition now (at the end of the input, or on a timer).
+    /// A [`Mark`] to every partition now, for each input partition assigned here (at the
+    /// end of the input, or on a timer).
+    ///
+    /// One that has given no record yet is announced once, with no watermark: a stage
+    /// learns its sources from their messages, and one it has not heard of cannot hold the
+    /// others back, so a reader that starts a few seconds after the others (hours of event
+    /// time in a backlog) had its partitions' records run after everything the others had
+    /// sent. Announced once only: a partition that never gives a record then idles out of
+    /// the stages' watermarks as it does out of this task's.
     pub fn mark(&mut self, wall: Millis, out: &mut Vec<(usize, Message)>) {
-        let m = Mark {
-            source: self.source,
-            watermark: self.engine.watermark(wall),
-            counted: self.engine.counted(),
-        };
-        out.extend((0..self.partitions).map(|p| (p, Message::Mark(m))));
+        for (&source, input) in &mut self.inputs {
+            if wall.saturating_sub(input.assigned) > self.idle_ms {
+                continue;
+            }
+            let watermark = match input.max_ts {
+                Some(t) => t - self.lateness_ms,
+                None if !input.announced => Millis::MIN,
+                None => continue,
+            };
+            input.announced = true;
+            let m = Mark {
+                source,
+                watermark,
+                counted: input.counted,
+            };
+            out.extend((0..self.partitions).map(|p| (p, Message::Mark(m))));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: Millis = 1_780_000_000_000;
+
+    fn record(i: u64, ts: Millis) -> Vec<u8> {
+        format!(
+            r#"{{"event_id":"e{i:016x}","ts":{ts},"kind":"sms","from":"L{:016x}","to":"L{:016x}"}}"#,
+            i % 7 + 1,
+            i % 5 + 100
+        )
+        .into_bytes()
+    }
+
+    fn sources(out: &[(usize, Message)]) -> Vec<i32> {
+        out.iter().map(|(_, m)| m.source()).collect()
+    }
+
+    /// An input partition that moves to another ingest task (its reader lost) is the same
+    /// source to the stages under its new reader, with its own watermark: the stages wait
+    /// for it and merge it in event-time order with the others. (As the task's own source,
+    /// its records joined the new reader's queue behind everything that reader had run
+    /// ahead meanwhile, and the broker test lost pairs after a kill.)
+    #[test]
+    fn a_moved_input_partition_is_the_same_source_under_its_new_reader() {
+        let cfg = Config::default();
+        let wall = T0 + 86_400_000;
+        let (mut a, mut b) = (
+            IngestStage::new(cfg.clone(), 100, 2),
+            IngestStage::new(cfg, 200, 2),
+        );
+        a.assign_partition(0, wall);
+        b.assign_partition(1, wall);
+        let mut out = Vec::new();
+        for k in 0..10 {
+            a.ingest(&record(k, T0 + k as i64 * 60_000), 0, wall, &mut out);
+            b.ingest(
+                &record(100 + k, T0 + k as i64 * 60_000 + 1),
+                1,
+                wall,
+                &mut out,
+            );
+        }
+        let routed: Vec<&Routed> = out
+            .iter()
+            .filter_map(|(_, m)| match m {
+                Message::Routed(r) => Some(r),
+                Message::Mark(_) => None,
+            })
+            .collect();
+        assert!(routed.iter().any(|r| r.source == 0) && routed.iter().any(|r| r.source == 1));
+        assert!(routed.iter().all(|r| r.source == 0 || r.source == 1));
+        // Partition 1's watermark is its own, not the reader's minimum over its partitions.
+        let last1 = routed.iter().rev().find(|r| r.source == 1).unwrap();
+        let lateness = ids::span_ms(Config::default().engine.allowed_lateness_s);
+        assert_eq!(last1.watermark, T0 + 9 * 60_000 + 1 - lateness);
+        assert_eq!(last1.counted, 10);
+        // Reader b is lost; a takes partition 1 and goes on with it.
+        out.clear();
+        a.assign_partition(1, wall + 8_000);
+        a.ingest(
+            &record(110, T0 + 10 * 60_000 + 1),
+            1,
+            wall + 8_000,
+            &mut out,
+        );
+        assert!(!out.is_empty());
+        assert!(sources(&out).iter().all(|&s| s == 1), "{:?}", sources(&out));
+        // Marks: one per input partition read here, for every stage partition.
+        out.clear();
+        a.mark(wall + 8_000, &mut out);
+        assert_eq!(sources(&out), vec![0, 0, 1, 1]);
+        // A partition assigned and not yet read is announced once, with no watermark.
+        out.clear();
+        a.assign_partition(3, wall + 8_000);
+        a.mark(wall + 8_000, &mut out);
+        let three: Vec<Millis> = out
+            .iter()
+            .filter_map(|(_, m)| match m {
+                Message::Mark(m) if m.source == 3 => Some(m.watermark),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(three, vec![Millis::MIN, Millis::MIN]);
+        out.clear();
+        a.mark(wall + 9_000, &mut out);
+        assert_eq!(sources(&out), vec![0, 0, 1, 1]);
+        // A partition no longer assigned within the idle timeout is not marked by its old
+        // reader (its new one marks it).
+        out.clear();
+        b.mark(wall + 8_000 + 61_000, &mut out);
+        assert!(out.is_empty(), "{:?}", sources(&out));
     }
 }

@@ -76,8 +76,9 @@ pub fn role_bit(role: Role) -> u8 {
 /// keys (`from`, `to`, `imei`), with the roles it plays there.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Routed {
-    /// The ingest stage (producer) that sent it: a partition's watermark is the minimum over
-    /// its sources.
+    /// The input partition it was read from (whichever ingest task read it): a partition
+    /// stage runs each source's messages in order and its watermark is the minimum over its
+    /// sources, as one engine's over its input partitions.
     pub source: i32,
     /// Its sequence number among that source's valid records (with `source`, the order of
     /// the evidence it makes).
@@ -103,9 +104,9 @@ impl Routed {
     }
 }
 
-/// A source's watermark and record count with no record: sent to every partition when the
-/// source's watermark enters a new exchange epoch (or it idles), so a partition that gets
-/// none of its records still moves on.
+/// A source's (input partition's) watermark and record count with no record: sent to every
+/// partition when the ingest's watermark enters a new exchange epoch (or its input is
+/// quiet), so a partition that gets none of its records still moves on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mark {
     pub source: i32,

@@ -6,7 +6,8 @@
 //! ([`Stage::take_outbox`]), a broadcast ([`Dest::Every`]) to every other partition as well
 //! as applied here. Evidence from other partitions ([`Stage::deliver`]) joins the pending
 //! evidence and is applied at the next barrier in the evidence's `order`. Its watermark is
-//! the minimum over the sources (ingest stages) it has heard from, idle ones excepted
+//! the minimum over the sources (input partitions, whichever ingest stage read them: see
+//! [`super::ingest`]) it has heard from, idle ones excepted
 //! ([`Watermarks`]); barriers fall where it enters a new `exchange_epoch_s`, or a sweep is
 //! due, as in [`crate::engine::Engine`].
 //!
@@ -153,7 +154,7 @@ impl Stage {
         self.part.partition()
     }
 
-    /// Registers a source (ingest stage) this partition reads: until it is heard from (or
+    /// Registers a source (input partition) this partition reads: until it is heard from (or
     /// idles) it holds the watermark back, so a source read ahead of another cannot make
     /// windows close early.
     pub fn expect_source(&mut self, source: i32, wall: Millis) {
@@ -249,6 +250,11 @@ impl Stage {
     /// Messages read and not yet run.
     pub fn queued(&self) -> usize {
         self.st.queues.values().map(VecDeque::len).sum()
+    }
+
+    /// Messages of `source` read and not yet run.
+    pub fn queued_of(&self, source: i32) -> usize {
+        self.st.queues.get(&source).map_or(0, VecDeque::len)
     }
 
     fn process(&mut self, msg: &Message, wall: Millis, alerts: &mut Vec<Alert>) {
@@ -526,5 +532,152 @@ impl Stage {
             stage.dedup.absorb(d);
         }
         Ok(stage)
+    }
+}
+
+/// Which positions of a stage partition's inputs a stage task may commit: those before
+/// which everything read has had all its effects published.
+///
+/// A message read is not done when it is read: it may wait in its source's queue (another
+/// source is behind), and what it sends to its own keys waits for the next barrier; a piece
+/// of evidence read waits to be delivered, then for a barrier. A stage partition that moves
+/// is rebuilt by re-reading its inputs up to the committed positions with the outputs
+/// dropped (the previous owner published them), so a position committed past a message
+/// whose effects were still inside the old owner loses them: neither owner publishes them.
+/// Before this, the stage task committed every message read, and each rebalance (every
+/// stage partition, with the eager assignor) lost what was queued, held and pending.
+///
+/// Positions move only at a quiet point (no evidence pending in the stage): then every
+/// message run has published all it makes, and the first message not done is the earliest
+/// still queued (or the next to read), the first evidence not done the earliest held or
+/// and not yet delivered (what was delivered was applied at the barrier that emptied the
+/// pending evidence).
+#[derive(Debug, Default, Clone)]
+pub struct Progress {
+    /// Per source, the positions of its messages read and not yet run, in order.
+    queued: BTreeMap<i32, VecDeque<i64>>,
+    /// The position after the last message read.
+    messages_next: Option<i64>,
+    /// The position after the last evidence read.
+    evidence_next: Option<i64>,
+    /// The positions last found safe to commit: (messages, evidence).
+    safe: (Option<i64>, Option<i64>),
+}
+
+impl Progress {
+    /// A message of `source` at `offset` is about to be given to the stage.
+    pub fn read_message(&mut self, source: i32, offset: i64) {
+        self.queued.entry(source).or_default().push_back(offset);
+        self.messages_next = Some(offset + 1);
+    }
+
+    /// Evidence at `offset` was read (it is held until delivered).
+    pub fn read_evidence(&mut self, offset: i64) {
+        self.evidence_next = Some(offset + 1);
+    }
+
+    /// After the stage ran: forgets the messages it has run (each source's queue runs in
+    /// order, so the last ones are those still queued) and, at a quiet point, moves the safe
+    /// positions on. `held` is the positions of evidence read and not yet delivered.
+    pub fn sync(&mut self, stage: &Stage, held: impl Iterator<Item = i64>) {
+        for (&source, q) in &mut self.queued {
+            let left = stage.queued_of(source);
+            while q.len() > left {
+                q.pop_front();
+            }
+        }
+        self.queued.retain(|_, q| !q.is_empty());
+        if stage.pending_evidence() > 0 {
+            return;
+        }
+        let first_queued = self
+            .queued
+            .values()
+            .filter_map(|q| q.front())
+            .min()
+            .copied();
+        self.safe.0 = first_queued.or(self.messages_next);
+        self.safe.1 = held.min().or(self.evidence_next);
+    }
+
+    /// The position after the last message read.
+    pub fn read_upto(&self) -> Option<i64> {
+        self.messages_next
+    }
+
+    /// The positions to commit: (messages, evidence); `None` when nothing was read yet.
+    pub fn safe(&self) -> (Option<i64>, Option<i64>) {
+        self.safe
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::streams::message::Mark;
+
+    fn mark(source: i32, watermark: Millis) -> Message {
+        Message::Mark(Mark {
+            source,
+            watermark,
+            counted: 0,
+        })
+    }
+
+    /// The stage task's commit positions (`service::streams`, which before committed every
+    /// message read): a message waiting in its source's queue for another source, and
+    /// evidence held or pending, are not done, so a rebuild must run them again with their
+    /// outputs published.
+    #[test]
+    fn progress_commits_no_message_or_evidence_still_inside_the_stage() {
+        let cfg = Config::default();
+        let mut s = Stage::new(&cfg, 0, 1);
+        let mut g = Progress::default();
+        let mut alerts = Vec::new();
+        s.expect_source(1, 0);
+        s.expect_source(2, 0);
+        let mut give = |s: &mut Stage, g: &mut Progress, m: Message, offset: i64| {
+            g.read_message(m.source(), offset);
+            s.receive(m, 0, &mut alerts);
+        };
+        // Source 1's mark waits for source 2 (heard at wall 0, not idle).
+        give(&mut s, &mut g, mark(1, 60_000), 0);
+        g.sync(&s, std::iter::empty());
+        assert_eq!(s.queued(), 1);
+        assert_eq!(g.safe(), (Some(0), None), "a queued message is not done");
+        // Source 2's later mark releases source 1's and waits in turn.
+        give(&mut s, &mut g, mark(2, 120_000), 1);
+        g.sync(&s, std::iter::empty());
+        assert_eq!(g.safe().0, Some(1));
+        give(&mut s, &mut g, mark(1, 180_000), 2);
+        g.sync(&s, std::iter::empty());
+        assert_eq!(g.safe().0, Some(2));
+        // Evidence read at 7 and still held: the evidence position stops before it.
+        g.read_evidence(7);
+        g.sync(&s, [7].into_iter());
+        assert_eq!(g.safe().1, Some(7));
+        // Delivered, it is pending until a barrier: no position moves meanwhile.
+        s.deliver(Evidence {
+            dest: Dest::Every,
+            at: 100_000,
+            event_id: "e1".into(),
+            order: [0; 4],
+            body: crate::exchange::Body::CrewEnrol {
+                line: 1,
+                line_name: "L1".into(),
+            },
+        });
+        g.read_evidence(8);
+        // Source 2's mark runs, but source 1's stays at 60 s: the same epoch, no barrier.
+        give(&mut s, &mut g, mark(2, 130_000), 3);
+        g.sync(&s, std::iter::empty());
+        assert!(s.pending_evidence() > 0);
+        assert_eq!(g.safe(), (Some(2), Some(7)));
+        // Applied at the barrier the next epoch brings: both move on.
+        give(&mut s, &mut g, mark(1, 300_000), 4);
+        give(&mut s, &mut g, mark(2, 300_000), 5);
+        g.sync(&s, std::iter::empty());
+        assert_eq!(s.pending_evidence(), 0);
+        assert_eq!(g.safe(), (Some(5), Some(9)));
     }
 }

@@ -207,8 +207,8 @@ impl StageLoop {
         let Ok(p) = inc.decode::<Published>(Kind::Control) else {
             return false;
         };
-        self.next
-            .insert((Which::Evidence, inc.partition), inc.offset + 1);
+        // Not committed past on its own: what of the evidence partition may be committed is
+        // the record path's to say (`Progress`); a marker read again is harmless.
         self.metrics
             .streams
             .read
@@ -435,6 +435,8 @@ impl StageLoop {
         // Every stage is assigned again: restored from its checkpoint (or re-read) and
         // positioned anew, so nothing of the dropped ones' positions may outlive them.
         self.positions.clear();
+        self.read.clear();
+        self.progress.clear();
         self.seek_to.clear();
         self.recovering.clear();
         self.held.clear();
