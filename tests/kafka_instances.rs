@@ -396,6 +396,15 @@ async fn three_instances_one_killed_half_way(bar: Bar, half_way: HalfWay) {
         let mut repeated: BTreeMap<&str, usize> = BTreeMap::new();
         for x in &got {
             if !seen.insert(x.alert_id.as_str()) {
+                if std::env::var("LW_DEBUG_MISSED").is_ok() {
+                    // Where the repeat was made (test data only; no identifier printed).
+                    eprintln!(
+                        "TWICE {} partition {} event_time {}",
+                        x.detector,
+                        linewatch::engine::shard_of(linewatch::ids::id(&x.subject), 6),
+                        x.event_time
+                    );
+                }
                 *repeated.entry(x.detector.as_str()).or_default() += 1;
             }
         }

@@ -501,6 +501,7 @@ impl StageLoop {
             let wall = wall_ms();
             match polled {
                 Some(Ok(inc)) => {
+                    self.note_evidence_read(&inc);
                     if !self.take_published(&inc) {
                         self.handle_record(inc, wall);
                     }
@@ -606,6 +607,9 @@ impl StageLoop {
         }
         let pending: Vec<i32> = self.to_seek.iter().copied().collect();
         for p in pending {
+            if !self.note_markers_end(p) {
+                continue;
+            }
             let sought = match self.seek_to.get(&p).cloned() {
                 Some(offsets) => self.seek_restored(p, &offsets),
                 None => self.rewind(p),
@@ -615,6 +619,7 @@ impl StageLoop {
                 self.seek_to.remove(&p);
             }
         }
+        self.end_marker_waits();
         self.metrics.streams.owned.set(self.stages.len() as i64);
         Ok(())
     }
@@ -870,6 +875,9 @@ impl StageLoop {
                 .is_some_and(|&u| inc.offset < u),
             _ => self.line_rebuilding(p),
         };
+        if !rebuilding && self.put_back_for_markers(&inc) {
+            return;
+        }
         let Some(stage) = self.stages.get_mut(&p) else {
             return;
         };

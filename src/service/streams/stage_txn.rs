@@ -34,14 +34,18 @@
 //!   [`Published`] record of their ids to the evidence topic at the partition owning each
 //!   alert's subject; the rebuild reads these with the rest, and an alert whose id one of
 //!   them names is not published again (counted in
-//!   `linewatch_stage_repeats_suppressed_total`). The evidence partition is small and read
-//!   with the others, so its records are read long before the live part of the by-line
-//!   partition they belong with.
+//!   `linewatch_stage_repeats_suppressed_total`). The evidence partition is read
+//!   concurrently with the by-line one, often after it from the same fetch, so a partition
+//!   assigned or rebuilt runs no live by-line record until its evidence partition is read
+//!   to the end it had then ([`MarkerWait`]; the kill test published one `bulk_sms` id
+//!   twice in 2 of 3 runs without it: the previous owner's marker read 0.7 s after the
+//!   live records that made the alert again).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rdkafka::consumer::Consumer;
 use rdkafka::producer::FutureProducer;
 
 use super::{StageLoop, STAGE_COMMIT_EVERY};
@@ -82,6 +86,77 @@ pub(super) struct StageTxn {
     /// `service.rebuild_state_s`, as far back as a rebuild reads.
     published: BTreeMap<i32, HashMap<String, Millis>>,
     pruned: Millis,
+    /// Per stage partition just assigned (or rebuilt), its wait for the markers already
+    /// on its evidence partition before its live records run.
+    markers: BTreeMap<i32, MarkerWait>,
+}
+
+/// The longest a newly assigned stage partition's live records wait for its evidence
+/// partition to be read to its end as of the assignment: well past what a dead
+/// instance's open transaction holds a `read_committed` reader back (its
+/// `transaction.timeout.ms`, 10 s, plus the broker's check every 10 s), so it only bounds
+/// a partition whose end cannot be reached (then it goes live, as before this wait).
+const MARKERS_WAIT_MAX: Duration = Duration::from_secs(60);
+
+/// A newly assigned stage partition waiting for the [`Published`] markers already on its
+/// evidence partition. Since the stage commits only what it is done with (`Progress`),
+/// the previous owner may have run, published and marked records past the committed
+/// position; they are live records here. The markers naming their alerts are on the
+/// evidence partition, read concurrently with the by-line one (often after it, in the same
+/// fetch), so a live record run before them publishes its alert again. So the live
+/// by-line records wait: each read before the evidence partition reaches the end it had at
+/// the assignment is put back (dropped unrun, nothing of it counted), and the by-line
+/// partition is sought back to the first of them once the end is reached. Nothing is
+/// buffered: what is put back is read again.
+#[derive(Debug)]
+pub(super) struct MarkerWait {
+    /// The evidence partition's end (high watermark) at the assignment.
+    end: i64,
+    /// The offset after the last evidence record read since the partition was positioned.
+    read: i64,
+    /// The first live by-line offset put back, to seek back to.
+    resume: Option<i64>,
+    since: Instant,
+}
+
+impl MarkerWait {
+    pub(super) fn new(end: i64, now: Instant) -> Self {
+        MarkerWait {
+            end,
+            read: i64::MIN,
+            resume: None,
+            since: now,
+        }
+    }
+
+    /// A record of the evidence partition was read (a marker, evidence or a bad record).
+    pub(super) fn evidence_read(&mut self, offset: i64) {
+        self.read = self.read.max(offset + 1);
+    }
+
+    /// A live by-line record at `offset` arrived: it is put back until the wait ends.
+    pub(super) fn put_back(&mut self, offset: i64) {
+        self.resume = Some(self.resume.map_or(offset, |r| r.min(offset)));
+    }
+
+    /// Whether the evidence partition is read to its end as of the assignment: by the
+    /// records read, by where it was positioned (`from`: nothing was left to read), or by
+    /// the consumer's position (which passes aborted records and transaction markers,
+    /// never returned as records under `read_committed`); or the wait is over its bound.
+    pub(super) fn over(&self, from: Option<i64>, position: Option<i64>, now: Instant) -> bool {
+        self.read.max(from.unwrap_or(i64::MIN)) >= self.end
+            || position.is_some_and(|p| p >= self.end)
+            || self.timed_out(now)
+    }
+
+    fn timed_out(&self, now: Instant) -> bool {
+        now.duration_since(self.since) >= MARKERS_WAIT_MAX
+    }
+
+    /// Where the by-line partition must be read again from when the wait is over.
+    pub(super) fn resume(&self) -> Option<i64> {
+        self.resume
+    }
 }
 
 /// A stage partition's internal topic as a [`Tp`] of [`Transactions`]: its index in
@@ -154,6 +229,7 @@ pub(super) fn stage_clients(
             last_rebuild: None,
             published: BTreeMap::new(),
             pruned: wall_ms(),
+            markers: BTreeMap::new(),
         }
     });
     Ok((
@@ -223,6 +299,126 @@ impl StageLoop {
             seen.insert(id, now);
         }
         true
+    }
+
+    /// Exactly once, before stage partition `p` is positioned after an assignment or a
+    /// rebuild: its evidence partition's end now, which its live records wait for (see
+    /// [`MarkerWait`]). False when the end could not be fetched (tried again next turn).
+    pub(super) fn note_markers_end(&mut self, p: i32) -> bool {
+        let Some(t) = &self.txn else {
+            return true;
+        };
+        if t.markers.contains_key(&p) {
+            return true;
+        }
+        let topic = self.topics.name(Which::Evidence);
+        let end = match self
+            .consumer
+            .consumer()
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+        {
+            Ok((_, high)) => high,
+            Err(e) => {
+                tracing::warn!(error = %e, partition = p, "stage evidence partition end could not be fetched; retried");
+                return false;
+            }
+        };
+        if let Some(t) = &mut self.txn {
+            t.markers.insert(p, MarkerWait::new(end, Instant::now()));
+        }
+        true
+    }
+
+    /// Exactly once: counts a record read on a waiting partition's evidence partition.
+    /// Records read before its seek are not counted (they are read again after it).
+    pub(super) fn note_evidence_read(&mut self, inc: &Incoming) {
+        if inc.which != Which::Evidence || self.to_seek.contains(&inc.partition) {
+            return;
+        }
+        if let Some(w) = self
+            .txn
+            .as_mut()
+            .and_then(|t| t.markers.get_mut(&inc.partition))
+        {
+            w.evidence_read(inc.offset);
+        }
+    }
+
+    /// Exactly once: a live by-line record of a partition still waiting for its markers
+    /// is put back (true: not run, read again after the wait).
+    pub(super) fn put_back_for_markers(&mut self, inc: &Incoming) -> bool {
+        if inc.which != Which::ByLine {
+            return false;
+        }
+        let Some(w) = self
+            .txn
+            .as_mut()
+            .and_then(|t| t.markers.get_mut(&inc.partition))
+        else {
+            return false;
+        };
+        w.put_back(inc.offset);
+        true
+    }
+
+    /// Exactly once: ends the waits whose evidence partitions are read to their ends,
+    /// seeking each by-line partition back to the first record put back.
+    pub(super) fn end_marker_waits(&mut self) {
+        let Some(t) = &mut self.txn else {
+            return;
+        };
+        let owned = &self.stages;
+        t.markers.retain(|p, _| owned.contains_key(p));
+        let waiting: Vec<i32> = t
+            .markers
+            .keys()
+            .copied()
+            .filter(|p| !self.to_seek.contains(p))
+            .collect();
+        if waiting.is_empty() {
+            return;
+        }
+        let evidence = self.topics.name(Which::Evidence);
+        let by_line = self.topics.name(Which::ByLine);
+        let c = self.consumer.consumer();
+        let positions = c.position().ok();
+        let now = Instant::now();
+        for p in waiting {
+            let position = positions
+                .as_ref()
+                .and_then(|l| l.find_partition(evidence, p))
+                .and_then(|e| match e.offset() {
+                    rdkafka::Offset::Offset(o) => Some(o),
+                    _ => None,
+                });
+            let Some(w) = t.markers.get(&p) else {
+                continue;
+            };
+            let from = self.positions.get(&(Which::Evidence, p)).copied();
+            if !w.over(from, position, now) {
+                continue;
+            }
+            if let Some(from) = w.resume() {
+                if let Err(e) = c.seek(
+                    by_line,
+                    p,
+                    rdkafka::Offset::Offset(from),
+                    Duration::from_secs(10),
+                ) {
+                    tracing::info!(error = %e, partition = p, "stage partition not yet seekable; retried");
+                    continue;
+                }
+            }
+            if w.resume().is_some() || w.timed_out(now) {
+                tracing::info!(
+                    partition = p,
+                    waited_seconds = now.duration_since(w.since).as_secs_f64(),
+                    timed_out = w.timed_out(now),
+                    "streams: stage partition's live records run after its evidence partition's markers"
+                );
+            }
+            t.markers.remove(&p);
+        }
     }
 
     /// Exactly once: drops the alerts whose ids the owners of their partitions published
@@ -424,8 +620,9 @@ impl StageLoop {
     fn rebuild(&mut self, reason: &'static str) {
         self.metrics.txn.stage_rebuilt(reason);
         if let Some(t) = &mut self.txn {
-            // Read again from the markers with the rest.
+            // Read again from the markers with the rest, waited for again.
             t.published.clear();
+            t.markers.clear();
         }
         self.stages.clear();
         self.last_record.clear();
@@ -483,6 +680,35 @@ mod tests {
         // The record path reads the evidence topic as evidence only: a marker is never
         // taken for one.
         assert!(wire::decode::<crate::exchange::Evidence>(&bytes, Kind::Evidence).is_err());
+    }
+
+    #[test]
+    fn a_moved_partitions_live_records_wait_for_its_evidence_partitions_end() {
+        let t0 = Instant::now();
+        let mut w = MarkerWait::new(40, t0);
+        // Live records come before the markers: each is put back, the first is resumed from.
+        w.put_back(120);
+        w.put_back(118);
+        w.put_back(121);
+        w.evidence_read(10);
+        assert!(!w.over(Some(0), None, t0));
+        assert!(!w.over(Some(0), Some(39), t0));
+        w.evidence_read(39);
+        assert!(w.over(Some(0), None, t0));
+        assert_eq!(w.resume(), Some(118));
+        // An aborted or control tail is passed by the position, never read as a record.
+        let w = MarkerWait::new(40, t0);
+        assert!(w.over(Some(0), Some(40), t0));
+        assert_eq!(w.resume(), None);
+        // Positioned at the end already (an empty partition, nothing new): no wait.
+        assert!(w.over(Some(40), None, t0));
+        // An end never reached does not hold the partition back for ever.
+        assert!(w.over(Some(0), None, t0 + MARKERS_WAIT_MAX));
+        assert!(!w.over(
+            Some(0),
+            None,
+            t0 + MARKERS_WAIT_MAX - Duration::from_millis(1)
+        ));
     }
 
     #[test]
