@@ -518,6 +518,11 @@ async fn exactly_once_an_aborted_stage_transaction_publishes_nothing_twice_and_l
         Duration::from_secs(300),
     )
     .await;
+    if std::env::var("LW_DEBUG_LOG").is_ok() {
+        for l in svc.logs().iter().filter(|l| l.contains("stage")) {
+            eprintln!("svc: {l}");
+        }
+    }
     let ids: BTreeSet<&str> = got.iter().map(|a| a.alert_id.as_str()).collect();
     let (a, b) = (pairs(&want), pairs(&got));
     let recall = a.intersection(&b).count() as f64 / a.len().max(1) as f64;
