@@ -12,8 +12,6 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
@@ -22,7 +20,7 @@ use linewatch::cells::CellMap;
 use linewatch::config::Config;
 use linewatch::generate::{self, GenOptions};
 use linewatch::replay;
-use support::{brokers, read_until, suffix, Service, Setup, WAIT};
+use support::{brokers, read_until, Service, Setup, WAIT};
 
 /// Default detectors (those `replay` runs below), quick retries and drain, a short session
 /// timeout (a killed instance's partitions move after it) and an idle timeout longer than
@@ -76,31 +74,6 @@ async fn records_taken(svc: &Service) -> f64 {
             .await;
     }
     n
-}
-
-/// Every alert on `topic`, read `read_committed`, once no new one has come for `quiet`.
-async fn read_alerts(topic: &str, quiet: Duration, limit: Duration) -> Vec<Alert> {
-    let c: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", format!("reader-{}", suffix()))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .create()
-        .expect("reader");
-    c.subscribe(&[topic]).expect("subscribe");
-    let start = Instant::now();
-    let mut last = Instant::now();
-    let mut out = Vec::new();
-    while last.elapsed() < quiet && start.elapsed() < limit {
-        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(500), c.recv()).await {
-            let a: Alert =
-                serde_json::from_slice(m.payload().unwrap_or_default()).expect("alert JSON");
-            out.push(a);
-            last = Instant::now();
-        }
-    }
-    out
 }
 
 type Pairs = BTreeSet<(String, String)>;
@@ -304,7 +277,7 @@ async fn three_instances_one_killed_half_way(bar: Bar, half_way: HalfWay) {
             eprintln!("records {r}: {n} (survivors)");
         }
     }
-    let got = read_alerts(
+    let got = support::read_committed_alerts(
         &setup.topics.alerts,
         Duration::from_secs(20),
         Duration::from_secs(300),
@@ -518,7 +491,7 @@ async fn exactly_once_an_aborted_stage_transaction_publishes_nothing_twice_and_l
         assert!(Instant::now() < deadline, "not every record taken");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let got = read_alerts(
+    let got = support::read_committed_alerts(
         &setup.topics.alerts,
         Duration::from_secs(20),
         Duration::from_secs(300),

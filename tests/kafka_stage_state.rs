@@ -19,8 +19,7 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
-use rdkafka::message::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
@@ -127,29 +126,6 @@ async fn drained_and_checkpointed(svcs: &[&Service], n: usize, checkpoints: bool
         let owned = s.metric("linewatch_stage_partitions").await;
         s.wait_metric(series, now + owned.max(1.0), WAIT).await;
     }
-}
-
-/// Every alert on `topic`, read `read_committed`, once none has come for `quiet`.
-async fn read_alerts(topic: &str, quiet: Duration) -> Vec<Alert> {
-    let c: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", format!("reader-{}", suffix()))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .create()
-        .expect("reader");
-    c.subscribe(&[topic]).expect("subscribe");
-    let start = Instant::now();
-    let mut last = Instant::now();
-    let mut out = Vec::new();
-    while last.elapsed() < quiet && start.elapsed() < Duration::from_secs(300) {
-        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(500), c.recv()).await {
-            out.push(serde_json::from_slice(m.payload().unwrap_or_default()).expect("alert"));
-            last = Instant::now();
-        }
-    }
-    out
 }
 
 /// Internal records in stage partition `p`'s three internal partitions (high watermarks).
@@ -314,7 +290,12 @@ async fn kill_scenario(subscribers: usize, days: u32, interval: u64) -> KillRepo
         interval > 0,
     )
     .await;
-    let got = read_alerts(&setup.topics.alerts, Duration::from_secs(15)).await;
+    let got = support::read_committed_alerts(
+        &setup.topics.alerts,
+        Duration::from_secs(15),
+        Duration::from_secs(300),
+    )
+    .await;
     assert!(
         !survivor
             .logs()

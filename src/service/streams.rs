@@ -683,21 +683,11 @@ impl StageLoop {
             rebuilt += upto.map_or(0, |u| u - o.offset);
             plan.push((w, o.offset, upto));
         }
-        for (w, from, upto) in plan {
-            self.positions.insert((w, p), from);
-            if let Some(upto) = upto {
-                self.rebuild_until.insert((w, p), upto);
-            }
-        }
-        self.metrics
-            .streams
-            .state
-            .rebuild_records
-            .inc_by(rebuilt.max(0) as u64);
-        tracing::info!(
-            partition = p,
-            rebuild_records = rebuilt,
-            "streams: stage partition assigned; restored from its checkpoint, re-reading only what came after it"
+        self.positioned(
+            p,
+            plan,
+            rebuilt,
+            "restored from its checkpoint, re-reading only what came after it",
         );
         true
     }
@@ -756,6 +746,25 @@ impl StageLoop {
                 },
             }
         }
+        self.positioned(
+            p,
+            plan,
+            rebuilt,
+            "its state is rebuilt from its internal partitions (no usable checkpoint)",
+        );
+        true
+    }
+
+    /// Partition `p` sought: each internal partition's `(topic, read from, re-read up to)`
+    /// becomes its position (what a checkpoint reflects until its records run) and its
+    /// rebuild point; the `rebuilt` records to re-read are counted and logged with `how`.
+    fn positioned(
+        &mut self,
+        p: i32,
+        plan: Vec<(Which, i64, Option<i64>)>,
+        rebuilt: i64,
+        how: &'static str,
+    ) {
         for (w, from, upto) in plan {
             self.positions.insert((w, p), from);
             if let Some(upto) = upto {
@@ -770,9 +779,8 @@ impl StageLoop {
         tracing::info!(
             partition = p,
             rebuild_records = rebuilt,
-            "streams: stage partition assigned; its state is rebuilt from its internal partitions (no usable checkpoint)"
+            "streams: stage partition assigned; {how}"
         );
-        true
     }
 
     /// [`Self::publish_and_commit`], then the offsets read so far become the positions a

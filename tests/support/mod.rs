@@ -317,6 +317,34 @@ pub fn headers(m: &impl Message) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
+/// Every alert on `topic`, read `read_committed` from the start, once no new one has come
+/// for `quiet` (or `limit` has passed).
+pub async fn read_committed_alerts(
+    topic: &str,
+    quiet: Duration,
+    limit: Duration,
+) -> Vec<linewatch::alert::Alert> {
+    let c: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", format!("reader-{}", suffix()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .expect("reader");
+    c.subscribe(&[topic]).expect("subscribe");
+    let start = Instant::now();
+    let mut last = Instant::now();
+    let mut out = Vec::new();
+    while last.elapsed() < quiet && start.elapsed() < limit {
+        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(500), c.recv()).await {
+            out.push(serde_json::from_slice(m.payload().unwrap_or_default()).expect("alert JSON"));
+            last = Instant::now();
+        }
+    }
+    out
+}
+
 /// Reads `topic` from the start until `done` says enough or `timeout` passes; returns what
 /// was read either way (the caller's assertion says what was missing).
 pub async fn read_until(topic: &str, timeout: Duration, done: impl Fn(&[Msg]) -> bool) -> Vec<Msg> {
