@@ -171,6 +171,26 @@ impl KafkaSettings {
         c
     }
 
+    /// The consumer's session timeout in milliseconds, as the consumer will be configured
+    /// (`None` when a `[kafka]` value is not a number: librdkafka refuses it at start).
+    pub fn session_timeout_ms(&self) -> Option<u64> {
+        self.client_config(Role::Consumer)
+            .get("session.timeout.ms")
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// `(idle timeout, session timeout)` in milliseconds when the partition idle timeout is
+    /// not above the consumer session timeout. A member lost without leaving keeps its
+    /// partitions until the session times out and the group rebalances; an idle timeout
+    /// shorter than that passes them over as idle first, so the others run ahead and their
+    /// records come late under the new owner (dead-lettered `late` by a single instance,
+    /// found late by `[streams]` stages).
+    pub fn idle_not_above_session(&self, idle_timeout_s: u64) -> Option<(u64, u64)> {
+        let session = self.session_timeout_ms()?;
+        let idle = idle_timeout_s.saturating_mul(1000);
+        (idle <= session).then_some((idle, session))
+    }
+
     /// The exactly-once producer's configuration: the producer's, with `transactional.id`
     /// set to `id` (see `service::txn::transactional_id`).
     pub fn transactional_config(&self, id: &str) -> ClientConfig {
@@ -330,6 +350,30 @@ mod tests {
         let shown = format!("{s:?}");
         assert!(shown.contains("sasl.password"));
         assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn an_idle_timeout_not_above_the_session_timeout_is_told() {
+        let with = |session: Option<&str>| {
+            let mut props = BTreeMap::new();
+            if let Some(v) = session {
+                props.insert("consumer.session.timeout.ms".to_string(), v.to_string());
+            }
+            KafkaSettings::new("b:9092", props)
+        };
+        // The defaults (60 s against 30 s) are not told.
+        assert_eq!(with(None).idle_not_above_session(60), None);
+        assert_eq!(
+            with(None).idle_not_above_session(30),
+            Some((30_000, 30_000))
+        );
+        assert_eq!(
+            with(Some("6000")).idle_not_above_session(5),
+            Some((5_000, 6_000))
+        );
+        assert_eq!(with(Some("6000")).idle_not_above_session(20), None);
+        // Not a number: librdkafka's own error at start says so, not this.
+        assert_eq!(with(Some("soon")).idle_not_above_session(5), None);
     }
 
     #[test]

@@ -240,6 +240,17 @@ pub async fn run(
             );
         }
     }
+    if let Some((idle_ms, session_ms)) =
+        settings.idle_not_above_session(cfg.service.partition_idle_timeout_s)
+    {
+        tracing::warn!(
+            idle_ms,
+            session_ms,
+            "service.partition_idle_timeout_s is not above the consumer session timeout: a \
+             member lost without leaving has its partitions passed over as idle before they \
+             move, and their records come late; keep it above (the defaults: 60 s and 30 s)"
+        );
+    }
     let first = Clients::build(&cfg, &settings, &metrics, &status)?;
     // Clients first, so a bad property fails before anything listens.
     let listener = http::bind(&cfg.service.http_addr).await?;
