@@ -69,6 +69,14 @@ impl Watermarks {
         }
     }
 
+    /// `gap` of wall time up to `wall` in which nothing at all was read does not count
+    /// towards any partition's idle timeout (the reader was stalled, not the partitions).
+    pub fn pause_idle_clocks(&mut self, gap: Millis, wall: Millis) {
+        for p in &mut self.parts {
+            p.last_wall = p.last_wall.saturating_add(gap).min(wall);
+        }
+    }
+
     /// Forgets a partition (revoked in a rebalance).
     pub fn remove(&mut self, partition: i32) {
         self.parts.retain(|p| p.partition != partition);

@@ -96,10 +96,22 @@ pub struct Stage {
     epoch_ms: Millis,
     expire_every_ms: Millis,
     idle_ms: Millis,
+    /// The wall time the last message from any source came (`None`: none since this stage
+    /// was made or restored). See [`STALL_MS`].
+    last_any: Option<Millis>,
     outbox: Vec<(usize, Evidence)>,
     /// Scratch: evidence sent by one call.
     made: Vec<Evidence>,
 }
+
+/// A stage that heard from no source at all for this long was stalled, not its sources:
+/// every live reader sends a mark at least once a second, so silence everywhere means the
+/// stage's own input stopped (a `read_committed` reader held at a killed member's open
+/// transaction until the broker aborts it, 10-20 s; a rebalance; the process starved of
+/// CPU). That time does not count towards any source's idle timeout: otherwise the first
+/// source read after the stall would run alone, the others (silent as long, their records
+/// just behind in the consumer) passed over as idle, and their records would come late.
+const STALL_MS: Millis = 3_000;
 
 /// The order of a record among every source's: its source's sequence number, then the
 /// source (sources beyond 256 share low bits: ties in evidence order, not errors).
@@ -139,6 +151,7 @@ impl Stage {
             epoch_ms: ids::span_ms(cfg.engine.exchange_epoch_s).max(1),
             expire_every_ms: ids::span_ms(cfg.engine.expire_every_s),
             idle_ms: ids::span_ms(cfg.service.partition_idle_timeout_s),
+            last_any: None,
             outbox: Vec::new(),
             made: Vec::new(),
         }
@@ -202,6 +215,7 @@ impl Stage {
     /// line's advert and its customer's reply, routed by two ingest stages, would often be
     /// run reply first, and the reply not counted (the customer is not one yet).
     pub fn receive(&mut self, msg: Message, wall: Millis, alerts: &mut Vec<Alert>) {
+        self.resume_idle_clocks(wall);
         let source = msg.source();
         if !self.st.queues.contains_key(&source) {
             self.expect_source(source, wall);
@@ -212,9 +226,32 @@ impl Stage {
     }
 
     /// Runs no new message, but what the wall clock releases (a source gone idle): call it
-    /// when the input is quiet.
+    /// when the input is quiet. While the whole stage is stalled ([`STALL_MS`]) nobody goes
+    /// idle: the silence is the stage's.
     pub fn tick(&mut self, wall: Millis, alerts: &mut Vec<Alert>) {
-        self.release(wall, false, alerts);
+        if self
+            .last_any
+            .is_some_and(|t| wall.saturating_sub(t) <= STALL_MS)
+        {
+            self.release(wall, false, alerts);
+        }
+    }
+
+    /// A message came at `wall`: time the whole stage heard nothing for longer than
+    /// [`STALL_MS`], and the time since a restore (the sources' last-heard times are the
+    /// previous owner's), stop counting towards the sources' idle timeouts.
+    fn resume_idle_clocks(&mut self, wall: Millis) {
+        let gap = match self.last_any {
+            Some(t) => wall.saturating_sub(t),
+            None => Millis::MAX,
+        };
+        if gap > STALL_MS {
+            for heard in self.st.heard.values_mut() {
+                *heard = (*heard).saturating_add(gap).min(wall);
+            }
+            self.st.watermarks.pause_idle_clocks(gap, wall);
+        }
+        self.last_any = Some(self.last_any.map_or(wall, |t| t.max(wall)));
     }
 
     /// Runs queued messages, earliest first, while every source has one queued (or idles);
@@ -622,6 +659,67 @@ mod tests {
             watermark,
             counted: 0,
         })
+    }
+
+    fn idle_20s() -> Config {
+        let mut cfg = Config::default();
+        cfg.service.partition_idle_timeout_s = 20;
+        cfg
+    }
+
+    /// A read_committed reader held 30 s at a killed member's open transaction reads
+    /// nothing from any source; then one source's message comes first. The other source
+    /// was as silent, but the stage was stalled, not it: it is waited for, not passed over
+    /// as idle (before, the first source ran alone and the other's records came late).
+    #[test]
+    fn a_stall_of_the_whole_stage_makes_no_source_idle() {
+        let mut s = Stage::new(&idle_20s(), 0, 1);
+        let mut alerts = Vec::new();
+        s.receive(mark(1, 60_000), 1_000, &mut alerts);
+        s.receive(mark(2, 60_000), 1_000, &mut alerts);
+        assert_eq!(
+            s.queued(),
+            1,
+            "each source's latest waits for the other's next"
+        );
+        // 30 s of silence everywhere, then source 1.
+        s.receive(mark(1, 120_000), 31_000, &mut alerts);
+        s.tick(31_500, &mut alerts);
+        assert_eq!(s.queued_of(1), 1, "source 2 is waited for");
+        s.receive(mark(2, 120_000), 32_000, &mut alerts);
+        assert_eq!((s.queued_of(1), s.queued_of(2)), (0, 1));
+        // Still no source idles while the stage is silent again (ticks only).
+        s.tick(60_000, &mut alerts);
+        assert_eq!(s.queued(), 1);
+    }
+
+    /// The idle timeout still does its work: a source silent while another delivers (a
+    /// mark a second) is passed over once silent for longer than the timeout.
+    #[test]
+    fn a_source_silent_while_another_delivers_goes_idle() {
+        let mut s = Stage::new(&idle_20s(), 0, 1);
+        let mut alerts = Vec::new();
+        s.receive(mark(2, 60_000), 0, &mut alerts);
+        for i in 1..=19 {
+            s.receive(mark(1, 60_000 + i * 1_000), i * 1_000, &mut alerts);
+        }
+        assert_eq!(s.queued(), 19, "source 2 silent 19 s: waited for");
+        s.receive(mark(1, 90_000), 21_000, &mut alerts);
+        assert_eq!(s.queued(), 0, "source 2 silent 21 s: idle");
+    }
+
+    /// A stage made (or restored from a checkpoint) knows its sources' last-heard times
+    /// from before: the time until its first message is not theirs to be idle in.
+    #[test]
+    fn a_stage_made_with_old_sources_waits_for_them_from_its_first_message() {
+        let mut s = Stage::new(&idle_20s(), 0, 1);
+        let mut alerts = Vec::new();
+        s.expect_source(1, 0);
+        s.expect_source(2, 0);
+        s.receive(mark(1, 60_000), 30_000, &mut alerts);
+        assert_eq!(s.queued(), 1, "source 2 is waited for");
+        s.receive(mark(2, 60_000), 30_500, &mut alerts);
+        assert_eq!(s.queued(), 1);
     }
 
     /// The stage task's commit positions (`service::streams`, which before committed every
