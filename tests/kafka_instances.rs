@@ -156,13 +156,18 @@ async fn exactly_once_three_instances_one_killed_half_way_repeat_no_alert() {
 }
 
 /// A fourth instance joins mid-stream: half the input written and taken by three, the
-/// fourth started, the rest written. Partitions move to it (each rebuilt from the internal
-/// topics by its new owner) and the group still finds what replay finds. Measured (docs/
-/// sharding.md, "As built (step 4, wiring)"): 99 % of the pairs in both runs of this build,
-/// the 8 deal lines in one and 7 in the other (a deal verdict made by a handover credit
-/// just before the half); run it with `--ignored` to measure.
+/// fourth started, the rest written. Partitions move to it with their state (a state
+/// topic, as deployed: saved at the held revoke, restored by the new owner) and the group
+/// still finds what replay finds. Measured (docs/sharding.md, "As built (step 4,
+/// wiring)"): 99-100 % of the pairs in every run, the 8 deal lines in 2 of 4 runs, 7 in the
+/// others: always the same verdict, made by a handover credit just before the half, which
+/// is evidence from another stage partition; during the rebalance the receiving partition
+/// can pass the barrier of the credit's epoch before the credit arrives (it is then applied
+/// a barrier later than in one engine). Closing that needs barriers aligned across
+/// partitions (each epoch closed only once every partition has marked it), not built. Run
+/// it with `--ignored` to measure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "met in one of two runs: a deal_line subject missed in the other (docs/sharding.md)"]
+#[ignore = "8 of 8 deal lines in 2 of 4 runs, 7 in the others: evidence across partitions applied a barrier late in the rebalance (docs/sharding.md)"]
 async fn a_fourth_instance_joining_half_way_loses_nothing() {
     three_instances_one_killed_half_way(
         Bar {
@@ -197,7 +202,16 @@ async fn three_instances_one_killed_half_way(bar: Bar, half_way: HalfWay) {
         );
     }
 
-    let setup = Setup::new("instances", 6, cfg_text).await;
+    // A member joining moves partitions by a rebalance: with a checkpoint store, as
+    // deployed, each moves with its state (saved at the held revoke, restored by its new
+    // owner). Without one the new owner rebuilds by re-running the partition's history
+    // with its outputs dropped, and a re-run is not the same run: evidence from the other
+    // partitions comes at other times, so a finding first made after the committed offset
+    // can be made again before it and dropped (docs/sharding.md).
+    let setup = match half_way {
+        HalfWay::Join => Setup::with_state_topic("instances", 6, cfg_text).await,
+        HalfWay::Kill => Setup::new("instances", 6, cfg_text).await,
+    };
     let cells_path = setup.dir.path().join("cells.csv");
     std::fs::write(&cells_path, &cells_csv).expect("write cells");
     let mut setup = setup.arg("--cells", &cells_path.to_string_lossy());
@@ -413,10 +427,16 @@ fn static_member(config: &str, i: usize) -> String {
 ///
 /// Ignored: since the stage commits only what it is done with (`Progress`) this lost one
 /// `bulk_sms` alert in one of two runs after the markers wait was merged (and passed two of
-/// two on the merge before it); the cause is not found (docs/sharding.md, "As built (step
-/// 4, exactly once)"). Run it with `--ignored`.
+/// two on the merge before it), and in 2 of 4 runs the session after. The lost alert is on
+/// a stage partition that had committed nothing before the abort and re-ran its whole
+/// history live after it (`rebuild_records` 0): not an output the rebuild dropped. Keeping
+/// the committed ids across the abort and filtering the re-run's alerts through them
+/// (instead of dropping) lost it in 3 of 3 runs, so something marks that id published
+/// without its alert being committed, or the re-run does not make it; the cause is not
+/// found (docs/sharding.md, "As built (step 4, exactly once)"). Run it with `--ignored`
+/// (`LW_DEBUG_MISSED=1` names the missed alerts).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "flaky since the stages commit what they are done with: one alert lost in 1 of 2 runs, cause not found (docs/sharding.md)"]
+#[ignore = "flaky since the stages commit what they are done with: one alert lost in 3 of 6 runs, cause not found (docs/sharding.md)"]
 async fn exactly_once_an_aborted_stage_transaction_publishes_nothing_twice_and_loses_nothing() {
     let opts = GenOptions {
         seed: 5,
@@ -503,6 +523,19 @@ async fn exactly_once_an_aborted_stage_transaction_publishes_nothing_twice_and_l
         }
     }
     let ids: BTreeSet<&str> = got.iter().map(|a| a.alert_id.as_str()).collect();
+    if std::env::var("LW_DEBUG_MISSED").is_ok() {
+        // Which alerts went missing, on which stage partition and when (test data only).
+        for x in want.iter().filter(|x| !ids.contains(x.alert_id.as_str())) {
+            eprintln!(
+                "MISSED {} {} partition {} event_time {} id {}",
+                x.detector,
+                x.subject,
+                linewatch::engine::shard_of(linewatch::ids::id(&x.subject), 6),
+                x.event_time,
+                x.alert_id
+            );
+        }
+    }
     let (a, b) = (pairs(&want), pairs(&got));
     let recall = a.intersection(&b).count() as f64 / a.len().max(1) as f64;
     let mut missed: BTreeMap<&str, usize> = BTreeMap::new();
