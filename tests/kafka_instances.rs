@@ -189,7 +189,16 @@ enum HalfWay {
     Join,
 }
 
+/// One group of instances at a time in this binary. Each run starts three or four
+/// `linewatch run` processes of a debug build; three runs at once on a 2-core machine
+/// starved an input partition's reader past the 20 s idle timeout while the others read
+/// on, and the survivors' ingests dead-lettered 16,749 records as `late` (90 % of the
+/// pairs: the CI failure of the session before, reproduced with a build running beside
+/// it). That is the idle timeout's documented limit, not the behaviour under test.
+static ONE_GROUP_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn three_instances_one_killed_half_way(bar: Bar, half_way: HalfWay) {
+    let _one = ONE_GROUP_AT_A_TIME.lock().await;
     let (events, cells_csv) = city(5);
     let cells: Arc<CellMap> = CellMap::parse(&cells_csv).expect("cell map").into();
     let cfg_text = CONFIG;
