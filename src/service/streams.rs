@@ -735,10 +735,29 @@ impl StageLoop {
                     rebuilt += upto - from;
                     plan.push((w, from, Some(upto)));
                 }
-                (Some(upto), _) => plan.push((w, upto, None)),
-                // Never committed: read from the start (`auto.offset.reset`).
+                // Nothing to re-read: from the committed offset, sought explicitly. After an
+                // abort's rebuild the consumer is not assigned again, and its position is
+                // past what the aborted transaction read: without the seek those records
+                // were never run again (the aborted-transaction broker test's lost alert).
+                (Some(upto), _) => {
+                    if let Err(e) = c.seek(topic, p, Offset::Offset(upto), Duration::from_secs(10))
+                    {
+                        tracing::info!(error = %e, partition = p, "stage partition not yet seekable; retried");
+                        return false;
+                    }
+                    plan.push((w, upto, None));
+                }
+                // Never committed: from the start, sought explicitly for the same reason.
                 (None, _) => match c.fetch_watermarks(topic, p, Duration::from_secs(10)) {
-                    Ok((low, _)) => plan.push((w, low, None)),
+                    Ok((low, _)) => {
+                        if let Err(e) =
+                            c.seek(topic, p, Offset::Offset(low), Duration::from_secs(10))
+                        {
+                            tracing::info!(error = %e, partition = p, "stage partition not yet seekable; retried");
+                            return false;
+                        }
+                        plan.push((w, low, None));
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, partition = p, "stage partition bounds could not be fetched; retried");
                         return false;

@@ -92,8 +92,9 @@ pub(super) struct StageTxn {
     /// Stage partitions rebuilt after an abort or fatal error, positioned again without a
     /// markers wait: this instance was their owner, and the wait, stalled by the aborted
     /// transaction's records on the evidence partitions (13 s in the aborted-transaction
-    /// broker test), lost findings there in 2 of 2 runs (why is not found yet;
-    /// docs/sharding.md).
+    /// broker test), lost findings there in 2 of 2 runs (why was not found; since then a
+    /// stall of the whole stage no longer idles its sources and every partition is sought
+    /// at a rebuild, two candidates, and the wait has not been tried again; docs/sharding.md).
     rebuilt: std::collections::BTreeSet<i32>,
 }
 
