@@ -824,13 +824,14 @@ impl StageLoop {
     }
 
     /// Logs each stage partition whose re-read after an assignment is over (every internal
-    /// partition at or past the committed offset it re-reads to): live again.
+    /// partition at or past the committed offset it re-reads to, and under exactly once its
+    /// markers wait ended): live again.
     fn note_recovered(&mut self) {
         let done: Vec<i32> = self
             .recovering
             .keys()
             .copied()
-            .filter(|p| !self.to_seek.contains(p))
+            .filter(|p| !self.to_seek.contains(p) && !self.waiting_for_markers(*p))
             .filter(|&p| {
                 self.rebuild_until
                     .iter()

@@ -373,6 +373,14 @@ impl StageLoop {
         true
     }
 
+    /// Whether stage partition `p`'s live records still wait for its markers (exactly
+    /// once, after an assignment): it is not live again before that.
+    pub(super) fn waiting_for_markers(&self, p: i32) -> bool {
+        self.txn
+            .as_ref()
+            .is_some_and(|t| t.markers.contains_key(&p))
+    }
+
     /// Exactly once: ends the waits whose evidence partitions are read to their ends,
     /// seeking each by-line partition back to the first record put back.
     pub(super) fn end_marker_waits(&mut self) {
