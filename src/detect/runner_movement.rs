@@ -469,16 +469,25 @@ impl RunnerMovement {
             outbox.push(Sent::new(Dest::Handset(h), ask(None)));
             return;
         }
-        if let Some(y) = self.young.get(&sim).filter(|y| y.0 != to) {
-            outbox.push(Sent::new(
-                Dest::Handset(y.0),
-                ask(Some(y.2.as_str().into())),
-            ));
-        }
-        if self.young.len() < self.max_keys || self.young.contains_key(&sim) {
-            self.young.insert(sim, (to, s, name.clone()));
-        } else {
-            self.cap_hits += 1;
+        // One probe of the SIM's young-handset entry, not three (read, cap check, write):
+        // the table holds every SIM first seen within `young_handset_s`, far larger than the
+        // caches, and nearly every arrival is a SIM new to it (cachegrind, bench mix).
+        let full = self.young.len() >= self.max_keys;
+        match self.young.entry(sim) {
+            Entry::Occupied(mut o) => {
+                let y = o.get_mut();
+                if y.0 != to {
+                    outbox.push(Sent::new(
+                        Dest::Handset(y.0),
+                        ask(Some(y.2.as_str().into())),
+                    ));
+                }
+                *y = (to, s, name.clone());
+            }
+            Entry::Vacant(v) if !full => {
+                v.insert((to, s, name.clone()));
+            }
+            Entry::Vacant(_) => self.cap_hits += 1,
         }
     }
 
