@@ -1531,6 +1531,43 @@ mod tests {
         assert_eq!(std::mem::size_of::<Name>(), 24);
     }
 
+    /// The young-handset list at its key cap: a SIM it holds is still answered and moves to
+    /// the new handset; a SIM new to it is refused and counted; the same handset again asks
+    /// nobody. (Guards the arrival's single probe of the list.)
+    #[test]
+    fn a_full_young_list_still_answers_the_sims_it_holds() {
+        let mut d = RunnerMovement::new(&Config::default(), 1);
+        let mut out = Vec::new();
+        let (sim_a, sim_b) = (ids::id("s:a"), ids::id("s:b"));
+        d.sim_arrived(sim_a, 1, &Name::new("h:one"), 100, &mut out);
+        assert!(out.is_empty());
+        d.sim_arrived(sim_b, 2, &Name::new("h:two"), 110, &mut out);
+        assert!(out.is_empty());
+        assert_eq!((d.cap_hits, d.young.contains_key(&sim_b)), (1, false));
+        d.sim_arrived(sim_a, 3, &Name::new("h:three"), 120, &mut out);
+        match &out[..] {
+            [Sent {
+                dest: Dest::Handset(1),
+                body:
+                    Body::HandOver {
+                        to: 3,
+                        young_name: Some(n),
+                        at_s: 120,
+                        ..
+                    },
+                ..
+            }] => assert_eq!(&**n, "h:one"),
+            other => panic!("expected one hand-over to handset 1, got {other:?}"),
+        }
+        let y = &d.young[&sim_a];
+        assert_eq!((y.0, y.1, y.2.as_str()), (3, 120, "h:three"));
+        assert_eq!(d.cap_hits, 1);
+        out.clear();
+        d.sim_arrived(sim_a, 3, &Name::new("h:three"), 130, &mut out);
+        assert!(out.is_empty());
+        assert_eq!(d.young[&sim_a].1, 130);
+    }
+
     /// A call from `line` on handset `h` with SIM `sim`, in `cell`, at `ts`.
     fn rec<'a>(
         id: &'a str,
