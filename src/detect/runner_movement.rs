@@ -469,16 +469,25 @@ impl RunnerMovement {
             outbox.push(Sent::new(Dest::Handset(h), ask(None)));
             return;
         }
-        if let Some(y) = self.young.get(&sim).filter(|y| y.0 != to) {
-            outbox.push(Sent::new(
-                Dest::Handset(y.0),
-                ask(Some(y.2.as_str().into())),
-            ));
-        }
-        if self.young.len() < self.max_keys || self.young.contains_key(&sim) {
-            self.young.insert(sim, (to, s, name.clone()));
-        } else {
-            self.cap_hits += 1;
+        // One probe of the SIM's young-handset entry, not three (read, cap check, write):
+        // the table holds every SIM first seen within `young_handset_s`, far larger than the
+        // caches, and nearly every arrival is a SIM new to it (cachegrind, bench mix).
+        let full = self.young.len() >= self.max_keys;
+        match self.young.entry(sim) {
+            Entry::Occupied(mut o) => {
+                let y = o.get_mut();
+                if y.0 != to {
+                    outbox.push(Sent::new(
+                        Dest::Handset(y.0),
+                        ask(Some(y.2.as_str().into())),
+                    ));
+                }
+                *y = (to, s, name.clone());
+            }
+            Entry::Vacant(v) if !full => {
+                v.insert((to, s, name.clone()));
+            }
+            Entry::Vacant(_) => self.cap_hits += 1,
         }
     }
 
@@ -1520,6 +1529,43 @@ mod tests {
             assert_eq!(codec::decode::<(u64, u32, Name)>(&old).unwrap(), young);
         }
         assert_eq!(std::mem::size_of::<Name>(), 24);
+    }
+
+    /// The young-handset list at its key cap: a SIM it holds is still answered and moves to
+    /// the new handset; a SIM new to it is refused and counted; the same handset again asks
+    /// nobody. (Guards the arrival's single probe of the list.)
+    #[test]
+    fn a_full_young_list_still_answers_the_sims_it_holds() {
+        let mut d = RunnerMovement::new(&Config::default(), 1);
+        let mut out = Vec::new();
+        let (sim_a, sim_b) = (ids::id("s:a"), ids::id("s:b"));
+        d.sim_arrived(sim_a, 1, &Name::new("h:one"), 100, &mut out);
+        assert!(out.is_empty());
+        d.sim_arrived(sim_b, 2, &Name::new("h:two"), 110, &mut out);
+        assert!(out.is_empty());
+        assert_eq!((d.cap_hits, d.young.contains_key(&sim_b)), (1, false));
+        d.sim_arrived(sim_a, 3, &Name::new("h:three"), 120, &mut out);
+        match &out[..] {
+            [Sent {
+                dest: Dest::Handset(1),
+                body:
+                    Body::HandOver {
+                        to: 3,
+                        young_name: Some(n),
+                        at_s: 120,
+                        ..
+                    },
+                ..
+            }] => assert_eq!(&**n, "h:one"),
+            other => panic!("expected one hand-over to handset 1, got {other:?}"),
+        }
+        let y = &d.young[&sim_a];
+        assert_eq!((y.0, y.1, y.2.as_str()), (3, 120, "h:three"));
+        assert_eq!(d.cap_hits, 1);
+        out.clear();
+        d.sim_arrived(sim_a, 3, &Name::new("h:three"), 130, &mut out);
+        assert!(out.is_empty());
+        assert_eq!(d.young[&sim_a].1, 130);
     }
 
     /// A call from `line` on handset `h` with SIM `sim`, in `cell`, at `ts`.
