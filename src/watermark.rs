@@ -108,6 +108,16 @@ impl Watermarks {
         base.map_or(Millis::MIN, |t| t - self.lateness)
     }
 
+    /// One partition's watermark: its highest event time less the lateness (`MIN` before it
+    /// delivers anything, or if unknown).
+    pub fn of_partition(&self, partition: i32) -> Millis {
+        self.parts
+            .iter()
+            .find(|p| p.partition == partition)
+            .and_then(|p| p.max_ts)
+            .map_or(Millis::MIN, |t| t - self.lateness)
+    }
+
     /// Per-partition (partition, watermark) pairs, for metrics.
     pub fn per_partition(&self) -> Vec<(i32, Millis)> {
         self.parts

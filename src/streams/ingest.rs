@@ -59,8 +59,12 @@ impl IngestStage {
     pub fn new(cfg: Config, source: i32, partitions: usize) -> Self {
         let lateness_ms = ids::span_ms(cfg.engine.allowed_lateness_s);
         let idle_ms = ids::span_ms(cfg.service.partition_idle_timeout_s);
+        let mut engine = Engine::new(cfg);
+        // The stages merge the input partitions (their sources) in event-time order; here a
+        // record is late only against its own partition.
+        engine.judge_lateness_per_partition();
         IngestStage {
-            engine: Engine::new(cfg),
+            engine,
             source,
             partitions: partitions.max(1),
             epoch: i64::MIN,
@@ -236,6 +240,47 @@ mod tests {
 
     fn sources(out: &[(usize, Message)]) -> Vec<i32> {
         out.iter().map(|(_, m)| m.source()).collect()
+    }
+
+    /// A record is late only against its own input partition: one partition read far ahead
+    /// while another was silent past the idle timeout (a takeover's re-read, a starved
+    /// reader) does not make the other's on-time records late. Against the minimum over
+    /// partitions, the idle one was left out, and its next record, 4 h behind the other
+    /// partition, was dead-lettered `late`.
+    #[test]
+    fn a_record_is_late_only_against_its_own_partition() {
+        let cfg = Config::default();
+        let idle = ids::span_ms(cfg.service.partition_idle_timeout_s);
+        let wall = T0 + 86_400_000;
+        let mut a = IngestStage::new(cfg, 100, 2);
+        a.assign_partition(0, wall);
+        a.assign_partition(1, wall);
+        let mut out = Vec::new();
+        let routed = |out: &[(usize, Message)]| {
+            out.iter()
+                .filter(|(_, m)| matches!(m, Message::Routed(_)))
+                .count()
+        };
+        a.ingest(&record(1, T0), 1, wall, &mut out);
+        for k in 0..5 {
+            a.ingest(
+                &record(10 + k, T0 + k as i64 * 3_600_000),
+                0,
+                wall + idle + 1,
+                &mut out,
+            );
+        }
+        let before = routed(&out);
+        // Partition 1, silent past the idle timeout, goes on one minute after its last.
+        let v = a.ingest(&record(2, T0 + 60_000), 1, wall + idle + 2, &mut out);
+        assert_eq!(v, Verdict::Valid, "on time in its own partition");
+        assert!(routed(&out) > before);
+        // A record late in its own partition still is.
+        let v = a.ingest(&record(3, T0 - 3_600_000), 1, wall + idle + 3, &mut out);
+        assert!(
+            matches!(v, Verdict::Rejected(ref m) if m.reason == Reason::Late),
+            "{v:?}"
+        );
     }
 
     /// An input partition that moves to another ingest task (its reader lost) is the same
