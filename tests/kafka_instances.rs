@@ -319,25 +319,7 @@ async fn three_instances_one_killed_half_way(bar: Bar, half_way: HalfWay) {
         }
     }
     let (a, b) = (pairs(&want), pairs(&got));
-    if std::env::var("LW_DEBUG_MISSED").is_ok() {
-        // Which findings went missing, on which stage partition and when (test data only).
-        for x in want.iter().chain(&got) {
-            let k = (x.detector.clone(), x.subject.clone());
-            let side = match (a.contains(&k), b.contains(&k)) {
-                (true, false) => "MISSED",
-                (false, true) => "EXTRA",
-                _ => continue,
-            };
-            eprintln!(
-                "{side} {} {} partition {} event_time {} id {}",
-                x.detector,
-                x.subject,
-                linewatch::engine::shard_of(linewatch::ids::id(&x.subject), 6),
-                x.event_time,
-                x.alert_id
-            );
-        }
-    }
+    support::debug_missed_pairs(&want, &got, 6);
     let both = a.intersection(&b).count();
     let recall = both as f64 / a.len().max(1) as f64;
     let precision = both as f64 / b.len().max(1) as f64;

@@ -358,25 +358,7 @@ fn recall_precision(want: &[Alert], got: &[Alert]) -> (f64, f64) {
 async fn a_partition_moved_by_a_kill_restores_its_checkpoint_and_rereads_only_what_came_after() {
     let r = kill_scenario(2_000, 2, 1).await;
     let (recall, precision) = recall_precision(&r.want, &r.got);
-    if std::env::var("LW_DEBUG_MISSED").is_ok() {
-        // Which findings went missing, on which stage partition and when (test data only).
-        let (a, b) = (pairs(&r.want), pairs(&r.got));
-        for x in r.want.iter().chain(&r.got) {
-            let k = (x.detector.clone(), x.subject.clone());
-            let side = match (a.contains(&k), b.contains(&k)) {
-                (true, false) => "MISSED",
-                (false, true) => "EXTRA",
-                _ => continue,
-            };
-            eprintln!(
-                "{side} {} {} partition {} event_time {}",
-                x.detector,
-                x.subject,
-                linewatch::engine::shard_of(linewatch::ids::id(&x.subject), 6),
-                x.event_time,
-            );
-        }
-    }
+    support::debug_missed_pairs(&r.want, &r.got, 6);
     eprintln!(
         "moved {:?}; re-read (restored, records, of) {:?}; kill → assignment {:.1} s; \
          recovery {:?} s; state (bytes, lines) {:?}; pairs {:.1} % of replay's found, {:.1} % \

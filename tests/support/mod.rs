@@ -317,6 +317,42 @@ pub fn headers(m: &impl Message) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
+/// With `LW_DEBUG_MISSED` set, prints each (detector, subject) pair `want` has and `got`
+/// lacks (MISSED) or the other way round (EXTRA), with the stage partition of its subject
+/// among `partitions` and its event time: test data only, to find where a group lost
+/// what `replay` finds.
+pub fn debug_missed_pairs(
+    want: &[linewatch::alert::Alert],
+    got: &[linewatch::alert::Alert],
+    partitions: usize,
+) {
+    if std::env::var("LW_DEBUG_MISSED").is_err() {
+        return;
+    }
+    let pairs = |v: &[linewatch::alert::Alert]| -> BTreeSet<(String, String)> {
+        v.iter()
+            .map(|a| (a.detector.clone(), a.subject.clone()))
+            .collect()
+    };
+    let (a, b) = (pairs(want), pairs(got));
+    for x in want.iter().chain(got) {
+        let k = (x.detector.clone(), x.subject.clone());
+        let side = match (a.contains(&k), b.contains(&k)) {
+            (true, false) => "MISSED",
+            (false, true) => "EXTRA",
+            _ => continue,
+        };
+        eprintln!(
+            "{side} {} {} partition {} event_time {} id {}",
+            x.detector,
+            x.subject,
+            linewatch::engine::shard_of(linewatch::ids::id(&x.subject), partitions),
+            x.event_time,
+            x.alert_id
+        );
+    }
+}
+
 /// Every alert on `topic`, read `read_committed` from the start, once no new one has come
 /// for `quiet` (or `limit` has passed).
 pub async fn read_committed_alerts(
