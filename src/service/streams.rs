@@ -725,45 +725,30 @@ impl StageLoop {
                     Offset::Offset(o) => Some(o),
                     _ => None,
                 });
-            match (committed.get(&w).copied(), from) {
-                (Some(upto), Some(from)) if from < upto => {
-                    if let Err(e) = c.seek(topic, p, Offset::Offset(from), Duration::from_secs(10))
-                    {
-                        tracing::info!(error = %e, partition = p, "stage partition not yet seekable; retried");
-                        return false;
-                    }
-                    rebuilt += upto - from;
-                    plan.push((w, from, Some(upto)));
-                }
-                // Nothing to re-read: from the committed offset, sought explicitly. After an
-                // abort's rebuild the consumer is not assigned again, and its position is
-                // past what the aborted transaction read: without the seek those records
-                // were never run again (the aborted-transaction broker test's lost alert).
-                (Some(upto), _) => {
-                    if let Err(e) = c.seek(topic, p, Offset::Offset(upto), Duration::from_secs(10))
-                    {
-                        tracing::info!(error = %e, partition = p, "stage partition not yet seekable; retried");
-                        return false;
-                    }
-                    plan.push((w, upto, None));
-                }
-                // Never committed: from the start, sought explicitly for the same reason.
+            // Where to read from, and up to where the re-read runs (outputs dropped).
+            let (start, upto) = match (committed.get(&w).copied(), from) {
+                (Some(upto), Some(from)) if from < upto => (from, Some(upto)),
+                // Nothing to re-read: from the committed offset.
+                (Some(upto), _) => (upto, None),
+                // Never committed: from the start.
                 (None, _) => match c.fetch_watermarks(topic, p, Duration::from_secs(10)) {
-                    Ok((low, _)) => {
-                        if let Err(e) =
-                            c.seek(topic, p, Offset::Offset(low), Duration::from_secs(10))
-                        {
-                            tracing::info!(error = %e, partition = p, "stage partition not yet seekable; retried");
-                            return false;
-                        }
-                        plan.push((w, low, None));
-                    }
+                    Ok((low, _)) => (low, None),
                     Err(e) => {
                         tracing::warn!(error = %e, partition = p, "stage partition bounds could not be fetched; retried");
                         return false;
                     }
                 },
+            };
+            // Sought explicitly in every case. After an abort's rebuild the consumer is not
+            // assigned again, and its position is past what the aborted transaction read:
+            // without the seek those records were never run again (the aborted-transaction
+            // broker test's lost alert).
+            if let Err(e) = c.seek(topic, p, Offset::Offset(start), Duration::from_secs(10)) {
+                tracing::info!(error = %e, partition = p, "stage partition not yet seekable; retried");
+                return false;
             }
+            rebuilt += upto.map_or(0, |u| u - start);
+            plan.push((w, start, upto));
         }
         self.positioned(
             p,
