@@ -12,14 +12,12 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
-use rdkafka::ClientConfig;
 
 use linewatch::alert::Alert;
 use linewatch::config::Config;
 use linewatch::replay::replay_bytes;
-use support::{brokers, produce, records, suffix, Service, Setup, MIN, T0, WAIT};
+use support::{produce, records, Service, Setup, MIN, T0, WAIT};
 
 /// The broker tests' thresholds, batches of 500 at most, and a checkpoint every second.
 const CONFIG: &str = support::broker_test_config!(
@@ -101,15 +99,7 @@ struct Read {
 /// Reads `topic` from the start with `isolation.level = read_committed` until nothing more
 /// has come for `idle` (a repeat would have come by then).
 async fn read_committed(topic: &str, idle: Duration) -> Vec<Read> {
-    let c: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", format!("reader-{}", suffix()))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .create()
-        .expect("reader");
-    c.subscribe(&[topic]).expect("subscribe");
+    let c = support::read_committed_reader(topic);
     let mut last = Instant::now();
     let mut out = Vec::new();
     loop {

@@ -353,13 +353,9 @@ pub fn debug_missed_pairs(
     }
 }
 
-/// Every alert on `topic`, read `read_committed` from the start, once no new one has come
-/// for `quiet` (or `limit` has passed).
-pub async fn read_committed_alerts(
-    topic: &str,
-    quiet: Duration,
-    limit: Duration,
-) -> Vec<linewatch::alert::Alert> {
+/// A consumer of `topic` from the start, in a group of its own, that sees only committed
+/// transactions (`isolation.level = read_committed`).
+pub fn read_committed_reader(topic: &str) -> StreamConsumer {
     let c: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .set("group.id", format!("reader-{}", suffix()))
@@ -369,6 +365,17 @@ pub async fn read_committed_alerts(
         .create()
         .expect("reader");
     c.subscribe(&[topic]).expect("subscribe");
+    c
+}
+
+/// Every alert on `topic`, read `read_committed` from the start, once no new one has come
+/// for `quiet` (or `limit` has passed).
+pub async fn read_committed_alerts(
+    topic: &str,
+    quiet: Duration,
+    limit: Duration,
+) -> Vec<linewatch::alert::Alert> {
+    let c = read_committed_reader(topic);
     let start = Instant::now();
     let mut last = Instant::now();
     let mut out = Vec::new();
