@@ -23,6 +23,15 @@ fn only(name: &str) -> Config {
     c
 }
 
+/// Runs `records` through the engine in order, at wall time `now`.
+fn feed<R: AsRef<[u8]>>(e: &mut Engine, records: &[R], now: i64) {
+    let mut alerts = Vec::new();
+    for r in records {
+        alerts.clear();
+        e.process(r.as_ref(), 0, now, &mut alerts);
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let recs = common::records(50_000, 20_000);
     // The mix's cells c0..c499: half metro, half county.
@@ -69,12 +78,7 @@ fn bench(c: &mut Criterion) {
                 |mut e| {
                     // The wall clock bounds how far ahead event time may be; the bench
                     // records are in the past.
-                    let now = linewatch::replay::wall_ms();
-                    let mut alerts = Vec::new();
-                    for r in &recs {
-                        alerts.clear();
-                        e.process(r, 0, now, &mut alerts);
-                    }
+                    feed(&mut e, &recs, linewatch::replay::wall_ms());
                     e
                 },
                 BatchSize::LargeInput,
@@ -98,17 +102,8 @@ fn warm_city(c: &mut Criterion) {
         days: 2,
         ..Default::default()
     };
-    let (events, _, _) = linewatch::generate::generate_in_memory(&opts).expect("generate");
-    let mut csv = Vec::new();
-    linewatch::generate::write_cells(&opts, &mut csv).expect("cells");
-    let cells = std::sync::Arc::new(
-        linewatch::cells::CellMap::parse(std::str::from_utf8(&csv).expect("utf-8"))
-            .expect("cell map"),
-    );
-    let lines: Vec<&[u8]> = events
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
-        .collect();
+    let (events, cells) = common::city(&opts);
+    let lines = common::lines(&events);
     // The first day warms; the next TIMED records are timed (the file is in event-time
     // order but for the generator's late and duplicate records).
     let day_ms = 86_400_000;
@@ -133,20 +128,12 @@ fn warm_city(c: &mut Criterion) {
         if name == "all" {
             warm.set_cells(Some(cells.clone()));
         }
-        let mut alerts = Vec::new();
-        for l in &lines[..warm_n] {
-            alerts.clear();
-            warm.process(l, 0, now, &mut alerts);
-        }
+        feed(&mut warm, &lines[..warm_n], now);
         g.bench_function(name, |b| {
             b.iter_batched(
                 || warm.clone(),
                 |mut e| {
-                    let mut alerts = Vec::new();
-                    for l in timed {
-                        alerts.clear();
-                        e.process(l, 0, now, &mut alerts);
-                    }
+                    feed(&mut e, timed, now);
                     e
                 },
                 BatchSize::LargeInput,

@@ -15,10 +15,13 @@ use linewatch::checkpoint::codec;
 use linewatch::config::Config;
 use linewatch::engine::Engine;
 use linewatch::exchange::Evidence;
-use linewatch::generate::{self, GenOptions};
+use linewatch::generate::GenOptions;
 use linewatch::streams::ingest::IngestStage;
 use linewatch::streams::message::Message;
 use linewatch::streams::stage::Stage;
+
+#[path = "common/mod.rs"]
+mod common;
 
 /// This thread's user + system CPU time, in seconds.
 fn cpu_s() -> f64 {
@@ -108,14 +111,8 @@ fn main() {
         days,
         ..GenOptions::default()
     };
-    let (events, _, _) = generate::generate_in_memory(&opts).expect("generate");
-    let mut csv = Vec::new();
-    generate::write_cells(&opts, &mut csv).expect("cells");
-    let cells: Arc<CellMap> = CellMap::parse(&csv).expect("cell map").into();
-    let lines: Vec<&[u8]> = events
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
-        .collect();
+    let (events, cells) = common::city(&opts);
+    let lines = common::lines(&events);
     let wall = linewatch::replay::wall_ms();
     let m = lines.len() as f64 / 1e6;
     println!(

@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each bench uses a different part
 
 use std::io::Write;
+use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -70,4 +71,21 @@ impl Records {
             from % 500
         );
     }
+}
+
+/// A generated city in memory (`generate` with `opts`): its JSONL and its cell map.
+pub fn city(opts: &linewatch::generate::GenOptions) -> (Vec<u8>, Arc<linewatch::cells::CellMap>) {
+    let (events, _, _) = linewatch::generate::generate_in_memory(opts).expect("generate");
+    let mut csv = Vec::new();
+    linewatch::generate::write_cells(opts, &mut csv).expect("cells");
+    let cells = linewatch::cells::CellMap::parse(&csv).expect("cell map");
+    (events, Arc::new(cells))
+}
+
+/// The records of a JSONL buffer, one per non-empty line.
+pub fn lines(events: &[u8]) -> Vec<&[u8]> {
+    events
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect()
 }
