@@ -13,7 +13,8 @@
 # - The image's entry point and health check, run here against the real binary: Kafka
 #   secrets and group.instance.id merged into [kafka] (escaping round-trips, duplicates
 #   refused), a live threshold change reaching the service through the merged copy, SIGHUP
-#   and SIGTERM passed on, /healthz answered, /readyz not before partitions are assigned.
+#   and SIGTERM passed on, /healthz answered, /readyz not before partitions are assigned;
+#   a one-line warning when SIGHUP was ignored at start (under nohup) and cannot be trapped.
 # The tools come from deploy/local/setup.sh (promtool, docker-compose, shellcheck) and
 # deploy/tools/install.sh (pinned pip packages). All checks run; the exit status is that of
 # the first that failed.
@@ -162,10 +163,12 @@ check_entrypoint_run() {
   port="$(free_port)" || return 1
   printf '[bulk_sms]\nmin_recipients = 30\n\n[service]\nhttp_addr = "127.0.0.1:%s"\nconfig_poll_interval_s = 1\n' \
     "$port" >"$src"
-  # No broker at 127.0.0.1:1: the service serves /healthz and waits, not ready.
+  # No broker at 127.0.0.1:1: the service serves /healthz and waits, not ready. SIGHUP at
+  # its default, as a container's first process has it: a check started under `nohup`
+  # would otherwise hand the entry point an ignored SIGHUP, which no shell can trap.
   LINEWATCH_CONFIG="$src" LINEWATCH_GROUP_INSTANCE_ID=linewatch-0 LINEWATCH_RESYNC_S=1 \
     LINEWATCH_BIN="$BIN" LINEWATCH_RUNTIME_DIR="$WORK/live" \
-    sh deploy/docker/entrypoint.sh run --brokers 127.0.0.1:1 >"$log" 2>&1 &
+    env --default-signal=HUP sh deploy/docker/entrypoint.sh run --brokers 127.0.0.1:1 >"$log" 2>&1 &
   pid=$!
   PIDS+=("$pid")
   wait_metric "$port" '^linewatch_ready 0' 30 || { tail -n 20 "$log" >&2; fail "service did not come up"; return 1; }
@@ -195,6 +198,26 @@ check_entrypoint_run() {
   rc=0
   wait "$pid" || rc=$?
   [ "$rc" -eq 0 ] || { tail -n 20 "$log" >&2; fail "SIGTERM: exit $rc, want 0"; }
+}
+
+# A supervisor that starts the entry point with SIGHUP ignored (nohup does) makes its trap
+# a no-op: the entry point says so in one line, and says nothing when SIGHUP can be trapped.
+check_entrypoint_hup_ignored() {
+  local out
+  out="$( (trap '' HUP
+    LINEWATCH_BIN=true LINEWATCH_GROUP_INSTANCE_ID=linewatch-0 LINEWATCH_RUNTIME_DIR="$WORK/hup" \
+      exec sh deploy/docker/entrypoint.sh run) 2>&1)" ||
+    { printf '%s\n' "$out" >&2; fail "entry point failed with SIGHUP ignored"; return 1; }
+  grep -q "SIGHUP was ignored when this started" <<<"$out" ||
+    { printf '%s\n' "$out" >&2; fail "no warning with SIGHUP ignored"; return 1; }
+  out="$(LINEWATCH_BIN=true LINEWATCH_GROUP_INSTANCE_ID=linewatch-0 LINEWATCH_RUNTIME_DIR="$WORK/hup" \
+    env --default-signal=HUP sh deploy/docker/entrypoint.sh run 2>&1)" ||
+    { printf '%s\n' "$out" >&2; fail "entry point failed"; return 1; }
+  if grep -q "SIGHUP" <<<"$out"; then
+    printf '%s\n' "$out" >&2
+    fail "a warning about SIGHUP when it can be trapped"
+    return 1
+  fi
 }
 
 # The build stage copies only some of the tree (see its COPY lines): cargo must still find
@@ -230,6 +253,7 @@ check kubernetes "$TOOLS/kubernetes-validate" --strict --quiet \
 check configmap check_configmap
 check entrypoint-merge check_entrypoint_merge
 check entrypoint-run check_entrypoint_run
+check entrypoint-hup-ignored check_entrypoint_hup_ignored
 
 joined="$(printf '%s, ' "${SUMMARY[@]}")"
 say "summary: ${joined%, }"

@@ -84,14 +84,27 @@ merged_config() (
 
 SRC="${LINEWATCH_CONFIG:-}"
 
-# Writes the merged copy atomically (the service must never read half a file).
+# Writes the merged copy atomically (the service must never read half a file). $1 names the
+# writer's own temporary file: the resync loop and the SIGHUP trap may run at once, and one
+# must never rename the other's half-written file into place.
 sync_config() {
-  merged_config "$SRC" >"$OUT.tmp" || return $?
-  if ! cmp -s "$OUT.tmp" "$OUT" 2>/dev/null; then
-    mv -f "$OUT.tmp" "$OUT"
+  tmp="$OUT.${1:-sync}.tmp"
+  merged_config "$SRC" >"$tmp" || return $?
+  if ! cmp -s "$tmp" "$OUT" 2>/dev/null; then
+    mv -f "$tmp" "$OUT"
   else
-    rm -f "$OUT.tmp"
+    rm -f "$tmp"
   fi
+}
+
+# A shell cannot trap a signal that was ignored when it started (POSIX; `nohup`, and some
+# supervisors, start children so): SIGHUP would then never reach the service. Say so once.
+hup_ignored() {
+  mask="$(sed -n 's/^SigIgn:[[:space:]]*//p' "/proc/$$/status" 2>/dev/null)" || return 1
+  case "$mask" in
+    *[13579bdfBDF]) return 0 ;;
+    *) return 1 ;;
+  esac
 }
 
 cmd="${1:-run}"
@@ -128,14 +141,17 @@ child=$!
 (
   while sleep "$RESYNC_S"; do
     # A failed rebuild (a secret being rewritten) keeps the last good copy; the next round retries.
-    sync_config 2>/dev/null || true
+    sync_config resync 2>/dev/null || true
   done
 ) &
 resync=$!
 
 trap 'kill -TERM "$child" 2>/dev/null || true' TERM
 trap 'kill -INT "$child" 2>/dev/null || true' INT
-trap 'sync_config || true; kill -HUP "$child" 2>/dev/null || true' HUP
+trap 'sync_config hup || true; kill -HUP "$child" 2>/dev/null || true' HUP
+if hup_ignored; then
+  printf '%s\n' "linewatch-entrypoint: warning: SIGHUP was ignored when this started (e.g. under nohup), so it cannot be passed on; the configuration file is still watched" >&2
+fi
 
 # `wait` returns early when a trapped signal arrives; keep waiting until the service is gone.
 status=0
