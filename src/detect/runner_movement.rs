@@ -596,29 +596,50 @@ impl RunnerMovement {
     }
 
     /// A line just became a trade line (on every shard): the moving handsets here that
-    /// called it within the window tell its shard so, as they would have had it been one
-    /// then (a deal line is found hours after its runners start calling it, and a burnt
-    /// handset may have gone quiet by then). Hinted by handset, so every shard's notes
-    /// apply in the same order.
+    /// called it are told to it and read now.
+    ///
+    /// - Told: each tells the line's shard so, as it would have had the line been one then
+    ///   (a deal line is found hours after its runners start calling it, and a burnt
+    ///   handset may have gone quiet by then). Hinted by handset, so every shard's notes
+    ///   apply in the same order.
+    /// - Read: at the barrier that brought the news, not at its next record. A runner's
+    ///   record can precede the news of its line's verdict (made on another partition, or
+    ///   a barrier later), and a runner that then goes quiet would never be read again; so
+    ///   whether it is found no longer depends on which came first. In handset order: the
+    ///   findings are the same whatever the shard count.
     #[cold]
-    fn tell_line_its_callers(&self, line: u64, outbox: &mut Vec<Sent>) {
-        if self.cfg.burn_gap_s == 0 {
-            return;
-        }
+    fn new_trade_line(&mut self, line: u64, at: Millis, ctx: &mut Ctx<'_>) {
         // `names` holds the moving handsets (and, until the next sweep, a few back in one
         // class): a tenth of the handsets, where walking them all cost the bench mix, whose
         // low thresholds make hundreds of trade lines, half its time.
-        for &h in self.names.keys() {
-            let Some(m) = self.handsets.get(&h).and_then(|t| t.moved.as_deref()) else {
+        let mut callers: Vec<(u64, u32)> = self
+            .names
+            .keys()
+            .filter_map(|&h| {
+                let m = self.handsets.get(&h)?.moved.as_deref()?;
+                let c = m.contacted.iter().find(|c| c.id() == line)?;
+                Some((h, c.at))
+            })
+            .collect();
+        if callers.is_empty() {
+            return;
+        }
+        callers.sort_unstable();
+        if self.cfg.burn_gap_s != 0 {
+            for &(h, at_s) in &callers {
+                let body = Body::RunnerContact { handset: h, at_s };
+                ctx.outbox
+                    .push(Sent::hinted(Dest::Number(line), body, [h, 0]));
+            }
+        }
+        let Some(map) = ctx.cells else {
+            return;
+        };
+        for (h, _) in callers {
+            let Some(name) = self.names.get(&h).cloned() else {
                 continue;
             };
-            if let Some(c) = m.contacted.iter().find(|c| c.id() == line) {
-                let body = Body::RunnerContact {
-                    handset: h,
-                    at_s: c.at,
-                };
-                outbox.push(Sent::hinted(Dest::Number(line), body, [h, 0]));
-            }
+            self.judge(h, &name, at, map, ctx);
         }
     }
 
@@ -1186,7 +1207,7 @@ impl Detector for RunnerMovement {
                 });
                 t.at_s = t.at_s.max(*at_s);
                 if new {
-                    self.tell_line_its_callers(*line, ctx.outbox);
+                    self.new_trade_line(*line, e.at, ctx);
                 }
                 // Every handset seen so far reads again at its next record.
                 self.trade_changed_s = self.trade_changed_s.max(*at_s).max(self.clock_s);
@@ -2230,10 +2251,12 @@ mod tests {
     }
 
     /// A deal verdict reaches a handset's trade test at the barrier, not before: a record
-    /// after the verdict but before the barrier does not see it; the next one does, even
-    /// though nothing of the handset's own changed in between.
+    /// after the verdict but before the barrier does not see it; the barrier itself reads
+    /// the handsets that called the new trade line, so a runner found that way needs no
+    /// record after it (its line's verdict may come a barrier late, from another partition,
+    /// after the runner went quiet), and its next record finds nothing more.
     #[test]
-    fn a_trade_line_is_seen_after_the_barrier_and_the_handset_read_again() {
+    fn a_trade_line_is_seen_at_the_barrier_which_reads_the_handsets_that_called_it() {
         let (mut d, mut h) = (det(), harness(Some(MAP)));
         let t0: Millis = 1_791_158_400_000;
         for (i, p) in RUNNER.iter().enumerate() {
@@ -2295,8 +2318,16 @@ mod tests {
             order: [verdict_at as u64, 0, 0, 0],
             body: x.body,
         }));
-        assert!(h.barrier(&mut d).is_empty());
+        let f = h.barrier(&mut d);
         assert!(d.trade.contains_key(&ids::id("dealline")));
+        assert_eq!(
+            f.len(),
+            1,
+            "read at the barrier that brought the trade line: {f:?}"
+        );
+        assert_eq!(f[0].subject, "H1");
+        assert_eq!(f[0].event_time, verdict_at);
+        assert_eq!(f[0].lines, [(ids::id("dealline"), "dealline".to_string())]);
         let ev = rec(
             "x2",
             verdict_at + 2 * MIN,
@@ -2306,10 +2337,7 @@ mod tests {
             "s1",
             Some("t1"),
         );
-        let f = h.feed(&mut d, &ev);
-        assert_eq!(f.len(), 1, "read again after the trade list changed: {f:?}");
-        assert_eq!(f[0].event_time, verdict_at + 2 * MIN);
-        assert_eq!(f[0].lines, [(ids::id("dealline"), "dealline".to_string())]);
+        assert!(h.feed(&mut d, &ev).is_empty(), "once per window");
     }
 
     /// A generated city through 1, 2 and 3 shards, its deal lines marked as trade lines at
