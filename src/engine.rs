@@ -295,6 +295,8 @@ struct Stream<'a> {
     wall: Millis,
     version: &'a str,
     cooldown_s: u32,
+    /// Shards (or stage partitions) a broadcast reaches.
+    shards: usize,
 }
 
 /// The [`Stream`] of an engine, borrowing only the fields it names (so the shards and the
@@ -307,6 +309,7 @@ macro_rules! stream {
             wall: $wall,
             version: &$e.version,
             cooldown_s: ids::span_secs($e.cfg.alerts.cooldown_s),
+            shards: $e.shards.len(),
         }
     };
 }
@@ -601,6 +604,7 @@ impl Shard {
             outbox: &mut self.sent,
             cells: st.cells,
             cell,
+            shards: st.shards,
         };
         for d in &mut self.primaries {
             d.on_event(ev, ids, &mut ctx);
@@ -660,6 +664,7 @@ impl Shard {
             outbox: &mut self.sent,
             cells: st.cells,
             cell: None,
+            shards: st.shards,
         };
         // Offered to the one detector that applies it (`deal_line`, past the primaries, is
         // last in `DETECTORS`, as `detect::build` makes them).
@@ -699,6 +704,7 @@ impl Shard {
             outbox: &mut self.sent,
             cells: st.cells,
             cell: None,
+            shards: st.shards,
         };
         self.deal.on_findings(at, &self.findings, &mut ctx);
         // Detectors that learn from the others' findings (`runner_movement`: which lines
@@ -711,6 +717,7 @@ impl Shard {
             outbox: &mut self.sent,
             cells: st.cells,
             cell: None,
+            shards: st.shards,
         };
         for d in &mut self.primaries {
             d.on_findings(at, &self.findings, &mut ctx);
@@ -1878,6 +1885,7 @@ impl PartShard {
             cells,
             version,
             cooldown_s,
+            n,
             ..
         } = self;
         let st = Stream {
@@ -1886,6 +1894,7 @@ impl PartShard {
             wall,
             version,
             cooldown_s: ids::span_secs(*cooldown_s),
+            shards: *n,
         };
         for role in roles {
             shard.role(&v, role, &st, alerts, sent);
@@ -1910,6 +1919,7 @@ impl PartShard {
             wall,
             version: &self.version,
             cooldown_s: ids::span_secs(self.cooldown_s),
+            shards: self.n,
         };
         self.shard.apply(e, rank, &st, alerts, sent);
     }

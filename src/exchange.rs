@@ -347,6 +347,16 @@ pub enum Body {
         first_s: u32,
         place: u32,
     },
+    /// `line_handover` (a shard with no candidate at `min_overlap`) → `line_handover` on the
+    /// new line's shard: "nothing here" for an [`Body::AudienceQuery`]. Every shard answers
+    /// every query, so the new line decides a query only once all have answered: across
+    /// partitions the answers arrive when each partition gets to them, and deciding on the
+    /// first to arrive matched a new line with whichever earlier line's partition was
+    /// quickest (appended last: the variants' numbers are the wire format).
+    AudienceNone {
+        /// The query answered.
+        query: u32,
+    },
 }
 
 impl Body {
@@ -365,7 +375,8 @@ impl Body {
             Body::CrewEnrol { .. } | Body::CrewCallback { .. } => FAN_IN,
             Body::AudienceQuery { .. }
             | Body::AudienceMatch { .. }
-            | Body::AudienceDecide { .. } => HANDOVER,
+            | Body::AudienceDecide { .. }
+            | Body::AudienceNone { .. } => HANDOVER,
             Body::DealCredit(_) => DEAL,
             Body::TradeLine { .. }
             | Body::SimSeen { .. }

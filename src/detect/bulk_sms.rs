@@ -389,6 +389,7 @@ mod tests {
                 outbox: &mut sent,
                 cells: None,
                 cell: None,
+                shards: 1,
             };
             d.on_event(&ev, &ids, &mut ctx);
             (out.len(), sent.len())

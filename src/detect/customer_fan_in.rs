@@ -898,6 +898,7 @@ mod tests {
             outbox: &mut Vec::new(),
             cells: None,
             cell: None,
+            shards: 1,
         };
         d.on_findings(at, &[f], &mut ctx);
     }

@@ -597,6 +597,7 @@ mod tests {
             outbox: &mut sent,
             cells: None,
             cell: None,
+            shards: 1,
         };
         shards[shard].on_findings(at, fs, &mut ctx);
         let inbox = sent
@@ -640,6 +641,7 @@ mod tests {
                     outbox: &mut sent,
                     cells: None,
                     cell: None,
+                    shards: 1,
                 };
                 shards[owner(id, n)].on_evidence(e, &mut ctx);
                 for (k, x) in sent.into_iter().enumerate() {

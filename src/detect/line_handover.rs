@@ -63,10 +63,55 @@ struct Sketched {
     pending: Option<Box<Body>>,
 }
 
+/// A new line's audience queries as their answers come in: every shard answers every
+/// query ([`Body::AudienceMatch`] or [`Body::AudienceNone`]), and a query is decided only
+/// once all have answered it and every earlier one. In one engine all of a query's answers
+/// come in one round, as before; across partitions they come when each partition gets to
+/// them, and the first to come is not the best.
+#[derive(Clone, Default, Serialize, Deserialize)]
+struct Tallies {
+    /// Every query up to this one had all its answers and no match.
+    settled: u32,
+    open: Vec<Tally>,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+struct Tally {
+    query: u32,
+    answered: u32,
+    /// The query's event time (its answers carry it): the finding's.
+    at: Millis,
+    /// The best match so far (highest overlap, then lowest earlier line id).
+    best: Option<Box<Body>>,
+}
+
+impl Tallies {
+    /// The earliest query with a match whose answers, and every earlier query's, are all
+    /// in (`shards` each); settles the complete queries before it that had none.
+    fn decidable(&mut self, sent: u32, shards: u32) -> Option<u32> {
+        self.open.sort_by_key(|t| t.query);
+        while self.settled < sent {
+            let next = self.settled + 1;
+            let t = self.open.iter().find(|t| t.query == next)?;
+            if t.answered < shards {
+                return None;
+            }
+            if t.best.is_some() {
+                return Some(next);
+            }
+            self.settled = next;
+            self.open.retain(|t| t.query != next);
+        }
+        None
+    }
+}
+
 #[derive(Clone)]
 pub struct LineHandover {
     cfg: HandoverConfig,
     sketches: IdMap<Sketched>,
+    /// Keyed by new line (on its shard): its queries' answers so far.
+    tallies: IdMap<Tallies>,
     cap_hits: u64,
 }
 
@@ -105,6 +150,7 @@ impl LineHandover {
         LineHandover {
             cfg: cfg.line_handover.clone(),
             sketches: IdMap::default(),
+            tallies: IdMap::default(),
             cap_hits: 0,
         }
     }
@@ -157,12 +203,14 @@ impl LineHandover {
                 best = Some((other, o, c, j, exact));
             }
         }
-        let Some((earlier, o, overlap, jaccard, exact)) = best else {
+        let found = best.filter(|b| b.2 >= self.cfg.min_overlap);
+        let Some((earlier, o, overlap, jaccard, exact)) = found else {
+            // Nothing here: said, so the new line knows this shard has answered.
+            let body = Body::AudienceNone { query };
+            ctx.outbox
+                .push(Sent::hinted(Dest::Number(line), body, [u64::MAX, u64::MAX]));
             return;
         };
-        if overlap < self.cfg.min_overlap {
-            return;
-        }
         let body = Body::AudienceMatch {
             query,
             recipients,
@@ -345,45 +393,85 @@ impl Detector for LineHandover {
         }
         match (&e.body, e.dest) {
             (Body::AudienceQuery { .. }, _) => self.answer(e, ctx),
-            (Body::AudienceMatch { query, overlap, .. }, Dest::Number(line)) => {
-                let Some(me) = self.sketches.get_mut(&line) else {
+            (
+                Body::AudienceMatch { query, .. } | Body::AudienceNone { query },
+                Dest::Number(line),
+            ) => {
+                let Some(me) = self.sketches.get(&line) else {
                     return;
                 };
-                if me.matched || *overlap < self.cfg.min_overlap {
+                if me.matched {
                     return;
                 }
-                // Answers to one query come best first, so only the first to each counts;
-                // of several queries, the earliest-sent (the one the single scan would have
-                // matched on), which need not be the first applied: decide next round.
-                let earliest = match me.pending.as_deref() {
-                    Some(Body::AudienceMatch { query: kept, .. }) => query < kept,
-                    _ => true,
+                let shards = ctx.shards.max(1) as u32;
+                let tallies = self.tallies.entry(line).or_default();
+                if *query <= tallies.settled {
+                    return;
+                }
+                let i = match tallies.open.iter().position(|t| t.query == *query) {
+                    Some(i) => i,
+                    None => {
+                        tallies.open.push(Tally {
+                            query: *query,
+                            answered: 0,
+                            at: e.at,
+                            best: None,
+                        });
+                        tallies.open.len() - 1
+                    }
                 };
-                if earliest {
-                    me.pending = Some(Box::new(e.body.clone()));
-                    let decide = Body::AudienceDecide { query: *query };
-                    ctx.outbox.push(Sent::new(Dest::Number(line), decide));
+                let t = &mut tallies.open[i];
+                t.answered += 1;
+                if let Body::AudienceMatch {
+                    overlap, earlier, ..
+                } = &e.body
+                {
+                    // As the answers' hints order them: best overlap, then the lower id.
+                    let better = match t.best.as_deref() {
+                        Some(Body::AudienceMatch {
+                            overlap: bo,
+                            earlier: be,
+                            ..
+                        }) => overlap > bo || (overlap == bo && earlier < be),
+                        _ => true,
+                    };
+                    if *overlap >= self.cfg.min_overlap && better {
+                        t.best = Some(Box::new(e.body.clone()));
+                    }
+                }
+                // Decided in the next round, once every answer it needs is in: the message
+                // carries the event time and id of the answer that completed them (in one
+                // engine, the decided query's own last answer, as before the tallies).
+                if let Some(q) = tallies.decidable(me.queries, shards) {
+                    let body = Body::AudienceDecide { query: q };
+                    ctx.outbox.push(Sent::new(Dest::Number(line), body));
                 }
             }
             (Body::AudienceDecide { query }, Dest::Number(line)) => {
                 let Some(me) = self.sketches.get_mut(&line) else {
                     return;
                 };
-                // Only the message sent for the answer finally kept decides: it carries
-                // that query's event time and id.
-                let kept = matches!(
-                    me.pending.as_deref(),
-                    Some(Body::AudienceMatch { query: q, .. }) if q == query
-                );
-                if me.matched || !kept {
+                if me.matched {
                     return;
                 }
-                let Some(answer) = me.pending.take() else {
+                let shards = ctx.shards.max(1) as u32;
+                let Some(tallies) = self.tallies.get_mut(&line) else {
                     return;
                 };
+                let q = *query;
+                if tallies.decidable(me.queries, shards) != Some(q) {
+                    return;
+                }
+                let Some(t) = tallies.open.iter_mut().find(|t| t.query == q) else {
+                    return;
+                };
+                let (Some(answer), at) = (t.best.take(), t.at) else {
+                    return;
+                };
+                self.tallies.remove(&line);
                 me.matched = true;
                 me.next_eval = u32::MAX;
-                if let Some(f) = self.finding(line, &answer, e.at) {
+                if let Some(f) = self.finding(line, &answer, at) {
                     ctx.out.push(f);
                 }
             }
@@ -394,6 +482,9 @@ impl Detector for LineHandover {
     fn expire(&mut self, watermark: Millis) {
         let cutoff = ids::secs(watermark).saturating_sub(ids::span_secs(self.cfg.retention_s));
         self.sketches.retain(|_, s| s.last_text_s >= cutoff);
+        let sketches = &self.sketches;
+        self.tallies
+            .retain(|line, _| sketches.get(line).is_some_and(|s| !s.matched));
     }
 
     fn stats(&self) -> StateStats {
@@ -404,6 +495,12 @@ impl Detector for LineHandover {
                     .sketches
                     .values()
                     .map(|s| s.mins.len() * 4 + s.line.len())
+                    .sum::<usize>()
+                + ids::map_bytes(&self.tallies)
+                + self
+                    .tallies
+                    .values()
+                    .map(|t| t.open.len() * (std::mem::size_of::<Tally>() + 128))
                     .sum::<usize>(),
             cap_hits: self.cap_hits,
         }
@@ -423,11 +520,19 @@ impl Detector for LineHandover {
     }
 
     fn save_state(&self) -> Result<Vec<u8>, codec::Error> {
-        codec::encode(&(&self.sketches, self.cap_hits))
+        codec::encode(&(&self.sketches, self.cap_hits, &self.tallies))
     }
 
     fn load_state(&mut self, bytes: &[u8]) -> Result<(), codec::Error> {
-        (self.sketches, self.cap_hits) = codec::decode(bytes)?;
+        // A checkpoint from before the tallies has none (queries then in flight are
+        // decided by the answers still to come, or never: a line keeps querying).
+        match codec::decode(bytes) {
+            Ok(v) => (self.sketches, self.cap_hits, self.tallies) = v,
+            Err(_) => {
+                (self.sketches, self.cap_hits) = codec::decode(bytes)?;
+                self.tallies = IdMap::default();
+            }
+        }
         Ok(())
     }
 
@@ -438,13 +543,16 @@ impl Detector for LineHandover {
         counted: usize,
     ) -> Vec<Box<dyn Detector>> {
         let cap_hits = std::mem::take(&mut self.cap_hits);
+        let tallies = super::split_map(&mut self.tallies, parts, owner);
         super::split_map(&mut self.sketches, parts, owner)
             .into_iter()
+            .zip(tallies)
             .enumerate()
-            .map(|(p, sketches)| {
+            .map(|(p, (sketches, tallies))| {
                 Box::new(LineHandover {
                     cfg: self.cfg.clone(),
                     sketches,
+                    tallies,
                     cap_hits: if p == counted { cap_hits } else { 0 },
                 }) as Box<dyn Detector>
             })
@@ -454,12 +562,15 @@ impl Detector for LineHandover {
     fn merge(&mut self, part: Box<dyn Detector>) {
         let part = super::part_of::<Self>(part);
         super::absorb_map(&mut self.sketches, part.sketches);
+        super::absorb_map(&mut self.tallies, part.tallies);
         self.cap_hits += part.cap_hits;
     }
 
     #[cfg(test)]
     fn keys(&self) -> Vec<(&'static str, u64)> {
-        super::named_keys("sketches", &self.sketches)
+        let mut keys = super::named_keys("sketches", &self.sketches);
+        keys.extend(super::named_keys("tallies", &self.tallies));
+        keys
     }
 }
 
@@ -493,6 +604,100 @@ mod tests {
             &sms("start", 0, "x", "y"),
         );
         (h, LineHandover::new(&Config::default()))
+    }
+
+    /// Across partitions the answers to a new line's queries come in whatever order the
+    /// partitions get to them. A later query's match, complete, must wait for an earlier
+    /// query still unanswered somewhere (its match is the one a single scan makes), and a
+    /// query is decided only once every shard has answered it. Before the tallies the first
+    /// match to arrive decided: here that named `later` instead of `earlier`.
+    #[test]
+    fn a_query_is_decided_only_once_every_shard_has_answered_it_and_every_earlier_one() {
+        let cfg = Config::default();
+        let mut d = LineHandover::new(&cfg);
+        let new = ids::id("newline");
+        d.sketches.insert(
+            new,
+            Sketched {
+                line: "newline".into(),
+                first_seen_s: 1_000,
+                last_text_s: 2_000,
+                recipients: 20,
+                burst_recipients: 20,
+                handset_fp: 0,
+                mins: vec![0; 4].into_boxed_slice(),
+                next_eval: 30,
+                matched: false,
+                queries: 2,
+                pending: None,
+            },
+        );
+        let answer = |query: u32, earlier: &str, overlap: f64| Body::AudienceMatch {
+            query,
+            recipients: 20,
+            first_seen_s: 1_000,
+            earlier: ids::id(earlier),
+            earlier_line: earlier.into(),
+            earlier_first_seen_s: 10,
+            earlier_last_text_s: 900,
+            earlier_recipients: 40,
+            overlap,
+            jaccard: 0.1,
+            exact: true,
+            shared_handset: false,
+        };
+        let none = |query: u32| Body::AudienceNone { query };
+        let at = |query: u32| 1_000_000 + Millis::from(query) * 60_000;
+        let mut contacts = crate::state::Contacts::new(1_000, 64, 86_400);
+        // Applies one piece on the new line's shard of 3; returns (findings, decisions sent).
+        let mut apply = |d: &mut LineHandover, body: Body, when: Millis| {
+            let (mut out, mut sent) = (Vec::new(), Vec::new());
+            let mut ctx = Ctx {
+                role: Role::Barrier,
+                contacts: &mut contacts,
+                stream_start: 0,
+                out: &mut out,
+                outbox: &mut sent,
+                cells: None,
+                cell: None,
+                shards: 3,
+            };
+            let e = Evidence {
+                dest: Dest::Number(new),
+                at: when,
+                event_id: "q".into(),
+                order: [0; 4],
+                body,
+            };
+            d.on_evidence(&e, &mut ctx);
+            let decide: Vec<u32> = sent
+                .iter()
+                .filter_map(|x| match x.body {
+                    Body::AudienceDecide { query } => Some(query),
+                    _ => None,
+                })
+                .collect();
+            (out, decide)
+        };
+        // Query 2, complete, with a match: query 1 is not answered yet, so nothing is decided.
+        for b in [answer(2, "later", 0.9), none(2), none(2)] {
+            assert_eq!(apply(&mut d, b, at(2)).1, Vec::<u32>::new());
+        }
+        let (f, _) = apply(&mut d, Body::AudienceDecide { query: 2 }, at(2));
+        assert!(f.is_empty(), "decided before query 1 was answered: {f:?}");
+        // Query 1's answers: its match, weaker than another shard's, then the last "none".
+        assert!(apply(&mut d, answer(1, "weaker", 0.6), at(1)).1.is_empty());
+        assert!(apply(&mut d, answer(1, "earlier", 0.8), at(1)).1.is_empty());
+        assert_eq!(apply(&mut d, none(1), at(1)).1, vec![1]);
+        let (f, _) = apply(&mut d, Body::AudienceDecide { query: 1 }, at(1));
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].related, ["earlier"]);
+        assert_eq!(f[0].event_time, at(1));
+        // Decided: the tallies are gone, and nothing more is decided.
+        assert!(d.tallies.is_empty());
+        assert!(apply(&mut d, Body::AudienceDecide { query: 2 }, at(2))
+            .0
+            .is_empty());
     }
 
     #[test]

@@ -96,6 +96,9 @@ pub struct Ctx<'a> {
     /// The record's cell as the map places it; `None` without a map, without a `cell`, or
     /// for a cell the map does not list (the engine counts the last two).
     pub cell: Option<CellPlace>,
+    /// How many shards (or stage partitions) a [`crate::exchange::Dest::Every`] broadcast
+    /// reaches: each answers a broadcast question, and the asker counts the answers.
+    pub shards: usize,
 }
 
 /// Size of a detector's state, for metrics and the memory budget.
@@ -354,6 +357,7 @@ pub(crate) mod testkit {
                     outbox: &mut sent,
                     cells,
                     cell,
+                    shards: 1,
                 };
                 d.on_event(ev, &ids, &mut ctx);
                 for (k, s) in sent.into_iter().enumerate() {
@@ -387,6 +391,7 @@ pub(crate) mod testkit {
                 outbox: &mut sent,
                 cells: self.cells.as_ref(),
                 cell: None,
+                shards: 1,
             };
             d.on_findings(at, fs, &mut ctx);
             out
@@ -410,6 +415,7 @@ pub(crate) mod testkit {
                         outbox: &mut sent,
                         cells: self.cells.as_ref(),
                         cell: None,
+                        shards: 1,
                     };
                     d.on_evidence(e, &mut ctx);
                     for (k, s) in sent.into_iter().enumerate() {

@@ -1658,6 +1658,7 @@ mod tests {
             outbox: &mut sent,
             cells: None,
             cell: None,
+            shards: 1,
         };
         d.on_findings(at, &[f], &mut ctx);
         assert!(matches!(
@@ -2297,6 +2298,7 @@ mod tests {
             outbox: &mut sent,
             cells: None,
             cell: None,
+            shards: 1,
         };
         d.on_findings(verdict_at, &[f], &mut ctx);
         assert!(d.trade.is_empty(), "not before the barrier");

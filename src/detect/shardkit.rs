@@ -119,6 +119,7 @@ impl<D: Detector + Clone> Shards<D> {
             outbox: sent,
             cells: h.cells.as_ref(),
             cell: None,
+            shards: self.d.len(),
         };
         self.d[i].on_findings(at, found, &mut ctx);
     }
@@ -158,6 +159,7 @@ impl<D: Detector + Clone> Shards<D> {
                 outbox: &mut sent,
                 cells,
                 cell,
+                shards: self.d.len(),
             };
             self.d[i].on_event(ev, &ids, &mut ctx);
             self.after(i, role, ev.ts, &found, &mut sent);
@@ -208,6 +210,7 @@ impl<D: Detector + Clone> Shards<D> {
                         outbox: &mut sent,
                         cells: h.cells.as_ref(),
                         cell: None,
+                        shards: self.d.len(),
                     };
                     self.d[i].on_evidence(e, &mut ctx);
                     self.after(i, Role::Barrier, e.at, &found, &mut sent);

@@ -300,6 +300,7 @@ mod tests {
                 | Body::AudienceQuery { .. }
                 | Body::AudienceMatch { .. }
                 | Body::AudienceDecide { .. }
+                | Body::AudienceNone { .. }
                 | Body::DealCredit(_)
                 | Body::TradeLine { .. }
                 | Body::SimSeen { .. }
