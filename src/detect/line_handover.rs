@@ -17,12 +17,15 @@
 //! and is kept in its sender role. The comparison with every earlier line is the design's
 //! one broadcast: the new line sends [`Body::AudienceQuery`] (its minima and its recipients'
 //! fingerprints) to every shard; at the barrier each shard scans the lines it owns and
-//! answers with its best candidate at or above `min_overlap` as [`Body::AudienceMatch`],
-//! hinted so that every shard's answers apply best first. The new line's shard keeps the
-//! first answer to its earliest-sent query answered (the one a scan of every line at each
-//! record would have matched on: answers apply in their queries' event-time order, and a
-//! line's records can arrive out of that order), decides in the barrier's next round, makes
-//! the finding as of that query's record, and ignores the rest.
+//! answers with its best candidate at or above `min_overlap` as [`Body::AudienceMatch`], or
+//! [`Body::AudienceNone`]. The new line's shard tallies the answers (`Tallies`) and
+//! decides the earliest-sent query with a match (the one a scan of every line at each
+//! record would have matched on) once every shard has answered it and every earlier query,
+//! taking its best answer (highest overlap, then lowest id); it decides in the next round,
+//! makes the finding as of that query's record, and ignores the rest. In one engine every
+//! shard's answers come in one round; across partitions (`[streams]`) they come when each
+//! partition gets to them, and deciding on the first match to arrive named whichever
+//! earlier line's partition was quickest.
 
 use serde::{Deserialize, Serialize};
 
