@@ -90,13 +90,16 @@ struct Tally {
 
 impl Tallies {
     /// The earliest query with a match whose answers, and every earlier query's, are all
-    /// in (`shards` each); settles the complete queries before it that had none.
-    fn decidable(&mut self, sent: u32, shards: u32) -> Option<u32> {
+    /// in (`shards` each); settles the complete queries before it that had none. A query
+    /// still short of answers `stale_ms` of event time after it was sent (`now`) counts as
+    /// complete: an answer lost, or a checkpoint from before the tallies, must not hold
+    /// the line's later queries for ever (in one engine every query completes in its round).
+    fn decidable(&mut self, sent: u32, shards: u32, now: Millis, stale_ms: Millis) -> Option<u32> {
         self.open.sort_by_key(|t| t.query);
         while self.settled < sent {
             let next = self.settled + 1;
             let t = self.open.iter().find(|t| t.query == next)?;
-            if t.answered < shards {
+            if t.answered < shards && now.saturating_sub(t.at) <= stale_ms {
                 return None;
             }
             if t.best.is_some() {
@@ -407,6 +410,7 @@ impl Detector for LineHandover {
                     return;
                 }
                 let shards = ctx.shards.max(1) as u32;
+                let stale_ms = ids::span_ms(self.cfg.new_line_max_age_s);
                 let tallies = self.tallies.entry(line).or_default();
                 if *query <= tallies.settled {
                     return;
@@ -445,7 +449,7 @@ impl Detector for LineHandover {
                 // Decided in the next round, once every answer it needs is in: the message
                 // carries the event time and id of the answer that completed them (in one
                 // engine, the decided query's own last answer, as before the tallies).
-                if let Some(q) = tallies.decidable(me.queries, shards) {
+                if let Some(q) = tallies.decidable(me.queries, shards, e.at, stale_ms) {
                     let body = Body::AudienceDecide { query: q };
                     ctx.outbox.push(Sent::new(Dest::Number(line), body));
                 }
@@ -458,11 +462,12 @@ impl Detector for LineHandover {
                     return;
                 }
                 let shards = ctx.shards.max(1) as u32;
+                let stale_ms = ids::span_ms(self.cfg.new_line_max_age_s);
                 let Some(tallies) = self.tallies.get_mut(&line) else {
                     return;
                 };
                 let q = *query;
-                if tallies.decidable(me.queries, shards) != Some(q) {
+                if tallies.decidable(me.queries, shards, e.at, stale_ms) != Some(q) {
                     return;
                 }
                 let Some(t) = tallies.open.iter_mut().find(|t| t.query == q) else {
@@ -701,6 +706,25 @@ mod tests {
         assert!(apply(&mut d, Body::AudienceDecide { query: 2 }, at(2))
             .0
             .is_empty());
+
+        // A query one shard never answers holds the later ones only until it is older than
+        // `new_line_max_age_s` (an answer lost must not hold the line for ever).
+        let me = d.sketches.get_mut(&new).unwrap();
+        (me.matched, me.queries) = (false, 4);
+        let max_age = ids::span_ms(cfg.line_handover.new_line_max_age_s);
+        for _ in 0..3 {
+            apply(&mut d, none(1), at(1));
+            apply(&mut d, none(2), at(2));
+        }
+        assert!(apply(&mut d, none(3), at(3)).1.is_empty());
+        let late = at(3) + max_age;
+        assert!(apply(&mut d, answer(4, "later", 0.9), late).1.is_empty());
+        assert!(apply(&mut d, none(4), late).1.is_empty());
+        assert!(
+            apply(&mut d, none(4), late).1.is_empty(),
+            "query 3 not yet stale"
+        );
+        assert_eq!(apply(&mut d, none(4), late + 1).1, vec![4], "query 3 stale");
     }
 
     #[test]
@@ -1014,9 +1038,10 @@ mod tests {
         findings += s.barrier().len();
         let per_m = |n: u64| n as f64 * 1e6 / records as f64;
         let sent = |name: &str| s.sent.get(name).copied().unwrap_or(0);
-        let (queries, matches, decisions) = (
+        let (queries, matches, nones, decisions) = (
             sent("AudienceQuery"),
             sent("AudienceMatch"),
+            sent("AudienceNone"),
             sent("AudienceDecide"),
         );
         let (query_bytes, largest_query) =
@@ -1026,7 +1051,8 @@ mod tests {
             "{subscribers} subscribers x {days} days, {n} shards: {records} records, \
              {queries} queries ({:.1} per million records), {:.0} bytes each on average \
              (largest {}), {:.0} query bytes per million records; {matches} matches, \
-             {decisions} decisions, {findings} findings, {sketched} sketched lines",
+             {nones} \"none\" answers, {decisions} decisions, {findings} findings, \
+             {sketched} sketched lines",
             per_m(queries),
             query_bytes as f64 / queries.max(1) as f64,
             largest_query,
