@@ -140,14 +140,16 @@ async fn three_instances_one_killed_half_way_find_most_of_what_replay_finds_and_
     .await;
 }
 
-/// The same kill under exactly once: a `read_committed` reader sees no alert id twice, and
-/// the group finds what the at-least-once run is held to.
+/// The whole bar in one run: the same kill under exactly once, a `read_committed`
+/// reader sees no alert id twice, and the group finds `replay`'s `deal_line` subjects and
+/// 95 % of its pairs (held to 93 % and a subset until 2026-12-03; 100 % and 8 of 8 in the
+/// runs since `line_handover` waits for every partition's answer).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_three_instances_one_killed_half_way_repeat_no_alert() {
     three_instances_one_killed_half_way(
         Bar {
-            recall: 0.93,
-            deal_line_equal: false,
+            recall: 0.95,
+            deal_line_equal: true,
             exactly_once: true,
         },
         HalfWay::Kill,
