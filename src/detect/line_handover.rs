@@ -60,9 +60,9 @@ struct Sketched {
     matched: bool,
     /// Queries sent (the last one's number).
     queries: u32,
-    /// Within a barrier: the best answer to the earliest-sent query answered so far (an
-    /// [`Body::AudienceMatch`]), decided on in the next round ([`Body::AudienceDecide`]).
-    /// Always `None` between barriers.
+    /// Unused since answers are tallied ([`LineHandover::tallies`]), always `None`: kept
+    /// because a checkpoint's sketches are encoded field by field, and older checkpoints
+    /// have it.
     pending: Option<Box<Body>>,
 }
 
@@ -95,7 +95,6 @@ impl Tallies {
     /// complete: an answer lost, or a checkpoint from before the tallies, must not hold
     /// the line's later queries for ever (in one engine every query completes in its round).
     fn decidable(&mut self, sent: u32, shards: u32, now: Millis, stale_ms: Millis) -> Option<u32> {
-        self.open.sort_by_key(|t| t.query);
         while self.settled < sent {
             let next = self.settled + 1;
             let t = self.open.iter().find(|t| t.query == next)?;
@@ -397,6 +396,9 @@ impl Detector for LineHandover {
         if !self.cfg.enabled {
             return;
         }
+        // What a tally needs: the answers a query gets, and when one short of them is stale.
+        let shards = ctx.shards.max(1) as u32;
+        let stale_ms = ids::span_ms(self.cfg.new_line_max_age_s);
         match (&e.body, e.dest) {
             (Body::AudienceQuery { .. }, _) => self.answer(e, ctx),
             (
@@ -409,8 +411,6 @@ impl Detector for LineHandover {
                 if me.matched {
                     return;
                 }
-                let shards = ctx.shards.max(1) as u32;
-                let stale_ms = ids::span_ms(self.cfg.new_line_max_age_s);
                 let tallies = self.tallies.entry(line).or_default();
                 if *query <= tallies.settled {
                     return;
@@ -461,8 +461,6 @@ impl Detector for LineHandover {
                 if me.matched {
                     return;
                 }
-                let shards = ctx.shards.max(1) as u32;
-                let stale_ms = ids::span_ms(self.cfg.new_line_max_age_s);
                 let Some(tallies) = self.tallies.get_mut(&line) else {
                     return;
                 };
