@@ -105,3 +105,53 @@ fn fan_in_and_bulk_alone_are_identical_for_1_2_3_and_8_shards() {
         }
     }
 }
+
+/// Whole alerts, not only their ids, and past the runner window (four days): a smaller city
+/// over eleven days, so that handsets leave `runner_movement` and come back, its tables are
+/// purged, and `deal_line` lists runners credited from other shards. `detected_at` is the
+/// wall clock and left out; everything else must match byte for byte.
+#[test]
+fn whole_alerts_are_identical_past_the_runner_window() {
+    let opts = GenOptions {
+        seed: 4,
+        subscribers: 6_000,
+        days: 11,
+        ..GenOptions::default()
+    };
+    let (events, _, _) = generate::generate_in_memory(&opts).unwrap();
+    let mut csv = Vec::new();
+    generate::write_cells(&opts, &mut csv).unwrap();
+    let cells: std::sync::Arc<CellMap> = CellMap::parse(&csv).unwrap().into();
+    let whole = |v: Vec<Alert>| {
+        v.into_iter()
+            .map(|mut a| {
+                a.detected_at = 0;
+                serde_json::to_string(&a).unwrap()
+            })
+            .collect::<Vec<_>>()
+    };
+    let (one, _) = replay::replay_bytes_sharded(Config::default(), &events, Some(cells.clone()), 1);
+    let one = whole(one);
+    let credited = one
+        .iter()
+        .filter(|a| {
+            a.contains(r#""detector":"deal_line""#) && a.contains(r#""evidence":"runner_movement""#)
+        })
+        .count();
+    assert!(
+        credited > 0,
+        "no deal line credited with a runner: nothing to compare"
+    );
+    for n in [2, 3] {
+        let (many, _) =
+            replay::replay_bytes_sharded(Config::default(), &events, Some(cells.clone()), n);
+        let many = whole(many);
+        let first = one.iter().zip(&many).position(|(a, b)| a != b);
+        assert!(
+            one.len() == many.len() && first.is_none(),
+            "{n} shards: {} alerts against {}; first difference at {first:?}",
+            many.len(),
+            one.len()
+        );
+    }
+}

@@ -355,12 +355,7 @@ impl DealLine {
             event_time: at,
             window_start: start,
             window_end: end.max(start),
-            related: v
-                .related
-                .iter()
-                .filter(|r| r.1 >= since)
-                .map(|r| r.0.clone())
-                .collect(),
+            related: related_of(v, since),
             evidence,
             lines: vec![(id, v.line.to_string())],
         });
@@ -404,6 +399,20 @@ fn set(v: &mut LineVerdict, p: Part, at: Millis, detail: Value) {
     v.last_at = v.last_at.max(at);
 }
 
+/// The identities in `related` named by evidence since `since`, in pseudonym order: credits
+/// from other shards arrive at barriers, in an order that depends on the shard count, so
+/// the order they came in is not shown (nor does it choose which goes at the cap).
+fn related_of(v: &LineVerdict, since: Millis) -> Vec<String> {
+    let mut related: Vec<String> = v
+        .related
+        .iter()
+        .filter(|r| r.1 >= since)
+        .map(|r| r.0.clone())
+        .collect();
+    related.sort_unstable();
+    related
+}
+
 fn push_related(v: &mut LineVerdict, who: &str, at: Millis) {
     if *v.line == *who {
         return;
@@ -412,12 +421,16 @@ fn push_related(v: &mut LineVerdict, who: &str, at: Millis) {
         r.1 = r.1.max(at);
         return;
     }
-    if v.related.len() >= MAX_RELATED {
-        if let Some(i) = (0..v.related.len()).min_by_key(|&i| v.related[i].1) {
+    v.related.push((who.to_string(), at));
+    if v.related.len() > MAX_RELATED {
+        // The oldest goes, of equals the last in pseudonym order: the same list whatever
+        // order the credits came in.
+        let least = (0..v.related.len())
+            .min_by_key(|&i| (v.related[i].1, std::cmp::Reverse(&v.related[i].0)));
+        if let Some(i) = least {
             v.related.remove(i);
         }
     }
-    v.related.push((who.to_string(), at));
 }
 
 impl Detector for DealLine {
@@ -841,6 +854,30 @@ mod tests {
             run(&mut d, t, &[churn(&format!("x{i}"), t, "line")]);
         }
         assert_eq!(d.lines[&ids::id("line")].related.len(), MAX_RELATED);
+    }
+
+    /// Credits reach a line's shard in an order that depends on the shard count: neither
+    /// the list shown nor the entries the cap keeps may depend on it.
+    #[test]
+    fn related_does_not_depend_on_the_order_credits_came_in() {
+        let t = DAY;
+        let names: Vec<String> = (0..MAX_RELATED + 6).map(|i| format!("h{i:02}")).collect();
+        let held = |order: &mut dyn Iterator<Item = &String>| {
+            let mut d = DealLine::new(&Config::default(), 100);
+            for h in order {
+                run(&mut d, t, &[churn(h, t, "line")]);
+            }
+            let out = run(&mut d, t, &[bulk("line", t, 0.0), fan_in("line", t)]);
+            assert_eq!(out.len(), 1);
+            out[0].related.clone()
+        };
+        let forward = held(&mut names.iter());
+        let backward = held(&mut names.iter().rev());
+        assert_eq!(forward.len(), MAX_RELATED);
+        assert_eq!(forward, backward);
+        let mut sorted = forward.clone();
+        sorted.sort();
+        assert_eq!(forward, sorted);
     }
 
     /// A line whose hash falls on shard `shard` of `n`, named from `stem`.
