@@ -32,7 +32,9 @@
 //!
 //! State: nearly every handset stays in one class, and costs one inline stay (16 bytes plus
 //! the table slot). Only a handset seen in both classes gets its history of stays, SIMs,
-//! lines and contacts, each list bounded.
+//! lines and contacts, each list bounded. A handset silent for the window, and a young
+//! SIM's note after a day, expire lazily: gone to every read at once, removed from memory
+//! at the next purge (see `Sweeps`), so a sweep walks only the moving handsets.
 
 use std::collections::hash_map::Entry;
 
