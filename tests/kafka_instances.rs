@@ -350,7 +350,7 @@ async fn three_instances_one_killed_half_way(bar: Bar, half_way: HalfWay) {
     eprintln!(
         "3 instances, {} half way: {} alerts ({} distinct ids, {same_ids} of replay's \
          {} ids) against replay's {}; pairs {:.2} % of replay's found, {:.2} % of the group's \
-         confirmed; alert ids twice (at least once): {twice}; per detector (both, replay only, \
+         confirmed; alert ids twice: {twice}; per detector (both, replay only, \
          group only): {by_detector:?}",
         if half_way == HalfWay::Join {
             "a fourth joining"
