@@ -1,0 +1,136 @@
+//! `runner_movement`'s cost, paired: the engine with the detector and its cell map against
+//! the engine without either, one timed pass of each in turn, many times over.
+//!
+//! `cargo bench --bench detectors -- warm_city/` times the two sides one after the other,
+//! twenty samples each; on a shared VM whose caches other tenants fill and empty over
+//! seconds, the two sides then meet different machines, and the gap swings by tens of
+//! percent between runs of the same binary. Here the sides alternate pass by pass (about a
+//! tenth of a second each), so both meet nearly the same machine, and the figure is the
+//! median of the pairs' ratios: what the detector adds, not what the neighbours did.
+//!
+//! The city and the passes are `warm_city`'s: `generate --subscribers 20000 --days 2 --seed
+//! 3`, the first day read untimed into each engine, then the next 100,000 records timed
+//! from a fresh copy of it, default thresholds.
+//!
+//! `cargo bench --bench runner_cost [-- PAIRS]` (default 41 pairs). Prints every pair, then
+//! the median ratio with the pairs' quartiles, and each side's fastest pass.
+
+use std::time::Instant;
+
+use linewatch::config::Config;
+use linewatch::engine::Engine;
+
+#[path = "common/mod.rs"]
+mod common;
+
+fn feed<R: AsRef<[u8]>>(e: &mut Engine, records: &[R], now: i64) {
+    let mut alerts = Vec::new();
+    for r in records {
+        alerts.clear();
+        e.process(r.as_ref(), 0, now, &mut alerts);
+    }
+}
+
+/// One timed pass over `timed` from a copy of `warm` (the copy and its drop untimed), in
+/// milliseconds.
+fn pass(warm: &Engine, timed: &[Vec<u8>], now: i64) -> f64 {
+    let mut e = warm.clone();
+    let t = Instant::now();
+    feed(&mut e, timed, now);
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    drop(std::hint::black_box(e));
+    ms
+}
+
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i]
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; the first plain number is the pair count.
+    let pairs: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(41)
+        .max(1);
+    let opts = linewatch::generate::GenOptions {
+        seed: 3,
+        subscribers: 20_000,
+        days: 2,
+        ..Default::default()
+    };
+    let (events, cells) = common::city(&opts);
+    let lines = common::lines(&events);
+    let day_ms = 86_400_000;
+    let warm_n = lines
+        .iter()
+        .position(|l| {
+            linewatch::event::decode(l, &Default::default())
+                .map(|e| e.ts >= opts.start_ms + day_ms)
+                .unwrap_or(false)
+        })
+        .expect("a second day");
+    const TIMED: usize = 100_000;
+    let timed: Vec<Vec<u8>> = lines[warm_n..(warm_n + TIMED).min(lines.len())]
+        .iter()
+        .map(|l| l.to_vec())
+        .collect();
+    let now = linewatch::replay::wall_ms();
+    let mut with = {
+        let mut e = Engine::new(Config::default());
+        e.set_cells(Some(cells.clone()));
+        e
+    };
+    let mut without = {
+        let mut cfg = Config::default();
+        cfg.runner_movement.enabled = false;
+        Engine::new(cfg)
+    };
+    feed(&mut with, &lines[..warm_n], now);
+    feed(&mut without, &lines[..warm_n], now);
+    // One untimed pass each: the allocator and the code warm up.
+    pass(&with, &timed, now);
+    pass(&without, &timed, now);
+
+    println!(
+        "runner_cost: {} timed records per pass, {pairs} pairs (with / without, ms)",
+        timed.len()
+    );
+    let (mut ratios, mut a, mut b) = (Vec::new(), Vec::new(), Vec::new());
+    for k in 0..pairs {
+        // Which side goes first alternates, so neither always follows the other.
+        let (x, y) = if k % 2 == 0 {
+            let x = pass(&with, &timed, now);
+            (x, pass(&without, &timed, now))
+        } else {
+            let y = pass(&without, &timed, now);
+            (pass(&with, &timed, now), y)
+        };
+        println!(
+            "pair {k:>3}: {x:8.2} / {y:8.2}  {:+6.1} %",
+            (x / y - 1.0) * 100.0
+        );
+        ratios.push(x / y);
+        a.push(x);
+        b.push(y);
+    }
+    for v in [&mut ratios, &mut a, &mut b] {
+        v.sort_by(f64::total_cmp);
+    }
+    let pct = |r: f64| (r - 1.0) * 100.0;
+    println!(
+        "runner_cost: the detector adds {:+.1} % (median of {pairs} pairs; quartiles {:+.1} to {:+.1} %)",
+        pct(quantile(&ratios, 0.5)),
+        pct(quantile(&ratios, 0.25)),
+        pct(quantile(&ratios, 0.75)),
+    );
+    println!(
+        "runner_cost: fastest passes {:.2} / {:.2} ms ({:+.1} %); records/s with {:.0}, without {:.0} (medians)",
+        a[0],
+        b[0],
+        pct(a[0] / b[0]),
+        timed.len() as f64 / quantile(&a, 0.5) * 1e3,
+        timed.len() as f64 / quantile(&b, 0.5) * 1e3,
+    );
+}
