@@ -577,6 +577,19 @@ impl Shard {
         self.deal.reconfigure(&cfg);
     }
 
+    /// Warms what [`Shard::role`] will probe for the record's key in `role` (see
+    /// [`Detector::warm`]): called for every role of a record before the first runs.
+    fn warm(&self, v: &Valid<'_>, role: Role) {
+        match role {
+            Role::Sender => self.contacts.warm(v.ids.from),
+            Role::Recipient => self.contacts.warm(v.ids.to),
+            Role::Handset | Role::Barrier => {}
+        }
+        for d in &self.primaries {
+            d.warm(&v.ids, role);
+        }
+    }
+
     /// One record in one role: the key of that role is this shard's.
     fn role(
         &mut self,
@@ -1238,6 +1251,9 @@ impl Engine {
             let n = self.shards.len();
             let st = stream!(self, wall);
             for (role, shard) in v.roles(n) {
+                self.shards[shard].warm(&v, role);
+            }
+            for (role, shard) in v.roles(n) {
                 self.shards[shard].role(&v, role, &st, alerts, &mut self.pending);
             }
         }
@@ -1295,6 +1311,9 @@ impl Engine {
             let mut made = Vec::new();
             for v in segment {
                 for (role, shard) in v.roles(n) {
+                    self.shards[shard].warm(v, role);
+                }
+                for (role, shard) in v.roles(n) {
                     self.shards[shard].role(v, role, &st, &mut made, &mut self.pending);
                     alerts.extend(made.drain(..).map(|a| (v.idx, a)));
                 }
@@ -1308,6 +1327,11 @@ impl Engine {
             let mut sent = Vec::new();
             let mut made = Vec::new();
             for v in segment {
+                for (role, owner) in v.roles(n) {
+                    if owner == i {
+                        shard.warm(v, role);
+                    }
+                }
                 for (role, owner) in v.roles(n) {
                     if owner == i {
                         shard.role(v, role, &st, &mut made, &mut sent);

@@ -198,6 +198,14 @@ impl Detector for HandsetChurn {
         NAME
     }
 
+    fn warm(&self, ids: &EventIds, role: Role) {
+        if role == Role::Handset && self.cfg.enabled {
+            if let Some(imei) = ids.imei {
+                std::hint::black_box(self.handsets.get(&imei).map(|h| h.sims.0.first().copied()));
+            }
+        }
+    }
+
     fn on_event(&mut self, ev: &Event<'_>, ids: &EventIds, ctx: &mut Ctx<'_>) {
         // Keyed by handset: every entry it reads or writes is the record's handset's. The
         // lines it names reach `deal_line` as evidence for them.

@@ -134,6 +134,13 @@ pub trait Detector: IntoAny + Send {
     /// evidence for other keys to `ctx.outbox`.
     fn on_event(&mut self, _ev: &Event<'_>, _ids: &EventIds, _ctx: &mut Ctx<'_>) {}
 
+    /// Looks up, and discards, the entry [`Detector::on_event`] will read for the record's
+    /// key in `role`. Only for speed, and must not change state: the engine warms every
+    /// table a record will probe (the contact store's, each detector's, in every role)
+    /// back to back before any role runs, so their cache misses overlap instead of each
+    /// stalling in turn.
+    fn warm(&self, _ids: &EventIds, _role: Role) {}
+
     /// Sees what the detectors (and `deal_line`) found in the same call (one role of a
     /// record, or one piece of evidence), judged as of event time `at`.
     fn on_findings(&mut self, _at: Millis, _findings: &[Finding], _ctx: &mut Ctx<'_>) {}

@@ -1071,6 +1071,14 @@ impl Detector for RunnerMovement {
         NAME
     }
 
+    fn warm(&self, ids: &EventIds, role: Role) {
+        if role == Role::Handset && self.cfg.enabled {
+            if let Some(imei) = ids.imei {
+                std::hint::black_box(self.handsets.get(&imei).map(|t| t.here.last_s));
+            }
+        }
+    }
+
     fn on_event(&mut self, ev: &Event<'_>, ids: &EventIds, ctx: &mut Ctx<'_>) {
         // Keyed by handset: everything here is the record's handset's own state; what
         // concerns a SIM or another handset is sent.
