@@ -1891,7 +1891,7 @@ impl PartShard {
         ids: EventIds,
         cell: Option<CellPlace>,
         seq: u64,
-        roles: impl IntoIterator<Item = Role>,
+        roles: &[Role],
         start: Millis,
         wall: Millis,
         alerts: &mut Vec<Alert>,
@@ -1920,7 +1920,10 @@ impl PartShard {
             cooldown_s: ids::span_secs(*cooldown_s),
             shards: *n,
         };
-        for role in roles {
+        for &role in roles {
+            shard.warm(&v, role);
+        }
+        for &role in roles {
             shard.role(&v, role, &st, alerts, sent);
         }
     }

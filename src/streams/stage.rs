@@ -388,7 +388,7 @@ impl Stage {
             ids,
             cell,
             seq,
-            roles[..k].iter().copied(),
+            &roles[..k],
             start,
             wall,
             alerts,
