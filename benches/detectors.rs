@@ -23,15 +23,6 @@ fn only(name: &str) -> Config {
     c
 }
 
-/// Runs `records` through the engine in order, at wall time `now`.
-fn feed<R: AsRef<[u8]>>(e: &mut Engine, records: &[R], now: i64) {
-    let mut alerts = Vec::new();
-    for r in records {
-        alerts.clear();
-        e.process(r.as_ref(), 0, now, &mut alerts);
-    }
-}
-
 fn bench(c: &mut Criterion) {
     let recs = common::records(50_000, 20_000);
     // The mix's cells c0..c499: half metro, half county.
@@ -78,7 +69,7 @@ fn bench(c: &mut Criterion) {
                 |mut e| {
                     // The wall clock bounds how far ahead event time may be; the bench
                     // records are in the past.
-                    feed(&mut e, &recs, linewatch::replay::wall_ms());
+                    common::feed(&mut e, &recs, linewatch::replay::wall_ms());
                     e
                 },
                 BatchSize::LargeInput,
@@ -104,17 +95,8 @@ fn warm_city(c: &mut Criterion) {
     };
     let (events, cells) = common::city(&opts);
     let lines = common::lines(&events);
-    // The first day warms; the next TIMED records are timed (the file is in event-time
-    // order but for the generator's late and duplicate records).
-    let day_ms = 86_400_000;
-    let warm_n = lines
-        .iter()
-        .position(|l| {
-            linewatch::event::decode(l, &Default::default())
-                .map(|e| e.ts >= opts.start_ms + day_ms)
-                .unwrap_or(false)
-        })
-        .expect("a second day");
+    // The first day warms; the next TIMED records are timed.
+    let warm_n = common::second_day(&lines, &opts);
     const TIMED: usize = 100_000;
     let timed = &lines[warm_n..(warm_n + TIMED).min(lines.len())];
     let now = linewatch::replay::wall_ms();
@@ -128,12 +110,12 @@ fn warm_city(c: &mut Criterion) {
         if name == "all" {
             warm.set_cells(Some(cells.clone()));
         }
-        feed(&mut warm, &lines[..warm_n], now);
+        common::feed(&mut warm, &lines[..warm_n], now);
         g.bench_function(name, |b| {
             b.iter_batched(
                 || warm.clone(),
                 |mut e| {
-                    feed(&mut e, timed, now);
+                    common::feed(&mut e, timed, now);
                     e
                 },
                 BatchSize::LargeInput,

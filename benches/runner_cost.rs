@@ -24,20 +24,12 @@ use linewatch::engine::Engine;
 #[path = "common/mod.rs"]
 mod common;
 
-fn feed<R: AsRef<[u8]>>(e: &mut Engine, records: &[R], now: i64) {
-    let mut alerts = Vec::new();
-    for r in records {
-        alerts.clear();
-        e.process(r.as_ref(), 0, now, &mut alerts);
-    }
-}
-
 /// One timed pass over `timed` from a copy of `warm` (the copy and its drop untimed), in
 /// milliseconds.
 fn pass(warm: &Engine, timed: &[Vec<u8>], now: i64) -> f64 {
     let mut e = warm.clone();
     let t = Instant::now();
-    feed(&mut e, timed, now);
+    common::feed(&mut e, timed, now);
     let ms = t.elapsed().as_secs_f64() * 1e3;
     drop(std::hint::black_box(e));
     ms
@@ -67,15 +59,7 @@ fn main() {
     };
     let (events, cells) = common::city(&opts);
     let lines = common::lines(&events);
-    let day_ms = 86_400_000;
-    let warm_n = lines
-        .iter()
-        .position(|l| {
-            linewatch::event::decode(l, &Default::default())
-                .map(|e| e.ts >= opts.start_ms + day_ms)
-                .unwrap_or(false)
-        })
-        .expect("a second day");
+    let warm_n = common::second_day(&lines, &opts);
     let timed_n = if full { 100_000 } else { 2_000 };
     let timed: Vec<Vec<u8>> = lines[warm_n..(warm_n + timed_n).min(lines.len())]
         .iter()
@@ -92,8 +76,8 @@ fn main() {
         cfg.runner_movement.enabled = false;
         Engine::new(cfg)
     };
-    feed(&mut with, &lines[..warm_n], now);
-    feed(&mut without, &lines[..warm_n], now);
+    common::feed(&mut with, &lines[..warm_n], now);
+    common::feed(&mut without, &lines[..warm_n], now);
     // One untimed pass each: the allocator and the code warm up.
     pass(&with, &timed, now);
     pass(&without, &timed, now);

@@ -296,8 +296,7 @@ impl Contacts {
     /// search starts). Changes nothing.
     pub fn warm(&self, line: u64) {
         let mid = self
-            .lines
-            .get(&line)
+            .get(line)
             .and_then(|r| r.contacts.get(r.contacts.len() / 2))
             .map(|c| c.fp);
         std::hint::black_box(mid);

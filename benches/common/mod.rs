@@ -89,3 +89,27 @@ pub fn lines(events: &[u8]) -> Vec<&[u8]> {
         .filter(|l| !l.is_empty())
         .collect()
 }
+
+/// Runs `records` through the engine in order, on partition 0 at wall time `now`.
+pub fn feed<R: AsRef<[u8]>>(e: &mut linewatch::engine::Engine, records: &[R], now: i64) {
+    let mut alerts = Vec::new();
+    for r in records {
+        alerts.clear();
+        e.process(r.as_ref(), 0, now, &mut alerts);
+    }
+}
+
+/// Index of the first record of the city's second day (`warm_city` and `runner_cost` warm
+/// an engine on the first day untimed; the file is in event-time order but for the
+/// generator's late and duplicate records).
+pub fn second_day(lines: &[&[u8]], opts: &linewatch::generate::GenOptions) -> usize {
+    let day_ms = 86_400_000;
+    lines
+        .iter()
+        .position(|l| {
+            linewatch::event::decode(l, &Default::default())
+                .map(|e| e.ts >= opts.start_ms + day_ms)
+                .unwrap_or(false)
+        })
+        .expect("a second day")
+}
