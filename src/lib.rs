@@ -50,6 +50,7 @@ pub mod event;
 pub mod exchange;
 pub mod explain;
 pub mod generate;
+pub mod hugepages;
 pub mod ids;
 pub mod kafka;
 pub mod names;

@@ -114,6 +114,8 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    // Before any thread starts: may run the binary again with huge pages asked for.
+    crate::hugepages::reexec_if_useful();
     if !matches!(cli.command, Command::Run(_)) {
         end_quietly_on_closed_pipe();
     }

@@ -279,6 +279,7 @@ pub async fn run(
         dead_letter_topic = %cfg.service.dead_letter_topic,
         config_version = %cfg.version(),
         processing_guarantee = cfg.service.processing_guarantee.as_str(),
+        heap_huge_pages = crate::hugepages::asked(),
         "starting"
     );
     let drain_s = cfg.service.drain_timeout_s;
