@@ -80,3 +80,20 @@ pub type IdMap<V> = std::collections::HashMap<u64, V, IdBuild>;
 pub fn map_bytes<V>(m: &IdMap<V>) -> usize {
     m.capacity() * (std::mem::size_of::<(u64, V)>() + 1)
 }
+
+/// Asks for the cache line holding `*p` without waiting for it: for the last level of a
+/// warm-up ([`crate::detect::Detector::warm`]), where a load would hold the core's
+/// retirement until the line arrives and a prefetch lets the misses of the other tables
+/// proceed behind it. Never reads `*p` (a dangling or null pointer is harmless); a no-op
+/// where the instruction is not available.
+#[inline(always)]
+pub fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `prefetcht0` is a hint: it does not access memory architecturally and
+    // cannot fault, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
