@@ -114,8 +114,16 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    // Before any thread starts: may run the binary again with huge pages asked for.
-    crate::hugepages::reexec_if_useful();
+    // Before any thread starts: the batch commands that run the engine flat out may run
+    // again with huge pages asked for. Not `run`: its checkpoints `fork()`, and how the
+    // copy-on-write of huge pages weighs on its latency is not measured enough yet
+    // (src/hugepages.rs).
+    if matches!(
+        cli.command,
+        Command::Replay(_) | Command::Tune(_) | Command::Demo(_)
+    ) {
+        crate::hugepages::reexec_if_useful();
+    }
     if !matches!(cli.command, Command::Run(_)) {
         end_quietly_on_closed_pipe();
     }
