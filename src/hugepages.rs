@@ -71,6 +71,12 @@ pub fn reexec_if_useful() {
     {
         use std::os::unix::process::CommandExt;
 
+        // Under valgrind (`cachegrind`, `callgrind`: the README's instruction counts) an
+        // exec of `/proc/self/exe` would leave the tool, which refuses it; there the
+        // process goes on as it started.
+        if std::env::var("LD_PRELOAD").is_ok_and(|p| p.contains("vgpreload")) {
+            return;
+        }
         let tunables = std::env::var("GLIBC_TUNABLES").ok();
         let mode = std::fs::read_to_string(THP_MODE).ok();
         // SAFETY: `gnu_get_libc_version` returns a pointer to a static NUL-terminated

@@ -33,7 +33,15 @@ fn city() -> Vec<u8> {
 /// `linewatch replay --input -` fed `records` and left waiting on its still-open stdin,
 /// with `GLIBC_TUNABLES` as given.
 fn waiting_replay(tunables: Option<&str>, records: &[u8]) -> Child {
+    waiting_replay_with(tunables, records, None)
+}
+
+/// [`waiting_replay`] with `LD_PRELOAD` set as given.
+fn waiting_replay_with(tunables: Option<&str>, records: &[u8], preload: Option<&str>) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_linewatch"));
+    if let Some(p) = preload {
+        cmd.env("LD_PRELOAD", p);
+    }
     cmd.args(["replay", "--input", "-", "--output", "/dev/null", "--quiet"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -124,4 +132,16 @@ fn an_operators_setting_is_never_overridden_and_other_tunables_are_kept() {
     let got = settled(&child, want);
     finish(child);
     assert_eq!(got, want, "heap advised with another tunable set");
+}
+
+#[test]
+fn under_valgrind_the_process_goes_on_as_it_started() {
+    // Valgrind preloads its `vgpreload_*.so`; a name like it is enough for the check (the
+    // dynamic loader warns that it cannot find it and goes on).
+    let records = city();
+    let child = waiting_replay_with(None, &records, Some("/nonexistent/vgpreload_core-test.so"));
+    std::thread::sleep(Duration::from_millis(300));
+    let got = advised(child.id());
+    finish(child);
+    assert!(!got, "ran itself again under valgrind");
 }
