@@ -48,19 +48,35 @@ pub fn plan(tunables: Option<&str>, thp_mode: Option<&str>, glibc: Option<&str>)
     }
     match tunables {
         // Set by the operator (or by the run that set it): never overridden.
-        Some(t) if t.split(':').any(|kv| kv.split('=').next() == Some(TUNABLE)) => None,
+        Some(t) if setting(t).is_some() => None,
         Some(t) if !t.is_empty() => Some(format!("{t}:{TUNABLE}=1")),
         _ => Some(format!("{TUNABLE}=1")),
     }
 }
 
+/// The value `GLIBC_TUNABLES` (`name=value:name=value`) gives [`TUNABLE`], if any.
+fn setting(tunables: &str) -> Option<&str> {
+    tunables.split(':').find_map(|kv| {
+        let (name, value) = kv.split_once('=').unwrap_or((kv, ""));
+        (name == TUNABLE).then_some(value)
+    })
+}
+
 /// Whether this process's heap asks for huge pages: its `GLIBC_TUNABLES` sets the tunable
 /// to 1 (for the start-up log).
 pub fn asked() -> bool {
-    std::env::var("GLIBC_TUNABLES").is_ok_and(|t| {
-        t.split(':')
-            .any(|kv| kv.split_once('=') == Some((TUNABLE, "1")))
-    })
+    std::env::var("GLIBC_TUNABLES").is_ok_and(|t| setting(&t) == Some("1"))
+}
+
+/// [`plan`] for this process on this machine, given `GLIBC_TUNABLES` (the process's own,
+/// or another a child would start with).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn plan_here(tunables: Option<&str>) -> Option<String> {
+    let mode = std::fs::read_to_string(THP_MODE).ok();
+    // SAFETY: `gnu_get_libc_version` returns a pointer to a static NUL-terminated string
+    // owned by glibc.
+    let glibc = unsafe { std::ffi::CStr::from_ptr(libc::gnu_get_libc_version()) };
+    plan(tunables, mode.as_deref(), glibc.to_str().ok())
 }
 
 /// Runs the binary again with huge pages asked for, when [`plan`] says so; returns only if
@@ -78,25 +94,18 @@ pub fn reexec_if_useful() {
             return;
         }
         let tunables = std::env::var("GLIBC_TUNABLES").ok();
-        let mode = std::fs::read_to_string(THP_MODE).ok();
-        // SAFETY: `gnu_get_libc_version` returns a pointer to a static NUL-terminated
-        // string owned by glibc.
-        let glibc = unsafe { std::ffi::CStr::from_ptr(libc::gnu_get_libc_version()) }
-            .to_str()
-            .ok();
-        let Some(value) = plan(tunables.as_deref(), mode.as_deref(), glibc) else {
+        let Some(value) = plan_here(tunables.as_deref()) else {
             return;
         };
         let mut args = std::env::args_os();
         let argv0 = args.next().unwrap_or_default();
-        // `/proc/self/exe`: this very binary, even if its file was replaced since.
-        let err = std::process::Command::new("/proc/self/exe")
+        // `/proc/self/exe`: this very binary, even if its file was replaced since. `exec`
+        // returns only if it failed: then the process goes on as started.
+        let _ = std::process::Command::new("/proc/self/exe")
             .arg0(argv0)
             .args(args)
             .env("GLIBC_TUNABLES", value)
             .exec();
-        // Only reached if the exec failed: go on as started.
-        let _ = err;
     }
 }
 

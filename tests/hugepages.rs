@@ -5,7 +5,7 @@
 
 #![cfg(all(target_os = "linux", target_env = "gnu"))]
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -84,28 +84,15 @@ fn settled(child: &Child, want: bool) -> bool {
 
 fn finish(mut child: Child) {
     drop(child.stdin.take());
-    let status = child.wait().expect("wait");
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert!(status.success(), "replay failed: {err}");
-}
-
-fn machine_plan(tunables: Option<&str>) -> Option<String> {
-    let mode = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").ok();
-    // SAFETY: a static NUL-terminated string owned by glibc.
-    let glibc = unsafe { std::ffi::CStr::from_ptr(libc::gnu_get_libc_version()) };
-    hugepages::plan(tunables, mode.as_deref(), glibc.to_str().ok())
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "replay failed: {err}");
 }
 
 #[test]
 fn the_binary_asks_for_huge_pages_as_the_plan_says_on_this_machine() {
     let records = city();
-    let want = machine_plan(None).is_some();
+    let want = hugepages::plan_here(None).is_some();
     let child = waiting_replay(None, &records);
     // Not asked: the answer cannot change any more once the records are read.
     let got = settled(&child, want);
@@ -127,7 +114,7 @@ fn an_operators_setting_is_never_overridden_and_other_tunables_are_kept() {
     assert!(!got, "huge pages asked for against glibc.malloc.hugetlb=0");
 
     // Other tunables: ours is added beside them when the machine needs asking.
-    let want = machine_plan(Some("glibc.malloc.arena_max=2")).is_some();
+    let want = hugepages::plan_here(Some("glibc.malloc.arena_max=2")).is_some();
     let child = waiting_replay(Some("glibc.malloc.arena_max=2"), &records);
     let got = settled(&child, want);
     finish(child);

@@ -1074,10 +1074,10 @@ impl Detector for RunnerMovement {
     fn warm(&self, ids: &EventIds, role: Role) {
         if role == Role::Handset && self.cfg.enabled {
             if let Some(imei) = ids.imei {
+                // The probe itself reads the slot (its key is next to the stay).
                 let Some(t) = self.handsets.get(&imei) else {
                     return;
                 };
-                std::hint::black_box(t.here.last_s);
                 // A moving handset (a commuter's, mostly) reads its history behind two more
                 // pointers: the box, then each list. Waited for one after the other in
                 // `on_event`, they were a third of its samples (`perf annotate`, warm city);
