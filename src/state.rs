@@ -291,15 +291,13 @@ impl Contacts {
         self.lines.get(&line)
     }
 
-    /// Looks `line` up and discards what it finds: [`crate::detect::Detector::warm`] for
-    /// the contact store (its entry, and the middle of its contact list, where a binary
-    /// search starts). Changes nothing.
+    /// Looks `line` up and prefetches the middle of its contact list, where a binary
+    /// search starts: [`crate::detect::Detector::warm`] for the contact store. Changes
+    /// nothing; the list is not read (a load would hold the core until it came).
     pub fn warm(&self, line: u64) {
-        let mid = self
-            .get(line)
-            .and_then(|r| r.contacts.get(r.contacts.len() / 2))
-            .map(|c| c.fp);
-        std::hint::black_box(mid);
+        if let Some(r) = self.get(line) {
+            ids::prefetch(r.contacts.as_ptr().wrapping_add(r.contacts.len() / 2));
+        }
     }
 
     /// Notes activity of a line (any record it originates).
