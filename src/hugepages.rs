@@ -16,11 +16,11 @@
 //! overridden; kernels in `always` or `never` mode need nothing asked, and the binary runs
 //! as it started.
 //!
-//! Not `run`: its checkpoints `fork()` a copy-on-write child, and a write to a huge page
-//! the child shares splits the page's mapping before copying. One pair of
-//! `checkpoint_latency` runs (a million lines, fork mode) gave the same pause and p99.9
-//! but a p99 of 3.9 ms against 1.4 ms with 4 KiB pages: too little to decide on, so the
-//! service keeps 4 KiB pages unless its operator sets the tunable.
+//! Not `run`: its checkpoints `fork()` a copy-on-write child, and while the child lives
+//! the run loop's writes fault on pages it shares. Three alternating pairs of
+//! `checkpoint_latency` (a million lines, fork mode) gave a record latency p99 of
+//! 1.5-2.6 ms with huge pages against 0.5-0.9 ms with 4 KiB pages, worse in every pair,
+//! for the same CPU: the service keeps 4 KiB pages unless its operator sets the tunable.
 //!
 //! Measured on the 150,000-subscriber city (`replay --shards 1` on one core, four
 //! alternating pairs): 3-7 % less CPU in every pair, the same alerts, peak RSS within 1 %
