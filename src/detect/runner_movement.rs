@@ -306,7 +306,8 @@ pub struct RunnerMovement {
 /// purged every twelve hours rather than three, the misses the detector adds to the
 /// engine fell from 5.0 to 4.2 per record in the last-level cache and from 7.5 to 6.8 in
 /// the first (cachegrind, `warm_city`'s records). The moving handsets (a tenth) are still
-/// swept at every sweep: their histories expire piece by piece.
+/// walked at every sweep, their histories expiring piece by piece, but a history is read
+/// only once the cutoff passes its floor ([`Track::floor_s`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 struct Sweeps {
     handsets_s: u32,
@@ -1687,7 +1688,8 @@ impl Detector for RunnerMovement {
 }
 
 /// A handset in one class whose last record is older than `before`: gone at the last
-/// sweep (see [`Sweeps`]). A moving handset's history is swept at every sweep.
+/// sweep (see [`Sweeps`]). A moving handset's history is trimmed by the sweep that passes its
+/// floor ([`Track::floor_s`]).
 fn gone(t: &Track, before: u32) -> bool {
     t.moved.is_none() && t.here.last_s < before
 }
