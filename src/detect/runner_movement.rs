@@ -136,14 +136,15 @@ impl Track {
     /// `here`; returns the bytes.
     fn measure(here: &mut Stay, m: &Moved) -> usize {
         let bytes = moved_bytes(m);
-        let oldest = |v: &mut dyn Iterator<Item = u32>| v.min().unwrap_or(u32::MAX);
         here.first_s = match m.stays.len() {
             // The sweep turns it back into one stay (or removes it): it must visit.
             0 | 1 => 0,
-            _ => oldest(&mut m.stays.iter().map(|x| x.last_s))
-                .min(oldest(&mut m.sims.iter().map(|x| x.at)))
-                .min(oldest(&mut m.lines.iter().map(|x| x.2)))
-                .min(oldest(&mut m.contacted.iter().map(|x| x.at))),
+            _ => (m.stays.iter().map(|x| x.last_s))
+                .chain(m.sims.iter().map(|x| x.at))
+                .chain(m.lines.iter().map(|x| x.2))
+                .chain(m.contacted.iter().map(|x| x.at))
+                .min()
+                .unwrap_or(u32::MAX),
         };
         here.hours = u32::try_from(bytes).unwrap_or(u32::MAX);
         bytes
@@ -1880,10 +1881,9 @@ mod tests {
         out
     }
 
-    /// A deal-line verdict on `line`, as the engine shows it to the detector, and the
-    /// trade line it sends applied as at a barrier.
-    fn mark_trade(d: &mut RunnerMovement, line: &str, at: Millis) {
-        let f = Finding {
+    /// A `deal_line` finding on `line` at `at`, as the engine shows it to the detectors.
+    fn deal_verdict(line: &str, at: Millis) -> Finding {
+        Finding {
             detector: crate::detect::deal_line::NAME,
             subject: line.into(),
             subject_id: ids::id(line),
@@ -1895,7 +1895,41 @@ mod tests {
             related: vec![],
             evidence: Default::default(),
             lines: vec![(ids::id(line), line.to_string())],
-        };
+        }
+    }
+
+    /// A generated city: its records, its labelled deal lines and its cell map.
+    fn city(opts: &crate::generate::GenOptions) -> (Vec<u8>, Vec<String>, String) {
+        use crate::generate::{generate_in_memory, write_cells};
+        let (events, labels, _) = generate_in_memory(opts).expect("generate");
+        let mut cells = Vec::new();
+        write_cells(opts, &mut cells).expect("cells");
+        let cells = String::from_utf8(cells).expect("cells are text");
+        let deal_lines: Vec<String> = labels
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                (f.get(2) == Some(&"deal_line")).then(|| f[0].to_string())
+            })
+            .collect();
+        assert!(!deal_lines.is_empty());
+        (events, deal_lines, cells)
+    }
+
+    /// The records of a generated city that decode.
+    fn decoded(events: &[u8]) -> Vec<Event<'_>> {
+        let opts = crate::event::DecodeOptions::default();
+        events
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .filter_map(|l| crate::event::decode(l, &opts).ok())
+            .collect()
+    }
+
+    /// A deal-line verdict on `line`, as the engine shows it to the detector, and the
+    /// trade line it sends applied as at a barrier.
+    fn mark_trade(d: &mut RunnerMovement, line: &str, at: Millis) {
+        let f = deal_verdict(line, at);
         let mut h = Harness::new();
         let mut sent = Vec::new();
         let mut ctx = Ctx {
@@ -2384,19 +2418,7 @@ mod tests {
         let (sim, r) = (on("s-", 1, 2), on("R-", 1, 2));
         let mut x = Shards::new(det(), n, Some(MAP));
         let t0: Millis = 1_791_158_400_000;
-        let deal = Finding {
-            detector: crate::detect::deal_line::NAME,
-            subject: "dealline".into(),
-            subject_id: ids::id("dealline"),
-            subject_kind: SubjectKind::Line,
-            score: 1.0,
-            event_time: t0,
-            window_start: t0,
-            window_end: t0,
-            related: vec![],
-            evidence: Default::default(),
-            lines: vec![(ids::id("dealline"), "dealline".to_string())],
-        };
+        let deal = deal_verdict("dealline", t0);
         x.show(ids::id("dealline"), t0, &[deal]);
         let mut plan: Vec<(i64, &str, &str, &str)> = vec![(9, "m1", &h0, &sim)];
         let swap = SWAP_MID_TRIP.iter().map(|p| {
@@ -2529,19 +2551,7 @@ mod tests {
         }
         // The verdict comes after the runner's last record; its broadcast waits.
         let verdict_at = t0 + 60 * HOUR;
-        let f = Finding {
-            detector: crate::detect::deal_line::NAME,
-            subject: "dealline".into(),
-            subject_id: ids::id("dealline"),
-            subject_kind: SubjectKind::Line,
-            score: 1.0,
-            event_time: verdict_at,
-            window_start: verdict_at,
-            window_end: verdict_at,
-            related: vec![],
-            evidence: Default::default(),
-            lines: vec![(ids::id("dealline"), "dealline".to_string())],
-        };
+        let f = deal_verdict("dealline", verdict_at);
         let mut sent = Vec::new();
         let mut ctx = Ctx {
             role: Role::Sender,
@@ -2601,8 +2611,7 @@ mod tests {
     #[test]
     fn a_generated_city_gives_the_same_runner_findings_on_one_two_and_three_shards() {
         use crate::detect::shardkit::{key, Shards};
-        use crate::generate::{generate_in_memory, write_cells, GenOptions};
-        let opts = GenOptions {
+        let (events, deal_lines, cells) = city(&crate::generate::GenOptions {
             seed: 1,
             subscribers: 5_000,
             days: 4,
@@ -2610,43 +2619,14 @@ mod tests {
             duplicate_rate: 0.0,
             late_rate: 0.0,
             ..Default::default()
-        };
-        let (events, labels, _) = generate_in_memory(&opts).expect("generate");
-        let mut cells = Vec::new();
-        write_cells(&opts, &mut cells).expect("cells");
-        let cells = String::from_utf8(cells).expect("cells are text");
-        let deal_lines: Vec<&str> = labels
-            .lines()
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split(',').collect();
-                (f.get(2) == Some(&"deal_line")).then_some(f[0])
-            })
-            .collect();
-        assert!(!deal_lines.is_empty());
-        let opts = crate::event::DecodeOptions::default();
-        let evs: Vec<Event<'_>> = events
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .filter_map(|l| crate::event::decode(l, &opts).ok())
-            .collect();
+        });
+        let evs = decoded(&events);
         let run = |n: usize| {
             let d = RunnerMovement::new(&Config::default(), 1_000_000);
             let mut x = Shards::new(d, n, Some(&cells));
             let t0 = evs[0].ts;
             for line in &deal_lines {
-                let f = Finding {
-                    detector: crate::detect::deal_line::NAME,
-                    subject: line.to_string(),
-                    subject_id: ids::id(line),
-                    subject_kind: SubjectKind::Line,
-                    score: 1.0,
-                    event_time: t0,
-                    window_start: t0,
-                    window_end: t0,
-                    related: vec![],
-                    evidence: Default::default(),
-                    lines: vec![(ids::id(line), line.to_string())],
-                };
+                let f = deal_verdict(line, t0);
                 x.show(ids::id(line), t0, &[f]);
             }
             let (mut out, mut minute) = (Vec::new(), t0 / MIN);
@@ -2713,52 +2693,24 @@ mod tests {
     #[test]
     fn the_sweep_skips_only_histories_it_would_leave_as_they_are() {
         use crate::detect::shardkit::{key, Shards};
-        use crate::generate::{generate_in_memory, write_cells, GenOptions};
-        let opts = GenOptions {
+        let (events, deal_lines, cells) = city(&crate::generate::GenOptions {
             seed: 2,
             subscribers: 3_000,
             days: 4,
             malformed_rate: 0.0,
             duplicate_rate: 0.0,
             ..Default::default()
-        };
-        let (events, labels, _) = generate_in_memory(&opts).expect("generate");
-        let mut cells = Vec::new();
-        write_cells(&opts, &mut cells).expect("cells");
-        let cells = String::from_utf8(cells).expect("cells are text");
-        let opts = crate::event::DecodeOptions::default();
-        let evs: Vec<Event<'_>> = events
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .filter_map(|l| crate::event::decode(l, &opts).ok())
-            .collect();
+        });
+        let evs = decoded(&events);
         let mut cfg = Config::default();
         cfg.runner_movement.window_s = 86_400;
         let mut skip = Shards::new(RunnerMovement::new(&cfg, 1_000_000), 1, Some(&cells));
         let mut full = Shards::new(RunnerMovement::new(&cfg, 1_000_000), 1, Some(&cells));
         // The deal lines' verdicts, again every six hours (the trade list expires with
         // the window).
-        let deal_lines: Vec<&str> = labels
-            .lines()
-            .filter(|l| l.contains(",deal_line"))
-            .filter_map(|l| l.split(',').next())
-            .collect();
-        assert!(!deal_lines.is_empty());
         let verdicts = |x: &mut Shards<RunnerMovement>, at: Millis| {
             for line in &deal_lines {
-                let f = Finding {
-                    detector: crate::detect::deal_line::NAME,
-                    subject: line.to_string(),
-                    subject_id: ids::id(line),
-                    subject_kind: SubjectKind::Line,
-                    score: 1.0,
-                    event_time: at,
-                    window_start: at,
-                    window_end: at,
-                    related: vec![],
-                    evidence: Default::default(),
-                    lines: vec![(ids::id(line), line.to_string())],
-                };
+                let f = deal_verdict(line, at);
                 x.show(ids::id(line), at, &[f]);
             }
         };
