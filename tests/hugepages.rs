@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use linewatch::hugepages;
 
-/// A small generated city, as JSONL (enough records for the heap to pass 2 MiB).
+/// A small generated city, as JSONL: enough records for the heap to grow past 2 MiB.
 fn city() -> Vec<u8> {
     let out = Command::new(env!("CARGO_BIN_EXE_linewatch"))
         .args([
@@ -70,6 +70,22 @@ fn advised(pid: u32) -> bool {
         .any(|flags| flags.split_whitespace().any(|f| f == "hg"))
 }
 
+/// The `GLIBC_TUNABLES` the running process was started (or re-executed) with. glibc
+/// parses the variable in place, ending each `name=value` with a NUL, so the entries after
+/// it that name a tunable (`glibc.…`) are its own.
+fn tunables_of(pid: u32) -> Option<String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("read environ");
+    let mut entries = environ.split(|b| *b == 0).map(String::from_utf8_lossy);
+    let first = entries.find_map(|kv| kv.strip_prefix("GLIBC_TUNABLES=").map(str::to_string))?;
+    let rest = entries.take_while(|kv| kv.starts_with("glibc."));
+    Some(
+        std::iter::once(first)
+            .chain(rest.map(|kv| kv.into_owned()))
+            .collect::<Vec<_>>()
+            .join(":"),
+    )
+}
+
 /// Whether the process's heap is advised, waiting up to five seconds for `want`.
 fn settled(child: &Child, want: bool) -> bool {
     let start = Instant::now();
@@ -89,17 +105,30 @@ fn finish(mut child: Child) {
     assert!(out.status.success(), "replay failed: {err}");
 }
 
+// What is asserted of a process that asks is its `GLIBC_TUNABLES` after the re-exec, not
+// the `hg` flag: glibc advises its main heap only in whole 2 MiB steps from where the
+// kernel put the break (at random) and mapped chunks of 2 MiB or more, so whether a small
+// run carries the flag came down to its layout: on this machine, with 2,000 subscribers
+// or with 10,000, runs asked alike went either way (the CI run of `ba41305` failed on
+// it). The flag is still printed; where nothing may be asked it is asserted absent, which
+// no layout can make wrong.
+
 #[test]
 fn the_binary_asks_for_huge_pages_as_the_plan_says_on_this_machine() {
     let records = city();
-    let want = hugepages::plan_here(None).is_some();
+    let want = hugepages::plan_here(None);
     let child = waiting_replay(None, &records);
-    // Not asked: the answer cannot change any more once the records are read.
-    let got = settled(&child, want);
+    // Past its start (the records are read): re-executed if it was going to be.
+    let got = tunables_of(child.id());
+    let flag = settled(&child, want.is_some());
     finish(child);
-    assert_eq!(got, want, "heap advised for huge pages");
-    if !want {
-        eprintln!("this machine's kernel or glibc needs no asking: checked that none is made");
+    assert_eq!(got, want, "GLIBC_TUNABLES of the running replay");
+    match want {
+        Some(_) => eprintln!("asked for huge pages; heap advised (hg) in this run: {flag}"),
+        None => {
+            assert!(!flag, "heap advised though nothing was asked");
+            eprintln!("this machine's kernel or glibc needs no asking: checked that none is made");
+        }
     }
 }
 
@@ -109,16 +138,22 @@ fn an_operators_setting_is_never_overridden_and_other_tunables_are_kept() {
     // Off by the operator: stays off.
     let child = waiting_replay(Some("glibc.malloc.hugetlb=0"), &records);
     std::thread::sleep(Duration::from_millis(300));
-    let got = advised(child.id());
+    let (tunables, got) = (tunables_of(child.id()), advised(child.id()));
     finish(child);
+    assert_eq!(tunables.as_deref(), Some("glibc.malloc.hugetlb=0"));
     assert!(!got, "huge pages asked for against glibc.malloc.hugetlb=0");
 
     // Other tunables: ours is added beside them when the machine needs asking.
-    let want = hugepages::plan_here(Some("glibc.malloc.arena_max=2")).is_some();
-    let child = waiting_replay(Some("glibc.malloc.arena_max=2"), &records);
-    let got = settled(&child, want);
+    let other = "glibc.malloc.arena_max=2";
+    let want = hugepages::plan_here(Some(other)).unwrap_or_else(|| other.to_string());
+    let child = waiting_replay(Some(other), &records);
+    let got = tunables_of(child.id());
     finish(child);
-    assert_eq!(got, want, "heap advised with another tunable set");
+    assert_eq!(
+        got.as_deref(),
+        Some(want.as_str()),
+        "tunables with another one set"
+    );
 }
 
 #[test]
