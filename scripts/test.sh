@@ -11,7 +11,7 @@
 #    - If a broker from `deploy/local/kafka.sh up` is already running, it is reused and
 #      left running afterwards (it is yours, not this script's).
 # 3. cargo fmt --check, cargo clippy -D warnings, cargo test --all-targets, cargo test
-#    --doc (with --locked when Cargo.lock exists).
+#    --doc, cargo doc with warnings denied (with --locked when Cargo.lock exists).
 # 4. The README's first command (`cargo run --release -- demo`), checked for its
 #    precision/recall table, and deploy/check.sh (container, compose, Kubernetes, alert
 #    rules; no Docker engine or cluster needed).
@@ -105,6 +105,8 @@ elif selects_targets "$@"; then
   SUMMARY+=("doc skipped (target selection in args)")
 else
   step doc cargo test "${LOCKED[@]}" --doc "$@"
+  # The API docs build without a warning (a broken or private intra-doc link is one).
+  step rustdoc env RUSTDOCFLAGS="-D warnings" cargo doc "${LOCKED[@]}" --no-deps --lib
 fi
 
 # --- The main command and deploy/ (issue 12) ---------------------------------------------

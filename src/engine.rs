@@ -1643,7 +1643,7 @@ impl Engine {
 
     /// Replaces every piece of state with the sections [`Engine::save_sections`] wrote,
     /// under any shard count: each shard takes its key groups' state from the saved shards
-    /// that owned them ([`Shard::split`]). Call it on a fresh engine built with the
+    /// that owned them (`Shard::split`). Call it on a fresh engine built with the
     /// configuration the sections were saved under (and the shard count wanted), then
     /// [`Engine::reconfigure`] to the one in force, exactly as a live reload. On error the
     /// engine is left part-loaded: discard it.
@@ -1734,7 +1734,7 @@ pub struct Ingested<'a> {
     /// measured from it.
     pub stream_start: Millis,
     /// Valid and late records so far, this one included: the record count a sweep waits
-    /// for ([`Engine::sweep_due`] counts the same records).
+    /// for (`Engine::sweep_due` counts the same records).
     pub counted: u64,
 }
 
@@ -1798,7 +1798,7 @@ pub fn overlaps(i: usize, saved: usize, p: usize, n: usize) -> bool {
 }
 
 /// The detectors of partition `p` of `n` (issue 11, driven by `streams::stage`): one
-/// [`Shard`] owning the keys with `shard_of(key, n) == p`, with the caps of one shard of
+/// `Shard` owning the keys with `shard_of(key, n) == p`, with the caps of one shard of
 /// `n` (as [`Engine::with_shards`] divides them). It runs records in the roles whose keys it
 /// owns and applies evidence; the stage around it decides when (barriers) and where the
 /// evidence it sends goes.
@@ -1830,7 +1830,7 @@ impl PartShard {
     /// `saved` shards, or the saves of `saved` partition stages together): what a
     /// rebalance calls when it assigns a partition. Only the saved shards sharing a key
     /// group with `p` are read (and must be there); each is split by owner and the part of
-    /// `p` kept ([`Shard::split`]), its counters taken if `p` owns its first key group. Into
+    /// `p` kept (`Shard::split`), its counters taken if `p` owns its first key group. Into
     /// the same layout (`saved == n`) shard `p`'s sections load as written.
     pub fn restore(
         cfg: &Config,

@@ -37,7 +37,7 @@ const OFF_MASK: u64 = (1 << OFF_BITS) - 1;
 const IN_SHIFT: u32 = 2 * OFF_BITS;
 
 /// One number a line has texted, as stored: the recipient's fingerprint and three times as
-/// offsets from the line's base ([`base_of`]) packed into one 64-bit word, kept as two u32
+/// offsets from the line's base (`base_of`) packed into one 64-bit word, kept as two u32
 /// so the entry is 12 bytes with 4-byte alignment (a list is 3/4 of what it was; the
 /// contacts are most of the store). Read through [`LineRecord::iter_contacts`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

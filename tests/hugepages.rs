@@ -1,7 +1,10 @@
 //! The binary asks for transparent huge pages the way `hugepages::plan` says it should on
 //! this machine, and never overrides an operator's own setting. Read from the running
-//! process as the kernel sees it: a mapping advised for huge pages carries `hg` in its
-//! `VmFlags` (`/proc/PID/smaps`), which glibc sets on its heap when the tunable is on.
+//! process: where huge pages are asked for, the `GLIBC_TUNABLES` it runs with after the
+//! re-exec (`/proc/PID/environ`); where nothing may be asked, that no mapping carries `hg`
+//! in its `VmFlags` (`/proc/PID/smaps`). glibc advises its main heap only in whole 2 MiB
+//! steps from wherever the kernel put the break, so a small replay's heap may carry no `hg`
+//! with the tunable on: the flag is asserted only where it must be absent.
 
 #![cfg(all(target_os = "linux", target_env = "gnu"))]
 

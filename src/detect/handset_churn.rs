@@ -2,7 +2,7 @@
 //!
 //! Burner handsets take a new SIM every day or so. The SIM pseudonyms are kept (they go in
 //! `related`), with the line each SIM was used as, so the combined verdict can credit the
-//! churn to those lines; both packed into one allocation per handset (see [`Sims`]).
+//! churn to those lines; both packed into one allocation per handset (see `Sims`).
 
 use serde::{Deserialize, Serialize};
 

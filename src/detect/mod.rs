@@ -114,7 +114,7 @@ pub struct StateStats {
 
 /// One detector.
 /// A boxed value as [`std::any::Any`], for every type: [`Detector::merge`] takes its part
-/// back as its own type ([`part_of`]) without each detector writing the same cast.
+/// back as its own type (`part_of`) without each detector writing the same cast.
 pub trait IntoAny: std::any::Any {
     fn into_any(self: Box<Self>) -> Box<dyn std::any::Any>;
 }

@@ -226,7 +226,7 @@ impl Stage {
     }
 
     /// Runs no new message, but what the wall clock releases (a source gone idle): call it
-    /// when the input is quiet. While the whole stage is stalled ([`STALL_MS`]) nobody goes
+    /// when the input is quiet. While the whole stage is stalled (`STALL_MS`) nobody goes
     /// idle: the silence is the stage's.
     pub fn tick(&mut self, wall: Millis, alerts: &mut Vec<Alert>) {
         if self
