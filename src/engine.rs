@@ -8,7 +8,7 @@
 //! a multiple of `engine.exchange_epoch_s`), where state is also swept. See
 //! `docs/sharding.md` and [`crate::exchange`].
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -20,7 +20,8 @@ use crate::config::Config;
 use crate::detect::{self, deal_line::DealLine, Ctx, Detector, EventIds, StateStats};
 use crate::event::{self, DecodeOptions, Event, Kind, Malformed, Millis, Reason};
 use crate::exchange::{Dest, Evidence, Name, Role, Sent};
-use crate::ids::{self, IdBuild, IdMap};
+use crate::ids::{self, IdMap};
+use crate::idset::IdSet;
 use crate::state::{Contacts, Recorded};
 use crate::watermark::Watermarks;
 
@@ -71,7 +72,7 @@ const DEDUP_BUCKET_MS: Millis = 60_000;
 /// at its first unexpired entry would never shrink behind it.
 #[derive(Clone, Default)]
 pub struct Dedup {
-    seen: HashSet<u64, IdBuild>,
+    seen: IdSet,
     /// Event-time minute → the ids first seen with an event time in it.
     buckets: BTreeMap<Millis, Vec<u64>>,
 }
@@ -79,7 +80,7 @@ pub struct Dedup {
 impl Dedup {
     pub fn new() -> Self {
         Dedup {
-            seen: HashSet::default(),
+            seen: IdSet::default(),
             buckets: BTreeMap::new(),
         }
     }
@@ -100,7 +101,7 @@ impl Dedup {
     /// Forgets an id just inserted (its record turned out late, so it was never used: a
     /// re-delivery of it must be judged afresh, not called a duplicate).
     pub fn forget(&mut self, h: u64, ts: Millis) {
-        if self.seen.remove(&h) {
+        if self.seen.remove(h) {
             if let Some(b) = self.buckets.get_mut(&ts.div_euclid(DEDUP_BUCKET_MS)) {
                 // Just pushed: it is the last entry of its bucket.
                 if b.last() == Some(&h) {
@@ -116,7 +117,7 @@ impl Dedup {
         let keep = self.buckets.split_off(&cutoff.div_euclid(DEDUP_BUCKET_MS));
         for ids in std::mem::replace(&mut self.buckets, keep).into_values() {
             for h in ids {
-                self.seen.remove(&h);
+                self.seen.remove(h);
             }
         }
     }
@@ -138,7 +139,7 @@ impl Dedup {
     }
 
     pub fn bytes(&self) -> usize {
-        self.seen.capacity() * 9
+        self.seen.bytes()
             + self
                 .buckets
                 .values()

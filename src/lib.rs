@@ -52,6 +52,7 @@ pub mod explain;
 pub mod generate;
 pub mod hugepages;
 pub mod ids;
+pub mod idset;
 pub mod kafka;
 pub mod names;
 pub mod redact;
