@@ -65,6 +65,9 @@ pub struct Counters {
 /// of retention is about 120 buckets).
 const DEDUP_BUCKET_MS: Millis = 60_000;
 
+/// How many records ahead of its ingest a record's dedup slot is asked for in a batch.
+const DEDUP_AHEAD: usize = 8;
+
 /// Remembers event ids for the dedup retention.
 ///
 /// Ids are expired by event-time bucket, not in arrival order: with several partitions, or
@@ -124,6 +127,12 @@ impl Dedup {
 
     pub fn len(&self) -> usize {
         self.seen.len()
+    }
+
+    /// Asks for the cache line `insert(h, _)` will probe, without waiting for it.
+    #[inline]
+    pub fn prefetch(&self, h: u64) {
+        self.seen.prefetch(h);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -1278,8 +1287,18 @@ impl Engine {
     ) {
         let mut segment: Vec<Valid<'a>> = Vec::new();
         let mut made = Vec::new();
-        for (idx, (d, partition)) in decoded.into_iter().enumerate() {
-            let (verdict, valid) = self.ingest(d, partition, wall);
+        let records: Vec<_> = decoded.into_iter().collect();
+        // The event ids' hashes first, so each record's dedup slot is asked for a few
+        // records ahead of its ingest: the set is far larger than the caches, and its
+        // probe was the ingest's longest wait (see `IdSet`).
+        let hashes: Vec<u64> = (records.iter())
+            .map(|(d, _)| d.as_ref().map_or(0, |ev| ids::id(&ev.event_id)))
+            .collect();
+        for (idx, (d, partition)) in records.into_iter().enumerate() {
+            if let Some(&h) = hashes.get(idx + DEDUP_AHEAD) {
+                self.dedup.prefetch(h);
+            }
+            let (verdict, valid) = self.ingest_hashed(d, hashes[idx], partition, wall);
             verdicts.push(verdict);
             if let Some(mut v) = valid {
                 v.idx = idx;
@@ -1360,6 +1379,18 @@ impl Engine {
         partition: i32,
         wall: Millis,
     ) -> (Verdict, Option<Valid<'a>>) {
+        let h = decoded.as_ref().map_or(0, |ev| ids::id(&ev.event_id));
+        self.ingest_hashed(decoded, h, partition, wall)
+    }
+
+    /// [`Engine::ingest`] with the hash of the record's event id (`ids::id`), if decoded.
+    fn ingest_hashed<'a>(
+        &mut self,
+        decoded: Result<Event<'a>, Malformed>,
+        h: u64,
+        partition: i32,
+        wall: Millis,
+    ) -> (Verdict, Option<Valid<'a>>) {
         self.counters.events_total += 1;
         let ev = match decoded {
             Ok(ev) => ev,
@@ -1374,7 +1405,6 @@ impl Engine {
             };
             return (self.reject(m), None);
         }
-        let h = ids::id(&ev.event_id);
         if !self.dedup.insert(h, ev.ts) {
             self.counters.events_duplicate += 1;
             return (Verdict::Duplicate, None);
