@@ -1428,7 +1428,7 @@ impl Engine {
         self.watermarks.observe(partition, ev.ts, wall);
         self.counters.events_valid += 1;
         self.seq += 1;
-        let ids = EventIds::of(&ev);
+        let ids = EventIds::of(ev);
         self.stream_start.get_or_insert(ev.ts);
         let cell = match (self.cells.as_deref(), ev.cell.as_deref()) {
             (None, _) => None,
