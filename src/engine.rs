@@ -68,6 +68,12 @@ const DEDUP_BUCKET_MS: Millis = 60_000;
 /// How many records ahead of its ingest a record's dedup slot is asked for in a batch.
 const DEDUP_AHEAD: usize = 8;
 
+/// The dedup key of a decoded record: its event id's hash (0 for a record that failed to
+/// decode, which never reaches the dedup set).
+fn id_hash(decoded: &Result<Event<'_>, Malformed>) -> u64 {
+    decoded.as_ref().map_or(0, |ev| ids::id(&ev.event_id))
+}
+
 /// Remembers event ids for the dedup retention.
 ///
 /// Ids are expired by event-time bucket, not in arrival order: with several partitions, or
@@ -243,7 +249,7 @@ type ShardOutput = (Vec<(usize, Role, Alert)>, Vec<Evidence>);
 
 /// A valid record as the ingest hands it to the shards: the decoded record itself stays
 /// where it was decoded (a batch's records, a few hundred bytes each, were moved into the
-/// segment, and moving records was 4 % of a two-shard replay's samples, `perf`).
+/// segment, and moving records was 5 % of a two-shard replay's samples, `perf`).
 struct Valid<'a> {
     ev: &'a Event<'a>,
     ids: EventIds,
@@ -1293,9 +1299,7 @@ impl Engine {
         // The event ids' hashes first, so each record's dedup slot is asked for a few
         // records ahead of its ingest: the set is far larger than the caches, and its
         // probe was the ingest's longest wait (see `IdSet`).
-        let hashes: Vec<u64> = (records.iter())
-            .map(|(d, _)| d.as_ref().map_or(0, |ev| ids::id(&ev.event_id)))
-            .collect();
+        let hashes: Vec<u64> = records.iter().map(|(d, _)| id_hash(d)).collect();
         for (idx, (d, partition)) in records.iter().enumerate() {
             if let Some(&h) = hashes.get(idx + DEDUP_AHEAD) {
                 self.dedup.prefetch(h);
@@ -1381,11 +1385,10 @@ impl Engine {
         partition: i32,
         wall: Millis,
     ) -> (Verdict, Option<Valid<'a>>) {
-        let h = decoded.as_ref().map_or(0, |ev| ids::id(&ev.event_id));
-        self.ingest_hashed(decoded, h, partition, wall)
+        self.ingest_hashed(decoded, id_hash(decoded), partition, wall)
     }
 
-    /// [`Engine::ingest`] with the hash of the record's event id (`ids::id`), if decoded.
+    /// [`Engine::ingest`] with the record's dedup key (`id_hash`).
     fn ingest_hashed<'a>(
         &mut self,
         decoded: &'a Result<Event<'a>, Malformed>,

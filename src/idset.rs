@@ -76,6 +76,7 @@ impl IdSet {
         true
     }
 
+    #[cfg(test)]
     pub fn contains(&self, id: u64) -> bool {
         match id {
             EMPTY => self.zero,
