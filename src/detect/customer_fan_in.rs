@@ -684,7 +684,10 @@ impl Detector for CustomerFanIn {
     #[cfg(test)]
     fn keys(&self) -> Vec<(&'static str, u64)> {
         let mut v = super::named_keys("fired", &self.fired);
-        v.extend(super::named_keys("pending", &pending_by_line(&self.pending)));
+        v.extend(super::named_keys(
+            "pending",
+            &pending_by_line(&self.pending),
+        ));
         v.extend(super::named_keys("callbacks", &self.callbacks));
         v.extend(super::named_keys("crew", &self.crew));
         v.extend(super::named_keys("followed", &self.followed));
