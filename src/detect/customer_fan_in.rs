@@ -112,8 +112,10 @@ pub struct CustomerFanIn {
     /// the line or its crew is judged where the line's state is. Holds minutes of contacts,
     /// not days; the key cap counts its entries.
     pending: PendingMap,
-    /// Line → customers it called back (fingerprint, when), within the window.
-    callbacks: IdMap<Vec<(u32, u32)>>,
+    /// Line → customers it called back (fingerprint, when), within the window. Exactly as
+    /// long as it needs to be (most lines have one or two): a new entry is one copy, as the
+    /// contact store's lists are.
+    callbacks: IdMap<Box<[(u32, u32)]>>,
     /// Number → the line with a customer list that last called it (id, when, pseudonym):
     /// its crew, whose callbacks count as the line's.
     crew: IdMap<(u64, u32, Box<str>)>,
@@ -193,11 +195,19 @@ impl CustomerFanIn {
             return;
         }
         let list = self.callbacks.entry(line_id).or_default();
-        list.retain(|c| c.1 >= since_s);
         let fp = ids::fp(customer);
+        let stale = list.iter().any(|c| c.1 < since_s);
         match list.iter_mut().find(|c| c.0 == fp) {
-            Some(c) => c.1 = c.1.max(s),
-            None => list.push((fp, s)),
+            Some(c) if !stale => c.1 = c.1.max(s),
+            _ => {
+                let mut v = Vec::with_capacity(list.len() + 1);
+                v.extend(list.iter().copied().filter(|c| c.1 >= since_s));
+                match v.iter_mut().find(|c| c.0 == fp) {
+                    Some(c) => c.1 = c.1.max(s),
+                    None => v.push((fp, s)),
+                }
+                *list = v.into_boxed_slice();
+            }
         }
         self.judge_callbacks(line_id, line_name, at, ctx);
     }
@@ -533,7 +543,9 @@ impl Detector for CustomerFanIn {
         let pending_cutoff = now.saturating_sub(ids::span_secs(self.cfg.callback_within_s));
         self.pending.retain(|_, at| *at >= pending_cutoff);
         self.callbacks.retain(|_, l| {
-            l.retain(|c| c.1 >= cutoff);
+            if l.iter().any(|c| c.1 < cutoff) {
+                *l = l.iter().copied().filter(|c| c.1 >= cutoff).collect();
+            }
             !l.is_empty()
         });
         if self.pending.capacity() > 2 * self.pending.len() + 1024 {
@@ -562,7 +574,7 @@ impl Detector for CustomerFanIn {
                 + self
                     .callbacks
                     .values()
-                    .map(|l| l.capacity() * 8)
+                    .map(|l| l.len() * 8)
                     .sum::<usize>(),
             cap_hits: self.cap_hits,
         }
