@@ -42,7 +42,7 @@ pub const NAME: &str = "customer_fan_in";
 /// fingerprint, in 12 bytes with 4-byte alignment, so an entry with its time is 16 bytes in
 /// one flat table. (A list per line cost a table slot of 33 bytes, a list of at least four
 /// entries and an allocation per line with anything pending: on the 150,000-subscriber city,
-/// 70,000 lines at the end of a run, 1.3 contacts each.)
+/// 70,000 lines at the end of a run, 1.9 contacts each.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct PendKey {
     lo: u32,
@@ -571,11 +571,7 @@ impl Detector for CustomerFanIn {
                 + ids::map_bytes(&self.followed)
                 + self.followed.values().map(|f| f.0.len()).sum::<usize>()
                 + self.crew.values().map(|c| c.2.len()).sum::<usize>()
-                + self
-                    .callbacks
-                    .values()
-                    .map(|l| l.len() * 8)
-                    .sum::<usize>(),
+                + self.callbacks.values().map(|l| l.len() * 8).sum::<usize>(),
             cap_hits: self.cap_hits,
         }
     }

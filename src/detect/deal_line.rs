@@ -120,7 +120,7 @@ struct Contribution {
 
 /// A verdict's contributions, at most one of each [`Part`]: only those it has, in a list of
 /// exactly their number (an array of all eight kinds, empty or not, was 320 bytes in every
-/// verdict's table slot: on the 150,000-subscriber city, 2.6 of the detector's 3.7 MB).
+/// verdict's table slot: on the 150,000-subscriber city, 2.3 of the detector's 3.6 MB).
 /// Checkpoints keep the array of eight (the format from before: either build reads the
 /// other's).
 #[derive(Clone, Default)]
