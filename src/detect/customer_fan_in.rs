@@ -109,8 +109,10 @@ pub struct CustomerFanIn {
     /// (Line, customer) → when the customer's latest contact to the line awaits a callback,
     /// for `callback_within_s`, then swept. Kept with the line (not the customer: it is on
     /// the line's shard) because the line's list says who is a customer, and a callback by
-    /// the line or its crew is judged where the line's state is. Holds minutes of contacts,
-    /// not days; the key cap counts its entries.
+    /// the line or its crew is judged where the line's state is. Holds the contacts since
+    /// the sweep before last (the engine sweeps once as many records as it tracks lines have
+    /// passed: about two hours on the 150,000-subscriber city), not days; the key cap counts
+    /// its entries.
     pending: PendingMap,
     /// Line → customers it called back (fingerprint, when), within the window. Exactly as
     /// long as it needs to be (most lines have one or two): a new entry is one copy, as the
