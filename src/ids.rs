@@ -77,8 +77,8 @@ pub type IdBuild = std::hash::BuildHasherDefault<IdHasher>;
 pub type IdMap<V> = std::collections::HashMap<u64, V, IdBuild>;
 
 /// Approximate heap bytes of a map's table (keys, values and control bytes).
-pub fn map_bytes<V>(m: &IdMap<V>) -> usize {
-    m.capacity() * (std::mem::size_of::<(u64, V)>() + 1)
+pub fn map_bytes<K, V, S>(m: &std::collections::HashMap<K, V, S>) -> usize {
+    m.capacity() * (std::mem::size_of::<(K, V)>() + 1)
 }
 
 /// Asks for the cache line holding `*p` without waiting for it: for the last level of a

@@ -567,7 +567,7 @@ impl Detector for CustomerFanIn {
         StateStats {
             keys: self.fired.len() + self.callbacks.len(),
             bytes: ids::map_bytes(&self.fired)
-                + self.pending.capacity() * (std::mem::size_of::<(PendKey, u32)>() + 1)
+                + ids::map_bytes(&self.pending)
                 + ids::map_bytes(&self.callbacks)
                 + ids::map_bytes(&self.crew)
                 + ids::map_bytes(&self.followed)
@@ -652,14 +652,9 @@ impl Detector for CustomerFanIn {
     ) -> Vec<Box<dyn Detector>> {
         let cap_hits = std::mem::take(&mut self.cap_hits);
         let mut fired = super::split_map(&mut self.fired, parts, owner).into_iter();
-        let mut pending = {
-            let n = parts.max(1);
-            let mut v: Vec<PendingMap> = (0..n).map(|_| PendingMap::default()).collect();
-            for (k, s) in std::mem::take(&mut self.pending) {
-                v[owner(k.line()).min(n - 1)].insert(k, s);
-            }
-            v.into_iter()
-        };
+        let mut pending =
+            super::split_map_by(&mut self.pending, parts, |k: &PendKey| owner(k.line()))
+                .into_iter();
         let mut callbacks = super::split_map(&mut self.callbacks, parts, owner).into_iter();
         let mut crew = super::split_map(&mut self.crew, parts, owner).into_iter();
         let mut followed = super::split_map(&mut self.followed, parts, owner).into_iter();
@@ -684,7 +679,7 @@ impl Detector for CustomerFanIn {
     fn merge(&mut self, part: Box<dyn Detector>) {
         let part = super::part_of::<Self>(part);
         super::absorb_map(&mut self.fired, part.fired);
-        self.pending.extend(part.pending);
+        super::absorb_map(&mut self.pending, part.pending);
         super::absorb_map(&mut self.callbacks, part.callbacks);
         super::absorb_map(&mut self.crew, part.crew);
         super::absorb_map(&mut self.followed, part.followed);

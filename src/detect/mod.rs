@@ -200,7 +200,10 @@ pub trait Detector: IntoAny + Send {
 
 /// Moves `from`'s entries into `into` (a shard adding another shard's keys): the first
 /// map is taken whole rather than rehashed entry by entry.
-pub(crate) fn absorb_map<V>(into: &mut ids::IdMap<V>, from: ids::IdMap<V>) {
+pub(crate) fn absorb_map<K: Eq + std::hash::Hash, V>(
+    into: &mut std::collections::HashMap<K, V, ids::IdBuild>,
+    from: std::collections::HashMap<K, V, ids::IdBuild>,
+) {
     if into.is_empty() {
         *into = from;
     } else {
@@ -214,12 +217,23 @@ pub(crate) fn split_map<V>(
     parts: usize,
     owner: &dyn Fn(u64) -> usize,
 ) -> Vec<ids::IdMap<V>> {
+    split_map_by(m, parts, |&k| owner(k))
+}
+
+/// [`split_map`] for a map whose key is not an id itself: `owner` names each key's part.
+pub(crate) fn split_map_by<K: Eq + std::hash::Hash, V>(
+    m: &mut std::collections::HashMap<K, V, ids::IdBuild>,
+    parts: usize,
+    owner: impl Fn(&K) -> usize,
+) -> Vec<std::collections::HashMap<K, V, ids::IdBuild>> {
     let parts = parts.max(1);
-    let mut out: Vec<ids::IdMap<V>> = (0..parts)
-        .map(|_| ids::IdMap::with_capacity_and_hasher(m.len() / parts, Default::default()))
+    let mut out: Vec<_> = (0..parts)
+        .map(|_| {
+            std::collections::HashMap::with_capacity_and_hasher(m.len() / parts, Default::default())
+        })
         .collect();
     for (k, v) in std::mem::take(m) {
-        out[owner(k).min(parts - 1)].insert(k, v);
+        out[owner(&k).min(parts - 1)].insert(k, v);
     }
     out
 }
