@@ -16,6 +16,14 @@
 //! short pair on a small city). Prints every pair, then the median ratio with the pairs'
 //! quartiles (as added time, and as records/s with / without, the bar being
 //! 0.9), and each side's fastest pass.
+//!
+//! Two settings in the environment, for finding where the cost goes:
+//! - `RUNNER_COST_BATCH=N` feeds each pass in batches of `N` records
+//!   ([`Engine::process_batch`], the path of `replay` and `run` with several shards)
+//!   instead of one record at a time ([`Engine::process`], the path of one shard).
+//! - `RUNNER_COST_ONLY=with` (or `without`) times that side alone, `2 × PAIRS` passes and
+//!   no ratio: run it under `perf record` once a side, and the two profiles' difference,
+//!   symbol by symbol, is what the detector adds.
 
 use std::time::Instant;
 
@@ -27,10 +35,13 @@ mod common;
 
 /// One timed pass over `timed` from a copy of `warm` (the copy and its drop untimed), in
 /// milliseconds.
-fn pass(warm: &Engine, timed: &[Vec<u8>], now: i64) -> f64 {
+fn pass(warm: &Engine, timed: &[Vec<u8>], now: i64, batch: usize) -> f64 {
     let mut e = warm.clone();
     let t = Instant::now();
-    common::feed(&mut e, timed, now);
+    match batch {
+        0 => common::feed(&mut e, timed, now),
+        n => common::feed_batched(&mut e, timed, now, n),
+    }
     let ms = t.elapsed().as_secs_f64() * 1e3;
     drop(std::hint::black_box(e));
     ms
@@ -52,6 +63,18 @@ fn main() {
         .find_map(|a| a.parse().ok())
         .unwrap_or(if full { 41 } else { 1 })
         .max(1);
+    let batch: usize = match std::env::var("RUNNER_COST_BATCH") {
+        Ok(b) => b
+            .parse()
+            .expect("RUNNER_COST_BATCH: a number of records per batch"),
+        Err(_) => 0,
+    };
+    let only = match std::env::var("RUNNER_COST_ONLY").as_deref() {
+        Ok("with") => Some(true),
+        Ok("without") => Some(false),
+        Ok(other) => panic!("RUNNER_COST_ONLY: `with` or `without`, not `{other}`"),
+        Err(_) => None,
+    };
     let opts = linewatch::generate::GenOptions {
         seed: 3,
         subscribers: if full { 20_000 } else { 2_000 },
@@ -80,8 +103,19 @@ fn main() {
     common::feed(&mut with, &lines[..warm_n], now);
     common::feed(&mut without, &lines[..warm_n], now);
     // One untimed pass each: the allocator and the code warm up.
-    pass(&with, &timed, now);
-    pass(&without, &timed, now);
+    pass(&with, &timed, now, batch);
+    pass(&without, &timed, now, batch);
+    if let Some(side) = only {
+        let e = if side { &with } else { &without };
+        let ms: f64 = (0..2 * pairs).map(|_| pass(e, &timed, now, batch)).sum();
+        println!(
+            "runner_cost: {} only, {} passes, {:.2} ms a pass on average",
+            if side { "with" } else { "without" },
+            2 * pairs,
+            ms / (2 * pairs) as f64
+        );
+        return;
+    }
 
     println!(
         "runner_cost: {} timed records per pass, {pairs} pairs (with / without, ms)",
@@ -91,11 +125,11 @@ fn main() {
     for k in 0..pairs {
         // Which side goes first alternates, so neither always follows the other.
         let (x, y) = if k % 2 == 0 {
-            let x = pass(&with, &timed, now);
-            (x, pass(&without, &timed, now))
+            let x = pass(&with, &timed, now, batch);
+            (x, pass(&without, &timed, now, batch))
         } else {
-            let y = pass(&without, &timed, now);
-            (pass(&with, &timed, now), y)
+            let y = pass(&without, &timed, now, batch);
+            (pass(&with, &timed, now, batch), y)
         };
         println!(
             "pair {k:>3}: {x:8.2} / {y:8.2}  {:+6.1} %",

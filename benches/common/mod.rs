@@ -99,6 +99,26 @@ pub fn feed<R: AsRef<[u8]>>(e: &mut linewatch::engine::Engine, records: &[R], no
     }
 }
 
+/// [`feed`] in batches of `batch` records ([`linewatch::engine::Engine::process_batch`],
+/// the path `replay` and `run` take with a batch at hand).
+pub fn feed_batched<R: AsRef<[u8]>>(
+    e: &mut linewatch::engine::Engine,
+    records: &[R],
+    now: i64,
+    batch: usize,
+) {
+    let (mut verdicts, mut alerts) = (Vec::new(), Vec::new());
+    let opts = e.decode_options();
+    for chunk in records.chunks(batch.max(1)) {
+        verdicts.clear();
+        alerts.clear();
+        let decoded = chunk
+            .iter()
+            .map(|r| (linewatch::event::decode(r.as_ref(), &opts), 0));
+        e.process_batch(decoded, now, &mut verdicts, &mut alerts);
+    }
+}
+
 /// Index of the first record of the city's second day (`warm_city` and `runner_cost` warm
 /// an engine on the first day untimed; the file is in event-time order but for the
 /// generator's late and duplicate records).
