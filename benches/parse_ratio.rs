@@ -27,6 +27,9 @@ use linewatch::event::{decode, DecodeOptions};
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
+#[path = "common/mod.rs"]
+mod common;
+
 /// The record's fields as borrowed slices: what a parse-only pass produces.
 #[derive(Deserialize)]
 #[allow(dead_code)] // read only by serde: the fields are the work being timed
@@ -146,14 +149,8 @@ fn main() {
         dec = dec.min(t);
         let wall = linewatch::replay::wall_ms();
         let mut engine = Engine::new(Config::default());
-        let (mut verdicts, mut tagged) = (Vec::new(), Vec::new());
         let start = Instant::now();
-        for chunk in recs.chunks(ENGINE_BATCH) {
-            verdicts.clear();
-            tagged.clear();
-            let decoded = chunk.iter().map(|r| (decode(r, &opts), 0));
-            engine.process_batch(decoded, wall, &mut verdicts, &mut tagged);
-        }
+        common::feed_batched(&mut engine, &recs, wall, ENGINE_BATCH);
         let t = start.elapsed().as_secs_f64();
         eng = eng.min(t);
         alerts_total = engine.counters().alerts_total;

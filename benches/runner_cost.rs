@@ -19,8 +19,9 @@
 //!
 //! Two settings in the environment, for finding where the cost goes:
 //! - `RUNNER_COST_BATCH=N` feeds each pass in batches of `N` records
-//!   ([`Engine::process_batch`], the path of `replay` and `run` with several shards)
-//!   instead of one record at a time ([`Engine::process`], the path of one shard).
+//!   ([`Engine::process_batch`], the path `replay` and `run` take) instead of one record at
+//!   a time ([`Engine::process`], as `warm_city` does and every earlier figure of this
+//!   bench was taken).
 //! - `RUNNER_COST_ONLY=with` (or `without`) times that side alone, `2 × PAIRS` passes and
 //!   no ratio: run it under `perf record` once a side, and the two profiles' difference,
 //!   symbol by symbol, is what the detector adds.

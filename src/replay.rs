@@ -440,13 +440,13 @@ pub fn run_with<R: BufRead, S: Sink>(
                     next.fill(&mut input, &mut buf, limit, this.read)?;
                 }
                 for (lines, decoded) in this.lines.chunks(DECODE_CHUNK).zip(rx) {
-                    out.lines(&this, lines, decoded)?;
+                    out.batch(&this, lines, decoded)?;
                 }
                 Ok(())
             })?;
         } else {
             for lines in this.lines.chunks(DECODE_CHUNK) {
-                out.lines(&this, lines, this.decode(lines, &opts))?;
+                out.batch(&this, lines, this.decode(lines, &opts))?;
             }
             if !this.end {
                 next.fill(&mut input, &mut buf, limit, this.read)?;
@@ -580,17 +580,6 @@ impl<'e, S: Sink> Out<'e, S> {
             line_no: 0,
             wall: wall_ms(),
         }
-    }
-
-    /// Runs `lines` of `step` (decoded as `decoded`) through the engine, in order, as one
-    /// batch ([`Out::batch`]).
-    fn lines(
-        &mut self,
-        step: &Step,
-        lines: &[Line<std::ops::Range<usize>>],
-        decoded: Vec<Option<Decoded<'_>>>,
-    ) -> io::Result<()> {
-        self.batch(step, lines, decoded)
     }
 
     /// Runs `lines` of `step` through the engine as one batch ([`Engine::process_batch`]:

@@ -100,7 +100,7 @@ pub fn feed<R: AsRef<[u8]>>(e: &mut linewatch::engine::Engine, records: &[R], no
 }
 
 /// [`feed`] in batches of `batch` records ([`linewatch::engine::Engine::process_batch`],
-/// the path `replay` and `run` take with a batch at hand).
+/// the path `replay` and `run` take).
 pub fn feed_batched<R: AsRef<[u8]>>(
     e: &mut linewatch::engine::Engine,
     records: &[R],
