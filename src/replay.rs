@@ -563,8 +563,6 @@ fn run_serial<R: BufRead, S: Sink>(
 struct Out<'e, S> {
     engine: &'e mut Engine,
     sink: &'e mut S,
-    /// Scratch for each call's alerts (kept to avoid an allocation per line).
-    alerts: Vec<Alert>,
     /// Lines handed out so far (the dead letters' line numbers).
     line_no: u64,
     /// The wall clock, read every 4096 lines.
@@ -576,7 +574,6 @@ impl<'e, S: Sink> Out<'e, S> {
         Out {
             engine,
             sink,
-            alerts: Vec::new(),
             line_no: 0,
             wall: wall_ms(),
         }
@@ -650,9 +647,9 @@ impl<'e, S: Sink> Out<'e, S> {
     /// The end of the input: evidence still in flight between shards is applied (a final
     /// barrier), so a replay reports what the last records completed.
     fn end(&mut self) -> io::Result<()> {
-        self.alerts.clear();
-        self.engine.flush(self.wall, &mut self.alerts);
-        for a in self.alerts.iter() {
+        let mut alerts = Vec::new();
+        self.engine.flush(self.wall, &mut alerts);
+        for a in &alerts {
             self.sink.alert(a)?;
         }
         Ok(())
