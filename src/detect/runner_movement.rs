@@ -104,18 +104,67 @@ pub struct Stay {
     last_s: u32,
 }
 
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone)]
 struct Track {
     /// The only stay, while the handset has been seen in one class. Once it has been seen
-    /// in both, no stay: two words of it keep what the sweep reads from the slot instead of
-    /// the history behind the box (see [`Track::floor_s`]).
+    /// in both, no stay: its place is [`MOVING`] and the history is in
+    /// [`RunnerMovement::moving`]; two words of it keep what the sweep reads from the slot
+    /// instead of the history (see [`Track::floor_s`]).
     here: Stay,
-    /// Everything else, once it has been seen in both.
+}
+
+/// The place of a moving handset's slot (no real place: the cell map's areas are indices,
+/// far fewer than 2^31 - 1): its history is in [`RunnerMovement::moving`]. The slot holds
+/// no pointer, so the table probed for nearly every record is 24 bytes a slot, not 32.
+const MOVING: u32 = u32::MAX;
+
+/// A handset's slot as checkpoints hold it (written before the history moved out of the
+/// slot, and still so): the stay and, for a moving handset, its history.
+#[derive(Serialize)]
+struct TrackOut<'a> {
+    here: Stay,
+    moved: Option<&'a Moved>,
+}
+
+/// [`TrackOut`], read back.
+#[derive(Deserialize)]
+struct TrackIn {
+    here: Stay,
     moved: Option<Box<Moved>>,
 }
 
+/// The handsets table and the moving handsets' histories, written as one map of
+/// [`TrackOut`].
+struct TracksOut<'a> {
+    handsets: &'a IdMap<Track>,
+    moving: &'a IdMap<Box<Moved>>,
+}
+
+impl Serialize for TracksOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        ser.collect_map(self.handsets.iter().map(|(h, t)| {
+            let moved = match t.moving() {
+                true => self.moving.get(h).map(|m| &**m),
+                false => None,
+            };
+            (
+                h,
+                TrackOut {
+                    here: t.here,
+                    moved,
+                },
+            )
+        }))
+    }
+}
+
 impl Track {
-    /// A moving handset's floor (`here.first_s` while `moved` is held): no time in its
+    /// Seen in both classes: its history is in [`RunnerMovement::moving`].
+    fn moving(&self) -> bool {
+        self.here.place == MOVING
+    }
+
+    /// A moving handset's floor (`here.first_s` while it is moving): no time in its
     /// history (a stay's end, a SIM's, line's or contact's latest time) is older, and it is
     /// zero while the history has fewer than two stays. While the floor is past the
     /// sweep's cutoff, the sweep would remove nothing and keep the history as it is, so it skips
@@ -127,7 +176,7 @@ impl Track {
         self.here.first_s
     }
 
-    /// A moving handset's heap bytes, as last measured (`here.hours` while `moved` is held).
+    /// A moving handset's heap bytes, as last measured (`here.hours` while it is moving).
     fn history_bytes(&self) -> usize {
         self.here.hours as usize
     }
@@ -136,6 +185,7 @@ impl Track {
     /// `here`; returns the bytes.
     fn measure(here: &mut Stay, m: &Moved) -> usize {
         let bytes = moved_bytes(m);
+        here.place = MOVING;
         here.first_s = match m.stays.len() {
             // The sweep turns it back into one stay (or removes it): it must visit.
             0 | 1 => 0,
@@ -244,6 +294,9 @@ fn refresh_s(cfg: &RunnerConfig) -> u32 {
 pub struct RunnerMovement {
     cfg: RunnerConfig,
     handsets: IdMap<Track>,
+    /// The histories of the handsets seen in both classes (a tenth of them), beside their
+    /// slots in `handsets` (whose place says [`MOVING`]).
+    moving: IdMap<Box<Moved>>,
     trade: IdMap<TradeLine>,
     /// Keyed by SIM (on the SIM's shard): the moving handset it was last noted in, and
     /// when: where a new handset's SIM came from. Only SIMs of handsets seen in both classes
@@ -299,9 +352,6 @@ pub struct RunnerMovement {
     gone_before: Sweeps,
     /// What the gone entries of the two large tables were last purged up to.
     purged: Sweeps,
-    /// Some moving handset has no entry in `names` (loaded from a checkpoint older than
-    /// `names`): the sweep then walks every handset to find the moving ones.
-    unnamed_moving: bool,
 }
 
 /// The two tables that hold an entry for nearly every handset (`handsets`) and SIM
@@ -455,6 +505,7 @@ impl RunnerMovement {
         RunnerMovement {
             cfg: cfg.runner_movement.clone(),
             handsets: IdMap::default(),
+            moving: IdMap::default(),
             trade: IdMap::default(),
             sim_at: IdMap::default(),
             earlier: IdMap::default(),
@@ -472,7 +523,6 @@ impl RunnerMovement {
             heap_bytes: 0,
             gone_before: Sweeps::default(),
             purged: Sweeps::default(),
-            unnamed_moving: false,
         }
     }
 }
@@ -607,7 +657,8 @@ impl RunnerMovement {
         let (to, to_name, sim, s) = ask;
         let window = ids::span_secs(self.cfg.window_s);
         let t = self.handsets.get(&h)?;
-        let off = match (young_name, t.moved.as_deref()) {
+        let moved = self.moving.get(&h).filter(|_| t.moving());
+        let off = match (young_name, moved.map(|m| &**m)) {
             (None, Some(m)) => {
                 // The SIM's note may be up to a refresh period old: its real last use here.
                 let used = m.sims.iter().find(|x| x.id() == sim)?.at;
@@ -767,7 +818,7 @@ impl RunnerMovement {
         if !self.names.contains_key(&h) {
             return None;
         }
-        let m = self.handsets.get(&h)?.moved.as_deref()?;
+        let m = self.moving.get(&h)?;
         let c = m.contacted.iter().find(|c| c.id() == line)?;
         Some((h, c.at))
     }
@@ -801,7 +852,7 @@ impl RunnerMovement {
         if self.burnt.contains_key(&h) {
             return None;
         }
-        let m = self.handsets.get(&h)?.moved.as_deref()?;
+        let m: &Moved = self.moving.get(&h)?;
         let last = m.stays.last()?;
         let gap = ids::span_secs(self.cfg.burn_gap_s);
         if last.last_s > first_s || last.last_s.saturating_add(gap) < first_s || last.place != place
@@ -847,7 +898,7 @@ impl RunnerMovement {
         else {
             return; // gone again, or refused by the key cap
         };
-        let own_stays: Vec<Stay> = match t.moved.as_deref() {
+        let own_stays: Vec<Stay> = match self.moving.get(&imei) {
             Some(m) => m.stays.clone(),
             None => vec![t.here],
         };
@@ -862,7 +913,7 @@ impl RunnerMovement {
         for st in own_stays {
             merge_stay(&mut m.stays, st);
         }
-        if let Some(own) = t.moved.as_deref() {
+        if let Some(own) = self.moving.get(&imei) {
             for x in &own.sims {
                 let seen = *x;
                 let (sim, at) = (seen.id(), seen.at);
@@ -909,7 +960,7 @@ impl RunnerMovement {
             self.cap_hits += 1;
         }
         self.earlier.insert(imei, off.chain.clone());
-        if let ([one], None) = (&m.stays[..], &t.moved) {
+        if let ([one], false) = (&m.stays[..], t.moving()) {
             // A young handset's stay in the class this one is still in: one stay.
             t.here = *one;
             return;
@@ -925,7 +976,7 @@ impl RunnerMovement {
         }
         self.heap_bytes += Track::measure(&mut t.here, &m);
         self.reach.insert(imei, reach_of(&m));
-        t.moved = Some(Box::new(m));
+        self.moving.insert(imei, Box::new(m));
         self.names.insert(imei, off.name.clone());
         // Its reading changed: read again at its next record too.
         self.trade_changed_s = self.trade_changed_s.max(self.clock_s);
@@ -938,8 +989,8 @@ impl RunnerMovement {
     /// goes) and forgets the hand-offs of handsets no longer moving.
     fn reindex(&mut self, cutoff: u32) {
         self.sim_at.clear();
-        for (&h, t) in &self.handsets {
-            for (sim, at) in t.moved.iter().flat_map(|m| &m.sims).map(|x| (x.id(), x.at)) {
+        for (&h, m) in &self.moving {
+            for (sim, at) in m.sims.iter().map(|x| (x.id(), x.at)) {
                 if self.sim_at.get(&sim).is_none_or(|x| x.1 <= at) {
                     self.sim_at.insert(sim, (h, at));
                 }
@@ -951,7 +1002,7 @@ impl RunnerMovement {
     /// Drops the names of handsets no longer moving, the hand-off notes of handsets no
     /// longer held, and earlier handsets silent since before `cutoff`.
     fn forget_hand_offs(&mut self, cutoff: u32) {
-        let moving = |h: &u64| self.handsets.get(h).is_some_and(|t| t.moved.is_some());
+        let moving = |h: &u64| self.moving.contains_key(h);
         self.names.retain(|h, _| moving(h));
         self.reach.retain(|h, _| moving(h));
         let gone_before = self.gone_before.handsets_s;
@@ -965,11 +1016,7 @@ impl RunnerMovement {
     /// Reads the moving handset `imei`'s history as of event time `at` and fires if it
     /// shows a runner tied to the trade (and was not already reported for the window).
     fn judge(&mut self, imei: u64, imei_s: &str, at: Millis, map: &CellMap, ctx: &mut Ctx<'_>) {
-        let Some(m) = self
-            .handsets
-            .get_mut(&imei)
-            .and_then(|t| t.moved.as_deref_mut())
-        else {
+        let Some(m) = self.moving.get_mut(&imei) else {
             return;
         };
         // Back and forth, unlike commuting?
@@ -1126,11 +1173,7 @@ impl RunnerMovement {
     fn named(&mut self, h: u64, x: &EarlierFinding, at: Millis, out: &mut Vec<Finding>) {
         // Back in one class or gone, it keeps no note of firing: the engine's cooldown
         // holds a repeat back.
-        let m = self
-            .handsets
-            .get_mut(&h)
-            .and_then(|t| t.moved.as_deref_mut());
-        if let Some(m) = m {
+        if let Some(m) = self.moving.get_mut(&h) {
             if m.fired_s.is_some_and(|f| f >= x.since_s) {
                 return;
             }
@@ -1172,7 +1215,7 @@ impl Detector for RunnerMovement {
                 // `on_event`, they were a third of its samples (`perf annotate`, warm city);
                 // here they overlap the other tables' misses. The lists are prefetched, not
                 // read: nothing waits on them.
-                if let Some(m) = t.moved.as_deref() {
+                if let Some(m) = self.moving.get(&imei).filter(|_| t.moving()) {
                     ids::prefetch(
                         m.stays
                             .as_ptr()
@@ -1225,10 +1268,7 @@ impl Detector for RunnerMovement {
             Entry::Occupied(o) if !gone(o.get(), gone_before) => o.into_mut(),
             Entry::Occupied(o) => {
                 // Gone at the last sweep (see `Sweeps`): new to the detector again.
-                *o.into_mut() = Track {
-                    here: obs,
-                    moved: None,
-                };
+                *o.into_mut() = Track { here: obs };
                 Self::arrived(imei, imei_s, ids.imsi, s, ctx.outbox);
                 self.ask_burn(imei, imei_s, ids.to, s, obs.place, s, ctx.outbox);
                 return;
@@ -1240,16 +1280,13 @@ impl Detector for RunnerMovement {
                     self.cap_hits += 1;
                     return;
                 }
-                v.insert(Track {
-                    here: obs,
-                    moved: None,
-                });
+                v.insert(Track { here: obs });
                 Self::arrived(imei, imei_s, ids.imsi, s, ctx.outbox);
                 self.ask_burn(imei, imei_s, ids.to, s, obs.place, s, ctx.outbox);
                 return;
             }
         };
-        if t.moved.is_none() {
+        if !t.moving() {
             if t.here.class() == obs.class() {
                 t.here.first_s = t.here.first_s.min(s);
                 t.here.last_s = t.here.last_s.max(s);
@@ -1263,13 +1300,13 @@ impl Detector for RunnerMovement {
                 ..Moved::default()
             };
             self.heap_bytes += Track::measure(&mut t.here, &m);
-            t.moved = Some(Box::new(m));
+            self.moving.insert(imei, Box::new(m));
             self.names.insert(imei, imei_s.into());
         }
         // This record's time goes into the history (see `Track::floor_s`).
         let floor = &mut t.here.first_s;
         *floor = (*floor).min(s);
-        let Some(m) = t.moved.as_deref_mut() else {
+        let Some(m) = self.moving.get_mut(&imei) else {
             return;
         };
         let previous_s = m.stays.last().map_or(0, |x| x.last_s);
@@ -1482,47 +1519,38 @@ impl Detector for RunnerMovement {
             young_s: self.gone_before.young_s.max(young_cutoff),
         };
         let cutoff = self.gone_before.handsets_s;
-        // The moving handsets (`names` holds every one, but after an old checkpoint)
-        // expire piece by piece.
-        let walk_all = self.unnamed_moving;
-        let all: Vec<u64> = match walk_all {
-            true => self.moving().collect(),
-            false => Vec::new(),
-        };
-        let named = self.names.keys().filter(move |_| !walk_all);
+        // The moving handsets expire piece by piece.
         let mut heap = 0;
-        for h in named.chain(&all) {
-            let Entry::Occupied(mut o) = self.handsets.entry(*h) else {
-                continue;
+        self.moving.retain(|h, m| {
+            let Some(t) = self.handsets.get_mut(h) else {
+                return false;
             };
-            let t = o.get_mut();
-            if t.moved.is_some() && t.floor_s() > cutoff {
+            if t.floor_s() > cutoff {
                 // Nothing in it to expire (see `Track::floor_s`).
                 heap += t.history_bytes();
-                continue;
+                return true;
             }
-            let Some(m) = t.moved.as_deref_mut() else {
-                continue;
-            };
             m.stays.retain(|x| x.last_s >= cutoff);
             m.sims.retain(|x| x.at >= cutoff);
             m.lines.retain(|x| x.2 >= cutoff);
             m.contacted.retain(|x| x.at >= cutoff);
             match m.stays.len() {
                 0 => {
-                    o.remove();
+                    self.handsets.remove(h);
+                    false
                 }
                 1 => {
                     // Back in one class only: the history is no longer needed.
                     t.here = m.stays[0];
-                    t.moved = None;
+                    false
                 }
                 _ => {
                     heap += Track::measure(&mut t.here, m);
                     self.reach.insert(*h, reach_of(m));
+                    true
                 }
             }
-        }
+        });
         self.trade.retain(|_, t| t.at_s >= cutoff);
         // A SIM's note is refreshed once a period of its use (see `refresh_s`).
         let sim_cutoff = cutoff.saturating_sub(refresh_s(&self.cfg));
@@ -1566,6 +1594,7 @@ impl Detector for RunnerMovement {
         StateStats {
             keys: self.handsets.len(),
             bytes: ids::map_bytes(&self.handsets)
+                + ids::map_bytes(&self.moving)
                 + ids::map_bytes(&self.trade)
                 + ids::map_bytes(&self.sim_at)
                 + ids::map_bytes(&self.names)
@@ -1609,7 +1638,11 @@ impl Detector for RunnerMovement {
     /// checkpoint from before them still loads: no hand-offs noted, the index rebuilt from
     /// the handsets held.
     fn save_state(&self) -> Result<Vec<u8>, codec::Error> {
-        let mut v = codec::encode(&(&self.handsets, &self.trade, self.cap_hits))?;
+        let tracks = TracksOut {
+            handsets: &self.handsets,
+            moving: &self.moving,
+        };
+        let mut v = codec::encode(&(tracks, &self.trade, self.cap_hits))?;
         v.extend(codec::encode(&(&self.earlier, &self.names, &self.young))?);
         v.extend(codec::encode(&self.sim_at)?);
         v.extend(codec::encode(&(&self.at_line, &self.burnt))?);
@@ -1619,7 +1652,17 @@ impl Detector for RunnerMovement {
 
     fn load_state(&mut self, bytes: &[u8]) -> Result<(), codec::Error> {
         let mut rest;
-        ((self.handsets, self.trade, self.cap_hits), rest) = codec::decode_prefix(bytes)?;
+        let tracks: IdMap<TrackIn>;
+        ((tracks, self.trade, self.cap_hits), rest) = codec::decode_prefix(bytes)?;
+        self.handsets = IdMap::with_capacity_and_hasher(tracks.len(), Default::default());
+        self.moving = IdMap::default();
+        for (h, TrackIn { mut here, moved }) in tracks {
+            if let Some(m) = moved {
+                here.place = MOVING; // its floor and bytes are measured below
+                self.moving.insert(h, m);
+            }
+            self.handsets.insert(h, Track { here });
+        }
         (self.earlier, self.names, self.young) = if rest.is_empty() {
             Default::default()
         } else {
@@ -1664,6 +1707,7 @@ impl Detector for RunnerMovement {
     ) -> Vec<Box<dyn Detector>> {
         let cap_hits = std::mem::take(&mut self.cap_hits);
         let mut handsets = super::split_map(&mut self.handsets, parts, owner).into_iter();
+        let mut moving = super::split_map(&mut self.moving, parts, owner).into_iter();
         let mut sim_at = super::split_map(&mut self.sim_at, parts, owner).into_iter();
         let mut earlier = super::split_map(&mut self.earlier, parts, owner).into_iter();
         let mut names = super::split_map(&mut self.names, parts, owner).into_iter();
@@ -1677,6 +1721,7 @@ impl Detector for RunnerMovement {
                 let mut d = RunnerMovement {
                     cfg: self.cfg.clone(),
                     handsets: handsets.next().unwrap_or_default(),
+                    moving: moving.next().unwrap_or_default(),
                     trade: trade.clone(),
                     sim_at: sim_at.next().unwrap_or_default(),
                     earlier: earlier.next().unwrap_or_default(),
@@ -1694,7 +1739,6 @@ impl Detector for RunnerMovement {
                     heap_bytes: 0,
                     gone_before: self.gone_before,
                     purged: Sweeps::default(),
-                    unnamed_moving: false,
                 };
                 d.rederive();
                 Box::new(d) as Box<dyn Detector>
@@ -1705,6 +1749,7 @@ impl Detector for RunnerMovement {
     fn merge(&mut self, part: Box<dyn Detector>) {
         let part = super::part_of::<Self>(part);
         super::absorb_map(&mut self.handsets, part.handsets);
+        super::absorb_map(&mut self.moving, part.moving);
         super::absorb_map(&mut self.sim_at, part.sim_at);
         super::absorb_map(&mut self.earlier, part.earlier);
         super::absorb_map(&mut self.names, part.names);
@@ -1733,6 +1778,7 @@ impl Detector for RunnerMovement {
     #[cfg(test)]
     fn keys(&self) -> Vec<(&'static str, u64)> {
         let mut v = super::named_keys("handsets", &self.handsets);
+        v.extend(super::named_keys("moving", &self.moving));
         v.extend(super::named_keys("sim_at", &self.sim_at));
         v.extend(super::named_keys("earlier", &self.earlier));
         v.extend(super::named_keys("names", &self.names));
@@ -1748,7 +1794,7 @@ impl Detector for RunnerMovement {
 /// sweep (see [`Sweeps`]). A moving handset's history is trimmed by the sweep that passes its
 /// floor ([`Track::floor_s`]).
 fn gone(t: &Track, before: u32) -> bool {
-    t.moved.is_none() && t.here.last_s < before
+    !t.moving() && t.here.last_s < before
 }
 
 impl RunnerMovement {
@@ -1765,17 +1811,6 @@ impl RunnerMovement {
             self.handsets.shrink_to_fit();
         }
         self.purged.handsets_s = before;
-        if self.unnamed_moving {
-            self.unnamed_moving = self.any_unnamed_moving();
-        }
-    }
-
-    /// The handsets seen in both classes, found by walking them all.
-    fn moving(&self) -> impl Iterator<Item = u64> + '_ {
-        self.handsets
-            .iter()
-            .filter(|(_, t)| t.moved.is_some())
-            .map(|(h, _)| *h)
     }
 
     /// Removes the young handsets gone at the last sweep (memory only, as above).
@@ -1796,35 +1831,28 @@ impl RunnerMovement {
     /// the newest record (every handset reads again at its next record) and the heap bytes.
     fn rederive(&mut self) {
         let gone_before = self.gone_before.handsets_s;
-        self.clock_s = self
-            .handsets
-            .values()
-            .filter(|t| !gone(t, gone_before))
-            .map(|t| {
-                t.moved
-                    .as_deref()
+        let handsets = &mut self.handsets;
+        self.moving.retain(|h, _| handsets.contains_key(h));
+        let moving = &self.moving;
+        self.clock_s = (handsets.iter())
+            .filter(|(_, t)| !gone(t, gone_before))
+            .map(|(h, t)| match t.moving() {
+                true => moving
+                    .get(h)
                     .and_then(|m| m.stays.last())
-                    .unwrap_or(&t.here)
-                    .last_s
+                    .unwrap_or(&t.here),
+                false => &t.here,
             })
+            .map(|x| x.last_s)
             .max()
             .unwrap_or(0);
         self.trade_changed_s = self.clock_s;
         // Floors and bytes measured again: a checkpoint from before them held the moving
         // handsets' first stay there.
-        self.heap_bytes = self
-            .handsets
-            .values_mut()
-            .filter_map(|t| Some(Track::measure(&mut t.here, t.moved.as_deref()?)))
+        self.heap_bytes = (moving.iter())
+            .filter_map(|(h, m)| Some(Track::measure(&mut handsets.get_mut(h)?.here, m)))
             .sum();
-        self.reach = (self.handsets.iter())
-            .filter_map(|(&h, t)| Some((h, reach_of(t.moved.as_deref()?))))
-            .collect();
-        self.unnamed_moving = self.any_unnamed_moving();
-    }
-
-    fn any_unnamed_moving(&self) -> bool {
-        self.moving().any(|h| !self.names.contains_key(&h))
+        self.reach = (moving.iter()).map(|(&h, m)| (h, reach_of(m))).collect();
     }
 }
 
@@ -2100,8 +2128,7 @@ mod tests {
         }
         assert!(drive(&mut d, &mut h, &plan).is_empty());
         // It did move back and forth: the rhythm is what kept it quiet.
-        let t = &d.handsets[&ids::id("H1")];
-        assert!(t.moved.as_ref().unwrap().stays.len() >= 10);
+        assert!(d.moving[&ids::id("H1")].stays.len() >= 10);
     }
 
     /// The commuters the first rule (stay lengths) flagged in the demo city: silent at home
@@ -2151,8 +2178,11 @@ mod tests {
             .map(|p| (p.0, if p.1 == "t1" { "t9" } else { p.1 }, p.2, p.3))
             .collect();
         assert!(drive(&mut d, &mut h, &plan).is_empty());
-        let t = &d.handsets[&ids::id("H1")];
-        assert!(t.moved.is_none(), "only metro cells were placed");
+        assert!(d.handsets.contains_key(&ids::id("H1")));
+        assert!(
+            !d.moving.contains_key(&ids::id("H1")),
+            "only metro cells were placed"
+        );
         // A record without a cell is not placed either (the engine counts both kinds).
         let ev = rec("nc", 1_791_158_400_000, "l", "x", "H2", "s", None);
         assert!(h.feed(&mut d, &ev).is_empty());
@@ -2425,13 +2455,39 @@ mod tests {
         mark_trade(&mut restored, "dealline", 1_791_158_400_000);
         let f = drive_kit(&mut restored, &mut h, &SWAP_MID_TRIP[5..]);
         assert_eq!(f.len(), 2, "{f:?}");
-        let older = codec::encode(&(&d.handsets, &d.trade, d.cap_hits)).unwrap();
+        // As the build before the histories moved out of the slot wrote it: one map of
+        // (stay, history), the stay of a moving handset holding its floor and bytes.
+        #[derive(Serialize)]
+        struct Slot {
+            here: Stay,
+            moved: Option<Box<Moved>>,
+        }
+        let slots: IdMap<Slot> = (d.handsets.iter())
+            .map(|(h, t)| {
+                let moved = d.moving.get(h).cloned();
+                let here = Stay {
+                    place: if moved.is_some() { 7 } else { t.here.place },
+                    ..t.here
+                };
+                (*h, Slot { here, moved })
+            })
+            .collect();
+        let older = codec::encode(&(&slots, &d.trade, d.cap_hits)).unwrap();
+        // This build writes the same layout.
+        let ((now, _, _), _): ((IdMap<TrackIn>, IdMap<TradeLine>, u64), _) =
+            codec::decode_prefix(&d.save_state().unwrap()).unwrap();
+        assert_eq!(now.len(), slots.len());
+        for (h, t) in &now {
+            assert_eq!(t.moved.as_deref(), d.moving.get(h).map(|m| &**m));
+            assert_eq!(t.here, d.handsets[h].here);
+        }
         let mut old = det();
         old.load_state(&older).unwrap();
         assert_eq!(old.stats().keys, d.stats().keys);
         assert!(old.earlier.is_empty());
         // Its moving handsets, unnamed, still expire behind the window.
-        assert!(old.handsets.values().any(|t| t.moved.is_some()));
+        assert!(!old.moving.is_empty());
+        assert!(old.moving.keys().all(|h| old.handsets[h].moving()));
         assert!(old.names.is_empty());
         old.expire(1_791_158_400_000 + 10 * DAY);
         assert_eq!(old.stats().keys, 0);
@@ -2445,12 +2501,8 @@ mod tests {
         restored.load_state(&d.save_state().unwrap()).unwrap();
         assert_eq!(restored.stats().keys, d.stats().keys);
         assert_eq!(
-            restored.handsets[&ids::id("H1")]
-                .moved
-                .as_ref()
-                .unwrap()
-                .stays,
-            d.handsets[&ids::id("H1")].moved.as_ref().unwrap().stays
+            restored.moving[&ids::id("H1")].stays,
+            d.moving[&ids::id("H1")].stays
         );
         // The rest of the trip and the verdict, on the restored copy: it fires as the
         // original would have.
@@ -2553,13 +2605,13 @@ mod tests {
         );
         h.feed(&mut d, &ev);
         assert!(
-            d.handsets[&h2].moved.is_none(),
+            !d.moving.contains_key(&h2),
             "nothing taken over before the barrier"
         );
         let sent: Vec<_> = h.inbox.iter().map(|e| e.dest).collect();
         assert_eq!(sent, [Dest::Handset(ids::id("s1"))]);
         assert!(h.barrier(&mut d).is_empty());
-        let m = d.handsets[&h2].moved.as_deref().expect("H1's history");
+        let m = d.moving.get(&h2).expect("H1's history");
         assert_eq!(m.stays.len(), 2);
         assert_eq!(d.earlier[&h2][0].name.as_ref(), "H1");
         assert!(feed(&mut d, &mut h, 4).is_empty());
@@ -2740,7 +2792,7 @@ mod tests {
         assert_eq!(d.handsets[&ids::id("H1")].floor_s(), ids::secs(late));
         // The cutoff passes the late record's contact, not the floor measured before it.
         d.expire(t0 + window + 9 * HOUR + 45 * MIN);
-        let m = d.handsets[&ids::id("H1")].moved.as_deref().expect("moving");
+        let m = d.moving.get(&ids::id("H1")).expect("moving");
         assert!(m.contacted.iter().all(|c| c.id() != ids::id("late1")));
         assert_eq!(m.stays.len(), 2);
     }
@@ -2780,8 +2832,8 @@ mod tests {
             let mut v: Vec<(u64, Option<Stay>, Option<Moved>)> = d
                 .handsets
                 .iter()
-                .map(|(h, t)| match t.moved.as_deref() {
-                    Some(m) => (*h, None, Some(m.clone())),
+                .map(|(h, t)| match d.moving.get(h) {
+                    Some(m) => (*h, None, Some((**m).clone())),
                     None => (*h, Some(t.here), None),
                 })
                 .collect();
@@ -2798,7 +2850,7 @@ mod tests {
                 let wm = ev.ts - 15 * MIN;
                 let cutoff = ids::secs(wm).saturating_sub(86_400);
                 for t in full.d[0].handsets.values_mut() {
-                    if t.moved.is_some() {
+                    if t.moving() {
                         match t.floor_s() > cutoff {
                             true => skipped += 1,
                             false => visited += 1,
