@@ -1,7 +1,7 @@
 //! The engine's rate against serde_json's parse-only rate on the same file, in one run.
 //!
 //!   cargo bench --bench parse_ratio -- FILE [ROUNDS]      (no FILE: a small generated city)
-//!   taskset -c 0 target/release/deps/parse_ratio-* FILE      (one core, as issue 10 asks)
+//!   taskset -c 0 cargo bench --bench parse_ratio -- FILE     (one core, as issue 10 asks)
 //!
 //! The file is read into memory once (I/O is not timed). Then, per round and in turns so
 //! machine noise hits each alike:
