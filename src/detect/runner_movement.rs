@@ -1264,26 +1264,23 @@ impl Detector for RunnerMovement {
         }
         let held = self.handsets.len();
         let gone_before = self.gone_before.handsets_s;
-        // `get_mut` first: nearly every record finds its handset, and `std`'s `entry` (not
-        // inlined for this table: 154 samples of `rustc_entry` in `perf` of `runner_cost`'s
-        // side with the detector) reserves room before it looks.
-        let t = match self.handsets.get_mut(&imei) {
-            Some(t) if !gone(t, gone_before) => t,
-            Some(t) => {
+        let t = match self.handsets.entry(imei) {
+            Entry::Occupied(o) if !gone(o.get(), gone_before) => o.into_mut(),
+            Entry::Occupied(o) => {
                 // Gone at the last sweep (see `Sweeps`): new to the detector again.
-                *t = Track { here: obs };
+                *o.into_mut() = Track { here: obs };
                 Self::arrived(imei, imei_s, ids.imsi, s, ctx.outbox);
                 self.ask_burn(imei, imei_s, ids.to, s, obs.place, s, ctx.outbox);
                 return;
             }
-            None => {
+            Entry::Vacant(v) => {
                 // A new handset's one stay is this record: nothing a rule reads yet but
                 // the burn link's age (zero), as for any record in the only class seen.
                 if held >= self.max_keys {
                     self.cap_hits += 1;
                     return;
                 }
-                self.handsets.insert(imei, Track { here: obs });
+                v.insert(Track { here: obs });
                 Self::arrived(imei, imei_s, ids.imsi, s, ctx.outbox);
                 self.ask_burn(imei, imei_s, ids.to, s, obs.place, s, ctx.outbox);
                 return;
