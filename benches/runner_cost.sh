@@ -93,10 +93,11 @@ else
   git worktree add --quiet --detach "$base/src" "$rev" || die "cannot add a worktree at $base/src"
 fi
 say "building the bench at ${rev:0:7} (release, in $base)"
-base_bin=$(cd "$base/src" && built_bench "$PWD/../target")
+base_target="$PWD/$base/target"
+base_bin=$(cd "$base/src" && built_bench "$base_target")
 
 this=()
-before=()
+based=()
 ahead=0
 for r in $(seq "$runs"); do
   if [ $((r % 2)) = 1 ]; then
@@ -107,10 +108,10 @@ for r in $(seq "$runs"); do
     b=$(one "$base_bin")
   fi
   say "round $r of $runs: base ${rev:0:7} $b, this checkout $t"
-  before+=("$b")
+  based+=("$b")
   this+=("$t")
-  if awk -v t="$t" -v b="$b" 'BEGIN { exit !(t > b) }'; then ahead=$((ahead + 1)); fi
+  at_least "$b" "$t" || ahead=$((ahead + 1))
 done
-summary "base ${rev:0:7}: " "${before[@]}"
+summary "base ${rev:0:7}: " "${based[@]}"
 summary "this checkout: " "${this[@]}"
 say "this checkout ahead in $ahead of $runs rounds"
