@@ -197,18 +197,167 @@ impl Sims {
     }
 }
 
-#[derive(Clone, Default, Serialize, Deserialize)]
+/// A handset's slot. Nearly every record of a handset is one more with the SIM, and as the
+/// line, of its newest record, so the slot names that pair ([`Handset::head`]) and such a
+/// record is taken from the slot alone: only the newest time moves, and the list behind
+/// the pointer (a cache miss, and on the engine with `runner_movement` beside it the
+/// largest single cost this detector had: `perf`, `runner_cost`) is not read.
+#[derive(Clone, Default, Deserialize)]
+#[serde(from = "HandsetIn")]
 struct Handset {
     sims: Sims,
     newest_s: u32,
+    /// [`pair_fp`] of the SIM and line of the handset's newest record, whose entry in
+    /// `sims` has the time `newest_s` even where the list says older (the list is brought
+    /// up to date, [`Handset::flush`], before anything else reads or changes it);
+    /// [`NO_HEAD`] when no entry is known to hold `newest_s`. Between a load and
+    /// [`HandsetChurn::load_state`]'s pass over the table it holds the checkpoint's
+    /// `fired_s` instead (see [`HandsetIn`]).
+    head: u32,
+}
+
+/// [`Handset::head`] naming no SIM: [`pair_fp`] never gives it.
+const NO_HEAD: u32 = 0;
+
+/// A SIM and line's fingerprints as one 32-bit word, never [`NO_HEAD`]. Two pairs of one
+/// handset sharing it is a one-in-10^9 event, as for the SIM fingerprints themselves (see
+/// [`Sims`]): a record would then count as one more of the newest SIM's.
+fn pair_fp(sim_fp: u32, line_fp: u32) -> u32 {
+    let p = (u64::from(sim_fp) << 32 | u64::from(line_fp)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    ((p >> 32) as u32).max(1)
+}
+
+impl Handset {
+    /// Writes the newest time into the head's entry, so the list holds every SIM's time.
+    fn flush(&mut self) {
+        if self.head == NO_HEAD {
+            return;
+        }
+        let at = (self.sims.iter())
+            .find(|x| pair_fp(x.sim_fp, x.line_fp) == self.head)
+            .map(|x| x.at);
+        if let Some(at) = at {
+            self.sims.set_last(at, self.newest_s);
+        }
+    }
+
+    /// The head for an up-to-date list: the entry with the newest time, `prefer` if it
+    /// is one (the record just taken), [`NO_HEAD`] if none has it.
+    fn find_head(&self, prefer: u32) -> u32 {
+        let mut head = NO_HEAD;
+        for x in self.sims.iter().filter(|x| x.last_s == self.newest_s) {
+            let p = pair_fp(x.sim_fp, x.line_fp);
+            if p == prefer {
+                return p;
+            }
+            if head == NO_HEAD {
+                head = p;
+            }
+        }
+        head
+    }
+
+    /// Each SIM's time, the head's included (the list may hold an older one for it).
+    fn lasts(&self) -> Vec<(u32, u32)> {
+        (self.sims.iter())
+            .map(|x| {
+                let head = self.head != NO_HEAD && pair_fp(x.sim_fp, x.line_fp) == self.head;
+                (x.sim_fp, if head { self.newest_s } else { x.last_s })
+            })
+            .collect()
+    }
+}
+
+/// A handset as checkpoints hold it (the format from before the head): the list up to
+/// date, and the end of the last window reported, which is now in [`HandsetChurn::fired`].
+#[derive(Serialize)]
+struct HandsetOut<'a> {
+    sims: SimsOut<'a>,
+    newest_s: u32,
     /// End of the last window reported (seconds; 0 = never: event times are after 2000).
     fired_s: u32,
+}
+
+/// [`HandsetOut`], read back.
+#[derive(Deserialize)]
+struct HandsetIn {
+    sims: Sims,
+    newest_s: u32,
+    fired_s: u32,
+}
+
+impl From<HandsetIn> for Handset {
+    fn from(h: HandsetIn) -> Handset {
+        // `load_state` moves `fired_s` to the `fired` table and sets the head.
+        Handset {
+            sims: h.sims,
+            newest_s: h.newest_s,
+            head: h.fired_s,
+        }
+    }
+}
+
+/// A handset's list as a checkpoint holds it: the SIMs' bytes, the head's time written in.
+struct SimsOut<'a>(&'a Handset);
+
+impl Serialize for SimsOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let h = self.0;
+        let head = (h.sims.iter())
+            .find(|x| h.head != NO_HEAD && pair_fp(x.sim_fp, x.line_fp) == h.head)
+            .map(|x| x.at);
+        let Some(at) = head else {
+            return h.sims.serialize(serializer);
+        };
+        // The bytes as `Sims` writes them (a sequence of bytes in a newtype), the head's
+        // time in place of the list's, without a copy of the list.
+        struct Patched<'a>(&'a [u8], usize, [u8; 4]);
+        impl Serialize for Patched<'_> {
+            fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeSeq;
+                let mut seq = ser.serialize_seq(Some(self.0.len()))?;
+                for (i, b) in self.0.iter().enumerate() {
+                    let b = match i.checked_sub(self.1 + 8) {
+                        Some(j) if j < 4 => self.2[j],
+                        _ => *b,
+                    };
+                    seq.serialize_element(&b)?;
+                }
+                seq.end()
+            }
+        }
+        let whole = &h.sims.0[..h.sims.whole_len()];
+        let patched = Patched(whole, at, h.newest_s.to_le_bytes());
+        serializer.serialize_newtype_struct("Sims", &patched)
+    }
+}
+
+/// The handset table as checkpoints hold it: each slot as a [`HandsetOut`].
+struct HandsetsOut<'a> {
+    handsets: &'a IdMap<Handset>,
+    fired: &'a IdMap<u32>,
+}
+
+impl Serialize for HandsetsOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.handsets.iter().map(|(k, h)| {
+            let out = HandsetOut {
+                sims: SimsOut(h),
+                newest_s: h.newest_s,
+                fired_s: self.fired.get(k).copied().unwrap_or(0),
+            };
+            (k, out)
+        }))
+    }
 }
 
 #[derive(Clone)]
 pub struct HandsetChurn {
     cfg: ChurnConfig,
     handsets: IdMap<Handset>,
+    /// End of the last window reported (seconds), for the handsets that have fired (few:
+    /// it is read only when a window is found, off the path of a record of the head).
+    fired: IdMap<u32>,
     max_keys: usize,
     cap_hits: u64,
     heap_bytes: usize,
@@ -221,6 +370,7 @@ impl HandsetChurn {
         HandsetChurn {
             cfg: cfg.handset_churn.clone(),
             handsets: IdMap::default(),
+            fired: IdMap::default(),
             max_keys,
             cap_hits: 0,
             heap_bytes: 0,
@@ -239,8 +389,12 @@ impl Detector for HandsetChurn {
             if let Some(imei) = ids.imei {
                 // The slot is read (its key is compared); the SIMs behind it are only
                 // prefetched, so the other tables' misses go on meanwhile.
+                // A record of the head's SIM and line will not read them.
                 if let Some(h) = self.handsets.get(&imei) {
-                    ids::prefetch(h.sims.0.as_ptr());
+                    let head = ids.imsi.map(|sim| pair_fp(ids::fp(sim), ids::fp(ids.from)));
+                    if head != Some(h.head) {
+                        ids::prefetch(h.sims.0.as_ptr());
+                    }
                 }
             }
         }
@@ -266,14 +420,25 @@ impl Detector for HandsetChurn {
             return;
         }
         let h = self.handsets.entry(imei).or_default();
+        let sim_fp = ids::fp(ids.imsi.unwrap_or_else(|| ids::id(imsi)));
+        let line_fp = ids::fp(ids.from);
+        let pair = pair_fp(sim_fp, line_fp);
+        if h.head == pair {
+            // One more record of the newest SIM as the same line: its time is the newest
+            // time, and a known SIM cannot raise the count. Whatever the record's time,
+            // this is what the list would say after it (a late one changes nothing).
+            h.newest_s = h.newest_s.max(s);
+            return;
+        }
+        // Anything else reads the list: up to date first, with the newest time before
+        // this record's.
+        h.flush();
         h.newest_s = h.newest_s.max(s);
         let since_s = h.newest_s.saturating_sub(ids::span_secs(self.cfg.window_s));
         if s < since_s {
-            return;
+            return; // older than every window the list is judged in: no change
         }
         let before = h.sims.bytes();
-        let sim_fp = ids::fp(ids.imsi.unwrap_or_else(|| ids::id(imsi)));
-        let line_fp = ids::fp(ids.from);
         let known = h
             .sims
             .iter()
@@ -305,6 +470,7 @@ impl Detector for HandsetChurn {
                         h.sims = h.sims.rebuild(items);
                     }
                 }
+                h.head = h.find_head(pair);
                 self.heap_bytes = self.heap_bytes + h.sims.bytes() - before;
                 return; // a known SIM cannot raise the count
             }
@@ -327,6 +493,7 @@ impl Detector for HandsetChurn {
                 };
                 let items = keep.into_iter().map(Item::Keep).chain(std::iter::once(new));
                 h.sims = h.sims.rebuild(items);
+                h.head = h.find_head(pair);
                 self.heap_bytes = self.heap_bytes + h.sims.bytes() - before;
             }
         }
@@ -353,14 +520,16 @@ impl Detector for HandsetChurn {
         let Some((since_s, end_s)) = found else {
             return;
         };
-        if h.fired_s != 0 && h.fired_s >= since_s {
+        let fired_s = self.fired.get(&imei).copied().unwrap_or(0);
+        if fired_s != 0 && fired_s >= since_s {
             return;
         }
-        h.fired_s = if h.fired_s == 0 {
+        let fired_s = if fired_s == 0 {
             end_s
         } else {
-            h.fired_s.max(end_s)
+            fired_s.max(end_s)
         };
+        self.fired.insert(imei, fired_s);
         let mut ordered: Vec<(u32, String, String)> = h
             .sims
             .iter()
@@ -414,10 +583,12 @@ impl Detector for HandsetChurn {
                 return false;
             }
             if h.sims.one_sim() {
-                debug_assert!(h.sims.iter().all(|x| x.last_s >= cutoff));
+                debug_assert!(h.lasts().iter().all(|x| x.1 >= cutoff));
                 heap += h.sims.bytes();
                 return true;
             }
+            // The list is read: up to date first (the head keeps its place and time).
+            h.flush();
             if h.sims.iter().any(|x| x.last_s < cutoff) {
                 let keep: Vec<usize> = h
                     .sims
@@ -434,13 +605,17 @@ impl Detector for HandsetChurn {
         if self.handsets.capacity() > 2 * self.handsets.len() + 1024 {
             self.handsets.shrink_to_fit();
         }
+        if !self.fired.is_empty() {
+            let handsets = &self.handsets;
+            self.fired.retain(|k, _| handsets.contains_key(k));
+        }
         self.heap_bytes = heap;
     }
 
     fn stats(&self) -> StateStats {
         StateStats {
             keys: self.handsets.len(),
-            bytes: ids::map_bytes(&self.handsets) + self.heap_bytes,
+            bytes: ids::map_bytes(&self.handsets) + ids::map_bytes(&self.fired) + self.heap_bytes,
             cap_hits: self.cap_hits,
         }
     }
@@ -455,7 +630,11 @@ impl Detector for HandsetChurn {
     }
 
     fn save_state(&self) -> Result<Vec<u8>, codec::Error> {
-        codec::encode(&(&self.handsets, self.cap_hits))
+        let handsets = HandsetsOut {
+            handsets: &self.handsets,
+            fired: &self.fired,
+        };
+        codec::encode(&(handsets, self.cap_hits))
     }
 
     fn load_state(&mut self, bytes: &[u8]) -> Result<(), codec::Error> {
@@ -464,11 +643,17 @@ impl Detector for HandsetChurn {
             return Err(postcard::Error::DeserializeBadEncoding.into());
         }
         let mut handsets = handsets;
-        for h in handsets.values_mut() {
+        let mut fired = IdMap::default();
+        for (k, h) in handsets.iter_mut() {
             let count = h.sims.len();
             h.sims = Sims::padded(std::mem::take(&mut h.sims.0).into_vec(), count);
+            // The slot's head holds the checkpoint's `fired_s` until here.
+            if h.head != 0 {
+                fired.insert(*k, h.head);
+            }
+            h.head = h.find_head(NO_HEAD);
         }
-        (self.handsets, self.cap_hits) = (handsets, cap_hits);
+        (self.handsets, self.fired, self.cap_hits) = (handsets, fired, cap_hits);
         self.heap_bytes = self.handsets.values().map(|h| h.sims.bytes()).sum();
         Ok(())
     }
@@ -481,14 +666,17 @@ impl Detector for HandsetChurn {
     ) -> Vec<Box<dyn Detector>> {
         let cap_hits = std::mem::take(&mut self.cap_hits);
         self.heap_bytes = 0;
+        let fired = super::split_map(&mut self.fired, parts, owner);
         super::split_map(&mut self.handsets, parts, owner)
             .into_iter()
+            .zip(fired)
             .enumerate()
-            .map(|(p, handsets)| {
+            .map(|(p, (handsets, fired))| {
                 let heap_bytes = handsets.values().map(|h| h.sims.bytes()).sum();
                 Box::new(HandsetChurn {
                     cfg: self.cfg.clone(),
                     handsets,
+                    fired,
                     max_keys: self.max_keys,
                     cap_hits: if p == counted { cap_hits } else { 0 },
                     heap_bytes,
@@ -501,13 +689,16 @@ impl Detector for HandsetChurn {
     fn merge(&mut self, part: Box<dyn Detector>) {
         let part = super::part_of::<Self>(part);
         super::absorb_map(&mut self.handsets, part.handsets);
+        super::absorb_map(&mut self.fired, part.fired);
         self.heap_bytes += part.heap_bytes;
         self.cap_hits += part.cap_hits;
     }
 
     #[cfg(test)]
     fn keys(&self) -> Vec<(&'static str, u64)> {
-        super::named_keys("handsets", &self.handsets)
+        let mut v = super::named_keys("handsets", &self.handsets);
+        v.extend(super::named_keys("fired", &self.fired));
+        v
     }
 }
 
@@ -599,13 +790,106 @@ mod tests {
         }
     }
 
-    /// The SIMs of every handset held, by handset name: (SIM, last time) in list order.
+    /// The SIMs of every handset held, by handset name: (SIM, last time) in list order,
+    /// the head's time being the newest.
     fn sims_of(d: &HandsetChurn) -> Vec<(u64, Vec<(u32, u32)>)> {
-        let mut v: Vec<_> = (d.handsets.iter())
-            .map(|(k, h)| (*k, h.sims.iter().map(|x| (x.sim_fp, x.last_s)).collect()))
-            .collect();
+        let mut v: Vec<_> = (d.handsets.iter()).map(|(k, h)| (*k, h.lasts())).collect();
         v.sort();
         v
+    }
+
+    /// Every slot's list brought up to date and its head forgotten: what the detector held
+    /// before the head, every record then reading the list.
+    fn without_heads(d: &mut HandsetChurn) {
+        for h in d.handsets.values_mut() {
+            h.flush();
+            h.head = NO_HEAD;
+        }
+    }
+
+    #[test]
+    fn records_of_the_head_leave_the_list_alone_and_change_nothing_a_reading_would_see() {
+        // Two detectors take the same records: one as built, one with every head forgotten
+        // after each record (so every record reads and writes the list, as before the
+        // head). Handsets keep their SIM and line for runs of records, as phones do, with
+        // new SIMs, a SIM used as another line, late records and sweeps between.
+        let mut cfg = Config::default();
+        cfg.handset_churn.max_sims_per_handset = 4;
+        let (mut d, mut r) = (HandsetChurn::new(&cfg, 100), HandsetChurn::new(&cfg, 100));
+        let (mut hd, mut hr) = (Harness::new(), Harness::new());
+        let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        let names: Vec<String> = (0..40).map(|i| format!("n{i}")).collect();
+        // Per handset: its SIM and line now.
+        let mut now = [(0usize, 20usize); 4];
+        let (mut t, mut fired, mut fast) = (DAY, 0, 0);
+        for i in 0..3_000 {
+            let k = next(4) as usize;
+            match next(20) {
+                0 => now[k].0 = next(20) as usize,      // a new (or earlier) SIM
+                1 => now[k].1 = 20 + next(20) as usize, // used as another line
+                _ => {}
+            }
+            t += next(3 * HOUR as u64) as i64;
+            let at = if next(10) == 0 {
+                t - next(4 * DAY as u64) as i64 // late, some before the window
+            } else {
+                t
+            };
+            let (hs, (sim, line)) = (format!("h{k}"), now[k]);
+            let id = i.to_string();
+            let ev = with_sim(sms(&id, at, &names[line], "x"), &hs, &names[sim]);
+            let head = d.handsets.get(&ids::id(&hs)).map(|h| h.head);
+            let ids = EventIds::of(&ev);
+            let pair = pair_fp(ids::fp(ids.imsi.unwrap()), ids::fp(ids.from));
+            fast += usize::from(head == Some(pair));
+            let (a, b) = (hd.feed(&mut d, &ev), hr.feed(&mut r, &ev));
+            assert_eq!(a, b, "record {i}");
+            fired += a.len();
+            without_heads(&mut r);
+            assert_eq!(sims_of(&d), sims_of(&r), "record {i}");
+            if i % 97 == 0 {
+                d.expire(t);
+                r.expire(t);
+                without_heads(&mut r);
+                assert_eq!(sims_of(&d), sims_of(&r), "sweep after record {i}");
+                assert_eq!(d.stats(), r.stats(), "sweep after record {i}");
+                // A checkpoint holds the lists up to date: the same bytes either way, and
+                // the format from before the head (the handset as it was derived).
+                assert_eq!(d.save_state().unwrap(), r.save_state().unwrap());
+                #[derive(Serialize)]
+                struct Before {
+                    sims: Box<[u8]>,
+                    newest_s: u32,
+                    fired_s: u32,
+                }
+                let before: Vec<(u64, Before)> = (r.handsets.iter())
+                    .map(|(k, h)| {
+                        let b = Before {
+                            sims: h.sims.0[..h.sims.whole_len()].into(),
+                            newest_s: h.newest_s,
+                            fired_s: r.fired.get(k).copied().unwrap_or(0),
+                        };
+                        (*k, b)
+                    })
+                    .collect();
+                let before = codec::encode(&(before, r.cap_hits)).unwrap();
+                assert_eq!(d.save_state().unwrap(), before);
+            }
+        }
+        assert!(fired >= 5, "the records fire: {fired}");
+        assert!(fast > 2_000, "most records are the head's: {fast}");
+        // A load gives the same lists and heads back.
+        let mut back = HandsetChurn::new(&cfg, 100);
+        back.load_state(&d.save_state().unwrap()).unwrap();
+        assert_eq!(sims_of(&back), sims_of(&d));
+        assert_eq!(back.fired, d.fired);
+        assert_eq!(back.save_state().unwrap(), d.save_state().unwrap());
     }
 
     #[test]
