@@ -228,15 +228,20 @@ fn pair_fp(sim_fp: u32, line_fp: u32) -> u32 {
 }
 
 impl Handset {
+    /// Where the head's entry starts in the list (`None` without a head: the list is up
+    /// to date then).
+    fn head_at(&self) -> Option<usize> {
+        if self.head == NO_HEAD {
+            return None;
+        }
+        (self.sims.iter())
+            .find(|x| pair_fp(x.sim_fp, x.line_fp) == self.head)
+            .map(|x| x.at)
+    }
+
     /// Writes the newest time into the head's entry, so the list holds every SIM's time.
     fn flush(&mut self) {
-        if self.head == NO_HEAD {
-            return;
-        }
-        let at = (self.sims.iter())
-            .find(|x| pair_fp(x.sim_fp, x.line_fp) == self.head)
-            .map(|x| x.at);
-        if let Some(at) = at {
+        if let Some(at) = self.head_at() {
             self.sims.set_last(at, self.newest_s);
         }
     }
@@ -259,10 +264,15 @@ impl Handset {
 
     /// Each SIM's time, the head's included (the list may hold an older one for it).
     fn lasts(&self) -> Vec<(u32, u32)> {
+        let head = self.head_at();
         (self.sims.iter())
             .map(|x| {
-                let head = self.head != NO_HEAD && pair_fp(x.sim_fp, x.line_fp) == self.head;
-                (x.sim_fp, if head { self.newest_s } else { x.last_s })
+                let last_s = if head == Some(x.at) {
+                    self.newest_s
+                } else {
+                    x.last_s
+                };
+                (x.sim_fp, last_s)
             })
             .collect()
     }
@@ -303,10 +313,7 @@ struct SimsOut<'a>(&'a Handset);
 impl Serialize for SimsOut<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let h = self.0;
-        let head = (h.sims.iter())
-            .find(|x| h.head != NO_HEAD && pair_fp(x.sim_fp, x.line_fp) == h.head)
-            .map(|x| x.at);
-        let Some(at) = head else {
+        let Some(at) = h.head_at() else {
             return h.sims.serialize(serializer);
         };
         // The bytes as `Sims` writes them (a sequence of bytes in a newtype), the head's
