@@ -108,9 +108,79 @@ pub struct Stay {
 struct Track {
     /// The only stay, while the handset has been seen in one class. Once it has been seen
     /// in both, no stay: its place is [`MOVING`] and the history is in
-    /// [`RunnerMovement::moving`]; two words of it keep what the sweep reads from the slot
-    /// instead of the history (see [`Track::floor_s`]).
+    /// [`RunnerMovement::moving`] (the other three words are then left as they were, and a
+    /// checkpoint writes the history's floor and bytes in two of them: [`TracksOut`]).
     here: Stay,
+}
+
+/// A moving handset's history, and the two words the sweep reads of it without following
+/// the box ([`History::floor_s`], [`History::bytes`]). They were kept in the handset's
+/// slot, and the sweep, walking this table, probed the handsets table for every moving
+/// handset at every sweep (a tenth of the handsets, each a cache miss: cachegrind put the
+/// sweep's probes at a fifth of the last-level misses `runner_movement` adds to
+/// `runner_cost`'s passes); here the walk is this table alone.
+#[derive(Clone)]
+struct History {
+    moved: Box<Moved>,
+    /// The floor: no time in the history (a stay's end, a SIM's, line's or contact's
+    /// latest time) is older, and it is zero while the history has fewer than two stays.
+    /// While the floor is past the sweep's cutoff, the sweep would remove nothing and keep
+    /// the history as it is, so it skips the box and the four lists behind it (a cache miss
+    /// each, for every commuter at every sweep) and counts the bytes the history held when
+    /// last measured ([`History::bytes`]). A record adds its own time (`on_event` lowers
+    /// the floor to it); anything else that changes a history measures it again
+    /// ([`History::measure`]).
+    floor_s: u32,
+    /// The history's heap bytes, as last measured.
+    bytes: u32,
+}
+
+impl std::ops::Deref for History {
+    type Target = Moved;
+    fn deref(&self) -> &Moved {
+        &self.moved
+    }
+}
+
+impl std::ops::DerefMut for History {
+    fn deref_mut(&mut self) -> &mut Moved {
+        &mut self.moved
+    }
+}
+
+impl History {
+    /// `m`, measured.
+    fn new(m: Box<Moved>) -> Self {
+        let mut h = History {
+            moved: m,
+            floor_s: 0,
+            bytes: 0,
+        };
+        h.measure();
+        h
+    }
+
+    /// Sets the floor and bytes from the history; returns the bytes.
+    fn measure(&mut self) -> usize {
+        let m = &*self.moved;
+        let bytes = moved_bytes(m);
+        self.floor_s = match m.stays.len() {
+            // The sweep turns it back into one stay (or removes it): it must visit.
+            0 | 1 => 0,
+            _ => (m.stays.iter().map(|x| x.last_s))
+                .chain(m.sims.iter().map(|x| x.at))
+                .chain(m.lines.iter().map(|x| x.2))
+                .chain(m.contacted.iter().map(|x| x.at))
+                .min()
+                .unwrap_or(u32::MAX),
+        };
+        self.bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
+        bytes
+    }
+
+    fn bytes(&self) -> usize {
+        self.bytes as usize
+    }
 }
 
 /// The place of a moving handset's slot (no real place: the cell map's areas are indices,
@@ -134,26 +204,22 @@ struct TrackIn {
 }
 
 /// The handsets table and the moving handsets' histories, written as one map of
-/// [`TrackOut`].
+/// [`TrackOut`]. A moving handset's stay is written as its slot held it before the floor
+/// and bytes moved to [`History`]: with the floor as `first_s` and the bytes as `hours`
+/// (a load measures both again), so the bytes are as they were.
 struct TracksOut<'a> {
     handsets: &'a IdMap<Track>,
-    moving: &'a IdMap<Box<Moved>>,
+    moving: &'a IdMap<History>,
 }
 
 impl Serialize for TracksOut<'_> {
     fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
         ser.collect_map(self.handsets.iter().map(|(h, t)| {
-            let moved = match t.moving() {
-                true => self.moving.get(h).map(|m| &**m),
-                false => None,
-            };
-            (
-                h,
-                TrackOut {
-                    here: t.here,
-                    moved,
-                },
-            )
+            let (mut here, mut moved) = (t.here, None);
+            if let Some(x) = self.moving.get(h).filter(|_| t.moving()) {
+                (here.first_s, here.hours, moved) = (x.floor_s, x.bytes, Some(&*x.moved));
+            }
+            (h, TrackOut { here, moved })
         }))
     }
 }
@@ -162,42 +228,6 @@ impl Track {
     /// Seen in both classes: its history is in [`RunnerMovement::moving`].
     fn moving(&self) -> bool {
         self.here.place == MOVING
-    }
-
-    /// A moving handset's floor (`here.first_s` while it is moving): no time in its
-    /// history (a stay's end, a SIM's, line's or contact's latest time) is older, and it is
-    /// zero while the history has fewer than two stays. While the floor is past the
-    /// sweep's cutoff, the sweep would remove nothing and keep the history as it is, so it skips
-    /// the box and the four lists behind it (a cache miss each, for every commuter at every
-    /// sweep) and counts the bytes the history held when last measured
-    /// ([`Track::history_bytes`]). A record adds its own time (`on_event` lowers the floor
-    /// to it); anything else that changes a history measures it again ([`Track::measure`]).
-    fn floor_s(&self) -> u32 {
-        self.here.first_s
-    }
-
-    /// A moving handset's heap bytes, as last measured (`here.hours` while it is moving).
-    fn history_bytes(&self) -> usize {
-        self.here.hours as usize
-    }
-
-    /// Sets the floor and bytes of `m`, the history about to be (or being) held beside
-    /// `here`; returns the bytes.
-    fn measure(here: &mut Stay, m: &Moved) -> usize {
-        let bytes = moved_bytes(m);
-        here.place = MOVING;
-        here.first_s = match m.stays.len() {
-            // The sweep turns it back into one stay (or removes it): it must visit.
-            0 | 1 => 0,
-            _ => (m.stays.iter().map(|x| x.last_s))
-                .chain(m.sims.iter().map(|x| x.at))
-                .chain(m.lines.iter().map(|x| x.2))
-                .chain(m.contacted.iter().map(|x| x.at))
-                .min()
-                .unwrap_or(u32::MAX),
-        };
-        here.hours = u32::try_from(bytes).unwrap_or(u32::MAX);
-        bytes
     }
 }
 
@@ -296,7 +326,7 @@ pub struct RunnerMovement {
     handsets: IdMap<Track>,
     /// The histories of the handsets seen in both classes (a tenth of them), beside their
     /// slots in `handsets` (whose place says [`MOVING`]).
-    moving: IdMap<Box<Moved>>,
+    moving: IdMap<History>,
     trade: IdMap<TradeLine>,
     /// Keyed by SIM (on the SIM's shard): the moving handset it was last noted in, and
     /// when: where a new handset's SIM came from. Only SIMs of handsets seen in both classes
@@ -367,7 +397,7 @@ pub struct RunnerMovement {
 /// engine fell from 5.0 to 4.2 per record in the last-level cache and from 7.5 to 6.8 in
 /// the first (cachegrind, `warm_city`'s records). The moving handsets (a tenth) are still
 /// walked at every sweep, their histories expiring piece by piece, but a history is read
-/// only once the cutoff passes its floor ([`Track::floor_s`]).
+/// only once the cutoff passes its floor ([`History::floor_s`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 struct Sweeps {
     handsets_s: u32,
@@ -974,9 +1004,11 @@ impl RunnerMovement {
             };
             ctx.outbox.push(Sent::new(Dest::Handset(x.id()), body));
         }
-        self.heap_bytes += Track::measure(&mut t.here, &m);
+        t.here.place = MOVING;
         self.reach.insert(imei, reach_of(&m));
-        self.moving.insert(imei, Box::new(m));
+        let x = History::new(Box::new(m));
+        self.heap_bytes += x.bytes();
+        self.moving.insert(imei, x);
         self.names.insert(imei, off.name.clone());
         // Its reading changed: read again at its next record too.
         self.trade_changed_s = self.trade_changed_s.max(self.clock_s);
@@ -1005,6 +1037,12 @@ impl RunnerMovement {
         let moving = |h: &u64| self.moving.contains_key(h);
         self.names.retain(|h, _| moving(h));
         self.reach.retain(|h, _| moving(h));
+        self.forget_earlier(cutoff);
+    }
+
+    /// Drops the hand-off notes of handsets no longer held, and earlier handsets silent
+    /// since before `cutoff`.
+    fn forget_earlier(&mut self, cutoff: u32) {
         let gone_before = self.gone_before.handsets_s;
         let held = |h: &u64| self.handsets.get(h).is_some_and(|t| !gone(t, gone_before));
         self.earlier.retain(|h, list| {
@@ -1299,23 +1337,24 @@ impl Detector for RunnerMovement {
                 stays: vec![t.here],
                 ..Moved::default()
             };
-            self.heap_bytes += Track::measure(&mut t.here, &m);
-            self.moving.insert(imei, Box::new(m));
+            t.here.place = MOVING;
+            let x = History::new(Box::new(m));
+            self.heap_bytes += x.bytes();
+            self.moving.insert(imei, x);
             self.names.insert(imei, imei_s.into());
         }
-        // This record's time goes into the history (see `Track::floor_s`).
-        let floor = &mut t.here.first_s;
-        *floor = (*floor).min(s);
         let Some(m) = self.moving.get_mut(&imei) else {
             return;
         };
+        // This record's time goes into the history (see `History::floor_s`).
+        m.floor_s = m.floor_s.min(s);
         let previous_s = m.stays.last().map_or(0, |x| x.last_s);
         let mut changed = observe(&mut m.stays, obs);
         if m.stays.len() > self.cfg.max_stays_per_handset as usize {
             m.stays.remove(0);
             self.cap_hits += 1;
             if m.stays.len() < 2 {
-                *floor = 0;
+                m.floor_s = 0;
             }
         }
         if let Some(sim) = ids.imsi {
@@ -1520,36 +1559,47 @@ impl Detector for RunnerMovement {
         };
         let cutoff = self.gone_before.handsets_s;
         // The moving handsets expire piece by piece.
+        // A handset no longer moving loses its name and filter here, not by a walk of
+        // those tables probing this one for each entry (a cache miss a moving handset at
+        // every sweep).
         let mut heap = 0;
+        let (names, reach) = (&mut self.names, &mut self.reach);
         self.moving.retain(|h, m| {
-            let Some(t) = self.handsets.get_mut(h) else {
-                return false;
-            };
-            if t.floor_s() > cutoff {
-                // Nothing in it to expire (see `Track::floor_s`).
-                heap += t.history_bytes();
+            if m.floor_s > cutoff {
+                // Nothing in it to expire (see `History::floor_s`).
+                heap += m.bytes();
                 return true;
             }
-            m.stays.retain(|x| x.last_s >= cutoff);
-            m.sims.retain(|x| x.at >= cutoff);
-            m.lines.retain(|x| x.2 >= cutoff);
-            m.contacted.retain(|x| x.at >= cutoff);
-            match m.stays.len() {
-                0 => {
-                    self.handsets.remove(h);
-                    false
+            let keep = match self.handsets.get_mut(h) {
+                None => false,
+                Some(t) => {
+                    m.stays.retain(|x| x.last_s >= cutoff);
+                    m.sims.retain(|x| x.at >= cutoff);
+                    m.lines.retain(|x| x.2 >= cutoff);
+                    m.contacted.retain(|x| x.at >= cutoff);
+                    match m.stays.len() {
+                        0 => {
+                            self.handsets.remove(h);
+                            false
+                        }
+                        1 => {
+                            // Back in one class only: the history is no longer needed.
+                            t.here = m.stays[0];
+                            false
+                        }
+                        _ => {
+                            heap += m.measure();
+                            reach.insert(*h, reach_of(m));
+                            true
+                        }
+                    }
                 }
-                1 => {
-                    // Back in one class only: the history is no longer needed.
-                    t.here = m.stays[0];
-                    false
-                }
-                _ => {
-                    heap += Track::measure(&mut t.here, m);
-                    self.reach.insert(*h, reach_of(m));
-                    true
-                }
+            };
+            if !keep {
+                names.remove(h);
+                reach.remove(h);
             }
+            keep
         });
         self.trade.retain(|_, t| t.at_s >= cutoff);
         // A SIM's note is refreshed once a period of its use (see `refresh_s`).
@@ -1559,7 +1609,7 @@ impl Detector for RunnerMovement {
             self.sim_at.shrink_to_fit();
         }
         self.heap_bytes = heap;
-        self.forget_hand_offs(cutoff);
+        self.forget_earlier(cutoff);
         self.at_line.retain(|_, seen| {
             seen.retain(|x| x.1 >= cutoff);
             !seen.is_empty()
@@ -1658,8 +1708,8 @@ impl Detector for RunnerMovement {
         self.moving = IdMap::default();
         for (h, TrackIn { mut here, moved }) in tracks {
             if let Some(m) = moved {
-                here.place = MOVING; // its floor and bytes are measured below
-                self.moving.insert(h, m);
+                here.place = MOVING;
+                self.moving.insert(h, History::new(m));
             }
             self.handsets.insert(h, Track { here });
         }
@@ -1792,7 +1842,7 @@ impl Detector for RunnerMovement {
 
 /// A handset in one class whose last record is older than `before`: gone at the last
 /// sweep (see [`Sweeps`]). A moving handset's history is trimmed by the sweep that passes its
-/// floor ([`Track::floor_s`]).
+/// floor ([`History::floor_s`]).
 fn gone(t: &Track, before: u32) -> bool {
     !t.moving() && t.here.last_s < before
 }
@@ -1834,6 +1884,7 @@ impl RunnerMovement {
         let handsets = &mut self.handsets;
         self.moving.retain(|h, _| handsets.contains_key(h));
         let moving = &self.moving;
+        self.names.retain(|h, _| moving.contains_key(h));
         self.clock_s = (handsets.iter())
             .filter(|(_, t)| !gone(t, gone_before))
             .map(|(h, t)| match t.moving() {
@@ -1847,12 +1898,10 @@ impl RunnerMovement {
             .max()
             .unwrap_or(0);
         self.trade_changed_s = self.clock_s;
-        // Floors and bytes measured again: a checkpoint from before them held the moving
-        // handsets' first stay there.
-        self.heap_bytes = (moving.iter())
-            .filter_map(|(h, m)| Some(Track::measure(&mut handsets.get_mut(h)?.here, m)))
-            .sum();
-        self.reach = (moving.iter()).map(|(&h, m)| (h, reach_of(m))).collect();
+        self.heap_bytes = (self.moving.values_mut()).map(History::measure).sum();
+        self.reach = (self.moving.iter())
+            .map(|(&h, m)| (h, reach_of(m)))
+            .collect();
     }
 }
 
@@ -2464,7 +2513,7 @@ mod tests {
         }
         let slots: IdMap<Slot> = (d.handsets.iter())
             .map(|(h, t)| {
-                let moved = d.moving.get(h).cloned();
+                let moved = d.moving.get(h).map(|x| x.moved.clone());
                 let here = Stay {
                     place: if moved.is_some() { 7 } else { t.here.place },
                     ..t.here
@@ -2479,7 +2528,16 @@ mod tests {
         assert_eq!(now.len(), slots.len());
         for (h, t) in &now {
             assert_eq!(t.moved.as_deref(), d.moving.get(h).map(|m| &**m));
-            assert_eq!(t.here, d.handsets[h].here);
+            // A moving handset's stay as its slot held it then: the floor and the bytes.
+            let here = match d.moving.get(h) {
+                Some(x) => Stay {
+                    first_s: x.floor_s,
+                    hours: x.bytes,
+                    ..d.handsets[h].here
+                },
+                None => d.handsets[h].here,
+            };
+            assert_eq!(t.here, here);
         }
         let mut old = det();
         old.load_state(&older).unwrap();
@@ -2784,12 +2842,11 @@ mod tests {
         let window = 4 * DAY;
         // Nothing to trim: the history is measured, its floor its first stay's end (10:00).
         d.expire(t0 + window + 9 * HOUR);
-        let t = &d.handsets[&ids::id("H1")];
-        assert_eq!(t.floor_s(), ids::secs(t0 + 10 * HOUR));
+        assert_eq!(d.moving[&ids::id("H1")].floor_s, ids::secs(t0 + 10 * HOUR));
         let late = t0 + 9 * HOUR + 30 * MIN;
         let ev = rec("late", late, "runnerline", "late1", "H1", "s1", Some("m1"));
         h.feed(&mut d, &ev);
-        assert_eq!(d.handsets[&ids::id("H1")].floor_s(), ids::secs(late));
+        assert_eq!(d.moving[&ids::id("H1")].floor_s, ids::secs(late));
         // The cutoff passes the late record's contact, not the floor measured before it.
         d.expire(t0 + window + 9 * HOUR + 45 * MIN);
         let m = d.moving.get(&ids::id("H1")).expect("moving");
@@ -2849,14 +2906,12 @@ mod tests {
                 found.1.extend(full.barrier());
                 let wm = ev.ts - 15 * MIN;
                 let cutoff = ids::secs(wm).saturating_sub(86_400);
-                for t in full.d[0].handsets.values_mut() {
-                    if t.moving() {
-                        match t.floor_s() > cutoff {
-                            true => skipped += 1,
-                            false => visited += 1,
-                        }
-                        t.here.first_s = 0;
+                for x in full.d[0].moving.values_mut() {
+                    match x.floor_s > cutoff {
+                        true => skipped += 1,
+                        false => visited += 1,
                     }
+                    x.floor_s = 0;
                 }
                 let before = history(&full.d[0]);
                 skip.d[0].expire(wm);
@@ -2864,6 +2919,17 @@ mod tests {
                 let after = history(&full.d[0]);
                 trimmed += usize::from(after != before);
                 assert!(after == history(&skip.d[0]), "after the sweep at {wm}");
+                // A handset no longer moving has lost its name and its filter.
+                for d in [&skip.d[0], &full.d[0]] {
+                    let keys = |m: Vec<&u64>| {
+                        m.into_iter()
+                            .copied()
+                            .collect::<std::collections::BTreeSet<u64>>()
+                    };
+                    let moving = keys(d.moving.keys().collect());
+                    assert_eq!(keys(d.names.keys().collect()), moving, "names at {wm}");
+                    assert!(keys(d.reach.keys().collect()).is_subset(&moving), "at {wm}");
+                }
             }
             if ev.ts >= shown + 6 * HOUR {
                 shown = ev.ts;
