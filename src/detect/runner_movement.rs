@@ -216,7 +216,7 @@ impl Serialize for TracksOut<'_> {
     fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
         ser.collect_map(self.handsets.iter().map(|(h, t)| {
             let (mut here, mut moved) = (t.here, None);
-            if let Some(x) = self.moving.get(h).filter(|_| t.moving()) {
+            if let Some(x) = t.moving().then(|| self.moving.get(h)).flatten() {
                 (here.first_s, here.hours, moved) = (x.floor_s, x.bytes, Some(&*x.moved));
             }
             (h, TrackOut { here, moved })
@@ -1018,7 +1018,8 @@ impl RunnerMovement {
     }
 
     /// Rebuilds the SIM index from the moving handsets (after a load; a sweep does it as it
-    /// goes) and forgets the hand-offs of handsets no longer moving.
+    /// goes) and forgets the hand-offs of handsets no longer held (the names and filters of
+    /// handsets no longer moving go in `rederive`, which every load ends with).
     fn reindex(&mut self, cutoff: u32) {
         self.sim_at.clear();
         for (&h, m) in &self.moving {
@@ -1028,15 +1029,6 @@ impl RunnerMovement {
                 }
             }
         }
-        self.forget_hand_offs(cutoff);
-    }
-
-    /// Drops the names of handsets no longer moving, the hand-off notes of handsets no
-    /// longer held, and earlier handsets silent since before `cutoff`.
-    fn forget_hand_offs(&mut self, cutoff: u32) {
-        let moving = |h: &u64| self.moving.contains_key(h);
-        self.names.retain(|h, _| moving(h));
-        self.reach.retain(|h, _| moving(h));
         self.forget_earlier(cutoff);
     }
 
@@ -1570,29 +1562,29 @@ impl Detector for RunnerMovement {
                 heap += m.bytes();
                 return true;
             }
-            let keep = match self.handsets.get_mut(h) {
-                None => false,
-                Some(t) => {
-                    m.stays.retain(|x| x.last_s >= cutoff);
-                    m.sims.retain(|x| x.at >= cutoff);
-                    m.lines.retain(|x| x.2 >= cutoff);
-                    m.contacted.retain(|x| x.at >= cutoff);
-                    match m.stays.len() {
-                        0 => {
-                            self.handsets.remove(h);
-                            false
-                        }
-                        1 => {
-                            // Back in one class only: the history is no longer needed.
-                            t.here = m.stays[0];
-                            false
-                        }
-                        _ => {
-                            heap += m.measure();
-                            reach.insert(*h, reach_of(m));
-                            true
-                        }
-                    }
+            let Some(t) = self.handsets.get_mut(h) else {
+                names.remove(h);
+                reach.remove(h);
+                return false;
+            };
+            m.stays.retain(|x| x.last_s >= cutoff);
+            m.sims.retain(|x| x.at >= cutoff);
+            m.lines.retain(|x| x.2 >= cutoff);
+            m.contacted.retain(|x| x.at >= cutoff);
+            let keep = match m.stays.len() {
+                0 => {
+                    self.handsets.remove(h);
+                    false
+                }
+                1 => {
+                    // Back in one class only: the history is no longer needed.
+                    t.here = m.stays[0];
+                    false
+                }
+                _ => {
+                    heap += m.measure();
+                    reach.insert(*h, reach_of(m));
+                    true
                 }
             };
             if !keep {
@@ -1709,7 +1701,13 @@ impl Detector for RunnerMovement {
         for (h, TrackIn { mut here, moved }) in tracks {
             if let Some(m) = moved {
                 here.place = MOVING;
-                self.moving.insert(h, History::new(m));
+                // Its floor and bytes are measured in `rederive`, below.
+                let x = History {
+                    moved: m,
+                    floor_s: 0,
+                    bytes: 0,
+                };
+                self.moving.insert(h, x);
             }
             self.handsets.insert(h, Track { here });
         }
@@ -1898,6 +1896,8 @@ impl RunnerMovement {
             .max()
             .unwrap_or(0);
         self.trade_changed_s = self.clock_s;
+        // Floors and bytes measured: a load leaves them unmeasured, and a split or a merge
+        // brings histories last measured at different times.
         self.heap_bytes = (self.moving.values_mut()).map(History::measure).sum();
         self.reach = (self.moving.iter())
             .map(|(&h, m)| (h, reach_of(m)))
@@ -2921,14 +2921,12 @@ mod tests {
                 assert!(after == history(&skip.d[0]), "after the sweep at {wm}");
                 // A handset no longer moving has lost its name and its filter.
                 for d in [&skip.d[0], &full.d[0]] {
-                    let keys = |m: Vec<&u64>| {
-                        m.into_iter()
-                            .copied()
-                            .collect::<std::collections::BTreeSet<u64>>()
-                    };
-                    let moving = keys(d.moving.keys().collect());
-                    assert_eq!(keys(d.names.keys().collect()), moving, "names at {wm}");
-                    assert!(keys(d.reach.keys().collect()).is_subset(&moving), "at {wm}");
+                    let mut names: Vec<u64> = d.names.keys().copied().collect();
+                    let mut moving: Vec<u64> = d.moving.keys().copied().collect();
+                    names.sort();
+                    moving.sort();
+                    assert_eq!(names, moving, "names at {wm}");
+                    assert!(d.reach.keys().all(|h| d.moving.contains_key(h)), "at {wm}");
                 }
             }
             if ev.ts >= shown + 6 * HOUR {
