@@ -83,6 +83,19 @@ bench_build() {
   cargo build --release --quiet
 }
 
+# bench_city SUBSCRIBERS DAYS: sets DATA to the folder of the seed-3 city of that size and
+# its cell map (events.jsonl, cells.csv) under target/bench-data, generating them with the
+# release binary (bench_build first) when either is missing.
+bench_city() {
+  DATA="target/bench-data/city-${1}x${2}-s3"
+  mkdir -p "$DATA"
+  if [ ! -s "$DATA/events.jsonl" ] || [ ! -s "$DATA/cells.csv" ]; then
+    say "generating ${1} subscribers x ${2} days ..."
+    "$BIN" generate --subscribers "$1" --days "$2" --seed 3 \
+      --output "$DATA/events.jsonl" --cells "$DATA/cells.csv"
+  fi
+}
+
 # broker_up: sets BROKERS to LINEWATCH_TEST_BROKERS, else to the local broker of
 # deploy/local/kafka.sh if one runs (left running, as scripts/test.sh does), else starts
 # one that the exit trap stops again. Topic admin needs the Kafka tools either way.

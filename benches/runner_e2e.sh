@@ -29,14 +29,8 @@ if [ "$pairs" -lt 1 ]; then die "PAIRS is at least 1"; fi
 need taskset "apt-get install util-linux"
 need jq "apt-get install jq"
 bench_build
-
-data="target/bench-data/city-${subs}x${days}-s3"
-mkdir -p "$data"
-if [ ! -s "$data/events.jsonl" ] || [ ! -s "$data/cells.csv" ]; then
-  say "generating ${subs} subscribers x ${days} days ..."
-  "$BIN" generate --subscribers "$subs" --days "$days" --seed 3 \
-    --output "$data/events.jsonl" --cells "$data/cells.csv"
-fi
+bench_city "$subs" "$days"
+data="$DATA"
 
 # rate SIDE: one replay, `with` (the cell map) or `without`; prints its records/s.
 rate() {

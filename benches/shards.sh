@@ -22,19 +22,12 @@ rounds="${3:-3}"
 shift $(( $# < 3 ? $# : 3 ))
 counts=("$@")
 [ ${#counts[@]} -gt 0 ] || counts=(2 3 8)
-data="target/bench-data/city-${subs}x${days}-s3"
-mkdir -p "$data"
-
 need /usr/bin/time "apt-get install time"
 need taskset "apt-get install util-linux"
 need jq "apt-get install jq"
 bench_build
-
-if [ ! -s "$data/events.jsonl" ]; then
-  say "generating ${subs} subscribers x ${days} days ..."
-  "$BIN" generate --subscribers "$subs" --days "$days" --seed 3 \
-    --output "$data/events.jsonl" --cells "$data/cells.csv"
-fi
+bench_city "$subs" "$days"
+data="$DATA"
 
 run() { # run TAG SHARDS [PIN...]: one replay; appends "TAG wall user" to $data/times
   local tag="$1" n="$2"
