@@ -15,6 +15,7 @@
 //! - [`watermark`]: per-partition event-time watermarks.
 //! - [`state`]: the shared per-line contact store every line detector reads.
 //! - [`names`]: pseudonyms kept for alerts, packed (hex two digits to a byte).
+//! - [`probemap`]: an id-keyed table whose slot for a key can be prefetched before the lookup.
 //! - [`detect`]: the [`detect::Detector`] trait and one file per detector.
 //! - [`alert`]: the alert format and deterministic ids.
 //! - [`checkpoint`]: durable engine state: checkpoints, their stores, restore.
@@ -55,6 +56,7 @@ pub mod ids;
 pub mod idset;
 pub mod kafka;
 pub mod names;
+pub mod probemap;
 pub mod redact;
 pub mod replay;
 pub mod service;

@@ -49,6 +49,7 @@ use crate::event::{Event, Millis};
 use crate::evidence;
 use crate::exchange::{Body, Dest, Evidence, Role, Sent};
 use crate::ids::{self, IdMap};
+use crate::probemap::ProbeMap;
 
 pub const NAME: &str = "runner_movement";
 
@@ -92,7 +93,7 @@ impl Seen {
 pub use crate::exchange::Name;
 
 /// One stay: consecutive records (in event time) in cells of one class.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stay {
     /// Clock hours (UTC) in which it has records, bit `h` for hour `h`.
     hours: u32,
@@ -104,7 +105,7 @@ pub struct Stay {
     last_s: u32,
 }
 
-#[derive(Clone)]
+#[derive(Clone, Copy, Default)]
 struct Track {
     /// The only stay, while the handset has been seen in one class. Once it has been seen
     /// in both, no stay: its place is [`MOVING`] and the history is in
@@ -208,7 +209,7 @@ struct TrackIn {
 /// and bytes moved to [`History`]: with the floor as `first_s` and the bytes as `hours`
 /// (a load measures both again), so the bytes are as they were.
 struct TracksOut<'a> {
-    handsets: &'a IdMap<Track>,
+    handsets: &'a ProbeMap<Track>,
     moving: &'a IdMap<History>,
 }
 
@@ -323,7 +324,9 @@ fn refresh_s(cfg: &RunnerConfig) -> u32 {
 #[derive(Clone)]
 pub struct RunnerMovement {
     cfg: RunnerConfig,
-    handsets: IdMap<Track>,
+    /// Every handset's slot, probed for nearly every record: a table whose slot for a key
+    /// `warm` can prefetch without looking the key up ([`ProbeMap`]).
+    handsets: ProbeMap<Track>,
     /// The histories of the handsets seen in both classes (a tenth of them), beside their
     /// slots in `handsets` (whose place says [`MOVING`]).
     moving: IdMap<History>,
@@ -534,7 +537,7 @@ impl RunnerMovement {
     pub fn new(cfg: &Config, max_keys: usize) -> Self {
         RunnerMovement {
             cfg: cfg.runner_movement.clone(),
-            handsets: IdMap::default(),
+            handsets: ProbeMap::default(),
             moving: IdMap::default(),
             trade: IdMap::default(),
             sim_at: IdMap::default(),
@@ -1236,16 +1239,19 @@ impl Detector for RunnerMovement {
     fn warm(&self, ids: &EventIds, role: Role) {
         if role == Role::Handset && self.cfg.enabled {
             if let Some(imei) = ids.imei {
-                // The probe itself reads the slot (its key is next to the stay).
-                let Some(t) = self.handsets.get(&imei) else {
-                    return;
-                };
+                // The slot is prefetched, not read: the core goes on with the other
+                // tables' misses and the other detectors' work while it comes. Looked up
+                // here, as `std`'s table has to be, it held the core until it came
+                // (`ProbeMap`).
+                self.handsets.prefetch(imei);
                 // A moving handset (a commuter's, mostly) reads its history behind two more
                 // pointers: the box, then each list. Waited for one after the other in
                 // `on_event`, they were a third of its samples (`perf annotate`, warm city);
                 // here they overlap the other tables' misses. The lists are prefetched, not
-                // read: nothing waits on them.
-                if let Some(m) = self.moving.get(&imei).filter(|_| t.moving()) {
+                // read: nothing waits on them. The moving table holds a tenth of the
+                // handsets and stays in cache; a handset it lacks is told by its control
+                // bytes alone.
+                if let Some(m) = self.moving.get(&imei) {
                     ids::prefetch(
                         m.stays
                             .as_ptr()
@@ -1294,23 +1300,23 @@ impl Detector for RunnerMovement {
         }
         let held = self.handsets.len();
         let gone_before = self.gone_before.handsets_s;
-        let t = match self.handsets.entry(imei) {
-            Entry::Occupied(o) if !gone(o.get(), gone_before) => o.into_mut(),
-            Entry::Occupied(o) => {
+        let t = match self.handsets.get_mut(&imei) {
+            Some(t) if !gone(t, gone_before) => t,
+            Some(t) => {
                 // Gone at the last sweep (see `Sweeps`): new to the detector again.
-                *o.into_mut() = Track { here: obs };
+                *t = Track { here: obs };
                 Self::arrived(imei, imei_s, ids.imsi, s, ctx.outbox);
                 self.ask_burn(imei, imei_s, ids.to, s, obs.place, s, ctx.outbox);
                 return;
             }
-            Entry::Vacant(v) => {
+            None => {
                 // A new handset's one stay is this record: nothing a rule reads yet but
                 // the burn link's age (zero), as for any record in the only class seen.
                 if held >= self.max_keys {
                     self.cap_hits += 1;
                     return;
                 }
-                v.insert(Track { here: obs });
+                self.handsets.insert(imei, Track { here: obs });
                 Self::arrived(imei, imei_s, ids.imsi, s, ctx.outbox);
                 self.ask_burn(imei, imei_s, ids.to, s, obs.place, s, ctx.outbox);
                 return;
@@ -1635,7 +1641,7 @@ impl Detector for RunnerMovement {
     fn stats(&self) -> StateStats {
         StateStats {
             keys: self.handsets.len(),
-            bytes: ids::map_bytes(&self.handsets)
+            bytes: self.handsets.bytes()
                 + ids::map_bytes(&self.moving)
                 + ids::map_bytes(&self.trade)
                 + ids::map_bytes(&self.sim_at)
@@ -1696,7 +1702,7 @@ impl Detector for RunnerMovement {
         let mut rest;
         let tracks: IdMap<TrackIn>;
         ((tracks, self.trade, self.cap_hits), rest) = codec::decode_prefix(bytes)?;
-        self.handsets = IdMap::with_capacity_and_hasher(tracks.len(), Default::default());
+        self.handsets = ProbeMap::with_capacity(tracks.len());
         self.moving = IdMap::default();
         for (h, TrackIn { mut here, moved }) in tracks {
             if let Some(m) = moved {
@@ -1754,7 +1760,7 @@ impl Detector for RunnerMovement {
         counted: usize,
     ) -> Vec<Box<dyn Detector>> {
         let cap_hits = std::mem::take(&mut self.cap_hits);
-        let mut handsets = super::split_map(&mut self.handsets, parts, owner).into_iter();
+        let mut handsets = self.handsets.split(parts, owner).into_iter();
         let mut moving = super::split_map(&mut self.moving, parts, owner).into_iter();
         let mut sim_at = super::split_map(&mut self.sim_at, parts, owner).into_iter();
         let mut earlier = super::split_map(&mut self.earlier, parts, owner).into_iter();
@@ -1796,7 +1802,7 @@ impl Detector for RunnerMovement {
 
     fn merge(&mut self, part: Box<dyn Detector>) {
         let part = super::part_of::<Self>(part);
-        super::absorb_map(&mut self.handsets, part.handsets);
+        self.handsets.absorb(part.handsets);
         super::absorb_map(&mut self.moving, part.moving);
         super::absorb_map(&mut self.sim_at, part.sim_at);
         super::absorb_map(&mut self.earlier, part.earlier);
@@ -1825,7 +1831,7 @@ impl Detector for RunnerMovement {
 
     #[cfg(test)]
     fn keys(&self) -> Vec<(&'static str, u64)> {
-        let mut v = super::named_keys("handsets", &self.handsets);
+        let mut v: Vec<_> = self.handsets.keys().map(|&k| ("handsets", k)).collect();
         v.extend(super::named_keys("moving", &self.moving));
         v.extend(super::named_keys("sim_at", &self.sim_at));
         v.extend(super::named_keys("earlier", &self.earlier));
