@@ -9,13 +9,29 @@
 //! a key's first slot is an address computed from the key alone: a warm-up prefetches it
 //! and the core goes on with the other tables' misses and the other detectors' work.
 //!
+//! The slot comes from the key mixed in full ([`mix`]), not from the top bits of one
+//! multiplication: those are the key's group ([`crate::engine::key_group`]), which names
+//! its shard and its partition, so every key of a shard would share them and crowd into
+//! one part of the array.
+//!
 //! Used for `runner_movement`'s handsets table, probed for nearly every record; its
 //! values are 16 bytes, so a slot is 24 (`std`'s is 24 and a control byte).
 
 use std::mem::size_of;
 
-/// Fibonacci hashing's multiplier (2^64 / φ): the slot is the top bits of the product.
-const MUL: u64 = 0x9e37_79b9_7f4a_7c15;
+/// A key mixed so that every output bit depends on every key bit (MurmurHash3's 64-bit
+/// finaliser): the slot is its top bits. The shard and the partition of a key are the top
+/// bits of `key × 2^64/φ` ([`crate::engine::key_group`]); a shard's keys share those, and
+/// a slot taken from them (as first built) put a two-shard replay's keys into half the
+/// array, at twice the load, and the replay took twice as long.
+#[inline]
+fn mix(mut k: u64) -> u64 {
+    k ^= k >> 33;
+    k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    k ^= k >> 33;
+    k = k.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    k ^ (k >> 33)
+}
 
 /// At most this share of the slots is taken (3/4): linear probing's probes lengthen
 /// quickly beyond it.
@@ -33,7 +49,7 @@ pub struct ProbeMap<V> {
     zero: Option<V>,
     /// Keys held, key 0 included.
     len: usize,
-    /// 64 less log2 of the slot count: a key's first slot is `key * MUL >> shift`.
+    /// 64 less log2 of the slot count: a key's first slot is `mix(key) >> shift`.
     shift: u32,
 }
 
@@ -72,7 +88,7 @@ impl<V: Copy + Default> ProbeMap<V> {
     #[inline]
     fn home(&self, k: u64) -> usize {
         // `shift` is 64 only while there are no slots, and no caller gets here then.
-        (k.wrapping_mul(MUL) >> self.shift) as usize
+        (mix(k) >> self.shift) as usize
     }
 
     /// Where `k`'s probe starts (and, at most loads, where it ends).
@@ -406,6 +422,27 @@ mod tests {
                 j = (j + 1) & mask;
             }
         }
+    }
+
+    /// Keys of one key group (as one shard or one partition holds) spread over the whole
+    /// array: the mean distance from a key's first slot to its slot stays short. Taken
+    /// from the top bits of `key × 2^64/φ`, they all started in the first 256th of it.
+    #[test]
+    fn the_keys_of_one_key_group_spread_over_the_whole_array() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let mut m: ProbeMap<u32> = ProbeMap::default();
+        while m.len() < 20_000 {
+            let k: u64 = rng.gen();
+            if crate::engine::key_group(k) == 3 {
+                m.insert(k, 0);
+            }
+        }
+        let mask = m.slots.len() - 1;
+        let dist: usize = (m.keys())
+            .map(|&k| m.find(k).expect("held").wrapping_sub(m.home(k)) & mask)
+            .sum();
+        let mean = dist as f64 / m.len() as f64;
+        assert!(mean < 2.0, "mean distance {mean} over {} keys", m.len());
     }
 
     #[test]
