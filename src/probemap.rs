@@ -9,7 +9,7 @@
 //! a key's first slot is an address computed from the key alone: a warm-up prefetches it
 //! and the core goes on with the other tables' misses and the other detectors' work.
 //!
-//! The slot comes from the key mixed in full ([`mix`]), not from the top bits of one
+//! The slot comes from the key mixed in full (`mix`), not from the top bits of one
 //! multiplication: those are the key's group ([`crate::engine::key_group`]), which names
 //! its shard and its partition, so every key of a shard would share them and crowd into
 //! one part of the array.
