@@ -94,6 +94,16 @@ pub fn map_bytes<K, V, S>(m: &std::collections::HashMap<K, V, S>) -> usize {
     }
 }
 
+/// The splitmix64 finaliser: a bijection on u64 that scatters nearby inputs, every output
+/// bit depending on every input bit (the generator's pseudonyms and draws, and
+/// [`crate::probemap`]'s slots).
+#[inline]
+pub fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 /// Asks for the cache line holding `*p` without waiting for it: for the last level of a
 /// warm-up ([`crate::detect::Detector::warm`]), where a load would hold the core's
 /// retirement until the line arrives and a prefetch lets the misses of the other tables

@@ -9,7 +9,7 @@
 //! a key's first slot is an address computed from the key alone: a warm-up prefetches it
 //! and the core goes on with the other tables' misses and the other detectors' work.
 //!
-//! The slot comes from the key mixed in full (`mix`), not from the top bits of one
+//! The slot comes from the key mixed in full ([`crate::ids::mix`]), not from the top bits of one
 //! multiplication: those are the key's group ([`crate::engine::key_group`]), which names
 //! its shard and its partition, so every key of a shard would share them and crowd into
 //! one part of the array.
@@ -18,20 +18,6 @@
 //! values are 16 bytes, so a slot is 24 (`std`'s is 24 and a control byte).
 
 use std::mem::size_of;
-
-/// A key mixed so that every output bit depends on every key bit (MurmurHash3's 64-bit
-/// finaliser): the slot is its top bits. The shard and the partition of a key are the top
-/// bits of `key × 2^64/φ` ([`crate::engine::key_group`]); a shard's keys share those, and
-/// a slot taken from them (as first built) put a two-shard replay's keys into half the
-/// array, at twice the load, and the replay took twice as long.
-#[inline]
-fn mix(mut k: u64) -> u64 {
-    k ^= k >> 33;
-    k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    k ^= k >> 33;
-    k = k.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    k ^ (k >> 33)
-}
 
 /// At most this share of the slots is taken (3/4): linear probing's probes lengthen
 /// quickly beyond it.
@@ -49,7 +35,7 @@ pub struct ProbeMap<V> {
     zero: Option<V>,
     /// Keys held, key 0 included.
     len: usize,
-    /// 64 less log2 of the slot count: a key's first slot is `mix(key) >> shift`.
+    /// 64 less log2 of the slot count: a key's first slot is `ids::mix(key) >> shift`.
     shift: u32,
 }
 
@@ -88,7 +74,7 @@ impl<V: Copy + Default> ProbeMap<V> {
     #[inline]
     fn home(&self, k: u64) -> usize {
         // `shift` is 64 only while there are no slots, and no caller gets here then.
-        (mix(k) >> self.shift) as usize
+        (crate::ids::mix(k) >> self.shift) as usize
     }
 
     /// Where `k`'s probe starts (and, at most loads, where it ends).

@@ -14,12 +14,7 @@ use super::traffic::{Ev, EvKind};
 use super::world::NONE;
 use crate::event::Reason;
 
-/// The splitmix64 finaliser: a bijection on u64 that scatters nearby inputs.
-pub(crate) fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
+pub(crate) use crate::ids::mix;
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
