@@ -418,6 +418,13 @@ struct StageLoop {
     /// Stage partitions re-reading after an assignment, and since when (to log when each
     /// is live again: the recovery time of a partition that moved).
     recovering: BTreeMap<i32, Instant>,
+    /// Internal partitions sought since the last poll. The loop polls first and positions
+    /// partitions after (ownership is synced after the poll, where rebalances happen), so
+    /// a record that poll returned from one of these came from before the seek: it is
+    /// read again after it (or its effect is in the checkpoint restored), and is not run.
+    sought: BTreeSet<(Which, i32)>,
+    /// Records dropped for that, over the task's life (logged at each).
+    stale_dropped: u64,
 }
 
 impl Drop for StageLoop {
@@ -485,6 +492,8 @@ impl StageLoop {
             seek_to: BTreeMap::new(),
             recovering: BTreeMap::new(),
             progress: BTreeMap::new(),
+            sought: BTreeSet::new(),
+            stale_dropped: 0,
         })
     }
 
@@ -494,12 +503,16 @@ impl StageLoop {
         let mut read = 0usize;
         let mut errors_logged = Instant::now() - Duration::from_secs(60);
         while !*self.stop.borrow() {
+            self.sought.clear();
             let polled = self.consumer.poll(Duration::from_millis(100));
             self.abort_if_revoked()?;
             self.sync_ownership()?;
             self.begin_txn()?;
             let wall = wall_ms();
             match polled {
+                Some(Ok(inc)) if self.sought.contains(&(inc.which, inc.partition)) => {
+                    self.drop_stale(&inc);
+                }
                 Some(Ok(inc)) => {
                     self.note_evidence_read(&inc);
                     if !self.take_published(&inc) {
@@ -679,6 +692,7 @@ impl StageLoop {
                 tracing::info!(error = %e, partition = p, "stage partition not yet seekable; retried");
                 return false;
             }
+            self.sought.insert((w, p));
             let upto = committed.get(&w).copied().filter(|&u| u > o.offset);
             rebuilt += upto.map_or(0, |u| u - o.offset);
             plan.push((w, o.offset, upto));
@@ -747,6 +761,7 @@ impl StageLoop {
                 tracing::info!(error = %e, partition = p, "stage partition not yet seekable; retried");
                 return false;
             }
+            self.sought.insert((w, p));
             rebuilt += upto.map_or(0, |u| u - start);
             plan.push((w, start, upto));
         }
@@ -976,6 +991,23 @@ impl StageLoop {
         }
         self.send_outbox(p);
         self.advance(p);
+    }
+
+    /// A record polled before its internal partition was sought, in the same turn of the
+    /// loop: from the consumer's position before the seek, which is past what the seek
+    /// goes back to (after an abort, everything the aborted transaction read) or short of
+    /// it (a checkpoint's offsets). Run, it would reach a fresh stage ahead of the history
+    /// re-read before it, or run twice; so it is dropped, and read again after the seek
+    /// when the seek goes back past it. Nothing of it is counted as read.
+    fn drop_stale(&mut self, inc: &Incoming) {
+        self.stale_dropped += 1;
+        tracing::info!(
+            partition = inc.partition,
+            topic = inc.which.as_str(),
+            offset = inc.offset,
+            dropped = self.stale_dropped,
+            "streams: a record polled before its stage partition was sought is not run (read again after the seek)"
+        );
     }
 
     /// Whether stage partition `p` is still re-reading its records up to the position the

@@ -428,6 +428,7 @@ impl StageLoop {
                     tracing::info!(error = %e, partition = p, "stage partition not yet seekable; retried");
                     continue;
                 }
+                self.sought.insert((Which::ByLine, p));
             }
             if w.resume().is_some() || w.timed_out(now) {
                 tracing::info!(
