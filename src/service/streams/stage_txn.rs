@@ -94,7 +94,9 @@ pub(super) struct StageTxn {
     /// transaction's records on the evidence partitions (13 s in the aborted-transaction
     /// broker test), lost findings there in 2 of 2 runs (why was not found; since then a
     /// stall of the whole stage no longer idles its sources and every partition is sought
-    /// at a rebuild, two candidates, and the wait has not been tried again; docs/sharding.md).
+    /// at a rebuild, two candidates; with the record polled before a seek dropped it passed
+    /// 3 of 3 alone, but under the whole broker suite it did not end before the test's
+    /// read window closed, and nothing was published; docs/sharding.md).
     rebuilt: std::collections::BTreeSet<i32>,
 }
 
