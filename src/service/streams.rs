@@ -427,6 +427,36 @@ struct StageLoop {
     stale_dropped: u64,
 }
 
+/// Seeks internal partition `p` of `which` to `offset` and notes it in `sought` (see
+/// [`StageLoop::sought`]): every seek of the stage loop goes through here, so none can
+/// miss the note. False (logged) when librdkafka refuses the seek for now (a partition not
+/// yet fetching): the caller tries again next turn.
+fn seek(
+    consumer: &StageConsumer,
+    topics: &InternalTopics,
+    sought: &mut BTreeSet<(Which, i32)>,
+    which: Which,
+    p: i32,
+    offset: i64,
+) -> bool {
+    let c = consumer.consumer();
+    match c.seek(
+        topics.name(which),
+        p,
+        Offset::Offset(offset),
+        Duration::from_secs(10),
+    ) {
+        Ok(()) => {
+            sought.insert((which, p));
+            true
+        }
+        Err(e) => {
+            tracing::info!(error = %e, partition = p, "stage partition not yet seekable; retried");
+            false
+        }
+    }
+}
+
 impl Drop for StageLoop {
     fn drop(&mut self) {
         // Closing the consumer revokes its partitions; a held revoke would never finish.
@@ -676,23 +706,22 @@ impl StageLoop {
         let Some(committed) = self.committed(p) else {
             return false;
         };
-        let c = self.consumer.consumer();
         let mut rebuilt = 0;
         let mut plan = Vec::new();
         for o in offsets {
             let Some(w) = self.topics.which(&o.topic) else {
                 continue;
             };
-            if let Err(e) = c.seek(
-                &o.topic,
+            if !seek(
+                &self.consumer,
+                &self.topics,
+                &mut self.sought,
+                w,
                 p,
-                Offset::Offset(o.offset),
-                Duration::from_secs(10),
+                o.offset,
             ) {
-                tracing::info!(error = %e, partition = p, "stage partition not yet seekable; retried");
                 return false;
             }
-            self.sought.insert((w, p));
             let upto = committed.get(&w).copied().filter(|&u| u > o.offset);
             rebuilt += upto.map_or(0, |u| u - o.offset);
             plan.push((w, o.offset, upto));
@@ -757,11 +786,9 @@ impl StageLoop {
             // assigned again, and its position is past what the aborted transaction read:
             // without the seek those records were never run again (the aborted-transaction
             // broker test's lost alert).
-            if let Err(e) = c.seek(topic, p, Offset::Offset(start), Duration::from_secs(10)) {
-                tracing::info!(error = %e, partition = p, "stage partition not yet seekable; retried");
+            if !seek(&self.consumer, &self.topics, &mut self.sought, w, p, start) {
                 return false;
             }
-            self.sought.insert((w, p));
             rebuilt += upto.map_or(0, |u| u - start);
             plan.push((w, start, upto));
         }

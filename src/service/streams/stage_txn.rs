@@ -401,7 +401,6 @@ impl StageLoop {
             return;
         }
         let evidence = self.topics.name(Which::Evidence);
-        let by_line = self.topics.name(Which::ByLine);
         let c = self.consumer.consumer();
         let positions = c.position().ok();
         let now = Instant::now();
@@ -421,16 +420,16 @@ impl StageLoop {
                 continue;
             }
             if let Some(from) = w.resume() {
-                if let Err(e) = c.seek(
-                    by_line,
+                if !super::seek(
+                    &self.consumer,
+                    &self.topics,
+                    &mut self.sought,
+                    Which::ByLine,
                     p,
-                    rdkafka::Offset::Offset(from),
-                    Duration::from_secs(10),
+                    from,
                 ) {
-                    tracing::info!(error = %e, partition = p, "stage partition not yet seekable; retried");
                     continue;
                 }
-                self.sought.insert((Which::ByLine, p));
             }
             if w.resume().is_some() || w.timed_out(now) {
                 tracing::info!(
