@@ -1231,49 +1231,10 @@ impl RunnerMovement {
     }
 }
 
-impl Detector for RunnerMovement {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
-    fn warm(&self, ids: &EventIds, role: Role) {
-        if role == Role::Handset && self.cfg.enabled {
-            if let Some(imei) = ids.imei {
-                // The slot is prefetched, not read: the core goes on with the other
-                // tables' misses and the other detectors' work while it comes. Looked up
-                // here, as `std`'s table has to be, it held the core until it came
-                // (`ProbeMap`).
-                self.handsets.prefetch(imei);
-                // A moving handset (a commuter's, mostly) reads its history behind two more
-                // pointers: the box, then each list. Waited for one after the other in
-                // `on_event`, they were a third of its samples (`perf annotate`, warm city);
-                // here they overlap the other tables' misses. The lists are prefetched, not
-                // read: nothing waits on them. The moving table holds a tenth of the
-                // handsets and stays in cache; a handset it lacks is told by its control
-                // bytes alone.
-                if let Some(m) = self.moving.get(&imei) {
-                    ids::prefetch(
-                        m.stays
-                            .as_ptr()
-                            .wrapping_add(m.stays.len().saturating_sub(1)),
-                    );
-                    ids::prefetch(m.sims.as_ptr());
-                    ids::prefetch(m.lines.as_ptr());
-                    ids::prefetch(m.contacted.as_ptr());
-                }
-            }
-        }
-    }
-
-    fn on_event(&mut self, ev: &Event<'_>, ids: &EventIds, ctx: &mut Ctx<'_>) {
-        // Keyed by handset: everything here is the record's handset's own state; what
-        // concerns a SIM or another handset is sent.
-        if ctx.role != Role::Handset {
-            return;
-        }
-        if !self.cfg.enabled {
-            return;
-        }
+impl RunnerMovement {
+    /// [`Detector::on_event`] in the handset role, the detector enabled.
+    #[inline(never)]
+    fn on_handset_record(&mut self, ev: &Event<'_>, ids: &EventIds, ctx: &mut Ctx<'_>) {
         // No map, no cell, or a cell the map lacks: the engine has counted it.
         let (Some(map), Some(place)) = (ctx.cells, ctx.cell) else {
             return;
@@ -1430,6 +1391,53 @@ impl Detector for RunnerMovement {
             self.ask_burn(imei, imei_s, ids.to, first_s, place, s, ctx.outbox);
         }
         self.judge(imei, imei_s, ev.ts, map, ctx);
+    }
+}
+
+impl Detector for RunnerMovement {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn warm(&self, ids: &EventIds, role: Role) {
+        if role == Role::Handset && self.cfg.enabled {
+            if let Some(imei) = ids.imei {
+                // The slot is prefetched, not read: the core goes on with the other
+                // tables' misses and the other detectors' work while it comes. Looked up
+                // here, as `std`'s table has to be, it held the core until it came
+                // (`ProbeMap`).
+                self.handsets.prefetch(imei);
+                // A moving handset (a commuter's, mostly) reads its history behind two more
+                // pointers: the box, then each list. Waited for one after the other in
+                // `on_event`, they were a third of its samples (`perf annotate`, warm city);
+                // here they overlap the other tables' misses. The lists are prefetched, not
+                // read: nothing waits on them. The moving table holds a tenth of the
+                // handsets and stays in cache; a handset it lacks is told by its control
+                // bytes alone.
+                if let Some(m) = self.moving.get(&imei) {
+                    ids::prefetch(
+                        m.stays
+                            .as_ptr()
+                            .wrapping_add(m.stays.len().saturating_sub(1)),
+                    );
+                    ids::prefetch(m.sims.as_ptr());
+                    ids::prefetch(m.lines.as_ptr());
+                    ids::prefetch(m.contacted.as_ptr());
+                }
+            }
+        }
+    }
+
+    fn on_event(&mut self, ev: &Event<'_>, ids: &EventIds, ctx: &mut Ctx<'_>) {
+        // Keyed by handset: everything here is the record's handset's own state; what
+        // concerns a SIM or another handset is sent. The engine calls this in each of a
+        // record's three roles; the two it ignores return here, before the body saves the
+        // registers it uses (a fifth of this function's samples were its entry and exit:
+        // `perf annotate`, `runner_cost`).
+        if ctx.role != Role::Handset || !self.cfg.enabled {
+            return;
+        }
+        self.on_handset_record(ev, ids, ctx);
     }
 
     fn on_findings(&mut self, _at: Millis, findings: &[Finding], ctx: &mut Ctx<'_>) {
