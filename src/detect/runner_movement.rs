@@ -1229,9 +1229,7 @@ impl RunnerMovement {
             lines: x.lines.clone(),
         });
     }
-}
 
-impl RunnerMovement {
     /// [`Detector::on_event`] in the handset role, the detector enabled.
     #[inline(never)]
     fn on_handset_record(&mut self, ev: &Event<'_>, ids: &EventIds, ctx: &mut Ctx<'_>) {
