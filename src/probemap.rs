@@ -17,7 +17,10 @@
 //! Used for `runner_movement`'s handsets table, probed for nearly every record; its
 //! values are 16 bytes, so a slot is 24 (`std`'s is 24 and a control byte). And for the
 //! cell map's lookup ([`crate::cells::CellMap::resolve`], every record with a map loaded):
-//! there the gain is the probe inlined, without `std`'s out-of-line call and control bytes.
+//! there the gain is a probe without `std`'s control bytes. The release build still calls
+//! that `get` out of line from `Engine::ingest_hashed` (four call sites); forcing it inline
+//! (`#[inline(always)]`) measured no faster (`docs/performance-log.md`, "where the
+//! detector's tenth goes").
 
 use std::mem::size_of;
 
