@@ -45,8 +45,9 @@ pub struct CellMap {
     /// is a one-in-10^8 event, and would only misplace one cell).
     ///
     /// A [`ProbeMap`]: the slot is found from the key alone, in one array, without `std`'s
-    /// control bytes or an out-of-line call (the lookup was 0.8 % of the engine's samples
-    /// with `runner_movement`, `perf`, `runner_cost`).
+    /// control bytes (the lookup was 0.8 % of the engine's samples with `runner_movement`,
+    /// `perf`, `runner_cost`). Its `get` is still called out of line in the release build
+    /// (see [`crate::probemap`]).
     by_id: ProbeMap<CellPlace>,
     /// Area names, indexed by [`CellPlace::area`].
     areas: Vec<String>,
