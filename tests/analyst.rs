@@ -377,3 +377,133 @@ fn tune_jobs_and_tiny_range_steps_are_refused_with_exit_2() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("more than 1000"), "{err}");
 }
+
+/// An output on an input's path truncated the input before it was read: `replay --input
+/// e.jsonl --dead-letter e.jsonl` ended with exit 0, "0 records", and the events gone; two
+/// outputs on one path interleaved. Each is refused in one line, before anything is
+/// written, and the input is left as it was.
+#[test]
+fn an_output_on_an_input_or_another_outputs_path_is_refused_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("e.jsonl");
+    std::fs::copy(fixture("deal_line.jsonl"), &events).unwrap();
+    let before = std::fs::read(&events).unwrap();
+    let alerts = dir.path().join("a.jsonl");
+    let replay = |extra: &[&str]| {
+        let mut c = bin();
+        c.current_dir(dir.path())
+            .args(["replay", "--quiet", "--input", "e.jsonl"])
+            .args(extra);
+        c
+    };
+    for (extra, flag, other) in [
+        (
+            vec!["--output", "a.jsonl", "--dead-letter", "e.jsonl"],
+            "--dead-letter",
+            "--input",
+        ),
+        (vec!["--output", "./e.jsonl"], "--output", "--input"),
+        (
+            vec!["--output", "a.jsonl", "--summary", "e.jsonl"],
+            "--summary",
+            "--input",
+        ),
+        (
+            vec!["--output", "a.jsonl", "--dead-letter", "a.jsonl"],
+            "--dead-letter",
+            "--output",
+        ),
+    ] {
+        let (code, _, err) = run(&mut replay(&extra));
+        assert_eq!(code, Some(2), "{extra:?}: {err}");
+        assert!(
+            err.contains(&format!("{flag} ")) && err.contains(&format!("the same file as {other}")),
+            "{extra:?}: {err}"
+        );
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert_eq!(std::fs::read(&events).unwrap(), before, "{extra:?}");
+    }
+    // The same path through a hard link is the same file.
+    let link = dir.path().join("link.jsonl");
+    std::fs::hard_link(&events, &link).unwrap();
+    let (code, _, err) = run(&mut replay(&["--output", "link.jsonl"]));
+    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(std::fs::read(&events).unwrap(), before);
+    // Discarding two outputs is not a clash, and distinct files run as before.
+    let (code, _, err) = run(&mut replay(&[
+        "--output",
+        "/dev/null",
+        "--dead-letter",
+        "/dev/null",
+    ]));
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = run(&mut replay(&["--output", "a.jsonl"]));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(std::fs::metadata(&alerts).unwrap().len() > 0);
+
+    // tune: the table over its input; generate: two of its outputs on one path.
+    let sweep_in = dir.path().join("t.jsonl");
+    std::fs::copy(fixture("tune/events.jsonl"), &sweep_in).unwrap();
+    let sweep_before = std::fs::read(&sweep_in).unwrap();
+    let (code, _, err) = run(bin()
+        .args(["tune", "--quiet", "--input"])
+        .arg(&sweep_in)
+        .arg("--labels")
+        .arg(fixture("tune/labels.csv"))
+        .args(["--param", "bulk_sms.min_recipients=3..9:2", "--output"])
+        .arg(&sweep_in));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("the same file as --input"), "{err}");
+    assert_eq!(std::fs::read(&sweep_in).unwrap(), sweep_before);
+    let (code, _, err) = run(bin().current_dir(dir.path()).args([
+        "generate",
+        "--subscribers",
+        "1000",
+        "--days",
+        "1",
+        "--output",
+        "g.jsonl",
+        "--labels",
+        "g.jsonl",
+    ]));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--labels g.jsonl is the same file as --output"),
+        "{err}"
+    );
+    assert!(!dir.path().join("g.jsonl").exists());
+}
+
+/// clap's errors were three to six lines (the usage and a "For more information" line
+/// after the message) without the `linewatch: error:` every other failure has, and a
+/// negative number was read as an unknown flag (`--shards -1`: "unexpected argument '-1'
+/// found", the flag unnamed). Each is one line now, naming the flag and the value.
+#[test]
+fn argument_errors_are_one_line_and_name_the_flag_even_for_a_negative_number() {
+    for (args, wants) in [
+        (
+            vec!["replay", "--input", "x", "--shards", "0"],
+            vec!["--shards", "'0'"],
+        ),
+        (
+            vec!["replay", "--input", "x", "--shards", "-1"],
+            vec!["--shards", "'-1'"],
+        ),
+        (vec!["replay"], vec!["--input"]),
+        (vec!["replay", "--input", "x", "--bogus"], vec!["'--bogus'"]),
+        (vec!["generate", "--days", "-2"], vec!["--days", "'-2'"]),
+        (vec!["frob"], vec!["'frob'"]),
+    ] {
+        let (code, _, err) = run(bin().args(&args));
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("linewatch: error: "), "{args:?}: {err}");
+        for w in wants {
+            assert!(err.contains(w), "{args:?}: {w} not in {err}");
+        }
+    }
+    // Help and version are answers, not errors.
+    let (code, out, _) = run(bin().args(["replay", "--help"]));
+    assert_eq!(code, Some(0));
+    assert!(out.contains("Usage: linewatch replay"), "{out}");
+}

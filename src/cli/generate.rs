@@ -210,6 +210,15 @@ pub fn main(args: Args, config: Option<&Path>) -> Outcome {
     // producer's, and a bad --config is an error for every subcommand.
     let cfg = load_config(config)?;
     let Resolved { opts, dest } = resolve(&args)?;
+    let mut outputs: Vec<(&str, &Path)> = Vec::new();
+    if let Dest::File(p) = &dest {
+        outputs.push(("--output", p));
+    }
+    outputs.extend(args.labels.as_deref().map(|p| ("--labels", p)));
+    outputs.extend(args.manifest.as_deref().map(|p| ("--manifest", p)));
+    outputs.extend(args.cells.as_deref().map(|p| ("--cells", p)));
+    let inputs: Vec<(&str, &Path)> = config.map(|p| ("--config", p)).into_iter().collect();
+    super::distinct_files(&inputs, &outputs)?;
     // Open every output before the work starts, so a bad path or topic fails at once.
     let mut kafka_out = None;
     let mut out: Box<dyn Write> = match &dest {

@@ -38,20 +38,28 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// The service: Kafka consumer group in, alerts and dead letters out, metrics on HTTP.
+    #[command(allow_negative_numbers = true)]
     Run(run::Args),
     /// The detectors over a JSONL file in file order; alerts as JSONL.
+    #[command(allow_negative_numbers = true)]
     Replay(replay::Args),
     /// Labelled synthetic traffic, to a file or a Kafka topic.
+    #[command(allow_negative_numbers = true)]
     Generate(generate::Args),
     /// Threshold sweeps over labelled traffic: precision, recall, delay, plots.
+    #[command(allow_negative_numbers = true)]
     Tune(tune::Args),
     /// Validates a configuration file and prints every problem found.
+    #[command(allow_negative_numbers = true)]
     CheckConfig(check_config::Args),
     /// Generates a small city and runs every detector in-process: alerts and precision/recall.
+    #[command(allow_negative_numbers = true)]
     Demo(demo::Args),
     /// Explains an alert in plain language: each figure next to its threshold.
+    #[command(allow_negative_numbers = true)]
     Explain(explain::Args),
     /// The operations-room web board: live alert queue, triage, evidence export, audit trail.
+    #[command(allow_negative_numbers = true)]
     Board(board::Args),
 }
 
@@ -103,15 +111,86 @@ pub fn load_cells(path: &Path) -> Result<std::sync::Arc<crate::cells::CellMap>, 
     Ok(std::sync::Arc::new(map))
 }
 
+/// Refuses a command whose output would overwrite one of its inputs, or whose two outputs
+/// are one file: creating an output truncates it, so `replay --input e.jsonl --dead-letter
+/// e.jsonl` would read nothing and end with exit 0, the events gone, and two outputs on
+/// one path interleave. Each path is given with its flag, for the message; `-` (stdin or
+/// stdout) and paths that are neither a regular file nor absent (`/dev/null`, a pipe) are
+/// not compared. Call it before any output is created.
+pub fn distinct_files(inputs: &[(&str, &Path)], outputs: &[(&str, &Path)]) -> Result<(), Failure> {
+    let mut seen: Vec<(&str, FileId, bool)> = Vec::new();
+    let all = (inputs.iter().map(|x| (x, false))).chain(outputs.iter().map(|x| (x, true)));
+    for (&(flag, path), is_output) in all {
+        let Some(id) = FileId::of(path) else {
+            continue;
+        };
+        // Only an output can clash: inputs come first, and two inputs may be one file.
+        let clash = seen.iter().find(|(_, s, _)| *s == id).filter(|_| is_output);
+        if let Some((other, _, other_is_output)) = clash {
+            let harm = if *other_is_output {
+                "both would write to it"
+            } else {
+                "it would be overwritten before it is read"
+            };
+            return Err(Failure::usage(format!(
+                "{flag} {} is the same file as {other}: {harm}; give another path",
+                path.display()
+            )));
+        }
+        seen.push((flag, id, is_output));
+    }
+    Ok(())
+}
+
+/// What makes two paths one file: the device and inode of one that exists, the absolute
+/// path (its folder resolved) of one that does not yet.
+#[derive(Debug, PartialEq)]
+enum FileId {
+    Inode(u64, u64),
+    Path(PathBuf),
+}
+
+impl FileId {
+    fn of(path: &Path) -> Option<FileId> {
+        if path.as_os_str() == "-" {
+            return None;
+        }
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_file() => {
+                use std::os::unix::fs::MetadataExt;
+                Some(FileId::Inode(m.dev(), m.ino()))
+            }
+            Ok(_) => None,
+            Err(_) => {
+                let name = path.file_name()?;
+                let dir = match path.parent() {
+                    Some(d) if !d.as_os_str().is_empty() => d,
+                    _ => Path::new("."),
+                };
+                let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+                Some(FileId::Path(dir.join(name)))
+            }
+        }
+    }
+}
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => {
-            // clap's own help and version output are not errors.
-            let code = if e.use_stderr() { 2 } else { 0 };
+        // clap's own help and version output are not errors.
+        Err(e) if !e.use_stderr() => {
             let _ = e.print();
-            return ExitCode::from(code);
+            return ExitCode::SUCCESS;
+        }
+        // No subcommand at all: the help, on stderr, is the answer.
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("linewatch: error: {}", clap_one_line(&e.to_string()));
+            return ExitCode::from(2);
         }
     };
     // Before any thread starts: the batch commands that run the engine flat out may run
@@ -145,6 +224,23 @@ pub fn main() -> ExitCode {
             ExitCode::from(f.code)
         }
     }
+}
+
+/// A clap error as one line, as every other failure is: its first paragraph (what is
+/// wrong, with the flag and the value), without the usage and the "For more information"
+/// lines that follow; the names of missing arguments are on the lines after the first, so
+/// the paragraph's lines are joined.
+fn clap_one_line(rendered: &str) -> String {
+    let text = rendered.trim_start().trim_start_matches("error:").trim();
+    let first = text.split("\n\n").next().unwrap_or(text);
+    let mut line = first
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    line.push_str(" (see --help)");
+    line
 }
 
 /// Makes a write to a closed pipe end the process as it ends `cat` or `grep`: quietly, by

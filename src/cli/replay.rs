@@ -55,6 +55,13 @@ fn is_dash(p: &Path) -> bool {
 
 pub fn main(args: Args, config: Option<&Path>) -> Outcome {
     let cfg = load_config(config)?;
+    let mut inputs = vec![("--input", args.input.as_path())];
+    inputs.extend(args.cells.as_deref().map(|p| ("--cells", p)));
+    inputs.extend(config.map(|p| ("--config", p)));
+    let mut outputs = vec![("--output", args.output.as_path())];
+    outputs.extend(args.dead_letter.as_deref().map(|p| ("--dead-letter", p)));
+    outputs.extend(args.summary.as_deref().map(|p| ("--summary", p)));
+    super::distinct_files(&inputs, &outputs)?;
     let now = args
         .now
         .as_deref()

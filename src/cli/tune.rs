@@ -88,7 +88,21 @@ pub fn main(args: Args, config: Option<&Path>) -> Outcome {
         )));
     }
     // Every output is checked before the sweep: a missing directory must not throw away
-    // every replay's result at the end.
+    // every replay's result at the end, nor an output path overwrite an input.
+    let plot_paths = args.plot.as_deref().map(plot::paths);
+    let mut inputs = vec![
+        ("--input", args.input.as_path()),
+        ("--labels", &args.labels),
+    ];
+    inputs.extend(args.cells.as_deref().map(|p| ("--cells", p)));
+    inputs.extend(config.map(|p| ("--config", p)));
+    let mut outputs: Vec<(&str, &Path)> = Vec::new();
+    outputs.extend(args.output.as_deref().map(|p| ("--output", p)));
+    if let Some((png, svg)) = &plot_paths {
+        outputs.push(("--plot", png));
+        outputs.push(("--plot", svg));
+    }
+    super::distinct_files(&inputs, &outputs)?;
     if let Some(p) = &args.output {
         check_writable(p, "--output")?;
     }
