@@ -587,10 +587,52 @@ fn pseudonym<'a>(
     Ok(s)
 }
 
-/// 10-15 digits, optionally after one `+`: the shape of an MSISDN, IMSI or IMEI.
+/// The shape of an MSISDN, IMSI or IMEI: 10-15 digits, optionally after one `+`, as the
+/// contract words it; and the same written as people and exports write numbers, which the
+/// guard let through: after a scheme (`tel:`, `sip:`, `msisdn:`, `imsi:`, `imei:`, any
+/// case) and with separators between the digits (`-`, `.`, `(`, `)`, `/`), e.g.
+/// `tel:07700900123`, `+44-7700-900123`, `imei:353456789012345`. Only whole values: a
+/// keyed hash's hex carries runs of ten digits and more by chance (the generator's
+/// pseudonyms do, `H6e8128280909a981`), so a run inside a value proves nothing, and a
+/// value of digits and separators alone, or a scheme then digits, is no hash's output.
 pub fn looks_raw(s: &str) -> bool {
-    let digits = s.strip_prefix('+').unwrap_or(s);
-    (10..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())
+    let b = s.as_bytes();
+    // Nearly every pseudonym is told at its first byte: a letter that starts no scheme.
+    let body = match b.first() {
+        Some(b'0'..=b'9' | b'+' | b'(') => b,
+        Some(b't' | b'T' | b's' | b'S' | b'm' | b'M' | b'i' | b'I') => match scheme_len(b) {
+            Some(n) => &b[n..],
+            None => return false,
+        },
+        _ => return false,
+    };
+    let body = body.strip_prefix(b"+").unwrap_or(body);
+    if body.len() < 10 || body.len() > 30 {
+        return false;
+    }
+    let mut digits = 0;
+    for &c in body {
+        match c {
+            b'0'..=b'9' => digits += 1,
+            b'-' | b'.' | b'(' | b')' | b'/' => {}
+            _ => return false,
+        }
+    }
+    (10..=15).contains(&digits)
+}
+
+/// The length of a telephony scheme (`tel:` and the like, any case) `b` starts with: its
+/// colon's place first, so a pseudonym that merely starts with one of these letters costs
+/// a look at its first seven bytes (this runs for every pseudonym of every record).
+fn scheme_len(b: &[u8]) -> Option<usize> {
+    let names: &[&[u8]] = match b.iter().take(7).position(|&c| c == b':')? {
+        3 => &[b"tel", b"sip"],
+        4 => &[b"imsi", b"imei"],
+        6 => &[b"msisdn"],
+        _ => return None,
+    };
+    let n = names.first()?.len();
+    (b.len() > n + 1 && names.iter().any(|p| b[..n].eq_ignore_ascii_case(p))).then_some(n + 1)
 }
 
 /// Event times outside [2000, 2200) are certainly wrong and would poison the watermark.
@@ -983,6 +1025,36 @@ mod tests {
             ..Default::default()
         };
         assert!(decode(s.as_bytes(), &off).is_ok());
+        // Written with a scheme or separators, as numbers are written: still raw.
+        for raw in [
+            "tel:07700900123",
+            "TEL:+447700900123",
+            "+44-7700-900123",
+            "+44 (0)7700.900123",
+            "imei:353456789012345",
+            "IMSI:234150999999999",
+            "msisdn:447700900123",
+            "sip:+447700900123",
+            "(07700) 900123",
+        ] {
+            assert_eq!(looks_raw(raw), !raw.contains(' '), "{raw}");
+        }
+        // Not the shape: a hash's hex with a long digit run (the generator's), a scheme
+        // before letters, too few or too many digits, digits then a letter.
+        for fine in [
+            "H6e8128280909a981",
+            "L9f72143ca512c01c",
+            "tel:abc",
+            "tel:",
+            "sip:alice@example",
+            "+44-7700-900",
+            "1234-5678-9012-3456",
+            "447700900123x",
+            "S40785437d87ad6a8",
+            "imei",
+        ] {
+            assert!(!looks_raw(fine), "{fine}");
+        }
         // Nine digits or sixteen are not the shape of a raw identifier.
         assert!(dec(
             r#"{"event_id":"e","ts":1759669331250,"kind":"sms","from":"123456789","to":"1234567890123456"}"#

@@ -116,6 +116,25 @@ fn find_runs(raw: &[u8]) -> Vec<Span> {
                 _ => {}
             }
         }
+        if b.is_ascii_digit() && in_string {
+            if let Some((end, digits)) = separated_run(raw, i) {
+                if (10..=15).contains(&digits) {
+                    let start = if i > 0 && matches!(raw[i - 1], b'+' | b'-' | b'(') {
+                        i - 1
+                    } else {
+                        i
+                    };
+                    spans.push(Span {
+                        start,
+                        end,
+                        in_string,
+                        key_at: if depth >= 1 { key_at } else { None },
+                    });
+                    i = end;
+                    continue;
+                }
+            }
+        }
         if b.is_ascii_digit() {
             let start = i;
             while i < raw.len() && raw[i].is_ascii_digit() {
@@ -140,6 +159,31 @@ fn find_runs(raw: &[u8]) -> Vec<Span> {
         i += 1;
     }
     spans
+}
+
+/// A number written with separators inside a string (`+44-7700-900123`, `07700 900123`,
+/// `(0)7700.900123`): from the digit at `start`, groups of digits joined by one or two of
+/// `- . ( ) /` and blanks; its end (after its last digit) and its digit count, if it has at
+/// least one separator (a plain run is the caller's). Its digits decide as a plain run's do.
+fn separated_run(raw: &[u8], start: usize) -> Option<(usize, usize)> {
+    let is_sep = |c: u8| matches!(c, b'-' | b'.' | b'(' | b')' | b'/' | b' ');
+    let (mut i, mut end, mut digits, mut joined) = (start, start, 0, false);
+    while i < raw.len() {
+        if raw[i].is_ascii_digit() {
+            digits += 1;
+            i += 1;
+            end = i;
+            continue;
+        }
+        let seps = raw[i..].iter().take(3).take_while(|&&c| is_sep(c)).count();
+        if (1..=2).contains(&seps) && raw.get(i + seps).is_some_and(u8::is_ascii_digit) {
+            joined = true;
+            i += seps;
+            continue;
+        }
+        break;
+    }
+    joined.then_some((end, digits))
 }
 
 /// The digits at `start` are the value of a `"ts"` key (`"ts"`, optional blanks, `:`,
@@ -227,6 +271,28 @@ mod tests {
             r#"{"event_id":"e","x":{"y":["tel:[redacted];x"]},"to":"b","n":"[redacted]"}"#
         );
         assert_eq!(r.fields, ["x", "n"]);
+    }
+
+    /// A number written with separators (the decoder rejects `+44-7700-900123` as
+    /// `raw_identifier`) was dead-lettered in the clear: no one of its digit groups is ten
+    /// long.
+    #[test]
+    fn numbers_written_with_separators_are_redacted_whole() {
+        let raw = br#"{"event_id":"e","ts":1791158400000,"kind":"sms","from":"+44-7700-900123","to":"(0)7700.900123","imsi":"07700 900123","imei":"35-345678-901234-5"}"#;
+        let r = redact(raw);
+        let v: serde_json::Value = serde_json::from_slice(&r.bytes).unwrap();
+        for f in ["from", "to", "imsi", "imei"] {
+            assert_eq!(v[f], MARK, "{f}: {}", text(&r));
+        }
+        assert_eq!(v["ts"], 1_791_158_400_000i64);
+        assert!(!has_raw_identifier(&r.bytes));
+        // Dates and short numbers with separators are not identifiers; two numbers joined
+        // are each redacted as before (the second with the `-` before it, as a sign).
+        let r = redact(br#"{"d":"2026-10-05","v":"1.2.3","two":"07700900123-07700900124"}"#);
+        assert_eq!(
+            text(&r),
+            r#"{"d":"2026-10-05","v":"1.2.3","two":"[redacted][redacted]"}"#
+        );
     }
 
     #[test]
