@@ -894,7 +894,7 @@ impl Config {
             "bulk_sms.max_recipients_per_line",
             b.max_recipients_per_line >= b.min_recipients,
             b.max_recipients_per_line,
-            "at least bulk_sms.min_recipients",
+            &format!("at least bulk_sms.min_recipients ({})", b.min_recipients),
         );
 
         let c = &self.customer_fan_in;
@@ -922,7 +922,10 @@ impl Config {
             "customer_fan_in.max_customers_per_line",
             c.max_customers_per_line >= c.min_customers,
             c.max_customers_per_line,
-            "at least customer_fan_in.min_customers",
+            &format!(
+                "at least customer_fan_in.min_customers ({})",
+                c.min_customers
+            ),
         );
         r.seconds("customer_fan_in.callback_within_s", c.callback_within_s, 1);
         r.count(
@@ -964,7 +967,7 @@ impl Config {
             "handset_churn.max_sims_per_handset",
             h.max_sims_per_handset >= h.min_sims,
             h.max_sims_per_handset,
-            "at least handset_churn.min_sims",
+            &format!("at least handset_churn.min_sims ({})", h.min_sims),
         );
 
         let l = &self.line_handover;
@@ -1023,7 +1026,10 @@ impl Config {
             "runner_movement.max_stays_per_handset",
             m.max_stays_per_handset > m.min_switches && m.max_stays_per_handset <= 4096,
             m.max_stays_per_handset,
-            "more than runner_movement.min_switches, at most 4096",
+            &format!(
+                "more than runner_movement.min_switches ({}), at most 4096",
+                m.min_switches
+            ),
         );
         r.seconds("runner_movement.young_handset_s", m.young_handset_s, 1);
         r.seconds("runner_movement.burn_gap_s", m.burn_gap_s, 0);
@@ -1032,6 +1038,18 @@ impl Config {
             m.burn_quiet_s <= m.young_handset_s,
             m.burn_quiet_s,
             "at most runner_movement.young_handset_s",
+        );
+        // Equal hours made an empty night: the night rule then never holds, and on the demo
+        // city runner_movement found nothing, with no word said.
+        r.check(
+            "runner_movement.night_end_hour",
+            m.night_end_hour != m.night_start_hour,
+            m.night_end_hour,
+            &format!(
+                "not runner_movement.night_start_hour ({}): equal hours make an empty night \
+                 (22 and 6 are 22:00-06:00)",
+                m.night_start_hour
+            ),
         );
 
         let d = &self.deal_line;
@@ -1057,6 +1075,53 @@ impl Config {
             r.fraction(key, w, 0.0, false, 1.0);
         }
         r.seconds("deal_line.repeat_gap_s", d.repeat_gap_s, 1);
+        // A verdict is the sum of the weights of the evidence present: weights that cannot
+        // reach the threshold all together switch deal_line off without a word.
+        let all = d.weight_bulk_sms
+            + d.weight_repeat_bulk
+            + d.weight_fan_in
+            + d.weight_repeat_fan_in
+            + d.weight_handover
+            + d.weight_handset_churn
+            + d.weight_predecessor
+            + d.weight_runner;
+        r.check(
+            "deal_line.threshold",
+            d.threshold <= all + 1e-9,
+            d.threshold,
+            &format!(
+                "at most the sum of the deal_line weights ({}): no line could ever reach it",
+                (all * 1e6).round() / 1e6
+            ),
+        );
+        r.check(
+            "deal_line.churn_max_sims",
+            d.churn_max_sims >= h.min_sims,
+            d.churn_max_sims,
+            &format!(
+                "at least handset_churn.min_sims ({}): no churn finding could count",
+                h.min_sims
+            ),
+        );
+        // Both count a line's contacts, which the contact store keeps up to its cap.
+        let cap = b.max_recipients_per_line.max(c.max_customers_per_line);
+        let cap_says = format!(
+            "at most the contact store's per-line cap ({cap}, the larger of \
+             bulk_sms.max_recipients_per_line and customer_fan_in.max_customers_per_line): \
+             no line could reach it"
+        );
+        r.check(
+            "line_handover.min_recipients",
+            l.min_recipients <= cap,
+            l.min_recipients,
+            &cap_says,
+        );
+        r.check(
+            "customer_fan_in.min_customers_with_callbacks",
+            c.min_customers_with_callbacks <= cap,
+            c.min_customers_with_callbacks,
+            &cap_says,
+        );
         // The contact store keeps its times to the second for crate::state::MAX_SPAN_S
         // (12.1 days) before a line's newest activity: every span it is asked about, with the
         // lateness and skew a record may have, must fit (see crate::state::EPOCH_S).
@@ -1220,6 +1285,74 @@ mod tests {
             err.contains("deal_line.repeat_gap_s") && err.contains("12.1 days"),
             "{err}"
         );
+    }
+
+    /// Each of these was accepted with "ok" and then switched a detector off (or one of
+    /// its rules) without a word: on the demo city, deal_line or runner_movement found
+    /// nothing, line_handover nothing, the callback rule could never hold.
+    #[test]
+    fn settings_that_would_silently_switch_a_detector_off_are_refused() {
+        let refused = |edit: &dyn Fn(&mut Config), key: &str, why: &str| {
+            let mut c = Config::default();
+            edit(&mut c);
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(why), "{key}: {err}");
+        };
+        refused(
+            &|c| {
+                c.deal_line.weight_bulk_sms = 0.0;
+                c.deal_line.weight_fan_in = 0.0;
+                c.deal_line.weight_handover = 0.0;
+                c.deal_line.weight_repeat_bulk = 0.0;
+                c.deal_line.weight_predecessor = 0.0;
+            },
+            "deal_line.threshold = 0.7",
+            "sum of the deal_line weights (0.5)",
+        );
+        refused(
+            &|c| c.runner_movement.night_end_hour = c.runner_movement.night_start_hour,
+            "runner_movement.night_end_hour",
+            "empty night",
+        );
+        refused(
+            &|c| c.line_handover.min_recipients = 100_000,
+            "line_handover.min_recipients = 100000",
+            "per-line cap (4096",
+        );
+        refused(
+            &|c| c.customer_fan_in.min_customers_with_callbacks = 5_000,
+            "customer_fan_in.min_customers_with_callbacks",
+            "per-line cap",
+        );
+        refused(
+            &|c| c.deal_line.churn_max_sims = 1,
+            "deal_line.churn_max_sims",
+            "handset_churn.min_sims",
+        );
+        // A cross-key message gives the other key's value: the user may have set only it.
+        refused(
+            &|c| c.bulk_sms.min_recipients = 5_000,
+            "bulk_sms.max_recipients_per_line = 4096",
+            "at least bulk_sms.min_recipients (5000)",
+        );
+        // At the edges they still pass: a threshold equal to the weights' sum, a raised cap.
+        let mut c = Config::default();
+        c.deal_line.threshold = 1.0;
+        c.deal_line.weight_bulk_sms = 0.5;
+        c.deal_line.weight_fan_in = 0.5;
+        for w in [
+            &mut c.deal_line.weight_repeat_bulk,
+            &mut c.deal_line.weight_repeat_fan_in,
+            &mut c.deal_line.weight_handover,
+            &mut c.deal_line.weight_handset_churn,
+            &mut c.deal_line.weight_predecessor,
+            &mut c.deal_line.weight_runner,
+        ] {
+            *w = 0.0;
+        }
+        c.line_handover.min_recipients = 8_000;
+        c.bulk_sms.max_recipients_per_line = 8_000;
+        c.validate().unwrap();
     }
 
     #[test]
