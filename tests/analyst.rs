@@ -507,3 +507,50 @@ fn argument_errors_are_one_line_and_name_the_flag_even_for_a_negative_number() {
     assert_eq!(code, Some(0));
     assert!(out.contains("Usage: linewatch replay"), "{out}");
 }
+
+/// `engine.max_keys_per_detector = 1` gave no alert at all, and only the summary's
+/// `cap_hits` said why; a file of future-dated records was asked whether it was compressed.
+/// Both now say what happened, on stderr, in one line each.
+#[test]
+fn a_key_cap_reached_and_a_file_ahead_of_the_clock_are_said_on_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("cap.toml");
+    std::fs::write(&cfg, "[engine]\nmax_keys_per_detector = 1\n").unwrap();
+    let (code, _, err) = run(bin()
+        .arg("--config")
+        .arg(&cfg)
+        .args(["replay", "--output", "/dev/null", "--input"])
+        .arg(fixture("deal_line.jsonl")));
+    assert_eq!(code, Some(0), "{err}");
+    let warning = err
+        .lines()
+        .find(|l| l.contains("key cap"))
+        .unwrap_or_default();
+    assert!(
+        warning.starts_with("linewatch: warning: ")
+            && warning.contains("max_keys_per_detector = 1")
+            && warning.contains("contacts "),
+        "{err}"
+    );
+    // The default cap is far above the fixture's keys: no warning.
+    let (_, _, err) = run(bin()
+        .args(["replay", "--output", "/dev/null", "--input"])
+        .arg(fixture("deal_line.jsonl")));
+    assert!(!err.contains("key cap"), "{err}");
+
+    let (_, _, err) = run(bin()
+        .args([
+            "replay",
+            "--output",
+            "/dev/null",
+            "--now",
+            "2001-01-01T00:00:00Z",
+            "--input",
+        ])
+        .arg(fixture("deal_line.jsonl")));
+    assert!(
+        err.contains("mostly future_timestamp") && err.contains("--now"),
+        "{err}"
+    );
+    assert!(!err.contains("compressed"), "{err}");
+}

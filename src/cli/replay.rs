@@ -55,6 +55,7 @@ fn is_dash(p: &Path) -> bool {
 
 pub fn main(args: Args, config: Option<&Path>) -> Outcome {
     let cfg = load_config(config)?;
+    let max_keys = cfg.engine.max_keys_per_detector;
     let mut inputs = vec![("--input", args.input.as_path())];
     inputs.extend(args.cells.as_deref().map(|p| ("--cells", p)));
     inputs.extend(config.map(|p| ("--config", p)));
@@ -160,7 +161,28 @@ pub fn main(args: Args, config: Option<&Path>) -> Outcome {
     if let Some(w) = mostly_malformed(&summary) {
         eprintln!("{w}");
     }
+    if let Some(w) = at_key_cap(&summary, max_keys) {
+        eprintln!("{w}");
+    }
     Ok(())
+}
+
+/// A warning when a key cap refused keys: their records were not tracked, so what the
+/// detectors found is incomplete (`engine.max_keys_per_detector = 1` gave no alert at all,
+/// and only the summary's `cap_hits` said why).
+pub fn at_key_cap(s: &Summary, max_keys: usize) -> Option<String> {
+    let hit: Vec<String> = (s.state.iter())
+        .filter(|(_, st)| st.cap_hits > 0)
+        .map(|(name, st)| format!("{name} {}", st.cap_hits))
+        .collect();
+    if hit.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "linewatch: warning: the key cap (engine.max_keys_per_detector = {max_keys}) refused \
+         keys ({}): their records were not tracked, so detection is incomplete",
+        hit.join(", ")
+    ))
 }
 
 /// The one line `replay` ends with on stderr: what was read and what came of it.
@@ -189,9 +211,15 @@ pub fn mostly_malformed(s: &Summary) -> Option<String> {
         .max_by_key(|(_, n)| **n)
         .map(|(r, _)| r.as_str())
         .unwrap_or("?");
+    let hint = if top == "future_timestamp" {
+        "are the times ahead of the clock? Give the file's present with --now RFC3339, or \
+         raise engine.max_future_skew_s"
+    } else {
+        "is this the right file? A compressed file must be decompressed first, e.g. zcat \
+         FILE.gz | linewatch replay --input -"
+    };
     Some(format!(
-        "linewatch: warning: {} of {} records are malformed (mostly {top}): is this the right \
-         file? A compressed file must be decompressed first, e.g. zcat FILE.gz | linewatch replay --input -",
+        "linewatch: warning: {} of {} records are malformed (mostly {top}): {hint}",
         s.events_malformed, s.events_total
     ))
 }
