@@ -554,3 +554,23 @@ fn a_key_cap_reached_and_a_file_ahead_of_the_clock_are_said_on_stderr() {
     );
     assert!(!err.contains("compressed"), "{err}");
 }
+
+/// `tune` over a file of garbage swept "over 0 events" and said nothing of the lines it
+/// dropped; `replay` warns on the same file.
+#[test]
+fn tune_says_how_many_lines_were_malformed_and_warns_when_most_were() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.jsonl");
+    std::fs::write(&garbage, "not json\n{\"also\": \"not a record\"}\n[1,2]\n").unwrap();
+    let (code, _, err) = run(bin()
+        .args(["tune", "--quiet", "--input"])
+        .arg(&garbage)
+        .arg("--labels")
+        .arg(fixture("tune/labels.csv"))
+        .args(["--param", "bulk_sms.min_recipients=3"]));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("linewatch: warning: 3 of 3 lines of") && err.contains("right file"),
+        "{err}"
+    );
+}

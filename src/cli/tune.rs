@@ -125,10 +125,12 @@ pub fn main(args: Args, config: Option<&Path>) -> Outcome {
             .iter()
             // A label is the analyst's own word, but a misplaced column can put a number
             // there: printed through the dead letters' redaction.
-            .map(|(l, n)| match crate::redact::has_raw_identifier(l.as_bytes()) {
-                true => format!("{} ({n})", crate::redact::MARK),
-                false => format!("{l:?} ({n})"),
-            })
+            .map(
+                |(l, n)| match crate::redact::has_raw_identifier(l.as_bytes()) {
+                    true => format!("{} ({n})", crate::redact::MARK),
+                    false => format!("{l:?} ({n})"),
+                },
+            )
             .collect();
         eprintln!(
             "linewatch: warning: labels linewatch does not know, scored as not a target: {}",
@@ -240,6 +242,28 @@ pub fn main(args: Args, config: Option<&Path>) -> Outcome {
         rows.len(),
         if jobs == 1 { "" } else { "s" }
     );
+    // The lines that were not records were dropped from every replay without a word.
+    if let Some(r) = rows.first().filter(|r| r.events_malformed > 0) {
+        let top = r.malformed_top.as_deref().unwrap_or("?");
+        let share = r.events_malformed as f64 / r.events_total.max(1) as f64;
+        let what = format!(
+            "{} of {} lines of {} are malformed (mostly {top}) and were left out of every \
+             replay",
+            r.events_malformed,
+            r.events_total,
+            args.input.display()
+        );
+        // A few, as a real feed (and the generator) has, are counted like replay's; most
+        // is the wrong file.
+        if share > 0.5 {
+            eprintln!(
+                "linewatch: warning: {what}: is this the right file? (`linewatch replay \
+                 --dead-letter FILE` lists them)"
+            );
+        } else if !args.quiet {
+            eprintln!("tune: {what}");
+        }
+    }
     Ok(())
 }
 

@@ -44,6 +44,11 @@ pub struct Row {
     pub scores: Vec<DetectorScore>,
     /// Valid events the replay used (the same for every row; kept to show the input was read).
     pub events_valid: u64,
+    /// Lines read and lines malformed, with the commonest reason: a sweep over a file that is
+    /// mostly not records must say so, as `replay` does.
+    pub events_total: u64,
+    pub events_malformed: u64,
+    pub malformed_top: Option<String>,
     /// The subjects the swept detector got wrong (for `--format json`).
     pub mistakes: eval::Mistakes,
 }
@@ -90,6 +95,11 @@ pub fn sweep_with_cells(
                 values: c.values.clone(),
                 scores,
                 events_valid: summary.events_valid,
+                events_total: summary.events_total,
+                events_malformed: summary.events_malformed,
+                malformed_top: (summary.malformed_by_reason.iter())
+                    .max_by_key(|(_, n)| **n)
+                    .map(|(r, _)| r.clone()),
                 mistakes,
             }
         })
@@ -357,6 +367,9 @@ mod tests {
                 median_delay_s: delay_h.map(|h| h * 3600.0),
             }],
             events_valid: 1,
+            events_total: 1,
+            events_malformed: 0,
+            malformed_top: None,
             mistakes: Default::default(),
         }
     }
