@@ -574,3 +574,44 @@ fn tune_says_how_many_lines_were_malformed_and_warns_when_most_were() {
         "{err}"
     );
 }
+
+/// A full disk said "No space left on device" and nothing else: which of replay's three
+/// outputs, or generate's four, had failed was not said (generate blamed the events for the
+/// labels file's failure).
+#[test]
+fn a_write_error_names_the_file_and_its_flag() {
+    // Each input has something for the output that fails: alerts, dead letters.
+    for (flag, what, input) in [
+        ("--output", "output", "deal_line.jsonl"),
+        ("--dead-letter", "dead-letter file", "malformed.jsonl"),
+        ("--summary", "summary", "deal_line.jsonl"),
+    ] {
+        let mut c = bin();
+        c.args(["replay", "--quiet", "--input"])
+            .arg(fixture(input))
+            .args([flag, "/dev/full"]);
+        if flag != "--output" {
+            c.args(["--output", "/dev/null"]);
+        }
+        let (code, _, err) = run(&mut c);
+        assert_eq!(code, Some(1), "{flag}: {err}");
+        assert!(
+            err.contains(&format!("cannot write {what} /dev/full")),
+            "{flag}: {err}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) = run(bin().current_dir(dir.path()).args([
+        "generate",
+        "--subscribers",
+        "1000",
+        "--days",
+        "1",
+        "--output",
+        "g.jsonl",
+        "--labels",
+        "/dev/full",
+    ]));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("cannot write labels file /dev/full"), "{err}");
+}

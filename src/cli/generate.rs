@@ -99,9 +99,9 @@ fn is_dash(p: &Path) -> bool {
     p.as_os_str() == "-"
 }
 
-fn create(path: &Path, what: &str) -> Result<BufWriter<File>, Failure> {
+fn create(path: &Path, what: &'static str) -> Result<BufWriter<super::Named<File>>, Failure> {
     File::create(path)
-        .map(|f| BufWriter::with_capacity(1 << 20, f))
+        .map(|f| BufWriter::with_capacity(1 << 20, super::Named::new(f, what, path)))
         .map_err(|e| Failure::usage(format!("cannot create {what} {}: {e}", path.display())))
 }
 

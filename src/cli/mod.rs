@@ -174,6 +174,40 @@ impl FileId {
     }
 }
 
+/// A file being written whose errors name it: "No space left on device" alone did not say
+/// which of `replay`'s three outputs, or `generate`'s four, had failed (the labels file's
+/// was reported as the events').
+pub struct Named<W> {
+    inner: W,
+    what: &'static str,
+    path: PathBuf,
+}
+
+impl<W> Named<W> {
+    pub fn new(inner: W, what: &'static str, path: &Path) -> Self {
+        Named {
+            inner,
+            what,
+            path: path.to_path_buf(),
+        }
+    }
+
+    fn name(&self, e: std::io::Error) -> std::io::Error {
+        let message = format!("cannot write {} {}: {e}", self.what, self.path.display());
+        std::io::Error::new(e.kind(), message)
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for Named<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.inner.write(buf).map_err(|e| self.name(e))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush().map_err(|e| self.name(e))
+    }
+}
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {

@@ -43,9 +43,9 @@ pub struct Args {
     pub shards: u16,
 }
 
-fn create(path: &Path, what: &str) -> Result<BufWriter<File>, Failure> {
+fn create(path: &Path, what: &'static str) -> Result<BufWriter<super::Named<File>>, Failure> {
     File::create(path)
-        .map(|f| BufWriter::with_capacity(1 << 16, f))
+        .map(|f| BufWriter::with_capacity(1 << 16, super::Named::new(f, what, path)))
         .map_err(|e| Failure::usage(format!("cannot create {what} {}: {e}", path.display())))
 }
 
