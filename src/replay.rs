@@ -410,6 +410,7 @@ pub fn run_with<R: BufRead, S: Sink>(
     mut progress: impl FnMut(u64),
     decode_ahead: bool,
 ) -> io::Result<Summary> {
+    skip_bom(&mut input)?;
     if engine.shard_count() > 1 {
         return run_sharded(engine, input, sink, progress);
     }
@@ -656,6 +657,18 @@ impl<'e, S: Sink> Out<'e, S> {
     }
 }
 
+/// The UTF-8 byte-order mark some tools (spreadsheets, Windows editors) write at the start
+/// of a text file: skipped, as the CSV and TOML readers skip it. It sent the first record
+/// to the dead letters as `invalid_json`.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+fn skip_bom<R: BufRead>(input: &mut R) -> io::Result<()> {
+    if input.fill_buf()?.starts_with(BOM) {
+        input.consume(BOM.len());
+    }
+    Ok(())
+}
+
 /// A record without its line ending and surrounding blanks.
 pub fn trim_line(buf: &[u8]) -> &[u8] {
     let start = buf
@@ -690,6 +703,7 @@ pub fn replay_bytes_sharded(
     cells: Option<std::sync::Arc<crate::cells::CellMap>>,
     shards: usize,
 ) -> (Vec<Alert>, Summary) {
+    let data = data.strip_prefix(BOM).unwrap_or(data);
     let mut engine = Engine::with_shards(cfg, shards);
     engine.set_cells(cells);
     let mut sink = CollectSink::default();
@@ -702,6 +716,26 @@ pub fn replay_bytes_sharded(
 mod tests {
     use super::*;
     use crate::config::Config;
+
+    #[test]
+    fn a_byte_order_mark_before_the_first_record_is_skipped() {
+        let rec = br#"{"event_id":"e1","ts":1791158400000,"kind":"sms","from":"La","to":"Lb"}"#;
+        let mut with_bom = BOM.to_vec();
+        with_bom.extend_from_slice(rec);
+        with_bom.push(b'\n');
+        let (_, s) = replay_bytes_sharded(crate::config::Config::default(), &with_bom, None, 1);
+        assert_eq!((s.events_valid, s.events_malformed), (1, 0));
+        let mut e = Engine::new(crate::config::Config::default());
+        let mut sink = CollectSink::default();
+        let s = run_with(&mut e, &with_bom[..], &mut sink, |_| {}, false).unwrap();
+        assert_eq!((s.events_valid, s.events_malformed), (1, 0));
+        // Only at the start: a mark inside the file is a malformed line.
+        let mut two = rec.to_vec();
+        two.push(b'\n');
+        two.extend_from_slice(&with_bom);
+        let (_, s) = replay_bytes_sharded(crate::config::Config::default(), &two, None, 1);
+        assert_eq!((s.events_valid, s.events_malformed), (1, 1));
+    }
 
     #[test]
     fn trim_line_strips_crlf_and_blanks() {
