@@ -553,6 +553,44 @@ pub struct Rules {
     allowed: Vec<(&'static str, String)>,
 }
 
+/// What a broker list may be, for the messages.
+pub const BROKERS_ALLOWED: &str =
+    "HOST:PORT[,HOST:PORT...]: host names or addresses, no blanks inside, ports 1-65535";
+
+/// A bootstrap list librdkafka can use: entries split by commas, each `[PROTOCOL://]HOST[:PORT]`
+/// (an IPv6 address in brackets). `not a broker` passed, and `run` then retried the name
+/// resolution until it was killed.
+pub fn brokers_ok(list: &str) -> bool {
+    list.split(',').all(|entry| {
+        let e = entry.trim();
+        let e = e.split_once("://").map_or(e, |(_, rest)| rest);
+        let (host_ok, port) = if let Some(v6) = e.strip_prefix('[') {
+            let Some((addr, rest)) = v6.split_once(']') else {
+                return false;
+            };
+            let port = match rest {
+                "" => None,
+                r => match r.strip_prefix(':') {
+                    Some(p) => Some(p),
+                    None => return false,
+                },
+            };
+            (addr.parse::<std::net::Ipv6Addr>().is_ok(), port)
+        } else {
+            let (h, port) = match e.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (e, None),
+            };
+            let ok = !h.is_empty()
+                && (h.bytes())
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+            (ok, port)
+        };
+        let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
+        host_ok && port_ok
+    })
+}
+
 impl Rules {
     fn new() -> Self {
         Rules {
@@ -1165,6 +1203,14 @@ impl Config {
         ] {
             r.non_empty(key, v);
         }
+        if !s.brokers.trim().is_empty() {
+            r.check(
+                "service.brokers",
+                brokers_ok(&s.brokers),
+                format_args!("{:?}", s.brokers),
+                BROKERS_ALLOWED,
+            );
+        }
         r.socket_addr("service.http_addr", &s.http_addr, "127.0.0.1:9464");
         r.seconds("service.drain_timeout_s", s.drain_timeout_s, 1);
         r.seconds(
@@ -1353,6 +1399,39 @@ mod tests {
         c.line_handover.min_recipients = 8_000;
         c.bulk_sms.max_recipients_per_line = 8_000;
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn a_broker_list_is_checked_for_its_shape() {
+        for ok in [
+            "127.0.0.1:9092",
+            "kafka-0.kafka:9092, kafka-1.kafka:9092",
+            "broker",
+            "SSL://b1.example.net:9093",
+            "[::1]:9092",
+            "[fe80::1]",
+        ] {
+            assert!(brokers_ok(ok), "{ok}");
+        }
+        for bad in [
+            "not a broker",
+            "host:port",
+            "host:0",
+            "host:70000",
+            "a:9092,,b:9092",
+            "[::1",
+            "[nope]:9092",
+            ":9092",
+        ] {
+            assert!(!brokers_ok(bad), "{bad}");
+        }
+        let mut c = Config::default();
+        c.service.brokers = "not a broker".into();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("service.brokers") && err.contains("HOST:PORT"),
+            "{err}"
+        );
     }
 
     #[test]

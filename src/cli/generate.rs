@@ -168,6 +168,11 @@ fn resolve(args: &Args) -> Result<Resolved, Failure> {
         (Some(b), Some(t)) => {
             if b.trim().is_empty() {
                 problems.push("--kafka-brokers is empty".into());
+            } else if !crate::config::brokers_ok(b) {
+                problems.push(format!(
+                    "--kafka-brokers {b:?} is not {}",
+                    crate::config::BROKERS_ALLOWED
+                ));
             }
             if t.trim().is_empty() {
                 problems.push("--topic is empty".into());
