@@ -615,3 +615,44 @@ fn a_write_error_names_the_file_and_its_flag() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("cannot write labels file /dev/full"), "{err}");
 }
+
+/// `run` took a broker list of no possible shape and a state directory that is a file,
+/// and then retried the name resolution (or ran without the directory) until it was
+/// killed. Both end at start, in one line, before any connection is tried.
+#[test]
+fn run_refuses_a_shapeless_broker_list_and_a_state_dir_that_is_a_file_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    for (extra, wants) in [
+        (vec!["--brokers", "not a broker"], "service.brokers"),
+        (
+            vec![
+                "--brokers",
+                "127.0.0.1:1",
+                "--state-dir",
+                file.to_str().unwrap(),
+            ],
+            "it is a file",
+        ),
+    ] {
+        let mut child = bin()
+            .args(["run", "--http", "127.0.0.1:0"])
+            .args(&extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let status = wait_within(&mut child, Duration::from_secs(10));
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert_eq!(status.code(), Some(2), "{extra:?}: {err}");
+        assert!(err.contains(wants), "{extra:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
+}

@@ -159,6 +159,23 @@ pub fn main(args: Args, config: Option<&Path>) -> Outcome {
     cfg.validate()
         .map_err(|e| Failure::usage(format!("invalid configuration: {e}")))?;
     let cells = args.cells.as_deref().map(super::load_cells).transpose()?;
+    // Asked for by name, a state directory that cannot be one is the operator's mistake, not
+    // a store to do without: the service would run on the state topic alone, with a warning
+    // among its logs (as for a disk that fails later).
+    let dir = Path::new(&cfg.service.state_dir);
+    if !cfg.service.state_dir.is_empty() {
+        let why = match std::fs::create_dir_all(dir) {
+            Ok(()) => None,
+            Err(_) if dir.exists() && !dir.is_dir() => Some("it is a file".to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(why) = why {
+            return Err(Failure::usage(format!(
+                "state directory {} (service.state_dir) cannot be used: {why}",
+                dir.display()
+            )));
+        }
+    }
     init_logging(args.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
