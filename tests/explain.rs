@@ -226,8 +226,11 @@ fn cli_explains_stdin_and_finds_by_id_prefix() {
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("alerts.jsonl");
-    // Other records in the file are skipped, not fatal.
-    std::fs::write(&file, format!("not json\n{jsonl}")).unwrap();
+    // Other records in the file are skipped, not fatal: a line that is not JSON, or not
+    // even UTF-8 (that one ended the search with "stream did not contain valid UTF-8").
+    let mut bytes = b"not json\n\xff\xfe not utf-8\n".to_vec();
+    bytes.extend_from_slice(jsonl.as_bytes());
+    std::fs::write(&file, bytes).unwrap();
     let deal = alerts.iter().find(|a| a.detector == "deal_line").unwrap();
     let (code, out, err) = run(
         &[
@@ -241,6 +244,19 @@ fn cli_explains_stdin_and_finds_by_id_prefix() {
     );
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, explain(deal));
+    // An id not there: the skipped lines are counted in the message.
+    let (code, _, err) = run(
+        &[
+            "explain",
+            "--id",
+            "zzzz",
+            "--alerts",
+            file.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("2 lines skipped as not JSON"), "{err}");
 }
 
 #[test]

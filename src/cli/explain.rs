@@ -93,10 +93,14 @@ fn find(id: &str, path: &Path) -> Result<String, Failure> {
     let mut first: Option<(usize, Value)> = None;
     let mut prefixed = 0usize;
     let mut read = 0usize;
-    for (n, line) in BufReader::new(f).lines().enumerate() {
+    // Lines that are not JSON (or not UTF-8: one such line ended the search with "stream
+    // did not contain valid UTF-8") are skipped, and counted for the message.
+    let mut skipped = 0usize;
+    for (n, line) in BufReader::new(f).split(b'\n').enumerate() {
         let line = line
             .map_err(|e| Failure::usage(format!("cannot read alerts {}: {e}", path.display())))?;
-        let Ok(v) = serde_json::from_str::<Value>(line.trim()) else {
+        let Ok(v) = serde_json::from_slice::<Value>(line.trim_ascii()) else {
+            skipped += usize::from(!line.trim_ascii().is_empty());
             continue;
         };
         let items = match v {
@@ -122,8 +126,12 @@ fn find(id: &str, path: &Path) -> Result<String, Failure> {
     match (prefixed, first) {
         (1, Some((n, v))) => to_text(&v, &format!("{} line {n}", path.display())),
         (0, _) | (_, None) => Err(Failure::usage(format!(
-            "no alert with id {id} in {} ({read} alerts read)",
-            path.display()
+            "no alert with id {id} in {} ({read} alerts read{})",
+            path.display(),
+            match skipped {
+                0 => String::new(),
+                n => format!(", {n} lines skipped as not JSON"),
+            }
         ))),
         (many, _) => Err(Failure::usage(format!(
             "{many} alert ids in {} start with {id}: give more of it",
