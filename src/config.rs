@@ -743,8 +743,8 @@ impl<'de> Deserialize<'de> for Node {
     }
 }
 
-/// serde's wording of a type (`u64`) in an analyst's words.
-fn plain_type_error(message: &str) -> String {
+/// serde's wording of a type (`u64`) in an analyst's words (also for `tune --param`).
+pub fn plain_type_error(message: &str) -> String {
     let mut m = message.to_string();
     for (from, to) in [
         ("expected u64", "expected a whole number"),

@@ -656,3 +656,41 @@ fn run_refuses_a_shapeless_broker_list_and_a_state_dir_that_is_a_file_at_once() 
         assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     }
 }
+
+/// Three more messages that did not say what was wrong: a plot prefix that is a directory
+/// ("ImageError(Unsupported(...))"), a swept value of the wrong sign ("expected u32"), and
+/// an unreadable LINEWATCH_LOG (ignored without a word).
+#[test]
+fn a_plot_directory_a_negative_sweep_value_and_a_bad_log_filter_are_said_plainly() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("{}/", dir.path().display());
+    let (code, out, err) = run(&mut tune(&["--plot", &prefix]));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("a directory; give a file prefix"), "{err}");
+    assert!(out.is_empty(), "{out}");
+
+    let mut c = tune(&[]);
+    c.args(["--param", "bulk_sms.window_s=-5"]);
+    let (code, _, err) = run(&mut c);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("expected a whole number"), "{err}");
+    assert!(!err.contains("u64") && !err.contains("u32"), "{err}");
+
+    let mut child = bin()
+        .env("LINEWATCH_LOG", "[[[")
+        .args(["run", "--http", "127.0.0.1:0", "--brokers", "127.0.0.1:1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let first = err.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("linewatch: warning: LINEWATCH_LOG=")
+            && first.contains("not a log filter"),
+        "{err}"
+    );
+}

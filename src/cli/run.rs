@@ -114,8 +114,16 @@ impl Args {
 
 pub(crate) fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_env("LINEWATCH_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_env("LINEWATCH_LOG").unwrap_or_else(|e| {
+        // Unset is the default; set but unreadable was ignored without a word.
+        if let Ok(v) = std::env::var("LINEWATCH_LOG") {
+            eprintln!(
+                "linewatch: warning: LINEWATCH_LOG={v:?} is not a log filter ({e}); logging at \
+                 info (e.g. LINEWATCH_LOG=debug or linewatch=debug,rdkafka=warn)"
+            );
+        }
+        EnvFilter::new("info")
+    });
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(filter);

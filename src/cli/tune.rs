@@ -89,6 +89,16 @@ pub fn main(args: Args, config: Option<&Path>) -> Outcome {
     }
     // Every output is checked before the sweep: a missing directory must not throw away
     // every replay's result at the end, nor an output path overwrite an input.
+    if let Some(prefix) = args.plot.as_deref() {
+        let s = prefix.as_os_str().to_string_lossy();
+        if s.ends_with('/') || prefix.is_dir() {
+            return Err(Failure::usage(format!(
+                "--plot {}: a directory; give a file prefix, e.g. {}",
+                prefix.display(),
+                prefix.join("sweep").display()
+            )));
+        }
+    }
     let plot_paths = args.plot.as_deref().map(plot::paths);
     let mut inputs = vec![
         ("--input", args.input.as_path()),

@@ -282,8 +282,9 @@ pub fn grid(base: &Config, params: &[Param]) -> Result<Vec<Combination>, TuneErr
         // generated document would mean nothing to the user.
         let invalid = |e: &dyn fmt::Display| {
             TuneError(format!(
-                "--param {} makes an invalid configuration: {e}",
-                describe(params, &values)
+                "--param {} makes an invalid configuration: {}",
+                describe(params, &values),
+                crate::config::plain_type_error(e.to_string().trim_end())
             ))
         };
         let config: Config = doc.try_into().map_err(|e: toml::de::Error| invalid(&e))?;
