@@ -132,9 +132,16 @@ impl GenOptions {
             v.push(format!("days must be 1..={MAX_DAYS}, got {}", self.days));
         }
         // Event times must stay inside what the decoder accepts (1970..2200).
+        // Said of the start only when the start is the problem: with `--days 100000` the
+        // days' own message is the one that helps.
         let end = self.start_ms.saturating_add(self.days as i64 * DAY_MS);
-        if self.start_ms < 0 || end >= 7_258_118_400_000 {
-            v.push("start must be between 1970 and 2199".to_string());
+        if self.start_ms < 0 {
+            v.push("start must be in 1970 or later".to_string());
+        } else if (1..=MAX_DAYS).contains(&self.days) && end >= 7_258_118_400_000 {
+            v.push(format!(
+                "start plus {} days must end before 2200: start earlier or give fewer days",
+                self.days
+            ));
         }
         if let Some(n) = self.networks {
             let max = self.subscribers / 200;
@@ -416,6 +423,22 @@ mod tests {
             ..GenOptions::default()
         };
         assert_eq!(o.problems().len(), 3, "{:?}", o.problems());
+        // Too many days is said of the days alone (it also blamed the start, not given).
+        let o = GenOptions {
+            days: 100_000,
+            ..GenOptions::default()
+        };
+        assert_eq!(
+            o.problems(),
+            [format!("days must be 1..={MAX_DAYS}, got 100000")]
+        );
+        let o = GenOptions {
+            days: 30,
+            start_ms: 7_258_118_400_000 - 10 * DAY_MS,
+            ..GenOptions::default()
+        };
+        assert_eq!(o.problems().len(), 1, "{:?}", o.problems());
+        assert!(o.problems()[0].contains("must end before 2200"));
         let mut sink = |_: &[u8]| Ok(());
         let e = generate(&o, &mut sink, &mut io::sink()).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
