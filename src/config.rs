@@ -1100,7 +1100,7 @@ impl Config {
             false,
             1.0,
         );
-        for (key, w) in [
+        let weights = [
             ("deal_line.weight_bulk_sms", d.weight_bulk_sms),
             ("deal_line.weight_repeat_bulk", d.weight_repeat_bulk),
             ("deal_line.weight_fan_in", d.weight_fan_in),
@@ -1109,20 +1109,14 @@ impl Config {
             ("deal_line.weight_handset_churn", d.weight_handset_churn),
             ("deal_line.weight_predecessor", d.weight_predecessor),
             ("deal_line.weight_runner", d.weight_runner),
-        ] {
+        ];
+        for (key, w) in weights {
             r.fraction(key, w, 0.0, false, 1.0);
         }
         r.seconds("deal_line.repeat_gap_s", d.repeat_gap_s, 1);
         // A verdict is the sum of the weights of the evidence present: weights that cannot
         // reach the threshold all together switch deal_line off without a word.
-        let all = d.weight_bulk_sms
-            + d.weight_repeat_bulk
-            + d.weight_fan_in
-            + d.weight_repeat_fan_in
-            + d.weight_handover
-            + d.weight_handset_churn
-            + d.weight_predecessor
-            + d.weight_runner;
+        let all: f64 = weights.iter().map(|(_, w)| w).sum();
         r.check(
             "deal_line.threshold",
             d.threshold <= all + 1e-9,

@@ -45,6 +45,20 @@ fn wait_within(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     }
 }
 
+/// [`wait_within`], then what the child wrote on its piped stderr (a one-line message never
+/// fills the pipe before the child exits).
+fn wait_with_stderr(child: &mut Child, limit: Duration) -> (std::process::ExitStatus, String) {
+    let status = wait_within(child, limit);
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (status, err)
+}
+
 #[test]
 fn closed_output_pipe_ends_each_analyst_command_quietly() {
     use std::os::unix::process::ExitStatusExt;
@@ -256,14 +270,7 @@ fn replay_refuses_a_terminal_on_stdin_instead_of_waiting() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let status = wait_within(&mut child, Duration::from_secs(20));
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let (status, err) = wait_with_stderr(&mut child, Duration::from_secs(20));
     unsafe { libc::close(master) };
     assert_eq!(status.code(), Some(2), "{err}");
     assert!(err.contains("stdin is a terminal"), "{err}");
@@ -643,14 +650,7 @@ fn run_refuses_a_shapeless_broker_list_and_a_state_dir_that_is_a_file_at_once() 
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let status = wait_within(&mut child, Duration::from_secs(10));
-        let mut err = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
+        let (status, err) = wait_with_stderr(&mut child, Duration::from_secs(10));
         assert_eq!(status.code(), Some(2), "{extra:?}: {err}");
         assert!(err.contains(wants), "{extra:?}: {err}");
         assert_eq!(err.trim_end().lines().count(), 1, "{err}");

@@ -100,9 +100,7 @@ fn is_dash(p: &Path) -> bool {
 }
 
 fn create(path: &Path, what: &'static str) -> Result<BufWriter<super::Named<File>>, Failure> {
-    File::create(path)
-        .map(|f| BufWriter::with_capacity(1 << 20, super::Named::new(f, what, path)))
-        .map_err(|e| Failure::usage(format!("cannot create {what} {}: {e}", path.display())))
+    super::create_output(path, what, 1 << 20)
 }
 
 /// Where the events go.

@@ -208,6 +208,18 @@ impl<W: std::io::Write> std::io::Write for Named<W> {
     }
 }
 
+/// Creates an output file, buffered by `capacity` bytes, its write errors naming it
+/// ([`Named`]); a file that cannot be created is a usage error naming it.
+pub fn create_output(
+    path: &Path,
+    what: &'static str,
+    capacity: usize,
+) -> Result<std::io::BufWriter<Named<std::fs::File>>, Failure> {
+    std::fs::File::create(path)
+        .map(|f| std::io::BufWriter::with_capacity(capacity, Named::new(f, what, path)))
+        .map_err(|e| Failure::usage(format!("cannot create {what} {}: {e}", path.display())))
+}
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {

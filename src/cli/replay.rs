@@ -44,9 +44,7 @@ pub struct Args {
 }
 
 fn create(path: &Path, what: &'static str) -> Result<BufWriter<super::Named<File>>, Failure> {
-    File::create(path)
-        .map(|f| BufWriter::with_capacity(1 << 16, super::Named::new(f, what, path)))
-        .map_err(|e| Failure::usage(format!("cannot create {what} {}: {e}", path.display())))
+    super::create_output(path, what, 1 << 16)
 }
 
 fn is_dash(p: &Path) -> bool {

@@ -135,12 +135,13 @@ pub fn main(args: Args, config: Option<&Path>) -> Outcome {
             .iter()
             // A label is the analyst's own word, but a misplaced column can put a number
             // there: printed through the dead letters' redaction.
-            .map(
-                |(l, n)| match crate::redact::has_raw_identifier(l.as_bytes()) {
-                    true => format!("{} ({n})", crate::redact::MARK),
-                    false => format!("{l:?} ({n})"),
-                },
-            )
+            .map(|(l, n)| {
+                if crate::redact::has_raw_identifier(l.as_bytes()) {
+                    format!("{} ({n})", crate::redact::MARK)
+                } else {
+                    format!("{l:?} ({n})")
+                }
+            })
             .collect();
         eprintln!(
             "linewatch: warning: labels linewatch does not know, scored as not a target: {}",
