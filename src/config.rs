@@ -743,6 +743,29 @@ impl<'de> Deserialize<'de> for Node {
     }
 }
 
+/// The dotted key set on line `line` (1-based) of TOML `text`, read from the text alone
+/// (`key = value` under the nearest `[section]` above it): for a syntax error, where no
+/// parsed document says which key a bad value (`2^64`, an unclosed string) belonged to.
+/// None when the line sets no key.
+fn key_on_line(text: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let here = lines.get(line.checked_sub(1)?)?.trim();
+    let (key, _) = here.split_once('=')?;
+    let key = key.trim().trim_matches(|c| c == '"' || c == '\'');
+    if key.is_empty() || key.starts_with('#') || key.starts_with('[') {
+        return None;
+    }
+    let section = lines[..line - 1].iter().rev().find_map(|l| {
+        let l = l.trim();
+        let inner = l.strip_prefix('[')?.split(']').next()?.trim();
+        (!l.starts_with("[[") && !inner.is_empty()).then_some(inner)
+    });
+    Some(match section {
+        Some(sec) => format!("{sec}.{key}"),
+        None => key.to_string(),
+    })
+}
+
 /// serde's wording of a type (`u64`) in an analyst's words (also for `tune --param`).
 pub fn plain_type_error(message: &str) -> String {
     let mut m = message.to_string();
@@ -780,7 +803,13 @@ impl Config {
         let doc: toml::Table = toml::from_str(text).map_err(|e| {
             // A syntax error leaves nothing to check key by key.
             let line = e.span().map(|s| line_of(s.start));
-            ConfigError::one(format!("{}{}", place(line), e.message().replace('\n', " ")))
+            let key = line.and_then(|l| key_on_line(text, l));
+            let key = key.map(|k| format!("{k}: ")).unwrap_or_default();
+            ConfigError::one(format!(
+                "{}{key}{}",
+                place(line),
+                e.message().replace('\n', " ")
+            ))
         })?;
         let offsets = KeyOffsets::of(text);
         let located = |key: &str| offsets.offset(key).map(line_of);
@@ -1307,6 +1336,29 @@ mod tests {
     fn shipped_file_equals_built_in_defaults() {
         let text = include_str!("../config/linewatch.toml");
         assert_eq!(Config::from_toml(text).unwrap(), Config::default());
+    }
+
+    /// A number too large for TOML is a syntax error, found before any key is read: it
+    /// named the line but not the key.
+    #[test]
+    fn a_syntax_error_in_a_value_names_its_key() {
+        let text = "# a comment\n[engine]\nmax_keys_per_detector = 10\n\n[bulk_sms]\n  \
+                    min_recipients = 18446744073709551616\n";
+        let err = Config::from_toml(text).unwrap_err().to_string();
+        assert!(
+            err.contains("line 6: bulk_sms.min_recipients: number too large"),
+            "{err}"
+        );
+        let err = Config::from_toml("window_s = \"unclosed\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 1: window_s: "), "{err}");
+        assert_eq!(key_on_line("[a]\n# x = 1\n", 2), None);
+        assert_eq!(key_on_line("[a]\n[b]\n", 2), None);
+        assert_eq!(
+            key_on_line("[a.b]\n\"k\" = 1\n", 2).as_deref(),
+            Some("a.b.k")
+        );
     }
 
     #[test]
