@@ -160,6 +160,9 @@ pub struct Summary {
     pub events_malformed: u64,
     pub events_duplicate: u64,
     pub events_late: u64,
+    /// Lines of the input that hold nothing but blanks: no record, so not in
+    /// `events_total`, but counted, so every line of the input is accounted for.
+    pub blank_lines: u64,
     pub alerts_total: u64,
     pub alerts_by_detector: BTreeMap<String, u64>,
     /// Malformed records by reason; sums to `events_malformed` (late records are counted in
@@ -194,6 +197,8 @@ impl Summary {
             events_malformed: c.events_malformed,
             events_duplicate: c.events_duplicate,
             events_late: c.events_late,
+            // Not the engine's: the reader's (set by [`run`] after this).
+            blank_lines: 0,
             alerts_total: c.alerts_total,
             alerts_by_detector: DETECTORS
                 .iter()
@@ -459,8 +464,11 @@ pub fn run_with<R: BufRead, S: Sink>(
         }
         std::mem::swap(&mut this, &mut next);
     }
-    out.end()?;
-    Ok(Summary::of(engine, started.elapsed().as_secs_f64()))
+    let blank_lines = out.end()?;
+    Ok(Summary {
+        blank_lines,
+        ..Summary::of(engine, started.elapsed().as_secs_f64())
+    })
 }
 
 /// Lines a step holds when the engine has several shards: each step is one batch for the
@@ -523,8 +531,11 @@ fn run_sharded<R: BufRead, S: Sink>(
         }
         std::mem::swap(&mut this, &mut next);
     }
-    out.end()?;
-    Ok(Summary::of(engine, started.elapsed().as_secs_f64()))
+    let blank_lines = out.end()?;
+    Ok(Summary {
+        blank_lines,
+        ..Summary::of(engine, started.elapsed().as_secs_f64())
+    })
 }
 
 /// [`run`] on this thread alone: steps of [`STEP_LINES`] lines, each run through the engine
@@ -556,8 +567,11 @@ fn run_serial<R: BufRead, S: Sink>(
             break;
         }
     }
-    out.end()?;
-    Ok(Summary::of(engine, started.elapsed().as_secs_f64()))
+    let blank_lines = out.end()?;
+    Ok(Summary {
+        blank_lines,
+        ..Summary::of(engine, started.elapsed().as_secs_f64())
+    })
 }
 
 /// Where [`run_with`] sends each line's outcome.
@@ -566,6 +580,8 @@ struct Out<'e, S> {
     sink: &'e mut S,
     /// Lines handed out so far (the dead letters' line numbers).
     line_no: u64,
+    /// Of those, lines of nothing but blanks ([`Summary::blank_lines`]).
+    blank_lines: u64,
     /// The wall clock, read every 4096 lines.
     wall: Millis,
 }
@@ -576,6 +592,7 @@ impl<'e, S: Sink> Out<'e, S> {
             engine,
             sink,
             line_no: 0,
+            blank_lines: 0,
             wall: wall_ms(),
         }
     }
@@ -621,6 +638,7 @@ impl<'e, S: Sink> Out<'e, S> {
                 self.wall = wall_ms();
             }
             if matches!(line, Line::Blank) {
+                self.blank_lines += 1;
                 continue;
             }
             // One verdict per record passed, in order: they cannot run out first.
@@ -646,14 +664,15 @@ impl<'e, S: Sink> Out<'e, S> {
     }
 
     /// The end of the input: evidence still in flight between shards is applied (a final
-    /// barrier), so a replay reports what the last records completed.
-    fn end(&mut self) -> io::Result<()> {
+    /// barrier), so a replay reports what the last records completed. Returns the blank
+    /// lines counted.
+    fn end(&mut self) -> io::Result<u64> {
         let mut alerts = Vec::new();
         self.engine.flush(self.wall, &mut alerts);
         for a in &alerts {
             self.sink.alert(a)?;
         }
-        Ok(())
+        Ok(self.blank_lines)
     }
 }
 
@@ -750,6 +769,12 @@ mod tests {
         let mut sink = CollectSink::default();
         let s = run(&mut engine, &data[..], &mut sink, |_| {}).unwrap();
         assert_eq!(s.events_total, 3);
+        // The blank line is no record, but it is counted, on every path.
+        assert_eq!(s.blank_lines, 1);
+        for shards in [1, 2] {
+            let (_, s) = replay_bytes_sharded(Config::default(), &data[..], None, shards);
+            assert_eq!((s.events_total, s.blank_lines), (3, 1), "{shards} shards");
+        }
         assert_eq!(s.events_valid, 1);
         assert_eq!(s.events_malformed, 2);
         assert_eq!(sink.dead_letters[0].0, 2);

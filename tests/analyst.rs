@@ -290,6 +290,20 @@ fn replay_ends_with_a_count_line_and_warns_when_most_lines_are_malformed() {
     );
     assert!(!err.contains("warning"), "{err}");
 
+    // Blank lines are no records, and the count line says how many there were.
+    let dir = tempfile::tempdir().unwrap();
+    let spaced = dir.path().join("spaced.jsonl");
+    let mut text = std::fs::read_to_string(fixture("deal_line.jsonl")).unwrap();
+    text.insert_str(0, "\n  \n");
+    text.push_str("\r\n");
+    std::fs::write(&spaced, text).unwrap();
+    let (code, _, err) = run(bin().args(["replay", "--input"]).arg(&spaced));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.starts_with("replay: 196 records (and 3 blank lines): 196 valid, 0 malformed, "),
+        "{err}"
+    );
+
     // A gzip file passed by mistake: binary lines, all malformed.
     let dir = tempfile::tempdir().unwrap();
     let gz = dir.path().join("cdr.jsonl.gz");

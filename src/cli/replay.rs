@@ -185,8 +185,13 @@ pub fn at_key_cap(s: &Summary, max_keys: usize) -> Option<String> {
 
 /// The one line `replay` ends with on stderr: what was read and what came of it.
 pub fn count_line(s: &Summary) -> String {
+    let blank = match s.blank_lines {
+        0 => String::new(),
+        1 => " (and 1 blank line)".to_string(),
+        n => format!(" (and {n} blank lines)"),
+    };
     format!(
-        "replay: {} records: {} valid, {} malformed, {} duplicate, {} late; {} alerts in {:.1} s",
+        "replay: {} records{blank}: {} valid, {} malformed, {} duplicate, {} late; {} alerts in {:.1} s",
         s.events_total,
         s.events_valid,
         s.events_malformed,
