@@ -1232,6 +1232,13 @@ impl Engine {
         self.watermarks.register(partition, wall);
     }
 
+    /// Notes that an assigned partition is at the end of its log with nothing of it left
+    /// to process: it holds the watermark no more until its next record
+    /// ([`Watermarks::at_rest`]).
+    pub fn partition_at_rest(&mut self, partition: i32) {
+        self.watermarks.at_rest(partition);
+    }
+
     /// Forgets a partition's watermark (it was revoked).
     pub fn remove_partition(&mut self, partition: i32) {
         self.watermarks.remove(partition);

@@ -1,9 +1,10 @@
 //! Event-time watermarks, per source partition.
 //!
 //! Each partition's watermark is the highest event time it has delivered minus the allowed
-//! lateness; the engine's is the minimum over partitions that are not idle, so a slow
-//! partition holds time back but a silent one does not stall every window. `replay` has one
-//! partition. Wall-clock time is passed in, never read here.
+//! lateness; the engine's is the minimum over partitions that are neither idle nor at rest,
+//! so a slow partition holds time back but a silent one does not stall every window, and
+//! one at the end of its log (even one that never delivered anything) does not hold it at
+//! all. `replay` has one partition. Wall-clock time is passed in, never read here.
 
 use serde::{Deserialize, Serialize};
 
@@ -15,6 +16,10 @@ struct Part {
     /// None: assigned, nothing delivered yet.
     max_ts: Option<Millis>,
     last_wall: Millis,
+    /// At the end of its log with nothing of it waiting to be processed ([`Watermarks::at_rest`]),
+    /// until its next record. Not saved: the service says so again at its next batch.
+    #[serde(skip)]
+    at_rest: bool,
 }
 
 /// Watermark over a set of partitions.
@@ -50,7 +55,20 @@ impl Watermarks {
                 partition,
                 max_ts: None,
                 last_wall: wall,
+                at_rest: false,
             });
+        }
+    }
+
+    /// Notes that a partition has nothing more for now: it is at the end of its log and
+    /// every record it delivered has been processed. Until its next record it holds the
+    /// watermark no more than an idle one does: a partition that never delivers anything
+    /// (an empty partition of a backlog) would otherwise hold time at its start for
+    /// `idle_timeout` of wall time, and every record read meanwhile would be judged against
+    /// no watermark at all (none late, no barrier). Unknown partitions are ignored.
+    pub fn at_rest(&mut self, partition: i32) {
+        if let Some(p) = self.parts.iter_mut().find(|p| p.partition == partition) {
+            p.at_rest = true;
         }
     }
 
@@ -60,11 +78,13 @@ impl Watermarks {
             Some(p) => {
                 p.max_ts = Some(p.max_ts.map_or(ts, |m| m.max(ts)));
                 p.last_wall = p.last_wall.max(wall);
+                p.at_rest = false;
             }
             None => self.parts.push(Part {
                 partition,
                 max_ts: Some(ts),
                 last_wall: wall,
+                at_rest: false,
             }),
         }
     }
@@ -91,7 +111,7 @@ impl Watermarks {
         for p in self
             .parts
             .iter()
-            .filter(|p| wall.saturating_sub(p.last_wall) <= self.idle_timeout)
+            .filter(|p| !p.at_rest && wall.saturating_sub(p.last_wall) <= self.idle_timeout)
         {
             any_active = true;
             match p.max_ts {
@@ -102,7 +122,8 @@ impl Watermarks {
         let base = if any_active {
             min
         } else {
-            // All partitions idle: the freshest one leads, otherwise time would freeze.
+            // All partitions idle or at rest: the freshest one leads, otherwise time would
+            // freeze.
             self.parts.iter().filter_map(|p| p.max_ts).max()
         };
         base.map_or(Millis::MIN, |t| t - self.lateness)
@@ -165,6 +186,31 @@ mod tests {
         w.register(1, 0);
         w.observe(0, 9_000, 2_000);
         assert_eq!(w.current(2_000), 8_900);
+    }
+
+    #[test]
+    fn a_partition_at_rest_does_not_hold_time_until_it_delivers_again() {
+        let mut w = Watermarks::new(100, 60_000);
+        w.register(0, 0);
+        w.register(1, 0);
+        w.observe(0, 9_000, 10);
+        // Partition 1 is empty: held at its start, for a minute of wall time.
+        assert_eq!(w.current(10), Millis::MIN);
+        w.at_rest(1);
+        assert_eq!(w.current(10), 8_900);
+        // Its next record makes it count again, at its own time.
+        w.observe(1, 5_000, 20);
+        assert_eq!(w.current(20), 4_900);
+        w.observe(0, 12_000, 30);
+        assert_eq!(w.current(30), 4_900);
+        w.at_rest(1);
+        assert_eq!(w.current(30), 11_900);
+        // Every partition at rest: the freshest leads, as when all are idle.
+        w.at_rest(0);
+        assert_eq!(w.current(30), 11_900);
+        // An unknown partition is ignored.
+        w.at_rest(7);
+        assert_eq!(w.current(30), 11_900);
     }
 
     #[test]

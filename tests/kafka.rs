@@ -15,8 +15,8 @@ use linewatch::alert::Alert;
 use linewatch::config::Config;
 use linewatch::replay::replay_bytes;
 use support::{
-    brokers, produce, read_alert_ids, read_until, records, Msg, Service, Setup, Topics, MIN, T0,
-    WAIT,
+    brokers, produce, produce_to, read_alert_ids, read_until, records, Msg, Service, Setup, Topics,
+    MIN, T0, WAIT,
 };
 
 /// Thresholds low enough for a small, readable traffic; quick retries and drain.
@@ -690,6 +690,89 @@ async fn a_backlog_over_several_partitions_is_not_called_late() {
     assert_eq!(
         svc.metric("linewatch_records_total{result=\"late\"}").await,
         0.0
+    );
+}
+
+/// A partition with nothing in it (here the second of two; all the records are in the
+/// first) held the watermark at its start until `partition_idle_timeout_s` of wall time had
+/// passed: every record read meanwhile was judged against no watermark, so none was late
+/// (replay calls some late), no barrier ran, and cross-key alerts waited for traffic after
+/// the timeout. At its end of log it no longer holds the watermark: the late records and the
+/// (detector, subject) pairs are replay's, as on one partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_partition_does_not_hold_the_watermark() {
+    use linewatch::generate::{self, GenOptions};
+
+    let b = brokers();
+    let t = Topics::named("empty-part");
+    t.create(2).await;
+    // The generator's late records, duplicates and malformed lines included, in file order.
+    let (events, _, _) = generate::generate_in_memory(&GenOptions {
+        seed: 5,
+        subscribers: 3_000,
+        days: 2,
+        ..GenOptions::default()
+    })
+    .expect("generate");
+    let lines: Vec<String> = String::from_utf8(events)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let config = "[service]\nbatch_max_wait_ms = 20\ndrain_timeout_s = 20\n";
+    let (want, summary) = replay_bytes(
+        Config::from_toml(config).unwrap(),
+        lines.join("\n").as_bytes(),
+    );
+    assert!(summary.events_late > 0, "the city should have late records");
+    let pairs = |v: &[Alert]| -> BTreeSet<(String, String)> {
+        v.iter()
+            .map(|a| (a.detector.clone(), a.subject.clone()))
+            .collect()
+    };
+    let want = pairs(&want);
+    produce_to(&t.input, &records(&lines, true), |_| Some(0)).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let svc = Service::start_ready(&config_file(&dir, config), &t.args(&b)).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (_, text) = svc.get("/metrics").await;
+        let counted = support::metric_sum(&text, "linewatch_records_total", "result");
+        if counted == Some(lines.len() as f64) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "records counted: {counted:?} of {}",
+            lines.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Within the idle timeout (60 s by default): the empty partition never idled.
+    assert!(
+        started.elapsed() < Duration::from_secs(55),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        svc.metric("linewatch_records_total{result=\"late\"}").await,
+        summary.events_late as f64,
+        "late records as replay counts them"
+    );
+    let (_, text) = svc.get("/metrics").await;
+    let n =
+        support::metric_sum(&text, "linewatch_alerts_total", "detector").unwrap_or(0.0) as usize;
+    let got = pairs(&alerts_of(
+        &read_until(&t.alerts, WAIT, |m| m.len() >= n).await,
+    ));
+    assert!(
+        got == want,
+        "(detector, subject) pairs differ from replay's {}: missing {:?}, extra {:?}",
+        want.len(),
+        want.difference(&got).collect::<Vec<_>>(),
+        got.difference(&want).collect::<Vec<_>>()
     );
 }
 

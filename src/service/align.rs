@@ -254,6 +254,26 @@ impl Align {
         })
     }
 
+    /// Partitions with nothing more for now: none of their records waits here, and they
+    /// are at the end of their log (an EOF, or statistics saw them there with nothing
+    /// received since), as [`Align::release`] reads it. Once the records released before
+    /// have been processed, such a partition need not hold the engine's watermark
+    /// ([`crate::engine::Engine::partition_at_rest`]).
+    pub fn at_rest<'a>(
+        &'a self,
+        caught_up: &'a BTreeMap<Tp, i64>,
+    ) -> impl Iterator<Item = Tp> + 'a {
+        self.lanes
+            .iter()
+            .filter(move |(tp, lane)| {
+                let caught = caught_up
+                    .get(tp)
+                    .is_some_and(|at| lane.next.is_none_or(|n| n == *at));
+                lane.records.is_empty() && (self.ended(tp, lane) || caught)
+            })
+            .map(|(tp, _)| *tp)
+    }
+
     /// Partitions to pause: at `max` records held, those still fetching that have records
     /// waiting (they are ahead of a partition being waited for). Noted as paused.
     pub fn to_pause(&mut self, max: usize) -> Vec<Tp> {
@@ -387,6 +407,34 @@ mod tests {
             order_at(&mut a, &on, t0 + Duration::from_secs(92)),
             [(0, 1)]
         );
+    }
+
+    #[test]
+    fn at_rest_are_the_partitions_at_their_end_with_nothing_waiting() {
+        let mut a = Align::default();
+        let on = assigned(&[0, 1, 2]);
+        let now = Instant::now();
+        let rest = |a: &Align, caught: &BTreeMap<Tp, i64>| a.at_rest(caught).collect::<Vec<_>>();
+        // Partition 1 is empty and at its end; 0 has a record waiting behind 2's silence.
+        a.at_end(1, 1);
+        a.push(held(0, 0, Some(100)), now);
+        assert!(order(&mut a, &on).is_empty(), "partition 2 is waited for");
+        assert_eq!(rest(&a, &BTreeMap::new()), [(0, 1)]);
+        // Statistics put partition 2 at its end: it is at rest too, and 0 goes on; 0 is
+        // then at rest only once it is at its end as well.
+        let caught = BTreeMap::from([((0, 2), 0)]);
+        assert_eq!(rest(&a, &caught), [(0, 1), (0, 2)]);
+        a.at_end(0, 1);
+        assert_eq!(
+            rest(&a, &caught),
+            [(0, 1), (0, 2)],
+            "0 still has a record waiting"
+        );
+        a.release(&on, &caught, usize::MAX, now, IDLE, |_| {});
+        assert_eq!(rest(&a, &caught), [(0, 0), (0, 1), (0, 2)]);
+        // A record makes its partition busy again.
+        a.push(held(1, 0, Some(200)), now);
+        assert_eq!(rest(&a, &caught), [(0, 0), (0, 2)]);
     }
 
     #[test]

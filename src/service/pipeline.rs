@@ -395,7 +395,13 @@ impl Pipeline {
                 let (out, next) = if self.streams.is_some() {
                     self.process_ingest(&intake.batch, &topics)?
                 } else {
-                    self.process(&intake.batch, &topics)
+                    // Partitions with nothing more for now, before this batch (whose
+                    // records of them, if any, make them count again as they come).
+                    let at_rest: Vec<Tp> = {
+                        let shared = lock(&self.shared);
+                        intake.align.at_rest(&shared.caught_up).collect()
+                    };
+                    self.process(&intake.batch, &topics, &at_rest)
                 };
                 intake.batch.clear();
                 if stopping_since.is_none() && *self.stop.borrow() {
@@ -647,7 +653,12 @@ impl Pipeline {
 
     /// Runs the batch through the engine; returns its alerts and dead letters, and the next
     /// offset to commit per partition.
-    fn process(&mut self, batch: &Batch, topics: &[String]) -> (Vec<Outgoing>, BTreeMap<Tp, i64>) {
+    fn process(
+        &mut self,
+        batch: &Batch,
+        topics: &[String],
+        at_rest: &[Tp],
+    ) -> (Vec<Outgoing>, BTreeMap<Tp, i64>) {
         self.adopt_restored();
         let wall: Millis = wall_ms();
         let mut next = BTreeMap::new();
@@ -660,6 +671,14 @@ impl Pipeline {
         // not (see Watermarks::register); known ones are left as they are.
         for tp in shared.assigned.keys() {
             self.engine.assign_partition(engine_partition(*tp), wall);
+        }
+        // At their end with nothing of them waiting: they hold the watermark no more than
+        // an idle partition does, so an empty partition of a backlog does not hold it at
+        // its start for `partition_idle_timeout_s` (every record read meanwhile judged
+        // against no watermark: none late, no barrier, results that depend on how fast
+        // the backlog is read).
+        for tp in at_rest.iter().filter(|tp| shared.assigned.contains_key(tp)) {
+            self.engine.partition_at_rest(engine_partition(*tp));
         }
         let mut last: Option<(Tp, Generation, bool)> = None;
         let opts = self.engine.decode_options();
