@@ -1160,11 +1160,22 @@ impl Pipeline {
                     .watermark_lag(t, partition, now.saturating_sub(wm) / 1000);
             }
         }
-        let (n, standby) = {
+        let (n, standby, down) = {
             let shared = lock(&self.shared);
-            (shared.assigned.len(), shared.standby)
+            let down = shared.brokers_down_since.map(|t| t.elapsed());
+            (shared.assigned.len(), shared.standby, down)
         };
-        if n > 0 {
+        if let Some(down) = down.filter(|d| *d >= source::BROKERS_DOWN_GRACE) {
+            // Nothing is read or published while no broker can be reached: an orchestrator
+            // or an operator asking `/readyz` should see it (the partitions stay assigned).
+            self.status.set(
+                false,
+                format!(
+                    "Kafka brokers unreachable for {} s; retrying",
+                    down.as_secs()
+                ),
+            );
+        } else if n > 0 {
             self.status.set(true, source::assigned_status(n));
         } else if standby {
             self.status.set(true, source::STANDING_BY);

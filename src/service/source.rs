@@ -185,6 +185,24 @@ pub struct Assignment {
     pub restored: Option<Box<Restored>>,
     /// The group's last assignment gave this member no partitions: it stands by.
     pub standby: bool,
+    /// Since when librdkafka's statistics have seen no connection to any broker of the
+    /// cluster up ([`brokers_up`]); `None` while one is. The run loop reports the service
+    /// not ready once this has lasted [`BROKERS_DOWN_GRACE`].
+    pub brokers_down_since: Option<std::time::Instant>,
+}
+
+/// How long no broker may be reachable before the service says it is not ready: longer
+/// than a reconnect after a broker's restart or a leader's move takes, so a blip does not
+/// make readiness flap.
+pub const BROKERS_DOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether the client is connected to some broker of the cluster, by its statistics: a
+/// broker it learned from the cluster's metadata (not a bootstrap address, nor a logical
+/// one such as the group coordinator's) in state `UP`. `None` before it has learned any.
+pub fn brokers_up(stats: &Statistics) -> Option<bool> {
+    let mut learned = stats.brokers.values().filter(|b| b.nodeid >= 0).peekable();
+    learned.peek()?;
+    Some(learned.any(|b| b.state == "UP"))
 }
 
 /// The consumer's librdkafka callbacks.
@@ -555,6 +573,22 @@ impl ClientContext for SourceContext {
 
     fn stats(&self, stats: Statistics) {
         let mut shared = lock(&self.shared);
+        match (brokers_up(&stats), shared.brokers_down_since) {
+            (Some(false), None) => {
+                shared.brokers_down_since = Some(std::time::Instant::now());
+                tracing::warn!(
+                    "Kafka brokers unreachable: no connection to any broker is up; retrying"
+                );
+            }
+            (Some(true), Some(since)) => {
+                shared.brokers_down_since = None;
+                tracing::info!(
+                    down_s = since.elapsed().as_secs(),
+                    "Kafka brokers reachable again"
+                );
+            }
+            _ => {}
+        }
         for (name, topic) in &stats.topics {
             let Some(ti) = self.topic_index(name) else {
                 continue;
@@ -740,5 +774,47 @@ pub fn consumer_error_class(e: &KafkaError) -> ErrorClass {
         // A missing or deleted input topic, a partition error or a broker outage: the
         // consumer recovers on its own once the cause is gone.
         _ => ErrorClass::Retriable,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn brokers_are_up_when_a_learned_broker_is_up_and_unknown_before_any_is_learned() {
+        use rdkafka::statistics::Broker;
+        let broker = |nodeid: i32, state: &str| Broker {
+            nodeid,
+            state: state.to_string(),
+            ..Broker::default()
+        };
+        let stats = |bs: Vec<(&str, Broker)>| Statistics {
+            brokers: bs.into_iter().map(|(n, b)| (n.to_string(), b)).collect(),
+            ..Statistics::default()
+        };
+        // Only the bootstrap address (and the logical coordinator): nothing learned yet.
+        let s = stats(vec![
+            ("b/bootstrap", broker(-1, "UP")),
+            ("GroupCoordinator", broker(-1, "UP")),
+        ]);
+        assert_eq!(brokers_up(&s), None);
+        let s = stats(vec![
+            ("b/bootstrap", broker(-1, "UP")),
+            ("h:1/1", broker(1, "UP")),
+        ]);
+        assert_eq!(brokers_up(&s), Some(true));
+        // The cluster's brokers down, even with a bootstrap connection counted as up.
+        let s = stats(vec![
+            ("b/bootstrap", broker(-1, "UP")),
+            ("h:1/1", broker(1, "DOWN")),
+            ("h:2/2", broker(2, "TRY_CONNECT")),
+        ]);
+        assert_eq!(brokers_up(&s), Some(false));
+        let s = stats(vec![
+            ("h:1/1", broker(1, "DOWN")),
+            ("h:2/2", broker(2, "UP")),
+        ]);
+        assert_eq!(brokers_up(&s), Some(true));
     }
 }
