@@ -588,31 +588,38 @@ fn pseudonym<'a>(
 }
 
 /// The shape of an MSISDN, IMSI or IMEI: 10-15 digits, optionally after one `+`, as the
-/// contract words it; and the same written as people and exports write numbers, which the
-/// guard let through: after a scheme (`tel:`, `sip:`, `msisdn:`, `imsi:`, `imei:`, any
-/// case) and with separators between the digits (`-`, `.`, `(`, `)`, `/`), e.g.
-/// `tel:07700900123`, `+44-7700-900123`, `imei:353456789012345`. Only whole values: a
-/// keyed hash's hex carries runs of ten digits and more by chance (the generator's
-/// pseudonyms do, `H6e8128280909a981`), so a run inside a value proves nothing, and a
-/// value of digits and separators alone, or a scheme then digits, is no hash's output.
+/// contract words it; and the same written as people, exports and URIs write numbers,
+/// which the guard let through: after schemes and prefixes (`urn:`, `tel:`, `sip:`,
+/// `sips:`, `msisdn:`, `imsi:`, `imei:`, `msisdn=`, `imsi=`, `imei=`, any case, one after
+/// another as in `urn:tel:`), with separators between the digits (`-`, `.`, `(`, `)`,
+/// `/`), and ending at the value's end or at an `@` or `;` (a URI's host or parameters,
+/// not inspected), e.g. `tel:07700900123`, `+44-7700-900123`,
+/// `sip:+447700900123@ims.example.org`, `tel:+447700900123;phone-context=+44`,
+/// `msisdn=447700900123`. A keyed hash's hex carries runs of ten digits and more by
+/// chance (the generator's pseudonyms do, `H6e8128280909a981`), so a run inside a value
+/// proves nothing: only a number that makes up the whole value, after its prefixes and
+/// before an `@`/`;`, is raw; that is no hash's output.
 pub fn looks_raw(s: &str) -> bool {
-    let b = s.as_bytes();
+    let mut body = s.as_bytes();
     // Nearly every pseudonym is told at its first byte: a letter that starts no scheme.
-    let body = match b.first() {
-        Some(b'0'..=b'9' | b'+' | b'(') => b,
-        Some(b't' | b'T' | b's' | b'S' | b'm' | b'M' | b'i' | b'I') => match scheme_len(b) {
-            Some(n) => &b[n..],
-            None => return false,
-        },
-        _ => return false,
-    };
-    let body = body.strip_prefix(b"+").unwrap_or(body);
-    if body.len() < 10 || body.len() > 30 {
-        return false;
+    loop {
+        match body.first() {
+            Some(b'0'..=b'9' | b'+' | b'(') => break,
+            Some(b't' | b'T' | b's' | b'S' | b'm' | b'M' | b'i' | b'I' | b'u' | b'U') => {
+                match scheme_len(body) {
+                    Some(n) => body = &body[n..],
+                    None => return false,
+                }
+            }
+            _ => return false,
+        }
     }
+    let body = body.strip_prefix(b"+").unwrap_or(body);
     let mut digits = 0;
-    for &c in body {
+    for (i, &c) in body.iter().enumerate() {
         match c {
+            b'@' | b';' => break,
+            _ if i >= 30 => return false,
             b'0'..=b'9' => digits += 1,
             b'-' | b'.' | b'(' | b')' | b'/' => {}
             _ => return false,
@@ -621,18 +628,23 @@ pub fn looks_raw(s: &str) -> bool {
     (10..=15).contains(&digits)
 }
 
-/// The length of a telephony scheme (`tel:` and the like, any case) `b` starts with: its
-/// colon's place first, so a pseudonym that merely starts with one of these letters costs
-/// a look at its first seven bytes (this runs for every pseudonym of every record).
+/// The length of a telephony scheme or prefix (`tel:`, `msisdn=` and the like, any case)
+/// `b` starts with, its `:` or `=` included: that byte's place first, so a pseudonym that
+/// merely starts with one of these letters costs a look at its first seven bytes (this
+/// runs for every pseudonym of every record).
 fn scheme_len(b: &[u8]) -> Option<usize> {
-    let names: &[&[u8]] = match b.iter().take(7).position(|&c| c == b':')? {
-        3 => &[b"tel", b"sip"],
-        4 => &[b"imsi", b"imei"],
-        6 => &[b"msisdn"],
+    let at = b.iter().take(7).position(|&c| c == b':' || c == b'=')?;
+    let names: &[&[u8]] = match (at, b[at]) {
+        (3, b':') => &[b"tel", b"sip", b"urn"],
+        (4, b':') => &[b"imsi", b"imei", b"sips"],
+        (4, _) => &[b"imsi", b"imei"],
+        (6, _) => &[b"msisdn"],
         _ => return None,
     };
-    let n = names.first()?.len();
-    (b.len() > n + 1 && names.iter().any(|p| b[..n].eq_ignore_ascii_case(p))).then_some(n + 1)
+    names
+        .iter()
+        .any(|p| b[..at].eq_ignore_ascii_case(p))
+        .then_some(at + 1)
 }
 
 /// Event times outside [2000, 2200) are certainly wrong and would poison the watermark.
@@ -1060,6 +1072,68 @@ mod tests {
             r#"{"event_id":"e","ts":1759669331250,"kind":"sms","from":"123456789","to":"1234567890123456"}"#
         )
         .is_ok());
+    }
+
+    /// Numbers written as URIs and exports write them (a scheme chain, `=` prefixes, a
+    /// `@host` or `;param` tail) were taken for pseudonyms.
+    #[test]
+    fn raw_identifier_in_uri_and_prefix_forms_is_rejected() {
+        for raw in [
+            "sip:+447700900123@ims.example.org",
+            "sips:+447700900123@x.org",
+            "tel:+447700900123;phone-context=+44",
+            "447700900123@sms",
+            "msisdn=447700900123",
+            "urn:tel:07700900123",
+            "TEL:+44-7700-900123;ext=1",
+            "IMSI=234150999999999",
+            "imei=353456789012345",
+            "Sip:447700900123;user=phone",
+            "URN:TEL:+447700900123",
+            "msisdn:+447700900123@x",
+        ] {
+            assert!(looks_raw(raw), "{raw}");
+            let rec = format!(
+                r#"{{"event_id":"e","ts":1759669331250,"kind":"sms","from":"a","to":"{raw}"}}"#
+            );
+            let err = dec(&rec).unwrap_err();
+            assert_eq!(
+                (err.reason, err.field),
+                (Reason::RawIdentifier, Some("to")),
+                "{raw}"
+            );
+        }
+        // Pseudonym-like values, and the generator's hex forms, still pass.
+        for fine in [
+            "sipping",
+            "tel",
+            "msisdn",
+            "user@example",
+            "urn:x:abc",
+            "urn:",
+            "urn:tel:",
+            "sip:",
+            "sips:alice@x.org",
+            "msisdn=",
+            "msisdn=abc",
+            "imsi=12345",
+            "tel:+44770090;x",
+            "tel:4477009001234567@x",
+            "@447700900123",
+            ";447700900123",
+            "447700900123x@sms",
+            "u447700900123",
+            "H6e8128280909a981",
+            "L74928e1116c75c4b",
+            "S3933c279208fd89e",
+            "Se8128280909a9812",
+            "T1234567890abcdef",
+            "M0123456789012345",
+            "I0123456789abcdef",
+            "U0123456789abcdef",
+        ] {
+            assert!(!looks_raw(fine), "{fine}");
+        }
     }
 
     #[test]

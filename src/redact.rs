@@ -8,10 +8,15 @@
 //! The rule works on bytes, so it holds for records that are not JSON, not UTF-8 or cut
 //! short: every maximal run of 10-15 ASCII digits (with a `+` or `-` right before it, that
 //! too) is replaced by `[redacted]`, quoted when it stands outside a JSON string so that a
-//! JSON record stays JSON. The one exception is a run of exactly 13 digits that is the
-//! value of a `"ts"` key: that is an epoch-millisecond time (2001-2286), which a dead-letter
-//! reader needs and which identifies no one. Runs of 16 digits or more are not the shape of
-//! an MSISDN/IMSI/IMEI and are kept.
+//! JSON record stays JSON: there the whole JSON number the run is part of (sign, fraction,
+//! exponent) is replaced, as `447700900123.5` would otherwise leave `"[redacted]".5`.
+//! Inside a string, digit groups joined by one or two separators count as one run, and a
+//! `\uXXXX` (or `\/`) escape standing for a digit, `+` or separator counts as that
+//! character, so a number written with escapes (which any JSON reader decodes) is found and
+//! replaced whole; other escapes are skipped whole. The one exception is a run of exactly
+//! 13 digits that is the value of a `"ts"` key: that is an epoch-millisecond time
+//! (2001-2286), which a dead-letter reader needs and which identifies no one. Runs of 16
+//! digits or more are not the shape of an MSISDN/IMSI/IMEI and are kept.
 
 use std::borrow::Cow;
 
@@ -75,31 +80,34 @@ struct Span {
     key_at: Option<usize>,
 }
 
-/// Finds the runs to redact with a small JSON-aware scan: string state (for quoting) and the
-/// top-level key in force (for naming the field). On bytes that are not JSON the scan still
-/// finds every run; only the field names become meaningless, and those are not used then.
+/// Finds the runs to redact with a small JSON-aware scan: string state (for quoting and
+/// escapes) and the top-level key in force (for naming the field). On bytes that are not
+/// JSON the scan still finds every run; only the field names become meaningless, and those
+/// are not used then.
 fn find_runs(raw: &[u8]) -> Vec<Span> {
-    let mut spans = Vec::new();
+    let mut spans: Vec<Span> = Vec::new();
     let mut in_string = false;
-    let mut escaped = false;
     let mut depth = 0usize;
     // At depth 1 the string after `{` or `,` is a key: it is in force from its opening quote
     // (so a run inside the key itself is named by that key, which is then redacted).
     let mut expect_key = false;
     let mut key_at: Option<usize> = None;
+    // The unit before `i`: where it starts and the character it stands for (a sign or `(`
+    // there belongs to a run starting at `i`).
+    let mut prev: Option<(usize, u8)> = None;
+    // The end of the last run of number bytes looked at outside strings: the runs of digits
+    // in one such run share it, so it is found once (the scan stays linear).
+    let mut number_end = 0;
     let mut i = 0;
     while i < raw.len() {
-        let b = raw[i];
+        let (c, len) = unit(raw, i, in_string);
         if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
+            // An escaped quote is a unit of its own (`c` is not `"` for it).
+            if c == b'"' {
                 in_string = false;
             }
         } else {
-            match b {
+            match c {
                 b'"' => {
                     in_string = true;
                     if depth == 1 && expect_key {
@@ -109,76 +117,197 @@ fn find_runs(raw: &[u8]) -> Vec<Span> {
                 }
                 b'{' | b'[' => {
                     depth += 1;
-                    expect_key = depth == 1 && b == b'{';
+                    expect_key = depth == 1 && c == b'{';
                 }
                 b'}' | b']' => depth = depth.saturating_sub(1),
                 b',' if depth == 1 => expect_key = true,
                 _ => {}
             }
         }
-        if b.is_ascii_digit() && in_string {
-            if let Some((end, digits)) = separated_run(raw, i) {
-                if (10..=15).contains(&digits) {
-                    let start = if i > 0 && matches!(raw[i - 1], b'+' | b'-' | b'(') {
-                        i - 1
-                    } else {
-                        i
-                    };
-                    spans.push(Span {
-                        start,
-                        end,
-                        in_string,
-                        key_at: if depth >= 1 { key_at } else { None },
-                    });
-                    i = end;
-                    continue;
-                }
-            }
-        }
-        if b.is_ascii_digit() {
-            let start = i;
-            while i < raw.len() && raw[i].is_ascii_digit() {
-                i += 1;
-            }
-            let n = i - start;
-            if (10..=15).contains(&n) && !(n == 13 && !in_string && is_ts_value(raw, start)) {
-                let start = if start > 0 && matches!(raw[start - 1], b'+' | b'-') {
-                    start - 1
-                } else {
-                    start
-                };
+        if c.is_ascii_digit() {
+            let key_at = if depth >= 1 { key_at } else { None };
+            let after = spans.last().map_or(0, |s| s.end);
+            let (span, end) = if in_string {
+                string_run(raw, i, prev)
+            } else {
+                number_run(raw, i, prev, after, &mut number_end)
+            };
+            if let Some((start, end)) = span {
                 spans.push(Span {
                     start,
-                    end: i,
+                    end,
                     in_string,
-                    key_at: if depth >= 1 { key_at } else { None },
+                    key_at,
                 });
             }
+            // The run's units are digits, separators and their escapes: none changes the
+            // scan's state. A run ends with a digit, which no run after it takes in.
+            prev = None;
+            i = end;
             continue;
         }
-        i += 1;
+        prev = Some((i, c));
+        i += len;
     }
     spans
 }
 
+/// The run inside a string whose first digit (unit) is at `i`, `prev` the unit before it:
+/// the span to redact, if any, and where the scan goes on.
+fn string_run(raw: &[u8], i: usize, prev: Option<(usize, u8)>) -> (Option<(usize, usize)>, usize) {
+    let sign = |signs: &[u8]| match prev {
+        Some((at, c)) if signs.contains(&c) => at,
+        _ => i,
+    };
+    if let Some((end, digits)) = separated_run(raw, i) {
+        if (10..=15).contains(&digits) {
+            return (Some((sign(b"+-("), end)), end);
+        }
+    }
+    let (mut end, mut n) = (i, 0);
+    while end < raw.len() {
+        let (c, len) = unit(raw, end, true);
+        if !c.is_ascii_digit() {
+            break;
+        }
+        n += 1;
+        end += len;
+    }
+    let span = (10..=15).contains(&n).then(|| (sign(b"+-"), end));
+    (span, end)
+}
+
+/// The run of plain digits outside a string starting at `i`, `prev` the byte before it
+/// and `after` the end of the last span: the span to redact, if any, and where the scan
+/// goes on. When the run is part of a JSON number (a sign, a fraction, an exponent), the
+/// span is the whole number, so that the record stays JSON.
+fn number_run(
+    raw: &[u8],
+    i: usize,
+    prev: Option<(usize, u8)>,
+    after: usize,
+    number_end: &mut usize,
+) -> (Option<(usize, usize)>, usize) {
+    let end = i + raw[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+    let n = end - i;
+    if !(10..=15).contains(&n) || (n == 13 && is_ts_value(raw, i)) {
+        return (None, end);
+    }
+    let in_number = |c: &u8| matches!(c, b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-');
+    let from = i - raw[after..i]
+        .iter()
+        .rev()
+        .take_while(|c| in_number(c))
+        .count();
+    if *number_end < end {
+        *number_end = end + raw[end..].iter().take_while(|c| in_number(c)).count();
+    }
+    let to = *number_end;
+    if is_json_number(&raw[from..to]) {
+        return (Some((from, to)), to);
+    }
+    let start = match prev {
+        Some((at, b'+' | b'-')) => at,
+        _ => i,
+    };
+    (Some((start, end)), end)
+}
+
+/// `t` is a JSON number, leading zeros allowed (`-`, digits, optional `.` and digits,
+/// optional `e` or `E`, sign and digits).
+fn is_json_number(t: &[u8]) -> bool {
+    fn digits(t: &[u8]) -> Option<&[u8]> {
+        let n = t.iter().take_while(|c| c.is_ascii_digit()).count();
+        (n > 0).then(|| &t[n..])
+    }
+    let t = t.strip_prefix(b"-").unwrap_or(t);
+    let Some(mut t) = digits(t) else {
+        return false;
+    };
+    if let Some(f) = t.strip_prefix(b".") {
+        match digits(f) {
+            Some(rest) => t = rest,
+            None => return false,
+        }
+    }
+    if let Some(e) = t.strip_prefix(b"e").or_else(|| t.strip_prefix(b"E")) {
+        let e = e
+            .strip_prefix(b"+")
+            .or_else(|| e.strip_prefix(b"-"))
+            .unwrap_or(e);
+        match digits(e) {
+            Some(rest) => t = rest,
+            None => return false,
+        }
+    }
+    t.is_empty()
+}
+
+/// The unit of text at `i` and the character it stands for, as the scan sees it: one byte,
+/// or inside a string an escape: `\uXXXX` (6 bytes) or `\/` standing for a digit, `+`, or
+/// one of the separators is that character, so that a number written with escapes is
+/// found (and redacted) whole; any other escape stands for no character the scan looks
+/// for (0), so its hex digits are not taken for digits and an escaped quote ends no string.
+fn unit(raw: &[u8], i: usize, in_string: bool) -> (u8, usize) {
+    let b = raw[i];
+    if !in_string || b != b'\\' {
+        return (b, 1);
+    }
+    match raw.get(i + 1) {
+        Some(b'u') => match raw.get(i + 2..i + 6) {
+            Some(h) if h.iter().all(u8::is_ascii_hexdigit) => {
+                let v = h.iter().fold(0u32, |v, &d| {
+                    v * 16 + char::from(d).to_digit(16).unwrap_or_default()
+                });
+                match u8::try_from(v) {
+                    Ok(c) if c.is_ascii_digit() || c == b'+' || is_sep(c) => (c, 6),
+                    _ => (0, 6),
+                }
+            }
+            _ => (0, 2),
+        },
+        Some(b'/') => (b'/', 2),
+        Some(_) => (0, 2),
+        None => (0, 1),
+    }
+}
+
+/// A separator between the digit groups of a number written inside a string.
+fn is_sep(c: u8) -> bool {
+    matches!(c, b'-' | b'.' | b'(' | b')' | b'/' | b' ')
+}
+
 /// A number written with separators inside a string (`+44-7700-900123`, `07700 900123`,
 /// `(0)7700.900123`): from the digit at `start`, groups of digits joined by one or two of
-/// `- . ( ) /` and blanks; its end (after its last digit) and its digit count, if it has at
-/// least one separator (a plain run is the caller's). Its digits decide as a plain run's do.
+/// `- . ( ) /` and blanks (each a byte or an escape standing for it, see [`unit`]); its
+/// end (after its last digit) and its digit count, if it has at least one separator (a
+/// plain run is the caller's). Its digits decide as a plain run's do.
 fn separated_run(raw: &[u8], start: usize) -> Option<(usize, usize)> {
-    let is_sep = |c: u8| matches!(c, b'-' | b'.' | b'(' | b')' | b'/' | b' ');
     let (mut i, mut end, mut digits, mut joined) = (start, start, 0, false);
     while i < raw.len() {
-        if raw[i].is_ascii_digit() {
+        let (c, len) = unit(raw, i, true);
+        if c.is_ascii_digit() {
             digits += 1;
-            i += 1;
+            i += len;
             end = i;
+            // Too long to be redacted already: no need to read on (the scan stays linear).
+            if digits > 15 {
+                break;
+            }
             continue;
         }
-        let seps = raw[i..].iter().take(3).take_while(|&&c| is_sep(c)).count();
-        if (1..=2).contains(&seps) && raw.get(i + seps).is_some_and(u8::is_ascii_digit) {
+        let (mut j, mut seps) = (i, 0);
+        while seps < 3 && j < raw.len() {
+            let (c, len) = unit(raw, j, true);
+            if !is_sep(c) {
+                break;
+            }
+            seps += 1;
+            j += len;
+        }
+        if (1..=2).contains(&seps) && j < raw.len() && unit(raw, j, true).0.is_ascii_digit() {
             joined = true;
-            i += seps;
+            i = j;
             continue;
         }
         break;
@@ -318,6 +447,71 @@ mod tests {
         // A 13-digit string `ts`, or one under another key, is not a time: redacted.
         let r = redact(br#"{"ts":"1791158400000","t":1791158400000}"#);
         assert_eq!(text(&r), r#"{"ts":"[redacted]","t":"[redacted]"}"#);
+    }
+
+    /// True if `b` holds a run of ten ASCII digits or more.
+    fn has_ten_digits(b: &[u8]) -> bool {
+        b.split(|c| !c.is_ascii_digit()).any(|r| r.len() >= 10)
+    }
+
+    /// A number written with `\u` escapes was dead-lettered verbatim: any JSON reader
+    /// decodes `+447700900123` from it.
+    #[test]
+    fn numbers_written_with_json_escapes_are_redacted_whole() {
+        let raw = br#"{"event_id":"e1","ts":1791158400000,"kind":"sms","from":"\u002b\u0034\u0034\u0037\u0037\u0030\u0030\u0039\u0030\u0030\u0031\u0032\u0033","to":"b"}"#;
+        assert!(has_raw_identifier(raw));
+        let r = redact(raw);
+        let t = text(&r);
+        assert!(!t.contains("\\u003"), "{t}");
+        assert!(t.contains(MARK), "{t}");
+        let v: serde_json::Value = serde_json::from_slice(&r.bytes).unwrap();
+        assert_eq!(v["from"], MARK, "{t}");
+        assert_eq!(v["ts"], 1_791_158_400_000i64);
+        assert_eq!(r.fields, ["from"]);
+        assert!(!has_raw_identifier(&r.bytes));
+        // Mixed plain and escaped digits, escaped separators (`\/` too), upper-case hex.
+        let r = redact(
+            br#"{"a":"+44\u00377700900123","b":"\u002B44-7700\u002d900123","c":"07700\/900123","d":"x\u0028\u0030)7700.900123"}"#,
+        );
+        assert_eq!(
+            text(&r),
+            r#"{"a":"[redacted]","b":"[redacted]","c":"[redacted]","d":"x[redacted]"}"#
+        );
+        assert_eq!(r.fields, ["a", "b", "c", "d"]);
+        // Escapes of other characters are left alone, and a literal backslash before a
+        // `u` is no escape.
+        let raw = br#"{"a":"\u00e9\u0041","b":"\\u0034x","c":"\"12345\n"}"#;
+        assert!(matches!(redact(raw).bytes, Cow::Borrowed(_)));
+    }
+
+    /// A number with a fraction or an exponent was cut at the run's end: `{"n":"[redacted]".5}`.
+    #[test]
+    fn json_numbers_with_fraction_or_exponent_are_redacted_whole() {
+        for line in [
+            r#"{"n":447700900123.5}"#,
+            r#"{"n":447700900123.5e3}"#,
+            r#"{"n":447700900123e3}"#,
+            r#"{"n":-447700900123.25E-3}"#,
+            r#"{"n":-447700900123.5e+3,"m":1.5e3}"#,
+            r#"{"n":0.447700900123}"#,
+            r#"{"n":1.5e3447700900123}"#,
+            r#"{"n":1234567890123456.447700900123}"#,
+            r#"{"n": 447700900123.5e3 ,"k":[447700900123.0,-1]}"#,
+        ] {
+            let r = redact(line.as_bytes());
+            let t = text(&r);
+            let v: serde_json::Value =
+                serde_json::from_slice(&r.bytes).unwrap_or_else(|e| panic!("{line} -> {t}: {e}"));
+            assert_eq!(v["n"], MARK, "{line} -> {t}");
+            assert!(!has_ten_digits(&r.bytes), "{line} -> {t}");
+            assert!(!has_raw_identifier(&r.bytes), "{line} -> {t}");
+        }
+        // The time is still kept, and a short fraction beside it untouched.
+        let r = redact(br#"{"ts":1791158400000,"x":1.5e3,"n":-447700900123.5}"#);
+        assert_eq!(
+            text(&r),
+            r#"{"ts":1791158400000,"x":1.5e3,"n":"[redacted]"}"#
+        );
     }
 
     #[test]
