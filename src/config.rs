@@ -557,13 +557,21 @@ pub struct Rules {
 pub const BROKERS_ALLOWED: &str =
     "HOST:PORT[,HOST:PORT...]: host names or addresses, no blanks inside, ports 1-65535";
 
-/// A bootstrap list librdkafka can use: entries split by commas, each `[PROTOCOL://]HOST[:PORT]`
-/// (an IPv6 address in brackets). `not a broker` passed, and `run` then retried the name
-/// resolution until it was killed.
+/// What a broker list with a scheme in it should be, for the messages.
+pub const BROKERS_NO_SCHEME: &str = "HOST:PORT[,HOST:PORT...] without a scheme (no http://, \
+     kafka:// or PLAINTEXT://; the protocol is [kafka] security.protocol)";
+
+/// A bootstrap list librdkafka can use: entries split by commas, each `HOST[:PORT]` (an IPv6
+/// address in brackets). `not a broker` passed, and `run` then retried the name resolution
+/// until it was killed. No scheme either: librdkafka refuses `http://` and `kafka://`
+/// ("unsupported protocol") and a security protocol other than `security.protocol`'s, and
+/// `run` retried those as unreachable brokers forever; the protocol belongs in `[kafka]`.
 pub fn brokers_ok(list: &str) -> bool {
     list.split(',').all(|entry| {
         let e = entry.trim();
-        let e = e.split_once("://").map_or(e, |(_, rest)| rest);
+        if e.contains("://") {
+            return false;
+        }
         let (host_ok, port) = if let Some(v6) = e.strip_prefix('[') {
             let Some((addr, rest)) = v6.split_once(']') else {
                 return false;
@@ -1231,7 +1239,11 @@ impl Config {
                 "service.brokers",
                 brokers_ok(&s.brokers),
                 format_args!("{:?}", s.brokers),
-                BROKERS_ALLOWED,
+                if s.brokers.contains("://") {
+                    BROKERS_NO_SCHEME
+                } else {
+                    BROKERS_ALLOWED
+                },
             );
         }
         r.socket_addr("service.http_addr", &s.http_addr, "127.0.0.1:9464");
@@ -1453,7 +1465,6 @@ mod tests {
             "127.0.0.1:9092",
             "kafka-0.kafka:9092, kafka-1.kafka:9092",
             "broker",
-            "SSL://b1.example.net:9093",
             "[::1]:9092",
             "[fe80::1]",
         ] {
@@ -1478,6 +1489,30 @@ mod tests {
             err.contains("service.brokers") && err.contains("HOST:PORT"),
             "{err}"
         );
+        assert!(!err.contains("scheme"), "{err}");
+    }
+
+    /// `http://127.0.0.1:9092` passed, and `run` retried librdkafka's "unsupported protocol"
+    /// as unreachable brokers until it was killed.
+    #[test]
+    fn a_broker_list_with_a_scheme_is_refused_with_a_hint() {
+        for bad in [
+            "http://127.0.0.1:9092",
+            "kafka://broker:9092",
+            "PLAINTEXT://127.0.0.1:9092",
+            "SSL://b1.example.net:9093",
+            "b0:9092,https://b1:9092",
+        ] {
+            assert!(!brokers_ok(bad), "{bad}");
+            let mut c = Config::default();
+            c.service.brokers = bad.into();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(
+                err.contains("service.brokers") && err.contains("without a scheme"),
+                "{err}"
+            );
+            assert_eq!(err.lines().count(), 1, "{err}");
+        }
     }
 
     #[test]

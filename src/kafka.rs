@@ -108,6 +108,49 @@ const TRANSACTIONAL_DEFAULTS: &[(&str, &str)] = &[
     ("transaction.timeout.ms", "10000"),
 ];
 
+/// Properties librdkafka reads in a consumer only (`C` in its CONFIGURATION.md, global and
+/// topic level). Set without a `consumer.` prefix they would reach the producers too, where
+/// librdkafka warns at every start (`CONFWARN`) about each: the README's
+/// `"group.instance.id"` for static membership did. Producers are not given them.
+const CONSUMER_ONLY: &[&str] = &[
+    "group.id",
+    "group.instance.id",
+    "partition.assignment.strategy",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "group.protocol.type",
+    "group.protocol",
+    "group.remote.assignor",
+    "coordinator.query.interval.ms",
+    "max.poll.interval.ms",
+    "enable.auto.commit",
+    "auto.commit.enable",
+    "auto.commit.interval.ms",
+    "enable.auto.offset.store",
+    "queued.min.messages",
+    "queued.max.messages.kbytes",
+    "fetch.wait.max.ms",
+    "fetch.queue.backoff.ms",
+    "fetch.message.max.bytes",
+    "max.partition.fetch.bytes",
+    "fetch.max.bytes",
+    "fetch.min.bytes",
+    "fetch.error.backoff.ms",
+    "offset.store.method",
+    "offset.store.path",
+    "offset.store.sync.interval.ms",
+    "isolation.level",
+    "enable.partition.eof",
+    "check.crcs",
+    "auto.offset.reset",
+    "consume.callback.max.messages",
+];
+
+/// True for a property librdkafka reads in a consumer only ([`CONSUMER_ONLY`]).
+pub fn is_consumer_only(key: &str) -> bool {
+    CONSUMER_ONLY.contains(&key)
+}
+
 /// Properties a user may not override, for a warning at start.
 pub fn fixed_keys(role: Role) -> &'static [(&'static str, &'static str)] {
     match role {
@@ -125,7 +168,8 @@ impl KafkaSettings {
         }
     }
 
-    /// The user's properties for `role`: unprefixed keys for every client, `consumer.*` and
+    /// The user's properties for `role`: unprefixed keys for every client (but a
+    /// consumer-only one, [`is_consumer_only`], for consumers only), `consumer.*` and
     /// `producer.*` for that one only.
     pub fn user_properties(&self, role: Role) -> impl Iterator<Item = (&str, &str)> {
         self.properties.iter().filter_map(move |(k, v)| {
@@ -133,6 +177,7 @@ impl KafkaSettings {
                 (Some(("consumer", rest)), Role::Consumer) => rest,
                 (Some(("producer", rest)), Role::Producer) => rest,
                 (Some(("consumer" | "producer", _)), _) => return None,
+                _ if role == Role::Producer && is_consumer_only(k) => return None,
                 _ => k.as_str(),
             };
             Some((key, v.as_str()))
@@ -397,6 +442,47 @@ mod tests {
         assert_eq!(pr.get("linger.ms"), Some("50"));
         assert_eq!(pr.get("fetch.max.bytes"), None);
         assert_eq!(pr.get("acks"), Some("all"));
+    }
+
+    #[test]
+    fn consumer_only_properties_reach_no_producer() {
+        let mut p = BTreeMap::new();
+        for (k, v) in [
+            ("group.instance.id", "pod-0"),
+            ("session.timeout.ms", "10000"),
+            ("heartbeat.interval.ms", "3000"),
+            ("partition.assignment.strategy", "cooperative-sticky"),
+            ("auto.offset.reset", "latest"),
+            ("security.protocol", "SASL_SSL"),
+            ("client.id", "lw"),
+            ("producer.group.id", "asked-for"),
+        ] {
+            p.insert(k.to_string(), v.to_string());
+        }
+        let s = KafkaSettings::new("b:9092", p);
+        let producer: Vec<&str> = s.user_properties(Role::Producer).map(|(k, _)| k).collect();
+        // Properties of every client, and one asked for by the `producer.` prefix, stay.
+        assert_eq!(producer, vec!["client.id", "group.id", "security.protocol"]);
+        let pr = s.client_config(Role::Producer);
+        assert_eq!(pr.get("group.instance.id"), None);
+        assert_eq!(pr.get("session.timeout.ms"), None);
+        assert_eq!(pr.get("security.protocol"), Some("SASL_SSL"));
+        let t = s.transactional_config("x");
+        assert_eq!(t.get("group.instance.id"), None);
+        assert_eq!(t.get("heartbeat.interval.ms"), None);
+        // The consumer keeps every one of them.
+        let c = s.client_config(Role::Consumer);
+        assert_eq!(c.get("group.instance.id"), Some("pod-0"));
+        assert_eq!(c.get("session.timeout.ms"), Some("10000"));
+        assert_eq!(c.get("heartbeat.interval.ms"), Some("3000"));
+        assert_eq!(
+            c.get("partition.assignment.strategy"),
+            Some("cooperative-sticky")
+        );
+        assert_eq!(c.get("auto.offset.reset"), Some("latest"));
+        assert_eq!(c.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(c.get("group.id"), None);
+        assert!(is_consumer_only("enable.auto.commit") && !is_consumer_only("linger.ms"));
     }
 
     #[test]

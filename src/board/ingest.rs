@@ -86,6 +86,16 @@ fn now_ms() -> i64 {
     crate::board::http::now_ms()
 }
 
+/// Turns off what the service's consumer defaults ask for and the board has no use for:
+/// librdkafka's statistics (the service's lag gauges) and partition-EOF events (the service's
+/// event-time alignment). Through rdkafka's default context the board logged a ~5 KB
+/// "Client stats" line at INFO every second and each normal end of a partition as an ERROR
+/// ("Global error: PartitionEOF"). Set after `[kafka]`: the board reads neither.
+fn board_consumer_quiet(cfg: &mut rdkafka::ClientConfig) {
+    cfg.set("statistics.interval.ms", "0");
+    cfg.set("enable.partition.eof", "false");
+}
+
 impl Ingest {
     /// Runs until `stop`; errors are logged, counted and retried.
     pub fn run(self) {
@@ -118,6 +128,7 @@ impl Ingest {
         cfg.set("group.id", &self.group_id);
         // Alerts of an aborted transaction are never shown.
         cfg.set("isolation.level", "read_committed");
+        board_consumer_quiet(&mut cfg);
         let consumer: BaseConsumer = cfg.create().map_err(|e| e.to_string())?;
         let mut partitions = self.assign(&consumer, &store, 0)?;
         self.ready
@@ -259,6 +270,22 @@ impl Ingest {
 #[cfg(test)]
 mod tests {
     use super::decode;
+
+    #[test]
+    fn the_board_consumer_asks_for_no_statistics_and_no_partition_eof() {
+        use crate::kafka::{KafkaSettings, Role};
+        let mut props = std::collections::BTreeMap::new();
+        props.insert("statistics.interval.ms".to_string(), "5000".to_string());
+        let settings = KafkaSettings::new("b:9092", props);
+        let mut cfg = settings.client_config(Role::Consumer);
+        super::board_consumer_quiet(&mut cfg);
+        assert_eq!(cfg.get("statistics.interval.ms"), Some("0"));
+        assert_eq!(cfg.get("enable.partition.eof"), Some("false"));
+        // The service's consumer keeps both.
+        let run = KafkaSettings::new("b:9092", Default::default()).client_config(Role::Consumer);
+        assert_eq!(run.get("statistics.interval.ms"), Some("1000"));
+        assert_eq!(run.get("enable.partition.eof"), Some("true"));
+    }
 
     #[test]
     fn invalid_messages_get_fixed_reasons() {

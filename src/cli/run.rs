@@ -161,6 +161,24 @@ pub(crate) async fn shutdown_signal() {
     }
 }
 
+/// Creates and removes a file of a name of its own in `dir`: a directory that exists but
+/// cannot be written (a read-only mount, no permission) passed the start, and every
+/// checkpoint interval then logged "checkpoint write failed ... Read-only file system".
+fn write_probe(dir: &Path) -> std::io::Result<()> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let probe = dir.join(format!(
+        ".linewatch-write-probe-{}-{nanos}",
+        std::process::id()
+    ));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)?;
+    std::fs::remove_file(&probe)
+}
+
 pub fn main(args: Args, config: Option<&Path>) -> Outcome {
     let file = load_config(config)?;
     let cfg = args.apply(file.clone());
@@ -173,7 +191,9 @@ pub fn main(args: Args, config: Option<&Path>) -> Outcome {
     let dir = Path::new(&cfg.service.state_dir);
     if !cfg.service.state_dir.is_empty() {
         let why = match std::fs::create_dir_all(dir) {
-            Ok(()) => None,
+            Ok(()) => write_probe(dir)
+                .err()
+                .map(|e| format!("cannot write in it: {e}")),
             Err(_) if dir.exists() && !dir.is_dir() => Some("it is a file".to_string()),
             Err(e) => Some(e.to_string()),
         };
