@@ -558,20 +558,32 @@ pub const BROKERS_ALLOWED: &str =
     "HOST:PORT[,HOST:PORT...]: host names or addresses, no blanks inside, ports 1-65535";
 
 /// What a broker list with a scheme in it should be, for the messages.
-pub const BROKERS_NO_SCHEME: &str = "HOST:PORT[,HOST:PORT...] without a scheme (no http://, \
-     kafka:// or PLAINTEXT://; the protocol is [kafka] security.protocol)";
+pub const BROKERS_NO_SCHEME: &str = "HOST:PORT[,HOST:PORT...]; a scheme such as http:// or \
+     kafka:// is not one (librdkafka takes only PLAINTEXT://, SSL://, SASL_PLAINTEXT:// and \
+     SASL_SSL://, as in [kafka] security.protocol)";
 
-/// A bootstrap list librdkafka can use: entries split by commas, each `HOST[:PORT]` (an IPv6
-/// address in brackets). `not a broker` passed, and `run` then retried the name resolution
-/// until it was killed. No scheme either: librdkafka refuses `http://` and `kafka://`
-/// ("unsupported protocol") and a security protocol other than `security.protocol`'s, and
-/// `run` retried those as unreachable brokers forever; the protocol belongs in `[kafka]`.
+/// The protocol prefixes librdkafka's broker list takes (any case).
+const BROKER_PROTOCOLS: [&str; 4] = ["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"];
+
+/// A bootstrap list librdkafka can use: entries split by commas, each
+/// `[PROTOCOL://]HOST[:PORT]` (an IPv6 address in brackets). `not a broker` passed, and
+/// `run` then retried the name resolution until it was killed; so did another scheme
+/// (`http://`, `kafka://`: librdkafka's "unsupported protocol"), retried as unreachable
+/// brokers for ever.
 pub fn brokers_ok(list: &str) -> bool {
     list.split(',').all(|entry| {
         let e = entry.trim();
-        if e.contains("://") {
-            return false;
-        }
+        let e = match e.split_once("://") {
+            Some((proto, rest))
+                if BROKER_PROTOCOLS
+                    .iter()
+                    .any(|p| proto.eq_ignore_ascii_case(p)) =>
+            {
+                rest
+            }
+            Some(_) => return false,
+            None => e,
+        };
         let (host_ok, port) = if let Some(v6) = e.strip_prefix('[') {
             let Some((addr, rest)) = v6.split_once(']') else {
                 return false;
@@ -1465,6 +1477,8 @@ mod tests {
             "127.0.0.1:9092",
             "kafka-0.kafka:9092, kafka-1.kafka:9092",
             "broker",
+            "SSL://b1.example.net:9093",
+            "sasl_ssl://b1:9093,PLAINTEXT://b2:9092",
             "[::1]:9092",
             "[fe80::1]",
         ] {
@@ -1499,8 +1513,7 @@ mod tests {
         for bad in [
             "http://127.0.0.1:9092",
             "kafka://broker:9092",
-            "PLAINTEXT://127.0.0.1:9092",
-            "SSL://b1.example.net:9093",
+            "tcp://127.0.0.1:9092",
             "b0:9092,https://b1:9092",
         ] {
             assert!(!brokers_ok(bad), "{bad}");
@@ -1508,7 +1521,7 @@ mod tests {
             c.service.brokers = bad.into();
             let err = c.validate().unwrap_err().to_string();
             assert!(
-                err.contains("service.brokers") && err.contains("without a scheme"),
+                err.contains("service.brokers") && err.contains("is not one"),
                 "{err}"
             );
             assert_eq!(err.lines().count(), 1, "{err}");
