@@ -257,7 +257,13 @@ impl Pipeline {
         super::subscribe(&self.consumer, &self.cfg.service.input_topics)?;
         self.status
             .set(false, "waiting for the consumer group to assign partitions");
-        tracing::info!(group = %self.cfg.service.group_id, "subscribed; waiting for partition assignment");
+        tracing::info!(
+            group = %self.cfg.service.group_id,
+            "subscribed; waiting for partition assignment (after a stop without leaving the \
+             group, such as a kill -9, its old member holds the partitions until \
+             session.timeout.ms passes; [kafka] group.instance.id lets a restart take them \
+             back at once)"
+        );
 
         let topics = self.cfg.service.input_topics.clone();
         let max = self.cfg.service.batch_max_records;
