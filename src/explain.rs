@@ -590,54 +590,161 @@ fn deal(ev: &Map<String, Value>, alert_score: f64) -> Part {
     Ok(s)
 }
 
-/// What one deal_line contribution was, in words.
+/// What one deal_line contribution was, in words, with each figure and the threshold it
+/// met where the contribution carries it (alerts from before they did read as they did).
 fn contribution(kind: &str, c: &Map<String, Value>) -> String {
     let n = |k: &str| c.get(k).map(plain).unwrap_or_else(|| "?".into());
-    match kind {
-        "bulk_sms" => format!("a bulk send to {} recipients", n("recipients")),
-        "repeat_bulk_sms" => format!(
-            "a bulk send to largely the same audience as before (repeat_audience {})",
-            n("repeat_audience")
-        ),
-        "customer_fan_in" => format!("{} customers contacted the line", n("customers")),
-        "repeat_customer_fan_in" => format!(
-            "customer fan-in again on a later day ({} customers)",
-            n("customers")
-        ),
-        "line_handover" => match c.get("role").and_then(Value::as_str) {
-            Some("new_line") => format!(
-                "took over the customers of earlier line {} (overlap {})",
-                n("earlier_line"),
-                n("overlap")
-            ),
-            Some("earlier_line") => format!(
-                "handed its customers over to new line {} (overlap {})",
-                n("new_line"),
-                n("overlap")
-            ),
-            _ => format!("a handover (overlap {})", n("overlap")),
-        },
-        "predecessor_deal_line" => format!(
-            "took over from deal line {}, whose own evidence scored {}",
-            n("earlier_line"),
-            n("earlier_score")
-        ),
-        "handset_churn" => format!(
-            "used handset {}, seen with {} SIMs",
-            n("handset"),
-            n("sims")
-        ),
-        "runner_movement" => format!(
-            "runner handset {} calls it while moving between city and county ({} switches)",
-            n("handset"),
-            n("switches")
-        ),
-        _ => c
+    // `figure x >= threshold t` for each pair the contribution has, `; `-joined.
+    let vs = |pairs: &[(&str, &str)]| -> Vec<String> {
+        pairs
             .iter()
-            .filter(|(k, _)| !matches!(k.as_str(), "evidence" | "weight" | "at"))
-            .map(|(k, v)| format!("{k} {}", plain(v)))
-            .collect::<Vec<_>>()
-            .join(", "),
+            .filter_map(|&(fig, thr)| {
+                let x = c.get(fig).and_then(Value::as_f64)?;
+                let t = c.get(thr).and_then(Value::as_f64)?;
+                Some(format!(
+                    "{fig} {} {} {thr} {}",
+                    n(fig),
+                    versus(x, t),
+                    n(thr)
+                ))
+            })
+            .collect()
+    };
+    // A repeat's earlier finding and the gap it had to be at least.
+    let earlier = || -> Vec<String> {
+        match (u(c, "earlier_at"), u(c, "repeat_gap_s")) {
+            (Ok(e), Ok(g)) => vec![format!(
+                "the earlier one at {}, at least {} before (repeat_gap_s {g})",
+                time(e as Millis),
+                dur(g)
+            )],
+            _ => Vec::new(),
+        }
+    };
+    let fan_in = [
+        ("customers", "min_customers"),
+        ("customers", "min_customers_with_callbacks"),
+        ("callbacks", "min_callbacks"),
+        ("customers", "follow_min_customers"),
+    ];
+    let (what, why) = match kind {
+        "bulk_sms" => (
+            format!("a bulk send to {} recipients", n("recipients")),
+            vs(&[("recipients", "min_recipients")]),
+        ),
+        "repeat_bulk_sms" => {
+            let mut why = vs(&[
+                ("repeat_audience", "repeat_audience_min"),
+                ("recipients", "min_recipients"),
+            ]);
+            why.extend(earlier());
+            if c.contains_key("repeat_audience_min") {
+                (
+                    "a bulk send to largely the same audience as before".into(),
+                    why,
+                )
+            } else {
+                let what = format!(
+                    "a bulk send to largely the same audience as before (repeat_audience {})",
+                    n("repeat_audience")
+                );
+                (what, why)
+            }
+        }
+        "customer_fan_in" => (
+            format!("{} customers contacted the line", n("customers")),
+            vs(&fan_in),
+        ),
+        "repeat_customer_fan_in" => {
+            let mut why = vs(&fan_in);
+            why.extend(earlier());
+            let what = if why.is_empty() {
+                format!(
+                    "customer fan-in again on a later day ({} customers)",
+                    n("customers")
+                )
+            } else {
+                format!(
+                    "customer fan-in again on a later day, {} customers",
+                    n("customers")
+                )
+            };
+            (what, why)
+        }
+        "line_handover" => {
+            let what = match c.get("role").and_then(Value::as_str) {
+                Some("new_line") => format!(
+                    "took over the customers of earlier line {} (overlap {})",
+                    n("earlier_line"),
+                    n("overlap")
+                ),
+                Some("earlier_line") => format!(
+                    "handed its customers over to new line {} (overlap {})",
+                    n("new_line"),
+                    n("overlap")
+                ),
+                _ => format!("a handover (overlap {})", n("overlap")),
+            };
+            (what, vs(&[("overlap", "min_overlap")]))
+        }
+        "predecessor_deal_line" => (
+            format!(
+                "took over from deal line {}, whose own evidence scored {}",
+                n("earlier_line"),
+                n("earlier_score")
+            ),
+            vs(&[("earlier_score", "threshold")]),
+        ),
+        "handset_churn" => {
+            let mut why = vs(&[("sims", "min_sims")]);
+            if let (Some(x), Some(most)) = (
+                c.get("sims").and_then(Value::as_f64),
+                c.get("churn_max_sims").and_then(Value::as_f64),
+            ) {
+                why.push(if x <= most {
+                    format!(
+                        "sims {} <= churn_max_sims {}",
+                        n("sims"),
+                        n("churn_max_sims")
+                    )
+                } else {
+                    format!(
+                        "sims {} >  churn_max_sims {} (a repair or test handset: this alert \
+                         does not match its own evidence)",
+                        n("sims"),
+                        n("churn_max_sims")
+                    )
+                });
+            }
+            let what = format!(
+                "used handset {}, seen with {} SIMs",
+                n("handset"),
+                n("sims")
+            );
+            (what, why)
+        }
+        "runner_movement" => (
+            format!(
+                "runner handset {} calls it while moving between city and county ({} switches)",
+                n("handset"),
+                n("switches")
+            ),
+            vs(&[("switches", "min_switches")]),
+        ),
+        _ => {
+            let all = c
+                .iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "evidence" | "weight" | "at"))
+                .map(|(k, v)| format!("{k} {}", plain(v)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            (all, Vec::new())
+        }
+    };
+    if why.is_empty() {
+        what
+    } else {
+        format!("{what}: {}", why.join("; "))
     }
 }
 

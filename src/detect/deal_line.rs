@@ -102,10 +102,11 @@ impl CreditPart {
         CreditPart { part, detail }
     }
 
-    /// A predecessor that was a deal line when the handover was found.
-    fn predecessor(earlier_line: &str, earlier_score: f64) -> Self {
+    /// A predecessor that was a deal line when the handover was found: its score, and the
+    /// threshold it reached.
+    fn predecessor(earlier_line: &str, earlier_score: f64, threshold: f64) -> Self {
         let es = (earlier_score * 1000.0).round() / 1000.0;
-        let d = json!({"earlier_line": earlier_line, "earlier_score": es});
+        let d = json!({"earlier_line": earlier_line, "earlier_score": es, "threshold": threshold});
         CreditPart::new(Part::Predecessor, d)
     }
 }
@@ -249,7 +250,14 @@ impl DealLine {
                     .get("repeat_audience")
                     .and_then(Value::as_f64)
                     .unwrap_or(0.0);
-                let detail = json!({"recipients": ev["recipients"], "repeat_audience": repeat});
+                // Each figure next to the threshold it is compared with: the bulk rule's
+                // `min_recipients`, and this detector's `repeat_audience_min`.
+                let mut detail = json!({
+                    "recipients": ev["recipients"],
+                    "repeat_audience": repeat,
+                    "repeat_audience_min": cfg.repeat_audience_min,
+                });
+                copy_present(&mut detail, ev, &["min_recipients"]);
                 // A repeat is an earlier *bulk send*, on an earlier day, to largely the same
                 // people. Audience overlap alone is not enough: a festive greeting reaches
                 // friends texted all year, yet it is the line's only blast.
@@ -257,9 +265,11 @@ impl DealLine {
                 let earlier_bulk = v
                     .parts
                     .get(Part::BulkSms)
-                    .is_some_and(|p| p.at.saturating_add(gap) <= at);
-                if earlier_bulk && repeat >= cfg.repeat_audience_min {
-                    set(v, Part::RepeatBulk, at, detail.clone());
+                    .map(|p| p.at)
+                    .filter(|&e| e.saturating_add(gap) <= at);
+                if let Some(earlier) = earlier_bulk.filter(|_| repeat >= cfg.repeat_audience_min) {
+                    let d = repeat_detail(&detail, earlier, cfg.repeat_gap_s);
+                    set(v, Part::RepeatBulk, at, d);
                 }
                 set(v, Part::BulkSms, at, detail);
                 touched.push(id);
@@ -269,13 +279,20 @@ impl DealLine {
                 let Some(v) = self.verdict(id, line) else {
                     return touched;
                 };
-                let detail = json!({"customers": ev["customers"]});
+                // The customers and the threshold of the rule that fired (`min_customers`;
+                // the callback rule's `min_customers_with_callbacks` with its `callbacks` and
+                // `min_callbacks`; the followers rule's `follow_min_customers`).
+                let mut detail = json!({"customers": ev["customers"]});
+                copy_present(&mut detail, ev, FAN_IN_FIGURES);
                 let gap = ids::span_ms(cfg.repeat_gap_s);
-                if v.parts
+                let earlier_fan_in = v
+                    .parts
                     .get(Part::FanIn)
-                    .is_some_and(|p| p.at.saturating_add(gap) <= at)
-                {
-                    set(v, Part::RepeatFanIn, at, detail.clone());
+                    .map(|p| p.at)
+                    .filter(|&e| e.saturating_add(gap) <= at);
+                if let Some(earlier) = earlier_fan_in {
+                    let d = repeat_detail(&detail, earlier, cfg.repeat_gap_s);
+                    set(v, Part::RepeatFanIn, at, d);
                 }
                 set(v, Part::FanIn, at, detail);
                 touched.push(id);
@@ -286,14 +303,14 @@ impl DealLine {
                     _ => return touched,
                 };
                 let overlap = ev.get("overlap").cloned().unwrap_or(Value::Null);
-                let new_part = CreditPart::new(
-                    Part::Handover,
-                    json!({"role": "new_line", "earlier_line": old_line, "overlap": overlap}),
-                );
-                let old_part = CreditPart::new(
-                    Part::Handover,
-                    json!({"role": "earlier_line", "new_line": new_line, "overlap": overlap}),
-                );
+                let mut new_detail =
+                    json!({"role": "new_line", "earlier_line": old_line, "overlap": overlap});
+                copy_present(&mut new_detail, ev, &["min_overlap"]);
+                let mut old_detail =
+                    json!({"role": "earlier_line", "new_line": new_line, "overlap": overlap});
+                copy_present(&mut old_detail, ev, &["min_overlap"]);
+                let new_part = CreditPart::new(Part::Handover, new_detail);
+                let old_part = CreditPart::new(Part::Handover, old_detail);
                 // The earlier line's own verdict carries over: a number that takes over a
                 // deal line's customers is that deal line's successor. Its score is read
                 // before this handover is credited to it, on the shard that owns it.
@@ -304,7 +321,7 @@ impl DealLine {
                     }
                     let mut parts = vec![new_part];
                     if let Some(es) = earlier_score.filter(|es| *es + 1e-9 >= cfg.threshold) {
-                        parts.push(CreditPart::predecessor(&old_line, es));
+                        parts.push(CreditPart::predecessor(&old_line, es, cfg.threshold));
                     }
                     let c = Credit::new(&new_line, parts, Some(&old_line), None);
                     self.credit(new_id, c, at, own(new_id), outbox, &mut touched);
@@ -322,7 +339,13 @@ impl DealLine {
                     return touched; // a test or repair handset, not a burner
                 }
                 for (id, line) in &f.lines {
-                    let d = json!({"handset": f.subject, "sims": sims});
+                    // Churn's own `min_sims`, and the most this detector counts as a burner.
+                    let mut d = json!({
+                        "handset": f.subject,
+                        "sims": sims,
+                        "churn_max_sims": cfg.churn_max_sims,
+                    });
+                    copy_present(&mut d, ev, &["min_sims"]);
                     let parts = vec![CreditPart::new(Part::HandsetChurn, d)];
                     let c = Credit::new(line, parts, Some(&f.subject), None);
                     self.credit(*id, c, at, own(*id), outbox, &mut touched);
@@ -333,7 +356,8 @@ impl DealLine {
                 // runner names the line it works for, it does not make one a deal line.
                 let switches = ev.get("switches").cloned().unwrap_or(Value::Null);
                 for (id, line) in &f.lines {
-                    let d = json!({"handset": f.subject, "switches": switches});
+                    let mut d = json!({"handset": f.subject, "switches": switches});
+                    copy_present(&mut d, ev, &["min_switches"]);
                     let parts = vec![CreditPart::new(Part::Runner, d)];
                     let c = Credit::new(line, parts, Some(&f.subject), None);
                     self.credit(*id, c, at, own(*id), outbox, &mut touched);
@@ -455,6 +479,39 @@ impl Credit {
     }
 }
 
+/// The figures of a `customer_fan_in` finding a contribution carries besides `customers`,
+/// whichever its rule has: each rule's threshold, and the callback rule's own figure.
+const FAN_IN_FIGURES: &[&str] = &[
+    "rule",
+    "min_customers",
+    "min_customers_with_callbacks",
+    "callbacks",
+    "min_callbacks",
+    "follow_min_customers",
+];
+
+/// Copies into `detail` those of `keys` the finding's evidence `ev` has.
+fn copy_present(detail: &mut Value, ev: &serde_json::Map<String, Value>, keys: &[&str]) {
+    if let Value::Object(d) = detail {
+        for k in keys {
+            if let Some(x) = ev.get(*k) {
+                d.insert((*k).to_string(), x.clone());
+            }
+        }
+    }
+}
+
+/// A repeat's figures: the finding's, with when the earlier one was (`earlier_at`) and the
+/// gap it had to be at least (`repeat_gap_s`).
+fn repeat_detail(detail: &Value, earlier_at: Millis, repeat_gap_s: u64) -> Value {
+    let mut d = detail.clone();
+    if let Value::Object(m) = &mut d {
+        m.insert("earlier_at".into(), json!(earlier_at));
+        m.insert("repeat_gap_s".into(), json!(repeat_gap_s));
+    }
+    d
+}
+
 /// A contribution's figures as JSON text: the order that breaks a tie in [`Parts::set`].
 fn json_text(v: &Value) -> String {
     v.to_string()
@@ -532,7 +589,7 @@ impl Detector for DealLine {
             let threshold = self.cfg.threshold;
             let earlier_score = self.lines.get(&id).map(|v| self.score(v, e.at));
             if let Some(es) = earlier_score.filter(|es| *es + 1e-9 >= threshold) {
-                let parts = vec![CreditPart::predecessor(&c.line, es)];
+                let parts = vec![CreditPart::predecessor(&c.line, es, threshold)];
                 let answer = Credit::new(new_line, parts, Some(&c.line), None);
                 let body = Body::DealCredit(answer);
                 ctx.outbox.push(Sent::new(Dest::Number(*new_id), body));
@@ -768,6 +825,148 @@ mod tests {
             evidence! {"customers" => 20},
             vec![line],
         )
+    }
+
+    /// Every contribution carries its figures and the thresholds they met, as every other
+    /// detector's evidence does: the bulk rule's and the repeat's, the fan-in rule's (the
+    /// callback rule's callbacks too), the handover's, the churn's, the runner's and the
+    /// predecessor's.
+    #[test]
+    fn every_contribution_carries_its_figures_and_their_thresholds() {
+        let mut cfg = Config::default();
+        cfg.deal_line.repeat_audience_min = 0.6;
+        cfg.deal_line.churn_max_sims = 9;
+        let dl = cfg.deal_line.clone();
+        let mut d = DealLine::new(&cfg, 100);
+        let bulk_at = |line: &str, at, repeat: f64| {
+            let ev = evidence! {"recipients" => 31, "min_recipients" => 30,
+            "repeat_audience" => repeat, "repeat_gap_s" => 43200, "window_s" => 3600};
+            finding(bulk_sms_name(), line, at, ev, vec![line])
+        };
+        let callbacks = |line: &str, at| {
+            let ev = evidence! {"customers" => 8, "min_customers_with_callbacks" => 8,
+            "callbacks" => 5, "min_callbacks" => 4, "callback_within_s" => 1800};
+            finding(
+                crate::detect::customer_fan_in::NAME,
+                line,
+                at,
+                ev,
+                vec![line],
+            )
+        };
+        run(&mut d, 0, &[bulk_at("old", 0, 0.0), callbacks("old", 0)]);
+        let out = run(
+            &mut d,
+            DAY,
+            &[bulk_at("old", DAY, 0.9), callbacks("old", DAY)],
+        );
+        assert_eq!(out.len(), 1);
+        let t = DAY + HOUR;
+        let churn = evidence! {"sims" => 3, "min_sims" => 3, "window_s" => 259200};
+        let churn = finding(
+            crate::detect::handset_churn::NAME,
+            "burner",
+            t,
+            churn,
+            vec!["old"],
+        );
+        run(&mut d, t, &[churn]);
+        let t = DAY + 2 * HOUR;
+        let runner = evidence! {"switches" => 3, "min_switches" => 2};
+        let runner = finding(
+            crate::detect::runner_movement::NAME,
+            "runner",
+            t,
+            runner,
+            vec!["old"],
+        );
+        run(&mut d, t, &[runner]);
+        let h = evidence! {"overlap" => 0.9, "min_overlap" => 0.5};
+        let h = finding(
+            crate::detect::line_handover::NAME,
+            "new",
+            2 * DAY,
+            h,
+            vec!["new", "old"],
+        );
+        let out = run(&mut d, 2 * DAY, &[h]);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].subject, "old");
+        let t = 2 * DAY + HOUR;
+        let mut out_new = run(&mut d, t, &[bulk_at("new", t, 0.0)]);
+        assert_eq!(out_new.len(), 1);
+        let mut c: Vec<Value> = out[0].evidence["contributions"].as_array().unwrap().clone();
+        c.extend(
+            out_new.remove(0).evidence["contributions"]
+                .as_array()
+                .unwrap()
+                .clone(),
+        );
+        let of = |label: &str, line_role: Option<&str>| -> Value {
+            c.iter()
+                .find(|x| {
+                    x["evidence"] == label
+                        && line_role.is_none_or(|r| x["role"].as_str() == Some(r))
+                })
+                .cloned()
+                .unwrap_or_else(|| panic!("no {label} in {c:?}"))
+        };
+        let has = |x: &Value, want: Value| {
+            for (k, v) in want.as_object().unwrap() {
+                assert_eq!(&x[k], v, "{k} in {x}");
+            }
+        };
+        let bulk = of("bulk_sms", None);
+        has(
+            &bulk,
+            json!({"recipients": 31, "min_recipients": 30, "repeat_audience": 0.9,
+                "repeat_audience_min": 0.6}),
+        );
+        let repeat = of("repeat_bulk_sms", None);
+        has(
+            &repeat,
+            json!({"recipients": 31, "min_recipients": 30, "repeat_audience": 0.9,
+                "repeat_audience_min": 0.6, "earlier_at": 0, "repeat_gap_s": dl.repeat_gap_s}),
+        );
+        let fan_in = json!({"customers": 8, "min_customers_with_callbacks": 8,
+            "callbacks": 5, "min_callbacks": 4});
+        has(&of("customer_fan_in", None), fan_in.clone());
+        let repeat = of("repeat_customer_fan_in", None);
+        has(&repeat, fan_in);
+        has(
+            &repeat,
+            json!({"earlier_at": 0, "repeat_gap_s": dl.repeat_gap_s}),
+        );
+        has(
+            &of("handset_churn", None),
+            json!({"handset": "burner", "sims": 3, "min_sims": 3, "churn_max_sims": 9}),
+        );
+        has(
+            &of("runner_movement", None),
+            json!({"handset": "runner", "switches": 3, "min_switches": 2}),
+        );
+        for role in ["earlier_line", "new_line"] {
+            has(
+                &of("line_handover", Some(role)),
+                json!({"overlap": 0.9, "min_overlap": 0.5}),
+            );
+        }
+        let pred = of("predecessor_deal_line", None);
+        has(
+            &pred,
+            json!({"earlier_line": "old", "threshold": dl.threshold}),
+        );
+        assert!(pred["earlier_score"].as_f64().unwrap() + 1e-9 >= dl.threshold);
+        // The window rule's threshold, on a line of its own.
+        let ev = evidence! {"customers" => 13, "min_customers" => 12, "window_s" => 21600};
+        let f = finding(crate::detect::customer_fan_in::NAME, "w", 0, ev, vec!["w"]);
+        run(&mut d, 2 * DAY, &[f]);
+        let got = &d.lines[&ids::id("w")]
+            .parts
+            .get(Part::FanIn)
+            .unwrap()
+            .detail;
+        assert_eq!(got, &json!({"customers": 13, "min_customers": 12}));
     }
 
     #[test]
