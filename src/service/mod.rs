@@ -135,13 +135,22 @@ impl ServiceError {
 pub struct Status {
     inner: Mutex<(bool, String)>,
     auth_failure: Mutex<Option<String>>,
+    /// Exactly once: transactions failing again and again (the pipeline restarted this many
+    /// times in a row, each within a minute of the last, and why), with when the pipeline
+    /// now running started. Readiness stays false until that pipeline has run a minute.
+    failing: Mutex<Option<(String, std::time::Instant)>>,
 }
+
+/// Pipeline restarts in a row (each within a minute of its start) from which `/readyz`
+/// says the service is failing rather than recovering.
+pub const FAILING_AFTER_RESTARTS: u32 = 2;
 
 impl Status {
     fn new(detail: &str) -> Self {
         Status {
             inner: Mutex::new((false, detail.to_string())),
             auth_failure: Mutex::new(None),
+            failing: Mutex::new(None),
         }
     }
 
@@ -158,6 +167,27 @@ impl Status {
     /// Notes that the brokers refused our credentials.
     pub fn auth_failed(&self, reason: &str) {
         *self.auth_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.to_string());
+    }
+
+    /// Notes transactions failing in a loop (`None`: the loop is over).
+    pub fn set_failing(&self, why: Option<String>) {
+        let mut f = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        *f = why.map(|w| (w, std::time::Instant::now()));
+        if let Some((w, _)) = &*f {
+            self.set(false, w.clone());
+        }
+    }
+
+    /// The failure loop's sentence while it lasts: until the pipeline started after the
+    /// last failure has run a minute (it is then forgotten).
+    pub fn failing(&self) -> Option<String> {
+        let mut f = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        if f.as_ref()
+            .is_some_and(|(_, t)| t.elapsed() > Duration::from_secs(60))
+        {
+            *f = None;
+        }
+        f.as_ref().map(|(w, _)| w.clone())
     }
 
     /// The authentication failure, if there was one.
@@ -392,6 +422,14 @@ pub async fn run(
                 }
                 restarts += 1;
                 metrics.txn.restarted(reason);
+                // A failure that comes back at once (e.g. a dead letter the broker refuses
+                // for its size) stops every output: say so on `/readyz` too, not only in
+                // the logs, until a pipeline runs a minute.
+                if restarts >= FAILING_AFTER_RESTARTS {
+                    status.set_failing(Some(format!(
+                        "transactions failing: the pipeline restarted {restarts} times in a row ({reason}); retrying"
+                    )));
+                }
                 let wait = sink::backoff(
                     restarts,
                     Duration::from_secs(running.service.retry_backoff_max_s),
@@ -684,4 +722,25 @@ pub(crate) fn subscribe(consumer: &Source, topics: &[String]) -> Result<(), Serv
             kind: kafka::error_kind(&e),
             message: e.to_string(),
         })
+}
+
+#[cfg(test)]
+mod status_tests {
+    use super::*;
+
+    /// Under exactly once a transaction failing again and again stopped every output while
+    /// `/readyz` said "ready".
+    #[test]
+    fn a_failure_loop_makes_the_service_not_ready_until_it_is_over() {
+        let s = Status::new("starting");
+        s.set(true, "ready: 1 input partitions assigned");
+        s.set_failing(Some("transactions failing: restarted 2 times".into()));
+        assert_eq!(
+            s.get(),
+            (false, "transactions failing: restarted 2 times".to_string())
+        );
+        assert!(s.failing().is_some());
+        s.set_failing(None);
+        assert_eq!(s.failing(), None);
+    }
 }

@@ -1171,7 +1171,10 @@ impl Pipeline {
             let down = shared.brokers_down_since.map(|t| t.elapsed());
             (shared.assigned.len(), shared.standby, down)
         };
-        if let Some(down) = down.filter(|d| *d >= source::BROKERS_DOWN_GRACE) {
+        if let Some(why) = self.status.failing() {
+            // Transactions failing in a loop (see `Status::failing`).
+            self.status.set(false, why);
+        } else if let Some(down) = down.filter(|d| *d >= source::BROKERS_DOWN_GRACE) {
             // Nothing is read or published while no broker can be reached: an orchestrator
             // or an operator asking `/readyz` should see it (the partitions stay assigned).
             self.status.set(
