@@ -112,7 +112,7 @@ const TRANSACTIONAL_DEFAULTS: &[(&str, &str)] = &[
 /// topic level). Set without a `consumer.` prefix they would reach the producers too, where
 /// librdkafka warns at every start (`CONFWARN`) about each: the README's
 /// `"group.instance.id"` for static membership did. Producers are not given them.
-const CONSUMER_ONLY: &[&str] = &[
+pub const CONSUMER_ONLY: &[&str] = &[
     "group.id",
     "group.instance.id",
     "partition.assignment.strategy",
