@@ -736,20 +736,7 @@ async fn an_empty_partition_does_not_hold_the_watermark() {
     let dir = tempfile::tempdir().unwrap();
     let started = std::time::Instant::now();
     let svc = Service::start_ready(&config_file(&dir, config), &t.args(&b)).await;
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let (_, text) = svc.get("/metrics").await;
-        let counted = support::metric_sum(&text, "linewatch_records_total", "result");
-        if counted == Some(lines.len() as f64) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "records counted: {counted:?} of {}",
-            lines.len()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_all_counted(&svc, lines.len(), WAIT).await;
     // Within the idle timeout (60 s by default): the empty partition never idled.
     assert!(
         started.elapsed() < Duration::from_secs(55),
@@ -812,6 +799,24 @@ async fn a_backlog_at_the_alignment_bound_pauses_partitions_and_still_matches_re
 async fn a_backlog_over_three_shards_matches_replay_with_one() {
     let config = "[service]\nbatch_max_wait_ms = 20\ndrain_timeout_s = 20\nshards = 3\n";
     backlog_under_load_like_replay("sharded", config).await;
+}
+
+/// Waits until the service has counted `n` records (whatever their result), for at most
+/// `wait`.
+async fn wait_all_counted(svc: &Service, n: usize, wait: Duration) {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let (_, text) = svc.get("/metrics").await;
+        let counted = support::metric_sum(&text, "linewatch_records_total", "result");
+        if counted == Some(n as f64) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "records counted: {counted:?} of {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// A 4-partition backlog of a 6,000-subscriber city read by `run` while the machine is
@@ -878,20 +883,7 @@ async fn backlog_under_load_like_replay(tag: &str, config: &str) -> Service {
     // The whole backlog is waiting before the service starts.
     let dir = tempfile::tempdir().unwrap();
     let svc = Service::start_ready(&config_file(&dir, config), &t.args(&b)).await;
-    let deadline = std::time::Instant::now() + WAIT * 2;
-    loop {
-        let (_, text) = svc.get("/metrics").await;
-        let counted = support::metric_sum(&text, "linewatch_records_total", "result");
-        if counted == Some(lines.len() as f64) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "records counted: {counted:?} of {}",
-            lines.len()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_all_counted(&svc, lines.len(), WAIT * 2).await;
     drop(stop_hogs);
     for h in hogs {
         h.join().unwrap();
