@@ -1186,43 +1186,120 @@ async fn an_oversized_record_is_dead_lettered_truncated_and_the_burst_after_it_i
     assert_eq!(code, 200);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_letter_the_broker_refuses_is_counted_and_skipped() {
-    let b = brokers();
-    let t = Topics::named("refused");
-    // A dead-letter topic that takes only 10 kB: even the 64 KiB truncation is refused.
-    create_large_input(&t, "10000").await;
-    // Letters that do not compress (the broker checks the compressed size).
-    let mut big = b"not json ".to_vec();
+/// `prefix`, then letters up to `n` bytes that do not compress (the broker checks the
+/// compressed size).
+fn incompressible(prefix: &[u8], n: usize) -> Vec<u8> {
+    let mut v = prefix.to_vec();
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    while big.len() < 100_000 {
+    while v.len() < n {
         x = x
             .wrapping_mul(6_364_136_223_846_793_005)
             .wrapping_add(1_442_695_040_888_963_407);
-        big.push(b'a' + ((x >> 33) % 26) as u8);
+        v.push(b'a' + ((x >> 33) % 26) as u8);
     }
-    let (texts, _) = deal_traffic("r");
-    let mut values = vec![big];
+    v
+}
+
+/// A dead-letter topic that takes only 10 kB, under the 64 KiB a dead letter is cut to:
+/// the topic refuses the letter, and the service sends it again shorter (half what was
+/// refused, each time) until it fits, then processes the records behind it. The letter
+/// arrives once, cut, with its reason, source, original size and hash. Before, at least
+/// once counted the letter and skipped it (lost), and exactly once aborted its transaction
+/// on every attempt, the burst behind it never processed.
+async fn a_dead_letter_too_large_for_its_topic_is_cut_until_it_fits(
+    test: &str,
+    guarantee: &str,
+    bad: &[u8],
+    reason: &str,
+) {
+    let b = brokers();
+    let t = Topics::named(test);
+    create_large_input(&t, "10000").await;
+    let (texts, _) = deal_traffic(&test[..1]);
+    let mut values = vec![bad.to_vec()];
     values.extend(texts.iter().map(|l| l.as_bytes().to_vec()));
     produce_large(&t.input, &values).await;
 
     let dir = tempfile::tempdir().unwrap();
-    let svc = Service::start(&config_file(&dir, TEST_CONFIG), &t.args(&b));
-    let msgs = read_until(&t.alerts, WAIT, |m| {
+    let mut args = t.args(&b);
+    args.extend(["--processing-guarantee".to_string(), guarantee.to_string()]);
+    let svc = Service::start(&config_file(&dir, TEST_CONFIG), &args);
+    let want: Vec<Alert> = expected(TEST_CONFIG, &texts)
+        .into_iter()
+        .filter(|a| a.detector == "bulk_sms")
+        .collect();
+    assert_eq!(want.len(), 1, "the burst should make one bulk_sms alert");
+    let msgs = support::read_until_committed(&t.alerts, WAIT, |m| {
         alerts_of(m).iter().any(|a| a.detector == "bulk_sms")
     })
     .await;
     assert!(
-        alerts_of(&msgs).iter().any(|a| a.detector == "bulk_sms"),
+        alerts_of(&msgs)
+            .iter()
+            .any(|a| a.alert_id == want[0].alert_id),
         "the burst behind the refused dead letter was not detected; service logs:\n{}",
         svc.logs().join("\n")
     );
-    svc.wait_metric(
-        "linewatch_dead_letters_dropped_total{reason=\"too_large\"}",
-        1.0,
-        WAIT,
-    )
-    .await;
+    let dead = support::read_until_committed(&t.dead, Duration::from_secs(5), |_| false).await;
+    assert_eq!(
+        dead.len(),
+        1,
+        "one dead letter, once; service logs:\n{}",
+        svc.logs().join("\n")
+    );
+    let d = &dead[0];
+    assert_eq!(d.headers["reason"], reason);
+    assert_eq!(d.headers["truncated"], "true");
+    assert_eq!(d.headers["original_bytes"], bad.len().to_string());
+    assert_eq!(
+        d.headers["original_xxh3_128"],
+        format!("{:032x}", xxhash_rust::xxh3::xxh3_128(bad))
+    );
+    assert_eq!(d.headers["source_offset"], "0");
+    // Halved from 64 KiB (or the whole record) until it fitted in 10 kB with its headers
+    // (as the producer compressed it).
+    let first = bad
+        .len()
+        .min(linewatch::service::sink::DEAD_LETTER_MAX_BYTES);
+    assert!(
+        (256..first).contains(&d.value.len()),
+        "{} payload bytes",
+        d.value.len()
+    );
+    assert_eq!(d.value[..], bad[..d.value.len()]);
+    let cap = svc.metric("linewatch_dead_letter_max_bytes").await;
+    assert_eq!(cap, d.value.len() as f64);
+    let dropped = svc
+        .metric("linewatch_dead_letters_dropped_total{reason=\"too_large\"}")
+        .await;
+    assert_eq!(dropped, 0.0);
     let (code, _) = svc.get("/healthz").await;
     assert_eq!(code, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_least_once_a_dead_letter_too_large_for_its_topic_is_cut_until_it_fits() {
+    // 100 kB: over engine.max_record_bytes, so a `too_large` letter cut to 64 KiB already.
+    let bad = incompressible(b"not json ", 100_000);
+    a_dead_letter_too_large_for_its_topic_is_cut_until_it_fits(
+        "refused",
+        "at_least_once",
+        &bad,
+        "too_large",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_a_dead_letter_too_large_for_its_topic_is_cut_until_it_fits() {
+    // 30 kB of invalid JSON: under engine.max_record_bytes, so its letter starts whole and
+    // gains the cut headers when it is first sent shorter.
+    let bad = incompressible(b"{\"event_id\": ", 30_000);
+    a_dead_letter_too_large_for_its_topic_is_cut_until_it_fits(
+        "eosrefused",
+        "exactly_once",
+        &bad,
+        "invalid_json",
+    )
+    .await;
 }

@@ -77,6 +77,7 @@ pub struct Metrics {
     batch_seconds: Histogram,
     ready: IntGauge,
     assigned: IntGauge,
+    dead_letter_cap: IntGauge,
     /// Checkpoint age, size, timings and fallbacks (defined with the checkpoints).
     pub checkpoint: crate::checkpoint::metrics::CheckpointMetrics,
     /// Transactions and pipeline restarts (exactly_once; defined with the transactions).
@@ -252,6 +253,14 @@ impl Metrics {
         .expect(STATIC_OK);
         r.register(Box::new(batch_seconds.clone()))
             .expect(STATIC_OK);
+        let dead_letter_cap = IntGauge::new(
+            "linewatch_dead_letter_max_bytes",
+            "The most payload bytes a dead letter is published with: 65536 until the dead-letter topic refuses one for its size, then lower (0: headers only).",
+        )
+        .expect(STATIC_OK);
+        dead_letter_cap.set(crate::service::sink::DEAD_LETTER_MAX_BYTES as i64);
+        r.register(Box::new(dead_letter_cap.clone()))
+            .expect(STATIC_OK);
         let ready = IntGauge::new(
             "linewatch_ready",
             "1 once the consumer group has assigned partitions to this instance, or assigned it none while it stands by.",
@@ -298,6 +307,7 @@ impl Metrics {
             rebuilt,
             dead_letters,
             dead_letters_dropped,
+            dead_letter_cap,
             alerts,
             latency,
             record_latency,
@@ -339,6 +349,12 @@ impl Metrics {
         self.dead_letters
             .with_label_values(&[reason.as_str()])
             .inc();
+    }
+
+    /// The dead-letter payload cap, lowered ([`crate::service::sink::DeadLetterCap`]).
+    pub fn dead_letter_cap(&self, bytes: usize) {
+        self.dead_letter_cap
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     /// Counts a dead letter given up after a final delivery failure of `kind` (a

@@ -281,7 +281,9 @@ pub async fn run(
              move, and their records come late; keep it above (the defaults: 60 s and 30 s)"
         );
     }
-    let first = Clients::build(&cfg, &settings, &metrics, &status)?;
+    // What the dead-letter topic taught one pipeline (its size limit) is kept by the next.
+    let dead_letter_cap = sink::DeadLetterCap::default();
+    let first = Clients::build(&cfg, &settings, &metrics, &status, &dead_letter_cap)?;
     // Clients first, so a bad property fails before anything listens.
     let listener = http::bind(&cfg.service.http_addr).await?;
     if let Ok(addr) = listener.local_addr() {
@@ -351,7 +353,7 @@ pub async fn run(
     let result = loop {
         let c = match clients.take() {
             Some(c) => c,
-            None => Clients::build(&running, &settings, &metrics, &status)?,
+            None => Clients::build(&running, &settings, &metrics, &status, &dead_letter_cap)?,
         };
         let consumer = c.consumer.clone();
         let txn = c.txn.clone();
@@ -533,6 +535,7 @@ impl Clients {
         settings: &KafkaSettings,
         metrics: &Metrics,
         status: &Arc<Status>,
+        dead_letter_cap: &sink::DeadLetterCap,
     ) -> Result<Clients, ServiceError> {
         let eos = cfg.service.processing_guarantee == ProcessingGuarantee::ExactlyOnce;
         let txn_id = eos.then(|| txn::transactional_id(settings, &cfg.service.group_id));
@@ -551,7 +554,8 @@ impl Clients {
             cfg.service.dead_letter_topic.clone(),
             metrics.clone(),
             Duration::from_secs(cfg.service.retry_backoff_max_s),
-        );
+        )
+        .with_dead_letter_cap(dead_letter_cap.clone());
         if cfg.streams.enabled {
             // Under exactly once the ingest's routed records are outputs of its batches.
             sink = sink.with_internal_topics(crate::streams::topics::InternalTopics::for_group(

@@ -87,6 +87,51 @@ pub enum OutKind {
 /// whole.
 pub const DEAD_LETTER_MAX_BYTES: usize = 64 * 1024;
 
+/// Below this many bytes a dead letter refused for its size is sent with no payload at all:
+/// halving further would cost an aborted transaction (or a retry) a step for bytes nobody
+/// can read a record from.
+pub const DEAD_LETTER_MIN_CUT: usize = 256;
+
+/// The most of a dead letter's payload this process publishes now: [`DEAD_LETTER_MAX_BYTES`]
+/// until the dead-letter topic refuses one for its size (a topic whose `max.message.bytes`
+/// is set below it), then half of what was refused, and so on down to no payload (the
+/// headers alone: reason, source, size and hash). Shared by every sink the service builds,
+/// so a pipeline that restarts after an aborted transaction sends the smaller letter: under
+/// exactly once the refused letter aborts its transaction and the records are read again,
+/// and without the lower cap every attempt would be refused the same way, with nothing
+/// behind the record ever processed. Never raised again while the process runs (a topic's
+/// limit rarely grows back, and one more refusal to learn it would cost an abort).
+#[derive(Debug, Clone)]
+pub struct DeadLetterCap(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Default for DeadLetterCap {
+    fn default() -> Self {
+        DeadLetterCap(std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(
+            DEAD_LETTER_MAX_BYTES,
+        )))
+    }
+}
+
+impl DeadLetterCap {
+    /// The most payload bytes a dead letter goes out with now.
+    pub fn get(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The topic refused a dead letter sent with `sent` payload bytes for its size: the cap
+    /// drops to half of it (none below [`DEAD_LETTER_MIN_CUT`]). `None` when there was no
+    /// payload left to cut (the headers alone were refused: nothing smaller to send).
+    pub fn refused(&self, sent: usize) -> Option<usize> {
+        if sent == 0 {
+            return None;
+        }
+        let half = sent / 2;
+        let new = if half < DEAD_LETTER_MIN_CUT { 0 } else { half };
+        self.0.fetch_min(new, std::sync::atomic::Ordering::Relaxed);
+        Some(self.get())
+    }
+}
+
 /// One message to publish, owned so it can be sent again after a retriable failure.
 #[derive(Debug)]
 pub struct Outgoing {
@@ -94,6 +139,9 @@ pub struct Outgoing {
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
     pub headers: Vec<(&'static str, Vec<u8>)>,
+    /// A dead letter's record as it came: its size and xxh3-128, for the headers of a
+    /// letter cut shorter when it is sent ([`DeadLetterCap`]).
+    original: Option<(usize, u128)>,
 }
 
 impl Outgoing {
@@ -118,6 +166,7 @@ impl Outgoing {
                 ("alert_id", a.alert_id.as_bytes().to_vec()),
                 ("config_version", a.config_version.as_bytes().to_vec()),
             ],
+            original: None,
         }
     }
 
@@ -144,6 +193,7 @@ impl Outgoing {
         source_offset: i64,
     ) -> Outgoing {
         let redacted = crate::redact::redact(raw);
+        let hash = xxhash_rust::xxh3::xxh3_128(raw);
         let mut payload = redacted.bytes.into_owned();
         let mut headers = vec![("reason", why.reason.as_str().as_bytes().to_vec())];
         if !redacted.fields.is_empty() {
@@ -154,10 +204,7 @@ impl Outgoing {
             headers.extend([
                 ("truncated", b"true".to_vec()),
                 ("original_bytes", raw.len().to_string().into_bytes()),
-                (
-                    "original_xxh3_128",
-                    format!("{:032x}", xxhash_rust::xxh3::xxh3_128(raw)).into_bytes(),
-                ),
+                ("original_xxh3_128", format!("{hash:032x}").into_bytes()),
             ]);
         }
         if let Some(f) = why.field {
@@ -176,6 +223,7 @@ impl Outgoing {
             key: None,
             payload,
             headers,
+            original: Some((raw.len(), hash)),
         }
     }
 
@@ -189,10 +237,12 @@ impl Outgoing {
         source_partition: i32,
         source_offset: i64,
     ) -> Outgoing {
+        let original = Some((payload.len(), xxhash_rust::xxh3::xxh3_128(payload)));
         let mut payload = payload.to_vec();
         payload.truncate(DEAD_LETTER_MAX_BYTES);
         Outgoing {
             kind: OutKind::InternalDeadLetter,
+            original,
             key: None,
             payload,
             headers: vec![
@@ -221,6 +271,7 @@ impl Outgoing {
             key: Some(crate::streams::place::key_bytes(key).to_vec()),
             payload,
             headers: Vec::new(),
+            original: None,
         }
     }
 
@@ -312,6 +363,8 @@ pub struct Sink {
     backoff_max: Duration,
     /// `[streams]`: where [`OutKind::Internal`] records go.
     internal: Option<crate::streams::topics::InternalTopics>,
+    /// How much of a dead letter's payload goes out (lowered when the topic refuses one).
+    cap: DeadLetterCap,
 }
 
 impl Sink {
@@ -330,7 +383,15 @@ impl Sink {
             metrics,
             backoff_max,
             internal: None,
+            cap: DeadLetterCap::default(),
         }
+    }
+
+    /// Shares `cap` with the sinks the service built before this one (a pipeline restart
+    /// keeps what the dead-letter topic taught the last).
+    pub fn with_dead_letter_cap(mut self, cap: DeadLetterCap) -> Self {
+        self.cap = cap;
+        self
     }
 
     /// Lets the sink write internal records ([`Outgoing::internal`]) to `topics`.
@@ -340,15 +401,21 @@ impl Sink {
     }
 
     fn enqueue(&self, m: &Outgoing) -> Result<DeliveryFuture, KafkaError> {
-        let mut headers = OwnedHeaders::new_with_capacity(m.headers.len());
-        for (k, v) in &m.headers {
+        let (payload, cut) = self.cut(m);
+        let mut headers = OwnedHeaders::new_with_capacity(m.headers.len() + cut.len());
+        for (k, v) in m
+            .headers
+            .iter()
+            .map(|(k, v)| (*k, v.as_slice()))
+            .chain(cut.iter().map(|(k, v)| (*k, v.as_slice())))
+        {
             headers = headers.insert(Header {
                 key: k,
-                value: Some(v.as_slice()),
+                value: Some(v),
             });
         }
         let mut rec = FutureRecord::<[u8], [u8]>::to(m.topic(self))
-            .payload(&m.payload)
+            .payload(payload)
             .headers(headers);
         if let Some(k) = &m.key {
             rec = rec.key(k.as_slice());
@@ -357,6 +424,81 @@ impl Sink {
             rec = rec.partition(partition);
         }
         self.producer.send_result(rec).map_err(|(e, _)| e)
+    }
+
+    /// A dead letter's payload as it goes out now: cut to the [`DeadLetterCap`], with the
+    /// headers a cut letter carries (`truncated`, `original_bytes`, `original_xxh3_128`,
+    /// each unless the letter has it already). Anything else goes out as it is.
+    fn cut<'a>(&self, m: &'a Outgoing) -> (&'a [u8], Vec<(&'static str, Vec<u8>)>) {
+        let cap = self.cap.get();
+        let dead = matches!(m.kind, OutKind::DeadLetter(_) | OutKind::InternalDeadLetter);
+        if !dead || m.payload.len() <= cap {
+            return (&m.payload, Vec::new());
+        }
+        let (len, hash) = m
+            .original
+            .unwrap_or_else(|| (m.payload.len(), xxhash_rust::xxh3::xxh3_128(&m.payload)));
+        let has = |k: &str| m.headers.iter().any(|(h, _)| *h == k);
+        let mut extra = Vec::new();
+        if !has("truncated") {
+            extra.extend([
+                ("truncated", b"true".to_vec()),
+                ("original_bytes", len.to_string().into_bytes()),
+                ("original_xxh3_128", format!("{hash:032x}").into_bytes()),
+            ]);
+        }
+        (&m.payload[..cap], extra)
+    }
+
+    /// A dead letter the topic refused for its size while there was payload left to cut:
+    /// the cap is lowered (see [`DeadLetterCap`]) and `true` says to send it again, shorter.
+    /// Counted as a producer error of kind `too_large`, and logged with the new cap.
+    fn shrunk(&self, m: &Outgoing, e: &KafkaError) -> bool {
+        if !matches!(m.kind, OutKind::DeadLetter(_) | OutKind::InternalDeadLetter)
+            || e.rdkafka_error_code() != Some(RDKafkaErrorCode::MessageSizeTooLarge)
+        {
+            return false;
+        }
+        let sent = m.payload.len().min(self.cap.get());
+        let Some(cap) = self.cap.refused(sent) else {
+            return false;
+        };
+        self.metrics.producer_error("too_large");
+        self.metrics.dead_letter_cap(cap);
+        tracing::warn!(
+            refused_bytes = sent,
+            now_cut_to = cap,
+            "the dead-letter topic refused a dead letter for its size; dead letters are now cut to {cap} payload bytes and this one is sent again (raise the topic's max.message.bytes to keep them whole)"
+        );
+        true
+    }
+
+    /// What an aborted transaction's deliveries say about the dead-letter topic: a letter
+    /// refused for its size lowers the cap, so the pipeline's next attempt at the same
+    /// records sends it shorter instead of being refused again. Waits up to `wait` for
+    /// answers still to come (the producer's thread may hand them over just after the
+    /// commit call failed; the rest are purged by the abort). Nothing else is counted: the
+    /// other messages went with the transaction. Blocking.
+    pub fn learn_from_abort(&self, b: &mut InFlight, wait: Duration) {
+        let deadline = Instant::now() + wait;
+        loop {
+            let mut k = 0;
+            while k < b.waiting.len() {
+                match (&mut b.waiting[k].1).now_or_never() {
+                    None => k += 1,
+                    Some(answer) => {
+                        let (i, _) = b.waiting.swap_remove(k);
+                        if let Ok(Err((e, _))) = answer {
+                            self.shrunk(&b.out[i], &e);
+                        }
+                    }
+                }
+            }
+            if b.waiting.is_empty() || Instant::now() >= deadline {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Hands `b`'s messages numbered `idx` to the producer, waiting only while librdkafka's
@@ -375,6 +517,10 @@ impl Sink {
                         // librdkafka's queue is bounded: wait for deliveries to make room.
                         self.metrics.producer_error("queue_full");
                         tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Err(e) if self.shrunk(&b.out[i], &e) => {
+                        b.failed.push(i);
+                        break;
                     }
                     Err(e) => {
                         if !self.gave_up(&b.out[i], &e) {
@@ -421,6 +567,9 @@ impl Sink {
     ) -> Result<(), ServiceError> {
         match answer {
             Ok(Ok(_)) => self.acknowledged(&b.out[i]),
+            // Sent again, shorter (the batch's offsets wait for it, as for a retriable
+            // failure).
+            Ok(Err((e, _))) if self.shrunk(&b.out[i], &e) => b.failed.push(i),
             Ok(Err((e, _))) if self.gave_up(&b.out[i], &e) => {}
             Ok(Err((e, _))) => {
                 // Noted as failed before anything else: a batch with a failure is never
@@ -541,6 +690,24 @@ pub fn backoff(attempt: u32, max: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_dead_letter_halves_the_cap_down_to_headers_only() {
+        let cap = DeadLetterCap::default();
+        let shared = cap.clone();
+        assert_eq!(cap.get(), DEAD_LETTER_MAX_BYTES);
+        assert_eq!(shared.refused(DEAD_LETTER_MAX_BYTES), Some(32 * 1024));
+        // Every sink holding the cap sends shorter from now on.
+        assert_eq!(cap.get(), 32 * 1024);
+        // A letter sent before the cap fell and refused after never raises it.
+        assert_eq!(cap.refused(DEAD_LETTER_MAX_BYTES), Some(32 * 1024));
+        assert_eq!(cap.refused(1000), Some(500));
+        // Below the smallest cut: the headers alone.
+        assert_eq!(cap.refused(500), Some(0));
+        // Nothing left to cut: the caller gives the letter up.
+        assert_eq!(cap.refused(0), None);
+        assert_eq!(cap.get(), 0);
+    }
 
     #[test]
     fn backoff_doubles_and_caps() {

@@ -467,7 +467,7 @@ impl Transactions {
         // The transaction's batches: taken out, so the run loop may look at the queue while
         // the commit is under way (nothing joins this transaction meanwhile: the run loop
         // holds later batches back until it is over).
-        let batches: Vec<InFlight> = lock(&self.queue).drain(..).collect();
+        let mut batches: Vec<InFlight> = lock(&self.queue).drain(..).collect();
         let mut offsets: BTreeMap<Tp, i64> = BTreeMap::new();
         {
             let shared = lock(shared);
@@ -492,12 +492,16 @@ impl Transactions {
                     "the consumer has no group metadata (not in the group)".into(),
                 ));
             };
-            self.call(|| {
+            let sent = self.call(|| {
                 self.producer
                     .send_offsets_to_transaction(&tpl, group, self.call_timeout)
-            })?;
+            });
+            self.learn_if_failed(&sent, &mut batches);
+            sent?;
         }
-        self.call(|| self.producer.commit_transaction(self.call_timeout))?;
+        let committed = self.call(|| self.producer.commit_transaction(self.call_timeout));
+        self.learn_if_failed(&committed, &mut batches);
+        committed?;
         self.metrics
             .txn
             .commit_seconds
@@ -518,6 +522,16 @@ impl Transactions {
             shared.acked.insert(*tp, *n);
         }
         Ok(Some(offsets))
+    }
+
+    /// A transaction that did not commit: what its deliveries say about the dead-letter
+    /// topic is kept for the next attempt ([`Sink::learn_from_abort`]).
+    fn learn_if_failed(&self, r: &Result<(), TxnError>, batches: &mut [InFlight]) {
+        if r.is_err() {
+            for b in batches {
+                self.sink.learn_from_abort(b, Duration::from_secs(1));
+            }
+        }
     }
 
     /// One transactional call, made again while its error is retriable; an abortable error

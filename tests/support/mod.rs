@@ -391,11 +391,30 @@ pub async fn read_committed_alerts(
 /// Reads `topic` from the start until `done` says enough or `timeout` passes; returns what
 /// was read either way (the caller's assertion says what was missing).
 pub async fn read_until(topic: &str, timeout: Duration, done: impl Fn(&[Msg]) -> bool) -> Vec<Msg> {
+    read_until_as(topic, "read_uncommitted", timeout, done).await
+}
+
+/// [`read_until`] seeing only committed transactions (`isolation.level = read_committed`).
+pub async fn read_until_committed(
+    topic: &str,
+    timeout: Duration,
+    done: impl Fn(&[Msg]) -> bool,
+) -> Vec<Msg> {
+    read_until_as(topic, "read_committed", timeout, done).await
+}
+
+async fn read_until_as(
+    topic: &str,
+    isolation: &str,
+    timeout: Duration,
+    done: impl Fn(&[Msg]) -> bool,
+) -> Vec<Msg> {
     let c: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .set("group.id", format!("reader-{}", suffix()))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
+        .set("isolation.level", isolation)
         .create()
         .expect("reader");
     c.subscribe(&[topic]).expect("subscribe");
