@@ -47,7 +47,8 @@ RUN apt-get update \
         ca-certificates libssl3 zlib1g libfontconfig1 \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 linewatch \
-    && useradd --system --uid 10001 --gid linewatch --home-dir /nonexistent --shell /usr/sbin/nologin linewatch
+    && useradd --system --uid 10001 --gid linewatch --home-dir /nonexistent --shell /usr/sbin/nologin linewatch \
+    && install -d -o 10001 -g 10001 /var/lib/linewatch-board
 COPY --from=build /usr/local/bin/linewatch /usr/local/bin/linewatch
 COPY deploy/docker/entrypoint.sh /usr/local/bin/linewatch-entrypoint
 COPY deploy/docker/healthcheck.sh /usr/local/bin/linewatch-healthcheck

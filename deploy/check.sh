@@ -74,7 +74,9 @@ compose() {
 
 check_compose() {
   compose -f deploy/compose.yaml config -q &&
-    compose -f deploy/compose.yaml --profile demo config -q
+    compose -f deploy/compose.yaml --profile demo config -q &&
+    compose -f deploy/compose.yaml --profile board config -q &&
+    "$BIN" check-config deploy/board/board.toml
 }
 
 # The toml embedded in the ConfigMap, as the pod sees it.
@@ -200,6 +202,112 @@ check_entrypoint_run() {
   [ "$rc" -eq 0 ] || { tail -n 20 "$log" >&2; fail "SIGTERM: exit $rc, want 0"; }
 }
 
+# `board` through the entry point: the Secret's credentials merged into the copy it reads
+# (the instance id not: the board is no group member), the board serving /healthz on the
+# port the image's health check asks, and SIGTERM ending it.
+check_entrypoint_board() {
+  local port sec="$WORK/board-secrets" log="$WORK/board.log" pid rc deadline
+  port="$(free_port)" || return 1
+  mkdir -p "$sec"
+  printf 'linewatch\n' >"$sec/sasl.username"
+  printf 'secret\n' >"$sec/sasl.password"
+  configmap_toml >"$WORK/board-source.toml" || return 1
+  LINEWATCH_CONFIG="$WORK/board-source.toml" LINEWATCH_KAFKA_SECRETS_DIR="$sec" \
+    LINEWATCH_GROUP_INSTANCE_ID=linewatch-0 LINEWATCH_BIN="$BIN" \
+    LINEWATCH_RUNTIME_DIR="$WORK/board-runtime" \
+    sh deploy/docker/entrypoint.sh board --brokers 127.0.0.1:1 --http "127.0.0.1:$port" \
+    --db "$WORK/board.db" --audit-log "$WORK/board-audit.jsonl" >"$log" 2>&1 &
+  pid=$!
+  PIDS+=("$pid")
+  deadline=$((SECONDS + 30))
+  until LINEWATCH_HTTP="0.0.0.0:$port" deploy/docker/healthcheck.sh; do
+    if [ "$SECONDS" -ge "$deadline" ] || ! kill -0 "$pid" 2>/dev/null; then
+      tail -n 20 "$log" >&2
+      fail "the board did not come up through the entry point"
+      return 1
+    fi
+    sleep 0.5
+  done
+  grep -q '"sasl.username" = "linewatch"' "$WORK/board-runtime/linewatch.toml" ||
+    { fail "the board's copy lacks the Secret's credentials"; return 1; }
+  if grep -q '^"group.instance.id"' "$WORK/board-runtime/linewatch.toml"; then
+    fail "the board's copy has run's group.instance.id"
+    return 1
+  fi
+  kill -TERM "$pid"
+  deadline=$((SECONDS + 30))
+  while kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.5; done
+  if kill -0 "$pid" 2>/dev/null; then
+    fail "board still running 30 s after SIGTERM"
+    return 1
+  fi
+  rc=0
+  wait "$pid" || rc=$?
+  [ "$rc" -eq 0 ] || { tail -n 20 "$log" >&2; fail "board SIGTERM: exit $rc, want 0"; }
+}
+
+# deploy/board/nginx.conf run by a real nginx in front of a real board, as the compose file
+# runs them (only the upstream and listen addresses changed, for loopback ports): no
+# sign-in is refused by the proxy, a user signed in reaches the board as themselves even
+# when the request carries another name in X-Forwarded-User, and a user the proxy knows but
+# [board.users] does not is refused by the board.
+check_board_proxy() {
+  local bport pport dir="$WORK/proxy" pid code
+  bport="$(free_port)" && pport="$(free_port)" || return 1
+  mkdir -p "$dir/logs"
+  {
+    sed -n '/^\[board\]/,$p' deploy/board/board.toml |
+      sed -e "s|^http_addr = .*|http_addr = \"127.0.0.1:$bport\"|" \
+        -e "s|^db_path = .*|db_path = \"$dir/board.db\"|" \
+        -e "s|^audit_log = .*|audit_log = \"$dir/audit.jsonl\"|"
+    printf 'alice = "analyst"\n'
+  } >"$dir/board.toml"
+  LINEWATCH_CONFIG="$dir/board.toml" "$BIN" board --brokers 127.0.0.1:1 >"$dir/board.log" 2>&1 &
+  pid=$!
+  PIDS+=("$pid")
+  printf 'alice:%s\nbob:%s\n' "$(openssl passwd -6 pw-a)" "$(openssl passwd -6 pw-b)" >"$dir/htpasswd"
+  {
+    # Workers as this user (as root, nginx would switch them to one that cannot read $WORK).
+    printf 'user %s;\npid %s/nginx.pid;\nerror_log %s/logs/error.log;\nevents {}\nhttp {\naccess_log off;\n' \
+      "$(id -un)" "$dir" "$dir"
+    sed -e "s|listen 8080;|listen 127.0.0.1:$pport;|" \
+      -e "s|http://board:9470|http://127.0.0.1:$bport|" \
+      -e "s|/etc/nginx/htpasswd|$dir/htpasswd|" deploy/board/nginx.conf
+    printf '}\n'
+  } >"$dir/nginx.conf"
+  nginx -p "$dir" -c "$dir/nginx.conf" -g 'daemon off;' 2>"$dir/nginx.err" &
+  PIDS+=("$!")
+  local deadline=$((SECONDS + 30))
+  until LINEWATCH_HTTP="0.0.0.0:$bport" deploy/docker/healthcheck.sh &&
+    curl -s -o /dev/null "http://127.0.0.1:$pport/"; do
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      cat "$dir/board.log" "$dir/nginx.err" >&2
+      fail "the board or its proxy did not come up"
+      return 1
+    fi
+    sleep 0.5
+  done
+  # status URL [CURL ARGS...]: the HTTP status the proxy answers.
+  status() { curl -s -o /dev/null -w '%{http_code}' "${@:2}" "http://127.0.0.1:$pport$1"; }
+  code="$(status /)"
+  [ "$code" = 401 ] || { fail "no sign-in: $code, want the proxy's 401"; return 1; }
+  code="$(status / -u alice:wrong)"
+  [ "$code" = 401 ] || { fail "a wrong password: $code, want 401"; return 1; }
+  code="$(status / -u alice:pw-a)"
+  [ "$code" = 200 ] || { fail "alice signed in: $code, want the queue (200)"; return 1; }
+  code="$(status / -u alice:pw-a -H 'X-Forwarded-User: mallory')"
+  [ "$code" = 200 ] || { fail "a client-sent X-Forwarded-User reached the board: $code"; return 1; }
+  code="$(status / -u bob:pw-b)"
+  [ "$code" = 403 ] || { fail "bob, not in [board.users]: $code, want the board's 403"; return 1; }
+  # The board's audit trail names who the proxy signed in, and never the name a client sent.
+  grep -Eq '"user": ?"bob".*refused_unknown_user|refused_unknown_user.*"user": ?"bob"' "$dir/audit.jsonl" ||
+    { cat "$dir/audit.jsonl" >&2; fail "the board's audit log does not name bob's refusal"; return 1; }
+  if grep -q 'mallory' "$dir/audit.jsonl"; then
+    fail "the audit log names the client-sent user"
+    return 1
+  fi
+}
+
 # A supervisor that starts the entry point with SIGHUP ignored (nohup does) makes its trap
 # a no-op: the entry point says so in one line, and says nothing when SIGHUP can be trapped.
 check_entrypoint_hup_ignored() {
@@ -249,11 +357,13 @@ check compose check_compose
 check promtool-config promtool check config deploy/prometheus/prometheus.yml
 check promtool-test promtool test rules deploy/prometheus/tests/linewatch.test.yml
 check kubernetes "$TOOLS/kubernetes-validate" --strict --quiet \
-  deploy/kubernetes/*.yaml deploy/kubernetes/examples/*.yaml
+  deploy/kubernetes/*.yaml deploy/kubernetes/examples/*.yaml deploy/kubernetes/optional/board.yaml
 check configmap check_configmap
 check entrypoint-merge check_entrypoint_merge
 check entrypoint-run check_entrypoint_run
 check entrypoint-hup-ignored check_entrypoint_hup_ignored
+check entrypoint-board check_entrypoint_board
+check board-proxy check_board_proxy
 
 joined="$(printf '%s, ' "${SUMMARY[@]}")"
 say "summary: ${joined%, }"

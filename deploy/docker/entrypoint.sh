@@ -4,8 +4,9 @@
 #   linewatch-entrypoint [SUBCOMMAND [ARGS...]]     (default: run)
 #   linewatch-entrypoint print-config               the configuration `run` would read
 #
-# Every subcommand but `run` goes straight to the binary. For `run`, two things that must not
-# sit in a shared config file are merged into its [kafka] table:
+# Every subcommand but `run` and `board` goes straight to the binary. For `run`, two things
+# that must not sit in a shared config file are merged into its [kafka] table (for `board`, the
+# first only: it assigns itself its partitions and never joins a group as a member):
 #
 # - LINEWATCH_KAFKA_SECRETS_DIR: a directory of files, one librdkafka property each (file
 #   name = property, content = value), e.g. `sasl.username` and `sasl.password`: exactly what
@@ -21,7 +22,9 @@
 # SIGHUP rebuilds it at once and is passed on. SIGTERM/SIGINT are passed on and the
 # service's exit status is returned.
 #
-# With neither variable set, nothing is merged and `run` is exec'd directly.
+# With neither variable set, nothing is merged and `run` is exec'd directly. `board` reads its
+# configuration once, at start: it is exec'd on the merged copy, and a changed secret or
+# setting takes a restart.
 set -eu
 
 BIN="${LINEWATCH_BIN:-/usr/local/bin/linewatch}"
@@ -110,11 +113,15 @@ hup_ignored() {
 cmd="${1:-run}"
 [ $# -gt 0 ] && shift
 
-if [ "$cmd" != run ] && [ "$cmd" != print-config ]; then
+case "$cmd" in
+  run | print-config) ;;
+  # group.instance.id is a group member's: the board is none (and sharing the service's
+  # instance id would make the broker take one for the other).
+  board) INSTANCE_ID="" ;;
+  *) exec "$BIN" "$cmd" "$@" ;;
+esac
+if [ "$cmd" != print-config ] && [ -z "$SECRETS_DIR" ] && [ -z "$INSTANCE_ID" ]; then
   exec "$BIN" "$cmd" "$@"
-fi
-if [ "$cmd" = run ] && [ -z "$SECRETS_DIR" ] && [ -z "$INSTANCE_ID" ]; then
-  exec "$BIN" run "$@"
 fi
 
 mkdir -p "$RUNTIME_DIR" || die "cannot create LINEWATCH_RUNTIME_DIR=$RUNTIME_DIR"
@@ -134,6 +141,10 @@ OUT="$RUNTIME_DIR/linewatch.toml"
 # The merged copy holds secrets: readable by this user only.
 umask 077
 sync_config
+
+if [ "$cmd" = board ]; then
+  LINEWATCH_CONFIG="$OUT" exec "$BIN" board "$@"
+fi
 
 LINEWATCH_CONFIG="$OUT" "$BIN" run "$@" &
 child=$!

@@ -25,7 +25,9 @@ PACKAGES=(
 # deploy/tools/install.sh set up its pinned pip tools (hadolint, kubernetes-validate);
 # ShellCheck checks every shell script of the repository (a directive-looking comment
 # starting "shellcheck" would stop it parsing this file).
-PACKAGES+=(prometheus docker-compose python3-venv shellcheck)
+# nginx (the light build) runs deploy/board/nginx.conf, the compose board's sign-in proxy,
+# in front of a real board.
+PACKAGES+=(prometheus docker-compose python3-venv shellcheck nginx-light)
 # --- end of deploy/ checks ---------------------------------------------------------------
 
 # The board's browser tests (tests/board.rs) drive Debian's own Chromium through its
