@@ -6,7 +6,8 @@
 #                               default: `cargo build --release` and target/release/linewatch)
 #
 # - Dockerfile: hadolint (and shellcheck on every shell script of the repository), and cargo loads the package from just the files its build stage
-#   copies.  compose.yaml: `docker-compose config` (Debian's docker-compose).
+#   copies.  compose.yaml: `docker-compose config` (Debian's docker-compose), with each
+#   profile; deploy/board/board.toml through `linewatch check-config`.
 # - Prometheus: `promtool check config` (with the rules) and `promtool test rules`.
 # - Kubernetes: kubernetes-validate --strict against the 1.37 schemas; the ConfigMap's
 #   linewatch.toml through `linewatch check-config`.
@@ -14,8 +15,11 @@
 #   secrets and group.instance.id merged into [kafka] (escaping round-trips, duplicates
 #   refused), a live threshold change reaching the service through the merged copy, SIGHUP
 #   and SIGTERM passed on, /healthz answered, /readyz not before partitions are assigned;
-#   a one-line warning when SIGHUP was ignored at start (under nohup) and cannot be trapped.
-# The tools come from deploy/local/setup.sh (promtool, docker-compose, shellcheck) and
+#   a one-line warning when SIGHUP was ignored at start (under nohup) and cannot be trapped;
+#   `board` with the secrets merged but not the instance id.
+# - The compose board's sign-in proxy: deploy/board/nginx.conf in a real nginx in front of a
+#   real board (who gets in, under which name).
+# The tools come from deploy/local/setup.sh (promtool, docker-compose, shellcheck, nginx) and
 # deploy/tools/install.sh (pinned pip packages). All checks run; the exit status is that of
 # the first that failed.
 set -uo pipefail
