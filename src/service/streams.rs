@@ -363,6 +363,9 @@ struct StageLoop {
     producer: InternalProducer<SinkContext>,
     topics: InternalTopics,
     sink: Arc<Sink>,
+    /// What the dead-letter topic taught a stage sink (its size limit), kept by the sink a
+    /// failed transaction's rebuild makes.
+    dead_letter_cap: crate::service::sink::DeadLetterCap,
     /// Exactly once: the stage task's transactions (alerts, dead letters, evidence and the
     /// internal offsets in one); `None`: at least once.
     txn: Option<StageTxn>,
@@ -472,7 +475,9 @@ impl StageLoop {
         // Exactly once: only the ingests' and the stages' committed transactions are read.
         let consumer = StageConsumer::new(&t.settings, &group, eos)
             .map_err(|e| ServiceError::Config(format!("Kafka stage consumer: {e}")))?;
-        let (producer, sink, txn) = stage_clients(&t.cfg, &t.settings, &t.metrics, &t.status)?;
+        let dead_letter_cap = crate::service::sink::DeadLetterCap::default();
+        let (producer, sink, txn) =
+            stage_clients(&t.cfg, &t.settings, &t.metrics, &t.status, &dead_letter_cap)?;
         if let Some(x) = &txn {
             let stop = t.stop.clone();
             x.txn
@@ -490,6 +495,7 @@ impl StageLoop {
         // With checkpoints, a revoke waits for the revoked partitions' state to be saved.
         consumer.defer_revokes(ckpt.is_some());
         Ok(StageLoop {
+            dead_letter_cap,
             idle: Duration::from_secs(t.cfg.service.partition_idle_timeout_s),
             partitions: partitions as usize,
             topics: InternalTopics::for_group(&group),

@@ -186,6 +186,7 @@ pub(super) fn stage_clients(
     settings: &KafkaSettings,
     metrics: &Metrics,
     status: &Arc<Status>,
+    dead_letter_cap: &crate::service::sink::DeadLetterCap,
 ) -> Result<StageClients, ServiceError> {
     let group = &cfg.service.group_id;
     let partitions = cfg.streams.internal_partitions;
@@ -208,13 +209,16 @@ pub(super) fn stage_clients(
         true => alert_producer.clone(),
         false => create("internal producer", &settings.client_config(Role::Producer))?,
     };
-    let sink = Arc::new(Sink::new(
-        alert_producer.clone(),
-        cfg.service.alert_topic.clone(),
-        cfg.service.dead_letter_topic.clone(),
-        metrics.clone(),
-        Duration::from_secs(cfg.service.retry_backoff_max_s),
-    ));
+    let sink = Arc::new(
+        Sink::new(
+            alert_producer.clone(),
+            cfg.service.alert_topic.clone(),
+            cfg.service.dead_letter_topic.clone(),
+            metrics.clone(),
+            Duration::from_secs(cfg.service.retry_backoff_max_s),
+        )
+        .with_dead_letter_cap(dead_letter_cap.clone()),
+    );
     let txn = id.map(|id| {
         let queue = InFlightQueue::default();
         let topics = InternalTopics::for_group(group);
@@ -612,8 +616,13 @@ impl StageLoop {
         if let Some(t) = &self.txn {
             t.txn.abort();
         }
-        let (producer, sink, txn) =
-            stage_clients(&self.cfg, &self.settings, &self.metrics, &self.status)?;
+        let (producer, sink, txn) = stage_clients(
+            &self.cfg,
+            &self.settings,
+            &self.metrics,
+            &self.status,
+            &self.dead_letter_cap,
+        )?;
         let Some(mut txn) = txn else {
             return Ok(());
         };
