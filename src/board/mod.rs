@@ -47,6 +47,9 @@ pub enum BoardError {
     Http { addr: String, message: String },
     #[error("cannot create the disposition producer: {0}")]
     Producer(String),
+    /// A Kafka client the configuration cannot make (a misspelt `[kafka]` property, say).
+    #[error("Kafka {0}")]
+    Kafka(String),
 }
 
 impl BoardError {
@@ -117,13 +120,18 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
             message: e.to_string(),
         })?;
     let kafka = KafkaSettings::new(cfg.service.brokers.clone(), cfg.kafka.clone());
+    // Made once here, as ingest makes it: a property librdkafka refuses stops the start with
+    // one line (values masked), rather than ingest retrying it for ever.
+    ingest::consumer_config(&kafka, &b.group_id)
+        .create::<rdkafka::consumer::BaseConsumer>()
+        .map_err(|e| BoardError::Kafka(format!("consumer: {}", kafka.creation_message(&e))))?;
     let disposition = if b.disposition_topic.trim().is_empty() {
         None
     } else {
         let producer: FutureProducer = kafka
             .client_config(Role::Producer)
             .create()
-            .map_err(|e| BoardError::Producer(e.to_string()))?;
+            .map_err(|e| BoardError::Kafka(format!("producer: {}", kafka.creation_message(&e))))?;
         Some(Disposition {
             producer,
             topic: b.disposition_topic.clone(),

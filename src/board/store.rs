@@ -280,10 +280,14 @@ impl Store {
             let mut mention = tx.prepare_cached(
                 "INSERT OR IGNORE INTO mentions (alert_id, ident) VALUES (?1, ?2)",
             )?;
+            // The offset past the last message consumed, in the order consumed: not the
+            // highest ever, so that after the topic was recreated (its offsets start again
+            // at 0, and the consumer is reset to its start) the stored offset follows the
+            // new topic; kept at the highest, a restart resumed far into the new topic and
+            // every alert before that was never read.
             let mut offset = tx.prepare_cached(
                 "INSERT INTO offsets (topic, partition, next_offset) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (topic, partition) DO UPDATE SET next_offset =
-                 max(next_offset, excluded.next_offset)",
+                 ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
             )?;
             for c in batch {
                 offset.execute(params![c.topic, c.partition, c.offset + 1])?;
@@ -677,9 +681,10 @@ pub(crate) mod tests {
         );
         assert_eq!(s.offsets("t").unwrap(), vec![(0, 3)]);
         assert_eq!(s.count().unwrap(), 1);
-        // An older batch read again never moves the offset back.
-        s.ingest(&[consumed(1, None)], 6).unwrap();
-        assert_eq!(s.offsets("t").unwrap(), vec![(0, 3)]);
+        // The offset follows what was consumed last: a partition read from its start again
+        // (the topic recreated, the consumer reset) moves it back with the new topic.
+        s.ingest(&[consumed(0, None)], 6).unwrap();
+        assert_eq!(s.offsets("t").unwrap(), vec![(0, 1)]);
     }
 
     #[test]

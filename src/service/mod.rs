@@ -237,14 +237,7 @@ pub struct RunOptions {
 /// quotes the property's value, which may be a password, so every configured value is
 /// masked in it.
 fn creation_error(what: &str, e: KafkaError, settings: &KafkaSettings) -> ServiceError {
-    let mut message = match e {
-        KafkaError::ClientCreation(m) => m,
-        other => other.to_string(),
-    };
-    for v in settings.properties.values().filter(|v| !v.is_empty()) {
-        message = message.replace(v.as_str(), "***");
-    }
-    ServiceError::Config(format!("Kafka {what}: {message}"))
+    ServiceError::Config(format!("Kafka {what}: {}", settings.creation_message(&e)))
 }
 
 /// Runs the service with a validated configuration until `shutdown` completes, then
