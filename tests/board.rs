@@ -13,6 +13,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
@@ -143,6 +144,12 @@ fn http(
 /// board with `X-Forwarded-User: user` (a header the client sent is dropped). One request
 /// per connection, so each one gets the header.
 async fn proxy(upstream: String, user: &'static str) -> String {
+    proxy_to(Arc::new(Mutex::new(upstream)), user).await
+}
+
+/// [`proxy`] to whatever address `upstream` holds when a request comes (a restarted board
+/// listens elsewhere); 502 while nothing listens there, as a real proxy answers.
+async fn proxy_to(upstream: Arc<Mutex<String>>, user: &'static str) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     tokio::spawn(async move {
@@ -150,7 +157,7 @@ async fn proxy(upstream: String, user: &'static str) -> String {
             let Ok((mut client, _)) = listener.accept().await else {
                 return;
             };
-            let upstream = upstream.clone();
+            let upstream = upstream.lock().unwrap().clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 8192];
@@ -198,6 +205,9 @@ async fn proxy(upstream: String, user: &'static str) -> String {
                     }
                 }
                 let Ok(mut up) = tokio::net::TcpStream::connect(&upstream).await else {
+                    let _ = client
+                        .write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                        .await;
                     return;
                 };
                 if up.write_all(out.as_bytes()).await.is_err() || up.write_all(&body).await.is_err()
@@ -703,6 +713,130 @@ async fn the_board_in_a_browser_shows_a_burst_live_and_records_each_step() {
         && v["reason"] == "Case 2026/114: DDTRO application"));
     assert!(has(&audit, None, "refused_no_user", "/"));
     assert!(has(&audit, Some("mallory"), "refused_unknown_user", "/"));
+}
+
+/// The live chip as the page shows it: its words, its tooltip, whether it is marked down.
+async fn live_chip(c: &Client) -> (String, String, bool) {
+    let v = c
+        .execute(
+            "const l = document.getElementById('live'); \
+             return [l.textContent, l.title, l.classList.contains('down')];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    (
+        v[0].as_str().unwrap().to_string(),
+        v[1].as_str().unwrap().to_string(),
+        v[2].as_bool().unwrap(),
+    )
+}
+
+/// An open queue page outlives a board restart behind the proxy (502 meanwhile, after which
+/// browsers never retry an event stream by themselves): while the board is down the chip
+/// says so in words, and once it is back the same page is live again and lists the alerts
+/// stored meanwhile, though the stream only reports commits made after it opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_queue_reconnects_after_a_board_restart_and_shows_what_it_missed() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = suffix();
+    let topic = format!("board-reconnect-{s}");
+    create_topics(&[(&topic, 1)]).await;
+    produce(&topic, &scenery()).await;
+    let (cfg, _) = board_config(dir.path());
+    let (mut board, addr) = board_with_scenery(&cfg, &topic).await;
+    let upstream = Arc::new(Mutex::new(addr));
+    let alice = proxy_to(upstream.clone(), "alice").await;
+
+    let driver = Driver::start().await;
+    let c = driver.client(1280, 800).await;
+    c.goto(&format!("http://{alice}/")).await.unwrap();
+    assert_eq!(text_of(&c, Locator::Id("untriaged")).await, "5");
+    c.execute("window.__sameDocument = 'yes';", vec![])
+        .await
+        .unwrap();
+    // Time for the page's event stream to open.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(live_chip(&c).await.0, "live");
+
+    // The board goes away: the proxy answers 502, the stream closes for good.
+    board.kill();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (words, title, _) = loop {
+        let chip = live_chip(&c).await;
+        if chip.2 && chip.0.contains("offline") {
+            break chip;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the chip never said in words that the board is unreachable: {chip:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        !title.contains("without reloading") && title.contains("No connection"),
+        "{words}: {title}"
+    );
+    screenshot(&c, "queue-offline.png").await;
+
+    // Alerts stored while the page cannot hear of them.
+    let missed: Vec<String> = (0..3).map(|i| format!("while-down-{s}-{i}")).collect();
+    let records: Vec<(Option<String>, Vec<u8>)> = missed
+        .iter()
+        .map(|id| {
+            let line = format!("L-{id}");
+            (
+                Some(line.clone()),
+                alert(
+                    id,
+                    "bulk_sms",
+                    &line,
+                    "line",
+                    0.9,
+                    &[],
+                    json!({"recipients": 31}),
+                ),
+            )
+        })
+        .collect();
+    produce(&topic, &records).await;
+
+    // The board is back, on the same database, behind the same proxy.
+    let board = Board::start(&cfg, &topic);
+    let addr = board.wait_ready().await;
+    *upstream.lock().unwrap() = addr;
+    let t0 = Instant::now();
+    let ids = "return Array.from(document.querySelectorAll('tr[data-alert]')).map(tr => tr.dataset.alert);";
+    let elapsed = loop {
+        let chip = live_chip(&c).await;
+        let shown = c.execute(ids, vec![]).await.unwrap();
+        let shown: Vec<&str> = shown
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        let all = missed.iter().all(|id| shown.contains(&id.as_str()));
+        if chip.0 == "live" && !chip.2 && all {
+            break t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "20 s after the restart the page shows chip {chip:?} and rows {shown:?}, \
+             wanted live and {missed:?}; board log:\n{}",
+            board.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("board restarted to page live and caught up: {elapsed:?}");
+    assert_eq!(text_of(&c, Locator::Id("untriaged")).await, "8");
+    assert_eq!(live_chip(&c).await.1, "new alerts appear without reloading");
+    let same = c
+        .execute("return window.__sameDocument || 'reloaded';", vec![])
+        .await
+        .unwrap();
+    assert_eq!(same, json!("yes"), "the page must not reload");
+    c.close().await.unwrap();
 }
 
 /// Alerts in Kafka transactions: one committed, one aborted (read_committed must skip it).

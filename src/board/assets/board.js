@@ -1,17 +1,42 @@
 // linewatch board: live queue. Written here, no library: an EventSource tells of new alerts,
 // and the rows are fetched again with the page's own filters, so order and filters hold.
+// A closed stream (board restarted, proxy answered 502/401: browsers give up then) is opened
+// again after a backoff; on every open the rows are fetched, for what was missed meanwhile.
 (function () {
   "use strict";
   var rows = document.getElementById("rows");
   var count = document.getElementById("untriaged");
   var live = document.getElementById("live");
   if (!rows || !window.EventSource) return;
-  var pending = null;
+  var LIVE = "new alerts appear without reloading";
+  var pending = null, seq = 0, es = null, delay = 1000, waiting = 0;
+  var streamDown = false, fetchDown = false;
+  function show() {
+    var text = "live", title = LIVE;
+    if (streamDown) {
+      text = waiting ? "offline \u2014 retrying" : "reconnecting\u2026";
+      title = "No connection to the board" +
+        (waiting ? "; trying again in " + waiting / 1000 + " s" : "; trying again") +
+        ". New alerts do not appear meanwhile; the list catches up when it is back.";
+    } else if (fetchDown) {
+      text = "update failed";
+      title = "The list could not be fetched again and may be out of date; retrying.";
+    }
+    live.classList.toggle("down", streamDown || fetchDown);
+    live.textContent = text;
+    live.title = title;
+  }
+  function later(ms) {
+    // Bursts of commits become one fetch.
+    if (!pending) pending = setTimeout(refresh, ms);
+  }
   function refresh() {
     pending = null;
+    var mine = ++seq;
     fetch("queue/rows" + window.location.search, { credentials: "same-origin", cache: "no-store" })
       .then(function (r) { if (!r.ok) throw new Error(r.status); return r.json(); })
       .then(function (j) {
+        if (mine !== seq) return; // a later fetch answers for the page
         var before = {};
         rows.querySelectorAll("tr[data-alert]").forEach(function (tr) { before[tr.dataset.alert] = 1; });
         rows.innerHTML = j.rows;
@@ -19,14 +44,38 @@
         rows.querySelectorAll("tr[data-alert]").forEach(function (tr) {
           if (!before[tr.dataset.alert]) tr.classList.add("fresh");
         });
+        fetchDown = false;
+        show();
       })
-      .catch(function () { live.classList.add("down"); });
+      .catch(function () {
+        if (mine !== seq) return;
+        fetchDown = true;
+        show();
+        // While the stream is down its next open fetches anyway.
+        if (!streamDown) later(5000);
+      });
   }
-  var es = new EventSource("events");
-  es.addEventListener("alerts", function () {
-    // Bursts of commits become one fetch.
-    if (!pending) pending = setTimeout(refresh, 150);
-  });
-  es.onopen = function () { live.classList.remove("down"); };
-  es.onerror = function () { live.classList.add("down"); };
+  function connect() {
+    waiting = 0;
+    if (streamDown) show();
+    es = new EventSource("events");
+    es.addEventListener("alerts", function () { later(150); });
+    es.onopen = function () {
+      delay = 1000;
+      streamDown = false;
+      show();
+      refresh();
+    };
+    es.onerror = function () {
+      streamDown = true;
+      // CONNECTING: the browser retries by itself. CLOSED: it never will; we do.
+      if (es.readyState === EventSource.CLOSED && !waiting) {
+        waiting = delay;
+        delay = Math.min(delay * 2, 30000);
+        setTimeout(connect, waiting);
+      }
+      show();
+    };
+  }
+  connect();
 })();
