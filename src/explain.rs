@@ -17,6 +17,23 @@ use crate::detect::{
 use crate::event::Millis;
 
 /// The plain-language account of why `alert` fired, several lines ending in a newline.
+/// Figures whose threshold is not named after them (`min_X` / `max_X` are found by name):
+/// (figure, threshold), each compared figure >= threshold, as `explain` words them. For
+/// other readers of the evidence (the board's figures table), so the two never disagree.
+pub const NAMED_PAIRS: [(&str, &str); 5] = [
+    ("score", "threshold"),
+    ("customers", "min_customers_with_callbacks"),
+    ("customers", "follow_min_customers"),
+    ("burst_recipients", "min_recipients"),
+    ("repeat_audience", "repeat_audience_min"),
+];
+
+/// Evidence keys that hold an event time in milliseconds (beside the `*_first_seen` and
+/// `*_last_text` ones): shown as times, not numbers.
+pub fn is_time_key(k: &str) -> bool {
+    k.ends_with("_first_seen") || k.ends_with("_last_text") || k.ends_with("_at") || k == "at"
+}
+
 pub fn explain(alert: &Alert) -> String {
     render(alert, None)
 }

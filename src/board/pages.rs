@@ -250,6 +250,13 @@ pub fn queue(
 /// Evidence keys shown as a figure with its threshold: (figure, threshold, comparison).
 fn pairs(ev: &serde_json::Map<String, Value>) -> Vec<(String, String, &'static str)> {
     let mut out = Vec::new();
+    // The pairs `explain` knows that are not named after each other first (a figure checked
+    // against a threshold of another name by the rule that fired).
+    for (fig, thr) in crate::explain::NAMED_PAIRS {
+        if fig != "score" && ev.contains_key(fig) && ev.contains_key(thr) {
+            out.push((fig.to_string(), thr.to_string(), ">="));
+        }
+    }
     for k in ev.keys() {
         if k.starts_with("min_") || k.starts_with("max_") || k == "threshold" {
             continue;
@@ -275,7 +282,7 @@ fn plain(v: &Value) -> String {
 
 /// Keys of evidence that are event times (ms), shown on the timeline.
 fn is_time_key(k: &str) -> bool {
-    k.ends_with("_first_seen") || k.ends_with("_last_text")
+    crate::explain::is_time_key(k)
 }
 
 /// The "figures against thresholds" table and the other settings, for any detector.
@@ -336,10 +343,14 @@ pub fn figures(a: &Alert) -> String {
                 Value::Object(m) => m
                     .iter()
                     .map(|(k, v)| {
+                        let shown = match v.as_i64() {
+                            Some(t) if is_time_key(k) => when(t),
+                            _ => plain(v),
+                        };
                         format!(
                             "<td><span class=\"key\">{}</span> {}</td>",
                             esc(k),
-                            esc(&plain(v))
+                            esc(&shown)
                         )
                     })
                     .collect::<String>(),
@@ -733,6 +744,53 @@ mod tests {
         );
         assert!(html.contains("lookback_s"));
         assert!(html.contains("Contributions"));
+    }
+
+    #[test]
+    fn figures_pair_thresholds_of_another_name_as_explain_does() {
+        let row = |fig: &str, v: &str, thr: &str, t: &str| {
+            format!("<td>{fig}</td><td class=\"val\">{v}</td><td>&ge;</td><td class=\"val\">{t}</td><td class=\"key\">{thr}</td>")
+        };
+        // customer_fan_in's "followed a new number" rule: its figure and threshold, and the
+        // handover's time shown as a time, not a 13-digit number among the settings.
+        let mut f = alert("f", "customer_fan_in", "L", 0.6, 0);
+        f.evidence = crate::evidence! {"customers" => 5, "follow_min_customers" => 5,
+        "handover_at" => 1_796_379_870_000_i64, "follow_within_s" => 86400};
+        let html = figures(&f);
+        assert!(
+            html.contains(&row("customers", "5", "follow_min_customers", "5")),
+            "{html}"
+        );
+        assert!(!html.contains("1796379870000"), "{html}");
+        // The callback rule.
+        f.evidence = crate::evidence! {"customers" => 4, "min_customers_with_callbacks" => 3,
+        "callbacks" => 2, "min_callbacks" => 2};
+        let html = figures(&f);
+        assert!(
+            html.contains(&row("customers", "4", "min_customers_with_callbacks", "3")),
+            "{html}"
+        );
+        assert!(
+            html.contains(&row("callbacks", "2", "min_callbacks", "2")),
+            "{html}"
+        );
+        // line_handover's burst.
+        let mut h = alert("h", "line_handover", "L", 0.8, 0);
+        h.evidence = crate::evidence! {"new_line_recipients" => 25, "burst_recipients" => 15,
+        "min_recipients" => 15};
+        let html = figures(&h);
+        assert!(
+            html.contains(&row("burst recipients", "15", "min_recipients", "15")),
+            "{html}"
+        );
+        // deal_line's contributions: their times as times.
+        let mut d = alert("d", "deal_line", "L", 0.75, 0);
+        d.evidence = crate::evidence! {"score" => 0.75, "threshold" => 0.7,
+        "contributions" => serde_json::json!([{"evidence": "bulk_sms", "weight": 0.25,
+        "at": 1_796_398_552_292_i64}])};
+        let html = figures(&d);
+        assert!(!html.contains("1796398552292"), "{html}");
+        assert!(html.contains(&when(1_796_398_552_292)), "{html}");
     }
 
     #[test]
