@@ -215,7 +215,9 @@ check_entrypoint_board() {
   mkdir -p "$sec"
   printf 'linewatch\n' >"$sec/sasl.username"
   printf 'secret\n' >"$sec/sasl.password"
-  configmap_toml >"$WORK/board-source.toml" || return 1
+  # The pod's file, less the CA file it mounts (the board makes its Kafka client at start,
+  # and librdkafka refuses a CA location that does not exist).
+  configmap_toml | grep -v '"ssl.ca.location"' >"$WORK/board-source.toml" || return 1
   LINEWATCH_CONFIG="$WORK/board-source.toml" LINEWATCH_KAFKA_SECRETS_DIR="$sec" \
     LINEWATCH_GROUP_INSTANCE_ID=linewatch-0 LINEWATCH_BIN="$BIN" \
     LINEWATCH_RUNTIME_DIR="$WORK/board-runtime" \

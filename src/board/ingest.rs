@@ -35,6 +35,11 @@ const BATCH_MAX: usize = 1_000;
 const BATCH_WAIT: Duration = Duration::from_millis(100);
 /// How often the topic's partition count is checked again (a topic may grow).
 const METADATA_EVERY: Duration = Duration::from_secs(30);
+/// After a failed connection, how often the brokers are asked whether they answer again.
+const PROBE_EVERY: Duration = Duration::from_secs(2);
+/// How long the brokers may fail to answer before `/readyz` says so: as `run`'s, long enough
+/// for a broker's rolling restart with its leaders moving.
+const BROKERS_DOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Readiness of the board and the sentence `/readyz` answers with.
 #[derive(Debug, Default)]
@@ -47,6 +52,14 @@ impl Ready {
 
     pub fn get(&self) -> (bool, String) {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Ready, reading `partitions`; returns whether it was not ready before.
+    pub fn mark_reading(&self, partitions: usize) -> bool {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let was = g.0;
+        *g = (true, format!("reading {partitions} partition(s)"));
+        !was
     }
 }
 
@@ -186,6 +199,9 @@ impl Ingest {
         self.ready
             .set(true, format!("reading {} partition(s)", partitions));
         let mut last_meta = Instant::now();
+        // Since when a connection to the brokers failed with no answer since.
+        let mut down_since: Option<Instant> = None;
+        let mut last_probe = Instant::now();
         let mut batch: Vec<Consumed> = Vec::new();
         let mut first_at: Option<Instant> = None;
         loop {
@@ -199,13 +215,42 @@ impl Ingest {
             if stopping {
                 return Ok(());
             }
+            if let Some(since) = down_since {
+                if last_probe.elapsed() >= PROBE_EVERY {
+                    last_probe = Instant::now();
+                    match consumer.fetch_metadata(Some(&self.topic), PROBE_EVERY) {
+                        Ok(_) => {
+                            down_since = None;
+                            if self.ready.mark_reading(partitions) {
+                                tracing::info!("board reading the alert topic again");
+                            }
+                        }
+                        Err(e) if since.elapsed() >= BROKERS_DOWN_GRACE => {
+                            self.ready.set(
+                                false,
+                                format!(
+                                    "the brokers have not answered for {} s ({}); retrying",
+                                    since.elapsed().as_secs(),
+                                    crate::kafka::error_kind(&e)
+                                ),
+                            );
+                        }
+                        Err(_) => {}
+                    }
+                }
+            }
             if last_meta.elapsed() >= METADATA_EVERY && batch.is_empty() {
                 last_meta = Instant::now();
                 partitions = self.assign(&consumer, &store, partitions)?;
+                // The topic's metadata came back: the brokers answer again.
+                self.ready.mark_reading(partitions);
             }
             match consumer.poll(Duration::from_millis(20)) {
                 None => {}
                 Some(Ok(m)) => {
+                    if self.ready.mark_reading(partitions) {
+                        tracing::info!("board reading the alert topic again");
+                    }
                     let alert = match decode(m.payload()) {
                         Ok(a) => Some(a),
                         Err(reason) => {
@@ -230,7 +275,18 @@ impl Ingest {
                 Some(Err(KafkaError::PartitionEOF(_))) => {}
                 Some(Err(e)) => {
                     self.metrics.ingest_errors.inc();
-                    tracing::warn!(error = %e, "alert topic consumer error");
+                    // A connection failed: from now the brokers are asked (below) until
+                    // they answer; an outage shows on /readyz once it has lasted the grace.
+                    if matches!(
+                        e.rdkafka_error_code(),
+                        Some(
+                            rdkafka::types::RDKafkaErrorCode::AllBrokersDown
+                                | rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure
+                        )
+                    ) {
+                        down_since.get_or_insert_with(Instant::now);
+                    }
+                    tracing::warn!(error = %self.kafka.mask(&e.to_string()), "alert topic consumer error");
                 }
             }
         }
@@ -299,11 +355,20 @@ impl Ingest {
         batch: &[Consumed],
     ) -> Result<(), String> {
         let mut backoff = Duration::from_millis(200);
+        let mut failed = false;
         let got = loop {
             match store.ingest(batch, now_ms()) {
-                Ok(got) => break got,
+                Ok(got) => {
+                    if failed {
+                        self.ready.set(true, "reading the alert topic");
+                    }
+                    break got;
+                }
                 Err(e) => {
                     self.metrics.ingest_errors.inc();
+                    failed = true;
+                    self.ready
+                        .set(false, format!("storing alerts failed ({e}); retrying"));
                     tracing::warn!(error = %e, "storing alerts failed; retrying");
                     if self.stop.load(Ordering::Relaxed) && backoff > Duration::from_secs(5) {
                         // Not stored and not acknowledged: the next start reads it again.
