@@ -126,6 +126,67 @@ async fn kill_9_after_a_checkpoint_restores_it_and_rereads_nothing_before_it() {
     assert_restored_from_the_topic(&second);
 }
 
+/// Re-processing a range: the group moved back to the start of its input while the service
+/// was stopped. The checkpoint is ahead of the committed offsets, so it is passed over
+/// (`rewound`), and the re-read publishes every alert of `replay` again, with the same ids.
+/// Restored, the state from the end of the input made every re-read record late or a
+/// duplicate, and no alert came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_rewound_behind_its_checkpoint_reprocesses_instead_of_restoring() {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    let s = Setup::with_state_topic("rewind", 1, CONFIG).await;
+    let (one, two) = traffic("w");
+    let all: Vec<String> = one.iter().chain(&two).cloned().collect();
+    let want = want(&all);
+    assert_eq!(want.len(), 3);
+
+    let mut first = s.start_ready().await;
+    produce(&s.topics.input, &records(&all, true)).await;
+    assert_eq!(read_alert_ids(&s.topics.alerts, &want).await, want);
+    first.wait_checkpointed(all.len()).await;
+    first.signal("TERM");
+    assert!(first.wait_exit(WAIT).await.success());
+
+    // kafka-consumer-groups.sh --reset-offsets --to-earliest, as the runbook's re-process.
+    let admin: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", &s.topics.group)
+        .create()
+        .expect("consumer");
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(&s.topics.input, 0, rdkafka::Offset::Offset(0))
+        .unwrap();
+    admin.commit(&tpl, CommitMode::Sync).expect("offsets reset");
+    drop(admin);
+
+    let second = s.start();
+    let twice = read_until(&s.topics.alerts, WAIT, |m| m.len() >= 2 * want.len()).await;
+    let ids: Vec<String> = twice
+        .iter()
+        .map(|m| serde_json::from_slice::<Alert>(&m.value).unwrap().alert_id)
+        .collect();
+    for id in &want {
+        assert_eq!(
+            ids.iter().filter(|x| *x == id).count(),
+            2,
+            "{id} published again by the re-read; service logs:\n{}",
+            second.logs().join("\n")
+        );
+    }
+    assert_eq!(
+        second
+            .metric(r#"linewatch_checkpoint_fallbacks_total{reason="rewound"}"#)
+            .await,
+        1.0
+    );
+    assert_eq!(
+        second
+            .metric(r#"linewatch_records_total{result="late"}"#)
+            .await,
+        0.0
+    );
+}
+
 /// Checkpoints restore into another shard count (docs/sharding.md, step 3): a service run
 /// with `--shards 2` and killed -9 after a checkpoint, restarted with `--shards 3`, loads
 /// that checkpoint (it is not passed over as incompatible), re-reads nothing before it, and

@@ -153,16 +153,22 @@ pub enum Fallback {
     /// were added, or the group split them differently): the state of unkeyed input cannot
     /// be cut or joined by partition.
     OtherPartitions,
+    /// The group's committed offsets are behind the checkpoint's by more than the service
+    /// processes between commits, or gone: the group was rewound to re-process (or its
+    /// offsets deleted or expired). The state is ahead of what will be read: restored, every
+    /// re-read record would be late or a duplicate and no alert would come.
+    Rewound,
 }
 
 impl Fallback {
-    pub const ALL: [Fallback; 6] = [
+    pub const ALL: [Fallback; 7] = [
         Fallback::Missing,
         Fallback::Truncated,
         Fallback::Corrupt,
         Fallback::Incompatible,
         Fallback::Unreadable,
         Fallback::OtherPartitions,
+        Fallback::Rewound,
     ];
 
     pub fn code(self) -> &'static str {
@@ -173,6 +179,7 @@ impl Fallback {
             Fallback::Incompatible => "incompatible",
             Fallback::Unreadable => "unreadable",
             Fallback::OtherPartitions => "other_partitions",
+            Fallback::Rewound => "rewound",
         }
     }
 }

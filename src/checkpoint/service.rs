@@ -180,6 +180,53 @@ impl Restorer {
     pub fn restore(&mut self, partitions: &[InputPartition]) -> Option<Restored> {
         restore(&mut self.stores, &self.cfg, partitions, &self.metrics)
     }
+
+    /// Whether a restored checkpoint is ahead of the group's committed offsets by more than
+    /// the service processes between a checkpoint and its commit reaching the broker
+    /// ([`rewound`]); if so it is counted and logged, and must not be used.
+    pub fn rewound(&self, r: &Restored, committed: &[(String, i32, Option<i64>)]) -> bool {
+        let slack = (self.cfg.service.batch_max_records as i64)
+            .saturating_mul(self.cfg.service.max_in_flight_batches as i64 + 1);
+        match rewound(&r.manifest.offsets, committed, slack) {
+            None => false,
+            Some((topic, partition, ck, got)) => {
+                self.metrics.fallback(Fallback::Rewound);
+                tracing::warn!(
+                    topic = %topic,
+                    partition,
+                    checkpoint_offset = ck,
+                    committed_offset = got.map_or_else(|| "none".to_string(), |c| c.to_string()),
+                    reason = Fallback::Rewound.code(),
+                    "the group's committed offset is behind its checkpoint (the group was rewound to re-process, or its offsets deleted or expired): the checkpoint is not used; the partitions are read from the committed offsets with fresh window state"
+                );
+                true
+            }
+        }
+    }
+}
+
+/// The first covered partition whose committed offset is missing, or lower than the
+/// checkpoint's next offset by more than `slack` records: (topic, partition, checkpoint
+/// offset, committed offset). A checkpoint is taken when a batch is committed, with the
+/// batch's offsets, so in normal running the group's committed offset is at most the few
+/// batches whose commits had not reached the broker behind it (`slack`); further behind,
+/// someone moved the group back.
+pub fn rewound(
+    checkpoint: &[SourceOffset],
+    committed: &[(String, i32, Option<i64>)],
+    slack: i64,
+) -> Option<(String, i32, i64, Option<i64>)> {
+    checkpoint.iter().find_map(|o| {
+        let got = committed
+            .iter()
+            .find(|(t, p, _)| *t == o.topic && *p == o.partition)
+            .map(|(_, _, c)| *c)?;
+        let behind = match got {
+            None => true,
+            Some(c) => c.saturating_add(slack) < o.offset,
+        };
+        behind.then(|| (o.topic.clone(), o.partition, o.offset, got))
+    })
 }
 
 /// What a checkpoint covers: the member's assigned partitions and, for those whose records
@@ -446,5 +493,33 @@ impl Checkpointer {
         if let Some(w) = self.writer.take() {
             let _ = w.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{rewound, SourceOffset};
+
+    #[test]
+    fn a_checkpoint_ahead_of_the_committed_offsets_by_more_than_the_slack_is_rewound() {
+        let ck = vec![SourceOffset {
+            topic: "in".into(),
+            partition: 0,
+            offset: 10_000,
+        }];
+        let c = |o: Option<i64>| vec![("in".to_string(), 0, o)];
+        // Committed at or past it, or a few batches behind (commits not yet on the broker).
+        assert_eq!(rewound(&ck, &c(Some(10_000)), 500), None);
+        assert_eq!(rewound(&ck, &c(Some(12_000)), 500), None);
+        assert_eq!(rewound(&ck, &c(Some(9_500)), 500), None);
+        // Moved back further, or the group's offsets gone.
+        assert_eq!(
+            rewound(&ck, &c(Some(9_499)), 500),
+            Some(("in".into(), 0, 10_000, Some(9_499)))
+        );
+        assert_eq!(rewound(&ck, &c(Some(0)), 500).map(|r| r.3), Some(Some(0)));
+        assert_eq!(rewound(&ck, &c(None), 500).map(|r| r.3), Some(None));
+        // A partition the lookup did not answer for says nothing.
+        assert_eq!(rewound(&ck, &[], 500), None);
     }
 }

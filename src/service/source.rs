@@ -360,7 +360,28 @@ impl SourceContext {
         drop(shared);
         self.status
             .set(false, "restoring window state from a checkpoint");
-        let restored = restorer.restore(&partitions);
+        let mut restored = restorer.restore(&partitions);
+        if let Some(r) = &restored {
+            // A group moved back since the checkpoint (re-processing a range) must not get
+            // a state from ahead of it. Unknown committed offsets (the lookup failed) do
+            // not stop the restore: the re-read plan cannot look them up either.
+            if let Ok(c) = consumer.committed_offsets(tpl.clone(), REBALANCE_REQUEST_TIMEOUT) {
+                let committed: Vec<(String, i32, Option<i64>)> = c
+                    .elements()
+                    .iter()
+                    .map(|e| {
+                        let o = match e.offset() {
+                            Offset::Offset(o) => Some(o),
+                            _ => None,
+                        };
+                        (e.topic().to_string(), e.partition(), o)
+                    })
+                    .collect();
+                if restorer.rewound(r, &committed) {
+                    restored = None;
+                }
+            }
+        }
         let mut shared = lock(&self.shared);
         shared.restorer = Some(restorer);
         match restored {
