@@ -178,7 +178,19 @@ async fn queue(
     };
     match got {
         Ok((rows, untriaged, detectors)) => {
-            pages::queue(&user, &p, &detectors, &rows, untriaged, app.cfg.queue_limit)
+            let skipped = super::metrics::INVALID_REASONS
+                .iter()
+                .map(|r| app.metrics.invalid.with_label_values(&[r]).get())
+                .sum();
+            pages::queue(
+                &user,
+                &p,
+                &detectors,
+                &rows,
+                untriaged,
+                app.cfg.queue_limit,
+                skipped,
+            )
         }
         Err(e) => db_failure(e),
     }

@@ -188,6 +188,20 @@ impl QueueParams {
 }
 
 /// The queue page.
+/// Messages on the alert topic that were not valid alerts: said on the queue page, not only
+/// in /metrics and the log, so the operations room knows something upstream is wrong.
+fn skipped_note(n: u64) -> String {
+    if n == 0 {
+        return String::new();
+    }
+    let (s, were) = if n == 1 { ("", "was") } else { ("s", "were") };
+    format!(
+        "<p class=\"note warn\" id=\"skipped\">{n} message{s} on the alert topic {were} not \
+valid alerts and {were} skipped since the board started (not shown; the board's log gives \
+each one's partition, offset and reason).</p>"
+    )
+}
+
 pub fn queue(
     user: &User,
     p: &QueueParams,
@@ -195,7 +209,9 @@ pub fn queue(
     rows: &[Row],
     untriaged: u64,
     limit: u32,
+    skipped: u64,
 ) -> Response {
+    let skipped_note = skipped_note(skipped);
     let sel = |cur: &Option<String>, v: &str| {
         if cur.as_deref() == Some(v) {
             " selected"
@@ -227,7 +243,7 @@ pub fn queue(
         "<section class=\"queue-head\"><h1>Alert queue</h1>\
 <div class=\"counter\"><span id=\"untriaged\">{untriaged}</span> untriaged</div>\
 <div class=\"live\" id=\"live\" title=\"new alerts appear without reloading\">live</div></section>\
-<form class=\"filters\" method=\"get\" action=\"\">\
+{skipped_note}<form class=\"filters\" method=\"get\" action=\"\">\
 <label>Detector <select name=\"detector\">{det_opts}</select></label>\
 <label>Min score <input name=\"min_score\" size=\"4\" inputmode=\"decimal\" value=\"{ms}\"></label>\
 <label>Status <select name=\"status\">{st_opts}</select></label>\
@@ -791,6 +807,13 @@ mod tests {
         let html = figures(&d);
         assert!(!html.contains("1796398552292"), "{html}");
         assert!(html.contains(&when(1_796_398_552_292)), "{html}");
+    }
+
+    #[test]
+    fn skipped_messages_are_said_on_the_queue_page() {
+        assert_eq!(skipped_note(0), "");
+        assert!(skipped_note(1).contains("1 message on the alert topic was not valid"));
+        assert!(skipped_note(7).contains("7 messages on the alert topic were not valid"));
     }
 
     #[test]
