@@ -71,14 +71,57 @@ impl DirStore {
     }
 
     fn path(&self, key: &str) -> PathBuf {
-        // Keys are made of the group name, digits and fixed words: '/' nests, nothing else
-        // can climb out of the root.
-        let safe: String = key
-            .chars()
-            .map(|c| if c == '.' || c == '\\' { '_' } else { c })
-            .collect();
-        self.root.join(safe)
+        let mut p = self.root.clone();
+        for seg in key.split('/') {
+            p.push(encode_segment(seg));
+        }
+        p
     }
+}
+
+/// A key segment as a file name: bytes outside `[A-Za-z0-9_-]` as `%XX`, an empty segment
+/// as `%`. Injective, so two keys never share a file (`dot.a` and `dot_a` were one, and
+/// a group id was free to hold `..` or start with `/`), and no name is `.`, `..` or empty,
+/// so nothing climbs out of the root. Keys made of the group name, hex ids, digits and
+/// fixed words (every group of those characters) are their own file names, as before.
+fn encode_segment(seg: &str) -> String {
+    if seg.is_empty() {
+        return "%".into();
+    }
+    let mut out = String::with_capacity(seg.len());
+    for b in seg.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// [`encode_segment`] undone; `None` for a name it cannot have made (a stray file).
+fn decode_segment(name: &str) -> Option<String> {
+    if name == "%" {
+        return Some(String::new());
+    }
+    let b = name.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = name.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            c if c.is_ascii_alphanumeric() || c == b'_' || c == b'-' => {
+                out.push(c);
+                i += 1;
+            }
+            _ => return None,
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 impl Store for DirStore {
@@ -124,14 +167,27 @@ impl Store for DirStore {
                 Err(e) => return Err(e),
             };
             for e in entries {
-                let p = e?.path();
-                if p.is_dir() {
+                let e = e?;
+                let p = e.path();
+                // The entry itself, symlinks not followed: only folders and regular files
+                // this store wrote are walked and read. A symlink (a loop made the whole
+                // store unreadable), a FIFO or a device (a read would block the restore
+                // for ever, shutdown included) is someone else's, and left alone.
+                let ft = e.file_type()?;
+                if ft.is_dir() {
                     walk(root, &p, keep, out)?;
-                } else if p.extension().is_none_or(|x| x != "tmp") {
+                } else if ft.is_file() && p.extension().is_none_or(|x| x != "tmp") {
                     if let Ok(rel) = p.strip_prefix(root) {
-                        let key = rel.to_string_lossy().replace('\\', "/");
-                        if keep(&key) {
-                            out.insert(key, fs::read(&p)?);
+                        // A file this store did not name (a stray, an editor's backup) is
+                        // no key: left alone.
+                        let key: Option<Vec<String>> = rel
+                            .components()
+                            .map(|c| decode_segment(&c.as_os_str().to_string_lossy()))
+                            .collect();
+                        if let Some(key) = key.map(|k| k.join("/")) {
+                            if keep(&key) {
+                                out.insert(key, fs::read(&p)?);
+                            }
                         }
                     }
                 }
@@ -139,7 +195,15 @@ impl Store for DirStore {
             Ok(())
         }
         let mut out = BTreeMap::new();
-        walk(&self.root, &self.path(prefix), keep, &mut out)?;
+        // The prefix names a folder ("group/"): its trailing '/' is no empty segment. The
+        // keys found are still matched whole by the caller, so a walk that starts higher
+        // (a group id ending in '/') finds no other group's checkpoint.
+        walk(
+            &self.root,
+            &self.path(prefix.trim_end_matches('/')),
+            keep,
+            &mut out,
+        )?;
         Ok(out)
     }
 }
@@ -323,5 +387,67 @@ impl Store for KafkaStore {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod segment_tests {
+    use super::{decode_segment, encode_segment, DirStore, Store};
+
+    #[test]
+    fn group_ids_map_to_distinct_names_inside_the_root() {
+        for seg in [
+            "linewatch",
+            "dot.a",
+            "dot_a",
+            "..",
+            "",
+            "a%2E",
+            "grüppe",
+            "a b",
+        ] {
+            let e = encode_segment(seg);
+            assert!(
+                !e.is_empty() && e != "." && e != ".." && !e.contains('/'),
+                "{seg}: {e}"
+            );
+            assert_eq!(decode_segment(&e).as_deref(), Some(seg));
+        }
+        assert_eq!(encode_segment("linewatch-0_a"), "linewatch-0_a");
+        assert_ne!(encode_segment("dot.a"), encode_segment("dot_a"));
+        assert_eq!(decode_segment("notes.txt"), None);
+    }
+
+    #[test]
+    fn groups_that_differ_by_a_dot_or_start_with_a_slash_keep_their_own_files() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = DirStore::new(d.path()).unwrap();
+        s.put("dot.a/set/0/manifest", b"A").unwrap();
+        s.put("dot_a/set/0/manifest", b"B").unwrap();
+        s.put("/escape/set/0/manifest", b"C").unwrap();
+        let all = |s: &mut DirStore, p: &str| s.load_where(p, &|_| true).unwrap();
+        let a = all(&mut s, "dot.a/");
+        assert_eq!(a.len(), 1);
+        assert_eq!(a["dot.a/set/0/manifest"], b"A");
+        assert_eq!(all(&mut s, "dot_a/")["dot_a/set/0/manifest"], b"B");
+        assert_eq!(all(&mut s, "/escape/")["/escape/set/0/manifest"], b"C");
+        // Everything stayed under the root.
+        assert!(d.path().join("%").is_dir());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symlink_loop_or_a_fifo_in_the_store_is_left_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = DirStore::new(d.path()).unwrap();
+        s.put("g/set/0/manifest", b"A").unwrap();
+        std::os::unix::fs::symlink("..", d.path().join("g/set/loop")).unwrap();
+        let fifo = d.path().join("g/set/fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let got = s.load_where("g/", &|_| true).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got["g/set/0/manifest"], b"A");
     }
 }
