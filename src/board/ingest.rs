@@ -75,6 +75,8 @@ pub struct Ingest {
     pub ready: Arc<Ready>,
     pub stop: Arc<AtomicBool>,
     pub retry_backoff_max: Duration,
+    /// `engine.raw_identifier_guard`: whether alerts are checked for raw identifiers.
+    pub raw_guard: bool,
 }
 
 /// Most `related` identities an alert may name: linewatch's own name a line's predecessors,
@@ -94,7 +96,14 @@ pub const MAX_RELATED: usize = 1_000;
 ///   shape of a phone number, IMSI or IMEI. The board never stores, shows or exports a
 ///   raw identifier, whoever wrote the message.
 pub fn decode(payload: Option<&[u8]>) -> Result<Alert, &'static str> {
-    use crate::event::{check_pseudonym, TS_MAX, TS_MIN};
+    decode_with(payload, true)
+}
+
+/// [`decode`], with the raw-identifier checks only when `raw_guard` (the input side's
+/// `engine.raw_identifier_guard`: off where pseudonyms are numeric by design, so the board
+/// reading the same file takes the same pseudonyms).
+pub fn decode_with(payload: Option<&[u8]>, raw_guard: bool) -> Result<Alert, &'static str> {
+    use crate::event::{check_pseudonym, Reason, TS_MAX, TS_MIN};
     let bytes = payload.ok_or("invalid_json")?;
     let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|_| "invalid_json")?;
     let a: Alert = serde_json::from_value(value).map_err(|_| "not_an_alert")?;
@@ -111,9 +120,13 @@ pub fn decode(payload: Option<&[u8]>) -> Result<Alert, &'static str> {
         return Err("not_an_alert");
     }
     for s in std::iter::once(&a.subject).chain(&a.related) {
-        check_pseudonym(s).map_err(|r| r.as_str())?;
+        match check_pseudonym(s) {
+            Ok(()) => {}
+            Err(Reason::RawIdentifier) if !raw_guard => {}
+            Err(r) => return Err(r.as_str()),
+        }
     }
-    if a.evidence.iter().any(|(k, v)| holds_raw(k, v)) {
+    if raw_guard && a.evidence.iter().any(|(k, v)| holds_raw(k, v)) {
         return Err("raw_identifier");
     }
     Ok(a)
@@ -251,7 +264,7 @@ impl Ingest {
                     if self.ready.mark_reading(partitions) {
                         tracing::info!("board reading the alert topic again");
                     }
-                    let alert = match decode(m.payload()) {
+                    let alert = match decode_with(m.payload(), self.raw_guard) {
                         Ok(a) => Some(a),
                         Err(reason) => {
                             self.metrics.invalid.with_label_values(&[reason]).inc();
@@ -485,6 +498,16 @@ mod tests {
         assert_eq!(
             reason(&|w| w["detected_at"] = serde_json::json!(5)),
             "not_an_alert"
+        );
+        // With the guard off (numeric pseudonyms by design), a numeric subject is taken; a
+        // space or control character still is not.
+        let mut n = v.clone();
+        n["subject"] = "447700900123".into();
+        assert!(super::decode_with(Some(n.to_string().as_bytes()), false).is_ok());
+        n["subject"] = "4477 00900123".into();
+        assert_eq!(
+            super::decode_with(Some(n.to_string().as_bytes()), false).unwrap_err(),
+            "bad_pseudonym"
         );
         let many: Vec<String> = (0..=super::MAX_RELATED).map(|i| format!("L{i}")).collect();
         assert_eq!(

@@ -167,6 +167,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         ready,
         stop: stop.clone(),
         retry_backoff_max: Duration::from_secs(cfg.service.retry_backoff_max_s),
+        raw_guard: cfg.engine.raw_identifier_guard,
     };
     let ingest = std::thread::Builder::new()
         .name("board-ingest".into())
