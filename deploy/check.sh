@@ -164,8 +164,24 @@ wait_metric() {
   done
 }
 
+# stopped_cleanly PID LOG SECONDS WHAT: SIGTERM to PID, which must exit 0 within SECONDS
+# (LOG's tail shown when it does not).
+stopped_cleanly() {
+  local pid="$1" log="$2" limit="$3" what="$4" rc deadline
+  kill -TERM "$pid"
+  deadline=$((SECONDS + limit))
+  while kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.5; done
+  if kill -0 "$pid" 2>/dev/null; then
+    fail "$what still running $limit s after SIGTERM"
+    return 1
+  fi
+  rc=0
+  wait "$pid" || rc=$?
+  [ "$rc" -eq 0 ] || { tail -n 20 "$log" >&2; fail "$what SIGTERM: exit $rc, want 0"; }
+}
+
 check_entrypoint_run() {
-  local port src="$WORK/live.toml" log="$WORK/run.log" pid rc deadline
+  local port src="$WORK/live.toml" log="$WORK/run.log" pid
   port="$(free_port)" || return 1
   printf '[bulk_sms]\nmin_recipients = 30\n\n[service]\nhttp_addr = "127.0.0.1:%s"\nconfig_poll_interval_s = 1\n' \
     "$port" >"$src"
@@ -194,23 +210,14 @@ check_entrypoint_run() {
   kill -HUP "$pid"
   wait_metric "$port" '^linewatch_config_reloads_total\{result="unchanged"\} [1-9]' 60 ||
     { tail -n 20 "$log" >&2; fail "SIGHUP was not passed on"; return 1; }
-  kill -TERM "$pid"
-  deadline=$((SECONDS + 40))
-  while kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.5; done
-  if kill -0 "$pid" 2>/dev/null; then
-    fail "entry point still running 40 s after SIGTERM"
-    return 1
-  fi
-  rc=0
-  wait "$pid" || rc=$?
-  [ "$rc" -eq 0 ] || { tail -n 20 "$log" >&2; fail "SIGTERM: exit $rc, want 0"; }
+  stopped_cleanly "$pid" "$log" 40 "entry point"
 }
 
 # `board` through the entry point: the Secret's credentials merged into the copy it reads
 # (the instance id not: the board is no group member), the board serving /healthz on the
 # port the image's health check asks, and SIGTERM ending it.
 check_entrypoint_board() {
-  local port sec="$WORK/board-secrets" log="$WORK/board.log" pid rc deadline
+  local port sec="$WORK/board-secrets" log="$WORK/board.log" pid deadline
   port="$(free_port)" || return 1
   mkdir -p "$sec"
   printf 'linewatch\n' >"$sec/sasl.username"
@@ -240,16 +247,7 @@ check_entrypoint_board() {
     fail "the board's copy has run's group.instance.id"
     return 1
   fi
-  kill -TERM "$pid"
-  deadline=$((SECONDS + 30))
-  while kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.5; done
-  if kill -0 "$pid" 2>/dev/null; then
-    fail "board still running 30 s after SIGTERM"
-    return 1
-  fi
-  rc=0
-  wait "$pid" || rc=$?
-  [ "$rc" -eq 0 ] || { tail -n 20 "$log" >&2; fail "board SIGTERM: exit $rc, want 0"; }
+  stopped_cleanly "$pid" "$log" 30 board
 }
 
 # deploy/board/nginx.conf run by a real nginx in front of a real board, as the compose file
