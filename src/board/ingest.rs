@@ -54,12 +54,15 @@ impl Ready {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Ready, reading `partitions`; returns whether it was not ready before.
+    /// Ready, reading `partitions`; returns whether it was not ready before. Called for every
+    /// message: when ready already, it changes (and formats) nothing.
     pub fn mark_reading(&self, partitions: usize) -> bool {
         let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let was = g.0;
+        if g.0 {
+            return false;
+        }
         *g = (true, format!("reading {partitions} partition(s)"));
-        !was
+        true
     }
 }
 
@@ -255,8 +258,10 @@ impl Ingest {
             if last_meta.elapsed() >= METADATA_EVERY && batch.is_empty() {
                 last_meta = Instant::now();
                 partitions = self.assign(&consumer, &store, partitions)?;
-                // The topic's metadata came back: the brokers answer again.
-                self.ready.mark_reading(partitions);
+                // The topic's metadata came back: the brokers answer again (and the
+                // partition count may have grown).
+                self.ready
+                    .set(true, format!("reading {partitions} partition(s)"));
             }
             match consumer.poll(Duration::from_millis(20)) {
                 None => {}
