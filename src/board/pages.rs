@@ -642,14 +642,10 @@ pub fn line(user: &User, csrf: &str, ident: &str, alerts: &[Stored]) -> Response
     page("Line", root, user, &body)
 }
 
-/// A CSV cell: quoted, and a leading `= + - @` defused so a spreadsheet does not run it.
+/// A CSV cell: quoted, and defused so a spreadsheet does not run it as a formula, by the
+/// rule every CSV linewatch writes follows ([`crate::sheet::protect`]).
 fn cell(s: &str) -> String {
-    let s = if s.starts_with(['=', '+', '-', '@']) {
-        format!("'{s}")
-    } else {
-        s.to_string()
-    };
-    format!("\"{}\"", s.replace('"', "\"\""))
+    format!("\"{}\"", crate::sheet::protect(s).replace('"', "\"\""))
 }
 
 /// The evidence export of an identity as CSV.
