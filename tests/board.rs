@@ -839,6 +839,398 @@ async fn the_open_queue_reconnects_after_a_board_restart_and_shows_what_it_misse
     c.close().await.unwrap();
 }
 
+/// A loopback port where nothing listens (yet): the board's brokers until the test starts a
+/// [`forward`] there. A port the OS just handed out and released, so no other test uses it.
+fn unused_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Makes the broker reachable at `127.0.0.1:port`: each connection there is relayed to the
+/// test broker. Only the first contact goes through it: the metadata names the broker's own
+/// address, which the client then uses. Stops when the returned handle is aborted.
+async fn forward(port: u16) -> tokio::task::JoinHandle<()> {
+    let to = brokers().split(',').next().unwrap().trim().to_string();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("the unused port is still free");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                return;
+            };
+            let to = to.clone();
+            tokio::spawn(async move {
+                if let Ok(mut up) = tokio::net::TcpStream::connect(&to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+                }
+            });
+        }
+    })
+}
+
+/// A board configuration ([`board_config`]) with quick ingest retries and a SASL password
+/// in `[kafka]` that must never reach a page.
+const SECRET: &str = "s3cret-board-pw-7731";
+fn board_config_quick_retry(dir: &Path) -> PathBuf {
+    let (cfg, _) = board_config(dir);
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!(
+        "[service]\nretry_backoff_max_s = 2\n[kafka]\n\"sasl.username\" = \"board\"\n\"sasl.password\" = \"{SECRET}\"\n"
+    ));
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
+/// `linewatch board` reading `alert_topic` from the brokers at `brokers`.
+fn board_at(config: &Path, brokers: &str, alert_topic: &str) -> Board {
+    let args = ["--brokers", brokers, "--alert-topic", alert_topic].map(String::from);
+    Board {
+        svc: Service::start_command(config, "board", &args),
+    }
+}
+
+/// The board's event stream as `user` opens it, and what has been read of it.
+struct Events {
+    stream: tokio::net::TcpStream,
+    buf: String,
+}
+
+impl Events {
+    async fn open(addr: &str, user: &str) -> Events {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!(
+            "GET /events HTTP/1.1\r\nHost: {addr}\r\n{HEADER}: {user}\r\nAccept: text/event-stream\r\n\r\n"
+        );
+        stream.write_all(req.as_bytes()).await.unwrap();
+        Events {
+            stream,
+            buf: String::new(),
+        }
+    }
+
+    /// The next event as (name, data), skipping keep-alive comments; `None` after `timeout`.
+    async fn next(&mut self, timeout: Duration) -> Option<(String, String)> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // An event ends at a blank line; the HTTP chunk framing sits between events.
+            while let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let (mut name, mut data) = (None, None);
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        name = Some(v.trim().to_string());
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data = Some(v.trim().to_string());
+                    }
+                }
+                if let (Some(n), Some(d)) = (name, data) {
+                    return Some((n, d));
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => n,
+                _ => return None,
+            };
+            self.buf
+                .push_str(&String::from_utf8_lossy(&chunk[..n]).replace("\r\n", "\n"));
+        }
+    }
+
+    /// The next `ingest` event's JSON within `timeout`.
+    async fn next_ingest(&mut self, timeout: Duration) -> Option<Value> {
+        let deadline = Instant::now() + timeout;
+        while let Some((name, data)) = self
+            .next(deadline.saturating_duration_since(Instant::now()))
+            .await
+        {
+            if name == "ingest" {
+                return Some(serde_json::from_str(&data).expect("ingest event data is JSON"));
+            }
+        }
+        None
+    }
+}
+
+/// The event stream tells an open page the feed's state: on connect, that the board reads
+/// nothing (its brokers do not answer), with the `/readyz` sentence and since when, and never
+/// a `[kafka]` secret; then, when the brokers answer, that it reads again. The queue page
+/// served meanwhile shows the down chip before any script runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_stream_says_when_the_feed_is_down_and_when_it_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = format!("board-feed-sse-{}", suffix());
+    create_topics(&[(&topic, 1)]).await;
+    produce(&topic, &scenery()).await;
+    let cfg = board_config_quick_retry(dir.path());
+    let port = unused_port();
+    let started = now_ms();
+    let board = board_at(&cfg, &format!("127.0.0.1:{port}"), &topic);
+    let addr = board.addr().await;
+    assert_eq!(http(&addr, "GET", "/readyz", None, "").0, 503);
+
+    let (code, _, html) = http(&addr, "GET", "/", Some("alice"), "");
+    assert_eq!(code, 200);
+    assert!(
+        html.contains("data-feed=\"down\"") && html.contains("feed down \u{2014} alerts delayed"),
+        "the queue served during the outage shows a live chip:\n{html}"
+    );
+    assert!(!html.contains(SECRET));
+
+    let mut events = Events::open(&addr, "alice").await;
+    let first = events
+        .next(Duration::from_secs(5))
+        .await
+        .expect("an event on connect");
+    assert_eq!(first.0, "ingest", "{first:?}");
+    let down: Value = serde_json::from_str(&first.1).unwrap();
+    assert_eq!(down["ok"], false, "{down}");
+    assert!(
+        !down["detail"].as_str().unwrap().is_empty(),
+        "the down state says why: {down}"
+    );
+    let since = down["since_ms"].as_i64().unwrap();
+    assert!(
+        since >= started - 1_000 && since <= now_ms(),
+        "{since} vs {started}"
+    );
+    // After the first failed attempt the sentence is /readyz's own.
+    let failed = loop {
+        let v = events
+            .next_ingest(Duration::from_secs(40))
+            .await
+            .unwrap_or_else(|| panic!("no word of the failed connection; log:\n{}", board.logs()));
+        assert_eq!(v["ok"], false, "{v}");
+        if v["detail"].as_str().unwrap().contains("retrying") {
+            break v;
+        }
+    };
+    assert_eq!(failed["since_ms"].as_i64().unwrap(), since, "{failed}");
+    let (code, _, readyz) = http(&addr, "GET", "/readyz", None, "");
+    assert_eq!(code, 503);
+    assert_eq!(readyz.trim(), failed["detail"].as_str().unwrap());
+    assert!(!failed.to_string().contains(SECRET), "{failed}");
+
+    // The brokers answer: the stream says the feed is back, without being reopened.
+    let relay = forward(port).await;
+    let back = loop {
+        let v = events
+            .next_ingest(Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|| {
+                panic!(
+                    "the stream never said the feed is back; log:\n{}",
+                    board.logs()
+                )
+            });
+        if v["ok"] == true {
+            break v;
+        }
+    };
+    eprintln!("ingest events: {down}, {failed}, {back}");
+    assert_eq!(back["detail"], "reading 1 partition(s)", "{back}");
+    assert!(back["since_ms"].as_i64().unwrap() > since, "{back}");
+    let (code, _, html) = http(&addr, "GET", "/", Some("alice"), "");
+    assert_eq!(code, 200);
+    assert!(html.contains("data-feed=\"ok\"") && !html.contains("feed down"));
+    // A stream opened now starts with the state as it is.
+    let mut again = Events::open(&addr, "alice").await;
+    let now = again.next_ingest(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(now, back);
+    relay.abort();
+}
+
+/// An open queue page says, in words, when the board reads no alerts: a board whose brokers
+/// do not answer, then (once they do and the page is live) a database another process holds
+/// locked. Each time the chip comes back to live on its own and the list shows what was
+/// stored meanwhile, without a reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_queue_says_when_the_feed_is_down_and_catches_up_when_it_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = suffix();
+    let topic = format!("board-feed-page-{s}");
+    create_topics(&[(&topic, 1)]).await;
+    produce(&topic, &scenery()).await;
+    let cfg = board_config_quick_retry(dir.path());
+    let port = unused_port();
+    let board = board_at(&cfg, &format!("127.0.0.1:{port}"), &topic);
+    let addr = board.addr().await;
+    let alice = proxy(addr.clone(), "alice").await;
+
+    let driver = Driver::start().await;
+    let c = driver.client(1280, 800).await;
+    c.goto(&format!("http://{alice}/")).await.unwrap();
+    c.execute("window.__sameDocument = 'yes';", vec![])
+        .await
+        .unwrap();
+    let chip = live_chip(&c).await;
+    assert!(
+        chip.2 && chip.0 == "feed down \u{2014} alerts delayed",
+        "a page opened while the brokers do not answer shows {chip:?}"
+    );
+    assert_eq!(text_of(&c, Locator::Id("untriaged")).await, "0");
+    // Once the first attempt has failed the tooltip carries /readyz's sentence.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let (_, title, _) = loop {
+        let chip = live_chip(&c).await;
+        if chip.1.contains("retrying") {
+            break chip;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the tooltip never said why: {chip:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        title.starts_with("No new alerts reach the board since ") && !title.contains(SECRET),
+        "{title}"
+    );
+    eprintln!("feed down tooltip: {title}");
+    screenshot(&c, "queue-feed-down.png").await;
+
+    // The brokers answer: live again, and the alerts read since are listed.
+    let relay = forward(port).await;
+    let ids = "return Array.from(document.querySelectorAll('tr[data-alert]')).map(tr => tr.dataset.alert);";
+    let shown = |v: Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|x| x.as_str().map(String::from))
+            .collect()
+    };
+    let t0 = Instant::now();
+    loop {
+        let chip = live_chip(&c).await;
+        let rows = shown(c.execute(ids, vec![]).await.unwrap());
+        if chip.0 == "live" && !chip.2 && rows.len() == scenery().len() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "60 s after the brokers answered the page shows {chip:?} and {rows:?}; log:\n{}",
+            board.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "brokers back to page live and caught up: {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(live_chip(&c).await.1, "new alerts appear without reloading");
+
+    // Another process holds the database's write lock: storing fails, the feed is down.
+    let lock = rusqlite::Connection::open(dir.path().join("board.db")).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let id = format!("while-locked-{s}");
+    let line = format!("L-{id}");
+    produce(
+        &topic,
+        &[(
+            Some(line.clone()),
+            alert(
+                &id,
+                "bulk_sms",
+                &line,
+                "line",
+                0.9,
+                &[],
+                json!({"recipients": 31}),
+            ),
+        )],
+    )
+    .await;
+    let t0 = Instant::now();
+    let (_, title, _) = loop {
+        let chip = live_chip(&c).await;
+        if chip.2 && chip.0.contains("feed down") {
+            break chip;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "30 s into a locked database the chip shows {chip:?}; log:\n{}",
+            board.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(title.contains("storing alerts failed"), "{title}");
+    screenshot(&c, "queue-feed-down-locked.png").await;
+    lock.execute_batch("ROLLBACK").unwrap();
+    drop(lock);
+    let t0 = Instant::now();
+    loop {
+        let chip = live_chip(&c).await;
+        let rows = shown(c.execute(ids, vec![]).await.unwrap());
+        if chip.0 == "live" && !chip.2 && rows.contains(&id) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "20 s after the lock went the page shows {chip:?} and {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    screenshot(&c, "queue-feed-back.png").await;
+    let same = c
+        .execute("return window.__sameDocument || 'reloaded';", vec![])
+        .await
+        .unwrap();
+    assert_eq!(same, json!("yes"), "the page must not reload");
+
+    // Feed down and then no connection to the board at all: the chip says the latter (what
+    // it knew of the feed is stale).
+    let lock = rusqlite::Connection::open(dir.path().join("board.db")).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let id = format!("while-locked-again-{s}");
+    let line = format!("L-{id}");
+    produce(
+        &topic,
+        &[(
+            Some(line.clone()),
+            alert(
+                &id,
+                "bulk_sms",
+                &line,
+                "line",
+                0.9,
+                &[],
+                json!({"recipients": 31}),
+            ),
+        )],
+    )
+    .await;
+    let t0 = Instant::now();
+    while !live_chip(&c).await.0.contains("feed down") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "{:?}",
+            live_chip(&c).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut board = board;
+    board.kill();
+    let t0 = Instant::now();
+    loop {
+        let chip = live_chip(&c).await;
+        if chip.2 && chip.0.contains("offline") && chip.1.contains("No connection") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the board is gone and the chip shows {chip:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    lock.execute_batch("ROLLBACK").unwrap();
+    c.close().await.unwrap();
+    relay.abort();
+}
+
 /// Alerts in Kafka transactions: one committed, one aborted (read_committed must skip it).
 async fn produce_in_transaction(topic: &str, records: &[(Option<String>, Vec<u8>)], commit: bool) {
     use rdkafka::producer::{FutureProducer, FutureRecord, Producer};

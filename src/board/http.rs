@@ -184,6 +184,7 @@ async fn queue(
                 .sum();
             pages::queue(
                 &user,
+                &app.ready.feed(),
                 &p,
                 &detectors,
                 &rows,
@@ -213,19 +214,63 @@ async fn queue_rows(State(app): State<Arc<App>>, Query(p): Query<QueueParams>) -
     }
 }
 
-/// Server-sent events: one `alerts` event after each ingest commit that stored new alerts.
+/// How often an open event stream looks at the ingest's state: a feed that goes down (or
+/// comes back) shows on the page within this.
+pub const FEED_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The `ingest` event: the feed's state ([`super::ingest::Feed`]) as JSON.
+pub fn ingest_event(feed: &super::ingest::Feed) -> Event {
+    Event::default()
+        .event("ingest")
+        .data(serde_json::to_string(feed).unwrap_or_default())
+}
+
+/// Server-sent events: one `alerts` event after each ingest commit that stored new alerts,
+/// and an `ingest` event with the feed's state on connect and whenever it changes (the
+/// page's chip says when alerts stop arriving: brokers unreachable, database locked).
 async fn events(
     State(app): State<Arc<App>>,
 ) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
-    let rx = app.events.subscribe();
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        let data = match rx.recv().await {
-            Ok(n) => n.to_string(),
-            // Missed some: the page fetches its rows anyway.
-            Err(broadcast::error::RecvError::Lagged(_)) => "0".to_string(),
-            Err(broadcast::error::RecvError::Closed) => return None,
-        };
-        Some((Ok(Event::default().event("alerts").data(data)), rx))
+    struct Open {
+        rx: broadcast::Receiver<u64>,
+        ready: Arc<Ready>,
+        /// The state last sent; `None` before the first event.
+        sent: Option<super::ingest::Feed>,
+        tick: tokio::time::Interval,
+    }
+    let mut tick = tokio::time::interval(FEED_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let open = Open {
+        rx: app.events.subscribe(),
+        ready: app.ready.clone(),
+        sent: None,
+        tick,
+    };
+    let stream = futures_util::stream::unfold(open, |mut o| async move {
+        loop {
+            // The first tick is at once: the state goes out first on connect.
+            let got = tokio::select! {
+                biased;
+                _ = o.tick.tick() => None,
+                r = o.rx.recv() => Some(r),
+            };
+            let data = match got {
+                Some(Ok(n)) => n.to_string(),
+                // Missed some: the page fetches its rows anyway.
+                Some(Err(broadcast::error::RecvError::Lagged(_))) => "0".to_string(),
+                Some(Err(broadcast::error::RecvError::Closed)) => return None,
+                None => {
+                    let feed = o.ready.feed();
+                    if o.sent.as_ref() == Some(&feed) {
+                        continue;
+                    }
+                    let ev = ingest_event(&feed);
+                    o.sent = Some(feed);
+                    return Some((Ok(ev), o));
+                }
+            };
+            return Some((Ok(Event::default().event("alerts").data(data)), o));
+        }
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }

@@ -41,27 +41,68 @@ const PROBE_EVERY: Duration = Duration::from_secs(2);
 /// for a broker's rolling restart with its leaders moving.
 const BROKERS_DOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Readiness of the board and the sentence `/readyz` answers with.
-#[derive(Debug, Default)]
-pub struct Ready(Mutex<(bool, String)>);
+/// Readiness of the board and the sentence `/readyz` answers with; also what the queue page's
+/// chip shows of the feed ([`Feed`]).
+#[derive(Debug)]
+pub struct Ready(Mutex<Feed>);
+
+/// The ingest's state as the pages show it: whether alerts are being read and stored, the
+/// `/readyz` sentence (no identifier and no `[kafka]` value is ever in it: it is made of
+/// fixed words, counts, error kinds and the database's error), and since when (wall-clock
+/// ms) `ok` has had its value.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Feed {
+    pub ok: bool,
+    pub detail: String,
+    pub since_ms: i64,
+}
+
+impl Default for Ready {
+    fn default() -> Ready {
+        Ready(Mutex::new(Feed {
+            ok: false,
+            detail: String::new(),
+            since_ms: now_ms(),
+        }))
+    }
+}
 
 impl Ready {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Feed> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn set(&self, ready: bool, detail: impl Into<String>) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = (ready, detail.into());
+        let mut g = self.lock();
+        if g.ok != ready {
+            g.since_ms = now_ms();
+        }
+        g.ok = ready;
+        g.detail = detail.into();
     }
 
     pub fn get(&self) -> (bool, String) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        let g = self.lock();
+        (g.ok, g.detail.clone())
+    }
+
+    /// The whole state, for the pages.
+    pub fn feed(&self) -> Feed {
+        self.lock().clone()
     }
 
     /// Ready, reading `partitions`; returns whether it was not ready before. Called for every
     /// message: when ready already, it changes (and formats) nothing.
     pub fn mark_reading(&self, partitions: usize) -> bool {
-        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if g.0 {
+        let mut g = self.lock();
+        if g.ok {
             return false;
         }
-        *g = (true, format!("reading {partitions} partition(s)"));
+        *g = Feed {
+            ok: true,
+            detail: format!("reading {partitions} partition(s)"),
+            since_ms: now_ms(),
+        };
         true
     }
 }

@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::audit::rfc3339;
 use super::auth::User;
+use super::ingest::Feed;
 use super::store::{Entry, QueueFilter, Row, Sort, Status, Stored};
 use crate::alert::Alert;
 use crate::event::Millis;
@@ -202,8 +203,11 @@ each one's partition, offset and reason).</p>"
     )
 }
 
+/// The queue page; `feed` sets the chip it starts with.
+#[allow(clippy::too_many_arguments)]
 pub fn queue(
     user: &User,
+    feed: &Feed,
     p: &QueueParams,
     detectors: &[String],
     rows: &[Row],
@@ -242,7 +246,7 @@ pub fn queue(
     let body = format!(
         "<section class=\"queue-head\"><h1>Alert queue</h1>\
 <div class=\"counter\"><span id=\"untriaged\">{untriaged}</span> untriaged</div>\
-<div class=\"live\" id=\"live\" title=\"new alerts appear without reloading\">live</div></section>\
+{chip}</section>\
 {skipped_note}<form class=\"filters\" method=\"get\" action=\"\">\
 <label>Detector <select name=\"detector\">{det_opts}</select></label>\
 <label>Min score <input name=\"min_score\" size=\"4\" inputmode=\"decimal\" value=\"{ms}\"></label>\
@@ -259,8 +263,45 @@ pub fn queue(
         hours = val(&p.hours),
         newest = sel(&p.sort, "newest"),
         rows = queue_rows(rows, ""),
+        chip = live_chip(feed),
     );
     page("Queue", "", user, &body)
+}
+
+/// The chip's words when alerts arrive, and its tooltip (board.js uses the same).
+pub const LIVE_WORDS: &str = "live";
+pub const LIVE_TITLE: &str = "new alerts appear without reloading";
+/// The chip's words while the feed is down (the brokers do not answer, storing fails).
+pub const FEED_DOWN_WORDS: &str = "feed down \u{2014} alerts delayed";
+
+/// The queue's live chip as the page starts with it: live, or the feed down with why and
+/// since when (UTC here; board.js rewrites it in the viewer's local time). board.js reads
+/// the state from `data-feed` until the event stream tells it again.
+fn live_chip(feed: &Feed) -> String {
+    if feed.ok {
+        return format!(
+            "<div class=\"live\" id=\"live\" data-feed=\"ok\" data-state=\"live\" title=\"{LIVE_TITLE}\">{LIVE_WORDS}</div>"
+        );
+    }
+    format!(
+        "<div class=\"live down\" id=\"live\" data-feed=\"down\" data-state=\"feed-down\" data-since=\"{since}\" \
+title=\"{title}\">{FEED_DOWN_WORDS}</div>",
+        since = feed.since_ms,
+        title = esc(&feed_down_title(&feed.detail, &format!("{} UTC", when(feed.since_ms)))),
+    )
+}
+
+/// The down chip's tooltip: what the board says of its feed, and since when.
+pub fn feed_down_title(detail: &str, since: &str) -> String {
+    let detail = if detail.trim().is_empty() {
+        "not reading the alert topic"
+    } else {
+        detail.trim()
+    };
+    format!(
+        "No new alerts reach the board since {since}: {detail}. \
+Alerts raised meanwhile are not shown yet; the list catches up when the feed is back."
+    )
 }
 
 /// Evidence keys shown as a figure with its threshold: (figure, threshold, comparison).
@@ -726,6 +767,32 @@ Reason: <q>{reason}</q>.</p><dl class=\"around\"><dt>Predecessors</dt><dd>{p}</d
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_queue_chip_starts_as_the_feed_is() {
+        use crate::board::ingest::Feed;
+        let up = super::live_chip(&Feed {
+            ok: true,
+            detail: "reading 1 partition(s)".into(),
+            since_ms: 0,
+        });
+        assert!(
+            up.contains("data-feed=\"ok\"") && up.contains(">live</div>"),
+            "{up}"
+        );
+        let down = super::live_chip(&Feed {
+            ok: false,
+            detail: "storing alerts failed (<locked> & \"busy\"); retrying".into(),
+            since_ms: 1_796_600_000_000,
+        });
+        assert!(down.contains("class=\"live down\""), "{down}");
+        assert!(
+            down.contains(">feed down \u{2014} alerts delayed</div>"),
+            "{down}"
+        );
+        assert!(down.contains("since 2026-12-06 23:33:20 UTC: storing alerts failed (&lt;locked&gt; &amp; &quot;busy&quot;); retrying."), "{down}");
+        assert!(!down.contains("<locked>"), "{down}");
+    }
+
     use super::*;
     use crate::board::store::tests::alert;
 

@@ -2,6 +2,10 @@
 // and the rows are fetched again with the page's own filters, so order and filters hold.
 // A closed stream (board restarted, proxy answered 502/401: browsers give up then) is opened
 // again after a backoff; on every open the rows are fetched, for what was missed meanwhile.
+// The stream also tells the ingest's state (`ingest` events: on open and on each change): while
+// the board reads no alerts (brokers unreachable, database locked) the chip says the feed is
+// down; when it is back the rows are fetched again. The page starts with the server's word
+// (data-feed on the chip). A stream that is down says so first: its feed state is stale then.
 (function () {
   "use strict";
   var rows = document.getElementById("rows");
@@ -11,18 +15,44 @@
   var LIVE = "new alerts appear without reloading";
   var pending = null, seq = 0, es = null, delay = 1000, waiting = 0;
   var streamDown = false, fetchDown = false;
+  var FEED_DOWN = "feed down \u2014 alerts delayed";
+  var feedDown = live.getAttribute("data-feed") === "down";
+  var feedTitle = live.title;
+  function since(ms) {
+    var d = new Date(ms), now = new Date();
+    return d.toDateString() === now.toDateString() ? d.toLocaleTimeString() : d.toLocaleString();
+  }
+  function feed(j) {
+    var was = feedDown;
+    feedDown = !j.ok;
+    if (feedDown) {
+      feedTitle = "No new alerts reach the board since " + since(j.since_ms) + ": " +
+        (j.detail || "not reading the alert topic") +
+        ". Alerts raised meanwhile are not shown yet; the list catches up when the feed is back.";
+    }
+    show();
+    // Back: what was stored meanwhile (the open's fetch may have run before it was).
+    if (was && !feedDown) later(150);
+  }
   function show() {
-    var text = "live", title = LIVE;
+    var text = "live", title = LIVE, state = "live";
     if (streamDown) {
+      state = "offline";
       text = waiting ? "offline \u2014 retrying" : "reconnecting\u2026";
       title = "No connection to the board" +
         (waiting ? "; trying again in " + waiting / 1000 + " s" : "; trying again") +
         ". New alerts do not appear meanwhile; the list catches up when it is back.";
+    } else if (feedDown) {
+      state = "feed-down";
+      text = FEED_DOWN;
+      title = feedTitle;
     } else if (fetchDown) {
+      state = "fetch-failed";
       text = "update failed";
       title = "The list could not be fetched again and may be out of date; retrying.";
     }
-    live.classList.toggle("down", streamDown || fetchDown);
+    live.classList.toggle("down", streamDown || feedDown || fetchDown);
+    live.setAttribute("data-state", state);
     live.textContent = text;
     live.title = title;
   }
@@ -60,6 +90,11 @@
     if (streamDown) show();
     es = new EventSource("events");
     es.addEventListener("alerts", function () { later(150); });
+    es.addEventListener("ingest", function (e) {
+      var j;
+      try { j = JSON.parse(e.data); } catch (err) { return; }
+      feed(j);
+    });
     es.onopen = function () {
       delay = 1000;
       streamDown = false;
