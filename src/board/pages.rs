@@ -271,8 +271,11 @@ pub fn queue(
 /// The chip's words when alerts arrive, and its tooltip (board.js uses the same).
 pub const LIVE_WORDS: &str = "live";
 pub const LIVE_TITLE: &str = "new alerts appear without reloading";
-/// The chip's words while the feed is down (the brokers do not answer, storing fails).
-pub const FEED_DOWN_WORDS: &str = "feed down \u{2014} alerts delayed";
+/// The chip's words while the feed is down (the brokers do not answer, storing fails), with
+/// the time it went down: a wall screen shows since when without anyone hovering.
+pub fn feed_down_words(since: &str) -> String {
+    format!("feed down since {since} \u{2014} alerts delayed")
+}
 
 /// The queue's live chip as the page starts with it: live, or the feed down with why and
 /// since when (UTC here; board.js rewrites it in the viewer's local time). board.js reads
@@ -285,8 +288,13 @@ fn live_chip(feed: &Feed) -> String {
     }
     format!(
         "<div class=\"live down\" id=\"live\" data-feed=\"down\" data-state=\"feed-down\" data-since=\"{since}\" \
-title=\"{title}\">{FEED_DOWN_WORDS}</div>",
+title=\"{title}\">{words}</div>",
         since = feed.since_ms,
+        words = esc(&feed_down_words(&format!(
+            "{} UTC",
+            chrono::DateTime::from_timestamp_millis(feed.since_ms)
+                .map_or_else(String::new, |t| t.format("%H:%M").to_string())
+        ))),
         title = esc(&feed_down_title(&feed.detail, &format!("{} UTC", when(feed.since_ms)))),
     )
 }
@@ -786,7 +794,7 @@ mod tests {
         });
         assert!(down.contains("class=\"live down\""), "{down}");
         assert!(
-            down.contains(">feed down \u{2014} alerts delayed</div>"),
+            down.contains(">feed down since 23:33 UTC \u{2014} alerts delayed</div>"),
             "{down}"
         );
         assert!(down.contains("since 2026-12-06 23:33:20 UTC: storing alerts failed (&lt;locked&gt; &amp; &quot;busy&quot;); retrying."), "{down}");

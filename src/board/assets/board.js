@@ -15,9 +15,11 @@
   var LIVE = "new alerts appear without reloading";
   var pending = null, seq = 0, es = null, delay = 1000, waiting = 0;
   var streamDown = false, fetchDown = false;
-  var FEED_DOWN = "feed down \u2014 alerts delayed";
   var feedDown = live.getAttribute("data-feed") === "down";
-  var feedTitle = live.title;
+  var feedTitle = live.title, feedText = live.textContent;
+  function hhmm(ms) {
+    return new Date(ms).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  }
   function since(ms) {
     var d = new Date(ms), now = new Date();
     return d.toDateString() === now.toDateString() ? d.toLocaleTimeString() : d.toLocaleString();
@@ -26,6 +28,7 @@
     var was = feedDown;
     feedDown = !j.ok;
     if (feedDown) {
+      feedText = "feed down since " + hhmm(j.since_ms) + " \u2014 alerts delayed";
       feedTitle = "No new alerts reach the board since " + since(j.since_ms) + ": " +
         (j.detail || "not reading the alert topic") +
         ". Alerts raised meanwhile are not shown yet; the list catches up when the feed is back.";
@@ -44,7 +47,7 @@
         ". New alerts do not appear meanwhile; the list catches up when it is back.";
     } else if (feedDown) {
       state = "feed-down";
-      text = FEED_DOWN;
+      text = feedText;
       title = feedTitle;
     } else if (fetchDown) {
       state = "fetch-failed";
