@@ -1505,3 +1505,137 @@ async fn a_decision_is_published_to_the_disposition_topic() {
     let labels = http(&addr, "GET", "/labels.csv", Some("alice"), "").2;
     assert_eq!(labels, "subject,label\nL-91c2-NEW,deal_line\n");
 }
+
+/// A queue longer than a page: the line under it says which rows of how many, `next` and
+/// `previous` walk the pages with the filters kept, each alert is on exactly one page, and
+/// an open page's line follows new alerts without a reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_pages_past_its_limit_with_the_filters_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = suffix();
+    let topic = format!("board-pages-{s}");
+    create_topics(&[(&topic, 1)]).await;
+    let (cfg, _) = board_config(dir.path());
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replacen("[board]\n", "[board]\nqueue_limit = 2\n", 1),
+    )
+    .unwrap();
+    let five = many(&format!("pg{s}"), 5);
+    produce(&topic, &five).await;
+    let board = Board::start(&cfg, &topic);
+    let addr = board.wait_ready().await;
+    board
+        .wait_metric(
+            &addr,
+            "linewatch_board_alerts_ingested_total",
+            5.0,
+            Duration::from_secs(20),
+        )
+        .await;
+    let alice = proxy(addr.clone(), "alice").await;
+
+    let driver = Driver::start().await;
+    let c = driver.client(1280, 800).await;
+    // Newest first, so the pages' order is the alerts' and a filter is there to keep.
+    c.goto(&format!("http://{alice}/?sort=newest"))
+        .await
+        .unwrap();
+    let ids = |c: &Client| {
+        let c = c.clone();
+        async move {
+            let v = c
+                .execute(
+                    "return Array.from(document.querySelectorAll('#rows tr[data-alert]'))\
+                     .map(function (tr) { return tr.dataset.alert; });",
+                    vec![],
+                )
+                .await
+                .unwrap();
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    let mut seen = Vec::new();
+    let mut lines = Vec::new();
+    for page in 1..=3 {
+        let got = ids(&c).await;
+        assert_eq!(
+            got.len(),
+            if page < 3 { 2 } else { 1 },
+            "page {page}: {got:?}"
+        );
+        seen.extend(got);
+        lines.push(text_of(&c, Locator::Id("pager")).await);
+        let url = c.current_url().await.unwrap().to_string();
+        assert!(
+            url.contains("sort=newest"),
+            "page {page} lost the order: {url}"
+        );
+        if page == 3 {
+            screenshot(&c, "queue-last-page.png").await;
+            assert!(
+                c.find(Locator::Css("#pager a[rel=next]")).await.is_err(),
+                "the last page offers a next one: {lines:?}"
+            );
+        } else {
+            click(&c, Locator::Css("#pager a[rel=next]")).await;
+            let want = format!("?sort=newest&page={}", page + 1);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !c.current_url().await.unwrap().as_str().ends_with(&want) {
+                assert!(Instant::now() < deadline, "next did not lead to {want}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            wait_for(&c, Locator::Id("pager")).await;
+        }
+    }
+    assert_eq!(
+        lines,
+        [
+            "Alerts 1\u{2013}2 of 5, 2 a page. next \u{2192}",
+            "Alerts 3\u{2013}4 of 5, 2 a page. \u{2190} previous next \u{2192}",
+            "Alert 5 of 5, 2 a page. \u{2190} previous",
+        ]
+    );
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(
+        sorted.len(),
+        5,
+        "an alert on two pages or on none: {seen:?}"
+    );
+
+    // A new alert while the last page is open: its line counts it, and offers a next page.
+    c.execute("window.__sameDocument = 'yes';", vec![])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    produce(&topic, &many(&format!("pgz{s}"), 1)).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let line = text_of(&c, Locator::Id("pager")).await;
+        if line.contains("of 6") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the open page's line did not follow the new alert: {line}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let same = c
+        .execute("return window.__sameDocument || null;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(same, json!("yes"), "the page was reloaded");
+
+    click(&c, Locator::Css("#pager a[rel=prev]")).await;
+    wait_for(&c, Locator::Css("#rows tr[data-alert]")).await;
+    let url = c.current_url().await.unwrap().to_string();
+    assert!(url.ends_with("?sort=newest&page=2"), "{url}");
+}

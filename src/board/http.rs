@@ -174,10 +174,17 @@ async fn queue(
     let f = p.filter(now_ms(), app.cfg.queue_limit);
     let got = {
         let s = app.store();
-        (|| Ok::<_, StoreError>((s.queue(&f)?, s.untriaged()?, s.detectors()?)))()
+        (|| {
+            Ok::<_, StoreError>((
+                s.queue(&f)?,
+                s.untriaged()?,
+                s.detectors()?,
+                s.queue_count(&f)?,
+            ))
+        })()
     };
     match got {
-        Ok((rows, untriaged, detectors)) => {
+        Ok((rows, untriaged, detectors, total)) => {
             let skipped = super::metrics::INVALID_REASONS
                 .iter()
                 .map(|r| app.metrics.invalid.with_label_values(&[r]).get())
@@ -189,6 +196,7 @@ async fn queue(
                 &detectors,
                 &rows,
                 untriaged,
+                total,
                 app.cfg.queue_limit,
                 skipped,
             )
@@ -202,12 +210,16 @@ async fn queue_rows(State(app): State<Arc<App>>, Query(p): Query<QueueParams>) -
     let f = p.filter(now_ms(), app.cfg.queue_limit);
     let got = {
         let s = app.store();
-        (|| Ok::<_, StoreError>((s.queue(&f)?, s.untriaged()?)))()
+        (|| Ok::<_, StoreError>((s.queue(&f)?, s.untriaged()?, s.queue_count(&f)?)))()
     };
     match got {
-        Ok((rows, untriaged)) => (
+        Ok((rows, untriaged, total)) => (
             [(header::CACHE_CONTROL, "no-store")],
-            Json(serde_json::json!({"untriaged": untriaged, "rows": pages::queue_rows(&rows, "")})),
+            Json(serde_json::json!({
+                "untriaged": untriaged,
+                "rows": pages::queue_rows(&rows, ""),
+                "pager": pages::pager(&p, rows.len(), total, app.cfg.queue_limit),
+            })),
         )
             .into_response(),
         Err(e) => db_failure(e),

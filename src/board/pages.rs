@@ -159,6 +159,8 @@ pub struct QueueParams {
     pub hours: Option<String>,
     /// `score` (default) or `newest`.
     pub sort: Option<String>,
+    /// The page, from 1 (the default): `limit` rows each.
+    pub page: Option<String>,
 }
 
 impl QueueParams {
@@ -184,8 +186,100 @@ impl QueueParams {
                 Sort::Score
             },
             limit,
+            offset: (self.page_number() - 1).saturating_mul(u64::from(limit)),
         }
     }
+
+    /// The page asked for, from 1; blank, unparsable or 0 is the first.
+    pub fn page_number(&self) -> u64 {
+        self.page
+            .as_deref()
+            .and_then(|p| p.trim().parse::<u64>().ok())
+            .unwrap_or(1)
+            .clamp(1, MAX_PAGE)
+    }
+
+    /// This page's query string with page `n` instead (`?` included): the filters kept.
+    fn with_page(&self, n: u64) -> String {
+        let mut q = String::from("?");
+        let fields = [
+            ("detector", &self.detector),
+            ("min_score", &self.min_score),
+            ("status", &self.status),
+            ("hours", &self.hours),
+            ("sort", &self.sort),
+        ];
+        for (k, v) in fields {
+            if let Some(v) = v.as_deref().filter(|v| !v.trim().is_empty()) {
+                let _ = write!(q, "{k}={}&", query_value(v));
+            }
+        }
+        let _ = write!(q, "page={n}");
+        q
+    }
+}
+
+/// Pages past this are the last one asked for (the offset stays far inside SQLite's range).
+const MAX_PAGE: u64 = 1_000_000;
+
+/// A value for a URL's query string: unreserved bytes as they are, every other byte
+/// percent-encoded.
+fn query_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+/// The line under the queue: which rows of how many, and links to the pages either side
+/// (the filters kept). Served with the page and with each live update of its rows.
+pub fn pager(p: &QueueParams, shown: usize, total: u64, limit: u32) -> String {
+    let page = p.page_number();
+    let first = (page - 1).saturating_mul(u64::from(limit));
+    let mut s = String::new();
+    if shown == 0 {
+        let _ = write!(
+            s,
+            "{total} alert{} match{}.",
+            if total == 1 { "" } else { "s" },
+            if total == 1 { "es" } else { "" }
+        );
+    } else if shown == 1 {
+        let _ = write!(s, "Alert {} of {total}, {limit} a page.", first + 1);
+    } else {
+        let _ = write!(
+            s,
+            "Alerts {}\u{2013}{} of {total}, {limit} a page.",
+            first + 1,
+            first + shown as u64
+        );
+    }
+    if page > 1 {
+        let back = if first >= total && total > 0 {
+            // Past the end (alerts closed or filtered away meanwhile): to the last page.
+            total.div_ceil(u64::from(limit)).max(1)
+        } else {
+            page - 1
+        };
+        let _ = write!(
+            s,
+            " <a rel=\"prev\" href=\"{}\">\u{2190} previous</a>",
+            esc(&p.with_page(back))
+        );
+    }
+    if first + (shown as u64) < total {
+        let _ = write!(
+            s,
+            " <a rel=\"next\" href=\"{}\">next \u{2192}</a>",
+            esc(&p.with_page(page + 1))
+        );
+    }
+    s
 }
 
 /// The queue page.
@@ -212,6 +306,7 @@ pub fn queue(
     detectors: &[String],
     rows: &[Row],
     untriaged: u64,
+    total: u64,
     limit: u32,
     skipped: u64,
 ) -> Response {
@@ -257,13 +352,14 @@ pub fn queue(
 <button type=\"submit\">Filter</button> <a href=\"./\">clear</a></form>\
 <table class=\"queue\"><thead><tr><th>Score</th><th>Detector</th><th>Subject</th><th>Event time (UTC)</th>\
 <th>Status</th><th>Assignee</th><th></th></tr></thead><tbody id=\"rows\">{rows}</tbody></table>\
-<p class=\"note\">At most {limit} alerts are listed; filter to see others.</p>\
+<p class=\"note\" id=\"pager\">{pager}</p>\
 <script src=\"static/board.js\"></script>",
         ms = val(&p.min_score),
         hours = val(&p.hours),
         newest = sel(&p.sort, "newest"),
         rows = queue_rows(rows, ""),
         chip = live_chip(feed),
+        pager = pager(p, rows.len(), total, limit),
     );
     page("Queue", "", user, &body)
 }
@@ -775,6 +871,43 @@ Reason: <q>{reason}</q>.</p><dl class=\"around\"><dt>Predecessors</dt><dd>{p}</d
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_pager_keeps_the_filters_and_finds_its_way_back_from_past_the_end() {
+        let p = |page: &str| super::QueueParams {
+            detector: Some("bulk_sms".into()),
+            min_score: Some("".into()),
+            status: None,
+            hours: Some("24 & x=1".into()),
+            sort: Some("newest".into()),
+            page: Some(page.into()),
+        };
+        let first = super::pager(&p("1"), 2, 5, 2);
+        assert_eq!(
+            first,
+            "Alerts 1\u{2013}2 of 5, 2 a page. <a rel=\"next\" \
+href=\"?detector=bulk_sms&amp;hours=24%20%26%20x%3D1&amp;sort=newest&amp;page=2\">next \u{2192}</a>"
+        );
+        let last = super::pager(&p("3"), 1, 5, 2);
+        assert!(last.starts_with("Alert 5 of 5, 2 a page."), "{last}");
+        assert!(
+            last.contains("page=2\">\u{2190} previous") && !last.contains("next"),
+            "{last}"
+        );
+        // Past the end (closed meanwhile, or typed in): back to the last page there is.
+        let past = super::pager(&p("9"), 0, 5, 2);
+        assert!(
+            past.starts_with("5 alerts match.") && past.contains("page=3\">"),
+            "{past}"
+        );
+        assert_eq!(super::pager(&p("1"), 0, 0, 2), "0 alerts match.");
+        // Garbage, 0 and huge pages are pages 1 and the last allowed.
+        assert_eq!(p("x").page_number(), 1);
+        assert_eq!(p("0").page_number(), 1);
+        assert_eq!(p("99999999999999999999").page_number(), 1);
+        assert_eq!(p("5000000").page_number(), super::MAX_PAGE);
+        assert_eq!(p("3").filter(0, 200).offset, 400);
+    }
+
     #[test]
     fn the_queue_chip_starts_as_the_feed_is() {
         use crate::board::ingest::Feed;

@@ -122,6 +122,9 @@ pub struct QueueFilter {
     pub since_ms: Option<Millis>,
     pub sort: Sort,
     pub limit: u32,
+    /// Rows skipped before the first one returned (the queue's pages: page `n` starts at
+    /// `(n - 1) × limit`).
+    pub offset: u64,
 }
 
 /// One queue row.
@@ -322,12 +325,36 @@ impl Store {
         Ok(out)
     }
 
-    /// The queue: filtered, ordered, at most `limit` rows.
+    /// The queue: filtered, ordered, at most `limit` rows from the `offset`th on.
     pub fn queue(&self, f: &QueueFilter) -> Result<Vec<Row>, StoreError> {
-        let mut sql = String::from(
+        let (mut sql, mut args) = Self::queue_where(
             "SELECT alert_id, detector, subject, subject_kind, score, event_time, status, assignee
              FROM alerts WHERE 1=1",
+            f,
         );
+        sql.push_str(match f.sort {
+            Sort::Score => " ORDER BY score DESC, event_time DESC, alert_id",
+            Sort::Newest => " ORDER BY event_time DESC, score DESC, alert_id",
+        });
+        sql.push_str(" LIMIT ? OFFSET ?");
+        args.push(i64::from(f.limit).into());
+        args.push(i64::try_from(f.offset).unwrap_or(i64::MAX).into());
+        let mut st = self.conn.prepare_cached(&sql)?;
+        let rows = st.query_map(rusqlite::params_from_iter(args), row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// How many alerts the queue's filters match, on every page.
+    pub fn queue_count(&self, f: &QueueFilter) -> Result<u64, StoreError> {
+        let (sql, args) = Self::queue_where("SELECT count(*) FROM alerts WHERE 1=1", f);
+        let mut st = self.conn.prepare_cached(&sql)?;
+        let n: i64 = st.query_row(rusqlite::params_from_iter(args), |r| r.get(0))?;
+        Ok(n.max(0) as u64)
+    }
+
+    /// `head` with the filters' conditions, and their arguments.
+    fn queue_where(head: &str, f: &QueueFilter) -> (String, Vec<rusqlite::types::Value>) {
+        let mut sql = String::from(head);
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
         if let Some(d) = &f.detector {
             sql.push_str(" AND detector = ?");
@@ -345,15 +372,7 @@ impl Store {
             sql.push_str(" AND event_time >= ?");
             args.push(t.into());
         }
-        sql.push_str(match f.sort {
-            Sort::Score => " ORDER BY score DESC, event_time DESC",
-            Sort::Newest => " ORDER BY event_time DESC, score DESC",
-        });
-        sql.push_str(" LIMIT ?");
-        args.push(i64::from(f.limit).into());
-        let mut st = self.conn.prepare_cached(&sql)?;
-        let rows = st.query_map(rusqlite::params_from_iter(args), row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        (sql, args)
     }
 
     /// Alerts nobody has looked at yet.
@@ -726,9 +745,21 @@ pub(crate) mod tests {
         assert_eq!(ids(&bulk), ["c"]);
         let strong = QueueFilter {
             min_score: Some(0.6),
-            ..all
+            ..all.clone()
         };
         assert_eq!(ids(&strong), ["b"]);
+        assert_eq!(s.queue_count(&strong).unwrap(), 1);
+        assert_eq!(s.queue_count(&bulk).unwrap(), 1);
+        // Pages: every row once, in the queue's order, and the count of every page.
+        let page = |offset| QueueFilter {
+            limit: 2,
+            offset,
+            ..all.clone()
+        };
+        assert_eq!(ids(&page(0)), ["b", "c"]);
+        assert_eq!(ids(&page(2)), ["a"]);
+        assert!(ids(&page(4)).is_empty());
+        assert_eq!(s.queue_count(&page(2)).unwrap(), 3);
     }
 
     #[test]

@@ -10,6 +10,7 @@
   "use strict";
   var rows = document.getElementById("rows");
   var count = document.getElementById("untriaged");
+  var pager = document.getElementById("pager");
   var live = document.getElementById("live");
   if (!rows || !window.EventSource) return;
   var LIVE = "new alerts appear without reloading";
@@ -74,6 +75,7 @@
         rows.querySelectorAll("tr[data-alert]").forEach(function (tr) { before[tr.dataset.alert] = 1; });
         rows.innerHTML = j.rows;
         count.textContent = j.untriaged;
+        if (pager && typeof j.pager === "string") pager.innerHTML = j.pager;
         rows.querySelectorAll("tr[data-alert]").forEach(function (tr) {
           if (!before[tr.dataset.alert]) tr.classList.add("fresh");
         });
