@@ -389,7 +389,11 @@ fn scenery() -> Vec<(Option<String>, Vec<u8>)> {
                 json!({"score": 0.85, "threshold": 0.7, "lookback_s": 345600, "contributions": [
                 {"evidence": "bulk_sms", "weight": 0.25, "line": "L-91c2-NEW"},
                 {"evidence": "line_handover", "weight": 0.35, "line": "L-91c2-NEW"},
-                {"evidence": "handset_churn", "weight": 0.2, "handset": "H-0b77"}]}),
+                {"evidence": "handset_churn", "weight": 0.2, "handset": "H-0b77"},
+                {"evidence": "customer_fan_in", "weight": 0.3, "at": 1_796_600_000_000_i64,
+                 "callers": 14, "min_callers": 8, "customer_share": 0.64,
+                 "min_customer_share": 0.5, "callbacks": 3, "min_callbacks": 2,
+                 "lookback_s": 604800, "line": "L-91c2-NEW"}]}),
             ),
         ),
         s(
@@ -582,6 +586,28 @@ async fn the_board_in_a_browser_shows_a_burst_live_and_records_each_step() {
         .is_empty());
     assert!(viewer.source().await.unwrap().contains("not triage them"));
     screenshot(&viewer, "alert-laptop-viewer.png").await;
+    // deal_line's page, its most detailed contribution included, fits a laptop's width.
+    viewer
+        .goto(&format!("http://{vic}/alert/sc-deal"))
+        .await
+        .unwrap();
+    let fits = viewer
+        .execute(
+            "return [document.documentElement.scrollWidth, window.innerWidth];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(
+        fits[0].as_i64().unwrap() <= fits[1].as_i64().unwrap(),
+        "deal_line's alert page is wider than the window (scroll width, window): {fits}"
+    );
+    assert!(viewer
+        .source()
+        .await
+        .unwrap()
+        .contains("<span class=\"key\">min_customer_share</span> 0.5"));
+    screenshot(&viewer, "alert-deal-laptop.png").await;
     viewer.close().await.unwrap();
     let (code, _, _) = http(
         &addr,

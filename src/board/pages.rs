@@ -498,9 +498,13 @@ pub fn figures(a: &Alert) -> String {
         );
     }
     if let Some(Value::Array(cs)) = ev.get("contributions") {
-        s.push_str("<h3>Contributions to the verdict</h3><table class=\"settings\"><tbody>");
+        // One cell a contribution, its figures wrapping within the column: a cell a figure
+        // made rows as wide as their most detailed contribution, wider than the page.
+        s.push_str(
+            "<h3>Contributions to the verdict</h3><table class=\"settings contributions\"><tbody>",
+        );
         for c in cs {
-            let cells = match c {
+            let cell = match c {
                 Value::Object(m) => m
                     .iter()
                     .map(|(k, v)| {
@@ -509,15 +513,16 @@ pub fn figures(a: &Alert) -> String {
                             _ => plain(v),
                         };
                         format!(
-                            "<td><span class=\"key\">{}</span> {}</td>",
+                            "<span class=\"kv\"><span class=\"key\">{}</span> {}</span>",
                             esc(k),
                             esc(&shown)
                         )
                     })
-                    .collect::<String>(),
-                other => format!("<td>{}</td>", esc(&plain(other))),
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                other => esc(&plain(other)),
             };
-            let _ = write!(s, "<tr>{cells}</tr>");
+            let _ = write!(s, "<tr><td>{cell}</td></tr>");
         }
         s.push_str("</tbody></table>");
     }
