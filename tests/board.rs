@@ -1534,7 +1534,7 @@ async fn a_decision_is_published_to_the_disposition_topic() {
 
 /// A queue longer than a page: the line under it says which rows of how many, `next` and
 /// `previous` walk the pages with the filters kept, each alert is on exactly one page, and
-/// an open page's line follows new alerts without a reload.
+/// an open page's line (and its detector filter) follows new alerts without a reload.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_queue_pages_past_its_limit_with_the_filters_kept() {
     let dir = tempfile::tempdir().unwrap();
@@ -1641,11 +1641,36 @@ async fn the_queue_pages_past_its_limit_with_the_filters_kept() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    produce(&topic, &many(&format!("pgz{s}"), 1)).await;
+    // Of a detector the page has not seen: the filter offers it too.
+    let line = format!("L-pgz{s}");
+    let other = alert(
+        &format!("pgz{s}"),
+        "line_handover",
+        &line,
+        "line",
+        0.7,
+        &[],
+        json!({"overlap": 12, "min_overlap": 10}),
+    );
+    let choices = |c: &Client| {
+        let c = c.clone();
+        async move {
+            c.execute(
+                "return Array.from(document.querySelectorAll('select[name=detector] option'))\
+                 .map(function (o) { return o.value; });",
+                vec![],
+            )
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(choices(&c).await, json!(["", "bulk_sms"]));
+    produce(&topic, &[(Some(line), other)]).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let line = text_of(&c, Locator::Id("pager")).await;
         if line.contains("of 6") {
+            assert_eq!(choices(&c).await, json!(["", "bulk_sms", "line_handover"]));
             break;
         }
         assert!(

@@ -210,15 +210,24 @@ async fn queue_rows(State(app): State<Arc<App>>, Query(p): Query<QueueParams>) -
     let f = p.filter(now_ms(), app.cfg.queue_limit);
     let got = {
         let s = app.store();
-        (|| Ok::<_, StoreError>((s.queue(&f)?, s.untriaged()?, s.queue_count(&f)?)))()
+        (|| {
+            Ok::<_, StoreError>((
+                s.queue(&f)?,
+                s.untriaged()?,
+                s.queue_count(&f)?,
+                s.detectors()?,
+            ))
+        })()
     };
     match got {
-        Ok((rows, untriaged, total)) => (
+        Ok((rows, untriaged, total, detectors)) => (
             [(header::CACHE_CONTROL, "no-store")],
             Json(serde_json::json!({
                 "untriaged": untriaged,
                 "rows": pages::queue_rows(&rows, ""),
                 "pager": pages::pager(&p, rows.len(), total, app.cfg.queue_limit),
+                // The filter's choices: a detector first seen after the page loaded joins.
+                "detectors": detectors,
             })),
         )
             .into_response(),

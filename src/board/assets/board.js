@@ -60,6 +60,25 @@
     live.textContent = text;
     live.title = title;
   }
+  // The detector filter's choices as the board knows them now (a detector whose first
+  // alert came after the page loaded is added; the choice made stays chosen).
+  function detectors(names) {
+    var sel = document.querySelector("select[name=detector]");
+    if (!sel) return;
+    var have = {};
+    for (var i = 1; i < sel.options.length; i++) have[sel.options[i].value] = 1;
+    names.forEach(function (n) {
+      if (have[n]) return;
+      var o = document.createElement("option");
+      o.value = n;
+      o.textContent = n;
+      var at = null;
+      for (var k = 1; k < sel.options.length; k++) {
+        if (sel.options[k].value > n) { at = sel.options[k]; break; }
+      }
+      sel.insertBefore(o, at);
+    });
+  }
   function later(ms) {
     // Bursts of commits become one fetch.
     if (!pending) pending = setTimeout(refresh, ms);
@@ -76,6 +95,7 @@
         rows.innerHTML = j.rows;
         count.textContent = j.untriaged;
         if (pager && typeof j.pager === "string") pager.innerHTML = j.pager;
+        if (j.detectors) detectors(j.detectors);
         rows.querySelectorAll("tr[data-alert]").forEach(function (tr) {
           if (!before[tr.dataset.alert]) tr.classList.add("fresh");
         });
