@@ -1690,3 +1690,38 @@ async fn the_queue_pages_past_its_limit_with_the_filters_kept() {
     let url = c.current_url().await.unwrap().to_string();
     assert!(url.ends_with("?sort=newest&page=2"), "{url}");
 }
+
+/// Credentials the brokers refuse stop the board with one clear line (exit 1), as they stop
+/// `run`; before, the board retried forever, ready never, the reason only in librdkafka's
+/// repeated log lines. The test broker speaks PLAINTEXT only, so a SASL login is refused
+/// at the handshake: librdkafka reports it as an authentication failure, as it does a
+/// wrong password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_stop_the_board_with_a_clear_line_and_no_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = format!("board-auth-{}", suffix());
+    create_topics(&[(&topic, 1)]).await;
+    let (cfg, _) = board_config(dir.path());
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!(
+        "[kafka]\n\"security.protocol\" = \"SASL_PLAINTEXT\"\n\"sasl.mechanism\" = \"PLAIN\"\n\
+         \"sasl.username\" = \"board\"\n\"sasl.password\" = \"{SECRET}\"\n"
+    ));
+    std::fs::write(&cfg, text).unwrap();
+    let mut board = Board::start(&cfg, &topic);
+    let status = board.svc.wait_exit(Duration::from_secs(60)).await;
+    assert_eq!(status.code(), Some(1), "{}", board.logs());
+    let logs = board.svc.logs();
+    let last = logs.last().expect("a final line");
+    assert!(
+        last.starts_with("linewatch: error: authentication with the Kafka brokers failed"),
+        "{last}"
+    );
+    assert!(!logs.iter().any(|l| l.contains(SECRET)), "{}", board.logs());
+    // librdkafka's lines of the failure are let through once per kind, not every retry.
+    let client_lines = logs
+        .iter()
+        .filter(|l| l.contains("Kafka client error") || l.contains("Kafka client log"))
+        .count();
+    assert!(client_lines <= 4, "{client_lines} lines:\n{}", board.logs());
+}

@@ -19,7 +19,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -211,6 +213,59 @@ fn board_consumer_quiet(cfg: &mut rdkafka::ClientConfig) {
     cfg.set("enable.partition.eof", "false");
 }
 
+/// The consumer's context: notes an authentication failure (the brokers refused our
+/// credentials or TLS: retrying cannot mend it, so the board stops, as `run` does), and
+/// lets librdkafka's errors and log lines through once per 30 s per kind. Through rdkafka's
+/// default context an unreachable broker logged a line every retry.
+#[derive(Default)]
+pub struct BoardContext {
+    auth_failure: Mutex<Option<String>>,
+    throttle: crate::service::Throttle,
+}
+
+impl BoardContext {
+    /// Why the brokers refused us, once they have.
+    pub fn auth_failure(&self) -> Option<String> {
+        self.auth_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl ClientContext for BoardContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        let kind = match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => "log_error",
+            RDKafkaLogLevel::Warning => "log_warning",
+            _ => return,
+        };
+        if self.throttle.allow(kind) {
+            tracing::warn!(facility = fac, message = log_message, "Kafka client log");
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        let kind = crate::kafka::error_kind(&error);
+        if crate::kafka::is_auth_failure(&error) {
+            let mut a = self.auth_failure.lock().unwrap_or_else(|p| p.into_inner());
+            a.get_or_insert_with(|| reason.to_string());
+        }
+        if self.throttle.allow(kind) {
+            tracing::warn!(kind, reason, "Kafka client error");
+        }
+    }
+}
+
+impl ConsumerContext for BoardContext {}
+
+/// What ended the ingest other than a stop: the brokers refused the board's credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthFailed(pub String);
+
 /// The alert topic's consumer as the board configures it.
 pub fn consumer_config(kafka: &KafkaSettings, group_id: &str) -> rdkafka::ClientConfig {
     let mut cfg = kafka.client_config(Role::Consumer);
@@ -222,12 +277,20 @@ pub fn consumer_config(kafka: &KafkaSettings, group_id: &str) -> rdkafka::Client
 }
 
 impl Ingest {
-    /// Runs until `stop`; errors are logged, counted and retried.
-    pub fn run(self) {
+    /// Runs until `stop`; errors are logged, counted and retried, but for refused
+    /// credentials, which end it (the board then stops, saying so).
+    pub fn run(self) -> Result<(), AuthFailed> {
         let mut backoff = Duration::from_secs(1);
         while !self.stop.load(Ordering::Relaxed) {
-            match self.session() {
-                Ok(()) => return,
+            let mut context = None;
+            let result = self.session(&mut context);
+            if let Some(reason) = context.and_then(|c| c.auth_failure()) {
+                self.ready
+                    .set(false, "the brokers refused the board's credentials");
+                return Err(AuthFailed(reason));
+            }
+            match result {
+                Ok(()) => return Ok(()),
                 Err(e) => {
                     self.metrics.ingest_errors.inc();
                     self.ready.set(false, format!("ingest: {e}; retrying"));
@@ -237,6 +300,7 @@ impl Ingest {
                 }
             }
         }
+        Ok(())
     }
 
     fn sleep(&self, d: Duration) {
@@ -247,11 +311,13 @@ impl Ingest {
     }
 
     /// One consumer from start to stop (or to the first error that needs a fresh one).
-    fn session(&self) -> Result<(), String> {
+    /// `context` is given the consumer's context, for what it noted once this returns.
+    fn session(&self, context: &mut Option<Arc<BoardContext>>) -> Result<(), String> {
         let mut store = Store::open(&self.db_path).map_err(|e| e.to_string())?;
-        let consumer: BaseConsumer = consumer_config(&self.kafka, &self.group_id)
-            .create()
+        let consumer: BaseConsumer<BoardContext> = consumer_config(&self.kafka, &self.group_id)
+            .create_with_context(BoardContext::default())
             .map_err(|e| self.kafka.creation_message(&e))?;
+        *context = Some(consumer.context().clone());
         let mut partitions = self.assign(&consumer, &store, 0)?;
         self.ready
             .set(true, format!("reading {} partition(s)", partitions));
@@ -271,6 +337,9 @@ impl Ingest {
             }
             if stopping {
                 return Ok(());
+            }
+            if consumer.context().auth_failure().is_some() {
+                return Err("the brokers refused the board's credentials".into());
             }
             if let Some(since) = down_since {
                 if last_probe.elapsed() >= PROBE_EVERY {
@@ -355,7 +424,7 @@ impl Ingest {
     /// than `known`; returns the partition count.
     fn assign(
         &self,
-        consumer: &BaseConsumer,
+        consumer: &BaseConsumer<BoardContext>,
         store: &Store,
         known: usize,
     ) -> Result<usize, String> {
@@ -410,7 +479,7 @@ impl Ingest {
     fn store(
         &self,
         store: &mut Store,
-        consumer: &BaseConsumer,
+        consumer: &BaseConsumer<BoardContext>,
         batch: &[Consumed],
     ) -> Result<(), String> {
         let mut backoff = Duration::from_millis(200);

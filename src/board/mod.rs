@@ -50,13 +50,16 @@ pub enum BoardError {
     /// A Kafka client the configuration cannot make (a misspelt `[kafka]` property, say).
     #[error("Kafka {0}")]
     Kafka(String),
+    /// The brokers refused the board's credentials or TLS setup (while running).
+    #[error("authentication with the Kafka brokers failed: {0} (check [kafka] security.protocol, sasl.* and ssl.* settings)")]
+    Auth(String),
 }
 
 impl BoardError {
     /// 2 for what the user must fix before starting (paths, address), 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            BoardError::Producer(_) => 1,
+            BoardError::Producer(_) | BoardError::Auth(_) => 1,
             _ => 2,
         }
     }
@@ -169,9 +172,17 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         retry_backoff_max: Duration::from_secs(cfg.service.retry_backoff_max_s),
         raw_guard: cfg.engine.raw_identifier_guard,
     };
+    // Refused credentials end the ingest: the board then stops as on a signal, and says why.
+    let (refused_tx, refused_rx) = tokio::sync::oneshot::channel();
     let ingest = std::thread::Builder::new()
         .name("board-ingest".into())
-        .spawn(move || ingest.run())
+        .spawn(move || {
+            let result = ingest.run();
+            if let Err(e) = &result {
+                let _ = refused_tx.send(e.clone());
+            }
+            result
+        })
         .map_err(|e| BoardError::Database {
             path: b.db_path.clone(),
             message: format!("cannot start the ingest thread: {e}"),
@@ -197,7 +208,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
             tracing::error!(error = %e, "board HTTP server failed");
         }
     });
-    shutdown.await;
+    let refused = tokio::select! {
+        _ = shutdown => None,
+        Ok(e) = refused_rx => Some(e),
+    };
     tracing::info!("board stopping");
     let _ = stop_tx.send(true);
     stop.store(true, Ordering::Relaxed);
@@ -206,5 +220,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     let _ = sweeper.await;
     // The ingest thread stores what it holds and stops within a poll.
     let _ = tokio::task::spawn_blocking(move || ingest.join()).await;
-    Ok(())
+    match refused {
+        Some(ingest::AuthFailed(reason)) => Err(BoardError::Auth(reason)),
+        None => Ok(()),
+    }
 }
