@@ -551,3 +551,137 @@ async fn a_static_member_restarted_within_the_session_timeout_takes_its_partitio
         other.logs()
     );
 }
+
+/// Adds partitions to a topic (kafka-topics.sh --alter --partitions `total`).
+async fn add_partitions(topic: &str, total: usize) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .expect("admin client");
+    let results = admin
+        .create_partitions(&[NewPartitions::new(topic, total)], &AdminOptions::new())
+        .await
+        .expect("create_partitions request");
+    for r in results {
+        r.expect("partitions added");
+    }
+}
+
+/// Waits until the service has counted `n` records (valid, late, duplicate or malformed:
+/// every record it read live, none it only re-read).
+async fn wait_counted(svc: &Service, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        let (_, text) = svc.get("/metrics").await;
+        let counted = support::metric_sum(&text, "linewatch_records_total", "result");
+        if counted == Some(n as f64) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "records counted: {counted:?} of {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// How many alert messages have the same id as another, and how many ids there are.
+fn repeated_ids(msgs: &[support::Msg]) -> (usize, usize) {
+    let mut counts = std::collections::BTreeMap::new();
+    for m in msgs {
+        let id = serde_json::from_slice::<Alert>(&m.value).unwrap().alert_id;
+        *counts.entry(id).or_insert(0usize) += 1;
+    }
+    (counts.values().map(|n| n - 1).sum(), counts.len())
+}
+
+/// An input partition added while the service is stopped (kafka-topics.sh --alter
+/// --partitions), then a clean restart: every alert arrives once, with checkpoints on or
+/// off. A city's first 60 % is read on one partition; the rest, keyed, lands on both. No
+/// checkpoint covers the new partition set, so the restart re-reads partition 0 to rebuild
+/// state, while the new partition has only live records. It held the watermark at its start
+/// throughout the re-read (it had delivered nothing yet): no barrier ran, and the alerts
+/// those barriers had made in the first run (a `deal_line` and a `line_handover`) came at
+/// the first live record, published a second time with the same ids.
+async fn adding_an_input_partition_and_restarting_publishes_every_alert_once(checkpoints: bool) {
+    use linewatch::generate::{self, GenOptions};
+
+    let config = if checkpoints {
+        "[service]\nbatch_max_wait_ms = 20\ndrain_timeout_s = 20\ncheckpoint_interval_s = 1\n"
+    } else {
+        "[service]\nbatch_max_wait_ms = 20\ndrain_timeout_s = 20\ncheckpoint_interval_s = 0\n"
+    };
+    let s = Setup::with_state_topic(if checkpoints { "addp-ck" } else { "addp" }, 1, config).await;
+    let (events, _, _) = generate::generate_in_memory(&GenOptions {
+        seed: 1,
+        subscribers: 3_000,
+        days: 2,
+        ..GenOptions::default()
+    })
+    .expect("generate");
+    let lines: Vec<String> = String::from_utf8(events)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let cut = lines.len() * 6 / 10;
+
+    let mut first = s.start_ready().await;
+    produce(&s.topics.input, &records(&lines[..cut], true)).await;
+    wait_counted(&first, cut).await;
+    first.signal("TERM");
+    assert!(first.wait_exit(WAIT).await.success());
+    let before = read_until(&s.topics.alerts, Duration::from_secs(5), |_| false).await;
+    assert_eq!(
+        repeated_ids(&before).0,
+        0,
+        "the first run published each alert once"
+    );
+
+    add_partitions(&s.topics.input, 2).await;
+    let placed = produce(&s.topics.input, &records(&lines[cut..], true)).await;
+    assert!(
+        placed.iter().any(|p| p.0 == 1),
+        "records on the new partition"
+    );
+    let second = s.start();
+    wait_counted(&second, lines.len() - cut).await;
+    assert!(second.metric("linewatch_records_rebuilt_total").await > 0.0);
+    let (_, text) = second.get("/metrics").await;
+    let n =
+        support::metric_sum(&text, "linewatch_alerts_total", "detector").unwrap_or(0.0) as usize;
+    let after = read_until(&s.topics.alerts, WAIT, |m| m.len() >= before.len() + n).await;
+    // A repeat would come after the second run's own alerts: read a little longer.
+    let after = {
+        let more = read_until(&s.topics.alerts, Duration::from_secs(3), |m| {
+            m.len() > after.len()
+        })
+        .await;
+        if more.len() > after.len() {
+            more
+        } else {
+            after
+        }
+    };
+    let (repeats, ids) = repeated_ids(&after);
+    assert_eq!(
+        repeats,
+        0,
+        "{repeats} alert(s) of {ids} published again after the restart (the first run \
+         published {}, the second {n})",
+        before.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adding_an_input_partition_then_a_clean_restart_publishes_every_alert_once() {
+    adding_an_input_partition_and_restarting_publishes_every_alert_once(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adding_an_input_partition_then_a_clean_restart_with_checkpoints_publishes_every_alert_once(
+) {
+    adding_an_input_partition_and_restarting_publishes_every_alert_once(true).await;
+}

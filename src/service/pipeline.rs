@@ -403,9 +403,19 @@ impl Pipeline {
                 } else {
                     // Partitions with nothing more for now, before this batch (whose
                     // records of them, if any, make them count again as they come).
+                    // And, while a partition re-reads what was published before, those
+                    // with nothing to re-read that have delivered nothing yet (see
+                    // `Assignment::live_only_while_rebuilding`).
                     let at_rest: Vec<Tp> = {
                         let shared = lock(&self.shared);
-                        intake.align.at_rest(&shared.caught_up).collect()
+                        let mut at_rest: Vec<Tp> =
+                            intake.align.at_rest(&shared.caught_up).collect();
+                        for tp in shared.live_only_while_rebuilding() {
+                            if !at_rest.contains(&tp) {
+                                at_rest.push(tp);
+                            }
+                        }
+                        at_rest
                     };
                     self.process(&intake.batch, &topics, &at_rest)
                 };

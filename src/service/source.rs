@@ -191,6 +191,33 @@ pub struct Assignment {
     pub brokers_down_since: Option<std::time::Instant>,
 }
 
+impl Assignment {
+    /// While some assigned partition still has records to re-read below its committed
+    /// offset (the state rebuild), the assigned partitions with nothing to re-read (no
+    /// committed offset, as for a partition added to the input topic, or none recent
+    /// enough) none of whose records this process has run through the engine yet. The run
+    /// loop has the engine take them as at rest (not holding the watermark) until their
+    /// first record: the re-read must rebuild state as the run that published those outputs
+    /// did, and that run's watermark knew nothing of them. Held at its start by such a
+    /// partition, the re-read ran no barrier, so the alerts the barriers had made then came
+    /// at the first live record after it and were published again, with the same ids.
+    /// Alignment releases their records in event-time order with the others', so none of
+    /// them is judged late for it.
+    pub fn live_only_while_rebuilding(&self) -> Vec<Tp> {
+        let rebuilding = self.live_from.iter().any(|(tp, live)| {
+            self.assigned.contains_key(tp) && self.processed.get(tp).is_none_or(|p| p < live)
+        });
+        if !rebuilding {
+            return Vec::new();
+        }
+        self.assigned
+            .keys()
+            .filter(|tp| !self.live_from.contains_key(tp) && !self.processed.contains_key(tp))
+            .copied()
+            .collect()
+    }
+}
+
 /// How long no broker may be reachable before the service says it is not ready: longer
 /// than a reconnect after a broker's restart or a leader's move takes, so a blip does not
 /// make readiness flap.
@@ -837,5 +864,29 @@ mod tests {
             ("h:2/2", broker(2, "UP")),
         ]);
         assert_eq!(brokers_up(&s), Some(true));
+    }
+
+    #[test]
+    fn a_partition_with_nothing_to_reread_holds_no_watermark_until_it_delivers_while_others_reread()
+    {
+        let mut a = Assignment::default();
+        a.assigned.insert((0, 0), 1);
+        a.assigned.insert((0, 1), 1);
+        // Partition 0 re-reads up to offset 100; partition 1 (added) has no commit.
+        a.live_from.insert((0, 0), 100);
+        assert_eq!(a.live_only_while_rebuilding(), vec![(0, 1)]);
+        a.processed.insert((0, 0), 40);
+        assert_eq!(a.live_only_while_rebuilding(), vec![(0, 1)]);
+        // Its first record went through the engine: it holds the watermark as any other.
+        a.processed.insert((0, 1), 1);
+        assert!(a.live_only_while_rebuilding().is_empty());
+        a.processed.remove(&(0, 1));
+        // The re-read is done: nothing is taken at rest any more.
+        a.processed.insert((0, 0), 100);
+        assert!(a.live_only_while_rebuilding().is_empty());
+        // No re-read at all (a new group, or no rebuild): as before.
+        a.live_from.clear();
+        a.processed.clear();
+        assert!(a.live_only_while_rebuilding().is_empty());
     }
 }
