@@ -807,24 +807,7 @@ async fn the_open_queue_reconnects_after_a_board_restart_and_shows_what_it_misse
 
     // Alerts stored while the page cannot hear of them.
     let missed: Vec<String> = (0..3).map(|i| format!("while-down-{s}-{i}")).collect();
-    let records: Vec<(Option<String>, Vec<u8>)> = missed
-        .iter()
-        .map(|id| {
-            let line = format!("L-{id}");
-            (
-                Some(line.clone()),
-                alert(
-                    id,
-                    "bulk_sms",
-                    &line,
-                    "line",
-                    0.9,
-                    &[],
-                    json!({"recipients": 31}),
-                ),
-            )
-        })
-        .collect();
+    let records: Vec<(Option<String>, Vec<u8>)> = missed.iter().map(|id| line_alert(id)).collect();
     produce(&topic, &records).await;
 
     // The board is back, on the same database, behind the same proxy.
@@ -1158,23 +1141,7 @@ async fn the_open_queue_says_when_the_feed_is_down_and_catches_up_when_it_is_bac
     let lock = rusqlite::Connection::open(dir.path().join("board.db")).unwrap();
     lock.execute_batch("BEGIN IMMEDIATE").unwrap();
     let id = format!("while-locked-{s}");
-    let line = format!("L-{id}");
-    produce(
-        &topic,
-        &[(
-            Some(line.clone()),
-            alert(
-                &id,
-                "bulk_sms",
-                &line,
-                "line",
-                0.9,
-                &[],
-                json!({"recipients": 31}),
-            ),
-        )],
-    )
-    .await;
+    produce(&topic, &[line_alert(&id)]).await;
     let t0 = Instant::now();
     let (_, title, _) = loop {
         let chip = live_chip(&c).await;
@@ -1217,23 +1184,7 @@ async fn the_open_queue_says_when_the_feed_is_down_and_catches_up_when_it_is_bac
     let lock = rusqlite::Connection::open(dir.path().join("board.db")).unwrap();
     lock.execute_batch("BEGIN IMMEDIATE").unwrap();
     let id = format!("while-locked-again-{s}");
-    let line = format!("L-{id}");
-    produce(
-        &topic,
-        &[(
-            Some(line.clone()),
-            alert(
-                &id,
-                "bulk_sms",
-                &line,
-                "line",
-                0.9,
-                &[],
-                json!({"recipients": 31}),
-            ),
-        )],
-    )
-    .await;
+    produce(&topic, &[line_alert(&id)]).await;
     let t0 = Instant::now();
     while !live_chip(&c).await.0.contains("feed down") {
         assert!(
@@ -1284,6 +1235,21 @@ async fn produce_in_transaction(topic: &str, records: &[(Option<String>, Vec<u8>
     } else {
         p.abort_transaction(Duration::from_secs(30)).unwrap();
     }
+}
+
+/// One `bulk_sms` alert `id` on line `L-{id}`, keyed by the line, as `run` produces it.
+fn line_alert(id: &str) -> (Option<String>, Vec<u8>) {
+    let line = format!("L-{id}");
+    let a = alert(
+        id,
+        "bulk_sms",
+        &line,
+        "line",
+        0.9,
+        &[],
+        json!({"recipients": 31}),
+    );
+    (Some(line), a)
 }
 
 fn many(prefix: &str, n: usize) -> Vec<(Option<String>, Vec<u8>)> {

@@ -177,11 +177,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     let ingest = std::thread::Builder::new()
         .name("board-ingest".into())
         .spawn(move || {
-            let result = ingest.run();
-            if let Err(e) = &result {
-                let _ = refused_tx.send(e.clone());
+            if let Err(e) = ingest.run() {
+                let _ = refused_tx.send(e);
             }
-            result
         })
         .map_err(|e| BoardError::Database {
             path: b.db_path.clone(),

@@ -211,7 +211,7 @@ impl QueueParams {
         ];
         for (k, v) in fields {
             if let Some(v) = v.as_deref().filter(|v| !v.trim().is_empty()) {
-                let _ = write!(q, "{k}={}&", query_value(v));
+                let _ = write!(q, "{k}={}&", seg(v));
             }
         }
         let _ = write!(q, "page={n}");
@@ -221,20 +221,6 @@ impl QueueParams {
 
 /// Pages past this are the last one asked for (the offset stays far inside SQLite's range).
 const MAX_PAGE: u64 = 1_000_000;
-
-/// A value for a URL's query string: unreserved bytes as they are, every other byte
-/// percent-encoded.
-fn query_value(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for b in v.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
-}
 
 /// The line under the queue: which rows of how many, and links to the pages either side
 /// (the filters kept). Served with the page and with each live update of its rows.
