@@ -172,6 +172,45 @@ pub fn is_consumer_only(key: &str) -> bool {
     CONSUMER_ONLY.contains(&key)
 }
 
+/// Properties librdkafka reads in a producer only (`P` in its CONFIGURATION.md, global and
+/// topic level; the callbacks set through its API left out). Set without a `producer.`
+/// prefix they would reach the consumers too (the service's, the board's), where librdkafka
+/// warns at every start (`CONFWARN`) about each: `linger.ms` or `compression.type` tuned
+/// for the alert producer did. Consumers are not given them.
+pub const PRODUCER_ONLY: &[&str] = &[
+    "transactional.id",
+    "transaction.timeout.ms",
+    "enable.idempotence",
+    "enable.gapless.guarantee",
+    "queue.buffering.max.messages",
+    "queue.buffering.max.kbytes",
+    "queue.buffering.max.ms",
+    "linger.ms",
+    "message.send.max.retries",
+    "retries",
+    "queue.buffering.backpressure.threshold",
+    "compression.codec",
+    "compression.type",
+    "compression.level",
+    "batch.num.messages",
+    "batch.size",
+    "delivery.report.only.error",
+    "sticky.partitioning.linger.ms",
+    "request.required.acks",
+    "acks",
+    "request.timeout.ms",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "queuing.strategy",
+    "produce.offset.report",
+    "partitioner",
+];
+
+/// True for a property librdkafka reads in a producer only ([`PRODUCER_ONLY`]).
+pub fn is_producer_only(key: &str) -> bool {
+    PRODUCER_ONLY.contains(&key)
+}
+
 /// Properties a user may not override, for a warning at start.
 pub fn fixed_keys(role: Role) -> &'static [(&'static str, &'static str)] {
     match role {
@@ -190,8 +229,9 @@ impl KafkaSettings {
     }
 
     /// The user's properties for `role`: unprefixed keys for every client (but a
-    /// consumer-only one, [`is_consumer_only`], for consumers only), `consumer.*` and
-    /// `producer.*` for that one only.
+    /// consumer-only one, [`is_consumer_only`], for consumers only, and a producer-only one,
+    /// [`is_producer_only`], for producers only), `consumer.*` and `producer.*` for that one
+    /// only.
     pub fn user_properties(&self, role: Role) -> impl Iterator<Item = (&str, &str)> {
         self.properties.iter().filter_map(move |(k, v)| {
             let key = match (k.split_once('.'), role) {
@@ -199,6 +239,7 @@ impl KafkaSettings {
                 (Some(("producer", rest)), Role::Producer) => rest,
                 (Some(("consumer" | "producer", _)), _) => return None,
                 _ if role == Role::Producer && is_consumer_only(k) => return None,
+                _ if role == Role::Consumer && is_producer_only(k) => return None,
                 _ => k.as_str(),
             };
             Some((key, v.as_str()))
@@ -504,6 +545,46 @@ mod tests {
         assert_eq!(c.get("security.protocol"), Some("SASL_SSL"));
         assert_eq!(c.get("group.id"), None);
         assert!(is_consumer_only("enable.auto.commit") && !is_consumer_only("linger.ms"));
+    }
+
+    #[test]
+    fn producer_only_properties_reach_no_consumer() {
+        let mut p = BTreeMap::new();
+        for (k, v) in [
+            ("linger.ms", "20"),
+            ("compression.type", "lz4"),
+            ("batch.size", "65536"),
+            ("message.timeout.ms", "30000"),
+            ("security.protocol", "SASL_SSL"),
+            ("client.id", "lw"),
+            ("consumer.linger.ms", "asked-for"),
+        ] {
+            p.insert(k.to_string(), v.to_string());
+        }
+        let s = KafkaSettings::new("b:9092", p);
+        let consumer: Vec<&str> = s.user_properties(Role::Consumer).map(|(k, _)| k).collect();
+        // Properties of every client, and one asked for by the `consumer.` prefix, stay.
+        assert_eq!(
+            consumer,
+            vec!["client.id", "linger.ms", "security.protocol"]
+        );
+        let c = s.client_config(Role::Consumer);
+        assert_eq!(c.get("compression.type"), None);
+        assert_eq!(c.get("batch.size"), None);
+        assert_eq!(c.get("message.timeout.ms"), None);
+        assert_eq!(c.get("linger.ms"), Some("asked-for"));
+        assert_eq!(c.get("security.protocol"), Some("SASL_SSL"));
+        // The producers, the transactional one too, keep every one of them.
+        for pr in [s.client_config(Role::Producer), s.transactional_config("x")] {
+            assert_eq!(pr.get("linger.ms"), Some("20"));
+            assert_eq!(pr.get("compression.type"), Some("lz4"));
+            assert_eq!(pr.get("batch.size"), Some("65536"));
+            assert_eq!(pr.get("message.timeout.ms"), Some("30000"));
+            assert_eq!(pr.get("security.protocol"), Some("SASL_SSL"));
+        }
+        assert!(is_producer_only("linger.ms") && !is_producer_only("client.id"));
+        // No property is in both lists.
+        assert!(CONSUMER_ONLY.iter().all(|k| !is_producer_only(k)));
     }
 
     #[test]
