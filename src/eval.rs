@@ -35,7 +35,14 @@ pub struct Label {
 #[derive(Debug, Clone, Default)]
 pub struct Labels {
     pub by_subject: HashMap<String, Label>,
+    /// Values of a `kind` column other than `line` and `handset` (ignoring case), with how
+    /// many rows carry each: the label alone decides how a row is scored, so such a row is
+    /// read, and [`Labels::unknown_kinds`] lets the caller say so.
+    kinds_unknown: BTreeMap<String, usize>,
 }
+
+/// The subject kinds a labels file may name (`generate` writes them).
+pub const KINDS: [&str; 2] = ["line", "handset"];
 
 /// Labels that could not be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,6 +109,8 @@ impl Labels {
             sheet.column("label").unwrap_or(0),
         );
         let fi = sheet.column("first_seen_ms");
+        let ki = sheet.column("kind");
+        let mut kinds_unknown: BTreeMap<String, usize> = BTreeMap::new();
         let mut by_subject: HashMap<String, Label> = HashMap::new();
         let mut line_of: HashMap<String, u64> = HashMap::new();
         let mut problems = Vec::new();
@@ -137,6 +146,12 @@ impl Labels {
                     continue;
                 }
             }
+            if let Some(kind) = ki.and_then(|ki| sheet.get(row, ki)) {
+                let kind = kind.to_ascii_lowercase();
+                if !kind.is_empty() && !KINDS.contains(&kind.as_str()) {
+                    *kinds_unknown.entry(kind).or_insert(0) += 1;
+                }
+            }
             line_of.insert(subject.to_string(), row.line);
             by_subject.insert(
                 subject.to_string(),
@@ -149,7 +164,16 @@ impl Labels {
         if !problems.is_empty() {
             return Err(LabelsError(one_line(&problems)));
         }
-        Ok(Labels { by_subject })
+        Ok(Labels {
+            by_subject,
+            kinds_unknown,
+        })
+    }
+
+    /// `kind` values other than `line` and `handset`, with how many rows carry each (a
+    /// typo, or a column out of place). The label alone decides how such a row is scored.
+    pub fn unknown_kinds(&self) -> &BTreeMap<String, usize> {
+        &self.kinds_unknown
     }
 
     /// Label values linewatch does not know, with how many subjects carry each. Such a
@@ -392,6 +416,24 @@ mod tests {
     const LABELS: &str = "subject,kind,label,group,predecessor,first_seen_ms\n\
         d1,line,deal_line,1,,0\nd2,line,deal_line,1,d1,3600000\nd3,line,deal_line,2,,0\n\
         s1,line,lookalike_school,,,0\nh1,handset,runner_handset,1,,0\n";
+
+    #[test]
+    fn kinds_other_than_line_and_handset_are_counted_and_the_rows_still_read() {
+        let labels = Labels::parse(LABELS).unwrap();
+        assert!(labels.unknown_kinds().is_empty());
+        let csv = "subject,kind,label\nd1,Line,deal_line\nh1,HANDSET,runner_handset\n\
+            d2,lien,deal_line\nd3,lien,deal_line\nh2,phone,runner_handset\nh3,,normal\n";
+        let labels = Labels::parse(csv).unwrap();
+        let kinds: Vec<(&str, usize)> = (labels.unknown_kinds().iter())
+            .map(|(k, n)| (k.as_str(), *n))
+            .collect();
+        assert_eq!(kinds, vec![("lien", 2), ("phone", 1)]);
+        // Scored by their labels, as before.
+        assert_eq!(labels.truth("deal_line").len(), 3);
+        // No `kind` column at all (the board's export): nothing to say.
+        let labels = Labels::parse("subject,label\nd1,deal_line\n").unwrap();
+        assert!(labels.unknown_kinds().is_empty());
+    }
 
     #[test]
     fn hand_worked_precision_recall_and_delay() {

@@ -613,6 +613,65 @@ fn cli_reads_spreadsheet_saved_labels() {
 }
 
 #[test]
+fn cli_warns_of_kinds_and_labels_it_does_not_know_and_scores_the_same() {
+    let f = files();
+    let dir = tempfile::tempdir().unwrap();
+    let plain = std::fs::read_to_string(fixture("labels.csv")).unwrap();
+    // Every row's kind misspelt the same way, one row's as a raw number (a column out of
+    // place), and one more subject with a label linewatch does not know.
+    let mut odd = String::new();
+    for (i, line) in plain.lines().enumerate() {
+        let mut c: Vec<String> = line.split(',').map(str::to_string).collect();
+        if i > 0 {
+            c[1] = if i == 1 {
+                "447700900123".into()
+            } else {
+                "lien".into()
+            };
+        }
+        odd.push_str(&c.join(","));
+        odd.push('\n');
+    }
+    odd.push_str("Lzz-not-in-the-traffic,line,normal,,,\n");
+    let path = dir.path().join("labels-odd.csv");
+    std::fs::write(&path, odd).unwrap();
+    let run = |labels: &str| {
+        let (code, out, err) = linewatch(&tune_args(
+            &[
+                "--param",
+                "bulk_sms.min_recipients=3..9:2",
+                "--format",
+                "csv",
+            ],
+            &f.cfg,
+            &f.input,
+            labels,
+        ));
+        assert_eq!(code, 0, "{err}");
+        (out, err)
+    };
+    let (odd_out, odd_err) = run(path.to_str().unwrap());
+    let (out, err) = run(&f.labels);
+    assert_eq!(odd_out, out, "a row's kind changes nothing in the scores");
+    assert!(!err.contains("warning"), "{err}");
+    let rows = plain.lines().count() - 2;
+    let kinds: Vec<&str> = odd_err
+        .lines()
+        .filter(|l| l.contains("whose kind"))
+        .collect();
+    assert_eq!(kinds.len(), 1, "{odd_err}");
+    assert!(
+        kinds[0].ends_with(&format!("(it reads line and handset; the label alone decides how a row is scored): [redacted] (1), \"lien\" ({rows})")),
+        "{odd_err}"
+    );
+    assert!(!odd_err.contains("447700900123"), "{odd_err}");
+    assert!(
+        odd_err.contains("labels linewatch does not know, scored as not a target: \"normal\" (1)"),
+        "{odd_err}"
+    );
+}
+
+#[test]
 fn cli_plot_writes_valid_png_and_svg() {
     let f = files();
     let dir = tempfile::tempdir().unwrap();

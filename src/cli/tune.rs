@@ -131,21 +131,18 @@ pub fn main(args: Args, config: Option<&Path>) -> Outcome {
     let labels = Labels::load(&args.labels).map_err(|e| Failure::usage(e.to_string()))?;
     let unknown = labels.unknown_labels();
     if !unknown.is_empty() {
-        let list: Vec<String> = unknown
-            .iter()
-            // A label is the analyst's own word, but a misplaced column can put a number
-            // there: printed through the dead letters' redaction.
-            .map(|(l, n)| {
-                if crate::redact::has_raw_identifier(l.as_bytes()) {
-                    format!("{} ({n})", crate::redact::MARK)
-                } else {
-                    format!("{l:?} ({n})")
-                }
-            })
-            .collect();
         eprintln!(
             "linewatch: warning: labels linewatch does not know, scored as not a target: {}",
-            list.join(", ")
+            counted_values(unknown.iter().map(|(l, n)| (*l, *n)))
+        );
+    }
+    let kinds = labels.unknown_kinds();
+    if !kinds.is_empty() {
+        eprintln!(
+            "linewatch: warning: labels rows whose kind linewatch does not know (it reads {}; \
+             the label alone decides how a row is scored): {}",
+            crate::eval::KINDS.join(" and "),
+            counted_values(kinds.iter().map(|(k, n)| (k.as_str(), *n)))
         );
     }
     if labels.truth(&args.detector).is_empty() {
@@ -325,4 +322,20 @@ fn today() -> String {
     let secs = crate::replay::wall_ms() / 1000;
     chrono::DateTime::from_timestamp(secs, 0)
         .map_or_else(String::new, |t| t.format("%Y-%m-%d").to_string())
+}
+
+/// Values from a labels file with their counts, for a warning: `"typo" (3), ...`. A value is
+/// the analyst's own word, but a misplaced column can put a number there: one that looks
+/// like a raw identifier is printed as the dead letters' redaction marks it.
+fn counted_values<'a>(values: impl Iterator<Item = (&'a str, usize)>) -> String {
+    values
+        .map(|(v, n)| {
+            if crate::redact::has_raw_identifier(v.as_bytes()) {
+                format!("{} ({n})", crate::redact::MARK)
+            } else {
+                format!("{v:?} ({n})")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
