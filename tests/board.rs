@@ -982,13 +982,14 @@ async fn the_event_stream_says_when_the_feed_is_down_and_when_it_is_back() {
     let addr = board.addr().await;
     assert_eq!(http(&addr, "GET", "/readyz", None, "").0, 503);
 
+    // Just started: connecting, not yet the feed down.
     let (code, _, html) = http(&addr, "GET", "/", Some("alice"), "");
     assert_eq!(code, 200);
     assert!(
-        html.contains("data-feed=\"down\"")
-            && html.contains("feed down since ")
-            && html.contains(" UTC \u{2014} alerts delayed"),
-        "the queue served during the outage shows a live chip:\n{html}"
+        html.contains("data-feed=\"connecting\"")
+            && html.contains("connecting to the feed\u{2026}")
+            && !html.contains("feed down"),
+        "the queue served by a board just started shows a connecting chip:\n{html}"
     );
     assert!(!html.contains(SECRET));
 
@@ -1000,6 +1001,7 @@ async fn the_event_stream_says_when_the_feed_is_down_and_when_it_is_back() {
     assert_eq!(first.0, "ingest", "{first:?}");
     let down: Value = serde_json::from_str(&first.1).unwrap();
     assert_eq!(down["ok"], false, "{down}");
+    assert_eq!(down["connecting"], true, "{down}");
     assert!(
         !down["detail"].as_str().unwrap().is_empty(),
         "the down state says why: {down}"
@@ -1025,6 +1027,31 @@ async fn the_event_stream_says_when_the_feed_is_down_and_when_it_is_back() {
     assert_eq!(code, 503);
     assert_eq!(readyz.trim(), failed["detail"].as_str().unwrap());
     assert!(!failed.to_string().contains(SECRET), "{failed}");
+    // Ten seconds without a read: the feed is down, since the board started (the first
+    // attempt itself may take that long to fail).
+    let gave_up = loop {
+        if failed["connecting"] == false {
+            break failed.clone();
+        }
+        let v = events
+            .next_ingest(Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|| panic!("still connecting after 20 s; log:\n{}", board.logs()));
+        assert_eq!(v["ok"], false, "{v}");
+        if v["connecting"] == false {
+            break v;
+        }
+    };
+    assert_eq!(gave_up["since_ms"].as_i64().unwrap(), since, "{gave_up}");
+    assert!(now_ms() - started >= 10_000, "gave up at once: {gave_up}");
+    let (code, _, html) = http(&addr, "GET", "/", Some("alice"), "");
+    assert_eq!(code, 200);
+    assert!(
+        html.contains("data-feed=\"down\"")
+            && html.contains("feed down since ")
+            && html.contains(" UTC \u{2014} alerts delayed"),
+        "the queue served during the outage shows a live chip:\n{html}"
+    );
 
     // The brokers answer: the stream says the feed is back, without being reopened.
     let relay = forward(port).await;
@@ -1080,26 +1107,32 @@ async fn the_open_queue_says_when_the_feed_is_down_and_catches_up_when_it_is_bac
         .unwrap();
     let chip = live_chip(&c).await;
     assert!(
-        chip.2
-            && chip.0.starts_with("feed down since ")
-            && chip.0.ends_with(" \u{2014} alerts delayed")
-            && chip.0.chars().any(|c| c.is_ascii_digit()),
-        "a page opened while the brokers do not answer shows {chip:?}"
+        !chip.2 && chip.0 == "connecting to the feed\u{2026}",
+        "a page opened on a board just started shows {chip:?}"
     );
+    screenshot(&c, "queue-connecting.png").await;
     assert_eq!(text_of(&c, Locator::Id("untriaged")).await, "0");
-    // Once the first attempt has failed the tooltip carries /readyz's sentence.
+    // Ten seconds without a read, the chip says the feed is down, and once the first
+    // attempt has failed the tooltip carries /readyz's sentence.
     let deadline = Instant::now() + Duration::from_secs(40);
-    let (_, title, _) = loop {
+    let chip = loop {
         let chip = live_chip(&c).await;
-        if chip.1.contains("retrying") {
+        if chip.0.starts_with("feed down since ") && chip.1.contains("retrying") {
             break chip;
         }
         assert!(
             Instant::now() < deadline,
-            "the tooltip never said why: {chip:?}"
+            "the chip never said the feed is down and why: {chip:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    assert!(
+        chip.2
+            && chip.0.ends_with(" \u{2014} alerts delayed")
+            && chip.0.chars().any(|c| c.is_ascii_digit()),
+        "a page open while the brokers do not answer shows {chip:?}"
+    );
+    let (_, title, _) = chip;
     assert!(
         title.starts_with("No new alerts reach the board since ") && !title.contains(SECRET),
         "{title}"

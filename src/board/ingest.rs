@@ -57,6 +57,11 @@ pub struct Feed {
     pub ok: bool,
     pub detail: String,
     pub since_ms: i64,
+    /// Not reading yet, a board still starting ([`Ready::connecting`]): its first
+    /// connection has neither read nor been given up on for [`BROKERS_DOWN_GRACE`]. The
+    /// page says "connecting", not that the feed is down: a board restarted in front of
+    /// the operations room raised a red chip for the second its first read takes.
+    pub connecting: bool,
 }
 
 impl Default for Ready {
@@ -65,6 +70,7 @@ impl Default for Ready {
             ok: false,
             detail: String::new(),
             since_ms: now_ms(),
+            connecting: false,
         }))
     }
 }
@@ -81,6 +87,19 @@ impl Ready {
         }
         g.ok = ready;
         g.detail = detail.into();
+        // A failed first attempt leaves the board connecting until the grace is out (the
+        // brokers may only be slow to answer a board started with them); reading ends it.
+        g.connecting &= !ready;
+    }
+
+    /// Not ready, as a board starting: connecting since now (see [`Feed::connecting`]).
+    pub fn connecting(&self, detail: impl Into<String>) {
+        *self.lock() = Feed {
+            ok: false,
+            detail: detail.into(),
+            since_ms: now_ms(),
+            connecting: true,
+        };
     }
 
     pub fn get(&self) -> (bool, String) {
@@ -88,9 +107,17 @@ impl Ready {
         (g.ok, g.detail.clone())
     }
 
-    /// The whole state, for the pages.
+    /// The whole state, for the pages: connecting no more once the first connection has
+    /// failed to read for [`BROKERS_DOWN_GRACE`] (then the feed is down, since the start).
     pub fn feed(&self) -> Feed {
-        self.lock().clone()
+        self.feed_at(now_ms())
+    }
+
+    fn feed_at(&self, now_ms: i64) -> Feed {
+        let mut f = self.lock().clone();
+        let grace_ms = BROKERS_DOWN_GRACE.as_millis() as i64;
+        f.connecting &= now_ms.saturating_sub(f.since_ms) < grace_ms;
+        f
     }
 
     /// Ready, reading `partitions`; returns whether it was not ready before. Called for every
@@ -104,6 +131,7 @@ impl Ready {
             ok: true,
             detail: format!("reading {partitions} partition(s)"),
             since_ms: now_ms(),
+            connecting: false,
         };
         true
     }
@@ -531,7 +559,7 @@ impl Ingest {
 
 #[cfg(test)]
 mod tests {
-    use super::decode;
+    use super::{decode, Ready, BROKERS_DOWN_GRACE};
 
     #[test]
     fn the_board_consumer_asks_for_no_statistics_and_no_partition_eof() {
@@ -648,5 +676,35 @@ mod tests {
             decode(Some(v.to_string().as_bytes())).unwrap_err(),
             "not_an_alert"
         );
+    }
+
+    #[test]
+    fn a_starting_board_is_connecting_until_it_reads_or_the_grace_is_out() {
+        let r = Ready::default();
+        r.connecting("connecting to the alert topic");
+        let start = r.feed().since_ms;
+        let grace = BROKERS_DOWN_GRACE.as_millis() as i64;
+        assert!(r.feed_at(start).connecting && !r.feed_at(start).ok);
+        // A failed first attempt says why, and is still connecting within the grace.
+        r.set(false, "ingest: refused; retrying");
+        let f = r.feed_at(start + grace - 1);
+        assert!(
+            f.connecting && f.detail == "ingest: refused; retrying",
+            "{f:?}"
+        );
+        assert_eq!(f.since_ms, start);
+        // Past it, the feed is down since the board started.
+        let f = r.feed_at(start + grace);
+        assert!(!f.connecting && !f.ok && f.since_ms == start, "{f:?}");
+        // Reading ends connecting for good: a later loss is a feed down at once.
+        assert!(r.mark_reading(1));
+        r.set(false, "storing alerts failed; retrying");
+        let f = r.feed();
+        assert!(!f.connecting && !f.ok, "{f:?}");
+        let r = Ready::default();
+        r.connecting("connecting to the alert topic");
+        r.set(true, "reading 1 partition(s)");
+        r.set(false, "the brokers have not answered for 10 s; retrying");
+        assert!(!r.feed_at(r.feed().since_ms).connecting);
     }
 }

@@ -147,7 +147,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     }
     let (events, _) = tokio::sync::broadcast::channel(64);
     let ready = Arc::new(ingest::Ready::default());
-    ready.set(false, "connecting to the alert topic");
+    ready.connecting("connecting to the alert topic");
     let stop = Arc::new(AtomicBool::new(false));
     let app = Arc::new(http::App {
         cfg: b.clone(),

@@ -359,13 +359,38 @@ pub fn feed_down_words(since: &str) -> String {
     format!("feed down since {since} \u{2014} alerts delayed")
 }
 
-/// The queue's live chip as the page starts with it: live, or the feed down with why and
-/// since when (UTC here; board.js rewrites it in the viewer's local time). board.js reads
-/// the state from `data-feed` until the event stream tells it again.
+/// The chip's words while a board that has just started has not read yet
+/// ([`Feed::connecting`]; board.js uses the same).
+pub const CONNECTING_WORDS: &str = "connecting to the feed\u{2026}";
+
+/// The connecting chip's tooltip: what the board says of its first connection.
+pub fn connecting_title(detail: &str) -> String {
+    let detail = if detail.trim().is_empty() {
+        "connecting to the alert topic"
+    } else {
+        detail.trim()
+    };
+    format!(
+        "The board has just started and is not reading alerts yet: {detail}. \
+If the brokers do not answer within 10 s this says the feed is down."
+    )
+}
+
+/// The queue's live chip as the page starts with it: live, connecting (a board just
+/// started), or the feed down with why and since when (UTC here; board.js rewrites it in
+/// the viewer's local time). board.js reads the state from `data-feed` until the event
+/// stream tells it again.
 fn live_chip(feed: &Feed) -> String {
     if feed.ok {
         return format!(
             "<div class=\"live\" id=\"live\" data-feed=\"ok\" data-state=\"live\" title=\"{LIVE_TITLE}\">{LIVE_WORDS}</div>"
+        );
+    }
+    if feed.connecting {
+        return format!(
+            "<div class=\"live connecting\" id=\"live\" data-feed=\"connecting\" data-state=\"connecting\" \
+title=\"{title}\">{CONNECTING_WORDS}</div>",
+            title = esc(&connecting_title(&feed.detail)),
         );
     }
     format!(
@@ -906,6 +931,7 @@ href=\"?detector=bulk_sms&amp;hours=24%20%26%20x%3D1&amp;sort=newest&amp;page=2\
             ok: true,
             detail: "reading 1 partition(s)".into(),
             since_ms: 0,
+            connecting: false,
         });
         assert!(
             up.contains("data-feed=\"ok\"") && up.contains(">live</div>"),
@@ -915,6 +941,7 @@ href=\"?detector=bulk_sms&amp;hours=24%20%26%20x%3D1&amp;sort=newest&amp;page=2\
             ok: false,
             detail: "storing alerts failed (<locked> & \"busy\"); retrying".into(),
             since_ms: 1_796_600_000_000,
+            connecting: false,
         });
         assert!(down.contains("class=\"live down\""), "{down}");
         assert!(
@@ -923,6 +950,23 @@ href=\"?detector=bulk_sms&amp;hours=24%20%26%20x%3D1&amp;sort=newest&amp;page=2\
         );
         assert!(down.contains("since 2026-12-06 23:33:20 UTC: storing alerts failed (&lt;locked&gt; &amp; &quot;busy&quot;); retrying."), "{down}");
         assert!(!down.contains("<locked>"), "{down}");
+        let starting = super::live_chip(&Feed {
+            ok: false,
+            detail: "ingest: <refused>; retrying".into(),
+            since_ms: 1_796_600_000_000,
+            connecting: true,
+        });
+        assert!(
+            starting.contains("class=\"live connecting\"")
+                && starting.contains("data-feed=\"connecting\"")
+                && starting.contains(">connecting to the feed\u{2026}</div>")
+                && !starting.contains("feed down"),
+            "{starting}"
+        );
+        assert!(
+            starting.contains("not reading alerts yet: ingest: &lt;refused&gt;; retrying."),
+            "{starting}"
+        );
     }
 
     use super::*;

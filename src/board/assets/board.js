@@ -16,7 +16,10 @@
   var LIVE = "new alerts appear without reloading";
   var pending = null, seq = 0, es = null, delay = 1000, waiting = 0;
   var streamDown = false, fetchDown = false;
-  var feedDown = live.getAttribute("data-feed") === "down";
+  // A board just started says "connecting" until its first read, or until 10 s without
+  // one (then the feed is down since it started: the server's `connecting` turns false).
+  var feedConnecting = live.getAttribute("data-feed") === "connecting";
+  var feedDown = feedConnecting || live.getAttribute("data-feed") === "down";
   var feedTitle = live.title, feedText = live.textContent;
   function hhmm(ms) {
     return new Date(ms).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
@@ -28,7 +31,13 @@
   function feed(j) {
     var was = feedDown;
     feedDown = !j.ok;
-    if (feedDown) {
+    feedConnecting = feedDown && !!j.connecting;
+    if (feedConnecting) {
+      feedText = "connecting to the feed\u2026";
+      feedTitle = "The board has just started and is not reading alerts yet: " +
+        (j.detail || "connecting to the alert topic") +
+        ". If the brokers do not answer within 10 s this says the feed is down.";
+    } else if (feedDown) {
       feedText = "feed down since " + hhmm(j.since_ms) + " \u2014 alerts delayed";
       feedTitle = "No new alerts reach the board since " + since(j.since_ms) + ": " +
         (j.detail || "not reading the alert topic") +
@@ -46,6 +55,10 @@
       title = "No connection to the board" +
         (waiting ? "; trying again in " + waiting / 1000 + " s" : "; trying again") +
         ". New alerts do not appear meanwhile; the list catches up when it is back.";
+    } else if (feedConnecting) {
+      state = "connecting";
+      text = feedText;
+      title = feedTitle;
     } else if (feedDown) {
       state = "feed-down";
       text = feedText;
@@ -55,7 +68,8 @@
       text = "update failed";
       title = "The list could not be fetched again and may be out of date; retrying.";
     }
-    live.classList.toggle("down", streamDown || feedDown || fetchDown);
+    live.classList.toggle("down", streamDown || (feedDown && !feedConnecting) || fetchDown);
+    live.classList.toggle("connecting", !streamDown && feedConnecting);
     live.setAttribute("data-state", state);
     live.textContent = text;
     live.title = title;
