@@ -58,7 +58,7 @@ pub struct Feed {
     pub detail: String,
     pub since_ms: i64,
     /// Not reading yet, a board still starting ([`Ready::connecting`]): its first
-    /// connection has neither read nor been given up on for [`BROKERS_DOWN_GRACE`]. The
+    /// connection has neither read nor been given up on for 10 s (`BROKERS_DOWN_GRACE`). The
     /// page says "connecting", not that the feed is down: a board restarted in front of
     /// the operations room raised a red chip for the second its first read takes.
     pub connecting: bool,
@@ -108,7 +108,7 @@ impl Ready {
     }
 
     /// The whole state, for the pages: connecting no more once the first connection has
-    /// failed to read for [`BROKERS_DOWN_GRACE`] (then the feed is down, since the start).
+    /// failed to read for 10 s (`BROKERS_DOWN_GRACE`) (then the feed is down, since the start).
     pub fn feed(&self) -> Feed {
         self.feed_at(now_ms())
     }
