@@ -15,8 +15,8 @@ use linewatch::alert::Alert;
 use linewatch::config::Config;
 use linewatch::replay::replay_bytes;
 use support::{
-    brokers, produce, produce_to, read_alert_ids, read_until, records, Msg, Service, Setup, Topics,
-    MIN, T0, WAIT,
+    brokers, city_lines, produce, produce_to, read_alert_ids, read_until, records, Msg, Service,
+    Setup, Topics, MIN, T0, WAIT,
 };
 
 /// Thresholds low enough for a small, readable traffic; quick retries and drain.
@@ -701,24 +701,18 @@ async fn a_backlog_over_several_partitions_is_not_called_late() {
 /// (detector, subject) pairs are replay's, as on one partition.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_partition_does_not_hold_the_watermark() {
-    use linewatch::generate::{self, GenOptions};
+    use linewatch::generate::GenOptions;
 
     let b = brokers();
     let t = Topics::named("empty-part");
     t.create(2).await;
     // The generator's late records, duplicates and malformed lines included, in file order.
-    let (events, _, _) = generate::generate_in_memory(&GenOptions {
+    let lines = city_lines(&GenOptions {
         seed: 5,
         subscribers: 3_000,
         days: 2,
         ..GenOptions::default()
-    })
-    .expect("generate");
-    let lines: Vec<String> = String::from_utf8(events)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect();
+    });
     let config = "[service]\nbatch_max_wait_ms = 20\ndrain_timeout_s = 20\n";
     let (want, summary) = replay_bytes(
         Config::from_toml(config).unwrap(),
@@ -823,7 +817,7 @@ async fn wait_all_counted(svc: &Service, n: usize, wait: Duration) {
 /// loaded gives exactly replay's (detector, subject) pairs over the records in event-time
 /// order; returns the service for more checks.
 async fn backlog_under_load_like_replay(tag: &str, config: &str) -> Service {
-    use linewatch::generate::{self, GenOptions};
+    use linewatch::generate::GenOptions;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
@@ -832,22 +826,16 @@ async fn backlog_under_load_like_replay(tag: &str, config: &str) -> Service {
     t.create(4).await;
     // No deliberately late records: replay of the records sorted by event time is then the
     // order every partition-aware reader should reproduce.
-    let (events, _, _) = generate::generate_in_memory(&GenOptions {
+    let mut lines = city_lines(&GenOptions {
         seed: 7,
         subscribers: 6_000,
         days: 1,
         late_rate: 0.0,
         ..GenOptions::default()
-    })
-    .expect("generate");
+    });
     // Event time as the service reads it (epoch ms or RFC 3339); undecodable lines first.
     let opts = linewatch::event::DecodeOptions::default();
     let ts = |l: &str| linewatch::event::quick_ts(l.as_bytes(), &opts);
-    let mut lines: Vec<String> = String::from_utf8(events)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect();
     lines.sort_by_key(|l| ts(l));
     let pairs = |v: &[Alert]| -> BTreeSet<(String, String)> {
         v.iter()

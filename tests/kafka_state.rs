@@ -12,7 +12,8 @@ use linewatch::alert::Alert;
 use linewatch::config::Config;
 use linewatch::replay::replay_bytes;
 use support::{
-    brokers, produce, read_alert_ids, read_until, records, Service, Setup, MIN, T0, WAIT,
+    brokers, city_lines, produce, read_alert_ids, read_until, records, Service, Setup, MIN, T0,
+    WAIT,
 };
 
 /// The broker tests' thresholds, and a checkpoint every second.
@@ -606,7 +607,7 @@ fn repeated_ids(msgs: &[support::Msg]) -> (usize, usize) {
 /// those barriers had made in the first run (a `deal_line` and a `line_handover`) came at
 /// the first live record, published a second time with the same ids.
 async fn adding_an_input_partition_and_restarting_publishes_every_alert_once(checkpoints: bool) {
-    use linewatch::generate::{self, GenOptions};
+    use linewatch::generate::GenOptions;
 
     let config = if checkpoints {
         "[service]\nbatch_max_wait_ms = 20\ndrain_timeout_s = 20\ncheckpoint_interval_s = 1\n"
@@ -614,18 +615,12 @@ async fn adding_an_input_partition_and_restarting_publishes_every_alert_once(che
         "[service]\nbatch_max_wait_ms = 20\ndrain_timeout_s = 20\ncheckpoint_interval_s = 0\n"
     };
     let s = Setup::with_state_topic(if checkpoints { "addp-ck" } else { "addp" }, 1, config).await;
-    let (events, _, _) = generate::generate_in_memory(&GenOptions {
+    let lines = city_lines(&GenOptions {
         seed: 1,
         subscribers: 3_000,
         days: 2,
         ..GenOptions::default()
-    })
-    .expect("generate");
-    let lines: Vec<String> = String::from_utf8(events)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect();
+    });
     let cut = lines.len() * 6 / 10;
 
     let mut first = s.start_ready().await;

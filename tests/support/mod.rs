@@ -257,6 +257,17 @@ pub async fn produce_to(
     out
 }
 
+/// A generated city's records as JSONL lines, in file order (its late records, duplicates
+/// and malformed lines included).
+pub fn city_lines(opts: &linewatch::generate::GenOptions) -> Vec<String> {
+    let (events, _, _) = linewatch::generate::generate_in_memory(opts).expect("generate");
+    String::from_utf8(events)
+        .expect("generated records are UTF-8")
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
 /// JSONL lines as keyless or `from`-keyed records.
 pub fn records(lines: &[String], key_by_from: bool) -> Vec<(Option<String>, Vec<u8>)> {
     lines
