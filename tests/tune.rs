@@ -380,6 +380,26 @@ fn files() -> Files {
     }
 }
 
+/// `bulk_sms.min_recipients` swept over the fixture with `labels`, as CSV: stdout and
+/// stderr of a run that succeeded.
+fn csv_sweep(f: &Files, labels: &str) -> (String, String) {
+    let (code, out, err) = linewatch(&tune_args(
+        &[
+            "--param",
+            "bulk_sms.min_recipients=3..9:2",
+            "--detector",
+            "bulk_sms",
+            "--format",
+            "csv",
+        ],
+        &f.cfg,
+        &f.input,
+        labels,
+    ));
+    assert_eq!(code, 0, "{err}");
+    (out, err)
+}
+
 #[test]
 fn cli_table_marks_the_recommendation() {
     let f = files();
@@ -592,23 +612,7 @@ fn cli_reads_spreadsheet_saved_labels() {
     sheet.push_str("\"\",\"\",\"\",\"\"\r\n\r\n");
     let path = dir.path().join("labels-sheet.csv");
     std::fs::write(&path, sheet).unwrap();
-    let run = |labels: &str| {
-        let (code, out, err) = linewatch(&tune_args(
-            &[
-                "--param",
-                "bulk_sms.min_recipients=3..9:2",
-                "--detector",
-                "bulk_sms",
-                "--format",
-                "csv",
-            ],
-            &f.cfg,
-            &f.input,
-            labels,
-        ));
-        assert_eq!(code, 0, "{err}");
-        out
-    };
+    let run = |labels: &str| csv_sweep(&f, labels).0;
     assert_eq!(run(path.to_str().unwrap()), run(&f.labels));
 }
 
@@ -635,23 +639,8 @@ fn cli_warns_of_kinds_and_labels_it_does_not_know_and_scores_the_same() {
     odd.push_str("Lzz-not-in-the-traffic,line,normal,,,\n");
     let path = dir.path().join("labels-odd.csv");
     std::fs::write(&path, odd).unwrap();
-    let run = |labels: &str| {
-        let (code, out, err) = linewatch(&tune_args(
-            &[
-                "--param",
-                "bulk_sms.min_recipients=3..9:2",
-                "--format",
-                "csv",
-            ],
-            &f.cfg,
-            &f.input,
-            labels,
-        ));
-        assert_eq!(code, 0, "{err}");
-        (out, err)
-    };
-    let (odd_out, odd_err) = run(path.to_str().unwrap());
-    let (out, err) = run(&f.labels);
+    let (odd_out, odd_err) = csv_sweep(&f, path.to_str().unwrap());
+    let (out, err) = csv_sweep(&f, &f.labels);
     assert_eq!(odd_out, out, "a row's kind changes nothing in the scores");
     assert!(!err.contains("warning"), "{err}");
     let rows = plain.lines().count() - 2;
