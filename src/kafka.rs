@@ -449,11 +449,17 @@ pub fn is_auth_failure(e: &KafkaError) -> bool {
 mod tests {
     use super::*;
 
+    /// Settings with these `[kafka]` properties (brokers `b:9092`).
+    fn settings(properties: &[(&str, &str)]) -> KafkaSettings {
+        let p = (properties.iter())
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        KafkaSettings::new("b:9092", p)
+    }
+
     #[test]
     fn debug_masks_property_values() {
-        let mut p = BTreeMap::new();
-        p.insert("sasl.password".to_string(), "hunter2".to_string());
-        let s = KafkaSettings::new("b:9092", p);
+        let s = settings(&[("sasl.password", "hunter2")]);
         let shown = format!("{s:?}");
         assert!(shown.contains("sasl.password"));
         assert!(!shown.contains("hunter2"), "{shown}");
@@ -485,12 +491,12 @@ mod tests {
 
     #[test]
     fn prefixed_keys_go_to_one_client_and_fixed_keys_win() {
-        let mut p = BTreeMap::new();
-        p.insert("security.protocol".into(), "SASL_SSL".into());
-        p.insert("consumer.fetch.max.bytes".into(), "1024".into());
-        p.insert("producer.linger.ms".into(), "50".into());
-        p.insert("enable.auto.commit".into(), "true".into());
-        let s = KafkaSettings::new("b:9092", p);
+        let s = settings(&[
+            ("security.protocol", "SASL_SSL"),
+            ("consumer.fetch.max.bytes", "1024"),
+            ("producer.linger.ms", "50"),
+            ("enable.auto.commit", "true"),
+        ]);
         let c = s.client_config(Role::Consumer);
         assert_eq!(c.get("security.protocol"), Some("SASL_SSL"));
         assert_eq!(c.get("fetch.max.bytes"), Some("1024"));
@@ -508,8 +514,7 @@ mod tests {
 
     #[test]
     fn consumer_only_properties_reach_no_producer() {
-        let mut p = BTreeMap::new();
-        for (k, v) in [
+        let s = settings(&[
             ("group.instance.id", "pod-0"),
             ("session.timeout.ms", "10000"),
             ("heartbeat.interval.ms", "3000"),
@@ -518,10 +523,7 @@ mod tests {
             ("security.protocol", "SASL_SSL"),
             ("client.id", "lw"),
             ("producer.group.id", "asked-for"),
-        ] {
-            p.insert(k.to_string(), v.to_string());
-        }
-        let s = KafkaSettings::new("b:9092", p);
+        ]);
         let producer: Vec<&str> = s.user_properties(Role::Producer).map(|(k, _)| k).collect();
         // Properties of every client, and one asked for by the `producer.` prefix, stay.
         assert_eq!(producer, vec!["client.id", "group.id", "security.protocol"]);
@@ -549,8 +551,7 @@ mod tests {
 
     #[test]
     fn producer_only_properties_reach_no_consumer() {
-        let mut p = BTreeMap::new();
-        for (k, v) in [
+        let s = settings(&[
             ("linger.ms", "20"),
             ("compression.type", "lz4"),
             ("batch.size", "65536"),
@@ -558,10 +559,7 @@ mod tests {
             ("security.protocol", "SASL_SSL"),
             ("client.id", "lw"),
             ("consumer.linger.ms", "asked-for"),
-        ] {
-            p.insert(k.to_string(), v.to_string());
-        }
-        let s = KafkaSettings::new("b:9092", p);
+        ]);
         let consumer: Vec<&str> = s.user_properties(Role::Consumer).map(|(k, _)| k).collect();
         // Properties of every client, and one asked for by the `consumer.` prefix, stay.
         assert_eq!(
@@ -589,10 +587,10 @@ mod tests {
 
     #[test]
     fn only_the_transactional_producer_has_a_transactional_id() {
-        let mut p = BTreeMap::new();
-        p.insert("transactional.id".into(), "mine".into());
-        p.insert("isolation.level".into(), "read_uncommitted".into());
-        let s = KafkaSettings::new("b:9092", p);
+        let s = settings(&[
+            ("transactional.id", "mine"),
+            ("isolation.level", "read_uncommitted"),
+        ]);
         assert_eq!(
             s.client_config(Role::Producer).get("transactional.id"),
             None
