@@ -1724,3 +1724,107 @@ async fn refused_credentials_stop_the_board_with_a_clear_line_and_no_secret() {
         .count();
     assert!(client_lines <= 4, "{client_lines} lines:\n{}", board.logs());
 }
+
+/// Browsers open at most six HTTP/1.1 connections to one host, and an open queue holds one
+/// for its live updates: before, with six queue tabs open a seventh did not load at all (its
+/// request waited for a connection none gave up). A hidden tab now closes its stream and
+/// opens it again when shown, fetching what came meanwhile, so eight tabs load, the board
+/// counts one stream, and a tab shown again lists the alert that came while it was hidden.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_queue_tabs_load_and_a_tab_shown_again_lists_what_came_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = suffix();
+    let topic = format!("board-tabs-{s}");
+    create_topics(&[(&topic, 1)]).await;
+    let (cfg, _) = board_config(dir.path());
+    produce(&topic, &many(&format!("tb{s}"), 3)).await;
+    let board = Board::start(&cfg, &topic);
+    let addr = board.wait_ready().await;
+    board
+        .wait_metric(
+            &addr,
+            "linewatch_board_alerts_ingested_total",
+            3.0,
+            Duration::from_secs(20),
+        )
+        .await;
+    let alice = proxy(addr.clone(), "alice").await;
+    let driver = Driver::start().await;
+    let c = driver.client(1280, 800).await;
+    let rows = |c: &Client| {
+        let c = c.clone();
+        async move {
+            c.execute(
+                "return document.querySelectorAll('#rows tr[data-alert]').length;",
+                vec![],
+            )
+            .await
+            .unwrap()
+            .as_u64()
+            .unwrap()
+        }
+    };
+    let mut tabs = vec![c.window().await.unwrap()];
+    for i in 0..8 {
+        if i > 0 {
+            let tab = c.new_window(true).await.unwrap().handle;
+            c.switch_to_window(tab.clone()).await.unwrap();
+            tabs.push(tab);
+        }
+        // The page load itself is what hung: a timeout here, not WebDriver's five minutes.
+        tokio::time::timeout(Duration::from_secs(15), c.goto(&format!("http://{alice}/")))
+            .await
+            .unwrap_or_else(|_| panic!("queue tab {} of 8 did not load in 15 s", i + 1))
+            .unwrap();
+        assert_eq!(rows(&c).await, 3, "tab {}", i + 1);
+        c.execute("window.__sameDocument = 'yes';", vec![])
+            .await
+            .unwrap();
+    }
+    // The seven hidden tabs hold none (the server notices a closed stream at its next
+    // keep-alive, 15 s at most).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let open = support::metric_value(
+            &http(&addr, "GET", "/metrics", None, "").2,
+            "linewatch_board_live_streams",
+        );
+        if open == 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{open} live streams open with one of eight tabs shown"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // A new alert: the tab shown lists it live; the third tab, hidden meanwhile, lists it
+    // once shown, without a reload, and says it is live.
+    produce(&topic, &many(&format!("tc{s}"), 1)).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while rows(&c).await != 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the tab shown did not list the new alert"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    c.switch_to_window(tabs[2].clone()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rows(&c).await != 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the tab shown again did not list the alert that came while it was hidden"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let same = c
+        .execute("return window.__sameDocument || null;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(same, json!("yes"), "the tab was reloaded");
+    let (text, _, down) = live_chip(&c).await;
+    assert!(!down && text == "live", "chip: {text}");
+    screenshot(&c, "queue-tab-shown-again.png").await;
+}

@@ -253,6 +253,7 @@ async fn events(
     State(app): State<Arc<App>>,
 ) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
     struct Open {
+        _counted: Counted,
         rx: broadcast::Receiver<u64>,
         ready: Arc<Ready>,
         /// The state last sent; `None` before the first event.
@@ -262,6 +263,7 @@ async fn events(
     let mut tick = tokio::time::interval(FEED_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let open = Open {
+        _counted: Counted::open(&app.metrics.live_streams),
         rx: app.events.subscribe(),
         ready: app.ready.clone(),
         sent: None,
@@ -294,6 +296,24 @@ async fn events(
         }
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// One open live-update stream in `linewatch_board_live_streams`, for as long as the
+/// stream lives (dropped when the browser closes it and the server notices, at the next
+/// write: a keep-alive comment at the latest).
+struct Counted(prometheus::IntGauge);
+
+impl Counted {
+    fn open(gauge: &prometheus::IntGauge) -> Counted {
+        gauge.inc();
+        Counted(gauge.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -27,6 +27,7 @@ pub struct BoardMetrics {
     pub ingest_errors: IntCounter,
     pub stored: IntGauge,
     pub untriaged: IntGauge,
+    pub live_streams: IntGauge,
     pub triage: IntCounterVec,
     pub refused: IntCounterVec,
     pub exports: IntCounter,
@@ -85,6 +86,11 @@ impl BoardMetrics {
             untriaged: gauge(
                 "linewatch_board_alerts_untriaged",
                 "Stored alerts with status new",
+            ),
+            live_streams: gauge(
+                "linewatch_board_live_streams",
+                "Live-update streams open now: one per queue page shown in a browser tab \
+                 (a hidden tab closes its own)",
             ),
             triage: vec(
                 "linewatch_board_triage_changes_total",
@@ -153,5 +159,6 @@ mod tests {
         let text = m.render();
         assert!(text.contains("linewatch_board_invalid_messages_total{reason=\"invalid_json\"} 0"));
         assert!(text.contains("linewatch_board_retention_deleted_total{kind=\"alert\"} 0"));
+        assert!(text.contains("linewatch_board_live_streams 0"));
     }
 }

@@ -6,6 +6,10 @@
 // the board reads no alerts (brokers unreachable, database locked) the chip says the feed is
 // down; when it is back the rows are fetched again. The page starts with the server's word
 // (data-feed on the chip). A stream that is down says so first: its feed state is stale then.
+// Only a tab that is shown holds a stream. Browsers open at most six HTTP/1.1 connections to
+// one host and each stream keeps one, so with six queue tabs open a seventh page of the board
+// would not load at all. A hidden tab closes its stream (a tab opened in the background never
+// opens one) and opens it again when shown; that open fetches the rows, as any open does.
 (function () {
   "use strict";
   var rows = document.getElementById("rows");
@@ -14,7 +18,7 @@
   var live = document.getElementById("live");
   if (!rows || !window.EventSource) return;
   var LIVE = "new alerts appear without reloading";
-  var pending = null, seq = 0, es = null, delay = 1000, waiting = 0;
+  var pending = null, seq = 0, es = null, delay = 1000, waiting = 0, retry = null;
   var streamDown = false, fetchDown = false;
   // A board just started says "connecting" until its first read, or until 10 s without
   // one (then the feed is down since it started: the server's `connecting` turns false).
@@ -126,6 +130,8 @@
   }
   function connect() {
     waiting = 0;
+    retry = null;
+    if (document.hidden) return; // opened when shown
     if (streamDown) show();
     es = new EventSource("events");
     es.addEventListener("alerts", function () { later(150); });
@@ -146,10 +152,22 @@
       if (es.readyState === EventSource.CLOSED && !waiting) {
         waiting = delay;
         delay = Math.min(delay * 2, 30000);
-        setTimeout(connect, waiting);
+        retry = setTimeout(connect, waiting);
       }
       show();
     };
   }
+  document.addEventListener("visibilitychange", function () {
+    if (document.hidden) {
+      if (es) es.close();
+      es = null;
+      if (retry) clearTimeout(retry);
+      retry = null;
+      waiting = 0;
+    } else if (!es) {
+      delay = 1000;
+      connect();
+    }
+  });
   connect();
 })();
