@@ -275,6 +275,9 @@ impl Valid<'_> {
 /// for the numbers and handsets it owns. A shard never reads another's state: what crosses
 /// keys is [`Evidence`], applied at barriers.
 struct Shard {
+    /// Its number among the engine's shards (a stage's partition number): what its answers
+    /// to a broadcast name as their sender ([`Ctx::shard`]).
+    index: usize,
     contacts: Contacts,
     primaries: Vec<Box<dyn Detector>>,
     deal: DealLine,
@@ -293,6 +296,7 @@ struct Shard {
 impl Clone for Shard {
     fn clone(&self) -> Self {
         Shard {
+            index: self.index,
             contacts: self.contacts.clone(),
             primaries: self.primaries.iter().map(|d| d.box_clone()).collect(),
             deal: self.deal.clone(),
@@ -534,7 +538,7 @@ mod key_group_tests {
             assert_eq!(c, whole.counters, "{n} shards");
             assert_eq!(hits, cap_hits(&whole), "{n} shards");
             // Merged back: the same keys, counters and (as saved) the same bytes.
-            let mut merged = Shard::new(&cfg, 1);
+            let mut merged = Shard::new(&cfg, 1, 0);
             for part in parts {
                 merged.merge(part);
             }
@@ -567,11 +571,13 @@ mod key_group_tests {
 }
 
 impl Shard {
-    fn new(cfg: &Config, n: usize) -> Self {
+    /// Shard `index` of `n`, empty.
+    fn new(cfg: &Config, n: usize, index: usize) -> Self {
         let cfg = shard_config(cfg, n);
         let (max_lines, max_contacts, retention) = contact_bounds(&cfg);
         let (primaries, deal) = detect::build(&cfg);
         Shard {
+            index,
             contacts: Contacts::new(max_lines, max_contacts, retention),
             primaries,
             deal,
@@ -636,6 +642,7 @@ impl Shard {
             cells: st.cells,
             cell,
             shards: st.shards,
+            shard: self.index,
         };
         for d in &mut self.primaries {
             d.on_event(ev, ids, &mut ctx);
@@ -696,6 +703,7 @@ impl Shard {
             cells: st.cells,
             cell: None,
             shards: st.shards,
+            shard: self.index,
         };
         // Offered to the one detector that applies it (`deal_line`, past the primaries, is
         // last in `DETECTORS`, as `detect::build` makes them).
@@ -736,6 +744,7 @@ impl Shard {
             cells: st.cells,
             cell: None,
             shards: st.shards,
+            shard: self.index,
         };
         self.deal.on_findings(at, &self.findings, &mut ctx);
         // Detectors that learn from the others' findings (`runner_movement`: which lines
@@ -749,6 +758,7 @@ impl Shard {
             cells: st.cells,
             cell: None,
             shards: st.shards,
+            shard: self.index,
         };
         for d in &mut self.primaries {
             d.on_findings(at, &self.findings, &mut ctx);
@@ -844,6 +854,7 @@ impl Shard {
             .zip(cooldown)
             .enumerate()
             .map(|(p, ((contacts, deal), cooldown))| Shard {
+                index: p,
                 contacts,
                 primaries: Vec::new(),
                 deal: *detect::part_of::<DealLine>(deal),
@@ -1133,7 +1144,7 @@ impl Engine {
             seq: 0,
             epoch: i64::MIN,
             lines_at_barrier: 0,
-            shards: (0..n).map(|_| Shard::new(&cfg, n)).collect(),
+            shards: (0..n).map(|i| Shard::new(&cfg, n, i)).collect(),
             pending: Vec::new(),
             exchange: ExchangeStats::default(),
             pool: std::sync::OnceLock::new(),
@@ -1722,7 +1733,7 @@ impl Engine {
         // Each saved shard is decoded once and dealt out by key to the shards that own
         // its keys now (for issue 11 the same split serves an instance's key groups).
         for i in 0..saved {
-            let mut from = Shard::new(&self.cfg, running);
+            let mut from = Shard::new(&self.cfg, running, i);
             from.load(sections, i)?;
             let parts = from.split(
                 running,
@@ -1862,7 +1873,7 @@ impl PartShard {
     pub fn new(cfg: &Config, p: usize, n: usize) -> Self {
         let n = n.max(1);
         PartShard {
-            shard: Shard::new(cfg, n),
+            shard: Shard::new(cfg, n, p.min(n - 1)),
             p: p.min(n - 1),
             n,
             version: cfg.version(),
@@ -1895,7 +1906,7 @@ impl PartShard {
             return Ok(part);
         }
         for i in (0..saved).filter(|&i| overlaps(i, saved, p, n)) {
-            let mut from = Shard::new(cfg, n);
+            let mut from = Shard::new(cfg, n, i);
             from.load(sections, i)?;
             // Two parts: this partition's keys (0) and everyone else's (1, dropped).
             let counted = usize::from(counted_by(i, saved, n) != p);
@@ -2053,7 +2064,7 @@ mod tests {
     /// `DETECTORS`: a shard's primaries must be in that order, `deal_line` last.
     #[test]
     fn a_shards_detectors_are_in_the_order_evidence_is_routed_by() {
-        let sh = Shard::new(&Config::default(), 1);
+        let sh = Shard::new(&Config::default(), 1, 0);
         let mut names: Vec<&str> = sh.primaries.iter().map(|d| d.name()).collect();
         names.push(sh.deal.name());
         assert_eq!(names, detect::DETECTORS);

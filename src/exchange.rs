@@ -257,6 +257,10 @@ pub enum Body {
         exact: bool,
         /// Whether both lines were last seen in the same handset.
         shared_handset: bool,
+        /// The shard (or stage partition) that answered: the new line counts each sender
+        /// once, so an answer delivered twice (at least once, a partition rebuilt) does not
+        /// stand for another shard's.
+        from: u16,
     },
     /// `line_handover` → `line_handover`, both on the new line's shard ([`Dest::Number`] of
     /// the new line), sent while applying an [`Body::AudienceMatch`]: decide in the round
@@ -356,6 +360,8 @@ pub enum Body {
     AudienceNone {
         /// The query answered.
         query: u32,
+        /// The shard (or stage partition) that answered (see [`Body::AudienceMatch`]).
+        from: u16,
     },
 }
 

@@ -390,6 +390,7 @@ mod tests {
                 cells: None,
                 cell: None,
                 shards: 1,
+                shard: 0,
             };
             d.on_event(&ev, &ids, &mut ctx);
             (out.len(), sent.len())

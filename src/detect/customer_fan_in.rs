@@ -963,6 +963,7 @@ mod tests {
             cells: None,
             cell: None,
             shards: 1,
+            shard: 0,
         };
         d.on_findings(at, &[f], &mut ctx);
     }

@@ -735,6 +735,7 @@ mod tests {
             cells: None,
             cell: None,
             shards: 1,
+            shard: 0,
         };
         shards[shard].on_findings(at, fs, &mut ctx);
         let inbox = sent
@@ -779,6 +780,7 @@ mod tests {
                     cells: None,
                     cell: None,
                     shards: 1,
+                    shard: 0,
                 };
                 shards[owner(id, n)].on_evidence(e, &mut ctx);
                 for (k, x) in sent.into_iter().enumerate() {

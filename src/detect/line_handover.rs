@@ -18,7 +18,8 @@
 //! one broadcast: the new line sends [`Body::AudienceQuery`] (its minima and its recipients'
 //! fingerprints) to every shard; at the barrier each shard scans the lines it owns and
 //! answers with its best candidate at or above `min_overlap` as [`Body::AudienceMatch`], or
-//! [`Body::AudienceNone`]. The new line's shard tallies the answers (`Tallies`) and
+//! [`Body::AudienceNone`], naming itself. The new line's shard tallies the answers
+//! (`Tallies`, each sender once: at least once, an answer can arrive twice) and
 //! decides the earliest-sent query with a match (the one a scan of every line at each
 //! record would have matched on) once every shard has answered it and every earlier query,
 //! taking its best answer (highest overlap, then lowest id); it decides in the next round,
@@ -81,11 +82,31 @@ struct Tallies {
 #[derive(Clone, Serialize, Deserialize)]
 struct Tally {
     query: u32,
-    answered: u32,
+    /// The shards (stage partitions) that have answered, one bit each (at most 256): an
+    /// answer delivered twice counts once. Counting deliveries, a partition rebuilt after
+    /// a kill (at least once: it sends again what it sent after its last commit) made one
+    /// shard's answer stand for another's, and the query was decided before the shard
+    /// holding the right earlier line had answered: the line's handover was missed.
+    answered: [u64; 4],
     /// The query's event time (its answers carry it): the finding's.
     at: Millis,
     /// The best match so far (highest overlap, then lowest earlier line id).
     best: Option<Box<Body>>,
+}
+
+impl Tally {
+    /// Notes shard `from`'s answer; false if it had answered already.
+    fn answer_from(&mut self, from: u16) -> bool {
+        let (word, bit) = (usize::from(from / 64) % 4, from % 64);
+        let new = self.answered[word] & (1 << bit) == 0;
+        self.answered[word] |= 1 << bit;
+        new
+    }
+
+    /// How many shards have answered.
+    fn answers(&self) -> u32 {
+        self.answered.iter().map(|w| w.count_ones()).sum()
+    }
 }
 
 impl Tallies {
@@ -98,7 +119,7 @@ impl Tallies {
         while self.settled < sent {
             let next = self.settled + 1;
             let t = self.open.iter().find(|t| t.query == next)?;
-            if t.answered < shards && now.saturating_sub(t.at) <= stale_ms {
+            if t.answers() < shards && now.saturating_sub(t.at) <= stale_ms {
                 return None;
             }
             if t.best.is_some() {
@@ -211,7 +232,8 @@ impl LineHandover {
         let found = best.filter(|b| b.2 >= self.cfg.min_overlap);
         let Some((earlier, o, overlap, jaccard, exact)) = found else {
             // Nothing here: said, so the new line knows this shard has answered.
-            let body = Body::AudienceNone { query };
+            let from = ctx.shard as u16;
+            let body = Body::AudienceNone { query, from };
             ctx.outbox
                 .push(Sent::hinted(Dest::Number(line), body, [u64::MAX, u64::MAX]));
             return;
@@ -229,6 +251,7 @@ impl LineHandover {
             jaccard,
             exact,
             shared_handset: handset_fp != 0 && handset_fp == o.handset_fp,
+            from: ctx.shard as u16,
         };
         // A non-negative f64's bits order as the value does: best overlap first, then the
         // lower id, across every shard's answers.
@@ -402,7 +425,7 @@ impl Detector for LineHandover {
         match (&e.body, e.dest) {
             (Body::AudienceQuery { .. }, _) => self.answer(e, ctx),
             (
-                Body::AudienceMatch { query, .. } | Body::AudienceNone { query },
+                Body::AudienceMatch { query, from, .. } | Body::AudienceNone { query, from },
                 Dest::Number(line),
             ) => {
                 let Some(me) = self.sketches.get(&line) else {
@@ -420,7 +443,7 @@ impl Detector for LineHandover {
                     None => {
                         tallies.open.push(Tally {
                             query: *query,
-                            answered: 0,
+                            answered: [0; 4],
                             at: e.at,
                             best: None,
                         });
@@ -428,7 +451,11 @@ impl Detector for LineHandover {
                     }
                 };
                 let t = &mut tallies.open[i];
-                t.answered += 1;
+                if !t.answer_from(*from) {
+                    // Delivered again (at least once): already counted, and its match, if
+                    // any, already weighed.
+                    return;
+                }
                 if let Body::AudienceMatch {
                     overlap, earlier, ..
                 } = &e.body
@@ -638,7 +665,7 @@ mod tests {
                 pending: None,
             },
         );
-        let answer = |query: u32, earlier: &str, overlap: f64| Body::AudienceMatch {
+        let answer = |query: u32, earlier: &str, overlap: f64, from: u16| Body::AudienceMatch {
             query,
             recipients: 20,
             first_seen_s: 1_000,
@@ -651,8 +678,9 @@ mod tests {
             jaccard: 0.1,
             exact: true,
             shared_handset: false,
+            from,
         };
-        let none = |query: u32| Body::AudienceNone { query };
+        let none = |query: u32, from: u16| Body::AudienceNone { query, from };
         let at = |query: u32| 1_000_000 + Millis::from(query) * 60_000;
         let mut contacts = crate::state::Contacts::new(1_000, 64, 86_400);
         // Applies one piece on the new line's shard of 3; returns (findings, decisions sent).
@@ -667,6 +695,7 @@ mod tests {
                 cells: None,
                 cell: None,
                 shards: 3,
+                shard: 0,
             };
             let e = Evidence {
                 dest: Dest::Number(new),
@@ -686,15 +715,19 @@ mod tests {
             (out, decide)
         };
         // Query 2, complete, with a match: query 1 is not answered yet, so nothing is decided.
-        for b in [answer(2, "later", 0.9), none(2), none(2)] {
+        for b in [answer(2, "later", 0.9, 0), none(2, 1), none(2, 2)] {
             assert_eq!(apply(&mut d, b, at(2)).1, Vec::<u32>::new());
         }
         let (f, _) = apply(&mut d, Body::AudienceDecide { query: 2 }, at(2));
         assert!(f.is_empty(), "decided before query 1 was answered: {f:?}");
         // Query 1's answers: its match, weaker than another shard's, then the last "none".
-        assert!(apply(&mut d, answer(1, "weaker", 0.6), at(1)).1.is_empty());
-        assert!(apply(&mut d, answer(1, "earlier", 0.8), at(1)).1.is_empty());
-        assert_eq!(apply(&mut d, none(1), at(1)).1, vec![1]);
+        assert!(apply(&mut d, answer(1, "weaker", 0.6, 0), at(1))
+            .1
+            .is_empty());
+        assert!(apply(&mut d, answer(1, "earlier", 0.8, 1), at(1))
+            .1
+            .is_empty());
+        assert_eq!(apply(&mut d, none(1, 2), at(1)).1, vec![1]);
         let (f, _) = apply(&mut d, Body::AudienceDecide { query: 1 }, at(1));
         assert_eq!(f.len(), 1, "{f:?}");
         assert_eq!(f[0].related, ["earlier"]);
@@ -710,19 +743,47 @@ mod tests {
         let me = d.sketches.get_mut(&new).unwrap();
         (me.matched, me.queries) = (false, 4);
         let max_age = ids::span_ms(cfg.line_handover.new_line_max_age_s);
-        for _ in 0..3 {
-            apply(&mut d, none(1), at(1));
-            apply(&mut d, none(2), at(2));
+        for from in 0..3 {
+            apply(&mut d, none(1, from), at(1));
+            apply(&mut d, none(2, from), at(2));
         }
-        assert!(apply(&mut d, none(3), at(3)).1.is_empty());
+        assert!(apply(&mut d, none(3, 0), at(3)).1.is_empty());
         let late = at(3) + max_age;
-        assert!(apply(&mut d, answer(4, "later", 0.9), late).1.is_empty());
-        assert!(apply(&mut d, none(4), late).1.is_empty());
+        assert!(apply(&mut d, answer(4, "later", 0.9, 0), late).1.is_empty());
         assert!(
-            apply(&mut d, none(4), late).1.is_empty(),
+            apply(&mut d, none(4, 1), late).1.is_empty(),
             "query 3 not yet stale"
         );
-        assert_eq!(apply(&mut d, none(4), late + 1).1, vec![4], "query 3 stale");
+        assert_eq!(
+            apply(&mut d, none(4, 2), late + 1).1,
+            vec![4],
+            "query 3 stale"
+        );
+
+        // At least once, an answer can come twice (a partition rebuilt after a kill sends
+        // again what it sent after its last commit): it counts once. Counting deliveries,
+        // shard 0's "none" twice and shard 1's made three answers of three shards, query 5
+        // was settled with no match, and shard 2's match, the right earlier line, came
+        // too late to count.
+        let me = d.sketches.get_mut(&new).unwrap();
+        (me.matched, me.queries) = (false, 5);
+        d.tallies.clear();
+        d.tallies.entry(new).or_default().settled = 4;
+        for b in [none(5, 0), none(5, 0), none(5, 1)] {
+            assert!(apply(&mut d, b, at(5)).1.is_empty());
+        }
+        assert_eq!(
+            apply(&mut d, answer(5, "earlier", 0.8, 2), at(5)).1,
+            vec![5],
+            "the third shard's answer completes the query"
+        );
+        // Its match delivered again changes nothing.
+        assert!(apply(&mut d, answer(5, "earlier", 0.8, 2), at(5))
+            .1
+            .is_empty());
+        let (f, _) = apply(&mut d, Body::AudienceDecide { query: 5 }, at(5));
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].related, ["earlier"]);
     }
 
     #[test]

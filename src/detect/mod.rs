@@ -99,6 +99,9 @@ pub struct Ctx<'a> {
     /// How many shards (or stage partitions) a [`crate::exchange::Dest::Every`] broadcast
     /// reaches: each answers a broadcast question, and the asker counts the answers.
     pub shards: usize,
+    /// This shard's (or stage partition's) number, `0..shards`: an answer to a broadcast
+    /// names its sender, and the asker counts each sender once.
+    pub shard: usize,
 }
 
 /// Size of a detector's state, for metrics and the memory budget.
@@ -379,6 +382,7 @@ pub(crate) mod testkit {
                     cells,
                     cell,
                     shards: 1,
+                    shard: 0,
                 };
                 d.on_event(ev, &ids, &mut ctx);
                 for (k, s) in sent.into_iter().enumerate() {
@@ -413,6 +417,7 @@ pub(crate) mod testkit {
                 cells: self.cells.as_ref(),
                 cell: None,
                 shards: 1,
+                shard: 0,
             };
             d.on_findings(at, fs, &mut ctx);
             out
@@ -437,6 +442,7 @@ pub(crate) mod testkit {
                         cells: self.cells.as_ref(),
                         cell: None,
                         shards: 1,
+                        shard: 0,
                     };
                     d.on_evidence(e, &mut ctx);
                     for (k, s) in sent.into_iter().enumerate() {

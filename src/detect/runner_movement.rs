@@ -2089,6 +2089,7 @@ mod tests {
             cells: None,
             cell: None,
             shards: 1,
+            shard: 0,
         };
         d.on_findings(at, &[f], &mut ctx);
         assert!(matches!(
@@ -2743,6 +2744,7 @@ mod tests {
             cells: None,
             cell: None,
             shards: 1,
+            shard: 0,
         };
         d.on_findings(verdict_at, &[f], &mut ctx);
         assert!(d.trade.is_empty(), "not before the barrier");

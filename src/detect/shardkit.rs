@@ -120,6 +120,7 @@ impl<D: Detector + Clone> Shards<D> {
             cells: h.cells.as_ref(),
             cell: None,
             shards: self.d.len(),
+            shard: i,
         };
         self.d[i].on_findings(at, found, &mut ctx);
     }
@@ -160,6 +161,7 @@ impl<D: Detector + Clone> Shards<D> {
                 cells,
                 cell,
                 shards: self.d.len(),
+                shard: i,
             };
             self.d[i].on_event(ev, &ids, &mut ctx);
             self.after(i, role, ev.ts, &found, &mut sent);
@@ -211,6 +213,7 @@ impl<D: Detector + Clone> Shards<D> {
                         cells: h.cells.as_ref(),
                         cell: None,
                         shards: self.d.len(),
+                        shard: i,
                     };
                     self.d[i].on_evidence(e, &mut ctx);
                     self.after(i, Role::Barrier, e.at, &found, &mut sent);

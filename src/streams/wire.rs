@@ -250,8 +250,13 @@ mod tests {
                 jaccard: 0.4,
                 exact: true,
                 shared_handset: false,
+                from: 3,
             },
             Body::AudienceDecide { query: 7 },
+            Body::AudienceNone {
+                query: 7,
+                from: 255,
+            },
             Body::DealCredit(credit()),
             Body::TradeLine {
                 line: 5,
