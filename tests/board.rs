@@ -1608,13 +1608,15 @@ async fn the_queue_pages_past_its_limit_with_the_filters_kept() {
                 "the last page offers a next one: {lines:?}"
             );
         } else {
+            // The next page is the rows after the last one shown (a cursor in the link).
             click(&c, Locator::Css("#pager a[rel=next]")).await;
-            let want = format!("?sort=newest&page={}", page + 1);
             let deadline = Instant::now() + Duration::from_secs(10);
-            while !c.current_url().await.unwrap().as_str().ends_with(&want) {
-                assert!(Instant::now() < deadline, "next did not lead to {want}");
+            while c.current_url().await.unwrap().as_str() == url {
+                assert!(Instant::now() < deadline, "next did not lead on from {url}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
+            let next = c.current_url().await.unwrap().to_string();
+            assert!(next.contains("?sort=newest&after="), "{next}");
             wait_for(&c, Locator::Id("pager")).await;
         }
     }
@@ -1687,7 +1689,115 @@ async fn the_queue_pages_past_its_limit_with_the_filters_kept() {
     click(&c, Locator::Css("#pager a[rel=prev]")).await;
     wait_for(&c, Locator::Css("#rows tr[data-alert]")).await;
     let url = c.current_url().await.unwrap().to_string();
-    assert!(url.ends_with("?sort=newest&page=2"), "{url}");
+    assert!(url.contains("?sort=newest&before="), "{url}");
+    // The rows before the last page's first: page 2's, now 4th and 5th under the new one.
+    assert_eq!(ids(&c).await, seen[2..4]);
+    assert_eq!(
+        text_of(&c, Locator::Id("pager")).await,
+        "Alerts 4\u{2013}5 of 6, 2 a page. \u{2190} previous next \u{2192}"
+    );
+}
+
+/// An analyst works through a queue of new alerts a page at a time, triaging as they go:
+/// an alert decided on the first page leaves the queue, and every later one moves up.
+/// Before, the next page was the rows from position 3 on, so it started one row late and
+/// the alert that moved up onto the first page was never shown; the next page is now the
+/// rows after the last one shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triaging_on_the_first_page_skips_no_alert_on_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = suffix();
+    let topic = format!("board-skip-{s}");
+    create_topics(&[(&topic, 1)]).await;
+    let (cfg, _) = board_config(dir.path());
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replacen("[board]\n", "[board]\nqueue_limit = 2\n", 1),
+    )
+    .unwrap();
+    let board = Board::start(&cfg, &topic);
+    let addr = board.wait_ready().await;
+    // Five alerts a second apart, the newest last: the queue, newest first, is 4 3 2 1 0.
+    for i in 0..5 {
+        produce(&topic, &many(&format!("sk{s}-{i}"), 1)).await;
+        board
+            .wait_metric(
+                &addr,
+                "linewatch_board_alerts_ingested_total",
+                f64::from(i + 1),
+                Duration::from_secs(20),
+            )
+            .await;
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+    }
+    let alice = proxy(addr.clone(), "alice").await;
+    let driver = Driver::start().await;
+    let c = driver.client(1280, 800).await;
+    c.goto(&format!("http://{alice}/?status=new&sort=newest"))
+        .await
+        .unwrap();
+    let shown = || async {
+        let v = c
+            .execute(
+                "return Array.from(document.querySelectorAll('#rows tr[data-alert]'))\
+                 .map(function (tr) { return tr.dataset.alert; });",
+                vec![],
+            )
+            .await
+            .unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let queue: Vec<String> = (0..5).rev().map(|i| format!("sk{s}-{i}-000000")).collect();
+    assert_eq!(shown().await, queue[..2]);
+    // The first alert is decided (a false positive) in another tab: it leaves the queue.
+    let page = http(
+        &addr,
+        "GET",
+        &format!("/alert/{}", queue[0]),
+        Some("alice"),
+        "",
+    )
+    .2;
+    let token = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("the triage form carries a token")
+        .to_string();
+    let (code, head, _) = http(
+        &addr,
+        "POST",
+        &format!("/alert/{}/triage", queue[0]),
+        Some("alice"),
+        &format!("csrf={token}&decision=false_positive"),
+    );
+    assert_eq!(code, 303, "{head}");
+    // The page goes on from the last row it shows (a live update may have shown the row
+    // that moved up: then that one is the last).
+    let before = shown().await;
+    let last = before.last().unwrap().clone();
+    click(&c, Locator::Css("#pager a[rel=next]")).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = shown().await;
+        if !now.is_empty() && now != before {
+            let at = queue.iter().position(|x| *x == last).unwrap();
+            assert_eq!(
+                now,
+                queue[at + 1..(at + 3).min(5)],
+                "the next page after {last} (shown: {before:?})"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "next did not lead on: {now:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    screenshot(&c, "queue-next-after-triage.png").await;
 }
 
 /// Credentials the brokers refuse stop the board with one clear line (exit 1), as they stop

@@ -22,7 +22,7 @@ use super::config::BoardConfig;
 use super::ingest::Ready;
 use super::metrics::BoardMetrics;
 use super::pages::{self, QueueParams};
-use super::store::{Change, Status, Store, StoreError};
+use super::store::{Change, Cursor, QueueFilter, Row, Status, Store, StoreError};
 use super::Disposition;
 use crate::event::Millis;
 
@@ -176,7 +176,7 @@ async fn queue(
         let s = app.store();
         (|| {
             Ok::<_, StoreError>((
-                s.queue(&f)?,
+                queue_page(&s, &f)?,
                 s.untriaged()?,
                 s.detectors()?,
                 s.queue_count(&f)?,
@@ -184,7 +184,7 @@ async fn queue(
         })()
     };
     match got {
-        Ok((rows, untriaged, detectors, total)) => {
+        Ok(((rows, first), untriaged, detectors, total)) => {
             let skipped = super::metrics::INVALID_REASONS
                 .iter()
                 .map(|r| app.metrics.invalid.with_label_values(&[r]).get())
@@ -195,6 +195,7 @@ async fn queue(
                 &p,
                 &detectors,
                 &rows,
+                first,
                 untriaged,
                 total,
                 app.cfg.queue_limit,
@@ -205,6 +206,18 @@ async fn queue(
     }
 }
 
+/// The queue's rows for `f`, and how many rows come before the first of them (a page past
+/// the end: all of them).
+fn queue_page(s: &Store, f: &QueueFilter) -> Result<(Vec<Row>, u64), StoreError> {
+    let rows = s.queue(f)?;
+    let first = match (&f.cursor, rows.first()) {
+        (None, _) => f.offset,
+        (Some(_), Some(r)) => s.queue_position(f, &Cursor::of(r))?,
+        (Some(_), None) => s.queue_count(f)?,
+    };
+    Ok((rows, first))
+}
+
 /// The queue's rows alone, for the page's live update.
 async fn queue_rows(State(app): State<Arc<App>>, Query(p): Query<QueueParams>) -> Response {
     let f = p.filter(now_ms(), app.cfg.queue_limit);
@@ -212,7 +225,7 @@ async fn queue_rows(State(app): State<Arc<App>>, Query(p): Query<QueueParams>) -
         let s = app.store();
         (|| {
             Ok::<_, StoreError>((
-                s.queue(&f)?,
+                queue_page(&s, &f)?,
                 s.untriaged()?,
                 s.queue_count(&f)?,
                 s.detectors()?,
@@ -220,12 +233,12 @@ async fn queue_rows(State(app): State<Arc<App>>, Query(p): Query<QueueParams>) -
         })()
     };
     match got {
-        Ok((rows, untriaged, total, detectors)) => (
+        Ok(((rows, first), untriaged, total, detectors)) => (
             [(header::CACHE_CONTROL, "no-store")],
             Json(serde_json::json!({
                 "untriaged": untriaged,
                 "rows": pages::queue_rows(&rows, ""),
-                "pager": pages::pager(&p, rows.len(), total, app.cfg.queue_limit),
+                "pager": pages::pager(&p, &rows, first, total, app.cfg.queue_limit),
                 // The filter's choices: a detector first seen after the page loaded joins.
                 "detectors": detectors,
             })),

@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::audit::rfc3339;
 use super::auth::User;
 use super::ingest::Feed;
-use super::store::{Entry, QueueFilter, Row, Sort, Status, Stored};
+use super::store::{Cursor, Entry, QueueFilter, Row, Sort, Status, Stored, Towards};
 use crate::alert::Alert;
 use crate::event::Millis;
 
@@ -159,8 +159,13 @@ pub struct QueueParams {
     pub hours: Option<String>,
     /// `score` (default) or `newest`.
     pub sort: Option<String>,
-    /// The page, from 1 (the default): `limit` rows each.
+    /// The page, from 1 (the default): `limit` rows each. The pager's links use `after`
+    /// and `before` instead; a link with `page` still works.
     pub page: Option<String>,
+    /// The rows after this one ([`Cursor::encode`]): the next page.
+    pub after: Option<String>,
+    /// The rows before this one, as many as a page holds: the previous page.
+    pub before: Option<String>,
 }
 
 impl QueueParams {
@@ -187,7 +192,16 @@ impl QueueParams {
             },
             limit,
             offset: (self.page_number() - 1).saturating_mul(u64::from(limit)),
+            cursor: self.cursor(),
         }
+    }
+
+    /// The page's cursor, if its link has one (an unreadable one is none: the first page).
+    pub fn cursor(&self) -> Option<(Towards, Cursor)> {
+        let read = |o: &Option<String>| o.as_deref().and_then(|c| Cursor::parse(c.trim()));
+        read(&self.after)
+            .map(|c| (Towards::After, c))
+            .or_else(|| read(&self.before).map(|c| (Towards::Before, c)))
     }
 
     /// The page asked for, from 1; blank, unparsable or 0 is the first.
@@ -201,6 +215,11 @@ impl QueueParams {
 
     /// This page's query string with page `n` instead (`?` included): the filters kept.
     fn with_page(&self, n: u64) -> String {
+        self.with(&format!("page={n}"))
+    }
+
+    /// This page's filters (`?` included) and then `last`, already escaped, if any.
+    fn with(&self, last: &str) -> String {
         let mut q = String::from("?");
         let fields = [
             ("detector", &self.detector),
@@ -214,7 +233,10 @@ impl QueueParams {
                 let _ = write!(q, "{k}={}&", seg(v));
             }
         }
-        let _ = write!(q, "page={n}");
+        q.push_str(last);
+        if q.ends_with('&') {
+            q.pop();
+        }
         q
     }
 }
@@ -222,11 +244,13 @@ impl QueueParams {
 /// Pages past this are the last one asked for (the offset stays far inside SQLite's range).
 const MAX_PAGE: u64 = 1_000_000;
 
-/// The line under the queue: which rows of how many, and links to the pages either side
-/// (the filters kept). Served with the page and with each live update of its rows.
-pub fn pager(p: &QueueParams, shown: usize, total: u64, limit: u32) -> String {
-    let page = p.page_number();
-    let first = (page - 1).saturating_mul(u64::from(limit));
+/// The line under the queue: which rows of how many (`first`: how many come before the
+/// first shown), and links to the pages either side, the filters kept: the next page the
+/// rows after the last shown, the previous the rows before the first (a page by cursor, so
+/// rows triaged away or arriving above it do not shift it). Served with the page and with
+/// each live update of its rows.
+pub fn pager(p: &QueueParams, rows: &[Row], first: u64, total: u64, limit: u32) -> String {
+    let shown = rows.len();
     let mut s = String::new();
     if shown == 0 {
         let _ = write!(
@@ -245,24 +269,31 @@ pub fn pager(p: &QueueParams, shown: usize, total: u64, limit: u32) -> String {
             first + shown as u64
         );
     }
-    if page > 1 {
-        let back = if first >= total && total > 0 {
-            // Past the end (alerts closed or filtered away meanwhile): to the last page.
-            total.div_ceil(u64::from(limit)).max(1)
-        } else {
-            page - 1
-        };
+    let back = match rows.first() {
+        // The first page there is, without a cursor.
+        Some(_) if first <= u64::from(limit) && first > 0 => Some(p.with("")),
+        Some(r) if first > 0 => Some(p.with(&format!("before={}", seg(&Cursor::of(r).encode())))),
+        Some(_) => None,
+        // Past the end (alerts closed or filtered away meanwhile, or typed in): to the last
+        // page there is.
+        None if total > 0 && (p.page_number() > 1 || p.cursor().is_some()) => {
+            Some(p.with_page(total.div_ceil(u64::from(limit)).max(1)))
+        }
+        None => None,
+    };
+    if let Some(back) = back {
         let _ = write!(
             s,
             " <a rel=\"prev\" href=\"{}\">\u{2190} previous</a>",
-            esc(&p.with_page(back))
+            esc(&back)
         );
     }
-    if first + (shown as u64) < total {
+    if let Some(last) = rows.last().filter(|_| first + (shown as u64) < total) {
+        let next = p.with(&format!("after={}", seg(&Cursor::of(last).encode())));
         let _ = write!(
             s,
             " <a rel=\"next\" href=\"{}\">next \u{2192}</a>",
-            esc(&p.with_page(page + 1))
+            esc(&next)
         );
     }
     s
@@ -291,6 +322,7 @@ pub fn queue(
     p: &QueueParams,
     detectors: &[String],
     rows: &[Row],
+    first: u64,
     untriaged: u64,
     total: u64,
     limit: u32,
@@ -345,7 +377,7 @@ pub fn queue(
         newest = sel(&p.sort, "newest"),
         rows = queue_rows(rows, ""),
         chip = live_chip(feed),
-        pager = pager(p, rows.len(), total, limit),
+        pager = pager(p, rows, first, total, limit),
     );
     page("Queue", "", user, &body)
 }
@@ -888,40 +920,100 @@ Reason: <q>{reason}</q>.</p><dl class=\"around\"><dt>Predecessors</dt><dd>{p}</d
 #[cfg(test)]
 mod tests {
     #[test]
-    fn the_pager_keeps_the_filters_and_finds_its_way_back_from_past_the_end() {
-        let p = |page: &str| super::QueueParams {
+    fn the_pager_keeps_the_filters_pages_by_cursor_and_finds_its_way_back_from_past_the_end() {
+        use super::{Cursor, Row, Status, Towards};
+        let p = |page: &str, after: Option<&str>, before: Option<&str>| super::QueueParams {
             detector: Some("bulk_sms".into()),
             min_score: Some("".into()),
             status: None,
             hours: Some("24 & x=1".into()),
             sort: Some("newest".into()),
             page: Some(page.into()),
+            after: after.map(Into::into),
+            before: before.map(Into::into),
         };
-        let first = super::pager(&p("1"), 2, 5, 2);
+        let row = |id: &str, score: f64, t: i64| Row {
+            alert_id: id.into(),
+            detector: "bulk_sms".into(),
+            subject: "L1".into(),
+            subject_kind: "line".into(),
+            score,
+            event_time: t,
+            status: Status::New,
+            assignee: None,
+        };
+        let filters = "?detector=bulk_sms&amp;hours=24%20%26%20x%3D1&amp;sort=newest";
+        let first = super::pager(
+            &p("1", None, None),
+            &[row("a", 0.9, 50), row("b", 0.5, 40)],
+            0,
+            5,
+            2,
+        );
         assert_eq!(
             first,
-            "Alerts 1\u{2013}2 of 5, 2 a page. <a rel=\"next\" \
-href=\"?detector=bulk_sms&amp;hours=24%20%26%20x%3D1&amp;sort=newest&amp;page=2\">next \u{2192}</a>"
+            format!("Alerts 1\u{2013}2 of 5, 2 a page. <a rel=\"next\" href=\"{filters}&amp;after=0.5_40_b\">next \u{2192}</a>")
         );
-        let last = super::pager(&p("3"), 1, 5, 2);
-        assert!(last.starts_with("Alert 5 of 5, 2 a page."), "{last}");
-        assert!(
-            last.contains("page=2\">\u{2190} previous") && !last.contains("next"),
-            "{last}"
+        // The next page starts after the last row shown; its previous is the first page.
+        let second = p("", Some("0.5_40_b"), None);
+        assert_eq!(
+            second.cursor(),
+            Some((
+                Towards::After,
+                Cursor {
+                    score: 0.5,
+                    event_time: 40,
+                    alert_id: "b".into()
+                }
+            ))
+        );
+        let mid = super::pager(&second, &[row("c", 0.4, 30), row("d", 0.3, 20)], 2, 5, 2);
+        assert_eq!(
+            mid,
+            format!("Alerts 3\u{2013}4 of 5, 2 a page. <a rel=\"prev\" href=\"{filters}\">\u{2190} previous</a> <a rel=\"next\" href=\"{filters}&amp;after=0.3_20_d\">next \u{2192}</a>")
+        );
+        let last = super::pager(
+            &p("", Some("0.3_20_d"), None),
+            &[row("e", 0.2, 10)],
+            4,
+            5,
+            2,
+        );
+        assert_eq!(
+            last,
+            format!("Alert 5 of 5, 2 a page. <a rel=\"prev\" href=\"{filters}&amp;before=0.2_10_e\">\u{2190} previous</a>")
         );
         // Past the end (closed meanwhile, or typed in): back to the last page there is.
-        let past = super::pager(&p("9"), 0, 5, 2);
-        assert!(
-            past.starts_with("5 alerts match.") && past.contains("page=3\">"),
-            "{past}"
+        for past in [p("9", None, None), p("", Some("0.1_1_z"), None)] {
+            let line = super::pager(&past, &[], 5, 5, 2);
+            assert_eq!(
+                line,
+                format!("5 alerts match. <a rel=\"prev\" href=\"{filters}&amp;page=3\">\u{2190} previous</a>")
+            );
+        }
+        assert_eq!(
+            super::pager(&p("1", None, None), &[], 0, 0, 2),
+            "0 alerts match."
         );
-        assert_eq!(super::pager(&p("1"), 0, 0, 2), "0 alerts match.");
         // Garbage, 0 and huge pages are pages 1 and the last allowed.
-        assert_eq!(p("x").page_number(), 1);
-        assert_eq!(p("0").page_number(), 1);
-        assert_eq!(p("99999999999999999999").page_number(), 1);
-        assert_eq!(p("5000000").page_number(), super::MAX_PAGE);
-        assert_eq!(p("3").filter(0, 200).offset, 400);
+        assert_eq!(p("x", None, None).page_number(), 1);
+        assert_eq!(p("0", None, None).page_number(), 1);
+        assert_eq!(p("99999999999999999999", None, None).page_number(), 1);
+        assert_eq!(p("5000000", None, None).page_number(), super::MAX_PAGE);
+        assert_eq!(p("3", None, None).filter(0, 200).offset, 400);
+        // A cursor reads back exactly (the id may hold the separator); garbage is none,
+        // and `after` wins over `before`.
+        let c = Cursor {
+            score: 0.1 + 0.2,
+            event_time: -5,
+            alert_id: "a_b".into(),
+        };
+        assert_eq!(Cursor::parse(&c.encode()), Some(c));
+        for bad in ["x_1_a", "0.5_x_a", "0.5_1_", "0.5_1", "NaN_1_a", "inf_1_a"] {
+            assert_eq!(Cursor::parse(bad), None, "{bad}");
+        }
+        let both = p("", Some("0.5_40_b"), Some("0.9_50_a"));
+        assert_eq!(both.cursor().map(|c| c.0), Some(Towards::After));
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! Decisions live on the alert (`decision`, `decided_at`) and survive closing it, so
 //! `/labels.csv` is a query, not a second copy to keep in step.
 
+use std::fmt::Write as _;
+
 use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -122,9 +124,61 @@ pub struct QueueFilter {
     pub since_ms: Option<Millis>,
     pub sort: Sort,
     pub limit: u32,
-    /// Rows skipped before the first one returned (the queue's pages: page `n` starts at
-    /// `(n - 1) × limit`).
+    /// Rows skipped before the first one returned (`?page=n` starts at `(n - 1) × limit`;
+    /// links the board made before it paged by cursor).
     pub offset: u64,
+    /// The rows just after (or just before) this one in the queue's order, rather than by
+    /// `offset`: the queue's `next` and `previous` links. A page by position slips when the
+    /// rows above it change (an alert triaged off a `status = new` queue moves every later
+    /// one up, and the next page then starts one row late, skipping one); a page by cursor
+    /// starts at the row where the last one ended, whatever changed above it.
+    pub cursor: Option<(Towards, Cursor)>,
+}
+
+/// Which side of a [`Cursor`] a page lies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Towards {
+    /// The rows after it (the next page).
+    After,
+    /// The rows before it, the nearest last (the previous page).
+    Before,
+}
+
+/// A row's place in the queue's order: its score, event time and alert id (the order's
+/// keys, the id breaking ties).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cursor {
+    pub score: f64,
+    pub event_time: Millis,
+    pub alert_id: String,
+}
+
+impl Cursor {
+    pub fn of(r: &Row) -> Cursor {
+        Cursor {
+            score: r.score,
+            event_time: r.event_time,
+            alert_id: r.alert_id.clone(),
+        }
+    }
+
+    /// `score_time_id`, the score as Rust writes an `f64` (it reads back to the same value).
+    pub fn encode(&self) -> String {
+        format!("{}_{}_{}", self.score, self.event_time, self.alert_id)
+    }
+
+    /// What [`Cursor::encode`] wrote; `None` for anything else.
+    pub fn parse(s: &str) -> Option<Cursor> {
+        let mut it = s.splitn(3, '_');
+        let score: f64 = it.next()?.parse().ok()?;
+        let event_time = it.next()?.parse().ok()?;
+        let alert_id = it.next()?.to_string();
+        (score.is_finite() && !alert_id.is_empty()).then_some(Cursor {
+            score,
+            event_time,
+            alert_id,
+        })
+    }
 }
 
 /// One queue row.
@@ -325,23 +379,76 @@ impl Store {
         Ok(out)
     }
 
-    /// The queue: filtered, ordered, at most `limit` rows from the `offset`th on.
+    /// The queue: filtered, ordered, at most `limit` rows from the `offset`th on, or after
+    /// (before) the cursor.
     pub fn queue(&self, f: &QueueFilter) -> Result<Vec<Row>, StoreError> {
         let (mut sql, mut args) = Self::queue_where(
             "SELECT alert_id, detector, subject, subject_kind, score, event_time, status, assignee
              FROM alerts WHERE 1=1",
             f,
         );
-        sql.push_str(match f.sort {
-            Sort::Score => " ORDER BY score DESC, event_time DESC, alert_id",
-            Sort::Newest => " ORDER BY event_time DESC, score DESC, alert_id",
+        let before = matches!(f.cursor, Some((Towards::Before, _)));
+        if let Some((towards, c)) = &f.cursor {
+            Self::beyond(&mut sql, &mut args, f.sort, *towards, c);
+        }
+        // The rows before a cursor are read nearest first (the order reversed), then put
+        // back in the queue's order.
+        sql.push_str(match (f.sort, before) {
+            (Sort::Score, false) => " ORDER BY score DESC, event_time DESC, alert_id",
+            (Sort::Newest, false) => " ORDER BY event_time DESC, score DESC, alert_id",
+            (Sort::Score, true) => " ORDER BY score, event_time, alert_id DESC",
+            (Sort::Newest, true) => " ORDER BY event_time, score, alert_id DESC",
         });
         sql.push_str(" LIMIT ? OFFSET ?");
         args.push(i64::from(f.limit).into());
-        args.push(i64::try_from(f.offset).unwrap_or(i64::MAX).into());
+        let offset = if f.cursor.is_some() { 0 } else { f.offset };
+        args.push(i64::try_from(offset).unwrap_or(i64::MAX).into());
         let mut st = self.conn.prepare_cached(&sql)?;
         let rows = st.query_map(rusqlite::params_from_iter(args), row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let mut rows: Vec<Row> = rows.collect::<Result<_, _>>()?;
+        if before {
+            rows.reverse();
+        }
+        Ok(rows)
+    }
+
+    /// How many rows the queue's filters put before `c` in its order: the position (from
+    /// 0) of the row at `c`, for the line under the table.
+    pub fn queue_position(&self, f: &QueueFilter, c: &Cursor) -> Result<u64, StoreError> {
+        let (mut sql, mut args) = Self::queue_where("SELECT count(*) FROM alerts WHERE 1=1", f);
+        Self::beyond(&mut sql, &mut args, f.sort, Towards::Before, c);
+        let mut st = self.conn.prepare_cached(&sql)?;
+        let n: i64 = st.query_row(rusqlite::params_from_iter(args), |r| r.get(0))?;
+        Ok(n.max(0) as u64)
+    }
+
+    /// The condition "after `c`" or "before `c`" in the queue's order `sort`.
+    fn beyond(
+        sql: &mut String,
+        args: &mut Vec<rusqlite::types::Value>,
+        sort: Sort,
+        towards: Towards,
+        c: &Cursor,
+    ) {
+        // After: a lower first key, or the same and a lower second, or both the same and a
+        // higher id (the id ascends); before, the other way round.
+        let (lt, gt) = match towards {
+            Towards::After => ("<", ">"),
+            Towards::Before => (">", "<"),
+        };
+        let (k1, k2) = match sort {
+            Sort::Score => ("score", "event_time"),
+            Sort::Newest => ("event_time", "score"),
+        };
+        let _ = write!(
+            sql,
+            " AND ({k1} {lt} ? OR ({k1} = ? AND ({k2} {lt} ? OR ({k2} = ? AND alert_id {gt} ?))))"
+        );
+        let (v1, v2): (rusqlite::types::Value, rusqlite::types::Value) = match sort {
+            Sort::Score => (c.score.into(), c.event_time.into()),
+            Sort::Newest => (c.event_time.into(), c.score.into()),
+        };
+        args.extend([v1.clone(), v1, v2.clone(), v2, c.alert_id.clone().into()]);
     }
 
     /// How many alerts the queue's filters match, on every page.
@@ -760,6 +867,65 @@ pub(crate) mod tests {
         assert_eq!(ids(&page(2)), ["a"]);
         assert!(ids(&page(4)).is_empty());
         assert_eq!(s.queue_count(&page(2)).unwrap(), 3);
+        // By cursor, in both orders: after a row, before a row (nearest last, in the
+        // queue's order), and the position of a row.
+        for sort in [Sort::Score, Sort::Newest] {
+            let f = QueueFilter {
+                limit: 10,
+                sort,
+                ..Default::default()
+            };
+            let order = s.queue(&f).unwrap();
+            let at = |towards, i: usize, limit| QueueFilter {
+                limit,
+                cursor: Some((towards, Cursor::of(&order[i]))),
+                ..f.clone()
+            };
+            let want = |r: std::ops::Range<usize>| -> Vec<String> {
+                order[r].iter().map(|x| x.alert_id.clone()).collect()
+            };
+            assert_eq!(ids(&at(Towards::After, 0, 2)), want(1..3));
+            assert_eq!(ids(&at(Towards::After, 1, 2)), want(2..3));
+            assert!(ids(&at(Towards::After, 2, 2)).is_empty());
+            assert_eq!(ids(&at(Towards::Before, 2, 2)), want(0..2));
+            assert_eq!(ids(&at(Towards::Before, 2, 1)), want(1..2));
+            assert!(ids(&at(Towards::Before, 0, 2)).is_empty());
+            for (i, r) in order.iter().enumerate() {
+                assert_eq!(s.queue_position(&f, &Cursor::of(r)).unwrap(), i as u64);
+            }
+        }
+        // Rows triaged off a queue of new alerts above the next page do not shift it: by
+        // position the next page would start one late (skipping "a"), by cursor it starts
+        // after the last row shown.
+        let new = QueueFilter {
+            limit: 2,
+            status: Some(Status::New),
+            ..all.clone()
+        };
+        let first = s.queue(&new).unwrap();
+        assert_eq!(ids(&new), ["b", "c"]);
+        let review = Change {
+            status: Some(Status::UnderReview),
+            ..Default::default()
+        };
+        s.triage("b", "alice", &review, 5).unwrap();
+        let by_position = QueueFilter {
+            offset: 2,
+            ..new.clone()
+        };
+        assert!(ids_of(&s, &by_position).is_empty(), "a skipped, as before");
+        let by_cursor = QueueFilter {
+            cursor: Some((Towards::After, Cursor::of(&first[1]))),
+            ..new.clone()
+        };
+        assert_eq!(ids_of(&s, &by_cursor), ["a"]);
+        fn ids_of(s: &Store, f: &QueueFilter) -> Vec<String> {
+            s.queue(f)
+                .unwrap()
+                .into_iter()
+                .map(|r| r.alert_id)
+                .collect()
+        }
     }
 
     #[test]
