@@ -758,6 +758,77 @@ async fn live_chip(c: &Client) -> (String, String, bool) {
     )
 }
 
+/// A board on `topic` that has stored `alerts` alerts, the proxy signing in alice, and a
+/// browser (1280×800) to look at it through the proxy.
+struct Opened {
+    _board: Board,
+    addr: String,
+    alice: String,
+    c: Client,
+    _driver: Driver,
+}
+
+async fn open_board(cfg: &Path, topic: &str, alerts: f64) -> Opened {
+    let board = Board::start(cfg, topic);
+    let addr = board.wait_ready().await;
+    board
+        .wait_metric(
+            &addr,
+            "linewatch_board_alerts_ingested_total",
+            alerts,
+            Duration::from_secs(20),
+        )
+        .await;
+    let alice = proxy(addr.clone(), "alice").await;
+    let driver = Driver::start().await;
+    let c = driver.client(1280, 800).await;
+    Opened {
+        _board: board,
+        addr,
+        alice,
+        c,
+        _driver: driver,
+    }
+}
+
+/// The alert ids of the queue's rows, in the page's order.
+async fn row_ids(c: &Client) -> Vec<String> {
+    let v = c
+        .execute(
+            "return Array.from(document.querySelectorAll('#rows tr[data-alert]'))\
+             .map(function (tr) { return tr.dataset.alert; });",
+            vec![],
+        )
+        .await
+        .unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// `line` added under `[board]` in the configuration file `cfg`.
+fn board_setting(cfg: &Path, line: &str) {
+    let text = std::fs::read_to_string(cfg).unwrap();
+    std::fs::write(
+        cfg,
+        text.replacen("[board]\n", &format!("[board]\n{line}\n"), 1),
+    )
+    .unwrap();
+}
+
+/// The CSRF token of `alert_id`'s triage form as `user` is served it, as a browser's form
+/// would carry it.
+fn csrf_token(addr: &str, alert_id: &str, user: &str) -> String {
+    let page = http(addr, "GET", &format!("/alert/{alert_id}"), Some(user), "").2;
+    page.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("the triage form carries a token")
+        .to_string()
+}
+
 /// An open queue page outlives a board restart behind the proxy (502 meanwhile, after which
 /// browsers never retry an event stream by themselves): while the board is down the chip
 /// says so in words, and once it is back the same page is live again and lists the alerts
@@ -1467,20 +1538,9 @@ async fn a_decision_is_published_to_the_disposition_topic() {
     create_topics(&[(&alerts, 1), (&dispositions, 1)]).await;
     produce(&alerts, &scenery()).await;
     let (cfg, _) = board_config(dir.path());
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
-        "[board]\n",
-        &format!("[board]\ndisposition_topic = {dispositions:?}\n"),
-    );
-    std::fs::write(&cfg, text).unwrap();
+    board_setting(&cfg, &format!("disposition_topic = {dispositions:?}"));
     let (_board, addr) = board_with_scenery(&cfg, &alerts).await;
-    // The token comes from the page, as a browser's form would carry it.
-    let page = http(&addr, "GET", "/alert/sc-deal", Some("alice"), "").2;
-    let token = page
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .expect("the triage form carries a token")
-        .to_string();
+    let token = csrf_token(&addr, "sc-deal", "alice");
     let (code, head, _) = http(
         &addr,
         "POST",
@@ -1541,54 +1601,25 @@ async fn the_queue_pages_past_its_limit_with_the_filters_kept() {
     let topic = format!("board-pages-{s}");
     create_topics(&[(&topic, 1)]).await;
     let (cfg, _) = board_config(dir.path());
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(
-        &cfg,
-        text.replacen("[board]\n", "[board]\nqueue_limit = 2\n", 1),
-    )
-    .unwrap();
+    board_setting(&cfg, "queue_limit = 2");
     let five = many(&format!("pg{s}"), 5);
     produce(&topic, &five).await;
-    let board = Board::start(&cfg, &topic);
-    let addr = board.wait_ready().await;
-    board
-        .wait_metric(
-            &addr,
-            "linewatch_board_alerts_ingested_total",
-            5.0,
-            Duration::from_secs(20),
-        )
-        .await;
-    let alice = proxy(addr.clone(), "alice").await;
-
-    let driver = Driver::start().await;
-    let c = driver.client(1280, 800).await;
+    // (Bound by name, not `..`: the board and the browser live as long as the test.)
+    let Opened {
+        _board,
+        alice,
+        c,
+        _driver,
+        ..
+    } = open_board(&cfg, &topic, 5.0).await;
     // Newest first, so the pages' order is the alerts' and a filter is there to keep.
     c.goto(&format!("http://{alice}/?sort=newest"))
         .await
         .unwrap();
-    let ids = |c: &Client| {
-        let c = c.clone();
-        async move {
-            let v = c
-                .execute(
-                    "return Array.from(document.querySelectorAll('#rows tr[data-alert]'))\
-                     .map(function (tr) { return tr.dataset.alert; });",
-                    vec![],
-                )
-                .await
-                .unwrap();
-            v.as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_str().unwrap().to_string())
-                .collect::<Vec<_>>()
-        }
-    };
     let mut seen = Vec::new();
     let mut lines = Vec::new();
     for page in 1..=3 {
-        let got = ids(&c).await;
+        let got = row_ids(&c).await;
         assert_eq!(
             got.len(),
             if page < 3 { 2 } else { 1 },
@@ -1691,7 +1722,7 @@ async fn the_queue_pages_past_its_limit_with_the_filters_kept() {
     let url = c.current_url().await.unwrap().to_string();
     assert!(url.contains("?sort=newest&before="), "{url}");
     // The rows before the last page's first: page 2's, now 4th and 5th under the new one.
-    assert_eq!(ids(&c).await, seen[2..4]);
+    assert_eq!(row_ids(&c).await, seen[2..4]);
     assert_eq!(
         text_of(&c, Locator::Id("pager")).await,
         "Alerts 4\u{2013}5 of 6, 2 a page. \u{2190} previous next \u{2192}"
@@ -1710,65 +1741,28 @@ async fn triaging_on_the_first_page_skips_no_alert_on_the_next() {
     let topic = format!("board-skip-{s}");
     create_topics(&[(&topic, 1)]).await;
     let (cfg, _) = board_config(dir.path());
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(
-        &cfg,
-        text.replacen("[board]\n", "[board]\nqueue_limit = 2\n", 1),
-    )
-    .unwrap();
-    let board = Board::start(&cfg, &topic);
-    let addr = board.wait_ready().await;
-    // Five alerts a second apart, the newest last: the queue, newest first, is 4 3 2 1 0.
+    board_setting(&cfg, "queue_limit = 2");
+    // Five alerts made a second apart, the newest last: the queue, newest first, is 4 3 2 1 0.
+    let mut five = Vec::new();
     for i in 0..5 {
-        produce(&topic, &many(&format!("sk{s}-{i}"), 1)).await;
-        board
-            .wait_metric(
-                &addr,
-                "linewatch_board_alerts_ingested_total",
-                f64::from(i + 1),
-                Duration::from_secs(20),
-            )
-            .await;
+        five.extend(many(&format!("sk{s}-{i}"), 1));
         tokio::time::sleep(Duration::from_millis(1_100)).await;
     }
-    let alice = proxy(addr.clone(), "alice").await;
-    let driver = Driver::start().await;
-    let c = driver.client(1280, 800).await;
+    produce(&topic, &five).await;
+    let Opened {
+        _board,
+        addr,
+        alice,
+        c,
+        _driver,
+    } = open_board(&cfg, &topic, 5.0).await;
     c.goto(&format!("http://{alice}/?status=new&sort=newest"))
         .await
         .unwrap();
-    let shown = || async {
-        let v = c
-            .execute(
-                "return Array.from(document.querySelectorAll('#rows tr[data-alert]'))\
-                 .map(function (tr) { return tr.dataset.alert; });",
-                vec![],
-            )
-            .await
-            .unwrap();
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_str().unwrap().to_string())
-            .collect::<Vec<_>>()
-    };
     let queue: Vec<String> = (0..5).rev().map(|i| format!("sk{s}-{i}-000000")).collect();
-    assert_eq!(shown().await, queue[..2]);
+    assert_eq!(row_ids(&c).await, queue[..2]);
     // The first alert is decided (a false positive) in another tab: it leaves the queue.
-    let page = http(
-        &addr,
-        "GET",
-        &format!("/alert/{}", queue[0]),
-        Some("alice"),
-        "",
-    )
-    .2;
-    let token = page
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .expect("the triage form carries a token")
-        .to_string();
+    let token = csrf_token(&addr, &queue[0], "alice");
     let (code, head, _) = http(
         &addr,
         "POST",
@@ -1779,12 +1773,12 @@ async fn triaging_on_the_first_page_skips_no_alert_on_the_next() {
     assert_eq!(code, 303, "{head}");
     // The page goes on from the last row it shows (a live update may have shown the row
     // that moved up: then that one is the last).
-    let before = shown().await;
+    let before = row_ids(&c).await;
     let last = before.last().unwrap().clone();
     click(&c, Locator::Css("#pager a[rel=next]")).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let now = shown().await;
+        let now = row_ids(&c).await;
         if !now.is_empty() && now != before {
             let at = queue.iter().position(|x| *x == last).unwrap();
             assert_eq!(
@@ -1848,32 +1842,13 @@ async fn eight_queue_tabs_load_and_a_tab_shown_again_lists_what_came_meanwhile()
     create_topics(&[(&topic, 1)]).await;
     let (cfg, _) = board_config(dir.path());
     produce(&topic, &many(&format!("tb{s}"), 3)).await;
-    let board = Board::start(&cfg, &topic);
-    let addr = board.wait_ready().await;
-    board
-        .wait_metric(
-            &addr,
-            "linewatch_board_alerts_ingested_total",
-            3.0,
-            Duration::from_secs(20),
-        )
-        .await;
-    let alice = proxy(addr.clone(), "alice").await;
-    let driver = Driver::start().await;
-    let c = driver.client(1280, 800).await;
-    let rows = |c: &Client| {
-        let c = c.clone();
-        async move {
-            c.execute(
-                "return document.querySelectorAll('#rows tr[data-alert]').length;",
-                vec![],
-            )
-            .await
-            .unwrap()
-            .as_u64()
-            .unwrap()
-        }
-    };
+    let Opened {
+        _board,
+        addr,
+        alice,
+        c,
+        _driver,
+    } = open_board(&cfg, &topic, 3.0).await;
     let mut tabs = vec![c.window().await.unwrap()];
     for i in 0..8 {
         if i > 0 {
@@ -1886,7 +1861,7 @@ async fn eight_queue_tabs_load_and_a_tab_shown_again_lists_what_came_meanwhile()
             .await
             .unwrap_or_else(|_| panic!("queue tab {} of 8 did not load in 15 s", i + 1))
             .unwrap();
-        assert_eq!(rows(&c).await, 3, "tab {}", i + 1);
+        assert_eq!(row_ids(&c).await.len(), 3, "tab {}", i + 1);
         c.execute("window.__sameDocument = 'yes';", vec![])
             .await
             .unwrap();
@@ -1913,7 +1888,7 @@ async fn eight_queue_tabs_load_and_a_tab_shown_again_lists_what_came_meanwhile()
     // once shown, without a reload, and says it is live.
     produce(&topic, &many(&format!("tc{s}"), 1)).await;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while rows(&c).await != 4 {
+    while row_ids(&c).await.len() != 4 {
         assert!(
             Instant::now() < deadline,
             "the tab shown did not list the new alert"
@@ -1922,7 +1897,7 @@ async fn eight_queue_tabs_load_and_a_tab_shown_again_lists_what_came_meanwhile()
     }
     c.switch_to_window(tabs[2].clone()).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while rows(&c).await != 4 {
+    while row_ids(&c).await.len() != 4 {
         assert!(
             Instant::now() < deadline,
             "the tab shown again did not list the alert that came while it was hidden"
