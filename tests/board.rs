@@ -1240,6 +1240,30 @@ async fn the_open_queue_says_when_the_feed_is_down_and_catches_up_when_it_is_bac
         t0.elapsed()
     );
     assert_eq!(live_chip(&c).await.1, "new alerts appear without reloading");
+    // An alert's page, opened in another tab, says nothing of the feed while it is up.
+    let queue_tab = c.window().await.unwrap();
+    let alert_page_note = |c: &Client| {
+        let (c, alice, queue_tab) = (c.clone(), alice.clone(), queue_tab.clone());
+        async move {
+            let tab = c.new_window(true).await.unwrap().handle;
+            c.switch_to_window(tab).await.unwrap();
+            c.goto(&format!("http://{alice}/alert/sc-deal"))
+                .await
+                .unwrap();
+            wait_for(&c, Locator::Css("main h1")).await;
+            let note = match c.find(Locator::Id("feed-note")).await {
+                Ok(e) => Some(e.text().await.unwrap()),
+                Err(_) => None,
+            };
+            if note.is_some() {
+                screenshot(&c, "alert-feed-down.png").await;
+            }
+            c.close_window().await.unwrap();
+            c.switch_to_window(queue_tab).await.unwrap();
+            note
+        }
+    };
+    assert_eq!(alert_page_note(&c).await, None);
 
     // Another process holds the database's write lock: storing fails, the feed is down.
     let lock = rusqlite::Connection::open(dir.path().join("board.db")).unwrap();
@@ -1261,6 +1285,17 @@ async fn the_open_queue_says_when_the_feed_is_down_and_catches_up_when_it_is_bac
     };
     assert!(title.contains("storing alerts failed"), "{title}");
     screenshot(&c, "queue-feed-down-locked.png").await;
+    // The alert and line pages say it too, at the top, as they are served: what they list
+    // may lack the newest alerts.
+    let note = alert_page_note(&c)
+        .await
+        .expect("the alert page says the feed is down");
+    assert!(
+        note.starts_with("Feed down: no new alerts have reached the board since ")
+            && note.contains("storing alerts failed")
+            && note.ends_with("reload it once the queue's chip says live."),
+        "{note}"
+    );
     lock.execute_batch("ROLLBACK").unwrap();
     drop(lock);
     let t0 = Instant::now();

@@ -382,6 +382,7 @@ async fn alert(
             });
             pages::alert(
                 &user,
+                &app.ready.feed(),
                 &app.csrf.token(&user.name),
                 &st,
                 &history,
@@ -510,7 +511,13 @@ async fn line(
             ) {
                 return *r;
             }
-            pages::line(&user, &app.csrf.token(&user.name), &ident, &alerts)
+            pages::line(
+                &user,
+                &app.ready.feed(),
+                &app.csrf.token(&user.name),
+                &ident,
+                &alerts,
+            )
         }
         Err(e) => db_failure(e),
     }

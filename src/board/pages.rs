@@ -438,6 +438,26 @@ title=\"{title}\">{words}</div>",
     )
 }
 
+/// The alert and line pages' word while the board reads no alerts (the queue's chip says
+/// it live; these pages say it as they are served, at the top): what they list of a
+/// subject may lack its newest alerts. Nothing while the feed is up or just connecting.
+fn feed_note(feed: &Feed) -> String {
+    if feed.ok || feed.connecting {
+        return String::new();
+    }
+    let detail = match feed.detail.trim() {
+        "" => "not reading the alert topic",
+        d => d,
+    };
+    format!(
+        "<p class=\"note warn\" id=\"feed-note\">Feed down: no new alerts have reached the \
+board since {since} UTC ({detail}). This page may lack the newest alerts; reload it once the \
+queue's chip says live.</p>",
+        since = when(feed.since_ms),
+        detail = esc(detail),
+    )
+}
+
 /// The down chip's tooltip: what the board says of its feed, and since when.
 pub fn feed_down_title(detail: &str, since: &str) -> String {
     let detail = if detail.trim().is_empty() {
@@ -608,8 +628,10 @@ fn history_rows(h: &[Entry]) -> String {
 }
 
 /// The alert page.
+#[allow(clippy::too_many_arguments)]
 pub fn alert(
     user: &User,
+    feed: &Feed,
     csrf: &str,
     st: &Stored,
     history: &[Entry],
@@ -728,6 +750,7 @@ pub fn alert(
         figs = figures(a),
         explain = esc(explanation),
     );
+    let body = format!("{}{body}", feed_note(feed));
     page(&format!("{} alert", a.detector), root, user, &body)
 }
 
@@ -786,7 +809,7 @@ fn ident_list(root: &str, v: &[String]) -> String {
 }
 
 /// The line (or handset) page.
-pub fn line(user: &User, csrf: &str, ident: &str, alerts: &[Stored]) -> Response {
+pub fn line(user: &User, feed: &Feed, csrf: &str, ident: &str, alerts: &[Stored]) -> Response {
     let root = "../";
     let around = Around::of(ident, alerts);
     let rows: String = alerts
@@ -832,6 +855,7 @@ pub fn line(user: &User, csrf: &str, ident: &str, alerts: &[Stored]) -> Response
         lines = ident_list(root, &around.lines),
         n = alerts.len(),
     );
+    let body = format!("{}{body}", feed_note(feed));
     page("Line", root, user, &body)
 }
 
@@ -1014,6 +1038,26 @@ mod tests {
         }
         let both = p("", Some("0.5_40_b"), Some("0.9_50_a"));
         assert_eq!(both.cursor().map(|c| c.0), Some(Towards::After));
+    }
+
+    #[test]
+    fn the_alert_and_line_pages_say_the_feed_is_down_only_when_it_is() {
+        use crate::board::ingest::Feed;
+        let feed = |ok, connecting| Feed {
+            ok,
+            detail: "storing alerts failed (<locked>); retrying".into(),
+            since_ms: 1_796_600_000_000,
+            connecting,
+        };
+        assert_eq!(super::feed_note(&feed(true, false)), "");
+        assert_eq!(super::feed_note(&feed(false, true)), "");
+        let down = super::feed_note(&feed(false, false));
+        assert_eq!(
+            down,
+            "<p class=\"note warn\" id=\"feed-note\">Feed down: no new alerts have reached the \
+board since 2026-12-06 23:33:20 UTC (storing alerts failed (&lt;locked&gt;); retrying). This \
+page may lack the newest alerts; reload it once the queue's chip says live.</p>"
+        );
     }
 
     #[test]
