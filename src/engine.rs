@@ -1860,8 +1860,8 @@ pub fn overlaps(i: usize, saved: usize, p: usize, n: usize) -> bool {
 /// owns and applies evidence; the stage around it decides when (barriers) and where the
 /// evidence it sends goes.
 pub struct PartShard {
+    /// Its shard's [`Shard::index`] is `p`.
     shard: Shard,
-    p: usize,
     n: usize,
     version: String,
     cooldown_s: u64,
@@ -1874,7 +1874,6 @@ impl PartShard {
         let n = n.max(1);
         PartShard {
             shard: Shard::new(cfg, n, p.min(n - 1)),
-            p: p.min(n - 1),
             n,
             version: cfg.version(),
             cooldown_s: cfg.alerts.cooldown_s,
@@ -1900,7 +1899,7 @@ impl PartShard {
             return Err(LoadError::NoShards);
         }
         let mut part = PartShard::new(cfg, p, n);
-        let (p, n) = (part.p, part.n);
+        let (p, n) = (part.shard.index, part.n);
         if saved == n {
             part.shard.load(sections, p)?;
             return Ok(part);
@@ -1930,12 +1929,12 @@ impl PartShard {
 
     /// This partition's number and the partition count.
     pub fn partition(&self) -> (usize, usize) {
-        (self.p, self.n)
+        (self.shard.index, self.n)
     }
 
     /// Whether a key is this partition's.
     pub fn owns(&self, key: u64) -> bool {
-        shard_of(key, self.n) == self.p
+        shard_of(key, self.n) == self.shard.index
     }
 
     /// One record in `roles` (in role order; each role's key is this partition's), with
@@ -2027,7 +2026,7 @@ impl PartShard {
     /// them back, into this layout or another).
     pub fn save(&self) -> Result<Vec<Section>, codec::Error> {
         let mut v = Vec::new();
-        self.shard.save(self.p, &mut v)?;
+        self.shard.save(self.shard.index, &mut v)?;
         Ok(v)
     }
 
