@@ -166,9 +166,9 @@ pub const MAX_RELATED: usize = 1_000;
 ///   years 2000-2200 that records are held to, more than [`MAX_RELATED`] related);
 /// - `bad_pseudonym`: a subject or related identity that is not a pseudonym's shape
 ///   (control or bidirectional characters, spaces, over 128 bytes);
-/// - `raw_identifier`: a subject, related identity, or evidence string or key in the
-///   shape of a phone number, IMSI or IMEI. The board never stores, shows or exports a
-///   raw identifier, whoever wrote the message.
+/// - `raw_identifier`: a subject, related identity, or evidence string, key or number in
+///   the shape of a phone number, IMSI or IMEI (a number: see [`raw_number`]). The board
+///   never stores, shows or exports a raw identifier, whoever wrote the message.
 pub fn decode(payload: Option<&[u8]>) -> Result<Alert, &'static str> {
     decode_with(payload, true)
 }
@@ -206,10 +206,10 @@ pub fn decode_with(payload: Option<&[u8]>, raw_guard: bool) -> Result<Alert, &'s
     Ok(a)
 }
 
-/// Whether an evidence entry's key, or any string or key inside its value, is in the shape
-/// of a raw identifier: the whole string, the string with its spaces taken out (`07700
-/// 900123`, as people write numbers), or any word of it. Numbers are figures and times,
-/// not read (a 13-digit one is as much a time as a number).
+/// Whether an evidence entry's key, or any string, key or number inside its value, is in
+/// the shape of a raw identifier: the whole string, the string with its spaces taken out
+/// (`07700 900123`, as people write numbers), or any word of it; a number as
+/// [`raw_number`] reads it.
 fn holds_raw(key: &str, v: &serde_json::Value) -> bool {
     use serde_json::Value;
     let looks = crate::event::looks_raw;
@@ -223,8 +223,30 @@ fn holds_raw(key: &str, v: &serde_json::Value) -> bool {
             Value::String(s) => raw(s),
             Value::Array(xs) => xs.iter().any(|x| holds_raw("", x)),
             Value::Object(m) => m.iter().any(|(k, x)| holds_raw(k, x)),
+            Value::Number(n) => raw_number(n),
             _ => false,
         }
+}
+
+/// Whether a JSON number in evidence is a raw identifier written as a number: a whole
+/// number of 10 to 15 digits (as [`crate::event::looks_raw`] counts them) that is not a
+/// time the records could hold, in seconds or in milliseconds (2000 to 2200). Figures
+/// (counts, scores, spans) have fewer digits, and times are told apart by their range: no
+/// UK number written whole (`447700900123`: 1984 read as milliseconds), a national mobile
+/// number without its zero (`7700900123`: 2214 read as seconds), an IMSI or an IMEI (15
+/// digits, past 2200 in milliseconds) falls in either. A number another country's plan
+/// gives, that reads as a time of this century, is not caught.
+fn raw_number(n: &serde_json::Number) -> bool {
+    use crate::event::{TS_MAX, TS_MIN};
+    let v = match (n.as_u64(), n.as_f64()) {
+        (Some(u), _) => u,
+        (None, Some(f)) if f.fract() == 0.0 && (0.0..1e15).contains(&f) => f as u64,
+        _ => return false,
+    };
+    let digits = 1_000_000_000..1_000_000_000_000_000;
+    let secs = TS_MIN as u64 / 1000..TS_MAX as u64 / 1000;
+    let ms = TS_MIN as u64..TS_MAX as u64;
+    digits.contains(&v) && !secs.contains(&v) && !ms.contains(&v)
 }
 
 fn now_ms() -> i64 {
@@ -560,6 +582,7 @@ impl Ingest {
 #[cfg(test)]
 mod tests {
     use super::{decode, Ready, BROKERS_DOWN_GRACE};
+    use std::collections::BTreeSet;
 
     #[test]
     fn the_board_consumer_asks_for_no_statistics_and_no_partition_eof() {
@@ -575,6 +598,59 @@ mod tests {
         let run = KafkaSettings::new("b:9092", Default::default()).client_config(Role::Consumer);
         assert_eq!(run.get("statistics.interval.ms"), Some("1000"));
         assert_eq!(run.get("enable.partition.eof"), Some("true"));
+    }
+
+    /// The guard reads every number in evidence, so it must pass every alert linewatch
+    /// itself makes: each detector's, with its times in milliseconds and seconds, its
+    /// figures and its contributions. A city with a cell map (runners too), replayed.
+    #[test]
+    fn every_alert_linewatch_makes_passes_the_raw_identifier_guard() {
+        use crate::generate::{self, GenOptions};
+        let opts = GenOptions {
+            seed: 2,
+            subscribers: 3_000,
+            days: 4,
+            ..GenOptions::default()
+        };
+        let (events, _, _) = generate::generate_in_memory(&opts).expect("generate");
+        let mut csv = Vec::new();
+        generate::write_cells(&opts, &mut csv).expect("cells");
+        let mut e = crate::engine::Engine::new(crate::config::Config::default());
+        let map = crate::cells::CellMap::parse(&csv).expect("cell map");
+        e.set_cells(Some(std::sync::Arc::new(map)));
+        let mut alerts = Vec::new();
+        for l in events.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            e.process(l, 0, 1_900_000_000_000, &mut alerts);
+        }
+        e.flush(1_900_000_000_000, &mut alerts);
+        let (mut detectors, mut long_numbers) = (BTreeSet::new(), 0);
+        for a in &alerts {
+            let payload = serde_json::to_vec(a).unwrap();
+            let got = decode(Some(&payload));
+            assert!(
+                got.is_ok(),
+                "{got:?}: {}",
+                String::from_utf8_lossy(&payload)
+            );
+            detectors.insert(a.detector.clone());
+            let text = serde_json::to_string(&a.evidence).unwrap();
+            long_numbers += text
+                .split(|c: char| !c.is_ascii_digit())
+                .filter(|d| d.len() >= 10)
+                .count();
+        }
+        // Every detector fired, and their evidence holds numbers of ten digits and more
+        // (times) for the guard to pass.
+        assert_eq!(
+            detectors.len(),
+            crate::detect::DETECTORS.len(),
+            "{detectors:?}"
+        );
+        assert!(
+            long_numbers > 0,
+            "no long number in {} alerts",
+            alerts.len()
+        );
     }
 
     #[test]
@@ -631,8 +707,28 @@ mod tests {
         assert!(with(&|w| {
             w["evidence"]["line"] = "H6e8128280909a981".into();
             w["evidence"]["handover_at"] = serde_json::json!(1_796_379_870_000_i64);
+            w["evidence"]["since_s"] = serde_json::json!(1_796_379_870_i64);
+            w["evidence"]["window_s"] = serde_json::json!(345_600);
+            w["evidence"]["score"] = serde_json::json!(0.85);
+            w["evidence"]["deep"] = serde_json::json!([{"at": 1_796_379_870_000_i64}]);
         })
         .is_ok());
+        // A raw identifier written as a JSON number, whole or as a float, at any depth: a
+        // UK number whole, a national mobile without its zero, an IMSI, an IMEI.
+        for raw in [
+            serde_json::json!(447_700_900_123_i64),
+            serde_json::json!(7_700_900_123_i64),
+            serde_json::json!(234_150_999_999_999_i64),
+            serde_json::json!(356_938_035_643_809_i64),
+            serde_json::json!(447_700_900_123.0),
+            serde_json::json!([1, {"caller": 447_700_900_123_i64}]),
+        ] {
+            assert_eq!(
+                reason(&|w| w["evidence"]["number"] = raw.clone()),
+                "raw_identifier",
+                "{raw}"
+            );
+        }
         // Times the records themselves could not have.
         assert_eq!(
             reason(&|w| w["event_time"] = serde_json::json!(99_999_999_999_999_999_i64)),
