@@ -135,10 +135,17 @@ impl Store for DirStore {
             fs::create_dir_all(dir)?;
         }
         let tmp = path.with_extension("tmp");
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(value)?;
-        f.sync_data()?;
-        fs::rename(&tmp, &path)?;
+        let written = fs::File::create(&tmp).and_then(|mut f| {
+            f.write_all(value)?;
+            f.sync_data()?;
+            fs::rename(&tmp, &path)
+        });
+        if let Err(e) = written {
+            // A write that fails part way (a full volume, mostly) leaves no half file: left,
+            // every failed checkpoint's chunks stayed behind and kept the volume full.
+            let _ = fs::remove_file(&tmp);
+            return Err(e.into());
+        }
         Ok(())
     }
 
@@ -449,5 +456,21 @@ mod segment_tests {
         let got = s.load_where("g/", &|_| true).unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got["g/set/0/manifest"], b"A");
+    }
+
+    #[test]
+    fn a_write_that_fails_leaves_no_temporary_file() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = DirStore::new(d.path()).unwrap();
+        s.put("g/set/0/manifest", b"A").unwrap();
+        // The chunk's name is taken by a folder: the file is written, then its rename fails.
+        std::fs::create_dir_all(d.path().join("g/set/0/chunk/x")).unwrap();
+        assert!(s.put("g/set/0/chunk", &[7; 4096]).is_err());
+        let names: Vec<String> = std::fs::read_dir(d.path().join("g/set/0"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
+        assert_eq!(s.load("g/").unwrap()["g/set/0/manifest"], b"A");
     }
 }
