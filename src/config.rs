@@ -319,6 +319,12 @@ pub struct DealLineConfig {
     pub weight_predecessor: f64,
     /// Weight of a runner (`runner_movement`) tied to the line by contact.
     pub weight_runner: f64,
+    /// A verdict needs one kind of evidence only a line in the trade keeps showing (adverts
+    /// again to the same list, a burner handset, a predecessor or successor deal line, a
+    /// runner), however the one-off kinds (a bulk send, fan-in, a handover) add up: a person
+    /// who once texted every friend and later texts them all "new number" shows all three.
+    /// `false` sums every kind alike, as before 2026-12-07.
+    pub require_sustained: bool,
     /// Two findings of one kind this far apart are a repeat (a later day), not one episode.
     pub repeat_gap_s: u64,
     /// A handset seen with more SIMs than this is a test or repair handset, not a burner:
@@ -341,6 +347,7 @@ impl Default for DealLineConfig {
             weight_handset_churn: 0.2,
             weight_predecessor: 0.25,
             weight_runner: 0.2,
+            require_sustained: true,
             repeat_gap_s: 43_200,
             churn_max_sims: 12,
         }
@@ -1175,6 +1182,20 @@ impl Config {
                 (all * 1e6).round() / 1e6
             ),
         );
+        // With require_sustained a verdict needs a kind of evidence that repeats; only
+        // bulk_sms (adverts again), handset_churn and runner_movement give one (a
+        // predecessor or successor needs a verdict first): with the three off, deal_line
+        // could never fire, and would say nothing.
+        r.check(
+            "deal_line.require_sustained",
+            !(d.enabled && d.require_sustained)
+                || b.enabled
+                || h.enabled
+                || self.runner_movement.enabled,
+            d.require_sustained,
+            "false while bulk_sms, handset_churn and runner_movement are all disabled: \
+             nothing else gives the evidence that repeats, so no line could be called a deal line",
+        );
         r.check(
             "deal_line.churn_max_sims",
             d.churn_max_sims >= h.min_sims,
@@ -1439,6 +1460,15 @@ mod tests {
             &|c| c.customer_fan_in.min_customers_with_callbacks = 5_000,
             "customer_fan_in.min_customers_with_callbacks",
             "per-line cap",
+        );
+        refused(
+            &|c| {
+                c.bulk_sms.enabled = false;
+                c.handset_churn.enabled = false;
+                c.runner_movement.enabled = false;
+            },
+            "deal_line.require_sustained = true",
+            "bulk_sms, handset_churn and runner_movement are all disabled",
         );
         refused(
             &|c| c.deal_line.churn_max_sims = 1,

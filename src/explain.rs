@@ -596,6 +596,43 @@ fn deal(ev: &Map<String, Value>, alert_score: f64) -> Part {
             dur(look)
         );
     }
+    // With `require_sustained` (in the evidence since 2026-12-07; an older alert says
+    // nothing of it, and neither does this) a verdict needs one kind only a line in the
+    // trade keeps showing (deal_line's `SUSTAINED`): say which this one has.
+    match ev.get("require_sustained").and_then(Value::as_bool) {
+        Some(true) => {
+            let sustained: Vec<&str> = items
+                .iter()
+                .filter_map(|c| c.get("evidence").and_then(Value::as_str))
+                .filter(|k| {
+                    matches!(
+                        *k,
+                        "repeat_bulk_sms"
+                            | "handset_churn"
+                            | "predecessor_deal_line"
+                            | "successor_deal_line"
+                            | "runner_movement"
+                    )
+                })
+                .collect();
+            let _ = writeln!(
+                s,
+                "One-off behaviours alone (one bulk send, its replies, a number handed over) are \
+                 never a verdict, however they add up: it also needs adverts sent again, a burner \
+                 handset, a deal line across a handover or a runner \
+                 (deal_line.require_sustained = true). {}",
+                match sustained.as_slice() {
+                    [] => "This alert lists none of those.".to_string(),
+                    ks => format!("This one has {}.", ks.join(", ")),
+                }
+            );
+        }
+        Some(false) => s.push_str(
+            "Every kind counts alike (deal_line.require_sustained = false): one-off behaviours \
+             alone can make a verdict.\n",
+        ),
+        None => {}
+    }
     if (alert_score - score.min(1.0)).abs() > 1e-3 {
         let _ = writeln!(
             s,
@@ -711,6 +748,14 @@ fn contribution(kind: &str, c: &Map<String, Value>) -> String {
                 n("earlier_score")
             ),
             vs(&[("earlier_score", "threshold")]),
+        ),
+        "successor_deal_line" => (
+            format!(
+                "its customers were taken over by {}, since called a deal line (its evidence scored {})",
+                n("new_line"),
+                n("new_score")
+            ),
+            vs(&[("new_score", "threshold")]),
         ),
         "handset_churn" => {
             let mut why = vs(&[("sims", "min_sims")]);

@@ -88,13 +88,43 @@ fn deal_line_contributions_sum_to_the_score() {
             .filter_map(|l| l.trim().strip_prefix('+'))
             .map(|l| l.split_whitespace().next().unwrap().parse::<f64>().unwrap())
             .sum();
-        assert!((sum - a.score).abs() < 1e-9, "{sum} vs {}\n{text}", a.score);
+        // An alert's score is capped at 1; the sum line shows the sum.
         assert!(
-            text.contains(&format!("={:.2}  >= threshold 0.7", a.score)),
+            (sum.min(1.0) - a.score).abs() < 1e-9,
+            "{sum} vs {}\n{text}",
+            a.score
+        );
+        assert!(
+            text.contains(&format!("={sum:.2}  >= threshold 0.7")),
             "{text}"
         );
+        assert_eq!(sum > 1.0, text.contains("capped at 1"), "{text}");
         assert!(!text.contains("The listed weights sum to"), "{text}");
     }
+}
+
+/// The sustained-evidence sentence follows the alert's own `require_sustained`: the rule and
+/// what this alert has with it on, that every kind counts alike with it off, nothing for an
+/// alert from before the setting.
+#[test]
+fn deal_line_says_whether_one_off_evidence_could_make_it() {
+    let a = first("deal_line");
+    let text = explain(&a);
+    assert!(text.contains("are never a verdict"), "{text}");
+    assert!(text.contains("This one has handset_churn."), "{text}");
+    let mut off = a.clone();
+    off.evidence
+        .insert("require_sustained".into(), false.into());
+    let text = explain(&off);
+    assert!(text.contains("Every kind counts alike"), "{text}");
+    assert!(!text.contains("never a verdict"), "{text}");
+    let mut older = a.clone();
+    older.evidence.remove("require_sustained");
+    let text = explain(&older);
+    assert!(
+        !text.contains("never a verdict") && !text.contains("counts alike"),
+        "{text}"
+    );
 }
 
 fn odd(detector: &str, evidence: serde_json::Value) -> Alert {

@@ -30,7 +30,10 @@
 //!
 //! **deal_line** adds weight 0.25 for a bulk send and 0.25 for fan-in (nothing repeats
 //! within the 12 h repeat gap; no handover, no handsets), so a line scores 0.25 or 0.5 and
-//! fires when the score reaches the threshold (cooldown keeps one alert per line):
+//! fires when the score reaches the threshold (cooldown keeps one alert per line). The
+//! fixture's `base.toml` sets `deal_line.require_sustained = false` for this: by default
+//! those one-off kinds alone are never a verdict.
+//!
 //!
 //! - threshold 0.25: any line with a bulk send or fan-in: A (bulk, at (m-1) min), B always
 //!   (fan-in), C if m <= 4, D if m <= 8.
@@ -160,6 +163,27 @@ fn deal_line_grid_matches_the_hand_worked_table() {
         let got = figures(row, "deal_line");
         assert!(close(&got, w), "t={t} m={m}: got {got:?}, want {w:?}");
     }
+}
+
+/// `deal_line.require_sustained` is swept like any other key: on this fixture, whose lines
+/// show only one-off kinds of evidence, it is the difference between the table's rows and
+/// no verdict at all.
+#[test]
+fn require_sustained_sweeps_and_keeps_one_off_evidence_under_the_threshold() {
+    let (_, rows) = sweep_with(
+        &[
+            "deal_line.threshold=0.5",
+            "bulk_sms.min_recipients=3",
+            "deal_line.require_sustained=false,true",
+        ],
+        "labels.csv",
+    );
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].values[2], ParamValue::Bool(false));
+    // The table's row (0.5, 3): A and B.
+    assert_eq!(figures(&rows[0], "deal_line").0, 2);
+    assert_eq!(rows[1].values[2], ParamValue::Bool(true));
+    assert_eq!(figures(&rows[1], "deal_line").0, 0);
 }
 
 #[test]

@@ -39,8 +39,9 @@ use crate::event::Millis;
 /// the line's base; `handset_churn`'s SIMs hold no length (their packed names delimit
 /// themselves). 5: sections per shard. 6: each cooldown entry names its detector, so its
 /// subject (and owner) is known again and a checkpoint restores into any shard count. 7:
-/// `line_handover`'s answers name the shard that sent them, and a tally holds the set.
-pub const FORMAT_VERSION: u32 = 7;
+/// `line_handover`'s answers name the shard that sent them, and a tally holds the set. 8:
+/// a `deal_line` verdict holds nine kinds of evidence (`successor_deal_line`).
+pub const FORMAT_VERSION: u32 = 8;
 
 /// Chunk values stay at or under this: below the 1 MiB default message limit of brokers
 /// and clients even with the key and framing added.

@@ -32,9 +32,10 @@ pub enum Part {
     HandsetChurn = 5,
     Predecessor = 6,
     Runner = 7,
+    Successor = 8,
 }
 
-const PARTS: [Part; 8] = [
+const PARTS: [Part; 9] = [
     Part::BulkSms,
     Part::RepeatBulk,
     Part::FanIn,
@@ -43,6 +44,25 @@ const PARTS: [Part; 8] = [
     Part::HandsetChurn,
     Part::Predecessor,
     Part::Runner,
+    Part::Successor,
+];
+
+/// The kinds of evidence only a line in the trade keeps showing; with
+/// `deal_line.require_sustained` (the default) a verdict needs one of them, whatever the
+/// others add up to. The rest can each come from one ordinary event: a person who once texted
+/// every friend (a festive greeting, a party) and later gets a new number and texts them all
+/// "new number" shows a bulk send, the friends' replies as fan-in and a handover, 0.85 on the
+/// old line, and on the new one the "new number" blast, the friends following it and the same
+/// handover (`tests/new_number.rs`). Adverts sent again to the same list on a later day,
+/// burner handsets, a runner, or a line across a handover already called a deal line are what
+/// that person never shows. The last covers a network's first line handed over before it sent
+/// its adverts again: once its successor is called a deal line, so is it ([`Part::Successor`]).
+const SUSTAINED: [Part; 5] = [
+    Part::RepeatBulk,
+    Part::HandsetChurn,
+    Part::Predecessor,
+    Part::Runner,
+    Part::Successor,
 ];
 
 impl Part {
@@ -56,6 +76,7 @@ impl Part {
             Part::HandsetChurn => "handset_churn",
             Part::Predecessor => "predecessor_deal_line",
             Part::Runner => "runner_movement",
+            Part::Successor => "successor_deal_line",
         }
     }
 
@@ -69,6 +90,8 @@ impl Part {
             Part::HandsetChurn => c.weight_handset_churn,
             Part::Predecessor => c.weight_predecessor,
             Part::Runner => c.weight_runner,
+            // The same tie as a predecessor's, seen from the other end.
+            Part::Successor => c.weight_predecessor,
         }
     }
 }
@@ -158,8 +181,8 @@ impl Parts {
         self.0.capacity() * std::mem::size_of::<(Part, Contribution)>()
     }
 
-    fn as_array(&self) -> [Option<&Contribution>; 8] {
-        let mut a = [None; 8];
+    fn as_array(&self) -> [Option<&Contribution>; 9] {
+        let mut a = [None; 9];
         for (p, c) in &self.0 {
             a[*p as usize] = Some(c);
         }
@@ -175,7 +198,7 @@ impl Serialize for Parts {
 
 impl<'de> Deserialize<'de> for Parts {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let a = <[Option<Contribution>; 8]>::deserialize(d)?;
+        let a = <[Option<Contribution>; 9]>::deserialize(d)?;
         let mut v: Vec<(Part, Contribution)> = PARTS
             .into_iter()
             .zip(a)
@@ -196,6 +219,11 @@ struct LineVerdict {
     /// not grow the list without end.
     related: Vec<(String, Millis)>,
     last_at: Millis,
+    /// The earlier line of the latest handover in which this line took the customers over,
+    /// and when: told when this line is called a deal line ([`Part::Successor`]). Kept
+    /// apart from the handover's contribution, which a later handover of this line's own
+    /// replaces (a network hands its lines on in a chain).
+    earlier: Option<(Box<str>, Millis)>,
 }
 
 /// Most identities kept in one line's `related`: a deal line has a predecessor, a successor
@@ -406,8 +434,10 @@ impl DealLine {
         true
     }
 
-    /// Line `id`'s verdict as of `at`, if it reaches the threshold.
-    fn judge(&self, id: u64, at: Millis, out: &mut Vec<Finding>) {
+    /// Line `id`'s verdict as of `at`, if it reaches the threshold. A line that took over an
+    /// earlier line's customers tells that line it is now a deal line ([`Part::Successor`]),
+    /// as evidence, on whichever shard owns it.
+    fn judge(&self, id: u64, at: Millis, out: &mut Vec<Finding>, outbox: &mut Vec<Sent>) {
         let Some(v) = self.lines.get(&id) else {
             return;
         };
@@ -416,6 +446,23 @@ impl DealLine {
             return;
         }
         let since = at.saturating_sub(ids::span_ms(self.cfg.lookback_s));
+        let earlier = v
+            .earlier
+            .as_ref()
+            .filter(|(_, t)| *t >= since)
+            .map(|(n, _)| &**n);
+        if let Some(earlier) = earlier {
+            let s = (score * 1000.0).round() / 1000.0;
+            let d = json!({"new_line": &*v.line, "new_score": s, "threshold": self.cfg.threshold});
+            let c = Credit::new(
+                earlier,
+                vec![CreditPart::new(Part::Successor, d)],
+                Some(&v.line),
+                None,
+            );
+            let body = Body::DealCredit(c);
+            outbox.push(Sent::new(Dest::Number(ids::id(earlier)), body));
+        }
         let mut contributions = Vec::new();
         let (mut start, mut end) = (Millis::MAX, Millis::MIN);
         for p in PARTS {
@@ -437,6 +484,10 @@ impl DealLine {
         evidence.insert("score".into(), json!((score * 1000.0).round() / 1000.0));
         evidence.insert("threshold".into(), json!(self.cfg.threshold));
         evidence.insert("lookback_s".into(), json!(self.cfg.lookback_s));
+        evidence.insert(
+            "require_sustained".into(),
+            json!(self.cfg.require_sustained),
+        );
         evidence.insert("contributions".into(), Value::Array(contributions));
         out.push(Finding {
             detector: NAME,
@@ -455,11 +506,17 @@ impl DealLine {
 
     fn score(&self, v: &LineVerdict, now: Millis) -> f64 {
         let since = now.saturating_sub(ids::span_ms(self.cfg.lookback_s));
-        PARTS
+        let held = |p: &Part| v.parts.get(*p).is_some_and(|c| c.at >= since);
+        let sum: f64 = PARTS
             .iter()
-            .filter(|p| v.parts.get(**p).is_some_and(|c| c.at >= since))
+            .filter(|p| held(p))
             .map(|p| p.weight(&self.cfg))
-            .sum()
+            .sum();
+        if self.cfg.require_sustained && !SUSTAINED.iter().any(held) {
+            // Only one-off behaviours: kept under the threshold (see [`SUSTAINED`]).
+            return sum.min(self.cfg.threshold - 0.01);
+        }
+        sum
     }
 }
 
@@ -518,6 +575,15 @@ fn json_text(v: &Value) -> String {
 }
 
 fn set(v: &mut LineVerdict, p: Part, at: Millis, detail: Value) {
+    if p == Part::Handover && detail["role"] == "new_line" {
+        if let Some(e) = detail["earlier_line"].as_str() {
+            // The latest, and of two at one time the greater name: the same whatever order
+            // the credits arrive in.
+            if v.earlier.as_ref().is_none_or(|(n, t)| (at, e) > (*t, &**n)) {
+                v.earlier = Some((e.into(), at));
+            }
+        }
+    }
     v.parts.set(p, at, detail);
     v.last_at = v.last_at.max(at);
 }
@@ -574,7 +640,7 @@ impl Detector for DealLine {
             }
         }
         for id in touched {
-            self.judge(id, at, ctx.out);
+            self.judge(id, at, ctx.out, ctx.outbox);
         }
     }
 
@@ -595,8 +661,22 @@ impl Detector for DealLine {
                 ctx.outbox.push(Sent::new(Dest::Number(*new_id), body));
             }
         }
+        if let [p] = c.parts.as_slice() {
+            // A successor's verdict is told again at each of its later findings: it counts
+            // once, and not at all for a line already a deal line on its own evidence (each
+            // telling would make it fire again, an alert each cooldown while the successor
+            // is active).
+            let since = e.at.saturating_sub(ids::span_ms(self.cfg.lookback_s));
+            let known = self.lines.get(&id).is_some_and(|v| {
+                v.parts.get(Part::Successor).is_some_and(|s| s.at >= since)
+                    || self.score(v, e.at) + 1e-9 >= self.cfg.threshold
+            });
+            if p.part == Part::Successor && known {
+                return;
+            }
+        }
         if self.apply(id, &c.line, &c.parts, c.related.as_deref(), e.at) {
-            self.judge(id, e.at, ctx.out);
+            self.judge(id, e.at, ctx.out, ctx.outbox);
         }
     }
 
@@ -617,6 +697,7 @@ impl Detector for DealLine {
                     .values()
                     .map(|v| {
                         v.line.len()
+                            + v.earlier.as_ref().map_or(0, |e| e.0.len())
                             + v.related.iter().map(|r| r.0.len() + 32).sum::<usize>()
                             + v.parts.heap_bytes()
                             + v.parts.len() * 96
@@ -1008,8 +1089,12 @@ mod tests {
         assert_eq!(out[0].evidence["score"], 0.75);
     }
 
+    /// A person who once texted every friend, then got a new number and texted them all
+    /// again, shows each one-off kind of evidence on both lines: no verdict on either. Once
+    /// each line sends its adverts to the same list again, the handover counts for both,
+    /// and each names the other.
     #[test]
-    fn handover_credits_both_lines_and_relates_them() {
+    fn a_handover_with_only_one_off_evidence_is_no_verdict_until_adverts_repeat() {
         let mut d = DealLine::new(&Config::default(), 100);
         run(&mut d, 0, &[bulk("old", 0, 0.0), fan_in("old", 0)]);
         let h = finding(
@@ -1019,19 +1104,88 @@ mod tests {
             evidence! {"overlap" => 0.9},
             vec!["new", "old"],
         );
-        let out = run(&mut d, DAY, &[h]);
-        // The old line now has bulk + fan-in + handover; the new line only the handover.
+        // Bulk (0.25) + fan-in (0.25) + handover (0.35) on the old line: 0.85, all one-off.
+        assert!(run(&mut d, DAY, &[h]).is_empty());
+        let t = DAY + HOUR;
+        assert!(run(&mut d, t, &[bulk("new", t, 0.0), fan_in("new", t)]).is_empty());
+        let out = run(&mut d, DAY + 2 * HOUR, &[bulk("old", DAY + 2 * HOUR, 0.9)]);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].subject, "old");
         assert_eq!(out[0].related, vec!["new"]);
-        let out = run(
-            &mut d,
-            DAY + HOUR,
-            &[bulk("new", DAY + HOUR, 0.0), fan_in("new", DAY + HOUR)],
-        );
+        let labels = |f: &Finding| -> Vec<String> {
+            let c = f.evidence["contributions"].as_array().unwrap();
+            c.iter()
+                .map(|x| x["evidence"].as_str().unwrap().to_string())
+                .collect()
+        };
+        assert!(labels(&out[0]).contains(&"line_handover".to_string()));
+        let t = 2 * DAY + HOUR;
+        let out = run(&mut d, t, &[bulk("new", t, 0.9)]);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].subject, "new");
         assert_eq!(out[0].related, vec!["old"]);
+        assert!(labels(&out[0]).contains(&"line_handover".to_string()));
+    }
+
+    /// A network's first line handed over before it sent its adverts again: its own
+    /// evidence is one-off, so it waits; once the new line is called a deal line (its adverts
+    /// again, a day later) the earlier line learns it at the barrier and is called one too,
+    /// naming the new line. Told again at the new line's next finding, it does not fire again.
+    #[test]
+    fn an_earlier_line_is_called_a_deal_line_once_its_successor_is() {
+        let mut d = DealLine::new(&Config::default(), 100);
+        run(&mut d, 0, &[bulk("old", 0, 0.0), fan_in("old", 0)]);
+        let h = finding(
+            crate::detect::line_handover::NAME,
+            "new",
+            HOUR,
+            evidence! {"overlap" => 0.9},
+            vec!["new", "old"],
+        );
+        assert!(run(&mut d, HOUR, &[h]).is_empty());
+        assert!(run(&mut d, 2 * HOUR, &[bulk("new", 2 * HOUR, 0.0)]).is_empty());
+        let t = DAY + 2 * HOUR;
+        let out = run(&mut d, t, &[bulk("new", t, 0.9)]);
+        let subjects: Vec<&str> = out.iter().map(|f| f.subject.as_str()).collect();
+        assert_eq!(subjects, ["new", "old"]);
+        assert_eq!(out[1].related, vec!["new"]);
+        let c = out[1].evidence["contributions"].as_array().unwrap();
+        let successor = c
+            .iter()
+            .find(|x| x["evidence"] == "successor_deal_line")
+            .expect("the old line names its successor's verdict");
+        assert_eq!(successor["new_line"], "new");
+        assert_eq!(successor["new_score"], 0.85);
+        let out = run(&mut d, t + HOUR, &[fan_in("new", t + HOUR)]);
+        let subjects: Vec<&str> = out.iter().map(|f| f.subject.as_str()).collect();
+        assert_eq!(subjects, ["new"]);
+    }
+
+    /// A network hands its lines on in a chain, A to B to C, each before it sent its adverts
+    /// again. B's own handover to C replaces its contribution from A's, but B still knows A:
+    /// once C is a deal line, B is called one at the barrier, and then A.
+    #[test]
+    fn a_chain_of_lines_handed_on_is_called_back_to_its_first() {
+        let mut d = DealLine::new(&Config::default(), 100);
+        let handover = |new: &str, old: &str, at: Millis| {
+            finding(
+                crate::detect::line_handover::NAME,
+                new,
+                at,
+                evidence! {"overlap" => 0.9},
+                vec![new, old],
+            )
+        };
+        run(&mut d, 0, &[bulk("a", 0, 0.0), fan_in("a", 0)]);
+        assert!(run(&mut d, HOUR, &[handover("b", "a", HOUR)]).is_empty());
+        let t = 2 * HOUR;
+        assert!(run(&mut d, t, &[bulk("b", t, 0.0), fan_in("b", t)]).is_empty());
+        assert!(run(&mut d, 3 * HOUR, &[handover("c", "b", 3 * HOUR)]).is_empty());
+        assert!(run(&mut d, 4 * HOUR, &[bulk("c", 4 * HOUR, 0.0)]).is_empty());
+        let t = DAY + 4 * HOUR;
+        let out = run(&mut d, t, &[bulk("c", t, 0.9)]);
+        let subjects: Vec<&str> = out.iter().map(|f| f.subject.as_str()).collect();
+        assert_eq!(subjects, ["c", "b", "a"]);
     }
 
     #[test]
@@ -1335,36 +1489,39 @@ mod tests {
         }
     }
 
-    /// The verdict as checkpoints held it before its contributions became a list: every
-    /// kind's slot in an array of eight.
+    /// The verdict as checkpoints hold it (since before its contributions became a list):
+    /// every kind's slot in an array, of nine since `successor_deal_line` (format 8).
     #[derive(Serialize, Deserialize, PartialEq, Debug)]
     struct ArrayVerdict {
         line: Box<str>,
-        parts: [Option<(Millis, String)>; 8],
+        parts: [Option<(Millis, String)>; 9],
         related: Vec<(String, Millis)>,
         last_at: Millis,
+        earlier: Option<(Box<str>, Millis)>,
     }
 
     #[test]
-    fn a_verdicts_checkpoint_keeps_the_array_of_eight_both_ways() {
+    fn a_verdicts_checkpoint_keeps_the_array_of_kinds_both_ways() {
         let mut v = LineVerdict {
             line: "L1".into(),
             last_at: 0,
             ..Default::default()
         };
         set(&mut v, Part::Runner, 30, json!({"trips": 2}));
+        set(&mut v, Part::Successor, 28, json!({"new_score": 0.85}));
         set(&mut v, Part::BulkSms, 10, json!({"recipients": 40}));
         // An earlier figure does not replace a later one; a later one does.
         set(&mut v, Part::BulkSms, 5, json!({"recipients": 1}));
         set(&mut v, Part::FanIn, 20, json!({"customers": 12}));
         set(&mut v, Part::FanIn, 25, json!({"customers": 13}));
-        assert_eq!(v.parts.len(), 3);
+        assert_eq!(v.parts.len(), 4);
         let bytes = codec::encode(&v).unwrap();
         let old: ArrayVerdict = codec::decode(&bytes).unwrap();
-        let mut want: [Option<(Millis, String)>; 8] = Default::default();
+        let mut want: [Option<(Millis, String)>; 9] = Default::default();
         want[Part::BulkSms as usize] = Some((10, r#"{"recipients":40}"#.into()));
         want[Part::FanIn as usize] = Some((25, r#"{"customers":13}"#.into()));
         want[Part::Runner as usize] = Some((30, r#"{"trips":2}"#.into()));
+        want[Part::Successor as usize] = Some((28, r#"{"new_score":0.85}"#.into()));
         assert_eq!(old.parts, want);
         assert_eq!(old.last_at, 30);
         // And an array written by the older build reads back as the same list.
@@ -1374,7 +1531,10 @@ mod tests {
             .into_iter()
             .filter(|p| back.parts.get(*p).is_some())
             .collect();
-        assert_eq!(kinds, [Part::BulkSms, Part::FanIn, Part::Runner]);
+        assert_eq!(
+            kinds,
+            [Part::BulkSms, Part::FanIn, Part::Runner, Part::Successor]
+        );
         assert_eq!(
             back.parts.get(Part::FanIn).unwrap().detail,
             json!({"customers": 13})
