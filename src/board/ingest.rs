@@ -167,8 +167,9 @@ pub const MAX_RELATED: usize = 1_000;
 /// - `bad_pseudonym`: a subject or related identity that is not a pseudonym's shape
 ///   (control or bidirectional characters, spaces, over 128 bytes);
 /// - `raw_identifier`: a subject, related identity, or evidence string, key or number in
-///   the shape of a phone number, IMSI or IMEI (a number: see [`raw_number`]). The board
-///   never stores, shows or exports a raw identifier, whoever wrote the message.
+///   the shape of a phone number, IMSI or IMEI (a number: one of 10 to 15 digits that
+///   cannot be a time). The board never stores, shows or exports a raw identifier,
+///   whoever wrote the message.
 pub fn decode(payload: Option<&[u8]>) -> Result<Alert, &'static str> {
     decode_with(payload, true)
 }
