@@ -598,22 +598,13 @@ fn deal(ev: &Map<String, Value>, alert_score: f64) -> Part {
     }
     // With `require_sustained` (in the evidence since 2026-12-07; an older alert says
     // nothing of it, and neither does this) a verdict needs one kind only a line in the
-    // trade keeps showing (deal_line's `SUSTAINED`): say which this one has.
+    // trade keeps showing ([`deal_line::is_sustained`]): say which this one has.
     match ev.get("require_sustained").and_then(Value::as_bool) {
         Some(true) => {
             let sustained: Vec<&str> = items
                 .iter()
                 .filter_map(|c| c.get("evidence").and_then(Value::as_str))
-                .filter(|k| {
-                    matches!(
-                        *k,
-                        "repeat_bulk_sms"
-                            | "handset_churn"
-                            | "predecessor_deal_line"
-                            | "successor_deal_line"
-                            | "runner_movement"
-                    )
-                })
+                .filter(|k| deal_line::is_sustained(k))
                 .collect();
             let _ = writeln!(
                 s,

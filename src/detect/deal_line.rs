@@ -65,6 +65,13 @@ const SUSTAINED: [Part; 5] = [
     Part::Successor,
 ];
 
+/// Whether a contribution's label (`repeat_bulk_sms`, ...) names a kind of evidence only a
+/// line in the trade keeps showing (`SUSTAINED`): what `explain` lists as the kind a verdict
+/// needed.
+pub fn is_sustained(label: &str) -> bool {
+    SUSTAINED.iter().any(|p| p.label() == label)
+}
+
 impl Part {
     fn label(self) -> &'static str {
         match self {
@@ -661,7 +668,11 @@ impl Detector for DealLine {
                 ctx.outbox.push(Sent::new(Dest::Number(*new_id), body));
             }
         }
-        if let [p] = c.parts.as_slice() {
+        if let [CreditPart {
+            part: Part::Successor,
+            ..
+        }] = c.parts.as_slice()
+        {
             // A successor's verdict is told again at each of its later findings: it counts
             // once, and not at all for a line already a deal line on its own evidence (each
             // telling would make it fire again, an alert each cooldown while the successor
@@ -671,7 +682,7 @@ impl Detector for DealLine {
                 v.parts.get(Part::Successor).is_some_and(|s| s.at >= since)
                     || self.score(v, e.at) + 1e-9 >= self.cfg.threshold
             });
-            if p.part == Part::Successor && known {
+            if known {
                 return;
             }
         }
