@@ -302,12 +302,17 @@ async fn a_second_instance_with_the_same_transactional_id_fences_the_first_which
     let (lines, bad) = feed(&s, "f").await;
     let want = replay_ids(&lines);
     // The first holds its first transaction open for 8 s; meanwhile the second starts
-    // with the same group and host, so the same transactional id, and fences it.
+    // with the same group and host, so the same transactional id, and fences it. Its
+    // consumer's close then takes 10 minutes: the stop is bounded by the drain time (20 s)
+    // all the same (a CI run once saw a fenced instance log nothing for 90 s).
     let mut first = Service::start_with_env(
         &s.cfg,
         "run",
         &s.args,
-        &[("LINEWATCH_TEST_HOLD_TXN_MS", "8000")],
+        &[
+            ("LINEWATCH_TEST_HOLD_TXN_MS", "8000"),
+            ("LINEWATCH_TEST_SLOW_CLOSE_MS", "600000"),
+        ],
     );
     first
         .wait_log("test hook: holding an open transaction", 1, WAIT)
@@ -316,6 +321,14 @@ async fn a_second_instance_with_the_same_transactional_id_fences_the_first_which
     second.wait_log("transactions initialised", 1, WAIT).await;
     let status = first.wait_exit(WAIT).await;
     assert_eq!(status.code(), Some(1), "{}", first.logs().join("\n"));
+    assert_eq!(
+        first
+            .log_events("test hook: slowing the consumer's close")
+            .len(),
+        1,
+        "the close was slowed: {}",
+        first.logs().join("\n")
+    );
     let last = first.logs().last().cloned().unwrap_or_default();
     assert!(
         last.contains("took this one's work over") && !last.contains('\n'),

@@ -400,16 +400,14 @@ pub async fn run(
         };
         // The engine keeps the thresholds of live reloads; its state is dropped below.
         running = pipeline.engine.config().clone();
-        reloads = pipeline.reloads;
-        drop(pipeline.producer);
-        drop(pipeline.sink);
+        reloads = std::mem::replace(&mut pipeline.reloads, mpsc::channel(1).1);
         if let (Err(e), Some(t)) = (&r, &txn) {
             // The consumer's close below revokes its partitions: the revoke must not touch
             // a transaction that failed.
             t.fail(txn::TxnError::Fatal(e.to_string()));
         }
         drop(txn);
-        close_consumer(consumer, stopped_at, drain_s).await;
+        close_consumer(consumer, pipeline, stopped_at, drain_s).await;
         match r {
             Err(ServiceError::Rewind { reason, message }) if stopped_at.is_none() => {
                 if started.elapsed() > Duration::from_secs(60) {
@@ -605,11 +603,18 @@ impl Clients {
     }
 }
 
-/// Leaves the consumer group (consumer close waits on the broker): off the async threads,
-/// and bounded by what is left of the drain time. Offsets are committed already; a group
-/// left uncleanly only delays the next member's assignment by the session timeout.
+/// Leaves the consumer group and lets go of the pipeline's Kafka clients, off the async
+/// threads and bounded by what is left of the drain time. Offsets are committed already; a
+/// group left uncleanly only delays the next member's assignment by the session timeout.
+///
+/// `consumer` and `pipeline` must hold the last references to the consumer and producers:
+/// dropping the last one closes the client, and a consumer's close polls until librdkafka
+/// says it is closed, without a limit (after a fence it once did not for 90 s). Done on an
+/// async thread, that close would hold the stop, and the exit, with it; here it is given
+/// up after the bound, and the process exit does not wait for it.
 async fn close_consumer(
     consumer: Arc<Source>,
+    pipeline: pipeline::Pipeline,
     stopped_at: Option<std::time::Instant>,
     drain_s: u64,
 ) {
@@ -618,6 +623,8 @@ async fn close_consumer(
     });
     let closing = tokio::task::spawn_blocking(move || {
         consumer.unsubscribe();
+        // The producers first, as before the consumer's close (its revoke uses neither).
+        drop(pipeline);
         drop(consumer);
     });
     if tokio::time::timeout(left.max(Duration::from_secs(1)), closing)

@@ -563,8 +563,11 @@ impl SourceContext {
                 }
                 Vec::new()
             }
-            // The pipeline is being restarted: nothing is committed.
-            Some(_) => Vec::new(),
+            // The pipeline is being restarted or stopped: nothing is committed.
+            Some(_) => {
+                slow_close_hook();
+                Vec::new()
+            }
             None => self.finish_in_flight(),
         };
         let mut shared = lock(&self.shared);
@@ -611,6 +614,24 @@ impl SourceContext {
             }
         }
         tracing::info!(partitions = tpl.count(), "partitions revoked");
+    }
+}
+
+/// A broker-test hook, honoured only in debug builds: `LINEWATCH_TEST_SLOW_CLOSE_MS=MS`
+/// makes the revoke after a failed transaction (the consumer's close as the pipeline
+/// stops or restarts) log "test hook: slowing the consumer's close" and sleep MS, as a
+/// close that librdkafka does not finish would. The stop must not wait for it.
+fn slow_close_hook() {
+    if !cfg!(debug_assertions) {
+        return;
+    }
+    let ms = std::env::var("LINEWATCH_TEST_SLOW_CLOSE_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    if ms > 0 {
+        tracing::warn!(sleep_ms = ms, "test hook: slowing the consumer's close");
+        std::thread::sleep(Duration::from_millis(ms));
     }
 }
 
