@@ -1,0 +1,174 @@
+//! The club organiser look-alike, which the generator does not make: an ordinary person runs
+//! a five-a-side team or a club and texts the same members twice a week ("game on tonight?
+//! reply IN"); half of the members reply within the hour and a fifth of those ring briefly.
+//!
+//! Built on a generated city (3,000 subscribers × 5 days, seed 1) by adding records, as
+//! `tests/new_number.rs` does, so the project's own cities stay as they are: ten ordinary
+//! subscribers each text 40 other ordinary subscribers from 17:00 on the second and the
+//! fourth day.
+//!
+//! Measured 2026-12-07 with the defaults: `bulk_sms` and `customer_fan_in` fire on all ten,
+//! as they should (each describes what it saw), **and so does `deal_line`, on all ten**: a
+//! bulk send 0.25, the same list again on a later day 0.25 (a kind of evidence that
+//! repeats, so `require_sustained` lets the sum stand) and the members' replies as fan-in
+//! 0.25: 0.75 against 0.7, and 0.85 once their replies come again on the later day (0.1).
+//! At `deal_line.threshold` 0.85 all ten are still flagged, at 0.9 none, but at 0.9 the
+//! seed-7 city's deal lines are found a median 37 hours after their first activity
+//! (15.7 minutes at 0.7; docs/analysts.md). This is a known
+//! false positive, not fixed yet: `no_organiser_is_called_a_deal_line` is ignored until it
+//! is (`cargo test --test club_organiser -- --ignored` shows it failing), and the README's
+//! limits say so.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use linewatch::alert::Alert;
+use linewatch::config::Config;
+use linewatch::generate::{self, GenOptions};
+use linewatch::replay;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::{json, Value};
+
+const ORGANISERS: usize = 10;
+const MEMBERS: usize = 40;
+
+/// The city with ten organisers' texts and their members' answers added, and the
+/// organisers' lines.
+fn club_city() -> (Vec<u8>, Vec<String>) {
+    let opts = GenOptions {
+        seed: 1,
+        subscribers: 3_000,
+        days: 5,
+        ..GenOptions::default()
+    };
+    let (events, labels, _) = generate::generate_in_memory(&opts).unwrap();
+    let labelled: BTreeSet<&str> = labels
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split(',').next())
+        .collect();
+    let lines: Vec<&[u8]> = events
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    // The generator's malformed lines pass as they are; a record's last fields are the
+    // person's own (SIM, handset, cell).
+    let parsed: Vec<Option<Value>> = lines
+        .iter()
+        .map(|l| {
+            serde_json::from_slice::<Value>(l).ok().filter(|v| {
+                v["ts"].as_i64().is_some_and(|t| t > 1_500_000_000_000)
+                    && v["from"].is_string()
+                    && v["to"].is_string()
+            })
+        })
+        .collect();
+    let start = parsed
+        .iter()
+        .flatten()
+        .filter_map(|v| v["ts"].as_i64())
+        .min()
+        .unwrap();
+    let mut last: BTreeMap<String, &Value> = BTreeMap::new();
+    for v in parsed.iter().flatten() {
+        last.insert(v["from"].as_str().unwrap().into(), v);
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let mut ordinary: Vec<&String> = last
+        .keys()
+        .filter(|p| p.starts_with('L') && !labelled.contains(p.as_str()))
+        .collect();
+    ordinary.shuffle(&mut rng);
+    let (organisers, pool) = ordinary.split_at(ORGANISERS);
+    let own = |v: &Value, mut r: Value| {
+        for key in ["imsi", "imei", "cell"] {
+            if v[key].is_string() {
+                r[key] = v[key].clone();
+            }
+        }
+        r
+    };
+    let mut extra: Vec<Value> = Vec::new();
+    for o in organisers {
+        let members: Vec<&&String> = pool.choose_multiple(&mut rng, MEMBERS).collect();
+        for day in [1, 3] {
+            let mut t = start + day * 86_400_000 + 17 * 3_600_000 + rng.gen_range(0..1_800_000);
+            for m in &members {
+                t += rng.gen_range(2_000..8_000);
+                let n = extra.len();
+                extra.push(own(
+                    last[*o],
+                    json!({"event_id": format!("club{n:06}"), "ts": t, "kind": "sms", "from": o, "to": m}),
+                ));
+                if !rng.gen_bool(0.5) {
+                    continue;
+                }
+                let at = t + rng.gen_range(60_000..3_600_000);
+                extra.push(own(
+                    last[**m],
+                    json!({"event_id": format!("club{:06}", n + 1), "ts": at, "kind": "sms", "from": m, "to": o}),
+                ));
+                if rng.gen_bool(0.2) {
+                    extra.push(own(
+                        last[**m],
+                        json!({"event_id": format!("club{:06}", n + 2),
+                            "ts": at + rng.gen_range(60_000..1_800_000), "kind": "call",
+                            "from": m, "to": o, "duration_s": rng.gen_range(20..180)}),
+                    ));
+                }
+            }
+        }
+    }
+    extra.sort_by_key(|v| v["ts"].as_i64());
+    // Each added record goes in before the first record of the stream that is later.
+    let mut out = Vec::with_capacity(events.len() + extra.len() * 200);
+    let mut next = extra.iter().peekable();
+    for (line, v) in lines.iter().zip(&parsed) {
+        if let Some(ts) = v.as_ref().and_then(|v| v["ts"].as_i64()) {
+            while let Some(e) = next.next_if(|e| e["ts"].as_i64().unwrap() <= ts) {
+                out.extend_from_slice(e.to_string().as_bytes());
+                out.push(b'\n');
+            }
+        }
+        out.extend_from_slice(line);
+        out.push(b'\n');
+    }
+    for e in next {
+        out.extend_from_slice(e.to_string().as_bytes());
+        out.push(b'\n');
+    }
+    (out, organisers.iter().map(|o| (*o).clone()).collect())
+}
+
+/// Per detector, how many of the organisers it alerted on.
+fn flagged_by_detector(alerts: &[Alert], organisers: &[String]) -> HashMap<String, usize> {
+    let mut seen: HashMap<String, BTreeSet<&str>> = HashMap::new();
+    for a in alerts.iter().filter(|a| organisers.contains(&a.subject)) {
+        seen.entry(a.detector.clone())
+            .or_default()
+            .insert(a.subject.as_str());
+    }
+    seen.into_iter().map(|(d, s)| (d, s.len())).collect()
+}
+
+#[test]
+fn the_single_purpose_detectors_see_every_organiser() {
+    let (events, organisers) = club_city();
+    assert_eq!(organisers.len(), ORGANISERS);
+    let (alerts, _) = replay::replay_bytes(Config::default(), &events);
+    let by = flagged_by_detector(&alerts, &organisers);
+    // The scenario is real: 40 members texted within minutes is a bulk send, and 20 or so
+    // of them answering within the hour is fan-in; otherwise the test below proves nothing.
+    assert_eq!(by.get("bulk_sms"), Some(&ORGANISERS), "{by:?}");
+    assert_eq!(by.get("customer_fan_in"), Some(&ORGANISERS), "{by:?}");
+}
+
+#[test]
+#[ignore = "known false positive (2026-12-07): deal_line flags all ten organisers at the defaults"]
+fn no_organiser_is_called_a_deal_line() {
+    let (events, organisers) = club_city();
+    let (alerts, _) = replay::replay_bytes(Config::default(), &events);
+    let by = flagged_by_detector(&alerts, &organisers);
+    assert_eq!(by.get("deal_line"), None, "{by:?}");
+}
