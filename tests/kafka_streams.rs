@@ -25,7 +25,8 @@ use linewatch::streams::producer::InternalProducer;
 use linewatch::streams::topics::{ensure, InternalTopics, TopicsError, Which};
 use linewatch::streams::wire::{self, Kind};
 use support::{
-    brokers, create_topics, produce, read_until, records, suffix, Setup, Topics, MIN, T0, WAIT,
+    brokers, create_topics, produce, read_until, records, suffix, Service, Setup, Topics, MIN, T0,
+    WAIT,
 };
 
 fn settings() -> KafkaSettings {
@@ -495,7 +496,15 @@ internal_partitions = 4
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_with_streams_enabled_creates_the_internal_topics_then_detects_as_one_instance() {
     let setup = Setup::new("streams-on", 2, STREAMS_ON).await;
-    let svc = setup.start_ready().await;
+    // The stage task's consumer takes 10 minutes to close (as one librdkafka does not
+    // finish would): the stop below is bounded all the same.
+    let mut svc = Service::start_with_env(
+        &setup.cfg,
+        "run",
+        &setup.args,
+        &[("LINEWATCH_TEST_SLOW_CLOSE_MS", "600000")],
+    );
+    svc.wait_ready(WAIT).await;
     svc.wait_log("internal topics co-partitioned", 1, WAIT)
         .await;
     let t = InternalTopics::for_group(&setup.topics.group);
@@ -515,4 +524,19 @@ async fn run_with_streams_enabled_creates_the_internal_topics_then_detects_as_on
     let a: serde_json::Value = serde_json::from_slice(&alerts[0].value).expect("alert JSON");
     assert_eq!(a["detector"], "bulk_sms");
     assert_eq!(a["subject"], "bulkline");
+    // SIGTERM: within the drain time (20 s) and the stage task's grace (5 s), not 10 min.
+    svc.signal("TERM");
+    let status = svc.wait_exit(Duration::from_secs(40)).await;
+    assert_eq!(status.code(), Some(0), "{}", svc.logs().join("\n"));
+    assert_eq!(
+        svc.log_events("test hook: slowing the consumer's close")
+            .len(),
+        1,
+        "the stage task's close was slowed"
+    );
+    assert_eq!(
+        svc.log_events("the [streams] stage task did not stop within the drain time")
+            .len(),
+        1
+    );
 }

@@ -445,11 +445,26 @@ pub async fn run(
     };
     let _ = stop_tx.send(true);
     let result = match stage_task {
-        Some(t) => match (result, t.await) {
-            (Err(e), _) => Err(e),
-            (Ok(()), Ok(r)) => r,
-            (Ok(()), Err(e)) => Err(ServiceError::Config(format!("stage task: {e}"))),
-        },
+        // The stage task drains within the drain time from the stop, then closes its
+        // consumer, which rdkafka does without a limit (see `close_consumer`): waited for
+        // that long and a few seconds more, then left to the process exit.
+        Some(t) => {
+            let left = stopped_at.map_or(Duration::from_secs(drain_s), |at| {
+                Duration::from_secs(drain_s).saturating_sub(at.elapsed())
+            }) + STAGE_CLOSE_GRACE;
+            match (result, tokio::time::timeout(left, t).await) {
+                (Err(e), _) => Err(e),
+                (Ok(()), Ok(Ok(r))) => r,
+                (Ok(()), Ok(Err(e))) => Err(ServiceError::Config(format!("stage task: {e}"))),
+                (Ok(()), Err(_)) => {
+                    tracing::warn!(
+                        waited_s = left.as_secs(),
+                        "the [streams] stage task did not stop within the drain time; exiting without it (its uncommitted work is redone by the partitions' next owner)"
+                    );
+                    Ok(())
+                }
+            }
+        }
         None => result,
     };
     // A scraper holding a keep-alive connection must not hold the exit up.
@@ -602,6 +617,9 @@ impl Clients {
         })
     }
 }
+
+/// How long past the drain time the stop waits for the `[streams]` stage task to close.
+const STAGE_CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// Leaves the consumer group and lets go of the pipeline's Kafka clients, off the async
 /// threads and bounded by what is left of the drain time. Offsets are committed already; a

@@ -619,9 +619,10 @@ impl SourceContext {
 
 /// A broker-test hook, honoured only in debug builds: `LINEWATCH_TEST_SLOW_CLOSE_MS=MS`
 /// makes the revoke after a failed transaction (the consumer's close as the pipeline
-/// stops or restarts) log "test hook: slowing the consumer's close" and sleep MS, as a
-/// close that librdkafka does not finish would. The stop must not wait for it.
-fn slow_close_hook() {
+/// stops or restarts), and the `[streams]` stage task's close, log "test hook: slowing the
+/// consumer's close" and sleep MS, as a close that librdkafka does not finish would. The
+/// stop must not wait for it.
+pub(crate) fn slow_close_hook() {
     if !cfg!(debug_assertions) {
         return;
     }

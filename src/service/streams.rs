@@ -464,6 +464,7 @@ impl Drop for StageLoop {
     fn drop(&mut self) {
         // Closing the consumer revokes its partitions; a held revoke would never finish.
         self.consumer.defer_revokes(false);
+        super::source::slow_close_hook();
     }
 }
 
