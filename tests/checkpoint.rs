@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use linewatch::alert::Alert;
-use linewatch::checkpoint::store::{DirStore, Store};
+use linewatch::checkpoint::store::{self, DirStore, Store};
 use linewatch::checkpoint::{self, Fallback, SourceOffset};
 use linewatch::config::Config;
 use linewatch::engine::Engine;
@@ -421,6 +421,86 @@ mod forked {
         let r = service::restore(&mut stores, cfg, &[the_partition(cfg)], &m)
             .expect("a checkpoint stands");
         (r.manifest.offsets[0].offset, r.engine.counters().clone())
+    }
+
+    /// A directory store whose writes fail while `broken` is set (a full volume: removing
+    /// files still works).
+    struct Breakable {
+        inner: DirStore,
+        broken: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Store for Breakable {
+        fn kind(&self) -> &'static str {
+            "dir"
+        }
+        fn put(&mut self, key: &str, value: &[u8]) -> Result<(), store::StoreError> {
+            if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(store::StoreError::Other("no space left on device".into()));
+            }
+            self.inner.put(key, value)
+        }
+        fn flush(&mut self) -> Result<(), store::StoreError> {
+            self.inner.flush()
+        }
+        fn remove(&mut self, key: &str) -> Result<(), store::StoreError> {
+            self.inner.remove(key)
+        }
+        fn load_where(
+            &mut self,
+            prefix: &str,
+            keep: &dyn Fn(&str) -> bool,
+        ) -> Result<BTreeMap<String, Vec<u8>>, store::StoreError> {
+            self.inner.load_where(prefix, keep)
+        }
+    }
+
+    #[test]
+    fn a_store_that_missed_a_checkpoint_does_not_restore_its_older_one_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, second) = (dir.path().join("first"), dir.path().join("second"));
+        let cfg = config(&first);
+        let broken = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stores: Vec<Box<dyn Store>> = vec![
+            Box::new(Breakable {
+                inner: DirStore::new(&first).unwrap(),
+                broken: broken.clone(),
+            }),
+            // Stands in for the state topic: tried second.
+            Box::new(DirStore::new(&second).unwrap()),
+        ];
+        let metrics = CheckpointMetrics::register(&Registry::new());
+        let mut c = Checkpointer::start(stores, &cfg, metrics);
+        let mut engine = engine(&cfg);
+        run(&mut engine, halves().0);
+        c.take(&engine, cover(&cfg, 100));
+        wait_idle(&c);
+        // The first store's volume fills; the second takes the next two checkpoints.
+        broken.store(true, std::sync::atomic::Ordering::SeqCst);
+        run(&mut engine, halves().1);
+        for offset in [200, 300] {
+            c.take(&engine, cover(&cfg, offset));
+            wait_idle(&c);
+        }
+        let restore = || {
+            let mut stores: Vec<Box<dyn Store>> = vec![
+                Box::new(DirStore::new(&first).unwrap()),
+                Box::new(DirStore::new(&second).unwrap()),
+            ];
+            let m = CheckpointMetrics::register(&Registry::new());
+            let r = service::restore(&mut stores, &cfg, &[the_partition(&cfg)], &m)
+                .expect("a checkpoint stands");
+            r.manifest.offsets[0].offset
+        };
+        // Not the first store's checkpoint at 100: a restart would re-read from there.
+        assert_eq!(restore(), 300);
+        // The first store recovers: its next checkpoint is the newest again, and restored
+        // from it.
+        broken.store(false, std::sync::atomic::Ordering::SeqCst);
+        c.take(&engine, cover(&cfg, 400));
+        wait_idle(&c);
+        std::fs::remove_dir_all(&second).unwrap();
+        assert_eq!(restore(), 400);
     }
 
     #[test]

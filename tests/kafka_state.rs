@@ -680,3 +680,23 @@ async fn adding_an_input_partition_then_a_clean_restart_with_checkpoints_publish
 ) {
     adding_an_input_partition_and_restarting_publishes_every_alert_once(true).await;
 }
+
+/// The state topic store drops a removed key: a store that missed a checkpoint has its
+/// older manifests removed this way (see `checkpoint::service`), and the restore must then
+/// read past them.
+#[test]
+fn the_state_topic_store_forgets_a_removed_key() {
+    use linewatch::checkpoint::store::{KafkaStore, Store};
+    let settings = linewatch::kafka::KafkaSettings::new(brokers(), Default::default());
+    let topic = format!("state-remove-{}", support::suffix());
+    let mut store = KafkaStore::open(&settings, &topic, Duration::from_secs(30)).unwrap();
+    store.put("g/a/manifest", b"one").unwrap();
+    store.put("g/b/manifest", b"two").unwrap();
+    store.flush().unwrap();
+    store.remove("g/a/manifest").unwrap();
+    // A key that was never written is no error.
+    store.remove("g/c/manifest").unwrap();
+    let left = store.load("g/").unwrap();
+    assert_eq!(left.keys().collect::<Vec<_>>(), ["g/b/manifest"]);
+    assert_eq!(left["g/b/manifest"], b"two");
+}

@@ -150,6 +150,27 @@ pub fn restore(
     None
 }
 
+/// Removes a store's manifests of one partition set (both slots), so a restore passes it
+/// over for another store's newer checkpoint; a removal that fails is logged, and that
+/// store's older checkpoint stands.
+fn retire(store: &mut dyn Store, namespace: &str) {
+    let mut result = Ok(());
+    for slot in 0..super::SLOTS {
+        result = result.and_then(|()| store.remove(&super::manifest_key(namespace, slot)));
+    }
+    match result {
+        Ok(()) => tracing::warn!(
+            store = store.kind(),
+            "this store missed a checkpoint another store took: its older checkpoint of the partition set is retired, so a restart restores the newer one"
+        ),
+        Err(e) => tracing::warn!(
+            store = store.kind(),
+            error = %e,
+            "this store missed a checkpoint another store took, and its older one could not be retired: a restart may restore it and re-read more input"
+        ),
+    }
+}
+
 /// Restores on assignment: the stores to read and the configuration to restore under, held
 /// by the consumer's rebalance callback (see [`crate::service::source`]).
 pub struct Restorer {
@@ -350,16 +371,26 @@ impl Checkpointer {
                     };
                     drop(body);
                     let mut ok = 0;
-                    for store in stores.iter_mut() {
+                    let mut failed = Vec::new();
+                    for (i, store) in stores.iter_mut().enumerate() {
                         match super::write(store.as_mut(), &ns, slot, &cp) {
                             Ok(()) => ok += 1,
                             Err(e) => {
                                 m.write_failed(store.kind());
                                 tracing::warn!(store = store.kind(), error = %e, "checkpoint write failed; the previous checkpoint stands");
+                                failed.push(i);
                             }
                         }
                     }
                     if ok > 0 {
+                        // A store that missed this checkpoint while another took it holds
+                        // an older one, which a restore would take first if it is tried
+                        // first (the directory is): its manifests are removed, so the
+                        // newer one is restored and less input re-read. Its next write
+                        // that succeeds is the newest again.
+                        for i in failed {
+                            retire(stores[i].as_mut(), &ns);
+                        }
                         m.written(
                             cp.manifest.created_ms,
                             cp.manifest.state_bytes,

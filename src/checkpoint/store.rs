@@ -45,6 +45,8 @@ pub trait Store: Send {
     fn put(&mut self, key: &str, value: &[u8]) -> Result<(), StoreError>;
     /// Makes every value put so far durable.
     fn flush(&mut self) -> Result<(), StoreError>;
+    /// Removes one key (a key that is not there is no error); durable on return.
+    fn remove(&mut self, key: &str) -> Result<(), StoreError>;
     /// The current value of every key under `prefix`.
     fn load(&mut self, prefix: &str) -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
         self.load_where(prefix, &|_| true)
@@ -145,6 +147,19 @@ impl Store for DirStore {
             // every failed checkpoint's chunks stayed behind and kept the volume full.
             let _ = fs::remove_file(&tmp);
             return Err(e.into());
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, key: &str) -> Result<(), StoreError> {
+        let path = self.path(key);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        if let Some(d) = path.parent().and_then(|d| fs::File::open(d).ok()) {
+            let _ = d.sync_all();
         }
         Ok(())
     }
@@ -319,6 +334,12 @@ impl Store for KafkaStore {
                 Err((e, _)) => return Err(e.into()),
             }
         }
+    }
+
+    fn remove(&mut self, key: &str) -> Result<(), StoreError> {
+        // An empty value: `load_where` drops the key, and compaction keeps only it.
+        self.put(key, &[])?;
+        self.flush()
     }
 
     fn flush(&mut self) -> Result<(), StoreError> {
