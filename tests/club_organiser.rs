@@ -23,12 +23,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use linewatch::alert::Alert;
 use linewatch::config::Config;
-use linewatch::generate::{self, GenOptions};
 use linewatch::replay;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
+
+mod lookalike;
 
 const ORGANISERS: usize = 10;
 const MEMBERS: usize = 40;
@@ -36,42 +37,16 @@ const MEMBERS: usize = 40;
 /// The city with ten organisers' texts and their members' answers added, and the
 /// organisers' lines.
 fn club_city() -> (Vec<u8>, Vec<String>) {
-    let opts = GenOptions {
-        seed: 1,
-        subscribers: 3_000,
-        days: 5,
-        ..GenOptions::default()
-    };
-    let (events, labels, _) = generate::generate_in_memory(&opts).unwrap();
+    let (events, labels) = lookalike::generated_city();
     let labelled: BTreeSet<&str> = labels
         .lines()
         .skip(1)
         .filter_map(|l| l.split(',').next())
         .collect();
-    let lines: Vec<&[u8]> = events
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
-        .collect();
-    // The generator's malformed lines pass as they are; a record's last fields are the
-    // person's own (SIM, handset, cell).
-    let parsed: Vec<Option<Value>> = lines
-        .iter()
-        .map(|l| {
-            serde_json::from_slice::<Value>(l).ok().filter(|v| {
-                v["ts"].as_i64().is_some_and(|t| t > 1_500_000_000_000)
-                    && v["from"].is_string()
-                    && v["to"].is_string()
-            })
-        })
-        .collect();
-    let start = parsed
-        .iter()
-        .flatten()
-        .filter_map(|v| v["ts"].as_i64())
-        .min()
-        .unwrap();
+    let city = lookalike::parse(&events);
+    let start = city.start;
     let mut last: BTreeMap<String, &Value> = BTreeMap::new();
-    for v in parsed.iter().flatten() {
+    for v in city.parsed.iter().flatten() {
         last.insert(v["from"].as_str().unwrap().into(), v);
     }
     let mut rng = ChaCha8Rng::seed_from_u64(3);
@@ -120,24 +95,7 @@ fn club_city() -> (Vec<u8>, Vec<String>) {
             }
         }
     }
-    extra.sort_by_key(|v| v["ts"].as_i64());
-    // Each added record goes in before the first record of the stream that is later.
-    let mut out = Vec::with_capacity(events.len() + extra.len() * 200);
-    let mut next = extra.iter().peekable();
-    for (line, v) in lines.iter().zip(&parsed) {
-        if let Some(ts) = v.as_ref().and_then(|v| v["ts"].as_i64()) {
-            while let Some(e) = next.next_if(|e| e["ts"].as_i64().unwrap() <= ts) {
-                out.extend_from_slice(e.to_string().as_bytes());
-                out.push(b'\n');
-            }
-        }
-        out.extend_from_slice(line);
-        out.push(b'\n');
-    }
-    for e in next {
-        out.extend_from_slice(e.to_string().as_bytes());
-        out.push(b'\n');
-    }
+    let out = lookalike::merge(&city, extra, |_| None);
     (out, organisers.iter().map(|o| (*o).clone()).collect())
 }
 

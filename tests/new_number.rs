@@ -23,11 +23,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use linewatch::alert::Alert;
 use linewatch::config::Config;
-use linewatch::generate::{self, GenOptions};
 use linewatch::replay;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
+
+mod lookalike;
 
 /// The person's new line, and how many friends the blast went to.
 struct Changed {
@@ -39,13 +40,7 @@ struct Changed {
 /// The city with the `k` lines `pick` accepts (by their label, `None` for none) that had the
 /// most contacts before the change given new numbers, as the module says.
 fn changed_city(pick: fn(Option<&str>) -> bool, k: usize) -> (Vec<u8>, Vec<Changed>) {
-    let opts = GenOptions {
-        seed: 1,
-        subscribers: 3_000,
-        days: 5,
-        ..GenOptions::default()
-    };
-    let (events, labels, _) = generate::generate_in_memory(&opts).unwrap();
+    let (events, labels) = lookalike::generated_city();
     let label: HashMap<&str, &str> = labels
         .lines()
         .skip(1)
@@ -55,31 +50,12 @@ fn changed_city(pick: fn(Option<&str>) -> bool, k: usize) -> (Vec<u8>, Vec<Chang
         })
         .collect();
     let mut rng = ChaCha8Rng::seed_from_u64(7);
-    let lines: Vec<&[u8]> = events
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
-        .collect();
-    // Valid records only are rewritten; the generator's malformed lines pass as they are.
-    let parsed: Vec<Option<Value>> = lines
-        .iter()
-        .map(|l| {
-            serde_json::from_slice::<Value>(l).ok().filter(|v| {
-                v["ts"].as_i64().is_some_and(|t| t > 1_500_000_000_000)
-                    && v["from"].is_string()
-                    && v["to"].is_string()
-            })
-        })
-        .collect();
-    let start = parsed
-        .iter()
-        .flatten()
-        .filter_map(|v| v["ts"].as_i64())
-        .min()
-        .unwrap();
+    let city = lookalike::parse(&events);
+    let start = city.start;
     let change_at = start + (2.75 * 86_400_000.0) as i64;
     let mut contacts: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut last: HashMap<String, Value> = HashMap::new();
-    for v in parsed.iter().flatten() {
+    for v in city.parsed.iter().flatten() {
         let (from, to) = (v["from"].as_str().unwrap(), v["to"].as_str().unwrap());
         if v["ts"].as_i64().unwrap() < change_at {
             contacts.entry(from.into()).or_default().insert(to.into());
@@ -147,26 +123,11 @@ fn changed_city(pick: fn(Option<&str>) -> bool, k: usize) -> (Vec<u8>, Vec<Chang
             friends: friends.len(),
         });
     }
-    extra.sort_by_key(|v| v["ts"].as_i64());
-    // Each added record goes in before the first record of the stream that is later.
-    let mut out = Vec::with_capacity(events.len() + extra.len() * 200);
-    let mut next = extra.iter().peekable();
-    for (line, v) in lines.iter().zip(&parsed) {
-        let Some(v) = v else {
-            out.extend_from_slice(line);
-            out.push(b'\n');
-            continue;
-        };
-        let ts = v["ts"].as_i64().unwrap();
-        while let Some(e) = next.next_if(|e| e["ts"].as_i64().unwrap() <= ts) {
-            out.extend_from_slice(e.to_string().as_bytes());
-            out.push(b'\n');
-        }
+    let out = lookalike::merge(&city, extra, |v| {
         let (from, to) = (v["from"].as_str().unwrap(), v["to"].as_str().unwrap());
+        let ts = v["ts"].as_i64().unwrap();
         if ts < change_at || !(renamed.contains_key(from) || renamed.contains_key(to)) {
-            out.extend_from_slice(line);
-            out.push(b'\n');
-            continue;
+            return None;
         }
         let mut w = v.clone();
         if let Some((new, sim)) = renamed.get(from) {
@@ -178,13 +139,8 @@ fn changed_city(pick: fn(Option<&str>) -> bool, k: usize) -> (Vec<u8>, Vec<Chang
         if let Some((new, _)) = renamed.get(to) {
             w["to"] = json!(new);
         }
-        out.extend_from_slice(w.to_string().as_bytes());
-        out.push(b'\n');
-    }
-    for e in next {
-        out.extend_from_slice(e.to_string().as_bytes());
-        out.push(b'\n');
-    }
+        Some(w)
+    });
     (out, changed)
 }
 
