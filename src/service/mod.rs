@@ -627,9 +627,9 @@ const STAGE_CLOSE_GRACE: Duration = Duration::from_secs(5);
 ///
 /// `consumer` and `pipeline` must hold the last references to the consumer and producers:
 /// dropping the last one closes the client, and a consumer's close polls until librdkafka
-/// says it is closed, without a limit (after a fence it once did not for 90 s). Done on an
-/// async thread, that close would hold the stop, and the exit, with it; here it is given
-/// up after the bound, and the process exit does not wait for it.
+/// says it is closed, without a limit (the likeliest reason a fenced instance in CI did not
+/// exit for 90 s). Done on an async thread, that close would hold the stop, and the exit,
+/// with it; here it is given up after the bound, and the process exit does not wait for it.
 async fn close_consumer(
     consumer: Arc<Source>,
     pipeline: pipeline::Pipeline,
