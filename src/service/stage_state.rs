@@ -564,7 +564,7 @@ fn write_jobs(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::store::DirStore;
+    use crate::checkpoint::store::{DirStore, StoreError};
     use crate::generate::{self, GenOptions};
     use crate::streams::ingest::IngestStage;
 
@@ -651,6 +651,81 @@ mod tests {
 
     fn fallbacks(m: &CheckpointMetrics, reason: Fallback) -> u64 {
         m.fallback_count(reason)
+    }
+
+    /// A directory store whose writes fail while `broken` is set (a full volume: removing
+    /// files still works).
+    struct Breakable {
+        inner: DirStore,
+        broken: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Store for Breakable {
+        fn kind(&self) -> &'static str {
+            "dir"
+        }
+        fn put(&mut self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+            if self.broken.load(Ordering::SeqCst) {
+                return Err(StoreError::Other("no space left on device".into()));
+            }
+            self.inner.put(key, value)
+        }
+        fn flush(&mut self) -> Result<(), StoreError> {
+            self.inner.flush()
+        }
+        fn remove(&mut self, key: &str) -> Result<(), StoreError> {
+            self.inner.remove(key)
+        }
+        fn load_where(
+            &mut self,
+            prefix: &str,
+            keep: &dyn Fn(&str) -> bool,
+        ) -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
+            self.inner.load_where(prefix, keep)
+        }
+    }
+
+    /// Unlike the input checkpoints' restore, which tries the stores in order (and so has a
+    /// store that missed a checkpoint retire its older one), this one reads every store and
+    /// keeps the newest: a store that missed checkpoints is passed over as it is.
+    #[test]
+    fn a_store_that_missed_a_stage_checkpoint_does_not_restore_its_older_one_first() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (first, second) = (dir.path().join("first"), dir.path().join("second"));
+        let c = cfg();
+        let topics = InternalTopics::for_group("g");
+        let msgs = messages();
+        let mut stage = Stage::new(&c, 0, N);
+        run(&mut stage, &msgs[..msgs.len() / 2]);
+        let broken = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let readers = || -> Vec<Box<dyn Store>> {
+            vec![
+                Box::new(DirStore::new(&first).expect("dir")),
+                Box::new(DirStore::new(&second).expect("dir")),
+            ]
+        };
+        let writers: Vec<Box<dyn Store>> = vec![
+            Box::new(Breakable {
+                inner: DirStore::new(&first).expect("dir"),
+                broken: broken.clone(),
+            }),
+            Box::new(DirStore::new(&second).expect("dir")),
+        ];
+        let metrics = || CheckpointMetrics::register(&Registry::new());
+        let stage_metrics = || StageStateMetrics::register(&Registry::new());
+        let mut ck =
+            StageCheckpoints::with_stores(&c, writers, readers(), metrics(), stage_metrics());
+        assert!(ck.take(0, &stage, &[], offsets(&topics, 0, 100), &c, true));
+        // The first store's volume fills; the second takes the next two.
+        broken.store(true, Ordering::SeqCst);
+        for base in [200, 300] {
+            assert!(ck.take(0, &stage, &[], offsets(&topics, 0, base), &c, true));
+        }
+        let mut other =
+            StageCheckpoints::with_stores(&c, Vec::new(), readers(), metrics(), stage_metrics());
+        let got = other.restore(&[0], &c);
+        // Not the first store's checkpoint at 100.
+        assert_eq!(got[&0].offsets, offsets(&topics, 0, 300));
     }
 
     #[test]
