@@ -127,6 +127,16 @@ struct CreditPart {
     detail: Value,
 }
 
+/// Whether a score reaches the threshold (sums of weights, so compared with a little slack).
+fn reaches(score: f64, threshold: f64) -> bool {
+    score + 1e-9 >= threshold
+}
+
+/// A score as the evidence shows it: three decimals.
+fn shown(score: f64) -> f64 {
+    (score * 1000.0).round() / 1000.0
+}
+
 impl CreditPart {
     fn new(part: Part, detail: Value) -> Self {
         CreditPart { part, detail }
@@ -135,7 +145,7 @@ impl CreditPart {
     /// A predecessor that was a deal line when the handover was found: its score, and the
     /// threshold it reached.
     fn predecessor(earlier_line: &str, earlier_score: f64, threshold: f64) -> Self {
-        let es = (earlier_score * 1000.0).round() / 1000.0;
+        let es = shown(earlier_score);
         let d = json!({"earlier_line": earlier_line, "earlier_score": es, "threshold": threshold});
         CreditPart::new(Part::Predecessor, d)
     }
@@ -355,7 +365,7 @@ impl DealLine {
                         touched.push(old_id);
                     }
                     let mut parts = vec![new_part];
-                    if let Some(es) = earlier_score.filter(|es| *es + 1e-9 >= cfg.threshold) {
+                    if let Some(es) = earlier_score.filter(|es| reaches(*es, cfg.threshold)) {
                         parts.push(CreditPart::predecessor(&old_line, es, cfg.threshold));
                     }
                     let c = Credit::new(&new_line, parts, Some(&old_line), None);
@@ -449,18 +459,17 @@ impl DealLine {
             return;
         };
         let score = self.score(v, at);
-        if score + 1e-9 < self.cfg.threshold {
+        if !reaches(score, self.cfg.threshold) {
             return;
         }
-        let since = at.saturating_sub(ids::span_ms(self.cfg.lookback_s));
+        let since = self.since(at);
         let earlier = v
             .earlier
             .as_ref()
             .filter(|(_, t)| *t >= since)
             .map(|(n, _)| &**n);
         if let Some(earlier) = earlier {
-            let s = (score * 1000.0).round() / 1000.0;
-            let d = json!({"new_line": &*v.line, "new_score": s, "threshold": self.cfg.threshold});
+            let d = json!({"new_line": &*v.line, "new_score": shown(score), "threshold": self.cfg.threshold});
             let c = Credit::new(
                 earlier,
                 vec![CreditPart::new(Part::Successor, d)],
@@ -488,7 +497,7 @@ impl DealLine {
             }
         }
         let mut evidence = serde_json::Map::new();
-        evidence.insert("score".into(), json!((score * 1000.0).round() / 1000.0));
+        evidence.insert("score".into(), json!(shown(score)));
         evidence.insert("threshold".into(), json!(self.cfg.threshold));
         evidence.insert("lookback_s".into(), json!(self.cfg.lookback_s));
         evidence.insert(
@@ -511,8 +520,13 @@ impl DealLine {
         });
     }
 
+    /// The start of the lookback that ends at `at`: evidence older than this no longer counts.
+    fn since(&self, at: Millis) -> Millis {
+        at.saturating_sub(ids::span_ms(self.cfg.lookback_s))
+    }
+
     fn score(&self, v: &LineVerdict, now: Millis) -> f64 {
-        let since = now.saturating_sub(ids::span_ms(self.cfg.lookback_s));
+        let since = self.since(now);
         let held = |p: &Part| v.parts.get(*p).is_some_and(|c| c.at >= since);
         let sum: f64 = PARTS
             .iter()
@@ -661,7 +675,7 @@ impl Detector for DealLine {
         if let Some((new_id, new_line)) = &c.successor {
             let threshold = self.cfg.threshold;
             let earlier_score = self.lines.get(&id).map(|v| self.score(v, e.at));
-            if let Some(es) = earlier_score.filter(|es| *es + 1e-9 >= threshold) {
+            if let Some(es) = earlier_score.filter(|es| reaches(*es, threshold)) {
                 let parts = vec![CreditPart::predecessor(&c.line, es, threshold)];
                 let answer = Credit::new(new_line, parts, Some(&c.line), None);
                 let body = Body::DealCredit(answer);
@@ -677,10 +691,10 @@ impl Detector for DealLine {
             // once, and not at all for a line already a deal line on its own evidence (each
             // telling would make it fire again, an alert each cooldown while the successor
             // is active).
-            let since = e.at.saturating_sub(ids::span_ms(self.cfg.lookback_s));
+            let since = self.since(e.at);
             let known = self.lines.get(&id).is_some_and(|v| {
                 v.parts.get(Part::Successor).is_some_and(|s| s.at >= since)
-                    || self.score(v, e.at) + 1e-9 >= self.cfg.threshold
+                    || reaches(self.score(v, e.at), self.cfg.threshold)
             });
             if known {
                 return;
@@ -692,7 +706,7 @@ impl Detector for DealLine {
     }
 
     fn expire(&mut self, watermark: Millis) {
-        let cutoff = watermark.saturating_sub(ids::span_ms(self.cfg.lookback_s));
+        let cutoff = self.since(watermark);
         self.lines.retain(|_, v| {
             v.related.retain(|r| r.1 >= cutoff);
             v.last_at >= cutoff
@@ -921,6 +935,17 @@ mod tests {
         )
     }
 
+    /// `line_handover` finding `new` took `old`'s customers over at `at` (overlap 0.9).
+    fn handover(new: &str, old: &str, at: Millis) -> Finding {
+        finding(
+            crate::detect::line_handover::NAME,
+            new,
+            at,
+            evidence! {"overlap" => 0.9},
+            vec![new, old],
+        )
+    }
+
     /// Every contribution carries its figures and the thresholds they met, as every other
     /// detector's evidence does: the bulk rule's and the repeat's, the fan-in rule's (the
     /// callback rule's callbacks too), the handover's, the churn's, the runner's and the
@@ -1108,13 +1133,7 @@ mod tests {
     fn a_handover_with_only_one_off_evidence_is_no_verdict_until_adverts_repeat() {
         let mut d = DealLine::new(&Config::default(), 100);
         run(&mut d, 0, &[bulk("old", 0, 0.0), fan_in("old", 0)]);
-        let h = finding(
-            crate::detect::line_handover::NAME,
-            "new",
-            DAY,
-            evidence! {"overlap" => 0.9},
-            vec!["new", "old"],
-        );
+        let h = handover("new", "old", DAY);
         // Bulk (0.25) + fan-in (0.25) + handover (0.35) on the old line: 0.85, all one-off.
         assert!(run(&mut d, DAY, &[h]).is_empty());
         let t = DAY + HOUR;
@@ -1146,13 +1165,7 @@ mod tests {
     fn an_earlier_line_is_called_a_deal_line_once_its_successor_is() {
         let mut d = DealLine::new(&Config::default(), 100);
         run(&mut d, 0, &[bulk("old", 0, 0.0), fan_in("old", 0)]);
-        let h = finding(
-            crate::detect::line_handover::NAME,
-            "new",
-            HOUR,
-            evidence! {"overlap" => 0.9},
-            vec!["new", "old"],
-        );
+        let h = handover("new", "old", HOUR);
         assert!(run(&mut d, HOUR, &[h]).is_empty());
         assert!(run(&mut d, 2 * HOUR, &[bulk("new", 2 * HOUR, 0.0)]).is_empty());
         let t = DAY + 2 * HOUR;
@@ -1178,15 +1191,6 @@ mod tests {
     #[test]
     fn a_chain_of_lines_handed_on_is_called_back_to_its_first() {
         let mut d = DealLine::new(&Config::default(), 100);
-        let handover = |new: &str, old: &str, at: Millis| {
-            finding(
-                crate::detect::line_handover::NAME,
-                new,
-                at,
-                evidence! {"overlap" => 0.9},
-                vec![new, old],
-            )
-        };
         run(&mut d, 0, &[bulk("a", 0, 0.0), fan_in("a", 0)]);
         assert!(run(&mut d, HOUR, &[handover("b", "a", HOUR)]).is_empty());
         let t = 2 * HOUR;
@@ -1204,13 +1208,7 @@ mod tests {
         let mut d = DealLine::new(&Config::default(), 100);
         run(&mut d, 0, &[bulk("old", 0, 0.0), fan_in("old", 0)]);
         assert_eq!(run(&mut d, DAY, &[bulk("old", DAY, 0.9)]).len(), 1);
-        let h = finding(
-            crate::detect::line_handover::NAME,
-            "new",
-            2 * DAY,
-            evidence! {"overlap" => 0.9},
-            vec!["new", "old"],
-        );
+        let h = handover("new", "old", 2 * DAY);
         run(&mut d, 2 * DAY, &[h]);
         // Handover (0.35) + inherited (0.25) + its own first advert (0.25): no fan-in needed.
         let out = run(&mut d, 2 * DAY + HOUR, &[bulk("new", 2 * DAY + HOUR, 0.0)]);
@@ -1379,13 +1377,7 @@ mod tests {
         };
         step(&mut shards, 0, &[bulk(&old, 0, 0.0), fan_in(&old, 0)]);
         assert_eq!(step(&mut shards, DAY, &[bulk(&old, DAY, 0.9)]).len(), 1);
-        let h = finding(
-            crate::detect::line_handover::NAME,
-            &new,
-            2 * DAY,
-            evidence! {"overlap" => 0.9},
-            vec![&new, &old],
-        );
+        let h = handover(&new, &old, 2 * DAY);
         let out = step(&mut shards, 2 * DAY, &[h]);
         // The old line (on its shard) with the handover, then the new line with handover
         // and predecessor (0.6): both at the handover's time.
