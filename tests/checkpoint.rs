@@ -423,38 +423,6 @@ mod forked {
         (r.manifest.offsets[0].offset, r.engine.counters().clone())
     }
 
-    /// A directory store whose writes fail while `broken` is set (a full volume: removing
-    /// files still works).
-    struct Breakable {
-        inner: DirStore,
-        broken: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    }
-
-    impl Store for Breakable {
-        fn kind(&self) -> &'static str {
-            "dir"
-        }
-        fn put(&mut self, key: &str, value: &[u8]) -> Result<(), store::StoreError> {
-            if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
-                return Err(store::StoreError::Other("no space left on device".into()));
-            }
-            self.inner.put(key, value)
-        }
-        fn flush(&mut self) -> Result<(), store::StoreError> {
-            self.inner.flush()
-        }
-        fn remove(&mut self, key: &str) -> Result<(), store::StoreError> {
-            self.inner.remove(key)
-        }
-        fn load_where(
-            &mut self,
-            prefix: &str,
-            keep: &dyn Fn(&str) -> bool,
-        ) -> Result<BTreeMap<String, Vec<u8>>, store::StoreError> {
-            self.inner.load_where(prefix, keep)
-        }
-    }
-
     #[test]
     fn a_store_that_missed_a_checkpoint_does_not_restore_its_older_one_first() {
         let dir = tempfile::tempdir().unwrap();
@@ -462,7 +430,7 @@ mod forked {
         let cfg = config(&first);
         let broken = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stores: Vec<Box<dyn Store>> = vec![
-            Box::new(Breakable {
+            Box::new(store::WritesFail {
                 inner: DirStore::new(&first).unwrap(),
                 broken: broken.clone(),
             }),

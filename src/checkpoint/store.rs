@@ -126,6 +126,43 @@ fn decode_segment(name: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// A [`DirStore`] whose writes fail while `broken` is set, as on a full volume (removing
+/// files still works): for tests of what a failing store does to checkpoints.
+#[doc(hidden)]
+pub struct WritesFail {
+    pub inner: DirStore,
+    pub broken: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Store for WritesFail {
+    fn kind(&self) -> &'static str {
+        "dir"
+    }
+
+    fn put(&mut self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Other("no space left on device".into()));
+        }
+        self.inner.put(key, value)
+    }
+
+    fn flush(&mut self) -> Result<(), StoreError> {
+        self.inner.flush()
+    }
+
+    fn remove(&mut self, key: &str) -> Result<(), StoreError> {
+        self.inner.remove(key)
+    }
+
+    fn load_where(
+        &mut self,
+        prefix: &str,
+        keep: &dyn Fn(&str) -> bool,
+    ) -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
+        self.inner.load_where(prefix, keep)
+    }
+}
+
 impl Store for DirStore {
     fn kind(&self) -> &'static str {
         "dir"

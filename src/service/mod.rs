@@ -348,8 +348,6 @@ pub async fn run(
             Some(c) => c,
             None => Clients::build(&running, &settings, &metrics, &status, &dead_letter_cap)?,
         };
-        let consumer = c.consumer.clone();
-        let txn = c.txn.clone();
         let mut pipeline = pipeline::Pipeline {
             engine: {
                 let mut e = Engine::with_shards(running.clone(), running.service.shards);
@@ -400,14 +398,14 @@ pub async fn run(
         };
         // The engine keeps the thresholds of live reloads; its state is dropped below.
         running = pipeline.engine.config().clone();
+        // The pipeline goes whole to `close_consumer`; its reload channel serves the next.
         reloads = std::mem::replace(&mut pipeline.reloads, mpsc::channel(1).1);
-        if let (Err(e), Some(t)) = (&r, &txn) {
+        if let (Err(e), Some(t)) = (&r, &pipeline.txn) {
             // The consumer's close below revokes its partitions: the revoke must not touch
             // a transaction that failed.
             t.fail(txn::TxnError::Fatal(e.to_string()));
         }
-        drop(txn);
-        close_consumer(consumer, pipeline, stopped_at, drain_s).await;
+        close_consumer(pipeline, stopped_at, drain_s).await;
         match r {
             Err(ServiceError::Rewind { reason, message }) if stopped_at.is_none() => {
                 if started.elapsed() > Duration::from_secs(60) {
@@ -625,13 +623,12 @@ const STAGE_CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// threads and bounded by what is left of the drain time. Offsets are committed already; a
 /// group left uncleanly only delays the next member's assignment by the session timeout.
 ///
-/// `consumer` and `pipeline` must hold the last references to the consumer and producers:
+/// `pipeline` must hold the last references to the consumer and producers:
 /// dropping the last one closes the client, and a consumer's close polls until librdkafka
 /// says it is closed, without a limit (the likeliest reason a fenced instance in CI did not
 /// exit for 90 s). Done on an async thread, that close would hold the stop, and the exit,
 /// with it; here it is given up after the bound, and the process exit does not wait for it.
 async fn close_consumer(
-    consumer: Arc<Source>,
     pipeline: pipeline::Pipeline,
     stopped_at: Option<std::time::Instant>,
     drain_s: u64,
@@ -640,6 +637,7 @@ async fn close_consumer(
         Duration::from_secs(drain_s).saturating_sub(t.elapsed())
     });
     let closing = tokio::task::spawn_blocking(move || {
+        let consumer = pipeline.consumer.clone();
         consumer.unsubscribe();
         // The producers first, as before the consumer's close (its revoke uses neither).
         drop(pipeline);

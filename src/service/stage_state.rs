@@ -564,7 +564,7 @@ fn write_jobs(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::store::{DirStore, StoreError};
+    use crate::checkpoint::store::{DirStore, WritesFail};
     use crate::generate::{self, GenOptions};
     use crate::streams::ingest::IngestStage;
 
@@ -653,38 +653,6 @@ mod tests {
         m.fallback_count(reason)
     }
 
-    /// A directory store whose writes fail while `broken` is set (a full volume: removing
-    /// files still works).
-    struct Breakable {
-        inner: DirStore,
-        broken: Arc<std::sync::atomic::AtomicBool>,
-    }
-
-    impl Store for Breakable {
-        fn kind(&self) -> &'static str {
-            "dir"
-        }
-        fn put(&mut self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-            if self.broken.load(Ordering::SeqCst) {
-                return Err(StoreError::Other("no space left on device".into()));
-            }
-            self.inner.put(key, value)
-        }
-        fn flush(&mut self) -> Result<(), StoreError> {
-            self.inner.flush()
-        }
-        fn remove(&mut self, key: &str) -> Result<(), StoreError> {
-            self.inner.remove(key)
-        }
-        fn load_where(
-            &mut self,
-            prefix: &str,
-            keep: &dyn Fn(&str) -> bool,
-        ) -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
-            self.inner.load_where(prefix, keep)
-        }
-    }
-
     /// Unlike the input checkpoints' restore, which tries the stores in order (and so has a
     /// store that missed a checkpoint retire its older one), this one reads every store and
     /// keeps the newest: a store that missed checkpoints is passed over as it is.
@@ -705,7 +673,7 @@ mod tests {
             ]
         };
         let writers: Vec<Box<dyn Store>> = vec![
-            Box::new(Breakable {
+            Box::new(WritesFail {
                 inner: DirStore::new(&first).expect("dir"),
                 broken: broken.clone(),
             }),
