@@ -325,6 +325,17 @@ pub struct DealLineConfig {
     /// who once texted every friend and later texts them all "new number" shows all three.
     /// `false` sums every kind alike, as before 2026-12-07.
     pub require_sustained: bool,
+    /// Adverts sent again (`weight_repeat_bulk`) count as evidence only a line in the trade
+    /// keeps showing once `customer_fan_in` has seen the line call back
+    /// `customer_fan_in.min_callbacks` of its customers within the window, each within
+    /// `customer_fan_in.callback_within_s` of their contact: deals confirmed, as police
+    /// practice counts them. A club organiser texts the same members twice a week and reads
+    /// their replies; a deal line serves them. Stands aside while `customer_fan_in` is
+    /// disabled. `false` lets adverts sent again count alone, as before 2026-12-08.
+    pub repeat_needs_callbacks: bool,
+    /// Weight of confirmed deals (`customer_callbacks`): 0, since they confirm rather than
+    /// add (an ordinary person rings friends back too).
+    pub weight_callbacks: f64,
     /// Two findings of one kind this far apart are a repeat (a later day), not one episode.
     pub repeat_gap_s: u64,
     /// A handset seen with more SIMs than this is a test or repair handset, not a burner:
@@ -348,6 +359,8 @@ impl Default for DealLineConfig {
             weight_predecessor: 0.25,
             weight_runner: 0.2,
             require_sustained: true,
+            repeat_needs_callbacks: true,
+            weight_callbacks: 0.0,
             repeat_gap_s: 43_200,
             churn_max_sims: 12,
         }
@@ -1165,6 +1178,7 @@ impl Config {
             ("deal_line.weight_handset_churn", d.weight_handset_churn),
             ("deal_line.weight_predecessor", d.weight_predecessor),
             ("deal_line.weight_runner", d.weight_runner),
+            ("deal_line.weight_callbacks", d.weight_callbacks),
         ];
         for (key, w) in weights {
             r.fraction(key, w, 0.0, false, 1.0);

@@ -601,15 +601,35 @@ fn deal(ev: &Map<String, Value>, alert_score: f64) -> Part {
     // trade keeps showing ([`deal_line::is_sustained`]): say which this one has.
     match ev.get("require_sustained").and_then(Value::as_bool) {
         Some(true) => {
-            let sustained: Vec<&str> = items
+            let kinds: Vec<&str> = items
                 .iter()
                 .filter_map(|c| c.get("evidence").and_then(Value::as_str))
-                .filter(|k| deal_line::is_sustained(k))
                 .collect();
+            // Since 2026-12-08 adverts sent again count only with confirmed deals beside
+            // them (`repeat_needs_callbacks`, in the evidence since then).
+            let needs_callbacks = ev.get("repeat_needs_callbacks").and_then(Value::as_bool);
+            let confirmed = kinds.contains(&deal_line::CALLBACKS);
+            let sustained: Vec<String> = kinds
+                .iter()
+                .filter(|k| deal_line::is_sustained(k))
+                .filter_map(|k| match (*k, needs_callbacks) {
+                    ("repeat_bulk_sms", Some(true)) if confirmed => {
+                        Some(format!("{k} with {}", deal_line::CALLBACKS))
+                    }
+                    ("repeat_bulk_sms", Some(true)) => None,
+                    _ => Some(k.to_string()),
+                })
+                .collect();
+            let adverts = if needs_callbacks == Some(true) {
+                "adverts sent again with deals confirmed beside them (customers rung back within \
+                 minutes: deal_line.repeat_needs_callbacks = true)"
+            } else {
+                "adverts sent again"
+            };
             let _ = writeln!(
                 s,
                 "One-off behaviours alone (one bulk send, its replies, a number handed over) are \
-                 never a verdict, however they add up: it also needs adverts sent again, a burner \
+                 never a verdict, however they add up: it also needs {adverts}, a burner \
                  handset, a deal line across a handover or a runner \
                  (deal_line.require_sustained = true). {}",
                 match sustained.as_slice() {
@@ -775,6 +795,20 @@ fn contribution(kind: &str, c: &Map<String, Value>) -> String {
                 n("sims")
             );
             (what, why)
+        }
+        "customer_callbacks" => {
+            let mut what = format!(
+                "deals confirmed: the line (or a number it calls for it) rang or texted back {} \
+                 customers, each within {} of their contact",
+                n("callbacks"),
+                c.get("callback_within_s")
+                    .and_then(Value::as_u64)
+                    .map_or_else(|| "minutes".to_string(), dur)
+            );
+            if let Some(w) = c.get("window_s").and_then(Value::as_u64) {
+                let _ = write!(what, ", within {}", dur(w));
+            }
+            (what, vs(&[("callbacks", "min_callbacks")]))
         }
         "runner_movement" => (
             format!(

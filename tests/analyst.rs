@@ -285,7 +285,7 @@ fn replay_ends_with_a_count_line_and_warns_when_most_lines_are_malformed() {
     let line = err.trim_end();
     assert_eq!(line.lines().count(), 1, "{err}");
     assert!(
-        line.starts_with("replay: 196 records: 196 valid, 0 malformed, 0 duplicate, 0 late; "),
+        line.starts_with("replay: 211 records: 211 valid, 0 malformed, 0 duplicate, 0 late; "),
         "{line}"
     );
     assert!(!err.contains("warning"), "{err}");
@@ -300,7 +300,7 @@ fn replay_ends_with_a_count_line_and_warns_when_most_lines_are_malformed() {
     let (code, _, err) = run(bin().args(["replay", "--input"]).arg(&spaced));
     assert_eq!(code, Some(0), "{err}");
     assert!(
-        err.starts_with("replay: 196 records (and 3 blank lines): 196 valid, 0 malformed, "),
+        err.starts_with("replay: 211 records (and 3 blank lines): 211 valid, 0 malformed, "),
         "{err}"
     );
 

@@ -7,17 +7,20 @@
 //! subscribers each text 40 other ordinary subscribers from 17:00 on the second and the
 //! fourth day.
 //!
-//! Measured 2026-12-07 with the defaults: `bulk_sms` and `customer_fan_in` fire on all ten,
-//! as they should (each describes what it saw), **and so does `deal_line`, on all ten**: a
-//! bulk send 0.25, the same list again on a later day 0.25 (a kind of evidence that
-//! repeats, so `require_sustained` lets the sum stand) and the members' replies as fan-in
-//! 0.25: 0.75 against 0.7, and 0.85 once their replies come again on the later day (0.1).
-//! At `deal_line.threshold` 0.85 all ten are still flagged, at 0.9 none, but at 0.9 the
-//! seed-7 city's deal lines are found a median 37 hours after their first activity
-//! (15.7 minutes at 0.7; docs/analysts.md). This is a known
-//! false positive, not fixed yet: `no_organiser_is_called_a_deal_line` is ignored until it
-//! is (`cargo test --test club_organiser -- --ignored` shows it failing), and the README's
-//! limits say so.
+//! Measured 2026-12-07 with the defaults of then: `bulk_sms` and `customer_fan_in` fire on
+//! all ten, as they should (each describes what it saw), **and so did `deal_line`, on all
+//! ten**: a bulk send 0.25, the same list again on a later day 0.25 (a kind of evidence that
+//! repeats, so `require_sustained` let the sum stand) and the members' replies as fan-in
+//! 0.25: 0.75 against 0.7, and 0.85 once their replies came again on the later day (0.1).
+//!
+//! Since 2026-12-08 (`deal_line.repeat_needs_callbacks`), adverts sent again count as
+//! evidence that repeats only once the line has been seen confirming deals: four customers
+//! rung or texted back within ten minutes of their contact, within six hours (police
+//! practice counts such a callback as a deal confirmed). An organiser reads the replies; a
+//! deal line serves them. **One organiser of the ten is still called a deal line**: on the
+//! fifth day it rang four people it had texted back within minutes of their contact, inside
+//! six hours, from its ordinary traffic. The rule narrows the look-alike to organisers who
+//! also ring their people back like that; it does not remove it (README, Limits).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -122,11 +125,42 @@ fn the_single_purpose_detectors_see_every_organiser() {
     assert_eq!(by.get("customer_fan_in"), Some(&ORGANISERS), "{by:?}");
 }
 
+/// The organisers `deal_line` flags with `cfg`, and whether each verdict lists confirmed
+/// deals (`customer_callbacks`).
+fn deal_lines(cfg: Config, events: &[u8], organisers: &[String]) -> BTreeMap<String, bool> {
+    let (alerts, _) = replay::replay_bytes(cfg, events);
+    let mut flagged = BTreeMap::new();
+    for a in alerts.iter().filter(|a| a.detector == "deal_line") {
+        if organisers.contains(&a.subject) {
+            let c = a.evidence["contributions"].as_array().unwrap();
+            let confirmed = c.iter().any(|x| x["evidence"] == "customer_callbacks");
+            *flagged.entry(a.subject.clone()).or_default() |= confirmed;
+        }
+    }
+    flagged
+}
+
+/// Texting the same members twice a week and reading their replies is not a deal line; only
+/// an organiser also seen ringing its people back within minutes (deals confirmed, as
+/// police practice counts them) can be called one, and on this city that is one of ten.
 #[test]
-#[ignore = "known false positive (2026-12-07): deal_line flags all ten organisers at the defaults"]
-fn no_organiser_is_called_a_deal_line() {
+fn organisers_are_called_deal_lines_only_with_confirmed_deals() {
     let (events, organisers) = club_city();
-    let (alerts, _) = replay::replay_bytes(Config::default(), &events);
-    let by = flagged_by_detector(&alerts, &organisers);
-    assert_eq!(by.get("deal_line"), None, "{by:?}");
+    let flagged = deal_lines(Config::default(), &events, &organisers);
+    assert!(flagged.values().all(|&confirmed| confirmed), "{flagged:?}");
+    assert!(
+        flagged.len() <= 1,
+        "{} of {ORGANISERS}: {flagged:?}",
+        flagged.len()
+    );
+}
+
+/// The callback rule is what clears them: without it, all ten are flagged, as before it.
+#[test]
+fn without_the_callback_rule_every_organiser_is_called_a_deal_line() {
+    let (events, organisers) = club_city();
+    let mut cfg = Config::default();
+    cfg.deal_line.repeat_needs_callbacks = false;
+    let flagged = deal_lines(cfg, &events, &organisers);
+    assert_eq!(flagged.len(), ORGANISERS, "{flagged:?}");
 }

@@ -127,6 +127,49 @@ fn deal_line_says_whether_one_off_evidence_could_make_it() {
     );
 }
 
+/// With `repeat_needs_callbacks`, adverts sent again count as sustained only beside
+/// confirmed deals: the sentence names them together, reads the callbacks in words, and
+/// does not claim a repeat without them (an alert read with a changed config, or edited).
+#[test]
+fn deal_line_reads_confirmed_deals_and_claims_a_repeat_only_with_them() {
+    let contributions = serde_json::json!([
+        {"evidence": "bulk_sms", "weight": 0.25, "at": 1_759_708_800_000i64, "recipients": 40},
+        {"evidence": "repeat_bulk_sms", "weight": 0.25, "at": 1_759_708_800_000i64, "repeat_audience": 1.0},
+        {"evidence": "customer_fan_in", "weight": 0.25, "at": 1_759_708_800_000i64, "customers": 22},
+        {"evidence": "customer_callbacks", "weight": 0.0, "at": 1_759_708_000_000i64,
+         "callbacks": 4, "min_callbacks": 4, "callback_within_s": 600, "window_s": 21600}
+    ]);
+    let alert = |contributions: serde_json::Value| {
+        odd(
+            "deal_line",
+            serde_json::json!({"score": 0.75, "threshold": 0.7, "lookback_s": 345600,
+                "require_sustained": true, "repeat_needs_callbacks": true,
+                "contributions": contributions}),
+        )
+    };
+    let text = explain(&alert(contributions.clone()));
+    assert!(
+        text.contains(
+            "deals confirmed: the line (or a number it calls for it) rang or texted back 4 \
+             customers, each within 10 min of their contact, within 6 h: callbacks 4 >= \
+             min_callbacks 4"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("deal_line.repeat_needs_callbacks = true"),
+        "{text}"
+    );
+    assert!(
+        text.contains("This one has repeat_bulk_sms with customer_callbacks."),
+        "{text}"
+    );
+    let mut without = contributions.as_array().unwrap().clone();
+    without.pop();
+    let text = explain(&alert(without.into()));
+    assert!(text.contains("This alert lists none of those."), "{text}");
+}
+
 fn odd(detector: &str, evidence: serde_json::Value) -> Alert {
     serde_json::from_value(serde_json::json!({
         "alert_id": "0123456789abcdef0123456789abcdef",

@@ -154,8 +154,8 @@ fn golden_scenarios_show_their_point() {
                 .any(|c| c["evidence"] == "runner_movement")
     });
     assert!(named, "{alerts:#?}");
-    // 108 advert and fan-in records carry no cell, and one runner record.
-    assert_eq!(r["counts"]["records_without_cell"], 109);
+    // 118 advert, fan-in and callback records carry no cell, and one runner record.
+    assert_eq!(r["counts"]["records_without_cell"], 119);
     assert_eq!(r["counts"]["cells_unknown_to_map"], 1);
     let m = replay_fixture("malformed");
     assert_eq!(m["counts"]["events_malformed"], 10);

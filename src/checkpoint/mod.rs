@@ -40,8 +40,9 @@ use crate::event::Millis;
 /// themselves). 5: sections per shard. 6: each cooldown entry names its detector, so its
 /// subject (and owner) is known again and a checkpoint restores into any shard count. 7:
 /// `line_handover`'s answers name the shard that sent them, and a tally holds the set. 8:
-/// a `deal_line` verdict holds nine kinds of evidence (`successor_deal_line`).
-pub const FORMAT_VERSION: u32 = 8;
+/// a `deal_line` verdict holds nine kinds of evidence (`successor_deal_line`). 9: ten
+/// (`customer_callbacks`).
+pub const FORMAT_VERSION: u32 = 9;
 
 /// Chunk values stay at or under this: below the 1 MiB default message limit of brokers
 /// and clients even with the key and framing added.

@@ -197,6 +197,8 @@ impl CustomerFanIn {
             return;
         }
         let list = self.callbacks.entry(line_id).or_default();
+        let called_back = |l: &[(u32, u32)]| l.iter().filter(|c| c.1 >= since_s).count();
+        let before = called_back(list);
         let fp = ids::fp(customer);
         let stale = list.iter().any(|c| c.1 < since_s);
         match list.iter_mut().find(|c| c.0 == fp) {
@@ -210,6 +212,20 @@ impl CustomerFanIn {
                 }
                 *list = v.into_boxed_slice();
             }
+        }
+        // Deals confirmed: the line's verdict is told once each time the count in the
+        // window reaches `min_callbacks` (what `deal_line.repeat_needs_callbacks` waits for).
+        let min = self.cfg.min_callbacks as usize;
+        let after = called_back(list);
+        if before < min && after >= min {
+            let detail = serde_json::json!({
+                "callbacks": after,
+                "min_callbacks": self.cfg.min_callbacks,
+                "callback_within_s": self.cfg.callback_within_s,
+                "window_s": self.cfg.window_s,
+            });
+            let body = super::deal_line::callbacks_credit(line_name, detail);
+            ctx.outbox.push(Sent::new(Dest::Number(line_id), body));
         }
         self.judge_callbacks(line_id, line_name, at, ctx);
     }
@@ -841,6 +857,54 @@ mod tests {
         assert_eq!(f[0].subject, "line");
         assert_eq!(f[0].evidence["callbacks"], 4);
         assert_eq!(f[0].evidence["customers"], 8);
+    }
+
+    /// When the line has rung `min_callbacks` customers back within the window, its
+    /// `deal_line` verdict is told, once, as evidence (deals confirmed: what
+    /// `deal_line.repeat_needs_callbacks` waits for); a fifth callback tells it nothing new,
+    /// and the count reaching four again in a later window tells it again.
+    #[test]
+    fn the_fourth_callback_in_the_window_tells_the_lines_verdict_once() {
+        let (mut h, mut d) = (Harness::new(), det(100));
+        advert(&mut h, &mut d, 20);
+        let told = |h: &Harness| -> Vec<(Dest, Millis, Body)> {
+            h.inbox
+                .iter()
+                .filter(|e| matches!(e.body, Body::DealCredit(_)))
+                .map(|e| (e.dest, e.at, e.body.clone()))
+                .collect()
+        };
+        let want = |n: usize| {
+            let detail = serde_json::json!({"callbacks": n, "min_callbacks": 4,
+                "callback_within_s": 600, "window_s": 21600});
+            super::super::deal_line::callbacks_credit("line", detail)
+        };
+        let mut fourth = 0;
+        for (k, start) in [(0, HOUR), (1, 10 * HOUR)] {
+            for i in 0..5 {
+                let c = format!("c{}", k * 5 + i);
+                let t = start + i as Millis * 20 * MIN;
+                h.feed(&mut d, &call(&format!("in{k}{i}"), t, &c, "line", 30));
+                h.feed(&mut d, &sms(&format!("cb{k}{i}"), t + 3 * MIN, "line", &c));
+                if i == 3 {
+                    fourth = t + 3 * MIN;
+                }
+            }
+            let got = told(&h);
+            assert_eq!(got.len(), k + 1, "{got:?}");
+            let line = Dest::Number(ids::id("line"));
+            assert_eq!(got[k], (line, fourth, want(4)));
+        }
+        // Contacts not answered within `callback_within_s` are no callbacks.
+        let (mut h, mut d) = (Harness::new(), det(100));
+        advert(&mut h, &mut d, 20);
+        for i in 0..6 {
+            let c = format!("c{i}");
+            let t = HOUR + i as Millis * 20 * MIN;
+            h.feed(&mut d, &call(&format!("in{i}"), t, &c, "line", 30));
+            h.feed(&mut d, &sms(&format!("cb{i}"), t + 11 * MIN, "line", &c));
+        }
+        assert!(told(&h).is_empty());
     }
 
     #[test]

@@ -33,9 +33,10 @@ pub enum Part {
     Predecessor = 6,
     Runner = 7,
     Successor = 8,
+    Callbacks = 9,
 }
 
-const PARTS: [Part; 9] = [
+const PARTS: [Part; 10] = [
     Part::BulkSms,
     Part::RepeatBulk,
     Part::FanIn,
@@ -45,6 +46,7 @@ const PARTS: [Part; 9] = [
     Part::Predecessor,
     Part::Runner,
     Part::Successor,
+    Part::Callbacks,
 ];
 
 /// The kinds of evidence only a line in the trade keeps showing; with
@@ -72,6 +74,26 @@ pub fn is_sustained(label: &str) -> bool {
     SUSTAINED.iter().any(|p| p.label() == label)
 }
 
+/// The label of the confirmed deals a `customer_fan_in` callback count gives a line
+/// ([`callbacks_credit`]): with `deal_line.repeat_needs_callbacks`, what adverts sent again
+/// need beside them to be evidence only the trade keeps showing.
+pub const CALLBACKS: &str = "customer_callbacks";
+
+/// What `customer_fan_in` tells line `line`'s verdict when the line (or its crew) has called
+/// back `min_callbacks` distinct customers within the window, each within
+/// `callback_within_s` of the customer's contact: the deals police practice counts as
+/// confirmed. `detail` holds those figures.
+///
+/// It confirms rather than adds (`weight_callbacks` is 0 by default): an ordinary person
+/// rings friends back too. What it separates is a line that texts the same list again and
+/// then serves the replies (a deal line) from one that texts the same list again and only
+/// reads them: a club organiser's "game on tonight? reply IN" twice a week, which scored
+/// 0.85 on adverts sent again, fan-in and fan-in again (`tests/club_organiser.rs`).
+pub fn callbacks_credit(line: &str, detail: Value) -> Body {
+    let parts = vec![CreditPart::new(Part::Callbacks, detail)];
+    Body::DealCredit(Credit::new(line, parts, None, None))
+}
+
 impl Part {
     fn label(self) -> &'static str {
         match self {
@@ -84,6 +106,7 @@ impl Part {
             Part::Predecessor => "predecessor_deal_line",
             Part::Runner => "runner_movement",
             Part::Successor => "successor_deal_line",
+            Part::Callbacks => "customer_callbacks",
         }
     }
 
@@ -99,6 +122,7 @@ impl Part {
             Part::Runner => c.weight_runner,
             // The same tie as a predecessor's, seen from the other end.
             Part::Successor => c.weight_predecessor,
+            Part::Callbacks => c.weight_callbacks,
         }
     }
 }
@@ -125,6 +149,12 @@ struct CreditPart {
     part: Part,
     #[serde(with = "codec::json_text")]
     detail: Value,
+}
+
+/// Whether adverts sent again need confirmed deals to be sustained evidence (see
+/// [`DealLine`]'s field).
+fn repeat_needs_callbacks(cfg: &Config) -> bool {
+    cfg.deal_line.repeat_needs_callbacks && cfg.customer_fan_in.enabled
 }
 
 /// Whether a score reaches the threshold (sums of weights, so compared with a little slack).
@@ -162,7 +192,7 @@ struct Contribution {
 /// A verdict's contributions, at most one of each [`Part`]: only those it has, in a list of
 /// exactly their number (an array of all eight kinds, empty or not, was 320 bytes in every
 /// verdict's table slot: on the 150,000-subscriber city, 2.3 of the detector's 3.6 MB).
-/// Checkpoints keep the array of eight (the format from before: either build reads the
+/// Checkpoints keep an array of every kind (the format from before: either build reads the
 /// other's).
 #[derive(Clone, Default)]
 struct Parts(Vec<(Part, Contribution)>);
@@ -198,8 +228,8 @@ impl Parts {
         self.0.capacity() * std::mem::size_of::<(Part, Contribution)>()
     }
 
-    fn as_array(&self) -> [Option<&Contribution>; 9] {
-        let mut a = [None; 9];
+    fn as_array(&self) -> [Option<&Contribution>; 10] {
+        let mut a = [None; 10];
         for (p, c) in &self.0 {
             a[*p as usize] = Some(c);
         }
@@ -215,7 +245,7 @@ impl Serialize for Parts {
 
 impl<'de> Deserialize<'de> for Parts {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let a = <[Option<Contribution>; 9]>::deserialize(d)?;
+        let a = <[Option<Contribution>; 10]>::deserialize(d)?;
         let mut v: Vec<(Part, Contribution)> = PARTS
             .into_iter()
             .zip(a)
@@ -250,6 +280,10 @@ pub const MAX_RELATED: usize = 32;
 #[derive(Clone)]
 pub struct DealLine {
     cfg: DealLineConfig,
+    /// Adverts sent again are sustained evidence only with confirmed deals beside them:
+    /// `repeat_needs_callbacks`, and `customer_fan_in` enabled (which counts the callbacks;
+    /// without it there is nothing to wait for, and the rule stands aside).
+    repeat_needs_callbacks: bool,
     lines: IdMap<LineVerdict>,
     max_keys: usize,
     cap_hits: u64,
@@ -259,6 +293,7 @@ impl DealLine {
     pub fn new(cfg: &Config, max_keys: usize) -> Self {
         DealLine {
             cfg: cfg.deal_line.clone(),
+            repeat_needs_callbacks: repeat_needs_callbacks(cfg),
             lines: IdMap::default(),
             max_keys,
             cap_hits: 0,
@@ -504,6 +539,10 @@ impl DealLine {
             "require_sustained".into(),
             json!(self.cfg.require_sustained),
         );
+        evidence.insert(
+            "repeat_needs_callbacks".into(),
+            json!(self.repeat_needs_callbacks),
+        );
         evidence.insert("contributions".into(), Value::Array(contributions));
         out.push(Finding {
             detector: NAME,
@@ -533,7 +572,16 @@ impl DealLine {
             .filter(|p| held(p))
             .map(|p| p.weight(&self.cfg))
             .sum();
-        if self.cfg.require_sustained && !SUSTAINED.iter().any(held) {
+        // Adverts sent again count as sustained once deals were seen confirmed (the line
+        // rang its customers back): a club organiser repeats its texts too, and only reads
+        // the replies.
+        let sustained = |p: &Part| {
+            held(p)
+                && (*p != Part::RepeatBulk
+                    || !self.repeat_needs_callbacks
+                    || held(&Part::Callbacks))
+        };
+        if self.cfg.require_sustained && !SUSTAINED.iter().any(sustained) {
             // Only one-off behaviours: kept under the threshold (see [`SUSTAINED`]).
             return sum.min(self.cfg.threshold - 0.01);
         }
@@ -734,6 +782,7 @@ impl Detector for DealLine {
 
     fn reconfigure(&mut self, cfg: &Config) {
         self.cfg = cfg.deal_line.clone();
+        self.repeat_needs_callbacks = repeat_needs_callbacks(cfg);
         self.max_keys = cfg.engine.max_keys_per_detector;
     }
 
@@ -763,6 +812,7 @@ impl Detector for DealLine {
             .map(|(p, lines)| {
                 Box::new(DealLine {
                     cfg: self.cfg.clone(),
+                    repeat_needs_callbacks: self.repeat_needs_callbacks,
                     lines,
                     max_keys: self.max_keys,
                     cap_hits: if p == counted { cap_hits } else { 0 },
@@ -911,6 +961,22 @@ mod tests {
         out
     }
 
+    /// `customer_fan_in`'s word that `line` has rung four of its customers back, each
+    /// within 10 minutes of their contact (deals confirmed), applied at a barrier at `at`:
+    /// what `repeat_needs_callbacks` waits for before adverts sent again count as sustained.
+    fn confirm(shards: &mut [DealLine], line: &str, at: Millis) -> Vec<Finding> {
+        let detail = json!({"callbacks": 4, "min_callbacks": 4, "callback_within_s": 600,
+            "window_s": 21600});
+        let e = Evidence {
+            dest: Dest::Number(ids::id(line)),
+            at,
+            event_id: "cb".into(),
+            order: [at as u64, 0, 0, 0],
+            body: callbacks_credit(line, detail),
+        };
+        barrier(shards, vec![e])
+    }
+
     fn bulk(line: &str, at: Millis, repeat: f64) -> Finding {
         finding(
             bulk_sms_name(),
@@ -974,6 +1040,7 @@ mod tests {
             )
         };
         run(&mut d, 0, &[bulk_at("old", 0, 0.0), callbacks("old", 0)]);
+        assert!(confirm(std::slice::from_mut(&mut d), "old", DAY - HOUR).is_empty());
         let out = run(
             &mut d,
             DAY,
@@ -1070,6 +1137,11 @@ mod tests {
                 json!({"overlap": 0.9, "min_overlap": 0.5}),
             );
         }
+        has(
+            &of("customer_callbacks", None),
+            json!({"callbacks": 4, "min_callbacks": 4, "callback_within_s": 600,
+                "window_s": 21600, "at": DAY - HOUR, "weight": 0.0}),
+        );
         let pred = of("predecessor_deal_line", None);
         has(
             &pred,
@@ -1112,17 +1184,73 @@ mod tests {
         }
     }
 
+    /// Adverts to the same list again, with the customers' fan-in, and deals confirmed
+    /// (the line rang its customers back): a deal line. Without the callbacks this is also
+    /// what a club organiser shows ("game on tonight?" to the same members twice a week, and
+    /// their replies), so it waits for them; once they come it is called at once.
     #[test]
-    fn same_list_again_with_fan_in_is_a_deal_line_with_contributions() {
+    fn same_list_again_with_fan_in_is_a_deal_line_once_deals_are_confirmed() {
         let mut d = DealLine::new(&Config::default(), 100);
         assert!(run(&mut d, 0, &[bulk("line", 0, 0.0)]).is_empty());
         assert!(run(&mut d, HOUR, &[fan_in("line", HOUR)]).is_empty());
-        let out = run(&mut d, DAY, &[bulk("line", DAY, 0.9)]);
+        assert!(run(&mut d, DAY, &[bulk("line", DAY, 0.9)]).is_empty());
+        assert!(run(&mut d, DAY + HOUR, &[fan_in("line", DAY + HOUR)]).is_empty());
+        let out = confirm(std::slice::from_mut(&mut d), "line", DAY + 2 * HOUR);
         assert_eq!(out.len(), 1);
+        assert_eq!(out[0].event_time, DAY + 2 * HOUR);
         let c = out[0].evidence["contributions"].as_array().unwrap();
         let labels: Vec<_> = c.iter().map(|x| x["evidence"].as_str().unwrap()).collect();
-        assert_eq!(labels, ["bulk_sms", "repeat_bulk_sms", "customer_fan_in"]);
-        assert_eq!(out[0].evidence["score"], 0.75);
+        assert_eq!(
+            labels,
+            [
+                "bulk_sms",
+                "repeat_bulk_sms",
+                "customer_fan_in",
+                "repeat_customer_fan_in",
+                "customer_callbacks"
+            ]
+        );
+        assert_eq!(out[0].evidence["score"], 0.85);
+        assert_eq!(out[0].evidence["repeat_needs_callbacks"], true);
+    }
+
+    /// Confirmed deals older than the lookback no longer confirm; and with the rule off
+    /// (`repeat_needs_callbacks = false`), or with `customer_fan_in` disabled (nothing would
+    /// ever count the callbacks), adverts sent again count alone, as before.
+    #[test]
+    fn the_callback_rule_has_a_lookback_and_a_switch_and_stands_aside_without_fan_in() {
+        let mut d = DealLine::new(&Config::default(), 100);
+        confirm(std::slice::from_mut(&mut d), "line", 0);
+        run(
+            &mut d,
+            4 * DAY,
+            &[bulk("line", 4 * DAY, 0.0), fan_in("line", 4 * DAY)],
+        );
+        let t = 5 * DAY + HOUR;
+        assert!(run(&mut d, t, &[bulk("line", t, 0.9)]).is_empty());
+        assert_eq!(confirm(std::slice::from_mut(&mut d), "line", t).len(), 1);
+        let mut off = Config::default();
+        off.deal_line.repeat_needs_callbacks = false;
+        let mut no_fan_in = Config::default();
+        no_fan_in.customer_fan_in.enabled = false;
+        for cfg in [off, no_fan_in] {
+            let mut d = DealLine::new(&cfg, 100);
+            run(&mut d, 0, &[bulk("line", 0, 0.0), fan_in("line", 0)]);
+            let out = run(&mut d, DAY, &[bulk("line", DAY, 0.9)]);
+            assert_eq!(out.len(), 1);
+            assert_eq!(out[0].evidence["repeat_needs_callbacks"], false);
+        }
+        // And a reconfiguration turns it back on.
+        let mut d = DealLine::new(&no_fan_in_config(), 100);
+        d.reconfigure(&Config::default());
+        run(&mut d, 0, &[bulk("line", 0, 0.0), fan_in("line", 0)]);
+        assert!(run(&mut d, DAY, &[bulk("line", DAY, 0.9)]).is_empty());
+    }
+
+    fn no_fan_in_config() -> Config {
+        let mut c = Config::default();
+        c.customer_fan_in.enabled = false;
+        c
     }
 
     /// A person who once texted every friend, then got a new number and texted them all
@@ -1138,6 +1266,7 @@ mod tests {
         assert!(run(&mut d, DAY, &[h]).is_empty());
         let t = DAY + HOUR;
         assert!(run(&mut d, t, &[bulk("new", t, 0.0), fan_in("new", t)]).is_empty());
+        confirm(std::slice::from_mut(&mut d), "old", DAY + HOUR);
         let out = run(&mut d, DAY + 2 * HOUR, &[bulk("old", DAY + 2 * HOUR, 0.9)]);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].subject, "old");
@@ -1150,6 +1279,7 @@ mod tests {
         };
         assert!(labels(&out[0]).contains(&"line_handover".to_string()));
         let t = 2 * DAY + HOUR;
+        confirm(std::slice::from_mut(&mut d), "new", t - HOUR);
         let out = run(&mut d, t, &[bulk("new", t, 0.9)]);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].subject, "new");
@@ -1169,6 +1299,7 @@ mod tests {
         assert!(run(&mut d, HOUR, &[h]).is_empty());
         assert!(run(&mut d, 2 * HOUR, &[bulk("new", 2 * HOUR, 0.0)]).is_empty());
         let t = DAY + 2 * HOUR;
+        confirm(std::slice::from_mut(&mut d), "new", t - HOUR);
         let out = run(&mut d, t, &[bulk("new", t, 0.9)]);
         let subjects: Vec<&str> = out.iter().map(|f| f.subject.as_str()).collect();
         assert_eq!(subjects, ["new", "old"]);
@@ -1198,6 +1329,7 @@ mod tests {
         assert!(run(&mut d, 3 * HOUR, &[handover("c", "b", 3 * HOUR)]).is_empty());
         assert!(run(&mut d, 4 * HOUR, &[bulk("c", 4 * HOUR, 0.0)]).is_empty());
         let t = DAY + 4 * HOUR;
+        confirm(std::slice::from_mut(&mut d), "c", t - HOUR);
         let out = run(&mut d, t, &[bulk("c", t, 0.9)]);
         let subjects: Vec<&str> = out.iter().map(|f| f.subject.as_str()).collect();
         assert_eq!(subjects, ["c", "b", "a"]);
@@ -1207,6 +1339,7 @@ mod tests {
     fn successor_of_a_deal_line_inherits_its_verdict() {
         let mut d = DealLine::new(&Config::default(), 100);
         run(&mut d, 0, &[bulk("old", 0, 0.0), fan_in("old", 0)]);
+        confirm(std::slice::from_mut(&mut d), "old", HOUR);
         assert_eq!(run(&mut d, DAY, &[bulk("old", DAY, 0.9)]).len(), 1);
         let h = handover("new", "old", 2 * DAY);
         run(&mut d, 2 * DAY, &[h]);
@@ -1376,6 +1509,7 @@ mod tests {
             out
         };
         step(&mut shards, 0, &[bulk(&old, 0, 0.0), fan_in(&old, 0)]);
+        confirm(&mut shards, &old, HOUR);
         assert_eq!(step(&mut shards, DAY, &[bulk(&old, DAY, 0.9)]).len(), 1);
         let h = handover(&new, &old, 2 * DAY);
         let out = step(&mut shards, 2 * DAY, &[h]);
@@ -1493,11 +1627,11 @@ mod tests {
     }
 
     /// The verdict as checkpoints hold it (since before its contributions became a list):
-    /// every kind's slot in an array, of nine since `successor_deal_line` (format 8).
+    /// every kind's slot in an array, of ten since `customer_callbacks` (format 9).
     #[derive(Serialize, Deserialize, PartialEq, Debug)]
     struct ArrayVerdict {
         line: Box<str>,
-        parts: [Option<(Millis, String)>; 9],
+        parts: [Option<(Millis, String)>; 10],
         related: Vec<(String, Millis)>,
         last_at: Millis,
         earlier: Option<(Box<str>, Millis)>,
@@ -1517,14 +1651,16 @@ mod tests {
         set(&mut v, Part::BulkSms, 5, json!({"recipients": 1}));
         set(&mut v, Part::FanIn, 20, json!({"customers": 12}));
         set(&mut v, Part::FanIn, 25, json!({"customers": 13}));
-        assert_eq!(v.parts.len(), 4);
+        set(&mut v, Part::Callbacks, 26, json!({"callbacks": 4}));
+        assert_eq!(v.parts.len(), 5);
         let bytes = codec::encode(&v).unwrap();
         let old: ArrayVerdict = codec::decode(&bytes).unwrap();
-        let mut want: [Option<(Millis, String)>; 9] = Default::default();
+        let mut want: [Option<(Millis, String)>; 10] = Default::default();
         want[Part::BulkSms as usize] = Some((10, r#"{"recipients":40}"#.into()));
         want[Part::FanIn as usize] = Some((25, r#"{"customers":13}"#.into()));
         want[Part::Runner as usize] = Some((30, r#"{"trips":2}"#.into()));
         want[Part::Successor as usize] = Some((28, r#"{"new_score":0.85}"#.into()));
+        want[Part::Callbacks as usize] = Some((26, r#"{"callbacks":4}"#.into()));
         assert_eq!(old.parts, want);
         assert_eq!(old.last_at, 30);
         // And an array written by the older build reads back as the same list.
@@ -1536,7 +1672,13 @@ mod tests {
             .collect();
         assert_eq!(
             kinds,
-            [Part::BulkSms, Part::FanIn, Part::Runner, Part::Successor]
+            [
+                Part::BulkSms,
+                Part::FanIn,
+                Part::Runner,
+                Part::Successor,
+                Part::Callbacks
+            ]
         );
         assert_eq!(
             back.parts.get(Part::FanIn).unwrap().detail,
