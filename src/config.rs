@@ -331,7 +331,7 @@ pub struct DealLineConfig {
     /// `customer_fan_in.callback_within_s` of their contact: deals confirmed, as police
     /// practice counts them. A club organiser texts the same members twice a week and reads
     /// their replies; a deal line serves them. Stands aside while `customer_fan_in` is
-    /// disabled. `false` lets adverts sent again count alone, as before 2026-12-08.
+    /// disabled. `false` lets adverts sent again count alone, as they did before this setting.
     pub repeat_needs_callbacks: bool,
     /// Weight of confirmed deals (`customer_callbacks`): 0, since they confirm rather than
     /// add (an ordinary person rings friends back too).

@@ -605,7 +605,7 @@ fn deal(ev: &Map<String, Value>, alert_score: f64) -> Part {
                 .iter()
                 .filter_map(|c| c.get("evidence").and_then(Value::as_str))
                 .collect();
-            // Since 2026-12-08 adverts sent again count only with confirmed deals beside
+            // Since 2026-12-07 adverts sent again count only with confirmed deals beside
             // them (`repeat_needs_callbacks`, in the evidence since then).
             let needs_callbacks = ev.get("repeat_needs_callbacks").and_then(Value::as_bool);
             let confirmed = kinds.contains(&deal_line::CALLBACKS);

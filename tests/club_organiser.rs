@@ -7,20 +7,22 @@
 //! subscribers each text 40 other ordinary subscribers from 17:00 on the second and the
 //! fourth day.
 //!
-//! Measured 2026-12-07 with the defaults of then: `bulk_sms` and `customer_fan_in` fire on
-//! all ten, as they should (each describes what it saw), **and so did `deal_line`, on all
-//! ten**: a bulk send 0.25, the same list again on a later day 0.25 (a kind of evidence that
-//! repeats, so `require_sustained` let the sum stand) and the members' replies as fan-in
-//! 0.25: 0.75 against 0.7, and 0.85 once their replies came again on the later day (0.1).
+//! Measured 2026-12-07, before `deal_line.repeat_needs_callbacks`: `bulk_sms` and
+//! `customer_fan_in` fire on all ten, as they should (each describes what it saw), **and so
+//! did `deal_line`, on all ten**: a bulk send 0.25, the same list again on a later day 0.25
+//! (a kind of evidence that repeats, so `require_sustained` let the sum stand) and the
+//! members' replies as fan-in 0.25: 0.75 against 0.7, and 0.85 once their replies came
+//! again on the later day (0.1).
 //!
-//! Since 2026-12-08 (`deal_line.repeat_needs_callbacks`), adverts sent again count as
-//! evidence that repeats only once the line has been seen confirming deals: four customers
-//! rung or texted back within ten minutes of their contact, within six hours (police
-//! practice counts such a callback as a deal confirmed). An organiser reads the replies; a
-//! deal line serves them. **One organiser of the ten is still called a deal line**: on the
-//! fifth day it rang four people it had texted back within minutes of their contact, inside
-//! six hours, from its ordinary traffic. The rule narrows the look-alike to organisers who
-//! also ring their people back like that; it does not remove it (README, Limits).
+//! With `deal_line.repeat_needs_callbacks` (the default since later that day), adverts sent
+//! again count as evidence that repeats only once the line has been seen confirming deals:
+//! four customers rung or texted back within ten minutes of their contact, within six hours
+//! (police practice counts such a callback as a deal confirmed). An organiser reads the
+//! replies; a deal line serves them. **One organiser of the ten is still called a deal
+//! line**: on the fifth day it rang four people it had texted back within minutes of their
+//! contact, inside six hours, from its ordinary traffic. The rule narrows the look-alike to
+//! organisers who also ring their people back like that; it does not remove it (README,
+//! Limits).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
