@@ -341,6 +341,11 @@ pub struct DealLineConfig {
     /// A handset seen with more SIMs than this is a test or repair handset, not a burner:
     /// its churn is not counted towards a line's verdict.
     pub churn_max_sims: u32,
+    /// A handset whose churn finding saw all its SIMs within less than this (from the
+    /// oldest SIM's last use to the finding) is being tried with SIMs (a repair shop's test
+    /// bench, someone trying SIMs), not carrying a line's numbers one after another: its
+    /// churn is not counted towards a line's verdict. 0 counts every spread.
+    pub churn_min_spread_s: u64,
 }
 
 impl Default for DealLineConfig {
@@ -363,6 +368,7 @@ impl Default for DealLineConfig {
             weight_callbacks: 0.0,
             repeat_gap_s: 43_200,
             churn_max_sims: 12,
+            churn_min_spread_s: 21_600,
         }
     }
 }
@@ -1217,6 +1223,17 @@ impl Config {
             &format!(
                 "at least handset_churn.min_sims ({}): no churn finding could count",
                 h.min_sims
+            ),
+        );
+        // A churn finding's SIMs all lie within handset_churn's window.
+        r.seconds("deal_line.churn_min_spread_s", d.churn_min_spread_s, 0);
+        r.check(
+            "deal_line.churn_min_spread_s",
+            d.churn_min_spread_s <= h.window_s,
+            d.churn_min_spread_s,
+            &format!(
+                "at most handset_churn.window_s ({}): no churn finding could count",
+                h.window_s
             ),
         );
         // Both count a line's contacts, which the contact store keeps up to its cap.

@@ -769,7 +769,7 @@ fn contribution(kind: &str, c: &Map<String, Value>) -> String {
             vs(&[("new_score", "threshold")]),
         ),
         "handset_churn" => {
-            let mut why = vs(&[("sims", "min_sims")]);
+            let mut why = vs(&[("sims", "min_sims"), ("sims_spread_s", "churn_min_spread_s")]);
             if let (Some(x), Some(most)) = (
                 c.get("sims").and_then(Value::as_f64),
                 c.get("churn_max_sims").and_then(Value::as_f64),

@@ -418,12 +418,21 @@ impl DealLine {
                 if sims > cfg.churn_max_sims as u64 {
                     return touched; // a test or repair handset, not a burner
                 }
+                // From the oldest SIM's last use to the finding: three SIMs within minutes
+                // is a handset being tried with SIMs (a repair bench's first customers,
+                // before it passes `churn_max_sims`), not a line's numbers one after another.
+                let spread_s = (f.window_end.saturating_sub(f.window_start) / 1000).max(0) as u64;
+                if spread_s < cfg.churn_min_spread_s {
+                    return touched;
+                }
                 for (id, line) in &f.lines {
                     // Churn's own `min_sims`, and the most this detector counts as a burner.
                     let mut d = json!({
                         "handset": f.subject,
                         "sims": sims,
                         "churn_max_sims": cfg.churn_max_sims,
+                        "sims_spread_s": spread_s,
+                        "churn_min_spread_s": cfg.churn_min_spread_s,
                     });
                     copy_present(&mut d, ev, &["min_sims"]);
                     let parts = vec![CreditPart::new(Part::HandsetChurn, d)];
@@ -859,7 +868,12 @@ mod tests {
             },
             score: 1.0,
             event_time: at,
-            window_start: at,
+            // A churn finding's SIMs spread over two days, as a burner's do
+            // (`churn_min_spread_s`); a test that wants less sets it.
+            window_start: match detector {
+                crate::detect::handset_churn::NAME => at - 2 * DAY,
+                _ => at,
+            },
             window_end: at,
             related: vec![],
             evidence: ev,
@@ -1125,7 +1139,8 @@ mod tests {
         );
         has(
             &of("handset_churn", None),
-            json!({"handset": "burner", "sims": 3, "min_sims": 3, "churn_max_sims": 9}),
+            json!({"handset": "burner", "sims": 3, "min_sims": 3, "churn_max_sims": 9,
+                "sims_spread_s": 172_800, "churn_min_spread_s": dl.churn_min_spread_s}),
         );
         has(
             &of("runner_movement", None),
@@ -1376,6 +1391,37 @@ mod tests {
             vec!["a"],
         );
         assert_eq!(run(&mut d, HOUR, &[burner]).len(), 1);
+    }
+
+    /// A handset seen with three SIMs within minutes is being tried with SIMs (a repair
+    /// bench's first customers, before it passes `churn_max_sims`), not carrying a line's
+    /// numbers one after another: its churn is not counted, however few its SIMs. Spread
+    /// over `churn_min_spread_s` it is; and 0 counts every spread.
+    #[test]
+    fn sims_tried_within_minutes_are_not_a_burner() {
+        let bench = |at: Millis, spread: Millis| {
+            let mut f = churn("bench", at, "a");
+            f.window_start = at - spread;
+            f
+        };
+        let mut d = DealLine::new(&Config::default(), 100);
+        run(&mut d, 0, &[bulk("a", 0, 0.0), fan_in("a", 0)]);
+        assert!(run(&mut d, HOUR, &[bench(HOUR, 8 * MIN)]).is_empty());
+        assert!(d.lines[&ids::id("a")]
+            .parts
+            .get(Part::HandsetChurn)
+            .is_none());
+        let out = run(&mut d, 2 * HOUR, &[bench(2 * HOUR, 6 * HOUR)]);
+        assert_eq!(out.len(), 1);
+        let c = out[0].evidence["contributions"].as_array().unwrap();
+        let churn = c.iter().find(|x| x["evidence"] == "handset_churn").unwrap();
+        assert_eq!(churn["sims_spread_s"], 21_600);
+        assert_eq!(churn["churn_min_spread_s"], 21_600);
+        let mut cfg = Config::default();
+        cfg.deal_line.churn_min_spread_s = 0;
+        let mut d = DealLine::new(&cfg, 100);
+        run(&mut d, 0, &[bulk("a", 0, 0.0), fan_in("a", 0)]);
+        assert_eq!(run(&mut d, HOUR, &[bench(HOUR, 0)]).len(), 1);
     }
 
     #[test]
