@@ -106,7 +106,7 @@ impl Part {
             Part::Predecessor => "predecessor_deal_line",
             Part::Runner => "runner_movement",
             Part::Successor => "successor_deal_line",
-            Part::Callbacks => "customer_callbacks",
+            Part::Callbacks => CALLBACKS,
         }
     }
 
