@@ -203,7 +203,9 @@ pub struct HandoverConfig {
     pub enabled: bool,
     /// A line counts as new for this long after it is first seen.
     pub new_line_max_age_s: u64,
-    /// Lines seen within this time of the start of observation are not called new.
+    /// Lines seen within this time of the start of observation are not called new. A day at
+    /// the default: activity follows the clock, and a number first seen after a shorter
+    /// warm-up may only have been asleep through it.
     pub warmup_s: u64,
     /// Distinct recipients a line must text within `burst_window_s` to get an audience
     /// sketch (the "new number" text and adverts are bursts; everyday texting is not).
@@ -225,7 +227,7 @@ impl Default for HandoverConfig {
         HandoverConfig {
             enabled: true,
             new_line_max_age_s: 172_800,
-            warmup_s: 21_600,
+            warmup_s: 86_400,
             min_recipients: 15,
             burst_window_s: 3_600,
             min_overlap: 0.5,
