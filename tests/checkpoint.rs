@@ -471,6 +471,131 @@ mod forked {
         assert_eq!(restore(), 400);
     }
 
+    /// A checkpoint of `partitions` made at wall time `created_ms`, written to slot 0 of
+    /// `namespace` in `store`.
+    fn write_at(store: &mut dyn Store, cfg: &Config, namespace: &str, created_ms: i64) {
+        let meta = checkpoint::Meta {
+            id: created_ms as u64,
+            created_ms,
+            partitions: vec![the_partition(cfg)],
+            offsets: Vec::new(),
+            config: cfg.clone(),
+            config_version: cfg.version(),
+        };
+        // The state of the city's first few thousand records: a body of several chunks.
+        static BODY: OnceLock<Vec<u8>> = OnceLock::new();
+        let body = BODY.get_or_init(|| {
+            let data = city();
+            let end = data[..300_000].iter().rposition(|&b| b == b'\n').unwrap() + 1;
+            let mut e = engine(cfg);
+            run(&mut e, &data[..end]);
+            checkpoint::encode_body(&e).unwrap()
+        });
+        // Small chunks: a set is several keys, and every one must go.
+        let cp = checkpoint::package(body, meta, 4096).unwrap();
+        assert!(cp.chunks.len() > 1);
+        checkpoint::write(store, namespace, 0, &cp).unwrap();
+    }
+
+    fn keys_under(root: &std::path::Path, prefix: &str) -> usize {
+        DirStore::new(root)
+            .unwrap()
+            .load_where(prefix, &|_| true)
+            .unwrap()
+            .len()
+    }
+
+    /// Every assignment a member checkpoints leaves its partition set behind when the group
+    /// moves on. A set nobody has written for `service.rebuild_state_s` is removed, whole;
+    /// the writer's own set, fresh sets, other groups' sets, the stage checkpoints and a
+    /// set whose manifest cannot be read (its age unknown) stay.
+    #[test]
+    fn partition_sets_nobody_writes_any_more_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        let group = cfg.service.group_id.clone();
+        let now = linewatch::replay::wall_ms();
+        let max_age = service::stale_after_ms(&cfg);
+        assert_eq!(max_age, 7 * 86_400_000, "service.rebuild_state_s");
+        let set = |n: u32| format!("{group}/{n:016x}");
+        let old = now - max_age - 60_000;
+        let mut store = DirStore::new(dir.path()).unwrap();
+        write_at(&mut store, &cfg, &set(1), old); // the writer's own: kept
+        write_at(&mut store, &cfg, &set(2), old); // abandoned: removed
+        write_at(&mut store, &cfg, &set(3), now - max_age + 60_000); // kept
+        write_at(&mut store, &cfg, &format!("other/{:016x}", 4), old); // another group's
+        write_at(
+            &mut store,
+            &cfg,
+            &format!("{group}-stages/stage-0-of-4"),
+            old,
+        );
+        write_at(&mut store, &cfg, &set(5), old);
+        store
+            .put(&format!("{}/1/manifest", set(5)), b"not a manifest")
+            .unwrap();
+        let before = |p: &str| keys_under(dir.path(), p);
+        let (own, gone, fresh, garbled) = (
+            before(&set(1)),
+            before(&set(2)),
+            before(&set(3)),
+            before(&set(5)),
+        );
+        assert!(gone > 2, "{gone} keys");
+
+        let removed = service::sweep_stale(&mut store, &group, &set(1), now, max_age).unwrap();
+        assert_eq!(removed, 1);
+        assert_eq!(keys_under(dir.path(), &format!("{}/", set(2))), 0);
+        // Its folders went with it: nothing of the set is left on the volume.
+        assert!(!dir.path().join(&group).join(format!("{:016x}", 2)).exists());
+        assert_eq!(before(&set(1)), own);
+        assert_eq!(before(&set(3)), fresh);
+        assert_eq!(before(&set(5)), garbled);
+        assert!(keys_under(dir.path(), "other/") > 2);
+        assert!(keys_under(dir.path(), &format!("{group}-stages/")) > 2);
+        // Nothing more to do.
+        assert_eq!(
+            service::sweep_stale(&mut store, &group, &set(1), now, max_age).unwrap(),
+            0
+        );
+    }
+
+    /// The writer sweeps after the first checkpoint it writes, and counts what it removed.
+    #[test]
+    fn the_checkpoint_writer_sweeps_abandoned_sets() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        let group = cfg.service.group_id.clone();
+        let abandoned = format!("{group}/{:016x}", 2);
+        let long_ago = linewatch::replay::wall_ms() - service::stale_after_ms(&cfg) - 1;
+        write_at(
+            &mut DirStore::new(dir.path()).unwrap(),
+            &cfg,
+            &abandoned,
+            long_ago,
+        );
+        let registry = Registry::new();
+        let metrics = CheckpointMetrics::register(&registry);
+        let stores: Vec<Box<dyn Store>> = vec![Box::new(DirStore::new(dir.path()).unwrap())];
+        let mut c = Checkpointer::start(stores, &cfg, metrics.clone());
+        let mut engine = engine(&cfg);
+        run(&mut engine, halves().0);
+        c.take(&engine, cover(&cfg, 100));
+        wait_idle(&c);
+        assert_eq!(keys_under(dir.path(), &format!("{abandoned}/")), 0);
+        assert_eq!(metrics.sets_removed_count("dir"), 1);
+        assert_eq!(
+            counter(
+                &registry,
+                "linewatch_checkpoint_sets_removed_total",
+                ("store", "dir")
+            ),
+            1.0
+        );
+        // The writer's own checkpoint stands.
+        assert_eq!(standing(&cfg).0, 100);
+    }
+
     #[test]
     fn a_failed_snapshot_leaves_the_previous_checkpoint_counted_and_never_stops_the_writer() {
         let dir = tempfile::tempdir().unwrap();

@@ -700,3 +700,51 @@ fn the_state_topic_store_forgets_a_removed_key() {
     assert_eq!(left.keys().collect::<Vec<_>>(), ["g/b/manifest"]);
     assert_eq!(left["g/b/manifest"], b"two");
 }
+
+/// The sweep of abandoned partition sets over the state topic: every key of a set nobody
+/// has written for `service.rebuild_state_s` gets an empty value (compaction then drops
+/// it), and a fresh set keeps its keys.
+#[test]
+fn the_state_topic_forgets_a_partition_set_nobody_writes_any_more() {
+    use linewatch::checkpoint::service::{stale_after_ms, sweep_stale};
+    use linewatch::checkpoint::store::{KafkaStore, Store};
+    use linewatch::checkpoint::{self, InputPartition, Meta};
+    let settings = linewatch::kafka::KafkaSettings::new(brokers(), Default::default());
+    let topic = format!("state-sweep-{}", support::suffix());
+    let mut store = KafkaStore::open(&settings, &topic, Duration::from_secs(30)).unwrap();
+    let cfg = Config::default();
+    let body = checkpoint::encode_body(&linewatch::engine::Engine::new(cfg.clone())).unwrap();
+    let now = linewatch::replay::wall_ms();
+    let max_age = stale_after_ms(&cfg);
+    let write = |store: &mut KafkaStore, ns: &str, created_ms: i64| {
+        let meta = Meta {
+            id: created_ms as u64,
+            created_ms,
+            partitions: vec![InputPartition {
+                topic: "cdr".into(),
+                partition: 0,
+            }],
+            offsets: Vec::new(),
+            config: cfg.clone(),
+            config_version: cfg.version(),
+        };
+        let cp = checkpoint::package(&body, meta, 1024).unwrap();
+        checkpoint::write(store, ns, 0, &cp).unwrap();
+        checkpoint::write(store, ns, 1, &cp).unwrap();
+    };
+    let (gone, kept) = (format!("g/{:016x}", 2), format!("g/{:016x}", 3));
+    write(&mut store, &gone, now - max_age - 1_000);
+    write(&mut store, &kept, now);
+    let before = store.load("g/").unwrap();
+    let count = |m: &std::collections::BTreeMap<String, Vec<u8>>, ns: &str| {
+        m.keys()
+            .filter(|k| k.starts_with(&format!("{ns}/")))
+            .count()
+    };
+    assert!(count(&before, &gone) >= 4, "{:?}", before.keys());
+    let removed = sweep_stale(&mut store, "g", &format!("g/{:016x}", 1), now, max_age).unwrap();
+    assert_eq!(removed, 1);
+    let after = store.load("g/").unwrap();
+    assert_eq!(count(&after, &gone), 0, "{:?}", after.keys());
+    assert_eq!(count(&after, &kept), count(&before, &kept));
+}

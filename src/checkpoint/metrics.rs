@@ -26,6 +26,7 @@ pub struct CheckpointMetrics {
     fallbacks: IntCounterVec,
     write_failures: IntCounterVec,
     snapshot_failures: IntCounterVec,
+    sets_removed: IntCounterVec,
     /// Wall ms of the newest complete checkpoint (written or restored); 0: none yet.
     newest_ms: Arc<AtomicI64>,
     started_ms: Millis,
@@ -101,6 +102,15 @@ impl CheckpointMetrics {
         .expect(STATIC_OK);
         r.register(Box::new(snapshot_failures.clone()))
             .expect(STATIC_OK);
+        let sets_removed = IntCounterVec::new(
+            Opts::new(
+                "linewatch_checkpoint_sets_removed_total",
+                "Partition sets of the group whose checkpoints were removed, by store: no member had written them for service.rebuild_state_s (at least a day).",
+            ),
+            &["store"],
+        )
+        .expect(STATIC_OK);
+        r.register(Box::new(sets_removed.clone())).expect(STATIC_OK);
         for f in Failure::ALL {
             snapshot_failures.with_label_values(&[f.code()]);
         }
@@ -109,6 +119,7 @@ impl CheckpointMetrics {
         }
         for s in STORE_KINDS {
             write_failures.with_label_values(&[s]);
+            sets_removed.with_label_values(&[s]);
         }
         CheckpointMetrics {
             age,
@@ -119,6 +130,7 @@ impl CheckpointMetrics {
             fallbacks,
             write_failures,
             snapshot_failures,
+            sets_removed,
             newest_ms: Arc::new(AtomicI64::new(0)),
             started_ms: crate::replay::wall_ms(),
         }
@@ -135,6 +147,18 @@ impl CheckpointMetrics {
 
     pub fn write_failed(&self, store: &'static str) {
         self.write_failures.with_label_values(&[store]).inc();
+    }
+
+    /// `n` abandoned partition sets removed from `store` ([`super::service::sweep_stale`]).
+    pub fn sets_removed(&self, store: &'static str, n: usize) {
+        self.sets_removed
+            .with_label_values(&[store])
+            .inc_by(n as u64);
+    }
+
+    /// Sets removed from `store` so far (tests).
+    pub fn sets_removed_count(&self, store: &'static str) -> u64 {
+        self.sets_removed.with_label_values(&[store]).get()
     }
 
     pub fn snapshot_failed(&self, f: Failure) {

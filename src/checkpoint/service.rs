@@ -171,6 +171,77 @@ fn retire(store: &mut dyn Store, namespace: &str) {
     }
 }
 
+/// How often a writer looks for its group's partition sets that no member writes any more.
+const SWEEP_EVERY: Duration = Duration::from_secs(6 * 3600);
+
+/// A set not written for this long is abandoned: `service.rebuild_state_s`, at least a day.
+/// Restoring a checkpoint older than the rebuild span re-reads more input than rebuilding
+/// does, for no state the detectors still read (none looks back further).
+pub fn stale_after_ms(cfg: &Config) -> crate::event::Millis {
+    let s = cfg.service.rebuild_state_s.max(86_400);
+    i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX)
+}
+
+/// The partition set a manifest key belongs to (`<group>/<set id>/<slot>/manifest`, the
+/// set id 16 hex digits), or `None` for any other key (another group whose name starts
+/// with this one's and a '/', say).
+fn set_of<'k>(key: &'k str, group_prefix: &str) -> Option<&'k str> {
+    let ns = key.strip_suffix("/manifest")?.rsplit_once('/')?.0;
+    let id = ns.strip_prefix(group_prefix)?;
+    (id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(ns)
+}
+
+/// Removes from `store` the checkpoints of `group`'s partition sets, other than `own`,
+/// whose newest manifest was created more than `max_age_ms` before `now_ms`: every
+/// assignment a member checkpoints leaves a set behind when the group moves on, and nothing
+/// else deletes them. Manifests go first, so a restore never finds one whose chunks are
+/// half gone. A set with a manifest this build cannot read (another format version, a
+/// damaged file) is left alone: its age is unknown. Returns how many sets were removed.
+pub fn sweep_stale(
+    store: &mut dyn Store,
+    group: &str,
+    own: &str,
+    now_ms: crate::event::Millis,
+    max_age_ms: crate::event::Millis,
+) -> Result<usize, super::store::StoreError> {
+    let prefix = format!("{group}/");
+    // Every key under the group, without reading any but the manifests.
+    let keys = std::cell::RefCell::new(std::collections::BTreeSet::new());
+    let manifests = store.load_where(&prefix, &|k: &str| {
+        keys.borrow_mut().insert(k.to_string());
+        k.ends_with("/manifest")
+    })?;
+    let mut newest: BTreeMap<&str, Option<crate::event::Millis>> = BTreeMap::new();
+    for (k, v) in &manifests {
+        let Some(ns) = set_of(k, &prefix) else {
+            continue;
+        };
+        let at = newest.entry(ns).or_insert(Some(crate::event::Millis::MIN));
+        *at = match (*at, super::decode_manifest(v)) {
+            (Some(t), Ok(m)) => Some(t.max(m.created_ms)),
+            _ => None,
+        };
+    }
+    let keys = keys.into_inner();
+    let mut removed = 0;
+    for (ns, at) in newest {
+        let Some(at) = at else { continue };
+        if ns == own || now_ms.saturating_sub(at) <= max_age_ms {
+            continue;
+        }
+        let under = format!("{ns}/");
+        let (heads, chunks): (Vec<&String>, Vec<&String>) = keys
+            .iter()
+            .filter(|k| k.starts_with(&under))
+            .partition(|k| k.ends_with("/manifest"));
+        for k in heads.into_iter().chain(chunks) {
+            store.remove(k)?;
+        }
+        removed += 1;
+    }
+    Ok(removed)
+}
+
 /// Restores on assignment: the stores to read and the configuration to restore under, held
 /// by the consumer's rebalance callback (see [`crate::service::source`]).
 pub struct Restorer {
@@ -334,12 +405,16 @@ impl Checkpointer {
         let m = metrics.clone();
         let flag = busy.clone();
         let mut stores = stores;
+        let stale_ms = stale_after_ms(cfg);
         let writer = std::thread::Builder::new()
             .name("checkpoint-writer".into())
             .spawn(move || {
                 lower_priority();
                 // The last body's size: the next is about as large.
                 let mut hint = 0;
+                // The first checkpoint written after start sweeps, then one every
+                // `SWEEP_EVERY`.
+                let mut swept: Option<Instant> = None;
                 while let Ok(job) = rx.recv() {
                     let started = Instant::now();
                     let ns = namespace(&group, &job.meta.partitions);
@@ -388,7 +463,7 @@ impl Checkpointer {
                         // first (the directory is): its manifests are removed, so the
                         // newer one is restored and less input re-read. Its next write
                         // that succeeds is the newest again.
-                        for i in failed {
+                        for &i in &failed {
                             retire(stores[i].as_mut(), &ns);
                         }
                         m.written(
@@ -397,6 +472,23 @@ impl Checkpointer {
                             started.elapsed().as_secs_f64(),
                         );
                         tracing::debug!(checkpoint_id = cp.manifest.id, slot, bytes = cp.manifest.state_bytes, "checkpoint written");
+                        if swept.is_none_or(|t| t.elapsed() >= SWEEP_EVERY) {
+                            swept = Some(Instant::now());
+                            let now = crate::replay::wall_ms();
+                            for (i, store) in stores.iter_mut().enumerate() {
+                                if failed.contains(&i) {
+                                    continue;
+                                }
+                                match sweep_stale(store.as_mut(), &group, &ns, now, stale_ms) {
+                                    Ok(0) => {}
+                                    Ok(n) => {
+                                        m.sets_removed(store.kind(), n);
+                                        tracing::info!(store = store.kind(), sets = n, "removed the checkpoints of partition sets no member has written for service.rebuild_state_s");
+                                    }
+                                    Err(e) => tracing::warn!(store = store.kind(), error = %e, "could not look for abandoned partition sets' checkpoints; tried again later"),
+                                }
+                            }
+                        }
                         lock(&slots).insert(ns, (slot + 1) % super::SLOTS);
                     }
                     flag.store(false, Ordering::Release);

@@ -198,6 +198,15 @@ impl Store for DirStore {
         if let Some(d) = path.parent().and_then(|d| fs::File::open(d).ok()) {
             let _ = d.sync_all();
         }
+        // Folders the removal left empty go too (a swept partition set's), up to the root; a
+        // folder still holding anything stays (`remove_dir` refuses it).
+        let mut dir = path.parent();
+        while let Some(d) = dir.filter(|d| *d != self.root && d.starts_with(&self.root)) {
+            if fs::remove_dir(d).is_err() {
+                break;
+            }
+            dir = d.parent();
+        }
         Ok(())
     }
 
