@@ -24,6 +24,9 @@ pub struct Args {
     /// Random seed (same seed, same city, same alerts).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Add this many club organisers, a look-alike (`generate --organisers`)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub organisers: usize,
 }
 
 pub fn main(args: Args, config: Option<&Path>) -> Outcome {
@@ -32,6 +35,7 @@ pub fn main(args: Args, config: Option<&Path>) -> Outcome {
         seed: args.seed,
         subscribers: args.subscribers,
         days: args.days,
+        organisers: args.organisers,
         ..GenOptions::default()
     };
     // The generator's own bounds, so demo can never promise what generate refuses.

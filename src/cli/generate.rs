@@ -82,6 +82,11 @@ pub struct Args {
     /// Leave out the look-alikes (businesses, schools, repair shops, festive greetings).
     #[arg(long)]
     pub no_lookalikes: bool,
+    /// Add this many club organisers (`lookalike_organiser`): ordinary subscribers who
+    /// text the same 30-60 members two evenings a week, half of whom answer. None by
+    /// default, so the project's cities stay as they are
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub organisers: usize,
     /// No summary line on stderr.
     #[arg(long)]
     pub quiet: bool,
@@ -146,6 +151,7 @@ fn resolve(args: &Args) -> Result<Resolved, Failure> {
         duplicate_rate: args.duplicate_rate,
         late_rate: args.late_rate,
         lookalikes: !args.no_lookalikes,
+        organisers: args.organisers,
     };
     problems.extend(opts.problems());
     for (flag, p) in [

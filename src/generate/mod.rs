@@ -100,6 +100,12 @@ pub struct GenOptions {
     pub late_rate: f64,
     /// Businesses, schools, repair shops and festive greetings in the city.
     pub lookalikes: bool,
+    /// Club organisers (`lookalike_organiser`): ordinary subscribers who text the same
+    /// members two evenings a week, whose members answer. 0 by default, so the project's
+    /// cities and every figure measured on them stay as they are; everything else in a city
+    /// with organisers is made the same, only the delivery (arrival order, malformed and
+    /// duplicate records) is drawn again over the larger stream.
+    pub organisers: usize,
 }
 
 impl Default for GenOptions {
@@ -114,6 +120,7 @@ impl Default for GenOptions {
             duplicate_rate: DEFAULT_DUPLICATE_RATE,
             late_rate: DEFAULT_LATE_RATE,
             lookalikes: true,
+            organisers: 0,
         }
     }
 }
@@ -150,6 +157,13 @@ impl GenOptions {
                     "networks must be at most subscribers/200 = {max}, got {n}"
                 ));
             }
+        }
+        let max = self.subscribers / 10;
+        if self.organisers > max {
+            v.push(format!(
+                "organisers must be at most subscribers/10 = {max}, got {}",
+                self.organisers
+            ));
         }
         for (name, r) in [
             ("malformed rate", self.malformed_rate),
@@ -210,6 +224,7 @@ pub struct GenReport {
     pub lookalike_schools: usize,
     pub lookalike_repair_handsets: usize,
     pub lookalike_festive: usize,
+    pub lookalike_organisers: usize,
     /// Rows in the labels file.
     pub labels: usize,
     /// Most records held waiting for their arrival time at once (the memory figure).
@@ -311,6 +326,7 @@ pub fn generate(
         lookalike_schools: count("lookalike_school"),
         lookalike_repair_handsets: count("lookalike_repair_handset"),
         lookalike_festive: count("lookalike_festive"),
+        lookalike_organisers: count("lookalike_organiser"),
         labels: rows.len(),
         peak_pending,
     })
@@ -412,6 +428,92 @@ mod tests {
         let (_, labels, r) = run(&opts);
         assert!(!labels.contains("lookalike"));
         assert_eq!(r.lookalike_festive + r.lookalike_businesses, 0);
+    }
+
+    /// `organisers` adds club organisers and their members' answers, and nothing else: the
+    /// labels of the city without them are all there, every record added involves an
+    /// organiser, and each organiser texts its whole list within minutes on its evenings.
+    #[test]
+    fn organisers_are_added_to_the_same_city() {
+        use std::collections::{BTreeMap, HashSet};
+        let records = |out: &[u8]| -> HashSet<(i64, String, String)> {
+            out.split(|&b| b == b'\n')
+                .filter_map(|l| serde_json::from_slice::<serde_json::Value>(l).ok())
+                .filter_map(|v| {
+                    let s = |k: &str| v[k].as_str().map(String::from);
+                    // Some records carry their time as RFC 3339 text.
+                    let ts = v["ts"].as_i64().or_else(|| {
+                        let t = chrono::DateTime::parse_from_rfc3339(v["ts"].as_str()?).ok()?;
+                        Some(t.timestamp_millis())
+                    })?;
+                    Some((ts, s("from")?, s("to")?))
+                })
+                .collect()
+        };
+        let (base, base_labels, base_report) = run(&small(5));
+        let with = GenOptions {
+            organisers: 6,
+            ..small(5)
+        };
+        assert!(with.problems().is_empty());
+        let (out, labels, r) = run(&with);
+        assert_eq!(r.lookalike_organisers, 6);
+        for row in base_labels.lines() {
+            assert!(labels.contains(row), "{row} lost");
+        }
+        let organisers: HashSet<&str> = labels
+            .lines()
+            .filter(|l| l.contains(",lookalike_organiser,"))
+            .map(|l| l.split(',').next().unwrap())
+            .collect();
+        assert_eq!(organisers.len(), 6);
+        let (a, b) = (records(&base), records(&out));
+        let added: Vec<_> = b.difference(&a).collect();
+        assert!(added.len() > 6 * 30, "{} added", added.len());
+        // Records of neither an organiser nor a member's answer: only those the base city
+        // delivered malformed (the delivery draws again over the larger stream).
+        let stray = added
+            .iter()
+            .filter(|(_, from, to)| {
+                !organisers.contains(from.as_str()) && !organisers.contains(to.as_str())
+            })
+            .count();
+        assert!(
+            stray as u64 <= base_report.malformed,
+            "{stray} records added between others"
+        );
+        // The base city's records are there (a few are delivered in another form: the
+        // delivery draws malformed lines and string timestamps over the larger stream).
+        let kept = a.intersection(&b).count();
+        assert!(kept * 100 >= a.len() * 98, "{kept} of {}", a.len());
+        // Each organiser's evening: 30 or more distinct members texted within 35 minutes.
+        for o in &organisers {
+            let mut by_day: BTreeMap<i64, Vec<(i64, &str)>> = BTreeMap::new();
+            for (ts, from, to) in &added {
+                if from == o {
+                    by_day.entry(ts / DAY_MS).or_default().push((*ts, to));
+                }
+            }
+            assert!(!by_day.is_empty(), "{o} texted nobody");
+            for texts in by_day.values() {
+                let members: HashSet<&str> = texts.iter().map(|t| t.1).collect();
+                let (lo, hi) = texts
+                    .iter()
+                    .fold((i64::MAX, 0), |(lo, hi), t| (lo.min(t.0), hi.max(t.0)));
+                assert!(members.len() >= 30, "{o}: {} members", members.len());
+                assert!(
+                    hi - lo <= 35 * 60_000,
+                    "{o}: over {} min",
+                    (hi - lo) / 60_000
+                );
+            }
+        }
+        // Too many is refused in a line that names the option.
+        let too_many = GenOptions {
+            organisers: 1_000,
+            ..small(5)
+        };
+        assert!(too_many.problems()[0].starts_with("organisers must be at most"));
     }
 
     #[test]

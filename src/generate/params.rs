@@ -229,3 +229,18 @@ pub const FESTIVE_SPREAD_MS: Range<i64> = 10 * MIN_MS..25 * MIN_MS;
 pub const FESTIVE_REPLY_PROB: f64 = 0.5;
 pub const FESTIVE_REPLY_MEDIAN_S: f64 = 1_500.0;
 pub const FESTIVE_REPLY_MAX_S: f64 = 14_400.0;
+
+/// Club organisers (opt-in: `generate --organisers N`): an ordinary subscriber who runs a
+/// team or a club and texts the same members on set evenings ("game on tonight? reply IN"),
+/// two evenings a week (two days apart, then five), from this hour (UTC).
+pub const ORGANISER_MEMBERS: Range<usize> = 30..60;
+pub const ORGANISER_HOURS: Range<i64> = 16..19;
+/// The texts go out one by one, a few seconds apart, from a start within half an hour.
+pub const ORGANISER_START_MS: Range<i64> = 0..30 * MIN_MS;
+pub const ORGANISER_GAP_MS: Range<i64> = 2_000..8_000;
+/// Half the members answer within the hour; a fifth of those ring too, briefly.
+pub const ORGANISER_REPLY_PROB: f64 = 0.5;
+pub const ORGANISER_REPLY_MS: Range<i64> = MIN_MS..HOUR_MS;
+pub const ORGANISER_CALL_PROB: f64 = 0.2;
+pub const ORGANISER_CALL_AFTER_MS: Range<i64> = MIN_MS..30 * MIN_MS;
+pub const ORGANISER_CALL_S: Range<u32> = 20..180;

@@ -14,6 +14,8 @@ use super::world::{active, clock, hour_of, weekday, Runner, Span, World, METRO, 
 
 /// Seed tag of the runners' deliveries (a stream of their own).
 const TAG_DELIVERIES: u64 = 0x6465_6c69_0000_0000;
+/// Club organisers' evenings, one stream a day.
+const TAG_ORGANISER_DAYS: u64 = 0x636c_7562_0000_0000;
 use super::{DAY_MS, HOUR_MS};
 
 /// `sms` or `call`, compactly.
@@ -114,6 +116,35 @@ impl<'w> Traffic<'w> {
         self.shops(d, rng, out);
         if d == self.w.festive_day {
             self.festive(rng, out);
+        }
+        self.organisers(d, out);
+    }
+
+    /// Club organisers' evenings: the organiser texts every member, a few seconds apart;
+    /// half answer within the hour and a fifth of those ring briefly. From a stream of
+    /// their own, so the rest of the day's traffic is the same with or without them.
+    fn organisers(&self, d: u32, out: &mut dyn FnMut(Ev)) {
+        if self.w.organisers.is_empty() {
+            return;
+        }
+        let mut rng = super::rng_for(self.w.seed, TAG_ORGANISER_DAYS + u64::from(d));
+        for o in self.w.organisers.iter().filter(|o| o.days.contains(&d)) {
+            let start = o.hour * HOUR_MS + rng.gen_range(p::ORGANISER_START_MS);
+            let mut t = clock(self.w.day_start(d), start);
+            for &m in &o.members {
+                t += rng.gen_range(p::ORGANISER_GAP_MS);
+                out(self.sub_ev(&mut rng, o.sub, m, t, EvKind::Sms, 0));
+                if !rng.gen_bool(p::ORGANISER_REPLY_PROB) {
+                    continue;
+                }
+                let at = t + rng.gen_range(p::ORGANISER_REPLY_MS);
+                out(self.sub_ev(&mut rng, m, o.sub, at, EvKind::Sms, 0));
+                if rng.gen_bool(p::ORGANISER_CALL_PROB) {
+                    let ring = at + rng.gen_range(p::ORGANISER_CALL_AFTER_MS);
+                    let dur = rng.gen_range(p::ORGANISER_CALL_S);
+                    out(self.sub_ev(&mut rng, m, o.sub, ring, EvKind::Call, dur));
+                }
+            }
         }
     }
 

@@ -58,6 +58,7 @@ const TAG_WORLD: u64 = 0x776f726c64;
 const TAG_TRIPS: u64 = 0x7472_6970_0000;
 const TAG_COMMUTE: u64 = 0x636f_6d6d;
 const TAG_SWAPS: u64 = 0x7377_6170_0000_0000;
+const TAG_ORGANISERS: u64 = 0x6f72_6761_6e69_7365;
 
 /// Index of the metro area.
 pub(crate) const METRO: u16 = 0;
@@ -253,8 +254,20 @@ pub(crate) struct World {
     /// Festive texters (subscriber indices) and the day whose midnight they text at.
     pub festive: Vec<u32>,
     pub festive_day: u32,
+    /// Club organisers (opt-in, [`GenOptions::organisers`]).
+    pub organisers: Vec<Organiser>,
     pub n_lines: u32,
     pub n_handsets: u32,
+}
+
+/// A club organiser: an ordinary subscriber who texts the same members on set evenings.
+pub struct Organiser {
+    pub sub: u32,
+    pub members: Vec<u32>,
+    /// The days it texts them.
+    pub days: Vec<u32>,
+    /// The hour (UTC) it starts.
+    pub hour: i64,
 }
 
 fn lognormal(median: f64, sigma: f64) -> LogNormal<f64> {
@@ -372,6 +385,7 @@ impl World {
             shops: Vec::new(),
             festive: Vec::new(),
             festive_day: opts.days / 2,
+            organisers: Vec::new(),
             n_lines: 0,
             n_handsets: 0,
         };
@@ -385,6 +399,8 @@ impl World {
         if opts.lookalikes {
             world.lookalikes(&mut rng, &mut alloc);
         }
+        // From a stream of their own: a city with organisers is the same city otherwise.
+        world.choose_organisers(opts.organisers);
         world.n_lines = alloc.lines;
         world.n_handsets = alloc.handsets;
         world
@@ -611,6 +627,47 @@ impl World {
         self.festive.sort_unstable();
     }
 
+    /// `want` ordinary subscribers (neither a network's customer nor a festive texter, so
+    /// each subject has one label) who run a club, each with its members (any other
+    /// subscribers), its evenings and its hour.
+    fn choose_organisers(&mut self, want: usize) {
+        if want == 0 {
+            return;
+        }
+        let mut rng = rng_for(self.seed, TAG_ORGANISERS);
+        let n = self.subs.len();
+        let mut taken: HashSet<u32> = self.festive.iter().copied().collect();
+        for net in &self.networks {
+            taken.extend(net.customers.iter().map(|c| c.0));
+        }
+        let candidates: Vec<u32> = (0..n as u32).filter(|i| !taken.contains(i)).collect();
+        let chosen = index::sample(&mut rng, candidates.len(), want.min(candidates.len()));
+        for k in chosen {
+            let sub = candidates[k];
+            let size = rng.gen_range(p::ORGANISER_MEMBERS).min(n - 1);
+            let members: Vec<u32> = index::sample(&mut rng, n, (size + 1).min(n))
+                .into_iter()
+                .map(|m| m as u32)
+                .filter(|&m| m != sub)
+                .take(size)
+                .collect();
+            // Two evenings a week: two days apart, then five (Tuesday and Thursday, say).
+            let mut days = Vec::new();
+            let mut d = rng.gen_range(0..2u32);
+            while d < self.days {
+                days.push(d);
+                d += if days.len() % 2 == 1 { 2 } else { 5 };
+            }
+            self.organisers.push(Organiser {
+                sub,
+                members,
+                days,
+                hour: rng.gen_range(p::ORGANISER_HOURS),
+            });
+        }
+        self.organisers.sort_unstable_by_key(|o| o.sub);
+    }
+
     /// Every labelled subject, in a fixed order.
     pub fn labels(&self) -> Vec<LabelRow> {
         let mut rows = Vec::new();
@@ -662,6 +719,10 @@ impl World {
         }
         for &f in &self.festive {
             rows.push(row(IdKind::Line, f, "lookalike_festive", "festive", None));
+        }
+        for (k, o) in self.organisers.iter().enumerate() {
+            let g = format!("club{:03}", k + 1);
+            rows.push(row(IdKind::Line, o.sub, "lookalike_organiser", &g, None));
         }
         // Commuters between metro and county: their handsets (both, if changed).
         for (i, s) in self.subs.iter().enumerate().filter(|_| self.lookalikes) {
