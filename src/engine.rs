@@ -352,6 +352,26 @@ fn cooldown_key(subject_or_key: u64, detector: usize) -> u64 {
     subject_or_key ^ (detector as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
+/// The order of the `k`-th piece sent while applying the evidence ranked `rank` in its round
+/// (see [`Evidence::order`]); what a `broadcast` makes is ordered by the hint its detector
+/// gave, else by its content ([`Shard::apply`]), never by which shard sent it.
+fn sent_order(rank: usize, broadcast: bool, k: usize, s: &Sent) -> [u64; 4] {
+    let hint = match broadcast && s.hint == [0, 0] {
+        true => content_hint(s),
+        false => s.hint,
+    };
+    [rank as u64, hint[0], hint[1], k as u64]
+}
+
+/// A sort key for evidence from its destination and body alone (see [`Shard::apply`]):
+/// equal only for pieces that are the same, whose order then changes nothing.
+fn content_hint(s: &Sent) -> [u64; 2] {
+    // Evidence is plain data: it always encodes (a failure would leave the index to order).
+    let bytes = codec::encode(&(s.dest, &s.body)).unwrap_or_default();
+    let h = xxhash_rust::xxh3::xxh3_128(&bytes);
+    [(h >> 64) as u64, h as u64]
+}
+
 /// The total order of evidence sent on a record: event time (sign-flipped so negative times
 /// sort first), then the record, the role and the index within the call.
 fn record_order(at: Millis, seq: u64, role: Role, k: usize) -> [u64; 4] {
@@ -712,11 +732,18 @@ impl Shard {
             None => self.deal.on_evidence(e, &mut ctx),
         }
         self.conclude(e.at, Role::Barrier, &e.event_id, st, alerts);
+        // A broadcast is applied on every shard, and each numbers what it sends from 0: the
+        // same rank, hint and index from two shards tied, the unstable sort of the next
+        // round put them in an order set by which shard held what, and a line credited by
+        // two runners at once named one runner on one shard and the other on two (the
+        // 150,000-subscriber city, 2026-12-08). What a broadcast makes is ordered by its
+        // content instead, unless the detector gave it a hint.
+        let broadcast = e.dest == Dest::Every;
         outbox.extend(self.sent.drain(..).enumerate().map(|(k, s)| Evidence {
             dest: s.dest,
             at: e.at,
             event_id: e.event_id.clone(),
-            order: [rank as u64, s.hint[0], s.hint[1], k as u64],
+            order: sent_order(rank, broadcast, k, &s),
             body: s.body,
         }));
     }
@@ -2366,6 +2393,41 @@ mod tests {
     /// A barrier round applied on threads is merged back into the serial loop's order: by
     /// the rank of the evidence that made each output, and within a rank by shard, each
     /// shard's outputs in the order it made them.
+    #[test]
+    fn what_a_broadcast_makes_is_ordered_by_content_whichever_shard_made_it() {
+        let piece = |line: u64| {
+            let body = crate::exchange::Body::CrewEnrol {
+                line,
+                line_name: Box::from(""),
+            };
+            Sent::new(Dest::Number(line), body)
+        };
+        let (a, b) = (piece(1), piece(2));
+        // Two shards applying the broadcast ranked 3 each send one piece, index 0 on each:
+        // distinct orders (before, both were [3, 0, 0, 0] and the sort's whim decided).
+        let (oa, ob) = (sent_order(3, true, 0, &a), sent_order(3, true, 0, &b));
+        assert_ne!(oa, ob);
+        // One shard sending both, in either order, puts them in that same order.
+        let a_first = |x: [u64; 4], y: [u64; 4]| x < y;
+        assert_eq!(
+            a_first(sent_order(3, true, 0, &a), sent_order(3, true, 1, &b)),
+            oa < ob
+        );
+        assert_eq!(
+            a_first(sent_order(3, true, 1, &a), sent_order(3, true, 0, &b)),
+            oa < ob
+        );
+        // The same piece from two shards: the same order, and applying either first is alike.
+        assert_eq!(
+            sent_order(3, true, 0, &a)[..3],
+            sent_order(3, true, 0, &piece(1))[..3]
+        );
+        // Off a broadcast a piece's rank is its own: sent order. A detector's hint is kept.
+        assert_eq!(sent_order(3, false, 1, &b), [3, 0, 0, 1]);
+        let hinted = Sent::hinted(Dest::Number(2), piece(2).body, [7, 8]);
+        assert_eq!(sent_order(3, true, 1, &hinted), [3, 7, 8, 1]);
+    }
+
     #[test]
     fn a_round_on_threads_merges_by_rank_then_shard() {
         let alert = |id: &str| Alert {

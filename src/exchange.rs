@@ -441,7 +441,8 @@ pub struct Evidence {
     /// alone (never of which shard sent it). Set by the engine: for evidence sent on a
     /// record, `[event time, record sequence number, role << 32 | index, 0]`; for evidence
     /// sent while applying evidence (the barrier's next round), `[rank of that evidence in
-    /// its round, hint[0], hint[1], index]`.
+    /// its round, hint[0], hint[1], index]`, where a broadcast's pieces without a hint take
+    /// a hash of their destination and body as one (each shard's index starts at 0).
     pub order: [u64; 4],
     pub body: Body,
 }
