@@ -354,7 +354,11 @@ fn cooldown_key(subject_or_key: u64, detector: usize) -> u64 {
 
 /// The order of the `k`-th piece sent while applying the evidence ranked `rank` in its round
 /// (see [`Evidence::order`]); what a `broadcast` makes is ordered by the hint its detector
-/// gave, else by its content ([`Shard::apply`]), never by which shard sent it.
+/// gave, else by its content, never by which shard sent it. A broadcast is applied on every
+/// shard and each numbers what it sends from 0: ordered by index, two shards' pieces tied,
+/// the next round's unstable sort put them in an order set by which shard held what, and a
+/// line credited by two runners at once named one runner with one shard and the other with
+/// two (the 150,000-subscriber city, 2026-12-08).
 fn sent_order(rank: usize, broadcast: bool, k: usize, s: &Sent) -> [u64; 4] {
     let hint = match broadcast && s.hint == [0, 0] {
         true => content_hint(s),
@@ -732,12 +736,7 @@ impl Shard {
             None => self.deal.on_evidence(e, &mut ctx),
         }
         self.conclude(e.at, Role::Barrier, &e.event_id, st, alerts);
-        // A broadcast is applied on every shard, and each numbers what it sends from 0: the
-        // same rank, hint and index from two shards tied, the unstable sort of the next
-        // round put them in an order set by which shard held what, and a line credited by
-        // two runners at once named one runner on one shard and the other on two (the
-        // 150,000-subscriber city, 2026-12-08). What a broadcast makes is ordered by its
-        // content instead, unless the detector gave it a hint.
+        // What a broadcast makes is ordered by content, not by the shard (`sent_order`).
         let broadcast = e.dest == Dest::Every;
         outbox.extend(self.sent.drain(..).enumerate().map(|(k, s)| Evidence {
             dest: s.dest,
@@ -2390,9 +2389,6 @@ mod tests {
         }
     }
 
-    /// A barrier round applied on threads is merged back into the serial loop's order: by
-    /// the rank of the evidence that made each output, and within a rank by shard, each
-    /// shard's outputs in the order it made them.
     #[test]
     fn what_a_broadcast_makes_is_ordered_by_content_whichever_shard_made_it() {
         let piece = |line: u64| {
@@ -2428,6 +2424,9 @@ mod tests {
         assert_eq!(sent_order(3, true, 1, &hinted), [3, 7, 8, 1]);
     }
 
+    /// A barrier round applied on threads is merged back into the serial loop's order: by
+    /// the rank of the evidence that made each output, and within a rank by shard, each
+    /// shard's outputs in the order it made them.
     #[test]
     fn a_round_on_threads_merges_by_rank_then_shard() {
         let alert = |id: &str| Alert {

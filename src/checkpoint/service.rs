@@ -31,6 +31,7 @@ use super::store::{DirStore, KafkaStore, Store};
 use super::{Fallback, InputPartition, Meta, Restored, SourceOffset};
 use crate::config::Config;
 use crate::engine::Engine;
+use crate::event::Millis;
 use crate::kafka::KafkaSettings;
 use crate::service::source::lock;
 
@@ -177,7 +178,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(6 * 3600);
 /// A set not written for this long is abandoned: `service.rebuild_state_s`, at least a day.
 /// Restoring a checkpoint older than the rebuild span re-reads more input than rebuilding
 /// does, for no state the detectors still read (none looks back further).
-pub fn stale_after_ms(cfg: &Config) -> crate::event::Millis {
+pub fn stale_after_ms(cfg: &Config) -> Millis {
     let s = cfg.service.rebuild_state_s.max(86_400);
     i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX)
 }
@@ -201,8 +202,8 @@ pub fn sweep_stale(
     store: &mut dyn Store,
     group: &str,
     own: &str,
-    now_ms: crate::event::Millis,
-    max_age_ms: crate::event::Millis,
+    now_ms: Millis,
+    max_age_ms: Millis,
 ) -> Result<usize, super::store::StoreError> {
     let prefix = format!("{group}/");
     // Every key under the group, without reading any but the manifests.
@@ -211,12 +212,12 @@ pub fn sweep_stale(
         keys.borrow_mut().insert(k.to_string());
         k.ends_with("/manifest")
     })?;
-    let mut newest: BTreeMap<&str, Option<crate::event::Millis>> = BTreeMap::new();
+    let mut newest: BTreeMap<&str, Option<Millis>> = BTreeMap::new();
     for (k, v) in &manifests {
         let Some(ns) = set_of(k, &prefix) else {
             continue;
         };
-        let at = newest.entry(ns).or_insert(Some(crate::event::Millis::MIN));
+        let at = newest.entry(ns).or_insert(Some(Millis::MIN));
         *at = match (*at, super::decode_manifest(v)) {
             (Some(t), Ok(m)) => Some(t.max(m.created_ms)),
             _ => None,
